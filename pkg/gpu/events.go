@@ -1,0 +1,76 @@
+package gpu
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"k8s.io/klog/v2"
+)
+
+// eventWaitTimeout bounds one wait so that cancellation is noticed.
+const eventWaitTimeout = 500 // milliseconds
+
+// WatchEvents delivers NVML health events (critical XIDs, double-bit ECC
+// errors, a GPU lost) of every GPU to handle until ctx ends. It returns an
+// error if the event set cannot be set up; the caller then has to report
+// the GPUs as unmonitored.
+func (n *Node) WatchEvents(ctx context.Context, handle func(Event)) error {
+	logger := klog.FromContext(ctx)
+	set, ret := n.lib.EventSetCreate()
+	if ret != nvml.SUCCESS {
+		return fmt.Errorf("create NVML event set: %w", nvmlError(ret))
+	}
+	defer set.Free()
+	count, ret := n.lib.DeviceGetCount()
+	if ret != nvml.SUCCESS {
+		return fmt.Errorf("count GPUs: %w", nvmlError(ret))
+	}
+	uuids := map[nvml.Device]string{}
+	for i := 0; i < count; i++ {
+		dev, ret := n.lib.DeviceGetHandleByIndex(i)
+		if ret != nvml.SUCCESS {
+			return fmt.Errorf("open GPU %d: %w", i, nvmlError(ret))
+		}
+		uuid, ret := dev.GetUUID()
+		if ret != nvml.SUCCESS {
+			return fmt.Errorf("UUID of GPU %d: %w", i, nvmlError(ret))
+		}
+		supported, ret := dev.GetSupportedEventTypes()
+		if ret != nvml.SUCCESS {
+			return fmt.Errorf("supported events of %s: %w", uuid, nvmlError(ret))
+		}
+		want := supported & (nvml.EventTypeXidCriticalError | nvml.EventTypeDoubleBitEccError)
+		if ret := dev.RegisterEvents(want, set); ret != nvml.SUCCESS {
+			return fmt.Errorf("register events of %s: %w", uuid, nvmlError(ret))
+		}
+		uuids[dev] = uuid
+	}
+	for ctx.Err() == nil {
+		data, ret := set.Wait(eventWaitTimeout)
+		switch ret {
+		case nvml.SUCCESS:
+		case nvml.ERROR_TIMEOUT:
+			continue
+		case nvml.ERROR_GPU_IS_LOST:
+			logger.Info("NVML reports a GPU lost while waiting for events")
+			continue
+		default:
+			return fmt.Errorf("wait for NVML events: %w", nvmlError(ret))
+		}
+		e := Event{GPUUUID: uuids[data.Device], GIID: -1, CIID: -1}
+		if data.GpuInstanceId != 0xFFFFFFFF {
+			e.GIID, e.CIID = int(data.GpuInstanceId), int(data.ComputeInstanceId)
+		}
+		switch data.EventType {
+		case nvml.EventTypeXidCriticalError:
+			e.Kind, e.XID = EventXID, data.EventData
+		case nvml.EventTypeDoubleBitEccError:
+			e.Kind = EventDoubleBitECC
+		default:
+			continue
+		}
+		handle(e)
+	}
+	return nil
+}

@@ -1,0 +1,546 @@
+package gpu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"k8s.io/klog/v2"
+)
+
+// ErrMIGDisabled is returned by CreateMIG when the GPU is not in MIG mode.
+var ErrMIGDisabled = errors.New("MIG mode is disabled")
+
+// ErrPlacementOccupied is returned by CreateMIG when the requested placement
+// overlaps a GPU instance that already exists.
+var ErrPlacementOccupied = errors.New("placement is occupied")
+
+// Node is a GPU node reached through NVML. It is safe for concurrent use.
+type Node struct {
+	lib nvml.Interface
+	// closeOnce makes Close idempotent; NVML counts Init/Shutdown pairs.
+	closeOnce sync.Once
+}
+
+// NewNode initialises NVML through lib and checks that the node has at least
+// one GPU. lib is the real library (nvml.New) or a simulated one.
+func NewNode(lib nvml.Interface) (*Node, error) {
+	if ret := lib.Init(); ret != nvml.SUCCESS {
+		if ret == nvml.ERROR_LIBRARY_NOT_FOUND {
+			return nil, fmt.Errorf("initialise NVML: libnvidia-ml.so.1 not found: is the NVIDIA driver installed and the driver root mounted? (%w)", nvmlError(ret))
+		}
+		return nil, fmt.Errorf("initialise NVML: %w", nvmlError(ret))
+	}
+	count, ret := lib.DeviceGetCount()
+	if ret != nvml.SUCCESS {
+		lib.Shutdown()
+		return nil, fmt.Errorf("count GPUs: %w", nvmlError(ret))
+	}
+	if count == 0 {
+		lib.Shutdown()
+		return nil, errors.New("NVML found no NVIDIA GPU on this node")
+	}
+	return &Node{lib: lib}, nil
+}
+
+// Close releases NVML.
+func (n *Node) Close() error {
+	var err error
+	n.closeOnce.Do(func() {
+		if ret := n.lib.Shutdown(); ret != nvml.SUCCESS {
+			err = fmt.Errorf("shut down NVML: %w", nvmlError(ret))
+		}
+	})
+	return err
+}
+
+// Inventory reads every GPU, its MIG profiles and its live MIG instances.
+func (n *Node) Inventory(ctx context.Context) (*Inventory, error) {
+	inv := &Inventory{}
+	var ret nvml.Return
+	if inv.DriverVersion, ret = n.lib.SystemGetDriverVersion(); ret != nvml.SUCCESS {
+		return nil, fmt.Errorf("read driver version: %w", nvmlError(ret))
+	}
+	cuda, ret := n.lib.SystemGetCudaDriverVersion()
+	if ret != nvml.SUCCESS {
+		return nil, fmt.Errorf("read CUDA driver version: %w", nvmlError(ret))
+	}
+	inv.CUDADriverVersion = fmt.Sprintf("%d.%d", cuda/1000, (cuda%1000)/10)
+
+	count, ret := n.lib.DeviceGetCount()
+	if ret != nvml.SUCCESS {
+		return nil, fmt.Errorf("count GPUs: %w", nvmlError(ret))
+	}
+	for i := 0; i < count; i++ {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		dev, ret := n.lib.DeviceGetHandleByIndex(i)
+		if ret != nvml.SUCCESS {
+			return nil, fmt.Errorf("open GPU %d: %w", i, nvmlError(ret))
+		}
+		g, err := readGPU(dev, i)
+		if err != nil {
+			return nil, fmt.Errorf("read GPU %d: %w", i, err)
+		}
+		inv.GPUs = append(inv.GPUs, g)
+	}
+	sort.SliceStable(inv.GPUs, func(a, b int) bool { return inv.GPUs[a].PCIBusID < inv.GPUs[b].PCIBusID })
+	return inv, nil
+}
+
+func readGPU(dev nvml.Device, index int) (GPU, error) {
+	g := GPU{Index: index}
+	var ret nvml.Return
+	if g.UUID, ret = dev.GetUUID(); ret != nvml.SUCCESS {
+		return g, fmt.Errorf("UUID: %w", nvmlError(ret))
+	}
+	if g.Minor, ret = dev.GetMinorNumber(); ret != nvml.SUCCESS {
+		return g, fmt.Errorf("minor number of %s: %w", g.UUID, nvmlError(ret))
+	}
+	if g.Name, ret = dev.GetName(); ret != nvml.SUCCESS {
+		return g, fmt.Errorf("name of %s: %w", g.UUID, nvmlError(ret))
+	}
+	brand, ret := dev.GetBrand()
+	if ret != nvml.SUCCESS {
+		return g, fmt.Errorf("brand of %s: %w", g.UUID, nvmlError(ret))
+	}
+	g.Brand = brandName(brand)
+	arch, ret := dev.GetArchitecture()
+	if ret != nvml.SUCCESS {
+		return g, fmt.Errorf("architecture of %s: %w", g.UUID, nvmlError(ret))
+	}
+	g.Architecture = architectureName(arch)
+	major, minor, ret := dev.GetCudaComputeCapability()
+	if ret != nvml.SUCCESS {
+		return g, fmt.Errorf("compute capability of %s: %w", g.UUID, nvmlError(ret))
+	}
+	g.CUDAComputeCapability = fmt.Sprintf("%d.%d", major, minor)
+	mem, ret := dev.GetMemoryInfo()
+	if ret != nvml.SUCCESS {
+		return g, fmt.Errorf("memory of %s: %w", g.UUID, nvmlError(ret))
+	}
+	g.MemoryBytes = mem.Total
+	pci, ret := dev.GetPciInfo()
+	if ret != nvml.SUCCESS {
+		return g, fmt.Errorf("PCI info of %s: %w", g.UUID, nvmlError(ret))
+	}
+	g.PCIBusID = normalizeBusID(pci)
+
+	current, _, ret := dev.GetMigMode()
+	switch ret {
+	case nvml.SUCCESS:
+		g.MIGCapable = true
+		g.MIGEnabled = current == nvml.DEVICE_MIG_ENABLE
+	case nvml.ERROR_NOT_SUPPORTED:
+		return g, nil
+	default:
+		return g, fmt.Errorf("MIG mode of %s: %w", g.UUID, nvmlError(ret))
+	}
+	profiles, err := readProfiles(dev, g.MemoryBytes)
+	if err != nil {
+		return g, fmt.Errorf("MIG profiles of %s: %w", g.UUID, err)
+	}
+	g.MIGProfiles = profiles
+	if g.MIGEnabled {
+		if g.MIGInstances, err = readInstances(dev, g.UUID, profiles); err != nil {
+			return g, fmt.Errorf("MIG instances of %s: %w", g.UUID, err)
+		}
+	}
+	return g, nil
+}
+
+func readProfiles(dev nvml.Device, totalBytes uint64) ([]MIGProfile, error) {
+	var out []MIGProfile
+	for id := 0; id < nvml.GPU_INSTANCE_PROFILE_COUNT; id++ {
+		info, ret := dev.GetGpuInstanceProfileInfo(id)
+		if ret == nvml.ERROR_NOT_SUPPORTED || ret == nvml.ERROR_INVALID_ARGUMENT {
+			continue
+		}
+		if ret != nvml.SUCCESS {
+			return nil, fmt.Errorf("profile %d: %w", id, nvmlError(ret))
+		}
+		if info.InstanceCount == 0 {
+			continue
+		}
+		placements, ret := dev.GetGpuInstancePossiblePlacements(&info)
+		if ret != nvml.SUCCESS {
+			return nil, fmt.Errorf("placements of profile %d: %w", id, nvmlError(ret))
+		}
+		p := MIGProfile{
+			ID:              id,
+			Name:            profileName(id, int(info.SliceCount), info.MemorySizeMB, totalBytes),
+			ComputeSlices:   int(info.SliceCount),
+			MemorySlices:    memoryEighths(info.MemorySizeMB, totalBytes),
+			MemoryBytes:     info.MemorySizeMB << 20,
+			Multiprocessors: int(info.MultiprocessorCount),
+			CopyEngines:     int(info.CopyEngineCount),
+			Decoders:        int(info.DecoderCount),
+			Encoders:        int(info.EncoderCount),
+			JPEGEngines:     int(info.JpegCount),
+			OFAEngines:      int(info.OfaCount),
+			MaxInstances:    int(info.InstanceCount),
+		}
+		for _, pl := range placements {
+			p.Placements = append(p.Placements, Placement{Start: int(pl.Start), Size: int(pl.Size)})
+		}
+		sort.Slice(p.Placements, func(a, b int) bool { return p.Placements[a].Start < p.Placements[b].Start })
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// migUUIDs maps (GI ID, CI ID) to the MIG device UUID NVML reports.
+func migUUIDs(dev nvml.Device) (map[[2]int]string, error) {
+	max, ret := dev.GetMaxMigDeviceCount()
+	if ret != nvml.SUCCESS {
+		return nil, fmt.Errorf("max MIG device count: %w", nvmlError(ret))
+	}
+	out := map[[2]int]string{}
+	for i := 0; i < max; i++ {
+		mig, ret := dev.GetMigDeviceHandleByIndex(i)
+		if ret == nvml.ERROR_NOT_FOUND || ret == nvml.ERROR_INVALID_ARGUMENT {
+			continue
+		}
+		if ret != nvml.SUCCESS {
+			return nil, fmt.Errorf("MIG device %d: %w", i, nvmlError(ret))
+		}
+		gi, ret := mig.GetGpuInstanceId()
+		if ret != nvml.SUCCESS {
+			return nil, fmt.Errorf("GPU instance ID of MIG device %d: %w", i, nvmlError(ret))
+		}
+		ci, ret := mig.GetComputeInstanceId()
+		if ret != nvml.SUCCESS {
+			return nil, fmt.Errorf("compute instance ID of MIG device %d: %w", i, nvmlError(ret))
+		}
+		uuid, ret := mig.GetUUID()
+		if ret != nvml.SUCCESS {
+			return nil, fmt.Errorf("UUID of MIG device %d: %w", i, nvmlError(ret))
+		}
+		out[[2]int{gi, ci}] = uuid
+	}
+	return out, nil
+}
+
+func readInstances(dev nvml.Device, parent string, profiles []MIGProfile) ([]MIGInstance, error) {
+	uuids, err := migUUIDs(dev)
+	if err != nil {
+		return nil, err
+	}
+	var out []MIGInstance
+	for _, p := range profiles {
+		info, ret := dev.GetGpuInstanceProfileInfo(p.ID)
+		if ret != nvml.SUCCESS {
+			return nil, fmt.Errorf("profile %s: %w", p.Name, nvmlError(ret))
+		}
+		gis, ret := dev.GetGpuInstances(&info)
+		if ret != nvml.SUCCESS {
+			return nil, fmt.Errorf("GPU instances of profile %s: %w", p.Name, nvmlError(ret))
+		}
+		for _, gi := range gis {
+			giInfo, ret := gi.GetInfo()
+			if ret != nvml.SUCCESS {
+				return nil, fmt.Errorf("GPU instance of profile %s: %w", p.Name, nvmlError(ret))
+			}
+			cis, err := computeInstances(gi)
+			if err != nil {
+				return nil, fmt.Errorf("compute instances of GPU instance %d: %w", giInfo.Id, err)
+			}
+			for _, ci := range cis {
+				out = append(out, MIGInstance{
+					UUID:       uuids[[2]int{int(giInfo.Id), int(ci.Id)}],
+					ParentUUID: parent,
+					ProfileID:  p.ID,
+					Profile:    p.Name,
+					Placement:  Placement{Start: int(giInfo.Placement.Start), Size: int(giInfo.Placement.Size)},
+					GIID:       int(giInfo.Id),
+					CIID:       int(ci.Id),
+				})
+			}
+		}
+	}
+	sort.Slice(out, func(a, b int) bool {
+		if out[a].Placement.Start != out[b].Placement.Start {
+			return out[a].Placement.Start < out[b].Placement.Start
+		}
+		return out[a].CIID < out[b].CIID
+	})
+	return out, nil
+}
+
+func computeInstances(gi nvml.GpuInstance) ([]nvml.ComputeInstanceInfo, error) {
+	var out []nvml.ComputeInstanceInfo
+	for id := 0; id < nvml.COMPUTE_INSTANCE_PROFILE_COUNT; id++ {
+		info, ret := gi.GetComputeInstanceProfileInfo(id, nvml.COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
+		if ret == nvml.ERROR_NOT_SUPPORTED || ret == nvml.ERROR_INVALID_ARGUMENT {
+			continue
+		}
+		if ret != nvml.SUCCESS {
+			return nil, fmt.Errorf("compute profile %d: %w", id, nvmlError(ret))
+		}
+		cis, ret := gi.GetComputeInstances(&info)
+		if ret != nvml.SUCCESS {
+			return nil, fmt.Errorf("compute instances of profile %d: %w", id, nvmlError(ret))
+		}
+		for _, ci := range cis {
+			ciInfo, ret := ci.GetInfo()
+			if ret != nvml.SUCCESS {
+				return nil, fmt.Errorf("compute instance of profile %d: %w", id, nvmlError(ret))
+			}
+			out = append(out, ciInfo)
+		}
+	}
+	return out, nil
+}
+
+func (n *Node) device(uuid string) (nvml.Device, error) {
+	dev, ret := n.lib.DeviceGetHandleByUUID(uuid)
+	if ret != nvml.SUCCESS {
+		return nil, fmt.Errorf("open GPU %s: %w", uuid, nvmlError(ret))
+	}
+	return dev, nil
+}
+
+// SetMIGMode enables or disables MIG mode on a GPU. It fails if the change
+// needs a GPU reset that has not happened (pending mode differs).
+func (n *Node) SetMIGMode(ctx context.Context, uuid string, enabled bool) error {
+	dev, err := n.device(uuid)
+	if err != nil {
+		return err
+	}
+	mode := nvml.DEVICE_MIG_DISABLE
+	if enabled {
+		mode = nvml.DEVICE_MIG_ENABLE
+	}
+	current, _, ret := dev.GetMigMode()
+	if ret != nvml.SUCCESS {
+		return fmt.Errorf("read MIG mode of %s: %w", uuid, nvmlError(ret))
+	}
+	if current == mode {
+		return nil
+	}
+	if ret, _ := dev.SetMigMode(mode); ret != nvml.SUCCESS {
+		return fmt.Errorf("set MIG mode of %s to %t: %w", uuid, enabled, nvmlError(ret))
+	}
+	current, pending, ret := dev.GetMigMode()
+	if ret != nvml.SUCCESS {
+		return fmt.Errorf("read MIG mode of %s: %w", uuid, nvmlError(ret))
+	}
+	if current != mode {
+		return fmt.Errorf("set MIG mode of %s to %t: pending mode %d needs a GPU reset", uuid, enabled, pending)
+	}
+	klog.FromContext(ctx).Info("Changed MIG mode", "gpu", uuid, "enabled", enabled)
+	return nil
+}
+
+// CreateMIG creates a GPU instance of the requested profile at exactly the
+// requested placement, and one compute instance spanning it. On failure
+// nothing is left behind.
+func (n *Node) CreateMIG(ctx context.Context, req MIGRequest) (MIGInstance, error) {
+	dev, err := n.device(req.ParentUUID)
+	if err != nil {
+		return MIGInstance{}, err
+	}
+	current, _, ret := dev.GetMigMode()
+	if ret != nvml.SUCCESS {
+		return MIGInstance{}, fmt.Errorf("read MIG mode of %s: %w", req.ParentUUID, nvmlError(ret))
+	}
+	if current != nvml.DEVICE_MIG_ENABLE {
+		return MIGInstance{}, fmt.Errorf("create MIG instance on %s: %w", req.ParentUUID, ErrMIGDisabled)
+	}
+	info, ret := dev.GetGpuInstanceProfileInfo(req.ProfileID)
+	if ret != nvml.SUCCESS {
+		return MIGInstance{}, fmt.Errorf("MIG profile %d of %s: %w", req.ProfileID, req.ParentUUID, nvmlError(ret))
+	}
+	placement := nvml.GpuInstancePlacement{Start: uint32(req.Placement.Start), Size: uint32(req.Placement.Size)}
+	gi, ret := dev.CreateGpuInstanceWithPlacement(&info, &placement)
+	if ret == nvml.ERROR_INSUFFICIENT_RESOURCES || ret == nvml.ERROR_IN_USE {
+		return MIGInstance{}, fmt.Errorf("create GPU instance (profile %d, placement %s) on %s: %w: %w", req.ProfileID, req.Placement, req.ParentUUID, ErrPlacementOccupied, nvmlError(ret))
+	}
+	if ret != nvml.SUCCESS {
+		return MIGInstance{}, fmt.Errorf("create GPU instance (profile %d, placement %s) on %s: %w", req.ProfileID, req.Placement, req.ParentUUID, nvmlError(ret))
+	}
+	giInfo, ret := gi.GetInfo()
+	if ret != nvml.SUCCESS {
+		gi.Destroy()
+		return MIGInstance{}, fmt.Errorf("read created GPU instance on %s: %w", req.ParentUUID, nvmlError(ret))
+	}
+	ciProfile, err := fullComputeProfile(gi, int(info.SliceCount))
+	if err != nil {
+		gi.Destroy()
+		return MIGInstance{}, fmt.Errorf("compute profile for GPU instance %d on %s: %w", giInfo.Id, req.ParentUUID, err)
+	}
+	ci, ret := gi.CreateComputeInstance(&ciProfile)
+	if ret != nvml.SUCCESS {
+		gi.Destroy()
+		return MIGInstance{}, fmt.Errorf("create compute instance in GPU instance %d on %s: %w", giInfo.Id, req.ParentUUID, nvmlError(ret))
+	}
+	ciInfo, ret := ci.GetInfo()
+	if ret != nvml.SUCCESS {
+		ci.Destroy()
+		gi.Destroy()
+		return MIGInstance{}, fmt.Errorf("read created compute instance on %s: %w", req.ParentUUID, nvmlError(ret))
+	}
+	uuids, err := migUUIDs(dev)
+	if err != nil {
+		ci.Destroy()
+		gi.Destroy()
+		return MIGInstance{}, fmt.Errorf("find UUID of created MIG device on %s: %w", req.ParentUUID, err)
+	}
+	inst := MIGInstance{
+		UUID:       uuids[[2]int{int(giInfo.Id), int(ciInfo.Id)}],
+		ParentUUID: req.ParentUUID,
+		ProfileID:  req.ProfileID,
+		Profile:    profileName(req.ProfileID, int(info.SliceCount), info.MemorySizeMB, memoryTotal(dev)),
+		Placement:  Placement{Start: int(giInfo.Placement.Start), Size: int(giInfo.Placement.Size)},
+		GIID:       int(giInfo.Id),
+		CIID:       int(ciInfo.Id),
+	}
+	if inst.UUID == "" {
+		ci.Destroy()
+		gi.Destroy()
+		return MIGInstance{}, fmt.Errorf("created MIG device (GPU instance %d, compute instance %d) on %s has no UUID", giInfo.Id, ciInfo.Id, req.ParentUUID)
+	}
+	klog.FromContext(ctx).V(2).Info("Created MIG device", "gpu", req.ParentUUID, "profile", inst.Profile, "placement", inst.Placement.String(), "uuid", inst.UUID, "giid", inst.GIID, "ciid", inst.CIID)
+	return inst, nil
+}
+
+func memoryTotal(dev nvml.Device) uint64 {
+	mem, ret := dev.GetMemoryInfo()
+	if ret != nvml.SUCCESS {
+		return 0
+	}
+	return mem.Total
+}
+
+// computeSliceProfiles maps a number of compute slices to the compute-instance
+// profile of that size.
+var computeSliceProfiles = map[int]int{
+	1: nvml.COMPUTE_INSTANCE_PROFILE_1_SLICE,
+	2: nvml.COMPUTE_INSTANCE_PROFILE_2_SLICE,
+	3: nvml.COMPUTE_INSTANCE_PROFILE_3_SLICE,
+	4: nvml.COMPUTE_INSTANCE_PROFILE_4_SLICE,
+	6: nvml.COMPUTE_INSTANCE_PROFILE_6_SLICE,
+	7: nvml.COMPUTE_INSTANCE_PROFILE_7_SLICE,
+	8: nvml.COMPUTE_INSTANCE_PROFILE_8_SLICE,
+}
+
+// fullComputeProfile returns the compute-instance profile that spans all of
+// a GPU instance's compute slices.
+func fullComputeProfile(gi nvml.GpuInstance, slices int) (nvml.ComputeInstanceProfileInfo, error) {
+	id, ok := computeSliceProfiles[slices]
+	if !ok {
+		return nvml.ComputeInstanceProfileInfo{}, fmt.Errorf("no compute profile spans %d slices", slices)
+	}
+	info, ret := gi.GetComputeInstanceProfileInfo(id, nvml.COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
+	if ret != nvml.SUCCESS {
+		return info, fmt.Errorf("compute profile %d: %w", id, nvmlError(ret))
+	}
+	return info, nil
+}
+
+// DestroyMIG destroys a MIG device's compute instance and its GPU instance.
+// Destroying what is already gone succeeds, so that rollback and unprepare
+// can be retried.
+func (n *Node) DestroyMIG(ctx context.Context, ref MIGRef) error {
+	dev, err := n.device(ref.ParentUUID)
+	if err != nil {
+		return err
+	}
+	gi, ret := dev.GetGpuInstanceById(ref.GIID)
+	if ret == nvml.ERROR_NOT_FOUND || ret == nvml.ERROR_INVALID_ARGUMENT {
+		return nil
+	}
+	if ret != nvml.SUCCESS {
+		return fmt.Errorf("find GPU instance %d on %s: %w", ref.GIID, ref.ParentUUID, nvmlError(ret))
+	}
+	ci, ret := gi.GetComputeInstanceById(ref.CIID)
+	switch ret {
+	case nvml.SUCCESS:
+		if ret := ci.Destroy(); ret != nvml.SUCCESS && ret != nvml.ERROR_NOT_FOUND {
+			return fmt.Errorf("destroy compute instance %d of GPU instance %d on %s: %w", ref.CIID, ref.GIID, ref.ParentUUID, nvmlError(ret))
+		}
+	case nvml.ERROR_NOT_FOUND, nvml.ERROR_INVALID_ARGUMENT:
+	default:
+		return fmt.Errorf("find compute instance %d of GPU instance %d on %s: %w", ref.CIID, ref.GIID, ref.ParentUUID, nvmlError(ret))
+	}
+	if ret := gi.Destroy(); ret != nvml.SUCCESS && ret != nvml.ERROR_NOT_FOUND {
+		return fmt.Errorf("destroy GPU instance %d on %s: %w", ref.GIID, ref.ParentUUID, nvmlError(ret))
+	}
+	klog.FromContext(ctx).V(2).Info("Destroyed MIG device", "gpu", ref.ParentUUID, "giid", ref.GIID, "ciid", ref.CIID)
+	return nil
+}
+
+// nvmlError turns an NVML return code into an error that keeps the code.
+func nvmlError(ret nvml.Return) error {
+	return ReturnError{Code: ret}
+}
+
+// ReturnError is an NVML return code as an error.
+type ReturnError struct{ Code nvml.Return }
+
+func (e ReturnError) Error() string {
+	return fmt.Sprintf("NVML: %s (code %d)", nvml.ErrorString(e.Code), int32(e.Code))
+}
+
+// normalizeBusID formats NVML's bus ID ("00000000:07:00.0") the way
+// Kubernetes' pciBusID attribute expects it ("0000:07:00.0").
+func normalizeBusID(pci nvml.PciInfo) string {
+	var b strings.Builder
+	for _, c := range pci.BusId {
+		if c == 0 {
+			break
+		}
+		b.WriteByte(byte(c))
+	}
+	id := strings.ToLower(b.String())
+	if parts := strings.SplitN(id, ":", 2); len(parts) == 2 && len(parts[0]) > 4 {
+		id = parts[0][len(parts[0])-4:] + ":" + parts[1]
+	}
+	return id
+}
+
+var brandNames = map[nvml.BrandType]string{
+	nvml.BRAND_QUADRO:      "Quadro",
+	nvml.BRAND_TESLA:       "Tesla",
+	nvml.BRAND_NVS:         "NVS",
+	nvml.BRAND_GRID:        "Grid",
+	nvml.BRAND_GEFORCE:     "GeForce",
+	nvml.BRAND_TITAN:       "Titan",
+	nvml.BRAND_QUADRO_RTX:  "QuadroRTX",
+	nvml.BRAND_NVIDIA_RTX:  "NvidiaRTX",
+	nvml.BRAND_NVIDIA:      "Nvidia",
+	nvml.BRAND_GEFORCE_RTX: "GeForceRTX",
+	nvml.BRAND_TITAN_RTX:   "TitanRTX",
+}
+
+func brandName(b nvml.BrandType) string {
+	if n, ok := brandNames[b]; ok {
+		return n
+	}
+	return "Unknown"
+}
+
+var architectureNames = map[nvml.DeviceArchitecture]string{
+	nvml.DEVICE_ARCH_KEPLER:    "kepler",
+	nvml.DEVICE_ARCH_MAXWELL:   "maxwell",
+	nvml.DEVICE_ARCH_PASCAL:    "pascal",
+	nvml.DEVICE_ARCH_VOLTA:     "volta",
+	nvml.DEVICE_ARCH_TURING:    "turing",
+	nvml.DEVICE_ARCH_AMPERE:    "ampere",
+	nvml.DEVICE_ARCH_ADA:       "ada",
+	nvml.DEVICE_ARCH_HOPPER:    "hopper",
+	nvml.DEVICE_ARCH_BLACKWELL: "blackwell",
+	nvml.DEVICE_ARCH_RUBIN:     "rubin",
+}
+
+func architectureName(a nvml.DeviceArchitecture) string {
+	if n, ok := architectureNames[a]; ok {
+		return n
+	}
+	return "unknown"
+}

@@ -1,0 +1,272 @@
+package gpu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/sim"
+)
+
+func openSim(t *testing.T, model, dir string) *Node {
+	t.Helper()
+	n, err := Open(Options{Simulate: model, SimStateDir: dir})
+	if err != nil {
+		t.Fatalf("open %s: %v", model, err)
+	}
+	t.Cleanup(func() { n.Close() })
+	return n
+}
+
+func profileByName(t *testing.T, g GPU, name string) MIGProfile {
+	t.Helper()
+	for _, p := range g.MIGProfiles {
+		if p.Name == name {
+			return p
+		}
+	}
+	t.Fatalf("GPU %s has no profile %q", g.UUID, name)
+	return MIGProfile{}
+}
+
+// TestInventoryMatchesHardware checks the simulated nodes report what the
+// hardware reports: names, versions and MIG placements in memory slices.
+func TestInventoryMatchesHardware(t *testing.T) {
+	cases := []struct {
+		model      string
+		product    string
+		arch       string
+		cc         string
+		placements map[string]string // profile -> "start:size ..."
+	}{
+		{"dgxh100", "NVIDIA H100 80GB HBM3", "hopper", "9.0", map[string]string{
+			"1g.10gb": "0:1 1:1 2:1 3:1 4:1 5:1 6:1", "1g.10gb+me": "0:1 1:1 2:1 3:1 4:1 5:1 6:1",
+			"1g.20gb": "0:2 2:2 4:2 6:2", "2g.20gb": "0:2 2:2 4:2", "3g.40gb": "0:4 4:4",
+			"4g.40gb": "0:4", "7g.80gb": "0:8",
+		}},
+		{"dgxa100", "NVIDIA A100-SXM4-40GB", "ampere", "8.0", map[string]string{
+			"1g.5gb": "0:1 1:1 2:1 3:1 4:1 5:1 6:1", "1g.5gb+me": "0:1 1:1 2:1 3:1 4:1 5:1 6:1",
+			"1g.10gb": "0:2 2:2 4:2 6:2", "2g.10gb": "0:2 2:2 4:2", "3g.20gb": "0:4 4:4",
+			"4g.20gb": "0:4", "7g.40gb": "0:8",
+		}},
+		{"dgxh200", "NVIDIA H200 141GB HBM3e", "hopper", "9.0", map[string]string{
+			"1g.18gb": "0:1 1:1 2:1 3:1 4:1 5:1 6:1", "3g.71gb": "0:4 4:4", "7g.141gb": "0:8",
+		}},
+		{"dgxb200", "NVIDIA B200 180GB HBM3e", "blackwell", "10.0", map[string]string{
+			"1g.23gb": "0:1 1:1 2:1 3:1 4:1 5:1 6:1", "7g.180gb": "0:8",
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.model, func(t *testing.T) {
+			inv, err := openSim(t, tc.model, "").Inventory(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(inv.GPUs) != 8 {
+				t.Fatalf("got %d GPUs, want 8", len(inv.GPUs))
+			}
+			if inv.DriverVersion == "" || !strings.Contains(inv.CUDADriverVersion, ".") {
+				t.Errorf("versions: driver %q CUDA %q", inv.DriverVersion, inv.CUDADriverVersion)
+			}
+			seen := map[string]bool{}
+			for i, g := range inv.GPUs {
+				if g.Name != tc.product || g.Architecture != tc.arch || g.CUDAComputeCapability != tc.cc {
+					t.Errorf("GPU %d: %q %q %q", i, g.Name, g.Architecture, g.CUDAComputeCapability)
+				}
+				if !strings.HasPrefix(g.UUID, "GPU-") || seen[g.UUID] {
+					t.Errorf("GPU %d: bad or duplicate UUID %q", i, g.UUID)
+				}
+				seen[g.UUID] = true
+				if len(g.PCIBusID) != len("0000:18:00.0") {
+					t.Errorf("GPU %d: PCI bus ID %q", i, g.PCIBusID)
+				}
+				if !g.MIGCapable || g.MIGEnabled {
+					t.Errorf("GPU %d: MIG capable %t enabled %t, want capable and disabled", i, g.MIGCapable, g.MIGEnabled)
+				}
+			}
+			for name, want := range tc.placements {
+				p := profileByName(t, inv.GPUs[0], name)
+				var got []string
+				for _, pl := range p.Placements {
+					got = append(got, pl.String())
+					if pl.Size != p.MemorySlices {
+						t.Errorf("%s: placement %s size differs from memory slices %d", name, pl, p.MemorySlices)
+					}
+				}
+				if strings.Join(got, " ") != want {
+					t.Errorf("%s placements = %q, want %q", name, strings.Join(got, " "), want)
+				}
+			}
+		})
+	}
+}
+
+func TestMixedNode(t *testing.T) {
+	inv, err := openSim(t, "mixed", "").Inventory(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, g := range inv.GPUs {
+		names = append(names, g.Architecture)
+	}
+	if got := strings.Join(names, ","); got != "ampere,ampere,ampere,ampere,hopper,hopper,hopper,hopper" {
+		t.Errorf("architectures = %s", got)
+	}
+}
+
+func TestUnknownModel(t *testing.T) {
+	_, err := Open(Options{Simulate: "dgx-nope"})
+	if err == nil || !strings.Contains(err.Error(), "dgxh100") {
+		t.Fatalf("want an error listing the known models, got %v", err)
+	}
+}
+
+// TestMIGLifecycle creates and destroys MIG devices and checks that later
+// queries see exactly what hardware would.
+func TestMIGLifecycle(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	n := openSim(t, "dgxh100", dir)
+	inv, err := n.Inventory(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := inv.GPUs[0]
+	p3g := profileByName(t, g, "3g.40gb")
+	p1g := profileByName(t, g, "1g.10gb")
+	pme := profileByName(t, g, "1g.10gb+me")
+
+	if _, err := n.CreateMIG(ctx, MIGRequest{ParentUUID: g.UUID, ProfileID: p3g.ID, Placement: Placement{0, 4}}); !errors.Is(err, ErrMIGDisabled) {
+		t.Fatalf("create with MIG disabled: want ErrMIGDisabled, got %v", err)
+	}
+	if err := n.SetMIGMode(ctx, g.UUID, true); err != nil {
+		t.Fatal(err)
+	}
+	a, err := n.CreateMIG(ctx, MIGRequest{ParentUUID: g.UUID, ProfileID: p3g.ID, Placement: Placement{4, 4}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(a.UUID, "MIG-") || a.Profile != "3g.40gb" || a.Placement != (Placement{4, 4}) {
+		t.Fatalf("created %+v", a)
+	}
+
+	steps := []struct {
+		name    string
+		profile MIGProfile
+		at      Placement
+		wantErr error
+	}{
+		{"1g inside the 3g is refused", p1g, Placement{5, 1}, ErrPlacementOccupied},
+		{"1g beside it fits", p1g, Placement{3, 1}, nil},
+		{"the same slot twice is refused", p1g, Placement{3, 1}, ErrPlacementOccupied},
+		{"one +me fits", pme, Placement{0, 1}, nil},
+		{"a second +me is refused", pme, Placement{1, 1}, ErrPlacementOccupied},
+		{"an unknown placement is refused", p3g, Placement{2, 4}, ReturnError{}},
+	}
+	for _, s := range steps {
+		_, err := n.CreateMIG(ctx, MIGRequest{ParentUUID: g.UUID, ProfileID: s.profile.ID, Placement: s.at})
+		switch {
+		case s.wantErr == nil && err != nil:
+			t.Errorf("%s: %v", s.name, err)
+		case s.wantErr != nil && err == nil:
+			t.Errorf("%s: succeeded", s.name)
+		case s.wantErr == ErrPlacementOccupied && !errors.Is(err, ErrPlacementOccupied):
+			t.Errorf("%s: want ErrPlacementOccupied, got %v", s.name, err)
+		}
+	}
+
+	// The state outlives the process: a second node on the same directory
+	// sees the instances, and can destroy one.
+	again := openSim(t, "dgxh100", dir)
+	inv2, err := again.Inventory(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inv2.GPUs[0].UUID != g.UUID {
+		t.Fatalf("GPU UUID changed across opens: %s -> %s", g.UUID, inv2.GPUs[0].UUID)
+	}
+	live := inv2.GPUs[0].MIGInstances
+	if got := describe(live); got != "1g.10gb+me@0:1 1g.10gb@3:1 3g.40gb@4:4" {
+		t.Fatalf("live instances = %s", got)
+	}
+	for _, other := range inv2.GPUs[1:] {
+		if len(other.MIGInstances) != 0 {
+			t.Fatalf("GPU %s has instances it should not: %s", other.UUID, describe(other.MIGInstances))
+		}
+	}
+	if err := again.DestroyMIG(ctx, MIGRef{ParentUUID: a.ParentUUID, GIID: a.GIID, CIID: a.CIID}); err != nil {
+		t.Fatal(err)
+	}
+	if err := again.DestroyMIG(ctx, MIGRef{ParentUUID: a.ParentUUID, GIID: a.GIID, CIID: a.CIID}); err != nil {
+		t.Fatalf("destroying twice must succeed: %v", err)
+	}
+	// The freed slots take a new instance, with a new UUID.
+	b, err := n.CreateMIG(ctx, MIGRequest{ParentUUID: g.UUID, ProfileID: p1g.ID, Placement: Placement{5, 1}})
+	if err != nil {
+		t.Fatalf("create in freed slot: %v", err)
+	}
+	if b.UUID == a.UUID {
+		t.Fatal("new instance reused a UUID")
+	}
+	if err := n.SetMIGMode(ctx, g.UUID, false); err == nil {
+		t.Fatal("disabling MIG with live instances must fail")
+	}
+}
+
+func describe(insts []MIGInstance) string {
+	var parts []string
+	for _, i := range insts {
+		parts = append(parts, fmt.Sprintf("%s@%s", i.Profile, i.Placement))
+	}
+	return strings.Join(parts, " ")
+}
+
+func TestWatchEventsDeliversInjectedFaults(t *testing.T) {
+	dir := t.TempDir()
+	n := openSim(t, "dgxa100", dir)
+	inv, err := n.Inventory(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	events := make(chan Event, 4)
+	done := make(chan error, 1)
+	go func() { done <- n.WatchEvents(ctx, func(e Event) { events <- e }) }()
+
+	injector, err := sim.Open("dgxa100", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Give the watcher time to register before injecting; events injected
+	// before registration are not delivered, as with NVML.
+	time.Sleep(100 * time.Millisecond)
+	if err := injector.InjectXID(2, 79, -1, -1); err != nil {
+		t.Fatal(err)
+	}
+	if err := injector.InjectDoubleBitECC(5); err != nil {
+		t.Fatal(err)
+	}
+	want := []Event{
+		{Kind: EventXID, GPUUUID: inv.GPUs[2].UUID, XID: 79, GIID: -1, CIID: -1},
+		{Kind: EventDoubleBitECC, GPUUUID: inv.GPUs[5].UUID, GIID: -1, CIID: -1},
+	}
+	for _, w := range want {
+		select {
+		case got := <-events:
+			if got != w {
+				t.Errorf("event = %+v, want %+v", got, w)
+			}
+		case <-ctx.Done():
+			t.Fatalf("no event %+v", w)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,41 @@
+package gpu
+
+import (
+	"fmt"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/sim"
+)
+
+// Options select the NVML implementation.
+type Options struct {
+	// Simulate names a simulated node (see SimulatedModels); empty means the
+	// real NVML library.
+	Simulate string
+	// SimStateDir holds the simulated node's state file; empty keeps the
+	// state in this process only.
+	SimStateDir string
+	// LibraryPath overrides where libnvidia-ml.so.1 is loaded from, e.g.
+	// under the driver root. Empty uses the dynamic loader's search path.
+	LibraryPath string
+}
+
+// Open returns the node's GPUs through real or simulated NVML.
+func Open(opts Options) (*Node, error) {
+	if opts.Simulate != "" {
+		s, err := sim.Open(opts.Simulate, opts.SimStateDir)
+		if err != nil {
+			return nil, fmt.Errorf("open simulated node: %w", err)
+		}
+		return NewNode(s)
+	}
+	var libOpts []nvml.LibraryOption
+	if opts.LibraryPath != "" {
+		libOpts = append(libOpts, nvml.WithLibraryPath(opts.LibraryPath))
+	}
+	return NewNode(nvml.New(libOpts...))
+}
+
+// SimulatedModels lists the names Options.Simulate accepts.
+func SimulatedModels() []string { return sim.Models() }

@@ -1,0 +1,85 @@
+package sim
+
+import (
+	"fmt"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+)
+
+// InjectXID records an XID error on GPU index, delivered to event sets. A
+// MIG-scoped XID names the GPU and compute instance; pass -1, -1 for a
+// GPU-wide one.
+func (n *Node) InjectXID(index int, xid uint64, giid, ciid int) error {
+	return n.inject(index, EventState{Type: nvml.EventTypeXidCriticalError, Data: xid, GIID: giid, CIID: ciid})
+}
+
+// InjectDoubleBitECC records an uncorrectable (double-bit) ECC error.
+func (n *Node) InjectDoubleBitECC(index int) error {
+	return n.inject(index, EventState{Type: nvml.EventTypeDoubleBitEccError, GIID: -1, CIID: -1})
+}
+
+func (n *Node) inject(index int, e EventState) error {
+	return n.store.update(func(st *State) error {
+		if _, err := st.gpu(index); err != nil {
+			return err
+		}
+		e.GPU = index
+		st.addEvent(e)
+		return nil
+	})
+}
+
+// SetLost makes GPU index fall off the bus (every call fails with
+// ERROR_GPU_IS_LOST) or come back.
+func (n *Node) SetLost(index int, lost bool) error {
+	return n.setGPU(index, func(g *GPUState) { g.Lost = lost })
+}
+
+// SetTemperature sets GPU index's core temperature in °C.
+func (n *Node) SetTemperature(index int, celsius int) error {
+	if celsius < -50 || celsius > 200 {
+		return fmt.Errorf("temperature %d°C is out of range", celsius)
+	}
+	return n.setGPU(index, func(g *GPUState) { g.TemperatureC = celsius })
+}
+
+// SetRetiredPagesPending sets whether GPU index has page retirements pending
+// a reset.
+func (n *Node) SetRetiredPagesPending(index int, pending bool) error {
+	return n.setGPU(index, func(g *GPUState) { g.RetiredPagesPending = pending })
+}
+
+// SetMIGMode sets GPU index's MIG mode directly, as an administrator's
+// nvidia-smi would; it fails while GPU instances exist.
+func (n *Node) SetMIGMode(index int, enabled bool) error {
+	d, err := n.device(index)
+	if err != nil {
+		return err
+	}
+	mode := nvml.DEVICE_MIG_DISABLE
+	if enabled {
+		mode = nvml.DEVICE_MIG_ENABLE
+	}
+	if ret, _ := d.SetMigMode(mode); ret != nvml.SUCCESS {
+		return fmt.Errorf("set MIG mode of GPU %d: %s", index, nvml.ErrorString(ret))
+	}
+	return nil
+}
+
+func (n *Node) device(index int) (nvml.Device, error) {
+	if index < 0 || index >= len(n.Devices) {
+		return nil, fmt.Errorf("GPU index %d out of range (node has %d GPUs)", index, len(n.Devices))
+	}
+	return n.Devices[index], nil
+}
+
+func (n *Node) setGPU(index int, fn func(*GPUState)) error {
+	return n.store.update(func(st *State) error {
+		g, err := st.gpu(index)
+		if err != nil {
+			return err
+		}
+		fn(g)
+		return nil
+	})
+}

@@ -1,0 +1,153 @@
+// Package gpu is the driver's only door to the hardware: it is the one package
+// (with its sub-packages) that imports go-nvml. It turns NVML into plain Go
+// values (an Inventory of GPUs, their MIG profiles, placements and live MIG
+// instances) and offers the few mutations the driver needs: creating and
+// destroying a MIG GPU instance together with its compute instance, and
+// switching MIG mode.
+//
+// The same code runs against the real NVML library and against a simulated
+// node (package sim) built on go-nvml's own mock servers, so tests and the
+// demo exercise the code path that production uses.
+package gpu
+
+import "fmt"
+
+// MemorySlices is the number of memory slices of every MIG-capable GPU the
+// driver knows (A100, H100, H200, B200). Placements count memory slices.
+const MemorySlices = 8
+
+// Inventory is a snapshot of the node's GPUs as NVML reports them.
+type Inventory struct {
+	// DriverVersion is the kernel driver's version, e.g. "550.54.15".
+	DriverVersion string
+	// CUDADriverVersion is the highest CUDA version the driver supports,
+	// formatted "major.minor", e.g. "12.4".
+	CUDADriverVersion string
+	// GPUs are sorted by PCI bus ID, which is the order NVML indexes them in.
+	GPUs []GPU
+}
+
+// GPU is one physical GPU.
+type GPU struct {
+	UUID  string // "GPU-…"
+	Index int    // NVML index
+	Minor int    // minor number of /dev/nvidia<minor>; stable while the driver is loaded
+	// Name is NVML's product name, e.g. "NVIDIA H100 80GB HBM3".
+	Name  string
+	Brand string // e.g. "Nvidia", "Tesla"
+	// Architecture is a lowercase family name, e.g. "hopper".
+	Architecture string
+	// CUDAComputeCapability is "major.minor", e.g. "9.0".
+	CUDAComputeCapability string
+	MemoryBytes           uint64
+	PCIBusID              string // domain:bus:device.function, lowercase, e.g. "0000:07:00.0"
+
+	MIGCapable bool
+	// MIGEnabled is the current MIG mode.
+	MIGEnabled bool
+	// MIGProfiles lists every GPU-instance profile the GPU supports, with all
+	// possible placements, in NVML profile-ID order. Empty unless MIGCapable.
+	MIGProfiles []MIGProfile
+	// MIGInstances are the MIG devices that exist now (GPU instance plus
+	// compute instance), whoever created them.
+	MIGInstances []MIGInstance
+}
+
+// MIGProfile is a GPU-instance profile, e.g. "1g.10gb", with the compute
+// instance profile that fills it completely.
+type MIGProfile struct {
+	// ID is NVML's GPU-instance profile ID (GPU_INSTANCE_PROFILE_*).
+	ID int
+	// ComputeProfileID is the compute-instance profile used to create the
+	// single compute instance that spans the GPU instance.
+	ComputeProfileID int
+	// Name is the canonical name, e.g. "1g.10gb", "1g.10gb+me", "7g.80gb".
+	Name string
+	// ComputeSlices is the number of compute slices ("1g" = 1).
+	ComputeSlices int
+	// MemorySlices is the number of memory slices one instance occupies; it
+	// equals the size of each of its placements.
+	MemorySlices    int
+	MemoryBytes     uint64
+	Multiprocessors int
+	CopyEngines     int
+	Decoders        int
+	Encoders        int
+	JPEGEngines     int
+	OFAEngines      int
+	// MaxInstances is how many instances of this profile fit on an empty GPU.
+	MaxInstances int
+	// Placements are all possible placements, in memory slices.
+	Placements []Placement
+}
+
+// Placement is where a GPU instance lives, in memory slices.
+type Placement struct {
+	Start int
+	Size  int
+}
+
+// Mask returns the memory slices the placement occupies as a bit mask.
+func (p Placement) Mask() uint32 {
+	return ((uint32(1) << p.Size) - 1) << p.Start
+}
+
+// Overlaps reports whether two placements share a memory slice.
+func (p Placement) Overlaps(o Placement) bool {
+	return p.Mask()&o.Mask() != 0
+}
+
+func (p Placement) String() string {
+	return fmt.Sprintf("%d:%d", p.Start, p.Size)
+}
+
+// MIGInstance is a live MIG device: a GPU instance and its compute instance.
+type MIGInstance struct {
+	// UUID is the MIG device's UUID, "MIG-…".
+	UUID       string
+	ParentUUID string
+	// ProfileID and Profile identify the GPU-instance profile.
+	ProfileID int
+	Profile   string
+	Placement Placement
+	// GIID and CIID are the GPU- and compute-instance IDs, used to find the
+	// instance again and for the /dev/nvidia-caps capability files.
+	GIID int
+	CIID int
+}
+
+// MIGRequest asks for a GPU instance of a profile at an exact placement on a
+// GPU, with one compute instance spanning it.
+type MIGRequest struct {
+	ParentUUID string
+	ProfileID  int
+	Placement  Placement
+}
+
+// MIGRef identifies a live MIG instance for destruction.
+type MIGRef struct {
+	ParentUUID string
+	GIID       int
+	CIID       int
+}
+
+// EventKind classifies a health event NVML delivered.
+type EventKind string
+
+// Health event kinds.
+const (
+	EventXID          EventKind = "xid"
+	EventDoubleBitECC EventKind = "ecc"
+	EventGPULost      EventKind = "gpu-lost"
+)
+
+// Event is a health event for a GPU, or for one MIG instance on it when
+// GIID/CIID are set (>= 0).
+type Event struct {
+	Kind    EventKind
+	GPUUUID string
+	// XID is the XID number for EventXID.
+	XID  uint64
+	GIID int
+	CIID int
+}
