@@ -1,0 +1,150 @@
+package devicemodel
+
+import (
+	"sort"
+
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+)
+
+// counterTotals are the sizes of one GPU's shared counters.
+//
+// The memory slices carry exclusivity: a placement consumes its slices, the
+// whole GPU all of them, so overlapping devices can never be allocated
+// together. "memory" and "multiprocessors" let users and tools see what is
+// left; their totals are the most that any valid set of MIG instances can
+// use, so they never refuse what the hardware allows. Instance limits that
+// the placements do not already imply (a GPU has one set of media engines,
+// so only one "+me" instance fits although seven placements exist) are
+// counters of their own.
+type counterTotals struct {
+	memoryBytes     int64
+	multiprocessors int
+	// limits maps a profile ID to its instance-limit counter, for the
+	// profiles whose MaxInstances is below what their placements allow.
+	limits map[int]limit
+}
+
+type limit struct {
+	counter string
+	max     int
+}
+
+func computeTotals(g *gpu.GPU) counterTotals {
+	t := counterTotals{limits: map[int]limit{}}
+	for i := range g.MIGProfiles {
+		p := &g.MIGProfiles[i]
+		if p.MaxInstances < disjointPlacements(p.Placements) {
+			t.limits[p.ID] = limit{counter: instanceLimitCounter(p), max: p.MaxInstances}
+		}
+	}
+	mem, mps := bestPacking(g, t.limits)
+	t.memoryBytes = max(int64(g.MemoryBytes), mem)
+	t.multiprocessors = mps
+	return t
+}
+
+// disjointPlacements is how many of the placements fit at once.
+func disjointPlacements(pls []gpu.Placement) int {
+	sorted := append([]gpu.Placement(nil), pls...)
+	sort.Slice(sorted, func(a, b int) bool {
+		return sorted[a].Start+sorted[a].Size < sorted[b].Start+sorted[b].Size
+	})
+	n, end := 0, -1
+	for _, p := range sorted {
+		if p.Start >= end {
+			n++
+			end = p.Start + p.Size
+		}
+	}
+	return n
+}
+
+// bestPacking returns the largest memory and multiprocessor sums over all
+// sets of non-overlapping placements that respect the instance limits.
+func bestPacking(g *gpu.GPU, limits map[int]limit) (memory int64, multiprocessors int) {
+	type option struct {
+		profile *gpu.MIGProfile
+		at      gpu.Placement
+	}
+	byStart := make([][]option, gpu.MemorySlices)
+	for i := range g.MIGProfiles {
+		p := &g.MIGProfiles[i]
+		for _, pl := range p.Placements {
+			if pl.Start >= 0 && pl.Start < gpu.MemorySlices {
+				byStart[pl.Start] = append(byStart[pl.Start], option{p, pl})
+			}
+		}
+	}
+	used := map[int]int{}
+	var walk func(slot int, mask uint32, mem int64, mps int)
+	walk = func(slot int, mask uint32, mem int64, mps int) {
+		if slot == gpu.MemorySlices {
+			memory = max(memory, mem)
+			multiprocessors = max(multiprocessors, mps)
+			return
+		}
+		walk(slot+1, mask, mem, mps)
+		for _, o := range byStart[slot] {
+			if o.at.Mask()&mask != 0 {
+				continue
+			}
+			if l, ok := limits[o.profile.ID]; ok && used[o.profile.ID] >= l.max {
+				continue
+			}
+			used[o.profile.ID]++
+			walk(slot+1, mask|o.at.Mask(), mem+int64(o.profile.MemoryBytes), mps+o.profile.Multiprocessors)
+			used[o.profile.ID]--
+		}
+	}
+	walk(0, 0, 0, 0)
+	return memory, multiprocessors
+}
+
+func (t counterTotals) counters() map[string]resourceapi.Counter {
+	c := map[string]resourceapi.Counter{
+		"memory":          {Value: *resource.NewQuantity(t.memoryBytes, resource.BinarySI)},
+		"multiprocessors": {Value: *resource.NewQuantity(int64(t.multiprocessors), resource.DecimalSI)},
+	}
+	for i := 0; i < gpu.MemorySlices; i++ {
+		c[memorySliceCounter(i)] = one()
+	}
+	for _, l := range t.limits {
+		c[l.counter] = resourceapi.Counter{Value: *resource.NewQuantity(int64(l.max), resource.DecimalSI)}
+	}
+	return c
+}
+
+// wholeGPU is what the whole GPU consumes: every memory slice and all the
+// memory and multiprocessors.
+func (t counterTotals) wholeGPU() map[string]resourceapi.Counter {
+	c := map[string]resourceapi.Counter{
+		"memory":          {Value: *resource.NewQuantity(t.memoryBytes, resource.BinarySI)},
+		"multiprocessors": {Value: *resource.NewQuantity(int64(t.multiprocessors), resource.DecimalSI)},
+	}
+	for i := 0; i < gpu.MemorySlices; i++ {
+		c[memorySliceCounter(i)] = one()
+	}
+	return c
+}
+
+// migConsumption is what a MIG profile at a placement consumes.
+func (t counterTotals) migConsumption(p *gpu.MIGProfile, pl gpu.Placement) map[string]resourceapi.Counter {
+	c := map[string]resourceapi.Counter{
+		"memory":          {Value: *resource.NewQuantity(int64(p.MemoryBytes), resource.BinarySI)},
+		"multiprocessors": {Value: *resource.NewQuantity(int64(p.Multiprocessors), resource.DecimalSI)},
+	}
+	for i := pl.Start; i < pl.Start+pl.Size; i++ {
+		c[memorySliceCounter(i)] = one()
+	}
+	if l, ok := t.limits[p.ID]; ok {
+		c[l.counter] = one()
+	}
+	return c
+}
+
+func one() resourceapi.Counter {
+	return resourceapi.Counter{Value: *resource.NewQuantity(1, resource.DecimalSI)}
+}
