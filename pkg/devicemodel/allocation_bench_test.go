@@ -1,0 +1,78 @@
+package devicemodel
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/sets"
+	"k8s.io/dynamic-resource-allocation/structured"
+)
+
+// BenchmarkAllocator measures the scheduler's allocator on a cluster of 100
+// simulated DGX H100 nodes (800 GPUs, every MIG placement published). One
+// op is what the scheduler's Filter does for one claim: build the allocator
+// over all slices and try every node. Half the nodes already hold work (a
+// whole GPU and three 1g instances each), so the allocator has to skip
+// occupied devices as it would in a busy cluster.
+func BenchmarkAllocator(b *testing.B) {
+	const nodes = 100
+	inv := inventory(b, "dgxh100")
+	models := map[string]*Model{}
+	for i := 0; i < nodes; i++ {
+		models[fmt.Sprintf("node-%03d", i)] = build(b, Input{Inventory: inv})
+	}
+	c := newCluster(b, models)
+	for i := 0; i < nodes; i += 2 {
+		n := fmt.Sprintf("node-%03d", i)
+		c.allocate(n, claim(exactly("gpu", "gpu.nvidia.com", 1)))
+		for j := 0; j < 3; j++ {
+			c.allocate(n, claim(exactly("mig", "mig.nvidia.com", 1, attr("profile")+` == "1g.10gb"`)))
+		}
+	}
+	nodeObjs := make([]*v1.Node, 0, nodes)
+	for n := range models {
+		nodeObjs = append(nodeObjs, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: n}})
+	}
+	claims := map[string]*resourceapi.ResourceClaim{
+		"whole-gpu": claim(exactly("gpu", "gpu.nvidia.com", 1)),
+		"mig-1g":    claim(exactly("mig", "mig.nvidia.com", 1, attr("profile")+` == "1g.10gb"`)),
+		"mig-3g":    claim(exactly("mig", "mig.nvidia.com", 1, attr("profile")+` == "3g.40gb"`)),
+		"gpu-cel":   claim(exactly("gpu", "gpu.nvidia.com", 1, attr("cudaComputeCapability")+`.compareTo(semver("9.0.0")) >= 0`, `device.capacity["gpu.nvidia.com"].memory.compareTo(quantity("80Gi")) >= 0`)),
+		"first-available": claim(resourceapi.DeviceRequest{Name: "r", FirstAvailable: []resourceapi.DeviceSubRequest{
+			{Name: "a100", DeviceClassName: "gpu.nvidia.com", AllocationMode: resourceapi.DeviceAllocationModeExactCount, Count: 1, Selectors: selectors([]string{attr("architecture") + ` == "ampere"`})},
+			{Name: "mig", DeviceClassName: "mig.nvidia.com", AllocationMode: resourceapi.DeviceAllocationModeExactCount, Count: 1, Selectors: selectors([]string{attr("profile") + ` == "2g.20gb"`})},
+		}}),
+	}
+	state := structured.AllocatedState{AllocatedDevices: c.allocated, AllocatedSharedDeviceIDs: sets.New[structured.SharedDeviceID](), AggregatedCapacity: structured.NewConsumedCapacityCollection()}
+	ctx := context.Background()
+	for _, name := range []string{"whole-gpu", "mig-1g", "mig-3g", "gpu-cel", "first-available"} {
+		cl := claims[name]
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				alloc, err := structured.NewAllocator(ctx, features, state, c.classes, c.slices, c.celCache)
+				if err != nil {
+					b.Fatal(err)
+				}
+				fits := 0
+				for _, n := range nodeObjs {
+					res, err := alloc.Allocate(ctx, n, []*resourceapi.ResourceClaim{cl})
+					if err != nil {
+						b.Fatal(err)
+					}
+					if res != nil {
+						fits++
+					}
+				}
+				if fits != nodes {
+					b.Fatalf("claim fits on %d of %d nodes", fits, nodes)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/nodes/1000, "µs/node")
+		})
+	}
+}
