@@ -84,6 +84,12 @@ func (n *Node) Inventory(ctx context.Context) (*Inventory, error) {
 			return nil, fmt.Errorf("open GPU %d: %w", i, nvmlError(ret))
 		}
 		g, err := readGPU(dev, i)
+		var lost ReturnError
+		if errors.As(err, &lost) && lost.Code == nvml.ERROR_GPU_IS_LOST && g.UUID != "" {
+			klog.FromContext(ctx).Info("GPU is lost", "gpu", g.UUID, "index", i)
+			g.Lost = true
+			err = nil
+		}
 		if err != nil {
 			return nil, fmt.Errorf("read GPU %d: %w", i, err)
 		}

@@ -42,6 +42,10 @@ type GPU struct {
 	MemoryBytes           uint64
 	PCIBusID              string // domain:bus:device.function, lowercase, e.g. "0000:07:00.0"
 
+	// Lost is set when NVML reports the GPU fallen off the bus; only the
+	// fields read before that are filled in.
+	Lost bool
+
 	MIGCapable bool
 	// MIGEnabled is the current MIG mode.
 	MIGEnabled bool

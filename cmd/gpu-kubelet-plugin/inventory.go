@@ -1,0 +1,69 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+	resourceapi "k8s.io/api/resource/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+)
+
+func newInventoryCommand(opts *options) *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "inventory",
+		Short: "Print the ResourceSlices this node would publish",
+		Long: `Discover the node's GPUs (or a simulated node's) and print the complete
+resource.k8s.io/v1 ResourceSlice objects the plugin would publish, as a YAML
+stream or a JSON list. Nothing is written to the cluster.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if opts.nodeName == "" {
+				return fmt.Errorf("--node-name is required: the pool is named after the node")
+			}
+			if output != "yaml" && output != "json" {
+				return fmt.Errorf("-o/--output must be yaml or json, not %q", output)
+			}
+			node, err := gpu.Open(opts.gpuOptions())
+			if err != nil {
+				return err
+			}
+			defer node.Close()
+			inv, err := node.Inventory(cmd.Context())
+			if err != nil {
+				return fmt.Errorf("read GPU inventory: %w", err)
+			}
+			model, err := devicemodel.Build(devicemodel.Input{Inventory: inv, StaticMIGOnly: opts.staticMIGOnly})
+			if err != nil {
+				return err
+			}
+			return writeSlices(cmd.OutOrStdout(), model.ResourceSlices(opts.nodeName), output)
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "yaml", "output format: yaml (a stream of documents) or json (a v1 List)")
+	return cmd
+}
+
+func writeSlices(w io.Writer, slices []resourceapi.ResourceSlice, format string) error {
+	if format == "json" {
+		list := map[string]any{"apiVersion": "v1", "kind": "List", "items": slices}
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(list)
+	}
+	for i := range slices {
+		data, err := yaml.Marshal(&slices[i])
+		if err != nil {
+			return fmt.Errorf("encode slice %d: %w", i, err)
+		}
+		if _, err := fmt.Fprintf(w, "---\n%s", data); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,67 @@
+// Command gpu-kubelet-plugin is the node agent of the gpu.nvidia.com DRA
+// driver. This file only parses flags; the work is done in pkg/.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/flags"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+)
+
+// options are the flags every subcommand shares.
+type options struct {
+	nodeName      string
+	simulate      string
+	simStateDir   string
+	nvmlLibrary   string
+	staticMIGOnly bool
+}
+
+func (o *options) gpuOptions() gpu.Options {
+	return gpu.Options{Simulate: o.simulate, SimStateDir: o.simStateDir, LibraryPath: o.nvmlLibrary}
+}
+
+func (o *options) addFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&o.nodeName, "node-name", "", "name of the Kubernetes node this plugin runs on; names the resource pool")
+	fs.StringVar(&o.simulate, "simulate", "", "simulate a GPU node instead of using NVML: "+strings.Join(gpu.SimulatedModels(), ", "))
+	fs.StringVar(&o.simStateDir, "sim-state-dir", "", "directory of the simulated node's state file (shared with gpu-sim); empty keeps it in memory")
+	fs.StringVar(&o.nvmlLibrary, "nvml-library", "", "path of libnvidia-ml.so.1; empty uses the dynamic loader's search path")
+	fs.BoolVar(&o.staticMIGOnly, "static-mig-only", false, "publish only pre-created MIG instances instead of every MIG placement")
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := newRootCommand().ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "error:", err)
+		os.Exit(1)
+	}
+}
+
+func newRootCommand() *cobra.Command {
+	opts := &options{}
+	root := &cobra.Command{
+		Use:           "gpu-kubelet-plugin",
+		Short:         "Kubelet plugin of the gpu.nvidia.com DRA driver",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return flags.ApplyEnv(cmd.Flags())
+		},
+	}
+	opts.addFlags(root.PersistentFlags())
+	klogFlags := goFlagSet()
+	root.PersistentFlags().AddGoFlagSet(klogFlags)
+	root.AddCommand(newInventoryCommand(opts))
+	flags.DocumentEnv(root.PersistentFlags())
+	return root
+}

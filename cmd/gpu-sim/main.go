@@ -1,0 +1,189 @@
+// Command gpu-sim shows a simulated GPU node's state and injects faults into
+// it, for tests and demos. It works on the same state file as a plugin
+// started with --simulate and --sim-state-dir.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/sim"
+)
+
+func main() {
+	if err := newRootCommand().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "error:", err)
+		os.Exit(1)
+	}
+}
+
+func newRootCommand() *cobra.Command {
+	var model, dir string
+	open := func() (*sim.Node, error) {
+		if dir == "" {
+			return nil, fmt.Errorf("--state-dir is required")
+		}
+		return sim.Open(model, dir)
+	}
+	root := &cobra.Command{
+		Use:           "gpu-sim",
+		Short:         "Inspect a simulated GPU node and inject faults",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&model, "model", "dgxh100", "simulated node: "+strings.Join(sim.Models(), ", "))
+	root.PersistentFlags().StringVar(&dir, "state-dir", os.Getenv("GPU_DRA_SIM_STATE_DIR"), "directory of the simulated node's state file [env GPU_DRA_SIM_STATE_DIR]")
+
+	var asJSON bool
+	show := &cobra.Command{
+		Use:   "show",
+		Short: "Show GPUs, MIG mode, MIG devices and faults",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			n, err := open()
+			if err != nil {
+				return err
+			}
+			st, err := n.State()
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			node, err := gpu.NewNode(n)
+			if err != nil {
+				return err
+			}
+			inv, err := node.Inventory(context.Background())
+			if err != nil {
+				return err
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "GPU\tUUID\tPRODUCT\tMIG\tTEMP\tFAULTS\tMIG DEVICES")
+			for i, g := range inv.GPUs {
+				gs := st.GPUs[i]
+				var faults []string
+				if gs.Lost {
+					faults = append(faults, "lost")
+				}
+				if gs.RetiredPagesPending {
+					faults = append(faults, "retired-pages-pending")
+				}
+				var migs []string
+				for _, m := range g.MIGInstances {
+					migs = append(migs, fmt.Sprintf("%s@%s(gi%d,ci%d)", m.Profile, m.Placement, m.GIID, m.CIID))
+				}
+				fmt.Fprintf(w, "%d\t%s\t%s\t%t\t%d°C\t%s\t%s\n", i, g.UUID, g.Name, g.MIGEnabled, gs.TemperatureC, strings.Join(faults, ","), strings.Join(migs, " "))
+			}
+			if len(st.Events) > 0 {
+				fmt.Fprintf(w, "\n%d injected events, last: %+v\n\n", len(st.Events), st.Events[len(st.Events)-1])
+			}
+			return w.Flush()
+		},
+	}
+	show.Flags().BoolVar(&asJSON, "json", false, "print the raw state file")
+
+	var giid, ciid int
+	xid := &cobra.Command{
+		Use:   "xid GPU XID",
+		Short: "Inject an XID error on a GPU (or one MIG device with --gi/--ci)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(_ *cobra.Command, args []string) error {
+			idx, err := gpuIndex(args[0])
+			if err != nil {
+				return err
+			}
+			code, err := strconv.ParseUint(args[1], 10, 64)
+			if err != nil {
+				return fmt.Errorf("XID %q is not a number", args[1])
+			}
+			n, err := open()
+			if err != nil {
+				return err
+			}
+			return n.InjectXID(idx, code, giid, ciid)
+		},
+	}
+	xid.Flags().IntVar(&giid, "gi", -1, "GPU instance ID of the MIG device the XID belongs to")
+	xid.Flags().IntVar(&ciid, "ci", -1, "compute instance ID of the MIG device the XID belongs to")
+
+	root.AddCommand(show, xid,
+		gpuCommand(open, "ecc GPU", "Inject an uncorrectable (double-bit) ECC error", 0, func(n *sim.Node, i int, _ []string) error { return n.InjectDoubleBitECC(i) }),
+		gpuCommand(open, "lost GPU on|off", "Make a GPU fall off the bus, or come back", 1, func(n *sim.Node, i int, a []string) error {
+			on, err := onOff(a[0])
+			if err != nil {
+				return err
+			}
+			return n.SetLost(i, on)
+		}),
+		gpuCommand(open, "temperature GPU CELSIUS", "Set a GPU's temperature", 1, func(n *sim.Node, i int, a []string) error {
+			c, err := strconv.Atoi(a[0])
+			if err != nil {
+				return fmt.Errorf("temperature %q is not a whole number", a[0])
+			}
+			return n.SetTemperature(i, c)
+		}),
+		gpuCommand(open, "retired-pages GPU on|off", "Set whether page retirements are pending", 1, func(n *sim.Node, i int, a []string) error {
+			on, err := onOff(a[0])
+			if err != nil {
+				return err
+			}
+			return n.SetRetiredPagesPending(i, on)
+		}),
+		gpuCommand(open, "mig-mode GPU on|off", "Set a GPU's MIG mode as nvidia-smi would (fails while MIG devices exist)", 1, func(n *sim.Node, i int, a []string) error {
+			on, err := onOff(a[0])
+			if err != nil {
+				return err
+			}
+			return n.SetMIGMode(i, on)
+		}),
+	)
+	return root
+}
+
+// gpuCommand builds a subcommand taking a GPU index and extra arguments.
+func gpuCommand(open func() (*sim.Node, error), use, short string, extra int, action func(n *sim.Node, index int, args []string) error) *cobra.Command {
+	return &cobra.Command{
+		Use: use, Short: short, Args: cobra.ExactArgs(1 + extra),
+		RunE: func(_ *cobra.Command, args []string) error {
+			idx, err := gpuIndex(args[0])
+			if err != nil {
+				return err
+			}
+			n, err := open()
+			if err != nil {
+				return err
+			}
+			return action(n, idx, args[1:])
+		},
+	}
+}
+
+func gpuIndex(s string) (int, error) {
+	i, err := strconv.Atoi(strings.TrimPrefix(s, "gpu-"))
+	if err != nil {
+		return 0, fmt.Errorf("GPU %q: want an index such as 0 or gpu-0", s)
+	}
+	return i, nil
+}
+
+func onOff(s string) (bool, error) {
+	switch s {
+	case "on", "true", "1":
+		return true, nil
+	case "off", "false", "0":
+		return false, nil
+	}
+	return false, fmt.Errorf("%q: want on or off", s)
+}
