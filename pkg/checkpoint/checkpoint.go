@@ -1,0 +1,250 @@
+// Package checkpoint persists what the plugin prepared, so that prepare and
+// unprepare are idempotent and survive a crash or a restart of the plugin.
+//
+// The file is written atomically (temporary file, fsync, rename, fsync of
+// the directory). It is an envelope {version, checksum, data} whose checksum
+// covers the data bytes exactly as stored, never re-marshalled, so an
+// upgrade that adds fields does not break it. Unknown fields are ignored.
+// A file that cannot be trusted (unreadable, truncated, bad checksum, a
+// future major version) is set aside beside the original and the plugin
+// starts from an empty checkpoint and rebuilds from live state.
+package checkpoint
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Version is the schema version this code writes. A file of a higher
+// version is not read: its meaning may have changed.
+const Version = 1
+
+// FileName is the checkpoint's name in its directory.
+const FileName = "checkpoint.json"
+
+// State is how far a claim's preparation got.
+type State string
+
+// Claim states. A claim is recorded as PrepareStarted, with what is about to
+// be created, before any side effect, so a crash at any later point leaves
+// enough to roll back.
+const (
+	PrepareStarted   State = "PrepareStarted"
+	PrepareCompleted State = "PrepareCompleted"
+)
+
+// Checkpoint is everything the plugin must remember across restarts.
+type Checkpoint struct {
+	// BootID is the node's boot ID when the checkpoint was written. After a
+	// reboot MIG instances and the CDI directory (tmpfs) are gone.
+	BootID string `json:"bootID,omitempty"`
+	// Claims by claim UID.
+	Claims map[string]*Claim `json:"claims"`
+}
+
+// Claim is one prepared (or being prepared) ResourceClaim. Unprepare gets
+// only the UID, namespace and name: everything else it needs is here.
+type Claim struct {
+	UID       string   `json:"uid"`
+	Namespace string   `json:"namespace"`
+	Name      string   `json:"name"`
+	State     State    `json:"state"`
+	Devices   []Device `json:"devices"`
+}
+
+// Device is one allocated device of the claim and what preparing it did.
+type Device struct {
+	// Requests are the claim's request (or request/subrequest) names the
+	// device was allocated for.
+	Requests []string `json:"requests"`
+	Pool     string   `json:"pool"`
+	// Name is the device's name in the ResourceSlice.
+	Name     string `json:"name"`
+	GPUUUID  string `json:"gpuUUID"`
+	GPUMinor int    `json:"gpuMinor"`
+	// MIG is set for MIG devices.
+	MIG *MIG `json:"mig,omitempty"`
+	// CDIDeviceIDs are returned to the kubelet.
+	CDIDeviceIDs []string `json:"cdiDeviceIDs,omitempty"`
+}
+
+// MIG records a MIG device: where it is, and once it exists, which instance.
+type MIG struct {
+	ProfileID int    `json:"profileID"`
+	Profile   string `json:"profile"`
+	Start     int    `json:"start"`
+	Size      int    `json:"size"`
+	// Created is true when this claim created the instance and must destroy
+	// it; false for a pre-created (static) instance, or before creation.
+	Created bool   `json:"created"`
+	UUID    string `json:"uuid,omitempty"`
+	GIID    int    `json:"giid"`
+	CIID    int    `json:"ciid"`
+}
+
+// New returns an empty checkpoint.
+func New(bootID string) *Checkpoint {
+	return &Checkpoint{BootID: bootID, Claims: map[string]*Claim{}}
+}
+
+// Clone returns a deep copy.
+func (c *Checkpoint) Clone() *Checkpoint {
+	data, err := json.Marshal(c)
+	if err != nil {
+		panic(fmt.Sprintf("checkpoint cannot be encoded: %v", err))
+	}
+	out := &Checkpoint{}
+	if err := json.Unmarshal(data, out); err != nil {
+		panic(fmt.Sprintf("checkpoint cannot be decoded: %v", err))
+	}
+	if out.Claims == nil {
+		out.Claims = map[string]*Claim{}
+	}
+	return out
+}
+
+type envelope struct {
+	Version  int             `json:"version"`
+	Checksum string          `json:"checksum"`
+	Data     json.RawMessage `json:"data"`
+}
+
+// CorruptError says the checkpoint could not be trusted and was set aside.
+type CorruptError struct {
+	Path     string // the checkpoint's path
+	SetAside string // where the untrusted file now is
+	Cause    error
+}
+
+func (e *CorruptError) Error() string {
+	return fmt.Sprintf("checkpoint %s cannot be trusted, moved to %s: %v", e.Path, e.SetAside, e.Cause)
+}
+
+func (e *CorruptError) Unwrap() error { return e.Cause }
+
+// Store reads and writes the checkpoint file in a directory.
+type Store struct {
+	dir  string
+	path string
+}
+
+// NewStore returns a store in dir, creating dir (mode 0700: the checkpoint
+// is the plugin's alone).
+func NewStore(dir string) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create checkpoint directory: %w", err)
+	}
+	return &Store{dir: dir, path: filepath.Join(dir, FileName)}, nil
+}
+
+// Path is the checkpoint file's path.
+func (s *Store) Path() string { return s.path }
+
+// Load reads the checkpoint. A missing file is an empty checkpoint. A file
+// that cannot be trusted is moved aside and Load returns an empty
+// checkpoint together with a *CorruptError, so the caller can report it and
+// rebuild; any other error means nothing was read or changed.
+func (s *Store) Load() (*Checkpoint, error) {
+	data, err := os.ReadFile(s.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return New(""), nil
+	}
+	if err != nil {
+		return s.setAside(fmt.Errorf("read: %w", err))
+	}
+	var env envelope
+	if err := json.Unmarshal(data, &env); err != nil {
+		return s.setAside(fmt.Errorf("decode: %w", err))
+	}
+	if env.Version > Version {
+		return s.setAside(fmt.Errorf("written by a newer plugin (version %d, this plugin reads up to %d)", env.Version, Version))
+	}
+	if env.Version < 1 {
+		return s.setAside(fmt.Errorf("no version"))
+	}
+	if got := checksum(env.Data); got != env.Checksum {
+		return s.setAside(fmt.Errorf("checksum mismatch: file says %q, data hashes to %q", env.Checksum, got))
+	}
+	cp := &Checkpoint{}
+	if err := json.Unmarshal(env.Data, cp); err != nil {
+		return s.setAside(fmt.Errorf("decode data: %w", err))
+	}
+	if cp.Claims == nil {
+		cp.Claims = map[string]*Claim{}
+	}
+	for uid, c := range cp.Claims {
+		if c == nil || c.UID != uid {
+			return s.setAside(fmt.Errorf("claim entry %q is inconsistent", uid))
+		}
+	}
+	return cp, nil
+}
+
+func (s *Store) setAside(cause error) (*Checkpoint, error) {
+	aside := fmt.Sprintf("%s.corrupt-%s", s.path, time.Now().UTC().Format("20060102T150405.000000000"))
+	if err := os.Rename(s.path, aside); err != nil {
+		return nil, fmt.Errorf("set aside untrusted checkpoint %s (%v): %w", s.path, cause, err)
+	}
+	return New(""), &CorruptError{Path: s.path, SetAside: aside, Cause: cause}
+}
+
+// Save writes the checkpoint atomically and durably.
+func (s *Store) Save(cp *Checkpoint) error {
+	data, err := json.Marshal(cp)
+	if err != nil {
+		return fmt.Errorf("encode checkpoint: %w", err)
+	}
+	out, err := json.Marshal(envelope{Version: Version, Checksum: checksum(data), Data: data})
+	if err != nil {
+		return fmt.Errorf("encode checkpoint: %w", err)
+	}
+	tmp, err := os.CreateTemp(s.dir, ".checkpoint-*.tmp")
+	if err != nil {
+		return fmt.Errorf("write checkpoint: %w", err)
+	}
+	defer os.Remove(tmp.Name()) // no-op after the rename
+	if _, err := tmp.Write(out); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write checkpoint: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("sync checkpoint: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write checkpoint: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), s.path); err != nil {
+		return fmt.Errorf("replace checkpoint: %w", err)
+	}
+	dir, err := os.Open(s.dir)
+	if err != nil {
+		return fmt.Errorf("sync checkpoint directory: %w", err)
+	}
+	defer dir.Close()
+	if err := dir.Sync(); err != nil {
+		return fmt.Errorf("sync checkpoint directory: %w", err)
+	}
+	return nil
+}
+
+func checksum(data []byte) string {
+	sum := sha256.Sum256(data)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// ReadBootID returns the node's boot ID from procRoot/proc/sys/kernel/random/boot_id.
+func ReadBootID(procRoot string) (string, error) {
+	data, err := os.ReadFile(filepath.Join(procRoot, "proc/sys/kernel/random/boot_id"))
+	if err != nil {
+		return "", fmt.Errorf("read boot ID: %w", err)
+	}
+	return strings.TrimSpace(string(data)), nil
+}

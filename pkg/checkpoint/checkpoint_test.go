@@ -1,0 +1,162 @@
+package checkpoint
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func sample() *Checkpoint {
+	cp := New("boot-1")
+	cp.Claims["uid-1"] = &Claim{UID: "uid-1", Namespace: "ns", Name: "c", State: PrepareCompleted, Devices: []Device{{
+		Requests: []string{"gpu"}, Pool: "node", Name: "gpu-0-mig-1g10gb-3", GPUUUID: "GPU-1", GPUMinor: 0,
+		MIG:          &MIG{ProfileID: 0, Profile: "1g.10gb", Start: 3, Size: 1, Created: true, UUID: "MIG-1", GIID: 9, CIID: 0},
+		CDIDeviceIDs: []string{"k8s.gpu.nvidia.com/claim=uid-1-gpu-0-mig-1g10gb-3"},
+	}}}
+	return cp
+}
+
+func TestSaveLoadRoundTrip(t *testing.T) {
+	s, err := NewStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	empty, err := s.Load()
+	if err != nil || len(empty.Claims) != 0 {
+		t.Fatalf("missing file: %v %+v", err, empty)
+	}
+	want := sample()
+	if err := s.Save(want); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %+v, want %+v", got, want)
+	}
+	fi, err := os.Stat(s.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		t.Errorf("checkpoint mode %v is readable by others", fi.Mode().Perm())
+	}
+}
+
+// TestUntrustedFilesAreSetAside covers every way a checkpoint can be bad:
+// each is moved aside, and Load returns an empty checkpoint and a
+// *CorruptError.
+func TestUntrustedFilesAreSetAside(t *testing.T) {
+	good := func(t *testing.T, s *Store) []byte {
+		if err := s.Save(sample()); err != nil {
+			t.Fatal(err)
+		}
+		data, err := os.ReadFile(s.Path())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return data
+	}
+	cases := map[string]func(t *testing.T, s *Store) []byte{
+		"empty":     func(*testing.T, *Store) []byte { return nil },
+		"truncated": func(t *testing.T, s *Store) []byte { d := good(t, s); return d[:len(d)/2] },
+		"garbage":   func(*testing.T, *Store) []byte { return []byte("\x00\x01not json") },
+		"flipped byte": func(t *testing.T, s *Store) []byte {
+			d := good(t, s)
+			i := strings.Index(string(d), "gpu-0-mig")
+			d[i] = 'x'
+			return d
+		},
+		"future version": func(t *testing.T, s *Store) []byte {
+			return []byte(strings.Replace(string(good(t, s)), `"version":1`, `"version":7`, 1))
+		},
+		"no version": func(*testing.T, *Store) []byte { return []byte(`{"data":{}}`) },
+	}
+	for name, content := range cases {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			s, _ := NewStore(dir)
+			if err := os.WriteFile(s.Path(), content(t, s), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cp, err := s.Load()
+			var corrupt *CorruptError
+			if !errors.As(err, &corrupt) {
+				t.Fatalf("want *CorruptError, got %v", err)
+			}
+			if cp == nil || len(cp.Claims) != 0 {
+				t.Fatalf("want an empty checkpoint, got %+v", cp)
+			}
+			if _, err := os.Stat(s.Path()); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("untrusted file still in place: %v", err)
+			}
+			if _, err := os.Stat(corrupt.SetAside); err != nil {
+				t.Errorf("set-aside copy missing: %v", err)
+			}
+			// The next start finds no checkpoint and starts clean.
+			if cp, err := s.Load(); err != nil || len(cp.Claims) != 0 {
+				t.Errorf("second load: %v %+v", err, cp)
+			}
+		})
+	}
+}
+
+// TestUnknownFieldsAreIgnored: a newer plugin of the same version may add
+// fields; this one reads what it knows.
+func TestUnknownFieldsAreIgnored(t *testing.T) {
+	s, _ := NewStore(t.TempDir())
+	data := []byte(`{"bootID":"b","claims":{"u":{"uid":"u","namespace":"n","name":"c","state":"PrepareCompleted","devices":[],"futureField":{"x":1}}},"other":true}`)
+	env := []byte(`{"version":1,"checksum":"` + checksum(data) + `","data":` + string(data) + `,"extra":1}`)
+	if err := os.WriteFile(s.Path(), env, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cp, err := s.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := cp.Claims["u"]; c == nil || c.State != PrepareCompleted || cp.BootID != "b" {
+		t.Fatalf("got %+v", cp)
+	}
+}
+
+func TestSaveLeavesNoTemporaryFiles(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := NewStore(dir)
+	for i := 0; i < 3; i++ {
+		if err := s.Save(sample()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 || entries[0].Name() != FileName {
+		t.Fatalf("directory holds %v", entries)
+	}
+}
+
+func TestReadBootID(t *testing.T) {
+	root := t.TempDir()
+	p := filepath.Join(root, "proc/sys/kernel/random")
+	os.MkdirAll(p, 0o755)
+	os.WriteFile(filepath.Join(p, "boot_id"), []byte("abc-123\n"), 0o444)
+	if id, err := ReadBootID(root); err != nil || id != "abc-123" {
+		t.Fatalf("got %q %v", id, err)
+	}
+	if _, err := ReadBootID(t.TempDir()); err == nil {
+		t.Fatal("missing boot_id must be an error")
+	}
+}
+
+func BenchmarkSave(b *testing.B) {
+	s, _ := NewStore(b.TempDir())
+	cp := sample()
+	for i := 0; i < b.N; i++ {
+		if err := s.Save(cp); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
