@@ -5,27 +5,19 @@
 # and busybox images as archives for `ctr images import`. Installs missing Debian packages.
 # A warm run rebuilds nothing. Cache: $GPU_DRA_CACHE (see lib.sh and docs/cluster.md).
 set -euo pipefail
-# shellcheck source=test/cluster/lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 export GOWORK=off GOTOOLCHAIN=local GOFLAGS=-buildvcs=false CGO_ENABLED=0
 export GOCACHE=$GPU_DRA_CACHE/go-build
 
-# Debian packages the cluster uses, by the file that shows each is there.
-APT_PACKAGES=(
-	"runc:/usr/sbin/runc"
-	"containernetworking-plugins:/usr/lib/cni/bridge"
-	"busybox-static:/bin/busybox"
-	"openssl:/usr/bin/openssl"
-	"curl:/usr/bin/curl"
-	"iproute2:/usr/sbin/ip"
-	"util-linux:/usr/bin/mount"
-)
+# Debian packages the cluster uses. busybox-static, not busybox: the image has no libc.
+APT_PACKAGES=(runc containernetworking-plugins busybox-static openssl curl iproute2 util-linux)
 
 install_packages() {
 	local p missing=()
 	for p in "${APT_PACKAGES[@]}"; do
-		[[ -e ${p#*:} ]] || missing+=("${p%%:*}")
+		[[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == "install ok installed" ]] || missing+=("$p")
 	done
 	if ((${#missing[@]} == 0)); then
 		log "Debian packages present"
@@ -64,7 +56,7 @@ build_kubernetes() {
 	rmdir "$tmp"
 	[[ -d $moddir ]] || die "k8s.io/kubernetes@$K8S_VERSION not in the module cache"
 
-	rm -rf "$src" "$dir/bin"
+	rm -rf "$src" "${dir:?}/bin"
 	mkdir -p "$dir"
 	cp -r "$moddir" "$src"
 	chmod -R u+w "$src"
@@ -100,7 +92,7 @@ build_etcd() {
 		log "etcd $ETCDSERVER_VERSION cached"
 		return
 	fi
-	rm -rf "$dir/bin"
+	rm -rf "${dir:?}/bin"
 	(cd "$CLUSTER_DIR/etcd" && go build -trimpath -ldflags "-s -w" -o "$dir/bin/etcd" .)
 	echo "$ETCDSERVER_VERSION" >"$dir/.stamp"
 }
@@ -111,7 +103,7 @@ build_containerd() {
 		log "containerd $CONTAINERD_VERSION cached"
 		return
 	fi
-	rm -rf "$dir/bin"
+	rm -rf "${dir:?}/bin"
 	local c=github.com/containerd/containerd/v2/cmd
 	(cd / && GOBIN=$dir/bin go install -tags no_btrfs -trimpath -ldflags "-s -w" \
 		"$c/containerd@$CONTAINERD_VERSION" "$c/ctr@$CONTAINERD_VERSION" \
@@ -126,7 +118,7 @@ build_images() {
 		log "images cached in $dir"
 		return
 	fi
-	rm -rf "$dir"
+	rm -rf "$GPU_DRA_CACHE"/images-* # older sources' images
 	mkdir -p "$dir/bin"
 	(cd "$REPO_ROOT/test/images" && go build -trimpath -ldflags "-s -w" -o "$dir/bin/" ./mkimage ./pause)
 

@@ -69,3 +69,9 @@ images_dir() {
 		sha256sum | cut -c1-12)
 	printf '%s/images-%s\n' "$GPU_DRA_CACHE" "$sum"
 }
+
+# etcd_data_dir prints etcd's data directory: on tmpfs, named after the run directory so down.sh
+# finds it even when the run directory is gone.
+etcd_data_dir() {
+	printf '/dev/shm/gpu-dra-etcd-%s\n' "$(printf '%s' "$RUN" | sha256sum | cut -c1-12)"
+}
