@@ -49,19 +49,29 @@ func main() {
 
 func newRootCommand() *cobra.Command {
 	opts := &options{}
+	ro := &runOptions{}
 	root := &cobra.Command{
-		Use:           "gpu-kubelet-plugin",
-		Short:         "Kubelet plugin of the gpu.nvidia.com DRA driver",
+		Use:   "gpu-kubelet-plugin",
+		Short: "Kubelet plugin of the gpu.nvidia.com DRA driver",
+		Long: `The node agent of the gpu.nvidia.com DRA driver: publishes the node's GPUs and
+MIG devices as ResourceSlices and prepares allocated ResourceClaims for the
+kubelet (MIG instances, CDI specs). Without a subcommand it runs the plugin.`,
+		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
 			return flags.ApplyEnv(cmd.Flags())
 		},
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return run(cmd.Context(), opts, ro)
+		},
 	}
 	opts.addFlags(root.PersistentFlags())
+	ro.addFlags(root.Flags())
 	klogFlags := goFlagSet()
 	root.PersistentFlags().AddGoFlagSet(klogFlags)
 	root.AddCommand(newInventoryCommand(opts))
 	flags.DocumentEnv(root.PersistentFlags())
+	flags.DocumentEnv(root.Flags())
 	return root
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/sim"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
 )
 
 func main() {
@@ -118,7 +119,42 @@ func newRootCommand() *cobra.Command {
 	xid.Flags().IntVar(&giid, "gi", -1, "GPU instance ID of the MIG device the XID belongs to")
 	xid.Flags().IntVar(&ciid, "ci", -1, "compute instance ID of the MIG device the XID belongs to")
 
-	root.AddCommand(show, xid,
+	var hostDir string
+	host := &cobra.Command{
+		Use:   "host",
+		Short: "Create the simulated node's driver, /dev and /proc trees for the plugin's --driver-root, --dev-root and --proc-root",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if hostDir == "" {
+				return fmt.Errorf("--dir is required")
+			}
+			n, err := open()
+			if err != nil {
+				return err
+			}
+			node, err := gpu.NewNode(n)
+			if err != nil {
+				return err
+			}
+			inv, err := node.Inventory(context.Background())
+			if err != nil {
+				return err
+			}
+			var minors []int
+			for _, g := range inv.GPUs {
+				minors = append(minors, g.Minor)
+			}
+			roots, err := simhost.Create(hostDir, minors, inv.DriverVersion)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "--driver-root=%s --dev-root=%s --proc-root=%s\n", roots.DriverRoot, roots.DevRoot, roots.ProcRoot)
+			return nil
+		},
+	}
+	host.Flags().StringVar(&hostDir, "dir", "", "directory to create the trees in")
+
+	root.AddCommand(show, xid, host,
 		gpuCommand(open, "ecc GPU", "Inject an uncorrectable (double-bit) ECC error", 0, func(n *sim.Node, i int, _ []string) error { return n.InjectDoubleBitECC(i) }),
 		gpuCommand(open, "lost GPU on|off", "Make a GPU fall off the bus, or come back", 1, func(n *sim.Node, i int, a []string) error {
 			on, err := onOff(a[0])

@@ -71,6 +71,9 @@ type Device struct {
 	GPUMinor int    `json:"gpuMinor"`
 	// MIG is set for MIG devices.
 	MIG *MIG `json:"mig,omitempty"`
+	// Env is the extra container environment from the claim's
+	// configuration, kept so the CDI spec can be rewritten.
+	Env map[string]string `json:"env,omitempty"`
 	// CDIDeviceIDs are returned to the kubelet.
 	CDIDeviceIDs []string `json:"cdiDeviceIDs,omitempty"`
 }

@@ -464,6 +464,16 @@ func (n *Node) DestroyMIG(ctx context.Context, ref MIGRef) error {
 	if ret != nvml.SUCCESS {
 		return fmt.Errorf("find GPU instance %d on %s: %w", ref.GIID, ref.ParentUUID, nvmlError(ret))
 	}
+	if ref.UUID != "" {
+		uuids, err := migUUIDs(dev)
+		if err != nil {
+			return fmt.Errorf("check MIG device %s on %s: %w", ref.UUID, ref.ParentUUID, err)
+		}
+		if live, ok := uuids[[2]int{ref.GIID, ref.CIID}]; ok && live != ref.UUID {
+			klog.FromContext(ctx).Info("MIG device already gone; its IDs now belong to another", "gpu", ref.ParentUUID, "uuid", ref.UUID, "other", live)
+			return nil
+		}
+	}
 	ci, ret := gi.GetComputeInstanceById(ref.CIID)
 	switch ret {
 	case nvml.SUCCESS:

@@ -133,6 +133,10 @@ type MIGRef struct {
 	ParentUUID string
 	GIID       int
 	CIID       int
+	// UUID, when set, must be the instance's MIG UUID: an instance that now
+	// has other IDs' UUID was created by someone else after ours was
+	// destroyed, and is left alone.
+	UUID string
 }
 
 // EventKind classifies a health event NVML delivered.

@@ -149,11 +149,12 @@ main() {
 		return
 	fi
 	# Order matters:
-	# 1. the kubelet first, so it restarts nothing;
+	# 1. the DRA plugin, then the kubelet, so it restarts nothing;
 	# 2. container tasks through containerd, so the shims exit; then containerd;
 	# 3. the control plane, etcd last;
 	# 4. what survived (shims, container processes), by PID;
 	# 5. mounts, host paths, bridge, cgroups, files.
+	stop gpu-kubelet-plugin
 	stop kubelet
 	kill_tasks
 	stop containerd

@@ -210,52 +210,9 @@ start_control_plane() {
 # The DRA kubelet plugin's identity (a static token named like its service account) may publish
 # ResourceSlices and read what it needs to prepare claims.
 grant_plugin() {
-	kubectl apply -f - >/dev/null <<-EOF
-		apiVersion: v1
-		kind: Namespace
-		metadata:
-		  name: gpu-dra-driver
-		---
-		apiVersion: v1
-		kind: ServiceAccount
-		metadata:
-		  name: gpu-kubelet-plugin
-		  namespace: gpu-dra-driver
-		---
-		apiVersion: rbac.authorization.k8s.io/v1
-		kind: ClusterRole
-		metadata:
-		  name: gpu-dra-kubelet-plugin
-		rules:
-		- apiGroups: ["resource.k8s.io"]
-		  resources: ["resourceslices"]
-		  verbs: ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"]
-		- apiGroups: ["resource.k8s.io"]
-		  resources: ["resourceclaims", "deviceclasses", "devicetaintrules"]
-		  verbs: ["get", "list", "watch"]
-		- apiGroups: ["resource.k8s.io"]
-		  resources: ["resourceclaims/status"]
-		  verbs: ["update", "patch"]
-		- apiGroups: [""]
-		  resources: ["nodes"]
-		  verbs: ["get", "list", "watch"]
-		- apiGroups: ["", "events.k8s.io"]
-		  resources: ["events"]
-		  verbs: ["create", "update", "patch"]
-		---
-		apiVersion: rbac.authorization.k8s.io/v1
-		kind: ClusterRoleBinding
-		metadata:
-		  name: gpu-dra-kubelet-plugin
-		roleRef:
-		  apiGroup: rbac.authorization.k8s.io
-		  kind: ClusterRole
-		  name: gpu-dra-kubelet-plugin
-		subjects:
-		- kind: ServiceAccount
-		  name: gpu-kubelet-plugin
-		  namespace: gpu-dra-driver
-	EOF
+	# The driver's own manifests: the identity the plugin kubeconfig authenticates as
+	# (system:serviceaccount:gpu-dra-driver:gpu-kubelet-plugin) and its permissions.
+	kubectl apply -f "$REPO_ROOT/deployments/rbac/" >/dev/null
 }
 
 start_containerd() {

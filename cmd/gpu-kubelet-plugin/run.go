@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/pflag"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/cdi"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/driver"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/prepare"
+)
+
+// runOptions are the flags of the plugin itself.
+type runOptions struct {
+	kubeconfig        string
+	cdiRoot           string
+	pluginDir         string
+	pluginDataDir     string
+	registrarDir      string
+	driverRoot        string
+	devRoot           string
+	procRoot          string
+	httpEndpoint      string
+	inventoryInterval time.Duration
+	crashAt           string
+}
+
+func (o *runOptions) addFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file; empty uses the in-cluster configuration")
+	fs.StringVar(&o.cdiRoot, "cdi-root", "/var/run/cdi", "directory the container runtime reads CDI specs from")
+	fs.StringVar(&o.pluginDir, "plugin-dir", "/var/lib/kubelet/plugins/gpu.nvidia.com", "directory of the plugin's gRPC socket (under the kubelet's plugins directory)")
+	fs.StringVar(&o.pluginDataDir, "plugin-data-dir", "", "directory of the checkpoint; empty means --plugin-dir")
+	fs.StringVar(&o.registrarDir, "registrar-dir", "/var/lib/kubelet/plugins_registry", "the kubelet's plugin registration directory")
+	fs.StringVar(&o.driverRoot, "driver-root", "/", "host path of the NVIDIA driver installation (libraries and binaries)")
+	fs.StringVar(&o.devRoot, "dev-root", "/", "host root under which /dev/nvidia* are found")
+	fs.StringVar(&o.procRoot, "proc-root", "/", "host root under which /proc is found")
+	fs.StringVar(&o.httpEndpoint, "http-endpoint", "", "host:port for /metrics, /healthz and /readyz; empty disables it")
+	fs.DurationVar(&o.inventoryInterval, "inventory-interval", 30*time.Second, "how often the GPU inventory is re-read for changes")
+	fs.StringVar(&o.crashAt, "test-crash-at", "", "testing only: SIGKILL the plugin after this prepare/unprepare step")
+	_ = fs.MarkHidden("test-crash-at")
+}
+
+func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
+	var cfg *rest.Config
+	var err error
+	if kubeconfig == "" {
+		cfg, err = rest.InClusterConfig()
+	} else {
+		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig %q: %w", kubeconfig, err)
+	}
+	cfg.UserAgent = "gpu-kubelet-plugin"
+	return kubernetes.NewForConfig(cfg)
+}
+
+func run(ctx context.Context, opts *options, ro *runOptions) error {
+	logger := klog.FromContext(ctx)
+	if opts.nodeName == "" {
+		return errors.New("--node-name (or NODE_NAME) is required")
+	}
+	if ro.pluginDataDir == "" {
+		ro.pluginDataDir = ro.pluginDir
+	}
+	client, err := kubeClient(ro.kubeconfig)
+	if err != nil {
+		return err
+	}
+	node, err := gpu.Open(opts.gpuOptions())
+	if err != nil {
+		return err
+	}
+	defer node.Close()
+	writer, err := cdi.New(cdi.Options{CDIRoot: ro.cdiRoot, DriverRoot: ro.driverRoot, DevRoot: ro.devRoot, ProcRoot: ro.procRoot})
+	if err != nil {
+		return err
+	}
+	for _, dir := range []string{ro.pluginDir, ro.pluginDataDir} {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return fmt.Errorf("create %s: %w", dir, err)
+		}
+	}
+	store, err := checkpoint.NewStore(ro.pluginDataDir)
+	if err != nil {
+		return err
+	}
+	metrics := driver.NewMetrics()
+	var ready atomic.Bool
+	if ro.httpEndpoint != "" {
+		if err := serveHTTP(ctx, ro.httpEndpoint, metrics, &ready); err != nil {
+			return err
+		}
+	}
+	var afterStep func(prepare.Step)
+	if ro.crashAt != "" {
+		afterStep = crashAfter(prepare.Step(ro.crashAt))
+	}
+	logger.Info("Starting", "node", opts.nodeName, "simulate", opts.simulate, "cdiRoot", ro.cdiRoot,
+		"pluginDir", ro.pluginDir, "checkpoint", filepath.Join(ro.pluginDataDir, checkpoint.FileName))
+	return driver.Run(ctx, driver.Config{
+		NodeName: opts.nodeName, KubeClient: client, GPUs: node, CDI: writer, Store: store,
+		PluginDir: ro.pluginDir, RegistrarDir: ro.registrarDir,
+		InventoryInterval: ro.inventoryInterval, StaticMIGOnly: opts.staticMIGOnly,
+		AfterStep: afterStep, Metrics: metrics, Ready: func() { ready.Store(true) },
+	})
+}
+
+// crashAfter kills the process at a step, as a node failure would.
+func crashAfter(at prepare.Step) func(prepare.Step) {
+	return func(s prepare.Step) {
+		if s == at {
+			klog.Background().Info("Killing the plugin for a fault-injection test", "step", s)
+			klog.Flush()
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		}
+	}
+}
+
+func serveHTTP(ctx context.Context, endpoint string, m *driver.Metrics, ready *atomic.Bool) error {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready.Load() {
+			http.Error(w, "not registered and published yet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	ln, err := net.Listen("tcp", endpoint)
+	if err != nil {
+		return fmt.Errorf("listen on --http-endpoint %s: %w", endpoint, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			klog.FromContext(ctx).Error(err, "HTTP endpoint stopped")
+		}
+	}()
+	return nil
+}

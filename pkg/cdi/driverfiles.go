@@ -1,0 +1,204 @@
+package cdi
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
+	specs "tags.cncf.io/container-device-interface/specs-go"
+)
+
+// libDirs are the directories searched for the driver's libraries, relative
+// to the driver root, in order. The first file of a name wins, so the 64-bit
+// directories come before usr/lib, which holds the 32-bit libraries on RPM
+// based distributions. Both multiarch triplets are listed: a node has one.
+var libDirs = []string{
+	"usr/lib/x86_64-linux-gnu", "usr/lib/aarch64-linux-gnu", "usr/lib64",
+	"lib/x86_64-linux-gnu", "lib/aarch64-linux-gnu", "lib64", "usr/lib",
+}
+
+// libraries are the stems of the driver libraries containers get. A file is
+// taken when its name is a stem, a dot and a version ("libcuda.so.550.54.15").
+var libraries = []string{
+	"libcuda.so", "libnvidia-ml.so", "libnvidia-ptxjitcompiler.so", "libnvidia-nvvm.so",
+	"libcudadebugger.so", "libnvidia-allocator.so", "libnvidia-cfg.so", "libnvidia-gpucomp.so",
+	"libnvidia-opencl.so",
+}
+
+// requiredLibraries are the stems without which no CUDA or NVML program runs.
+var requiredLibraries = []string{"libcuda.so", "libnvidia-ml.so"}
+
+// binDirs and binaries are the driver's tools containers get.
+var (
+	binDirs  = []string{"usr/bin", "bin"}
+	binaries = []string{
+		"nvidia-smi", "nvidia-debugdump", "nvidia-persistenced",
+		"nvidia-cuda-mps-control", "nvidia-cuda-mps-server",
+	}
+)
+
+// cdiHook is the NVIDIA Container Toolkit's hook, relative to the driver
+// root. When present it refreshes the container's linker cache so that the
+// mounted libraries (and their SONAME links, which ldconfig creates) are
+// found.
+const cdiHook = "usr/bin/nvidia-cdi-hook"
+
+// mountOptions are those of every driver file mount.
+var mountOptions = []string{"ro", "nosuid", "nodev", "bind"}
+
+var versionPattern = regexp.MustCompile(`^[0-9]+(\.[0-9]+)*$`)
+
+// driverFiles are the driver's user-space files found under the driver root.
+type driverFiles struct {
+	mounts  []*specs.Mount // read-only bind mounts, libraries then tools
+	hook    *specs.Hook    // the ldcache hook, nil without nvidia-cdi-hook or libraries
+	missing []string       // required libraries not found, as "libcuda.so.*"
+}
+
+// discoverDriverFiles finds the driver's libraries and tools under root.
+// Only regular files are taken: the version-numbered libraries, never the
+// symlinks beside them. Directories are resolved as the host resolves the
+// mounts' host paths; one reached twice (lib -> usr/lib) is searched once.
+func discoverDriverFiles(root string) (driverFiles, error) {
+	var files driverFiles
+	taken := map[string]bool{} // file names mounted
+	var ldDirs []string        // container paths of directories with mounted libraries
+
+	dirs, err := distinctDirs(root, libDirs)
+	if err != nil {
+		return files, err
+	}
+	for _, dir := range dirs {
+		entries, err := os.ReadDir(filepath.Join(root, dir))
+		if err != nil {
+			return files, fmt.Errorf("driver root (--driver-root): %w", err)
+		}
+		n := len(files.mounts)
+		for _, e := range entries {
+			if e.Type().IsRegular() && !taken[e.Name()] && isDriverLibrary(e.Name()) {
+				taken[e.Name()] = true
+				files.mounts = append(files.mounts, driverMount(root, path.Join(dir, e.Name())))
+			}
+		}
+		if len(files.mounts) > n {
+			ldDirs = append(ldDirs, "/"+dir)
+		}
+	}
+	for _, stem := range requiredLibraries {
+		if !hasStem(taken, stem) {
+			files.missing = append(files.missing, stem+".*")
+		}
+	}
+
+	dirs, err = distinctDirs(root, binDirs)
+	if err != nil {
+		return files, err
+	}
+	for _, dir := range dirs {
+		for _, name := range binaries {
+			if taken[name] {
+				continue
+			}
+			rel := path.Join(dir, name)
+			ok, err := isRegular(filepath.Join(root, rel))
+			if err != nil {
+				return files, err
+			}
+			if ok {
+				taken[name] = true
+				files.mounts = append(files.mounts, driverMount(root, rel))
+			}
+		}
+	}
+
+	hook, err := isRegular(filepath.Join(root, cdiHook))
+	if err != nil {
+		return files, err
+	}
+	if hook && len(ldDirs) > 0 {
+		args := []string{"nvidia-cdi-hook", "update-ldcache"}
+		for _, d := range ldDirs {
+			args = append(args, "--folder", d)
+		}
+		files.hook = &specs.Hook{HookName: cdiapi.CreateContainerHook, Path: filepath.Join(root, cdiHook), Args: args}
+	}
+	return files, nil
+}
+
+// distinctDirs returns those of dirs (relative to root) that exist, leaving
+// out any that is the same directory as an earlier one.
+func distinctDirs(root string, dirs []string) ([]string, error) {
+	var out []string
+	var seen []fs.FileInfo
+	for _, dir := range dirs {
+		fi, err := os.Stat(filepath.Join(root, dir))
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrInvalid) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("driver root (--driver-root): %w", err)
+		}
+		if !fi.IsDir() || containsSameFile(seen, fi) {
+			continue
+		}
+		seen = append(seen, fi)
+		out = append(out, dir)
+	}
+	return out, nil
+}
+
+func containsSameFile(seen []fs.FileInfo, fi fs.FileInfo) bool {
+	for _, s := range seen {
+		if os.SameFile(s, fi) {
+			return true
+		}
+	}
+	return false
+}
+
+// isRegular says whether path is a regular file (not following a final
+// symlink). A missing file is not an error.
+func isRegular(path string) (bool, error) {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("driver root (--driver-root): %w", err)
+	}
+	return fi.Mode().IsRegular(), nil
+}
+
+// isDriverLibrary says whether name is one of the libraries, with a version.
+func isDriverLibrary(name string) bool {
+	for _, stem := range libraries {
+		if v, ok := strings.CutPrefix(name, stem+"."); ok && versionPattern.MatchString(v) {
+			return true
+		}
+	}
+	return false
+}
+
+func hasStem(taken map[string]bool, stem string) bool {
+	for name := range taken {
+		if strings.HasPrefix(name, stem+".") {
+			return true
+		}
+	}
+	return false
+}
+
+// driverMount bind-mounts root/rel read-only at /rel in the container.
+func driverMount(root, rel string) *specs.Mount {
+	return &specs.Mount{
+		HostPath:      filepath.Join(root, rel),
+		ContainerPath: "/" + rel,
+		Options:       mountOptions,
+	}
+}

@@ -1,0 +1,109 @@
+package cdi
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/util/validation"
+	specs "tags.cncf.io/container-device-interface/specs-go"
+)
+
+// The variables that name the devices of a device's request. The NVIDIA
+// container runtime reads the first, CUDA the second; both take UUIDs.
+const (
+	envNVIDIAVisible = "NVIDIA_VISIBLE_DEVICES"
+	envCUDAVisible   = "CUDA_VISIBLE_DEVICES"
+)
+
+// buildSpec returns the spec of a claim. Devices are sorted by name so the
+// file does not depend on the caller's order. The version is the lowest the
+// CDI library accepts for the features used.
+func (w *Writer) buildSpec(claimUID string, devices []Device) (*specs.Spec, error) {
+	if err := validateClaimUID(claimUID); err != nil {
+		return nil, err
+	}
+	if len(devices) == 0 {
+		return nil, errors.New("no devices")
+	}
+	sorted := slices.Clone(devices)
+	slices.SortFunc(sorted, func(a, b Device) int { return strings.Compare(a.Name, b.Name) })
+	visible := map[string][]string{} // UUIDs by request, in device name order
+	for i, d := range sorted {
+		if err := validateDevice(d); err != nil {
+			return nil, err
+		}
+		if i > 0 && sorted[i-1].Name == d.Name {
+			return nil, fmt.Errorf("device %s listed twice", d.Name)
+		}
+		visible[d.Request] = append(visible[d.Request], d.UUID)
+	}
+
+	control, err := w.controlNodes()
+	if err != nil {
+		return nil, err
+	}
+	var migMinors map[string]int // read when the first MIG device needs it
+	spec := &specs.Spec{Kind: Kind, ContainerEdits: w.shared}
+	for _, d := range sorted {
+		gpu, err := w.deviceNode(fmt.Sprintf("/dev/nvidia%d", d.GPUMinor))
+		if err != nil {
+			return nil, fmt.Errorf("device %s: %w", d.Name, err)
+		}
+		nodes := append([]*specs.DeviceNode{gpu}, control...)
+		if d.MIG != nil {
+			if migMinors == nil {
+				if migMinors, err = ParseMIGMinors(w.migMinorsPath()); err != nil {
+					return nil, fmt.Errorf("device %s: %w", d.Name, err)
+				}
+			}
+			caps, err := w.migCapNodes(migMinors, d.GPUMinor, *d.MIG)
+			if err != nil {
+				return nil, fmt.Errorf("device %s: %w", d.Name, err)
+			}
+			nodes = append(nodes, caps...)
+		}
+		list := strings.Join(visible[d.Request], ",")
+		env := []string{envNVIDIAVisible + "=" + list, envCUDAVisible + "=" + list}
+		for _, k := range slices.Sorted(maps.Keys(d.Env)) {
+			env = append(env, k+"="+d.Env[k])
+		}
+		spec.Devices = append(spec.Devices, specs.Device{
+			Name:           cdiName(claimUID, d.Name),
+			Annotations:    d.Annotations,
+			ContainerEdits: specs.ContainerEdits{Env: env, DeviceNodes: nodes},
+		})
+	}
+	if spec.Version, err = specs.MinimumRequiredVersion(spec); err != nil {
+		return nil, fmt.Errorf("determine CDI version: %w", err)
+	}
+	return spec, nil
+}
+
+// validateDevice checks what the CDI library cannot know about a device.
+func validateDevice(d Device) error {
+	if errs := validation.IsDNS1123Label(d.Name); len(errs) > 0 {
+		return fmt.Errorf("device name %q: %s", d.Name, strings.Join(errs, "; "))
+	}
+	prefix := "GPU-"
+	if d.MIG != nil {
+		prefix = "MIG-"
+	}
+	if !strings.HasPrefix(d.UUID, prefix) || strings.Contains(d.UUID, ",") {
+		return fmt.Errorf("device %s: UUID %q does not look like %s...", d.Name, d.UUID, prefix)
+	}
+	if d.GPUMinor < 0 {
+		return fmt.Errorf("device %s: negative GPU minor %d", d.Name, d.GPUMinor)
+	}
+	for k := range d.Env {
+		if k == "" || strings.Contains(k, "=") {
+			return fmt.Errorf("device %s: invalid environment variable name %q", d.Name, k)
+		}
+		if k == envNVIDIAVisible || k == envCUDAVisible {
+			return fmt.Errorf("device %s: environment variable %s is set by the driver", d.Name, k)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,340 @@
+// Package driver wires the node agent together: it reconciles the
+// checkpoint with the hardware and the CDI specs, publishes the node's
+// ResourceSlices, and serves the kubelet's DRA calls through the
+// kubeletplugin helper.
+//
+// Start-up order matters and is, in full:
+//  1. read the node's boot ID;
+//  2. load the checkpoint; an untrusted one is set aside (reported as a
+//     Kubernetes Event on the node) and prepared claims are rebuilt from
+//     the CDI specs;
+//  3. read the GPU inventory;
+//  4. reconcile checkpoint, live MIG devices and CDI specs, and save;
+//  5. build the device model;
+//  6. start the gRPC servers and register with the kubelet;
+//  7. publish the ResourceSlices; then refresh the inventory periodically
+//     and republish when the model changes.
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/dynamic-resource-allocation/kubeletplugin"
+	"k8s.io/dynamic-resource-allocation/resourceslice"
+	"k8s.io/klog/v2"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/prepare"
+)
+
+// GPUs is what the driver needs of the hardware.
+type GPUs interface {
+	Inventory
+	prepare.GPUs
+}
+
+// Config is everything Run needs.
+type Config struct {
+	NodeName   string
+	KubeClient kubernetes.Interface
+	GPUs       GPUs
+	CDI        prepare.ReconcileCDI
+	Store      *checkpoint.Store
+	// PluginDir holds the plugin's gRPC socket; RegistrarDir is where the
+	// kubelet looks for plugin registrations.
+	PluginDir, RegistrarDir string
+	// InventoryInterval is how often the inventory is re-read.
+	InventoryInterval time.Duration
+	StaticMIGOnly     bool
+	// AfterStep is passed to the Preparer (fault-injection tests).
+	AfterStep func(prepare.Step)
+	Metrics   *Metrics
+	// Ready is called once the plugin is registered and has published.
+	Ready func()
+}
+
+// Driver implements kubeletplugin.DRAPlugin.
+type Driver struct {
+	cfg      Config
+	state    *nodeState
+	preparer *prepare.Preparer
+	helper   *kubeletplugin.Helper
+	cancel   context.CancelCauseFunc
+
+	publishMu sync.Mutex
+	published *devicemodel.Model
+}
+
+var _ kubeletplugin.DRAPlugin = (*Driver)(nil)
+
+// Run runs the driver until ctx ends or a fatal error happens.
+func Run(ctx context.Context, cfg Config) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	logger := klog.FromContext(ctx)
+	d := &Driver{cfg: cfg, state: &nodeState{staticMIGOnly: cfg.StaticMIGOnly}, cancel: cancel}
+	if d.cfg.Metrics == nil {
+		d.cfg.Metrics = NewMetrics()
+	}
+
+	// 1-2. Boot ID and checkpoint.
+	// The boot ID is the kernel's, the same inside a container.
+	bootID, err := checkpoint.ReadBootID("/")
+	if err != nil {
+		return err
+	}
+	cp, err := cfg.Store.Load()
+	var corrupt *checkpoint.CorruptError
+	rebuild := errors.As(err, &corrupt)
+	switch {
+	case rebuild:
+		logger.Error(err, "Checkpoint set aside; rebuilding prepared claims from CDI specs and live MIG devices")
+		d.nodeEvent(ctx, corev1.EventTypeWarning, "CheckpointCorrupt", err.Error())
+	case err != nil:
+		return fmt.Errorf("load checkpoint: %w", err)
+	}
+	if cp.BootID != "" && cp.BootID != bootID {
+		logger.Info("Node rebooted since the checkpoint was written", "previousBootID", cp.BootID, "bootID", bootID)
+	}
+	cp.BootID = bootID
+
+	// 3-4. Inventory and reconciliation.
+	inv, err := cfg.GPUs.Inventory(ctx)
+	if err != nil {
+		return fmt.Errorf("read GPU inventory: %w", err)
+	}
+	cp, report, err := prepare.Reconcile(ctx, cp, inv, cfg.GPUs, cfg.CDI, rebuild)
+	if err != nil {
+		return fmt.Errorf("reconcile prepared claims: %w", err)
+	}
+	logger.Info("Reconciled prepared claims with the hardware and CDI specs", "claims", len(cp.Claims),
+		"rolledBack", report.RolledBack, "dropped", report.Dropped, "rebuilt", report.Rebuilt,
+		"specsRewritten", report.SpecsRewritten, "orphanSpecs", report.OrphanSpecs, "migDestroyed", report.MIGDestroyed)
+	if err := cfg.Store.Save(cp); err != nil {
+		return fmt.Errorf("save reconciled checkpoint: %w", err)
+	}
+	if len(report.MIGDestroyed) > 0 {
+		if inv, err = cfg.GPUs.Inventory(ctx); err != nil {
+			return fmt.Errorf("read GPU inventory: %w", err)
+		}
+	}
+
+	// 5. Model.
+	if _, err := d.state.refresh(inv, cp); err != nil {
+		return err
+	}
+	d.preparer = prepare.New(cfg.GPUs, d.state, cfg.CDI, cfg.Store, cp, prepare.Options{
+		PoolName: cfg.NodeName, AfterStep: cfg.AfterStep,
+	})
+	d.cfg.Metrics.setPrepared(cp)
+
+	// 6. gRPC servers and registration.
+	helper, err := kubeletplugin.Start(ctx, d,
+		kubeletplugin.DriverName(devicemodel.DriverName),
+		kubeletplugin.NodeName(cfg.NodeName),
+		kubeletplugin.KubeClient(cfg.KubeClient),
+		kubeletplugin.PluginDataDirectoryPath(cfg.PluginDir),
+		kubeletplugin.RegistrarDirectoryPath(cfg.RegistrarDir),
+		// Claims on different GPUs prepare in parallel; the Preparer
+		// serialises what must be serialised.
+		kubeletplugin.Serialize(false),
+	)
+	if err != nil {
+		return fmt.Errorf("start kubelet plugin: %w", err)
+	}
+	d.helper = helper
+	defer helper.Stop()
+
+	// 7. Publish, then keep the model current.
+	if err := d.publish(ctx); err != nil {
+		return err
+	}
+	if cfg.Ready != nil {
+		cfg.Ready()
+	}
+	ticker := time.NewTicker(cfg.InventoryInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+				return cause
+			}
+			logger.Info("Shutting down")
+			return nil
+		case <-ticker.C:
+			if err := d.refreshAndPublish(ctx); err != nil {
+				logger.Error(err, "Refreshing the GPU inventory failed; keeping the published slices")
+			}
+		}
+	}
+}
+
+// refreshAndPublish re-reads the inventory and republishes if the model
+// changed.
+func (d *Driver) refreshAndPublish(ctx context.Context) error {
+	inv, err := d.cfg.GPUs.Inventory(ctx)
+	if err != nil {
+		return fmt.Errorf("read GPU inventory: %w", err)
+	}
+	if _, err := d.state.refresh(inv, d.preparer.Snapshot()); err != nil {
+		return err
+	}
+	return d.publish(ctx)
+}
+
+// publish hands the current model to the slice controller unless it is
+// what was published last. The controller updates only changed slices.
+func (d *Driver) publish(ctx context.Context) error {
+	d.publishMu.Lock()
+	defer d.publishMu.Unlock()
+	_, model := d.state.current()
+	if d.published != nil && apiequality.Semantic.DeepEqual(d.published.Slices, model.Slices) {
+		return nil
+	}
+	err := d.helper.PublishResources(ctx, resourceslice.DriverResources{
+		Pools: map[string]resourceslice.Pool{d.cfg.NodeName: {Slices: model.Slices}},
+	})
+	if err != nil {
+		return fmt.Errorf("publish ResourceSlices: %w", err)
+	}
+	d.published = model
+	st := model.Stats()
+	d.cfg.Metrics.PublishedDevices.Set(float64(st.Devices))
+	klog.FromContext(ctx).Info("Published ResourceSlices", "slices", st.Slices, "devices", st.Devices, "gpus", st.GPUs, "migDevices", st.MIGDevices)
+	return nil
+}
+
+// PrepareResourceClaims implements kubeletplugin.DRAPlugin: claims are
+// prepared concurrently; the Preparer orders what shares a GPU.
+func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
+	results := make(map[types.UID]kubeletplugin.PrepareResult, len(claims))
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, claim := range claims {
+		wg.Go(func() {
+			start := time.Now()
+			devices, err := d.preparer.Prepare(ctx, claim)
+			d.cfg.Metrics.observe("prepare", start, err)
+			if err != nil {
+				klog.FromContext(ctx).Error(err, "Prepare failed", "claim", klog.KObj(claim))
+			}
+			mu.Lock()
+			results[claim.UID] = kubeletplugin.PrepareResult{Devices: devices, Err: err}
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	d.cfg.Metrics.setPrepared(d.preparer.Snapshot())
+	return results, nil
+}
+
+// UnprepareResourceClaims implements kubeletplugin.DRAPlugin.
+func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletplugin.NamespacedObject) (map[types.UID]error, error) {
+	results := make(map[types.UID]error, len(claims))
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, claim := range claims {
+		wg.Go(func() {
+			start := time.Now()
+			err := d.preparer.Unprepare(ctx, claim)
+			d.cfg.Metrics.observe("unprepare", start, err)
+			mu.Lock()
+			results[claim.UID] = err
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	d.cfg.Metrics.setPrepared(d.preparer.Snapshot())
+	return results, nil
+}
+
+// HandleError implements kubeletplugin.DRAPlugin: recoverable errors are
+// logged; others stop the plugin (the DaemonSet restarts it).
+func (d *Driver) HandleError(ctx context.Context, err error, msg string) {
+	runtime.HandleErrorWithContext(ctx, err, msg)
+	if !errors.Is(err, kubeletplugin.ErrRecoverable) {
+		d.cancel(fmt.Errorf("fatal error: %s: %w", msg, err))
+	}
+}
+
+// nodeEvent records a Kubernetes Event on the node; failures are logged.
+func (d *Driver) nodeEvent(ctx context.Context, eventType, reason, message string) {
+	if d.cfg.KubeClient == nil {
+		return
+	}
+	now := metav1.NewTime(time.Now())
+	ev := &corev1.Event{
+		ObjectMeta:     metav1.ObjectMeta{GenerateName: d.cfg.NodeName + ".", Namespace: metav1.NamespaceDefault},
+		InvolvedObject: corev1.ObjectReference{Kind: "Node", Name: d.cfg.NodeName, UID: types.UID(d.cfg.NodeName), APIVersion: "v1"},
+		Reason:         reason, Message: message, Type: eventType,
+		FirstTimestamp: now, LastTimestamp: now, Count: 1,
+		Source: corev1.EventSource{Component: "gpu-kubelet-plugin", Host: d.cfg.NodeName},
+	}
+	if _, err := d.cfg.KubeClient.CoreV1().Events(metav1.NamespaceDefault).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
+		klog.FromContext(ctx).Error(err, "Cannot record event on node", "reason", reason)
+	}
+}
+
+// deviceHealth is a prepared device's health from the latest inventory.
+func deviceHealth(inv *gpu.Inventory, gpuUUID string) (kubeletplugin.HealthStatus, string) {
+	if inv == nil {
+		return kubeletplugin.HealthStatusUnknown, "no inventory yet"
+	}
+	for _, g := range inv.GPUs {
+		if g.UUID == gpuUUID {
+			if g.Lost {
+				return kubeletplugin.HealthStatusUnhealthy, "GPU fell off the bus"
+			}
+			return kubeletplugin.HealthStatusHealthy, ""
+		}
+	}
+	return kubeletplugin.HealthStatusUnhealthy, "GPU not found"
+}
+
+// healthResendInterval keeps reports well inside the kubelet's 30 s window.
+const healthResendInterval = 10 * time.Second
+
+// WatchHealthStatus implements kubeletplugin.DRAPlugin: it reports every
+// prepared device's health now, then every healthResendInterval.
+func (d *Driver) WatchHealthStatus(ctx context.Context, reports chan<- kubeletplugin.DeviceHealthReport) error {
+	ticker := time.NewTicker(healthResendInterval)
+	defer ticker.Stop()
+	for {
+		inv, _ := d.state.current()
+		var report kubeletplugin.DeviceHealthReport
+		now := time.Now()
+		for _, c := range d.preparer.Snapshot().Claims {
+			for _, dev := range c.Devices {
+				status, msg := deviceHealth(inv, dev.GPUUUID)
+				report.Devices = append(report.Devices, kubeletplugin.DeviceHealth{
+					PoolName: dev.Pool, DeviceName: dev.Name, Health: status, Message: msg,
+					LastUpdated: now, HealthCheckTimeout: 3 * healthResendInterval,
+				})
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case reports <- report:
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ticker.C:
+		}
+	}
+}

@@ -1,0 +1,85 @@
+package driver
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+)
+
+// Inventory reads the node's GPUs.
+type Inventory interface {
+	Inventory(ctx context.Context) (*gpu.Inventory, error)
+}
+
+// nodeState is the node's current view: inventory, and the device model
+// built from it and from what the plugin has prepared. Prepare resolves
+// device names through it; the publisher publishes its slices.
+type nodeState struct {
+	staticMIGOnly bool
+
+	mu    sync.RWMutex
+	inv   *gpu.Inventory
+	model *devicemodel.Model
+}
+
+// Lookup implements prepare.Devices.
+func (s *nodeState) Lookup(name string) (*devicemodel.Device, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.model == nil {
+		return nil, false
+	}
+	d, ok := s.model.Devices[name]
+	return d, ok
+}
+
+// current returns the inventory and model last built.
+func (s *nodeState) current() (*gpu.Inventory, *devicemodel.Model) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.inv, s.model
+}
+
+// refresh rebuilds the model from a new inventory and the checkpoint.
+func (s *nodeState) refresh(inv *gpu.Inventory, cp *checkpoint.Checkpoint) (*devicemodel.Model, error) {
+	model, err := devicemodel.Build(devicemodel.Input{
+		Inventory:     inv,
+		Managed:       managedBy(cp),
+		StaticMIGOnly: s.staticMIGOnly,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("build device model: %w", err)
+	}
+	s.mu.Lock()
+	s.inv, s.model = inv, model
+	s.mu.Unlock()
+	return model, nil
+}
+
+// managedBy says which live MIG instances the plugin created for claims:
+// those recorded with their UUID, and, for a claim still being prepared,
+// the instance at a planned placement (created, not yet recorded).
+func managedBy(cp *checkpoint.Checkpoint) func(gpu.MIGInstance) bool {
+	uuids := map[string]bool{}
+	planned := map[[3]any]bool{}
+	for _, c := range cp.Claims {
+		for _, d := range c.Devices {
+			if d.MIG == nil {
+				continue
+			}
+			if d.MIG.Created && d.MIG.UUID != "" {
+				uuids[d.MIG.UUID] = true
+			}
+			if c.State == checkpoint.PrepareStarted && d.MIG.UUID == "" {
+				planned[[3]any{d.GPUUUID, d.MIG.ProfileID, d.MIG.Start}] = true
+			}
+		}
+	}
+	return func(m gpu.MIGInstance) bool {
+		return uuids[m.UUID] || planned[[3]any{m.ParentUUID, m.ProfileID, m.Placement.Start}]
+	}
+}

@@ -1,0 +1,446 @@
+// Package prepare turns an allocated ResourceClaim into devices a container
+// can use, and back. The whole flow of a claim is in this file, top to
+// bottom (DESIGN.md §3):
+//
+//  1. A claim already prepared returns its recorded result (idempotent).
+//  2. The claim is recorded as PrepareStarted with every device and every
+//     MIG placement about to be created, before any side effect.
+//  3. Per device, holding that GPU's lock: a whole GPU needs nothing but MIG
+//     mode off; a MIG placement gets its GPU and compute instance created at
+//     exactly the allocated placement (recorded at once); a pre-created MIG
+//     instance is used as it is.
+//  4. The claim's CDI spec is written and the claim recorded as
+//     PrepareCompleted; the CDI device IDs go back to the kubelet.
+//  5. On any failure what this attempt created is destroyed, the spec
+//     removed, the claim forgotten, and the error names claim, device and
+//     cause. If the rollback itself fails the claim stays recorded as
+//     PrepareStarted so that the next attempt, or the next start, finishes it.
+//
+// Unprepare destroys what the claim created, removes its spec and forgets
+// it; every step is idempotent so a crash anywhere is repaired by a retry.
+package prepare
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/dynamic-resource-allocation/kubeletplugin"
+	"k8s.io/klog/v2"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/cdi"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+)
+
+// GPUs is what prepare needs of the hardware.
+type GPUs interface {
+	CreateMIG(ctx context.Context, req gpu.MIGRequest) (gpu.MIGInstance, error)
+	DestroyMIG(ctx context.Context, ref gpu.MIGRef) error
+	SetMIGMode(ctx context.Context, uuid string, enabled bool) error
+}
+
+// Devices resolves a published device name to what it stands for.
+type Devices interface {
+	Lookup(name string) (*devicemodel.Device, bool)
+}
+
+// CDI writes and removes claims' CDI specs.
+type CDI interface {
+	WriteClaimSpec(ctx context.Context, claimUID string, devices []cdi.Device) (map[string][]string, error)
+	DeleteClaimSpec(claimUID string) error
+}
+
+// Store persists the checkpoint.
+type Store interface {
+	Save(cp *checkpoint.Checkpoint) error
+}
+
+// Step names a point in prepare or unprepare, for fault-injection tests.
+type Step string
+
+// Steps, in the order they happen.
+const (
+	StepStartedRecorded   Step = "prepare-started-recorded"
+	StepMIGCreated        Step = "prepare-mig-created"
+	StepMIGRecorded       Step = "prepare-mig-recorded"
+	StepCDIWritten        Step = "prepare-cdi-written"
+	StepCompletedRecorded Step = "prepare-completed-recorded"
+	StepMIGDestroyed      Step = "unprepare-mig-destroyed"
+	StepCDIDeleted        Step = "unprepare-cdi-deleted"
+	StepForgotten         Step = "unprepare-forgotten"
+)
+
+// AllSteps lists every Step in order.
+var AllSteps = []Step{StepStartedRecorded, StepMIGCreated, StepMIGRecorded, StepCDIWritten, StepCompletedRecorded, StepMIGDestroyed, StepCDIDeleted, StepForgotten}
+
+// Options configure a Preparer.
+type Options struct {
+	// PoolName is this node's pool; results of other pools are not ours.
+	PoolName string
+	// AfterStep, if set, is called after each step (tests crash the process
+	// there).
+	AfterStep func(Step)
+	// DeviceEnv, if set, returns extra container environment for a device
+	// from the claim's configuration, or an error naming the bad field.
+	DeviceEnv func(claim *resourceapi.ResourceClaim, result resourceapi.DeviceRequestAllocationResult) (map[string]string, error)
+}
+
+// Preparer prepares and unprepares claims. It is safe for concurrent use:
+// claims on different GPUs proceed in parallel; claims on the same GPU take
+// turns; checkpoint writes of concurrent claims are committed together.
+type Preparer struct {
+	gpus    GPUs
+	devices Devices
+	cdi     CDI
+	store   Store
+	opts    Options
+
+	// mu guards cp, gpuLocks and claimLocks.
+	mu         sync.Mutex
+	cp         *checkpoint.Checkpoint
+	gpuLocks   map[string]*sync.Mutex
+	claimLocks map[string]*sync.Mutex
+	committer  committer
+}
+
+// New returns a Preparer that starts from cp (as reconciled at start-up).
+func New(gpus GPUs, devices Devices, cdiWriter CDI, store Store, cp *checkpoint.Checkpoint, opts Options) *Preparer {
+	p := &Preparer{
+		gpus: gpus, devices: devices, cdi: cdiWriter, store: store, opts: opts,
+		cp: cp, gpuLocks: map[string]*sync.Mutex{}, claimLocks: map[string]*sync.Mutex{},
+	}
+	p.committer.init(store)
+	return p
+}
+
+// Snapshot returns a copy of the current checkpoint.
+func (p *Preparer) Snapshot() *checkpoint.Checkpoint {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cp.Clone()
+}
+
+func (p *Preparer) step(s Step) {
+	if p.opts.AfterStep != nil {
+		p.opts.AfterStep(s)
+	}
+}
+
+// Prepare prepares one claim and returns the devices for the kubelet.
+func (p *Preparer) Prepare(ctx context.Context, claim *resourceapi.ResourceClaim) ([]kubeletplugin.Device, error) {
+	uid := string(claim.UID)
+	logger := klog.FromContext(ctx).WithValues("claim", klog.KObj(claim), "claimUID", uid)
+	ctx = klog.NewContext(ctx, logger)
+	unlock := p.lockClaim(uid)
+	defer unlock()
+
+	// 1. Idempotent: a prepared claim returns what it returned before.
+	if prev := p.claim(uid); prev != nil {
+		if prev.State == checkpoint.PrepareCompleted {
+			logger.V(2).Info("Claim already prepared")
+			return kubeletDevices(prev), nil
+		}
+		logger.Info("Claim has an unfinished preparation; rolling it back first")
+		if err := p.rollback(ctx, prev); err != nil {
+			return nil, fmt.Errorf("prepare claim %s: finish earlier attempt: %w", claimName(claim), err)
+		}
+	}
+
+	// 2. Plan, and record the plan before touching anything.
+	rec, err := p.plan(claim)
+	if err != nil {
+		return nil, fmt.Errorf("prepare claim %s: %w", claimName(claim), err)
+	}
+	if err := p.record(ctx, rec); err != nil {
+		return nil, fmt.Errorf("prepare claim %s: record start: %w", claimName(claim), err)
+	}
+	p.step(StepStartedRecorded)
+
+	fail := func(device string, cause error) ([]kubeletplugin.Device, error) {
+		err := fmt.Errorf("prepare claim %s: device %s: %w", claimName(claim), device, cause)
+		// The rollback must finish even if the kubelet gave up on the call.
+		if rbErr := p.rollback(context.WithoutCancel(ctx), rec); rbErr != nil {
+			logger.Error(rbErr, "Rollback failed; the claim stays recorded and is rolled back on the next attempt")
+			return nil, fmt.Errorf("%w (rollback failed: %v)", err, rbErr)
+		}
+		return nil, err
+	}
+
+	// 3. Make each device real, one GPU at a time per GPU.
+	unlockGPUs := p.lockGPUs(rec)
+	for i := range rec.Devices {
+		d := &rec.Devices[i]
+		env, err := p.deviceEnv(claim, d)
+		if err != nil {
+			unlockGPUs()
+			return fail(d.Name, err)
+		}
+		d.Env = env
+		if err := p.prepareDevice(ctx, rec, d); err != nil {
+			unlockGPUs()
+			return fail(d.Name, err)
+		}
+	}
+	unlockGPUs()
+
+	// 4. CDI spec, then done.
+	specDevices, err := cdiDevices(rec)
+	if err != nil {
+		return fail("(all)", err)
+	}
+	ids, err := p.cdi.WriteClaimSpec(ctx, uid, specDevices)
+	if err != nil {
+		return fail("(all)", fmt.Errorf("write CDI spec: %w", err))
+	}
+	p.step(StepCDIWritten)
+	for i := range rec.Devices {
+		rec.Devices[i].CDIDeviceIDs = ids[rec.Devices[i].Name]
+	}
+	rec.State = checkpoint.PrepareCompleted
+	if err := p.record(ctx, rec); err != nil {
+		return fail("(all)", fmt.Errorf("record completion: %w", err))
+	}
+	p.step(StepCompletedRecorded)
+	logger.Info("Prepared claim", "devices", len(rec.Devices))
+	return kubeletDevices(rec), nil
+}
+
+// plan resolves the claim's allocation into checkpoint devices.
+func (p *Preparer) plan(claim *resourceapi.ResourceClaim) (*checkpoint.Claim, error) {
+	if claim.Status.Allocation == nil {
+		return nil, errors.New("claim is not allocated")
+	}
+	rec := &checkpoint.Claim{UID: string(claim.UID), Namespace: claim.Namespace, Name: claim.Name, State: checkpoint.PrepareStarted}
+	for _, r := range claim.Status.Allocation.Devices.Results {
+		if r.Driver != devicemodel.DriverName || r.Pool != p.opts.PoolName {
+			continue
+		}
+		dev, ok := p.devices.Lookup(r.Device)
+		if !ok {
+			return nil, fmt.Errorf("device %s: not published by this node (pool %s)", r.Device, p.opts.PoolName)
+		}
+		d := checkpoint.Device{Requests: []string{r.Request}, Pool: r.Pool, Name: r.Device, GPUUUID: dev.GPU.UUID, GPUMinor: dev.GPU.Minor}
+		switch dev.Kind {
+		case devicemodel.KindMIGPlacement:
+			d.MIG = &checkpoint.MIG{ProfileID: dev.Profile.ID, Profile: dev.Profile.Name, Start: dev.Placement.Start, Size: dev.Placement.Size}
+		case devicemodel.KindMIGStatic:
+			d.MIG = &checkpoint.MIG{ProfileID: dev.Profile.ID, Profile: dev.Profile.Name, Start: dev.Placement.Start, Size: dev.Placement.Size,
+				UUID: dev.Instance.UUID, GIID: dev.Instance.GIID, CIID: dev.Instance.CIID}
+		}
+		if owner := p.owner(d); owner != "" {
+			return nil, fmt.Errorf("device %s: already prepared for claim %s", r.Device, owner)
+		}
+		rec.Devices = append(rec.Devices, d)
+	}
+	return rec, nil
+}
+
+// owner returns the UID of another prepared claim that holds the device.
+func (p *Preparer) owner(d checkpoint.Device) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for uid, c := range p.cp.Claims {
+		for _, o := range c.Devices {
+			if o.Pool == d.Pool && o.Name == d.Name {
+				return uid
+			}
+		}
+	}
+	return ""
+}
+
+func (p *Preparer) deviceEnv(claim *resourceapi.ResourceClaim, d *checkpoint.Device) (map[string]string, error) {
+	if p.opts.DeviceEnv == nil {
+		return nil, nil
+	}
+	for _, r := range claim.Status.Allocation.Devices.Results {
+		if r.Device == d.Name && r.Pool == d.Pool {
+			return p.opts.DeviceEnv(claim, r)
+		}
+	}
+	return nil, nil
+}
+
+// prepareDevice makes one device real. The caller holds the GPU's lock.
+func (p *Preparer) prepareDevice(ctx context.Context, rec *checkpoint.Claim, d *checkpoint.Device) error {
+	switch {
+	case d.MIG == nil:
+		// A whole GPU is a plain CUDA device only with MIG mode off. This
+		// fails, as it should, if MIG devices still exist on it.
+		if err := p.gpus.SetMIGMode(ctx, d.GPUUUID, false); err != nil {
+			return fmt.Errorf("turn MIG mode off: %w", err)
+		}
+		return nil
+	case d.MIG.UUID != "" && !d.MIG.Created:
+		return nil // a pre-created instance: nothing to do
+	}
+	if err := p.gpus.SetMIGMode(ctx, d.GPUUUID, true); err != nil {
+		return fmt.Errorf("turn MIG mode on: %w", err)
+	}
+	inst, err := p.gpus.CreateMIG(ctx, gpu.MIGRequest{
+		ParentUUID: d.GPUUUID, ProfileID: d.MIG.ProfileID,
+		Placement: gpu.Placement{Start: d.MIG.Start, Size: d.MIG.Size},
+	})
+	if err != nil {
+		return fmt.Errorf("create MIG device %s at %d:%d: %w", d.MIG.Profile, d.MIG.Start, d.MIG.Size, err)
+	}
+	p.step(StepMIGCreated)
+	d.MIG.Created, d.MIG.UUID, d.MIG.GIID, d.MIG.CIID = true, inst.UUID, inst.GIID, inst.CIID
+	if err := p.record(ctx, rec); err != nil {
+		return fmt.Errorf("record MIG device %s: %w", inst.UUID, err)
+	}
+	p.step(StepMIGRecorded)
+	return nil
+}
+
+// Unprepare undoes Prepare for a claim. Unknown claims succeed.
+func (p *Preparer) Unprepare(ctx context.Context, ref kubeletplugin.NamespacedObject) error {
+	uid := string(ref.UID)
+	logger := klog.FromContext(ctx).WithValues("claim", ref.NamespacedName, "claimUID", uid)
+	ctx = klog.NewContext(ctx, logger)
+	unlock := p.lockClaim(uid)
+	defer unlock()
+	rec := p.claim(uid)
+	if rec == nil {
+		// Nothing recorded; a spec file may still exist if the plugin
+		// crashed before recording. Removing it is harmless.
+		if err := p.cdi.DeleteClaimSpec(uid); err != nil {
+			return fmt.Errorf("unprepare claim %s: delete CDI spec: %w", ref.NamespacedName, err)
+		}
+		logger.V(2).Info("Claim not prepared; nothing to do")
+		return nil
+	}
+	if err := p.rollback(ctx, rec); err != nil {
+		return fmt.Errorf("unprepare claim %s: %w", ref.NamespacedName, err)
+	}
+	logger.Info("Unprepared claim")
+	return nil
+}
+
+// rollback destroys what rec created, removes its spec and forgets it.
+// Each step is idempotent; on failure rec stays recorded, truthfully.
+func (p *Preparer) rollback(ctx context.Context, rec *checkpoint.Claim) error {
+	unlockGPUs := p.lockGPUs(rec)
+	defer unlockGPUs()
+	for i := range rec.Devices {
+		d := &rec.Devices[i]
+		if d.MIG == nil || !d.MIG.Created {
+			continue
+		}
+		if err := p.gpus.DestroyMIG(ctx, gpu.MIGRef{ParentUUID: d.GPUUUID, GIID: d.MIG.GIID, CIID: d.MIG.CIID, UUID: d.MIG.UUID}); err != nil {
+			return fmt.Errorf("device %s: destroy MIG device %s: %w", d.Name, d.MIG.UUID, err)
+		}
+		p.step(StepMIGDestroyed)
+	}
+	if err := p.cdi.DeleteClaimSpec(rec.UID); err != nil {
+		return fmt.Errorf("delete CDI spec: %w", err)
+	}
+	p.step(StepCDIDeleted)
+	if err := p.forget(ctx, rec.UID); err != nil {
+		return fmt.Errorf("forget claim: %w", err)
+	}
+	p.step(StepForgotten)
+	return nil
+}
+
+// record stores rec (a private copy) in the checkpoint and commits it.
+func (p *Preparer) record(ctx context.Context, rec *checkpoint.Claim) error {
+	c := *rec
+	c.Devices = make([]checkpoint.Device, len(rec.Devices))
+	for i, d := range rec.Devices {
+		c.Devices[i] = d
+		if d.MIG != nil {
+			m := *d.MIG
+			c.Devices[i].MIG = &m
+		}
+		c.Devices[i].Requests = slices.Clone(d.Requests)
+		c.Devices[i].CDIDeviceIDs = slices.Clone(d.CDIDeviceIDs)
+	}
+	p.mu.Lock()
+	p.cp.Claims[c.UID] = &c
+	p.mu.Unlock()
+	return p.commit()
+}
+
+func (p *Preparer) forget(ctx context.Context, uid string) error {
+	p.mu.Lock()
+	delete(p.cp.Claims, uid)
+	p.mu.Unlock()
+	return p.commit()
+}
+
+// claim returns a copy of the recorded claim, or nil.
+func (p *Preparer) claim(uid string) *checkpoint.Claim {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c, ok := p.cp.Claims[uid]
+	if !ok {
+		return nil
+	}
+	return p.cp.Clone().Claims[c.UID]
+}
+
+// lockClaim serialises work on one claim (the kubelet may retry while a
+// call is still running).
+func (p *Preparer) lockClaim(uid string) func() {
+	p.mu.Lock()
+	l, ok := p.claimLocks[uid]
+	if !ok {
+		l = &sync.Mutex{}
+		p.claimLocks[uid] = l
+	}
+	p.mu.Unlock()
+	l.Lock()
+	return l.Unlock
+}
+
+// lockGPUs takes the locks of every GPU the claim uses, in a fixed order so
+// that two claims can never wait for each other.
+func (p *Preparer) lockGPUs(rec *checkpoint.Claim) func() {
+	var uuids []string
+	for _, d := range rec.Devices {
+		uuids = append(uuids, d.GPUUUID)
+	}
+	sort.Strings(uuids)
+	uuids = slices.Compact(uuids)
+	p.mu.Lock()
+	locks := make([]*sync.Mutex, len(uuids))
+	for i, u := range uuids {
+		l, ok := p.gpuLocks[u]
+		if !ok {
+			l = &sync.Mutex{}
+			p.gpuLocks[u] = l
+		}
+		locks[i] = l
+	}
+	p.mu.Unlock()
+	for _, l := range locks {
+		l.Lock()
+	}
+	return func() {
+		for i := len(locks) - 1; i >= 0; i-- {
+			locks[i].Unlock()
+		}
+	}
+}
+
+func kubeletDevices(rec *checkpoint.Claim) []kubeletplugin.Device {
+	out := make([]kubeletplugin.Device, 0, len(rec.Devices))
+	for _, d := range rec.Devices {
+		out = append(out, kubeletplugin.Device{
+			Requests: slices.Clone(d.Requests), PoolName: d.Pool, DeviceName: d.Name, CDIDeviceIDs: slices.Clone(d.CDIDeviceIDs),
+		})
+	}
+	return out
+}
+
+func claimName(c *resourceapi.ResourceClaim) string {
+	return fmt.Sprintf("%s/%s (%s)", c.Namespace, c.Name, types.UID(c.UID))
+}

@@ -1,0 +1,374 @@
+package prepare
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	resourceapi "k8s.io/api/resource/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/dynamic-resource-allocation/kubeletplugin"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/cdi"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
+)
+
+const pool = "node-1"
+
+// fixture is a simulated node with real files: sim state, CDI specs and
+// checkpoint in temporary directories.
+type fixture struct {
+	t       testing.TB
+	node    *gpu.Node
+	simDir  string
+	cdi     *cdi.Writer
+	store   *checkpoint.Store
+	devices *modelDevices
+	p       *Preparer
+}
+
+// modelDevices resolves names through a model built from the inventory.
+type modelDevices struct {
+	mu    sync.Mutex
+	model *devicemodel.Model
+}
+
+func (m *modelDevices) Lookup(name string) (*devicemodel.Device, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	d, ok := m.model.Devices[name]
+	return d, ok
+}
+
+func newFixture(t testing.TB, model string) *fixture {
+	t.Helper()
+	dir := t.TempDir()
+	f := &fixture{t: t, simDir: filepath.Join(dir, "sim")}
+	var err error
+	if f.node, err = gpu.Open(gpu.Options{Simulate: model, SimStateDir: f.simDir}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.node.Close() })
+	inv := f.inventory()
+	var minors []int
+	for _, g := range inv.GPUs {
+		minors = append(minors, g.Minor)
+	}
+	roots, err := simhost.Create(filepath.Join(dir, "host"), minors, inv.DriverVersion)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.cdi, err = cdi.New(cdi.Options{CDIRoot: filepath.Join(dir, "cdi"), DriverRoot: roots.DriverRoot, DevRoot: roots.DevRoot, ProcRoot: roots.ProcRoot}); err != nil {
+		t.Fatal(err)
+	}
+	if f.store, err = checkpoint.NewStore(filepath.Join(dir, "plugin")); err != nil {
+		t.Fatal(err)
+	}
+	f.devices = &modelDevices{}
+	f.rebuildModel(checkpoint.New("boot"))
+	f.p = New(f.node, f.devices, f.cdi, f.store, checkpoint.New("boot"), Options{PoolName: pool})
+	return f
+}
+
+func (f *fixture) inventory() *gpu.Inventory {
+	inv, err := f.node.Inventory(context.Background())
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return inv
+}
+
+func (f *fixture) rebuildModel(cp *checkpoint.Checkpoint) {
+	m, err := devicemodel.Build(devicemodel.Input{Inventory: f.inventory(), Managed: func(i gpu.MIGInstance) bool {
+		for _, c := range cp.Claims {
+			for _, d := range c.Devices {
+				if d.MIG != nil && d.MIG.Created && d.MIG.UUID == i.UUID {
+					return true
+				}
+			}
+		}
+		return false
+	}})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.devices.mu.Lock()
+	f.devices.model = m
+	f.devices.mu.Unlock()
+}
+
+var uidSeq int
+var uidMu sync.Mutex
+
+// allocated builds a claim allocated the named devices, one request each.
+func allocated(devices ...string) *resourceapi.ResourceClaim {
+	uidMu.Lock()
+	uidSeq++
+	n := uidSeq
+	uidMu.Unlock()
+	c := &resourceapi.ResourceClaim{ObjectMeta: metav1.ObjectMeta{
+		Name: fmt.Sprintf("claim-%d", n), Namespace: "ns", UID: types.UID(fmt.Sprintf("0000%04d-1111-2222-3333-444444444444", n)),
+	}}
+	c.Status.Allocation = &resourceapi.AllocationResult{}
+	for i, d := range devices {
+		c.Status.Allocation.Devices.Results = append(c.Status.Allocation.Devices.Results, resourceapi.DeviceRequestAllocationResult{
+			Request: fmt.Sprintf("req-%d", i), Driver: devicemodel.DriverName, Pool: pool, Device: d,
+		})
+	}
+	return c
+}
+
+func ref(c *resourceapi.ResourceClaim) kubeletplugin.NamespacedObject {
+	return kubeletplugin.NamespacedObject{UID: c.UID, NamespacedName: types.NamespacedName{Namespace: c.Namespace, Name: c.Name}}
+}
+
+func (f *fixture) liveMIG() []gpu.MIGInstance {
+	var out []gpu.MIGInstance
+	for _, g := range f.inventory().GPUs {
+		out = append(out, g.MIGInstances...)
+	}
+	return out
+}
+
+func (f *fixture) specs() []string {
+	uids, err := f.cdi.ClaimUIDs()
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return uids
+}
+
+func (f *fixture) saved() *checkpoint.Checkpoint {
+	cp, err := f.store.Load()
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return cp
+}
+
+func TestPrepareWholeGPU(t *testing.T) {
+	f := newFixture(t, "dgxh100")
+	ctx := context.Background()
+	claim := allocated("gpu-3")
+	devs, err := f.p.Prepare(ctx, claim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := cdi.DeviceID(string(claim.UID), "gpu-3")
+	if len(devs) != 1 || devs[0].DeviceName != "gpu-3" || len(devs[0].CDIDeviceIDs) != 1 || devs[0].CDIDeviceIDs[0] != want {
+		t.Fatalf("devices = %+v, want CDI ID %s", devs, want)
+	}
+	if got := f.saved().Claims[string(claim.UID)]; got == nil || got.State != checkpoint.PrepareCompleted {
+		t.Fatalf("checkpoint: %+v", got)
+	}
+	spec, err := os.ReadFile(f.cdi.SpecPath(string(claim.UID)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(spec), f.inventory().GPUs[3].UUID) || !strings.Contains(string(spec), "/dev/nvidia3") {
+		t.Errorf("spec does not name GPU 3: %s", spec)
+	}
+	again, err := f.p.Prepare(ctx, claim)
+	if err != nil || fmt.Sprint(again) != fmt.Sprint(devs) {
+		t.Fatalf("second prepare: %v %+v", err, again)
+	}
+	for i := 0; i < 2; i++ {
+		if err := f.p.Unprepare(ctx, ref(claim)); err != nil {
+			t.Fatalf("unprepare %d: %v", i, err)
+		}
+	}
+	if len(f.specs()) != 0 || len(f.saved().Claims) != 0 {
+		t.Fatalf("left behind: specs %v, checkpoint %+v", f.specs(), f.saved().Claims)
+	}
+}
+
+func TestPrepareMIGCreatesExactlyTheAllocatedPlacement(t *testing.T) {
+	f := newFixture(t, "dgxh100")
+	ctx := context.Background()
+	claim := allocated("gpu-2-mig-3g40gb-4", "gpu-2-mig-1g10gb-1")
+	devs, err := f.p.Prepare(ctx, claim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(devs) != 2 {
+		t.Fatalf("devices = %+v", devs)
+	}
+	live := f.liveMIG()
+	got := map[string]bool{}
+	for _, m := range live {
+		got[fmt.Sprintf("%s@%s", m.Profile, m.Placement)] = true
+		if m.ParentUUID != f.inventory().GPUs[2].UUID {
+			t.Errorf("instance on the wrong GPU: %+v", m)
+		}
+	}
+	if len(live) != 2 || !got["3g.40gb@4:4"] || !got["1g.10gb@1:1"] {
+		t.Fatalf("live MIG devices = %+v", live)
+	}
+	spec, _ := os.ReadFile(f.cdi.SpecPath(string(claim.UID)))
+	for _, m := range live {
+		if !strings.Contains(string(spec), m.UUID) {
+			t.Errorf("spec lacks MIG UUID %s", m.UUID)
+		}
+	}
+	if err := f.p.Unprepare(ctx, ref(claim)); err != nil {
+		t.Fatal(err)
+	}
+	if live := f.liveMIG(); len(live) != 0 {
+		t.Fatalf("unprepare left MIG devices: %+v", live)
+	}
+}
+
+func TestPrepareStaticMIGUsesAndKeepsIt(t *testing.T) {
+	f := newFixture(t, "dgxa100")
+	ctx := context.Background()
+	inv := f.inventory()
+	if err := f.node.SetMIGMode(ctx, inv.GPUs[1].UUID, true); err != nil {
+		t.Fatal(err)
+	}
+	static, err := f.node.CreateMIG(ctx, gpu.MIGRequest{ParentUUID: inv.GPUs[1].UUID, ProfileID: 0, Placement: gpu.Placement{Start: 2, Size: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.rebuildModel(checkpoint.New(""))
+	claim := allocated("gpu-1-mig-1g5gb-2-static")
+	if _, err := f.p.Prepare(ctx, claim); err != nil {
+		t.Fatal(err)
+	}
+	spec, _ := os.ReadFile(f.cdi.SpecPath(string(claim.UID)))
+	if !strings.Contains(string(spec), static.UUID) {
+		t.Fatal("spec lacks the static instance's UUID")
+	}
+	if err := f.p.Unprepare(ctx, ref(claim)); err != nil {
+		t.Fatal(err)
+	}
+	if live := f.liveMIG(); len(live) != 1 || live[0].UUID != static.UUID {
+		t.Fatalf("a pre-created instance must survive unprepare: %+v", live)
+	}
+}
+
+// TestFailureRollsBackEverything: the second MIG device of a claim cannot be
+// created (someone took its placement); the first is destroyed again and
+// nothing of the claim is left.
+func TestFailureRollsBackEverything(t *testing.T) {
+	f := newFixture(t, "dgxh100")
+	ctx := context.Background()
+	g := f.inventory().GPUs[0]
+	if err := f.node.SetMIGMode(ctx, g.UUID, true); err != nil {
+		t.Fatal(err)
+	}
+	intruder, err := f.node.CreateMIG(ctx, gpu.MIGRequest{ParentUUID: g.UUID, ProfileID: 0, Placement: gpu.Placement{Start: 5, Size: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	claim := allocated("gpu-0-mig-1g10gb-6", "gpu-0-mig-1g10gb-5")
+	_, err = f.p.Prepare(ctx, claim)
+	if err == nil {
+		t.Fatal("prepare succeeded on an occupied placement")
+	}
+	for _, want := range []string{claim.Name, string(claim.UID), "gpu-0-mig-1g10gb-5", "placement is occupied"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not name %q", err, want)
+		}
+	}
+	if !errors.Is(err, gpu.ErrPlacementOccupied) {
+		t.Errorf("error does not wrap the cause: %v", err)
+	}
+	if live := f.liveMIG(); len(live) != 1 || live[0].UUID != intruder.UUID {
+		t.Fatalf("rollback left MIG devices: %+v", live)
+	}
+	if len(f.specs()) != 0 || len(f.saved().Claims) != 0 {
+		t.Fatalf("rollback left specs %v or checkpoint %+v", f.specs(), f.saved().Claims)
+	}
+}
+
+func TestErrorsNameTheProblem(t *testing.T) {
+	f := newFixture(t, "dgxh100")
+	ctx := context.Background()
+	first := allocated("gpu-1")
+	if _, err := f.p.Prepare(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	unallocated := allocated()
+	unallocated.Status.Allocation = nil
+	cases := map[string]struct {
+		claim *resourceapi.ResourceClaim
+		want  string
+	}{
+		"device prepared for another claim": {allocated("gpu-1"), "already prepared for claim " + string(first.UID)},
+		"unknown device":                    {allocated("gpu-42"), "gpu-42: not published by this node"},
+		"not allocated":                     {unallocated, "not allocated"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := f.p.Prepare(ctx, tc.claim)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want it to contain %q", err, tc.want)
+			}
+			if _, ok := f.saved().Claims[string(tc.claim.UID)]; ok {
+				t.Fatal("failed claim recorded")
+			}
+		})
+	}
+}
+
+// TestConcurrentClaims prepares 50 claims on 8 GPUs at once (seven 1g MIG
+// devices on each of seven GPUs, the eighth whole, and one claim twice as a
+// retrying kubelet would), then unprepares them at once.
+func TestConcurrentClaims(t *testing.T) {
+	f := newFixture(t, "dgxh100")
+	ctx := context.Background()
+	var claims []*resourceapi.ResourceClaim
+	for g := 0; g < 8; g++ {
+		if g == 7 {
+			claims = append(claims, allocated("gpu-7"))
+			continue
+		}
+		for s := 0; s < 7; s++ {
+			claims = append(claims, allocated(fmt.Sprintf("gpu-%d-mig-1g10gb-%d", g, s)))
+		}
+	}
+	claims = append(claims, claims[0]) // the kubelet retrying a claim concurrently
+	var wg sync.WaitGroup
+	errs := make(chan error, len(claims))
+	for _, c := range claims {
+		wg.Go(func() {
+			if _, err := f.p.Prepare(ctx, c); err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if live := f.liveMIG(); len(live) != 49 {
+		t.Fatalf("%d MIG devices live, want 49", len(live))
+	}
+	if n := len(f.saved().Claims); n != 50 {
+		t.Fatalf("checkpoint holds %d claims, want 50", n)
+	}
+	for _, c := range claims {
+		wg.Go(func() {
+			if err := f.p.Unprepare(ctx, ref(c)); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if live := f.liveMIG(); len(live) != 0 {
+		t.Fatalf("%d MIG devices left", len(live))
+	}
+	if len(f.specs()) != 0 || len(f.saved().Claims) != 0 {
+		t.Fatal("specs or checkpoint entries left")
+	}
+}

@@ -1,0 +1,307 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	corev1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	drapb "k8s.io/kubelet/pkg/apis/dra/v1"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/prepare"
+)
+
+// testPlugin is a plugin process this test controls, talking to the real
+// API server but registered nowhere: the test plays the kubelet over its
+// gRPC socket.
+type testPlugin struct {
+	t       *testing.T
+	dir     string
+	cmd     *exec.Cmd
+	exited  chan error
+	logPath string
+}
+
+func (tp *testPlugin) start(extra ...string) {
+	tp.t.Helper()
+	args := []string{
+		"--node-name", nodeName,
+		"--kubeconfig", filepath.Join(runDir, "kubeconfig/plugin.kubeconfig"),
+		"--simulate", model, "--sim-state-dir", filepath.Join(runDir, "sim/state"),
+		"--cdi-root", filepath.Join(runDir, "cdi"),
+		"--plugin-dir", filepath.Join(tp.dir, "plugin"),
+		"--registrar-dir", filepath.Join(tp.dir, "registry"),
+		"--driver-root", filepath.Join(runDir, "sim/host/driver"),
+		"--dev-root", filepath.Join(runDir, "sim/host/dev"),
+		"--proc-root", filepath.Join(runDir, "sim/host/proc"),
+		"--http-endpoint", "127.0.0.1:8089", "-v", "3",
+	}
+	log, err := os.OpenFile(tp.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		tp.t.Fatal(err)
+	}
+	fmt.Fprintf(log, "=== start %v\n", extra)
+	tp.cmd = exec.Command(filepath.Join(runDir, "bin/gpu-kubelet-plugin"), append(args, extra...)...)
+	tp.cmd.Stdout, tp.cmd.Stderr = log, log
+	if err := tp.cmd.Start(); err != nil {
+		tp.t.Fatal(err)
+	}
+	tp.exited = make(chan error, 1)
+	go func() { tp.exited <- tp.cmd.Wait(); log.Close() }()
+	eventually(tp.t, 30*time.Second, "test plugin ready", func() (bool, error) {
+		select {
+		case err := <-tp.exited:
+			data, _ := os.ReadFile(tp.logPath)
+			tp.t.Fatalf("plugin exited during start-up: %v\n%s", err, data)
+		default:
+		}
+		out, err := exec.Command("curl", "-fsS", "--max-time", "1", "http://127.0.0.1:8089/readyz").CombinedOutput()
+		return err == nil, fmt.Errorf("%v: %s", err, out)
+	})
+}
+
+// waitKilled waits for the plugin to die by SIGKILL.
+func (tp *testPlugin) waitKilled() {
+	tp.t.Helper()
+	select {
+	case err := <-tp.exited:
+		if err == nil || !strings.Contains(err.Error(), "killed") {
+			tp.t.Fatalf("plugin ended with %v, want killed", err)
+		}
+	case <-time.After(30 * time.Second):
+		tp.t.Fatal("plugin did not crash at the injected step")
+	}
+}
+
+func (tp *testPlugin) stop() {
+	if tp.cmd == nil || tp.cmd.ProcessState != nil {
+		return
+	}
+	tp.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-tp.exited:
+	case <-time.After(15 * time.Second):
+		tp.cmd.Process.Kill()
+		<-tp.exited
+	}
+}
+
+func (tp *testPlugin) client() (drapb.DRAPluginClient, func()) {
+	conn, err := grpc.NewClient("unix://"+filepath.Join(tp.dir, "plugin/dra.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		tp.t.Fatal(err)
+	}
+	return drapb.NewDRAPluginClient(conn), func() { conn.Close() }
+}
+
+func (tp *testPlugin) prepare(c *resourceapi.ResourceClaim) (*drapb.NodePrepareResourceResponse, error) {
+	cl, done := tp.client()
+	defer done()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	resp, err := cl.NodePrepareResources(ctx, &drapb.NodePrepareResourcesRequest{Claims: []*drapb.Claim{{Namespace: c.Namespace, Name: c.Name, UID: string(c.UID)}}})
+	if err != nil {
+		return nil, err
+	}
+	r := resp.Claims[string(c.UID)]
+	if r.Error != "" {
+		return r, fmt.Errorf("%s", r.Error)
+	}
+	return r, nil
+}
+
+func (tp *testPlugin) unprepare(c *resourceapi.ResourceClaim) error {
+	cl, done := tp.client()
+	defer done()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	resp, err := cl.NodeUnprepareResources(ctx, &drapb.NodeUnprepareResourcesRequest{Claims: []*drapb.Claim{{Namespace: c.Namespace, Name: c.Name, UID: string(c.UID)}}})
+	if err != nil {
+		return err
+	}
+	if e := resp.Claims[string(c.UID)].Error; e != "" {
+		return fmt.Errorf("%s", e)
+	}
+	return nil
+}
+
+// checkpointOf reads the test plugin's checkpoint: claim UID -> state and
+// the MIG UUIDs it created.
+func (tp *testPlugin) checkpoint() (map[string]string, map[string]bool) {
+	tp.t.Helper()
+	data, err := os.ReadFile(filepath.Join(tp.dir, "plugin/checkpoint.json"))
+	if os.IsNotExist(err) {
+		return map[string]string{}, map[string]bool{}
+	}
+	if err != nil {
+		tp.t.Fatal(err)
+	}
+	var env struct {
+		Data struct {
+			Claims map[string]struct {
+				State   string `json:"state"`
+				Devices []struct {
+					MIG *struct {
+						UUID    string `json:"uuid"`
+						Created bool   `json:"created"`
+					} `json:"mig"`
+				} `json:"devices"`
+			} `json:"claims"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(data, &env); err != nil {
+		tp.t.Fatal(err)
+	}
+	states, migs := map[string]string{}, map[string]bool{}
+	for uid, c := range env.Data.Claims {
+		states[uid] = c.State
+		for _, d := range c.Devices {
+			if d.MIG != nil && d.MIG.Created {
+				migs[d.MIG.UUID] = true
+			}
+		}
+	}
+	return states, migs
+}
+
+// assertTruthful checks the invariants after a restart: every live MIG
+// device and every CDI spec belongs to a completed claim in the checkpoint,
+// and nothing is half-prepared.
+func (tp *testPlugin) assertTruthful(when string) {
+	tp.t.Helper()
+	states, migs := tp.checkpoint()
+	for uid, s := range states {
+		if s != "PrepareCompleted" {
+			tp.t.Errorf("%s: claim %s is %s after restart", when, uid, s)
+		}
+	}
+	for _, g := range simState(tp.t).GPUs {
+		for _, gi := range g.GPUInstances {
+			for _, ci := range gi.ComputeInstances {
+				if !migs[ci.UUID] {
+					tp.t.Errorf("%s: MIG device %s leaked (no claim owns it)", when, ci.UUID)
+				}
+			}
+		}
+	}
+	for _, spec := range cdiSpecs(tp.t) {
+		uid := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(spec), "k8s.gpu.nvidia.com-claim_"), ".json")
+		if _, ok := states[uid]; !ok {
+			tp.t.Errorf("%s: orphan CDI spec %s", when, spec)
+		}
+	}
+}
+
+// allocatedClaim creates a ResourceClaim and writes its allocation as the
+// scheduler would.
+func allocatedClaim(t *testing.T, ns, name string, devices ...string) *resourceapi.ResourceClaim {
+	t.Helper()
+	c := &resourceapi.ResourceClaim{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}}
+	for i := range devices {
+		c.Spec.Devices.Requests = append(c.Spec.Devices.Requests, resourceapi.DeviceRequest{Name: fmt.Sprintf("r%d", i), Exactly: &resourceapi.ExactDeviceRequest{DeviceClassName: "mig.nvidia.com"}})
+	}
+	c, err := client.ResourceV1().ResourceClaims(ns).Create(ctx(), c, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Status.Allocation = &resourceapi.AllocationResult{}
+	for i, d := range devices {
+		c.Status.Allocation.Devices.Results = append(c.Status.Allocation.Devices.Results, resourceapi.DeviceRequestAllocationResult{
+			Request: fmt.Sprintf("r%d", i), Driver: "gpu.nvidia.com", Pool: nodeName, Device: d,
+		})
+	}
+	c.Status.ReservedFor = []resourceapi.ResourceClaimConsumerReference{{Resource: "pods", Name: "crash-test", UID: "00000000-0000-0000-0000-00000000c0de"}}
+	c, err = client.ResourceV1().ResourceClaims(ns).UpdateStatus(ctx(), c, metav1.UpdateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestPluginKilledAtEveryStep kills the plugin (SIGKILL) after each step of
+// prepare and of unprepare, restarts it, and checks that nothing leaked,
+// the checkpoint is truthful, and the kubelet's retry succeeds.
+func TestPluginKilledAtEveryStep(t *testing.T) {
+	if err := script("driver.sh", "stop"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := script("driver.sh", "restart"); err != nil {
+			t.Errorf("restart the cluster's plugin: %v", err)
+		}
+	})
+	const ns = "gpu-crash"
+	if _, err := client.CoreV1().Namespaces().Create(ctx(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cleanNamespace(t, ns) })
+	dir := t.TempDir()
+	tp := &testPlugin{t: t, dir: dir, logPath: filepath.Join(dir, "plugin.log")}
+	t.Cleanup(func() {
+		tp.stop()
+		if t.Failed() {
+			data, _ := os.ReadFile(tp.logPath)
+			t.Logf("plugin log:\n%s", data)
+		}
+	})
+
+	prepareSteps := []prepare.Step{prepare.StepStartedRecorded, prepare.StepMIGCreated, prepare.StepMIGRecorded, prepare.StepCDIWritten, prepare.StepCompletedRecorded}
+	unprepareSteps := []prepare.Step{prepare.StepMIGDestroyed, prepare.StepCDIDeleted, prepare.StepForgotten}
+	baseline := migCount(t)
+	for i, step := range append(prepareSteps, unprepareSteps...) {
+		t.Run(string(step), func(t *testing.T) {
+			tp.t = t
+			claim := allocatedClaim(t, ns, fmt.Sprintf("crash-%d", i), "gpu-5-mig-1g10gb-6", "gpu-5-mig-2g20gb-2")
+			isPrepare := i < len(prepareSteps)
+			if isPrepare {
+				tp.start("--test-crash-at", string(step))
+				if _, err := tp.prepare(claim); err == nil {
+					t.Fatal("prepare returned although the plugin was killed")
+				}
+			} else {
+				tp.start()
+				if _, err := tp.prepare(claim); err != nil {
+					t.Fatal(err)
+				}
+				tp.stop()
+				tp.start("--test-crash-at", string(step))
+				if err := tp.unprepare(claim); err == nil {
+					t.Fatal("unprepare returned although the plugin was killed")
+				}
+			}
+			tp.waitKilled()
+			tp.start()
+			tp.assertTruthful("after restart")
+			if isPrepare {
+				r, err := tp.prepare(claim)
+				if err != nil {
+					t.Fatalf("kubelet's retry of prepare: %v", err)
+				}
+				if len(r.Devices) != 2 || migCount(t) != baseline+2 {
+					t.Fatalf("after retry: %d devices, %d MIG devices (baseline %d)", len(r.Devices), migCount(t), baseline)
+				}
+				tp.assertTruthful("after prepare retry")
+			}
+			if err := tp.unprepare(claim); err != nil {
+				t.Fatalf("kubelet's retry of unprepare: %v", err)
+			}
+			if got := migCount(t); got != baseline {
+				t.Fatalf("%d MIG devices after unprepare, want %d", got, baseline)
+			}
+			tp.assertTruthful("after unprepare")
+			tp.stop()
+		})
+	}
+}

@@ -1,0 +1,234 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+func TestSlicesAndClassesArePublished(t *testing.T) {
+	slices, err := client.ResourceV1().ResourceSlices().List(ctx(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + nodeName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	devices, counterSets := 0, 0
+	for _, s := range slices.Items {
+		if s.Spec.Driver != "gpu.nvidia.com" {
+			continue
+		}
+		devices += len(s.Spec.Devices)
+		counterSets += len(s.Spec.SharedCounters)
+	}
+	// A DGX H100: 8 GPUs, each with 25 MIG placements, one counter set each.
+	if devices != 208 || counterSets != 8 || len(slices.Items) != 5 {
+		t.Fatalf("got %d slices, %d devices, %d counter sets; want 5, 208, 8", len(slices.Items), devices, counterSets)
+	}
+	for _, name := range []string{"gpu.nvidia.com", "mig.nvidia.com"} {
+		if _, err := client.ResourceV1().DeviceClasses().Get(ctx(), name, metav1.GetOptions{}); err != nil {
+			t.Errorf("DeviceClass %s: %v", name, err)
+		}
+	}
+}
+
+func applyDemo(t *testing.T, dir string) {
+	t.Helper()
+	kubectl(t, "apply", "-f", filepath.Join(repoRoot, "demo", dir))
+}
+
+func TestWholeGPU(t *testing.T) {
+	t.Cleanup(func() { cleanNamespace(t, "gpu-demo") })
+	applyDemo(t, "whole-gpu")
+	pod := waitPodRunning(t, "gpu-demo", "whole-gpu")
+	claim := claimOf(t, pod, "gpu")
+	res := claim.Status.Allocation.Devices.Results
+	if len(res) != 1 || !strings.HasPrefix(res[0].Device, "gpu-") || strings.Contains(res[0].Device, "mig") {
+		t.Fatalf("allocation %+v", res)
+	}
+	uuid := gpuUUIDs(t)[res[0].Device]
+	minor := strings.TrimPrefix(res[0].Device, "gpu-")
+	log := podLogs(t, "gpu-demo", "whole-gpu", "NVIDIA_VISIBLE_DEVICES=")
+	for _, want := range []string{"NVIDIA_VISIBLE_DEVICES=" + uuid, "/dev/nvidia" + minor, "/dev/nvidiactl"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("container output lacks %q:\n%s", want, log)
+		}
+	}
+}
+
+func TestMIGDeviceLifecycle(t *testing.T) {
+	t.Cleanup(func() { cleanNamespace(t, "gpu-demo") })
+	before := migCount(t)
+	applyDemo(t, "mig")
+	pod := waitPodRunning(t, "gpu-demo", "mig-1g")
+	claim := claimOf(t, pod, "mig")
+	dev := claim.Status.Allocation.Devices.Results[0].Device
+	// gpu-<minor>-mig-1g10gb-<start>
+	var minor, start int
+	if _, err := fmt.Sscanf(dev, "gpu-%d-mig-1g10gb-%d", &minor, &start); err != nil {
+		t.Fatalf("allocated %q: %v", dev, err)
+	}
+	var uuid string
+	for _, gi := range simState(t).GPUs[minor].GPUInstances {
+		if gi.Start == start && gi.ProfileID == 0 && len(gi.ComputeInstances) == 1 {
+			uuid = gi.ComputeInstances[0].UUID
+		}
+	}
+	if uuid == "" {
+		t.Fatalf("no 1g.10gb instance at %d on GPU %d: %+v", start, minor, simState(t).GPUs[minor])
+	}
+	log := podLogs(t, "gpu-demo", "mig-1g", "NVIDIA_VISIBLE_DEVICES=")
+	if !strings.Contains(log, "NVIDIA_VISIBLE_DEVICES="+uuid) || !strings.Contains(log, "nvidia-cap") {
+		t.Errorf("container output lacks the MIG UUID %s or its capability nodes:\n%s", uuid, log)
+	}
+	spec := filepath.Join(runDir, "cdi", "k8s.gpu.nvidia.com-claim_"+string(claim.UID)+".json")
+	if _, err := os.Stat(spec); err != nil {
+		t.Fatalf("CDI spec: %v", err)
+	}
+	kubectl(t, "delete", "pod", "-n", "gpu-demo", "mig-1g", "--wait=true")
+	eventually(t, 60*time.Second, "MIG device destroyed and CDI spec removed", func() (bool, error) {
+		_, err := os.Stat(spec)
+		return migCount(t) == before && os.IsNotExist(err), fmt.Errorf("%d MIG devices, spec: %v", migCount(t), err)
+	})
+}
+
+// onePod returns a pod that claims one whole GPU from a template.
+func onePod(name string) string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata: {name: %s, namespace: gpu-fill, labels: {app: fill}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: ctr
+    image: busybox:local
+    imagePullPolicy: Never
+    command: ["sh", "-c", "echo NVIDIA_VISIBLE_DEVICES=$NVIDIA_VISIBLE_DEVICES; sleep 3600"]
+    resources: {claims: [{name: gpu}]}
+  resourceClaims:
+  - {name: gpu, resourceClaimTemplateName: one-gpu}
+`, name)
+}
+
+func applyYAML(t *testing.T, yaml string) {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "obj.yaml")
+	if err := os.WriteFile(f, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	kubectl(t, "apply", "-f", f)
+}
+
+func TestEightGPUsFillTheNodeAndANinthWaits(t *testing.T) {
+	t.Cleanup(func() { cleanNamespace(t, "gpu-fill") })
+	applyYAML(t, `apiVersion: v1
+kind: Namespace
+metadata: {name: gpu-fill}
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: one-gpu, namespace: gpu-fill}
+spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nvidia.com}}]}}}
+`)
+	var all strings.Builder
+	for i := 0; i < 8; i++ {
+		all.WriteString("---\n" + onePod(fmt.Sprintf("fill-%d", i)))
+	}
+	applyYAML(t, all.String())
+	seen := map[string]bool{}
+	for i := 0; i < 8; i++ {
+		pod := waitPodRunning(t, "gpu-fill", fmt.Sprintf("fill-%d", i))
+		seen[claimOf(t, pod, "gpu").Status.Allocation.Devices.Results[0].Device] = true
+	}
+	if len(seen) != 8 {
+		t.Fatalf("8 pods got %d distinct GPUs", len(seen))
+	}
+	applyYAML(t, onePod("fill-8"))
+	eventually(t, 60*time.Second, "the ninth pod to be unschedulable", func() (bool, error) {
+		p, err := client.CoreV1().Pods("gpu-fill").Get(ctx(), "fill-8", metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse && c.Reason == corev1.PodReasonUnschedulable {
+				t.Logf("scheduler: %s", c.Message)
+				return strings.Contains(c.Message, "cannot allocate all claims") || strings.Contains(c.Message, "claim"), fmt.Errorf("message %q", c.Message)
+			}
+		}
+		return false, fmt.Errorf("conditions %+v", p.Status.Conditions)
+	})
+	kubectl(t, "delete", "pod", "-n", "gpu-fill", "fill-3", "--wait=true")
+	waitPodRunning(t, "gpu-fill", "fill-8")
+}
+
+func TestFirstAvailableFallsThrough(t *testing.T) {
+	t.Cleanup(func() { cleanNamespace(t, "gpu-demo") })
+	applyDemo(t, "prioritized-list")
+	waitPodRunning(t, "gpu-demo", "prioritized")
+	c, err := client.ResourceV1().ResourceClaims("gpu-demo").Get(ctx(), "prioritized", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The node has no A100: the second alternative is used.
+	if got := c.Status.Allocation.Devices.Results[0].Request; got != "gpu/h100" {
+		t.Fatalf("request %q, want gpu/h100", got)
+	}
+}
+
+func TestSharedClaimAndDeployment(t *testing.T) {
+	t.Cleanup(func() { cleanNamespace(t, "gpu-demo") })
+	applyDemo(t, "shared-claim")
+	a := waitPodRunning(t, "gpu-demo", "shared-a")
+	waitPodRunning(t, "gpu-demo", "shared-b")
+	dev := claimOf(t, a, "gpu").Status.Allocation.Devices.Results[0].Device
+	uuid := gpuUUIDs(t)[dev]
+	for _, p := range []string{"shared-a", "shared-b"} {
+		podLogs(t, "gpu-demo", p, "NVIDIA_VISIBLE_DEVICES="+uuid)
+	}
+
+	applyYAML(t, `apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: replica-gpu, namespace: gpu-demo}
+spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nvidia.com}}]}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: replicas, namespace: gpu-demo}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: replicas}}
+  template:
+    metadata: {labels: {app: replicas}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: ctr
+        image: busybox:local
+        imagePullPolicy: Never
+        command: ["sh", "-c", "echo NVIDIA_VISIBLE_DEVICES=$NVIDIA_VISIBLE_DEVICES; sleep 3600"]
+        resources: {claims: [{name: gpu}]}
+      resourceClaims:
+      - {name: gpu, resourceClaimTemplateName: replica-gpu}
+`)
+	eventually(t, 120*time.Second, "3 replicas running on 3 distinct GPUs", func() (bool, error) {
+		pods, err := client.CoreV1().Pods("gpu-demo").List(ctx(), metav1.ListOptions{LabelSelector: "app=replicas"})
+		if err != nil {
+			return false, err
+		}
+		devs := map[string]bool{}
+		for i := range pods.Items {
+			p := &pods.Items[i]
+			if p.Status.Phase != corev1.PodRunning {
+				return false, fmt.Errorf("%s is %s", p.Name, p.Status.Phase)
+			}
+			devs[claimOf(t, p, "gpu").Status.Allocation.Devices.Results[0].Device] = true
+		}
+		return len(pods.Items) == 3 && len(devs) == 3 && !devs[dev], fmt.Errorf("%d pods on %v", len(pods.Items), devs)
+	})
+}

@@ -1,0 +1,264 @@
+//go:build e2e
+
+// Package e2e runs the driver on a real local cluster (test/cluster): the
+// real scheduler allocates from our slices, the real kubelet calls our
+// plugin, the real containerd injects our CDI devices into containers.
+//
+// TestMain starts the cluster and the driver (unless GPU_DRA_E2E_REUSE=1
+// and one is running) and stops them at the end (unless
+// GPU_DRA_E2E_KEEP=1).
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/sim"
+)
+
+var (
+	repoRoot string
+	runDir   string
+	client   kubernetes.Interface
+	nodeName = "127.0.0.1"
+	model    = "dgxh100"
+)
+
+func TestMain(m *testing.M) {
+	_, file, _, _ := runtime.Caller(0)
+	repoRoot = filepath.Clean(filepath.Join(filepath.Dir(file), "../.."))
+	runDir = os.Getenv("GPU_DRA_RUN_DIR")
+	if runDir == "" {
+		runDir = "/tmp/gpu-dra-cluster"
+		os.Setenv("GPU_DRA_RUN_DIR", runDir)
+	}
+	os.Setenv("GPU_DRA_SIMULATE", model)
+	reuse := os.Getenv("GPU_DRA_E2E_REUSE") == "1" && fileExists(filepath.Join(runDir, "env"))
+	start := time.Now()
+	if !reuse {
+		if err := script("up.sh"); err != nil {
+			fmt.Fprintln(os.Stderr, "cluster up:", err)
+			os.Exit(1)
+		}
+		if err := script("driver.sh", "start"); err != nil {
+			fmt.Fprintln(os.Stderr, "driver start:", err)
+			script("down.sh")
+			os.Exit(1)
+		}
+	}
+	fmt.Printf("cluster and driver ready in %s\n", time.Since(start).Round(time.Millisecond))
+	cfg, err := clientcmd.BuildConfigFromFlags("", filepath.Join(runDir, "kubeconfig/admin.kubeconfig"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	client = kubernetes.NewForConfigOrDie(cfg)
+	code := m.Run()
+	if os.Getenv("GPU_DRA_E2E_KEEP") != "1" && !reuse {
+		if err := script("down.sh"); err != nil {
+			fmt.Fprintln(os.Stderr, "cluster down:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// script runs one of the cluster scripts, streaming its output.
+func script(name string, args ...string) error {
+	cmd := exec.Command(filepath.Join(repoRoot, "test/cluster", name), args...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	return cmd.Run()
+}
+
+// kubectl runs the cluster's kubectl as admin and returns stdout.
+func kubectl(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := kubectlErr(args...)
+	if err != nil {
+		t.Fatalf("kubectl %s: %v", strings.Join(args, " "), err)
+	}
+	return out
+}
+
+func kubectlErr(args ...string) (string, error) {
+	cache := os.Getenv("GPU_DRA_CACHE")
+	if cache == "" {
+		home, _ := os.UserCacheDir()
+		cache = filepath.Join(home, "gpu-dra-driver")
+	}
+	bin := filepath.Join(runDir, "bin", "kubectl")
+	if !fileExists(bin) {
+		matches, _ := filepath.Glob(filepath.Join(cache, "kubernetes-*/bin/kubectl"))
+		if len(matches) == 0 {
+			return "", fmt.Errorf("no kubectl in %s or %s", bin, cache)
+		}
+		bin = matches[0]
+	}
+	full := append([]string{"--kubeconfig", filepath.Join(runDir, "kubeconfig/admin.kubeconfig"), "--cache-dir", filepath.Join(runDir, "kube-cache")}, args...)
+	cmd := exec.Command(bin, full...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("%w: %s", err, stderr.String())
+	}
+	return stdout.String(), nil
+}
+
+// eventually polls cond until it returns true or the timeout ends.
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() (bool, error)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last error
+	for time.Now().Before(deadline) {
+		ok, err := cond()
+		if ok {
+			return
+		}
+		last = err
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %s waiting for %s (last error: %v)", timeout, what, last)
+}
+
+func ctx() context.Context { return context.Background() }
+
+// waitPodRunning waits for a pod to run and returns it.
+func waitPodRunning(t testing.TB, ns, name string) *corev1.Pod {
+	t.Helper()
+	var pod *corev1.Pod
+	eventually(t, 90*time.Second, fmt.Sprintf("pod %s/%s Running", ns, name), func() (bool, error) {
+		p, err := client.CoreV1().Pods(ns).Get(ctx(), name, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		pod = p
+		return p.Status.Phase == corev1.PodRunning, fmt.Errorf("phase %s, conditions %+v", p.Status.Phase, p.Status.Conditions)
+	})
+	return pod
+}
+
+// podLogs waits until the pod's log contains want and returns the log.
+func podLogs(t testing.TB, ns, name, want string) string {
+	t.Helper()
+	var log string
+	eventually(t, 30*time.Second, fmt.Sprintf("log of %s/%s to contain %q", ns, name, want), func() (bool, error) {
+		data, err := client.CoreV1().Pods(ns).GetLogs(name, &corev1.PodLogOptions{}).DoRaw(ctx())
+		log = string(data)
+		return err == nil && strings.Contains(log, want), err
+	})
+	return log
+}
+
+// claimOf returns the ResourceClaim of a pod's claim entry.
+func claimOf(t testing.TB, pod *corev1.Pod, entry string) *resourceapi.ResourceClaim {
+	t.Helper()
+	for _, s := range pod.Status.ResourceClaimStatuses {
+		if s.Name == entry && s.ResourceClaimName != nil {
+			c, err := client.ResourceV1().ResourceClaims(pod.Namespace).Get(ctx(), *s.ResourceClaimName, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c
+		}
+	}
+	for _, rc := range pod.Spec.ResourceClaims {
+		if rc.Name == entry && rc.ResourceClaimName != nil {
+			c, err := client.ResourceV1().ResourceClaims(pod.Namespace).Get(ctx(), *rc.ResourceClaimName, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c
+		}
+	}
+	t.Fatalf("pod %s has no claim %q", pod.Name, entry)
+	return nil
+}
+
+// simState reads the simulated node's state.
+func simState(t testing.TB) *sim.State {
+	t.Helper()
+	n, err := sim.Open(model, filepath.Join(runDir, "sim/state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := n.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// migCount counts live MIG devices on the simulated node.
+func migCount(t testing.TB) int {
+	n := 0
+	for _, g := range simState(t).GPUs {
+		for _, gi := range g.GPUInstances {
+			n += len(gi.ComputeInstances)
+		}
+	}
+	return n
+}
+
+// cdiSpecs lists the plugin's CDI spec files.
+func cdiSpecs(t testing.TB) []string {
+	matches, err := filepath.Glob(filepath.Join(runDir, "cdi", "k8s.gpu.nvidia.com-claim_*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return matches
+}
+
+// checkpointClaims returns the claim UIDs in the plugin's checkpoint.
+func checkpointClaims(t testing.TB) map[string]string {
+	data, err := os.ReadFile(filepath.Join(runDir, "kubelet/plugins/gpu.nvidia.com/checkpoint.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var env struct {
+		Data struct {
+			Claims map[string]struct {
+				State string `json:"state"`
+			} `json:"claims"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(data, &env); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for uid, c := range env.Data.Claims {
+		out[uid] = c.State
+	}
+	return out
+}
+
+// cleanNamespace deletes a namespace and waits until the plugin has
+// unprepared everything in it.
+func cleanNamespace(t testing.TB, ns string) {
+	t.Helper()
+	kubectlErr("delete", "namespace", ns, "--ignore-not-found", "--wait=true", "--timeout=120s")
+}
+
+func gpuUUIDs(t testing.TB) map[string]string {
+	out := map[string]string{}
+	for i, g := range simState(t).GPUs {
+		out[fmt.Sprintf("gpu-%d", i)] = g.UUID
+	}
+	return out
+}
