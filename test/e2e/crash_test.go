@@ -111,7 +111,7 @@ func (tp *testPlugin) prepare(c *resourceapi.ResourceClaim) (*drapb.NodePrepareR
 	defer done()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	resp, err := cl.NodePrepareResources(ctx, &drapb.NodePrepareResourcesRequest{Claims: []*drapb.Claim{{Namespace: c.Namespace, Name: c.Name, UID: string(c.UID)}}})
+	resp, err := cl.NodePrepareResources(ctx, &drapb.NodePrepareResourcesRequest{Claims: []*drapb.Claim{{Namespace: c.Namespace, Name: c.Name, Uid: string(c.UID)}}})
 	if err != nil {
 		return nil, err
 	}
@@ -127,7 +127,7 @@ func (tp *testPlugin) unprepare(c *resourceapi.ResourceClaim) error {
 	defer done()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	resp, err := cl.NodeUnprepareResources(ctx, &drapb.NodeUnprepareResourcesRequest{Claims: []*drapb.Claim{{Namespace: c.Namespace, Name: c.Name, UID: string(c.UID)}}})
+	resp, err := cl.NodeUnprepareResources(ctx, &drapb.NodeUnprepareResourcesRequest{Claims: []*drapb.Claim{{Namespace: c.Namespace, Name: c.Name, Uid: string(c.UID)}}})
 	if err != nil {
 		return err
 	}
