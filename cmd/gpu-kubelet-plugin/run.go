@@ -92,7 +92,7 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 	if err != nil {
 		return err
 	}
-	for _, dir := range []string{ro.pluginDir, ro.pluginDataDir} {
+	for _, dir := range []string{ro.pluginDir, ro.pluginDataDir, ro.registrarDir} {
 		if err := os.MkdirAll(dir, 0o750); err != nil {
 			return fmt.Errorf("create %s: %w", dir, err)
 		}
