@@ -22,7 +22,29 @@ build: ## build the commands into bin/
 	$(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(COMMANDS))
 
 .PHONY: test
-test: lint unit ## run every test: lint, unit and integration tests
+test: lint unit e2e ## run every test: lint, unit, then end-to-end on a local cluster
+
+.PHONY: e2e
+e2e: ## end-to-end tests: build and start a local cluster, run the driver, test, stop
+	test/cluster/build.sh
+	$(GO) test -tags e2e -count=1 -timeout 40m -v ./test/e2e/
+
+.PHONY: demo
+demo: ## local Kubernetes v1.37 + the driver on a simulated DGX H100, with the examples running
+	test/cluster/demo.sh
+
+.PHONY: demo-down
+demo-down: ## stop the demo cluster and remove every trace of it
+	test/cluster/down.sh
+
+.PHONY: cluster-up
+cluster-up: ## start the local cluster and the driver, without the examples
+	test/cluster/build.sh
+	test/cluster/up.sh
+	test/cluster/driver.sh start
+
+.PHONY: cluster-down
+cluster-down: demo-down ## same as demo-down
 
 .PHONY: unit
 unit: ## run the Go tests with the race detector
