@@ -87,9 +87,6 @@ type Options struct {
 	// AfterStep, if set, is called after each step (tests crash the process
 	// there).
 	AfterStep func(Step)
-	// DeviceEnv, if set, returns extra container environment for a device
-	// from the claim's configuration, or an error naming the bad field.
-	DeviceEnv func(claim *resourceapi.ResourceClaim, result resourceapi.DeviceRequestAllocationResult) (map[string]string, error)
 }
 
 // Preparer prepares and unprepares claims. It is safe for concurrent use:
@@ -177,7 +174,7 @@ func (p *Preparer) Prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 	unlockGPUs := p.lockGPUs(rec)
 	for i := range rec.Devices {
 		d := &rec.Devices[i]
-		env, err := p.deviceEnv(claim, d)
+		env, err := deviceConfig(claim, d)
 		if err != nil {
 			unlockGPUs()
 			return fail(d.Name, err)
@@ -254,18 +251,6 @@ func (p *Preparer) owner(d checkpoint.Device) string {
 		}
 	}
 	return ""
-}
-
-func (p *Preparer) deviceEnv(claim *resourceapi.ResourceClaim, d *checkpoint.Device) (map[string]string, error) {
-	if p.opts.DeviceEnv == nil {
-		return nil, nil
-	}
-	for _, r := range claim.Status.Allocation.Devices.Results {
-		if r.Device == d.Name && r.Pool == d.Pool {
-			return p.opts.DeviceEnv(claim, r)
-		}
-	}
-	return nil, nil
 }
 
 // prepareDevice makes one device real. The caller holds the GPU's lock.

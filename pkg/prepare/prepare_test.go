@@ -12,6 +12,7 @@ import (
 
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 
@@ -370,5 +371,53 @@ func TestConcurrentClaims(t *testing.T) {
 	}
 	if len(f.specs()) != 0 || len(f.saved().Claims) != 0 {
 		t.Fatal("specs or checkpoint entries left")
+	}
+}
+
+func TestOpaqueConfig(t *testing.T) {
+	f := newFixture(t, "dgxh100")
+	ctx := context.Background()
+	withConfig := func(params string, requests ...string) *resourceapi.ResourceClaim {
+		c := allocated("gpu-6")
+		c.Status.Allocation.Devices.Config = []resourceapi.DeviceAllocationConfiguration{{
+			Source: resourceapi.AllocationConfigSourceClaim, Requests: requests,
+			DeviceConfiguration: resourceapi.DeviceConfiguration{Opaque: &resourceapi.OpaqueDeviceConfiguration{
+				Driver: "gpu.nvidia.com", Parameters: runtime.RawExtension{Raw: []byte(params)},
+			}},
+		}}
+		return c
+	}
+	cases := []struct {
+		name, params string
+		requests     []string
+		wantErr      string
+	}{
+		{"default time slicing", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"TimeSlicing","timeSlicingConfig":{"interval":"Default"}}}`, nil, ""},
+		{"unknown field", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"TimeSlicing","intervall":"Long"}}`, nil, "sharing.intervall"},
+		{"bad strategy", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"Bogus"}}`, nil, "parameters.sharing.strategy"},
+		{"MPS not supported yet", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"MPS"}}`, nil, "not supported"},
+		{"config of another request", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"Bogus"}}`, []string{"other"}, ""},
+		{"MIG config ignored on a whole GPU", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"MigDeviceConfig","sharing":{"strategy":"MPS"}}`, nil, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := withConfig(tc.params, tc.requests...)
+			_, err := f.p.Prepare(ctx, c)
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := f.p.Unprepare(ctx, ref(c)); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), "gpu-6") {
+				t.Fatalf("error %v, want one naming gpu-6 and %q", err, tc.wantErr)
+			}
+			if len(f.specs()) != 0 || len(f.saved().Claims) != 0 {
+				t.Fatal("a rejected claim left state behind")
+			}
+		})
 	}
 }

@@ -1,0 +1,154 @@
+// Package v1beta1 holds the opaque configuration users put in ResourceClaims
+// and DeviceClasses (spec.devices.config[].opaque with driver
+// gpu.nvidia.com), in the shape NVIDIA's DRA driver documents
+// (apiVersion resource.nvidia.com/v1beta1, kinds GpuConfig and
+// MigDeviceConfig), so existing claims work unchanged.
+//
+// Decoding is strict: an unknown field is an error naming its path. The
+// same Decode and Validate serve the plugin (and an admission webhook).
+package v1beta1
+
+import (
+	"bytes"
+	"fmt"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	sigsjson "sigs.k8s.io/json"
+)
+
+// GroupVersion is the apiVersion of the configuration objects.
+const GroupVersion = "resource.nvidia.com/v1beta1"
+
+// Kinds of configuration.
+const (
+	GpuConfigKind       = "GpuConfig"
+	MigDeviceConfigKind = "MigDeviceConfig"
+)
+
+// Sharing strategies.
+const (
+	TimeSlicingStrategy = "TimeSlicing"
+	MpsStrategy         = "MPS"
+)
+
+// Time-slice intervals.
+const (
+	DefaultTimeSlice = "Default"
+	ShortTimeSlice   = "Short"
+	MediumTimeSlice  = "Medium"
+	LongTimeSlice    = "Long"
+)
+
+// GpuConfig configures whole GPUs.
+type GpuConfig struct {
+	metav1.TypeMeta `json:",inline"`
+	Sharing         *Sharing `json:"sharing,omitempty"`
+}
+
+// MigDeviceConfig configures MIG devices.
+type MigDeviceConfig struct {
+	metav1.TypeMeta `json:",inline"`
+	Sharing         *Sharing `json:"sharing,omitempty"`
+}
+
+// Sharing says how the containers of a claim share its devices.
+type Sharing struct {
+	// Strategy is TimeSlicing (the default) or MPS.
+	Strategy          string             `json:"strategy"`
+	TimeSlicingConfig *TimeSlicingConfig `json:"timeSlicingConfig,omitempty"`
+	MpsConfig         *MpsConfig         `json:"mpsConfig,omitempty"`
+}
+
+// TimeSlicingConfig sets the compute time slice.
+type TimeSlicingConfig struct {
+	// Interval is Default, Short, Medium or Long.
+	Interval string `json:"interval,omitempty"`
+}
+
+// MpsConfig sets limits of an MPS server.
+type MpsConfig struct {
+	DefaultActiveThreadPercentage     *int              `json:"defaultActiveThreadPercentage,omitempty"`
+	DefaultPinnedDeviceMemoryLimit    *string           `json:"defaultPinnedDeviceMemoryLimit,omitempty"`
+	DefaultPerDevicePinnedMemoryLimit map[string]string `json:"defaultPerDevicePinnedMemoryLimit,omitempty"`
+}
+
+// Config is a decoded configuration object: *GpuConfig or *MigDeviceConfig.
+type Config interface{ kind() string }
+
+func (*GpuConfig) kind() string       { return GpuConfigKind }
+func (*MigDeviceConfig) kind() string { return MigDeviceConfigKind }
+
+// Decode strictly decodes opaque parameters. Errors name the field.
+func Decode(raw []byte) (Config, error) {
+	var meta metav1.TypeMeta
+	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(raw, &meta); err != nil {
+		return nil, fmt.Errorf("parameters: %w", err)
+	}
+	if meta.APIVersion != GroupVersion {
+		return nil, fmt.Errorf("parameters.apiVersion: %q is not supported, want %q", meta.APIVersion, GroupVersion)
+	}
+	var cfg Config
+	switch meta.Kind {
+	case GpuConfigKind:
+		cfg = &GpuConfig{}
+	case MigDeviceConfigKind:
+		cfg = &MigDeviceConfig{}
+	default:
+		return nil, fmt.Errorf("parameters.kind: %q is not supported, want %s or %s", meta.Kind, GpuConfigKind, MigDeviceConfigKind)
+	}
+	strictErrs, err := sigsjson.UnmarshalStrict(bytes.TrimSpace(raw), cfg)
+	if err != nil {
+		return nil, fmt.Errorf("parameters: %w", err)
+	}
+	if len(strictErrs) > 0 {
+		return nil, fmt.Errorf("parameters (%s): %w", meta.Kind, strictErrs[0])
+	}
+	if err := Validate(cfg); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// SharingOf returns the sharing settings of a configuration.
+func SharingOf(c Config) *Sharing {
+	switch c := c.(type) {
+	case *GpuConfig:
+		return c.Sharing
+	case *MigDeviceConfig:
+		return c.Sharing
+	}
+	return nil
+}
+
+// Validate checks a configuration's values; errors name the field.
+func Validate(c Config) error {
+	s := SharingOf(c)
+	if s == nil {
+		return nil
+	}
+	switch s.Strategy {
+	case TimeSlicingStrategy, "":
+		if s.MpsConfig != nil {
+			return fmt.Errorf("parameters.sharing.mpsConfig: only allowed with strategy %s", MpsStrategy)
+		}
+		if s.TimeSlicingConfig != nil {
+			switch s.TimeSlicingConfig.Interval {
+			case "", DefaultTimeSlice, ShortTimeSlice, MediumTimeSlice, LongTimeSlice:
+			default:
+				return fmt.Errorf("parameters.sharing.timeSlicingConfig.interval: %q is not one of Default, Short, Medium, Long", s.TimeSlicingConfig.Interval)
+			}
+		}
+	case MpsStrategy:
+		if s.TimeSlicingConfig != nil {
+			return fmt.Errorf("parameters.sharing.timeSlicingConfig: only allowed with strategy %s", TimeSlicingStrategy)
+		}
+		if m := s.MpsConfig; m != nil && m.DefaultActiveThreadPercentage != nil {
+			if p := *m.DefaultActiveThreadPercentage; p < 1 || p > 100 {
+				return fmt.Errorf("parameters.sharing.mpsConfig.defaultActiveThreadPercentage: %d is not between 1 and 100", p)
+			}
+		}
+	default:
+		return fmt.Errorf("parameters.sharing.strategy: %q is not one of %s, %s", s.Strategy, TimeSlicingStrategy, MpsStrategy)
+	}
+	return nil
+}
