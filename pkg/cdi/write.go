@@ -18,7 +18,7 @@ func writeSpec(path string, spec *specs.Spec) error {
 	if err != nil {
 		return fmt.Errorf("encode: %w", err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.partial")
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*"+tempSuffix)
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}

@@ -1,0 +1,168 @@
+package cdi
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	oci "github.com/opencontainers/runtime-spec/specs-go"
+	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
+)
+
+const uid = "0a1b2c3d-0000-1111-2222-333344445555"
+
+func newWriter(t *testing.T) (*Writer, simhost.Roots) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("the simulated /dev needs root")
+	}
+	roots, err := simhost.Create(filepath.Join(t.TempDir(), "host"), []int{0, 1, 2}, "550.54.15")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := New(Options{CDIRoot: filepath.Join(t.TempDir(), "cdi"), DriverRoot: roots.DriverRoot, DevRoot: roots.DevRoot, ProcRoot: roots.ProcRoot})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w, roots
+}
+
+// inject resolves the claim's CDI IDs with the CDI library, as a container
+// runtime does, into an empty OCI spec.
+func inject(t *testing.T, w *Writer, ids ...string) *oci.Spec {
+	t.Helper()
+	cache, err := cdiapi.NewCache(cdiapi.WithSpecDirs(w.opts.CDIRoot), cdiapi.WithAutoRefresh(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := &oci.Spec{Process: &oci.Process{}, Linux: &oci.Linux{}}
+	if unresolved, err := cache.InjectDevices(spec, ids...); err != nil {
+		t.Fatalf("inject %v: %v (unresolved %v)", ids, err, unresolved)
+	}
+	return spec
+}
+
+func devicePaths(s *oci.Spec) []string {
+	var out []string
+	for _, d := range s.Linux.Devices {
+		out = append(out, d.Path)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func TestWholeGPUAndMIGSpecs(t *testing.T) {
+	w, _ := newWriter(t)
+	devs := []Device{
+		{Name: "gpu-1", Request: "a", GPUMinor: 1, UUID: "GPU-1111"},
+		{Name: "gpu-2", Request: "a", GPUMinor: 2, UUID: "GPU-2222"},
+		{Name: "gpu-0-mig-1g10gb-3", Request: "b", GPUMinor: 0, UUID: "MIG-3333", MIG: &MIGDevice{GIID: 1, CIID: 0}, Env: map[string]string{"EXTRA": "x"}},
+	}
+	ids, err := w.WriteClaimSpec(context.Background(), uid, devs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ids["gpu-1"]; len(got) != 1 || got[0] != "k8s.gpu.nvidia.com/claim="+uid+"-gpu-1" {
+		t.Fatalf("IDs %v", ids)
+	}
+	fi, err := os.Stat(w.SpecPath(uid))
+	if err != nil || fi.Mode().Perm() != 0o644 {
+		t.Fatalf("spec file: %v %v", fi, err)
+	}
+
+	whole := inject(t, w, ids["gpu-1"][0])
+	if got := strings.Join(devicePaths(whole), " "); got != "/dev/nvidia-uvm /dev/nvidia-uvm-tools /dev/nvidia1 /dev/nvidiactl" {
+		t.Errorf("whole GPU device nodes: %s", got)
+	}
+	if !slices.Contains(whole.Process.Env, "NVIDIA_VISIBLE_DEVICES=GPU-1111,GPU-2222") || !slices.Contains(whole.Process.Env, "CUDA_VISIBLE_DEVICES=GPU-1111,GPU-2222") {
+		t.Errorf("devices of one request share the visible list: %v", whole.Process.Env)
+	}
+	var mounts []string
+	for _, m := range whole.Mounts {
+		mounts = append(mounts, m.Destination)
+	}
+	if !slices.Contains(mounts, "/usr/lib/x86_64-linux-gnu/libcuda.so.550.54.15") || !slices.Contains(mounts, "/usr/bin/nvidia-smi") {
+		t.Errorf("driver files not mounted: %v", mounts)
+	}
+
+	mig := inject(t, w, ids["gpu-0-mig-1g10gb-3"][0])
+	// gpu0/gi1/access is the 12th entry of the table: minor 12; its ci0 13.
+	for _, want := range []string{"/dev/nvidia0", "/dev/nvidia-caps/nvidia-cap12", "/dev/nvidia-caps/nvidia-cap13"} {
+		if !slices.Contains(devicePaths(mig), want) {
+			t.Errorf("MIG device lacks %s: %v", want, devicePaths(mig))
+		}
+	}
+	if !slices.Contains(mig.Process.Env, "NVIDIA_VISIBLE_DEVICES=MIG-3333") || !slices.Contains(mig.Process.Env, "EXTRA=x") {
+		t.Errorf("MIG env: %v", mig.Process.Env)
+	}
+}
+
+func TestBadInputWritesNothing(t *testing.T) {
+	w, roots := newWriter(t)
+	cases := map[string]struct {
+		devs []Device
+		want string
+	}{
+		"no devices":           {nil, "no devices"},
+		"bad name":             {[]Device{{Name: "GPU_0", Request: "a", UUID: "GPU-1"}}, "device name"},
+		"bad UUID":             {[]Device{{Name: "gpu-0", Request: "a", UUID: "MIG-1"}}, "UUID"},
+		"driver's env":         {[]Device{{Name: "gpu-0", Request: "a", UUID: "GPU-1", Env: map[string]string{"NVIDIA_VISIBLE_DEVICES": "all"}}}, "set by the driver"},
+		"missing device node":  {[]Device{{Name: "gpu-7", Request: "a", GPUMinor: 7, UUID: "GPU-7"}}, "nvidia7"},
+		"unknown MIG instance": {[]Device{{Name: "gpu-0-mig", Request: "a", UUID: "MIG-1", MIG: &MIGDevice{GIID: 99, CIID: 0}}}, "gpu0/gi99"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := w.WriteClaimSpec(context.Background(), uid, tc.devs)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one containing %q", err, tc.want)
+			}
+			if _, err := os.Stat(w.SpecPath(uid)); !errors.Is(err, fs.ErrNotExist) {
+				t.Fatal("a spec was written")
+			}
+		})
+	}
+	if _, err := w.WriteClaimSpec(context.Background(), "Not_A_UID", []Device{{Name: "gpu-0", Request: "a", UUID: "GPU-1"}}); err == nil {
+		t.Error("bad claim UID accepted")
+	}
+	if _, err := New(Options{CDIRoot: t.TempDir(), DriverRoot: filepath.Join(roots.DriverRoot, "nope")}); err == nil || !strings.Contains(err.Error(), "--driver-root") {
+		t.Errorf("missing driver root: %v", err)
+	}
+}
+
+func TestListAnnotateDelete(t *testing.T) {
+	w, _ := newWriter(t)
+	ctx := context.Background()
+	other := "ffffffff-0000-1111-2222-333344445555"
+	for _, u := range []string{uid, other} {
+		if _, err := w.WriteClaimSpec(ctx, u, []Device{{Name: "gpu-0", Request: "a", UUID: "GPU-1", Annotations: map[string]string{"gpu.nvidia.com/x": u}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	uids, err := w.ClaimUIDs()
+	if err != nil || !slices.Equal(uids, []string{uid, other}) {
+		t.Fatalf("ClaimUIDs = %v, %v", uids, err)
+	}
+	anns, err := w.DeviceAnnotations(other)
+	if err != nil || anns["gpu-0"]["gpu.nvidia.com/x"] != other {
+		t.Fatalf("annotations %v, %v", anns, err)
+	}
+	for i := 0; i < 2; i++ {
+		if err := w.DeleteClaimSpec(uid); err != nil {
+			t.Fatalf("delete %d: %v", i, err)
+		}
+	}
+	if uids, _ := w.ClaimUIDs(); !slices.Equal(uids, []string{other}) {
+		t.Fatalf("after delete: %v", uids)
+	}
+	entries, _ := os.ReadDir(w.opts.CDIRoot)
+	if len(entries) != 1 {
+		t.Fatalf("temporary files left: %v", entries)
+	}
+}
