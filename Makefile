@@ -57,5 +57,8 @@ lint: ## gofmt and go vet
 	$(GO) vet ./...
 
 .PHONY: bench
-bench: ## run the benchmarks (figures go to docs/benchmarks.md by hand)
-	$(GO) test -run XXX -bench . -benchtime 20x ./pkg/...
+bench: ## Go benchmarks, then figures of the driver on a local cluster (docs/benchmarks.md)
+	$(GO) test -run XXX -bench BenchmarkAllocator -benchtime 20x ./pkg/devicemodel/
+	$(GO) test -run XXX -bench . -benchtime 400x ./pkg/prepare/ ./pkg/checkpoint/
+	test/cluster/build.sh
+	GPU_DRA_MEASURE=1 $(GO) test -tags e2e -count=1 -timeout 20m -run TestMeasure -v ./test/e2e/ | grep -E '^MEASURE|^ok|FAIL|cluster and driver'

@@ -1,0 +1,132 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
+)
+
+// TestMeasure prints the local cluster's figures for docs/benchmarks.md:
+// plugin start to all slices published, pod creation to Running (median of
+// 20) for a whole GPU and a MIG device, and resident memory at idle. It
+// runs only with GPU_DRA_MEASURE=1 (make bench); it asserts nothing about
+// speed.
+func TestMeasure(t *testing.T) {
+	if os.Getenv("GPU_DRA_MEASURE") != "1" {
+		t.Skip("set GPU_DRA_MEASURE=1 to measure")
+	}
+	// Plugin start to every slice in the API server.
+	var publish []time.Duration
+	for i := 0; i < 5; i++ {
+		if err := script("driver.sh", "stop"); err != nil {
+			t.Fatal(err)
+		}
+		kubectl(t, "delete", "resourceslices", "--all", "--wait=true")
+		start := time.Now()
+		if err := script("driver.sh", "restart"); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 30*time.Second, "5 slices", func() (bool, error) {
+			l, err := client.ResourceV1().ResourceSlices().List(ctx(), metav1.ListOptions{})
+			return err == nil && len(l.Items) == 5, err
+		})
+		publish = append(publish, time.Since(start))
+	}
+	slices.Sort(publish)
+	fmt.Printf("MEASURE plugin start to 5 slices (208 devices) in the API: median %s (of %d; includes process start)\n", publish[len(publish)/2].Round(time.Millisecond), len(publish))
+
+	const ns = "gpu-measure"
+	applyYAML(t, `apiVersion: v1
+kind: Namespace
+metadata: {name: gpu-measure}
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: whole, namespace: gpu-measure}
+spec: {spec: {devices: {requests: [{name: d, exactly: {deviceClassName: gpu.nvidia.com}}]}}}
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: mig, namespace: gpu-measure}
+spec: {spec: {devices: {requests: [{name: d, exactly: {deviceClassName: mig.nvidia.com, selectors: [{cel: {expression: 'device.attributes["gpu.nvidia.com"].profile == "1g.10gb"'}}]}}]}}}
+`)
+	t.Cleanup(func() { cleanNamespace(t, ns) })
+	for _, tmpl := range []string{"whole", "mig"} {
+		var lat []time.Duration
+		for i := 0; i < 20; i++ {
+			name := fmt.Sprintf("%s-%d", tmpl, i)
+			pod := &corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+				Spec: corev1.PodSpec{
+					TerminationGracePeriodSeconds: new(int64),
+					Containers: []corev1.Container{{Name: "c", Image: "busybox:local", ImagePullPolicy: corev1.PullNever,
+						Command: []string{"sleep", "3600"}, Resources: corev1.ResourceRequirements{Claims: []corev1.ResourceClaim{{Name: "d"}}}}},
+					ResourceClaims: []corev1.PodResourceClaim{{Name: "d", ResourceClaimTemplateName: &tmpl}},
+				},
+			}
+			w, err := client.CoreV1().Pods(ns).Watch(ctx(), metav1.ListOptions{FieldSelector: "metadata.name=" + name})
+			if err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			if _, err := client.CoreV1().Pods(ns).Create(ctx(), pod, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			timeout := time.After(60 * time.Second)
+		wait:
+			for {
+				select {
+				case ev := <-w.ResultChan():
+					if p, ok := ev.Object.(*corev1.Pod); ok && ev.Type != watch.Deleted && p.Status.Phase == corev1.PodRunning {
+						break wait
+					}
+				case <-timeout:
+					t.Fatalf("pod %s not running after 60s", name)
+				}
+			}
+			lat = append(lat, time.Since(start))
+			w.Stop()
+			if err := client.CoreV1().Pods(ns).Delete(ctx(), name, metav1.DeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, 60*time.Second, "pod gone", func() (bool, error) {
+				_, err := client.CoreV1().Pods(ns).Get(ctx(), name, metav1.GetOptions{})
+				return err != nil, nil
+			})
+		}
+		slices.Sort(lat)
+		fmt.Printf("MEASURE pod creation to Running, %s claim: median %s, min %s, max %s (n=20)\n", tmpl,
+			lat[len(lat)/2].Round(time.Millisecond), lat[0].Round(time.Millisecond), lat[len(lat)-1].Round(time.Millisecond))
+	}
+
+	time.Sleep(5 * time.Second) // idle
+	pids, _ := filepath.Glob(filepath.Join(runDir, "pids/*.pid"))
+	var total int
+	for _, f := range pids {
+		data, _ := os.ReadFile(f)
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(status), "\n") {
+			if kb, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+				n, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(kb), "kB")))
+				total += n
+				fmt.Printf("MEASURE resident memory at idle: %-24s %4d MiB\n", strings.TrimSuffix(filepath.Base(f), ".pid"), n/1024)
+			}
+		}
+	}
+	fmt.Printf("MEASURE resident memory at idle: %-24s %4d MiB\n", "all", total/1024)
+}
