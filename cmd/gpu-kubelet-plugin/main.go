@@ -70,7 +70,9 @@ kubelet (MIG instances, CDI specs). Without a subcommand it runs the plugin.`,
 	ro.addFlags(root.Flags())
 	klogFlags := goFlagSet()
 	root.PersistentFlags().AddGoFlagSet(klogFlags)
-	root.AddCommand(newInventoryCommand(opts))
+	uninstall := newUninstallCommand(opts, ro)
+	uninstall.Flags().StringVar(&ro.kubeconfig, "kubeconfig", "", "kubeconfig file; empty uses the in-cluster configuration")
+	root.AddCommand(newInventoryCommand(opts), uninstall)
 	flags.DocumentEnv(root.PersistentFlags())
 	flags.DocumentEnv(root.Flags())
 	return root

@@ -7,8 +7,8 @@
 //     MIG placement about to be created, before any side effect.
 //  3. Per device, holding that GPU's lock: a whole GPU needs nothing but MIG
 //     mode off; a MIG placement gets its GPU and compute instance created at
-//     exactly the allocated placement (recorded at once); a pre-created MIG
-//     instance is used as it is.
+//     exactly the allocated placement; a pre-created MIG instance is used as
+//     it is. What was created is recorded once the locks are released.
 //  4. The claim's CDI spec is written and the claim recorded as
 //     PrepareCompleted; the CDI device IDs go back to the kubelet.
 //  5. On any failure what this attempt created is destroyed, the spec
@@ -170,22 +170,41 @@ func (p *Preparer) Prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 		return nil, err
 	}
 
-	// 3. Make each device real, one GPU at a time per GPU.
-	unlockGPUs := p.lockGPUs(rec)
+	// 3. Make each device real, holding the locks of its GPUs. What was
+	// created is recorded after the locks are released, so other claims on
+	// these GPUs do not wait for our fsync; a crash in between is repaired
+	// by start-up reconciliation, which finds the instance at the planned
+	// placement.
 	for i := range rec.Devices {
 		d := &rec.Devices[i]
 		env, err := deviceConfig(claim, d)
 		if err != nil {
-			unlockGPUs()
 			return fail(d.Name, err)
 		}
 		d.Env = env
-		if err := p.prepareDevice(ctx, rec, d); err != nil {
+	}
+	unlockGPUs := p.lockGPUs(rec)
+	created := false
+	for i := range rec.Devices {
+		d := &rec.Devices[i]
+		made, err := p.prepareDevice(ctx, d)
+		created = created || made
+		if err != nil {
 			unlockGPUs()
+			if created {
+				// Record what exists so the rollback destroys it.
+				_ = p.record(ctx, rec)
+			}
 			return fail(d.Name, err)
 		}
 	}
 	unlockGPUs()
+	if created {
+		if err := p.record(ctx, rec); err != nil {
+			return fail("(all)", fmt.Errorf("record MIG devices: %w", err))
+		}
+		p.step(StepMIGRecorded)
+	}
 
 	// 4. CDI spec, then done.
 	specDevices, err := cdiDevices(rec)
@@ -253,36 +272,33 @@ func (p *Preparer) owner(d checkpoint.Device) string {
 	return ""
 }
 
-// prepareDevice makes one device real. The caller holds the GPU's lock.
-func (p *Preparer) prepareDevice(ctx context.Context, rec *checkpoint.Claim, d *checkpoint.Device) error {
+// prepareDevice makes one device real and reports whether it created a MIG
+// device. The caller holds the GPU's lock.
+func (p *Preparer) prepareDevice(ctx context.Context, d *checkpoint.Device) (bool, error) {
 	switch {
 	case d.MIG == nil:
 		// A whole GPU is a plain CUDA device only with MIG mode off. This
 		// fails, as it should, if MIG devices still exist on it.
 		if err := p.gpus.SetMIGMode(ctx, d.GPUUUID, false); err != nil {
-			return fmt.Errorf("turn MIG mode off: %w", err)
+			return false, fmt.Errorf("turn MIG mode off: %w", err)
 		}
-		return nil
+		return false, nil
 	case d.MIG.UUID != "" && !d.MIG.Created:
-		return nil // a pre-created instance: nothing to do
+		return false, nil // a pre-created instance: nothing to do
 	}
 	if err := p.gpus.SetMIGMode(ctx, d.GPUUUID, true); err != nil {
-		return fmt.Errorf("turn MIG mode on: %w", err)
+		return false, fmt.Errorf("turn MIG mode on: %w", err)
 	}
 	inst, err := p.gpus.CreateMIG(ctx, gpu.MIGRequest{
 		ParentUUID: d.GPUUUID, ProfileID: d.MIG.ProfileID,
 		Placement: gpu.Placement{Start: d.MIG.Start, Size: d.MIG.Size},
 	})
 	if err != nil {
-		return fmt.Errorf("create MIG device %s at %d:%d: %w", d.MIG.Profile, d.MIG.Start, d.MIG.Size, err)
+		return false, fmt.Errorf("create MIG device %s at %d:%d: %w", d.MIG.Profile, d.MIG.Start, d.MIG.Size, err)
 	}
-	p.step(StepMIGCreated)
 	d.MIG.Created, d.MIG.UUID, d.MIG.GIID, d.MIG.CIID = true, inst.UUID, inst.GIID, inst.CIID
-	if err := p.record(ctx, rec); err != nil {
-		return fmt.Errorf("record MIG device %s: %w", inst.UUID, err)
-	}
-	p.step(StepMIGRecorded)
-	return nil
+	p.step(StepMIGCreated)
+	return true, nil
 }
 
 // Unprepare undoes Prepare for a claim. Unknown claims succeed.

@@ -66,10 +66,14 @@ spec: {spec: {devices: {requests: [{name: d, exactly: {deviceClassName: mig.nvid
 		var lat []time.Duration
 		for i := 0; i < 20; i++ {
 			name := fmt.Sprintf("%s-%d", tmpl, i)
+			// A grace period of 0 would be a forced deletion: the API object
+			// goes before the kubelet unprepares the claim, and the next pod's
+			// claim could be refused the device still prepared for it.
+			grace := int64(1)
 			pod := &corev1.Pod{
 				ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
 				Spec: corev1.PodSpec{
-					TerminationGracePeriodSeconds: new(int64),
+					TerminationGracePeriodSeconds: &grace,
 					Containers: []corev1.Container{{Name: "c", Image: "busybox:local", ImagePullPolicy: corev1.PullNever,
 						Command: []string{"sleep", "3600"}, Resources: corev1.ResourceRequirements{Claims: []corev1.ResourceClaim{{Name: "d"}}}}},
 					ResourceClaims: []corev1.PodResourceClaim{{Name: "d", ResourceClaimTemplateName: &tmpl}},

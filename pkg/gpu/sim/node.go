@@ -88,7 +88,13 @@ func Open(modelName, stateDir string) (*Node, error) {
 func (n *Node) Model() string { return n.model }
 
 // State returns a copy of the node's current state.
-func (n *Node) State() (*State, error) { return n.store.read() }
+func (n *Node) State() (*State, error) {
+	st, err := n.store.read()
+	if err != nil {
+		return nil, err
+	}
+	return st.clone(), nil
+}
 
 func gpuUUID(seed string, index int) string {
 	sum := sha256.Sum256([]byte(fmt.Sprintf("%s/gpu/%d", seed, index)))

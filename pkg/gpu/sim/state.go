@@ -101,15 +101,12 @@ type fileKey struct {
 func (s *store) statePath() string { return filepath.Join(s.dir, "state.json") }
 func (s *store) lockPath() string  { return filepath.Join(s.dir, "state.lock") }
 
-// read returns a copy of the current state.
+// read returns the current state. It is shared and must not be modified:
+// update never changes a published state, it replaces it with a new one.
 func (s *store) read() (*State, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st, err := s.loadLocked()
-	if err != nil {
-		return nil, err
-	}
-	return st.clone(), nil
+	return s.loadLocked()
 }
 
 // loadLocked returns the current state, re-reading the file only when it
@@ -174,7 +171,7 @@ func (s *store) update(fn func(*State) error) error {
 }
 
 func (s *store) writeLocked(st *State) error {
-	data, err := json.MarshalIndent(st, "", "  ")
+	data, err := json.Marshal(st)
 	if err != nil {
 		return fmt.Errorf("encode simulated node state: %w", err)
 	}
