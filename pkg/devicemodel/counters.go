@@ -103,14 +103,10 @@ func bestPacking(g *gpu.GPU, limits map[int]limit) (memory int64, multiprocessor
 	return memory, multiprocessors
 }
 
+// counters are the counter set's totals: what the whole GPU consumes, plus
+// the instance limits.
 func (t counterTotals) counters() map[string]resourceapi.Counter {
-	c := map[string]resourceapi.Counter{
-		"memory":          {Value: *resource.NewQuantity(t.memoryBytes, resource.BinarySI)},
-		"multiprocessors": {Value: *resource.NewQuantity(int64(t.multiprocessors), resource.DecimalSI)},
-	}
-	for i := 0; i < gpu.MemorySlices; i++ {
-		c[memorySliceCounter(i)] = one()
-	}
+	c := t.wholeGPU()
 	for _, l := range t.limits {
 		c[l.counter] = resourceapi.Counter{Value: *resource.NewQuantity(int64(l.max), resource.DecimalSI)}
 	}

@@ -19,7 +19,6 @@ package devicemodel
 
 import (
 	"fmt"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -390,14 +389,4 @@ func profileByID(g *gpu.GPU, id int) *gpu.MIGProfile {
 		}
 	}
 	return nil
-}
-
-// sortedNames returns a map's keys in order, for deterministic output.
-func sortedNames[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
