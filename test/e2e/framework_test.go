@@ -262,3 +262,10 @@ func gpuUUIDs(t testing.TB) map[string]string {
 	}
 	return out
 }
+
+// runPlugin runs the plugin binary that driver.sh built with args and
+// returns its combined output.
+func runPlugin(args ...string) (string, error) {
+	out, err := exec.Command(filepath.Join(runDir, "bin", "gpu-kubelet-plugin"), args...).CombinedOutput()
+	return string(out), err
+}
