@@ -23,6 +23,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/driver"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/health"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/prepare"
 )
 
@@ -38,6 +39,9 @@ type runOptions struct {
 	procRoot          string
 	httpEndpoint      string
 	inventoryInterval time.Duration
+	healthPolicy      string
+	healthProbe       time.Duration
+	healthClearAfter  time.Duration
 	crashAt           string
 }
 
@@ -52,6 +56,9 @@ func (o *runOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.procRoot, "proc-root", "/", "host root under which /proc is found")
 	fs.StringVar(&o.httpEndpoint, "http-endpoint", "", "host:port for /metrics, /healthz and /readyz; empty disables it")
 	fs.DurationVar(&o.inventoryInterval, "inventory-interval", 30*time.Second, "how often the GPU inventory is re-read for changes")
+	fs.StringVar(&o.healthPolicy, "health-policy", "", "YAML or JSON file overriding the default health policy (XID classes, effects, thresholds); see docs/health.md")
+	fs.DurationVar(&o.healthProbe, "health-probe-interval", 0, "how often every GPU's temperature, memory repairs and reachability are read; overrides the policy (default 5s)")
+	fs.DurationVar(&o.healthClearAfter, "health-clear-after", 0, "how long the cause of a transient condition must be gone before its taint is removed; overrides the policy (default 30s)")
 	fs.StringVar(&o.crashAt, "test-crash-at", "", "testing only: SIGKILL the plugin after this prepare/unprepare step")
 	_ = fs.MarkHidden("test-crash-at")
 }
@@ -101,6 +108,10 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 	if err != nil {
 		return err
 	}
+	policy, err := ro.policy()
+	if err != nil {
+		return err
+	}
 	metrics := driver.NewMetrics()
 	var ready atomic.Bool
 	if ro.httpEndpoint != "" {
@@ -118,8 +129,28 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 		NodeName: opts.nodeName, KubeClient: client, GPUs: node, CDI: writer, Store: store,
 		PluginDir: ro.pluginDir, RegistrarDir: ro.registrarDir,
 		InventoryInterval: ro.inventoryInterval, StaticMIGOnly: opts.staticMIGOnly,
+		HealthPolicy: policy, HealthStorePath: filepath.Join(ro.pluginDataDir, health.StoreFileName),
 		AfterStep: afterStep, Metrics: metrics, Ready: func() { ready.Store(true) },
 	})
+}
+
+// policy is the health policy from --health-policy and the flags that
+// override it.
+func (o *runOptions) policy() (health.Policy, error) {
+	p, err := health.LoadPolicy(o.healthPolicy)
+	if err != nil {
+		return p, fmt.Errorf("--health-policy: %w", err)
+	}
+	if o.healthProbe != 0 {
+		p.ProbeInterval.Duration = o.healthProbe
+	}
+	if o.healthClearAfter != 0 {
+		p.ClearAfter.Duration = o.healthClearAfter
+	}
+	if err := p.Validate(); err != nil {
+		return p, fmt.Errorf("health policy with --health-probe-interval/--health-clear-after: %w", err)
+	}
+	return p, nil
 }
 
 // crashAfter kills the process at a step, as a node failure would.

@@ -81,6 +81,12 @@ func newRootCommand() *cobra.Command {
 				if gs.RetiredPagesPending {
 					faults = append(faults, "retired-pages-pending")
 				}
+				if gs.RowRemapFailure {
+					faults = append(faults, "remap-failure")
+				}
+				if gs.VolatileDBE > 0 {
+					faults = append(faults, fmt.Sprintf("volatile-dbe=%d", gs.VolatileDBE))
+				}
 				var migs []string
 				for _, m := range g.MIGInstances {
 					migs = append(migs, fmt.Sprintf("%s@%s(gi%d,ci%d)", m.Profile, m.Placement, m.GIID, m.CIID))
@@ -176,6 +182,16 @@ func newRootCommand() *cobra.Command {
 				return err
 			}
 			return n.SetRetiredPagesPending(i, on)
+		}),
+		gpuCommand(open, "remap-failure GPU on|off", "Set whether a row remapping failed (memory that cannot be repaired)", 1, func(n *sim.Node, i int, a []string) error {
+			on, err := onOff(a[0])
+			if err != nil {
+				return err
+			}
+			return n.SetRowRemapFailure(i, on)
+		}),
+		gpuCommand(open, "reset GPU", "Reset a GPU as nvidia-smi --gpu-reset would: back on the bus, pending repairs done, volatile ECC counters zeroed", 0, func(n *sim.Node, i int, _ []string) error {
+			return n.Reset(i)
 		}),
 		gpuCommand(open, "mig-mode GPU on|off", "Set a GPU's MIG mode as nvidia-smi would (fails while MIG devices exist)", 1, func(n *sim.Node, i int, a []string) error {
 			on, err := onOff(a[0])

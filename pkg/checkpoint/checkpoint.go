@@ -208,32 +208,46 @@ func (s *Store) Save(cp *Checkpoint) error {
 	if err != nil {
 		return fmt.Errorf("encode checkpoint: %w", err)
 	}
-	tmp, err := os.CreateTemp(s.dir, ".checkpoint-*.tmp")
-	if err != nil {
+	if err := WriteFileAtomic(s.path, out); err != nil {
 		return fmt.Errorf("write checkpoint: %w", err)
 	}
+	return nil
+}
+
+// WriteFileAtomic replaces path with data so that a crash at any moment
+// leaves either the old or the new content: a temporary file in the same
+// directory, fsync, rename, fsync of the directory.
+func WriteFileAtomic(path string, data []byte) error {
+	dir, name := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	tmp, err := os.CreateTemp(dir, "."+name+"-*.tmp")
+	if err != nil {
+		return err
+	}
 	defer os.Remove(tmp.Name()) // no-op after the rename
-	if _, err := tmp.Write(out); err != nil {
+	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
-		return fmt.Errorf("write checkpoint: %w", err)
+		return err
 	}
 	if err := tmp.Sync(); err != nil {
 		tmp.Close()
-		return fmt.Errorf("sync checkpoint: %w", err)
+		return fmt.Errorf("sync %s: %w", tmp.Name(), err)
 	}
 	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write checkpoint: %w", err)
+		return err
 	}
-	if err := os.Rename(tmp.Name(), s.path); err != nil {
-		return fmt.Errorf("replace checkpoint: %w", err)
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
 	}
-	dir, err := os.Open(s.dir)
+	d, err := os.Open(dir)
 	if err != nil {
-		return fmt.Errorf("sync checkpoint directory: %w", err)
+		return err
 	}
-	defer dir.Close()
-	if err := dir.Sync(); err != nil {
-		return fmt.Errorf("sync checkpoint directory: %w", err)
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
 	}
 	return nil
 }

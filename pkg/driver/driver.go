@@ -20,6 +20,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -37,6 +38,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/health"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/prepare"
 )
 
@@ -44,6 +46,7 @@ import (
 type GPUs interface {
 	Inventory
 	prepare.GPUs
+	health.Source
 }
 
 // Config is everything Run needs.
@@ -59,6 +62,10 @@ type Config struct {
 	// InventoryInterval is how often the inventory is re-read.
 	InventoryInterval time.Duration
 	StaticMIGOnly     bool
+	// HealthPolicy classifies GPU faults into taints; HealthStorePath
+	// keeps sticky conditions across restarts ("" keeps them in memory).
+	HealthPolicy    health.Policy
+	HealthStorePath string
 	// AfterStep is passed to the Preparer (fault-injection tests).
 	AfterStep func(prepare.Step)
 	Metrics   *Metrics
@@ -74,6 +81,12 @@ type Driver struct {
 	helper   *kubeletplugin.Helper
 	cancel   context.CancelCauseFunc
 
+	monitor *health.Monitor
+	// healthChanged wakes the main loop to republish after the taints
+	// changed; healthNotify wakes every WatchHealthStatus stream.
+	healthChanged chan struct{}
+	healthNotify  broadcaster
+
 	publishMu sync.Mutex
 	published *devicemodel.Model
 }
@@ -85,7 +98,8 @@ func Run(ctx context.Context, cfg Config) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	logger := klog.FromContext(ctx)
-	d := &Driver{cfg: cfg, state: &nodeState{staticMIGOnly: cfg.StaticMIGOnly}, cancel: cancel}
+	d := &Driver{cfg: cfg, state: &nodeState{staticMIGOnly: cfg.StaticMIGOnly}, cancel: cancel,
+		healthChanged: make(chan struct{}, 1)}
 	if d.cfg.Metrics == nil {
 		d.cfg.Metrics = NewMetrics()
 	}
@@ -132,7 +146,21 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 
-	// 5. Model.
+	// 5. Health, then the model with its taints.
+	var healthStore *health.Store
+	if cfg.HealthStorePath != "" {
+		healthStore = health.NewStore(cfg.HealthStorePath)
+	}
+	d.monitor, err = health.NewMonitor(ctx, health.Options{
+		Policy: cfg.HealthPolicy, Source: cfg.GPUs, Store: healthStore, BootID: bootID,
+		OnChange: d.onHealthChange,
+	})
+	if err != nil {
+		return err
+	}
+	d.monitor.SetInventory(inv)
+	d.monitor.Start(ctx)
+	d.state.taints = d.monitor.Taints
 	if _, err := d.state.refresh(inv, cp); err != nil {
 		return err
 	}
@@ -140,6 +168,7 @@ func Run(ctx context.Context, cfg Config) error {
 		PoolName: cfg.NodeName, AfterStep: cfg.AfterStep,
 	})
 	d.cfg.Metrics.setPrepared(cp)
+	d.watchClearances(ctx)
 
 	// 6. gRPC servers and registration.
 	helper, err := kubeletplugin.Start(ctx, d,
@@ -179,6 +208,10 @@ func Run(ctx context.Context, cfg Config) error {
 			if err := d.refreshAndPublish(ctx); err != nil {
 				logger.Error(err, "Refreshing the GPU inventory failed; keeping the published slices")
 			}
+		case <-d.healthChanged:
+			if err := d.rebuildAndPublish(ctx); err != nil {
+				logger.Error(err, "Republishing after a health change failed; retrying with the next inventory refresh")
+			}
 		}
 	}
 }
@@ -190,10 +223,30 @@ func (d *Driver) refreshAndPublish(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read GPU inventory: %w", err)
 	}
+	d.monitor.SetInventory(inv)
 	if _, err := d.state.refresh(inv, d.preparer.Snapshot()); err != nil {
 		return err
 	}
 	return d.publish(ctx)
+}
+
+// rebuildAndPublish rebuilds the model from the inventory last read, with
+// the current taints, and republishes if it changed.
+func (d *Driver) rebuildAndPublish(ctx context.Context) error {
+	inv, _ := d.state.current()
+	if _, err := d.state.refresh(inv, d.preparer.Snapshot()); err != nil {
+		return err
+	}
+	return d.publish(ctx)
+}
+
+// onHealthChange is the monitor's OnChange: republish, and tell kubelet.
+func (d *Driver) onHealthChange() {
+	select {
+	case d.healthChanged <- struct{}{}:
+	default: // a republish is already pending
+	}
+	d.healthNotify.notify()
 }
 
 // publish hands the current model to the slice controller unless it is
@@ -289,37 +342,47 @@ func (d *Driver) nodeEvent(ctx context.Context, eventType, reason, message strin
 	}
 }
 
-// deviceHealth is a prepared device's health from the latest inventory.
-func deviceHealth(inv *gpu.Inventory, gpuUUID string) (kubeletplugin.HealthStatus, string) {
+// deviceHealth is a prepared device's health: unknown before the first
+// inventory, unhealthy when its GPU is gone, otherwise what the health
+// monitor says of the GPU and, for a MIG device, of the instance.
+func (d *Driver) deviceHealth(inv *gpu.Inventory, dev checkpoint.Device) (kubeletplugin.HealthStatus, string) {
 	if inv == nil {
 		return kubeletplugin.HealthStatusUnknown, "no inventory yet"
 	}
-	for _, g := range inv.GPUs {
-		if g.UUID == gpuUUID {
-			if g.Lost {
-				return kubeletplugin.HealthStatusUnhealthy, "GPU fell off the bus"
-			}
-			return kubeletplugin.HealthStatusHealthy, ""
-		}
+	if !slices.ContainsFunc(inv.GPUs, func(g gpu.GPU) bool { return g.UUID == dev.GPUUUID }) {
+		return kubeletplugin.HealthStatusUnhealthy, "GPU " + dev.GPUUUID + " not found"
 	}
-	return kubeletplugin.HealthStatusUnhealthy, "GPU not found"
+	var migUUID string
+	if dev.MIG != nil {
+		migUUID = dev.MIG.UUID
+	}
+	status, msg := d.monitor.DeviceHealth(dev.GPUUUID, migUUID)
+	switch status {
+	case health.Unhealthy:
+		return kubeletplugin.HealthStatusUnhealthy, msg
+	case health.Unknown:
+		return kubeletplugin.HealthStatusUnknown, msg
+	}
+	return kubeletplugin.HealthStatusHealthy, msg
 }
 
 // healthResendInterval keeps reports well inside the kubelet's 30 s window.
 const healthResendInterval = 10 * time.Second
 
 // WatchHealthStatus implements kubeletplugin.DRAPlugin: it reports every
-// prepared device's health now, then every healthResendInterval.
+// prepared device's health now, whenever a health condition changes, and
+// at least every healthResendInterval.
 func (d *Driver) WatchHealthStatus(ctx context.Context, reports chan<- kubeletplugin.DeviceHealthReport) error {
 	ticker := time.NewTicker(healthResendInterval)
 	defer ticker.Stop()
 	for {
+		changed := d.healthNotify.wait()
 		inv, _ := d.state.current()
 		var report kubeletplugin.DeviceHealthReport
 		now := time.Now()
 		for _, c := range d.preparer.Snapshot().Claims {
 			for _, dev := range c.Devices {
-				status, msg := deviceHealth(inv, dev.GPUUUID)
+				status, msg := d.deviceHealth(inv, dev)
 				report.Devices = append(report.Devices, kubeletplugin.DeviceHealth{
 					PoolName: dev.Pool, DeviceName: dev.Name, Health: status, Message: msg,
 					LastUpdated: now, HealthCheckTimeout: 3 * healthResendInterval,
@@ -335,6 +398,32 @@ func (d *Driver) WatchHealthStatus(ctx context.Context, reports chan<- kubeletpl
 		case <-ctx.Done():
 			return nil
 		case <-ticker.C:
+		case <-changed:
 		}
 	}
+}
+
+// broadcaster wakes every waiter at once: wait returns a channel that
+// notify closes.
+type broadcaster struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+func (b *broadcaster) wait() <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.ch == nil {
+		b.ch = make(chan struct{})
+	}
+	return b.ch
+}
+
+func (b *broadcaster) notify() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.ch != nil {
+		close(b.ch)
+	}
+	b.ch = make(chan struct{})
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sync"
 
+	resourceapi "k8s.io/api/resource/v1"
+
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
@@ -20,6 +22,9 @@ type Inventory interface {
 // device names through it; the publisher publishes its slices.
 type nodeState struct {
 	staticMIGOnly bool
+	// taints returns the health taints by GPU UUID and by MIG device UUID;
+	// nil means none.
+	taints func() (gpuTaints, migTaints map[string][]resourceapi.DeviceTaint)
 
 	mu    sync.RWMutex
 	inv   *gpu.Inventory
@@ -46,11 +51,15 @@ func (s *nodeState) current() (*gpu.Inventory, *devicemodel.Model) {
 
 // refresh rebuilds the model from a new inventory and the checkpoint.
 func (s *nodeState) refresh(inv *gpu.Inventory, cp *checkpoint.Checkpoint) (*devicemodel.Model, error) {
-	model, err := devicemodel.Build(devicemodel.Input{
+	in := devicemodel.Input{
 		Inventory:     inv,
 		Managed:       managedBy(cp),
 		StaticMIGOnly: s.staticMIGOnly,
-	})
+	}
+	if s.taints != nil {
+		in.GPUTaints, in.MIGTaints = s.taints()
+	}
+	model, err := devicemodel.Build(in)
 	if err != nil {
 		return nil, fmt.Errorf("build device model: %w", err)
 	}

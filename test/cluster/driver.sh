@@ -87,6 +87,7 @@ main() {
 	stop) stop_plugin ;;
 	restart)
 		shift
+		build
 		stop_plugin
 		start_plugin "$@"
 		;;

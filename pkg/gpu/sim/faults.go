@@ -13,19 +13,43 @@ func (n *Node) InjectXID(index int, xid uint64, giid, ciid int) error {
 	return n.inject(index, EventState{Type: nvml.EventTypeXidCriticalError, Data: xid, GIID: giid, CIID: ciid})
 }
 
-// InjectDoubleBitECC records an uncorrectable (double-bit) ECC error.
+// InjectDoubleBitECC records an uncorrectable (double-bit) ECC error: an
+// event, and one more in the GPU's volatile uncorrected-error counter.
 func (n *Node) InjectDoubleBitECC(index int) error {
 	return n.inject(index, EventState{Type: nvml.EventTypeDoubleBitEccError, GIID: -1, CIID: -1})
 }
 
 func (n *Node) inject(index int, e EventState) error {
 	return n.store.update(func(st *State) error {
-		if _, err := st.gpu(index); err != nil {
+		g, err := st.gpu(index)
+		if err != nil {
 			return err
+		}
+		if e.Type == nvml.EventTypeDoubleBitEccError {
+			g.VolatileDBE++
 		}
 		e.GPU = index
 		st.addEvent(e)
 		return nil
+	})
+}
+
+// SetRowRemapFailure sets whether GPU index has a failed row remapping.
+func (n *Node) SetRowRemapFailure(index int, failed bool) error {
+	return n.setGPU(index, func(g *GPUState) { g.RowRemapFailure = failed })
+}
+
+// Reset resets GPU index as nvidia-smi --gpu-reset would: it is back on
+// the bus, pending memory repairs are done (a failed one is not undone:
+// that memory stays broken), and the volatile ECC counters start again
+// from zero. MIG mode and instances are kept, which is what the driver's
+// persistent MIG configuration would restore.
+func (n *Node) Reset(index int) error {
+	return n.setGPU(index, func(g *GPUState) {
+		g.Lost = false
+		g.RetiredPagesPending = false
+		g.VolatileDBE = 0
+		g.Resets++
 	})
 }
 

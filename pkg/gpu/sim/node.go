@@ -312,6 +312,23 @@ func (n *Node) extendDevice(d *server.Device, index int) {
 		}
 		return nvml.FEATURE_DISABLED, nvml.SUCCESS
 	}
+	d.GetRemappedRowsFunc = func() (int, int, bool, bool, nvml.Return) {
+		_, g, ret := n.gpuState(index)
+		if ret != nvml.SUCCESS {
+			return 0, 0, false, false, ret
+		}
+		return 0, 0, g.RetiredPagesPending, g.RowRemapFailure, nvml.SUCCESS
+	}
+	d.GetTotalEccErrorsFunc = func(errorType nvml.MemoryErrorType, counter nvml.EccCounterType) (uint64, nvml.Return) {
+		_, g, ret := n.gpuState(index)
+		if ret != nvml.SUCCESS {
+			return 0, ret
+		}
+		if errorType == nvml.MEMORY_ERROR_TYPE_UNCORRECTED && counter == nvml.VOLATILE_ECC {
+			return g.VolatileDBE, nvml.SUCCESS
+		}
+		return 0, nvml.SUCCESS
+	}
 	d.GetSupportedEventTypesFunc = func() (uint64, nvml.Return) {
 		return nvml.EventTypeXidCriticalError | nvml.EventTypeDoubleBitEccError | nvml.EventTypeSingleBitEccError, nvml.SUCCESS
 	}

@@ -46,8 +46,17 @@ type GPUState struct {
 	Lost bool `json:"lost,omitempty"`
 	// TemperatureC is the GPU's core temperature.
 	TemperatureC int `json:"temperatureC"`
-	// RetiredPagesPending simulates pending page retirement.
+	// RetiredPagesPending simulates memory repairs (retired pages on
+	// older GPUs, remapped rows on Ampere and later) pending a reset.
 	RetiredPagesPending bool `json:"retiredPagesPending,omitempty"`
+	// RowRemapFailure simulates a row remapping that failed: the memory
+	// cannot be repaired.
+	RowRemapFailure bool `json:"rowRemapFailure,omitempty"`
+	// VolatileDBE counts uncorrectable ECC errors since the last reset, as
+	// NVML's volatile counters do; a reset sets it back to zero.
+	VolatileDBE uint64 `json:"volatileDBE,omitempty"`
+	// Resets counts simulated GPU resets.
+	Resets int `json:"resets,omitempty"`
 }
 
 // GIState is a live GPU instance.

@@ -1,0 +1,565 @@
+package health
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	resourceapi "k8s.io/api/resource/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/klog/v2"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+)
+
+// TaintKeyPrefix prefixes every health taint key.
+const TaintKeyPrefix = "gpu.nvidia.com/"
+
+// Key names a condition; its taint key is TaintKeyPrefix + Key.
+type Key string
+
+// The condition keys.
+const (
+	KeyXID         Key = "xid"
+	KeyECC         Key = "ecc"
+	KeyGPULost     Key = "gpu-lost"
+	KeyThermal     Key = "thermal"
+	KeyUnmonitored Key = "unmonitored"
+)
+
+// Condition is one cause of ill health of a GPU, or of one MIG device on
+// it when MIG is set. There is at most one per (GPU, MIG, Key): the most
+// serious cause seen wins.
+type Condition struct {
+	GPU    string    `json:"gpu"`
+	MIG    string    `json:"mig,omitempty"`
+	Key    Key       `json:"key"`
+	Value  string    `json:"value"`
+	Class  Class     `json:"class"`
+	Sticky bool      `json:"sticky"`
+	Since  time.Time `json:"since"`
+	// goneSince is when the cause of a transient condition was first seen
+	// gone; zero while it is present.
+	goneSince time.Time
+}
+
+func (c *Condition) String() string {
+	return fmt.Sprintf("%s=%s (%s)", c.Key, c.Value, c.Class)
+}
+
+type condID struct {
+	gpu, mig string
+	key      Key
+}
+
+// Source is what the monitor needs of the GPUs: *gpu.Node.
+type Source interface {
+	WatchEvents(ctx context.Context, handle func(gpu.Event)) error
+	Probe(ctx context.Context) ([]gpu.Reading, error)
+}
+
+// Status is a device's health as kubelet shows it in pod status.
+type Status string
+
+// The statuses of KEP-4680.
+const (
+	Healthy   Status = "Healthy"
+	Unhealthy Status = "Unhealthy"
+	Unknown   Status = "Unknown"
+)
+
+// Monitor keeps the health conditions of a node's GPUs. Its methods are
+// safe for concurrent use.
+type Monitor struct {
+	policy Policy
+	src    Source
+	store  *Store
+	now    func() time.Time
+	// onChange is called, without the lock, after the taints changed.
+	onChange func()
+
+	mu    sync.Mutex
+	conds map[condID]*Condition
+	// byIndex maps NVML index to UUID, for readings of lost GPUs that
+	// carry no UUID; migs maps (GPU UUID, GI, CI) to a MIG device UUID.
+	byIndex map[int]string
+	migs    map[migID]string
+	// wasLost and lastECC are what the previous probe saw, for reset
+	// detection.
+	wasLost map[string]bool
+	lastECC map[string]uint64
+	// eventsDown is set while NVML events cannot be watched.
+	eventsDown bool
+}
+
+type migID struct {
+	gpu    string
+	gi, ci int
+}
+
+// Options configure a Monitor.
+type Options struct {
+	Policy Policy
+	Source Source
+	// Store persists sticky conditions; nil keeps them in memory only.
+	Store *Store
+	// BootID is the node's boot ID: sticky conditions from another boot
+	// are dropped, since a reboot resets every GPU.
+	BootID string
+	// OnChange is called after the taints changed.
+	OnChange func()
+	// Now defaults to time.Now.
+	Now func() time.Time
+}
+
+// NewMonitor returns a monitor with the persisted sticky conditions of
+// this boot.
+func NewMonitor(ctx context.Context, opts Options) (*Monitor, error) {
+	m := &Monitor{
+		policy: opts.Policy, src: opts.Source, store: opts.Store, now: opts.Now, onChange: opts.OnChange,
+		conds: map[condID]*Condition{}, byIndex: map[int]string{}, migs: map[migID]string{},
+		wasLost: map[string]bool{}, lastECC: map[string]uint64{},
+	}
+	if m.now == nil {
+		m.now = time.Now
+	}
+	if m.onChange == nil {
+		m.onChange = func() {}
+	}
+	if err := m.policy.Validate(); err != nil {
+		return nil, fmt.Errorf("health policy: %w", err)
+	}
+	if m.store == nil {
+		return m, nil
+	}
+	logger := klog.FromContext(ctx)
+	saved, err := m.store.Load()
+	switch {
+	case errors.Is(err, ErrCorrupt):
+		logger.Error(err, "Health state unreadable; sticky health conditions of before are forgotten")
+	case err != nil:
+		return nil, err
+	}
+	if saved.BootID != "" && saved.BootID != opts.BootID {
+		logger.Info("Node rebooted: its GPUs were reset, sticky health conditions dropped", "conditions", len(saved.Conditions))
+		saved = &Saved{}
+	}
+	for i := range saved.Conditions {
+		c := saved.Conditions[i]
+		m.conds[condID{c.GPU, c.MIG, c.Key}] = &c
+	}
+	for uuid, n := range saved.VolatileECC {
+		m.lastECC[uuid] = n
+	}
+	m.store.bootID = opts.BootID
+	if len(m.conds) > 0 {
+		logger.Info("Sticky health conditions restored", "conditions", m.describeLocked())
+	}
+	return m, nil
+}
+
+// SetInventory tells the monitor which GPUs and MIG devices exist, so an
+// XID that NVML attributes to a MIG instance taints that instance's
+// device, and a lost GPU is known by its UUID.
+func (m *Monitor) SetInventory(inv *gpu.Inventory) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, g := range inv.GPUs {
+		if g.UUID != "" {
+			m.byIndex[g.Index] = g.UUID
+		}
+		for _, inst := range g.MIGInstances {
+			m.migs[migID{g.UUID, inst.GIID, inst.CIID}] = inst.UUID
+		}
+	}
+}
+
+// Start probes every GPU once, so that the first slices already carry
+// what is wrong, then watches events and probes every
+// Policy.ProbeInterval in the background until ctx ends.
+func (m *Monitor) Start(ctx context.Context) {
+	m.probe(ctx)
+	go m.watchEvents(ctx)
+	go func() {
+		ticker := time.NewTicker(m.policy.ProbeInterval.Duration)
+		defer ticker.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-ticker.C:
+				m.probe(ctx)
+			}
+		}
+	}()
+}
+
+// watchEvents keeps an NVML event watch running, with backoff after
+// failures; while it is down every GPU is unmonitored.
+func (m *Monitor) watchEvents(ctx context.Context) {
+	logger := klog.FromContext(ctx)
+	backoff := time.Second
+	for ctx.Err() == nil {
+		m.setEventsDown(false)
+		err := m.src.WatchEvents(ctx, func(e gpu.Event) { m.Observe(ctx, e) })
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			err = fmt.Errorf("event watch ended")
+		}
+		logger.Error(err, "Cannot watch NVML events; GPUs are unmonitored until it works", "retryIn", backoff)
+		m.setEventsDown(true)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+func (m *Monitor) setEventsDown(down bool) {
+	m.mu.Lock()
+	m.eventsDown = down
+	m.mu.Unlock()
+}
+
+// Observe records an NVML event.
+func (m *Monitor) Observe(ctx context.Context, e gpu.Event) {
+	logger := klog.FromContext(ctx)
+	var c Condition
+	switch e.Kind {
+	case gpu.EventXID:
+		c = Condition{Key: KeyXID, Value: strconv.FormatUint(e.XID, 10), Class: m.policy.ClassifyXID(e.XID), Sticky: true}
+	case gpu.EventDoubleBitECC:
+		c = Condition{Key: KeyECC, Value: "double-bit", Class: m.policy.DoubleBitECC, Sticky: true}
+	case gpu.EventGPULost:
+		c = Condition{Key: KeyGPULost, Value: "fell-off-bus", Class: m.policy.GPULost}
+	default:
+		return
+	}
+	c.GPU = e.GPUUUID
+	if c.Class == ClassIgnore {
+		logger.V(2).Info("GPU event ignored by the health policy", "gpu", e.GPUUUID, "event", e.Kind, "xid", e.XID, "gi", e.GIID, "ci", e.CIID)
+		return
+	}
+	m.mu.Lock()
+	if e.GIID >= 0 {
+		if uuid, ok := m.migs[migID{e.GPUUUID, e.GIID, e.CIID}]; ok {
+			c.MIG = uuid
+		} else {
+			logger.Info("GPU event names an unknown MIG instance; the whole GPU is affected", "gpu", e.GPUUUID, "gi", e.GIID, "ci", e.CIID)
+		}
+	}
+	before := m.fingerprintLocked()
+	m.raiseLocked(c)
+	changed := m.fingerprintLocked() != before
+	m.saveLocked(ctx)
+	m.mu.Unlock()
+	logger.Info("GPU health event", "gpu", e.GPUUUID, "mig", c.MIG, "condition", c.String(), "changed", changed)
+	if changed {
+		m.onChange()
+	}
+}
+
+// raiseLocked records that c's cause is present now.
+func (m *Monitor) raiseLocked(c Condition) {
+	id := condID{c.GPU, c.MIG, c.Key}
+	old, ok := m.conds[id]
+	if !ok {
+		c.Since = m.now()
+		m.conds[id] = &c
+		return
+	}
+	old.goneSince = time.Time{}
+	if c.Class.rank() > old.Class.rank() {
+		old.Value, old.Class, old.Since = c.Value, c.Class, m.now()
+	}
+	old.Sticky = old.Sticky || c.Sticky
+}
+
+// probe reads every GPU and updates the probe-driven conditions.
+func (m *Monitor) probe(ctx context.Context) {
+	logger := klog.FromContext(ctx)
+	readings, err := m.src.Probe(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			logger.Error(err, "Health probe failed")
+		}
+		return
+	}
+	m.mu.Lock()
+	before := m.fingerprintLocked()
+	now := m.now()
+	for _, r := range readings {
+		uuid := r.UUID
+		if uuid == "" {
+			uuid = m.byIndex[r.Index]
+		}
+		if uuid == "" {
+			continue
+		}
+		m.byIndex[r.Index] = uuid
+		present := m.presentLocked(uuid, r)
+		if m.resetLocked(uuid, r) {
+			logger.Info("GPU was reset: its sticky health conditions are cleared", "gpu", uuid)
+			m.clearStickyLocked(uuid, now)
+		}
+		for id, c := range m.conds {
+			if id.gpu != uuid || id.mig != "" || c.Sticky {
+				continue
+			}
+			if _, ok := present[id.key]; ok {
+				continue
+			}
+			if c.goneSince.IsZero() {
+				c.goneSince = now
+			}
+			if now.Sub(c.goneSince) >= m.policy.ClearAfter.Duration {
+				logger.Info("GPU health condition cleared", "gpu", uuid, "condition", c.String())
+				delete(m.conds, id)
+			}
+		}
+		for _, c := range present {
+			if _, existed := m.conds[condID{c.GPU, "", c.Key}]; !existed {
+				logger.Info("GPU health condition", "gpu", uuid, "condition", c.String())
+			}
+			m.raiseLocked(c)
+		}
+	}
+	changed := m.fingerprintLocked() != before
+	if changed {
+		m.saveLocked(ctx)
+	}
+	m.mu.Unlock()
+	if changed {
+		m.onChange()
+	}
+}
+
+// presentLocked returns the causes a reading shows, by key.
+func (m *Monitor) presentLocked(uuid string, r gpu.Reading) map[Key]Condition {
+	p := m.policy
+	out := map[Key]Condition{}
+	add := func(key Key, value string, class Class, sticky bool) {
+		if class == ClassIgnore {
+			return
+		}
+		if old, ok := out[key]; ok && old.Class.rank() >= class.rank() {
+			return
+		}
+		out[key] = Condition{GPU: uuid, Key: key, Value: value, Class: class, Sticky: sticky}
+	}
+	if m.eventsDown {
+		add(KeyUnmonitored, "events-not-watched", p.Unmonitored, false)
+	}
+	switch {
+	case r.Lost:
+		add(KeyGPULost, "fell-off-bus", p.GPULost, false)
+		return out
+	case r.Err != nil:
+		add(KeyUnmonitored, "not-readable", p.Unmonitored, false)
+		return out
+	}
+	if r.SlowdownC > 0 {
+		raiseAt := r.SlowdownC - p.ThermalMarginC
+		holdAt := raiseAt
+		if old, ok := m.conds[condID{uuid, "", KeyThermal}]; ok && !old.Sticky {
+			holdAt -= p.ThermalHysteresisC
+		}
+		switch {
+		case r.ShutdownC > 0 && r.TemperatureC >= r.ShutdownC:
+			add(KeyThermal, "shutdown", p.ThermalShutdown, false)
+		case r.TemperatureC >= raiseAt:
+			add(KeyThermal, "slowdown", p.ThermalSlowdown, false)
+		case r.TemperatureC >= holdAt:
+			// Cooling, but not yet by the hysteresis: keep what is there.
+			old := m.conds[condID{uuid, "", KeyThermal}]
+			add(KeyThermal, old.Value, old.Class, false)
+		}
+	}
+	if r.RemapFailure {
+		add(KeyECC, "remap-failure", p.RemapFailure, true)
+	}
+	if r.RepairPending {
+		add(KeyECC, "repair-pending", p.RepairPending, false)
+	}
+	return out
+}
+
+// resetLocked reports whether the GPU was reset since the last reading:
+// it came back on the bus, or its volatile ECC counter went back.
+func (m *Monitor) resetLocked(uuid string, r gpu.Reading) bool {
+	reset := false
+	if m.wasLost[uuid] && !r.Lost {
+		reset = true
+	}
+	m.wasLost[uuid] = r.Lost
+	if r.Lost || r.Err != nil {
+		return reset
+	}
+	if last, ok := m.lastECC[uuid]; ok && r.VolatileUncorrectedECC < last {
+		reset = true
+	}
+	m.lastECC[uuid] = r.VolatileUncorrectedECC
+	return reset
+}
+
+// clearStickyLocked removes the sticky conditions of a GPU (every GPU for
+// "") and of its MIG devices that were raised at or before t.
+func (m *Monitor) clearStickyLocked(gpuUUID string, t time.Time) int {
+	n := 0
+	for id, c := range m.conds {
+		if c.Sticky && (gpuUUID == "" || id.gpu == gpuUUID) && !c.Since.After(t) {
+			delete(m.conds, id)
+			n++
+		}
+	}
+	return n
+}
+
+// Clear removes the sticky conditions an admin has cleared: those of the
+// GPU (every GPU for "") raised at or before t. It is idempotent, so the
+// same clearance can be applied again.
+func (m *Monitor) Clear(ctx context.Context, gpuUUID string, t time.Time) {
+	m.mu.Lock()
+	before := m.fingerprintLocked()
+	n := m.clearStickyLocked(gpuUUID, t)
+	changed := m.fingerprintLocked() != before
+	if n > 0 {
+		m.saveLocked(ctx)
+	}
+	m.mu.Unlock()
+	if n > 0 {
+		klog.FromContext(ctx).Info("Sticky health conditions cleared by an admin", "gpu", gpuUUID, "clearedAt", t, "conditions", n)
+	}
+	if changed {
+		m.onChange()
+	}
+}
+
+// Conditions returns a copy of every condition, sorted.
+func (m *Monitor) Conditions() []Condition {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.sortedLocked()
+}
+
+func (m *Monitor) sortedLocked() []Condition {
+	out := make([]Condition, 0, len(m.conds))
+	for _, c := range m.conds {
+		out = append(out, *c)
+	}
+	sort.Slice(out, func(a, b int) bool {
+		x, y := out[a], out[b]
+		if x.GPU != y.GPU {
+			return x.GPU < y.GPU
+		}
+		if x.MIG != y.MIG {
+			return x.MIG < y.MIG
+		}
+		return x.Key < y.Key
+	})
+	return out
+}
+
+func (m *Monitor) describeLocked() string {
+	var parts []string
+	for _, c := range m.sortedLocked() {
+		parts = append(parts, c.GPU+"/"+c.MIG+" "+c.String())
+	}
+	return strings.Join(parts, ", ")
+}
+
+// fingerprintLocked identifies the taint-relevant state, to tell whether
+// a change needs a republish.
+func (m *Monitor) fingerprintLocked() string {
+	var b strings.Builder
+	for _, c := range m.sortedLocked() {
+		fmt.Fprintf(&b, "%s|%s|%s|%s|%s|%d;", c.GPU, c.MIG, c.Key, c.Value, c.Class, c.Since.Unix())
+	}
+	return b.String()
+}
+
+func (m *Monitor) saveLocked(ctx context.Context) {
+	if m.store == nil {
+		return
+	}
+	s := &Saved{VolatileECC: map[string]uint64{}}
+	for _, c := range m.sortedLocked() {
+		if c.Sticky {
+			s.Conditions = append(s.Conditions, c)
+		}
+	}
+	for uuid, n := range m.lastECC {
+		s.VolatileECC[uuid] = n
+	}
+	if err := m.store.Save(s); err != nil {
+		klog.FromContext(ctx).Error(err, "Cannot persist sticky health conditions; a plugin restart would forget them")
+	}
+}
+
+// Taints returns the device taints of the current conditions: by GPU
+// UUID (for the GPU and every MIG device on it) and by MIG device UUID.
+// A MIG device does not repeat a key its GPU already has.
+func (m *Monitor) Taints() (gpuTaints, migTaints map[string][]resourceapi.DeviceTaint) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	gpuTaints, migTaints = map[string][]resourceapi.DeviceTaint{}, map[string][]resourceapi.DeviceTaint{}
+	sorted := m.sortedLocked()
+	for _, c := range sorted {
+		effect, ok := m.policy.Effect(c.Class)
+		if !ok || c.MIG != "" {
+			continue
+		}
+		gpuTaints[c.GPU] = append(gpuTaints[c.GPU], taint(c, effect))
+	}
+	for _, c := range sorted {
+		effect, ok := m.policy.Effect(c.Class)
+		if !ok || c.MIG == "" {
+			continue
+		}
+		if _, dup := m.conds[condID{c.GPU, "", c.Key}]; dup {
+			continue
+		}
+		migTaints[c.MIG] = append(migTaints[c.MIG], taint(c, effect))
+	}
+	return gpuTaints, migTaints
+}
+
+func taint(c Condition, effect resourceapi.DeviceTaintEffect) resourceapi.DeviceTaint {
+	// The API server keeps seconds; so does the published copy, so that
+	// comparing it with what was published finds no difference.
+	added := metav1.NewTime(c.Since.Truncate(time.Second))
+	return resourceapi.DeviceTaint{Key: TaintKeyPrefix + string(c.Key), Value: c.Value, Effect: effect, TimeAdded: &added}
+}
+
+// DeviceHealth is the health of a device for pod status: the worst of the
+// GPU's conditions and, for a MIG device (migUUID set), its own. Fatal is
+// Unhealthy; a device whose health cannot be watched is Unknown; anything
+// else is Healthy, with the conditions in the message.
+func (m *Monitor) DeviceHealth(gpuUUID, migUUID string) (Status, string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	status := Healthy
+	var msgs []string
+	for _, c := range m.sortedLocked() {
+		if c.GPU != gpuUUID || (c.MIG != "" && c.MIG != migUUID) || c.Class == ClassIgnore {
+			continue
+		}
+		msgs = append(msgs, c.String())
+		switch {
+		case c.Class == ClassFatal:
+			status = Unhealthy
+		case c.Key == KeyUnmonitored && status == Healthy:
+			status = Unknown
+		}
+	}
+	return status, strings.Join(msgs, ", ")
+}

@@ -1,0 +1,70 @@
+package health
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
+)
+
+// StoreFileName is the health state file in the plugin's data directory.
+const StoreFileName = "health.json"
+
+// Saved is what survives a plugin restart: the sticky conditions, and the
+// volatile ECC counters last seen so that a GPU reset while the plugin was
+// down is still detected. A reboot (another boot ID) voids it.
+type Saved struct {
+	BootID      string            `json:"bootID"`
+	Conditions  []Condition       `json:"conditions,omitempty"`
+	VolatileECC map[string]uint64 `json:"volatileECC,omitempty"`
+}
+
+// ErrCorrupt wraps the error Load returns, with an empty state, for a
+// file it could not parse and set aside.
+var ErrCorrupt = errors.New("corrupt health state")
+
+// Store keeps Saved in a file, written atomically.
+type Store struct {
+	path   string
+	bootID string
+}
+
+// NewStore returns a store at path.
+func NewStore(path string) *Store { return &Store{path: path} }
+
+// Load reads the file; a missing file is an empty state. A file that
+// cannot be parsed is set aside and reported, never fatal: the worst
+// outcome is a sticky taint forgotten, as after a reset.
+func (s *Store) Load() (*Saved, error) {
+	data, err := os.ReadFile(s.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return &Saved{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read health state %s: %w", s.path, err)
+	}
+	var saved Saved
+	if err := json.Unmarshal(data, &saved); err != nil {
+		aside := s.path + ".corrupt"
+		if rerr := os.Rename(s.path, aside); rerr != nil {
+			return nil, fmt.Errorf("health state %s is corrupt (%v) and cannot be set aside: %w", s.path, err, rerr)
+		}
+		return &Saved{}, fmt.Errorf("%w: %s set aside as %s: %v", ErrCorrupt, s.path, aside, err)
+	}
+	return &saved, nil
+}
+
+// Save writes the state with the current boot ID.
+func (s *Store) Save(saved *Saved) error {
+	saved.BootID = s.bootID
+	data, err := json.Marshal(saved)
+	if err != nil {
+		return fmt.Errorf("encode health state: %w", err)
+	}
+	if err := checkpoint.WriteFileAtomic(s.path, data); err != nil {
+		return fmt.Errorf("write health state %s: %w", s.path, err)
+	}
+	return nil
+}
