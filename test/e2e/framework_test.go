@@ -48,6 +48,9 @@ func TestMain(m *testing.M) {
 		os.Setenv("GPU_DRA_RUN_DIR", runDir)
 	}
 	os.Setenv("GPU_DRA_SIMULATE", model)
+	// Health reacts within seconds, so the health tests stay short.
+	os.Setenv("GPU_DRA_HEALTH_PROBE_INTERVAL", "1s")
+	os.Setenv("GPU_DRA_HEALTH_CLEAR_AFTER", "3s")
 	reuse := os.Getenv("GPU_DRA_E2E_REUSE") == "1" && fileExists(filepath.Join(runDir, "env"))
 	start := time.Now()
 	if !reuse {
