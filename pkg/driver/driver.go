@@ -10,10 +10,12 @@
 //     the CDI specs;
 //  3. read the GPU inventory;
 //  4. reconcile checkpoint, live MIG devices and CDI specs, and save;
-//  5. build the device model;
+//  5. start the health monitor (pkg/health) with one probe, so the first
+//     slices already carry its taints, and build the device model;
 //  6. start the gRPC servers and register with the kubelet;
-//  7. publish the ResourceSlices; then refresh the inventory periodically
-//     and republish when the model changes.
+//  7. publish the ResourceSlices; then refresh the inventory periodically,
+//     and republish when the model changes: after an inventory change or
+//     at once after a health change, which also wakes every health stream.
 package driver
 
 import (
