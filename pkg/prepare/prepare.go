@@ -150,15 +150,22 @@ func (p *Preparer) Prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 		}
 	}
 
-	// 2. Plan, and record the plan before touching anything.
+	// 2. Plan, and record the plan before touching the hardware. A claim
+	// that creates nothing (whole GPUs, pre-created MIG devices) is
+	// recorded once, when complete: its only side effect before then, the
+	// CDI spec, is an orphan that start-up reconciliation deletes if the
+	// plugin dies first, and the kubelet's retry writes it again. That
+	// saves a durable write on the most common claim.
 	rec, err := p.plan(claim)
 	if err != nil {
 		return nil, fmt.Errorf("prepare claim %s: %w", claimName(claim), err)
 	}
-	if err := p.record(ctx, rec); err != nil {
-		return nil, fmt.Errorf("prepare claim %s: record start: %w", claimName(claim), err)
+	if slices.ContainsFunc(rec.Devices, createsMIG) {
+		if err := p.record(ctx, rec); err != nil {
+			return nil, fmt.Errorf("prepare claim %s: record start: %w", claimName(claim), err)
+		}
+		p.step(StepStartedRecorded)
 	}
-	p.step(StepStartedRecorded)
 
 	fail := func(device string, cause error) ([]kubeletplugin.Device, error) {
 		err := fmt.Errorf("prepare claim %s: device %s: %w", claimName(claim), device, cause)
@@ -257,6 +264,9 @@ func (p *Preparer) plan(claim *resourceapi.ResourceClaim) (*checkpoint.Claim, er
 	}
 	return rec, nil
 }
+
+// createsMIG reports whether preparing d creates a MIG device.
+func createsMIG(d checkpoint.Device) bool { return d.MIG != nil && d.MIG.UUID == "" }
 
 // owner returns the UID of another prepared claim that holds the device.
 func (p *Preparer) owner(d checkpoint.Device) string {

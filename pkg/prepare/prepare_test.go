@@ -192,6 +192,48 @@ func TestPrepareWholeGPU(t *testing.T) {
 	}
 }
 
+// TestWholeGPUKilledBeforeCompletion: a whole-GPU claim is recorded only
+// when complete, so a plugin killed after writing its CDI spec leaves just
+// that spec, which start-up reconciliation deletes; the kubelet's retry
+// then prepares the claim again.
+func TestWholeGPUKilledBeforeCompletion(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, "dgxh100")
+	type killed struct{}
+	f.p.opts.AfterStep = func(s Step) {
+		if s == StepCDIWritten {
+			panic(killed{})
+		}
+	}
+	claim := allocated("gpu-4")
+	func() {
+		defer func() {
+			if r := recover(); r != (killed{}) {
+				t.Fatalf("prepare was not killed: %v", r)
+			}
+		}()
+		_, _ = f.p.Prepare(ctx, claim)
+	}()
+	if len(f.specs()) != 1 || len(f.saved().Claims) != 0 {
+		t.Fatalf("after the kill: specs %v, checkpoint %+v", f.specs(), f.saved().Claims)
+	}
+	// The restarted plugin.
+	cp, rep, err := Reconcile(ctx, f.saved(), f.inventory(), f.node, f.cdi, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.OrphanSpecs) != 1 || len(f.specs()) != 0 {
+		t.Fatalf("orphan specs %v, spec files %v", rep.OrphanSpecs, f.specs())
+	}
+	p := New(f.node, f.devices, f.cdi, f.store, cp, Options{PoolName: pool})
+	if _, err := p.Prepare(ctx, claim); err != nil {
+		t.Fatalf("kubelet's retry: %v", err)
+	}
+	if got := f.saved().Claims[string(claim.UID)]; got == nil || got.State != checkpoint.PrepareCompleted || len(f.specs()) != 1 {
+		t.Fatalf("after the retry: checkpoint %+v, specs %v", got, f.specs())
+	}
+}
+
 func TestPrepareMIGCreatesExactlyTheAllocatedPlacement(t *testing.T) {
 	f := newFixture(t, "dgxh100")
 	ctx := context.Background()
