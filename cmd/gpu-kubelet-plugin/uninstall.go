@@ -4,10 +4,10 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/klog/v2"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/publish"
 )
 
 // newUninstallCommand removes the node's pool: what a clean uninstall (a
@@ -27,17 +27,11 @@ func newUninstallCommand(opts *options, ro *runOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			sel := metav1.ListOptions{FieldSelector: "spec.nodeName=" + opts.nodeName + ",spec.driver=" + devicemodel.DriverName}
-			list, err := client.ResourceV1().ResourceSlices().List(cmd.Context(), sel)
+			n, err := publish.RemovePool(cmd.Context(), client, devicemodel.DriverName, opts.nodeName)
 			if err != nil {
-				return fmt.Errorf("list ResourceSlices of node %s: %w", opts.nodeName, err)
+				return err
 			}
-			for _, s := range list.Items {
-				if err := client.ResourceV1().ResourceSlices().Delete(cmd.Context(), s.Name, metav1.DeleteOptions{}); err != nil {
-					return fmt.Errorf("delete ResourceSlice %s: %w", s.Name, err)
-				}
-			}
-			klog.FromContext(cmd.Context()).Info("Deleted the node's ResourceSlices", "node", opts.nodeName, "slices", len(list.Items))
+			klog.FromContext(cmd.Context()).Info("Deleted the node's ResourceSlices", "node", opts.nodeName, "slices", n)
 			return nil
 		},
 	}

@@ -28,13 +28,11 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
-	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
-	"k8s.io/dynamic-resource-allocation/resourceslice"
 	"k8s.io/klog/v2"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
@@ -42,6 +40,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/health"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/prepare"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/publish"
 )
 
 // GPUs is what the driver needs of the hardware.
@@ -89,8 +88,7 @@ type Driver struct {
 	healthChanged chan struct{}
 	healthNotify  broadcaster
 
-	publishMu sync.Mutex
-	published *devicemodel.Model
+	publisher *publish.Publisher
 }
 
 var _ kubeletplugin.DRAPlugin = (*Driver)(nil)
@@ -188,6 +186,12 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	d.helper = helper
 	defer helper.Stop()
+	d.publisher = publish.New(publish.Options{
+		// Publishing errors are logged and retried with backoff: none of
+		// them is fixed by restarting the plugin.
+		DriverName: devicemodel.DriverName, NodeName: cfg.NodeName, Client: cfg.KubeClient,
+	})
+	defer d.publisher.Stop()
 
 	// 7. Publish, then keep the model current.
 	if err := d.publish(ctx); err != nil {
@@ -251,22 +255,14 @@ func (d *Driver) onHealthChange() {
 	d.healthNotify.notify()
 }
 
-// publish hands the current model to the slice controller unless it is
-// what was published last. The controller updates only changed slices.
+// publish hands the current model to the publisher, which changes only
+// the slices that differ, and nothing if none does.
 func (d *Driver) publish(ctx context.Context) error {
-	d.publishMu.Lock()
-	defer d.publishMu.Unlock()
 	_, model := d.state.current()
-	if d.published != nil && apiequality.Semantic.DeepEqual(d.published.Slices, model.Slices) {
-		return nil
+	changed, err := d.publisher.Publish(ctx, model.Slices)
+	if err != nil || !changed {
+		return err
 	}
-	err := d.helper.PublishResources(ctx, resourceslice.DriverResources{
-		Pools: map[string]resourceslice.Pool{d.cfg.NodeName: {Slices: model.Slices}},
-	})
-	if err != nil {
-		return fmt.Errorf("publish ResourceSlices: %w", err)
-	}
-	d.published = model
 	st := model.Stats()
 	d.cfg.Metrics.PublishedDevices.Set(float64(st.Devices))
 	klog.FromContext(ctx).Info("Published ResourceSlices", "slices", st.Slices, "devices", st.Devices, "gpus", st.GPUs, "migDevices", st.MIGDevices)
