@@ -153,20 +153,22 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	d.monitor, err = health.NewMonitor(ctx, health.Options{
 		Policy: cfg.HealthPolicy, Source: cfg.GPUs, Store: healthStore, BootID: bootID,
-		OnChange: d.onHealthChange,
+		OnChange: d.onHealthChange, ResolveMIG: d.preparedMIG,
 	})
 	if err != nil {
 		return err
 	}
 	d.monitor.SetInventory(inv)
-	d.monitor.Start(ctx)
 	d.state.taints = d.monitor.Taints
-	if _, err := d.state.refresh(inv, cp); err != nil {
-		return err
-	}
+	// The preparer exists before the monitor starts: the monitor asks it
+	// for MIG devices created since the inventory was read.
 	d.preparer = prepare.New(cfg.GPUs, d.state, cfg.CDI, cfg.Store, cp, prepare.Options{
 		PoolName: cfg.NodeName, AfterStep: cfg.AfterStep,
 	})
+	d.monitor.Start(ctx)
+	if _, err := d.state.refresh(inv, cp); err != nil {
+		return err
+	}
 	d.cfg.Metrics.setPrepared(cp)
 	d.watchClearances(ctx)
 
@@ -244,6 +246,20 @@ func (d *Driver) rebuildAndPublish(ctx context.Context) error {
 		return err
 	}
 	return d.publish(ctx)
+}
+
+// preparedMIG finds a MIG device this plugin created, by its GPU and
+// compute instance, in the prepared claims: one created since the last
+// inventory refresh is already there.
+func (d *Driver) preparedMIG(gpuUUID string, giid, ciid int) string {
+	for _, c := range d.preparer.Snapshot().Claims {
+		for _, dev := range c.Devices {
+			if dev.GPUUUID == gpuUUID && dev.MIG != nil && dev.MIG.UUID != "" && dev.MIG.GIID == giid && dev.MIG.CIID == ciid {
+				return dev.MIG.UUID
+			}
+		}
+	}
+	return ""
 }
 
 // onHealthChange is the monitor's OnChange: republish, and tell kubelet.

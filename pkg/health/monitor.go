@@ -81,7 +81,8 @@ type Monitor struct {
 	store  *Store
 	now    func() time.Time
 	// onChange is called, without the lock, after the taints changed.
-	onChange func()
+	onChange   func()
+	resolveMIG func(gpuUUID string, giid, ciid int) string
 
 	mu    sync.Mutex
 	conds map[condID]*Condition
@@ -113,6 +114,9 @@ type Options struct {
 	BootID string
 	// OnChange is called after the taints changed.
 	OnChange func()
+	// ResolveMIG names the MIG device UUID of a GPU and compute instance
+	// that the last inventory did not have (created since); "" if unknown.
+	ResolveMIG func(gpuUUID string, giid, ciid int) string
 	// Now defaults to time.Now.
 	Now func() time.Time
 }
@@ -121,7 +125,7 @@ type Options struct {
 // this boot.
 func NewMonitor(ctx context.Context, opts Options) (*Monitor, error) {
 	m := &Monitor{
-		policy: opts.Policy, src: opts.Source, store: opts.Store, now: opts.Now, onChange: opts.OnChange,
+		policy: opts.Policy, src: opts.Source, store: opts.Store, now: opts.Now, onChange: opts.OnChange, resolveMIG: opts.ResolveMIG,
 		conds: map[condID]*Condition{}, byIndex: map[int]string{}, migs: map[migID]string{},
 		wasLost: map[string]bool{}, lastECC: map[string]uint64{},
 	}
@@ -253,6 +257,8 @@ func (m *Monitor) Observe(ctx context.Context, e gpu.Event) {
 	if e.GIID >= 0 {
 		if uuid, ok := m.migs[migID{e.GPUUUID, e.GIID, e.CIID}]; ok {
 			c.MIG = uuid
+		} else if uuid := m.resolve(e); uuid != "" {
+			c.MIG = uuid
 		} else {
 			logger.Info("GPU event names an unknown MIG instance; the whole GPU is affected", "gpu", e.GPUUUID, "gi", e.GIID, "ci", e.CIID)
 		}
@@ -266,6 +272,13 @@ func (m *Monitor) Observe(ctx context.Context, e gpu.Event) {
 	if changed {
 		m.onChange()
 	}
+}
+
+func (m *Monitor) resolve(e gpu.Event) string {
+	if m.resolveMIG == nil {
+		return ""
+	}
+	return m.resolveMIG(e.GPUUUID, e.GIID, e.CIID)
 }
 
 // raiseLocked records that c's cause is present now.
