@@ -464,3 +464,27 @@ func TestTaintsReachEveryDevice(t *testing.T) {
 		t.Errorf("%d tainted devices, want 27", tainted)
 	}
 }
+
+// TestMIGCreatedSinceTheInventory: an XID naming an instance the last
+// inventory did not have is attributed through ResolveMIG.
+func TestMIGCreatedSinceTheInventory(t *testing.T) {
+	const newMIG = "MIG-cccccccc-0000-0000-0000-000000000000"
+	m, err := NewMonitor(context.Background(), Options{
+		Policy: DefaultPolicy(), Source: &fakeSource{},
+		ResolveMIG: func(gpuUUID string, gi, ci int) string {
+			if gpuUUID == gpuB && gi == 3 && ci == 0 {
+				return newMIG
+			}
+			return ""
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.SetInventory(&gpu.Inventory{GPUs: []gpu.GPU{{UUID: gpuB, Index: 1}}})
+	m.Observe(context.Background(), gpu.Event{Kind: gpu.EventXID, GPUUUID: gpuB, XID: 48, GIID: 3, CIID: 0})
+	gpuTaints, migTaints := m.Taints()
+	if len(gpuTaints[gpuB]) != 0 || len(migTaints[newMIG]) != 1 {
+		t.Errorf("GPU taints %v, MIG taints %v", gpuTaints, migTaints)
+	}
+}
