@@ -16,8 +16,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -97,20 +99,31 @@ func New(bootID string) *Checkpoint {
 	return &Checkpoint{BootID: bootID, Claims: map[string]*Claim{}}
 }
 
-// Clone returns a deep copy.
+// Clone returns a deep copy. It is on the path of every checkpoint write,
+// so it copies field by field rather than through JSON.
 func (c *Checkpoint) Clone() *Checkpoint {
-	data, err := json.Marshal(c)
-	if err != nil {
-		panic(fmt.Sprintf("checkpoint cannot be encoded: %v", err))
-	}
-	out := &Checkpoint{}
-	if err := json.Unmarshal(data, out); err != nil {
-		panic(fmt.Sprintf("checkpoint cannot be decoded: %v", err))
-	}
-	if out.Claims == nil {
-		out.Claims = map[string]*Claim{}
+	out := &Checkpoint{BootID: c.BootID, Claims: make(map[string]*Claim, len(c.Claims))}
+	for uid, claim := range c.Claims {
+		out.Claims[uid] = claim.Clone()
 	}
 	return out
+}
+
+// Clone returns a deep copy of the claim.
+func (c *Claim) Clone() *Claim {
+	out := *c
+	out.Devices = make([]Device, len(c.Devices))
+	for i, d := range c.Devices {
+		d.Requests = slices.Clone(d.Requests)
+		d.CDIDeviceIDs = slices.Clone(d.CDIDeviceIDs)
+		d.Env = maps.Clone(d.Env)
+		if d.MIG != nil {
+			m := *d.MIG
+			d.MIG = &m
+		}
+		out.Devices[i] = d
+	}
+	return &out
 }
 
 type envelope struct {

@@ -363,19 +363,9 @@ func (p *Preparer) rollback(ctx context.Context, rec *checkpoint.Claim) error {
 
 // record stores rec (a private copy) in the checkpoint and commits it.
 func (p *Preparer) record(ctx context.Context, rec *checkpoint.Claim) error {
-	c := *rec
-	c.Devices = make([]checkpoint.Device, len(rec.Devices))
-	for i, d := range rec.Devices {
-		c.Devices[i] = d
-		if d.MIG != nil {
-			m := *d.MIG
-			c.Devices[i].MIG = &m
-		}
-		c.Devices[i].Requests = slices.Clone(d.Requests)
-		c.Devices[i].CDIDeviceIDs = slices.Clone(d.CDIDeviceIDs)
-	}
+	c := rec.Clone()
 	p.mu.Lock()
-	p.cp.Claims[c.UID] = &c
+	p.cp.Claims[c.UID] = c
 	p.mu.Unlock()
 	return p.commit()
 }
