@@ -90,7 +90,9 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 	if err != nil {
 		return err
 	}
-	node, err := gpu.Open(opts.gpuOptions())
+	gpuOpts := opts.gpuOptions()
+	gpuOpts.DriverRoot = ro.driverRoot
+	node, err := gpu.Open(gpuOpts)
 	if err != nil {
 		return err
 	}

@@ -78,6 +78,10 @@ type Device struct {
 	Env map[string]string `json:"env,omitempty"`
 	// CDIDeviceIDs are returned to the kubelet.
 	CDIDeviceIDs []string `json:"cdiDeviceIDs,omitempty"`
+	// TimeSlice is the compute time slice (Short, Medium, Long) the claim
+	// set on its whole GPU; the default is restored when it goes. Empty
+	// when it did not change it.
+	TimeSlice string `json:"timeSlice,omitempty"`
 }
 
 // MIG records a MIG device: where it is, and once it exists, which instance.

@@ -24,6 +24,7 @@ type Node struct {
 	lib nvml.Interface
 	// closeOnce makes Close idempotent; NVML counts Init/Shutdown pairs.
 	closeOnce sync.Once
+	tools     toolsState
 }
 
 // NewNode initialises NVML through lib and checks that the node has at least

@@ -19,22 +19,33 @@ type Options struct {
 	// LibraryPath overrides where libnvidia-ml.so.1 is loaded from, e.g.
 	// under the driver root. Empty uses the dynamic loader's search path.
 	LibraryPath string
+	// DriverRoot is where the driver's binaries (nvidia-smi) are found;
+	// empty means "/".
+	DriverRoot string
 }
 
 // Open returns the node's GPUs through real or simulated NVML.
 func Open(opts Options) (*Node, error) {
+	var lib nvml.Interface
 	if opts.Simulate != "" {
 		s, err := sim.Open(opts.Simulate, opts.SimStateDir)
 		if err != nil {
 			return nil, fmt.Errorf("open simulated node: %w", err)
 		}
-		return NewNode(s)
+		lib = s
+	} else {
+		var libOpts []nvml.LibraryOption
+		if opts.LibraryPath != "" {
+			libOpts = append(libOpts, nvml.WithLibraryPath(opts.LibraryPath))
+		}
+		lib = nvml.New(libOpts...)
 	}
-	var libOpts []nvml.LibraryOption
-	if opts.LibraryPath != "" {
-		libOpts = append(libOpts, nvml.WithLibraryPath(opts.LibraryPath))
+	n, err := NewNode(lib)
+	if err != nil {
+		return nil, err
 	}
-	return NewNode(nvml.New(libOpts...))
+	n.SetDriverRoot(opts.DriverRoot)
+	return n, nil
 }
 
 // SimulatedModels lists the names Options.Simulate accepts.

@@ -44,6 +44,9 @@ type GPUs interface {
 	CreateMIG(ctx context.Context, req gpu.MIGRequest) (gpu.MIGInstance, error)
 	DestroyMIG(ctx context.Context, ref gpu.MIGRef) error
 	SetMIGMode(ctx context.Context, uuid string, enabled bool) error
+	// SetTimeSlice sets a whole GPU's compute time slice (gpu.DefaultTimeSlice
+	// restores the default).
+	SetTimeSlice(ctx context.Context, gpuUUID, interval string) error
 }
 
 // Devices resolves a published device name to what it stands for.
@@ -150,8 +153,9 @@ func (p *Preparer) Prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 		}
 	}
 
-	// 2. Plan, and record the plan before touching the hardware. A claim
-	// that creates nothing (whole GPUs, pre-created MIG devices) is
+	// 2. Plan, resolve each device's configuration, and record the plan
+	// before touching the hardware. A claim that changes nothing there
+	// (whole GPUs with default settings, pre-created MIG devices) is
 	// recorded once, when complete: its only side effect before then, the
 	// CDI spec, is an orphan that start-up reconciliation deletes if the
 	// plugin dies first, and the kubelet's retry writes it again. That
@@ -160,7 +164,15 @@ func (p *Preparer) Prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 	if err != nil {
 		return nil, fmt.Errorf("prepare claim %s: %w", claimName(claim), err)
 	}
-	if slices.ContainsFunc(rec.Devices, createsMIG) {
+	for i := range rec.Devices {
+		d := &rec.Devices[i]
+		settings, err := deviceConfig(claim, d)
+		if err != nil {
+			return nil, fmt.Errorf("prepare claim %s: device %s: %w", claimName(claim), d.Name, err)
+		}
+		d.Env, d.TimeSlice = settings.env, settings.timeSlice
+	}
+	if slices.ContainsFunc(rec.Devices, touchesHardware) {
 		if err := p.record(ctx, rec); err != nil {
 			return nil, fmt.Errorf("prepare claim %s: record start: %w", claimName(claim), err)
 		}
@@ -182,14 +194,6 @@ func (p *Preparer) Prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 	// these GPUs do not wait for our fsync; a crash in between is repaired
 	// by start-up reconciliation, which finds the instance at the planned
 	// placement.
-	for i := range rec.Devices {
-		d := &rec.Devices[i]
-		env, err := deviceConfig(claim, d)
-		if err != nil {
-			return fail(d.Name, err)
-		}
-		d.Env = env
-	}
 	unlockGPUs := p.lockGPUs(rec)
 	created := false
 	for i := range rec.Devices {
@@ -265,8 +269,11 @@ func (p *Preparer) plan(claim *resourceapi.ResourceClaim) (*checkpoint.Claim, er
 	return rec, nil
 }
 
-// createsMIG reports whether preparing d creates a MIG device.
-func createsMIG(d checkpoint.Device) bool { return d.MIG != nil && d.MIG.UUID == "" }
+// touchesHardware reports whether preparing d changes the hardware:
+// creates a MIG device or sets a time slice.
+func touchesHardware(d checkpoint.Device) bool {
+	return (d.MIG != nil && d.MIG.UUID == "") || d.TimeSlice != ""
+}
 
 // owner returns the UID of another prepared claim that holds the device.
 func (p *Preparer) owner(d checkpoint.Device) string {
@@ -291,6 +298,11 @@ func (p *Preparer) prepareDevice(ctx context.Context, d *checkpoint.Device) (boo
 		// fails, as it should, if MIG devices still exist on it.
 		if err := p.gpus.SetMIGMode(ctx, d.GPUUUID, false); err != nil {
 			return false, fmt.Errorf("turn MIG mode off: %w", err)
+		}
+		if d.TimeSlice != "" {
+			if err := p.gpus.SetTimeSlice(ctx, d.GPUUUID, d.TimeSlice); err != nil {
+				return false, err
+			}
 		}
 		return false, nil
 	case d.MIG.UUID != "" && !d.MIG.Created:
@@ -350,6 +362,9 @@ func (p *Preparer) rollback(ctx context.Context, rec *checkpoint.Claim) error {
 		}
 		p.step(StepMIGDestroyed)
 	}
+	if err := restoreTimeSlices(ctx, p.gpus, rec); err != nil {
+		return err
+	}
 	if err := p.cdi.DeleteClaimSpec(rec.UID); err != nil {
 		return fmt.Errorf("delete CDI spec: %w", err)
 	}
@@ -358,6 +373,20 @@ func (p *Preparer) rollback(ctx context.Context, rec *checkpoint.Claim) error {
 		return fmt.Errorf("forget claim: %w", err)
 	}
 	p.step(StepForgotten)
+	return nil
+}
+
+// restoreTimeSlices gives the GPUs whose time slice the claim set their
+// default back. It is idempotent.
+func restoreTimeSlices(ctx context.Context, gpus GPUs, rec *checkpoint.Claim) error {
+	for _, d := range rec.Devices {
+		if d.TimeSlice == "" {
+			continue
+		}
+		if err := gpus.SetTimeSlice(ctx, d.GPUUUID, gpu.DefaultTimeSlice); err != nil {
+			return fmt.Errorf("device %s: restore the default time slice: %w", d.Name, err)
+		}
+	}
 	return nil
 }
 

@@ -28,13 +28,15 @@ const pool = "node-1"
 // fixture is a simulated node with real files: sim state, CDI specs and
 // checkpoint in temporary directories.
 type fixture struct {
-	t       testing.TB
-	node    *gpu.Node
-	simDir  string
-	cdi     *cdi.Writer
-	store   *checkpoint.Store
-	devices *modelDevices
-	p       *Preparer
+	t      testing.TB
+	node   *gpu.Node
+	simDir string
+	// driverRoot holds the simulated nvidia-smi.
+	driverRoot string
+	cdi        *cdi.Writer
+	store      *checkpoint.Store
+	devices    *modelDevices
+	p          *Preparer
 }
 
 // modelDevices resolves names through a model built from the inventory.
@@ -68,6 +70,8 @@ func newFixture(t testing.TB, model string) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	f.driverRoot = roots.DriverRoot
+	f.node.SetDriverRoot(roots.DriverRoot)
 	if f.cdi, err = cdi.New(cdi.Options{CDIRoot: filepath.Join(dir, "cdi"), DriverRoot: roots.DriverRoot, DevRoot: roots.DevRoot, ProcRoot: roots.ProcRoot}); err != nil {
 		t.Fatal(err)
 	}
@@ -231,6 +235,84 @@ func TestWholeGPUKilledBeforeCompletion(t *testing.T) {
 	}
 	if got := f.saved().Claims[string(claim.UID)]; got == nil || got.State != checkpoint.PrepareCompleted || len(f.specs()) != 1 {
 		t.Fatalf("after the retry: checkpoint %+v, specs %v", got, f.specs())
+	}
+}
+
+// withConfig returns an allocated claim with one opaque configuration of
+// the claim.
+func withConfig(device, params string, requests ...string) *resourceapi.ResourceClaim {
+	c := allocated(device)
+	c.Status.Allocation.Devices.Config = []resourceapi.DeviceAllocationConfiguration{{
+		Source: resourceapi.AllocationConfigSourceClaim, Requests: requests,
+		DeviceConfiguration: resourceapi.DeviceConfiguration{Opaque: &resourceapi.OpaqueDeviceConfiguration{
+			Driver: "gpu.nvidia.com", Parameters: runtime.RawExtension{Raw: []byte(params)},
+		}},
+	}}
+	return c
+}
+
+const longTimeSlice = `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"TimeSlicing","timeSlicingConfig":{"interval":"Long"}}}`
+
+func (f *fixture) timeSlice(gpuIndex int) string {
+	f.t.Helper()
+	data, err := os.ReadFile(simhost.TimeSlicePath(f.driverRoot, f.inventory().GPUs[gpuIndex].UUID))
+	if errors.Is(err, os.ErrNotExist) {
+		return "never set"
+	}
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return strings.TrimSpace(string(data))
+}
+
+// TestTimeSlice: a whole-GPU claim with a Long time slice sets it on its
+// GPU with the driver's nvidia-smi and records it; unprepare restores the
+// default; a plugin killed in between has it restored by reconciliation.
+func TestTimeSlice(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, "dgxh100")
+	c := withConfig("gpu-6", longTimeSlice)
+	if _, err := f.p.Prepare(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.timeSlice(6); got != "3" {
+		t.Errorf("time slice of GPU 6 after prepare: %s, want 3 (Long)", got)
+	}
+	if d := f.saved().Claims[string(c.UID)].Devices[0]; d.TimeSlice != "Long" {
+		t.Errorf("checkpoint records time slice %q", d.TimeSlice)
+	}
+	if err := f.p.Unprepare(ctx, ref(c)); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.timeSlice(6); got != "0" {
+		t.Errorf("time slice of GPU 6 after unprepare: %s, want 0 (default)", got)
+	}
+
+	// Killed after the CDI spec was written: the claim is PrepareStarted
+	// with its time slice; reconciliation restores the default.
+	type killed struct{}
+	f.p.opts.AfterStep = func(s Step) {
+		if s == StepCDIWritten {
+			panic(killed{})
+		}
+	}
+	c2 := withConfig("gpu-7", longTimeSlice)
+	func() {
+		defer func() {
+			if r := recover(); r != (killed{}) {
+				t.Fatalf("prepare was not killed: %v", r)
+			}
+		}()
+		_, _ = f.p.Prepare(ctx, c2)
+	}()
+	if got := f.timeSlice(7); got != "3" {
+		t.Fatalf("time slice of GPU 7 before the kill: %s", got)
+	}
+	if _, rep, err := Reconcile(ctx, f.saved(), f.inventory(), f.node, f.cdi, false); err != nil || len(rep.RolledBack) != 1 {
+		t.Fatalf("reconcile: %v, %+v", err, rep)
+	}
+	if got := f.timeSlice(7); got != "0" {
+		t.Errorf("time slice of GPU 7 after reconciliation: %s, want 0", got)
 	}
 }
 
@@ -419,31 +501,28 @@ func TestConcurrentClaims(t *testing.T) {
 func TestOpaqueConfig(t *testing.T) {
 	f := newFixture(t, "dgxh100")
 	ctx := context.Background()
-	withConfig := func(params string, requests ...string) *resourceapi.ResourceClaim {
-		c := allocated("gpu-6")
-		c.Status.Allocation.Devices.Config = []resourceapi.DeviceAllocationConfiguration{{
-			Source: resourceapi.AllocationConfigSourceClaim, Requests: requests,
-			DeviceConfiguration: resourceapi.DeviceConfiguration{Opaque: &resourceapi.OpaqueDeviceConfiguration{
-				Driver: "gpu.nvidia.com", Parameters: runtime.RawExtension{Raw: []byte(params)},
-			}},
-		}}
-		return c
-	}
 	cases := []struct {
 		name, params string
 		requests     []string
 		wantErr      string
+		mig          bool
 	}{
-		{"default time slicing", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"TimeSlicing","timeSlicingConfig":{"interval":"Default"}}}`, nil, ""},
-		{"unknown field", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"TimeSlicing","intervall":"Long"}}`, nil, "sharing.intervall"},
-		{"bad strategy", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"Bogus"}}`, nil, "parameters.sharing.strategy"},
-		{"MPS not supported yet", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"MPS"}}`, nil, "not supported"},
-		{"config of another request", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"Bogus"}}`, []string{"other"}, ""},
-		{"MIG config ignored on a whole GPU", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"MigDeviceConfig","sharing":{"strategy":"MPS"}}`, nil, ""},
+		{name: "time slice on a MIG device", params: `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"MigDeviceConfig","sharing":{"strategy":"TimeSlicing","timeSlicingConfig":{"interval":"Long"}}}`,
+			wantErr: "parameters.sharing.timeSlicingConfig.interval", mig: true},
+		{"default time slicing", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"TimeSlicing","timeSlicingConfig":{"interval":"Default"}}}`, nil, "", false},
+		{"unknown field", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"TimeSlicing","intervall":"Long"}}`, nil, "sharing.intervall", false},
+		{"bad strategy", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"Bogus"}}`, nil, "parameters.sharing.strategy", false},
+		{"MPS not supported yet", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"MPS"}}`, nil, "not supported", false},
+		{"config of another request", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"Bogus"}}`, []string{"other"}, "", false},
+		{"MIG config ignored on a whole GPU", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"MigDeviceConfig","sharing":{"strategy":"MPS"}}`, nil, "", false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c := withConfig(tc.params, tc.requests...)
+			device := "gpu-6"
+			if tc.mig {
+				device = "gpu-6-mig-1g10gb-6"
+			}
+			c := withConfig(device, tc.params, tc.requests...)
 			_, err := f.p.Prepare(ctx, c)
 			if tc.wantErr == "" {
 				if err != nil {
@@ -454,8 +533,8 @@ func TestOpaqueConfig(t *testing.T) {
 				}
 				return
 			}
-			if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), "gpu-6") {
-				t.Fatalf("error %v, want one naming gpu-6 and %q", err, tc.wantErr)
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), device) {
+				t.Fatalf("error %v, want one naming %s and %q", err, device, tc.wantErr)
 			}
 			if len(f.specs()) != 0 || len(f.saved().Claims) != 0 {
 				t.Fatal("a rejected claim left state behind")

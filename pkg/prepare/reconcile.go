@@ -133,6 +133,9 @@ func Reconcile(ctx context.Context, cp *checkpoint.Checkpoint, inv *gpu.Inventor
 				}
 			}
 		}
+		if err := restoreTimeSlices(ctx, gpus, c); err != nil {
+			return fmt.Errorf("claim %s: %w", c.UID, err)
+		}
 		if err := specs.DeleteClaimSpec(c.UID); err != nil {
 			return fmt.Errorf("claim %s: delete CDI spec: %w", c.UID, err)
 		}

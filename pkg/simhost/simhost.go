@@ -94,8 +94,42 @@ func makeDriverRoot(root, version string) error {
 			return fmt.Errorf("create simulated driver root: %w", err)
 		}
 	}
-	smi := "#!/bin/sh\necho \"nvidia-smi (simulated NVIDIA driver " + version + ")\"\necho \"NVIDIA_VISIBLE_DEVICES=${NVIDIA_VISIBLE_DEVICES:-}\"\n"
-	return writeFile(filepath.Join(bin, "nvidia-smi"), smi, 0o755)
+	return writeFile(filepath.Join(bin, "nvidia-smi"), fmt.Sprintf(simulatedSMI, version), 0o755)
+}
+
+// simulatedSMI is the simulated nvidia-smi. Without arguments it prints
+// what a container sees. "compute-policy -i UUID --set-timeslice N" records
+// the GPU's time slice where tests read it (TimeSlicePath) and logs the
+// call, as the real tool changes the GPU's scheduler.
+const simulatedSMI = `#!/bin/sh
+root=$(cd "$(dirname "$0")/../.." && pwd)
+if [ "$1" = compute-policy ]; then
+	shift
+	uuid= slice=
+	while [ $# -gt 0 ]; do
+		case $1 in
+		-i) uuid=$2; shift 2 ;;
+		--set-timeslice) slice=$2; shift 2 ;;
+		--set-timeslice=*) slice=${1#*=}; shift ;;
+		*) echo "nvidia-smi compute-policy: unknown argument $1" >&2; exit 2 ;;
+		esac
+	done
+	case $slice in 0|1|2|3) ;; *) echo "nvidia-smi compute-policy: bad time slice '$slice'" >&2; exit 2 ;; esac
+	[ -n "$uuid" ] || { echo "nvidia-smi compute-policy: -i is required" >&2; exit 2; }
+	mkdir -p "$root/var/lib/gpu-sim/timeslice" || exit 1
+	echo "$slice" > "$root/var/lib/gpu-sim/timeslice/$uuid" || exit 1
+	echo "$(date -u +%%Y-%%m-%%dT%%H:%%M:%%SZ) compute-policy -i $uuid --set-timeslice $slice" >> "$root/var/lib/gpu-sim/nvidia-smi.log"
+	echo "Set time slice of GPU $uuid to $slice"
+	exit 0
+fi
+echo "nvidia-smi (simulated NVIDIA driver %s)"
+echo "NVIDIA_VISIBLE_DEVICES=${NVIDIA_VISIBLE_DEVICES:-}"
+`
+
+// TimeSlicePath is where the simulated nvidia-smi records a GPU's time
+// slice (0 default .. 3 long) under the driver root.
+func TimeSlicePath(driverRoot, gpuUUID string) string {
+	return filepath.Join(driverRoot, "var/lib/gpu-sim/timeslice", gpuUUID)
 }
 
 func makeDevRoot(root string, gpuMinors []int, table []MIGMinor) error {
