@@ -12,6 +12,7 @@ import (
 	"bytes"
 	"fmt"
 
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	sigsjson "sigs.k8s.io/json"
 )
@@ -142,13 +143,42 @@ func Validate(c Config) error {
 		if s.TimeSlicingConfig != nil {
 			return fmt.Errorf("parameters.sharing.timeSlicingConfig: only allowed with strategy %s", TimeSlicingStrategy)
 		}
-		if m := s.MpsConfig; m != nil && m.DefaultActiveThreadPercentage != nil {
-			if p := *m.DefaultActiveThreadPercentage; p < 1 || p > 100 {
-				return fmt.Errorf("parameters.sharing.mpsConfig.defaultActiveThreadPercentage: %d is not between 1 and 100", p)
+		if m := s.MpsConfig; m != nil {
+			if m.DefaultActiveThreadPercentage != nil {
+				if p := *m.DefaultActiveThreadPercentage; p < 1 || p > 100 {
+					return fmt.Errorf("parameters.sharing.mpsConfig.defaultActiveThreadPercentage: %d is not between 1 and 100", p)
+				}
+			}
+			if m.DefaultPinnedDeviceMemoryLimit != nil {
+				if _, err := MemoryLimit(*m.DefaultPinnedDeviceMemoryLimit); err != nil {
+					return fmt.Errorf("parameters.sharing.mpsConfig.defaultPinnedDeviceMemoryLimit: %w", err)
+				}
+			}
+			for dev, limit := range m.DefaultPerDevicePinnedMemoryLimit {
+				if dev == "" {
+					return fmt.Errorf("parameters.sharing.mpsConfig.defaultPerDevicePinnedMemoryLimit: empty device key (want an index within the claim, or a UUID)")
+				}
+				if _, err := MemoryLimit(limit); err != nil {
+					return fmt.Errorf("parameters.sharing.mpsConfig.defaultPerDevicePinnedMemoryLimit[%s]: %w", dev, err)
+				}
 			}
 		}
 	default:
 		return fmt.Errorf("parameters.sharing.strategy: %q is not one of %s, %s", s.Strategy, TimeSlicingStrategy, MpsStrategy)
 	}
 	return nil
+}
+
+// MemoryLimit parses an MPS pinned memory limit, a Kubernetes quantity
+// such as "10Gi", into mebibytes (the unit the CUDA runtime is given).
+func MemoryLimit(q string) (int64, error) {
+	v, err := resource.ParseQuantity(q)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a quantity: %w", q, err)
+	}
+	mib := v.Value() >> 20
+	if mib < 1 {
+		return 0, fmt.Errorf("%q is under 1Mi", q)
+	}
+	return mib, nil
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/driver"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/health"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/prepare"
 )
 
@@ -129,6 +130,7 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 		"pluginDir", ro.pluginDir, "checkpoint", filepath.Join(ro.pluginDataDir, checkpoint.FileName))
 	return driver.Run(ctx, driver.Config{
 		NodeName: opts.nodeName, KubeClient: client, GPUs: node, CDI: writer, Store: store,
+		MPS:       mps.NewManager(filepath.Join(ro.pluginDataDir, "mps"), ro.driverRoot),
 		PluginDir: ro.pluginDir, RegistrarDir: ro.registrarDir,
 		InventoryInterval: ro.inventoryInterval, StaticMIGOnly: opts.staticMIGOnly,
 		HealthPolicy: policy, HealthStorePath: filepath.Join(ro.pluginDataDir, health.StoreFileName),

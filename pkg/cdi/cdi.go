@@ -76,9 +76,17 @@ type Device struct {
 	// Env is extra environment for containers that get this device (sharing
 	// settings); it may not set the visible-devices variables.
 	Env map[string]string
+	// Mounts are bind mounts for containers that get this device (the MPS
+	// pipe and log directories).
+	Mounts []Mount
 	// Annotations are stored as the CDI device's annotations, for readers
 	// of the spec file (see Writer.DeviceAnnotations).
 	Annotations map[string]string
+}
+
+// Mount is a bind mount into the container (read-write).
+type Mount struct {
+	HostPath, ContainerPath string
 }
 
 // MIGDevice identifies a MIG device within its parent GPU.

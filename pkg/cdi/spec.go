@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -70,10 +71,14 @@ func (w *Writer) buildSpec(claimUID string, devices []Device) (*specs.Spec, erro
 		for _, k := range slices.Sorted(maps.Keys(d.Env)) {
 			env = append(env, k+"="+d.Env[k])
 		}
+		var mounts []*specs.Mount
+		for _, m := range d.Mounts {
+			mounts = append(mounts, &specs.Mount{HostPath: m.HostPath, ContainerPath: m.ContainerPath, Options: []string{"rbind", "rw"}})
+		}
 		spec.Devices = append(spec.Devices, specs.Device{
 			Name:           cdiName(claimUID, d.Name),
 			Annotations:    d.Annotations,
-			ContainerEdits: specs.ContainerEdits{Env: env, DeviceNodes: nodes},
+			ContainerEdits: specs.ContainerEdits{Env: env, DeviceNodes: nodes, Mounts: mounts},
 		})
 	}
 	if spec.Version, err = specs.MinimumRequiredVersion(spec); err != nil {
@@ -93,6 +98,11 @@ func validateDevice(d Device) error {
 	}
 	if !strings.HasPrefix(d.UUID, prefix) || strings.Contains(d.UUID, ",") {
 		return fmt.Errorf("device %s: UUID %q does not look like %s...", d.Name, d.UUID, prefix)
+	}
+	for _, m := range d.Mounts {
+		if !filepath.IsAbs(m.HostPath) || !filepath.IsAbs(m.ContainerPath) {
+			return fmt.Errorf("device %s: mount %s -> %s: paths must be absolute", d.Name, m.HostPath, m.ContainerPath)
+		}
 	}
 	if d.GPUMinor < 0 {
 		return fmt.Errorf("device %s: negative GPU minor %d", d.Name, d.GPUMinor)

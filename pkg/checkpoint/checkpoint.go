@@ -82,6 +82,10 @@ type Device struct {
 	// set on its whole GPU; the default is restored when it goes. Empty
 	// when it did not change it.
 	TimeSlice string `json:"timeSlice,omitempty"`
+	// MPSDir is the host directory of the claim's MPS control daemon when
+	// the device is shared through MPS; its pipe/ and log/ are mounted
+	// into the containers. The same for every MPS device of the claim.
+	MPSDir string `json:"mpsDir,omitempty"`
 }
 
 // MIG records a MIG device: where it is, and once it exists, which instance.

@@ -56,7 +56,9 @@ type Config struct {
 	KubeClient kubernetes.Interface
 	GPUs       GPUs
 	CDI        prepare.ReconcileCDI
-	Store      *checkpoint.Store
+	// MPS runs the MPS control daemons of claims that share through MPS.
+	MPS   prepare.MPS
+	Store *checkpoint.Store
 	// PluginDir holds the plugin's gRPC socket; RegistrarDir is where the
 	// kubelet looks for plugin registrations.
 	PluginDir, RegistrarDir string
@@ -130,13 +132,14 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("read GPU inventory: %w", err)
 	}
-	cp, report, err := prepare.Reconcile(ctx, cp, inv, cfg.GPUs, cfg.CDI, rebuild)
+	cp, report, err := prepare.Reconcile(ctx, cp, inv, cfg.GPUs, cfg.CDI, cfg.MPS, rebuild)
 	if err != nil {
 		return fmt.Errorf("reconcile prepared claims: %w", err)
 	}
 	logger.Info("Reconciled prepared claims with the hardware and CDI specs", "claims", len(cp.Claims),
 		"rolledBack", report.RolledBack, "dropped", report.Dropped, "rebuilt", report.Rebuilt,
-		"specsRewritten", report.SpecsRewritten, "orphanSpecs", report.OrphanSpecs, "migDestroyed", report.MIGDestroyed)
+		"specsRewritten", report.SpecsRewritten, "orphanSpecs", report.OrphanSpecs, "migDestroyed", report.MIGDestroyed,
+		"mpsRestarted", report.MPSRestarted, "orphanMPS", report.OrphanMPS)
 	if err := cfg.Store.Save(cp); err != nil {
 		return fmt.Errorf("save reconciled checkpoint: %w", err)
 	}
@@ -163,7 +166,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// The preparer exists before the monitor starts: the monitor asks it
 	// for MIG devices created since the inventory was read.
 	d.preparer = prepare.New(cfg.GPUs, d.state, cfg.CDI, cfg.Store, cp, prepare.Options{
-		PoolName: cfg.NodeName, AfterStep: cfg.AfterStep,
+		PoolName: cfg.NodeName, AfterStep: cfg.AfterStep, MPS: cfg.MPS,
 	})
 	d.monitor.Start(ctx)
 	if _, err := d.state.refresh(inv, cp); err != nil {

@@ -2,6 +2,9 @@ package prepare
 
 import (
 	"fmt"
+	"maps"
+	"slices"
+	"strconv"
 	"strings"
 
 	resourceapi "k8s.io/api/resource/v1"
@@ -9,6 +12,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/api/v1beta1"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
 )
 
 // settings are what a device's configuration asks of prepare.
@@ -17,6 +21,8 @@ type settings struct {
 	env map[string]string
 	// timeSlice is a non-default compute time slice for a whole GPU.
 	timeSlice string
+	// mps is set (possibly empty) when the device is shared through MPS.
+	mps *v1beta1.MpsConfig
 }
 
 // deviceConfig resolves the opaque configuration that applies to a device.
@@ -56,7 +62,10 @@ func deviceConfig(claim *resourceapi.ResourceClaim, d *checkpoint.Device) (setti
 		return settings{}, nil
 	}
 	if s.Strategy == v1beta1.MpsStrategy {
-		return settings{}, fmt.Errorf("%s: parameters.sharing.strategy: %s is not supported by this driver version", chosenAt, v1beta1.MpsStrategy)
+		if s.MpsConfig == nil {
+			return settings{mps: &v1beta1.MpsConfig{}}, nil
+		}
+		return settings{mps: s.MpsConfig}, nil
 	}
 	// Time-slicing is what a GPU does for the containers of one claim;
 	// only a non-default interval changes the GPU.
@@ -83,4 +92,65 @@ func appliesTo(configRequests, deviceRequests []string) bool {
 		}
 	}
 	return false
+}
+
+// mpsEnv is the container environment of the claim's MPS devices, by
+// device index: the daemon's directories as the containers see them, and
+// the limits the CUDA runtime enforces. Pinned memory limits name devices
+// by their ordinal among the claim's MPS devices (sorted by name, the
+// order the daemon is given them) or by UUID.
+func mpsEnv(rec *checkpoint.Claim, configs map[int]*v1beta1.MpsConfig) (map[int]map[string]string, []string, error) {
+	idx := slices.Sorted(maps.Keys(configs))
+	slices.SortFunc(idx, func(a, b int) int { return strings.Compare(rec.Devices[a].Name, rec.Devices[b].Name) })
+	uuids := make([]string, len(idx))
+	for ord, i := range idx {
+		uuids[ord] = deviceUUID(rec.Devices[i])
+	}
+	out := map[int]map[string]string{}
+	for _, i := range idx {
+		cfg := configs[i]
+		env := map[string]string{
+			"CUDA_MPS_PIPE_DIRECTORY": mps.ContainerPipeDir,
+			"CUDA_MPS_LOG_DIRECTORY":  mps.ContainerLogDir,
+		}
+		if cfg.DefaultActiveThreadPercentage != nil {
+			env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = strconv.Itoa(*cfg.DefaultActiveThreadPercentage)
+		}
+		var limits []string
+		for ord, uuid := range uuids {
+			limit := cfg.DefaultPinnedDeviceMemoryLimit
+			if l, ok := cfg.DefaultPerDevicePinnedMemoryLimit[strconv.Itoa(ord)]; ok {
+				limit = &l
+			} else if l, ok := cfg.DefaultPerDevicePinnedMemoryLimit[uuid]; ok {
+				limit = &l
+			}
+			if limit == nil {
+				continue
+			}
+			mib, err := v1beta1.MemoryLimit(*limit)
+			if err != nil {
+				return nil, nil, fmt.Errorf("device %s: parameters.sharing.mpsConfig: %w", rec.Devices[i].Name, err)
+			}
+			limits = append(limits, fmt.Sprintf("%d=%dM", ord, mib))
+		}
+		for key := range cfg.DefaultPerDevicePinnedMemoryLimit {
+			if n, err := strconv.Atoi(key); err == nil && n >= 0 && n < len(uuids) || slices.Contains(uuids, key) {
+				continue
+			}
+			return nil, nil, fmt.Errorf("device %s: parameters.sharing.mpsConfig.defaultPerDevicePinnedMemoryLimit[%s]: the claim has no such MPS device (%d devices; use an index or a UUID)", rec.Devices[i].Name, key, len(uuids))
+		}
+		if len(limits) > 0 {
+			env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] = strings.Join(limits, ",")
+		}
+		out[i] = env
+	}
+	return out, uuids, nil
+}
+
+// deviceUUID is the UUID CUDA knows a prepared device by.
+func deviceUUID(d checkpoint.Device) string {
+	if d.MIG != nil {
+		return d.MIG.UUID
+	}
+	return d.GPUUUID
 }

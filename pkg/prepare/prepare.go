@@ -24,6 +24,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"sync"
@@ -33,6 +34,7 @@ import (
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/klog/v2"
 
+	"github.com/gpu-dra/gpu-dra-driver/api/v1beta1"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/cdi"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
@@ -47,6 +49,15 @@ type GPUs interface {
 	// SetTimeSlice sets a whole GPU's compute time slice (gpu.DefaultTimeSlice
 	// restores the default).
 	SetTimeSlice(ctx context.Context, gpuUUID, interval string) error
+}
+
+// MPS runs claims' MPS control daemons (*mps.Manager).
+type MPS interface {
+	Dir(claimUID string) string
+	Start(ctx context.Context, claimUID string, gpuUUIDs []string) error
+	Stop(ctx context.Context, claimUID string) error
+	Running(claimUID string) bool
+	Claims() ([]string, error)
 }
 
 // Devices resolves a published device name to what it stands for.
@@ -73,15 +84,17 @@ const (
 	StepStartedRecorded   Step = "prepare-started-recorded"
 	StepMIGCreated        Step = "prepare-mig-created"
 	StepMIGRecorded       Step = "prepare-mig-recorded"
+	StepMPSStarted        Step = "prepare-mps-started"
 	StepCDIWritten        Step = "prepare-cdi-written"
 	StepCompletedRecorded Step = "prepare-completed-recorded"
 	StepMIGDestroyed      Step = "unprepare-mig-destroyed"
+	StepMPSStopped        Step = "unprepare-mps-stopped"
 	StepCDIDeleted        Step = "unprepare-cdi-deleted"
 	StepForgotten         Step = "unprepare-forgotten"
 )
 
 // AllSteps lists every Step in order.
-var AllSteps = []Step{StepStartedRecorded, StepMIGCreated, StepMIGRecorded, StepCDIWritten, StepCompletedRecorded, StepMIGDestroyed, StepCDIDeleted, StepForgotten}
+var AllSteps = []Step{StepStartedRecorded, StepMIGCreated, StepMIGRecorded, StepMPSStarted, StepCDIWritten, StepCompletedRecorded, StepMIGDestroyed, StepMPSStopped, StepCDIDeleted, StepForgotten}
 
 // Options configure a Preparer.
 type Options struct {
@@ -90,6 +103,8 @@ type Options struct {
 	// AfterStep, if set, is called after each step (tests crash the process
 	// there).
 	AfterStep func(Step)
+	// MPS runs MPS control daemons; nil refuses claims that ask for MPS.
+	MPS MPS
 }
 
 // Preparer prepares and unprepares claims. It is safe for concurrent use:
@@ -164,6 +179,7 @@ func (p *Preparer) Prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 	if err != nil {
 		return nil, fmt.Errorf("prepare claim %s: %w", claimName(claim), err)
 	}
+	mpsConfigs := map[int]*v1beta1.MpsConfig{}
 	for i := range rec.Devices {
 		d := &rec.Devices[i]
 		settings, err := deviceConfig(claim, d)
@@ -171,6 +187,13 @@ func (p *Preparer) Prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 			return nil, fmt.Errorf("prepare claim %s: device %s: %w", claimName(claim), d.Name, err)
 		}
 		d.Env, d.TimeSlice = settings.env, settings.timeSlice
+		if settings.mps != nil {
+			if p.opts.MPS == nil {
+				return nil, fmt.Errorf("prepare claim %s: device %s: MPS sharing is not available on this node", claimName(claim), d.Name)
+			}
+			mpsConfigs[i] = settings.mps
+			d.MPSDir = p.opts.MPS.Dir(uid)
+		}
 	}
 	if slices.ContainsFunc(rec.Devices, touchesHardware) {
 		if err := p.record(ctx, rec); err != nil {
@@ -217,7 +240,23 @@ func (p *Preparer) Prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 		p.step(StepMIGRecorded)
 	}
 
-	// 4. CDI spec, then done.
+	// 4. The claim's MPS control daemon, now that every device has its
+	// UUID.
+	if len(mpsConfigs) > 0 {
+		envs, uuids, err := mpsEnv(rec, mpsConfigs)
+		if err != nil {
+			return fail("(all)", err)
+		}
+		for i, env := range envs {
+			rec.Devices[i].Env = mergeEnv(rec.Devices[i].Env, env)
+		}
+		if err := p.opts.MPS.Start(ctx, uid, uuids); err != nil {
+			return fail("(all)", fmt.Errorf("start MPS control daemon: %w", err))
+		}
+		p.step(StepMPSStarted)
+	}
+
+	// 5. CDI spec, then done.
 	specDevices, err := cdiDevices(rec)
 	if err != nil {
 		return fail("(all)", err)
@@ -269,10 +308,20 @@ func (p *Preparer) plan(claim *resourceapi.ResourceClaim) (*checkpoint.Claim, er
 	return rec, nil
 }
 
-// touchesHardware reports whether preparing d changes the hardware:
-// creates a MIG device or sets a time slice.
+// touchesHardware reports whether preparing d changes the node: creates a
+// MIG device, sets a time slice, or starts an MPS daemon.
 func touchesHardware(d checkpoint.Device) bool {
-	return (d.MIG != nil && d.MIG.UUID == "") || d.TimeSlice != ""
+	return (d.MIG != nil && d.MIG.UUID == "") || d.TimeSlice != "" || d.MPSDir != ""
+}
+
+// mergeEnv returns a copy of a with b's variables added.
+func mergeEnv(a, b map[string]string) map[string]string {
+	out := maps.Clone(a)
+	if out == nil {
+		out = map[string]string{}
+	}
+	maps.Copy(out, b)
+	return out
 }
 
 // owner returns the UID of another prepared claim that holds the device.
@@ -365,6 +414,10 @@ func (p *Preparer) rollback(ctx context.Context, rec *checkpoint.Claim) error {
 	if err := restoreTimeSlices(ctx, p.gpus, rec); err != nil {
 		return err
 	}
+	if err := stopMPS(ctx, p.opts.MPS, rec); err != nil {
+		return err
+	}
+	p.step(StepMPSStopped)
 	if err := p.cdi.DeleteClaimSpec(rec.UID); err != nil {
 		return fmt.Errorf("delete CDI spec: %w", err)
 	}
@@ -386,6 +439,21 @@ func restoreTimeSlices(ctx context.Context, gpus GPUs, rec *checkpoint.Claim) er
 		if err := gpus.SetTimeSlice(ctx, d.GPUUUID, gpu.DefaultTimeSlice); err != nil {
 			return fmt.Errorf("device %s: restore the default time slice: %w", d.Name, err)
 		}
+	}
+	return nil
+}
+
+// stopMPS stops the claim's MPS control daemon, if it has one. It is
+// idempotent.
+func stopMPS(ctx context.Context, m MPS, rec *checkpoint.Claim) error {
+	if !slices.ContainsFunc(rec.Devices, func(d checkpoint.Device) bool { return d.MPSDir != "" }) {
+		return nil
+	}
+	if m == nil {
+		return errors.New("the claim has an MPS control daemon, but MPS is not available on this node")
+	}
+	if err := m.Stop(ctx, rec.UID); err != nil {
+		return fmt.Errorf("stop MPS control daemon: %w", err)
 	}
 	return nil
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
 )
 
@@ -31,8 +32,9 @@ type fixture struct {
 	t      testing.TB
 	node   *gpu.Node
 	simDir string
-	// driverRoot holds the simulated nvidia-smi.
+	// driverRoot holds the simulated nvidia-smi and MPS control.
 	driverRoot string
+	mps        *mps.Manager
 	cdi        *cdi.Writer
 	store      *checkpoint.Store
 	devices    *modelDevices
@@ -72,6 +74,8 @@ func newFixture(t testing.TB, model string) *fixture {
 	}
 	f.driverRoot = roots.DriverRoot
 	f.node.SetDriverRoot(roots.DriverRoot)
+	f.mps = mps.NewManager(filepath.Join(dir, "mps"), roots.DriverRoot)
+	t.Cleanup(func() { f.stopDaemons() })
 	if f.cdi, err = cdi.New(cdi.Options{CDIRoot: filepath.Join(dir, "cdi"), DriverRoot: roots.DriverRoot, DevRoot: roots.DevRoot, ProcRoot: roots.ProcRoot}); err != nil {
 		t.Fatal(err)
 	}
@@ -80,8 +84,16 @@ func newFixture(t testing.TB, model string) *fixture {
 	}
 	f.devices = &modelDevices{}
 	f.rebuildModel(checkpoint.New("boot"))
-	f.p = New(f.node, f.devices, f.cdi, f.store, checkpoint.New("boot"), Options{PoolName: pool})
+	f.p = New(f.node, f.devices, f.cdi, f.store, checkpoint.New("boot"), Options{PoolName: pool, MPS: f.mps})
 	return f
+}
+
+// stopDaemons stops MPS daemons a test left running.
+func (f *fixture) stopDaemons() {
+	uids, _ := f.mps.Claims()
+	for _, uid := range uids {
+		_ = f.mps.Stop(context.Background(), uid)
+	}
 }
 
 func (f *fixture) inventory() *gpu.Inventory {
@@ -222,14 +234,14 @@ func TestWholeGPUKilledBeforeCompletion(t *testing.T) {
 		t.Fatalf("after the kill: specs %v, checkpoint %+v", f.specs(), f.saved().Claims)
 	}
 	// The restarted plugin.
-	cp, rep, err := Reconcile(ctx, f.saved(), f.inventory(), f.node, f.cdi, false)
+	cp, rep, err := Reconcile(ctx, f.saved(), f.inventory(), f.node, f.cdi, f.mps, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(rep.OrphanSpecs) != 1 || len(f.specs()) != 0 {
 		t.Fatalf("orphan specs %v, spec files %v", rep.OrphanSpecs, f.specs())
 	}
-	p := New(f.node, f.devices, f.cdi, f.store, cp, Options{PoolName: pool})
+	p := New(f.node, f.devices, f.cdi, f.store, cp, Options{PoolName: pool, MPS: f.mps})
 	if _, err := p.Prepare(ctx, claim); err != nil {
 		t.Fatalf("kubelet's retry: %v", err)
 	}
@@ -308,12 +320,112 @@ func TestTimeSlice(t *testing.T) {
 	if got := f.timeSlice(7); got != "3" {
 		t.Fatalf("time slice of GPU 7 before the kill: %s", got)
 	}
-	if _, rep, err := Reconcile(ctx, f.saved(), f.inventory(), f.node, f.cdi, false); err != nil || len(rep.RolledBack) != 1 {
+	if _, rep, err := Reconcile(ctx, f.saved(), f.inventory(), f.node, f.cdi, f.mps, false); err != nil || len(rep.RolledBack) != 1 {
 		t.Fatalf("reconcile: %v, %+v", err, rep)
 	}
 	if got := f.timeSlice(7); got != "0" {
 		t.Errorf("time slice of GPU 7 after reconciliation: %s, want 0", got)
 	}
+}
+
+const mpsConfig = `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"MPS","mpsConfig":{"defaultActiveThreadPercentage":50,"defaultPinnedDeviceMemoryLimit":"10Gi"}}}`
+
+// TestMPS: a claim shared through MPS gets one control daemon, started
+// with its GPU; its CDI spec mounts the daemon's pipe and log directories
+// and sets the limits; unprepare stops the daemon. Reconciliation stops
+// the daemon of a claim killed mid-prepare and of no claim, and starts
+// again the daemon of a prepared claim that lost it.
+func TestMPS(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, "dgxh100")
+	c := withConfig("gpu-1", mpsConfig)
+	uid := string(c.UID)
+	if _, err := f.p.Prepare(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	if !f.mps.Running(uid) {
+		t.Fatal("no MPS daemon after prepare")
+	}
+	spec, err := os.ReadFile(f.cdi.SpecPath(uid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50",
+		"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=10240M", f.mps.PipeDir(uid), f.mps.LogDir(uid),
+	} {
+		if !strings.Contains(string(spec), want) {
+			t.Errorf("CDI spec lacks %q:\n%s", want, spec)
+		}
+	}
+	log, _ := os.ReadFile(simhost.MPSLogPath(f.driverRoot))
+	if !strings.Contains(string(log), "devices="+f.inventory().GPUs[1].UUID) {
+		t.Errorf("daemon not started for GPU 1:\n%s", log)
+	}
+	again, err := f.p.Prepare(ctx, c)
+	if err != nil || len(again) != 1 || strings.Count(string(mustRead(t, simhost.MPSLogPath(f.driverRoot))), " start ") != 1 {
+		t.Fatalf("second prepare: %v, or a second daemon", err)
+	}
+	if err := f.p.Unprepare(ctx, ref(c)); err != nil {
+		t.Fatal(err)
+	}
+	if f.mps.Running(uid) {
+		t.Error("MPS daemon still running after unprepare")
+	}
+	if uids, _ := f.mps.Claims(); len(uids) != 0 {
+		t.Errorf("daemon directories left: %v", uids)
+	}
+
+	// Killed after the daemon started, before the CDI spec.
+	type killed struct{}
+	f.p.opts.AfterStep = func(s Step) {
+		if s == StepMPSStarted {
+			panic(killed{})
+		}
+	}
+	interrupted := withConfig("gpu-2", mpsConfig)
+	func() {
+		defer func() {
+			if r := recover(); r != (killed{}) {
+				t.Fatalf("prepare was not killed: %v", r)
+			}
+		}()
+		_, _ = f.p.Prepare(ctx, interrupted)
+	}()
+	f.p.opts.AfterStep = nil
+	// A prepared claim whose daemon died, and a daemon of no claim.
+	kept := withConfig("gpu-3", mpsConfig)
+	if _, err := f.p.Prepare(ctx, kept); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.mps.Stop(ctx, string(kept.UID)); err != nil {
+		t.Fatal(err)
+	}
+	const orphan = "99999999-0000-4000-8000-000000000000"
+	if err := f.mps.Start(ctx, orphan, []string{"GPU-x"}); err != nil {
+		t.Fatal(err)
+	}
+	_, rep, err := Reconcile(ctx, f.saved(), f.inventory(), f.node, f.cdi, f.mps, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(rep.RolledBack) != fmt.Sprint([]string{string(interrupted.UID)}) ||
+		fmt.Sprint(rep.MPSRestarted) != fmt.Sprint([]string{string(kept.UID)}) || fmt.Sprint(rep.OrphanMPS) != fmt.Sprint([]string{orphan}) {
+		t.Errorf("report %+v", rep)
+	}
+	if f.mps.Running(string(interrupted.UID)) || f.mps.Running(orphan) || !f.mps.Running(string(kept.UID)) {
+		t.Errorf("daemons after reconcile: interrupted %v, orphan %v, kept %v",
+			f.mps.Running(string(interrupted.UID)), f.mps.Running(orphan), f.mps.Running(string(kept.UID)))
+	}
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
 }
 
 func TestPrepareMIGCreatesExactlyTheAllocatedPlacement(t *testing.T) {
@@ -512,7 +624,7 @@ func TestOpaqueConfig(t *testing.T) {
 		{"default time slicing", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"TimeSlicing","timeSlicingConfig":{"interval":"Default"}}}`, nil, "", false},
 		{"unknown field", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"TimeSlicing","intervall":"Long"}}`, nil, "sharing.intervall", false},
 		{"bad strategy", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"Bogus"}}`, nil, "parameters.sharing.strategy", false},
-		{"MPS not supported yet", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"MPS"}}`, nil, "not supported", false},
+		{"MPS limit for a device the claim lacks", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"MPS","mpsConfig":{"defaultPerDevicePinnedMemoryLimit":{"3":"1Gi"}}}}`, nil, "defaultPerDevicePinnedMemoryLimit[3]", false},
 		{"config of another request", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"Bogus"}}`, []string{"other"}, "", false},
 		{"MIG config ignored on a whole GPU", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"MigDeviceConfig","sharing":{"strategy":"MPS"}}`, nil, "", false},
 	}

@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 
 	"k8s.io/klog/v2"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/cdi"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
 )
 
 // AnnotationPreparedDevice is the CDI device annotation that carries the
@@ -44,6 +46,8 @@ func deviceAnnotation(rec *checkpoint.Claim, d checkpoint.Device) (map[string]st
 // ReconcileReport says what start-up reconciliation changed.
 type ReconcileReport struct {
 	RolledBack     []string // claims whose unfinished preparation was undone
+	MPSRestarted   []string // prepared claims whose MPS control daemon was started again
+	OrphanMPS      []string // MPS control daemons of no claim, stopped
 	Dropped        []string // prepared claims whose devices vanished (reboot)
 	Rebuilt        []string // claims recovered from CDI specs (lost checkpoint)
 	SpecsRewritten []string // prepared claims whose CDI spec was missing
@@ -55,7 +59,7 @@ type ReconcileReport struct {
 // into agreement before the plugin serves. rebuild says the checkpoint was
 // lost: prepared claims are then recovered from the CDI specs' annotations.
 // It returns the checkpoint to serve from; the caller saves it.
-func Reconcile(ctx context.Context, cp *checkpoint.Checkpoint, inv *gpu.Inventory, gpus GPUs, specs ReconcileCDI, rebuild bool) (*checkpoint.Checkpoint, ReconcileReport, error) {
+func Reconcile(ctx context.Context, cp *checkpoint.Checkpoint, inv *gpu.Inventory, gpus GPUs, specs ReconcileCDI, daemons MPS, rebuild bool) (*checkpoint.Checkpoint, ReconcileReport, error) {
 	logger := klog.FromContext(ctx)
 	var rep ReconcileReport
 	cp = cp.Clone()
@@ -136,6 +140,9 @@ func Reconcile(ctx context.Context, cp *checkpoint.Checkpoint, inv *gpu.Inventor
 		if err := restoreTimeSlices(ctx, gpus, c); err != nil {
 			return fmt.Errorf("claim %s: %w", c.UID, err)
 		}
+		if err := stopMPS(ctx, daemons, c); err != nil {
+			return fmt.Errorf("claim %s: %w", c.UID, err)
+		}
 		if err := specs.DeleteClaimSpec(c.UID); err != nil {
 			return fmt.Errorf("claim %s: delete CDI spec: %w", c.UID, err)
 		}
@@ -161,6 +168,13 @@ func Reconcile(ctx context.Context, cp *checkpoint.Checkpoint, inv *gpu.Inventor
 			rep.Dropped = append(rep.Dropped, uid)
 			continue
 		}
+		if uuids := mpsUUIDs(c); len(uuids) > 0 && daemons != nil && !daemons.Running(uid) {
+			logger.Info("Prepared claim's MPS control daemon is gone (node rebooted?); starting it again", "claimUID", uid)
+			if err := daemons.Start(ctx, uid, uuids); err != nil {
+				return nil, rep, fmt.Errorf("claim %s: restart MPS control daemon: %w", uid, err)
+			}
+			rep.MPSRestarted = append(rep.MPSRestarted, uid)
+		}
 		if !slices.Contains(specUIDs, uid) {
 			if err := rewriteSpec(ctx, c, specs); err != nil {
 				return nil, rep, fmt.Errorf("claim %s: rewrite CDI spec: %w", uid, err)
@@ -176,7 +190,36 @@ func Reconcile(ctx context.Context, cp *checkpoint.Checkpoint, inv *gpu.Inventor
 			rep.OrphanSpecs = append(rep.OrphanSpecs, uid)
 		}
 	}
+	if daemons != nil {
+		uids, err := daemons.Claims()
+		if err != nil {
+			return nil, rep, err
+		}
+		for _, uid := range uids {
+			if _, ok := cp.Claims[uid]; ok {
+				continue
+			}
+			if err := daemons.Stop(ctx, uid); err != nil {
+				return nil, rep, fmt.Errorf("stop orphan MPS control daemon of %s: %w", uid, err)
+			}
+			rep.OrphanMPS = append(rep.OrphanMPS, uid)
+		}
+	}
 	return cp, rep, nil
+}
+
+// mpsUUIDs returns the UUIDs of a claim's MPS devices in the order its
+// daemon is given them (by device name), or nil.
+func mpsUUIDs(c *checkpoint.Claim) []string {
+	devs := slices.Clone(c.Devices)
+	slices.SortFunc(devs, func(a, b checkpoint.Device) int { return strings.Compare(a.Name, b.Name) })
+	var out []string
+	for _, d := range devs {
+		if d.MPSDir != "" {
+			out = append(out, deviceUUID(d))
+		}
+	}
+	return out
 }
 
 func missingMIG(c *checkpoint.Claim, live map[string]gpu.MIGInstance) string {
@@ -199,6 +242,12 @@ func cdiDevices(rec *checkpoint.Claim) ([]cdi.Device, error) {
 			return nil, err
 		}
 		cd := cdi.Device{Name: d.Name, Request: d.Requests[0], GPUMinor: d.GPUMinor, UUID: d.GPUUUID, Env: d.Env, Annotations: ann}
+		if d.MPSDir != "" {
+			cd.Mounts = []cdi.Mount{
+				{HostPath: mps.PipeDirIn(d.MPSDir), ContainerPath: mps.ContainerPipeDir},
+				{HostPath: mps.LogDirIn(d.MPSDir), ContainerPath: mps.ContainerLogDir},
+			}
+		}
 		if d.MIG != nil {
 			cd.UUID = d.MIG.UUID
 			cd.MIG = &cdi.MIGDevice{GIID: d.MIG.GIID, CIID: d.MIG.CIID}

@@ -58,7 +58,7 @@ func TestReconcile(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	out, rep, err := Reconcile(ctx, cp, f.inventory(), f.node, f.cdi, false)
+	out, rep, err := Reconcile(ctx, cp, f.inventory(), f.node, f.cdi, f.mps, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +99,7 @@ func TestRebuildFromSpecs(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := f.p.Snapshot()
-	out, rep, err := Reconcile(ctx, checkpoint.New("boot"), f.inventory(), f.node, f.cdi, true)
+	out, rep, err := Reconcile(ctx, checkpoint.New("boot"), f.inventory(), f.node, f.cdi, f.mps, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +118,7 @@ func TestRebuildFromSpecs(t *testing.T) {
 			}
 		}
 	}
-	p := New(f.node, f.devices, f.cdi, f.store, out, Options{PoolName: pool})
+	p := New(f.node, f.devices, f.cdi, f.store, out, Options{PoolName: pool, MPS: f.mps})
 	if err := p.Unprepare(ctx, ref(mig)); err != nil {
 		t.Fatal(err)
 	}

@@ -94,6 +94,9 @@ func makeDriverRoot(root, version string) error {
 			return fmt.Errorf("create simulated driver root: %w", err)
 		}
 	}
+	if err := writeFile(filepath.Join(bin, "nvidia-cuda-mps-control"), simulatedMPSControl, 0o755); err != nil {
+		return err
+	}
 	return writeFile(filepath.Join(bin, "nvidia-smi"), fmt.Sprintf(simulatedSMI, version), 0o755)
 }
 
@@ -125,6 +128,41 @@ fi
 echo "nvidia-smi (simulated NVIDIA driver %s)"
 echo "NVIDIA_VISIBLE_DEVICES=${NVIDIA_VISIBLE_DEVICES:-}"
 `
+
+// simulatedMPSControl is the simulated nvidia-cuda-mps-control. "-d"
+// starts a daemon (a detached shell loop) that lives while its control
+// pipe exists, with its PID in the pipe directory; on stdin, "quit" makes
+// it exit. Every start and quit is logged in MPSLogPath with the
+// environment the daemon was given.
+const simulatedMPSControl = `#!/bin/sh
+root=$(cd "$(dirname "$0")/../.." && pwd)
+pipe=${CUDA_MPS_PIPE_DIRECTORY:-/tmp/nvidia-mps}
+log=${CUDA_MPS_LOG_DIRECTORY:-/var/log/nvidia-mps}
+mkdir -p "$root/var/lib/gpu-sim"
+if [ "$1" = -d ]; then
+	mkdir -p "$pipe" "$log" || exit 1
+	: > "$pipe/control"
+	setsid sh -c 'while [ -e "$1/control" ]; do sleep 0.1; done; rm -f "$1/nvidia-cuda-mps-control.pid"' mps-control-daemon "$pipe" </dev/null >/dev/null 2>&1 &
+	echo $! > "$pipe/nvidia-cuda-mps-control.pid"
+	echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) start pid=$! devices=${CUDA_VISIBLE_DEVICES:-} pipe=$pipe" | tee -a "$log/control.log" >> "$root/var/lib/gpu-sim/mps.log"
+	exit 0
+fi
+read -r command
+case $command in
+quit)
+	[ -e "$pipe/control" ] || { echo "no MPS control daemon at $pipe" >&2; exit 1; }
+	rm -f "$pipe/control"
+	echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) quit pipe=$pipe" | tee -a "$log/control.log" >> "$root/var/lib/gpu-sim/mps.log"
+	;;
+*) echo "nvidia-cuda-mps-control: unsupported command '$command'" >&2; exit 1 ;;
+esac
+`
+
+// MPSLogPath is where the simulated MPS control program logs every daemon
+// start and quit under the driver root.
+func MPSLogPath(driverRoot string) string {
+	return filepath.Join(driverRoot, "var/lib/gpu-sim/mps.log")
+}
 
 // TimeSlicePath is where the simulated nvidia-smi records a GPU's time
 // slice (0 default .. 3 long) under the driver root.

@@ -1,0 +1,70 @@
+package mps
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
+)
+
+// TestDaemonLifecycle runs the simulated control program: start is
+// idempotent, a second manager (a restarted plugin) finds the daemon, stop
+// ends it and removes its directories.
+func TestDaemonLifecycle(t *testing.T) {
+	ctx := context.Background()
+	roots, err := simhost.Create(t.TempDir(), []int{0}, "580.00")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := NewManager(filepath.Join(t.TempDir(), "mps"), roots.DriverRoot)
+	const uid = "2f0e0a4c-0000-4000-8000-000000000001"
+	if m.Running(uid) {
+		t.Fatal("running before start")
+	}
+	if err := m.Start(ctx, uid, []string{"GPU-a", "GPU-b"}); err != nil {
+		t.Fatal(err)
+	}
+	pid := m.pid(uid)
+	if !m.Running(uid) || pid == 0 {
+		t.Fatal("not running after start")
+	}
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+	if err := m.Start(ctx, uid, []string{"GPU-a", "GPU-b"}); err != nil || m.pid(uid) != pid {
+		t.Fatalf("second start: %v, pid %d -> %d", err, pid, m.pid(uid))
+	}
+	restarted := NewManager(m.root, roots.DriverRoot)
+	if claims, err := restarted.Claims(); err != nil || len(claims) != 1 || claims[0] != uid || !restarted.Running(uid) {
+		t.Fatalf("a restarted plugin sees %v (%v), running %v", claims, err, restarted.Running(uid))
+	}
+	if err := restarted.Stop(ctx, uid); err != nil {
+		t.Fatal(err)
+	}
+	if syscall.Kill(pid, 0) == nil {
+		t.Error("daemon still alive after stop")
+	}
+	if _, err := os.Stat(m.Dir(uid)); !os.IsNotExist(err) {
+		t.Errorf("directory left: %v", err)
+	}
+	if err := restarted.Stop(ctx, uid); err != nil {
+		t.Errorf("second stop: %v", err)
+	}
+	log, err := os.ReadFile(simhost.MPSLogPath(roots.DriverRoot))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Count(string(log), " start ") != 1 || strings.Count(string(log), " quit ") != 1 || !strings.Contains(string(log), "devices=GPU-a,GPU-b") {
+		t.Errorf("daemon log:\n%s", log)
+	}
+}
+
+func TestMissingControlProgram(t *testing.T) {
+	m := NewManager(t.TempDir(), t.TempDir())
+	err := m.Start(context.Background(), "uid", []string{"GPU-a"})
+	if err == nil || !strings.Contains(err.Error(), "nvidia-cuda-mps-control not found under the driver root") {
+		t.Errorf("error %v", err)
+	}
+}
