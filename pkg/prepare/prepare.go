@@ -202,8 +202,13 @@ func (p *Preparer) Prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 		p.step(StepStartedRecorded)
 	}
 
+	// fail rolls back and returns cause, named after the claim and the
+	// device ("" when cause names it already).
 	fail := func(device string, cause error) ([]kubeletplugin.Device, error) {
 		err := fmt.Errorf("prepare claim %s: device %s: %w", claimName(claim), device, cause)
+		if device == "" {
+			err = fmt.Errorf("prepare claim %s: %w", claimName(claim), cause)
+		}
 		// The rollback must finish even if the kubelet gave up on the call.
 		if rbErr := p.rollback(context.WithoutCancel(ctx), rec); rbErr != nil {
 			logger.Error(rbErr, "Rollback failed; the claim stays recorded and is rolled back on the next attempt")
@@ -245,7 +250,7 @@ func (p *Preparer) Prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 	if len(mpsConfigs) > 0 {
 		envs, uuids, err := mpsEnv(rec, mpsConfigs)
 		if err != nil {
-			return fail("(all)", err)
+			return fail("", err)
 		}
 		for i, env := range envs {
 			rec.Devices[i].Env = mergeEnv(rec.Devices[i].Env, env)

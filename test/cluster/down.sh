@@ -154,7 +154,7 @@ main() {
 	# 3. the control plane, etcd last;
 	# 4. what survived (shims, container processes), by PID;
 	# 5. mounts, host paths, bridge, cgroups, files.
-	stop gpu-kubelet-plugin
+	stop gpu-kubelet-plugin gpu-dra-webhook
 	stop kubelet
 	kill_tasks
 	stop containerd

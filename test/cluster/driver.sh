@@ -19,7 +19,7 @@ kubectl() { "$K8S_BIN/kubectl" --kubeconfig "$RUN/kubeconfig/admin.kubeconfig" -
 
 build() {
 	mkdir -p "$RUN/bin"
-	(cd "$REPO_ROOT" && CGO_CFLAGS="-O2 -g -Wno-deprecated-declarations" go build -o "$RUN/bin/" ./cmd/gpu-kubelet-plugin ./cmd/gpu-sim)
+	(cd "$REPO_ROOT" && CGO_CFLAGS="-O2 -g -Wno-deprecated-declarations" go build -o "$RUN/bin/" ./cmd/gpu-kubelet-plugin ./cmd/gpu-sim ./cmd/gpu-dra-webhook)
 }
 
 apply_manifests() {
@@ -65,6 +65,49 @@ start_plugin() {
 	log "gpu-kubelet-plugin registered and published its slices in ${took}s (simulated $SIMULATE)"
 }
 
+WEBHOOK_ADDR=${GPU_DRA_WEBHOOK_ADDR:-127.0.0.1:8444}
+
+# start_webhook runs the admission webhook on loopback with a self-signed
+# certificate and registers it by URL, unless it already runs.
+start_webhook() {
+	local f=$RUN/pids/gpu-dra-webhook.pid
+	if [[ -f $f ]] && kill -0 "$(<"$f")" 2>/dev/null; then
+		return 0
+	fi
+	local dir=$RUN/webhook
+	[[ -f $dir/tls.crt ]] || "$RUN/bin/gpu-dra-webhook" certs --dir "$dir" --hosts "${WEBHOOK_ADDR%:*}"
+	setsid "$RUN/bin/gpu-dra-webhook" --listen "$WEBHOOK_ADDR" \
+		--tls-cert-file "$dir/tls.crt" --tls-key-file "$dir/tls.key" >>"$RUN/logs/gpu-dra-webhook.log" 2>&1 </dev/null &
+	echo $! >"$f"
+	local deadline=$((SECONDS + 30))
+	until curl -fsS --max-time 1 --cacert "$dir/ca.crt" "https://$WEBHOOK_ADDR/healthz" >/dev/null 2>&1; do
+		((SECONDS < deadline)) || die "gpu-dra-webhook not serving after 30s (log: $RUN/logs/gpu-dra-webhook.log)"
+		sleep 0.1
+	done
+	kubectl apply -f - >/dev/null <<-EOF
+		apiVersion: admissionregistration.k8s.io/v1
+		kind: ValidatingWebhookConfiguration
+		metadata:
+		  name: gpu-dra-webhook
+		webhooks:
+		- name: config.gpu.nvidia.com
+		  admissionReviewVersions: ["v1"]
+		  sideEffects: None
+		  failurePolicy: Fail
+		  timeoutSeconds: 5
+		  clientConfig:
+		    url: https://$WEBHOOK_ADDR/validate-resource-config
+		    caBundle: $(base64 -w0 <"$dir/ca.crt")
+		  rules:
+		  - apiGroups: ["resource.k8s.io"]
+		    apiVersions: ["v1"]
+		    operations: ["CREATE", "UPDATE"]
+		    resources: ["resourceclaims", "resourceclaimtemplates", "deviceclasses"]
+		    scope: "*"
+	EOF
+	log "gpu-dra-webhook serving on https://$WEBHOOK_ADDR (deployments/webhook, registered by URL)"
+}
+
 stop_plugin() {
 	local pid
 	pid=$(plugin_pid) || return 0
@@ -82,6 +125,7 @@ main() {
 		shift
 		step "build the driver" build
 		step "RBAC and DeviceClasses" apply_manifests
+		step "start gpu-dra-webhook" start_webhook
 		step "start gpu-kubelet-plugin" start_plugin "$@"
 		;;
 	stop) stop_plugin ;;

@@ -16,8 +16,9 @@ import (
 )
 
 // TestInvalidConfigIsReportedAndNothingIsHalfPrepared: a claim whose opaque
-// configuration is wrong leaves its pod with an event naming the field, and
-// the plugin keeps nothing of it.
+// configuration is wrong for its allocation (admission cannot know that)
+// leaves its pod with an event naming the field, and the plugin keeps
+// nothing of it.
 func TestInvalidConfigIsReportedAndNothingIsHalfPrepared(t *testing.T) {
 	const ns = "gpu-badconfig"
 	t.Cleanup(func() { cleanNamespace(t, ns) })
@@ -39,7 +40,9 @@ spec:
         parameters:
           apiVersion: resource.nvidia.com/v1beta1
           kind: GpuConfig
-          sharing: {strategy: Bogus}
+          # Valid on its own, so admission lets it in; wrong for what was
+          # allocated (one device), which only prepare can tell.
+          sharing: {strategy: MPS, mpsConfig: {defaultPerDevicePinnedMemoryLimit: {"3": 1Gi}}}
 ---
 apiVersion: v1
 kind: Pod
@@ -62,7 +65,7 @@ spec:
 		}
 		var seen []string
 		for _, e := range evs.Items {
-			if strings.Contains(e.Message, "parameters.sharing.strategy") && strings.Contains(e.Message, "Bogus") {
+			if strings.Contains(e.Message, "defaultPerDevicePinnedMemoryLimit[3]") && strings.Contains(e.Message, "no such MPS device") {
 				t.Logf("event %s: %s", e.Reason, e.Message)
 				return true, nil
 			}
