@@ -10,7 +10,7 @@ export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 export GOFLAGS ?= -buildvcs=false
 
 BIN := bin
-COMMANDS := gpu-kubelet-plugin gpu-sim
+COMMANDS := gpu-kubelet-plugin gpu-sim gpu-dra-webhook kubectl-gpu
 
 .PHONY: help
 help: ## list the targets

@@ -145,7 +145,25 @@ func (m *Manager) pid(claimUID string) int {
 // Running reports whether the claim's daemon runs.
 func (m *Manager) Running(claimUID string) bool {
 	pid := m.pid(claimUID)
-	return pid > 0 && syscall.Kill(pid, 0) == nil
+	return pid > 0 && alive(pid)
+}
+
+// alive reports whether a process exists and has not exited: a daemon
+// is nobody's child once its starter exits, so after it exits it may stay
+// a zombie until init reaps it.
+func alive(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true // no procfs: trust kill
+	}
+	// The state follows the command name, which is in parentheses.
+	if i := strings.LastIndexByte(string(stat), ')'); i >= 0 && i+2 < len(stat) {
+		return stat[i+2] != 'Z'
+	}
+	return true
 }
 
 // Stop asks the claim's daemon to quit, waits for it, and removes its
@@ -164,7 +182,7 @@ func (m *Manager) Stop(ctx context.Context, claimUID string) error {
 			return fmt.Errorf("stop MPS control daemon: %w: %s", err, strings.TrimSpace(string(out)))
 		}
 		deadline := time.Now().Add(m.Timeout)
-		for syscall.Kill(pid, 0) == nil {
+		for alive(pid) {
 			if time.Now().After(deadline) {
 				logger.Info("MPS control daemon did not quit; killing it", "claimUID", claimUID, "pid", pid)
 				_ = syscall.Kill(pid, syscall.SIGKILL)

@@ -43,7 +43,7 @@ func TestDaemonLifecycle(t *testing.T) {
 	if err := restarted.Stop(ctx, uid); err != nil {
 		t.Fatal(err)
 	}
-	if syscall.Kill(pid, 0) == nil {
+	if alive(pid) {
 		t.Error("daemon still alive after stop")
 	}
 	if _, err := os.Stat(m.Dir(uid)); !os.IsNotExist(err) {

@@ -16,10 +16,12 @@ import (
 // and validated). Each op prepares and then unprepares; the reported
 // percentiles are of the prepare alone.
 func BenchmarkPrepare(b *testing.B) {
-	for _, tc := range []struct{ name, device string }{
-		{"whole-gpu", "gpu-2"},
-		{"mig-1g", "gpu-2-mig-1g10gb-6"},
-		{"mig-3g", "gpu-2-mig-3g40gb-4"},
+	for _, tc := range []struct{ name, device, config string }{
+		{"whole-gpu", "gpu-2", ""},
+		{"whole-gpu-time-slice", "gpu-2", longTimeSlice},
+		{"whole-gpu-mps", "gpu-2", mpsConfig},
+		{"mig-1g", "gpu-2-mig-1g10gb-6", ""},
+		{"mig-3g", "gpu-2-mig-3g40gb-4", ""},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			f := newFixture(b, "dgxh100")
@@ -27,6 +29,9 @@ func BenchmarkPrepare(b *testing.B) {
 			var lat []time.Duration
 			for b.Loop() {
 				c := allocated(tc.device)
+				if tc.config != "" {
+					c = withConfig(tc.device, tc.config)
+				}
 				start := time.Now()
 				if _, err := f.p.Prepare(ctx, c); err != nil {
 					b.Fatal(err)
