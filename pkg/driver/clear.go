@@ -12,11 +12,11 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 
-	"github.com/gpu-dra/gpu-dra-driver/pkg/health"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/clearance"
 )
 
 // watchClearances applies the admin clearances annotated on the node
-// (health.ClearedAnnotation and health.ClearedGPUAnnotationPrefix) to the
+// (clearance.Annotation and clearance.GPUAnnotationPrefix) to the
 // health monitor, now and whenever the node changes, until ctx ends.
 func (d *Driver) watchClearances(ctx context.Context) {
 	if d.cfg.KubeClient == nil {
@@ -48,9 +48,9 @@ func (d *Driver) applyClearances(ctx context.Context, annotations map[string]str
 	for key, value := range annotations {
 		var gpuUUID string
 		switch {
-		case key == health.ClearedAnnotation:
-		case strings.HasPrefix(key, health.ClearedGPUAnnotationPrefix):
-			minor, err := strconv.Atoi(strings.TrimPrefix(key, health.ClearedGPUAnnotationPrefix))
+		case key == clearance.Annotation:
+		case strings.HasPrefix(key, clearance.GPUAnnotationPrefix):
+			minor, err := strconv.Atoi(strings.TrimPrefix(key, clearance.GPUAnnotationPrefix))
 			if err != nil || inv == nil {
 				logger.Info("Ignoring a health clearance for an unknown GPU", "annotation", key)
 				continue

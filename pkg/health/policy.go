@@ -284,14 +284,3 @@ func (p *Policy) Effect(c Class) (resourceapi.DeviceTaintEffect, bool) {
 	e, ok := p.Effects[c]
 	return e, ok
 }
-
-// Admins clear sticky conditions (after checking a GPU) with annotations
-// on the Node, which `kubectl gpu clear` sets: the value is an RFC 3339
-// time, and conditions raised at or before it are cleared.
-const (
-	// ClearedAnnotation clears every GPU of the node.
-	ClearedAnnotation = "gpu.nvidia.com/health-cleared"
-	// ClearedGPUAnnotationPrefix followed by a GPU's minor number clears
-	// that GPU, e.g. "gpu.nvidia.com/health-cleared-gpu-3".
-	ClearedGPUAnnotationPrefix = "gpu.nvidia.com/health-cleared-gpu-"
-)

@@ -1,0 +1,214 @@
+package main
+
+import (
+	"sort"
+	"strconv"
+	"strings"
+
+	resourceapi "k8s.io/api/resource/v1"
+)
+
+// driverName is the DRA driver whose ResourceSlices and allocations this
+// tool reads. Its pool on a node is named after the node.
+const driverName = "gpu.nvidia.com"
+
+// Target is what a command acts on: every device of the driver on a node,
+// or one GPU on that node together with all of its MIG devices.
+type Target struct {
+	// Node is the node name, which is also the driver's pool name.
+	Node string
+	// GPU is the GPU's minor number; it is meaningful only if HasGPU.
+	GPU int
+	// HasGPU is false when the target is the whole node.
+	HasGPU bool
+}
+
+// String formats the target the way ParseTarget reads it.
+func (t Target) String() string {
+	if !t.HasGPU {
+		return t.Node
+	}
+	return t.Node + "/" + gpuDeviceName(t.GPU)
+}
+
+// ParseTarget reads NODE or NODE/GPU, where GPU is "gpu-<minor>" (the name
+// of the whole-GPU device) or just "<minor>". Anything else is a usage error.
+func ParseTarget(s string) (Target, error) {
+	node, gpu, hasGPU := strings.Cut(s, "/")
+	if node == "" {
+		return Target{}, usageErrorf("invalid target %q: want NODE or NODE/gpu-<minor>", s)
+	}
+	if !hasGPU {
+		return Target{Node: node}, nil
+	}
+	minor, ok := parseMinor(strings.TrimPrefix(gpu, "gpu-"))
+	if !ok {
+		return Target{}, usageErrorf("invalid GPU %q in target %q: want gpu-<minor>, e.g. %s/gpu-0", gpu, s, node)
+	}
+	return Target{Node: node, GPU: minor, HasGPU: true}, nil
+}
+
+// parseMinor reads a canonical non-negative decimal number: no sign, no
+// leading zeros, so that every GPU has exactly one spelling.
+func parseMinor(s string) (int, bool) {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 || strconv.Itoa(n) != s {
+		return 0, false
+	}
+	return n, true
+}
+
+// gpuDeviceName is the name of the whole-GPU device with the given minor.
+func gpuDeviceName(minor int) string { return "gpu-" + strconv.Itoa(minor) }
+
+// gpuMinorOf returns the minor of the GPU a device belongs to: N for the
+// whole GPU "gpu-N" and for its MIG devices "gpu-N-mig-…". It is false for
+// any other name, so "gpu-30-mig-…" and "gpu-3x" never belong to GPU 3.
+func gpuMinorOf(device string) (minor int, isWhole, ok bool) {
+	rest, found := strings.CutPrefix(device, "gpu-")
+	if !found {
+		return 0, false, false
+	}
+	num, tail, hasTail := strings.Cut(rest, "-")
+	minor, ok = parseMinor(num)
+	if !ok {
+		return 0, false, false
+	}
+	if !hasTail {
+		return minor, true, true
+	}
+	if !strings.HasPrefix(tail, "mig-") || len(tail) == len("mig-") {
+		return 0, false, false
+	}
+	return minor, false, true
+}
+
+// Inventory is what the driver publishes in its current ResourceSlices,
+// grouped by node (pool) and GPU.
+type Inventory struct {
+	// Nodes maps a node (pool) name to its GPUs.
+	Nodes map[string]*NodeInventory
+}
+
+// NodeInventory holds the GPUs the driver publishes for one node.
+type NodeInventory struct {
+	// Name is the node and pool name.
+	Name string
+	// GPUs maps a GPU minor to its devices.
+	GPUs map[int]*GPUInventory
+}
+
+// GPUInventory holds the published devices of one GPU.
+type GPUInventory struct {
+	// Minor is the GPU's minor number (the N in gpu-N).
+	Minor int
+	// Devices are the whole GPU and its MIG devices, sorted by name
+	// (so the whole GPU, a prefix of the others, comes first).
+	Devices []resourceapi.Device
+}
+
+// NewInventory groups the devices of the driver's slices by pool and GPU.
+// Slices of other drivers, and slices of a pool's older generations (which
+// the driver is about to replace), are ignored.
+func NewInventory(slices []resourceapi.ResourceSlice) *Inventory {
+	latest := map[string]int64{}
+	for i := range slices {
+		s := &slices[i]
+		if s.Spec.Driver != driverName {
+			continue
+		}
+		if g, ok := latest[s.Spec.Pool.Name]; !ok || s.Spec.Pool.Generation > g {
+			latest[s.Spec.Pool.Name] = s.Spec.Pool.Generation
+		}
+	}
+	inv := &Inventory{Nodes: map[string]*NodeInventory{}}
+	for i := range slices {
+		s := &slices[i]
+		if s.Spec.Driver != driverName || s.Spec.Pool.Generation != latest[s.Spec.Pool.Name] {
+			continue
+		}
+		node := inv.Nodes[s.Spec.Pool.Name]
+		if node == nil {
+			node = &NodeInventory{Name: s.Spec.Pool.Name, GPUs: map[int]*GPUInventory{}}
+			inv.Nodes[node.Name] = node
+		}
+		for _, d := range s.Spec.Devices {
+			minor, _, ok := gpuMinorOf(d.Name)
+			if !ok {
+				continue
+			}
+			g := node.GPUs[minor]
+			if g == nil {
+				g = &GPUInventory{Minor: minor}
+				node.GPUs[minor] = g
+			}
+			g.Devices = append(g.Devices, d)
+		}
+	}
+	for _, node := range inv.Nodes {
+		for _, g := range node.GPUs {
+			sort.Slice(g.Devices, func(i, j int) bool { return g.Devices[i].Name < g.Devices[j].Name })
+		}
+	}
+	return inv
+}
+
+// NodeNames returns the node names in sorted order.
+func (inv *Inventory) NodeNames() []string {
+	names := make([]string, 0, len(inv.Nodes))
+	for n := range inv.Nodes {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Minors returns the node's GPU minors in numeric order.
+func (n *NodeInventory) Minors() []int {
+	minors := make([]int, 0, len(n.GPUs))
+	for m := range n.GPUs {
+		minors = append(minors, m)
+	}
+	sort.Ints(minors)
+	return minors
+}
+
+// Resolve checks that the target exists and returns the names of its
+// devices, sorted. A node without slices of the driver, or a GPU the node
+// does not publish, is a usage error that lists what exists.
+func (inv *Inventory) Resolve(t Target) ([]string, error) {
+	node := inv.Nodes[t.Node]
+	if node == nil {
+		return nil, usageErrorf("unknown node %q: no ResourceSlices of driver %s in pool %q (nodes with GPUs: %s)",
+			t.Node, driverName, t.Node, listOrNone(inv.NodeNames()))
+	}
+	var minors []int
+	if t.HasGPU {
+		if node.GPUs[t.GPU] == nil {
+			var have []string
+			for _, m := range node.Minors() {
+				have = append(have, gpuDeviceName(m))
+			}
+			return nil, usageErrorf("unknown GPU %s on node %q: it has %s", gpuDeviceName(t.GPU), t.Node, listOrNone(have))
+		}
+		minors = []int{t.GPU}
+	} else {
+		minors = node.Minors()
+	}
+	var devices []string
+	for _, m := range minors {
+		for _, d := range node.GPUs[m].Devices {
+			devices = append(devices, d.Name)
+		}
+	}
+	sort.Strings(devices)
+	return devices, nil
+}
+
+// listOrNone joins names with commas, or says "none".
+func listOrNone(names []string) string {
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, ", ")
+}
