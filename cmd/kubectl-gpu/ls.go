@@ -25,7 +25,7 @@ func (a *app) lsCommand() *cobra.Command {
 		Use:   "ls [NODE[/gpu-<minor>]] [-o wide|yaml|json]",
 		Short: "List GPUs with their taints and the claims and pods that hold them",
 		Long: `List, per node and GPU, the whole GPU and its MIG devices that are allocated
-or tainted, with their taints (key=value:effect, source and age) and the
+or have a taint their GPU does not have, with their taints (key=value:effect, source and age) and the
 claims (namespace/name) and pods that hold them.
 
 Taints come from the driver's ResourceSlices (source "slice": health) and from
@@ -151,11 +151,28 @@ func printReport(w io.Writer, r Report, output string, now time.Time) error {
 	fmt.Fprintln(tw, header)
 	for _, n := range r.Nodes {
 		for _, g := range n.GPUs {
+			var gpuTaints []TaintReport
+			inherited := 0 // MIG devices whose taints are all the GPU's
 			for _, d := range g.Devices {
-				if !wide && d.Name != g.Name && !d.interesting() {
+				if d.Name == g.Name {
+					gpuTaints = d.Taints
+				} else if len(d.Taints) > 0 && ownTaints(d.Taints, gpuTaints) == 0 {
+					inherited++
+				}
+			}
+			for _, d := range g.Devices {
+				isGPU := d.Name == g.Name
+				// Without -o wide a MIG device is shown when it is in use
+				// or has a taint its GPU lacks: a GPU's taint on all its
+				// MIG devices is one line, not 26.
+				if !wide && !isGPU && len(d.Allocations) == 0 && ownTaints(d.Taints, gpuTaints) == 0 {
 					continue
 				}
-				row := []string{n.Name, g.Name, d.Name, formatTaints(d.Taints, now), formatClaims(d.Allocations), formatPods(d.Allocations)}
+				taints := formatTaints(d.Taints, now)
+				if !wide && isGPU && inherited > 0 {
+					taints += fmt.Sprintf(" [also on %d MIG devices]", inherited)
+				}
+				row := []string{n.Name, g.Name, d.Name, taints, formatClaims(d.Allocations), formatPods(d.Allocations)}
 				if wide {
 					if d.Name == g.Name {
 						row = append(row, orDash(g.UUID), orDash(g.ProductName), orDash(d.Memory))
@@ -171,6 +188,25 @@ func printReport(w io.Writer, r Report, output string, now time.Time) error {
 		return fmt.Errorf("write table: %w", err)
 	}
 	return nil
+}
+
+// ownTaints counts the taints in ts that are not in gpu (same key, value,
+// effect and source).
+func ownTaints(ts, gpu []TaintReport) int {
+	n := 0
+	for _, t := range ts {
+		found := false
+		for _, g := range gpu {
+			if t.Key == g.Key && t.Value == g.Value && t.Effect == g.Effect && t.Source == g.Source {
+				found = true
+				break
+			}
+		}
+		if !found {
+			n++
+		}
+	}
+	return n
 }
 
 // formatTaints renders taints as "key=value:effect (source, age)".

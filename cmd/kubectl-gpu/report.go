@@ -277,9 +277,3 @@ func capacity(d resourceapi.Device, name resourceapi.QualifiedName) string {
 	}
 	return ""
 }
-
-// interesting tells whether the default table shows a MIG device: when it
-// is allocated or tainted.
-func (d DeviceReport) interesting() bool {
-	return len(d.Taints) > 0 || len(d.Allocations) > 0
-}

@@ -225,3 +225,33 @@ func TestLsCommand(t *testing.T) {
 		t.Fatalf("report %+v", r)
 	}
 }
+
+// TestPrintReportFoldsInheritedTaints: a GPU's taint repeated on each of
+// its MIG devices is one line; a MIG device with a taint of its own, or in
+// use, still has its line.
+func TestPrintReportFoldsInheritedTaints(t *testing.T) {
+	drain := TaintReport{Key: "gpu.nvidia.com/maintenance", Value: "fw", Effect: "NoExecute", Source: "rule"}
+	xid := TaintReport{Key: "gpu.nvidia.com/xid", Value: "48", Effect: "NoExecute", Source: "slice"}
+	r := Report{Nodes: []NodeReport{{Name: "n", GPUs: []GPUReport{{Name: "gpu-1", Devices: []DeviceReport{
+		{Name: "gpu-1", Type: "gpu", Taints: []TaintReport{drain}},
+		{Name: "gpu-1-mig-1g10gb-0", Type: "mig", Taints: []TaintReport{drain}},
+		{Name: "gpu-1-mig-1g10gb-1", Type: "mig", Taints: []TaintReport{drain}},
+		{Name: "gpu-1-mig-1g10gb-2", Type: "mig", Taints: []TaintReport{drain, xid}},
+		{Name: "gpu-1-mig-1g10gb-3", Type: "mig", Taints: []TaintReport{drain}, Allocations: []AllocationReport{{Namespace: "ns", Claim: "c"}}},
+	}}}}}}
+	var buf bytes.Buffer
+	if err := printReport(&buf, r, "", t0); err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	for _, want := range []string{"[also on 3 MIG devices]", "gpu-1-mig-1g10gb-2", "gpu.nvidia.com/xid=48", "gpu-1-mig-1g10gb-3", "ns/c"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	for _, notWant := range []string{"gpu-1-mig-1g10gb-0", "gpu-1-mig-1g10gb-1"} {
+		if strings.Contains(out, notWant) {
+			t.Errorf("output has %q:\n%s", notWant, out)
+		}
+	}
+}
