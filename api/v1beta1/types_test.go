@@ -37,3 +37,31 @@ func TestDecode(t *testing.T) {
 		})
 	}
 }
+
+// FuzzDecode: no input panics the decoder, and every error names where in
+// the parameters it is.
+func FuzzDecode(f *testing.F) {
+	for _, seed := range []string{
+		`{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"TimeSlicing","timeSlicingConfig":{"interval":"Long"}}}`,
+		`{"apiVersion":"resource.nvidia.com/v1beta1","kind":"MigDeviceConfig","sharing":{"strategy":"MPS","mpsConfig":{"defaultActiveThreadPercentage":50,"defaultPinnedDeviceMemoryLimit":"10Gi","defaultPerDevicePinnedMemoryLimit":{"0":"1Gi"}}}}`,
+		`{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"Bogus"}}`,
+		`{"apiVersion":"v1"}`, `{`, `null`, `[]`, ``,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		cfg, err := Decode(raw)
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "parameters") {
+				t.Fatalf("error does not name a field: %v", err)
+			}
+			return
+		}
+		if cfg == nil {
+			t.Fatal("no error and no configuration")
+		}
+		if err := Validate(cfg); err != nil {
+			t.Fatalf("decoded configuration fails validation: %v", err)
+		}
+	})
+}

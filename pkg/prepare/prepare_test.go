@@ -654,3 +654,45 @@ func TestOpaqueConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestConfigPrecedence: the DeviceClass's configuration comes first and
+// the claim's later one wins; a configuration naming another request does
+// not apply.
+func TestConfigPrecedence(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, "dgxh100")
+	slice := func(interval string) string {
+		return `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"TimeSlicing","timeSlicingConfig":{"interval":"` + interval + `"}}}`
+	}
+	entry := func(source resourceapi.AllocationConfigSource, params string, requests ...string) resourceapi.DeviceAllocationConfiguration {
+		return resourceapi.DeviceAllocationConfiguration{Source: source, Requests: requests,
+			DeviceConfiguration: resourceapi.DeviceConfiguration{Opaque: &resourceapi.OpaqueDeviceConfiguration{
+				Driver: "gpu.nvidia.com", Parameters: runtime.RawExtension{Raw: []byte(params)},
+			}}}
+	}
+	for _, tc := range []struct {
+		name    string
+		configs []resourceapi.DeviceAllocationConfiguration
+		want    string
+	}{
+		{"class only", []resourceapi.DeviceAllocationConfiguration{entry(resourceapi.AllocationConfigSourceClass, slice("Medium"))}, "2"},
+		{"claim overrides class", []resourceapi.DeviceAllocationConfiguration{
+			entry(resourceapi.AllocationConfigSourceClass, slice("Medium")), entry(resourceapi.AllocationConfigSourceClaim, slice("Short"))}, "1"},
+		{"claim config of another request", []resourceapi.DeviceAllocationConfiguration{
+			entry(resourceapi.AllocationConfigSourceClass, slice("Long")), entry(resourceapi.AllocationConfigSourceClaim, slice("Short"), "other")}, "3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := allocated("gpu-4")
+			c.Status.Allocation.Devices.Config = tc.configs
+			if _, err := f.p.Prepare(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+			if got := f.timeSlice(4); got != tc.want {
+				t.Errorf("time slice %s, want %s", got, tc.want)
+			}
+			if err := f.p.Unprepare(ctx, ref(c)); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
