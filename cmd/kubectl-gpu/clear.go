@@ -32,17 +32,7 @@ gpu.nvidia.com/health-cleared-gpu-<minor> (one GPU) to the current time (RFC
 3339, UTC); the plugin on the node then removes the taints raised up to then. A fault that
 persists taints the GPU again.`,
 		Args: targetArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			t, err := ParseTarget(args[0])
-			if err != nil {
-				return err
-			}
-			c, err := a.newClient()
-			if err != nil {
-				return err
-			}
-			return a.clearHealth(cmd.Context(), c, t)
-		},
+		RunE: a.onTarget(a.clearHealth),
 	}
 }
 

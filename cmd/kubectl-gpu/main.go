@@ -188,3 +188,19 @@ func targetArgs(cmd *cobra.Command, args []string) error {
 	}
 	return nil
 }
+
+// onTarget is the RunE of a command whose one argument is NODE[/GPU]: it
+// parses the target, connects, and calls run.
+func (a *app) onTarget(run func(ctx context.Context, c kubernetes.Interface, t Target) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		t, err := ParseTarget(args[0])
+		if err != nil {
+			return err
+		}
+		c, err := a.newClient()
+		if err != nil {
+			return err
+		}
+		return run(cmd.Context(), c, t)
+	}
+}

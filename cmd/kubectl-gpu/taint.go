@@ -94,17 +94,7 @@ created for the target. For NODE this deletes the node's rule and the rules of
 each of its GPUs; for NODE/gpu-<minor>, the rules of that GPU only. Rules that
 others created are left alone. Having nothing to delete is not an error.`,
 		Args: targetArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			t, err := ParseTarget(args[0])
-			if err != nil {
-				return err
-			}
-			c, err := a.newClient()
-			if err != nil {
-				return err
-			}
-			return a.untaint(cmd.Context(), c, t)
-		},
+		RunE: a.onTarget(a.untaint),
 	}
 }
 

@@ -88,6 +88,25 @@ func newFixture(t testing.TB, model string) *fixture {
 	return f
 }
 
+// prepareKilledAfter prepares c with the plugin killed (a panic the
+// fixture recovers) right after step, as SIGKILL would leave it.
+func (f *fixture) prepareKilledAfter(step Step, c *resourceapi.ResourceClaim) {
+	f.t.Helper()
+	type killed struct{}
+	f.p.opts.AfterStep = func(s Step) {
+		if s == step {
+			panic(killed{})
+		}
+	}
+	defer func() {
+		f.p.opts.AfterStep = nil
+		if r := recover(); r != (killed{}) {
+			f.t.Fatalf("prepare was not killed after %s: %v", step, r)
+		}
+	}()
+	_, _ = f.p.Prepare(context.Background(), c)
+}
+
 // stopDaemons stops MPS daemons a test left running.
 func (f *fixture) stopDaemons() {
 	uids, _ := f.mps.Claims()
@@ -215,21 +234,8 @@ func TestPrepareWholeGPU(t *testing.T) {
 func TestWholeGPUKilledBeforeCompletion(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, "dgxh100")
-	type killed struct{}
-	f.p.opts.AfterStep = func(s Step) {
-		if s == StepCDIWritten {
-			panic(killed{})
-		}
-	}
 	claim := allocated("gpu-4")
-	func() {
-		defer func() {
-			if r := recover(); r != (killed{}) {
-				t.Fatalf("prepare was not killed: %v", r)
-			}
-		}()
-		_, _ = f.p.Prepare(ctx, claim)
-	}()
+	f.prepareKilledAfter(StepCDIWritten, claim)
 	if len(f.specs()) != 1 || len(f.saved().Claims) != 0 {
 		t.Fatalf("after the kill: specs %v, checkpoint %+v", f.specs(), f.saved().Claims)
 	}
@@ -302,21 +308,8 @@ func TestTimeSlice(t *testing.T) {
 
 	// Killed after the CDI spec was written: the claim is PrepareStarted
 	// with its time slice; reconciliation restores the default.
-	type killed struct{}
-	f.p.opts.AfterStep = func(s Step) {
-		if s == StepCDIWritten {
-			panic(killed{})
-		}
-	}
 	c2 := withConfig("gpu-7", longTimeSlice)
-	func() {
-		defer func() {
-			if r := recover(); r != (killed{}) {
-				t.Fatalf("prepare was not killed: %v", r)
-			}
-		}()
-		_, _ = f.p.Prepare(ctx, c2)
-	}()
+	f.prepareKilledAfter(StepCDIWritten, c2)
 	if got := f.timeSlice(7); got != "3" {
 		t.Fatalf("time slice of GPU 7 before the kill: %s", got)
 	}
@@ -377,22 +370,8 @@ func TestMPS(t *testing.T) {
 	}
 
 	// Killed after the daemon started, before the CDI spec.
-	type killed struct{}
-	f.p.opts.AfterStep = func(s Step) {
-		if s == StepMPSStarted {
-			panic(killed{})
-		}
-	}
 	interrupted := withConfig("gpu-2", mpsConfig)
-	func() {
-		defer func() {
-			if r := recover(); r != (killed{}) {
-				t.Fatalf("prepare was not killed: %v", r)
-			}
-		}()
-		_, _ = f.p.Prepare(ctx, interrupted)
-	}()
-	f.p.opts.AfterStep = nil
+	f.prepareKilledAfter(StepMPSStarted, interrupted)
 	// A prepared claim whose daemon died, and a daemon of no claim.
 	kept := withConfig("gpu-3", mpsConfig)
 	if _, err := f.p.Prepare(ctx, kept); err != nil {

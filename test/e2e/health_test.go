@@ -76,6 +76,18 @@ func clearHealth(t testing.TB, minor int) {
 	})
 }
 
+// healthNamespace is the health tests' namespace with a template for a
+// whole GPU.
+const healthNamespace = `apiVersion: v1
+kind: Namespace
+metadata: {name: gpu-health}
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: whole, namespace: gpu-health}
+spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nvidia.com}}]}}}
+`
+
 func migPod(name, template string) string {
 	return fmt.Sprintf(`---
 apiVersion: v1
@@ -98,19 +110,11 @@ spec:
 func TestFatalXIDEvictsPodsOfThatGPUOnly(t *testing.T) {
 	const ns = "gpu-health"
 	t.Cleanup(func() { cleanNamespace(t, ns) })
-	applyYAML(t, `apiVersion: v1
-kind: Namespace
-metadata: {name: gpu-health}
----
+	applyYAML(t, healthNamespace+`---
 apiVersion: resource.k8s.io/v1
 kind: ResourceClaimTemplate
 metadata: {name: mig, namespace: gpu-health}
 spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: mig.nvidia.com, selectors: [{cel: {expression: 'device.attributes["gpu.nvidia.com"].profile == "1g.10gb"'}}]}}]}}}
----
-apiVersion: resource.k8s.io/v1
-kind: ResourceClaimTemplate
-metadata: {name: whole, namespace: gpu-health}
-spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nvidia.com}}]}}}
 `+migPod("first", "mig")+migPod("other-gpu", "whole"))
 	first := waitPodRunning(t, ns, "first")
 	var minor, start int
@@ -201,15 +205,7 @@ spec:
 func TestThermalTaintKeepsPodsAndClearsItself(t *testing.T) {
 	const ns = "gpu-health"
 	t.Cleanup(func() { cleanNamespace(t, ns) })
-	applyYAML(t, `apiVersion: v1
-kind: Namespace
-metadata: {name: gpu-health}
----
-apiVersion: resource.k8s.io/v1
-kind: ResourceClaimTemplate
-metadata: {name: whole, namespace: gpu-health}
-spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nvidia.com}}]}}}
-`+migPod("warm", "whole"))
+	applyYAML(t, healthNamespace+migPod("warm", "whole"))
 	pod := waitPodRunning(t, ns, "warm")
 	var minor int
 	dev := claimOf(t, pod, "gpu").Status.Allocation.Devices.Results[0].Device
