@@ -28,6 +28,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"time"
 
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -105,6 +106,24 @@ type Options struct {
 	AfterStep func(Step)
 	// MPS runs MPS control daemons; nil refuses claims that ask for MPS.
 	MPS MPS
+	// HeldWait is how long Prepare waits for a device that is still
+	// prepared for another claim (default DefaultHeldWait).
+	HeldWait time.Duration
+}
+
+// DefaultHeldWait is how long a prepare waits for a device to be
+// unprepared for the claim that held it. When a pod is deleted without a
+// grace period, its claim is gone from the API server and the device is
+// allocated again before the kubelet has unprepared it; waiting here for
+// that unprepare hands the device over at once, where failing would cost
+// the new pod the kubelet's retry backoff.
+const DefaultHeldWait = 20 * time.Second
+
+// heldError is a device still prepared for another claim.
+type heldError struct{ device, owner string }
+
+func (e *heldError) Error() string {
+	return fmt.Sprintf("device %s: already prepared for claim %s", e.device, e.owner)
 }
 
 // Preparer prepares and unprepares claims. It is safe for concurrent use:
@@ -123,6 +142,9 @@ type Preparer struct {
 	gpuLocks   map[string]*sync.Mutex
 	claimLocks map[string]*sync.Mutex
 	committer  committer
+	// released is closed (and replaced) whenever a claim is forgotten,
+	// waking prepares that wait for a held device; guarded by mu.
+	released chan struct{}
 }
 
 // New returns a Preparer that starts from cp (as reconciled at start-up).
@@ -130,6 +152,10 @@ func New(gpus GPUs, devices Devices, cdiWriter CDI, store Store, cp *checkpoint.
 	p := &Preparer{
 		gpus: gpus, devices: devices, cdi: cdiWriter, store: store, opts: opts,
 		cp: cp, gpuLocks: map[string]*sync.Mutex{}, claimLocks: map[string]*sync.Mutex{},
+		released: make(chan struct{}),
+	}
+	if p.opts.HeldWait == 0 {
+		p.opts.HeldWait = DefaultHeldWait
 	}
 	p.committer.init(store)
 	return p
@@ -175,7 +201,7 @@ func (p *Preparer) Prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 	// CDI spec, is an orphan that start-up reconciliation deletes if the
 	// plugin dies first, and the kubelet's retry writes it again. That
 	// saves a durable write on the most common claim.
-	rec, err := p.plan(claim)
+	rec, err := p.planWhenFree(ctx, claim)
 	if err != nil {
 		return nil, fmt.Errorf("prepare claim %s: %w", claimName(claim), err)
 	}
@@ -283,6 +309,35 @@ func (p *Preparer) Prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 	return kubeletDevices(rec), nil
 }
 
+// planWhenFree plans the claim, waiting up to HeldWait while one of its
+// devices is still prepared for another claim.
+func (p *Preparer) planWhenFree(ctx context.Context, claim *resourceapi.ResourceClaim) (*checkpoint.Claim, error) {
+	deadline := time.NewTimer(p.opts.HeldWait)
+	defer deadline.Stop()
+	logged := false
+	for {
+		p.mu.Lock()
+		released := p.released
+		p.mu.Unlock()
+		rec, err := p.plan(claim)
+		var held *heldError
+		if !errors.As(err, &held) {
+			return rec, err
+		}
+		if !logged {
+			klog.FromContext(ctx).Info("Device still prepared for another claim; waiting for its unprepare", "device", held.device, "holder", held.owner, "wait", p.opts.HeldWait)
+			logged = true
+		}
+		select {
+		case <-released:
+		case <-deadline.C:
+			return nil, fmt.Errorf("%w (still after %s)", err, p.opts.HeldWait)
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w (%v)", err, context.Cause(ctx))
+		}
+	}
+}
+
 // plan resolves the claim's allocation into checkpoint devices.
 func (p *Preparer) plan(claim *resourceapi.ResourceClaim) (*checkpoint.Claim, error) {
 	if claim.Status.Allocation == nil {
@@ -306,7 +361,7 @@ func (p *Preparer) plan(claim *resourceapi.ResourceClaim) (*checkpoint.Claim, er
 				UUID: dev.Instance.UUID, GIID: dev.Instance.GIID, CIID: dev.Instance.CIID}
 		}
 		if owner := p.owner(d); owner != "" {
-			return nil, fmt.Errorf("device %s: already prepared for claim %s", r.Device, owner)
+			return nil, &heldError{device: r.Device, owner: owner}
 		}
 		rec.Devices = append(rec.Devices, d)
 	}
@@ -475,6 +530,8 @@ func (p *Preparer) record(ctx context.Context, rec *checkpoint.Claim) error {
 func (p *Preparer) forget(ctx context.Context, uid string) error {
 	p.mu.Lock()
 	delete(p.cp.Claims, uid)
+	close(p.released)
+	p.released = make(chan struct{})
 	p.mu.Unlock()
 	return p.commit()
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -84,7 +85,7 @@ func newFixture(t testing.TB, model string) *fixture {
 	}
 	f.devices = &modelDevices{}
 	f.rebuildModel(checkpoint.New("boot"))
-	f.p = New(f.node, f.devices, f.cdi, f.store, checkpoint.New("boot"), Options{PoolName: pool, MPS: f.mps})
+	f.p = New(f.node, f.devices, f.cdi, f.store, checkpoint.New("boot"), Options{PoolName: pool, MPS: f.mps, HeldWait: 300 * time.Millisecond})
 	return f
 }
 
@@ -247,7 +248,7 @@ func TestWholeGPUKilledBeforeCompletion(t *testing.T) {
 	if len(rep.OrphanSpecs) != 1 || len(f.specs()) != 0 {
 		t.Fatalf("orphan specs %v, spec files %v", rep.OrphanSpecs, f.specs())
 	}
-	p := New(f.node, f.devices, f.cdi, f.store, cp, Options{PoolName: pool, MPS: f.mps})
+	p := New(f.node, f.devices, f.cdi, f.store, cp, Options{PoolName: pool, MPS: f.mps, HeldWait: 300 * time.Millisecond})
 	if _, err := p.Prepare(ctx, claim); err != nil {
 		t.Fatalf("kubelet's retry: %v", err)
 	}
@@ -673,5 +674,43 @@ func TestConfigPrecedence(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// TestDeviceHeldByAnotherClaim: a claim whose device is still prepared for
+// another claim (a pod deleted without grace period) waits for that
+// unprepare and then gets the device; if it never comes, the error names
+// the holder.
+func TestDeviceHeldByAnotherClaim(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, "dgxh100")
+	f.p.opts.HeldWait = 10 * time.Second
+	old := allocated("gpu-5")
+	if _, err := f.p.Prepare(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	next := allocated("gpu-5")
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.p.Prepare(ctx, next)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("prepare did not wait for the held device: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if err := f.p.Unprepare(ctx, ref(old)); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("prepare after the holder's unprepare: %v", err)
+	}
+
+	f.p.opts.HeldWait = 100 * time.Millisecond
+	third := allocated("gpu-5")
+	_, err := f.p.Prepare(ctx, third)
+	if err == nil || !strings.Contains(err.Error(), "already prepared for claim "+string(next.UID)) {
+		t.Errorf("error %v, want one naming the holder %s", err, next.UID)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"os"
 	"slices"
 	"testing"
+	"time"
 
 	resourceapi "k8s.io/api/resource/v1"
 
@@ -118,7 +119,7 @@ func TestRebuildFromSpecs(t *testing.T) {
 			}
 		}
 	}
-	p := New(f.node, f.devices, f.cdi, f.store, out, Options{PoolName: pool, MPS: f.mps})
+	p := New(f.node, f.devices, f.cdi, f.store, out, Options{PoolName: pool, MPS: f.mps, HeldWait: 300 * time.Millisecond})
 	if err := p.Unprepare(ctx, ref(mig)); err != nil {
 		t.Fatal(err)
 	}

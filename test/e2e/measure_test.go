@@ -124,13 +124,19 @@ spec: {spec: {devices: {requests: [{name: d, exactly: {deviceClassName: mig.nvid
 		if err != nil {
 			continue
 		}
+		kib := map[string]int{}
 		for _, line := range strings.Split(string(status), "\n") {
-			if kb, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-				n, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(kb), "kB")))
-				total += n
-				fmt.Printf("MEASURE resident memory at idle: %-24s %4d MiB\n", strings.TrimSuffix(filepath.Base(f), ".pid"), n/1024)
+			for _, field := range []string{"VmRSS", "RssAnon", "RssFile"} {
+				if v, ok := strings.CutPrefix(line, field+":"); ok {
+					kib[field], _ = strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
+				}
 			}
 		}
+		total += kib["VmRSS"]
+		// Anonymous memory is the process's own (heap, stacks); file-backed
+		// pages are its mapped binary, shared and reclaimable.
+		fmt.Printf("MEASURE resident memory at idle: %-24s %4d MiB (anonymous %d MiB, file-backed %d MiB)\n",
+			strings.TrimSuffix(filepath.Base(f), ".pid"), kib["VmRSS"]/1024, kib["RssAnon"]/1024, kib["RssFile"]/1024)
 	}
 	fmt.Printf("MEASURE resident memory at idle: %-24s %4d MiB\n", "all", total/1024)
 }
