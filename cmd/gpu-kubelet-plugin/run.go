@@ -40,6 +40,7 @@ type runOptions struct {
 	procRoot          string
 	httpEndpoint      string
 	inventoryInterval time.Duration
+	heldDeviceWait    time.Duration
 	healthPolicy      string
 	healthProbe       time.Duration
 	healthClearAfter  time.Duration
@@ -57,6 +58,7 @@ func (o *runOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.procRoot, "proc-root", "/", "host root under which /proc is found")
 	fs.StringVar(&o.httpEndpoint, "http-endpoint", "", "host:port for /metrics, /healthz and /readyz; empty disables it")
 	fs.DurationVar(&o.inventoryInterval, "inventory-interval", 30*time.Second, "how often the GPU inventory is re-read for changes")
+	fs.DurationVar(&o.heldDeviceWait, "held-device-wait", prepare.DefaultHeldWait, "how long a prepare waits for a device still prepared for a deleted pod's claim before failing (a negative value fails at once)")
 	fs.StringVar(&o.healthPolicy, "health-policy", "", "YAML or JSON file overriding the default health policy (XID classes, effects, thresholds); see docs/health.md")
 	fs.DurationVar(&o.healthProbe, "health-probe-interval", 0, "how often every GPU's temperature, memory repairs and reachability are read; overrides the policy (default 5s)")
 	fs.DurationVar(&o.healthClearAfter, "health-clear-after", 0, "how long the cause of a transient condition must be gone before its taint is removed; overrides the policy (default 30s)")
@@ -132,7 +134,7 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 		NodeName: opts.nodeName, KubeClient: client, GPUs: node, CDI: writer, Store: store,
 		MPS:       mps.NewManager(filepath.Join(ro.pluginDataDir, "mps"), ro.driverRoot),
 		PluginDir: ro.pluginDir, RegistrarDir: ro.registrarDir,
-		InventoryInterval: ro.inventoryInterval, StaticMIGOnly: opts.staticMIGOnly,
+		InventoryInterval: ro.inventoryInterval, HeldDeviceWait: ro.heldDeviceWait, StaticMIGOnly: opts.staticMIGOnly,
 		HealthPolicy: policy, HealthStorePath: filepath.Join(ro.pluginDataDir, health.StoreFileName),
 		AfterStep: afterStep, Metrics: metrics, Ready: func() { ready.Store(true) },
 	})

@@ -64,6 +64,8 @@ type Config struct {
 	PluginDir, RegistrarDir string
 	// InventoryInterval is how often the inventory is re-read.
 	InventoryInterval time.Duration
+	// HeldDeviceWait is prepare.Options.HeldWait.
+	HeldDeviceWait time.Duration
 	StaticMIGOnly     bool
 	// HealthPolicy classifies GPU faults into taints; HealthStorePath
 	// keeps sticky conditions across restarts ("" keeps them in memory).
@@ -166,7 +168,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// The preparer exists before the monitor starts: the monitor asks it
 	// for MIG devices created since the inventory was read.
 	d.preparer = prepare.New(cfg.GPUs, d.state, cfg.CDI, cfg.Store, cp, prepare.Options{
-		PoolName: cfg.NodeName, AfterStep: cfg.AfterStep, MPS: cfg.MPS,
+		PoolName: cfg.NodeName, AfterStep: cfg.AfterStep, MPS: cfg.MPS, HeldWait: cfg.HeldDeviceWait,
 	})
 	d.monitor.Start(ctx)
 	if _, err := d.state.refresh(inv, cp); err != nil {

@@ -107,7 +107,8 @@ type Options struct {
 	// MPS runs MPS control daemons; nil refuses claims that ask for MPS.
 	MPS MPS
 	// HeldWait is how long Prepare waits for a device that is still
-	// prepared for another claim (default DefaultHeldWait).
+	// prepared for another claim: zero means DefaultHeldWait, a negative
+	// value not at all.
 	HeldWait time.Duration
 }
 
@@ -157,6 +158,7 @@ func New(gpus GPUs, devices Devices, cdiWriter CDI, store Store, cp *checkpoint.
 	if p.opts.HeldWait == 0 {
 		p.opts.HeldWait = DefaultHeldWait
 	}
+	p.opts.HeldWait = max(p.opts.HeldWait, 0)
 	p.committer.init(store)
 	return p
 }
