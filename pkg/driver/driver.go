@@ -66,7 +66,7 @@ type Config struct {
 	InventoryInterval time.Duration
 	// HeldDeviceWait is prepare.Options.HeldWait.
 	HeldDeviceWait time.Duration
-	StaticMIGOnly     bool
+	StaticMIGOnly  bool
 	// HealthPolicy classifies GPU faults into taints; HealthStorePath
 	// keeps sticky conditions across restarts ("" keeps them in memory).
 	HealthPolicy    health.Policy
