@@ -131,7 +131,7 @@ main() {
 	stop) stop_plugin ;;
 	restart)
 		shift
-		build
+		[[ ${GPU_DRA_SKIP_BUILD:-} == 1 ]] || build
 		stop_plugin
 		start_plugin "$@"
 		;;
