@@ -347,7 +347,10 @@ func commonAttributes(inv *gpu.Inventory, g *gpu.GPU) map[resourceapi.QualifiedN
 		attrs["cudaDriverVersion"] = resourceapi.DeviceAttribute{VersionValue: &v}
 	}
 	if g.PCIBusID != "" {
+		// The standard attribute, and the name NVIDIA's driver publishes
+		// (MIG devices carry their GPU's), which users' CEL already uses.
 		attrs["resource.kubernetes.io/pciBusID"] = str(g.PCIBusID)
+		attrs["pcieBusID"] = str(g.PCIBusID)
 	}
 	return attrs
 }
