@@ -22,7 +22,7 @@ build: ## build the commands into bin/
 	$(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(COMMANDS))
 
 .PHONY: test
-test: lint unit e2e ## run every test: lint, unit, then end-to-end on a local cluster
+test: lint chart unit e2e ## run every test: lint, chart, unit, then end-to-end on a local cluster
 
 .PHONY: e2e
 e2e: ## end-to-end tests: build and start a local cluster, run the driver, test, stop
@@ -45,6 +45,10 @@ cluster-up: ## start the local cluster and the driver, without the examples
 
 .PHONY: cluster-down
 cluster-down: demo-down ## same as demo-down
+
+.PHONY: chart
+chart: ## lint the Helm chart and check what it renders (builds helm into the cache once)
+	test/helm/check.sh >/dev/null
 
 .PHONY: unit
 unit: ## run the Go tests with the race detector

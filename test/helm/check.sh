@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# check.sh — lints the Helm chart (deployments/helm/gpu-dra-driver) and renders
+# it for the value combinations that matter, checking what each must (and must
+# not) produce. Helm is built from the Go module proxy into the project's cache
+# the first time (about a minute). Prints the helm binary's path last, for the
+# e2e tests.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=../cluster/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../cluster/lib.sh"
+
+HELM_VERSION=${HELM_VERSION:-v3.22.0}
+HELM=$GPU_DRA_CACHE/helm-$HELM_VERSION/bin/helm
+CHART=$REPO_ROOT/deployments/helm/gpu-dra-driver
+KUBE_VERSION=1.37.2
+
+if [[ ! -x $HELM ]]; then
+	log "building helm $HELM_VERSION into $(dirname "$HELM")"
+	GOBIN=$(dirname "$HELM") GOFLAGS=-mod=mod go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+fi
+
+render() { "$HELM" template t "$CHART" --namespace gpu-dra-driver --kube-version "$KUBE_VERSION" "$@"; }
+
+# expect WHAT PATTERN OUTPUT: OUTPUT must match the extended regex PATTERN.
+expect() {
+	grep -Eq -- "$2" <<<"$3" || die "chart: $1: no match for /$2/"
+}
+# refuse WHAT PATTERN OUTPUT: OUTPUT must not match.
+refuse() {
+	if grep -Eq -- "$2" <<<"$3"; then die "chart: $1: unexpected match for /$2/"; fi
+}
+
+"$HELM" lint "$CHART" --kube-version "$KUBE_VERSION" --strict >/dev/null
+
+out=$(render)
+for kind in DaemonSet Deployment Service ValidatingWebhookConfiguration ValidatingAdmissionPolicy ValidatingAdmissionPolicyBinding ClusterRole ClusterRoleBinding Secret; do
+	expect "defaults render a $kind" "^kind: $kind\$" "$out"
+done
+expect "defaults: both DeviceClasses" 'name: mig.nvidia.com' "$out"
+expect "defaults: a self-signed caBundle" 'caBundle: [A-Za-z0-9+/=]{100,}' "$out"
+expect "defaults: the plugin's node name from the downward API" 'fieldPath: spec.nodeName' "$out"
+expect "defaults: kubelet paths" '--plugin-dir=/var/lib/kubelet/plugins/gpu.nvidia.com' "$out"
+expect "defaults: liveness from the plugin's endpoint" 'path: /healthz, port: 8088' "$out"
+refuse "defaults: no simulation" '--simulate' "$out"
+refuse "defaults: no RBAC beyond what the plugin needs" 'resources: \["\*"\]|verbs: \["\*"\]|"secrets"|"pods"' "$out"
+# The DeviceClasses are those of deployments/deviceclasses.
+while read -r expr; do
+	expect "DeviceClass selector as in deployments/deviceclasses" "$(printf '%s' "$expr" | sed 's/[][\.*^$(){}+?|]/\\&/g')" "$out"
+done < <(grep 'expression:' "$REPO_ROOT/deployments/deviceclasses/deviceclasses.yaml")
+
+out=$(render --set kubeletPlugin.simulate=dgxh100 --set kubeletPlugin.hostPaths.driverRoot=/run/nvidia/driver \
+	--set kubeletPlugin.hostPaths.pluginsDir=/tmp/run/kubelet/plugins --set-string kubeletPlugin.healthPolicy='unknownXID: Info')
+expect "simulation" '--simulate=dgxh100' "$out"
+expect "driver root mounted" 'path: /run/nvidia/driver' "$out"
+expect "plugin dir from values" '--plugin-dir=/tmp/run/kubelet/plugins/gpu.nvidia.com' "$out"
+expect "health policy file" '--health-policy=/etc/gpu-dra-driver/policy.yaml' "$out"
+expect "health policy content" 'unknownXID: Info' "$out"
+
+out=$(render --set webhook.certificates=certManager --set webhook.certManager.issuerRef.name=cluster-ca)
+expect "cert-manager certificate" '^kind: Certificate$' "$out"
+expect "cert-manager CA injection" 'cert-manager.io/inject-ca-from' "$out"
+refuse "no self-signed secret with cert-manager" '^kind: Secret$' "$out"
+
+out=$(render --set webhook.enabled=false --set deviceClasses.create=false --set nodeScopedSlicePolicy.enabled=false)
+refuse "webhook disabled" 'ValidatingWebhookConfiguration' "$out"
+refuse "DeviceClasses not created" 'kind: DeviceClass' "$out"
+refuse "slice policy disabled" 'ValidatingAdmissionPolicy' "$out"
+
+if err=$(render --set webhook.certificates=certManager 2>&1); then die "chart: cert-manager without an issuer rendered"; fi
+expect "cert-manager without issuer names the value" 'webhook.certManager.issuerRef.name is required' "$err"
+if err=$(render --set webhook.certificates=bogus 2>&1); then die "chart: unknown certificates mode rendered"; fi
+expect "unknown certificates mode names the value" 'webhook.certificates' "$err"
+
+log "chart lints and renders as expected ($HELM)"
+echo "$HELM"
