@@ -46,6 +46,10 @@ cluster-up: ## start the local cluster and the driver, without the examples
 .PHONY: cluster-down
 cluster-down: demo-down ## same as demo-down
 
+.PHONY: image
+image: ## container image of the three commands, no registry or Docker (imported into a running local cluster)
+	test/cluster/image.sh
+
 .PHONY: chart
 chart: ## lint the Helm chart and check what it renders (builds helm into the cache once)
 	test/helm/check.sh >/dev/null

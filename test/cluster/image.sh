@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# image.sh — builds the driver's container image without a registry or a Docker daemon: the
+# commands gpu-kubelet-plugin, gpu-dra-webhook and kubectl-gpu on an otherwise empty image (the
+# plugin's C library and loader copied from the build host, as it needs cgo for NVML), written by
+# test/images/mkimage (go-containerregistry) as an archive with fixed times and owners, so equal
+# inputs give an equal image. Tagged gpu-dra-driver:<appVersion of the Helm chart>. Writes
+# $GPU_DRA_CACHE/image/gpu-dra-driver.tar, and imports it into the local cluster's containerd
+# when one runs. Prints the archive's path and size.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+VERSION=$(sed -n 's/^appVersion: "\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$REPO_ROOT/deployments/helm/gpu-dra-driver/Chart.yaml")
+IMAGE=${GPU_DRA_IMAGE:-docker.io/library/gpu-dra-driver:$VERSION}
+OUT=$GPU_DRA_CACHE/image
+mkdir -p "$OUT/bin"
+
+step_build() {
+	(cd "$REPO_ROOT/test/images" && go build -trimpath -ldflags "-s -w" -o "$OUT/bin/" ./mkimage)
+	# The plugin and the webhook link go-nvml (cgo); kubectl-gpu is static.
+	(cd "$REPO_ROOT" && CGO_ENABLED=1 CGO_CFLAGS="-O2 -Wno-deprecated-declarations" \
+		go build -trimpath -buildvcs=false -ldflags "-s -w" -o "$OUT/bin/" ./cmd/gpu-kubelet-plugin ./cmd/gpu-dra-webhook)
+	(cd "$REPO_ROOT" && CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags "-s -w" -o "$OUT/bin/" ./cmd/kubectl-gpu)
+}
+
+step_image() {
+	local args=() lib
+	for cmd in gpu-kubelet-plugin gpu-dra-webhook kubectl-gpu; do
+		args+=(-add "/usr/bin/$cmd=$OUT/bin/$cmd")
+	done
+	# The shared libraries the commands link (the C library and its loader), at their paths.
+	while read -r lib; do
+		args+=(-add "$lib=$(readlink -f "$lib")")
+	done < <(ldd "$OUT/bin/gpu-kubelet-plugin" "$OUT/bin/gpu-dra-webhook" | grep -o '/[^ ]*' | grep -v ':$' | sort -u)
+	"$OUT/bin/mkimage" -ref "$IMAGE" -out "$OUT/gpu-dra-driver.tar" -dir /tmp -dir /etc "${args[@]}"
+}
+
+step_import() {
+	[[ -S $RUN/containerd/containerd.sock ]] || { log "no local cluster running: not imported"; return 0; }
+	"$CONTAINERD_BIN/ctr" --address "$RUN/containerd/containerd.sock" -n k8s.io images import \
+		"$OUT/gpu-dra-driver.tar" >/dev/null 2> >(grep -v 'support for cgroup v1 is deprecated' >&2)
+	log "imported $IMAGE into the local cluster"
+}
+
+step "build the commands" step_build
+step "image $IMAGE" step_image
+step "import" step_import
+log "image $IMAGE: $OUT/gpu-dra-driver.tar, $(du -h "$OUT/gpu-dra-driver.tar" | cut -f1)"
+echo "$OUT/gpu-dra-driver.tar"

@@ -1,0 +1,55 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// TestImageRunsInTheCluster builds the driver's image (test/cluster/image.sh,
+// which imports it into the cluster's containerd) and runs its three
+// commands in a pod: the plugin reads a simulated node's inventory (cgo and
+// the C library inside the image work), the webhook and kubectl-gpu start.
+func TestImageRunsInTheCluster(t *testing.T) {
+	if out, err := exec.Command(filepath.Join(repoRoot, "test/cluster/image.sh")).CombinedOutput(); err != nil {
+		t.Fatalf("image.sh: %v\n%s", err, out)
+	}
+	const ns = "gpu-image"
+	t.Cleanup(func() { cleanNamespace(t, ns) })
+	container := func(name string, args ...string) string {
+		return fmt.Sprintf("  - {name: %s, image: gpu-dra-driver:0.1.0, imagePullPolicy: Never, command: [%s]}\n", name, `"`+strings.Join(args, `", "`)+`"`)
+	}
+	applyYAML(t, "apiVersion: v1\nkind: Namespace\nmetadata: {name: gpu-image}\n---\n"+
+		"apiVersion: v1\nkind: Pod\nmetadata: {name: commands, namespace: gpu-image}\nspec:\n  restartPolicy: Never\n  containers:\n"+
+		container("plugin", "gpu-kubelet-plugin", "inventory", "--simulate=dgxh100", "--node-name=node-a")+
+		container("webhook", "gpu-dra-webhook", "--help")+
+		container("kubectl-gpu", "kubectl-gpu", "--help"))
+	eventually(t, 60*time.Second, "the image's commands ran", func() (bool, error) {
+		p, err := client.CoreV1().Pods(ns).Get(ctx(), "commands", metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		if p.Status.Phase == corev1.PodFailed {
+			t.Fatalf("pod failed: %+v", p.Status.ContainerStatuses)
+		}
+		return p.Status.Phase == corev1.PodSucceeded, fmt.Errorf("phase %s", p.Status.Phase)
+	})
+	for container, want := range map[string]string{
+		"plugin":      "name: gpu-7-mig-1g10gb-6",
+		"webhook":     "--tls-cert-file",
+		"kubectl-gpu": "drain",
+	} {
+		log, err := client.CoreV1().Pods(ns).GetLogs("commands", &corev1.PodLogOptions{Container: container}).DoRaw(ctx())
+		if err != nil || !strings.Contains(string(log), want) {
+			t.Errorf("%s's output lacks %q (%v):\n%.2000s", container, want, err, log)
+		}
+	}
+}
