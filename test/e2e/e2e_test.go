@@ -98,24 +98,6 @@ func TestMIGDeviceLifecycle(t *testing.T) {
 	})
 }
 
-// onePod returns a pod that claims one whole GPU from a template.
-func onePod(name string) string {
-	return fmt.Sprintf(`apiVersion: v1
-kind: Pod
-metadata: {name: %s, namespace: gpu-fill, labels: {app: fill}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: ctr
-    image: busybox:local
-    imagePullPolicy: Never
-    command: ["sh", "-c", "echo NVIDIA_VISIBLE_DEVICES=$NVIDIA_VISIBLE_DEVICES; sleep 3600"]
-    resources: {claims: [{name: gpu}]}
-  resourceClaims:
-  - {name: gpu, resourceClaimTemplateName: one-gpu}
-`, name)
-}
-
 func applyYAML(t *testing.T, yaml string) {
 	t.Helper()
 	f := filepath.Join(t.TempDir(), "obj.yaml")
@@ -138,7 +120,7 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nv
 `)
 	var all strings.Builder
 	for i := 0; i < 8; i++ {
-		all.WriteString("---\n" + onePod(fmt.Sprintf("fill-%d", i)))
+		all.WriteString(claimPod("gpu-fill", fmt.Sprintf("fill-%d", i), "one-gpu"))
 	}
 	applyYAML(t, all.String())
 	seen := map[string]bool{}
@@ -149,7 +131,7 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nv
 	if len(seen) != 8 {
 		t.Fatalf("8 pods got %d distinct GPUs", len(seen))
 	}
-	applyYAML(t, onePod("fill-8"))
+	applyYAML(t, claimPod("gpu-fill", "fill-8", "one-gpu"))
 	eventually(t, 60*time.Second, "the ninth pod to be unschedulable", func() (bool, error) {
 		p, err := client.CoreV1().Pods("gpu-fill").Get(ctx(), "fill-8", metav1.GetOptions{})
 		if err != nil {

@@ -272,3 +272,24 @@ func runPlugin(args ...string) (string, error) {
 	out, err := exec.Command(filepath.Join(runDir, "bin", "gpu-kubelet-plugin"), args...).CombinedOutput()
 	return string(out), err
 }
+
+// claimPod is a pod (a YAML document, with its "---") in namespace ns whose
+// container prints NVIDIA_VISIBLE_DEVICES and sleeps, holding one claim,
+// named "gpu", from the template.
+func claimPod(ns, name, template string) string {
+	return fmt.Sprintf(`---
+apiVersion: v1
+kind: Pod
+metadata: {name: %s, namespace: %s}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: ctr
+    image: busybox:local
+    imagePullPolicy: Never
+    command: ["sh", "-c", "echo NVIDIA_VISIBLE_DEVICES=$NVIDIA_VISIBLE_DEVICES; sleep 3600"]
+    resources: {claims: [{name: gpu}]}
+  resourceClaims:
+  - {name: gpu, resourceClaimTemplateName: %s}
+`, name, ns, template)
+}

@@ -88,19 +88,6 @@ metadata: {name: whole, namespace: gpu-health}
 spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nvidia.com}}]}}}
 `
 
-func migPod(name, template string) string {
-	return fmt.Sprintf(`---
-apiVersion: v1
-kind: Pod
-metadata: {name: %s, namespace: gpu-health}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - {name: ctr, image: busybox:local, imagePullPolicy: Never, command: ["sleep", "3600"], resources: {claims: [{name: gpu}]}}
-  resourceClaims: [{name: gpu, resourceClaimTemplateName: %s}]
-`, name, template)
-}
-
 // TestFatalXIDEvictsPodsOfThatGPUOnly injects XID 79 (fallen off the bus)
 // on the GPU of two MIG pods: the GPU and all its MIG devices are tainted
 // NoExecute, the controller-manager evicts the pod that does not tolerate
@@ -115,7 +102,7 @@ apiVersion: resource.k8s.io/v1
 kind: ResourceClaimTemplate
 metadata: {name: mig, namespace: gpu-health}
 spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: mig.nvidia.com, selectors: [{cel: {expression: 'device.attributes["gpu.nvidia.com"].profile == "1g.10gb"'}}]}}]}}}
-`+migPod("first", "mig")+migPod("other-gpu", "whole"))
+`+claimPod("gpu-health", "first", "mig")+claimPod("gpu-health", "other-gpu", "whole"))
 	first := waitPodRunning(t, ns, "first")
 	var minor, start int
 	dev := claimOf(t, first, "gpu").Status.Allocation.Devices.Results[0].Device
@@ -145,7 +132,7 @@ spec:
           deviceClassName: mig.nvidia.com
           selectors: [{cel: {expression: '%[1]s'}}]
           tolerations: [{key: gpu.nvidia.com/xid, operator: Exists, effect: NoExecute}]
-`, sameGPU)+migPod("tolerant", "tolerant"))
+`, sameGPU)+claimPod("gpu-health", "tolerant", "tolerant"))
 	tolerant := waitPodRunning(t, ns, "tolerant")
 
 	gpuSim(t, "xid", fmt.Sprint(minor), "79")
@@ -189,7 +176,7 @@ spec:
 	if p, err := client.CoreV1().Pods(ns).Get(ctx(), "other-gpu", metav1.GetOptions{}); err != nil || p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning {
 		t.Errorf("the pod on another GPU was affected: %v %+v", err, p.Status)
 	}
-	applyYAML(t, migPod("late", "same-gpu"))
+	applyYAML(t, claimPod("gpu-health", "late", "same-gpu"))
 	time.Sleep(3 * time.Second)
 	if p, err := client.CoreV1().Pods(ns).Get(ctx(), "late", metav1.GetOptions{}); err != nil || p.Spec.NodeName != "" {
 		t.Errorf("a new pod was scheduled onto the tainted GPU: %v node %q", err, p.Spec.NodeName)
@@ -205,7 +192,7 @@ spec:
 func TestThermalTaintKeepsPodsAndClearsItself(t *testing.T) {
 	const ns = "gpu-health"
 	t.Cleanup(func() { cleanNamespace(t, ns) })
-	applyYAML(t, healthNamespace+migPod("warm", "whole"))
+	applyYAML(t, healthNamespace+claimPod("gpu-health", "warm", "whole"))
 	pod := waitPodRunning(t, ns, "warm")
 	var minor int
 	dev := claimOf(t, pod, "gpu").Status.Allocation.Devices.Results[0].Device

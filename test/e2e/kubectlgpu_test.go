@@ -105,25 +105,6 @@ func maintenanceTaints(t *testing.T, bin, gpu string) map[string][]string {
 	return out
 }
 
-// kubectlGPUPod is a pod in gpu-kubectl with one claim from a template.
-func kubectlGPUPod(name, template string) string {
-	return fmt.Sprintf(`---
-apiVersion: v1
-kind: Pod
-metadata: {name: %s, namespace: gpu-kubectl}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: ctr
-    image: busybox:local
-    imagePullPolicy: Never
-    command: ["sh", "-c", "sleep 3600"]
-    resources: {claims: [{name: gpu}]}
-  resourceClaims:
-  - {name: gpu, resourceClaimTemplateName: %s}
-`, name, template)
-}
-
 // TestKubectlGPU drains the GPU of one pod with the kubectl plugin: that pod
 // is evicted, a pod on another GPU and a MIG pod keep running, the GPU and
 // its MIG devices show the maintenance taint, new work avoids the GPU, and
@@ -169,7 +150,7 @@ spec:
           selectors:
           - cel: {expression: 'device.attributes["gpu.nvidia.com"].profile == "1g.10gb"'}
 `)
-	applyYAML(t, kubectlGPUPod("pod-a", "one-gpu")+kubectlGPUPod("pod-b", "one-gpu")+kubectlGPUPod("pod-mig", "one-mig"))
+	applyYAML(t, claimPod("gpu-kubectl", "pod-a", "one-gpu")+claimPod("gpu-kubectl", "pod-b", "one-gpu")+claimPod("gpu-kubectl", "pod-mig", "one-mig"))
 	podA := waitPodRunning(t, ns, "pod-a")
 	podB := waitPodRunning(t, ns, "pod-b")
 	podMIG := waitPodRunning(t, ns, "pod-mig")
@@ -227,7 +208,7 @@ spec:
 	}
 
 	// New work avoids the drained GPU.
-	applyYAML(t, kubectlGPUPod("pod-c", "one-gpu"))
+	applyYAML(t, claimPod("gpu-kubectl", "pod-c", "one-gpu"))
 	podC := waitPodRunning(t, ns, "pod-c")
 	if got := claimOf(t, podC, "gpu").Status.Allocation.Devices.Results[0].Device; got == gpuA {
 		t.Errorf("pod-c got the drained GPU %s", got)
