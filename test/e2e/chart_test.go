@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -23,12 +25,7 @@ import (
 // proves the node-scoped slice policy: the plugin's identity on one node
 // may write that node's ResourceSlices and is refused another node's.
 func TestChartAgainstTheAPIServer(t *testing.T) {
-	out, err := exec.Command(filepath.Join(repoRoot, "test/helm/check.sh")).Output()
-	if err != nil {
-		t.Fatalf("test/helm/check.sh: %v", err)
-	}
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	helm := lines[len(lines)-1]
+	helm := helmBinary(t)
 	const ns = "gpu-dra-chart"
 	rendered, err := exec.Command(helm, "template", "e2e", filepath.Join(repoRoot, "deployments/helm/gpu-dra-driver"),
 		"--namespace", ns, "--kube-version", "1.37.2", "--set", "deviceClasses.create=false").Output()
@@ -91,5 +88,101 @@ func TestChartAgainstTheAPIServer(t *testing.T) {
 	eventually(t, 30*time.Second, "the plugin on node-a refused node-b's slice", func() (bool, error) {
 		_, err := asPluginOn("node-a").ResourceV1().ResourceSlices().Create(ctx(), slice("node-b"), dryRun)
 		return err != nil && strings.Contains(err.Error(), "may only write gpu.nvidia.com ResourceSlices of its own node"), err
+	})
+}
+
+// helmBinary lints the chart (test/helm/check.sh) and returns the helm it
+// built.
+func helmBinary(t *testing.T) string {
+	t.Helper()
+	out, err := exec.Command(filepath.Join(repoRoot, "test/helm/check.sh")).Output()
+	if err != nil {
+		t.Fatalf("test/helm/check.sh: %v", err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	return lines[len(lines)-1]
+}
+
+// TestChartInstallsTheDriver replaces the harness's plugin with the driver
+// installed by helm from the image (make image): the DaemonSet's plugin
+// registers with the kubelet, publishes the node's slices through the
+// node-scoped admission policy, and prepares a claim for a pod; helm
+// uninstall removes it. The simulated node, the CDI directory and the
+// kubelet's directories are the local cluster's, given as chart values.
+func TestChartInstallsTheDriver(t *testing.T) {
+	helm := helmBinary(t)
+	if out, err := exec.Command(filepath.Join(repoRoot, "test/cluster/image.sh")).CombinedOutput(); err != nil {
+		t.Fatalf("image.sh: %v\n%s", err, out)
+	}
+	if err := script("driver.sh", "stop"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := script("driver.sh", "restart"); err != nil {
+			t.Errorf("restart the harness's plugin: %v", err)
+		}
+	})
+	// The chart's default node selector, as GPU feature discovery labels nodes.
+	kubectl(t, "label", "node", nodeName, "nvidia.com/gpu.present=true", "--overwrite")
+	t.Cleanup(func() { kubectlErr("label", "node", nodeName, "nvidia.com/gpu.present-") })
+	const ns = "gpu-dra-helm"
+	kubeconfig := filepath.Join(runDir, "kubeconfig/admin.kubeconfig")
+	sim := filepath.Join(runDir, "sim")
+	args := []string{"install", "e2e", filepath.Join(repoRoot, "deployments/helm/gpu-dra-driver"),
+		"--kubeconfig", kubeconfig, "--namespace", ns, "--create-namespace",
+		"--set", "image.pullPolicy=Never",
+		"--set", "kubeletPlugin.simulate=" + model, "--set", "kubeletPlugin.simulateStateDir=" + filepath.Join(sim, "state"),
+		"--set", "kubeletPlugin.hostPaths.pluginsDir=" + filepath.Join(runDir, "kubelet/plugins"),
+		"--set", "kubeletPlugin.hostPaths.registryDir=" + filepath.Join(runDir, "kubelet/plugins_registry"),
+		"--set", "kubeletPlugin.hostPaths.cdiRoot=" + filepath.Join(runDir, "cdi"),
+		"--set", "kubeletPlugin.hostPaths.driverRoot=" + filepath.Join(sim, "host/driver"),
+		"--set", "kubeletPlugin.hostPaths.devRoot=" + filepath.Join(sim, "host/dev"),
+		"--set", "kubeletPlugin.hostPaths.procRoot=" + filepath.Join(sim, "host/proc"),
+		"--set", "kubeletPlugin.apiServer=127.0.0.1:6443", "--set", "kubeletPlugin.httpPort=8089",
+		// The harness registers its own webhook by URL and the classes.
+		"--set", "webhook.enabled=false", "--set", "deviceClasses.create=false",
+	}
+	if out, err := exec.Command(helm, args...).CombinedOutput(); err != nil {
+		t.Fatalf("helm install: %v\n%s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command(helm, "uninstall", "e2e", "--kubeconfig", kubeconfig, "--namespace", ns, "--wait").CombinedOutput(); err != nil {
+			t.Errorf("helm uninstall: %v\n%s", err, out)
+		}
+		cleanNamespace(t, ns)
+	})
+	eventually(t, 120*time.Second, "the chart's plugin ready", func() (bool, error) {
+		pods, err := client.CoreV1().Pods(ns).List(ctx(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=kubelet-plugin"})
+		if err != nil || len(pods.Items) != 1 {
+			return false, fmt.Errorf("%v: %d pods", err, len(pods.Items))
+		}
+		for _, c := range pods.Items[0].Status.Conditions {
+			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+				return true, nil
+			}
+		}
+		return false, fmt.Errorf("pod %s: %s %+v", pods.Items[0].Name, pods.Items[0].Status.Phase, pods.Items[0].Status.ContainerStatuses)
+	})
+	eventually(t, 30*time.Second, "the node's slices published by the chart's plugin", func() (bool, error) {
+		l, err := client.ResourceV1().ResourceSlices().List(ctx(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + nodeName})
+		return err == nil && len(l.Items) == 5, fmt.Errorf("%v: %d slices", err, len(l.Items))
+	})
+	const podNS = "gpu-helm-pods"
+	t.Cleanup(func() { cleanNamespace(t, podNS) })
+	applyYAML(t, `apiVersion: v1
+kind: Namespace
+metadata: {name: gpu-helm-pods}
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: one-gpu, namespace: gpu-helm-pods}
+spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nvidia.com}}]}}}
+`+claimPod(podNS, "on-chart-driver", "one-gpu"))
+	pod := waitPodRunning(t, podNS, "on-chart-driver")
+	dev := claimOf(t, pod, "gpu").Status.Allocation.Devices.Results[0].Device
+	podLogs(t, podNS, "on-chart-driver", "NVIDIA_VISIBLE_DEVICES="+gpuUUIDs(t)[dev])
+	kubectl(t, "delete", "pod", "-n", podNS, "on-chart-driver", "--wait=true")
+	eventually(t, 60*time.Second, "the claim unprepared by the chart's plugin", func() (bool, error) {
+		return len(cdiSpecs(t)) == 0, fmt.Errorf("%d CDI specs", len(cdiSpecs(t)))
 	})
 }
