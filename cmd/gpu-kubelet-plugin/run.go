@@ -8,12 +8,15 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/pflag"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -41,6 +44,7 @@ type runOptions struct {
 	httpEndpoint      string
 	inventoryInterval time.Duration
 	heldDeviceWait    time.Duration
+	daemonSet         string
 	healthPolicy      string
 	healthProbe       time.Duration
 	healthClearAfter  time.Duration
@@ -59,6 +63,7 @@ func (o *runOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.httpEndpoint, "http-endpoint", "", "host:port for /metrics, /healthz and /readyz; empty disables it")
 	fs.DurationVar(&o.inventoryInterval, "inventory-interval", 30*time.Second, "how often the GPU inventory is re-read for changes")
 	fs.DurationVar(&o.heldDeviceWait, "held-device-wait", prepare.DefaultHeldWait, "how long a prepare waits for a device still prepared for a deleted pod's claim before failing (a negative value fails at once)")
+	fs.StringVar(&o.daemonSet, "daemonset", "", "NAMESPACE/NAME of the DaemonSet running this plugin: when it is gone at shutdown, the driver is being uninstalled and the node's ResourceSlices are removed; empty keeps them always")
 	fs.StringVar(&o.healthPolicy, "health-policy", "", "YAML or JSON file overriding the default health policy (XID classes, effects, thresholds); see docs/health.md")
 	fs.DurationVar(&o.healthProbe, "health-probe-interval", 0, "how often every GPU's temperature, memory repairs and reachability are read; overrides the policy (default 5s)")
 	fs.DurationVar(&o.healthClearAfter, "health-clear-after", 0, "how long the cause of a transient condition must be gone before its taint is removed; overrides the policy (default 30s)")
@@ -85,6 +90,9 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 	logger := klog.FromContext(ctx)
 	if opts.nodeName == "" {
 		return errors.New("--node-name (or NODE_NAME) is required")
+	}
+	if ns, name, ok := strings.Cut(ro.daemonSet, "/"); ro.daemonSet != "" && (!ok || ns == "" || name == "") {
+		return fmt.Errorf("--daemonset %q: want NAMESPACE/NAME", ro.daemonSet)
 	}
 	if ro.pluginDataDir == "" {
 		ro.pluginDataDir = ro.pluginDir
@@ -136,8 +144,27 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 		PluginDir: ro.pluginDir, RegistrarDir: ro.registrarDir,
 		InventoryInterval: ro.inventoryInterval, HeldDeviceWait: ro.heldDeviceWait, StaticMIGOnly: opts.staticMIGOnly,
 		HealthPolicy: policy, HealthStorePath: filepath.Join(ro.pluginDataDir, health.StoreFileName),
-		AfterStep: afterStep, Metrics: metrics, Ready: func() { ready.Store(true) },
+		AfterStep: afterStep, Metrics: metrics, Uninstalling: ro.uninstalling(client), Ready: func() { ready.Store(true) },
 	})
+}
+
+// uninstalling tells, from --daemonset, whether the plugin's DaemonSet is
+// gone or being deleted: an uninstall, not a restart or an upgrade.
+func (o *runOptions) uninstalling(client kubernetes.Interface) func(context.Context) (bool, error) {
+	if o.daemonSet == "" {
+		return nil
+	}
+	ns, name, _ := strings.Cut(o.daemonSet, "/")
+	return func(ctx context.Context) (bool, error) {
+		ds, err := client.AppsV1().DaemonSets(ns).Get(ctx, name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			return true, nil
+		case err != nil:
+			return false, fmt.Errorf("get DaemonSet %s: %w", o.daemonSet, err)
+		}
+		return ds.DeletionTimestamp != nil, nil
+	}
 }
 
 // policy is the health policy from --health-policy and the flags that

@@ -76,6 +76,11 @@ type Config struct {
 	Metrics   *Metrics
 	// Ready is called once the plugin is registered and has published.
 	Ready func()
+	// Uninstalling, when set, is asked at shutdown whether the driver is
+	// being uninstalled (its DaemonSet is gone) rather than restarted; then
+	// the node's ResourceSlices are removed, so that no stale device can
+	// be allocated. A restart or upgrade keeps them.
+	Uninstalling func(ctx context.Context) (bool, error)
 }
 
 // Driver implements kubeletplugin.DRAPlugin.
@@ -216,6 +221,7 @@ func Run(ctx context.Context, cfg Config) error {
 				return cause
 			}
 			logger.Info("Shutting down")
+			d.removePoolIfUninstalled(logger)
 			return nil
 		case <-ticker.C:
 			if err := d.refreshAndPublish(ctx); err != nil {
@@ -227,6 +233,32 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 		}
 	}
+}
+
+// removePoolIfUninstalled deletes the node's ResourceSlices when the driver
+// is being uninstalled. It runs after the plugin's context ended, so it
+// has its own deadline.
+func (d *Driver) removePoolIfUninstalled(logger klog.Logger) {
+	if d.cfg.Uninstalling == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(klog.NewContext(context.Background(), logger), 10*time.Second)
+	defer cancel()
+	uninstalling, err := d.cfg.Uninstalling(ctx)
+	if err != nil {
+		logger.Error(err, "Cannot tell an uninstall from a restart; keeping the node's ResourceSlices")
+		return
+	}
+	if !uninstalling {
+		return
+	}
+	d.publisher.Stop()
+	n, err := publish.RemovePool(ctx, d.cfg.KubeClient, devicemodel.DriverName, d.cfg.NodeName)
+	if err != nil {
+		logger.Error(err, "Driver uninstalled, but the node's ResourceSlices could not be removed; run gpu-kubelet-plugin uninstall")
+		return
+	}
+	logger.Info("Driver uninstalled: removed the node's ResourceSlices", "slices", n)
 }
 
 // refreshAndPublish re-reads the inventory and republishes if the model

@@ -104,18 +104,25 @@ func (p *Publisher) Stats() resourceslice.Stats {
 
 // Stop stops publishing and leaves the slices in place: a restarting
 // plugin must not make its devices disappear from the scheduler.
+// It is idempotent.
 func (p *Publisher) Stop() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.ctrl.Stop()
-	p.ctrl = nil
+	if p.ctrl != nil {
+		p.ctrl.Stop()
+		p.ctrl = nil
+	}
 }
 
-// RemovePool deletes every ResourceSlice of the driver on the node: a
-// clean uninstall, run after the plugin has stopped. It returns how many
-// it deleted.
+// RemovePool deletes every ResourceSlice of the driver on the node (on
+// every node for ""): a clean uninstall, run after the plugin has stopped.
+// It returns how many it deleted.
 func RemovePool(ctx context.Context, client kubernetes.Interface, driverName, nodeName string) (int, error) {
-	sel := metav1.ListOptions{FieldSelector: resourceapi.ResourceSliceSelectorNodeName + "=" + nodeName + "," + resourceapi.ResourceSliceSelectorDriver + "=" + driverName}
+	selector := resourceapi.ResourceSliceSelectorDriver + "=" + driverName
+	if nodeName != "" {
+		selector = resourceapi.ResourceSliceSelectorNodeName + "=" + nodeName + "," + selector
+	}
+	sel := metav1.ListOptions{FieldSelector: selector}
 	list, err := client.ResourceV1().ResourceSlices().List(ctx, sel)
 	if err != nil {
 		return 0, fmt.Errorf("list ResourceSlices of node %s: %w", nodeName, err)

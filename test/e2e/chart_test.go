@@ -107,7 +107,8 @@ func helmBinary(t *testing.T) string {
 // installed by helm from the image (make image): the DaemonSet's plugin
 // registers with the kubelet, publishes the node's slices through the
 // node-scoped admission policy, and prepares a claim for a pod; helm
-// uninstall removes it. The simulated node, the CDI directory and the
+// uninstall removes it, and the plugin, seeing its DaemonSet gone, removes
+// the node's slices. The simulated node, the CDI directory and the
 // kubelet's directories are the local cluster's, given as chart values.
 func TestChartInstallsTheDriver(t *testing.T) {
 	helm := helmBinary(t)
@@ -121,6 +122,7 @@ func TestChartInstallsTheDriver(t *testing.T) {
 		if err := script("driver.sh", "restart"); err != nil {
 			t.Errorf("restart the harness's plugin: %v", err)
 		}
+		waitPoolComplete(t)
 	})
 	// The chart's default node selector, as GPU feature discovery labels nodes.
 	kubectl(t, "label", "node", nodeName, "nvidia.com/gpu.present=true", "--overwrite")
@@ -145,9 +147,16 @@ func TestChartInstallsTheDriver(t *testing.T) {
 	if out, err := exec.Command(helm, args...).CombinedOutput(); err != nil {
 		t.Fatalf("helm install: %v\n%s", err, out)
 	}
-	t.Cleanup(func() {
+	uninstalled := false
+	uninstall := func() {
 		if out, err := exec.Command(helm, "uninstall", "e2e", "--kubeconfig", kubeconfig, "--namespace", ns, "--wait").CombinedOutput(); err != nil {
 			t.Errorf("helm uninstall: %v\n%s", err, out)
+		}
+		uninstalled = true
+	}
+	t.Cleanup(func() {
+		if !uninstalled {
+			uninstall()
 		}
 		cleanNamespace(t, ns)
 	})
@@ -184,5 +193,13 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nv
 	kubectl(t, "delete", "pod", "-n", podNS, "on-chart-driver", "--wait=true")
 	eventually(t, 60*time.Second, "the claim unprepared by the chart's plugin", func() (bool, error) {
 		return len(cdiSpecs(t)) == 0, fmt.Errorf("%d CDI specs", len(cdiSpecs(t)))
+	})
+
+	// helm uninstall deletes the DaemonSet: the stopping plugin sees it gone
+	// and removes the node's slices, so nothing stale can be allocated.
+	uninstall()
+	eventually(t, 30*time.Second, "the node's slices removed by the uninstalled plugin", func() (bool, error) {
+		l, err := client.ResourceV1().ResourceSlices().List(ctx(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + nodeName})
+		return err == nil && len(l.Items) == 0, fmt.Errorf("%v: %d slices", err, len(l.Items))
 	})
 }

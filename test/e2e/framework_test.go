@@ -293,3 +293,26 @@ spec:
   - {name: gpu, resourceClaimTemplateName: %s}
 `, name, ns, template)
 }
+
+// waitPoolComplete waits until the node's pool is complete (as many slices
+// as each says the pool has) and returns the number of slices.
+func waitPoolComplete(t testing.TB) int {
+	t.Helper()
+	var n int
+	eventually(t, 30*time.Second, "the node's pool complete", func() (bool, error) {
+		list, err := client.ResourceV1().ResourceSlices().List(ctx(), metav1.ListOptions{
+			FieldSelector: "spec.nodeName=" + nodeName + ",spec.driver=gpu.nvidia.com",
+		})
+		if err != nil {
+			return false, err
+		}
+		n = len(list.Items)
+		for _, s := range list.Items {
+			if s.Spec.Pool.ResourceSliceCount != int64(n) {
+				return false, fmt.Errorf("%d slices, pool of %d", n, s.Spec.Pool.ResourceSliceCount)
+			}
+		}
+		return n > 0, fmt.Errorf("%d slices", n)
+	})
+	return n
+}

@@ -86,10 +86,7 @@ func TestUninstallRemovesThePoolAndReinstallRepublishes(t *testing.T) {
 		}
 		return len(list.Items)
 	}
-	want := sliceCount()
-	if want == 0 {
-		t.Fatal("no slices published before the test")
-	}
+	want := waitPoolComplete(t)
 	if err := script("driver.sh", "stop"); err != nil {
 		t.Fatal(err)
 	}
