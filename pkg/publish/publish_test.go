@@ -89,7 +89,8 @@ func TestPublishChangesFewSlicesAndRepairs(t *testing.T) {
 	}
 	waitFor(t, "three slices", func() (bool, string) {
 		s := stored(t, client)
-		return len(s) == 3, fmt.Sprintf("%d slices", len(s))
+		// The controller counts a create after the object is stored.
+		return len(s) == 3 && p.Stats().NumCreates == 3, fmt.Sprintf("%d slices, %+v", len(s), p.Stats())
 	})
 	for name, s := range stored(t, client) {
 		if s.Spec.NodeName == nil || *s.Spec.NodeName != nodeName || s.Spec.Pool.Name != nodeName || s.Spec.Pool.ResourceSliceCount != 3 {
