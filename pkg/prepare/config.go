@@ -97,17 +97,12 @@ func appliesTo(configRequests, deviceRequests []string) bool {
 // mpsEnv is the container environment of the claim's MPS devices, by
 // device index: the daemon's directories as the containers see them, and
 // the limits the CUDA runtime enforces. Pinned memory limits name devices
-// by their ordinal among the claim's MPS devices (sorted by name, the
-// order the daemon is given them) or by UUID.
-func mpsEnv(rec *checkpoint.Claim, configs map[int]*v1beta1.MpsConfig) (map[int]map[string]string, []string, error) {
-	idx := slices.Sorted(maps.Keys(configs))
-	slices.SortFunc(idx, func(a, b int) int { return strings.Compare(rec.Devices[a].Name, rec.Devices[b].Name) })
-	uuids := make([]string, len(idx))
-	for ord, i := range idx {
-		uuids[ord] = deviceUUID(rec.Devices[i])
-	}
+// by their ordinal among the claim's MPS devices (the order mpsUUIDs gives
+// the daemon) or by UUID.
+func mpsEnv(rec *checkpoint.Claim, configs map[int]*v1beta1.MpsConfig) (map[int]map[string]string, error) {
+	uuids := mpsUUIDs(rec)
 	out := map[int]map[string]string{}
-	for _, i := range idx {
+	for _, i := range slices.Sorted(maps.Keys(configs)) {
 		cfg := configs[i]
 		env := map[string]string{
 			"CUDA_MPS_PIPE_DIRECTORY": mps.ContainerPipeDir,
@@ -129,7 +124,7 @@ func mpsEnv(rec *checkpoint.Claim, configs map[int]*v1beta1.MpsConfig) (map[int]
 			}
 			mib, err := v1beta1.MemoryLimit(*limit)
 			if err != nil {
-				return nil, nil, fmt.Errorf("device %s: parameters.sharing.mpsConfig: %w", rec.Devices[i].Name, err)
+				return nil, fmt.Errorf("device %s: parameters.sharing.mpsConfig: %w", rec.Devices[i].Name, err)
 			}
 			limits = append(limits, fmt.Sprintf("%d=%dM", ord, mib))
 		}
@@ -137,14 +132,14 @@ func mpsEnv(rec *checkpoint.Claim, configs map[int]*v1beta1.MpsConfig) (map[int]
 			if n, err := strconv.Atoi(key); err == nil && n >= 0 && n < len(uuids) || slices.Contains(uuids, key) {
 				continue
 			}
-			return nil, nil, fmt.Errorf("device %s: parameters.sharing.mpsConfig.defaultPerDevicePinnedMemoryLimit[%s]: the claim has no such MPS device (%d devices; use an index or a UUID)", rec.Devices[i].Name, key, len(uuids))
+			return nil, fmt.Errorf("device %s: parameters.sharing.mpsConfig.defaultPerDevicePinnedMemoryLimit[%s]: the claim has no such MPS device (%d devices; use an index or a UUID)", rec.Devices[i].Name, key, len(uuids))
 		}
 		if len(limits) > 0 {
 			env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] = strings.Join(limits, ",")
 		}
 		out[i] = env
 	}
-	return out, uuids, nil
+	return out, nil
 }
 
 // deviceUUID is the UUID CUDA knows a prepared device by.

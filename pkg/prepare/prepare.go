@@ -276,14 +276,14 @@ func (p *Preparer) Prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 	// 4. The claim's MPS control daemon, now that every device has its
 	// UUID.
 	if len(mpsConfigs) > 0 {
-		envs, uuids, err := mpsEnv(rec, mpsConfigs)
+		envs, err := mpsEnv(rec, mpsConfigs)
 		if err != nil {
 			return fail("", err)
 		}
 		for i, env := range envs {
 			rec.Devices[i].Env = mergeEnv(rec.Devices[i].Env, env)
 		}
-		if err := p.opts.MPS.Start(ctx, uid, uuids); err != nil {
+		if err := p.opts.MPS.Start(ctx, uid, mpsUUIDs(rec)); err != nil {
 			return fail("(all)", fmt.Errorf("start MPS control daemon: %w", err))
 		}
 		p.step(StepMPSStarted)

@@ -209,7 +209,9 @@ func Reconcile(ctx context.Context, cp *checkpoint.Checkpoint, inv *gpu.Inventor
 }
 
 // mpsUUIDs returns the UUIDs of a claim's MPS devices in the order its
-// daemon is given them (by device name), or nil.
+// daemon is given them (by device name), or nil. Prepare and start-up
+// reconciliation both start the daemon with it, and mpsEnv numbers the
+// devices' memory limits by it.
 func mpsUUIDs(c *checkpoint.Claim) []string {
 	devs := slices.Clone(c.Devices)
 	slices.SortFunc(devs, func(a, b checkpoint.Device) int { return strings.Compare(a.Name, b.Name) })
