@@ -2,14 +2,13 @@ package gpu
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/driverroot"
 )
 
 // Time-slice intervals of a GPU's compute scheduler, by the names users
@@ -62,18 +61,5 @@ func (n *Node) nvidiaSMI() (string, error) {
 	n.tools.mu.Lock()
 	root := n.tools.driverRoot
 	n.tools.mu.Unlock()
-	if root == "" {
-		root = "/"
-	}
-	var tried []string
-	for _, dir := range []string{"usr/bin", "bin", "usr/sbin"} {
-		p := filepath.Join(root, dir, "nvidia-smi")
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		} else if !errors.Is(err, os.ErrNotExist) {
-			return "", fmt.Errorf("find nvidia-smi: %w", err)
-		}
-		tried = append(tried, p)
-	}
-	return "", fmt.Errorf("nvidia-smi not found under the driver root (tried %s)", strings.Join(tried, ", "))
+	return driverroot.FindBinary(root, "nvidia-smi")
 }

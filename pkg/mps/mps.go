@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/driverroot"
 )
 
 // ControlBinary is the MPS control program.
@@ -68,19 +70,7 @@ func PipeDirIn(dir string) string { return filepath.Join(dir, "pipe") }
 func LogDirIn(dir string) string { return filepath.Join(dir, "log") }
 
 func (m *Manager) control() (string, error) {
-	root := m.driverRoot
-	if root == "" {
-		root = "/"
-	}
-	var tried []string
-	for _, dir := range []string{"usr/bin", "bin"} {
-		p := filepath.Join(root, dir, ControlBinary)
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-		tried = append(tried, p)
-	}
-	return "", fmt.Errorf("%s not found under the driver root (tried %s)", ControlBinary, strings.Join(tried, ", "))
+	return driverroot.FindBinary(m.driverRoot, ControlBinary)
 }
 
 func (m *Manager) env(claimUID string) []string {
