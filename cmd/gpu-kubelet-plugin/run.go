@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -91,13 +90,14 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 	if opts.nodeName == "" {
 		return errors.New("--node-name (or NODE_NAME) is required")
 	}
-	if ns, name, ok := strings.Cut(ro.daemonSet, "/"); ro.daemonSet != "" && (!ok || ns == "" || name == "") {
-		return fmt.Errorf("--daemonset %q: want NAMESPACE/NAME", ro.daemonSet)
-	}
 	if ro.pluginDataDir == "" {
 		ro.pluginDataDir = ro.pluginDir
 	}
 	client, err := kubeClient(ro.kubeconfig)
+	if err != nil {
+		return err
+	}
+	uninstalling, err := ro.uninstalling(client)
 	if err != nil {
 		return err
 	}
@@ -144,17 +144,20 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 		PluginDir: ro.pluginDir, RegistrarDir: ro.registrarDir,
 		InventoryInterval: ro.inventoryInterval, HeldDeviceWait: ro.heldDeviceWait, StaticMIGOnly: opts.staticMIGOnly,
 		HealthPolicy: policy, HealthStorePath: filepath.Join(ro.pluginDataDir, health.StoreFileName),
-		AfterStep: afterStep, Metrics: metrics, Uninstalling: ro.uninstalling(client), Ready: func() { ready.Store(true) },
+		AfterStep: afterStep, Metrics: metrics, Uninstalling: uninstalling, Ready: func() { ready.Store(true) },
 	})
 }
 
 // uninstalling tells, from --daemonset, whether the plugin's DaemonSet is
 // gone or being deleted: an uninstall, not a restart or an upgrade.
-func (o *runOptions) uninstalling(client kubernetes.Interface) func(context.Context) (bool, error) {
+func (o *runOptions) uninstalling(client kubernetes.Interface) (func(context.Context) (bool, error), error) {
 	if o.daemonSet == "" {
-		return nil
+		return nil, nil
 	}
-	ns, name, _ := strings.Cut(o.daemonSet, "/")
+	ns, name, err := splitDaemonSet(o.daemonSet)
+	if err != nil {
+		return nil, err
+	}
 	return func(ctx context.Context) (bool, error) {
 		ds, err := client.AppsV1().DaemonSets(ns).Get(ctx, name, metav1.GetOptions{})
 		switch {
@@ -164,7 +167,7 @@ func (o *runOptions) uninstalling(client kubernetes.Interface) func(context.Cont
 			return false, fmt.Errorf("get DaemonSet %s: %w", o.daemonSet, err)
 		}
 		return ds.DeletionTimestamp != nil, nil
-	}
+	}, nil
 }
 
 // policy is the health policy from --health-policy and the flags that

@@ -72,13 +72,13 @@ func newUninstallCommand(opts *options, ro *runOptions) *cobra.Command {
 // deleteDaemonSet deletes a DaemonSet in the foreground and waits until it
 // is gone, which is when its pods are.
 func deleteDaemonSet(ctx context.Context, client kubernetes.Interface, ref string) error {
-	ns, name, ok := strings.Cut(ref, "/")
-	if !ok || ns == "" || name == "" {
-		return fmt.Errorf("--daemonset %q: want NAMESPACE/NAME", ref)
+	ns, name, err := splitDaemonSet(ref)
+	if err != nil {
+		return err
 	}
 	logger := klog.FromContext(ctx)
 	foreground := metav1.DeletePropagationForeground
-	err := client.AppsV1().DaemonSets(ns).Delete(ctx, name, metav1.DeleteOptions{PropagationPolicy: &foreground})
+	err = client.AppsV1().DaemonSets(ns).Delete(ctx, name, metav1.DeleteOptions{PropagationPolicy: &foreground})
 	if apierrors.IsNotFound(err) {
 		return nil
 	}
@@ -97,4 +97,13 @@ func deleteDaemonSet(ctx context.Context, client kubernetes.Interface, ref strin
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// splitDaemonSet parses the --daemonset flag, NAMESPACE/NAME.
+func splitDaemonSet(ref string) (namespace, name string, err error) {
+	namespace, name, ok := strings.Cut(ref, "/")
+	if !ok || namespace == "" || name == "" {
+		return "", "", fmt.Errorf("--daemonset %q: want NAMESPACE/NAME", ref)
+	}
+	return namespace, name, nil
 }
