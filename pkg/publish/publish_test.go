@@ -3,6 +3,7 @@ package publish
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"testing"
 	"time"
 
@@ -70,14 +71,24 @@ func TestPublishChangesFewSlicesAndRepairs(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName, UID: "node-uid"}})
-	// The fake does not generate names as the API server does.
-	var seq int
+	// The fake neither generates names nor sets resource versions as the
+	// API server does. The controller's mutation cache needs increasing
+	// versions to tell its own writes from an informer's older copy;
+	// without them it may write the same change twice.
+	var seq, version int
 	client.PrependReactor("create", "resourceslices", func(action k8stesting.Action) (bool, runtime.Object, error) {
 		obj := action.(k8stesting.CreateAction).GetObject().(*resourceapi.ResourceSlice)
 		if obj.Name == "" {
 			seq++
 			obj.Name = fmt.Sprintf("%s%d", obj.GenerateName, seq)
 		}
+		version++
+		obj.ResourceVersion = strconv.Itoa(version)
+		return false, nil, nil
+	})
+	client.PrependReactor("update", "resourceslices", func(action k8stesting.Action) (bool, runtime.Object, error) {
+		version++
+		action.(k8stesting.UpdateAction).GetObject().(*resourceapi.ResourceSlice).ResourceVersion = strconv.Itoa(version)
 		return false, nil, nil
 	})
 	p := New(Options{DriverName: driverName, NodeName: nodeName, Client: client, RepairDelay: 50 * time.Millisecond})
