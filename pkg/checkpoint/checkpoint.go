@@ -16,12 +16,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs"
 )
 
 // Version is the schema version this code writes. A file of a higher
@@ -153,17 +158,43 @@ func (e *CorruptError) Error() string {
 
 func (e *CorruptError) Unwrap() error { return e.Cause }
 
+// Modes of the checkpoint's directory and files. The checkpoint is the
+// plugin's alone: whoever can write it can make the plugin destroy MIG
+// devices or stop MPS daemons at its next start, and nobody else needs to
+// read it.
+const (
+	DirMode  fs.FileMode = 0o700
+	FileMode fs.FileMode = 0o600
+)
+
 // Store reads and writes the checkpoint file in a directory.
 type Store struct {
 	dir  string
 	path string
 }
 
-// NewStore returns a store in dir, creating dir (mode 0700: the checkpoint
-// is the plugin's alone).
-func NewStore(dir string) (*Store, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create checkpoint directory: %w", err)
+// StoreOption configures NewStore.
+type StoreOption func(*storeOptions)
+
+type storeOptions struct {
+	logger klog.Logger
+}
+
+// WithLogger logs where NewStore tightens the mode of an existing
+// directory. Without it that is done silently.
+func WithLogger(logger klog.Logger) StoreOption {
+	return func(o *storeOptions) { o.logger = logger }
+}
+
+// NewStore returns a store in dir, creating dir with DirMode, or tightening
+// an existing dir to at most DirMode (see hostfs.EnsureDir).
+func NewStore(dir string, opts ...StoreOption) (*Store, error) {
+	var o storeOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if err := hostfs.EnsureDir(o.logger, dir, DirMode); err != nil {
+		return nil, fmt.Errorf("checkpoint directory: %w", err)
 	}
 	return &Store{dir: dir, path: filepath.Join(dir, FileName)}, nil
 }
@@ -237,7 +268,9 @@ func (s *Store) Save(cp *Checkpoint) error {
 
 // WriteFileAtomic replaces path with data so that a crash at any moment
 // leaves either the old or the new content: a temporary file in the same
-// directory, fsync, rename, fsync of the directory.
+// directory, fsync, rename, fsync of the directory. The file is FileMode
+// (owner only) whatever the umask and whatever the mode of the file it
+// replaces.
 func WriteFileAtomic(path string, data []byte) error {
 	dir, name := filepath.Split(path)
 	if dir == "" {
@@ -248,6 +281,11 @@ func WriteFileAtomic(path string, data []byte) error {
 		return err
 	}
 	defer os.Remove(tmp.Name()) // no-op after the rename
+	// CreateTemp makes 0600 files already; say so rather than rely on it.
+	if err := tmp.Chmod(FileMode); err != nil {
+		tmp.Close()
+		return err
+	}
 	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
 		return err
