@@ -25,6 +25,8 @@ import (
 	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
 	"tags.cncf.io/container-device-interface/pkg/parser"
 	specs "tags.cncf.io/container-device-interface/specs-go"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs"
 )
 
 // Vendor and Class of our CDI devices. Device IDs are
@@ -40,10 +42,21 @@ const (
 // empty. It is one of the directories containerd and CRI-O read by default.
 const DefaultCDIRoot = "/var/run/cdi"
 
+// Modes of the CDI root and of the spec files. The container runtime
+// (root) reads the specs; other CDI producers share the root and tools
+// such as podman read it as other users, so both are world-readable, as
+// is the CDI norm. Neither is writable by anyone but the owner: whoever
+// can write a spec can give a container any host device or mount.
+const (
+	RootMode fs.FileMode = 0o755
+	SpecMode fs.FileMode = 0o644
+)
+
 // Options configure a Writer. Empty roots default to "/".
 type Options struct {
 	// CDIRoot is the directory the spec files are written to (default
-	// DefaultCDIRoot). It is created (0755) if missing.
+	// DefaultCDIRoot). It is created with RootMode if missing; an existing
+	// one loses any permission beyond RootMode (see hostfs.EnsureDir).
 	CDIRoot string
 	// DriverRoot is the host path of the NVIDIA driver installation: "/" on a
 	// standard node, "/run/nvidia/driver" with the GPU operator.
@@ -57,6 +70,9 @@ type Options struct {
 	// and containers get the device nodes only (a simulated node may run
 	// without libraries).
 	RequireLibraries bool
+	// Logger logs what New changes on the host, such as a CDI root it
+	// tightened. The zero Logger discards.
+	Logger klog.Logger
 }
 
 // Device is one allocated device of a claim.
@@ -132,8 +148,8 @@ func New(opts Options) (*Writer, error) {
 			return nil, fmt.Errorf("%s %s: not a directory", r.what, *r.path)
 		}
 	}
-	if err := os.MkdirAll(opts.CDIRoot, 0o755); err != nil {
-		return nil, fmt.Errorf("create CDI root (--cdi-root): %w", err)
+	if err := hostfs.EnsureDir(opts.Logger, opts.CDIRoot, RootMode); err != nil {
+		return nil, fmt.Errorf("CDI root (--cdi-root): %w", err)
 	}
 	stale, err := filepath.Glob(filepath.Join(opts.CDIRoot, "."+specPrefix+"*"+tempSuffix))
 	if err != nil {

@@ -10,9 +10,10 @@ import (
 	specs "tags.cncf.io/container-device-interface/specs-go"
 )
 
-// writeSpec writes spec to path atomically and only if the CDI library
-// accepts it: the temporary file (whose extension the runtime's CDI cache
-// ignores) is read back and validated by the library before the rename.
+// writeSpec writes spec to path atomically, with SpecMode, and only if the
+// CDI library accepts it: the temporary file (whose extension the runtime's
+// CDI cache ignores) is read back and validated by the library before the
+// rename.
 func writeSpec(path string, spec *specs.Spec) error {
 	data, err := json.Marshal(spec)
 	if err != nil {
@@ -27,7 +28,11 @@ func writeSpec(path string, spec *specs.Spec) error {
 		tmp.Close()
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	if err := tmp.Chmod(0o644); err != nil {
+	// CreateTemp makes 0600 files; fchmod sets SpecMode whatever the
+	// umask, and the rename replaces a file of any other mode. (The CDI
+	// library's own writer, not used here, leaves specs 0600 and takes no
+	// mode.)
+	if err := tmp.Chmod(SpecMode); err != nil {
 		tmp.Close()
 		return fmt.Errorf("write %s: %w", path, err)
 	}
