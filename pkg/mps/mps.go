@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,6 +25,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/driverroot"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs"
 )
 
 // ControlBinary is the MPS control program.
@@ -37,6 +39,22 @@ const (
 	ContainerPipeDir = "/tmp/nvidia-mps"
 	ContainerLogDir  = "/var/log/nvidia-mps"
 )
+
+// DirMode is the mode of the daemons' directories, owned by root (the
+// plugin, whose child the daemon is). pipe/ and log/ are bind-mounted into
+// the claim's containers, whose processes may run as any user: they must
+// search pipe/ to reach the daemon's pipes and sockets (which the daemon
+// creates with modes of its own) and may read log/. They must not create
+// or remove entries there: in a 0777 pipe directory one container could
+// replace the control pipe that the claim's other containers connect to.
+// So 0755, never 0777. The directories above them need nothing more, as
+// the container runtime (root) resolves a bind mount's source.
+//
+// The MPS server that the daemon starts for a client runs as the client's
+// user. Should it need to create files in pipe/ or log/ for a non-root
+// client, the fix is to give these directories to that user (chown), not
+// to open them to everyone.
+const DirMode fs.FileMode = 0o755
 
 // Manager starts and stops claims' daemons.
 type Manager struct {
@@ -91,10 +109,9 @@ func (m *Manager) Start(ctx context.Context, claimUID string, gpuUUIDs []string)
 	if err != nil {
 		return err
 	}
-	for _, dir := range []string{m.PipeDir(claimUID), m.LogDir(claimUID)} {
-		// Containers of any user connect through the pipe directory.
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return fmt.Errorf("create MPS directory: %w", err)
+	for _, dir := range []string{m.root, m.Dir(claimUID), m.PipeDir(claimUID), m.LogDir(claimUID)} {
+		if err := hostfs.EnsureDir(klog.FromContext(ctx), dir, DirMode); err != nil {
+			return fmt.Errorf("MPS directory: %w", err)
 		}
 	}
 	cmd := exec.CommandContext(ctx, bin, "-d")
