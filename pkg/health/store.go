@@ -25,7 +25,9 @@ type Saved struct {
 // file it could not parse and set aside.
 var ErrCorrupt = errors.New("corrupt health state")
 
-// Store keeps Saved in a file, written atomically.
+// Store keeps Saved in a file, written atomically and owner-only
+// (checkpoint.FileMode) beside the checkpoint, in the plugin's data
+// directory: a writer could clear a sticky taint.
 type Store struct {
 	path   string
 	bootID string

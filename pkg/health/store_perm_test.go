@@ -1,0 +1,44 @@
+package health
+
+import (
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
+)
+
+// TestStoreFileIsOwnerOnly shows health.json is written 0600 under umask 0
+// and replaces a wider file an older version left. The umask is
+// process-wide, so this test is not parallel.
+func TestStoreFileIsOwnerOnly(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		existing os.FileMode // of a file left behind; 0: none
+	}{
+		{name: "new file"},
+		{name: "replaces a 0666 file", existing: 0o666},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			old := syscall.Umask(0)
+			t.Cleanup(func() { syscall.Umask(old) })
+			path := filepath.Join(t.TempDir(), StoreFileName)
+			if tc.existing != 0 {
+				if err := os.WriteFile(path, []byte("{}"), tc.existing); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := NewStore(path).Save(&Saved{VolatileECC: map[string]uint64{"GPU-a": 1}}); err != nil {
+				t.Fatal(err)
+			}
+			fi, err := os.Stat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := fi.Mode().Perm(); got != checkpoint.FileMode || got&0o022 != 0 {
+				t.Errorf("mode %s, want %s", got, checkpoint.FileMode)
+			}
+		})
+	}
+}
