@@ -25,6 +25,9 @@ type counterTotals struct {
 	// limits maps a profile ID to its instance-limit counter, for the
 	// profiles whose MaxInstances is below what their placements allow.
 	limits map[int]limit
+	// noMIG marks a GPU without MIG placements: its counter set has only
+	// "memory".
+	noMIG bool
 }
 
 type limit struct {
@@ -117,9 +120,12 @@ func (t counterTotals) counters() map[string]resourceapi.Counter {
 // memory and multiprocessors.
 func (t counterTotals) wholeGPU() map[string]resourceapi.Counter {
 	c := map[string]resourceapi.Counter{
-		"memory":          {Value: *resource.NewQuantity(t.memoryBytes, resource.BinarySI)},
-		"multiprocessors": {Value: *resource.NewQuantity(int64(t.multiprocessors), resource.DecimalSI)},
+		"memory": {Value: *resource.NewQuantity(t.memoryBytes, resource.BinarySI)},
 	}
+	if t.noMIG {
+		return c
+	}
+	c["multiprocessors"] = resourceapi.Counter{Value: *resource.NewQuantity(int64(t.multiprocessors), resource.DecimalSI)}
 	for i := 0; i < gpu.MemorySlices; i++ {
 		c[memorySliceCounter(i)] = one()
 	}

@@ -105,6 +105,10 @@ type cluster struct {
 	slices    []*resourceapi.ResourceSlice
 	classes   classLister
 	allocated sets.Set[structured.DeviceID]
+	// shares and consumed are the allocated shares of devices that allow
+	// multiple allocations, as the scheduler tracks them.
+	shares    sets.Set[structured.SharedDeviceID]
+	consumed  structured.ConsumedCapacityCollection
 	celCache  *cel.Cache
 	devices   map[string]map[string]*resourceapi.Device // node -> name -> device
 }
@@ -112,6 +116,7 @@ type cluster struct {
 func newCluster(t testing.TB, models map[string]*Model) *cluster {
 	c := &cluster{
 		t: t, classes: deviceClasses(t), allocated: sets.New[structured.DeviceID](),
+		shares: sets.New[structured.SharedDeviceID](), consumed: structured.NewConsumedCapacityCollection(),
 		celCache: cel.NewCache(100, cel.Features{}), devices: map[string]map[string]*resourceapi.Device{},
 	}
 	for node, m := range models {
@@ -133,7 +138,7 @@ func newCluster(t testing.TB, models map[string]*Model) *cluster {
 func (c *cluster) allocate(node string, claim *resourceapi.ResourceClaim) *resourceapi.AllocationResult {
 	c.t.Helper()
 	alloc, err := structured.NewAllocator(context.Background(), features,
-		structured.AllocatedState{AllocatedDevices: c.allocated, AllocatedSharedDeviceIDs: sets.New[structured.SharedDeviceID](), AggregatedCapacity: structured.NewConsumedCapacityCollection()},
+		structured.AllocatedState{AllocatedDevices: c.allocated, AllocatedSharedDeviceIDs: c.shares, AggregatedCapacity: c.consumed},
 		c.classes, c.slices, c.celCache)
 	if err != nil {
 		c.t.Fatalf("create allocator: %v", err)
@@ -146,14 +151,26 @@ func (c *cluster) allocate(node string, claim *resourceapi.ResourceClaim) *resou
 		return nil
 	}
 	for _, r := range results[0].Devices.Results {
-		c.allocated.Insert(structured.MakeDeviceID(r.Driver, r.Pool, r.Device))
+		id := structured.MakeDeviceID(r.Driver, r.Pool, r.Device)
+		if r.ShareID == nil {
+			c.allocated.Insert(id)
+			continue
+		}
+		c.shares.Insert(structured.MakeSharedDeviceID(id, r.ShareID))
+		c.consumed.Insert(structured.NewDeviceConsumedCapacity(id, r.ConsumedCapacity))
 	}
 	return &results[0]
 }
 
 func (c *cluster) free(res *resourceapi.AllocationResult) {
 	for _, r := range res.Devices.Results {
-		c.allocated.Delete(structured.MakeDeviceID(r.Driver, r.Pool, r.Device))
+		id := structured.MakeDeviceID(r.Driver, r.Pool, r.Device)
+		if r.ShareID == nil {
+			c.allocated.Delete(id)
+			continue
+		}
+		c.shares.Delete(structured.MakeSharedDeviceID(id, r.ShareID))
+		c.consumed.Remove(structured.NewDeviceConsumedCapacity(id, r.ConsumedCapacity))
 	}
 }
 

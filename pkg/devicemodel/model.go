@@ -14,7 +14,14 @@
 //   - per-profile instance limits that the placements alone do not express
 //     (only one "+me" instance per GPU) are counters too;
 //   - pre-created MIG instances are fixed devices; placements that overlap
-//     them, and the whole GPU, are not published.
+//     them, and the whole GPU, are not published;
+//   - with SharedGPUs, every GPU offered whole is also offered as
+//     "gpu-<minor>-shared" with type=shared: a device the scheduler may
+//     allocate many times (allowMultipleAllocations, KEP-5075), each
+//     allocation a share that consumes some of its "memory" and "compute"
+//     capacities. It consumes the same counters as the whole GPU, which the
+//     allocator charges once for all its shares, so a GPU is used either
+//     exclusively (whole or MIG) or shared, never both.
 package devicemodel
 
 import (
@@ -35,8 +42,29 @@ const DriverName = "gpu.nvidia.com"
 
 // Device types, the value of the "type" attribute.
 const (
-	TypeGPU = "gpu"
-	TypeMIG = "mig"
+	TypeGPU    = "gpu"
+	TypeMIG    = "mig"
+	TypeShared = "shared"
+)
+
+// Capacities of a shared GPU that each share consumes.
+const (
+	// CapacityMemory is GPU memory in bytes; a share's amount becomes its
+	// MPS pinned device memory limit.
+	CapacityMemory resourceapi.QualifiedName = "memory"
+	// CapacityCompute is a percentage of the GPU's multiprocessors; a
+	// share's amount, when not zero, becomes its MPS active thread
+	// percentage.
+	CapacityCompute resourceapi.QualifiedName = "compute"
+)
+
+// Request policy of a shared GPU's capacities.
+const (
+	// ShareMemoryMin is the least memory a share gets.
+	ShareMemoryMin = 1 << 30
+	// ShareMemoryStep is the granularity of shares' memory: requests are
+	// rounded up to whole MiB, the unit of MPS memory limits.
+	ShareMemoryStep = 1 << 20
 )
 
 // Kind says what a published device stands for.
@@ -50,6 +78,9 @@ const (
 	KindMIGPlacement
 	// KindMIGStatic is a MIG instance that existed before; prepare uses it.
 	KindMIGStatic
+	// KindGPUShare is a GPU offered in shares; prepare makes each share a
+	// client of the GPU's MPS control daemon.
+	KindGPUShare
 )
 
 // Input is everything the model is built from.
@@ -69,6 +100,9 @@ type Input struct {
 	// mode, and only whole GPUs on the others, as drivers without dynamic
 	// MIG do. By default every MIG-capable GPU offers every placement.
 	StaticMIGOnly bool
+	// SharedGPUs also offers every GPU that is offered whole as a shared
+	// device (see the package comment).
+	SharedGPUs bool
 }
 
 // Device is what a published device stands for, for prepare.
@@ -159,6 +193,9 @@ func StaticMIGDeviceName(g *gpu.GPU, inst gpu.MIGInstance) string {
 	return MIGDeviceName(g, inst.Profile, inst.Placement.Start) + "-static"
 }
 
+// SharedDeviceName is the name of a GPU's shared device.
+func SharedDeviceName(g *gpu.GPU) string { return fmt.Sprintf("gpu-%d-shared", g.Minor) }
+
 // CounterSetName is the name of a GPU's counter set.
 func CounterSetName(g *gpu.GPU) string { return fmt.Sprintf("gpu-%d", g.Minor) }
 
@@ -220,10 +257,17 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device) ([]resourceapi.D
 		return nil
 	}
 
+	shared := publishWhole && in.SharedGPUs
 	var counters *resourceapi.CounterSet
 	var totals counterTotals
-	if dynamic {
+	switch {
+	case dynamic:
 		totals = computeTotals(g)
+		counters = &resourceapi.CounterSet{Name: CounterSetName(g), Counters: totals.counters()}
+	case shared:
+		// Without MIG only the shared device and the whole GPU exclude each
+		// other: one counter, all of the GPU's memory, is enough.
+		totals = counterTotals{memoryBytes: int64(g.MemoryBytes), noMIG: true}
 		counters = &resourceapi.CounterSet{Name: CounterSetName(g), Counters: totals.counters()}
 	}
 
@@ -245,6 +289,8 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device) ([]resourceapi.D
 		d.Attributes["migCapable"] = resourceapi.DeviceAttribute{BoolValue: ptr.To(g.MIGCapable)}
 		if dynamic {
 			d.Capacity["multiprocessors"] = count(totals.multiprocessors)
+		}
+		if counters != nil {
 			d.ConsumesCounters = []resourceapi.DeviceCounterConsumption{{
 				CounterSet: counters.Name,
 				Counters:   totals.wholeGPU(),
@@ -300,7 +346,67 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device) ([]resourceapi.D
 			}
 		}
 	}
+
+	// The shared device comes last: a claim whose selector matches both
+	// exclusive and shared devices gets a whole GPU or MIG device first.
+	if shared {
+		d := sharedDevice(common, g)
+		d.ConsumesCounters = []resourceapi.DeviceCounterConsumption{{
+			CounterSet: counters.Name,
+			Counters:   totals.wholeGPU(),
+		}}
+		if err := add(d, &Device{Kind: KindGPUShare, GPU: g}, gpuTaints); err != nil {
+			return nil, nil, err
+		}
+	}
 	return devs, counters, nil
+}
+
+// sharedDevice is a GPU offered in shares of its memory and compute.
+// Every share consumes at least ShareMemoryMin of memory, rounded up to
+// ShareMemoryStep, by default all of it: a share that does not say how
+// much memory it needs cannot be given a safe limit, so it gets the GPU's.
+// Compute is a percentage, by default 0: no thread limit, the share
+// competes for the multiprocessors with the others.
+func sharedDevice(common map[resourceapi.QualifiedName]resourceapi.DeviceAttribute, g *gpu.GPU) resourceapi.Device {
+	memory := int64(g.MemoryBytes) / ShareMemoryStep * ShareMemoryStep
+	d := resourceapi.Device{
+		Name:                     SharedDeviceName(g),
+		AllowMultipleAllocations: ptr.To(true),
+		Attributes:               map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{},
+		Capacity: map[resourceapi.QualifiedName]resourceapi.DeviceCapacity{
+			CapacityMemory: {
+				Value: *resource.NewQuantity(memory, resource.BinarySI),
+				RequestPolicy: &resourceapi.CapacityRequestPolicy{
+					Default: resource.NewQuantity(memory, resource.BinarySI),
+					ValidRange: &resourceapi.CapacityRequestPolicyRange{
+						Min:  resource.NewQuantity(min(ShareMemoryMin, memory), resource.BinarySI),
+						Max:  resource.NewQuantity(memory, resource.BinarySI),
+						Step: resource.NewQuantity(ShareMemoryStep, resource.BinarySI),
+					},
+				},
+			},
+			CapacityCompute: {
+				Value: *resource.NewQuantity(100, resource.DecimalSI),
+				RequestPolicy: &resourceapi.CapacityRequestPolicy{
+					Default: resource.NewQuantity(0, resource.DecimalSI),
+					ValidRange: &resourceapi.CapacityRequestPolicyRange{
+						Min:  resource.NewQuantity(0, resource.DecimalSI),
+						Max:  resource.NewQuantity(100, resource.DecimalSI),
+						Step: resource.NewQuantity(1, resource.DecimalSI),
+					},
+				},
+			},
+		},
+	}
+	for k, v := range common {
+		d.Attributes[k] = v
+	}
+	d.Attributes["type"] = str(TypeShared)
+	d.Attributes["uuid"] = str(g.UUID)
+	d.Attributes["index"] = integer(g.Index)
+	d.Attributes["minor"] = integer(g.Minor)
+	return d
 }
 
 func migDevice(common map[resourceapi.QualifiedName]resourceapi.DeviceAttribute, g *gpu.GPU, p *gpu.MIGProfile, pl gpu.Placement, name string) resourceapi.Device {

@@ -41,7 +41,7 @@ func (m *Model) ResourceSlices(nodeName string) []resourceapi.ResourceSlice {
 
 // Stats summarises a model for reports.
 type Stats struct {
-	Slices, CounterSets, Devices, GPUs, MIGDevices int
+	Slices, CounterSets, Devices, GPUs, MIGDevices, SharedGPUs int
 }
 
 // Stats counts the model's slices and devices.
@@ -53,9 +53,12 @@ func (m *Model) Stats() Stats {
 		s.Devices += len(sl.Devices)
 	}
 	for _, d := range m.Devices {
-		if d.Kind == KindGPU {
+		switch d.Kind {
+		case KindGPU:
 			s.GPUs++
-		} else {
+		case KindGPUShare:
+			s.SharedGPUs++
+		default:
 			s.MIGDevices++
 		}
 	}

@@ -91,14 +91,19 @@ func busyInventory(t *testing.T, model string) (Input, *gpu.Inventory) {
 func TestSlicesPassAPIValidation(t *testing.T) {
 	for _, model := range gpu.SimulatedModels() {
 		t.Run(model, func(t *testing.T) {
-			m := build(t, Input{Inventory: inventory(t, model)})
-			validateSlices(t, m.ResourceSlices("node-a.example.com"))
-			st := m.Stats()
-			t.Logf("%s: %d slices, %d counter sets, %d devices (%d GPUs, %d MIG)", model, st.Slices, st.CounterSets, st.Devices, st.GPUs, st.MIGDevices)
+			for _, shared := range []bool{false, true} {
+				m := build(t, Input{Inventory: inventory(t, model), SharedGPUs: shared})
+				validateSlices(t, m.ResourceSlices("node-a.example.com"))
+				st := m.Stats()
+				t.Logf("%s (shared GPUs %v): %d slices, %d counter sets, %d devices (%d GPUs, %d MIG, %d shared)", model, shared, st.Slices, st.CounterSets, st.Devices, st.GPUs, st.MIGDevices, st.SharedGPUs)
 
-			in, _ := busyInventory(t, model)
-			busy := build(t, in)
-			validateSlices(t, busy.ResourceSlices("node-a"))
+				in, _ := busyInventory(t, model)
+				in.SharedGPUs = shared
+				busy := build(t, in)
+				validateSlices(t, busy.ResourceSlices("node-a"))
+				static := build(t, Input{Inventory: inventory(t, model), SharedGPUs: shared, StaticMIGOnly: true})
+				validateSlices(t, static.ResourceSlices("node-a"))
+			}
 		})
 	}
 }
