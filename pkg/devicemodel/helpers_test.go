@@ -107,10 +107,10 @@ type cluster struct {
 	allocated sets.Set[structured.DeviceID]
 	// shares and consumed are the allocated shares of devices that allow
 	// multiple allocations, as the scheduler tracks them.
-	shares    sets.Set[structured.SharedDeviceID]
-	consumed  structured.ConsumedCapacityCollection
-	celCache  *cel.Cache
-	devices   map[string]map[string]*resourceapi.Device // node -> name -> device
+	shares   sets.Set[structured.SharedDeviceID]
+	consumed structured.ConsumedCapacityCollection
+	celCache *cel.Cache
+	devices  map[string]map[string]*resourceapi.Device // node -> name -> device
 }
 
 func newCluster(t testing.TB, models map[string]*Model) *cluster {
