@@ -43,6 +43,8 @@ expect "defaults: the plugin knows its DaemonSet (uninstall removes slices)" '--
 expect "defaults: a pre-delete hook deletes the DaemonSet, then the slices" 'uninstall", "--all-nodes", "--daemonset=gpu-dra-driver/t-kubelet-plugin' "$out"
 expect "defaults: liveness from the plugin's endpoint" 'path: /healthz, port: 8088' "$out"
 refuse "defaults: no simulation" '--simulate' "$out"
+expect "defaults: plugins replaced one node at a time" 'maxUnavailable: 1' "$out"
+refuse "defaults: never two plugins on a node" 'maxSurge' "$out"
 refuse "defaults: no RBAC beyond what the plugin needs" 'resources: \["\*"\]|verbs: \["\*"\]|"secrets"|"pods"' "$out"
 # The DeviceClasses are those of deployments/deviceclasses.
 while read -r expr; do
@@ -66,6 +68,16 @@ out=$(render --set webhook.enabled=false --set deviceClasses.create=false --set 
 refuse "webhook disabled" 'ValidatingWebhookConfiguration' "$out"
 refuse "DeviceClasses not created" 'kind: DeviceClass' "$out"
 refuse "slice policy disabled" 'ValidatingAdmissionPolicy' "$out"
+
+out=$(render --set kubeletPlugin.updateStrategy.type=OnDelete --set kubeletPlugin.updateStrategy.rollingUpdate=null \
+	--set kubeletPlugin.terminationGracePeriodSeconds=60)
+expect "update strategy from values" 'type: OnDelete' "$out"
+refuse "OnDelete without rollingUpdate" 'maxUnavailable' "$out"
+expect "grace period from values" 'terminationGracePeriodSeconds: 60' "$out"
+out=$(render --set kubeletPlugin.updateStrategy.rollingUpdate.maxSurge=0)
+expect "maxSurge 0 allowed" 'maxSurge: 0' "$out"
+if err=$(render --set kubeletPlugin.updateStrategy.rollingUpdate.maxSurge=1 2>&1); then die "chart: maxSurge 1 rendered"; fi
+expect "maxSurge refused with the reason" 'maxSurge must be 0: two plugins on one node' "$err"
 
 if err=$(render --set webhook.certificates=certManager 2>&1); then die "chart: cert-manager without an issuer rendered"; fi
 expect "cert-manager without issuer names the value" 'webhook.certManager.issuerRef.name is required' "$err"
