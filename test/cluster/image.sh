@@ -3,7 +3,10 @@
 # commands gpu-kubelet-plugin, gpu-dra-webhook and kubectl-gpu on an otherwise empty image (the
 # plugin's C library and loader copied from the build host, as it needs cgo for NVML), written by
 # test/images/mkimage (go-containerregistry) as an archive with fixed times and owners, so equal
-# inputs give an equal image. Tagged gpu-dra-driver:<appVersion of the Helm chart>. Writes
+# inputs give an equal image. Tagged gpu-dra-driver:$GPU_DRA_IMAGE_TAG (default: the appVersion
+# of the Helm chart), or the whole reference $GPU_DRA_IMAGE. The tag is written into the image as
+# /etc/gpu-dra-driver/version, so two tags of the same sources are two different images (the
+# upgrade test installs one and upgrades to the other). Writes
 # $GPU_DRA_CACHE/image/gpu-dra-driver.tar, and imports it into the local cluster's containerd
 # when one runs. Prints the archive's path and size.
 set -euo pipefail
@@ -11,7 +14,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 VERSION=$(sed -n 's/^appVersion: "\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$REPO_ROOT/deployments/helm/gpu-dra-driver/Chart.yaml")
-IMAGE=${GPU_DRA_IMAGE:-docker.io/library/gpu-dra-driver:$VERSION}
+TAG=${GPU_DRA_IMAGE_TAG:-$VERSION}
+IMAGE=${GPU_DRA_IMAGE:-docker.io/library/gpu-dra-driver:$TAG}
 OUT=$GPU_DRA_CACHE/image
 mkdir -p "$OUT/bin"
 
@@ -25,6 +29,9 @@ step_build() {
 
 step_image() {
 	local args=() lib
+	# The image's version: its tag (the part after the last ':' of the reference).
+	printf '%s\n' "${IMAGE##*:}" >"$OUT/version"
+	args+=(-add "/etc/gpu-dra-driver/version=$OUT/version")
 	for cmd in gpu-kubelet-plugin gpu-dra-webhook kubectl-gpu; do
 		args+=(-add "/usr/bin/$cmd=$OUT/bin/$cmd")
 	done
