@@ -183,16 +183,7 @@ func Run(ctx context.Context, cfg Config) error {
 	d.watchClearances(ctx)
 
 	// 6. gRPC servers and registration.
-	helper, err := kubeletplugin.Start(ctx, d,
-		kubeletplugin.DriverName(devicemodel.DriverName),
-		kubeletplugin.NodeName(cfg.NodeName),
-		kubeletplugin.KubeClient(cfg.KubeClient),
-		kubeletplugin.PluginDataDirectoryPath(cfg.PluginDir),
-		kubeletplugin.RegistrarDirectoryPath(cfg.RegistrarDir),
-		// Claims on different GPUs prepare in parallel; the Preparer
-		// serialises what must be serialised.
-		kubeletplugin.Serialize(false),
-	)
+	helper, err := kubeletplugin.Start(ctx, d, helperOptions(cfg)...)
 	if err != nil {
 		return fmt.Errorf("start kubelet plugin: %w", err)
 	}

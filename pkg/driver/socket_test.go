@@ -1,0 +1,96 @@
+package driver
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/dynamic-resource-allocation/kubeletplugin"
+	"k8s.io/klog/v2/ktesting"
+)
+
+// setUmask0 runs the test under umask 0, where a socket made by bind alone
+// would be 0777. The umask is process-wide: these tests are not parallel.
+func setUmask0(t *testing.T) {
+	old := syscall.Umask(0)
+	t.Cleanup(func() { syscall.Umask(old) })
+}
+
+func socketMode(t *testing.T, path string) os.FileMode {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("%s is not a socket: %s", path, fi.Mode())
+	}
+	return fi.Mode().Perm()
+}
+
+func TestListenUnix(t *testing.T) {
+	setUmask0(t)
+	path := filepath.Join(t.TempDir(), "dra.sock")
+	// A stale file from a killed plugin is replaced.
+	if err := os.WriteFile(path, nil, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := listenUnix(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := socketMode(t, path); got != SocketMode {
+		t.Errorf("mode %s, want %s", got, SocketMode)
+	}
+	conn, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatalf("the owner cannot connect: %v", err)
+	}
+	conn.Close()
+	if err := ln.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("socket left after close: %v", err)
+	}
+}
+
+// TestHelperSocketsAreOwnerOnly starts the kubeletplugin helper with the
+// driver's options and checks both sockets it creates.
+func TestHelperSocketsAreOwnerOnly(t *testing.T) {
+	setUmask0(t)
+	_, ctx := ktesting.NewTestContext(t)
+	cfg := Config{
+		NodeName: "node-a", KubeClient: fake.NewClientset(),
+		PluginDir: t.TempDir(), RegistrarDir: t.TempDir(),
+	}
+	// Start calls none of the plugin's methods.
+	var plugin struct{ kubeletplugin.DRAPlugin }
+	helper, err := kubeletplugin.Start(ctx, plugin, helperOptions(cfg)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sockets := map[string]string{"DRA service": cfg.PluginDir, "registration": cfg.RegistrarDir}
+	for what, dir := range sockets {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(entries) != 1 {
+			t.Fatalf("%s directory holds %v, want one socket", what, entries)
+		}
+		if got := socketMode(t, filepath.Join(dir, entries[0].Name())); got != SocketMode {
+			t.Errorf("%s socket %s: mode %s, want %s", what, entries[0].Name(), got, SocketMode)
+		}
+	}
+	helper.Stop()
+	for what, dir := range sockets {
+		if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+			t.Errorf("%s socket left after stop: %v", what, entries)
+		}
+	}
+}
