@@ -38,7 +38,7 @@ stream or a JSON list. Nothing is written to the cluster.`,
 			if err != nil {
 				return fmt.Errorf("read GPU inventory: %w", err)
 			}
-			model, err := devicemodel.Build(devicemodel.Input{Inventory: inv, StaticMIGOnly: opts.staticMIGOnly})
+			model, err := devicemodel.Build(devicemodel.Input{Inventory: inv, StaticMIGOnly: opts.staticMIGOnly, SharedGPUs: opts.sharedGPUs})
 			if err != nil {
 				return err
 			}

@@ -24,6 +24,7 @@ type options struct {
 	simStateDir   string
 	nvmlLibrary   string
 	staticMIGOnly bool
+	sharedGPUs    bool
 }
 
 func (o *options) gpuOptions() gpu.Options {
@@ -36,6 +37,7 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.simStateDir, "sim-state-dir", "", "directory of the simulated node's state file (shared with gpu-sim); empty keeps it in memory")
 	fs.StringVar(&o.nvmlLibrary, "nvml-library", "", "path of libnvidia-ml.so.1; empty uses the dynamic loader's search path")
 	fs.BoolVar(&o.staticMIGOnly, "static-mig-only", false, "publish only pre-created MIG instances instead of every MIG placement")
+	fs.BoolVar(&o.sharedGPUs, "shared-gpus", true, "also publish every whole GPU as a shared device (gpu-N-shared) whose shares of memory and compute claims consume, enforced through MPS")
 }
 
 func main() {

@@ -108,16 +108,11 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 		return err
 	}
 	defer node.Close()
-	writer, err := cdi.New(cdi.Options{CDIRoot: ro.cdiRoot, DriverRoot: ro.driverRoot, DevRoot: ro.devRoot, ProcRoot: ro.procRoot})
+	writer, err := cdi.New(cdi.Options{CDIRoot: ro.cdiRoot, DriverRoot: ro.driverRoot, DevRoot: ro.devRoot, ProcRoot: ro.procRoot, Logger: logger})
 	if err != nil {
 		return err
 	}
-	for _, dir := range []string{ro.pluginDir, ro.pluginDataDir, ro.registrarDir} {
-		if err := os.MkdirAll(dir, 0o750); err != nil {
-			return fmt.Errorf("create %s: %w", dir, err)
-		}
-	}
-	store, err := checkpoint.NewStore(ro.pluginDataDir)
+	store, err := prepareDirs(logger, ro)
 	if err != nil {
 		return err
 	}
@@ -142,7 +137,7 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 		NodeName: opts.nodeName, KubeClient: client, GPUs: node, CDI: writer, Store: store,
 		MPS:       mps.NewManager(filepath.Join(ro.pluginDataDir, "mps"), ro.driverRoot),
 		PluginDir: ro.pluginDir, RegistrarDir: ro.registrarDir,
-		InventoryInterval: ro.inventoryInterval, HeldDeviceWait: ro.heldDeviceWait, StaticMIGOnly: opts.staticMIGOnly,
+		InventoryInterval: ro.inventoryInterval, HeldDeviceWait: ro.heldDeviceWait, StaticMIGOnly: opts.staticMIGOnly, SharedGPUs: opts.sharedGPUs,
 		HealthPolicy: policy, HealthStorePath: filepath.Join(ro.pluginDataDir, health.StoreFileName),
 		AfterStep: afterStep, Metrics: metrics, Uninstalling: uninstalling, Ready: func() { ready.Store(true) },
 	})

@@ -89,8 +89,21 @@ type Device struct {
 	TimeSlice string `json:"timeSlice,omitempty"`
 	// MPSDir is the host directory of the claim's MPS control daemon when
 	// the device is shared through MPS; its pipe/ and log/ are mounted
-	// into the containers. The same for every MPS device of the claim.
+	// into the containers. The same for every MPS device of the claim; for
+	// a share, the directory of its GPU's daemon, which all shares of the
+	// GPU use.
 	MPSDir string `json:"mpsDir,omitempty"`
+	// ShareID and Share are set for a share of a shared GPU.
+	ShareID string `json:"shareID,omitempty"`
+	Share   *Share `json:"share,omitempty"`
+}
+
+// Share is what one share of a shared GPU consumes, as allocated.
+type Share struct {
+	// MemoryBytes is the share's MPS pinned device memory limit.
+	MemoryBytes int64 `json:"memoryBytes"`
+	// ComputePercent is its MPS active thread percentage; 0 sets none.
+	ComputePercent int64 `json:"computePercent,omitempty"`
 }
 
 // MIG records a MIG device: where it is, and once it exists, which instance.
@@ -133,6 +146,10 @@ func (c *Claim) Clone() *Claim {
 		if d.MIG != nil {
 			m := *d.MIG
 			d.MIG = &m
+		}
+		if d.Share != nil {
+			s := *d.Share
+			d.Share = &s
 		}
 		out.Devices[i] = d
 	}

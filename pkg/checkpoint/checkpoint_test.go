@@ -166,6 +166,8 @@ func TestCloneIsDeep(t *testing.T) {
 	orig.Claims["u"] = &Claim{UID: "u", State: PrepareCompleted, Devices: []Device{{
 		Requests: []string{"r"}, Name: "gpu-0-mig-1g10gb-0", Env: map[string]string{"A": "1"},
 		MIG: &MIG{ProfileID: 19, UUID: "MIG-1"}, CDIDeviceIDs: []string{"k8s.gpu.nvidia.com/claim=u-gpu-0"},
+	}, {
+		Requests: []string{"s"}, Name: "gpu-1-shared", ShareID: "share-1", Share: &Share{MemoryBytes: 1 << 30, ComputePercent: 25},
 	}}}
 	c := orig.Clone()
 	if !reflect.DeepEqual(c, orig) {
@@ -173,11 +175,12 @@ func TestCloneIsDeep(t *testing.T) {
 	}
 	d := &c.Claims["u"].Devices[0]
 	d.Requests[0], d.Env["A"], d.MIG.UUID, d.CDIDeviceIDs[0] = "x", "x", "x", "x"
+	c.Claims["u"].Devices[1].Share.MemoryBytes = 1
 	c.Claims["u"].State = PrepareStarted
 	c.Claims["v"] = &Claim{}
 	o := orig.Claims["u"]
 	if o.Devices[0].Requests[0] != "r" || o.Devices[0].Env["A"] != "1" || o.Devices[0].MIG.UUID != "MIG-1" ||
-		o.Devices[0].CDIDeviceIDs[0] == "x" || o.State != PrepareCompleted || len(orig.Claims) != 1 {
+		o.Devices[0].CDIDeviceIDs[0] == "x" || o.Devices[1].Share.MemoryBytes != 1<<30 || o.State != PrepareCompleted || len(orig.Claims) != 1 {
 		t.Errorf("changing the clone changed the original: %+v", o)
 	}
 }

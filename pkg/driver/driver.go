@@ -67,6 +67,8 @@ type Config struct {
 	// HeldDeviceWait is prepare.Options.HeldWait.
 	HeldDeviceWait time.Duration
 	StaticMIGOnly  bool
+	// SharedGPUs publishes every whole GPU also as a shared device.
+	SharedGPUs bool
 	// HealthPolicy classifies GPU faults into taints; HealthStorePath
 	// keeps sticky conditions across restarts ("" keeps them in memory).
 	HealthPolicy    health.Policy
@@ -107,7 +109,7 @@ func Run(ctx context.Context, cfg Config) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	logger := klog.FromContext(ctx)
-	d := &Driver{cfg: cfg, state: &nodeState{staticMIGOnly: cfg.StaticMIGOnly}, cancel: cancel,
+	d := &Driver{cfg: cfg, state: &nodeState{staticMIGOnly: cfg.StaticMIGOnly, sharedGPUs: cfg.SharedGPUs}, cancel: cancel,
 		healthChanged: make(chan struct{}, 1)}
 	if d.cfg.Metrics == nil {
 		d.cfg.Metrics = NewMetrics()
@@ -422,8 +424,15 @@ func (d *Driver) WatchHealthStatus(ctx context.Context, reports chan<- kubeletpl
 		inv, _ := d.state.current()
 		var report kubeletplugin.DeviceHealthReport
 		now := time.Now()
+		reported := map[[2]string]bool{}
 		for _, c := range d.preparer.Snapshot().Claims {
 			for _, dev := range c.Devices {
+				// The shares of a shared GPU are one device to the kubelet.
+				key := [2]string{dev.Pool, dev.Name}
+				if reported[key] {
+					continue
+				}
+				reported[key] = true
 				status, msg := d.deviceHealth(inv, dev)
 				report.Devices = append(report.Devices, kubeletplugin.DeviceHealth{
 					PoolName: dev.Pool, DeviceName: dev.Name, Health: status, Message: msg,

@@ -22,6 +22,7 @@ type Inventory interface {
 // device names through it; the publisher publishes its slices.
 type nodeState struct {
 	staticMIGOnly bool
+	sharedGPUs    bool
 	// taints returns the health taints by GPU UUID and by MIG device UUID;
 	// nil means none.
 	taints func() (gpuTaints, migTaints map[string][]resourceapi.DeviceTaint)
@@ -55,6 +56,7 @@ func (s *nodeState) refresh(inv *gpu.Inventory, cp *checkpoint.Checkpoint) (*dev
 		Inventory:     inv,
 		Managed:       managedBy(cp),
 		StaticMIGOnly: s.staticMIGOnly,
+		SharedGPUs:    s.sharedGPUs,
 	}
 	if s.taints != nil {
 		in.GPUTaints, in.MIGTaints = s.taints()

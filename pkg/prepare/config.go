@@ -142,6 +142,22 @@ func mpsEnv(rec *checkpoint.Claim, configs map[int]*v1beta1.MpsConfig) (map[int]
 	return out, nil
 }
 
+// shareEnv is the container environment of a share of a shared GPU: the
+// GPU's daemon directories as the containers see them, the share's memory
+// as its pinned memory limit (MiB, for the only device the daemon has),
+// and its compute, when set, as its active thread percentage.
+func shareEnv(s checkpoint.Share) map[string]string {
+	env := map[string]string{
+		"CUDA_MPS_PIPE_DIRECTORY":          mps.ContainerPipeDir,
+		"CUDA_MPS_LOG_DIRECTORY":           mps.ContainerLogDir,
+		"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT": fmt.Sprintf("0=%dM", s.MemoryBytes>>20),
+	}
+	if s.ComputePercent > 0 {
+		env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = strconv.FormatInt(s.ComputePercent, 10)
+	}
+	return env
+}
+
 // deviceUUID is the UUID CUDA knows a prepared device by.
 func deviceUUID(d checkpoint.Device) string {
 	if d.MIG != nil {

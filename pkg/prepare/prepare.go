@@ -8,7 +8,9 @@
 //  3. Per device, holding that GPU's lock: a whole GPU needs nothing but MIG
 //     mode off; a MIG placement gets its GPU and compute instance created at
 //     exactly the allocated placement; a pre-created MIG instance is used as
-//     it is. What was created is recorded once the locks are released.
+//     it is; a share of a shared GPU needs MIG mode off and the GPU's MPS
+//     control daemon, which all its shares use, running. What was created is
+//     recorded once the locks are released.
 //  4. The claim's CDI spec is written and the claim recorded as
 //     PrepareCompleted; the CDI device IDs go back to the kubelet.
 //  5. On any failure what this attempt created is destroyed, the spec
@@ -16,8 +18,9 @@
 //     cause. If the rollback itself fails the claim stays recorded as
 //     PrepareStarted so that the next attempt, or the next start, finishes it.
 //
-// Unprepare destroys what the claim created, removes its spec and forgets
-// it; every step is idempotent so a crash anywhere is repaired by a retry.
+// Unprepare destroys what the claim created, stops the MPS daemon of a GPU
+// whose last share it held, removes its spec and forgets it; every step is
+// idempotent so a crash anywhere is repaired by a retry.
 package prepare
 
 import (
@@ -34,6 +37,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/klog/v2"
+	"k8s.io/utils/ptr"
 
 	"github.com/gpu-dra/gpu-dra-driver/api/v1beta1"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/cdi"
@@ -52,14 +56,23 @@ type GPUs interface {
 	SetTimeSlice(ctx context.Context, gpuUUID, interval string) error
 }
 
-// MPS runs claims' MPS control daemons (*mps.Manager).
+// MPS runs MPS control daemons (*mps.Manager), each known by a key: a
+// claim's UID for a claim's own daemon, sharedDaemon(GPU UUID) for the
+// daemon that the shares of a shared GPU use.
 type MPS interface {
-	Dir(claimUID string) string
-	Start(ctx context.Context, claimUID string, gpuUUIDs []string) error
-	Stop(ctx context.Context, claimUID string) error
-	Running(claimUID string) bool
+	Dir(key string) string
+	Start(ctx context.Context, key string, gpuUUIDs []string) error
+	Stop(ctx context.Context, key string) error
+	Running(key string) bool
 	Claims() ([]string, error)
 }
+
+// sharedDaemonPrefix starts the keys of shared GPUs' daemons; claim UIDs
+// never do.
+const sharedDaemonPrefix = "shared-"
+
+// sharedDaemon is the key of the MPS daemon of a shared GPU's shares.
+func sharedDaemon(gpuUUID string) string { return sharedDaemonPrefix + gpuUUID }
 
 // Devices resolves a published device name to what it stands for.
 type Devices interface {
@@ -215,6 +228,13 @@ func (p *Preparer) Prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 			return nil, fmt.Errorf("prepare claim %s: device %s: %w", claimName(claim), d.Name, err)
 		}
 		d.Env, d.TimeSlice = settings.env, settings.timeSlice
+		if d.Share != nil {
+			if settings.mps != nil || settings.timeSlice != "" {
+				return nil, fmt.Errorf("prepare claim %s: device %s: parameters.sharing: a share of a shared GPU is always shared through MPS with the memory and compute it was allocated; remove the sharing configuration for this request", claimName(claim), d.Name)
+			}
+			d.Env = mergeEnv(d.Env, shareEnv(*d.Share))
+			continue
+		}
 		if settings.mps != nil {
 			if p.opts.MPS == nil {
 				return nil, fmt.Errorf("prepare claim %s: device %s: MPS sharing is not available on this node", claimName(claim), d.Name)
@@ -300,7 +320,7 @@ func (p *Preparer) Prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 	}
 	p.step(StepCDIWritten)
 	for i := range rec.Devices {
-		rec.Devices[i].CDIDeviceIDs = ids[rec.Devices[i].Name]
+		rec.Devices[i].CDIDeviceIDs = ids[cdiName(rec.Devices[i])]
 	}
 	rec.State = checkpoint.PrepareCompleted
 	if err := p.record(ctx, rec); err != nil {
@@ -361,6 +381,10 @@ func (p *Preparer) plan(claim *resourceapi.ResourceClaim) (*checkpoint.Claim, er
 		case devicemodel.KindMIGStatic:
 			d.MIG = &checkpoint.MIG{ProfileID: dev.Profile.ID, Profile: dev.Profile.Name, Start: dev.Placement.Start, Size: dev.Placement.Size,
 				UUID: dev.Instance.UUID, GIID: dev.Instance.GIID, CIID: dev.Instance.CIID}
+		case devicemodel.KindGPUShare:
+			if err := p.planShare(&d, &r); err != nil {
+				return nil, fmt.Errorf("device %s: %w", r.Device, err)
+			}
 		}
 		if owner := p.owner(d); owner != "" {
 			return nil, &heldError{device: r.Device, owner: owner}
@@ -368,6 +392,29 @@ func (p *Preparer) plan(claim *resourceapi.ResourceClaim) (*checkpoint.Claim, er
 		rec.Devices = append(rec.Devices, d)
 	}
 	return rec, nil
+}
+
+// planShare records what a share of a shared GPU was allocated: its share
+// ID and the memory and compute it consumes, which become its MPS limits.
+func (p *Preparer) planShare(d *checkpoint.Device, r *resourceapi.DeviceRequestAllocationResult) error {
+	if r.ShareID == nil {
+		return errors.New("a shared GPU allocated without a share ID (is the DRAConsumableCapacity feature off in the scheduler?)")
+	}
+	if p.opts.MPS == nil {
+		return errors.New("shares of a GPU are enforced through MPS, which is not available on this node")
+	}
+	memory, ok := r.ConsumedCapacity[devicemodel.CapacityMemory]
+	if !ok || memory.Value() <= 0 {
+		return fmt.Errorf("the allocation records no consumed %s", devicemodel.CapacityMemory)
+	}
+	compute := r.ConsumedCapacity[devicemodel.CapacityCompute]
+	if c := compute.Value(); c < 0 || c > 100 {
+		return fmt.Errorf("consumed %s %s is not a percentage", devicemodel.CapacityCompute, compute.String())
+	}
+	d.ShareID = string(*r.ShareID)
+	d.Share = &checkpoint.Share{MemoryBytes: memory.Value(), ComputePercent: compute.Value()}
+	d.MPSDir = p.opts.MPS.Dir(sharedDaemon(d.GPUUUID))
+	return nil
 }
 
 // touchesHardware reports whether preparing d changes the node: creates a
@@ -392,7 +439,7 @@ func (p *Preparer) owner(d checkpoint.Device) string {
 	defer p.mu.Unlock()
 	for uid, c := range p.cp.Claims {
 		for _, o := range c.Devices {
-			if o.Pool == d.Pool && o.Name == d.Name {
+			if conflicts(d, o) {
 				return uid
 			}
 		}
@@ -400,10 +447,33 @@ func (p *Preparer) owner(d checkpoint.Device) string {
 	return ""
 }
 
+// conflicts reports whether two prepared devices cannot coexist: the same
+// exclusive device, or a share of a GPU and exclusive use of that GPU.
+// Shares of one GPU coexist.
+func conflicts(a, b checkpoint.Device) bool {
+	if a.Pool != b.Pool {
+		return false
+	}
+	if a.Share != nil || b.Share != nil {
+		return a.GPUUUID == b.GPUUUID && (a.Share == nil) != (b.Share == nil)
+	}
+	return a.Name == b.Name
+}
+
 // prepareDevice makes one device real and reports whether it created a MIG
 // device. The caller holds the GPU's lock.
 func (p *Preparer) prepareDevice(ctx context.Context, d *checkpoint.Device) (bool, error) {
 	switch {
+	case d.Share != nil:
+		if err := p.gpus.SetMIGMode(ctx, d.GPUUUID, false); err != nil {
+			return false, fmt.Errorf("turn MIG mode off: %w", err)
+		}
+		// Idempotent: the GPU's other shares may have started it.
+		if err := p.opts.MPS.Start(ctx, sharedDaemon(d.GPUUUID), []string{d.GPUUUID}); err != nil {
+			return false, fmt.Errorf("start the shared GPU's MPS control daemon: %w", err)
+		}
+		p.step(StepMPSStarted)
+		return false, nil
 	case d.MIG == nil:
 		// A whole GPU is a plain CUDA device only with MIG mode off. This
 		// fails, as it should, if MIG devices still exist on it.
@@ -479,6 +549,9 @@ func (p *Preparer) rollback(ctx context.Context, rec *checkpoint.Claim) error {
 	if err := stopMPS(ctx, p.opts.MPS, rec); err != nil {
 		return err
 	}
+	if err := p.releaseShares(ctx, rec); err != nil {
+		return err
+	}
 	p.step(StepMPSStopped)
 	if err := p.cdi.DeleteClaimSpec(rec.UID); err != nil {
 		return fmt.Errorf("delete CDI spec: %w", err)
@@ -505,10 +578,51 @@ func restoreTimeSlices(ctx context.Context, gpus GPUs, rec *checkpoint.Claim) er
 	return nil
 }
 
+// releaseShares stops the MPS daemon of every GPU on which rec holds the
+// last share. The caller holds the GPUs' locks, so no share of them is
+// being prepared; a claim that records a share but has not started its
+// prepare yet counts as holding it, and will start the daemon again if
+// it was stopped before it was recorded. It is idempotent.
+func (p *Preparer) releaseShares(ctx context.Context, rec *checkpoint.Claim) error {
+	for _, uuid := range sharedGPUs(rec) {
+		p.mu.Lock()
+		held := slices.ContainsFunc(slices.Collect(maps.Values(p.cp.Claims)), func(c *checkpoint.Claim) bool {
+			return c.UID != rec.UID && slices.Contains(sharedGPUs(c), uuid)
+		})
+		p.mu.Unlock()
+		if held {
+			continue
+		}
+		if p.opts.MPS == nil {
+			return errors.New("the claim holds a share of a GPU, but MPS is not available on this node")
+		}
+		if err := p.opts.MPS.Stop(ctx, sharedDaemon(uuid)); err != nil {
+			return fmt.Errorf("GPU %s: stop the MPS control daemon of its shares: %w", uuid, err)
+		}
+		klog.FromContext(ctx).Info("Last share of a GPU released; its MPS control daemon stopped", "gpu", uuid)
+	}
+	return nil
+}
+
+// sharedGPUs returns the UUIDs of the GPUs the claim holds shares of.
+func sharedGPUs(c *checkpoint.Claim) []string {
+	var out []string
+	for _, d := range c.Devices {
+		if d.Share != nil && !slices.Contains(out, d.GPUUUID) {
+			out = append(out, d.GPUUUID)
+		}
+	}
+	return out
+}
+
+// claimMPS reports whether the device uses the claim's own MPS daemon (not
+// a shared GPU's).
+func claimMPS(d checkpoint.Device) bool { return d.MPSDir != "" && d.Share == nil }
+
 // stopMPS stops the claim's MPS control daemon, if it has one. It is
 // idempotent.
 func stopMPS(ctx context.Context, m MPS, rec *checkpoint.Claim) error {
-	if !slices.ContainsFunc(rec.Devices, func(d checkpoint.Device) bool { return d.MPSDir != "" }) {
+	if !slices.ContainsFunc(rec.Devices, claimMPS) {
 		return nil
 	}
 	if m == nil {
@@ -596,9 +710,13 @@ func (p *Preparer) lockGPUs(rec *checkpoint.Claim) func() {
 func kubeletDevices(rec *checkpoint.Claim) []kubeletplugin.Device {
 	out := make([]kubeletplugin.Device, 0, len(rec.Devices))
 	for _, d := range rec.Devices {
-		out = append(out, kubeletplugin.Device{
+		kd := kubeletplugin.Device{
 			Requests: slices.Clone(d.Requests), PoolName: d.Pool, DeviceName: d.Name, CDIDeviceIDs: slices.Clone(d.CDIDeviceIDs),
-		})
+		}
+		if d.ShareID != "" {
+			kd.ShareID = ptr.To(types.UID(d.ShareID))
+		}
+		out = append(out, kd)
 	}
 	return out
 }

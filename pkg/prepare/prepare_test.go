@@ -125,7 +125,7 @@ func (f *fixture) inventory() *gpu.Inventory {
 }
 
 func (f *fixture) rebuildModel(cp *checkpoint.Checkpoint) {
-	m, err := devicemodel.Build(devicemodel.Input{Inventory: f.inventory(), Managed: func(i gpu.MIGInstance) bool {
+	m, err := devicemodel.Build(devicemodel.Input{Inventory: f.inventory(), SharedGPUs: true, Managed: func(i gpu.MIGInstance) bool {
 		for _, c := range cp.Claims {
 			for _, d := range c.Devices {
 				if d.MIG != nil && d.MIG.Created && d.MIG.UUID == i.UUID {

@@ -46,8 +46,8 @@ func deviceAnnotation(rec *checkpoint.Claim, d checkpoint.Device) (map[string]st
 // ReconcileReport says what start-up reconciliation changed.
 type ReconcileReport struct {
 	RolledBack     []string // claims whose unfinished preparation was undone
-	MPSRestarted   []string // prepared claims whose MPS control daemon was started again
-	OrphanMPS      []string // MPS control daemons of no claim, stopped
+	MPSRestarted   []string // MPS control daemons of prepared claims or shared GPUs started again
+	OrphanMPS      []string // MPS control daemons of no claim or share, stopped
 	Dropped        []string // prepared claims whose devices vanished (reboot)
 	Rebuilt        []string // claims recovered from CDI specs (lost checkpoint)
 	SpecsRewritten []string // prepared claims whose CDI spec was missing
@@ -191,12 +191,30 @@ func Reconcile(ctx context.Context, cp *checkpoint.Checkpoint, inv *gpu.Inventor
 		}
 	}
 	if daemons != nil {
+		// The daemons of shared GPUs: one for every GPU with a share.
+		shared := map[string]bool{}
+		for _, c := range cp.Claims {
+			for _, uuid := range sharedGPUs(c) {
+				shared[sharedDaemon(uuid)] = true
+			}
+		}
+		for _, key := range sortedKeys(shared) {
+			if daemons.Running(key) {
+				continue
+			}
+			logger.Info("The MPS control daemon of a shared GPU's shares is gone (node rebooted?); starting it again", "daemon", key)
+			uuid := strings.TrimPrefix(key, sharedDaemonPrefix)
+			if err := daemons.Start(ctx, key, []string{uuid}); err != nil {
+				return nil, rep, fmt.Errorf("GPU %s: restart the MPS control daemon of its shares: %w", uuid, err)
+			}
+			rep.MPSRestarted = append(rep.MPSRestarted, key)
+		}
 		uids, err := daemons.Claims()
 		if err != nil {
 			return nil, rep, err
 		}
 		for _, uid := range uids {
-			if _, ok := cp.Claims[uid]; ok {
+			if _, ok := cp.Claims[uid]; ok || shared[uid] {
 				continue
 			}
 			if err := daemons.Stop(ctx, uid); err != nil {
@@ -217,7 +235,7 @@ func mpsUUIDs(c *checkpoint.Claim) []string {
 	slices.SortFunc(devs, func(a, b checkpoint.Device) int { return strings.Compare(a.Name, b.Name) })
 	var out []string
 	for _, d := range devs {
-		if d.MPSDir != "" {
+		if claimMPS(d) {
 			out = append(out, deviceUUID(d))
 		}
 	}
@@ -243,7 +261,7 @@ func cdiDevices(rec *checkpoint.Claim) ([]cdi.Device, error) {
 		if err != nil {
 			return nil, err
 		}
-		cd := cdi.Device{Name: d.Name, Request: d.Requests[0], GPUMinor: d.GPUMinor, UUID: d.GPUUUID, Env: d.Env, Annotations: ann}
+		cd := cdi.Device{Name: cdiName(d), Request: d.Requests[0], GPUMinor: d.GPUMinor, UUID: d.GPUUUID, Env: d.Env, Annotations: ann}
 		if d.MPSDir != "" {
 			cd.Mounts = []cdi.Mount{
 				{HostPath: mps.PipeDirIn(d.MPSDir), ContainerPath: mps.ContainerPipeDir},
@@ -257,6 +275,16 @@ func cdiDevices(rec *checkpoint.Claim) ([]cdi.Device, error) {
 		out = append(out, cd)
 	}
 	return out, nil
+}
+
+// cdiName is the device's name in its claim's CDI spec: its name in the
+// ResourceSlice, and for a share also its share ID, as one claim may hold
+// two shares of the same GPU.
+func cdiName(d checkpoint.Device) string {
+	if d.ShareID != "" {
+		return d.Name + "-" + d.ShareID
+	}
+	return d.Name
 }
 
 func rewriteSpec(ctx context.Context, c *checkpoint.Claim, specs CDI) error {
@@ -285,7 +313,7 @@ func rebuildClaim(uid string, specs ReconcileCDI) (*checkpoint.Claim, error) {
 			return nil, fmt.Errorf("device %s of claim %s: decode annotation: %w", name, uid, err)
 		}
 		rec.Namespace, rec.Name = pd.Namespace, pd.Claim
-		pd.Device.CDIDeviceIDs = []string{cdi.DeviceID(uid, pd.Device.Name)}
+		pd.Device.CDIDeviceIDs = []string{cdi.DeviceID(uid, cdiName(pd.Device))}
 		rec.Devices = append(rec.Devices, pd.Device)
 	}
 	return rec, nil
