@@ -10,6 +10,7 @@ import (
 
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/dynamic-resource-allocation/structured"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 )
@@ -245,23 +246,26 @@ func TestFirstAvailable(t *testing.T) {
 type occupancy struct {
 	slices uint32
 	me     int
+	// shared is the memory that shares of the GPU consume.
+	shared int64
 }
 
 // TestRandomChurnNeverOvercommits runs thousands of random allocate/free
-// steps of whole-GPU and MIG claims and checks every allocation against the
+// steps of whole-GPU, MIG and shared-GPU claims and checks every allocation against the
 // independent model: nothing overlaps, and a claim is refused only when the
 // model has no room for it either.
 func TestRandomChurnNeverOvercommits(t *testing.T) {
-	steps := 3000
+	steps := 2000
 	if testing.Short() {
 		steps = 500
 	}
 	for _, model := range []string{"dgxh100", "mixed"} {
 		t.Run(model, func(t *testing.T) {
+			t.Parallel()
 			seed := time.Now().UnixNano()
 			rng := rand.New(rand.NewSource(seed))
 			t.Logf("seed %d", seed)
-			m := build(t, Input{Inventory: inventory(t, model)})
+			m := build(t, Input{Inventory: inventory(t, model), SharedGPUs: true})
 			c := newCluster(t, map[string]*Model{node: m})
 			var profiles []string
 			for _, p := range m.Slices[len(m.Slices)-1].Devices {
@@ -280,10 +284,14 @@ func TestRandomChurnNeverOvercommits(t *testing.T) {
 					continue
 				}
 				var req resourceapi.DeviceRequest
-				wantProfile := ""
-				if rng.Intn(4) == 0 {
+				wantProfile, wantShare := "", int64(0)
+				switch rng.Intn(6) {
+				case 0:
 					req = exactly("gpu", "gpu.nvidia.com", 1)
-				} else {
+				case 1:
+					wantShare = int64(1+rng.Intn(40)) << 30
+					req = share(fmt.Sprint(wantShare), "")
+				default:
 					wantProfile = profiles[rng.Intn(len(profiles))]
 					req = exactly("mig", "mig.nvidia.com", 1, fmt.Sprintf("%s == %q", attr("profile"), wantProfile))
 				}
@@ -291,7 +299,7 @@ func TestRandomChurnNeverOvercommits(t *testing.T) {
 				got := c.allocate(node, claim(req))
 				if got == nil {
 					refused++
-					if room := c.roomFor(node, before, wantProfile); room != "" {
+					if room := c.roomFor(node, before, wantProfile, wantShare); room != "" {
 						t.Fatalf("step %d: %s refused although %s is free", step, req.Name+" "+wantProfile, room)
 					}
 					continue
@@ -350,17 +358,55 @@ func (c *cluster) occupancy(node string) map[int]occupancy {
 		if o.me+me > 1 {
 			c.t.Fatalf("over-commit: a second +me instance %s on GPU %d", d.Name, minor)
 		}
+		if o.shared > 0 {
+			c.t.Fatalf("over-commit: %s allocated on GPU %d, which is shared", d.Name, minor)
+		}
 		occ[minor] = occupancy{slices: o.slices | mask, me: o.me + me}
+	}
+	for id := range c.shares {
+		d := c.devices[node][id.Device.String()]
+		minor := intAttr(d, "minor")
+		o := occ[minor]
+		if o.slices != 0 {
+			c.t.Fatalf("over-commit: %s shared while in exclusive use (%08b)", d.Name, o.slices)
+		}
+		o.shared = c.consumedMemory(id.GetDeviceID())
+		if capacity := d.Capacity[CapacityMemory].Value; o.shared > capacity.Value() {
+			c.t.Fatalf("over-commit: shares of %s consume %d bytes of %s", d.Name, o.shared, capacity.String())
+		}
+		occ[minor] = o
 	}
 	return occ
 }
 
+// consumedMemory is the memory all shares of a device consume.
+func (c *cluster) consumedMemory(id structured.DeviceID) int64 {
+	var sum int64
+	for _, r := range c.shareResults {
+		if structured.MakeDeviceID(r.Driver, r.Pool, r.Device) == id {
+			q := r.ConsumedCapacity[CapacityMemory]
+			sum += q.Value()
+		}
+	}
+	return sum
+}
+
 // roomFor names a published device that the independent model says could
 // have been allocated for the request ("" if none).
-func (c *cluster) roomFor(node string, occ map[int]occupancy, profile string) string {
+func (c *cluster) roomFor(node string, occ map[int]occupancy, profile string, share int64) string {
 	for name, d := range c.devices[node] {
+		if share > 0 {
+			if strAttr(d, "type") != "shared" {
+				continue
+			}
+			o, capacity := occ[intAttr(d, "minor")], d.Capacity[CapacityMemory].Value
+			if o.slices == 0 && o.shared+share <= capacity.Value() {
+				return name
+			}
+			continue
+		}
 		if profile == "" {
-			if strAttr(d, "type") == "gpu" && occ[intAttr(d, "minor")].slices == 0 {
+			if strAttr(d, "type") == "gpu" && occ[intAttr(d, "minor")].slices == 0 && occ[intAttr(d, "minor")].shared == 0 {
 				return name
 			}
 			continue
@@ -370,7 +416,7 @@ func (c *cluster) roomFor(node string, occ map[int]occupancy, profile string) st
 		}
 		o := occ[intAttr(d, "parentMinor")]
 		mask := gpu.Placement{Start: intAttr(d, "placementStart"), Size: intAttr(d, "placementSize")}.Mask()
-		if o.slices&mask == 0 && !(strings.HasSuffix(profile, "+me") && o.me > 0) {
+		if o.slices&mask == 0 && o.shared == 0 && !(strings.HasSuffix(profile, "+me") && o.me > 0) {
 			return name
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
@@ -109,15 +110,18 @@ type cluster struct {
 	// multiple allocations, as the scheduler tracks them.
 	shares   sets.Set[structured.SharedDeviceID]
 	consumed structured.ConsumedCapacityCollection
-	celCache *cel.Cache
-	devices  map[string]map[string]*resourceapi.Device // node -> name -> device
+	// shareResults are the allocation results of the shares, by share ID.
+	shareResults map[string]resourceapi.DeviceRequestAllocationResult
+	celCache     *cel.Cache
+	devices      map[string]map[string]*resourceapi.Device // node -> name -> device
 }
 
 func newCluster(t testing.TB, models map[string]*Model) *cluster {
 	c := &cluster{
 		t: t, classes: deviceClasses(t), allocated: sets.New[structured.DeviceID](),
 		shares: sets.New[structured.SharedDeviceID](), consumed: structured.NewConsumedCapacityCollection(),
-		celCache: cel.NewCache(100, cel.Features{}), devices: map[string]map[string]*resourceapi.Device{},
+		shareResults: map[string]resourceapi.DeviceRequestAllocationResult{},
+		celCache:     cel.NewCache(100, cel.Features{}), devices: map[string]map[string]*resourceapi.Device{},
 	}
 	for node, m := range models {
 		c.devices[node] = map[string]*resourceapi.Device{}
@@ -158,6 +162,7 @@ func (c *cluster) allocate(node string, claim *resourceapi.ResourceClaim) *resou
 		}
 		c.shares.Insert(structured.MakeSharedDeviceID(id, r.ShareID))
 		c.consumed.Insert(structured.NewDeviceConsumedCapacity(id, r.ConsumedCapacity))
+		c.shareResults[string(*r.ShareID)] = r
 	}
 	return &results[0]
 }
@@ -171,16 +176,17 @@ func (c *cluster) free(res *resourceapi.AllocationResult) {
 		}
 		c.shares.Delete(structured.MakeSharedDeviceID(id, r.ShareID))
 		c.consumed.Remove(structured.NewDeviceConsumedCapacity(id, r.ConsumedCapacity))
+		delete(c.shareResults, string(*r.ShareID))
 	}
 }
 
-var claimSeq int
+var claimSeq atomic.Int64
 
 // claim builds a claim with one request per spec.
 func claim(requests ...resourceapi.DeviceRequest) *resourceapi.ResourceClaim {
-	claimSeq++
+	n := claimSeq.Add(1)
 	return &resourceapi.ResourceClaim{
-		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("claim-%d", claimSeq), Namespace: "default", UID: types.UID(fmt.Sprintf("uid-%d", claimSeq))},
+		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("claim-%d", n), Namespace: "default", UID: types.UID(fmt.Sprintf("uid-%d", n))},
 		Spec:       resourceapi.ResourceClaimSpec{Devices: resourceapi.DeviceClaim{Requests: requests}},
 	}
 }
