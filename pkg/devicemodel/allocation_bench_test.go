@@ -8,7 +8,6 @@ import (
 	v1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/dynamic-resource-allocation/structured"
 )
 
@@ -18,12 +17,28 @@ import (
 // over all slices and try every node. Half the nodes already hold work (a
 // whole GPU and three 1g instances each), so the allocator has to skip
 // occupied devices as it would in a busy cluster.
+//
+// It runs twice: with exclusive devices only, and with every GPU also
+// published as a shared device (the plugin's default), where the busy
+// nodes also hold two 20Gi shares of one GPU. The difference is what
+// offering shares costs claims that do not use them; "share-20Gi" is the
+// cost of a share itself.
 func BenchmarkAllocator(b *testing.B) {
+	for _, shared := range []bool{false, true} {
+		mode := "exclusive-only"
+		if shared {
+			mode = "with-shared"
+		}
+		b.Run(mode, func(b *testing.B) { benchmarkAllocator(b, shared) })
+	}
+}
+
+func benchmarkAllocator(b *testing.B, shared bool) {
 	const nodes = 100
 	inv := inventory(b, "dgxh100")
 	models := map[string]*Model{}
 	for i := 0; i < nodes; i++ {
-		models[fmt.Sprintf("node-%03d", i)] = build(b, Input{Inventory: inv})
+		models[fmt.Sprintf("node-%03d", i)] = build(b, Input{Inventory: inv, SharedGPUs: shared})
 	}
 	c := newCluster(b, models)
 	for i := 0; i < nodes; i += 2 {
@@ -31,6 +46,13 @@ func BenchmarkAllocator(b *testing.B) {
 		c.allocate(n, claim(exactly("gpu", "gpu.nvidia.com", 1)))
 		for j := 0; j < 3; j++ {
 			c.allocate(n, claim(exactly("mig", "mig.nvidia.com", 1, attr("profile")+` == "1g.10gb"`)))
+		}
+		if shared {
+			for j := 0; j < 2; j++ {
+				if c.allocate(n, claim(share("20Gi", ""))) == nil {
+					b.Fatalf("no share on %s", n)
+				}
+			}
 		}
 	}
 	nodeObjs := make([]*v1.Node, 0, nodes)
@@ -46,10 +68,15 @@ func BenchmarkAllocator(b *testing.B) {
 			{Name: "a100", DeviceClassName: "gpu.nvidia.com", AllocationMode: resourceapi.DeviceAllocationModeExactCount, Count: 1, Selectors: selectors([]string{attr("architecture") + ` == "ampere"`})},
 			{Name: "mig", DeviceClassName: "mig.nvidia.com", AllocationMode: resourceapi.DeviceAllocationModeExactCount, Count: 1, Selectors: selectors([]string{attr("profile") + ` == "2g.20gb"`})},
 		}}),
+		"share-20Gi": claim(share("20Gi", "25")),
 	}
-	state := structured.AllocatedState{AllocatedDevices: c.allocated, AllocatedSharedDeviceIDs: sets.New[structured.SharedDeviceID](), AggregatedCapacity: structured.NewConsumedCapacityCollection()}
+	names := []string{"whole-gpu", "mig-1g", "mig-3g", "gpu-cel", "first-available"}
+	if shared {
+		names = append(names, "share-20Gi")
+	}
+	state := structured.AllocatedState{AllocatedDevices: c.allocated, AllocatedSharedDeviceIDs: c.shares, AggregatedCapacity: c.consumed}
 	ctx := context.Background()
-	for _, name := range []string{"whole-gpu", "mig-1g", "mig-3g", "gpu-cel", "first-available"} {
+	for _, name := range names {
 		cl := claims[name]
 		b.Run(name, func(b *testing.B) {
 			b.ReportAllocs()
