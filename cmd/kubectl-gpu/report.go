@@ -67,7 +67,7 @@ type DeviceReport struct {
 	// Name is the device name in the ResourceSlice, e.g. "gpu-3" or
 	// "gpu-3-mig-1g10gb-0".
 	Name string `json:"name"`
-	// Type is "gpu" or "mig".
+	// Type is "gpu", "mig" or "shared".
 	Type string `json:"type"`
 	// Profile is the MIG profile, e.g. "1g.10gb"; empty for a whole GPU.
 	Profile string `json:"profile,omitempty"`

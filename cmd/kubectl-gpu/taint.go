@@ -48,8 +48,9 @@ func (a *app) taintCommand() *cobra.Command {
 		Long: `Create DeviceTaintRules with the taint gpu.nvidia.com/maintenance=REASON:EFFECT.
 
 For NODE, one rule selects every device of the driver in the node's pool. For
-NODE/gpu-<minor>, one rule per device selects the GPU and each of its MIG
-devices (a taint on a GPU does not cover its MIG devices). Rule names are
+NODE/gpu-<minor>, one rule per device selects the GPU, each of its MIG
+devices and its shared device (a taint on a GPU does not cover the devices
+carved from it). Rule names are
 deterministic: running taint again updates the effect and reason of the
 existing rules and adds rules for devices published since.
 

@@ -253,3 +253,26 @@ func TestUntaintDeletesOnlyOurs(t *testing.T) {
 		})
 	}
 }
+
+// TestTaintCoversSharedDevice: the taint of a GPU covers its shared device,
+// so a drain evicts the pods holding shares of it too; ls lists it under
+// its GPU.
+func TestTaintCoversSharedDevice(t *testing.T) {
+	ctx := context.Background()
+	shared := gpuDevice(3)
+	shared.Name = "gpu-3-shared"
+	shared.Attributes["type"] = resourceapi.DeviceAttribute{StringValue: ptr("shared")}
+	c := fakeClient(t, []resourceapi.ResourceSlice{slice("a-0", "node-a", gpuDevice(3), migDevice(3, "1g.10gb", 0), shared, gpuDevice(4))}, nil, nil, nil)
+	a, _, _ := testApp(c)
+	if _, err := a.taint(ctx, c, Target{Node: "node-a", GPU: 3, HasGPU: true}, resourceapi.DeviceTaintEffectNoExecute, "repair"); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"gpu-maintenance-node-a-gpu-3", "gpu-maintenance-node-a-gpu-3-mig-1g10gb-0", "gpu-maintenance-node-a-gpu-3-shared"}
+	if got := ruleNames(t, c); !reflect.DeepEqual(got, want) {
+		t.Fatalf("rules %v, want %v", got, want)
+	}
+	inv := NewInventory([]resourceapi.ResourceSlice{slice("a-0", "node-a", gpuDevice(3), shared)})
+	if devs := inv.Nodes["node-a"].GPUs[3].Devices; len(devs) != 2 || devs[1].Name != "gpu-3-shared" {
+		t.Errorf("GPU 3's devices: %+v", devs)
+	}
+}

@@ -62,8 +62,9 @@ func parseMinor(s string) (int, bool) {
 func gpuDeviceName(minor int) string { return "gpu-" + strconv.Itoa(minor) }
 
 // gpuMinorOf returns the minor of the GPU a device belongs to: N for the
-// whole GPU "gpu-N" and for its MIG devices "gpu-N-mig-…". It is false for
-// any other name, so "gpu-30-mig-…" and "gpu-3x" never belong to GPU 3.
+// whole GPU "gpu-N", for its MIG devices "gpu-N-mig-…" and for its shared
+// device "gpu-N-shared". It is false for any other name, so "gpu-30-mig-…"
+// and "gpu-3x" never belong to GPU 3.
 func gpuMinorOf(device string) (minor int, isWhole, ok bool) {
 	rest, found := strings.CutPrefix(device, "gpu-")
 	if !found {
@@ -76,6 +77,9 @@ func gpuMinorOf(device string) (minor int, isWhole, ok bool) {
 	}
 	if !hasTail {
 		return minor, true, true
+	}
+	if tail == "shared" {
+		return minor, false, true
 	}
 	if !strings.HasPrefix(tail, "mig-") || len(tail) == len("mig-") {
 		return 0, false, false

@@ -63,6 +63,8 @@ func TestGPUMinorOf(t *testing.T) {
 		{"gpu-3-mig-1g10gbme-2", 3, false, true},
 		{"gpu-3-mig-1g10gb-0-static", 3, false, true},
 		{"gpu-30-mig-3g40gb-4", 30, false, true},
+		{"gpu-3-shared", 3, false, true},
+		{"gpu-3-shared-x", 0, false, false},
 		{"gpu-3x", 0, false, false},
 		{"gpu-3-mig-", 0, false, false},
 		{"gpu-3-other", 0, false, false},
