@@ -27,11 +27,12 @@ func TestSlicesAndClassesArePublished(t *testing.T) {
 		devices += len(s.Spec.Devices)
 		counterSets += len(s.Spec.SharedCounters)
 	}
-	// A DGX H100: 8 GPUs, each with 25 MIG placements, one counter set each.
-	if devices != 208 || counterSets != 8 || len(slices.Items) != 5 {
-		t.Fatalf("got %d slices, %d devices, %d counter sets; want 5, 208, 8", len(slices.Items), devices, counterSets)
+	// A DGX H100: 8 GPUs, each whole, shared and at 25 MIG placements, one
+	// counter set each.
+	if devices != 216 || counterSets != 8 || len(slices.Items) != 5 {
+		t.Fatalf("got %d slices, %d devices, %d counter sets; want 5, 216, 8", len(slices.Items), devices, counterSets)
 	}
-	for _, name := range []string{"gpu.nvidia.com", "mig.nvidia.com"} {
+	for _, name := range []string{"gpu.nvidia.com", "mig.nvidia.com", "shared.gpu.nvidia.com"} {
 		if _, err := client.ResourceV1().DeviceClasses().Get(ctx(), name, metav1.GetOptions{}); err != nil {
 			t.Errorf("DeviceClass %s: %v", name, err)
 		}

@@ -50,7 +50,7 @@ func TestMeasure(t *testing.T) {
 		publish = append(publish, time.Since(start))
 	}
 	slices.Sort(publish)
-	fmt.Printf("MEASURE plugin start to 5 slices (208 devices) in the API: median %s (of %d; includes process start)\n", publish[len(publish)/2].Round(time.Millisecond), len(publish))
+	fmt.Printf("MEASURE plugin start to 5 slices (216 devices) in the API: median %s (of %d; includes process start)\n", publish[len(publish)/2].Round(time.Millisecond), len(publish))
 
 	const ns = "gpu-measure"
 	applyYAML(t, `apiVersion: v1

@@ -9,6 +9,10 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
 )
 
@@ -96,6 +100,113 @@ func TestMPSClaimSharedByTwoPods(t *testing.T) {
 	kubectl(t, "delete", "resourceclaim", "-n", ns, "mps-gpu", "--wait=true")
 	eventually(t, 60*time.Second, "the MPS daemon stopped", func() (bool, error) {
 		return count("quit")-quitsBefore == 1, fmt.Errorf("%d quits", count("quit")-quitsBefore)
+	})
+	dirs, _ := os.ReadDir(runDir + "/kubelet/plugins/gpu.nvidia.com/mps")
+	if len(dirs) != 0 {
+		t.Errorf("MPS directories left: %v", dirs)
+	}
+}
+
+// TestQuarterGPUs applies the fractional-GPU demo: four replicas, each
+// with a 20Gi/25% share, land on one GPU's shared device, run as clients of
+// one MPS daemon with their limits in their environment, and keep it
+// through a plugin restart; a fifth replica goes to another GPU; the GPU
+// is not given out whole meanwhile; scaling to zero stops the daemons.
+func TestQuarterGPUs(t *testing.T) {
+	const ns = "gpu-quarter"
+	t.Cleanup(func() { cleanNamespace(t, ns) })
+	mpsLog := simhost.MPSLogPath(runDir + "/sim/host/driver")
+	count := func(what string) int {
+		data, _ := os.ReadFile(mpsLog)
+		return strings.Count(string(data), " "+what+" ")
+	}
+	startsBefore, quitsBefore := count("start"), count("quit")
+	kubectl(t, "apply", "-f", repoRoot+"/demo/sharing/quarter-gpu.yaml")
+
+	// running waits for n replicas to run and returns their pods.
+	running := func(n int) []corev1.Pod {
+		var pods []corev1.Pod
+		eventually(t, 120*time.Second, fmt.Sprintf("%d replicas Running", n), func() (bool, error) {
+			l, err := client.CoreV1().Pods(ns).List(ctx(), metav1.ListOptions{LabelSelector: "app=model-server"})
+			if err != nil {
+				return false, err
+			}
+			pods = nil
+			for _, p := range l.Items {
+				if p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
+					pods = append(pods, p)
+				}
+			}
+			return len(pods) == n, fmt.Errorf("%d of %d pods running", len(pods), len(l.Items))
+		})
+		return pods
+	}
+	deviceOf := func(p *corev1.Pod) (string, resourceapi.DeviceRequestAllocationResult) {
+		r := claimOf(t, p, "gpu").Status.Allocation.Devices.Results[0]
+		return r.Device, r
+	}
+	pods := running(4)
+	shared, _ := deviceOf(&pods[0])
+	uuid := gpuUUIDs(t)[strings.TrimSuffix(shared, "-shared")]
+	if !strings.HasSuffix(shared, "-shared") || uuid == "" {
+		t.Fatalf("allocated %q, not a shared GPU", shared)
+	}
+	for i := range pods {
+		dev, r := deviceOf(&pods[i])
+		memory := r.ConsumedCapacity["memory"]
+		if dev != shared || r.ShareID == nil || memory.String() != "20Gi" {
+			t.Errorf("pod %s: device %s, share %v, memory %s; want a 20Gi share of %s", pods[i].Name, dev, r.ShareID, memory.String(), shared)
+		}
+		log := podLogs(t, ns, pods[i].Name, "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT")
+		for _, want := range []string{"NVIDIA_VISIBLE_DEVICES=" + uuid, "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=20480M", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25", "CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps", "control"} {
+			if !strings.Contains(log, want) {
+				t.Errorf("pod %s lacks %q:\n%s", pods[i].Name, want, log)
+			}
+		}
+	}
+	if n := count("start") - startsBefore; n != 1 {
+		t.Fatalf("%d MPS daemons started for one shared GPU", n)
+	}
+
+	// The GPU is shared: a whole-GPU claim pinned to it stays pending.
+	applyYAML(t, `apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: that-gpu, namespace: gpu-quarter}
+spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nvidia.com, selectors: [{cel: {expression: 'device.attributes["gpu.nvidia.com"].uuid == "`+uuid+`"'}}]}}]}}}
+`+claimPod(ns, "whole", "that-gpu"))
+	time.Sleep(5 * time.Second)
+	if p, err := client.CoreV1().Pods(ns).Get(ctx(), "whole", metav1.GetOptions{}); err != nil {
+		t.Error(err)
+	} else if p.Status.Phase != corev1.PodPending {
+		t.Errorf("a whole-GPU pod on the shared GPU is %s, want Pending", p.Status.Phase)
+	}
+	kubectl(t, "delete", "pod", "-n", ns, "whole", "--wait=true")
+
+	// A plugin restart neither loses nor duplicates the daemon.
+	if err := script("driver.sh", "restart"); err != nil {
+		t.Fatal(err)
+	}
+	if n := count("start") - startsBefore; n != 1 || count("quit") != quitsBefore {
+		t.Errorf("after a plugin restart: %d starts, %d quits", n, count("quit")-quitsBefore)
+	}
+
+	// A fifth replica does not fit: it gets a share of another GPU.
+	kubectl(t, "scale", "deployment", "-n", ns, "model-server", "--replicas=5")
+	pods = running(5)
+	var others []string
+	for i := range pods {
+		if dev, _ := deviceOf(&pods[i]); dev != shared {
+			others = append(others, dev)
+		}
+	}
+	if len(others) != 1 || !strings.HasSuffix(others[0], "-shared") {
+		t.Errorf("with five replicas, off %s: %v; want one share of another GPU", shared, others)
+	}
+	t.Logf("quarter shares: 4 pods on %s, the fifth on %v", shared, others)
+
+	kubectl(t, "scale", "deployment", "-n", ns, "model-server", "--replicas=0")
+	eventually(t, 90*time.Second, "both shared GPUs' MPS daemons stopped", func() (bool, error) {
+		return count("quit")-quitsBefore == 2, fmt.Errorf("%d starts, %d quits", count("start")-startsBefore, count("quit")-quitsBefore)
 	})
 	dirs, _ := os.ReadDir(runDir + "/kubelet/plugins/gpu.nvidia.com/mps")
 	if len(dirs) != 0 {
