@@ -25,7 +25,9 @@ const (
 // WriteSelfSigned writes a new CA (ca.crt, for the webhook configuration's
 // caBundle) and a serving certificate signed by it for hosts (DNS names or
 // IP addresses) with its key (tls.crt, tls.key) into dir. For clusters
-// without cert-manager, and for the local test cluster.
+// without cert-manager, and for the local test cluster. The key is 0600
+// and the certificates 0644 whatever the umask and whatever files were
+// there before.
 func WriteSelfSigned(dir string, hosts []string, validFor time.Duration) error {
 	if len(hosts) == 0 {
 		return fmt.Errorf("hosts: at least one DNS name or IP address is needed")
@@ -85,8 +87,17 @@ func WriteSelfSigned(dir string, hosts []string, validFor time.Duration) error {
 		{KeyFile, "EC PRIVATE KEY", keyDER, 0o600},
 	} {
 		data := pem.EncodeToMemory(&pem.Block{Type: f.typ, Bytes: f.der})
-		if err := os.WriteFile(filepath.Join(dir, f.name), data, f.mode); err != nil {
+		path := filepath.Join(dir, f.name)
+		// WriteFile keeps the mode of a file that exists: a key left
+		// readable by others must not stay so.
+		if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
+			return fmt.Errorf("replace %s: %w", f.name, err)
+		}
+		if err := os.WriteFile(path, data, f.mode); err != nil {
 			return fmt.Errorf("write %s: %w", f.name, err)
+		}
+		if err := os.Chmod(path, f.mode); err != nil {
+			return fmt.Errorf("set the mode of %s: %w", f.name, err)
 		}
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -117,5 +118,30 @@ func TestServeTLS(t *testing.T) {
 	}
 	if got.Response == nil || got.Response.Allowed || got.Response.UID != "u" || got.Kind != "AdmissionReview" {
 		t.Errorf("response %+v", got.Response)
+	}
+}
+
+// TestCertificateModes: the key is 0600 and the certificates 0644 under
+// any umask, also when wider files were there before.
+func TestCertificateModes(t *testing.T) {
+	old := syscall.Umask(0)
+	defer syscall.Umask(old)
+	dir := t.TempDir()
+	for _, f := range []string{CAFile, CertFile, KeyFile} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("old"), 0o666); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := WriteSelfSigned(dir, []string{"127.0.0.1"}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	for f, want := range map[string]os.FileMode{CAFile: 0o644, CertFile: 0o644, KeyFile: 0o600} {
+		st, err := os.Stat(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := st.Mode().Perm(); got != want {
+			t.Errorf("%s: mode %o, want %o", f, got, want)
+		}
 	}
 }
