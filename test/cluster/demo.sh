@@ -24,7 +24,7 @@ report() {
 	echo
 	echo "=== gpu.nvidia.com on a simulated ${GPU_DRA_SIMULATE:-dgxh100} ==="
 	kubectl get nodes -o wide | awk '{print "  " $1, $2, $5, $6}'
-	echo "  published: $slices ResourceSlices, $devices devices (whole GPUs and every MIG placement)"
+	echo "  published: $slices ResourceSlices, $devices devices (whole GPUs, every MIG placement, shared GPUs)"
 	echo
 	printf '  %-22s %-24s %-10s %s\n' POD DEVICE REQUEST "CONTAINER SAW"
 	local ns pod claim dev req saw

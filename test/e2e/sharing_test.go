@@ -127,7 +127,7 @@ func TestQuarterGPUs(t *testing.T) {
 	running := func(n int) []corev1.Pod {
 		var pods []corev1.Pod
 		eventually(t, 120*time.Second, fmt.Sprintf("%d replicas Running", n), func() (bool, error) {
-			l, err := client.CoreV1().Pods(ns).List(ctx(), metav1.ListOptions{LabelSelector: "app=model-server"})
+			l, err := client.CoreV1().Pods(ns).List(ctx(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=model-server"})
 			if err != nil {
 				return false, err
 			}
