@@ -46,6 +46,43 @@ func BenchmarkPrepare(b *testing.B) {
 	}
 }
 
+// BenchmarkPrepareShare measures the prepare of one share of a shared GPU:
+// "first-share" starts the GPU's MPS daemon (and its unprepare stops it),
+// "next-share" joins a daemon that another share keeps running.
+func BenchmarkPrepareShare(b *testing.B) {
+	for _, keep := range []bool{false, true} {
+		name := "first-share"
+		if keep {
+			name = "next-share"
+		}
+		b.Run(name, func(b *testing.B) {
+			f := newFixture(b, "dgxh100")
+			ctx := context.Background()
+			if keep {
+				holder := sharesAllocated(shareOf{"gpu-2-shared", "00000000-0000-4000-8000-000000000000", "10Gi", "0"})
+				if _, err := f.p.Prepare(ctx, holder); err != nil {
+					b.Fatal(err)
+				}
+			}
+			var lat []time.Duration
+			n := 0
+			for b.Loop() {
+				n++
+				c := sharesAllocated(shareOf{"gpu-2-shared", fmt.Sprintf("%08d-0000-4000-8000-000000000001", n), "20Gi", "25"})
+				start := time.Now()
+				if _, err := f.p.Prepare(ctx, c); err != nil {
+					b.Fatal(err)
+				}
+				lat = append(lat, time.Since(start))
+				if err := f.p.Unprepare(ctx, ref(c)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			reportPercentiles(b, lat)
+		})
+	}
+}
+
 func reportPercentiles(b *testing.B, lat []time.Duration) {
 	slices.Sort(lat)
 	pct := func(p float64) float64 {
