@@ -37,6 +37,8 @@ for kind in DaemonSet Deployment Service ValidatingWebhookConfiguration Validati
 done
 expect "defaults: both DeviceClasses" 'name: mig.nvidia.com' "$out"
 expect "defaults: a self-signed caBundle" 'caBundle: [A-Za-z0-9+/=]{100,}' "$out"
+expect "defaults: the CA kept in the Secret for upgrades" 'ca.crt: [A-Za-z0-9+/=]{100,}' "$out"
+expect "defaults: webhook replicas roll when the certificate changes" 'checksum/tls: [0-9a-f]{64}' "$out"
 expect "defaults: the plugin's node name from the downward API" 'fieldPath: spec.nodeName' "$out"
 expect "defaults: kubelet paths" '--plugin-dir=/var/lib/kubelet/plugins/gpu.nvidia.com' "$out"
 expect "defaults: the plugin knows its DaemonSet (uninstall removes slices)" '--daemonset=gpu-dra-driver/t-kubelet-plugin' "$out"
