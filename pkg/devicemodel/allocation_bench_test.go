@@ -15,14 +15,15 @@ import (
 // simulated DGX H100 nodes (800 GPUs, every MIG placement published). One
 // op is what the scheduler's Filter does for one claim: build the allocator
 // over all slices and try every node. Half the nodes already hold work (a
-// whole GPU and three 1g instances each), so the allocator has to skip
+// whole GPU, three 1g instances and a third GPU), so the allocator has to skip
 // occupied devices as it would in a busy cluster.
 //
-// It runs twice: with exclusive devices only, and with every GPU also
-// published as a shared device (the plugin's default), where the busy
-// nodes also hold two 20Gi shares of one GPU. The difference is what
-// offering shares costs claims that do not use them; "share-20Gi" is the
-// cost of a share itself.
+// It runs twice on the same occupancy: with exclusive devices only, where
+// the busy nodes also hold a third GPU whole, and with every GPU also
+// published as a shared device (the plugin's default), where that third
+// GPU holds two 20Gi shares instead. The difference is what offering
+// shares costs claims that do not use them; "share-20Gi" is the cost of a
+// share itself.
 func BenchmarkAllocator(b *testing.B) {
 	for _, shared := range []bool{false, true} {
 		mode := "exclusive-only"
@@ -47,11 +48,13 @@ func benchmarkAllocator(b *testing.B, shared bool) {
 		for j := 0; j < 3; j++ {
 			c.allocate(n, claim(exactly("mig", "mig.nvidia.com", 1, attr("profile")+` == "1g.10gb"`)))
 		}
-		if shared {
-			for j := 0; j < 2; j++ {
-				if c.allocate(n, claim(share("20Gi", ""))) == nil {
-					b.Fatalf("no share on %s", n)
-				}
+		if !shared {
+			c.allocate(n, claim(exactly("gpu", "gpu.nvidia.com", 1)))
+			continue
+		}
+		for j := 0; j < 2; j++ {
+			if c.allocate(n, claim(share("20Gi", ""))) == nil {
+				b.Fatalf("no share on %s", n)
 			}
 		}
 	}
