@@ -115,35 +115,11 @@ func TestChartInstallsTheDriver(t *testing.T) {
 	if out, err := exec.Command(filepath.Join(repoRoot, "test/cluster/image.sh")).CombinedOutput(); err != nil {
 		t.Fatalf("image.sh: %v\n%s", err, out)
 	}
-	if err := script("driver.sh", "stop"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := script("driver.sh", "restart"); err != nil {
-			t.Errorf("restart the harness's plugin: %v", err)
-		}
-		waitPoolComplete(t)
-	})
-	// The chart's default node selector, as GPU feature discovery labels nodes.
-	kubectl(t, "label", "node", nodeName, "nvidia.com/gpu.present=true", "--overwrite")
-	t.Cleanup(func() { kubectlErr("label", "node", nodeName, "nvidia.com/gpu.present-") })
+	useChartOnTheNode(t)
 	const ns = "gpu-dra-helm"
 	kubeconfig := filepath.Join(runDir, "kubeconfig/admin.kubeconfig")
-	sim := filepath.Join(runDir, "sim")
-	args := []string{"install", "e2e", filepath.Join(repoRoot, "deployments/helm/gpu-dra-driver"),
-		"--kubeconfig", kubeconfig, "--namespace", ns, "--create-namespace",
-		"--set", "image.pullPolicy=Never",
-		"--set", "kubeletPlugin.simulate=" + model, "--set", "kubeletPlugin.simulateStateDir=" + filepath.Join(sim, "state"),
-		"--set", "kubeletPlugin.hostPaths.pluginsDir=" + filepath.Join(runDir, "kubelet/plugins"),
-		"--set", "kubeletPlugin.hostPaths.registryDir=" + filepath.Join(runDir, "kubelet/plugins_registry"),
-		"--set", "kubeletPlugin.hostPaths.cdiRoot=" + filepath.Join(runDir, "cdi"),
-		"--set", "kubeletPlugin.hostPaths.driverRoot=" + filepath.Join(sim, "host/driver"),
-		"--set", "kubeletPlugin.hostPaths.devRoot=" + filepath.Join(sim, "host/dev"),
-		"--set", "kubeletPlugin.hostPaths.procRoot=" + filepath.Join(sim, "host/proc"),
-		"--set", "kubeletPlugin.apiServer=127.0.0.1:6443", "--set", "kubeletPlugin.httpPort=8089",
-		// The harness registers its own webhook by URL and the classes.
-		"--set", "webhook.enabled=false", "--set", "deviceClasses.create=false",
-	}
+	args := append([]string{"install", "e2e", filepath.Join(repoRoot, "deployments/helm/gpu-dra-driver"),
+		"--kubeconfig", kubeconfig, "--namespace", ns, "--create-namespace"}, chartValues()...)
 	if out, err := exec.Command(helm, args...).CombinedOutput(); err != nil {
 		t.Fatalf("helm install: %v\n%s", err, out)
 	}
@@ -160,18 +136,7 @@ func TestChartInstallsTheDriver(t *testing.T) {
 		}
 		cleanNamespace(t, ns)
 	})
-	eventually(t, 120*time.Second, "the chart's plugin ready", func() (bool, error) {
-		pods, err := client.CoreV1().Pods(ns).List(ctx(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=kubelet-plugin"})
-		if err != nil || len(pods.Items) != 1 {
-			return false, fmt.Errorf("%v: %d pods", err, len(pods.Items))
-		}
-		for _, c := range pods.Items[0].Status.Conditions {
-			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
-				return true, nil
-			}
-		}
-		return false, fmt.Errorf("pod %s: %s %+v", pods.Items[0].Name, pods.Items[0].Status.Phase, pods.Items[0].Status.ContainerStatuses)
-	})
+	waitChartPlugin(t, ns)
 	eventually(t, 30*time.Second, "the node's slices published by the chart's plugin", func() (bool, error) {
 		l, err := client.ResourceV1().ResourceSlices().List(ctx(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + nodeName})
 		return err == nil && len(l.Items) == 5, fmt.Errorf("%v: %d slices", err, len(l.Items))
@@ -202,4 +167,63 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nv
 		l, err := client.ResourceV1().ResourceSlices().List(ctx(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + nodeName})
 		return err == nil && len(l.Items) == 0, fmt.Errorf("%v: %d slices", err, len(l.Items))
 	})
+}
+
+// useChartOnTheNode stops the harness's plugin for the chart's and labels
+// the node as GPU feature discovery does (the chart's default node
+// selector); cleanups undo both.
+func useChartOnTheNode(t *testing.T) {
+	t.Helper()
+	if err := script("driver.sh", "stop"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := script("driver.sh", "restart"); err != nil {
+			t.Errorf("restart the harness's plugin: %v", err)
+		}
+		waitPoolComplete(t)
+	})
+	kubectl(t, "label", "node", nodeName, "nvidia.com/gpu.present=true", "--overwrite")
+	t.Cleanup(func() { kubectlErr("label", "node", nodeName, "nvidia.com/gpu.present-") })
+}
+
+// chartValues are the helm flags that run the chart's plugin on the local
+// cluster: its simulated node, CDI directory and kubelet directories, the
+// image imported by image.sh, and its own HTTP port (8089).
+func chartValues() []string {
+	sim := filepath.Join(runDir, "sim")
+	return []string{
+		"--set", "image.pullPolicy=Never",
+		"--set", "kubeletPlugin.simulate=" + model, "--set", "kubeletPlugin.simulateStateDir=" + filepath.Join(sim, "state"),
+		"--set", "kubeletPlugin.hostPaths.pluginsDir=" + filepath.Join(runDir, "kubelet/plugins"),
+		"--set", "kubeletPlugin.hostPaths.registryDir=" + filepath.Join(runDir, "kubelet/plugins_registry"),
+		"--set", "kubeletPlugin.hostPaths.cdiRoot=" + filepath.Join(runDir, "cdi"),
+		"--set", "kubeletPlugin.hostPaths.driverRoot=" + filepath.Join(sim, "host/driver"),
+		"--set", "kubeletPlugin.hostPaths.devRoot=" + filepath.Join(sim, "host/dev"),
+		"--set", "kubeletPlugin.hostPaths.procRoot=" + filepath.Join(sim, "host/proc"),
+		"--set", "kubeletPlugin.apiServer=127.0.0.1:6443", "--set", "kubeletPlugin.httpPort=8089",
+		// The harness registers its own webhook by URL and the classes.
+		"--set", "webhook.enabled=false", "--set", "deviceClasses.create=false",
+	}
+}
+
+// waitChartPlugin waits for the chart's one plugin pod in namespace ns to
+// be Ready and returns it.
+func waitChartPlugin(t *testing.T, ns string) *corev1.Pod {
+	t.Helper()
+	var pod *corev1.Pod
+	eventually(t, 120*time.Second, "the chart's plugin ready", func() (bool, error) {
+		pods, err := client.CoreV1().Pods(ns).List(ctx(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=kubelet-plugin"})
+		if err != nil || len(pods.Items) != 1 {
+			return false, fmt.Errorf("%v: %d pods", err, len(pods.Items))
+		}
+		pod = &pods.Items[0]
+		for _, c := range pod.Status.Conditions {
+			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+				return true, nil
+			}
+		}
+		return false, fmt.Errorf("pod %s: %s %+v", pod.Name, pod.Status.Phase, pod.Status.ContainerStatuses)
+	})
+	return pod
 }
