@@ -26,6 +26,7 @@ package devicemodel
 
 import (
 	"fmt"
+	"maps"
 	"strconv"
 	"strings"
 
@@ -274,18 +275,11 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device) ([]resourceapi.D
 	if publishWhole {
 		d := resourceapi.Device{
 			Name:       GPUDeviceName(g),
-			Attributes: map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{},
+			Attributes: gpuAttributes(common, g, TypeGPU),
 			Capacity: map[resourceapi.QualifiedName]resourceapi.DeviceCapacity{
 				"memory": {Value: *resource.NewQuantity(int64(g.MemoryBytes), resource.BinarySI)},
 			},
 		}
-		for k, v := range common {
-			d.Attributes[k] = v
-		}
-		d.Attributes["type"] = str(TypeGPU)
-		d.Attributes["uuid"] = str(g.UUID)
-		d.Attributes["index"] = integer(g.Index)
-		d.Attributes["minor"] = integer(g.Minor)
 		d.Attributes["migCapable"] = resourceapi.DeviceAttribute{BoolValue: ptr.To(g.MIGCapable)}
 		if dynamic {
 			d.Capacity["multiprocessors"] = count(totals.multiprocessors)
@@ -373,7 +367,7 @@ func sharedDevice(common map[resourceapi.QualifiedName]resourceapi.DeviceAttribu
 	d := resourceapi.Device{
 		Name:                     SharedDeviceName(g),
 		AllowMultipleAllocations: ptr.To(true),
-		Attributes:               map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{},
+		Attributes:               gpuAttributes(common, g, TypeShared),
 		Capacity: map[resourceapi.QualifiedName]resourceapi.DeviceCapacity{
 			CapacityMemory: {
 				Value: *resource.NewQuantity(memory, resource.BinarySI),
@@ -399,14 +393,18 @@ func sharedDevice(common map[resourceapi.QualifiedName]resourceapi.DeviceAttribu
 			},
 		},
 	}
-	for k, v := range common {
-		d.Attributes[k] = v
-	}
-	d.Attributes["type"] = str(TypeShared)
-	d.Attributes["uuid"] = str(g.UUID)
-	d.Attributes["index"] = integer(g.Index)
-	d.Attributes["minor"] = integer(g.Minor)
 	return d
+}
+
+// gpuAttributes are the attributes of a device that is a whole GPU, used
+// whole or shared: the common ones, its type and the GPU's identity.
+func gpuAttributes(common map[resourceapi.QualifiedName]resourceapi.DeviceAttribute, g *gpu.GPU, typ string) map[resourceapi.QualifiedName]resourceapi.DeviceAttribute {
+	attrs := maps.Clone(common)
+	attrs["type"] = str(typ)
+	attrs["uuid"] = str(g.UUID)
+	attrs["index"] = integer(g.Index)
+	attrs["minor"] = integer(g.Minor)
+	return attrs
 }
 
 func migDevice(common map[resourceapi.QualifiedName]resourceapi.DeviceAttribute, g *gpu.GPU, p *gpu.MIGProfile, pl gpu.Placement, name string) resourceapi.Device {

@@ -55,6 +55,13 @@ func TestTimeSlicedClaimSharedByTwoPods(t *testing.T) {
 	})
 }
 
+// mpsDaemonEvents counts the simulated MPS control daemons' "start" or
+// "quit" events on the node so far.
+func mpsDaemonEvents(what string) int {
+	data, _ := os.ReadFile(simhost.MPSLogPath(runDir + "/sim/host/driver"))
+	return strings.Count(string(data), " "+what+" ")
+}
+
 func containerOr(name string) string {
 	if name == "" {
 		return "ctr"
@@ -69,11 +76,7 @@ func containerOr(name string) string {
 func TestMPSClaimSharedByTwoPods(t *testing.T) {
 	const ns = "gpu-mps"
 	t.Cleanup(func() { cleanNamespace(t, ns) })
-	mpsLog := simhost.MPSLogPath(runDir + "/sim/host/driver")
-	count := func(what string) int {
-		data, _ := os.ReadFile(mpsLog)
-		return strings.Count(string(data), " "+what+" ")
-	}
+	count := mpsDaemonEvents
 	startsBefore, quitsBefore := count("start"), count("quit")
 	kubectl(t, "apply", "-f", repoRoot+"/demo/sharing/mps.yaml")
 	waitPodRunning(t, ns, "mps-a")
@@ -87,6 +90,7 @@ func TestMPSClaimSharedByTwoPods(t *testing.T) {
 		}
 	}
 	if n := count("start") - startsBefore; n != 1 {
+		mpsLog := simhost.MPSLogPath(runDir + "/sim/host/driver")
 		data, err := os.ReadFile(mpsLog)
 		t.Fatalf("%d MPS daemons started for one claim (%d before); %s (%v):\n%s", n, startsBefore, mpsLog, err, data)
 	}
@@ -115,11 +119,7 @@ func TestMPSClaimSharedByTwoPods(t *testing.T) {
 func TestQuarterGPUs(t *testing.T) {
 	const ns = "gpu-quarter"
 	t.Cleanup(func() { cleanNamespace(t, ns) })
-	mpsLog := simhost.MPSLogPath(runDir + "/sim/host/driver")
-	count := func(what string) int {
-		data, _ := os.ReadFile(mpsLog)
-		return strings.Count(string(data), " "+what+" ")
-	}
+	count := mpsDaemonEvents
 	startsBefore, quitsBefore := count("start"), count("quit")
 	kubectl(t, "apply", "-f", repoRoot+"/demo/sharing/quarter-gpu.yaml")
 
