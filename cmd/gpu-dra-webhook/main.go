@@ -83,9 +83,9 @@ func envOr(name, def string) string {
 
 func serve(ctx context.Context, listen, certFile, keyFile string) error {
 	logger := klog.FromContext(ctx)
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	certs, err := webhook.NewCertReloader(logger, certFile, keyFile)
 	if err != nil {
-		return fmt.Errorf("load --tls-cert-file/--tls-key-file: %w", err)
+		return fmt.Errorf("--tls-cert-file/--tls-key-file: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle(webhook.Path, webhook.Handler{})
@@ -97,7 +97,7 @@ func serve(ctx context.Context, listen, certFile, keyFile string) error {
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
-		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}},
+		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.GetCertificate},
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 	}
 	go func() {
