@@ -68,9 +68,7 @@ func TestHelperSocketsAreOwnerOnly(t *testing.T) {
 		NodeName: "node-a", KubeClient: fake.NewClientset(),
 		PluginDir: t.TempDir(), RegistrarDir: t.TempDir(),
 	}
-	// Start calls none of the plugin's methods.
-	var plugin struct{ kubeletplugin.DRAPlugin }
-	helper, err := kubeletplugin.Start(ctx, plugin, helperOptions(cfg)...)
+	helper, err := kubeletplugin.Start(ctx, errorsOnlyPlugin{}, helperOptions(cfg)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,3 +92,11 @@ func TestHelperSocketsAreOwnerOnly(t *testing.T) {
 		}
 	}
 }
+
+// errorsOnlyPlugin is a plugin of which the helper may call only
+// HandleError: Start calls none of the plugin's methods, but a gRPC server
+// whose listener closes on Stop before the server does reports the
+// failed Accept there.
+type errorsOnlyPlugin struct{ kubeletplugin.DRAPlugin }
+
+func (errorsOnlyPlugin) HandleError(context.Context, error, string) {}
