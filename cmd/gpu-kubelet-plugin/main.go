@@ -15,6 +15,7 @@ import (
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/flags"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/version"
 )
 
 // options are the flags every subcommand shares.
@@ -74,7 +75,12 @@ kubelet (MIG instances, CDI specs). Without a subcommand it runs the plugin.`,
 	root.PersistentFlags().AddGoFlagSet(klogFlags)
 	uninstall := newUninstallCommand(opts, ro)
 	uninstall.Flags().StringVar(&ro.kubeconfig, "kubeconfig", "", "kubeconfig file; empty uses the in-cluster configuration")
-	root.AddCommand(newInventoryCommand(opts), uninstall)
+	root.AddCommand(newInventoryCommand(opts), uninstall, &cobra.Command{
+		Use:   "version",
+		Short: "Print the plugin's release",
+		Args:  cobra.NoArgs,
+		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), version.Get()) },
+	})
 	flags.DocumentEnv(root.PersistentFlags())
 	flags.DocumentEnv(root.Flags())
 	return root

@@ -28,6 +28,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/health"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/prepare"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/version"
 )
 
 // runOptions are the flags of the plugin itself.
@@ -131,7 +132,7 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 	if ro.crashAt != "" {
 		afterStep = crashAfter(prepare.Step(ro.crashAt))
 	}
-	logger.Info("Starting", "node", opts.nodeName, "simulate", opts.simulate, "cdiRoot", ro.cdiRoot,
+	logger.Info("Starting", "version", version.Get(), "node", opts.nodeName, "simulate", opts.simulate, "cdiRoot", ro.cdiRoot,
 		"pluginDir", ro.pluginDir, "checkpoint", filepath.Join(ro.pluginDataDir, checkpoint.FileName))
 	return driver.Run(ctx, driver.Config{
 		NodeName: opts.nodeName, KubeClient: client, GPUs: node, CDI: writer, Store: store,

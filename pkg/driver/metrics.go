@@ -6,6 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/version"
 )
 
 // Metrics are the plugin's Prometheus metrics.
@@ -34,7 +35,9 @@ func NewMetrics() *Metrics {
 		PreparedClaims:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "gpu_dra_prepared_claims", Help: "Prepared claims."}),
 		PublishedDevices: prometheus.NewGauge(prometheus.GaugeOpts{Name: "gpu_dra_published_devices", Help: "Devices in the published ResourceSlices."}),
 	}
-	m.Registry.MustRegister(m.Operations, m.Latency, m.PreparedDevices, m.PreparedClaims, m.PublishedDevices,
+	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "gpu_dra_build_info", Help: "Always 1; the version label is the plugin's release."}, []string{"version"})
+	buildInfo.WithLabelValues(version.Get()).Set(1)
+	m.Registry.MustRegister(m.Operations, m.Latency, m.PreparedDevices, m.PreparedClaims, m.PublishedDevices, buildInfo,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

@@ -23,7 +23,8 @@ step_build() {
 	(cd "$REPO_ROOT/test/images" && go build -trimpath -ldflags "-s -w" -o "$OUT/bin/" ./mkimage)
 	# The plugin and the webhook link go-nvml (cgo); kubectl-gpu is static.
 	(cd "$REPO_ROOT" && CGO_ENABLED=1 CGO_CFLAGS="-O2 -Wno-deprecated-declarations" \
-		go build -trimpath -buildvcs=false -ldflags "-s -w" -o "$OUT/bin/" ./cmd/gpu-kubelet-plugin ./cmd/gpu-dra-webhook)
+		go build -trimpath -buildvcs=false -ldflags "-s -w -X github.com/gpu-dra/gpu-dra-driver/pkg/version.Version=${IMAGE##*:}" \
+		-o "$OUT/bin/" ./cmd/gpu-kubelet-plugin ./cmd/gpu-dra-webhook)
 	(cd "$REPO_ROOT" && CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags "-s -w" -o "$OUT/bin/" ./cmd/kubectl-gpu)
 }
 
