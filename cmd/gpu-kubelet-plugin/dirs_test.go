@@ -5,12 +5,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 
 	"k8s.io/klog/v2/ktesting"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs/hostfstest"
 )
 
 // TestPrepareDirs runs under umask 0 (process-wide: not parallel) and
@@ -32,8 +32,7 @@ func TestPrepareDirs(t *testing.T) {
 		{name: "the kubelet's 0750 registration directory is kept", existing: 0o750, wantPlugin: 0o700, wantData: 0o700, wantReg: 0o750, logged: 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			old := syscall.Umask(0)
-			t.Cleanup(func() { syscall.Umask(old) })
+			hostfstest.Umask(t, 0)
 			base := t.TempDir()
 			ro := &runOptions{
 				pluginDir:    filepath.Join(base, "plugins", "gpu.nvidia.com"),
@@ -61,18 +60,10 @@ func TestPrepareDirs(t *testing.T) {
 			if err := store.Save(checkpoint.New("boot")); err != nil {
 				t.Fatal(err)
 			}
-			for path, want := range map[string]fs.FileMode{
+			hostfstest.CheckModes(t, map[string]fs.FileMode{
 				ro.pluginDir: tc.wantPlugin, ro.pluginDataDir: tc.wantData, ro.registrarDir: tc.wantReg,
 				store.Path(): checkpoint.FileMode,
-			} {
-				fi, err := os.Stat(path)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if got := fi.Mode().Perm(); got != want || got&0o022 != 0 {
-					t.Errorf("%s: mode %s, want %s", path, got, want)
-				}
-			}
+			})
 			logs := logger.GetSink().(ktesting.Underlier).GetBuffer().String()
 			if got := strings.Count(logs, "Tightened"); got != tc.logged {
 				t.Errorf("%d tightenings logged, want %d:\n%s", got, tc.logged, logs)

@@ -6,11 +6,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 
 	"k8s.io/klog/v2/ktesting"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs/hostfstest"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
 )
 
@@ -42,8 +42,7 @@ func TestModes(t *testing.T) {
 		{name: "pre-existing 0666 spec is replaced", umask: 0, rootMode: 0o755, specMode: 0o666, wantRoot: RootMode},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			old := syscall.Umask(tc.umask)
-			t.Cleanup(func() { syscall.Umask(old) })
+			hostfstest.Umask(t, tc.umask)
 			root := filepath.Join(t.TempDir(), "var", "run", "cdi")
 			if tc.rootMode != 0 {
 				if err := os.MkdirAll(root, 0o700); err != nil {
@@ -69,15 +68,7 @@ func TestModes(t *testing.T) {
 			if _, err := w.WriteClaimSpec(context.Background(), uid, []Device{{Name: "gpu-0", Request: "r", UUID: "GPU-0"}}); err != nil {
 				t.Fatal(err)
 			}
-			for path, want := range map[string]fs.FileMode{root: tc.wantRoot, w.SpecPath(uid): SpecMode} {
-				fi, err := os.Stat(path)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if got := fi.Mode().Perm(); got != want || got&0o022 != 0 {
-					t.Errorf("%s: mode %s, want %s", path, got, want)
-				}
-			}
+			hostfstest.CheckModes(t, map[string]fs.FileMode{root: tc.wantRoot, w.SpecPath(uid): SpecMode})
 			logs := logger.GetSink().(ktesting.Underlier).GetBuffer().String()
 			if tightened := strings.Contains(logs, "Tightened"); tightened != tc.logged {
 				t.Errorf("tightening logged %v, want %v:\n%s", tightened, tc.logged, logs)

@@ -5,10 +5,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 
 	"k8s.io/klog/v2/ktesting"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs/hostfstest"
 )
 
 // TestStoreModes shows the checkpoint directory and file end up owner-only
@@ -29,8 +30,7 @@ func TestStoreModes(t *testing.T) {
 		{name: "pre-existing 0666 checkpoint is replaced by a 0600 one", umask: 0, dirMode: 0o700, fileMode: 0o666},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			old := syscall.Umask(tc.umask)
-			t.Cleanup(func() { syscall.Umask(old) })
+			hostfstest.Umask(t, tc.umask)
 			dir := filepath.Join(t.TempDir(), "plugins", "gpu.nvidia.com")
 			if tc.dirMode != 0 {
 				if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -56,15 +56,7 @@ func TestStoreModes(t *testing.T) {
 			if err := s.Save(sample()); err != nil {
 				t.Fatal(err)
 			}
-			for path, want := range map[string]fs.FileMode{dir: DirMode, s.Path(): FileMode} {
-				fi, err := os.Stat(path)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if got := fi.Mode().Perm(); got != want || got&0o022 != 0 {
-					t.Errorf("%s: mode %s, want %s", path, got, want)
-				}
-			}
+			hostfstest.CheckModes(t, map[string]fs.FileMode{dir: DirMode, s.Path(): FileMode})
 			logs := logger.GetSink().(ktesting.Underlier).GetBuffer().String()
 			if tightened := strings.Contains(logs, "Tightened"); tightened != tc.logged {
 				t.Errorf("tightening logged %v, want %v:\n%s", tightened, tc.logged, logs)
@@ -74,17 +66,10 @@ func TestStoreModes(t *testing.T) {
 }
 
 func TestWriteFileAtomicIsOwnerOnlyUnderUmask0(t *testing.T) {
-	old := syscall.Umask(0)
-	t.Cleanup(func() { syscall.Umask(old) })
+	hostfstest.Umask(t, 0)
 	path := filepath.Join(t.TempDir(), "health.json")
 	if err := WriteFileAtomic(path, []byte("{}")); err != nil {
 		t.Fatal(err)
 	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fi.Mode().Perm() != FileMode {
-		t.Errorf("mode %s, want %s", fi.Mode().Perm(), FileMode)
-	}
+	hostfstest.CheckModes(t, map[string]fs.FileMode{path: FileMode})
 }

@@ -5,20 +5,14 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"syscall"
 	"testing"
 
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/klog/v2/ktesting"
-)
 
-// setUmask0 runs the test under umask 0, where a socket made by bind alone
-// would be 0777. The umask is process-wide: these tests are not parallel.
-func setUmask0(t *testing.T) {
-	old := syscall.Umask(0)
-	t.Cleanup(func() { syscall.Umask(old) })
-}
+	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs/hostfstest"
+)
 
 func socketMode(t *testing.T, path string) os.FileMode {
 	t.Helper()
@@ -33,7 +27,7 @@ func socketMode(t *testing.T, path string) os.FileMode {
 }
 
 func TestListenUnix(t *testing.T) {
-	setUmask0(t)
+	hostfstest.Umask(t, 0) // a socket made by bind alone would be 0777
 	path := filepath.Join(t.TempDir(), "dra.sock")
 	// A stale file from a killed plugin is replaced.
 	if err := os.WriteFile(path, nil, 0o666); err != nil {
@@ -62,7 +56,7 @@ func TestListenUnix(t *testing.T) {
 // TestHelperSocketsAreOwnerOnly starts the kubeletplugin helper with the
 // driver's options and checks both sockets it creates.
 func TestHelperSocketsAreOwnerOnly(t *testing.T) {
-	setUmask0(t)
+	hostfstest.Umask(t, 0) // a socket made by bind alone would be 0777
 	_, ctx := ktesting.NewTestContext(t)
 	cfg := Config{
 		NodeName: "node-a", KubeClient: fake.NewClientset(),

@@ -3,10 +3,10 @@ package health
 import (
 	"os"
 	"path/filepath"
-	"syscall"
 	"testing"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs/hostfstest"
 )
 
 // TestStoreFileIsOwnerOnly shows health.json is written 0600 under umask 0
@@ -21,8 +21,7 @@ func TestStoreFileIsOwnerOnly(t *testing.T) {
 		{name: "replaces a 0666 file", existing: 0o666},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			old := syscall.Umask(0)
-			t.Cleanup(func() { syscall.Umask(old) })
+			hostfstest.Umask(t, 0)
 			path := filepath.Join(t.TempDir(), StoreFileName)
 			if tc.existing != 0 {
 				if err := os.WriteFile(path, []byte("{}"), tc.existing); err != nil {
@@ -32,13 +31,7 @@ func TestStoreFileIsOwnerOnly(t *testing.T) {
 			if err := NewStore(path).Save(&Saved{VolatileECC: map[string]uint64{"GPU-a": 1}}); err != nil {
 				t.Fatal(err)
 			}
-			fi, err := os.Stat(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := fi.Mode().Perm(); got != checkpoint.FileMode || got&0o022 != 0 {
-				t.Errorf("mode %s, want %s", got, checkpoint.FileMode)
-			}
+			hostfstest.CheckModes(t, map[string]os.FileMode{path: checkpoint.FileMode})
 		})
 	}
 }

@@ -5,20 +5,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 
 	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/ktesting"
-)
 
-// setUmask sets the process umask for the test and restores it after.
-// The umask is process-wide: tests that use it must not be parallel.
-func setUmask(t *testing.T, mask int) {
-	t.Helper()
-	old := syscall.Umask(mask)
-	t.Cleanup(func() { syscall.Umask(old) })
-}
+	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs/hostfstest"
+)
 
 func modeOf(t *testing.T, path string) fs.FileMode {
 	t.Helper()
@@ -50,7 +43,7 @@ func TestEnsureDir(t *testing.T) {
 		{name: "pre-existing 0750 is kept", umask: 0, existing: 0o750, perm: 0o750, want: 0o750},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			setUmask(t, tc.umask)
+			hostfstest.Umask(t, tc.umask)
 			dir := filepath.Join(t.TempDir(), "a", "b")
 			if tc.existing != 0 {
 				if err := os.MkdirAll(dir, 0o700); err != nil {

@@ -11,6 +11,7 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/ktesting"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs/hostfstest"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
 )
 
@@ -34,8 +35,7 @@ func TestDirModes(t *testing.T) {
 		{name: "pre-existing 0777 pipe directory is tightened", umask: 0, existing: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			old := syscall.Umask(tc.umask)
-			t.Cleanup(func() { syscall.Umask(old) })
+			hostfstest.Umask(t, tc.umask)
 			m := NewManager(filepath.Join(t.TempDir(), "mps"), roots.DriverRoot)
 			if tc.existing {
 				if err := os.MkdirAll(m.PipeDir(uid), 0o755); err != nil {
@@ -51,15 +51,7 @@ func TestDirModes(t *testing.T) {
 			}
 			pid := m.pid(uid)
 			t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
-			for _, dir := range []string{m.root, m.Dir(uid), m.PipeDir(uid), m.LogDir(uid)} {
-				fi, err := os.Stat(dir)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if got := fi.Mode().Perm(); got != DirMode || got&0o022 != 0 {
-					t.Errorf("%s: mode %s, want %s", dir, got, DirMode)
-				}
-			}
+			hostfstest.CheckModes(t, map[string]os.FileMode{m.root: DirMode, m.Dir(uid): DirMode, m.PipeDir(uid): DirMode, m.LogDir(uid): DirMode})
 			logs := logger.GetSink().(ktesting.Underlier).GetBuffer().String()
 			if tightened := strings.Contains(logs, "Tightened"); tightened != tc.existing {
 				t.Errorf("tightening logged %v, want %v:\n%s", tightened, tc.existing, logs)

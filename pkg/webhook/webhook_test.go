@@ -10,13 +10,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs/hostfstest"
 )
 
 func opaque(params string) string {
@@ -124,8 +125,7 @@ func TestServeTLS(t *testing.T) {
 // TestCertificateModes: the key is 0600 and the certificates 0644 under
 // any umask, also when wider files were there before.
 func TestCertificateModes(t *testing.T) {
-	old := syscall.Umask(0)
-	defer syscall.Umask(old)
+	hostfstest.Umask(t, 0)
 	dir := t.TempDir()
 	for _, f := range []string{CAFile, CertFile, KeyFile} {
 		if err := os.WriteFile(filepath.Join(dir, f), []byte("old"), 0o666); err != nil {
@@ -135,13 +135,7 @@ func TestCertificateModes(t *testing.T) {
 	if err := WriteSelfSigned(dir, []string{"127.0.0.1"}, time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	for f, want := range map[string]os.FileMode{CAFile: 0o644, CertFile: 0o644, KeyFile: 0o600} {
-		st, err := os.Stat(filepath.Join(dir, f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := st.Mode().Perm(); got != want {
-			t.Errorf("%s: mode %o, want %o", f, got, want)
-		}
-	}
+	hostfstest.CheckModes(t, map[string]os.FileMode{
+		filepath.Join(dir, CAFile): 0o644, filepath.Join(dir, CertFile): 0o644, filepath.Join(dir, KeyFile): 0o600,
+	})
 }
