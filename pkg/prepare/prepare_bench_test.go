@@ -24,24 +24,12 @@ func BenchmarkPrepare(b *testing.B) {
 		{"mig-3g", "gpu-2-mig-3g40gb-4", ""},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			f := newFixture(b, "dgxh100")
-			ctx := context.Background()
-			var lat []time.Duration
-			for b.Loop() {
-				c := allocated(tc.device)
+			measurePrepare(b, newFixture(b, "dgxh100"), func() *resourceapi.ResourceClaim {
 				if tc.config != "" {
-					c = withConfig(tc.device, tc.config)
+					return withConfig(tc.device, tc.config)
 				}
-				start := time.Now()
-				if _, err := f.p.Prepare(ctx, c); err != nil {
-					b.Fatal(err)
-				}
-				lat = append(lat, time.Since(start))
-				if err := f.p.Unprepare(ctx, ref(c)); err != nil {
-					b.Fatal(err)
-				}
-			}
-			reportPercentiles(b, lat)
+				return allocated(tc.device)
+			})
 		})
 	}
 }
@@ -64,23 +52,32 @@ func BenchmarkPrepareShare(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			var lat []time.Duration
 			n := 0
-			for b.Loop() {
+			measurePrepare(b, f, func() *resourceapi.ResourceClaim {
 				n++
-				c := sharesAllocated(shareOf{"gpu-2-shared", fmt.Sprintf("%08d-0000-4000-8000-000000000001", n), "20Gi", "25"})
-				start := time.Now()
-				if _, err := f.p.Prepare(ctx, c); err != nil {
-					b.Fatal(err)
-				}
-				lat = append(lat, time.Since(start))
-				if err := f.p.Unprepare(ctx, ref(c)); err != nil {
-					b.Fatal(err)
-				}
-			}
-			reportPercentiles(b, lat)
+				return sharesAllocated(shareOf{"gpu-2-shared", fmt.Sprintf("%08d-0000-4000-8000-000000000001", n), "20Gi", "25"})
+			})
 		})
 	}
+}
+
+// measurePrepare prepares and unprepares a new claim per op and reports
+// the percentiles of the prepares.
+func measurePrepare(b *testing.B, f *fixture, newClaim func() *resourceapi.ResourceClaim) {
+	ctx := context.Background()
+	var lat []time.Duration
+	for b.Loop() {
+		c := newClaim()
+		start := time.Now()
+		if _, err := f.p.Prepare(ctx, c); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(start))
+		if err := f.p.Unprepare(ctx, ref(c)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	reportPercentiles(b, lat)
 }
 
 func reportPercentiles(b *testing.B, lat []time.Duration) {
