@@ -120,6 +120,7 @@ func TestChartInstallsTheDriver(t *testing.T) {
 	kubeconfig := filepath.Join(runDir, "kubeconfig/admin.kubeconfig")
 	args := append([]string{"install", "e2e", filepath.Join(repoRoot, "deployments/helm/gpu-dra-driver"),
 		"--kubeconfig", kubeconfig, "--namespace", ns, "--create-namespace"}, chartValues()...)
+	installed := time.Now()
 	if out, err := exec.Command(helm, args...).CombinedOutput(); err != nil {
 		t.Fatalf("helm install: %v\n%s", err, out)
 	}
@@ -141,6 +142,7 @@ func TestChartInstallsTheDriver(t *testing.T) {
 		l, err := client.ResourceV1().ResourceSlices().List(ctx(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + nodeName})
 		return err == nil && len(l.Items) == 5, fmt.Errorf("%v: %d slices", err, len(l.Items))
 	})
+	t.Logf("MEASURE helm install to the node's 5 slices published: %s", time.Since(installed).Round(10*time.Millisecond))
 	const podNS = "gpu-helm-pods"
 	t.Cleanup(func() { cleanNamespace(t, podNS) })
 	applyYAML(t, `apiVersion: v1
