@@ -205,11 +205,10 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nv
 	t.Logf("quarter shares: 4 pods on %s, the fifth on %v", shared, others)
 
 	kubectl(t, "scale", "deployment", "-n", ns, "model-server", "--replicas=0")
-	eventually(t, 90*time.Second, "both shared GPUs' MPS daemons stopped", func() (bool, error) {
-		return count("quit")-quitsBefore == 2, fmt.Errorf("%d starts, %d quits", count("start")-startsBefore, count("quit")-quitsBefore)
+	// The daemon logs its quit before the plugin removes its directory.
+	eventually(t, 90*time.Second, "both shared GPUs' MPS daemons stopped and their directories removed", func() (bool, error) {
+		dirs, _ := os.ReadDir(runDir + "/kubelet/plugins/gpu.nvidia.com/mps")
+		return count("quit")-quitsBefore == 2 && len(dirs) == 0,
+			fmt.Errorf("%d starts, %d quits, directories %v", count("start")-startsBefore, count("quit")-quitsBefore, dirs)
 	})
-	dirs, _ := os.ReadDir(runDir + "/kubelet/plugins/gpu.nvidia.com/mps")
-	if len(dirs) != 0 {
-		t.Errorf("MPS directories left: %v", dirs)
-	}
 }
