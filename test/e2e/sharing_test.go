@@ -102,13 +102,10 @@ func TestMPSClaimSharedByTwoPods(t *testing.T) {
 	}
 	kubectl(t, "delete", "pod", "-n", ns, "mps-a", "mps-b", "--wait=true")
 	kubectl(t, "delete", "resourceclaim", "-n", ns, "mps-gpu", "--wait=true")
-	eventually(t, 60*time.Second, "the MPS daemon stopped", func() (bool, error) {
-		return count("quit")-quitsBefore == 1, fmt.Errorf("%d quits", count("quit")-quitsBefore)
+	eventually(t, 60*time.Second, "the MPS daemon stopped and its directory removed", func() (bool, error) {
+		dirs, _ := os.ReadDir(runDir + "/kubelet/plugins/gpu.nvidia.com/mps")
+		return count("quit")-quitsBefore == 1 && len(dirs) == 0, fmt.Errorf("%d quits, directories %v", count("quit")-quitsBefore, dirs)
 	})
-	dirs, _ := os.ReadDir(runDir + "/kubelet/plugins/gpu.nvidia.com/mps")
-	if len(dirs) != 0 {
-		t.Errorf("MPS directories left: %v", dirs)
-	}
 }
 
 // TestQuarterGPUs applies the fractional-GPU demo: four replicas, each
