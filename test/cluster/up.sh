@@ -185,7 +185,8 @@ start_control_plane() {
 		--service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
 		--kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
 		--kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
-		--kubelet-preferred-address-types=Hostname,InternalIP --profiling=false
+		--kubelet-preferred-address-types=Hostname,InternalIP --profiling=false \
+		--runtime-config=resource.k8s.io/v1beta1=true,resource.k8s.io/v1beta2=true
 	wait_for "kube-apiserver /readyz" 90 kube-apiserver curl_ok "$SERVER/readyz"
 
 	start kube-scheduler "$K8S_BIN/kube-scheduler" \
