@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # demo.sh — the README's first command: builds what is missing, starts the local cluster, runs
-# the driver on a simulated DGX H100, applies every example under demo/, waits for its pods and
+# the driver on a simulated DGX H100, applies the examples under demo/, waits for its pods and
 # prints what each pod got. The cluster stays up; `make demo-down` stops it.
+#
+# demo/sharing (time-slicing, MPS, quarter GPUs) would take three more of the eight GPUs and leave
+# none for the user's own claims, so it is applied only with GPU_DRA_DEMO_ALL=1; its README shows
+# the commands.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -11,6 +15,10 @@ kubectl() { "$K8S_BIN/kubectl" --kubeconfig "$RUN/kubeconfig/admin.kubeconfig" -
 apply_examples() {
 	local dir
 	for dir in "$REPO_ROOT"/demo/*/; do
+		if [[ $dir == */demo/sharing/ && ${GPU_DRA_DEMO_ALL:-} != 1 ]]; then
+			log "skipped ${dir#"$REPO_ROOT"/} (GPU_DRA_DEMO_ALL=1 applies it; or kubectl apply -f it)"
+			continue
+		fi
 		kubectl apply -f "$dir" >/dev/null
 		log "applied ${dir#"$REPO_ROOT"/}"
 	done
@@ -46,6 +54,7 @@ report() {
 		  export PATH=$RUN/bin:\$PATH      # kubectl, gpu-sim
 		  kubectl get resourceslices; kubectl get pods -A
 		  gpu-sim --state-dir $RUN/sim/state show
+		  kubectl apply -f demo/sharing/       # time-slicing, MPS and four pods on quarter GPUs
 		Stop it with: make demo-down
 	EOF
 }
