@@ -311,7 +311,7 @@ func (d *Driver) publish(ctx context.Context) error {
 	}
 	st := model.Stats()
 	d.cfg.Metrics.PublishedDevices.Set(float64(st.Devices))
-	klog.FromContext(ctx).Info("Published ResourceSlices", "slices", st.Slices, "devices", st.Devices, "gpus", st.GPUs, "migDevices", st.MIGDevices)
+	klog.FromContext(ctx).Info("Published ResourceSlices", "slices", st.Slices, "devices", st.Devices, "gpus", st.GPUs, "migDevices", st.MIGDevices, "sharedGPUs", st.SharedGPUs)
 	return nil
 }
 
