@@ -153,10 +153,19 @@ func printReport(w io.Writer, r Report, output string, now time.Time) error {
 		for _, g := range n.GPUs {
 			var gpuTaints []TaintReport
 			inherited := 0 // MIG devices whose taints are all the GPU's
+			sharedInherits := false
 			for _, d := range g.Devices {
 				if d.Name == g.Name {
 					gpuTaints = d.Taints
-				} else if len(d.Taints) > 0 && ownTaints(d.Taints, gpuTaints) == 0 {
+				}
+			}
+			for _, d := range g.Devices {
+				if d.Name == g.Name || len(d.Taints) == 0 || ownTaints(d.Taints, gpuTaints) != 0 {
+					continue
+				}
+				if d.Type == "shared" {
+					sharedInherits = true
+				} else {
 					inherited++
 				}
 			}
@@ -169,13 +178,22 @@ func printReport(w io.Writer, r Report, output string, now time.Time) error {
 					continue
 				}
 				taints := formatTaints(d.Taints, now)
-				if !wide && isGPU && inherited > 0 {
-					taints += fmt.Sprintf(" [also on %d MIG devices]", inherited)
+				if !wide && isGPU {
+					switch {
+					case inherited > 0 && sharedInherits:
+						taints += fmt.Sprintf(" [also on %d MIG devices and its shared device]", inherited)
+					case inherited > 0:
+						taints += fmt.Sprintf(" [also on %d MIG devices]", inherited)
+					case sharedInherits:
+						taints += " [also on its shared device]"
+					}
 				}
 				row := []string{n.Name, g.Name, d.Name, taints, formatClaims(d.Allocations), formatPods(d.Allocations)}
 				if wide {
 					if d.Name == g.Name {
 						row = append(row, orDash(g.UUID), orDash(g.ProductName), orDash(d.Memory))
+					} else if d.Type == "shared" {
+						row = append(row, "-", "shared "+orDash(g.ProductName), orDash(d.Memory))
 					} else {
 						row = append(row, "-", orDash("MIG "+d.Profile), orDash(d.Memory))
 					}

@@ -255,3 +255,30 @@ func TestPrintReportFoldsInheritedTaints(t *testing.T) {
 		}
 	}
 }
+
+// TestPrintReportSharedDevice: a GPU in shares shows its shared device with
+// every claim holding a share; the GPU's taint on it is folded like on MIG
+// devices, and -o wide names it a shared GPU.
+func TestPrintReportSharedDevice(t *testing.T) {
+	drain := TaintReport{Key: "gpu.nvidia.com/maintenance", Value: "fw", Effect: "NoExecute", Source: "rule"}
+	r := Report{Nodes: []NodeReport{{Name: "n", GPUs: []GPUReport{{Name: "gpu-2", ProductName: "NVIDIA H100 80GB HBM3", Devices: []DeviceReport{
+		{Name: "gpu-2", Type: "gpu", Taints: []TaintReport{drain}},
+		{Name: "gpu-2-shared", Type: "shared", Taints: []TaintReport{drain}, Allocations: []AllocationReport{{Namespace: "ns", Claim: "a"}, {Namespace: "ns", Claim: "b"}}},
+	}}}}}}
+	var buf bytes.Buffer
+	if err := printReport(&buf, r, "", t0); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"[also on its shared device]", "gpu-2-shared", "ns/a", "ns/b"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, buf.String())
+		}
+	}
+	buf.Reset()
+	if err := printReport(&buf, r, "wide", t0); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(buf.String(), "shared NVIDIA H100 80GB HBM3") || strings.Contains(buf.String(), "MIG \t") {
+		t.Errorf("wide output:\n%s", buf.String())
+	}
+}
