@@ -15,23 +15,26 @@ import (
 )
 
 func TestSlicesAndClassesArePublished(t *testing.T) {
-	slices, err := client.ResourceV1().ResourceSlices().List(ctx(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + nodeName})
-	if err != nil {
-		t.Fatal(err)
-	}
-	devices, counterSets := 0, 0
-	for _, s := range slices.Items {
-		if s.Spec.Driver != "gpu.nvidia.com" {
-			continue
+	// A test before may have restarted the plugin: its pool may still be
+	// on its way to the API server.
+	eventually(t, 30*time.Second, "the node's pool published", func() (bool, error) {
+		slices, err := client.ResourceV1().ResourceSlices().List(ctx(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + nodeName})
+		if err != nil {
+			return false, err
 		}
-		devices += len(s.Spec.Devices)
-		counterSets += len(s.Spec.SharedCounters)
-	}
-	// A DGX H100: 8 GPUs, each whole, shared and at 25 MIG placements, one
-	// counter set each.
-	if devices != 216 || counterSets != 8 || len(slices.Items) != 5 {
-		t.Fatalf("got %d slices, %d devices, %d counter sets; want 5, 216, 8", len(slices.Items), devices, counterSets)
-	}
+		devices, counterSets := 0, 0
+		for _, s := range slices.Items {
+			if s.Spec.Driver != "gpu.nvidia.com" {
+				continue
+			}
+			devices += len(s.Spec.Devices)
+			counterSets += len(s.Spec.SharedCounters)
+		}
+		// A DGX H100: 8 GPUs, each whole, shared and at 25 MIG placements,
+		// one counter set each.
+		return devices == 216 && counterSets == 8 && len(slices.Items) == 5,
+			fmt.Errorf("got %d slices, %d devices, %d counter sets; want 5, 216, 8", len(slices.Items), devices, counterSets)
+	})
 	for _, name := range []string{"gpu.nvidia.com", "mig.nvidia.com", "shared.gpu.nvidia.com"} {
 		if _, err := client.ResourceV1().DeviceClasses().Get(ctx(), name, metav1.GetOptions{}); err != nil {
 			t.Errorf("DeviceClass %s: %v", name, err)
