@@ -585,12 +585,7 @@ func restoreTimeSlices(ctx context.Context, gpus GPUs, rec *checkpoint.Claim) er
 // it was stopped before it was recorded. It is idempotent.
 func (p *Preparer) releaseShares(ctx context.Context, rec *checkpoint.Claim) error {
 	for _, uuid := range sharedGPUs(rec) {
-		p.mu.Lock()
-		held := slices.ContainsFunc(slices.Collect(maps.Values(p.cp.Claims)), func(c *checkpoint.Claim) bool {
-			return c.UID != rec.UID && slices.Contains(sharedGPUs(c), uuid)
-		})
-		p.mu.Unlock()
-		if held {
+		if p.sharedByAnother(rec.UID, uuid) {
 			continue
 		}
 		if p.opts.MPS == nil {
@@ -602,6 +597,19 @@ func (p *Preparer) releaseShares(ctx context.Context, rec *checkpoint.Claim) err
 		klog.FromContext(ctx).Info("Last share of a GPU released; its MPS control daemon stopped", "gpu", uuid)
 	}
 	return nil
+}
+
+// sharedByAnother reports whether a recorded claim other than uid holds a
+// share of the GPU.
+func (p *Preparer) sharedByAnother(uid, gpuUUID string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.cp.Claims {
+		if c.UID != uid && slices.Contains(sharedGPUs(c), gpuUUID) {
+			return true
+		}
+	}
+	return false
 }
 
 // sharedGPUs returns the UUIDs of the GPUs the claim holds shares of.
