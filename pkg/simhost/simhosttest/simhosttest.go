@@ -1,0 +1,85 @@
+// Package simhosttest builds the gpu-sim-tools program that simhost.Create
+// installs, for tests.
+package simhosttest
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+)
+
+var (
+	once     sync.Once
+	built    string
+	buildErr error
+)
+
+// Tools returns the path of a gpu-sim-tools program built from this
+// module's cmd/gpu-sim-tools, without cgo. It is built once per test
+// process (the go build cache makes later processes fast) into a directory
+// of this module checkout and user under os.TempDir(), replaced there by a
+// rename so that concurrent test processes do not see half a program. A
+// failed build fails the test with go build's output.
+func Tools(t testing.TB) string {
+	t.Helper()
+	once.Do(func() { built, buildErr = build() })
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return built
+}
+
+func build() (string, error) {
+	root, err := moduleRoot()
+	if err != nil {
+		return "", fmt.Errorf("build gpu-sim-tools: %w", err)
+	}
+	sum := sha256.Sum256([]byte(root))
+	dir := filepath.Join(os.TempDir(), fmt.Sprintf("gpu-dra-simhosttest-%d", os.Getuid()), hex.EncodeToString(sum[:6]))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("build gpu-sim-tools: %w", err)
+	}
+	tmp, err := os.MkdirTemp(dir, "build-")
+	if err != nil {
+		return "", fmt.Errorf("build gpu-sim-tools: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	cmd := exec.Command("go", "build", "-o", filepath.Join(tmp, "gpu-sim-tools"), "./cmd/gpu-sim-tools")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("CGO_ENABLED=0 go build ./cmd/gpu-sim-tools in %s: %w\n%s", root, err, out)
+	}
+	path := filepath.Join(dir, "gpu-sim-tools")
+	if err := os.Rename(filepath.Join(tmp, "gpu-sim-tools"), path); err != nil {
+		return "", fmt.Errorf("build gpu-sim-tools: %w", err)
+	}
+	return path, nil
+}
+
+// moduleRoot is the directory of go.mod: three above this file, or, where
+// the source path is not at hand (-trimpath), what go env GOMOD says.
+func moduleRoot() (string, error) {
+	if _, file, _, ok := runtime.Caller(0); ok {
+		root := filepath.Join(filepath.Dir(file), "../../..")
+		if _, err := os.Stat(filepath.Join(root, "cmd/gpu-sim-tools")); err == nil {
+			return root, nil
+		}
+	}
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return "", fmt.Errorf("not in a module: cannot find cmd/gpu-sim-tools")
+	}
+	return filepath.Dir(gomod), nil
+}

@@ -1,0 +1,179 @@
+package simtools
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// daemonArg makes nvidia-cuda-mps-control the daemon itself, watching the
+// pipe directory that follows. The real tool has no such argument.
+const daemonArg = "--simulated-daemon"
+
+// Files in the pipe directory: the daemon lives while controlFile exists
+// (the real daemon's control pipe); pidFile holds its PID.
+const (
+	controlFile = "control"
+	pidFile     = "nvidia-cuda-mps-control.pid"
+)
+
+// pollInterval is how often the daemon looks for its control file.
+const pollInterval = 100 * time.Millisecond
+
+// mpsControl is the simulated nvidia-cuda-mps-control. "-d" starts a
+// daemon (a detached copy of this program) that lives while its control
+// file exists, with its PID in the pipe directory. Without "-d" it reads a
+// command on stdin: "quit" makes the daemon exit. Every start and quit is
+// logged in the daemon's control.log and in mps.log under the driver root.
+func (t *Tools) mpsControl(args []string) int {
+	if len(args) == 2 && args[0] == daemonArg {
+		return daemon(args[1])
+	}
+	pipe := t.getenv("CUDA_MPS_PIPE_DIRECTORY")
+	if pipe == "" {
+		pipe = "/tmp/nvidia-mps"
+	}
+	logDir := t.getenv("CUDA_MPS_LOG_DIRECTORY")
+	if logDir == "" {
+		logDir = "/var/log/nvidia-mps"
+	}
+	// Failing here is not fatal: only the log in it is lost.
+	_ = os.MkdirAll(t.simDir(), 0o755)
+	if len(args) > 0 && args[0] == "-d" {
+		return t.startDaemon(pipe, logDir)
+	}
+	switch command := readLine(t.Stdin); command {
+	case "quit":
+		return t.quit(pipe, logDir)
+	default:
+		fmt.Fprintf(t.Stderr, "%s: unsupported command '%s'\n", MPSControl, command)
+		return 1
+	}
+}
+
+// startDaemon starts the daemon and returns at once, as the real "-d" does.
+func (t *Tools) startDaemon(pipe, logDir string) int {
+	for _, dir := range []string{pipe, logDir} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return t.fail(err)
+		}
+	}
+	control := filepath.Join(pipe, controlFile)
+	if err := os.WriteFile(control, nil, 0o644); err != nil {
+		return t.fail(err)
+	}
+	cmd := exec.Command(t.Executable, daemonArg, pipe)
+	cmd.Args[0] = MPSControl
+	// Its own session, so that it outlives its starter's process group;
+	// nil standard streams are /dev/null, so that it holds none of its
+	// starter's (a caller reading our output to its end would wait for the
+	// daemon too). It is not waited for: once we exit, init reaps it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	inheritNothing()
+	if err := cmd.Start(); err != nil {
+		_ = os.Remove(control)
+		return t.fail(err)
+	}
+	pid := cmd.Process.Pid
+	_ = cmd.Process.Release()
+	if err := writeAtomic(filepath.Join(pipe, pidFile), []byte(fmt.Sprintf("%d\n", pid)), 0o644, false); err != nil {
+		_ = os.Remove(control) // the daemon exits
+		return t.fail(err)
+	}
+	// The daemon runs: a log that cannot be written is reported, not fatal.
+	_ = t.logMPS(logDir, fmt.Sprintf("%s start pid=%d devices=%s pipe=%s", t.now(), pid, t.getenv("CUDA_VISIBLE_DEVICES"), pipe))
+	return 0
+}
+
+// quit removes the daemon's control file, which makes it exit.
+func (t *Tools) quit(pipe, logDir string) int {
+	control := filepath.Join(pipe, controlFile)
+	if _, err := os.Stat(control); err != nil {
+		fmt.Fprintf(t.Stderr, "no MPS control daemon at %s\n", pipe)
+		return 1
+	}
+	if err := os.Remove(control); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return t.fail(err)
+	}
+	if err := t.logMPS(logDir, fmt.Sprintf("%s quit pipe=%s", t.now(), pipe)); err != nil {
+		return 1
+	}
+	return 0
+}
+
+// daemon waits until the control file in pipe is gone, then removes its
+// PID file.
+func daemon(pipe string) int {
+	for {
+		if _, err := os.Stat(filepath.Join(pipe, controlFile)); err != nil {
+			break
+		}
+		time.Sleep(pollInterval)
+	}
+	_ = os.Remove(filepath.Join(pipe, pidFile))
+	return 0
+}
+
+// logMPS appends line to logDir/control.log and to mps.log under the
+// driver root, reporting failures; it returns mps.log's.
+func (t *Tools) logMPS(logDir, line string) error {
+	if err := appendLine(filepath.Join(logDir, "control.log"), line); err != nil {
+		fmt.Fprintf(t.Stderr, "%s: %v\n", MPSControl, err)
+	}
+	err := appendLine(filepath.Join(t.simDir(), "mps.log"), line)
+	if err != nil {
+		fmt.Fprintf(t.Stderr, "%s: %v\n", MPSControl, err)
+	}
+	return err
+}
+
+// inheritNothing marks every descriptor above stderr close-on-exec, so
+// that the daemon holds none that this process inherited, such as a pipe
+// whose reader waits for it to close. Those of the Go runtime already are.
+func inheritNothing() {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			syscall.CloseOnExec(fd)
+		}
+	}
+}
+
+func (t *Tools) fail(err error) int {
+	fmt.Fprintf(t.Stderr, "%s: %v\n", MPSControl, err)
+	return 1
+}
+
+// readLine reads one line from r, byte by byte so that nothing after it is
+// consumed, without the newline and the blanks around it, as the shell's
+// "read -r" does. At the end of the input it returns what it has.
+func readLine(r io.Reader) string {
+	if r == nil {
+		return ""
+	}
+	var line []byte
+	b := make([]byte, 1)
+	for {
+		n, err := r.Read(b)
+		if n == 1 {
+			if b[0] == '\n' {
+				break
+			}
+			line = append(line, b[0])
+		}
+		if err != nil {
+			break
+		}
+	}
+	return strings.Trim(string(line), " \t")
+}

@@ -1,0 +1,292 @@
+package simtools
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/simhosttest"
+)
+
+var fixedNow = func() time.Time { return time.Date(2026, 11, 30, 23, 4, 5, 0, time.FixedZone("CET", 3600)) }
+
+// run runs a tool in-process against root with env and stdin.
+func run(root, name, stdin string, env map[string]string, args ...string) (code int, stdout, stderr string) {
+	var out, errOut bytes.Buffer
+	t := &Tools{
+		Root: root, Executable: filepath.Join(root, "usr/bin", name),
+		Getenv: func(k string) string { return env[k] }, Now: fixedNow,
+		Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &errOut,
+	}
+	code = t.Run(name, args)
+	return code, out.String(), errOut.String()
+}
+
+// TestArgumentErrors checks the tools' messages and exit codes for bad
+// arguments, and that they then write nothing.
+func TestArgumentErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name, tool, stdin string
+		args              []string
+		env               map[string]string
+		wantCode          int
+		wantErr           string
+	}{
+		{name: "unknown program", tool: "gpu-sim-tools", wantCode: 2, wantErr: `gpu-sim-tools: run as nvidia-smi or nvidia-cuda-mps-control (a copy of this program of that name), not as "gpu-sim-tools"` + "\n"},
+		{name: "unknown argument", tool: SMI, args: []string{"compute-policy", "-i", "GPU-a", "--set-timeslice", "1", "--force"}, wantCode: 2, wantErr: "nvidia-smi compute-policy: unknown argument --force\n"},
+		{name: "no time slice", tool: SMI, args: []string{"compute-policy", "-i", "GPU-a"}, wantCode: 2, wantErr: "nvidia-smi compute-policy: bad time slice ''\n"},
+		{name: "time slice out of range", tool: SMI, args: []string{"compute-policy", "-i", "GPU-a", "--set-timeslice", "4"}, wantCode: 2, wantErr: "nvidia-smi compute-policy: bad time slice '4'\n"},
+		{name: "time slice not a number", tool: SMI, args: []string{"compute-policy", "-i", "GPU-a", "--set-timeslice=long"}, wantCode: 2, wantErr: "nvidia-smi compute-policy: bad time slice 'long'\n"},
+		{name: "time slice checked before -i", tool: SMI, args: []string{"compute-policy", "--set-timeslice=9"}, wantCode: 2, wantErr: "nvidia-smi compute-policy: bad time slice '9'\n"},
+		{name: "no -i", tool: SMI, args: []string{"compute-policy", "--set-timeslice=1"}, wantCode: 2, wantErr: "nvidia-smi compute-policy: -i is required\n"},
+		{name: "empty -i", tool: SMI, args: []string{"compute-policy", "-i", "", "--set-timeslice", "1"}, wantCode: 2, wantErr: "nvidia-smi compute-policy: -i is required\n"},
+		{name: "-i without value", tool: SMI, args: []string{"compute-policy", "--set-timeslice", "1", "-i"}, wantCode: 2, wantErr: "nvidia-smi compute-policy: -i needs a value\n"},
+		{name: "--set-timeslice without value", tool: SMI, args: []string{"compute-policy", "-i", "GPU-a", "--set-timeslice"}, wantCode: 2, wantErr: "nvidia-smi compute-policy: --set-timeslice needs a value\n"},
+		{name: "UUID with a slash", tool: SMI, args: []string{"compute-policy", "-i", "../GPU-a", "--set-timeslice", "1"}, wantCode: 2, wantErr: "nvidia-smi compute-policy: bad GPU UUID '../GPU-a'\n"},
+		{name: "unsupported MPS command", tool: MPSControl, stdin: "  get_server_list \n", wantCode: 1, wantErr: "nvidia-cuda-mps-control: unsupported command 'get_server_list'\n"},
+		{name: "no MPS command", tool: MPSControl, wantCode: 1, wantErr: "nvidia-cuda-mps-control: unsupported command ''\n"},
+		{name: "quit without daemon", tool: MPSControl, stdin: "quit\n", env: map[string]string{"CUDA_MPS_PIPE_DIRECTORY": "/nonexistent/pipe"}, wantCode: 1, wantErr: "no MPS control daemon at /nonexistent/pipe\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			code, stdout, stderr := run(root, tc.tool, tc.stdin, tc.env, tc.args...)
+			if code != tc.wantCode || stderr != tc.wantErr || stdout != "" {
+				t.Errorf("exit %d, stderr %q, stdout %q; want exit %d, stderr %q", code, stderr, stdout, tc.wantCode, tc.wantErr)
+			}
+			if _, err := os.Stat(filepath.Join(root, "var/lib/gpu-sim/timeslice")); !os.IsNotExist(err) {
+				t.Errorf("a time slice was recorded: %v", err)
+			}
+		})
+	}
+}
+
+func TestSetTimeSlice(t *testing.T) {
+	root := t.TempDir()
+	for _, tc := range []struct {
+		args        []string
+		uuid, slice string
+	}{
+		{args: []string{"compute-policy", "-i", "GPU-a", "--set-timeslice", "3"}, uuid: "GPU-a", slice: "3"},
+		{args: []string{"compute-policy", "--set-timeslice=0", "-i", "GPU-b"}, uuid: "GPU-b", slice: "0"},
+		{args: []string{"compute-policy", "-i", "GPU-x", "--set-timeslice", "2", "-i", "GPU-a", "--set-timeslice=1"}, uuid: "GPU-a", slice: "1"}, // the last wins
+	} {
+		code, stdout, stderr := run(root, SMI, "", nil, tc.args...)
+		if code != 0 || stderr != "" {
+			t.Fatalf("%v: exit %d: %s", tc.args, code, stderr)
+		}
+		if want := fmt.Sprintf("Set time slice of GPU %s to %s\n", tc.uuid, tc.slice); stdout != want {
+			t.Errorf("%v: stdout %q, want %q", tc.args, stdout, want)
+		}
+	}
+	for uuid, want := range map[string]string{"GPU-a": "1\n", "GPU-b": "0\n"} {
+		if got, err := os.ReadFile(filepath.Join(root, "var/lib/gpu-sim/timeslice", uuid)); err != nil || string(got) != want {
+			t.Errorf("%s: %q (%v), want %q", uuid, got, err, want)
+		}
+	}
+	log, err := os.ReadFile(filepath.Join(root, "var/lib/gpu-sim/nvidia-smi.log"))
+	want := "2026-11-30T22:04:05Z compute-policy -i GPU-a --set-timeslice 3\n" +
+		"2026-11-30T22:04:05Z compute-policy -i GPU-b --set-timeslice 0\n" +
+		"2026-11-30T22:04:05Z compute-policy -i GPU-a --set-timeslice 1\n"
+	if err != nil || string(log) != want {
+		t.Errorf("log %q (%v), want %q", log, err, want)
+	}
+}
+
+func TestInstall(t *testing.T) {
+	tools := simhosttest.Tools(t)
+	bin := filepath.Join(t.TempDir(), "usr/bin")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	program, err := os.ReadFile(tools)
+	if err != nil {
+		t.Fatal(err)
+	}
+	smi := filepath.Join(bin, SMI)
+	for _, v := range []string{"550.54.15", "550.54.15", "580.00"} {
+		if err := Install(tools, bin, v); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := readVersion(smi); err != nil || got != v {
+			t.Errorf("version %q (%v), want %s", got, err, v)
+		}
+	}
+	// An installed copy given as the program is installed with its own
+	// version replaced, not appended to.
+	if err := Install(smi, bin, "590.1"); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{SMI, MPSControl} {
+		got, err := os.ReadFile(filepath.Join(bin, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := string(program) + versionMarker + "590.1\n"; string(got) != want {
+			t.Errorf("%s: %d bytes, want the program and one version (%d bytes)", name, len(got), len(want))
+		}
+		if fi, err := os.Stat(filepath.Join(bin, name)); err != nil || fi.Mode().Perm() != 0o755 {
+			t.Errorf("%s: mode %v (%v)", name, fi.Mode(), err)
+		}
+	}
+	if entries, _ := os.ReadDir(bin); len(entries) != 2 {
+		t.Errorf("temporary files left: %v", entries)
+	}
+	for _, tc := range []struct{ tools, version, wantErr string }{
+		{tools: "", version: "1", wantErr: "no gpu-sim-tools program given"},
+		{tools: filepath.Join(bin, "missing"), version: "1", wantErr: filepath.Join(bin, "missing") + ": no such file"},
+		{tools: "/etc/hostname", version: "1", wantErr: "/etc/hostname is not a gpu-sim-tools program"},
+		{tools: tools, version: "", wantErr: `driver version ""`},
+		{tools: tools, version: "1\n2", wantErr: "control character"},
+	} {
+		if err := Install(tc.tools, bin, tc.version); err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+			t.Errorf("Install(%q, %q): %v, want %q", tc.tools, tc.version, err, tc.wantErr)
+		}
+	}
+}
+
+// TestProgram runs installed copies of the built program: nvidia-smi
+// without arguments, and an MPS control daemon started detached and quit.
+func TestProgram(t *testing.T) {
+	root := t.TempDir()
+	bin := filepath.Join(root, "usr/bin")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := Install(simhosttest.Tools(t), bin, "550.54.15"); err != nil {
+		t.Fatal(err)
+	}
+
+	// The driver root is found from a symlink's target.
+	link := filepath.Join(t.TempDir(), SMI)
+	if err := os.Symlink(filepath.Join(bin, SMI), link); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(link)
+	cmd.Env = []string{"NVIDIA_VISIBLE_DEVICES=GPU-a,GPU-b"}
+	out, err := cmd.CombinedOutput()
+	if want := "nvidia-smi (simulated NVIDIA driver 550.54.15)\nNVIDIA_VISIBLE_DEVICES=GPU-a,GPU-b\n"; err != nil || string(out) != want {
+		t.Errorf("nvidia-smi: %q (%v), want %q", out, err, want)
+	}
+	if out, err := exec.Command(link, "compute-policy", "-i", "GPU-a", "--set-timeslice", "2").CombinedOutput(); err != nil {
+		t.Errorf("compute-policy: %v: %s", err, out)
+	} else if got, err := os.ReadFile(filepath.Join(root, "var/lib/gpu-sim/timeslice/GPU-a")); err != nil || string(got) != "2\n" {
+		t.Errorf("time slice %q (%v)", got, err)
+	}
+
+	dir := t.TempDir()
+	pipe, logDir := filepath.Join(dir, "pipe"), filepath.Join(dir, "log")
+	env := []string{"CUDA_MPS_PIPE_DIRECTORY=" + pipe, "CUDA_MPS_LOG_DIRECTORY=" + logDir, "CUDA_VISIBLE_DEVICES=GPU-a"}
+	// The starter's output is read to its end and it is given one more
+	// pipe: both reach their end when the starter exits, as the daemon
+	// holds neither.
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	start := exec.Command(filepath.Join(bin, MPSControl), "-d")
+	start.Env = env
+	start.ExtraFiles = []*os.File{w}
+	done := make(chan error, 1)
+	go func() {
+		out, err := start.CombinedOutput()
+		if err == nil && len(out) > 0 {
+			err = fmt.Errorf("output %q", out)
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("start: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("start did not return: the daemon holds its output")
+	}
+	w.Close()
+	if err := r.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := r.Read(make([]byte, 1)); n != 0 || err == nil || err.Error() != "EOF" {
+		t.Errorf("the daemon holds an inherited descriptor: read %d, %v", n, err)
+	}
+
+	data, err := os.ReadFile(filepath.Join(pipe, pidFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || !alive(pid) {
+		t.Fatalf("PID file %q: not a running daemon (%v)", data, err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+	if sid, err := unix.Getsid(pid); err != nil || sid != pid {
+		t.Errorf("daemon's session %d (%v), want its own", sid, err)
+	}
+	if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); !strings.HasPrefix(string(cmdline), MPSControl+"\x00") {
+		t.Errorf("daemon's command line %q", cmdline)
+	}
+
+	quit := exec.Command(filepath.Join(bin, MPSControl))
+	quit.Env = env
+	quit.Stdin = strings.NewReader("quit\n")
+	if out, err := quit.CombinedOutput(); err != nil || len(out) > 0 {
+		t.Fatalf("quit: %v: %s", err, out)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for alive(pid) {
+		if time.Now().After(deadline) {
+			t.Fatal("daemon still running after quit")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := os.Stat(filepath.Join(pipe, pidFile)); !os.IsNotExist(err) {
+		t.Errorf("PID file left: %v", err)
+	}
+	quit = exec.Command(filepath.Join(bin, MPSControl))
+	quit.Env = env
+	quit.Stdin = strings.NewReader("quit\n")
+	if out, err := quit.CombinedOutput(); exitCode(err) != 1 || string(out) != "no MPS control daemon at "+pipe+"\n" {
+		t.Errorf("second quit: %v: %q", err, out)
+	}
+
+	line := regexp.QuoteMeta
+	want := regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ start pid=` + strconv.Itoa(pid) + ` devices=GPU-a pipe=` + line(pipe) + "\n" +
+		`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ quit pipe=` + line(pipe) + "\n$")
+	for _, log := range []string{filepath.Join(logDir, "control.log"), filepath.Join(root, "var/lib/gpu-sim/mps.log")} {
+		if got, err := os.ReadFile(log); err != nil || !want.Match(got) {
+			t.Errorf("%s: %q (%v)", log, got, err)
+		}
+	}
+}
+
+func exitCode(err error) int {
+	if e, ok := err.(*exec.ExitError); ok {
+		return e.ExitCode()
+	}
+	return -1
+}
+
+// alive reports whether pid runs and is no zombie (the daemon is reaped
+// by init, which may take its time).
+func alive(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(stat, ')')
+	return i < 0 || i+2 >= len(stat) || stat[i+2] != 'Z'
+}

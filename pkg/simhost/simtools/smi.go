@@ -1,0 +1,85 @@
+package simtools
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// smi is the simulated nvidia-smi. "compute-policy -i UUID --set-timeslice
+// N" records the GPU's time slice where tests read it and logs the call, as
+// the real tool changes the GPU's scheduler. Anything else prints what a
+// container sees: the driver version and NVIDIA_VISIBLE_DEVICES.
+func (t *Tools) smi(args []string) int {
+	if len(args) > 0 && args[0] == "compute-policy" {
+		return t.computePolicy(args[1:])
+	}
+	version, err := readVersion(t.Executable)
+	if err != nil {
+		fmt.Fprintf(t.Stderr, "%s: %v\n", SMI, err)
+		return 1
+	}
+	fmt.Fprintf(t.Stdout, "nvidia-smi (simulated NVIDIA driver %s)\n", version)
+	fmt.Fprintf(t.Stdout, "NVIDIA_VISIBLE_DEVICES=%s\n", t.getenv("NVIDIA_VISIBLE_DEVICES"))
+	return 0
+}
+
+// computePolicy sets a GPU's time slice. The last of repeated arguments
+// wins; an argument error exits 2.
+func (t *Tools) computePolicy(args []string) int {
+	const prefix = "nvidia-smi compute-policy: "
+	var uuid, slice string
+	for len(args) > 0 {
+		switch arg := args[0]; {
+		case arg == "-i" || arg == "--set-timeslice":
+			if len(args) < 2 {
+				fmt.Fprintf(t.Stderr, "%s%s needs a value\n", prefix, arg)
+				return 2
+			}
+			if arg == "-i" {
+				uuid = args[1]
+			} else {
+				slice = args[1]
+			}
+			args = args[2:]
+		case strings.HasPrefix(arg, "--set-timeslice="):
+			slice = strings.TrimPrefix(arg, "--set-timeslice=")
+			args = args[1:]
+		default:
+			fmt.Fprintf(t.Stderr, "%sunknown argument %s\n", prefix, arg)
+			return 2
+		}
+	}
+	switch slice {
+	case "0", "1", "2", "3":
+	default:
+		fmt.Fprintf(t.Stderr, "%sbad time slice '%s'\n", prefix, slice)
+		return 2
+	}
+	if uuid == "" {
+		fmt.Fprintf(t.Stderr, "%s-i is required\n", prefix)
+		return 2
+	}
+	// The UUID names a file: one with a slash would be written elsewhere.
+	if strings.Contains(uuid, "/") || uuid == "." || uuid == ".." {
+		fmt.Fprintf(t.Stderr, "%sbad GPU UUID '%s'\n", prefix, uuid)
+		return 2
+	}
+	dir := filepath.Join(t.simDir(), "timeslice")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		fmt.Fprintf(t.Stderr, "%s: %v\n", SMI, err)
+		return 1
+	}
+	if err := writeAtomic(filepath.Join(dir, uuid), []byte(slice+"\n"), 0o644, false); err != nil {
+		fmt.Fprintf(t.Stderr, "%s: %v\n", SMI, err)
+		return 1
+	}
+	// As the real tool's effect is done, a log that cannot be written is
+	// reported but not an error.
+	if err := appendLine(filepath.Join(t.simDir(), "nvidia-smi.log"), fmt.Sprintf("%s compute-policy -i %s --set-timeslice %s", t.now(), uuid, slice)); err != nil {
+		fmt.Fprintf(t.Stderr, "%s: %v\n", SMI, err)
+	}
+	fmt.Fprintf(t.Stdout, "Set time slice of GPU %s to %s\n", uuid, slice)
+	return 0
+}
