@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -125,7 +126,7 @@ func newRootCommand() *cobra.Command {
 	xid.Flags().IntVar(&giid, "gi", -1, "GPU instance ID of the MIG device the XID belongs to")
 	xid.Flags().IntVar(&ciid, "ci", -1, "compute instance ID of the MIG device the XID belongs to")
 
-	var hostDir string
+	var hostDir, tools string
 	host := &cobra.Command{
 		Use:   "host",
 		Short: "Create the simulated node's driver, /dev and /proc trees for the plugin's --driver-root, --dev-root and --proc-root",
@@ -133,6 +134,10 @@ func newRootCommand() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if hostDir == "" {
 				return fmt.Errorf("--dir is required")
+			}
+			program, err := toolsPath(tools)
+			if err != nil {
+				return err
 			}
 			n, err := open()
 			if err != nil {
@@ -150,7 +155,7 @@ func newRootCommand() *cobra.Command {
 			for _, g := range inv.GPUs {
 				minors = append(minors, g.Minor)
 			}
-			roots, err := simhost.Create(hostDir, minors, inv.DriverVersion)
+			roots, err := simhost.Create(hostDir, minors, inv.DriverVersion, program)
 			if err != nil {
 				return err
 			}
@@ -159,6 +164,7 @@ func newRootCommand() *cobra.Command {
 		},
 	}
 	host.Flags().StringVar(&hostDir, "dir", "", "directory to create the trees in")
+	host.Flags().StringVar(&tools, "tools", "", "the gpu-sim-tools program, copied into the driver root as nvidia-smi and nvidia-cuda-mps-control (default: gpu-sim-tools beside gpu-sim)")
 
 	root.AddCommand(show, xid, host,
 		gpuCommand(open, "ecc GPU", "Inject an uncorrectable (double-bit) ECC error", 0, func(n *sim.Node, i int, _ []string) error { return n.InjectDoubleBitECC(i) }),
@@ -202,6 +208,25 @@ func newRootCommand() *cobra.Command {
 		}),
 	)
 	return root
+}
+
+// toolsPath returns the gpu-sim-tools program to install: path, or by
+// default gpu-sim-tools in gpu-sim's own directory. It must exist.
+func toolsPath(path string) (string, error) {
+	if path == "" {
+		exe, err := os.Executable()
+		if err == nil {
+			exe, err = filepath.EvalSymlinks(exe)
+		}
+		if err != nil {
+			return "", fmt.Errorf("find gpu-sim-tools beside gpu-sim: %w", err)
+		}
+		path = filepath.Join(filepath.Dir(exe), "gpu-sim-tools")
+	}
+	if _, err := os.Stat(path); err != nil {
+		return "", fmt.Errorf("the simulated driver tools: %w (build them with `CGO_ENABLED=0 go build -o %s ./cmd/gpu-sim-tools`, or pass --tools)", err, path)
+	}
+	return path, nil
 }
 
 // gpuCommand builds a subcommand taking a GPU index and extra arguments.

@@ -14,6 +14,7 @@ import (
 	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/simhosttest"
 )
 
 const uid = "0a1b2c3d-0000-1111-2222-333344445555"
@@ -23,7 +24,7 @@ func newWriter(t *testing.T) (*Writer, simhost.Roots) {
 	if os.Geteuid() != 0 {
 		t.Skip("the simulated /dev needs root")
 	}
-	roots, err := simhost.Create(filepath.Join(t.TempDir(), "host"), []int{0, 1, 2}, "550.54.15")
+	roots, err := simhost.Create(filepath.Join(t.TempDir(), "host"), []int{0, 1, 2}, "550.54.15", simhosttest.Tools(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs/hostfstest"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/simhosttest"
 )
 
 // TestModes shows the CDI root is RootMode and a claim's spec SpecMode,
@@ -22,7 +23,7 @@ func TestModes(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("the simulated /dev needs root")
 	}
-	roots, err := simhost.Create(filepath.Join(t.TempDir(), "host"), []int{0}, "550.54.15")
+	roots, err := simhost.Create(filepath.Join(t.TempDir(), "host"), []int{0}, "550.54.15", simhosttest.Tools(t))
 	if err != nil {
 		t.Fatal(err)
 	}

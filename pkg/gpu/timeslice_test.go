@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/simhosttest"
 )
 
 func TestSetTimeSlice(t *testing.T) {
@@ -16,7 +17,7 @@ func TestSetTimeSlice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	roots, err := simhost.Create(t.TempDir(), []int{0, 1}, inv.DriverVersion)
+	roots, err := simhost.Create(t.TempDir(), []int{0, 1}, inv.DriverVersion, simhosttest.Tools(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/simhosttest"
 )
 
 // TestDaemonLifecycle runs the simulated control program: start is
@@ -16,7 +17,7 @@ import (
 // ends it and removes its directories.
 func TestDaemonLifecycle(t *testing.T) {
 	ctx := context.Background()
-	roots, err := simhost.Create(t.TempDir(), []int{0}, "580.00")
+	roots, err := simhost.Create(t.TempDir(), []int{0}, "580.00", simhosttest.Tools(t))
 	if err != nil {
 		t.Fatal(err)
 	}

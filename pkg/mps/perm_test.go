@@ -13,6 +13,7 @@ import (
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs/hostfstest"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/simhosttest"
 )
 
 // TestDirModes starts the simulated daemon and shows its directories are
@@ -20,7 +21,7 @@ import (
 // older plugin left a 0777 directory. The umask is process-wide, so this
 // test is not parallel.
 func TestDirModes(t *testing.T) {
-	roots, err := simhost.Create(t.TempDir(), []int{0}, "580.00")
+	roots, err := simhost.Create(t.TempDir(), []int{0}, "580.00", simhosttest.Tools(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/simhosttest"
 )
 
 const pool = "node-1"
@@ -69,7 +70,7 @@ func newFixture(t testing.TB, model string) *fixture {
 	for _, g := range inv.GPUs {
 		minors = append(minors, g.Minor)
 	}
-	roots, err := simhost.Create(filepath.Join(dir, "host"), minors, inv.DriverVersion)
+	roots, err := simhost.Create(filepath.Join(dir, "host"), minors, inv.DriverVersion, simhosttest.Tools(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,8 +1,14 @@
 // Package simhost makes the host trees a simulated GPU node needs to run
 // under a real container runtime: a driver root with (fake) driver
-// libraries and nvidia-smi, a /dev root with the GPU device nodes, and a
-// /proc root with the kernel's MIG capability table. The plugin is pointed
-// at them with --driver-root, --dev-root and --proc-root.
+// libraries and tools, a /dev root with the GPU device nodes, and a /proc
+// root with the kernel's MIG capability table. The plugin is pointed at
+// them with --driver-root, --dev-root and --proc-root.
+//
+// The driver root's tools, usr/bin/nvidia-smi and
+// usr/bin/nvidia-cuda-mps-control, are copies of the static gpu-sim-tools
+// program (package simtools), not shell scripts: they run in the plugin's
+// image, which has no shell, and in the containers CDI mounts them into.
+// What they record is read back with TimeSlicePath and MPSLogPath.
 package simhost
 
 import (
@@ -13,6 +19,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/simtools"
 )
 
 // Roots are the three trees.
@@ -26,16 +34,25 @@ const (
 )
 
 // Create makes (idempotently) dir/driver, dir/dev and dir/proc for GPUs
-// with the given minors and driver version. Device nodes are character
-// devices with the numbers of /dev/null (1:3), so a runtime can create them
-// in a container and a process can open them; creating them needs root.
-func Create(dir string, gpuMinors []int, driverVersion string) (Roots, error) {
+// with the given minors and driver version. tools is the gpu-sim-tools
+// program (cmd/gpu-sim-tools, built with CGO_ENABLED=0), copied into the
+// driver root as its nvidia-smi and nvidia-cuda-mps-control (see
+// simtools.Install). Device nodes are character devices with the numbers
+// of /dev/null (1:3), so a runtime can create them in a container and a
+// process can open them; creating them needs root.
+func Create(dir string, gpuMinors []int, driverVersion, tools string) (Roots, error) {
+	if tools == "" {
+		return Roots{}, errors.New("simulated driver root: no gpu-sim-tools program given (build it with: CGO_ENABLED=0 go build ./cmd/gpu-sim-tools)")
+	}
+	if _, err := os.Stat(tools); err != nil {
+		return Roots{}, fmt.Errorf("simulated driver root: gpu-sim-tools program: %w (build it with: CGO_ENABLED=0 go build ./cmd/gpu-sim-tools)", err)
+	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return Roots{}, fmt.Errorf("simulated host directory: %w", err)
 	}
 	r := Roots{DriverRoot: filepath.Join(abs, "driver"), DevRoot: filepath.Join(abs, "dev"), ProcRoot: filepath.Join(abs, "proc")}
-	if err := makeDriverRoot(r.DriverRoot, driverVersion); err != nil {
+	if err := makeDriverRoot(r.DriverRoot, driverVersion, tools); err != nil {
 		return Roots{}, err
 	}
 	table := MIGMinors(gpuMinors)
@@ -72,7 +89,7 @@ func MIGMinors(gpuMinors []int) []MIGMinor {
 	return out
 }
 
-func makeDriverRoot(root, version string) error {
+func makeDriverRoot(root, version, tools string) error {
 	lib := filepath.Join(root, "usr/lib/x86_64-linux-gnu")
 	bin := filepath.Join(root, "usr/bin")
 	for _, d := range []string{lib, bin} {
@@ -94,72 +111,13 @@ func makeDriverRoot(root, version string) error {
 			return fmt.Errorf("create simulated driver root: %w", err)
 		}
 	}
-	if err := writeFile(filepath.Join(bin, "nvidia-cuda-mps-control"), simulatedMPSControl, 0o755); err != nil {
-		return err
-	}
-	return writeFile(filepath.Join(bin, "nvidia-smi"), fmt.Sprintf(simulatedSMI, version), 0o755)
+	return simtools.Install(tools, bin, version)
 }
 
-// simulatedSMI is the simulated nvidia-smi. Without arguments it prints
-// what a container sees. "compute-policy -i UUID --set-timeslice N" records
-// the GPU's time slice where tests read it (TimeSlicePath) and logs the
-// call, as the real tool changes the GPU's scheduler.
-const simulatedSMI = `#!/bin/sh
-root=$(cd "$(dirname "$0")/../.." && pwd)
-if [ "$1" = compute-policy ]; then
-	shift
-	uuid= slice=
-	while [ $# -gt 0 ]; do
-		case $1 in
-		-i) uuid=$2; shift 2 ;;
-		--set-timeslice) slice=$2; shift 2 ;;
-		--set-timeslice=*) slice=${1#*=}; shift ;;
-		*) echo "nvidia-smi compute-policy: unknown argument $1" >&2; exit 2 ;;
-		esac
-	done
-	case $slice in 0|1|2|3) ;; *) echo "nvidia-smi compute-policy: bad time slice '$slice'" >&2; exit 2 ;; esac
-	[ -n "$uuid" ] || { echo "nvidia-smi compute-policy: -i is required" >&2; exit 2; }
-	mkdir -p "$root/var/lib/gpu-sim/timeslice" || exit 1
-	echo "$slice" > "$root/var/lib/gpu-sim/timeslice/$uuid" || exit 1
-	echo "$(date -u +%%Y-%%m-%%dT%%H:%%M:%%SZ) compute-policy -i $uuid --set-timeslice $slice" >> "$root/var/lib/gpu-sim/nvidia-smi.log"
-	echo "Set time slice of GPU $uuid to $slice"
-	exit 0
-fi
-echo "nvidia-smi (simulated NVIDIA driver %s)"
-echo "NVIDIA_VISIBLE_DEVICES=${NVIDIA_VISIBLE_DEVICES:-}"
-`
-
-// simulatedMPSControl is the simulated nvidia-cuda-mps-control. "-d"
-// starts a daemon (a detached shell loop) that lives while its control
-// pipe exists, with its PID in the pipe directory; on stdin, "quit" makes
-// it exit. Every start and quit is logged in MPSLogPath with the
-// environment the daemon was given.
-const simulatedMPSControl = `#!/bin/sh
-root=$(cd "$(dirname "$0")/../.." && pwd)
-pipe=${CUDA_MPS_PIPE_DIRECTORY:-/tmp/nvidia-mps}
-log=${CUDA_MPS_LOG_DIRECTORY:-/var/log/nvidia-mps}
-mkdir -p "$root/var/lib/gpu-sim"
-if [ "$1" = -d ]; then
-	mkdir -p "$pipe" "$log" || exit 1
-	: > "$pipe/control"
-	setsid sh -c 'while [ -e "$1/control" ]; do sleep 0.1; done; rm -f "$1/nvidia-cuda-mps-control.pid"' mps-control-daemon "$pipe" </dev/null >/dev/null 2>&1 &
-	echo $! > "$pipe/nvidia-cuda-mps-control.pid"
-	echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) start pid=$! devices=${CUDA_VISIBLE_DEVICES:-} pipe=$pipe" | tee -a "$log/control.log" >> "$root/var/lib/gpu-sim/mps.log"
-	exit 0
-fi
-read -r command
-case $command in
-quit)
-	[ -e "$pipe/control" ] || { echo "no MPS control daemon at $pipe" >&2; exit 1; }
-	rm -f "$pipe/control"
-	echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) quit pipe=$pipe" | tee -a "$log/control.log" >> "$root/var/lib/gpu-sim/mps.log"
-	;;
-*) echo "nvidia-cuda-mps-control: unsupported command '$command'" >&2; exit 1 ;;
-esac
-`
-
 // MPSLogPath is where the simulated MPS control program logs every daemon
-// start and quit under the driver root.
+// start and quit under the driver root, one line each:
+// "<UTC time> start pid=<pid> devices=<CUDA_VISIBLE_DEVICES> pipe=<dir>"
+// and "<UTC time> quit pipe=<dir>".
 func MPSLogPath(driverRoot string) string {
 	return filepath.Join(driverRoot, "var/lib/gpu-sim/mps.log")
 }

@@ -2,10 +2,18 @@ package simhost
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/simhosttest"
 )
 
 func TestCreate(t *testing.T) {
@@ -14,7 +22,7 @@ func TestCreate(t *testing.T) {
 	}
 	dir := t.TempDir()
 	for i := 0; i < 2; i++ { // the second run finds everything in place
-		r, err := Create(dir, []int{0, 1}, "550.54.15")
+		r, err := Create(dir, []int{0, 1}, "550.54.15", simhosttest.Tools(t))
 		if err != nil {
 			t.Fatalf("run %d: %v", i, err)
 		}
@@ -31,6 +39,106 @@ func TestCreate(t *testing.T) {
 			if _, err := os.Stat(filepath.Join(r.DriverRoot, f)); err != nil {
 				t.Error(err)
 			}
+		}
+	}
+}
+
+func TestCreateWithoutTools(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "gpu-sim-tools")
+	for tools, want := range map[string]string{"": "no gpu-sim-tools program given", missing: missing + ": no such file"} {
+		dir := t.TempDir()
+		_, err := Create(dir, []int{0}, "550.54.15", tools)
+		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "go build ./cmd/gpu-sim-tools") {
+			t.Errorf("tools %q: %v, want %q and how to build it", tools, err, want)
+		}
+		if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+			t.Errorf("tools %q: created %v", tools, entries)
+		}
+	}
+}
+
+// TestTools runs the driver root's nvidia-smi and nvidia-cuda-mps-control
+// as the plugin does, and a Create that replaces them while an MPS daemon
+// runs the old copy.
+func TestTools(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("creating device nodes needs root")
+	}
+	dir := t.TempDir()
+	r, err := Create(dir, []int{0}, "550.54.15", simhosttest.Tools(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	smi := filepath.Join(r.DriverRoot, "usr/bin/nvidia-smi")
+	mpsControl := filepath.Join(r.DriverRoot, "usr/bin/nvidia-cuda-mps-control")
+	output := func(wantCode int, stdin, name string, env []string, args ...string) string {
+		t.Helper()
+		cmd := exec.Command(name, args...)
+		cmd.Env, cmd.Stdin = env, strings.NewReader(stdin)
+		out, err := cmd.CombinedOutput()
+		if code := cmd.ProcessState.ExitCode(); code != wantCode {
+			t.Fatalf("%s %v: exit %d (%v), want %d: %s", filepath.Base(name), args, code, err, wantCode, out)
+		}
+		return string(out)
+	}
+
+	if out := output(0, "", smi, []string{"NVIDIA_VISIBLE_DEVICES=GPU-a"}); out != "nvidia-smi (simulated NVIDIA driver 550.54.15)\nNVIDIA_VISIBLE_DEVICES=GPU-a\n" {
+		t.Errorf("nvidia-smi: %q", out)
+	}
+	if out := output(0, "", smi, nil, "compute-policy", "-i", "GPU-a", "--set-timeslice", "3"); out != "Set time slice of GPU GPU-a to 3\n" {
+		t.Errorf("compute-policy: %q", out)
+	}
+	if out := output(2, "", smi, nil, "compute-policy", "-i", "GPU-a", "--set-timeslice", "7"); out != "nvidia-smi compute-policy: bad time slice '7'\n" {
+		t.Errorf("bad time slice: %q", out)
+	}
+	if got, err := os.ReadFile(TimeSlicePath(r.DriverRoot, "GPU-a")); err != nil || string(got) != "3\n" {
+		t.Errorf("time slice %q (%v)", got, err)
+	}
+	timeRE := `\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ`
+	if log, err := os.ReadFile(filepath.Join(r.DriverRoot, "var/lib/gpu-sim/nvidia-smi.log")); err != nil || !regexp.MustCompile(`^`+timeRE+` compute-policy -i GPU-a --set-timeslice 3\n$`).Match(log) {
+		t.Errorf("nvidia-smi.log %q (%v)", log, err)
+	}
+
+	pipe, logDir := filepath.Join(dir, "mps/pipe"), filepath.Join(dir, "mps/log")
+	env := []string{"CUDA_MPS_PIPE_DIRECTORY=" + pipe, "CUDA_MPS_LOG_DIRECTORY=" + logDir, "CUDA_VISIBLE_DEVICES=GPU-a,GPU-b"}
+	output(0, "", mpsControl, env, "-d")
+	data, err := os.ReadFile(filepath.Join(pipe, "nvidia-cuda-mps-control.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || syscall.Kill(pid, 0) != nil {
+		t.Fatalf("PID file %q: no daemon (%v)", data, err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+
+	// The daemon runs the old copy while Create replaces it.
+	if _, err := Create(dir, []int{0}, "580.00", simhosttest.Tools(t)); err != nil {
+		t.Fatalf("Create while a daemon runs: %v", err)
+	}
+	if out := output(0, "", smi, nil); !strings.HasPrefix(out, "nvidia-smi (simulated NVIDIA driver 580.00)\n") {
+		t.Errorf("nvidia-smi after a new Create: %q", out)
+	}
+	if out := output(1, "status\n", mpsControl, env); out != "nvidia-cuda-mps-control: unsupported command 'status'\n" {
+		t.Errorf("unsupported command: %q", out)
+	}
+	output(0, "quit\n", mpsControl, env)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(filepath.Join(pipe, "nvidia-cuda-mps-control.pid")); os.IsNotExist(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the daemon did not quit")
+		}
+	}
+	if out := output(1, "quit\n", mpsControl, env); out != "no MPS control daemon at "+pipe+"\n" {
+		t.Errorf("second quit: %q", out)
+	}
+	want := regexp.MustCompile(`^` + timeRE + ` start pid=` + strconv.Itoa(pid) + ` devices=GPU-a,GPU-b pipe=` + regexp.QuoteMeta(pipe) + "\n" +
+		timeRE + ` quit pipe=` + regexp.QuoteMeta(pipe) + "\n$")
+	for _, log := range []string{MPSLogPath(r.DriverRoot), filepath.Join(logDir, "control.log")} {
+		if got, err := os.ReadFile(log); err != nil || !want.Match(got) {
+			t.Errorf("%s: %q (%v)", log, got, err)
 		}
 	}
 }
