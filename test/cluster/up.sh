@@ -173,6 +173,8 @@ start_etcd() {
 	wait_for "etcd /health" 30 etcd curl -fsS --max-time 2 http://127.0.0.1:2379/health
 }
 
+# The API server calls webhooks at their Services' endpoints (--enable-aggregator-routing), as
+# the node runs no kube-proxy.
 start_control_plane() {
 	start kube-apiserver "$K8S_BIN/kube-apiserver" \
 		--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port=6443 \
@@ -186,7 +188,8 @@ start_control_plane() {
 		--kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
 		--kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
 		--kubelet-preferred-address-types=Hostname,InternalIP --profiling=false \
-		--runtime-config=resource.k8s.io/v1beta1=true,resource.k8s.io/v1beta2=true
+		--runtime-config=resource.k8s.io/v1beta1=true,resource.k8s.io/v1beta2=true \
+		--enable-aggregator-routing=true
 	wait_for "kube-apiserver /readyz" 90 kube-apiserver curl_ok "$SERVER/readyz"
 
 	start kube-scheduler "$K8S_BIN/kube-scheduler" \
@@ -265,7 +268,9 @@ start_containerd() {
 		[plugins.'io.containerd.grpc.v1.cri']
 		  stream_server_address = "127.0.0.1"
 	EOF
-	# Pods reach each other on the bridge; no gateway, no masquerading: nothing leaves the node.
+	# Pods reach each other on the bridge, which is also their gateway: this machine reaches them
+	# (the API server calls the driver's webhook at its pod's address). No masquerading: nothing
+	# leaves the node.
 	cat >"$RUN/cni/net.d/10-$CNI_NETWORK.conflist" <<-EOF
 		{
 		  "cniVersion": "1.0.0",
@@ -274,7 +279,7 @@ start_containerd() {
 		    {
 		      "type": "bridge",
 		      "bridge": "$BRIDGE",
-		      "isGateway": false,
+		      "isGateway": true,
 		      "ipMasq": false,
 		      "hairpinMode": true,
 		      "ipam": {
