@@ -16,10 +16,13 @@ COMMANDS := gpu-kubelet-plugin gpu-sim gpu-dra-webhook kubectl-gpu
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
+# gpu-sim-tools (the simulated driver's nvidia-smi and MPS control) runs in the driver's image
+# and in pods: it is static.
 .PHONY: build
 build: ## build the commands into bin/
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(COMMANDS))
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/gpu-sim-tools
 
 .PHONY: test
 test: lint chart unit e2e ## run every test: lint, chart, unit, then end-to-end on a local cluster

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# demo.sh — the README's first command: builds what is missing, starts the local cluster, runs
-# the driver on a simulated DGX H100, applies the examples under demo/, waits for its pods and
-# prints what each pod got. The cluster stays up; `make demo-down` stops it.
+# demo.sh — the README's first command: builds what is missing, starts the local cluster,
+# installs the driver with its Helm chart on a simulated DGX H100, applies the examples under
+# demo/, waits for its pods and prints what each pod got. The cluster stays up; `make demo-down` stops it.
 #
 # demo/sharing (time-slicing, MPS, quarter GPUs) would take three more of the eight GPUs and leave
 # none for the user's own claims, so it is applied only with GPU_DRA_DEMO_ALL=1; its README shows
@@ -32,6 +32,7 @@ report() {
 	echo
 	echo "=== gpu.nvidia.com on a simulated ${GPU_DRA_SIMULATE:-dgxh100} ==="
 	kubectl get nodes -o wide | awk '{print "  " $1, $2, $5, $6}'
+	echo "  installed: helm release gpu-dra-driver in namespace gpu-dra-driver ($(kubectl get ds -n gpu-dra-driver gpu-dra-driver-kubelet-plugin -o jsonpath='{.spec.template.spec.containers[0].image}'))"
 	echo "  published: $slices ResourceSlices, $devices devices (whole GPUs, every MIG placement, shared GPUs)"
 	echo
 	printf '  %-22s %-24s %-10s %s\n' POD DEVICE REQUEST "CONTAINER SAW"
@@ -51,8 +52,10 @@ report() {
 
 		The cluster is up. To use it:
 		  export KUBECONFIG=$RUN/kubeconfig/admin.kubeconfig
-		  export PATH=$RUN/bin:\$PATH      # kubectl, gpu-sim
+		  export PATH=$RUN/bin:\$PATH      # kubectl, helm, gpu-sim, kubectl-gpu
 		  kubectl get resourceslices; kubectl get pods -A
+		  kubectl logs -n gpu-dra-driver ds/gpu-dra-driver-kubelet-plugin
+		  helm list -n gpu-dra-driver
 		  gpu-sim --state-dir $RUN/sim/state show
 		  kubectl apply -f demo/sharing/       # time-slicing, MPS and four pods on quarter GPUs
 		Stop it with: make demo-down
@@ -63,7 +66,7 @@ main() {
 	local start=$SECONDS
 	step "build Kubernetes, etcd, containerd (cached)" "$CLUSTER_DIR/build.sh"
 	step "start the cluster" "$CLUSTER_DIR/up.sh"
-	step "start the driver" "$CLUSTER_DIR/driver.sh" start
+	step "install the driver (helm)" "$CLUSTER_DIR/driver.sh" start
 	step "apply demo/ and wait for the pods" apply_examples
 	report
 	log "demo ready in $((SECONDS - start))s"

@@ -149,12 +149,12 @@ main() {
 		return
 	fi
 	# Order matters:
-	# 1. the DRA plugin, then the kubelet, so it restarts nothing;
-	# 2. container tasks through containerd, so the shims exit; then containerd;
+	# 1. the kubelet, so it restarts nothing;
+	# 2. container tasks (the driver's pods among them) through containerd, so the shims exit;
+	#    then containerd;
 	# 3. the control plane, etcd last;
 	# 4. what survived (shims, container processes), by PID;
 	# 5. mounts, host paths, bridge, cgroups, files.
-	stop gpu-kubelet-plugin gpu-dra-webhook
 	stop kubelet
 	kill_tasks
 	stop containerd

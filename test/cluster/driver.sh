@@ -1,121 +1,173 @@
 #!/usr/bin/env bash
-# driver.sh start|stop|restart — runs the gpu.nvidia.com kubelet plugin on the local cluster's
-# node the way an operator runs it: its own ServiceAccount credentials bound by the RBAC in
-# deployments/rbac, the DeviceClasses from deployments/deviceclasses, a simulated DGX
-# (GPU_DRA_SIMULATE, default dgxh100) with its own driver, /dev and /proc trees, its CDI root
-# shared with containerd and its sockets under the kubelet's plugin directories.
-# Needs a cluster started by up.sh. The plugin's PID is recorded like the cluster's, so
-# down.sh stops it too.
+# driver.sh start|stop|restart [plugin flags...] — installs the gpu.nvidia.com driver on the
+# local cluster the way an operator does: `helm upgrade --install` of deployments/helm with the
+# image built by image.sh, as release gpu-dra-driver in namespace gpu-dra-driver. The kubelet
+# plugin DaemonSet runs on a simulated DGX (GPU_DRA_SIMULATE, default dgxh100) whose driver,
+# /dev and /proc trees, state, CDI directory and kubelet directories are the run directory's,
+# given as chart values. The cluster has no kube-proxy: the API server calls the webhook at its
+# Service's endpoints, the pods' addresses on the node's bridge.
+#
+#   start    builds the commands and the image, installs or upgrades the release, and starts the
+#            plugin; returns once the webhook admits and the plugin is ready.
+#   stop     stops the plugin (its node loses the label the harness's DaemonSet selects), which
+#            keeps its slices and prepared claims, as in a restart or upgrade.
+#   restart  stop, then the release upgraded with the plugin flags given (none: the defaults),
+#            then start. Builds nothing.
+#
+# Plugin tunables from the environment become plugin flags: GPU_DRA_INVENTORY_INTERVAL (10s),
+# GPU_DRA_HEALTH_PROBE_INTERVAL, GPU_DRA_HEALTH_CLEAR_AFTER, GPU_DRA_HELD_DEVICE_WAIT,
+# GPU_DRA_SHARED_GPUS, GPU_DRA_STATIC_MIG_ONLY; GPU_DRA_PLUGIN_VERBOSITY (2) its log level.
+# The local binaries (gpu-sim, kubectl-gpu, gpu-kubelet-plugin for its CLI) go to $RUN/bin.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SIMULATE=${GPU_DRA_SIMULATE:-dgxh100}
 SIM_DIR=$RUN/sim
-PLUGIN_LOG=$RUN/logs/gpu-kubelet-plugin.log
-PLUGIN_HTTP=${GPU_DRA_PLUGIN_HTTP:-127.0.0.1:8088}
+RELEASE=gpu-dra-driver
+NAMESPACE=gpu-dra-driver
+# The harness's plugin runs while the node has this label (and nvidia.com/gpu.present, which GPU
+# feature discovery would set): stop removes it, so the DaemonSet's pod goes and nothing else.
+RUN_LABEL=gpu-dra.local/harness-plugin
+PLUGIN_HTTP_PORT=8088
+VALUES=$RUN/driver-values.yaml
+PLUGIN_SELECTOR=app.kubernetes.io/instance=$RELEASE,app.kubernetes.io/component=kubelet-plugin
 
 kubectl() { "$K8S_BIN/kubectl" --kubeconfig "$RUN/kubeconfig/admin.kubeconfig" --cache-dir "$RUN/kube-cache" "$@"; }
+helm() { "$HELM" --kubeconfig "$RUN/kubeconfig/admin.kubeconfig" --namespace "$NAMESPACE" "$@"; }
 
 build() {
 	mkdir -p "$RUN/bin"
 	(cd "$REPO_ROOT" && CGO_CFLAGS="-O2 -g -Wno-deprecated-declarations" go build -o "$RUN/bin/" ./cmd/gpu-kubelet-plugin ./cmd/gpu-sim ./cmd/gpu-dra-webhook ./cmd/kubectl-gpu)
+	# The simulated driver's nvidia-smi and MPS control run in the plugin's image and in pods:
+	# static.
+	(cd "$REPO_ROOT" && CGO_ENABLED=0 go build -o "$RUN/bin/" ./cmd/gpu-sim-tools)
+	"$CLUSTER_DIR/image.sh" >/dev/null
+	ensure_helm
+	ln -sf "$HELM" "$RUN/bin/helm"
 }
 
-apply_manifests() {
-	kubectl apply -f "$REPO_ROOT/deployments/rbac/" -f "$REPO_ROOT/deployments/deviceclasses/" >/dev/null
+# prepare_node creates the simulated node's host trees and labels the node as GPU feature
+# discovery would. The identity in deployments/rbac is the one the tests' own plugin processes
+# (crash tests, the uninstall command) use.
+prepare_node() {
+	mkdir -p "$SIM_DIR/state"
+	"$RUN/bin/gpu-sim" --model "$SIMULATE" --state-dir "$SIM_DIR/state" host --dir "$SIM_DIR/host" >/dev/null
+	kubectl label node "$NODE_NAME" nvidia.com/gpu.present=true --overwrite >/dev/null
+	kubectl apply -f "$REPO_ROOT/deployments/rbac/" >/dev/null
+	# DeviceClasses a harness before this one applied with kubectl: the chart adopts them.
+	local class
+	for class in gpu.nvidia.com mig.nvidia.com shared.gpu.nvidia.com; do
+		if kubectl get deviceclass "$class" >/dev/null 2>&1; then
+			kubectl annotate deviceclass "$class" --overwrite >/dev/null \
+				meta.helm.sh/release-name="$RELEASE" meta.helm.sh/release-namespace="$NAMESPACE"
+			kubectl label deviceclass "$class" --overwrite app.kubernetes.io/managed-by=Helm >/dev/null
+		fi
+	done
 }
 
-plugin_pid() {
-	local f=$RUN/pids/gpu-kubelet-plugin.pid pid
-	[[ -f $f ]] || return 1
-	pid=$(<"$f")
-	kill -0 "$pid" 2>/dev/null || return 1
-	echo "$pid"
+# write_values writes the chart values of the local cluster, with the plugin flags given.
+write_values() {
+	local tag arg
+	tag=$(sed -n 's/^appVersion: "\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$CHART/Chart.yaml")
+	local args=(--inventory-interval="${GPU_DRA_INVENTORY_INTERVAL:-10s}")
+	[[ -z ${GPU_DRA_HEALTH_PROBE_INTERVAL:-} ]] || args+=(--health-probe-interval="$GPU_DRA_HEALTH_PROBE_INTERVAL")
+	[[ -z ${GPU_DRA_HEALTH_CLEAR_AFTER:-} ]] || args+=(--health-clear-after="$GPU_DRA_HEALTH_CLEAR_AFTER")
+	[[ -z ${GPU_DRA_HELD_DEVICE_WAIT:-} ]] || args+=(--held-device-wait="$GPU_DRA_HELD_DEVICE_WAIT")
+	[[ -z ${GPU_DRA_SHARED_GPUS:-} ]] || args+=(--shared-gpus="$GPU_DRA_SHARED_GPUS")
+	[[ -z ${GPU_DRA_STATIC_MIG_ONLY:-} ]] || args+=(--static-mig-only="$GPU_DRA_STATIC_MIG_ONLY")
+	args+=("$@")
+	{
+		cat <<-EOF
+			# Written by test/cluster/driver.sh: the chart on the local cluster.
+			image: {repository: gpu-dra-driver, tag: "${GPU_DRA_IMAGE_TAG:-$tag}", pullPolicy: Never}
+			kubeletPlugin:
+			  nodeSelector: {nvidia.com/gpu.present: "true", $RUN_LABEL: "true"}
+			  simulate: $SIMULATE
+			  simulateStateDir: $SIM_DIR/state
+			  apiServer: 127.0.0.1:6443
+			  httpPort: $PLUGIN_HTTP_PORT
+			  logVerbosity: ${GPU_DRA_PLUGIN_VERBOSITY:-2}
+			  # The tests stop and start the plugin often: no need to wait long.
+			  terminationGracePeriodSeconds: 15
+			  hostPaths:
+			    pluginsDir: $RUN/kubelet/plugins
+			    registryDir: $RUN/kubelet/plugins_registry
+			    cdiRoot: $RUN/cdi
+			    driverRoot: $SIM_DIR/host/driver
+			    devRoot: $SIM_DIR/host/dev
+			    procRoot: $SIM_DIR/host/proc
+			  extraArgs:
+		EOF
+		for arg in "${args[@]}"; do
+			printf '  - "%s"\n' "${arg//\"/\\\"}"
+		done
+		cat <<-EOF
+		EOF
+	} >"$VALUES"
+}
+
+# upgrade installs or upgrades the release with the values of write_values and waits for the
+# webhook (the plugin's pods, if any are due, are waited for by start_plugin).
+upgrade() {
+	write_values "$@"
+	helm upgrade --install "$RELEASE" "$CHART" --create-namespace -f "$VALUES" >/dev/null
+	kubectl rollout status -n "$NAMESPACE" "deployment/$RELEASE-webhook" --timeout=120s >/dev/null
+}
+
+# wait_webhook waits until the API server reaches the webhook: a server-side dry run of an invalid
+# claim is refused by it.
+wait_webhook() {
+	local out deadline=$((SECONDS + 60))
+	until out=$(kubectl create --dry-run=server -f - 2>&1 <<-EOF
+		apiVersion: resource.k8s.io/v1
+		kind: ResourceClaim
+		metadata: {name: webhook-probe, namespace: default}
+		spec:
+		  devices:
+		    requests: [{name: gpu, exactly: {deviceClassName: gpu.nvidia.com}}]
+		    config:
+		    - opaque:
+		        driver: gpu.nvidia.com
+		        parameters: {apiVersion: resource.nvidia.com/v1beta1, kind: TpuConfig}
+	EOF
+	); [[ $out == *"admission webhook"*"denied"* ]]; do
+		((SECONDS < deadline)) || die "the webhook does not answer the API server after 60s: $out"
+		sleep 0.2
+	done
+}
+
+plugin_pods() {
+	kubectl get pods -n "$NAMESPACE" -l "$PLUGIN_SELECTOR" -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}'
 }
 
 start_plugin() {
-	mkdir -p "$SIM_DIR/state"
-	"$RUN/bin/gpu-sim" --model "$SIMULATE" --state-dir "$SIM_DIR/state" host --dir "$SIM_DIR/host" >/dev/null
 	local started
 	started=$(date +%s.%N)
-	GPU_DRA_SIM_STATE_DIR=$SIM_DIR/state setsid "$RUN/bin/gpu-kubelet-plugin" \
-		--node-name "$NODE_NAME" \
-		--kubeconfig "$RUN/kubeconfig/plugin.kubeconfig" \
-		--simulate "$SIMULATE" --sim-state-dir "$SIM_DIR/state" \
-		--cdi-root "$RUN/cdi" \
-		--plugin-dir "$RUN/kubelet/plugins/$DRIVER_NAME" \
-		--registrar-dir "$RUN/kubelet/plugins_registry" \
-		--driver-root "$SIM_DIR/host/driver" --dev-root "$SIM_DIR/host/dev" --proc-root "$SIM_DIR/host/proc" \
-		--http-endpoint "$PLUGIN_HTTP" \
-		--inventory-interval "${GPU_DRA_INVENTORY_INTERVAL:-10s}" \
-		-v "${GPU_DRA_PLUGIN_VERBOSITY:-2}" "$@" >>"$PLUGIN_LOG" 2>&1 </dev/null &
-	echo $! >"$RUN/pids/gpu-kubelet-plugin.pid"
-	local deadline=$((SECONDS + 60))
-	until curl -fsS --max-time 1 "http://$PLUGIN_HTTP/readyz" >/dev/null 2>&1; do
-		if ! plugin_pid >/dev/null; then
-			tail -n 30 "$PLUGIN_LOG" >&2
-			die "gpu-kubelet-plugin exited during start-up"
+	kubectl label node "$NODE_NAME" "$RUN_LABEL=true" --overwrite >/dev/null
+	local deadline=$((SECONDS + 120)) ready
+	until ready=$(kubectl get pods -n "$NAMESPACE" -l "$PLUGIN_SELECTOR" \
+		-o jsonpath='{range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}') &&
+		[[ $ready == *" True" && $(wc -l <<<"$ready") == 1 ]] &&
+		curl -fsS --max-time 1 "http://127.0.0.1:$PLUGIN_HTTP_PORT/readyz" >/dev/null 2>&1; do
+		if ((SECONDS >= deadline)); then
+			kubectl logs -n "$NAMESPACE" -l "$PLUGIN_SELECTOR" --tail=30 >&2 || true
+			die "gpu-kubelet-plugin not ready after 120s: ${ready:-no pod}"
 		fi
-		((SECONDS < deadline)) || die "gpu-kubelet-plugin not ready after 60s (log: $PLUGIN_LOG)"
-		sleep 0.1
+		sleep 0.2
 	done
 	local took
 	took=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
-	log "gpu-kubelet-plugin registered and published its slices in ${took}s (simulated $SIMULATE)"
-}
-
-WEBHOOK_ADDR=${GPU_DRA_WEBHOOK_ADDR:-127.0.0.1:8444}
-
-# start_webhook runs the admission webhook on loopback with a self-signed
-# certificate and registers it by URL, unless it already runs.
-start_webhook() {
-	local f=$RUN/pids/gpu-dra-webhook.pid
-	if [[ -f $f ]] && kill -0 "$(<"$f")" 2>/dev/null; then
-		return 0
-	fi
-	local dir=$RUN/webhook
-	[[ -f $dir/tls.crt ]] || "$RUN/bin/gpu-dra-webhook" certs --dir "$dir" --hosts "${WEBHOOK_ADDR%:*}"
-	setsid "$RUN/bin/gpu-dra-webhook" --listen "$WEBHOOK_ADDR" \
-		--tls-cert-file "$dir/tls.crt" --tls-key-file "$dir/tls.key" >>"$RUN/logs/gpu-dra-webhook.log" 2>&1 </dev/null &
-	echo $! >"$f"
-	local deadline=$((SECONDS + 30))
-	until curl -fsS --max-time 1 --cacert "$dir/ca.crt" "https://$WEBHOOK_ADDR/healthz" >/dev/null 2>&1; do
-		((SECONDS < deadline)) || die "gpu-dra-webhook not serving after 30s (log: $RUN/logs/gpu-dra-webhook.log)"
-		sleep 0.1
-	done
-	kubectl apply -f - >/dev/null <<-EOF
-		apiVersion: admissionregistration.k8s.io/v1
-		kind: ValidatingWebhookConfiguration
-		metadata:
-		  name: gpu-dra-webhook
-		webhooks:
-		- name: config.gpu.nvidia.com
-		  admissionReviewVersions: ["v1"]
-		  sideEffects: None
-		  failurePolicy: Fail
-		  timeoutSeconds: 5
-		  clientConfig:
-		    url: https://$WEBHOOK_ADDR/validate-resource-config
-		    caBundle: $(base64 -w0 <"$dir/ca.crt")
-		  rules:
-		  - apiGroups: ["resource.k8s.io"]
-		    apiVersions: ["v1"]
-		    operations: ["CREATE", "UPDATE"]
-		    resources: ["resourceclaims", "resourceclaimtemplates", "deviceclasses"]
-		    scope: "*"
-	EOF
-	log "gpu-dra-webhook serving on https://$WEBHOOK_ADDR (deployments/webhook, registered by URL)"
+	log "gpu-kubelet-plugin (pod ${ready% *}) registered and published its slices ${took}s after its node was labelled (simulated $SIMULATE)"
 }
 
 stop_plugin() {
-	local pid
-	pid=$(plugin_pid) || return 0
-	kill -TERM "$pid"
-	local deadline=$((SECONDS + 15))
-	while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
-	kill -KILL "$pid" 2>/dev/null || true
-	rm -f "$RUN/pids/gpu-kubelet-plugin.pid"
+	kubectl label node "$NODE_NAME" "$RUN_LABEL-" >/dev/null 2>&1 || true
+	local deadline=$((SECONDS + 60))
+	while [[ -n $(plugin_pods) ]]; do
+		((SECONDS < deadline)) || die "gpu-kubelet-plugin pod still there 60s after its node lost $RUN_LABEL"
+		sleep 0.2
+	done
 }
 
 main() {
@@ -123,17 +175,19 @@ main() {
 	case ${1:-} in
 	start)
 		shift
-		step "build the driver" build
-		step "RBAC and DeviceClasses" apply_manifests
-		step "start gpu-dra-webhook" start_webhook
-		step "start gpu-kubelet-plugin" start_plugin "$@"
+		step "build the driver and its image" build
+		step "prepare the simulated node" prepare_node
+		stop_plugin
+		step "helm upgrade --install $RELEASE" upgrade "$@"
+		step "the webhook admits" wait_webhook
+		step "start gpu-kubelet-plugin" start_plugin
 		;;
 	stop) stop_plugin ;;
 	restart)
 		shift
-		[[ ${GPU_DRA_SKIP_BUILD:-} == 1 ]] || build
 		stop_plugin
-		start_plugin "$@"
+		upgrade "$@"
+		start_plugin
 		;;
 	*) die "usage: driver.sh start|stop|restart [plugin flags...]" ;;
 	esac

@@ -13,6 +13,7 @@ K8S_VERSION=${K8S_VERSION:-v1.37.2}
 # etcd's version is the one test/cluster/etcd/go.mod requires.
 ETCDSERVER_VERSION=$(sed -n 's#^require go.etcd.io/etcd/server/v3 \(v[^ ]*\)$#\1#p' "$CLUSTER_DIR/etcd/go.mod")
 CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.4.2}
+HELM_VERSION=${HELM_VERSION:-v3.22.0}
 
 # The references of the two local images. The pause reference is also pinned as containerd's
 # sandbox image in up.sh, so both always agree.
@@ -25,6 +26,9 @@ RUN=${GPU_DRA_RUN_DIR:-/tmp/gpu-dra-cluster}
 K8S_BIN=$GPU_DRA_CACHE/kubernetes-$K8S_VERSION/bin
 ETCDSERVER_BIN=$GPU_DRA_CACHE/etcd-$ETCDSERVER_VERSION/bin
 CONTAINERD_BIN=$GPU_DRA_CACHE/containerd-$CONTAINERD_VERSION/bin
+HELM=$GPU_DRA_CACHE/helm-$HELM_VERSION/bin/helm
+# The driver's chart, installed by driver.sh and checked by test/helm/check.sh.
+CHART=$REPO_ROOT/deployments/helm/gpu-dra-driver
 # The image tool and archives are keyed by a hash of their sources (computed by images_dir).
 
 # The Kubernetes node name; it must resolve to the loopback address.
@@ -58,6 +62,14 @@ print_times() {
 	for t in "${STEP_TIMES[@]}"; do
 		printf '  %s\n' "$t" >&2
 	done
+}
+
+# ensure_helm builds helm from the Go module proxy into the cache the first time (about a
+# minute).
+ensure_helm() {
+	[[ -x $HELM ]] && return 0
+	log "building helm $HELM_VERSION into $(dirname "$HELM")"
+	GOBIN=$(dirname "$HELM") GOFLAGS=-mod=mod go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 }
 
 # images_dir prints the cache directory of the image tool and archives, keyed by the hash of

@@ -103,8 +103,8 @@ func helmBinary(t *testing.T) string {
 	return lines[len(lines)-1]
 }
 
-// TestChartInstallsTheDriver replaces the harness's plugin with the driver
-// installed by helm from the image (make image): the DaemonSet's plugin
+// TestChartInstallsTheDriver replaces the harness's release with a second
+// one installed with the chart's defaults but for the local paths: the DaemonSet's plugin
 // registers with the kubelet, publishes the node's slices through the
 // node-scoped admission policy, and prepares a claim for a pod; helm
 // uninstall removes it, and the plugin, seeing its DaemonSet gone, removes
@@ -171,9 +171,10 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nv
 	})
 }
 
-// useChartOnTheNode stops the harness's plugin for the chart's and labels
-// the node as GPU feature discovery does (the chart's default node
-// selector); cleanups undo both.
+// useChartOnTheNode stops the harness's plugin for a release of the test's
+// own, whose plugin the chart's default node selector (the
+// nvidia.com/gpu.present label GPU feature discovery sets, which driver.sh
+// set) puts on the node; a cleanup starts the harness's plugin again.
 func useChartOnTheNode(t *testing.T) {
 	t.Helper()
 	if err := script("driver.sh", "stop"); err != nil {
@@ -185,8 +186,6 @@ func useChartOnTheNode(t *testing.T) {
 		}
 		waitPoolComplete(t)
 	})
-	kubectl(t, "label", "node", nodeName, "nvidia.com/gpu.present=true", "--overwrite")
-	t.Cleanup(func() { kubectlErr("label", "node", nodeName, "nvidia.com/gpu.present-") })
 }
 
 // chartValues are the helm flags that run the chart's plugin on the local
@@ -204,7 +203,7 @@ func chartValues() []string {
 		"--set", "kubeletPlugin.hostPaths.devRoot=" + filepath.Join(sim, "host/dev"),
 		"--set", "kubeletPlugin.hostPaths.procRoot=" + filepath.Join(sim, "host/proc"),
 		"--set", "kubeletPlugin.apiServer=127.0.0.1:6443", "--set", "kubeletPlugin.httpPort=8089",
-		// The harness registers its own webhook by URL and the classes.
+		// The harness's release has the webhook and the classes.
 		"--set", "webhook.enabled=false", "--set", "deviceClasses.create=false",
 	}
 }

@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -113,18 +111,25 @@ spec:
 `, i, p, i, i)
 	}
 	// The plugin kills itself (SIGKILL) right after it created the first
-	// MIG device of the first claim it prepares, as a node failure would.
+	// MIG device of the first claim it prepares, as a node failure would;
+	// the kubelet restarts its container, which dies the same way, until
+	// the plugin is restarted without the fault.
 	if err := script("driver.sh", "restart", "--test-crash-at", "prepare-mig-created"); err != nil {
 		t.Fatal(err)
 	}
-	pidData, err := os.ReadFile(filepath.Join(runDir, "pids/gpu-kubelet-plugin.pid"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(pidData)))
+	crashing := pluginPod(t).Name
 	applyYAML(t, y.String())
 	eventually(t, 60*time.Second, "the plugin killed during a prepare", func() (bool, error) {
-		return syscall.Kill(pid, 0) != nil, nil
+		p, err := client.CoreV1().Pods(driverNamespace).Get(ctx(), crashing, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		for _, c := range p.Status.ContainerStatuses {
+			if c.RestartCount > 0 || c.LastTerminationState.Terminated != nil || c.State.Terminated != nil {
+				return true, nil
+			}
+		}
+		return false, fmt.Errorf("container statuses %+v", p.Status.ContainerStatuses)
 	})
 	t.Logf("the plugin was killed with %d of %d MIG devices created", migCount(t)-baseline, len(profiles))
 	time.Sleep(2 * time.Second)

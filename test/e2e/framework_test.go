@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -266,11 +267,51 @@ func gpuUUIDs(t testing.TB) map[string]string {
 	return out
 }
 
-// runPlugin runs the plugin binary that driver.sh built with args and
-// returns its combined output.
-func runPlugin(args ...string) (string, error) {
-	out, err := exec.Command(filepath.Join(runDir, "bin", "gpu-kubelet-plugin"), args...).CombinedOutput()
-	return string(out), err
+// The harness's release of the chart (test/cluster/driver.sh).
+const (
+	driverNamespace = "gpu-dra-driver"
+	driverRelease   = "gpu-dra-driver"
+	// harnessPluginLabel on the node lets the harness's plugin run there;
+	// driver.sh stop removes it.
+	harnessPluginLabel = "gpu-dra.local/harness-plugin"
+)
+
+// pluginPod returns the running pod of the harness's plugin DaemonSet.
+func pluginPod(t testing.TB) *corev1.Pod {
+	t.Helper()
+	var pod *corev1.Pod
+	eventually(t, 30*time.Second, "the harness's plugin pod", func() (bool, error) {
+		l, err := client.CoreV1().Pods(driverNamespace).List(ctx(), metav1.ListOptions{
+			LabelSelector: "app.kubernetes.io/instance=" + driverRelease + ",app.kubernetes.io/component=kubelet-plugin",
+		})
+		if err != nil || len(l.Items) != 1 {
+			return false, fmt.Errorf("%v: %d pods", err, len(l.Items))
+		}
+		pod = &l.Items[0]
+		return true, nil
+	})
+	return pod
+}
+
+// processPIDs returns the host PIDs of the processes whose command is
+// name: the driver's containers run as processes of this machine.
+func processPIDs(name string) []int {
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		if argv0, _, _ := bytes.Cut(cmdline, []byte{0}); filepath.Base(string(argv0)) == name {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 // claimPod is a pod (a YAML document, with its "---") in namespace ns whose

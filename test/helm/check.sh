@@ -8,15 +8,8 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=../cluster/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../cluster/lib.sh"
 
-HELM_VERSION=${HELM_VERSION:-v3.22.0}
-HELM=$GPU_DRA_CACHE/helm-$HELM_VERSION/bin/helm
-CHART=$REPO_ROOT/deployments/helm/gpu-dra-driver
 KUBE_VERSION=1.37.2
-
-if [[ ! -x $HELM ]]; then
-	log "building helm $HELM_VERSION into $(dirname "$HELM")"
-	GOBIN=$(dirname "$HELM") GOFLAGS=-mod=mod go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-fi
+ensure_helm
 
 render() { "$HELM" template t "$CHART" --namespace gpu-dra-driver --kube-version "$KUBE_VERSION" "$@"; }
 
@@ -45,6 +38,9 @@ expect "defaults: the plugin knows its DaemonSet (uninstall removes slices)" '--
 expect "defaults: a pre-delete hook deletes the DaemonSet, then the slices" 'uninstall", "--all-nodes", "--daemonset=gpu-dra-driver/t-kubelet-plugin' "$out"
 expect "defaults: liveness from the plugin's endpoint" 'path: /healthz, port: 8088' "$out"
 refuse "defaults: no simulation" '--simulate' "$out"
+[[ $(grep -c 'hostNetwork: true' <<<"$out") == 1 ]] || die "chart: defaults: only the plugin is in the host network"
+expect "defaults: the plugin in the host's PID namespace (MPS daemons' PIDs)" 'hostPID: true' "$out"
+expect "defaults: the driver root read-only" 'name: driver-root, mountPath: /run/nvidia/driver, readOnly: true' "$(render --set kubeletPlugin.hostPaths.driverRoot=/run/nvidia/driver)"
 expect "defaults: plugins replaced one node at a time" 'maxUnavailable: 1' "$out"
 refuse "defaults: never two plugins on a node" 'maxSurge' "$out"
 refuse "defaults: no RBAC beyond what the plugin needs" 'resources: \["\*"\]|verbs: \["\*"\]|"secrets"|"pods"' "$out"
@@ -57,6 +53,7 @@ out=$(render --set kubeletPlugin.simulate=dgxh100 --set kubeletPlugin.hostPaths.
 	--set kubeletPlugin.hostPaths.pluginsDir=/tmp/run/kubelet/plugins --set-string kubeletPlugin.healthPolicy='unknownXID: Info')
 expect "simulation" '--simulate=dgxh100' "$out"
 expect "driver root mounted" 'path: /run/nvidia/driver' "$out"
+expect "a simulated driver root writable (its tools record what they did)" 'mountPath: /run/nvidia/driver, readOnly: false' "$out"
 expect "plugin dir from values" '--plugin-dir=/tmp/run/kubelet/plugins/gpu.nvidia.com' "$out"
 expect "health policy file" '--health-policy=/etc/gpu-dra-driver/policy.yaml' "$out"
 expect "health policy content" 'unknownXID: Info' "$out"
