@@ -24,6 +24,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/cdi"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/driver"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/driverroot"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/health"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
@@ -39,6 +40,7 @@ type runOptions struct {
 	pluginDataDir     string
 	registrarDir      string
 	driverRoot        string
+	driverRootMount   string
 	devRoot           string
 	procRoot          string
 	httpEndpoint      string
@@ -51,6 +53,9 @@ type runOptions struct {
 	crashAt           string
 }
 
+// nvmlLibrary is the file name the NVIDIA driver installs NVML as.
+const nvmlLibrary = "libnvidia-ml.so.1"
+
 func (o *runOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file; empty uses the in-cluster configuration")
 	fs.StringVar(&o.cdiRoot, "cdi-root", "/var/run/cdi", "directory the container runtime reads CDI specs from")
@@ -58,6 +63,7 @@ func (o *runOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.pluginDataDir, "plugin-data-dir", "", "directory of the checkpoint; empty means --plugin-dir")
 	fs.StringVar(&o.registrarDir, "registrar-dir", "/var/lib/kubelet/plugins_registry", "the kubelet's plugin registration directory")
 	fs.StringVar(&o.driverRoot, "driver-root", "/", "host path of the NVIDIA driver installation (libraries and binaries)")
+	fs.StringVar(&o.driverRootMount, "driver-root-mount", "", "where this process finds --driver-root: its mount in the plugin's container (the chart mounts it at /driver-root); NVML, nvidia-smi and the MPS control are taken from there, CDI specs name the host paths; empty means --driver-root")
 	fs.StringVar(&o.devRoot, "dev-root", "/", "host root under which /dev/nvidia* are found")
 	fs.StringVar(&o.procRoot, "proc-root", "/", "host root under which /proc is found")
 	fs.StringVar(&o.httpEndpoint, "http-endpoint", "", "host:port for /metrics, /healthz and /readyz; empty disables it")
@@ -102,14 +108,27 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 	if err != nil {
 		return err
 	}
+	driverRoot := ro.driverRoot
+	if ro.driverRootMount != "" {
+		driverRoot = ro.driverRootMount
+	}
 	gpuOpts := opts.gpuOptions()
-	gpuOpts.DriverRoot = ro.driverRoot
+	gpuOpts.DriverRoot = driverRoot
+	if gpuOpts.Simulate == "" && gpuOpts.LibraryPath == "" && ro.driverRootMount != "" {
+		// The container's own loader does not know the host's libraries.
+		lib, err := driverroot.FindLibrary(ro.driverRootMount, nvmlLibrary)
+		if err != nil {
+			return fmt.Errorf("NVML (--nvml-library, else under --driver-root-mount): %w", err)
+		}
+		gpuOpts.LibraryPath = lib
+	}
 	node, err := gpu.Open(gpuOpts)
 	if err != nil {
 		return err
 	}
 	defer node.Close()
-	writer, err := cdi.New(cdi.Options{CDIRoot: ro.cdiRoot, DriverRoot: ro.driverRoot, DevRoot: ro.devRoot, ProcRoot: ro.procRoot, Logger: logger})
+	writer, err := cdi.New(cdi.Options{CDIRoot: ro.cdiRoot, DriverRoot: ro.driverRoot, DriverRootMount: ro.driverRootMount,
+		DevRoot: ro.devRoot, ProcRoot: ro.procRoot, Logger: logger})
 	if err != nil {
 		return err
 	}
@@ -133,10 +152,11 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 		afterStep = crashAfter(prepare.Step(ro.crashAt))
 	}
 	logger.Info("Starting", "version", version.Get(), "node", opts.nodeName, "simulate", opts.simulate, "cdiRoot", ro.cdiRoot,
+		"driverRoot", ro.driverRoot, "driverRootMount", ro.driverRootMount, "nvml", gpuOpts.LibraryPath,
 		"pluginDir", ro.pluginDir, "checkpoint", filepath.Join(ro.pluginDataDir, checkpoint.FileName))
 	return driver.Run(ctx, driver.Config{
 		NodeName: opts.nodeName, KubeClient: client, GPUs: node, CDI: writer, Store: store,
-		MPS:       mps.NewManager(filepath.Join(ro.pluginDataDir, "mps"), ro.driverRoot),
+		MPS:       mps.NewManager(filepath.Join(ro.pluginDataDir, "mps"), driverRoot),
 		PluginDir: ro.pluginDir, RegistrarDir: ro.registrarDir,
 		InventoryInterval: ro.inventoryInterval, HeldDeviceWait: ro.heldDeviceWait, StaticMIGOnly: opts.staticMIGOnly, SharedGPUs: opts.sharedGPUs,
 		HealthPolicy: policy, HealthStorePath: filepath.Join(ro.pluginDataDir, health.StoreFileName),

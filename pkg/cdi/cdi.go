@@ -26,6 +26,7 @@ import (
 	"tags.cncf.io/container-device-interface/pkg/parser"
 	specs "tags.cncf.io/container-device-interface/specs-go"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/driverroot"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs"
 )
 
@@ -59,8 +60,13 @@ type Options struct {
 	// one loses any permission beyond RootMode (see hostfs.EnsureDir).
 	CDIRoot string
 	// DriverRoot is the host path of the NVIDIA driver installation: "/" on a
-	// standard node, "/run/nvidia/driver" with the GPU operator.
+	// standard node, "/run/nvidia/driver" with the GPU operator. Specs name
+	// the driver's files by their paths under it.
 	DriverRoot string
+	// DriverRootMount is where this process reads DriverRoot: its mount in
+	// the plugin's container (the host's "/" cannot be mounted at "/").
+	// Empty means DriverRoot itself.
+	DriverRootMount string
 	// DevRoot is the host root under which /dev/nvidia* live.
 	DevRoot string
 	// ProcRoot is the host root under which /proc/driver/nvidia* lives.
@@ -129,11 +135,17 @@ func New(opts Options) (*Writer, error) {
 	if opts.CDIRoot == "" {
 		opts.CDIRoot = DefaultCDIRoot
 	}
+	if opts.DriverRoot == "" {
+		opts.DriverRoot = "/"
+	}
+	if opts.DriverRootMount == "" {
+		opts.DriverRootMount = opts.DriverRoot
+	}
 	for _, r := range []struct {
 		path *string
 		what string
 	}{
-		{&opts.DriverRoot, "driver root (--driver-root)"},
+		{&opts.DriverRootMount, "driver root (--driver-root-mount, else --driver-root)"},
 		{&opts.DevRoot, "dev root (--dev-root)"},
 		{&opts.ProcRoot, "proc root (--proc-root)"},
 	} {
@@ -160,13 +172,13 @@ func New(opts Options) (*Writer, error) {
 			return nil, fmt.Errorf("remove temporary spec file: %w", err)
 		}
 	}
-	files, err := discoverDriverFiles(opts.DriverRoot)
+	files, err := discoverDriverFiles(opts.DriverRootMount, opts.DriverRoot)
 	if err != nil {
 		return nil, err
 	}
 	if len(files.missing) > 0 && opts.RequireLibraries {
 		return nil, fmt.Errorf("driver root (--driver-root) %s: no %s found in %s",
-			opts.DriverRoot, strings.Join(files.missing, ", "), strings.Join(libDirs, ", "))
+			opts.DriverRootMount, strings.Join(files.missing, ", "), strings.Join(driverroot.LibraryDirs, ", "))
 	}
 	w := &Writer{opts: opts, missing: files.missing}
 	w.shared.Mounts = files.mounts

@@ -167,3 +167,46 @@ func TestListAnnotateDelete(t *testing.T) {
 		t.Fatalf("temporary files left: %v", entries)
 	}
 }
+
+// TestDriverRootReadFromItsMount: in the plugin's container the driver root
+// is read at its mount (--driver-root-mount), while the specs, which the
+// container runtime resolves on the host, name the host paths.
+func TestDriverRootReadFromItsMount(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the simulated /dev needs root")
+	}
+	roots, err := simhost.Create(filepath.Join(t.TempDir(), "host"), []int{0}, "550.54.15", simhosttest.Tools(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A hook, so its path is translated too.
+	if err := os.WriteFile(filepath.Join(roots.DriverRoot, "usr/bin/nvidia-cdi-hook"), []byte("#!/bin/true\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	const hostRoot = "/run/nvidia/driver"
+	w, err := New(Options{CDIRoot: filepath.Join(t.TempDir(), "cdi"), DriverRoot: hostRoot, DriverRootMount: roots.DriverRoot,
+		DevRoot: roots.DevRoot, ProcRoot: roots.ProcRoot, RequireLibraries: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(w.shared.Mounts) == 0 || len(w.shared.Hooks) != 1 {
+		t.Fatalf("driver files found at the mount: %d mounts, %d hooks", len(w.shared.Mounts), len(w.shared.Hooks))
+	}
+	for _, m := range w.shared.Mounts {
+		if !strings.HasPrefix(m.HostPath, hostRoot+"/") || strings.HasPrefix(m.HostPath, roots.DriverRoot) {
+			t.Errorf("mount %s -> %s: the host path is not under the host's driver root %s", m.HostPath, m.ContainerPath, hostRoot)
+		}
+		if rel := strings.TrimPrefix(m.HostPath, hostRoot); rel != m.ContainerPath {
+			t.Errorf("mount %s -> %s: not the same path in the container", m.HostPath, m.ContainerPath)
+		}
+	}
+	if got := w.shared.Hooks[0].Path; got != hostRoot+"/usr/bin/nvidia-cdi-hook" {
+		t.Errorf("hook path %s, want the host's", got)
+	}
+
+	// The mount is what must exist; a missing one is named by its flag.
+	_, err = New(Options{CDIRoot: t.TempDir(), DriverRoot: roots.DriverRoot, DriverRootMount: filepath.Join(t.TempDir(), "nope")})
+	if err == nil || !strings.Contains(err.Error(), "--driver-root-mount") {
+		t.Errorf("a missing mount: %v", err)
+	}
+}

@@ -12,16 +12,9 @@ import (
 
 	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
 	specs "tags.cncf.io/container-device-interface/specs-go"
-)
 
-// libDirs are the directories searched for the driver's libraries, relative
-// to the driver root, in order. The first file of a name wins, so the 64-bit
-// directories come before usr/lib, which holds the 32-bit libraries on RPM
-// based distributions. Both multiarch triplets are listed: a node has one.
-var libDirs = []string{
-	"usr/lib/x86_64-linux-gnu", "usr/lib/aarch64-linux-gnu", "usr/lib64",
-	"lib/x86_64-linux-gnu", "lib/aarch64-linux-gnu", "lib64", "usr/lib",
-}
+	"github.com/gpu-dra/gpu-dra-driver/pkg/driverroot"
+)
 
 // libraries are the stems of the driver libraries containers get. A file is
 // taken when its name is a stem, a dot and a version ("libcuda.so.550.54.15").
@@ -61,16 +54,18 @@ type driverFiles struct {
 	missing []string       // required libraries not found, as "libcuda.so.*"
 }
 
-// discoverDriverFiles finds the driver's libraries and tools under root.
-// Only regular files are taken: the version-numbered libraries, never the
-// symlinks beside them. Directories are resolved as the host resolves the
-// mounts' host paths; one reached twice (lib -> usr/lib) is searched once.
-func discoverDriverFiles(root string) (driverFiles, error) {
+// discoverDriverFiles finds the driver's libraries and tools under root,
+// where this process reads the driver root, and gives them the host paths
+// under hostRoot. Only regular files are taken: the version-numbered
+// libraries, never the symlinks beside them. Directories are resolved as
+// the host resolves the mounts' host paths; one reached twice (lib ->
+// usr/lib) is searched once.
+func discoverDriverFiles(root, hostRoot string) (driverFiles, error) {
 	var files driverFiles
 	taken := map[string]bool{} // file names mounted
 	var ldDirs []string        // container paths of directories with mounted libraries
 
-	dirs, err := distinctDirs(root, libDirs)
+	dirs, err := distinctDirs(root, driverroot.LibraryDirs)
 	if err != nil {
 		return files, err
 	}
@@ -83,7 +78,7 @@ func discoverDriverFiles(root string) (driverFiles, error) {
 		for _, e := range entries {
 			if e.Type().IsRegular() && !taken[e.Name()] && isDriverLibrary(e.Name()) {
 				taken[e.Name()] = true
-				files.mounts = append(files.mounts, driverMount(root, path.Join(dir, e.Name())))
+				files.mounts = append(files.mounts, driverMount(hostRoot, path.Join(dir, e.Name())))
 			}
 		}
 		if len(files.mounts) > n {
@@ -112,7 +107,7 @@ func discoverDriverFiles(root string) (driverFiles, error) {
 			}
 			if ok {
 				taken[name] = true
-				files.mounts = append(files.mounts, driverMount(root, rel))
+				files.mounts = append(files.mounts, driverMount(hostRoot, rel))
 			}
 		}
 	}
@@ -126,7 +121,7 @@ func discoverDriverFiles(root string) (driverFiles, error) {
 		for _, d := range ldDirs {
 			args = append(args, "--folder", d)
 		}
-		files.hook = &specs.Hook{HookName: cdiapi.CreateContainerHook, Path: filepath.Join(root, cdiHook), Args: args}
+		files.hook = &specs.Hook{HookName: cdiapi.CreateContainerHook, Path: filepath.Join(hostRoot, cdiHook), Args: args}
 	}
 	return files, nil
 }
@@ -194,10 +189,10 @@ func hasStem(taken map[string]bool, stem string) bool {
 	return false
 }
 
-// driverMount bind-mounts root/rel read-only at /rel in the container.
-func driverMount(root, rel string) *specs.Mount {
+// driverMount bind-mounts hostRoot/rel read-only at /rel in the container.
+func driverMount(hostRoot, rel string) *specs.Mount {
 	return &specs.Mount{
-		HostPath:      filepath.Join(root, rel),
+		HostPath:      filepath.Join(hostRoot, rel),
 		ContainerPath: "/" + rel,
 		Options:       mountOptions,
 	}
