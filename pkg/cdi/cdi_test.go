@@ -82,8 +82,13 @@ func TestWholeGPUAndMIGSpecs(t *testing.T) {
 	if got := strings.Join(devicePaths(whole), " "); got != "/dev/nvidia-uvm /dev/nvidia-uvm-tools /dev/nvidia1 /dev/nvidiactl" {
 		t.Errorf("whole GPU device nodes: %s", got)
 	}
-	if !slices.Contains(whole.Process.Env, "NVIDIA_VISIBLE_DEVICES=GPU-1111,GPU-2222") || !slices.Contains(whole.Process.Env, "CUDA_VISIBLE_DEVICES=GPU-1111,GPU-2222") {
-		t.Errorf("devices of one request share the visible list: %v", whole.Process.Env)
+	if !slices.Contains(whole.Process.Env, "NVIDIA_VISIBLE_DEVICES=GPU-1111,GPU-2222,MIG-3333") {
+		t.Errorf("devices of one request share the visible list, the claim's other devices after them: %v", whole.Process.Env)
+	}
+	for _, e := range whole.Process.Env {
+		if strings.HasPrefix(e, "CUDA_VISIBLE_DEVICES=") {
+			t.Errorf("%s: the device nodes decide what CUDA sees", e)
+		}
 	}
 	var mounts []string
 	for _, m := range whole.Mounts {
@@ -100,8 +105,58 @@ func TestWholeGPUAndMIGSpecs(t *testing.T) {
 			t.Errorf("MIG device lacks %s: %v", want, devicePaths(mig))
 		}
 	}
-	if !slices.Contains(mig.Process.Env, "NVIDIA_VISIBLE_DEVICES=MIG-3333") || !slices.Contains(mig.Process.Env, "EXTRA=x") {
+	if !slices.Contains(mig.Process.Env, "NVIDIA_VISIBLE_DEVICES=MIG-3333,GPU-1111,GPU-2222") || !slices.Contains(mig.Process.Env, "EXTRA=x") {
 		t.Errorf("MIG env: %v", mig.Process.Env)
+	}
+}
+
+// TestVisibleDevicesOfAContainer: the runtime keeps the last value of a
+// variable, so what a container sees depends on which of the claim's
+// devices it gets, in the kubelet's order (the claim's devices, or one
+// request's): the whole claim's devices, its own first.
+func TestVisibleDevicesOfAContainer(t *testing.T) {
+	w, _ := newWriter(t)
+	devs := []Device{
+		{Name: "gpu-0-mig-1g10gb-3", Request: "mig-1g", GPUMinor: 0, UUID: "MIG-1", MIG: &MIGDevice{GIID: 1, CIID: 0}},
+		{Name: "gpu-0-mig-2g20gb-0", Request: "mig-2g", GPUMinor: 0, UUID: "MIG-2", MIG: &MIGDevice{GIID: 2, CIID: 0}},
+		{Name: "gpu-1", Request: "gpu", GPUMinor: 1, UUID: "GPU-1"},
+		{Name: "gpu-2", Request: "gpu", GPUMinor: 2, UUID: "GPU-2"},
+	}
+	ids, err := w.WriteClaimSpec(context.Background(), uid, devs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	visible := func(s *oci.Spec) string {
+		for _, e := range s.Process.Env {
+			if v, ok := strings.CutPrefix(e, "NVIDIA_VISIBLE_DEVICES="); ok {
+				return v
+			}
+		}
+		return ""
+	}
+	for _, tc := range []struct {
+		name    string
+		devices []string
+		want    string
+	}{
+		{"the whole claim", []string{"gpu-0-mig-1g10gb-3", "gpu-0-mig-2g20gb-0", "gpu-1", "gpu-2"}, "GPU-1,GPU-2,MIG-1,MIG-2"},
+		{"request mig-2g", []string{"gpu-0-mig-2g20gb-0"}, "MIG-2,MIG-1,GPU-1,GPU-2"},
+		{"request gpu", []string{"gpu-1", "gpu-2"}, "GPU-1,GPU-2,MIG-1,MIG-2"},
+	} {
+		var cdiIDs []string
+		for _, d := range tc.devices {
+			cdiIDs = append(cdiIDs, ids[d]...)
+		}
+		got := visible(inject(t, w, cdiIDs...))
+		if got != tc.want {
+			t.Errorf("%s: NVIDIA_VISIBLE_DEVICES=%s, want %s", tc.name, got, tc.want)
+		}
+		seen := strings.Split(got, ",")
+		for _, d := range devs {
+			if slices.Contains(tc.devices, d.Name) && !slices.Contains(seen, d.UUID) {
+				t.Errorf("%s: %s missing from %s", tc.name, d.UUID, got)
+			}
+		}
 	}
 }
 

@@ -12,12 +12,15 @@ import (
 	specs "tags.cncf.io/container-device-interface/specs-go"
 )
 
-// The variables that name the devices of a device's request. The NVIDIA
-// container runtime reads the first, CUDA the second; both take UUIDs.
-const (
-	envNVIDIAVisible = "NVIDIA_VISIBLE_DEVICES"
-	envCUDAVisible   = "CUDA_VISIBLE_DEVICES"
-)
+// envNVIDIAVisible names a container's devices by UUID, for the NVIDIA
+// container runtime and for tools. Which devices a container may use is set
+// by the device nodes it gets, not by variables: CUDA_VISIBLE_DEVICES is
+// left alone, since one device's value would hide the others of a container
+// with several claims (the runtime keeps the last value of a variable).
+const envNVIDIAVisible = "NVIDIA_VISIBLE_DEVICES"
+
+// envCUDAVisible may not be set by a device's Env either.
+const envCUDAVisible = "CUDA_VISIBLE_DEVICES"
 
 // buildSpec returns the spec of a claim. Devices are sorted by name so the
 // file does not depend on the caller's order. The version is the lowest the
@@ -32,12 +35,16 @@ func (w *Writer) buildSpec(claimUID string, devices []Device) (*specs.Spec, erro
 	sorted := slices.Clone(devices)
 	slices.SortFunc(sorted, func(a, b Device) int { return strings.Compare(a.Name, b.Name) })
 	visible := map[string][]string{} // UUIDs by request, in device name order
+	var requests []string            // in order of their first device
 	for i, d := range sorted {
 		if err := validateDevice(d); err != nil {
 			return nil, err
 		}
 		if i > 0 && sorted[i-1].Name == d.Name {
 			return nil, fmt.Errorf("device %s listed twice", d.Name)
+		}
+		if _, ok := visible[d.Request]; !ok {
+			requests = append(requests, d.Request)
 		}
 		visible[d.Request] = append(visible[d.Request], d.UUID)
 	}
@@ -66,8 +73,7 @@ func (w *Writer) buildSpec(claimUID string, devices []Device) (*specs.Spec, erro
 			}
 			nodes = append(nodes, caps...)
 		}
-		list := strings.Join(visible[d.Request], ",")
-		env := []string{envNVIDIAVisible + "=" + list, envCUDAVisible + "=" + list}
+		env := []string{envNVIDIAVisible + "=" + strings.Join(visibleList(visible, requests, d.Request), ",")}
 		for _, k := range slices.Sorted(maps.Keys(d.Env)) {
 			env = append(env, k+"="+d.Env[k])
 		}
@@ -85,6 +91,21 @@ func (w *Writer) buildSpec(claimUID string, devices []Device) (*specs.Spec, erro
 		return nil, fmt.Errorf("determine CDI version: %w", err)
 	}
 	return spec, nil
+}
+
+// visibleList is NVIDIA_VISIBLE_DEVICES of a device of request own: the
+// devices of its request, then those of the claim's other requests. A
+// container gets the devices of the whole claim or of one request, and the
+// last device's value stands: the whole claim's list either way, with the
+// container's own devices first when it has one request's.
+func visibleList(visible map[string][]string, requests []string, own string) []string {
+	list := slices.Clone(visible[own])
+	for _, r := range requests {
+		if r != own {
+			list = append(list, visible[r]...)
+		}
+	}
+	return list
 }
 
 // validateDevice checks what the CDI library cannot know about a device.

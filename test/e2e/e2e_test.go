@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -217,4 +218,96 @@ spec:
 		}
 		return len(pods.Items) == 3 && len(devs) == 3 && !devs[dev], fmt.Errorf("%d pods on %v", len(pods.Items), devs)
 	})
+}
+
+// TestOneClaimOfSeveralRequests: a claim of a 1g and a 2g MIG device on one
+// GPU (matchAttribute parentUUID), as users write for NVIDIA's driver, and
+// a second claim of a whole GPU, all in one container: it gets every
+// device's nodes, and NVIDIA_VISIBLE_DEVICES names all the devices of the
+// claim whose spec came last. A container of the MIG claim alone sees both
+// its devices named; one given one request of it gets that request's
+// capability nodes only.
+func TestOneClaimOfSeveralRequests(t *testing.T) {
+	const ns = "gpu-requests"
+	t.Cleanup(func() { cleanNamespace(t, ns) })
+	applyYAML(t, `apiVersion: v1
+kind: Namespace
+metadata: {name: gpu-requests}
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: mig-pair, namespace: gpu-requests}
+spec:
+  spec:
+    devices:
+      requests:
+      - {name: small, exactly: {deviceClassName: mig.nvidia.com, selectors: [{cel: {expression: "device.attributes['gpu.nvidia.com'].profile == '1g.10gb'"}}]}}
+      - {name: large, exactly: {deviceClassName: mig.nvidia.com, selectors: [{cel: {expression: "device.attributes['gpu.nvidia.com'].profile == '2g.20gb'"}}]}}
+      constraints:
+      - {requests: [small, large], matchAttribute: gpu.nvidia.com/parentUUID}
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: whole, namespace: gpu-requests}
+spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nvidia.com}}]}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: several, namespace: gpu-requests}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: all
+    image: busybox:local
+    imagePullPolicy: Never
+    command: ["sh", "-c", "echo NVIDIA_VISIBLE_DEVICES=$NVIDIA_VISIBLE_DEVICES; ls /dev /dev/nvidia-caps; sleep 3600"]
+    resources: {claims: [{name: mig}, {name: gpu}]}
+  - name: mig-claim
+    image: busybox:local
+    imagePullPolicy: Never
+    command: ["sh", "-c", "echo NVIDIA_VISIBLE_DEVICES=$NVIDIA_VISIBLE_DEVICES; sleep 3600"]
+    resources: {claims: [{name: mig}]}
+  - name: small-only
+    image: busybox:local
+    imagePullPolicy: Never
+    command: ["sh", "-c", "echo NVIDIA_VISIBLE_DEVICES=$NVIDIA_VISIBLE_DEVICES; ls /dev/nvidia-caps; sleep 3600"]
+    resources: {claims: [{name: mig, request: small}]}
+  resourceClaims:
+  - {name: mig, resourceClaimTemplateName: mig-pair}
+  - {name: gpu, resourceClaimTemplateName: whole}
+`)
+	pod := waitPodRunning(t, ns, "several")
+	mig := claimOf(t, pod, "mig").Status.Allocation.Devices.Results
+	whole := claimOf(t, pod, "gpu").Status.Allocation.Devices.Results
+	if len(mig) != 2 || len(whole) != 1 {
+		t.Fatalf("allocated %d MIG devices and %d GPUs", len(mig), len(whole))
+	}
+	log := podLogsOf(t, ns, "several", "all", "NVIDIA_VISIBLE_DEVICES=")
+	gpuMinor := strings.TrimPrefix(whole[0].Device, "gpu-")
+	parentMinor := strings.SplitN(strings.TrimPrefix(mig[0].Device, "gpu-"), "-", 2)[0]
+	for _, want := range []string{"nvidia" + gpuMinor, "nvidia" + parentMinor} {
+		if !regexp.MustCompile("(?m)^" + want + "$").MatchString(log) {
+			t.Errorf("the container lacks /dev/%s:\n%s", want, log)
+		}
+	}
+	caps := regexp.MustCompile(`(?m)^nvidia-cap[0-9]+$`)
+	small := podLogsOf(t, ns, "several", "small-only", "NVIDIA_VISIBLE_DEVICES=")
+	if all, one := len(caps.FindAllString(log, -1)), len(caps.FindAllString(small, -1)); all-one != 2 || one < 2 {
+		t.Errorf("MIG capability nodes: %d in the container of both MIG devices, %d in that of one; want 2 more (the GPU and compute instance of the other):\n%s\n%s", all, one, log, small)
+	}
+	// With one claim, the variable names all its devices, whichever
+	// request's device the runtime applied last.
+	migVisible := regexp.MustCompile(`NVIDIA_VISIBLE_DEVICES=(\S*)`).FindStringSubmatch(podLogsOf(t, ns, "several", "mig-claim", "NVIDIA_VISIBLE_DEVICES="))[1]
+	if ids := strings.Split(migVisible, ","); len(ids) != 2 || !strings.HasPrefix(ids[0], "MIG-") || !strings.HasPrefix(ids[1], "MIG-") || ids[0] == ids[1] {
+		t.Errorf("the container of the MIG claim: NVIDIA_VISIBLE_DEVICES=%s, want both its MIG devices", migVisible)
+	}
+	// With two claims, it comes from the spec applied last: the whole GPU's
+	// claim, or the MIG claim's.
+	visible := regexp.MustCompile(`NVIDIA_VISIBLE_DEVICES=(\S*)`).FindStringSubmatch(log)[1]
+	ids := strings.Split(visible, ",")
+	wholeUUID := gpuUUIDs(t)[whole[0].Device]
+	bothMIG := len(ids) == 2 && strings.HasPrefix(ids[0], "MIG-") && strings.HasPrefix(ids[1], "MIG-") && ids[0] != ids[1]
+	if visible != wholeUUID && !bothMIG {
+		t.Errorf("NVIDIA_VISIBLE_DEVICES=%s: neither the whole GPU %s nor both MIG devices", visible, wholeUUID)
+	}
 }

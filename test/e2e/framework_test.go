@@ -161,9 +161,15 @@ func waitPodRunning(t testing.TB, ns, name string) *corev1.Pod {
 // podLogs waits until the pod's log contains want and returns the log.
 func podLogs(t testing.TB, ns, name, want string) string {
 	t.Helper()
+	return podLogsOf(t, ns, name, "", want)
+}
+
+// podLogsOf is podLogs of one container of the pod.
+func podLogsOf(t testing.TB, ns, name, container, want string) string {
+	t.Helper()
 	var log string
-	eventually(t, 30*time.Second, fmt.Sprintf("log of %s/%s to contain %q", ns, name, want), func() (bool, error) {
-		data, err := client.CoreV1().Pods(ns).GetLogs(name, &corev1.PodLogOptions{}).DoRaw(ctx())
+	eventually(t, 30*time.Second, fmt.Sprintf("log of %s/%s %s to contain %q", ns, name, container, want), func() (bool, error) {
+		data, err := client.CoreV1().Pods(ns).GetLogs(name, &corev1.PodLogOptions{Container: container}).DoRaw(ctx())
 		log = string(data)
 		return err == nil && strings.Contains(log, want), err
 	})
