@@ -96,6 +96,10 @@ type Device struct {
 	// ShareID and Share are set for a share of a shared GPU.
 	ShareID string `json:"shareID,omitempty"`
 	Share   *Share `json:"share,omitempty"`
+	// AdminAccess is set for a device allocated with admin access (for
+	// monitoring): it is given as it is, changing nothing, and neither
+	// waits for nor holds off the device's other claims.
+	AdminAccess bool `json:"adminAccess,omitempty"`
 }
 
 // Share is what one share of a shared GPU consumes, as allocated.

@@ -228,6 +228,9 @@ func (p *Preparer) Prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 			return nil, fmt.Errorf("prepare claim %s: device %s: %w", claimName(claim), d.Name, err)
 		}
 		d.Env, d.TimeSlice = settings.env, settings.timeSlice
+		if d.AdminAccess && (settings.mps != nil || settings.timeSlice != "") {
+			return nil, fmt.Errorf("prepare claim %s: device %s: parameters.sharing: a device allocated with admin access is given as it is, for monitoring; its sharing is its other claims' to set, so remove the sharing configuration for this request", claimName(claim), d.Name)
+		}
 		if d.Share != nil {
 			if settings.mps != nil || settings.timeSlice != "" {
 				return nil, fmt.Errorf("prepare claim %s: device %s: parameters.sharing: a share of a shared GPU is always shared through MPS with the memory and compute it was allocated; remove the sharing configuration for this request", claimName(claim), d.Name)
@@ -374,14 +377,23 @@ func (p *Preparer) plan(claim *resourceapi.ResourceClaim) (*checkpoint.Claim, er
 		if !ok {
 			return nil, fmt.Errorf("device %s: not published by this node (pool %s)", r.Device, p.opts.PoolName)
 		}
-		d := checkpoint.Device{Requests: []string{r.Request}, Pool: r.Pool, Name: r.Device, GPUUUID: dev.GPU.UUID, GPUMinor: dev.GPU.Minor}
+		d := checkpoint.Device{Requests: []string{r.Request}, Pool: r.Pool, Name: r.Device, GPUUUID: dev.GPU.UUID, GPUMinor: dev.GPU.Minor,
+			AdminAccess: r.AdminAccess != nil && *r.AdminAccess}
 		switch dev.Kind {
 		case devicemodel.KindMIGPlacement:
 			d.MIG = &checkpoint.MIG{ProfileID: dev.Profile.ID, Profile: dev.Profile.Name, Start: dev.Placement.Start, Size: dev.Placement.Size}
+			if d.AdminAccess {
+				if err := p.existingMIG(&d); err != nil {
+					return nil, fmt.Errorf("device %s: %w", r.Device, err)
+				}
+			}
 		case devicemodel.KindMIGStatic:
 			d.MIG = &checkpoint.MIG{ProfileID: dev.Profile.ID, Profile: dev.Profile.Name, Start: dev.Placement.Start, Size: dev.Placement.Size,
 				UUID: dev.Instance.UUID, GIID: dev.Instance.GIID, CIID: dev.Instance.CIID}
 		case devicemodel.KindGPUShare:
+			if d.AdminAccess {
+				break // the GPU as it is, without a share of its own
+			}
 			if err := p.planShare(&d, &r); err != nil {
 				return nil, fmt.Errorf("device %s: %w", r.Device, err)
 			}
@@ -417,10 +429,27 @@ func (p *Preparer) planShare(d *checkpoint.Device, r *resourceapi.DeviceRequestA
 	return nil
 }
 
+// existingMIG resolves admin access to a MIG placement: the device exists
+// only while the claim that created it holds it, and admin access gives
+// that instance without creating or destroying anything.
+func (p *Preparer) existingMIG(d *checkpoint.Device) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.cp.Claims {
+		for _, o := range c.Devices {
+			if o.MIG != nil && o.MIG.UUID != "" && o.GPUUUID == d.GPUUUID && o.MIG.ProfileID == d.MIG.ProfileID && o.MIG.Start == d.MIG.Start {
+				d.MIG.UUID, d.MIG.GIID, d.MIG.CIID = o.MIG.UUID, o.MIG.GIID, o.MIG.CIID
+				return nil
+			}
+		}
+	}
+	return errors.New("admin access gives a MIG device that exists, and this one exists only while a claim holds it; none does now")
+}
+
 // touchesHardware reports whether preparing d changes the node: creates a
 // MIG device, sets a time slice, or starts an MPS daemon.
 func touchesHardware(d checkpoint.Device) bool {
-	return (d.MIG != nil && d.MIG.UUID == "") || d.TimeSlice != "" || d.MPSDir != ""
+	return !d.AdminAccess && ((d.MIG != nil && d.MIG.UUID == "") || d.TimeSlice != "" || d.MPSDir != "")
 }
 
 // mergeEnv returns a copy of a with b's variables added.
@@ -449,9 +478,9 @@ func (p *Preparer) owner(d checkpoint.Device) string {
 
 // conflicts reports whether two prepared devices cannot coexist: the same
 // exclusive device, or a share of a GPU and exclusive use of that GPU.
-// Shares of one GPU coexist.
+// Shares of one GPU coexist, and admin access coexists with anything.
 func conflicts(a, b checkpoint.Device) bool {
-	if a.Pool != b.Pool {
+	if a.Pool != b.Pool || a.AdminAccess || b.AdminAccess {
 		return false
 	}
 	if a.Share != nil || b.Share != nil {
@@ -464,6 +493,8 @@ func conflicts(a, b checkpoint.Device) bool {
 // device. The caller holds the GPU's lock.
 func (p *Preparer) prepareDevice(ctx context.Context, d *checkpoint.Device) (bool, error) {
 	switch {
+	case d.AdminAccess:
+		return false, nil // as it is: no MIG mode, instance or daemon changed
 	case d.Share != nil:
 		if err := p.gpus.SetMIGMode(ctx, d.GPUUUID, false); err != nil {
 			return false, fmt.Errorf("turn MIG mode off: %w", err)
