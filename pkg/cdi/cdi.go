@@ -86,8 +86,8 @@ type Device struct {
 	// Name is the allocated device's name, e.g. "gpu-0" or
 	// "gpu-0-mig-1g10gb-3"; it must be a DNS label.
 	Name string
-	// Request is the claim request the device was allocated for; it orders
-	// NVIDIA_VISIBLE_DEVICES (see visibleList).
+	// Request is the claim request the device was allocated for. Devices of
+	// the same request share NVIDIA_VISIBLE_DEVICES.
 	Request string
 	// GPUMinor is the minor of /dev/nvidia<minor>: the parent GPU for MIG.
 	GPUMinor int
@@ -177,7 +177,7 @@ func New(opts Options) (*Writer, error) {
 		return nil, err
 	}
 	if len(files.missing) > 0 && opts.RequireLibraries {
-		return nil, fmt.Errorf("driver root (--driver-root) %s: no %s found in %s",
+		return nil, fmt.Errorf("driver root (--driver-root-mount, else --driver-root) %s: no %s found in %s",
 			opts.DriverRootMount, strings.Join(files.missing, ", "), strings.Join(driverroot.LibraryDirs, ", "))
 	}
 	w := &Writer{opts: opts, missing: files.missing}

@@ -72,7 +72,7 @@ func discoverDriverFiles(root, hostRoot string) (driverFiles, error) {
 	for _, dir := range dirs {
 		entries, err := os.ReadDir(filepath.Join(root, dir))
 		if err != nil {
-			return files, fmt.Errorf("driver root (--driver-root): %w", err)
+			return files, fmt.Errorf("driver root (--driver-root-mount, else --driver-root): %w", err)
 		}
 		n := len(files.mounts)
 		for _, e := range entries {
@@ -137,7 +137,7 @@ func distinctDirs(root string, dirs []string) ([]string, error) {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("driver root (--driver-root): %w", err)
+			return nil, fmt.Errorf("driver root (--driver-root-mount, else --driver-root): %w", err)
 		}
 		if !fi.IsDir() || containsSameFile(seen, fi) {
 			continue
@@ -165,7 +165,7 @@ func isRegular(path string) (bool, error) {
 		return false, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("driver root (--driver-root): %w", err)
+		return false, fmt.Errorf("driver root (--driver-root-mount, else --driver-root): %w", err)
 	}
 	return fi.Mode().IsRegular(), nil
 }

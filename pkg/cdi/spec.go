@@ -12,14 +12,17 @@ import (
 	specs "tags.cncf.io/container-device-interface/specs-go"
 )
 
-// envNVIDIAVisible names a container's devices by UUID, for the NVIDIA
-// container runtime and for tools. Which devices a container may use is set
-// by the device nodes it gets, not by variables: CUDA_VISIBLE_DEVICES is
-// left alone, since one device's value would hide the others of a container
-// with several claims (the runtime keeps the last value of a variable).
+// envNVIDIAVisible names the devices of a device's request by UUID, for
+// the NVIDIA container runtime and for tools. Which devices a container may
+// use is set by the device nodes it gets, not by variables, and the runtime
+// keeps the last value of a variable: a container of several requests or
+// claims sees the last one's devices named. CUDA_VISIBLE_DEVICES is left
+// alone, as its value would hide the container's other devices from CUDA;
+// the variable never names a device of another request, which a runtime
+// reading it would inject.
 const envNVIDIAVisible = "NVIDIA_VISIBLE_DEVICES"
 
-// envCUDAVisible may not be set by a device's Env either.
+// envCUDAVisible is reserved: a device's Env may not set it either.
 const envCUDAVisible = "CUDA_VISIBLE_DEVICES"
 
 // buildSpec returns the spec of a claim. Devices are sorted by name so the
@@ -35,16 +38,12 @@ func (w *Writer) buildSpec(claimUID string, devices []Device) (*specs.Spec, erro
 	sorted := slices.Clone(devices)
 	slices.SortFunc(sorted, func(a, b Device) int { return strings.Compare(a.Name, b.Name) })
 	visible := map[string][]string{} // UUIDs by request, in device name order
-	var requests []string            // in order of their first device
 	for i, d := range sorted {
 		if err := validateDevice(d); err != nil {
 			return nil, err
 		}
 		if i > 0 && sorted[i-1].Name == d.Name {
 			return nil, fmt.Errorf("device %s listed twice", d.Name)
-		}
-		if _, ok := visible[d.Request]; !ok {
-			requests = append(requests, d.Request)
 		}
 		visible[d.Request] = append(visible[d.Request], d.UUID)
 	}
@@ -73,7 +72,7 @@ func (w *Writer) buildSpec(claimUID string, devices []Device) (*specs.Spec, erro
 			}
 			nodes = append(nodes, caps...)
 		}
-		env := []string{envNVIDIAVisible + "=" + strings.Join(visibleList(visible, requests, d.Request), ",")}
+		env := []string{envNVIDIAVisible + "=" + strings.Join(visible[d.Request], ",")}
 		for _, k := range slices.Sorted(maps.Keys(d.Env)) {
 			env = append(env, k+"="+d.Env[k])
 		}
@@ -91,21 +90,6 @@ func (w *Writer) buildSpec(claimUID string, devices []Device) (*specs.Spec, erro
 		return nil, fmt.Errorf("determine CDI version: %w", err)
 	}
 	return spec, nil
-}
-
-// visibleList is NVIDIA_VISIBLE_DEVICES of a device of request own: the
-// devices of its request, then those of the claim's other requests. A
-// container gets the devices of the whole claim or of one request, and the
-// last device's value stands: the whole claim's list either way, with the
-// container's own devices first when it has one request's.
-func visibleList(visible map[string][]string, requests []string, own string) []string {
-	list := slices.Clone(visible[own])
-	for _, r := range requests {
-		if r != own {
-			list = append(list, visible[r]...)
-		}
-	}
-	return list
 }
 
 // validateDevice checks what the CDI library cannot know about a device.
@@ -133,7 +117,7 @@ func validateDevice(d Device) error {
 			return fmt.Errorf("device %s: invalid environment variable name %q", d.Name, k)
 		}
 		if k == envNVIDIAVisible || k == envCUDAVisible {
-			return fmt.Errorf("device %s: environment variable %s is set by the driver", d.Name, k)
+			return fmt.Errorf("device %s: environment variable %s is reserved to the driver", d.Name, k)
 		}
 	}
 	return nil
