@@ -39,7 +39,8 @@ func TestAdminAccess(t *testing.T) {
 	migUUID := f.liveMIG()[0].UUID
 
 	start := time.Now()
-	monitor := withAdminAccess(allocated("gpu-0", "gpu-2-mig-1g10gb-3", "gpu-4-shared", "gpu-5"))
+	// gpu-2 itself too: a GPU in MIG mode, which admin access leaves so.
+	monitor := withAdminAccess(allocated("gpu-0", "gpu-2-mig-1g10gb-3", "gpu-2", "gpu-4-shared", "gpu-5"))
 	devs, err := f.p.Prepare(ctx, monitor)
 	if err != nil {
 		t.Fatalf("admin access to devices in use: %v", err)
@@ -47,7 +48,7 @@ func TestAdminAccess(t *testing.T) {
 	if waited := time.Since(start); waited > 2*time.Second {
 		t.Errorf("admin access waited %s for the devices' holders", waited)
 	}
-	if len(devs) != 4 {
+	if len(devs) != 5 {
 		t.Fatalf("devices %+v", devs)
 	}
 	spec := string(mustRead(t, f.cdi.SpecPath(string(monitor.UID))))
@@ -72,6 +73,34 @@ func TestAdminAccess(t *testing.T) {
 	if waited := time.Since(start); waited > 2*time.Second {
 		t.Errorf("a user waited %s for a monitor", waited)
 	}
+
+	// The MIG device's creator goes, and a new claim creates the placement
+	// again: a second monitor gets the new instance, not the first
+	// monitor's record of the old one.
+	second := withAdminAccess(allocated("gpu-2-mig-1g10gb-3"))
+	if err := f.p.Unprepare(ctx, ref(migUser)); err != nil {
+		t.Fatal(err)
+	}
+	again := allocated("gpu-2-mig-1g10gb-3")
+	if _, err := f.p.Prepare(ctx, again); err != nil {
+		t.Fatal(err)
+	}
+	newUUID := f.liveMIG()[0].UUID
+	if newUUID == migUUID {
+		t.Fatalf("the simulator reused the MIG UUID %s", migUUID)
+	}
+	for range 5 { // the checkpoint's map has no order: try it more than once
+		if _, err := f.p.Prepare(ctx, second); err != nil {
+			t.Fatal(err)
+		}
+		if spec := string(mustRead(t, f.cdi.SpecPath(string(second.UID)))); !strings.Contains(spec, newUUID) {
+			t.Fatalf("the second monitor got the destroyed instance, not %s:\n%s", newUUID, spec)
+		}
+		if err := f.p.Unprepare(ctx, ref(second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	migUser, migUUID = again, newUUID
 
 	// Its unprepare leaves the others' devices alone.
 	if err := f.p.Unprepare(ctx, ref(monitor)); err != nil {

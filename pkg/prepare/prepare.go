@@ -437,7 +437,12 @@ func (p *Preparer) existingMIG(d *checkpoint.Device) error {
 	defer p.mu.Unlock()
 	for _, c := range p.cp.Claims {
 		for _, o := range c.Devices {
-			if o.MIG != nil && o.MIG.UUID != "" && o.GPUUUID == d.GPUUUID && o.MIG.ProfileID == d.MIG.ProfileID && o.MIG.Start == d.MIG.Start {
+			// The claim that created the instance, not another admin's
+			// record of it, which outlives it.
+			if o.AdminAccess || o.MIG == nil || !o.MIG.Created || o.MIG.UUID == "" {
+				continue
+			}
+			if o.GPUUUID == d.GPUUUID && o.MIG.ProfileID == d.MIG.ProfileID && o.MIG.Start == d.MIG.Start {
 				d.MIG.UUID, d.MIG.GIID, d.MIG.CIID = o.MIG.UUID, o.MIG.GIID, o.MIG.CIID
 				return nil
 			}

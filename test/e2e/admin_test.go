@@ -62,6 +62,10 @@ metadata:
 		t.Errorf("the user's prepare failed while a monitor had the GPU: %s", e.Message)
 	}
 	t.Logf("the user's pod ran %s after it was created, beside the monitor", took.Round(10*time.Millisecond))
+	// A prepare that waited for the monitor would take the held-device wait (20 s).
+	if took > 10*time.Second {
+		t.Errorf("the user's pod took %s to run: its prepare waited for the monitor", took.Round(time.Second))
+	}
 	if p, err := client.CoreV1().Pods(ns).Get(ctx(), "monitor", metav1.GetOptions{}); err != nil || p.Status.Phase != corev1.PodRunning {
 		t.Errorf("the monitor: %v", err)
 	}
