@@ -4,8 +4,9 @@
 //
 // Each daemon has a directory <root>/<claimUID> with pipe/ (the daemon's
 // control pipe and PID file; mounted into the claim's containers, whose
-// CUDA runtime connects through it) and log/. The daemon outlives the
-// plugin: a restarted plugin finds it again by its PID file, so it is
+// CUDA runtime connects through it) and log/. The daemon is found by its
+// PID file: a plugin restarted as a process finds it still running, and one
+// whose container stopped with it starts it again (docs/helm.md); it is
 // neither leaked nor started twice.
 package mps
 

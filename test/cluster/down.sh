@@ -155,6 +155,8 @@ main() {
 	# 3. the control plane, etcd last;
 	# 4. what survived (shims, container processes), by PID;
 	# 5. mounts, host paths, bridge, cgroups, files.
+	# A plugin or webhook an older harness ran as a process (nothing when there is no PID file).
+	stop gpu-kubelet-plugin gpu-dra-webhook
 	stop kubelet
 	kill_tasks
 	stop containerd

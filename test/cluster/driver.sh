@@ -38,7 +38,7 @@ helm() { "$HELM" --kubeconfig "$RUN/kubeconfig/admin.kubeconfig" --namespace "$N
 
 build() {
 	mkdir -p "$RUN/bin"
-	(cd "$REPO_ROOT" && CGO_CFLAGS="-O2 -g -Wno-deprecated-declarations" go build -o "$RUN/bin/" ./cmd/gpu-kubelet-plugin ./cmd/gpu-sim ./cmd/gpu-dra-webhook ./cmd/kubectl-gpu)
+	(cd "$REPO_ROOT" && CGO_CFLAGS="-O2 -g -Wno-deprecated-declarations" go build -o "$RUN/bin/" ./cmd/gpu-kubelet-plugin ./cmd/gpu-sim ./cmd/kubectl-gpu)
 	# The simulated driver's nvidia-smi and MPS control run in the plugin's image and in pods:
 	# static.
 	(cd "$REPO_ROOT" && CGO_ENABLED=0 go build -o "$RUN/bin/" ./cmd/gpu-sim-tools)
@@ -48,8 +48,8 @@ build() {
 }
 
 # prepare_node creates the simulated node's host trees and labels the node as GPU feature
-# discovery would. The identity in deployments/rbac is the one the tests' own plugin processes
-# (crash tests, the uninstall command) use.
+# discovery would. The identity in deployments/rbac is the one the crash tests' own plugin
+# processes use.
 prepare_node() {
 	mkdir -p "$SIM_DIR/state"
 	"$RUN/bin/gpu-sim" --model "$SIMULATE" --state-dir "$SIM_DIR/state" host --dir "$SIM_DIR/host" >/dev/null
@@ -100,10 +100,9 @@ write_values() {
 			  extraArgs:
 		EOF
 		for arg in "${args[@]}"; do
+			arg=${arg//\\/\\\\}
 			printf '  - "%s"\n' "${arg//\"/\\\"}"
 		done
-		cat <<-EOF
-		EOF
 	} >"$VALUES"
 }
 
@@ -113,6 +112,13 @@ upgrade() {
 	write_values "$@"
 	helm upgrade --install "$RELEASE" "$CHART" --create-namespace -f "$VALUES" >/dev/null
 	kubectl rollout status -n "$NAMESPACE" "deployment/$RELEASE-webhook" --timeout=120s >/dev/null
+	# The DaemonSet controller has seen the new template, so the plugin's next pod runs it.
+	local ds=daemonset/$RELEASE-kubelet-plugin deadline=$((SECONDS + 30)) gen=
+	until gen=$(kubectl get -n "$NAMESPACE" "$ds" -o jsonpath='{.metadata.generation}={.status.observedGeneration}' 2>/dev/null) &&
+		[[ -n ${gen%=*} && ${gen%=*} == "${gen#*=}" ]]; do
+		((SECONDS < deadline)) || die "$ds has not observed its new template after 30s"
+		sleep 0.1
+	done
 }
 
 # wait_webhook waits until the API server reaches the webhook: a server-side dry run of an invalid
@@ -163,9 +169,9 @@ start_plugin() {
 
 stop_plugin() {
 	kubectl label node "$NODE_NAME" "$RUN_LABEL-" >/dev/null 2>&1 || true
-	local deadline=$((SECONDS + 60))
-	while [[ -n $(plugin_pods) ]]; do
-		((SECONDS < deadline)) || die "gpu-kubelet-plugin pod still there 60s after its node lost $RUN_LABEL"
+	local deadline=$((SECONDS + 60)) pods
+	until pods=$(plugin_pods) && [[ -z $pods ]]; do
+		((SECONDS < deadline)) || die "gpu-kubelet-plugin pod still there 60s after its node lost $RUN_LABEL: ${pods:-kubectl failed}"
 		sleep 0.2
 	done
 }

@@ -103,8 +103,9 @@ func helmBinary(t *testing.T) string {
 	return lines[len(lines)-1]
 }
 
-// TestChartInstallsTheDriver replaces the harness's release with a second
-// one installed with the chart's defaults but for the local paths: the DaemonSet's plugin
+// TestChartInstallsTheDriver stops the harness's plugin (its release keeps
+// the webhook and the classes) for a second release installed with the
+// chart's defaults but for the local paths: the DaemonSet's plugin
 // registers with the kubelet, publishes the node's slices through the
 // node-scoped admission policy, and prepares a claim for a pod; helm
 // uninstall removes it, and the plugin, seeing its DaemonSet gone, removes

@@ -220,7 +220,7 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nv
 	}
 	kubectl(t, "delete", "pod", "-n", ns, "whole", "--wait=true")
 
-	// A plugin restart neither loses nor duplicates the daemon.
+	// A plugin restart neither loses nor duplicates the daemon (it is started again once).
 	assertDaemonsRestarted(t, 1)
 
 	// A fifth replica does not fit: it gets a share of another GPU.

@@ -141,10 +141,14 @@ func TestInstall(t *testing.T) {
 	if entries, _ := os.ReadDir(bin); len(entries) != 2 {
 		t.Errorf("temporary files left: %v", entries)
 	}
+	notTools := filepath.Join(t.TempDir(), "not-tools")
+	if err := os.WriteFile(notTools, []byte("some file\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct{ tools, version, wantErr string }{
 		{tools: "", version: "1", wantErr: "no gpu-sim-tools program given"},
 		{tools: filepath.Join(bin, "missing"), version: "1", wantErr: filepath.Join(bin, "missing") + ": no such file"},
-		{tools: "/etc/hostname", version: "1", wantErr: "/etc/hostname is not a gpu-sim-tools program"},
+		{tools: notTools, version: "1", wantErr: notTools + " is not a gpu-sim-tools program"},
 		{tools: tools, version: "", wantErr: `driver version ""`},
 		{tools: tools, version: "1\n2", wantErr: "control character"},
 	} {
