@@ -25,25 +25,9 @@ var LibraryDirs = []string{
 
 // FindLibrary returns the path of the library file name (such as
 // "libnvidia-ml.so.1", usually a link to the versioned file) under root in
-// the first of LibraryDirs that has it. The error lists the directories
-// tried.
+// the first of LibraryDirs that has it. The error lists the paths tried.
 func FindLibrary(root, name string) (string, error) {
-	if root == "" {
-		root = "/"
-	}
-	var tried []string
-	for _, dir := range LibraryDirs {
-		p := filepath.Join(root, dir, name)
-		fi, err := os.Stat(p)
-		if err == nil && fi.Mode().IsRegular() {
-			return p, nil
-		}
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			return "", fmt.Errorf("find %s: %w", name, err)
-		}
-		tried = append(tried, filepath.Join(root, dir))
-	}
-	return "", fmt.Errorf("%s not found under the driver root (tried %s)", name, strings.Join(tried, ", "))
+	return find(root, LibraryDirs, name)
 }
 
 // binaryDirs are where a driver installation keeps its tools, in the order
@@ -53,17 +37,23 @@ var binaryDirs = []string{"usr/bin", "bin", "usr/sbin"}
 // FindBinary returns the path of the tool name under root ("" means "/").
 // The error lists the paths tried.
 func FindBinary(root, name string) (string, error) {
+	return find(root, binaryDirs, name)
+}
+
+// find returns root/dir/name for the first of dirs where it is a regular
+// file, links followed.
+func find(root string, dirs []string, name string) (string, error) {
 	if root == "" {
 		root = "/"
 	}
 	var tried []string
-	for _, dir := range binaryDirs {
+	for _, dir := range dirs {
 		p := filepath.Join(root, dir, name)
-		_, err := os.Stat(p)
-		if err == nil {
+		fi, err := os.Stat(p)
+		if err == nil && fi.Mode().IsRegular() {
 			return p, nil
 		}
-		if !errors.Is(err, os.ErrNotExist) {
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			return "", fmt.Errorf("find %s: %w", name, err)
 		}
 		tried = append(tried, p)
