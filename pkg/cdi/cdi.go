@@ -145,7 +145,7 @@ func New(opts Options) (*Writer, error) {
 		path *string
 		what string
 	}{
-		{&opts.DriverRootMount, "driver root (--driver-root-mount, else --driver-root)"},
+		{&opts.DriverRootMount, driverRootWhat},
 		{&opts.DevRoot, "dev root (--dev-root)"},
 		{&opts.ProcRoot, "proc root (--proc-root)"},
 	} {
@@ -177,8 +177,8 @@ func New(opts Options) (*Writer, error) {
 		return nil, err
 	}
 	if len(files.missing) > 0 && opts.RequireLibraries {
-		return nil, fmt.Errorf("driver root (--driver-root-mount, else --driver-root) %s: no %s found in %s",
-			opts.DriverRootMount, strings.Join(files.missing, ", "), strings.Join(driverroot.LibraryDirs, ", "))
+		return nil, fmt.Errorf("%s %s: no %s found in %s",
+			driverRootWhat, opts.DriverRootMount, strings.Join(files.missing, ", "), strings.Join(driverroot.LibraryDirs, ", "))
 	}
 	w := &Writer{opts: opts, missing: files.missing}
 	w.shared.Mounts = files.mounts

@@ -16,6 +16,10 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/driverroot"
 )
 
+// driverRootWhat names the driver root where this process reads it, in
+// errors.
+const driverRootWhat = "driver root (--driver-root-mount, else --driver-root)"
+
 // libraries are the stems of the driver libraries containers get. A file is
 // taken when its name is a stem, a dot and a version ("libcuda.so.550.54.15").
 var libraries = []string{
@@ -72,7 +76,7 @@ func discoverDriverFiles(root, hostRoot string) (driverFiles, error) {
 	for _, dir := range dirs {
 		entries, err := os.ReadDir(filepath.Join(root, dir))
 		if err != nil {
-			return files, fmt.Errorf("driver root (--driver-root-mount, else --driver-root): %w", err)
+			return files, fmt.Errorf("%s: %w", driverRootWhat, err)
 		}
 		n := len(files.mounts)
 		for _, e := range entries {
@@ -137,7 +141,7 @@ func distinctDirs(root string, dirs []string) ([]string, error) {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("driver root (--driver-root-mount, else --driver-root): %w", err)
+			return nil, fmt.Errorf("%s: %w", driverRootWhat, err)
 		}
 		if !fi.IsDir() || containsSameFile(seen, fi) {
 			continue
@@ -165,7 +169,7 @@ func isRegular(path string) (bool, error) {
 		return false, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("driver root (--driver-root-mount, else --driver-root): %w", err)
+		return false, fmt.Errorf("%s: %w", driverRootWhat, err)
 	}
 	return fi.Mode().IsRegular(), nil
 }
