@@ -13,9 +13,10 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
+
 	"github.com/spf13/cobra"
 
-	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/sim"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
 )
@@ -63,7 +64,7 @@ func newRootCommand() *cobra.Command {
 				enc.SetIndent("", "  ")
 				return enc.Encode(st)
 			}
-			node, err := gpu.NewNode(n)
+			node, err := nvmlnode.NewNode(n)
 			if err != nil {
 				return err
 			}
@@ -143,7 +144,7 @@ func newRootCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			node, err := gpu.NewNode(n)
+			node, err := nvmlnode.NewNode(n)
 			if err != nil {
 				return err
 			}

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
+
 	v1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -33,7 +35,7 @@ var features = structured.Features{
 
 func inventory(t testing.TB, model string) *gpu.Inventory {
 	t.Helper()
-	n, err := gpu.Open(gpu.Options{Simulate: model})
+	n, err := nvmlnode.Open(nvmlnode.Options{Simulate: model})
 	if err != nil {
 		t.Fatal(err)
 	}

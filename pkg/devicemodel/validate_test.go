@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
+
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/kubernetes/pkg/api/legacyscheme"
@@ -37,7 +39,7 @@ func validateSlices(t *testing.T, slices []resourceapi.ResourceSlice) {
 // with a pre-created 3g and a driver-created 1g, and GPU 1 faulty.
 func busyInventory(t *testing.T, model string) (Input, *gpu.Inventory) {
 	t.Helper()
-	n, err := gpu.Open(gpu.Options{Simulate: model, SimStateDir: t.TempDir()})
+	n, err := nvmlnode.Open(nvmlnode.Options{Simulate: model, SimStateDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +91,7 @@ func busyInventory(t *testing.T, model string) (Input, *gpu.Inventory) {
 // TestSlicesPassAPIValidation checks every simulated node's slices, fresh
 // and busy, with the validation code the API server runs.
 func TestSlicesPassAPIValidation(t *testing.T) {
-	for _, model := range gpu.SimulatedModels() {
+	for _, model := range nvmlnode.SimulatedModels() {
 		t.Run(model, func(t *testing.T) {
 			for _, shared := range []bool{false, true} {
 				m := build(t, Input{Inventory: inventory(t, model), SharedGPUs: shared})

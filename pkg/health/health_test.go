@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
+
 	resourceapi "k8s.io/api/resource/v1"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
@@ -402,7 +404,7 @@ func TestTaintsReachEveryDevice(t *testing.T) {
 	if err := lib.SetMIGMode(2, true); err != nil {
 		t.Fatal(err)
 	}
-	node, err := gpu.NewNode(lib)
+	node, err := nvmlnode.NewNode(lib)
 	if err != nil {
 		t.Fatal(err)
 	}

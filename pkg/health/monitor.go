@@ -57,7 +57,7 @@ type condID struct {
 	key      Key
 }
 
-// Source is what the monitor needs of the GPUs: *gpu.Node.
+// Source is what the monitor needs of the GPUs: *nvmlnode.Node.
 type Source interface {
 	WatchEvents(ctx context.Context, handle func(gpu.Event)) error
 	Probe(ctx context.Context) ([]gpu.Reading, error)

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
+
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -32,7 +34,7 @@ const pool = "node-1"
 // checkpoint in temporary directories.
 type fixture struct {
 	t      testing.TB
-	node   *gpu.Node
+	node   *nvmlnode.Node
 	simDir string
 	// driverRoot holds the simulated nvidia-smi and MPS control.
 	driverRoot string
@@ -61,7 +63,7 @@ func newFixture(t testing.TB, model string) *fixture {
 	dir := t.TempDir()
 	f := &fixture{t: t, simDir: filepath.Join(dir, "sim")}
 	var err error
-	if f.node, err = gpu.Open(gpu.Options{Simulate: model, SimStateDir: f.simDir}); err != nil {
+	if f.node, err = nvmlnode.Open(nvmlnode.Options{Simulate: model, SimStateDir: f.simDir}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.node.Close() })
