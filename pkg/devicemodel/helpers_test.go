@@ -212,7 +212,7 @@ func selectors(exprs []string) []resourceapi.DeviceSelector {
 // attr is a CEL reference to one of our attributes.
 func attr(name string) string { return fmt.Sprintf(`device.attributes["gpu.nvidia.com"].%s`, name) }
 
-func names(res *resourceapi.AllocationResult) string {
+func allocatedNames(res *resourceapi.AllocationResult) string {
 	if res == nil {
 		return "<none>"
 	}

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
+
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
 
 	resourceapi "k8s.io/api/resource/v1"
@@ -161,7 +163,7 @@ func allocated(devices ...string) *resourceapi.ResourceClaim {
 	c.Status.Allocation = &resourceapi.AllocationResult{}
 	for i, d := range devices {
 		c.Status.Allocation.Devices.Results = append(c.Status.Allocation.Devices.Results, resourceapi.DeviceRequestAllocationResult{
-			Request: fmt.Sprintf("req-%d", i), Driver: devicemodel.DriverName, Pool: pool, Device: d,
+			Request: fmt.Sprintf("req-%d", i), Driver: names.DriverName, Pool: pool, Device: d,
 		})
 	}
 	return c

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
+
 	"k8s.io/klog/v2"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/cdi"
@@ -14,11 +16,6 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
 )
-
-// AnnotationPreparedDevice is the CDI device annotation that carries the
-// checkpoint record of the device, so a lost checkpoint can be rebuilt from
-// the spec files.
-const AnnotationPreparedDevice = "gpu.nvidia.com/prepared-device"
 
 // ReconcileCDI is what start-up reconciliation needs of the CDI specs.
 type ReconcileCDI interface {
@@ -40,7 +37,7 @@ func deviceAnnotation(rec *checkpoint.Claim, d checkpoint.Device) (map[string]st
 	if err != nil {
 		return nil, fmt.Errorf("encode device record: %w", err)
 	}
-	return map[string]string{AnnotationPreparedDevice: string(data)}, nil
+	return map[string]string{names.PreparedDeviceAnnotation: string(data)}, nil
 }
 
 // ReconcileReport says what start-up reconciliation changed.
@@ -304,9 +301,9 @@ func rebuildClaim(uid string, specs ReconcileCDI) (*checkpoint.Claim, error) {
 	}
 	rec := &checkpoint.Claim{UID: uid, State: checkpoint.PrepareCompleted}
 	for _, name := range sortedKeys(anns) {
-		raw, ok := anns[name][AnnotationPreparedDevice]
+		raw, ok := anns[name][names.PreparedDeviceAnnotation]
 		if !ok {
-			return nil, fmt.Errorf("device %s of claim %s has no %s annotation", name, uid, AnnotationPreparedDevice)
+			return nil, fmt.Errorf("device %s of claim %s has no %s annotation", name, uid, names.PreparedDeviceAnnotation)
 		}
 		var pd preparedDevice
 		if err := json.Unmarshal([]byte(raw), &pd); err != nil {

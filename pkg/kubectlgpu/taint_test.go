@@ -1,4 +1,4 @@
-package main
+package kubectlgpu
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 )
 
 func TestRulesFor(t *testing.T) {
@@ -51,11 +53,11 @@ func TestRulesFor(t *testing.T) {
 			}
 			rules := rulesFor(tt.target, devices, resourceapi.DeviceTaintEffectNoExecute, "fan-swap")
 			var got []string
-			names := map[string]bool{}
+			seen := map[string]bool{}
 			for _, r := range rules {
 				sel := r.Spec.DeviceSelector
-				if sel == nil || sel.Driver == nil || *sel.Driver != driverName || sel.Pool == nil || *sel.Pool != tt.target.Node {
-					t.Fatalf("rule %s: selector %+v, want driver %s and pool %s", r.Name, sel, driverName, tt.target.Node)
+				if sel == nil || sel.Driver == nil || *sel.Driver != names.DriverName || sel.Pool == nil || *sel.Pool != tt.target.Node {
+					t.Fatalf("rule %s: selector %+v, want driver %s and pool %s", r.Name, sel, names.DriverName, tt.target.Node)
 				}
 				dev := ""
 				if sel.Device != nil {
@@ -65,30 +67,30 @@ func TestRulesFor(t *testing.T) {
 				if errs := validation.IsDNS1123Subdomain(r.Name); len(errs) > 0 {
 					t.Errorf("rule name %q: %v", r.Name, errs)
 				}
-				if names[r.Name] {
+				if seen[r.Name] {
 					t.Errorf("duplicate rule name %q", r.Name)
 				}
-				names[r.Name] = true
+				seen[r.Name] = true
 				for k, v := range r.Labels {
 					if errs := validation.IsValidLabelValue(v); len(errs) > 0 {
 						t.Errorf("rule %s label %s=%q: %v", r.Name, k, v, errs)
 					}
 				}
-				if r.Labels[labelManagedBy] != managedByValue || r.Labels[labelNode] != nodeLabelValue(tt.target.Node) {
+				if r.Labels[labelManagedBy] != managedByValue || r.Labels[names.TaintRuleNodeLabel] != nodeLabelValue(tt.target.Node) {
 					t.Errorf("rule %s labels %v", r.Name, r.Labels)
 				}
 				if wantGPU := ""; tt.target.HasGPU {
-					wantGPU = gpuDeviceName(tt.target.GPU)
-					if r.Labels[labelGPU] != wantGPU {
-						t.Errorf("rule %s: label %s=%q, want %q", r.Name, labelGPU, r.Labels[labelGPU], wantGPU)
+					wantGPU = names.GPUDevice(tt.target.GPU)
+					if r.Labels[names.TaintRuleGPULabel] != wantGPU {
+						t.Errorf("rule %s: label %s=%q, want %q", r.Name, names.TaintRuleGPULabel, r.Labels[names.TaintRuleGPULabel], wantGPU)
 					}
-				} else if _, ok := r.Labels[labelGPU]; ok {
-					t.Errorf("node rule %s has label %s", r.Name, labelGPU)
+				} else if _, ok := r.Labels[names.TaintRuleGPULabel]; ok {
+					t.Errorf("node rule %s has label %s", r.Name, names.TaintRuleGPULabel)
 				}
-				if r.Annotations[annotationNode] != tt.target.Node {
+				if r.Annotations[names.TaintRuleNodeAnnotation] != tt.target.Node {
 					t.Errorf("rule %s annotations %v", r.Name, r.Annotations)
 				}
-				want := resourceapi.DeviceTaint{Key: maintenanceTaintKey, Value: "fan-swap", Effect: resourceapi.DeviceTaintEffectNoExecute}
+				want := resourceapi.DeviceTaint{Key: names.MaintenanceTaintKey, Value: "fan-swap", Effect: resourceapi.DeviceTaintEffectNoExecute}
 				if !reflect.DeepEqual(r.Spec.Taint, want) {
 					t.Errorf("rule %s taint %+v, want %+v", r.Name, r.Spec.Taint, want)
 				}
