@@ -67,8 +67,7 @@ most 63 characters: letters, digits, '-', '_', '.').`,
 			if err != nil {
 				return err
 			}
-			_, err = a.taint(cmd.Context(), c, t, eff, reason)
-			return err
+			return a.taint(cmd.Context(), c, t, eff, reason)
 		},
 	}
 	cmd.Flags().StringVar(&effect, "effect", string(resourceapi.DeviceTaintEffectNoSchedule), "taint effect: NoSchedule, NoExecute or None")
@@ -306,20 +305,20 @@ func resolveTarget(ctx context.Context, c kubernetes.Interface, t Target) ([]str
 }
 
 // taint creates or updates the rules for the target and reports what it
-// did. It returns the rules it wants.
-func (a *app) taint(ctx context.Context, c kubernetes.Interface, t Target, effect resourceapi.DeviceTaintEffect, reason string) ([]resourceapi.DeviceTaintRule, error) {
+// did.
+func (a *app) taint(ctx context.Context, c kubernetes.Interface, t Target, effect resourceapi.DeviceTaintEffect, reason string) error {
 	devices, err := resolveTarget(ctx, c, t)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	rules := rulesFor(t, devices, effect, reason)
 	res, err := applyRules(ctx, c, t, rules)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	fmt.Fprintf(a.out, "%s tainted %s=%s:%s: %d DeviceTaintRules created, %d updated, %d unchanged\n",
 		t, names.MaintenanceTaintKey, reason, effect, res.created, res.updated, res.unchanged)
-	return rules, nil
+	return nil
 }
 
 // listOurRules lists the rules this tool created for the target. Besides

@@ -146,17 +146,17 @@ func TestTaintIsIdempotent(t *testing.T) {
 	a, out, _ := testApp(c)
 	target := Target{Node: "node-a", GPU: 3, HasGPU: true}
 
-	if _, err := a.taint(ctx, c, target, resourceapi.DeviceTaintEffectNoSchedule, "fan"); err != nil {
+	if err := a.taint(ctx, c, target, resourceapi.DeviceTaintEffectNoSchedule, "fan"); err != nil {
 		t.Fatal(err)
 	}
 	want := []string{"gpu-maintenance-node-a-gpu-3", "gpu-maintenance-node-a-gpu-3-mig-1g10gb-0", "gpu-maintenance-node-a-gpu-3-mig-1g10gbme-2"}
 	if got := ruleNames(t, c); !reflect.DeepEqual(got, want) {
 		t.Fatalf("rules %v, want %v", got, want)
 	}
-	if _, err := a.taint(ctx, c, target, resourceapi.DeviceTaintEffectNoSchedule, "fan"); err != nil {
+	if err := a.taint(ctx, c, target, resourceapi.DeviceTaintEffectNoSchedule, "fan"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.taint(ctx, c, target, resourceapi.DeviceTaintEffectNoExecute, "fan"); err != nil {
+	if err := a.taint(ctx, c, target, resourceapi.DeviceTaintEffectNoExecute, "fan"); err != nil {
 		t.Fatal(err)
 	}
 	if got := ruleNames(t, c); !reflect.DeepEqual(got, want) {
@@ -181,7 +181,7 @@ func TestTaintRefusesForeignRuleWithOurName(t *testing.T) {
 	foreign := foreignRule("gpu-maintenance-node-a-gpu-4", "node-a", "gpu-4")
 	c := fakeClient(t, nodeSlices(), nil, []resourceapi.DeviceTaintRule{foreign}, nil)
 	a, _, _ := testApp(c)
-	_, err := a.taint(context.Background(), c, Target{Node: "node-a", GPU: 4, HasGPU: true}, resourceapi.DeviceTaintEffectNoSchedule, "x")
+	err := a.taint(context.Background(), c, Target{Node: "node-a", GPU: 4, HasGPU: true}, resourceapi.DeviceTaintEffectNoSchedule, "x")
 	if err == nil || !strings.Contains(err.Error(), "not managed by kubectl-gpu") {
 		t.Fatalf("err = %v", err)
 	}
@@ -266,7 +266,7 @@ func TestTaintCoversSharedDevice(t *testing.T) {
 	shared.Attributes["type"] = resourceapi.DeviceAttribute{StringValue: ptr("shared")}
 	c := fakeClient(t, []resourceapi.ResourceSlice{slice("a-0", "node-a", gpuDevice(3), migDevice(3, "1g.10gb", 0), shared, gpuDevice(4))}, nil, nil, nil)
 	a, _, _ := testApp(c)
-	if _, err := a.taint(ctx, c, Target{Node: "node-a", GPU: 3, HasGPU: true}, resourceapi.DeviceTaintEffectNoExecute, "repair"); err != nil {
+	if err := a.taint(ctx, c, Target{Node: "node-a", GPU: 3, HasGPU: true}, resourceapi.DeviceTaintEffectNoExecute, "repair"); err != nil {
 		t.Fatal(err)
 	}
 	want := []string{"gpu-maintenance-node-a-gpu-3", "gpu-maintenance-node-a-gpu-3-mig-1g10gb-0", "gpu-maintenance-node-a-gpu-3-shared"}

@@ -33,7 +33,6 @@ PLUGIN_HTTP_PORT=8088
 VALUES=$RUN/driver-values.yaml
 PLUGIN_SELECTOR=app.kubernetes.io/instance=$RELEASE,app.kubernetes.io/component=kubelet-plugin
 
-kubectl() { "$K8S_BIN/kubectl" --kubeconfig "$RUN/kubeconfig/admin.kubeconfig" --cache-dir "$RUN/kube-cache" "$@"; }
 helm() { "$HELM" --kubeconfig "$RUN/kubeconfig/admin.kubeconfig" --namespace "$NAMESPACE" "$@"; }
 
 build() {

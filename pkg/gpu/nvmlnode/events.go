@@ -23,7 +23,11 @@ func (n *Node) WatchEvents(ctx context.Context, handle func(gpu.Event)) error {
 	if ret != nvml.SUCCESS {
 		return fmt.Errorf("create NVML event set: %w", nvmlError(ret))
 	}
-	defer set.Free()
+	defer func() {
+		if ret := set.Free(); ret != nvml.SUCCESS {
+			logger.Error(nvmlError(ret), "Freeing the NVML event set failed")
+		}
+	}()
 	count, ret := n.lib.DeviceGetCount()
 	if ret != nvml.SUCCESS {
 		return fmt.Errorf("count GPUs: %w", nvmlError(ret))

@@ -43,11 +43,11 @@ func NewNode(lib nvml.Interface) (*Node, error) {
 	}
 	count, ret := lib.DeviceGetCount()
 	if ret != nvml.SUCCESS {
-		lib.Shutdown()
+		_ = lib.Shutdown() // the reason to give up is the error to report
 		return nil, fmt.Errorf("count GPUs: %w", nvmlError(ret))
 	}
 	if count == 0 {
-		lib.Shutdown()
+		_ = lib.Shutdown() // the reason to give up is the error to report
 		return nil, errors.New("NVML found no NVIDIA GPU on this node")
 	}
 	return &Node{lib: lib}, nil
@@ -351,6 +351,19 @@ func (n *Node) SetMIGMode(ctx context.Context, uuid string, enabled bool) error 
 
 // CreateMIG creates a GPU instance of the requested profile at exactly the
 // requested placement, and one compute instance spanning it. On failure
+// abandon destroys, in order, what a CreateMIG that failed half way had
+// created, so that no instance is left that nobody records. A destroy that
+// fails is part of the error: the instance is then left on the GPU, and the
+// caller's rollback or the next start-up reconciliation must find it.
+func abandon(err error, destroy ...func() nvml.Return) error {
+	for _, d := range destroy {
+		if ret := d(); ret != nvml.SUCCESS {
+			err = fmt.Errorf("%w (destroying what was created failed too: %w)", err, nvmlError(ret))
+		}
+	}
+	return err
+}
+
 // nothing is left behind.
 func (n *Node) CreateMIG(ctx context.Context, req gpu.MIGRequest) (gpu.MIGInstance, error) {
 	dev, err := n.device(req.ParentUUID)
@@ -378,30 +391,23 @@ func (n *Node) CreateMIG(ctx context.Context, req gpu.MIGRequest) (gpu.MIGInstan
 	}
 	giInfo, ret := gi.GetInfo()
 	if ret != nvml.SUCCESS {
-		gi.Destroy()
-		return gpu.MIGInstance{}, fmt.Errorf("read created GPU instance on %s: %w", req.ParentUUID, nvmlError(ret))
+		return gpu.MIGInstance{}, abandon(fmt.Errorf("read created GPU instance on %s: %w", req.ParentUUID, nvmlError(ret)), gi.Destroy)
 	}
 	ciProfile, err := fullComputeProfile(gi, int(info.SliceCount))
 	if err != nil {
-		gi.Destroy()
-		return gpu.MIGInstance{}, fmt.Errorf("compute profile for GPU instance %d on %s: %w", giInfo.Id, req.ParentUUID, err)
+		return gpu.MIGInstance{}, abandon(fmt.Errorf("compute profile for GPU instance %d on %s: %w", giInfo.Id, req.ParentUUID, err), gi.Destroy)
 	}
 	ci, ret := gi.CreateComputeInstance(&ciProfile)
 	if ret != nvml.SUCCESS {
-		gi.Destroy()
-		return gpu.MIGInstance{}, fmt.Errorf("create compute instance in GPU instance %d on %s: %w", giInfo.Id, req.ParentUUID, nvmlError(ret))
+		return gpu.MIGInstance{}, abandon(fmt.Errorf("create compute instance in GPU instance %d on %s: %w", giInfo.Id, req.ParentUUID, nvmlError(ret)), gi.Destroy)
 	}
 	ciInfo, ret := ci.GetInfo()
 	if ret != nvml.SUCCESS {
-		ci.Destroy()
-		gi.Destroy()
-		return gpu.MIGInstance{}, fmt.Errorf("read created compute instance on %s: %w", req.ParentUUID, nvmlError(ret))
+		return gpu.MIGInstance{}, abandon(fmt.Errorf("read created compute instance on %s: %w", req.ParentUUID, nvmlError(ret)), ci.Destroy, gi.Destroy)
 	}
 	uuids, err := migUUIDs(dev)
 	if err != nil {
-		ci.Destroy()
-		gi.Destroy()
-		return gpu.MIGInstance{}, fmt.Errorf("find UUID of created MIG device on %s: %w", req.ParentUUID, err)
+		return gpu.MIGInstance{}, abandon(fmt.Errorf("find UUID of created MIG device on %s: %w", req.ParentUUID, err), ci.Destroy, gi.Destroy)
 	}
 	inst := gpu.MIGInstance{
 		UUID:       uuids[[2]int{int(giInfo.Id), int(ciInfo.Id)}],
@@ -413,9 +419,7 @@ func (n *Node) CreateMIG(ctx context.Context, req gpu.MIGRequest) (gpu.MIGInstan
 		CIID:       int(ciInfo.Id),
 	}
 	if inst.UUID == "" {
-		ci.Destroy()
-		gi.Destroy()
-		return gpu.MIGInstance{}, fmt.Errorf("created MIG device (GPU instance %d, compute instance %d) on %s has no UUID", giInfo.Id, ciInfo.Id, req.ParentUUID)
+		return gpu.MIGInstance{}, abandon(fmt.Errorf("created MIG device (GPU instance %d, compute instance %d) on %s has no UUID", giInfo.Id, ciInfo.Id, req.ParentUUID), ci.Destroy, gi.Destroy)
 	}
 	klog.FromContext(ctx).V(2).Info("Created MIG device", "gpu", req.ParentUUID, "profile", inst.Profile, "placement", inst.Placement.String(), "uuid", inst.UUID, "giid", inst.GIID, "ciid", inst.CIID)
 	return inst, nil

@@ -176,7 +176,7 @@ func TestMIGLifecycle(t *testing.T) {
 			t.Errorf("%s: %v", s.name, err)
 		case s.wantErr != nil && err == nil:
 			t.Errorf("%s: succeeded", s.name)
-		case s.wantErr == gpu.ErrPlacementOccupied && !errors.Is(err, gpu.ErrPlacementOccupied):
+		case errors.Is(s.wantErr, gpu.ErrPlacementOccupied) && !errors.Is(err, gpu.ErrPlacementOccupied):
 			t.Errorf("%s: want ErrPlacementOccupied, got %v", s.name, err)
 		}
 	}
