@@ -359,6 +359,16 @@ func (m *Manager) legacyDaemon(key string) (*identity, string) {
 	return &id, ""
 }
 
+// unprovenLegacy reports whether key has a previous release's PID file
+// but no record: its daemon, if any, was not adopted.
+func (m *Manager) unprovenLegacy(key string) bool {
+	if _, err := os.Lstat(filepath.Join(m.PipeDir(key), legacyPIDFile)); err != nil {
+		return false
+	}
+	_, err := m.loadRecord(key)
+	return errors.Is(err, fs.ErrNotExist)
+}
+
 func (m *Manager) loadRecord(key string) (record, error) {
 	data, err := readSmall(filepath.Join(m.Dir(key), recordFile), maxSmallSize)
 	if err != nil {
@@ -401,6 +411,13 @@ func (m *Manager) Stop(ctx context.Context, key string) error {
 	if d != nil {
 		if err := m.stop(ctx, key, *d); err != nil {
 			return err
+		}
+	} else if m.unprovenLegacy(key) {
+		// A previous release's daemon that could not prove itself may
+		// still serve pipe/: ask whatever does to quit, signalling
+		// nothing, rather than leak it.
+		if err := m.quit(ctx, key); err != nil {
+			logger.V(2).Info("No MPS control daemon took the quit command", "key", key, "err", err)
 		}
 	}
 	if err := os.RemoveAll(m.Dir(key)); err != nil {
