@@ -72,7 +72,7 @@ func (t *Tools) startDaemon(pipe, logDir string) int {
 		}
 	}
 	control := filepath.Join(pipe, controlFile)
-	if err := os.WriteFile(control, nil, 0o644); err != nil {
+	if err := makeControl(control); err != nil {
 		return t.fail(err)
 	}
 	cmd := exec.Command(t.Executable, daemonArg, pipe)
@@ -114,10 +114,24 @@ func (t *Tools) foreground(pipe, logDir string) int {
 		fmt.Fprintf(t.Stderr, "%s: %v\n", MPSControl, err)
 	}
 	_ = t.logMPS(logDir, fmt.Sprintf("%s start pid=%d devices=%s pipe=%s", t.now(), pid, t.getenv("CUDA_VISIBLE_DEVICES"), pipe))
-	if err := os.WriteFile(filepath.Join(pipe, controlFile), nil, 0o644); err != nil {
+	if err := makeControl(filepath.Join(pipe, controlFile)); err != nil {
 		return t.fail(err)
 	}
 	return daemon(pipe)
+}
+
+// makeControl makes a new, empty control file at path. Whatever is there
+// is removed first, not written through: a client's container may have put
+// a symlink to a host file there, which a plain create would truncate.
+func makeControl(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o644)
+	if err != nil {
+		return err
+	}
+	return f.Close()
 }
 
 // quit removes the daemon's control file, which makes it exit.

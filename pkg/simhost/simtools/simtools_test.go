@@ -385,3 +385,27 @@ func TestForegroundDaemon(t *testing.T) {
 		})
 	}
 }
+
+// TestControlFileNotWrittenThroughASymlink: a control entry that a
+// container made a symlink to a host file is replaced, and the host file
+// is left as it was, where a plain create would have truncated it.
+func TestControlFileNotWrittenThroughASymlink(t *testing.T) {
+	pipe := t.TempDir()
+	host := filepath.Join(t.TempDir(), "host-file")
+	if err := os.WriteFile(host, []byte("precious\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	control := filepath.Join(pipe, controlFile)
+	if err := os.Symlink(host, control); err != nil {
+		t.Fatal(err)
+	}
+	if err := makeControl(control); err != nil {
+		t.Fatal(err)
+	}
+	if data, err := os.ReadFile(host); err != nil || string(data) != "precious\n" {
+		t.Errorf("host file %q (%v)", data, err)
+	}
+	if fi, err := os.Lstat(control); err != nil || !fi.Mode().IsRegular() {
+		t.Errorf("control entry %v (%v), want a regular file", fi, err)
+	}
+}
