@@ -113,6 +113,9 @@ type Manager struct {
 	// Timeout bounds waiting for a daemon to become ready, to take the
 	// quit command, and to stop.
 	Timeout time.Duration
+	// Logger logs what Running, which has no context, finds: a previous
+	// release's daemon adopted or refused. The zero Logger discards.
+	Logger klog.Logger
 	// writeFile replaces a file atomically and durably.
 	writeFile func(path string, data []byte) error
 	// created is when the Manager was made: a previous release's daemon
@@ -185,6 +188,14 @@ func (m *Manager) Start(ctx context.Context, key string, gpuUUIDs []string) erro
 	for _, dir := range []string{m.root, m.Dir(key), m.PipeDir(key), m.LogDir(key)} {
 		if err := hostfs.EnsureDir(logger, dir, DirMode); err != nil {
 			return fmt.Errorf("MPS directory: %w", err)
+		}
+	}
+	if m.unprovenLegacy(key) {
+		// A previous release's daemon that could not prove itself may
+		// still serve pipe/: ask it to quit (signalling nothing) before
+		// its pipes are removed under it.
+		if err := m.quit(ctx, key); err != nil {
+			logger.V(2).Info("No MPS control daemon took the quit command", "key", key, "err", err)
 		}
 	}
 	// No daemon of ours serves pipe/: what is in it is stale, or planted
@@ -265,7 +276,7 @@ func (m *Manager) output(key string) string {
 
 // Running reports whether the claim's daemon runs.
 func (m *Manager) Running(key string) bool {
-	d, _ := m.lookup(klog.Background(), key)
+	d, _ := m.lookup(m.Logger, key)
 	return d != nil
 }
 
