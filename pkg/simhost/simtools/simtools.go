@@ -45,7 +45,8 @@ type Tools struct {
 	// Root is the driver root.
 	Root string
 	// Executable is the running copy: nvidia-smi reads the driver version
-	// from its end, nvidia-cuda-mps-control -d runs it again as the daemon.
+	// from its end, nvidia-cuda-mps-control -d runs it again as the
+	// detached daemon.
 	Executable string
 	// Getenv reads the environment; nil means os.Getenv.
 	Getenv func(string) string
