@@ -1,7 +1,6 @@
 package mps
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"os"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/simhosttest"
+	"k8s.io/klog/v2/ktesting"
 )
 
 // The tests here are a tenant's container at work: it has the daemon's
@@ -114,7 +114,7 @@ func replacePIDFile(t *testing.T, m *Manager, key string, p plant, victim int) {
 func TestStopWithAHostilePIDFile(t *testing.T) {
 	for _, p := range plants {
 		t.Run(p.name, func(t *testing.T) {
-			ctx := context.Background()
+			_, ctx := ktesting.NewTestContext(t)
 			m := newTestManager(t)
 			const key = "2f0e0a4c-0000-4000-8000-000000000010"
 			if err := m.Start(ctx, key, []string{"GPU-a"}); err != nil {
@@ -154,7 +154,7 @@ func TestStopWithAHostilePIDFile(t *testing.T) {
 func TestGoneDaemonWithAHostilePIDFile(t *testing.T) {
 	for _, p := range plants {
 		t.Run(p.name, func(t *testing.T) {
-			ctx := context.Background()
+			_, ctx := ktesting.NewTestContext(t)
 			m := newTestManager(t)
 			const key = "2f0e0a4c-0000-4000-8000-000000000011"
 			if err := m.Start(ctx, key, []string{"GPU-a"}); err != nil {
@@ -195,7 +195,7 @@ func TestGoneDaemonWithAHostilePIDFile(t *testing.T) {
 // instead of failing the unprepare forever and leaking the daemon, as it
 // did before.
 func TestStopKillsADaemonThatWillNotQuit(t *testing.T) {
-	ctx := context.Background()
+	_, ctx := ktesting.NewTestContext(t)
 	m := newTestManager(t)
 	const key = "2f0e0a4c-0000-4000-8000-000000000012"
 	if err := m.Start(ctx, key, []string{"GPU-a"}); err != nil {
@@ -234,7 +234,8 @@ func TestStartFailsWhenTheRecordCannotBeWritten(t *testing.T) {
 		return syscall.ENOSPC
 	}
 	const key = "2f0e0a4c-0000-4000-8000-000000000013"
-	err := m.Start(context.Background(), key, []string{"GPU-a"})
+	_, ctx := ktesting.NewTestContext(t)
+	err := m.Start(ctx, key, []string{"GPU-a"})
 	if !errors.Is(err, syscall.ENOSPC) {
 		t.Fatalf("start: %v, want ENOSPC", err)
 	}

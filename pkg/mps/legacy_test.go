@@ -1,7 +1,6 @@
 package mps
 
 import (
-	"context"
 	"errors"
 	"os"
 	"os/exec"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
+	"k8s.io/klog/v2/ktesting"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs"
 )
@@ -58,7 +58,7 @@ func startLegacy(t *testing.T, m *Manager, key string) identity {
 // recorded, and stopped at unprepare; the PID file of one claim naming
 // another claim's daemon adopts nothing.
 func TestUpgradeAdoptsAPreviousReleasesDaemon(t *testing.T) {
-	ctx := context.Background()
+	_, ctx := ktesting.NewTestContext(t)
 	old := newTestManager(t)
 	const a, b = "2f0e0a4c-0000-4000-8000-0000000000a1", "2f0e0a4c-0000-4000-8000-0000000000b1"
 	startLegacy(t, old, a)
