@@ -261,8 +261,10 @@ func cdiDevices(rec *checkpoint.Claim) ([]cdi.Device, error) {
 		cd := cdi.Device{Name: cdiName(d), Request: d.Requests[0], GPUMinor: d.GPUMinor, UUID: d.GPUUUID, Env: d.Env, Annotations: ann}
 		if d.MPSDir != "" {
 			cd.Mounts = []cdi.Mount{
+				// The CUDA clients connect through pipe/; only the daemon
+				// and its servers, host processes, write log/.
 				{HostPath: mps.PipeDirIn(d.MPSDir), ContainerPath: mps.ContainerPipeDir},
-				{HostPath: mps.LogDirIn(d.MPSDir), ContainerPath: mps.ContainerLogDir},
+				{HostPath: mps.LogDirIn(d.MPSDir), ContainerPath: mps.ContainerLogDir, ReadOnly: true},
 			}
 		}
 		if d.MIG != nil {
