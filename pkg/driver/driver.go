@@ -137,6 +137,7 @@ func Run(ctx context.Context, cfg Config) error {
 	cp.BootID = bootID
 
 	// 3-4. Inventory and reconciliation.
+	readAt := time.Now()
 	inv, err := cfg.GPUs.Inventory(ctx)
 	if err != nil {
 		return fmt.Errorf("read GPU inventory: %w", err)
@@ -153,6 +154,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("save reconciled checkpoint: %w", err)
 	}
 	if len(report.MIGDestroyed) > 0 {
+		readAt = time.Now()
 		if inv, err = cfg.GPUs.Inventory(ctx); err != nil {
 			return fmt.Errorf("read GPU inventory: %w", err)
 		}
@@ -165,18 +167,17 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	d.monitor, err = health.NewMonitor(ctx, health.Options{
 		Policy: cfg.HealthPolicy, Source: cfg.GPUs, Store: healthStore, BootID: bootID,
-		OnChange: d.onHealthChange, ResolveMIG: d.preparedMIG,
+		OnChange: d.onHealthChange,
 	})
 	if err != nil {
 		return err
 	}
-	d.monitor.SetInventory(inv)
+	d.monitor.SetInventory(ctx, inv, readAt)
 	d.state.taints = d.monitor.Taints
-	// The preparer exists before the monitor starts: the monitor asks it
-	// for MIG devices created since the inventory was read.
-	d.preparer = prepare.New(cfg.GPUs, d.state, cfg.CDI, cfg.Store, cp, prepare.Options{
+	d.preparer = prepare.New(migTracker{cfg.GPUs, d.monitor}, d.state, cfg.CDI, cfg.Store, cp, prepare.Options{
 		PoolName: cfg.NodeName, AfterStep: cfg.AfterStep, MPS: cfg.MPS, HeldWait: cfg.HeldDeviceWait,
 	})
+	d.monitor.Probe(ctx)
 	d.monitor.Start(ctx)
 	if _, err := d.state.refresh(inv, cp); err != nil {
 		return err
@@ -257,11 +258,12 @@ func (d *Driver) removePoolIfUninstalled(logger klog.Logger) {
 // refreshAndPublish re-reads the inventory and republishes if the model
 // changed.
 func (d *Driver) refreshAndPublish(ctx context.Context) error {
+	readAt := time.Now()
 	inv, err := d.cfg.GPUs.Inventory(ctx)
 	if err != nil {
 		return fmt.Errorf("read GPU inventory: %w", err)
 	}
-	d.monitor.SetInventory(inv)
+	d.monitor.SetInventory(ctx, inv, readAt)
 	if _, err := d.state.refresh(inv, d.preparer.Snapshot()); err != nil {
 		return err
 	}
@@ -278,18 +280,31 @@ func (d *Driver) rebuildAndPublish(ctx context.Context) error {
 	return d.publish(ctx)
 }
 
-// preparedMIG finds a MIG device this plugin created, by its GPU and
-// compute instance, in the prepared claims: one created since the last
-// inventory refresh is already there.
-func (d *Driver) preparedMIG(gpuUUID string, giid, ciid int) string {
-	for _, c := range d.preparer.Snapshot().Claims {
-		for _, dev := range c.Devices {
-			if dev.GPUUUID == gpuUUID && dev.MIG != nil && dev.MIG.UUID != "" && dev.MIG.GIID == giid && dev.MIG.CIID == ciid {
-				return dev.MIG.UUID
-			}
-		}
+// migTracker tells the health monitor of every MIG device the preparer
+// creates or destroys, as it happens: NVML reuses GI and CI IDs, so an
+// XID on a new instance must not be blamed on the one destroyed before it
+// until the next inventory refresh.
+type migTracker struct {
+	prepare.GPUs
+	monitor *health.Monitor
+}
+
+// CreateMIG implements prepare.GPUs.
+func (t migTracker) CreateMIG(ctx context.Context, req gpu.MIGRequest) (gpu.MIGInstance, error) {
+	inst, err := t.GPUs.CreateMIG(ctx, req)
+	if err == nil {
+		t.monitor.MIGCreated(inst)
 	}
-	return ""
+	return inst, err
+}
+
+// DestroyMIG implements prepare.GPUs.
+func (t migTracker) DestroyMIG(ctx context.Context, ref gpu.MIGRef) error {
+	err := t.GPUs.DestroyMIG(ctx, ref)
+	if err == nil {
+		t.monitor.MIGDestroyed(ctx, ref)
+	}
+	return err
 }
 
 // onHealthChange is the monitor's OnChange: republish, and tell kubelet.

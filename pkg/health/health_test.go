@@ -64,10 +64,10 @@ func newFixture(t *testing.T, store *Store, bootID string) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.SetInventory(&gpu.Inventory{GPUs: []gpu.GPU{
+	m.SetInventory(context.Background(), &gpu.Inventory{GPUs: []gpu.GPU{
 		{UUID: gpuA, Index: 0, MIGInstances: []gpu.MIGInstance{{UUID: migA, ParentUUID: gpuA, GIID: 1, CIID: 0}}},
 		{UUID: gpuB, Index: 1},
-	}})
+	}}, f.clock.now())
 	f.m = m
 	return f
 }
@@ -83,7 +83,7 @@ func (f *fixture) probeA(change func(r *gpu.Reading)) {
 	change(&r)
 	f.src.readings[0] = r
 	f.src.mu.Unlock()
-	f.m.probe(context.Background())
+	f.m.Probe(context.Background())
 }
 
 // taintsOf renders the taints of a GPU (and, with mig, of that MIG
@@ -423,7 +423,7 @@ func TestTaintsReachEveryDevice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.SetInventory(inv)
+	m.SetInventory(ctx, inv, time.Now())
 	g5 := inv.GPUs[5]
 	m.Observe(ctx, gpu.Event{Kind: gpu.EventXID, GPUUUID: g5.UUID, XID: 79, GIID: -1, CIID: -1})
 	m.Observe(ctx, gpu.Event{Kind: gpu.EventXID, GPUUUID: g2.UUID, XID: 48, GIID: inst.GIID, CIID: inst.CIID})
@@ -466,25 +466,167 @@ func TestTaintsReachEveryDevice(t *testing.T) {
 }
 
 // TestMIGCreatedSinceTheInventory: an XID naming an instance the last
-// inventory did not have is attributed through ResolveMIG.
+// inventory did not have is attributed through MIGCreated.
 func TestMIGCreatedSinceTheInventory(t *testing.T) {
 	const newMIG = "MIG-cccccccc-0000-0000-0000-000000000000"
-	m, err := NewMonitor(context.Background(), Options{
-		Policy: DefaultPolicy(), Source: &fakeSource{},
-		ResolveMIG: func(gpuUUID string, gi, ci int) string {
-			if gpuUUID == gpuB && gi == 3 && ci == 0 {
-				return newMIG
-			}
-			return ""
-		},
-	})
+	ctx := context.Background()
+	m, err := NewMonitor(ctx, Options{Policy: DefaultPolicy(), Source: &fakeSource{}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.SetInventory(&gpu.Inventory{GPUs: []gpu.GPU{{UUID: gpuB, Index: 1}}})
-	m.Observe(context.Background(), gpu.Event{Kind: gpu.EventXID, GPUUUID: gpuB, XID: 48, GIID: 3, CIID: 0})
+	m.SetInventory(ctx, &gpu.Inventory{GPUs: []gpu.GPU{{UUID: gpuB, Index: 1}}}, time.Now())
+	m.MIGCreated(gpu.MIGInstance{UUID: newMIG, ParentUUID: gpuB, GIID: 3, CIID: 0})
+	m.Observe(ctx, gpu.Event{Kind: gpu.EventXID, GPUUUID: gpuB, XID: 48, GIID: 3, CIID: 0})
 	gpuTaints, migTaints := m.Taints()
 	if len(gpuTaints[gpuB]) != 0 || len(migTaints[newMIG]) != 1 {
 		t.Errorf("GPU taints %v, MIG taints %v", gpuTaints, migTaints)
+	}
+}
+
+// TestMIGIDsNameTheCurrentInstance: NVML hands a destroyed instance's GI
+// and CI IDs to the next one. An XID naming those IDs is blamed on the
+// instance that has them now, whichever way the monitor learnt of the
+// change, and an inventory read before a change does not undo it.
+func TestMIGIDsNameTheCurrentInstance(t *testing.T) {
+	const migC = "MIG-cccccccc-0000-0000-0000-000000000000"
+	ctx := context.Background()
+	xid := gpu.Event{Kind: gpu.EventXID, GPUUUID: gpuA, XID: 48, GIID: 1, CIID: 0}
+	instA := gpu.MIGInstance{UUID: migA, ParentUUID: gpuA, GIID: 1, CIID: 0}
+	instC := gpu.MIGInstance{UUID: migC, ParentUUID: gpuA, GIID: 1, CIID: 0}
+	refA := gpu.MIGRef{ParentUUID: gpuA, GIID: 1, CIID: 0, UUID: migA}
+	inventory := func(migs ...gpu.MIGInstance) *gpu.Inventory {
+		return &gpu.Inventory{GPUs: []gpu.GPU{{UUID: gpuA, Index: 0, MIGInstances: migs}, {UUID: gpuB, Index: 1}}}
+	}
+	for name, tc := range map[string]struct {
+		// steps run on the fixture, whose inventory has migA at GI 1.
+		steps func(f *fixture, readBefore time.Time)
+		// blamed is the MIG device the XID taints; "" for the whole GPU.
+		blamed string
+	}{
+		"a new inventory without the instance": {
+			steps: func(f *fixture, _ time.Time) { f.m.SetInventory(ctx, inventory(), f.clock.now()) },
+		},
+		"a new inventory with another instance at its IDs": {
+			steps:  func(f *fixture, _ time.Time) { f.m.SetInventory(ctx, inventory(instC), f.clock.now()) },
+			blamed: migC,
+		},
+		"destroyed by the plugin": {
+			steps: func(f *fixture, _ time.Time) { f.m.MIGDestroyed(ctx, refA) },
+		},
+		"destroyed, and its IDs reused by the plugin": {
+			steps: func(f *fixture, _ time.Time) {
+				f.m.MIGDestroyed(ctx, refA)
+				f.m.MIGCreated(instC)
+			},
+			blamed: migC,
+		},
+		"reused, then an inventory read before the change": {
+			steps: func(f *fixture, readBefore time.Time) {
+				f.m.MIGDestroyed(ctx, refA)
+				f.m.MIGCreated(instC)
+				f.m.SetInventory(ctx, inventory(instA), readBefore)
+			},
+			blamed: migC,
+		},
+		"destroyed, then an inventory read before the destroy": {
+			steps: func(f *fixture, readBefore time.Time) {
+				f.m.MIGDestroyed(ctx, refA)
+				f.m.SetInventory(ctx, inventory(instA), readBefore)
+			},
+		},
+		"a destroy of another UUID at the IDs leaves the instance": {
+			steps: func(f *fixture, _ time.Time) {
+				f.m.MIGDestroyed(ctx, gpu.MIGRef{ParentUUID: gpuA, GIID: 1, CIID: 0, UUID: migC})
+			},
+			blamed: migA,
+		},
+		"a later inventory overrides an older change": {
+			steps: func(f *fixture, _ time.Time) {
+				f.m.MIGCreated(instC)
+				f.clock.advance(time.Second)
+				f.m.SetInventory(ctx, inventory(instA), f.clock.now())
+			},
+			blamed: migA,
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := newFixture(t, nil, "boot")
+			readBefore := f.clock.now()
+			f.clock.advance(time.Second)
+			tc.steps(f, readBefore)
+			f.m.Observe(ctx, xid)
+			wantGPU, wantMIG := "", "xid=48:NoExecute"
+			if tc.blamed == "" {
+				wantGPU, wantMIG = wantMIG, ""
+			}
+			if got := f.taintsOf(gpuA, ""); got != wantGPU {
+				t.Errorf("GPU A taints %q, want %q", got, wantGPU)
+			}
+			for _, mig := range []string{migA, migC} {
+				want := ""
+				if mig == tc.blamed {
+					want = wantMIG
+				}
+				if got := f.taintsOf(gpuA, mig); got != want {
+					t.Errorf("MIG %s taints %q, want %q", mig, got, want)
+				}
+			}
+		})
+	}
+}
+
+// TestConditionsOfGoneMIGDevicesAreDropped: a sticky condition of a MIG
+// device that was destroyed, while the plugin ran or while it was down,
+// is not kept (nor persisted) forever.
+func TestConditionsOfGoneMIGDevicesAreDropped(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), StoreFileName)
+	xid := gpu.Event{Kind: gpu.EventXID, GPUUUID: gpuA, XID: 48, GIID: 1, CIID: 0}
+
+	f := newFixture(t, NewStore(path), "boot")
+	f.m.Observe(ctx, xid)
+	f.m.MIGDestroyed(ctx, gpu.MIGRef{ParentUUID: gpuA, GIID: 1, CIID: 0, UUID: migA})
+	if got := f.m.Conditions(); len(got) != 0 {
+		t.Errorf("conditions after the destroy: %v", got)
+	}
+	if restarted := newFixture(t, NewStore(path), "boot"); len(restarted.m.Conditions()) != 0 {
+		t.Errorf("persisted after the destroy: %v", restarted.m.Conditions())
+	}
+
+	f = newFixture(t, NewStore(path), "boot")
+	f.m.Observe(ctx, xid)
+	// Restarted after the instance was destroyed: the first inventory
+	// lacks it.
+	restarted, err := NewMonitor(ctx, Options{Policy: DefaultPolicy(), Source: &fakeSource{}, Store: NewStore(path), BootID: "boot"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(restarted.Conditions()) != 1 {
+		t.Fatalf("conditions restored: %v", restarted.Conditions())
+	}
+	restarted.SetInventory(ctx, &gpu.Inventory{GPUs: []gpu.GPU{{UUID: gpuA, Index: 0}}}, time.Now())
+	if got := restarted.Conditions(); len(got) != 0 {
+		t.Errorf("conditions of a MIG device not in the inventory: %v", got)
+	}
+}
+
+// TestRepeatedEventIsNotRewritten: an event already recorded changes no
+// file, so a flood of XIDs does not become a flood of fsyncs.
+func TestRepeatedEventIsNotRewritten(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), StoreFileName)
+	f := newFixture(t, NewStore(path), "boot")
+	xid := gpu.Event{Kind: gpu.EventXID, GPUUUID: gpuA, XID: 79, GIID: -1, CIID: -1}
+	f.m.Observe(ctx, xid)
+	if err := os.Remove(path); err != nil {
+		t.Fatalf("the first event was not saved: %v", err)
+	}
+	f.clock.advance(time.Second)
+	f.m.Observe(ctx, xid)
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the repeated event rewrote the health state (%v)", err)
+	}
+	if f.changes != 1 {
+		t.Errorf("%d change notifications, want 1", f.changes)
 	}
 }
