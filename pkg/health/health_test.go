@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -141,6 +142,9 @@ func TestLoadPolicy(t *testing.T) {
 		"unknown effect":  {file: "effects: {Fatal: Evict}\n", wantErr: "effects[Fatal]"},
 		"probe too often": {file: "probeInterval: 1ms\n", wantErr: "probeInterval"},
 		"not YAML":        {file: "xids: [", wantErr: "health policy"},
+		"an alias bomb": {file: "a: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n" +
+			"d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\n" +
+			"g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]\nh: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]\ni: [*h,*h,*h,*h,*h,*h,*h,*h,*h]\n", wantErr: "excessive aliasing"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "policy.yaml")
@@ -628,5 +632,117 @@ func TestRepeatedEventIsNotRewritten(t *testing.T) {
 	}
 	if f.changes != 1 {
 		t.Errorf("%d change notifications, want 1", f.changes)
+	}
+}
+
+// TestUnfitFilesAreRefused: the policy file and the health state are read
+// only as regular files of at most 1 MiB, so that neither a FIFO (which
+// would block start-up) nor a device such as /dev/zero (which would grow
+// the read until the plugin is killed) nor a huge file is read; the
+// state, which the plugin writes itself, is not read through a symlink.
+// An unfit state file is set aside like a corrupt one.
+func TestUnfitFilesAreRefused(t *testing.T) {
+	valid := []byte(`{"bootID":"boot","conditions":[{"gpu":"` + gpuA + `","key":"xid","value":"79","class":"Fatal","sticky":true,"since":"2026-11-24T11:00:00Z"}]}`)
+	for name, tc := range map[string]struct {
+		make func(t *testing.T, path string)
+		// policyOK: the policy reader accepts it (a ConfigMap's files
+		// are symlinks).
+		policyOK bool
+	}{
+		"larger than 1 MiB": {make: func(t *testing.T, path string) {
+			// An empty policy and an empty state, padded.
+			writeFile(t, path, []byte("{"+strings.Repeat(" ", 1<<20)+"}"))
+		}},
+		"a FIFO": {make: func(t *testing.T, path string) {
+			if err := syscall.Mkfifo(path, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		"a symlink to /dev/zero": {make: func(t *testing.T, path string) {
+			if err := os.Symlink("/dev/zero", path); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		"a directory": {make: func(t *testing.T, path string) {
+			if err := os.Mkdir(path, 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		"a symlink to a valid file": {policyOK: true, make: func(t *testing.T, path string) {
+			target := filepath.Join(t.TempDir(), "target")
+			writeFile(t, target, valid)
+			if err := os.Symlink(target, path); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), StoreFileName)
+			tc.make(t, path)
+			_, err := LoadPolicy(path)
+			if tc.policyOK {
+				// The file is a valid state, not a policy: refused
+				// for its content, not for what it is.
+				if err == nil || !strings.Contains(err.Error(), "unknown field") {
+					t.Errorf("policy: %v, want an unknown field", err)
+				}
+			} else if !errors.Is(err, errUnfit) {
+				t.Errorf("policy: %v, want a refusal", err)
+			}
+			saved, err := NewStore(path).Load()
+			if !errors.Is(err, ErrCorrupt) || saved == nil || len(saved.Conditions) != 0 {
+				t.Errorf("state: %v, %+v, want it set aside", err, saved)
+			}
+			if _, err := os.Lstat(path + ".corrupt"); err != nil {
+				t.Errorf("not set aside: %v", err)
+			}
+		})
+	}
+}
+
+func writeFile(t *testing.T, path string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSavedConditionsAreChecked: a saved condition the monitor could not
+// have raised is dropped, not published as a taint of unknown effect.
+func TestSavedConditionsAreChecked(t *testing.T) {
+	path := filepath.Join(t.TempDir(), StoreFileName)
+	cond := func(gpu, key, class string) string {
+		return `{"gpu":"` + gpu + `","key":"` + key + `","value":"79","class":"` + class + `","sticky":true,"since":"2026-11-24T11:00:00Z"}`
+	}
+	writeFile(t, path, []byte(`{"bootID":"boot","conditions":[`+strings.Join([]string{
+		cond(gpuA, "xid", "Fatal"), cond(gpuB, "xid", "Deadly"), cond(gpuB, "xid", "Ignore"), cond("", "xid", "Fatal"), cond(gpuB, "fan", "Fatal"),
+	}, ",")+`]}`))
+	f := newFixture(t, NewStore(path), "boot")
+	if got := f.m.Conditions(); len(got) != 1 || got[0].GPU != gpuA {
+		t.Errorf("conditions %+v, want GPU A's only", got)
+	}
+}
+
+// TestStickyConditionStampedInTheFuture: a condition raised while the
+// clock was ahead, found after it was set back, is cleared by an admin's
+// clearance and by a reset like any other.
+func TestStickyConditionStampedInTheFuture(t *testing.T) {
+	for name, clear := range map[string]func(f *fixture){
+		"admin clearance": func(f *fixture) { f.m.Clear(context.Background(), gpuA, f.clock.now()) },
+		"GPU reset": func(f *fixture) {
+			f.probeA(func(r *gpu.Reading) { r.VolatileUncorrectedECC = 3 })
+			f.probeA(func(r *gpu.Reading) { r.VolatileUncorrectedECC = 0 })
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := newFixture(t, nil, "boot")
+			f.clock.advance(365 * 24 * time.Hour)
+			f.m.Observe(context.Background(), gpu.Event{Kind: gpu.EventXID, GPUUUID: gpuA, XID: 79, GIID: -1, CIID: -1})
+			f.clock.advance(-365 * 24 * time.Hour)
+			clear(f)
+			if got := f.taintsOf(gpuA, ""); got != "" {
+				t.Errorf("GPU A still %q", got)
+			}
+		})
 	}
 }

@@ -52,6 +52,23 @@ func (c *Condition) String() string {
 	return fmt.Sprintf("%s=%s (%s)", c.Key, c.Value, c.Class)
 }
 
+// check tells whether a condition read back from the store is one the
+// monitor could have raised: its taint and health follow from its class
+// and key, and a condition of no GPU would never be cleared.
+func (c *Condition) check() error {
+	switch {
+	case c.GPU == "":
+		return fmt.Errorf("health condition %s names no GPU", c)
+	case c.Class.rank() == 0:
+		return fmt.Errorf("health condition %s of GPU %s: class %q is not Info, Degraded or Fatal", c, c.GPU, c.Class)
+	}
+	switch c.Key {
+	case KeyXID, KeyECC, KeyGPULost, KeyThermal, KeyUnmonitored:
+		return nil
+	}
+	return fmt.Errorf("health condition %s of GPU %s: unknown key %q", c, c.GPU, c.Key)
+}
+
 type condID struct {
 	gpu, mig string
 	key      Key
@@ -179,6 +196,10 @@ func NewMonitor(ctx context.Context, opts Options) (*Monitor, error) {
 	}
 	for i := range saved.Conditions {
 		c := saved.Conditions[i]
+		if err := c.check(); err != nil {
+			logger.Error(err, "Dropping a saved health condition that is not valid")
+			continue
+		}
 		m.conds[condID{c.GPU, c.MIG, c.Key}] = &c
 	}
 	for uuid, n := range saved.VolatileECC {
@@ -507,11 +528,16 @@ func (m *Monitor) resetLocked(uuid string, r gpu.Reading) bool {
 }
 
 // clearStickyLocked removes the sticky conditions of a GPU (every GPU for
-// "") and of its MIG devices that were raised at or before t.
+// "") and of its MIG devices that were raised at or before t. A condition
+// stamped after now was raised before the clock went back (or restored
+// from such a time): it is older than anything happening now, so it
+// counts as raised before t, lest it outlive every reset and clearance
+// until the clock catches up.
 func (m *Monitor) clearStickyLocked(gpuUUID string, t time.Time) int {
 	n := 0
+	now := m.now()
 	for id, c := range m.conds {
-		if c.Sticky && (gpuUUID == "" || id.gpu == gpuUUID) && !c.Since.After(t) {
+		if c.Sticky && (gpuUUID == "" || id.gpu == gpuUUID) && (!c.Since.After(t) || c.Since.After(now)) {
 			delete(m.conds, id)
 			n++
 		}
