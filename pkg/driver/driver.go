@@ -249,22 +249,29 @@ func (d *Driver) Start(ctx context.Context) error {
 	d.watchClearances(ctx)
 	helper, err := d.cfg.StartHelper(ctx, d, helperOptions(d.cfg)...)
 	if err != nil {
-		cancel(nil)
-		return fmt.Errorf("start kubelet plugin: %w", err)
+		return d.failStart(fmt.Errorf("start kubelet plugin: %w", err))
 	}
 	d.helper = helper
 	if err := d.publish(ctx); err != nil {
 		d.publisher.Stop()
 		helper.Stop()
-		cancel(nil)
-		return err
+		return d.failStart(err)
 	}
 	go d.serve(ctx)
 	return nil
 }
 
+// failStart stops what Start started before err, and makes err what Wait
+// returns.
+func (d *Driver) failStart(err error) error {
+	d.cancel(err)
+	d.err = err
+	close(d.done)
+	return err
+}
+
 // Wait waits until the driver started by Start has shut down, and returns
-// the fatal error that stopped it; nil after ctx ended.
+// the fatal error that stopped it (or Start's error); nil after ctx ended.
 func (d *Driver) Wait() error {
 	<-d.done
 	return d.err

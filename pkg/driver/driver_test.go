@@ -524,3 +524,30 @@ func TestClearances(t *testing.T) {
 		})
 	}
 }
+
+// TestStartFailsWhenTheHelperDoes: without gRPC servers nothing is
+// published, and Wait returns what Start did.
+func TestStartFailsWhenTheHelperDoes(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	f := newNodeFixture(t)
+	cfg := f.config()
+	refused := errors.New("address in use")
+	cfg.StartHelper = func(context.Context, kubeletplugin.DRAPlugin, ...kubeletplugin.Option) (Helper, error) {
+		return nil, refused
+	}
+	d, err := New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(ctx); !errors.Is(err, refused) {
+		t.Fatalf("Start returned %v, want %v", err, refused)
+	}
+	if err := d.Wait(); !errors.Is(err, refused) {
+		t.Errorf("Wait returned %v, want %v", err, refused)
+	}
+	for _, a := range f.client.Actions() {
+		if a.GetResource().Resource == "resourceslices" && a.GetVerb() == "create" {
+			t.Errorf("published without serving: %v", a)
+		}
+	}
+}
