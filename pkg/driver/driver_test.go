@@ -218,9 +218,9 @@ func ref(c *resourceapi.ResourceClaim) kubeletplugin.NamespacedObject {
 	return kubeletplugin.NamespacedObject{UID: c.UID, NamespacedName: types.NamespacedName{Namespace: c.Namespace, Name: c.Name}}
 }
 
-// prepare prepares the claims through the kubelet's entry point and fails
+// prepareOK prepares the claims through the kubelet's entry point and fails
 // the test on any error.
-func prepareOK(t *testing.T, ctx context.Context, d *Driver, claims ...*resourceapi.ResourceClaim) map[types.UID]kubeletplugin.PrepareResult {
+func prepareOK(ctx context.Context, t *testing.T, d *Driver, claims ...*resourceapi.ResourceClaim) map[types.UID]kubeletplugin.PrepareResult {
 	t.Helper()
 	results, err := d.PrepareResourceClaims(ctx, claims)
 	if err != nil {
@@ -234,7 +234,7 @@ func prepareOK(t *testing.T, ctx context.Context, d *Driver, claims ...*resource
 	return results
 }
 
-func unprepareOK(t *testing.T, ctx context.Context, d *Driver, claims ...*resourceapi.ResourceClaim) {
+func unprepareOK(ctx context.Context, t *testing.T, d *Driver, claims ...*resourceapi.ResourceClaim) {
 	t.Helper()
 	var refs []kubeletplugin.NamespacedObject
 	for _, c := range claims {
@@ -252,7 +252,7 @@ func unprepareOK(t *testing.T, ctx context.Context, d *Driver, claims ...*resour
 }
 
 // healthReport is the first report of a health stream, by device name.
-func healthReport(t *testing.T, ctx context.Context, d *Driver) map[string]kubeletplugin.HealthStatus {
+func healthReport(ctx context.Context, t *testing.T, d *Driver) map[string]kubeletplugin.HealthStatus {
 	t.Helper()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -352,11 +352,11 @@ func TestRestartRecoversPreparedClaims(t *testing.T) {
 	f := newNodeFixture(t)
 	whole, mig := allocated("gpu-3"), allocated("gpu-2-mig-1g10gb-1")
 	d := f.newDriver(ctx)
-	before := prepareOK(t, ctx, d, whole, mig)
+	before := prepareOK(ctx, t, d, whole, mig)
 	instance := *migOf(t, d, mig)
 
 	d = f.newDriver(ctx)
-	if after := prepareOK(t, ctx, d, whole, mig); !reflect.DeepEqual(after, before) {
+	if after := prepareOK(ctx, t, d, whole, mig); !reflect.DeepEqual(after, before) {
 		t.Errorf("prepared again after the restart:\n%+v\nwant\n%+v", after, before)
 	}
 	if got := *migOf(t, d, mig); got != instance {
@@ -370,7 +370,7 @@ func TestRestartRecoversPreparedClaims(t *testing.T) {
 	d.monitor.Observe(ctx, gpu.Event{Kind: gpu.EventXID, GPUUUID: d.preparer.Snapshot().Claims[string(mig.UID)].Devices[0].GPUUUID,
 		XID: 48, GIID: instance.GIID, CIID: instance.CIID})
 	want := map[string]kubeletplugin.HealthStatus{"gpu-3": kubeletplugin.HealthStatusHealthy, "gpu-2-mig-1g10gb-1": kubeletplugin.HealthStatusUnhealthy}
-	if got := healthReport(t, ctx, d); !reflect.DeepEqual(got, want) {
+	if got := healthReport(ctx, t, d); !reflect.DeepEqual(got, want) {
 		t.Errorf("health after the restart %v, want %v", got, want)
 	}
 
@@ -381,7 +381,7 @@ func TestRestartRecoversPreparedClaims(t *testing.T) {
 	if conds := d.monitor.Conditions(); len(conds) != 0 {
 		t.Errorf("health conditions after a reboot: %v", conds)
 	}
-	unprepareOK(t, ctx, d, whole, mig)
+	unprepareOK(ctx, t, d, whole, mig)
 	if live := f.liveMIG(d); len(live) != 0 {
 		t.Errorf("MIG devices left after unprepare: %+v", live)
 	}
@@ -394,7 +394,7 @@ func TestCorruptCheckpointIsReportedAndRebuilt(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	f := newNodeFixture(t)
 	claim := allocated("gpu-5")
-	before := prepareOK(t, ctx, f.newDriver(ctx), claim)
+	before := prepareOK(ctx, t, f.newDriver(ctx), claim)
 	if err := os.WriteFile(filepath.Join(f.dir, "plugin", checkpoint.FileName), []byte(`{"version":`), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -402,7 +402,7 @@ func TestCorruptCheckpointIsReportedAndRebuilt(t *testing.T) {
 	if events := f.events(); len(events) != 1 || !strings.HasPrefix(events[0], "CheckpointCorrupt: ") {
 		t.Errorf("events %q, want one CheckpointCorrupt", events)
 	}
-	if after := prepareOK(t, ctx, d, claim); !reflect.DeepEqual(after, before) {
+	if after := prepareOK(ctx, t, d, claim); !reflect.DeepEqual(after, before) {
 		t.Errorf("after the rebuild %+v, want %+v", after, before)
 	}
 }
@@ -416,21 +416,21 @@ func TestReusedMIGIDsBlameTheCurrentDevice(t *testing.T) {
 	f := newNodeFixture(t)
 	d := f.newDriver(ctx)
 	first, second := allocated("gpu-2-mig-1g10gb-1"), allocated("gpu-2-mig-1g10gb-2")
-	prepareOK(t, ctx, d, first)
+	prepareOK(ctx, t, d, first)
 	old := *migOf(t, d, first)
 	t.Cleanup(d.publisher.Stop)
 	if err := d.refreshAndPublish(ctx); err != nil {
 		t.Fatal(err)
 	}
-	unprepareOK(t, ctx, d, first)
-	prepareOK(t, ctx, d, second)
+	unprepareOK(ctx, t, d, first)
+	prepareOK(ctx, t, d, second)
 	cur := *migOf(t, d, second)
 	if cur.GIID != old.GIID || cur.CIID != old.CIID || cur.UUID == old.UUID {
 		t.Fatalf("the simulator did not reuse the IDs: first %+v, second %+v", old, cur)
 	}
 	gpuUUID := d.preparer.Snapshot().Claims[string(second.UID)].Devices[0].GPUUUID
 	d.monitor.Observe(ctx, gpu.Event{Kind: gpu.EventXID, GPUUUID: gpuUUID, XID: 48, GIID: cur.GIID, CIID: cur.CIID})
-	if got := healthReport(t, ctx, d); got["gpu-2-mig-1g10gb-2"] != kubeletplugin.HealthStatusUnhealthy {
+	if got := healthReport(ctx, t, d); got["gpu-2-mig-1g10gb-2"] != kubeletplugin.HealthStatusUnhealthy {
 		t.Errorf("health %v: the XID was not blamed on the MIG device that has its IDs", got)
 	}
 	_, migTaints := d.monitor.Taints()
@@ -550,4 +550,47 @@ func TestStartFailsWhenTheHelperDoes(t *testing.T) {
 			t.Errorf("published without serving: %v", a)
 		}
 	}
+}
+
+// TestStartWatchesClearances: once started, the driver acts on the
+// clearance annotations written on its Node.
+func TestStartWatchesClearances(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	f := newNodeFixture(t)
+	d := f.newDriver(ctx)
+	if err := d.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cancel(); _ = d.Wait() }()
+	inv, _ := d.state.current()
+	gpuUUID := inv.GPUs[2].UUID
+	d.monitor.Observe(ctx, gpu.Event{Kind: gpu.EventXID, GPUUUID: gpuUUID, XID: 79, GIID: -1, CIID: -1})
+	annotate := func(value string) {
+		t.Helper()
+		patch := `{"metadata":{"annotations":{"gpu.nvidia.com/health-cleared":"` + value + `"}}}`
+		if _, err := f.client.CoreV1().Nodes().Patch(ctx, nodeName, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("never %s", what)
+			}
+		}
+	}
+
+	annotate(f.clock.Now().Add(time.Hour).Format(time.RFC3339))
+	eventually("refused the future clearance", func() bool { return len(f.events()) == 1 })
+	if gpuTaints, _ := d.monitor.Taints(); len(gpuTaints[gpuUUID]) == 0 {
+		t.Error("a future clearance cleared the XID")
+	}
+	annotate(f.clock.Now().Format(time.RFC3339Nano))
+	eventually("cleared the XID", func() bool {
+		gpuTaints, _ := d.monitor.Taints()
+		return len(gpuTaints[gpuUUID]) == 0
+	})
 }
