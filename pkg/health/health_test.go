@@ -187,6 +187,10 @@ func TestEventsBecomeTaints(t *testing.T) {
 			events:  []gpu.Event{{Kind: gpu.EventXID, GPUUUID: gpuA, XID: 48, GIID: 1, CIID: 0}},
 			wantMIG: "xid=48:NoExecute", wantStatusA: Healthy, wantStatusMIG: Unhealthy,
 		},
+		"XID on a GPU instance only taints its MIG device": {
+			events:  []gpu.Event{{Kind: gpu.EventXID, GPUUUID: gpuA, XID: 48, GIID: 1, CIID: 0xFFFFFFFF}},
+			wantMIG: "xid=48:NoExecute", wantStatusA: Healthy, wantStatusMIG: Unhealthy,
+		},
 		"XID on an unknown MIG instance taints the GPU": {
 			events: []gpu.Event{{Kind: gpu.EventXID, GPUUUID: gpuA, XID: 48, GIID: 9, CIID: 0}},
 			wantA:  "xid=48:NoExecute", wantStatusA: Unhealthy, wantStatusMIG: Unhealthy,
@@ -744,5 +748,21 @@ func TestStickyConditionStampedInTheFuture(t *testing.T) {
 				t.Errorf("GPU A still %q", got)
 			}
 		})
+	}
+}
+
+// TestGPUInstanceWithSeveralComputeInstances: an event attributed to a GPU
+// instance only cannot name one of its several compute instances' MIG
+// devices, so it taints the GPU.
+func TestGPUInstanceWithSeveralComputeInstances(t *testing.T) {
+	const migC = "MIG-cccccccc-0000-0000-0000-000000000000"
+	ctx := context.Background()
+	f := newFixture(t, nil, "boot")
+	f.m.SetInventory(ctx, &gpu.Inventory{GPUs: []gpu.GPU{{UUID: gpuA, Index: 0, MIGInstances: []gpu.MIGInstance{
+		{UUID: migA, ParentUUID: gpuA, GIID: 1, CIID: 0}, {UUID: migC, ParentUUID: gpuA, GIID: 1, CIID: 1},
+	}}}}, f.clock.now())
+	f.m.Observe(ctx, gpu.Event{Kind: gpu.EventXID, GPUUUID: gpuA, XID: 48, GIID: 1, CIID: 0xFFFFFFFF})
+	if got := f.taintsOf(gpuA, ""); got != "xid=48:NoExecute" {
+		t.Errorf("GPU A taints %q; MIG taints %q and %q", got, f.taintsOf(gpuA, migA), f.taintsOf(gpuA, migC))
 	}
 }

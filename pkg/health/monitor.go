@@ -373,7 +373,7 @@ func (m *Monitor) Observe(ctx context.Context, e gpu.Event) {
 	}
 	m.mu.Lock()
 	if e.GIID >= 0 {
-		if uuid, ok := m.migs[migID{e.GPUUUID, e.GIID, e.CIID}]; ok {
+		if uuid := m.migOfLocked(e); uuid != "" {
 			c.MIG = uuid
 		} else {
 			logger.Info("GPU event names an unknown MIG instance; the whole GPU is affected", "gpu", e.GPUUUID, "gi", e.GIID, "ci", e.CIID)
@@ -389,6 +389,26 @@ func (m *Monitor) Observe(ctx context.Context, e gpu.Event) {
 		logger.V(2).Info("GPU health event already recorded", "gpu", e.GPUUUID, "mig", c.MIG, "condition", c.String())
 	}
 	m.unlockChanged(ctx, before, false)
+}
+
+// migOfLocked names the MIG device an event is attributed to: the one
+// with its GPU and compute instance IDs, else the only one of its GPU
+// instance (NVML attributes some faults to a GPU instance only, with no
+// compute instance); "" if none or several.
+func (m *Monitor) migOfLocked(e gpu.Event) string {
+	if uuid, ok := m.migs[migID{e.GPUUUID, e.GIID, e.CIID}]; ok {
+		return uuid
+	}
+	found := ""
+	for id, uuid := range m.migs {
+		if id.gpu == e.GPUUUID && id.gi == e.GIID {
+			if found != "" {
+				return ""
+			}
+			found = uuid
+		}
+	}
+	return found
 }
 
 // raiseLocked records that c's cause is present now.
