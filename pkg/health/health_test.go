@@ -548,6 +548,14 @@ func TestMIGIDsNameTheCurrentInstance(t *testing.T) {
 			},
 			blamed: migA,
 		},
+		"a late destroy of a device gone before does not undo a creation": {
+			steps: func(f *fixture, readBefore time.Time) {
+				f.m.MIGCreated(instC)
+				f.m.MIGDestroyed(ctx, refA)
+				f.m.SetInventory(ctx, inventory(instA), readBefore)
+			},
+			blamed: migC,
+		},
 		"a later inventory overrides an older change": {
 			steps: func(f *fixture, _ time.Time) {
 				f.m.MIGCreated(instC)

@@ -264,6 +264,12 @@ func (m *Monitor) MIGDestroyed(ctx context.Context, ref gpu.MIGRef) {
 	m.mu.Lock()
 	before := m.fingerprintLocked()
 	id := migID{ref.ParentUUID, ref.GIID, ref.CIID}
+	if cur, ok := m.migs[id]; ok && ref.UUID != "" && cur != ref.UUID {
+		// The device was gone already and another has its IDs: the
+		// change to remember is that one's creation.
+		m.mu.Unlock()
+		return
+	}
 	c := migChange{uuid: ref.UUID, at: m.now()}
 	c.applyTo(m.migs, id)
 	m.recent[id] = c
