@@ -620,6 +620,12 @@ func TestConditionsOfGoneMIGDevicesAreDropped(t *testing.T) {
 	if len(restarted.Conditions()) != 1 {
 		t.Fatalf("conditions restored: %v", restarted.Conditions())
 	}
+	// Fallen off the bus, the GPU lists no MIG devices: they are unknown,
+	// not gone.
+	restarted.SetInventory(ctx, &gpu.Inventory{GPUs: []gpu.GPU{{UUID: gpuA, Index: 0, Lost: true}}}, time.Now())
+	if got := restarted.Conditions(); len(got) != 1 {
+		t.Errorf("conditions of a lost GPU's MIG device: %v", got)
+	}
 	restarted.SetInventory(ctx, &gpu.Inventory{GPUs: []gpu.GPU{{UUID: gpuA, Index: 0}}}, time.Now())
 	if got := restarted.Conditions(); len(got) != 0 {
 		t.Errorf("conditions of a MIG device not in the inventory: %v", got)

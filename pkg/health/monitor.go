@@ -115,6 +115,8 @@ type Monitor struct {
 	// before it (a refresh racing a prepare) does not undo it.
 	migs   map[migID]string
 	recent map[migID]migChange
+	// lost are the GPUs the last inventory found fallen off the bus.
+	lost map[string]bool
 	// wasLost and lastECC are what the previous probe saw, for reset
 	// detection.
 	wasLost map[string]bool
@@ -220,14 +222,25 @@ func NewMonitor(ctx context.Context, opts Options) (*Monitor, error) {
 //
 // The conditions of MIG devices that no longer exist are dropped: their
 // taints would fall on no device, and the map of conditions would grow
-// with every instance ever destroyed.
+// with every instance ever destroyed. A lost GPU's MIG devices are kept.
 func (m *Monitor) SetInventory(ctx context.Context, inv *gpu.Inventory, readAt time.Time) {
 	m.mu.Lock()
 	before := m.fingerprintLocked()
-	migs := map[migID]string{}
+	migs, lost := map[migID]string{}, map[string]bool{}
 	for _, g := range inv.GPUs {
 		if g.UUID != "" {
 			m.byIndex[g.Index] = g.UUID
+		}
+		if g.Lost {
+			// Its MIG devices are unknown, not gone: keep what was
+			// known until it is back (a reset, clearing them anyway).
+			lost[g.UUID] = true
+			for id, uuid := range m.migs {
+				if id.gpu == g.UUID {
+					migs[id] = uuid
+				}
+			}
+			continue
 		}
 		for _, inst := range g.MIGInstances {
 			migs[migID{g.UUID, inst.GIID, inst.CIID}] = inst.UUID
@@ -240,7 +253,7 @@ func (m *Monitor) SetInventory(ctx context.Context, inv *gpu.Inventory, readAt t
 		}
 		c.applyTo(migs, id)
 	}
-	m.migs = migs
+	m.migs, m.lost = migs, lost
 	m.unlockChanged(ctx, before, m.dropGoneMIGsLocked(ctx))
 }
 
@@ -276,8 +289,8 @@ func (m *Monitor) MIGDestroyed(ctx context.Context, ref gpu.MIGRef) {
 	m.unlockChanged(ctx, before, m.dropGoneMIGsLocked(ctx))
 }
 
-// dropGoneMIGsLocked removes the conditions of MIG devices not in migs
-// and reports whether it removed any.
+// dropGoneMIGsLocked removes the conditions of MIG devices not in migs,
+// except on lost GPUs, and reports whether it removed any.
 func (m *Monitor) dropGoneMIGsLocked(ctx context.Context) bool {
 	live := make(map[string]bool, len(m.migs))
 	for _, uuid := range m.migs {
@@ -285,7 +298,7 @@ func (m *Monitor) dropGoneMIGsLocked(ctx context.Context) bool {
 	}
 	dropped := false
 	for id, c := range m.conds {
-		if id.mig != "" && !live[id.mig] {
+		if id.mig != "" && !live[id.mig] && !m.lost[id.gpu] {
 			klog.FromContext(ctx).Info("MIG device gone: its health condition is dropped", "gpu", id.gpu, "mig", id.mig, "condition", c.String())
 			delete(m.conds, id)
 			dropped = true
