@@ -163,8 +163,8 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 		PluginDir: ro.pluginDir, RegistrarDir: ro.registrarDir,
 		InventoryInterval: ro.inventoryInterval, HeldDeviceWait: ro.heldDeviceWait, StaticMIGOnly: opts.staticMIGOnly, SharedGPUs: opts.sharedGPUs,
 		HealthPolicy: policy, HealthStorePath: filepath.Join(ro.pluginDataDir, health.StoreFileName),
-		AfterStep: afterStep, Metrics: metrics, Uninstalling: uninstalling, Ready: func() { ready.Store(true) },
-	})
+		AfterStep: afterStep, Metrics: metrics, Uninstalling: uninstalling,
+	}, func() { ready.Store(true) })
 }
 
 // uninstalling tells, from --daemonset, whether the plugin's DaemonSet is

@@ -2,22 +2,61 @@ package driver
 
 import (
 	"context"
-	"strconv"
-	"strings"
-	"time"
-
-	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
+	"errors"
+	"maps"
+	"slices"
+	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/clearance"
 )
 
+// clearances remembers, by annotation key, the clearance value last
+// handled. The annotations stay on the Node, which changes often (its
+// status), and each value is acted on once: a refused value gets one
+// Event, not one per Node update; an accepted one has cleared what it
+// clears when first seen. A plugin restart handles each value once more,
+// against the clock of then.
+type clearances struct {
+	mu   sync.Mutex
+	seen map[string]string
+}
+
+// fresh returns the clearance annotations whose value was not handled
+// yet, sorted by key, and forgets the keys the Node no longer has.
+func (c *clearances) fresh(annotations map[string]string) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.seen == nil {
+		c.seen = map[string]string{}
+	}
+	var keys []string
+	for _, key := range slices.Sorted(maps.Keys(annotations)) {
+		if !clearance.IsClearance(key) {
+			continue
+		}
+		if seen, ok := c.seen[key]; ok && seen == annotations[key] {
+			continue
+		}
+		c.seen[key] = annotations[key]
+		keys = append(keys, key)
+	}
+	for key := range c.seen {
+		if _, ok := annotations[key]; !ok {
+			delete(c.seen, key)
+		}
+	}
+	return keys
+}
+
 // watchClearances applies the admin clearances annotated on the node
-// (names.HealthClearedAnnotation and names.HealthClearedGPUAnnotationPrefix) to the
-// health monitor, now and whenever the node changes, until ctx ends.
+// (package clearance) to the health monitor, now and whenever the node
+// changes, until ctx ends.
 func (d *Driver) watchClearances(ctx context.Context) {
 	if d.cfg.KubeClient == nil {
 		return
@@ -40,38 +79,42 @@ func (d *Driver) watchClearances(ctx context.Context) {
 	factory.Start(ctx.Done())
 }
 
-// applyClearances clears sticky conditions per the node's annotations.
-// Clearing is idempotent, so seeing the same annotation again is harmless.
+// applyClearances clears sticky conditions per the node's clearance
+// annotations that were not handled yet. A value it refuses (not a time,
+// a time in the future, an unknown GPU) clears nothing and is reported
+// as a Warning Event on the Node that names the annotation and value.
 func (d *Driver) applyClearances(ctx context.Context, annotations map[string]string) {
 	logger := klog.FromContext(ctx)
-	inv, _ := d.state.current()
-	for key, value := range annotations {
-		var gpuUUID string
-		switch {
-		case key == names.HealthClearedAnnotation:
-		case strings.HasPrefix(key, names.HealthClearedGPUAnnotationPrefix):
-			minor, err := strconv.Atoi(strings.TrimPrefix(key, names.HealthClearedGPUAnnotationPrefix))
-			if err != nil || inv == nil {
-				logger.Info("Ignoring a health clearance for an unknown GPU", "annotation", key)
-				continue
+	for _, key := range d.clearances.fresh(annotations) {
+		value := annotations[key]
+		c, err := clearance.Parse(key, value, d.clock.Now())
+		gpuUUID := ""
+		if err == nil && !c.AllGPUs {
+			if gpuUUID = d.gpuByMinor(c.Minor); gpuUUID == "" {
+				err = errors.New("annotation " + key + ": the node has no GPU with this minor number")
 			}
-			for _, g := range inv.GPUs {
-				if g.Minor == minor {
-					gpuUUID = g.UUID
-				}
-			}
-			if gpuUUID == "" {
-				logger.Info("Ignoring a health clearance for an unknown GPU", "annotation", key)
-				continue
-			}
-		default:
-			continue
 		}
-		at, err := time.Parse(time.RFC3339, value)
 		if err != nil {
-			logger.Info("Ignoring a health clearance whose value is not an RFC 3339 time", "annotation", key, "value", value)
+			logger.Error(err, "Health clearance refused; sticky health taints stay")
+			d.nodeEvent(ctx, corev1.EventTypeWarning, "HealthClearanceRefused",
+				err.Error()+"; sticky health taints are not cleared (kubectl gpu clear writes a valid clearance)")
 			continue
 		}
-		d.monitor.Clear(ctx, gpuUUID, at)
+		d.monitor.Clear(ctx, gpuUUID, c.At)
 	}
+}
+
+// gpuByMinor is the UUID of the GPU with a minor number in the last
+// inventory, or "".
+func (d *Driver) gpuByMinor(minor int) string {
+	inv, _ := d.state.current()
+	if inv == nil {
+		return ""
+	}
+	for _, g := range inv.GPUs {
+		if g.Minor == minor {
+			return g.UUID
+		}
+	}
+	return ""
 }

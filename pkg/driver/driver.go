@@ -3,42 +3,47 @@
 // ResourceSlices, and serves the kubelet's DRA calls through the
 // kubeletplugin helper.
 //
-// Start-up order matters and is, in full:
-//  1. read the node's boot ID;
-//  2. load the checkpoint; an untrusted one is set aside (reported as a
-//     Kubernetes Event on the node) and prepared claims are rebuilt from
-//     the CDI specs;
-//  3. read the GPU inventory;
-//  4. reconcile checkpoint, live MIG devices and CDI specs, and save;
-//  5. start the health monitor (pkg/health) with one probe, so the first
-//     slices already carry its taints, and build the device model;
-//  6. start the gRPC servers and register with the kubelet;
-//  7. publish the ResourceSlices; then refresh the inventory periodically,
-//     and republish when the model changes: after an inventory change or
-//     at once after a health change, which also wakes every health stream.
+// New does the start-up steps, which must finish before anything is
+// served, and starts no goroutine; Start serves. The order matters and is,
+// in full:
+//
+//	New:
+//	 1. read the node's boot ID;
+//	 2. load the checkpoint; an untrusted one is set aside (reported as a
+//	    Kubernetes Event on the node) and prepared claims are rebuilt from
+//	    the CDI specs;
+//	 3. read the GPU inventory;
+//	 4. reconcile checkpoint, live MIG devices and CDI specs, and save;
+//	 5. create the health monitor (pkg/health) and probe once, so the
+//	    first slices already carry its taints, and build the device model;
+//	Start:
+//	 6. start the health monitor and the watch of admin clearances, start
+//	    the gRPC servers and register with the kubelet;
+//	 7. publish the ResourceSlices; then, in the background, refresh the
+//	    inventory periodically, and republish when the model changes:
+//	    after an inventory change or at once after a health change, which
+//	    also wakes every health stream (health.go).
+//
+// The shutdown order is in serve.
 package driver
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
-	"sync"
 	"time"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 
 	corev1 "k8s.io/api/core/v1"
-	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
-	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/health"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/prepare"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/publish"
@@ -51,7 +56,27 @@ type GPUs interface {
 	health.Source
 }
 
-// Config is everything Run needs.
+// Helper is what the driver uses of the kubelet plugin helper
+// (*kubeletplugin.Helper), which serves the driver's gRPC services to the
+// kubelet; tests start the driver without a kubelet through a fake.
+type Helper interface {
+	// Stop stops the gRPC servers and removes their sockets.
+	Stop()
+}
+
+// StartHelperFunc starts the kubelet plugin helper that serves plugin.
+type StartHelperFunc func(ctx context.Context, plugin kubeletplugin.DRAPlugin, opts ...kubeletplugin.Option) (Helper, error)
+
+// startKubeletHelper is the StartHelperFunc of a real kubelet.
+func startKubeletHelper(ctx context.Context, plugin kubeletplugin.DRAPlugin, opts ...kubeletplugin.Option) (Helper, error) {
+	h, err := kubeletplugin.Start(ctx, plugin, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// Config is everything the driver needs.
 type Config struct {
 	NodeName   string
 	KubeClient kubernetes.Interface
@@ -77,50 +102,73 @@ type Config struct {
 	// AfterStep is passed to the Preparer (fault-injection tests).
 	AfterStep func(prepare.Step)
 	Metrics   *Metrics
-	// Ready is called once the plugin is registered and has published.
-	Ready func()
 	// Uninstalling, when set, is asked at shutdown whether the driver is
 	// being uninstalled (its DaemonSet is gone) rather than restarted; then
 	// the node's ResourceSlices are removed, so that no stale device can
 	// be allocated. A restart or upgrade keeps them.
 	Uninstalling func(ctx context.Context) (bool, error)
+	// ProcRoot is the directory under which proc/ is read for the boot
+	// ID; "" means "/". The boot ID is the kernel's, the same inside a
+	// container.
+	ProcRoot string
+	// Clock times the inventory refresh, the health stream, the health
+	// conditions, admin clearances and Events; nil is the real clock.
+	Clock clock.WithTicker
+	// StartHelper starts the kubelet plugin helper; nil starts
+	// kubeletplugin's.
+	StartHelper StartHelperFunc
 }
 
 // Driver implements kubeletplugin.DRAPlugin.
 type Driver struct {
-	cfg      Config
-	state    *nodeState
-	preparer *prepare.Preparer
-	helper   *kubeletplugin.Helper
-	cancel   context.CancelCauseFunc
+	cfg       Config
+	clock     clock.WithTicker
+	state     *nodeState
+	preparer  *prepare.Preparer
+	monitor   *health.Monitor
+	publisher *publish.Publisher
+	// clearances are the admin clearances already handled (clear.go).
+	clearances clearances
 
-	monitor *health.Monitor
 	// healthChanged wakes the main loop to republish after the taints
 	// changed; healthNotify wakes every WatchHealthStatus stream.
 	healthChanged chan struct{}
 	healthNotify  broadcaster
 
-	publisher *publish.Publisher
+	// Set by Start.
+	helper Helper
+	cancel context.CancelCauseFunc
+	// done is closed when serve has shut down, with err its cause.
+	done chan struct{}
+	err  error
 }
 
 var _ kubeletplugin.DRAPlugin = (*Driver)(nil)
 
-// Run runs the driver until ctx ends or a fatal error happens.
-func Run(ctx context.Context, cfg Config) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
+// New does the start-up steps 1 to 5 (see the package doc): when it
+// returns, the checkpoint agrees with the hardware and the CDI specs and
+// the device model is built. It starts no goroutine and serves nothing.
+func New(ctx context.Context, cfg Config) (*Driver, error) {
 	logger := klog.FromContext(ctx)
-	d := &Driver{cfg: cfg, state: &nodeState{staticMIGOnly: cfg.StaticMIGOnly, sharedGPUs: cfg.SharedGPUs}, cancel: cancel,
-		healthChanged: make(chan struct{}, 1)}
-	if d.cfg.Metrics == nil {
-		d.cfg.Metrics = NewMetrics()
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics()
 	}
+	if cfg.ProcRoot == "" {
+		cfg.ProcRoot = "/"
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	if cfg.StartHelper == nil {
+		cfg.StartHelper = startKubeletHelper
+	}
+	d := &Driver{cfg: cfg, clock: cfg.Clock, state: &nodeState{staticMIGOnly: cfg.StaticMIGOnly, sharedGPUs: cfg.SharedGPUs},
+		healthChanged: make(chan struct{}, 1), done: make(chan struct{})}
 
 	// 1-2. Boot ID and checkpoint.
-	// The boot ID is the kernel's, the same inside a container.
-	bootID, err := checkpoint.ReadBootID("/")
+	bootID, err := checkpoint.ReadBootID(cfg.ProcRoot)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cp, err := cfg.Store.Load()
 	var corrupt *checkpoint.CorruptError
@@ -130,7 +178,7 @@ func Run(ctx context.Context, cfg Config) error {
 		logger.Error(err, "Checkpoint set aside; rebuilding prepared claims from CDI specs and live MIG devices")
 		d.nodeEvent(ctx, corev1.EventTypeWarning, "CheckpointCorrupt", err.Error())
 	case err != nil:
-		return fmt.Errorf("load checkpoint: %w", err)
+		return nil, fmt.Errorf("load checkpoint: %w", err)
 	}
 	if cp.BootID != "" && cp.BootID != bootID {
 		logger.Info("Node rebooted since the checkpoint was written", "previousBootID", cp.BootID, "bootID", bootID)
@@ -138,24 +186,26 @@ func Run(ctx context.Context, cfg Config) error {
 	cp.BootID = bootID
 
 	// 3-4. Inventory and reconciliation.
+	readAt := d.clock.Now()
 	inv, err := cfg.GPUs.Inventory(ctx)
 	if err != nil {
-		return fmt.Errorf("read GPU inventory: %w", err)
+		return nil, fmt.Errorf("read GPU inventory: %w", err)
 	}
 	cp, report, err := prepare.Reconcile(ctx, cp, inv, cfg.GPUs, cfg.CDI, cfg.MPS, rebuild)
 	if err != nil {
-		return fmt.Errorf("reconcile prepared claims: %w", err)
+		return nil, fmt.Errorf("reconcile prepared claims: %w", err)
 	}
 	logger.Info("Reconciled prepared claims with the hardware and CDI specs", "claims", len(cp.Claims),
 		"rolledBack", report.RolledBack, "dropped", report.Dropped, "rebuilt", report.Rebuilt,
 		"specsRewritten", report.SpecsRewritten, "orphanSpecs", report.OrphanSpecs, "migDestroyed", report.MIGDestroyed,
 		"mpsRestarted", report.MPSRestarted, "orphanMPS", report.OrphanMPS)
 	if err := cfg.Store.Save(cp); err != nil {
-		return fmt.Errorf("save reconciled checkpoint: %w", err)
+		return nil, fmt.Errorf("save reconciled checkpoint: %w", err)
 	}
 	if len(report.MIGDestroyed) > 0 {
+		readAt = d.clock.Now()
 		if inv, err = cfg.GPUs.Inventory(ctx); err != nil {
-			return fmt.Errorf("read GPU inventory: %w", err)
+			return nil, fmt.Errorf("read GPU inventory: %w", err)
 		}
 	}
 
@@ -166,58 +216,109 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	d.monitor, err = health.NewMonitor(ctx, health.Options{
 		Policy: cfg.HealthPolicy, Source: cfg.GPUs, Store: healthStore, BootID: bootID,
-		OnChange: d.onHealthChange, ResolveMIG: d.preparedMIG,
+		OnChange: d.onHealthChange, Now: d.clock.Now,
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	d.monitor.SetInventory(inv)
+	d.monitor.SetInventory(ctx, inv, readAt)
 	d.state.taints = d.monitor.Taints
-	// The preparer exists before the monitor starts: the monitor asks it
-	// for MIG devices created since the inventory was read.
-	d.preparer = prepare.New(cfg.GPUs, d.state, cfg.CDI, cfg.Store, cp, prepare.Options{
+	d.preparer = prepare.New(migTracker{cfg.GPUs, d.monitor}, d.state, cfg.CDI, cfg.Store, cp, prepare.Options{
 		PoolName: cfg.NodeName, AfterStep: cfg.AfterStep, MPS: cfg.MPS, HeldWait: cfg.HeldDeviceWait,
 	})
-	d.monitor.Start(ctx)
+	d.monitor.Probe(ctx)
 	if _, err := d.state.refresh(inv, cp); err != nil {
-		return err
+		return nil, err
 	}
 	d.cfg.Metrics.setPrepared(cp)
-	d.watchClearances(ctx)
-
-	// 6. gRPC servers and registration.
-	helper, err := kubeletplugin.Start(ctx, d, helperOptions(cfg)...)
-	if err != nil {
-		return fmt.Errorf("start kubelet plugin: %w", err)
-	}
-	d.helper = helper
-	defer helper.Stop()
 	d.publisher = publish.New(publish.Options{
 		// Publishing errors are logged and retried with backoff: none of
 		// them is fixed by restarting the plugin.
 		DriverName: names.DriverName, NodeName: cfg.NodeName, Client: cfg.KubeClient,
 	})
-	defer d.publisher.Stop()
+	return d, nil
+}
 
-	// 7. Publish, then keep the model current.
+// Start does the start-up steps 6 and 7 (see the package doc): it returns
+// once the plugin serves the kubelet and the slices are published, and
+// keeps the model current in the background until ctx ends or a fatal
+// error happens; Wait tells when it has shut down. Call it once.
+func (d *Driver) Start(ctx context.Context) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	d.cancel = cancel
+	d.monitor.Start(ctx)
+	d.watchClearances(ctx)
+	helper, err := d.cfg.StartHelper(ctx, d, helperOptions(d.cfg)...)
+	if err != nil {
+		return d.failStart(fmt.Errorf("start kubelet plugin: %w", err))
+	}
+	d.helper = helper
 	if err := d.publish(ctx); err != nil {
+		d.publisher.Stop()
+		helper.Stop()
+		return d.failStart(err)
+	}
+	go d.serve(ctx)
+	return nil
+}
+
+// failStart stops what Start started before err, and makes err what Wait
+// returns.
+func (d *Driver) failStart(err error) error {
+	d.cancel(err)
+	d.err = err
+	close(d.done)
+	return err
+}
+
+// Wait waits until the driver started by Start has shut down, and returns
+// the fatal error that stopped it (or Start's error); nil after ctx ended.
+func (d *Driver) Wait() error {
+	<-d.done
+	return d.err
+}
+
+// Run runs a driver until ctx ends or a fatal error happens; ready is
+// called once it serves the kubelet and has published.
+func Run(ctx context.Context, cfg Config, ready func()) error {
+	d, err := New(ctx, cfg)
+	if err != nil {
 		return err
 	}
-	if cfg.Ready != nil {
-		cfg.Ready()
+	if err := d.Start(ctx); err != nil {
+		return err
 	}
-	ticker := time.NewTicker(cfg.InventoryInterval)
+	if ready != nil {
+		ready()
+	}
+	return d.Wait()
+}
+
+// serve keeps the model current until ctx ends, then shuts down in this
+// order:
+//  1. if the driver is being uninstalled (a clean shutdown only), stop
+//     publishing and remove the node's slices;
+//  2. stop publishing; the slices stay, so that a restarting plugin does
+//     not make its devices disappear from the scheduler;
+//  3. stop the gRPC servers; the kubelet sees the plugin go.
+func (d *Driver) serve(ctx context.Context) {
+	logger := klog.FromContext(ctx)
+	defer close(d.done)
+	defer d.helper.Stop()
+	defer d.publisher.Stop()
+	ticker := d.clock.NewTicker(d.cfg.InventoryInterval)
 	defer ticker.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
-				return cause
+				d.err = cause
+				return
 			}
 			logger.Info("Shutting down")
 			d.removePoolIfUninstalled(logger)
-			return nil
-		case <-ticker.C:
+			return
+		case <-ticker.C():
 			if err := d.refreshAndPublish(ctx); err != nil {
 				logger.Error(err, "Refreshing the GPU inventory failed; keeping the published slices")
 			}
@@ -258,11 +359,12 @@ func (d *Driver) removePoolIfUninstalled(logger klog.Logger) {
 // refreshAndPublish re-reads the inventory and republishes if the model
 // changed.
 func (d *Driver) refreshAndPublish(ctx context.Context) error {
+	readAt := d.clock.Now()
 	inv, err := d.cfg.GPUs.Inventory(ctx)
 	if err != nil {
 		return fmt.Errorf("read GPU inventory: %w", err)
 	}
-	d.monitor.SetInventory(inv)
+	d.monitor.SetInventory(ctx, inv, readAt)
 	if _, err := d.state.refresh(inv, d.preparer.Snapshot()); err != nil {
 		return err
 	}
@@ -279,29 +381,6 @@ func (d *Driver) rebuildAndPublish(ctx context.Context) error {
 	return d.publish(ctx)
 }
 
-// preparedMIG finds a MIG device this plugin created, by its GPU and
-// compute instance, in the prepared claims: one created since the last
-// inventory refresh is already there.
-func (d *Driver) preparedMIG(gpuUUID string, giid, ciid int) string {
-	for _, c := range d.preparer.Snapshot().Claims {
-		for _, dev := range c.Devices {
-			if dev.GPUUUID == gpuUUID && dev.MIG != nil && dev.MIG.UUID != "" && dev.MIG.GIID == giid && dev.MIG.CIID == ciid {
-				return dev.MIG.UUID
-			}
-		}
-	}
-	return ""
-}
-
-// onHealthChange is the monitor's OnChange: republish, and tell kubelet.
-func (d *Driver) onHealthChange() {
-	select {
-	case d.healthChanged <- struct{}{}:
-	default: // a republish is already pending
-	}
-	d.healthNotify.notify()
-}
-
 // publish hands the current model to the publisher, which changes only
 // the slices that differ, and nothing if none does.
 func (d *Driver) publish(ctx context.Context) error {
@@ -316,65 +395,12 @@ func (d *Driver) publish(ctx context.Context) error {
 	return nil
 }
 
-// PrepareResourceClaims implements kubeletplugin.DRAPlugin: claims are
-// prepared concurrently; the Preparer orders what shares a GPU.
-func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
-	results := make(map[types.UID]kubeletplugin.PrepareResult, len(claims))
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for _, claim := range claims {
-		wg.Go(func() {
-			start := time.Now()
-			devices, err := d.preparer.Prepare(ctx, claim)
-			d.cfg.Metrics.observe("prepare", start, err)
-			if err != nil {
-				klog.FromContext(ctx).Error(err, "Prepare failed", "claim", klog.KObj(claim))
-			}
-			mu.Lock()
-			results[claim.UID] = kubeletplugin.PrepareResult{Devices: devices, Err: err}
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
-	d.cfg.Metrics.setPrepared(d.preparer.Snapshot())
-	return results, nil
-}
-
-// UnprepareResourceClaims implements kubeletplugin.DRAPlugin.
-func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletplugin.NamespacedObject) (map[types.UID]error, error) {
-	results := make(map[types.UID]error, len(claims))
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for _, claim := range claims {
-		wg.Go(func() {
-			start := time.Now()
-			err := d.preparer.Unprepare(ctx, claim)
-			d.cfg.Metrics.observe("unprepare", start, err)
-			mu.Lock()
-			results[claim.UID] = err
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
-	d.cfg.Metrics.setPrepared(d.preparer.Snapshot())
-	return results, nil
-}
-
-// HandleError implements kubeletplugin.DRAPlugin: recoverable errors are
-// logged; others stop the plugin (the DaemonSet restarts it).
-func (d *Driver) HandleError(ctx context.Context, err error, msg string) {
-	runtime.HandleErrorWithContext(ctx, err, msg)
-	if !errors.Is(err, kubeletplugin.ErrRecoverable) {
-		d.cancel(fmt.Errorf("fatal error: %s: %w", msg, err))
-	}
-}
-
 // nodeEvent records a Kubernetes Event on the node; failures are logged.
 func (d *Driver) nodeEvent(ctx context.Context, eventType, reason, message string) {
 	if d.cfg.KubeClient == nil {
 		return
 	}
-	now := metav1.NewTime(time.Now())
+	now := metav1.NewTime(d.clock.Now())
 	ev := &corev1.Event{
 		ObjectMeta:     metav1.ObjectMeta{GenerateName: d.cfg.NodeName + ".", Namespace: metav1.NamespaceDefault},
 		InvolvedObject: corev1.ObjectReference{Kind: "Node", Name: d.cfg.NodeName, UID: types.UID(d.cfg.NodeName), APIVersion: "v1"},
@@ -385,97 +411,4 @@ func (d *Driver) nodeEvent(ctx context.Context, eventType, reason, message strin
 	if _, err := d.cfg.KubeClient.CoreV1().Events(metav1.NamespaceDefault).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
 		klog.FromContext(ctx).Error(err, "Cannot record event on node", "reason", reason)
 	}
-}
-
-// deviceHealth is a prepared device's health: unknown before the first
-// inventory, unhealthy when its GPU is gone, otherwise what the health
-// monitor says of the GPU and, for a MIG device, of the instance.
-func (d *Driver) deviceHealth(inv *gpu.Inventory, dev checkpoint.Device) (kubeletplugin.HealthStatus, string) {
-	if inv == nil {
-		return kubeletplugin.HealthStatusUnknown, "no inventory yet"
-	}
-	if !slices.ContainsFunc(inv.GPUs, func(g gpu.GPU) bool { return g.UUID == dev.GPUUUID }) {
-		return kubeletplugin.HealthStatusUnhealthy, "GPU " + dev.GPUUUID + " not found"
-	}
-	var migUUID string
-	if dev.MIG != nil {
-		migUUID = dev.MIG.UUID
-	}
-	status, msg := d.monitor.DeviceHealth(dev.GPUUUID, migUUID)
-	switch status {
-	case health.Unhealthy:
-		return kubeletplugin.HealthStatusUnhealthy, msg
-	case health.Unknown:
-		return kubeletplugin.HealthStatusUnknown, msg
-	}
-	return kubeletplugin.HealthStatusHealthy, msg
-}
-
-// healthResendInterval keeps reports well inside the kubelet's 30 s window.
-const healthResendInterval = 10 * time.Second
-
-// WatchHealthStatus implements kubeletplugin.DRAPlugin: it reports every
-// prepared device's health now, whenever a health condition changes, and
-// at least every healthResendInterval.
-func (d *Driver) WatchHealthStatus(ctx context.Context, reports chan<- kubeletplugin.DeviceHealthReport) error {
-	ticker := time.NewTicker(healthResendInterval)
-	defer ticker.Stop()
-	for {
-		changed := d.healthNotify.wait()
-		inv, _ := d.state.current()
-		var report kubeletplugin.DeviceHealthReport
-		now := time.Now()
-		reported := map[[2]string]bool{}
-		for _, c := range d.preparer.Snapshot().Claims {
-			for _, dev := range c.Devices {
-				// The shares of a shared GPU are one device to the kubelet.
-				key := [2]string{dev.Pool, dev.Name}
-				if reported[key] {
-					continue
-				}
-				reported[key] = true
-				status, msg := d.deviceHealth(inv, dev)
-				report.Devices = append(report.Devices, kubeletplugin.DeviceHealth{
-					PoolName: dev.Pool, DeviceName: dev.Name, Health: status, Message: msg,
-					LastUpdated: now, HealthCheckTimeout: 3 * healthResendInterval,
-				})
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case reports <- report:
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-ticker.C:
-		case <-changed:
-		}
-	}
-}
-
-// broadcaster wakes every waiter at once: wait returns a channel that
-// notify closes.
-type broadcaster struct {
-	mu sync.Mutex
-	ch chan struct{}
-}
-
-func (b *broadcaster) wait() <-chan struct{} {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.ch == nil {
-		b.ch = make(chan struct{})
-	}
-	return b.ch
-}
-
-func (b *broadcaster) notify() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.ch != nil {
-		close(b.ch)
-	}
-	b.ch = make(chan struct{})
 }

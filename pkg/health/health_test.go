@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -68,10 +69,10 @@ func newFixture(t *testing.T, store *Store, bootID string) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.SetInventory(&gpu.Inventory{GPUs: []gpu.GPU{
+	m.SetInventory(context.Background(), &gpu.Inventory{GPUs: []gpu.GPU{
 		{UUID: gpuA, Index: 0, MIGInstances: []gpu.MIGInstance{{UUID: migA, ParentUUID: gpuA, GIID: 1, CIID: 0}}},
 		{UUID: gpuB, Index: 1},
-	}})
+	}}, f.clock.now())
 	f.m = m
 	return f
 }
@@ -87,7 +88,7 @@ func (f *fixture) probeA(change func(r *gpu.Reading)) {
 	change(&r)
 	f.src.readings[0] = r
 	f.src.mu.Unlock()
-	f.m.probe(context.Background())
+	f.m.Probe(context.Background())
 }
 
 // taintsOf renders the taints of a GPU (and, with mig, of that MIG
@@ -145,6 +146,9 @@ func TestLoadPolicy(t *testing.T) {
 		"unknown effect":  {file: "effects: {Fatal: Evict}\n", wantErr: "effects[Fatal]"},
 		"probe too often": {file: "probeInterval: 1ms\n", wantErr: "probeInterval"},
 		"not YAML":        {file: "xids: [", wantErr: "health policy"},
+		"an alias bomb": {file: "a: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n" +
+			"d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\n" +
+			"g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]\nh: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]\ni: [*h,*h,*h,*h,*h,*h,*h,*h,*h]\n", wantErr: "excessive aliasing"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "policy.yaml")
@@ -185,6 +189,10 @@ func TestEventsBecomeTaints(t *testing.T) {
 		},
 		"fatal XID on one MIG instance": {
 			events:  []gpu.Event{{Kind: gpu.EventXID, GPUUUID: gpuA, XID: 48, GIID: 1, CIID: 0}},
+			wantMIG: "xid=48:NoExecute", wantStatusA: Healthy, wantStatusMIG: Unhealthy,
+		},
+		"XID on a GPU instance only taints its MIG device": {
+			events:  []gpu.Event{{Kind: gpu.EventXID, GPUUUID: gpuA, XID: 48, GIID: 1, CIID: 0xFFFFFFFF}},
 			wantMIG: "xid=48:NoExecute", wantStatusA: Healthy, wantStatusMIG: Unhealthy,
 		},
 		"XID on an unknown MIG instance taints the GPU": {
@@ -427,7 +435,7 @@ func TestTaintsReachEveryDevice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.SetInventory(inv)
+	m.SetInventory(ctx, inv, time.Now())
 	g5 := inv.GPUs[5]
 	m.Observe(ctx, gpu.Event{Kind: gpu.EventXID, GPUUUID: g5.UUID, XID: 79, GIID: -1, CIID: -1})
 	m.Observe(ctx, gpu.Event{Kind: gpu.EventXID, GPUUUID: g2.UUID, XID: 48, GIID: inst.GIID, CIID: inst.CIID})
@@ -470,25 +478,309 @@ func TestTaintsReachEveryDevice(t *testing.T) {
 }
 
 // TestMIGCreatedSinceTheInventory: an XID naming an instance the last
-// inventory did not have is attributed through ResolveMIG.
+// inventory did not have is attributed through MIGCreated.
 func TestMIGCreatedSinceTheInventory(t *testing.T) {
 	const newMIG = "MIG-cccccccc-0000-0000-0000-000000000000"
-	m, err := NewMonitor(context.Background(), Options{
-		Policy: DefaultPolicy(), Source: &fakeSource{},
-		ResolveMIG: func(gpuUUID string, gi, ci int) string {
-			if gpuUUID == gpuB && gi == 3 && ci == 0 {
-				return newMIG
-			}
-			return ""
-		},
-	})
+	ctx := context.Background()
+	m, err := NewMonitor(ctx, Options{Policy: DefaultPolicy(), Source: &fakeSource{}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.SetInventory(&gpu.Inventory{GPUs: []gpu.GPU{{UUID: gpuB, Index: 1}}})
-	m.Observe(context.Background(), gpu.Event{Kind: gpu.EventXID, GPUUUID: gpuB, XID: 48, GIID: 3, CIID: 0})
+	m.SetInventory(ctx, &gpu.Inventory{GPUs: []gpu.GPU{{UUID: gpuB, Index: 1}}}, time.Now())
+	m.MIGCreated(gpu.MIGInstance{UUID: newMIG, ParentUUID: gpuB, GIID: 3, CIID: 0})
+	m.Observe(ctx, gpu.Event{Kind: gpu.EventXID, GPUUUID: gpuB, XID: 48, GIID: 3, CIID: 0})
 	gpuTaints, migTaints := m.Taints()
 	if len(gpuTaints[gpuB]) != 0 || len(migTaints[newMIG]) != 1 {
 		t.Errorf("GPU taints %v, MIG taints %v", gpuTaints, migTaints)
+	}
+}
+
+// TestMIGIDsNameTheCurrentInstance: NVML hands a destroyed instance's GI
+// and CI IDs to the next one. An XID naming those IDs is blamed on the
+// instance that has them now, whichever way the monitor learnt of the
+// change, and an inventory read before a change does not undo it.
+func TestMIGIDsNameTheCurrentInstance(t *testing.T) {
+	const migC = "MIG-cccccccc-0000-0000-0000-000000000000"
+	ctx := context.Background()
+	xid := gpu.Event{Kind: gpu.EventXID, GPUUUID: gpuA, XID: 48, GIID: 1, CIID: 0}
+	instA := gpu.MIGInstance{UUID: migA, ParentUUID: gpuA, GIID: 1, CIID: 0}
+	instC := gpu.MIGInstance{UUID: migC, ParentUUID: gpuA, GIID: 1, CIID: 0}
+	refA := gpu.MIGRef{ParentUUID: gpuA, GIID: 1, CIID: 0, UUID: migA}
+	inventory := func(migs ...gpu.MIGInstance) *gpu.Inventory {
+		return &gpu.Inventory{GPUs: []gpu.GPU{{UUID: gpuA, Index: 0, MIGInstances: migs}, {UUID: gpuB, Index: 1}}}
+	}
+	for name, tc := range map[string]struct {
+		// steps run on the fixture, whose inventory has migA at GI 1.
+		steps func(f *fixture, readBefore time.Time)
+		// blamed is the MIG device the XID taints; "" for the whole GPU.
+		blamed string
+	}{
+		"a new inventory without the instance": {
+			steps: func(f *fixture, _ time.Time) { f.m.SetInventory(ctx, inventory(), f.clock.now()) },
+		},
+		"a new inventory with another instance at its IDs": {
+			steps:  func(f *fixture, _ time.Time) { f.m.SetInventory(ctx, inventory(instC), f.clock.now()) },
+			blamed: migC,
+		},
+		"destroyed by the plugin": {
+			steps: func(f *fixture, _ time.Time) { f.m.MIGDestroyed(ctx, refA) },
+		},
+		"destroyed, and its IDs reused by the plugin": {
+			steps: func(f *fixture, _ time.Time) {
+				f.m.MIGDestroyed(ctx, refA)
+				f.m.MIGCreated(instC)
+			},
+			blamed: migC,
+		},
+		"reused, then an inventory read before the change": {
+			steps: func(f *fixture, readBefore time.Time) {
+				f.m.MIGDestroyed(ctx, refA)
+				f.m.MIGCreated(instC)
+				f.m.SetInventory(ctx, inventory(instA), readBefore)
+			},
+			blamed: migC,
+		},
+		"destroyed, then an inventory read before the destroy": {
+			steps: func(f *fixture, readBefore time.Time) {
+				f.m.MIGDestroyed(ctx, refA)
+				f.m.SetInventory(ctx, inventory(instA), readBefore)
+			},
+		},
+		"a destroy of another UUID at the IDs leaves the instance": {
+			steps: func(f *fixture, _ time.Time) {
+				f.m.MIGDestroyed(ctx, gpu.MIGRef{ParentUUID: gpuA, GIID: 1, CIID: 0, UUID: migC})
+			},
+			blamed: migA,
+		},
+		"a late destroy of a device gone before does not undo a creation": {
+			steps: func(f *fixture, readBefore time.Time) {
+				f.m.MIGCreated(instC)
+				f.m.MIGDestroyed(ctx, refA)
+				f.m.SetInventory(ctx, inventory(instA), readBefore)
+			},
+			blamed: migC,
+		},
+		"a later inventory overrides an older change": {
+			steps: func(f *fixture, _ time.Time) {
+				f.m.MIGCreated(instC)
+				f.clock.advance(time.Second)
+				f.m.SetInventory(ctx, inventory(instA), f.clock.now())
+			},
+			blamed: migA,
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := newFixture(t, nil, "boot")
+			readBefore := f.clock.now()
+			f.clock.advance(time.Second)
+			tc.steps(f, readBefore)
+			f.m.Observe(ctx, xid)
+			wantGPU, wantMIG := "", "xid=48:NoExecute"
+			if tc.blamed == "" {
+				wantGPU, wantMIG = wantMIG, ""
+			}
+			if got := f.taintsOf(gpuA, ""); got != wantGPU {
+				t.Errorf("GPU A taints %q, want %q", got, wantGPU)
+			}
+			for _, mig := range []string{migA, migC} {
+				want := ""
+				if mig == tc.blamed {
+					want = wantMIG
+				}
+				if got := f.taintsOf(gpuA, mig); got != want {
+					t.Errorf("MIG %s taints %q, want %q", mig, got, want)
+				}
+			}
+		})
+	}
+}
+
+// TestConditionsOfGoneMIGDevicesAreDropped: a sticky condition of a MIG
+// device that was destroyed, while the plugin ran or while it was down,
+// is not kept (nor persisted) forever.
+func TestConditionsOfGoneMIGDevicesAreDropped(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), StoreFileName)
+	xid := gpu.Event{Kind: gpu.EventXID, GPUUUID: gpuA, XID: 48, GIID: 1, CIID: 0}
+
+	f := newFixture(t, NewStore(path), "boot")
+	f.m.Observe(ctx, xid)
+	f.m.MIGDestroyed(ctx, gpu.MIGRef{ParentUUID: gpuA, GIID: 1, CIID: 0, UUID: migA})
+	if got := f.m.Conditions(); len(got) != 0 {
+		t.Errorf("conditions after the destroy: %v", got)
+	}
+	if restarted := newFixture(t, NewStore(path), "boot"); len(restarted.m.Conditions()) != 0 {
+		t.Errorf("persisted after the destroy: %v", restarted.m.Conditions())
+	}
+
+	f = newFixture(t, NewStore(path), "boot")
+	f.m.Observe(ctx, xid)
+	// Restarted after the instance was destroyed: the first inventory
+	// lacks it.
+	restarted, err := NewMonitor(ctx, Options{Policy: DefaultPolicy(), Source: &fakeSource{}, Store: NewStore(path), BootID: "boot"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(restarted.Conditions()) != 1 {
+		t.Fatalf("conditions restored: %v", restarted.Conditions())
+	}
+	// Fallen off the bus, the GPU lists no MIG devices: they are unknown,
+	// not gone.
+	restarted.SetInventory(ctx, &gpu.Inventory{GPUs: []gpu.GPU{{UUID: gpuA, Index: 0, Lost: true}}}, time.Now())
+	if got := restarted.Conditions(); len(got) != 1 {
+		t.Errorf("conditions of a lost GPU's MIG device: %v", got)
+	}
+	restarted.SetInventory(ctx, &gpu.Inventory{GPUs: []gpu.GPU{{UUID: gpuA, Index: 0}}}, time.Now())
+	if got := restarted.Conditions(); len(got) != 0 {
+		t.Errorf("conditions of a MIG device not in the inventory: %v", got)
+	}
+}
+
+// TestRepeatedEventIsNotRewritten: an event already recorded changes no
+// file, so a flood of XIDs does not become a flood of fsyncs.
+func TestRepeatedEventIsNotRewritten(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), StoreFileName)
+	f := newFixture(t, NewStore(path), "boot")
+	xid := gpu.Event{Kind: gpu.EventXID, GPUUUID: gpuA, XID: 79, GIID: -1, CIID: -1}
+	f.m.Observe(ctx, xid)
+	if err := os.Remove(path); err != nil {
+		t.Fatalf("the first event was not saved: %v", err)
+	}
+	f.clock.advance(time.Second)
+	f.m.Observe(ctx, xid)
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the repeated event rewrote the health state (%v)", err)
+	}
+	if f.changes != 1 {
+		t.Errorf("%d change notifications, want 1", f.changes)
+	}
+}
+
+// TestUnfitFilesAreRefused: the policy file and the health state are read
+// only as regular files of at most 1 MiB, so that neither a FIFO (which
+// would block start-up) nor a device such as /dev/zero (which would grow
+// the read until the plugin is killed) nor a huge file is read; the
+// state, which the plugin writes itself, is not read through a symlink.
+// An unfit state file is set aside like a corrupt one.
+func TestUnfitFilesAreRefused(t *testing.T) {
+	valid := []byte(`{"bootID":"boot","conditions":[{"gpu":"` + gpuA + `","key":"xid","value":"79","class":"Fatal","sticky":true,"since":"2026-11-24T11:00:00Z"}]}`)
+	for name, tc := range map[string]struct {
+		make func(t *testing.T, path string)
+		// policyOK: the policy reader accepts it (a ConfigMap's files
+		// are symlinks).
+		policyOK bool
+	}{
+		"larger than 1 MiB": {make: func(t *testing.T, path string) {
+			// An empty policy and an empty state, padded.
+			writeFile(t, path, []byte("{"+strings.Repeat(" ", 1<<20)+"}"))
+		}},
+		"a FIFO": {make: func(t *testing.T, path string) {
+			if err := syscall.Mkfifo(path, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		"a symlink to /dev/zero": {make: func(t *testing.T, path string) {
+			if err := os.Symlink("/dev/zero", path); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		"a directory": {make: func(t *testing.T, path string) {
+			if err := os.Mkdir(path, 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		"a symlink to a valid file": {policyOK: true, make: func(t *testing.T, path string) {
+			target := filepath.Join(t.TempDir(), "target")
+			writeFile(t, target, valid)
+			if err := os.Symlink(target, path); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), StoreFileName)
+			tc.make(t, path)
+			_, err := LoadPolicy(path)
+			if tc.policyOK {
+				// The file is a valid state, not a policy: refused
+				// for its content, not for what it is.
+				if err == nil || !strings.Contains(err.Error(), "unknown field") {
+					t.Errorf("policy: %v, want an unknown field", err)
+				}
+			} else if !errors.Is(err, errUnfit) {
+				t.Errorf("policy: %v, want a refusal", err)
+			}
+			saved, err := NewStore(path).Load()
+			if !errors.Is(err, ErrCorrupt) || saved == nil || len(saved.Conditions) != 0 {
+				t.Errorf("state: %v, %+v, want it set aside", err, saved)
+			}
+			if _, err := os.Lstat(path + ".corrupt"); err != nil {
+				t.Errorf("not set aside: %v", err)
+			}
+		})
+	}
+}
+
+func writeFile(t *testing.T, path string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSavedConditionsAreChecked: a saved condition the monitor could not
+// have raised is dropped, not published as a taint of unknown effect.
+func TestSavedConditionsAreChecked(t *testing.T) {
+	path := filepath.Join(t.TempDir(), StoreFileName)
+	cond := func(gpu, key, class string) string {
+		return `{"gpu":"` + gpu + `","key":"` + key + `","value":"79","class":"` + class + `","sticky":true,"since":"2026-11-24T11:00:00Z"}`
+	}
+	writeFile(t, path, []byte(`{"bootID":"boot","conditions":[`+strings.Join([]string{
+		cond(gpuA, "xid", "Fatal"), cond(gpuB, "xid", "Deadly"), cond(gpuB, "xid", "Ignore"), cond("", "xid", "Fatal"), cond(gpuB, "fan", "Fatal"),
+	}, ",")+`]}`))
+	f := newFixture(t, NewStore(path), "boot")
+	if got := f.m.Conditions(); len(got) != 1 || got[0].GPU != gpuA {
+		t.Errorf("conditions %+v, want GPU A's only", got)
+	}
+}
+
+// TestStickyConditionStampedInTheFuture: a condition raised while the
+// clock was ahead, found after it was set back, is cleared by an admin's
+// clearance and by a reset like any other.
+func TestStickyConditionStampedInTheFuture(t *testing.T) {
+	for name, clear := range map[string]func(f *fixture){
+		"admin clearance": func(f *fixture) { f.m.Clear(context.Background(), gpuA, f.clock.now()) },
+		"GPU reset": func(f *fixture) {
+			f.probeA(func(r *gpu.Reading) { r.VolatileUncorrectedECC = 3 })
+			f.probeA(func(r *gpu.Reading) { r.VolatileUncorrectedECC = 0 })
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := newFixture(t, nil, "boot")
+			f.clock.advance(365 * 24 * time.Hour)
+			f.m.Observe(context.Background(), gpu.Event{Kind: gpu.EventXID, GPUUUID: gpuA, XID: 79, GIID: -1, CIID: -1})
+			f.clock.advance(-365 * 24 * time.Hour)
+			clear(f)
+			if got := f.taintsOf(gpuA, ""); got != "" {
+				t.Errorf("GPU A still %q", got)
+			}
+		})
+	}
+}
+
+// TestGPUInstanceWithSeveralComputeInstances: an event attributed to a GPU
+// instance only cannot name one of its several compute instances' MIG
+// devices, so it taints the GPU.
+func TestGPUInstanceWithSeveralComputeInstances(t *testing.T) {
+	const migC = "MIG-cccccccc-0000-0000-0000-000000000000"
+	ctx := context.Background()
+	f := newFixture(t, nil, "boot")
+	f.m.SetInventory(ctx, &gpu.Inventory{GPUs: []gpu.GPU{{UUID: gpuA, Index: 0, MIGInstances: []gpu.MIGInstance{
+		{UUID: migA, ParentUUID: gpuA, GIID: 1, CIID: 0}, {UUID: migC, ParentUUID: gpuA, GIID: 1, CIID: 1},
+	}}}}, f.clock.now())
+	f.m.Observe(ctx, gpu.Event{Kind: gpu.EventXID, GPUUUID: gpuA, XID: 48, GIID: 1, CIID: 0xFFFFFFFF})
+	if got := f.taintsOf(gpuA, ""); got != "xid=48:NoExecute" {
+		t.Errorf("GPU A taints %q; MIG taints %q and %q", got, f.taintsOf(gpuA, migA), f.taintsOf(gpuA, migC))
 	}
 }

@@ -51,6 +51,23 @@ func (c *Condition) String() string {
 	return fmt.Sprintf("%s=%s (%s)", c.Key, c.Value, c.Class)
 }
 
+// check tells whether a condition read back from the store is one the
+// monitor could have raised: its taint and health follow from its class
+// and key, and a condition of no GPU would never be cleared.
+func (c *Condition) check() error {
+	switch {
+	case c.GPU == "":
+		return fmt.Errorf("health condition %s names no GPU", c)
+	case c.Class.rank() == 0:
+		return fmt.Errorf("health condition %s of GPU %s: class %q is not Info, Degraded or Fatal", c, c.GPU, c.Class)
+	}
+	switch c.Key {
+	case KeyXID, KeyECC, KeyGPULost, KeyThermal, KeyUnmonitored:
+		return nil
+	}
+	return fmt.Errorf("health condition %s of GPU %s: unknown key %q", c, c.GPU, c.Key)
+}
+
 type condID struct {
 	gpu, mig string
 	key      Key
@@ -80,15 +97,25 @@ type Monitor struct {
 	store  *Store
 	now    func() time.Time
 	// onChange is called, without the lock, after the taints changed.
-	onChange   func()
-	resolveMIG func(gpuUUID string, giid, ciid int) string
+	onChange func()
 
 	mu    sync.Mutex
 	conds map[condID]*Condition
 	// byIndex maps NVML index to UUID, for readings of lost GPUs that
-	// carry no UUID; migs maps (GPU UUID, GI, CI) to a MIG device UUID.
+	// carry no UUID.
 	byIndex map[int]string
-	migs    map[migID]string
+	// migs maps (GPU UUID, GI, CI) to the MIG device that has those IDs
+	// now: the last inventory's, updated by the creates and destroys the
+	// plugin made since (MIGCreated, MIGDestroyed). NVML hands a freed
+	// GI or CI ID to the next instance, so an entry is replaced, never
+	// merged: a stale one would blame a destroyed device for the next
+	// one's faults. recent holds, by IDs, the last such change, until an
+	// inventory read after it makes it redundant; an inventory read
+	// before it (a refresh racing a prepare) does not undo it.
+	migs   map[migID]string
+	recent map[migID]migChange
+	// lost are the GPUs the last inventory found fallen off the bus.
+	lost map[string]bool
 	// wasLost and lastECC are what the previous probe saw, for reset
 	// detection.
 	wasLost map[string]bool
@@ -102,6 +129,24 @@ type migID struct {
 	gi, ci int
 }
 
+// migChange is a MIG device the plugin created (alive) or destroyed, and
+// when the monitor heard of it.
+type migChange struct {
+	uuid  string
+	alive bool
+	at    time.Time
+}
+
+// applyTo makes migs show the change.
+func (c migChange) applyTo(migs map[migID]string, id migID) {
+	switch {
+	case c.alive:
+		migs[id] = c.uuid
+	case c.uuid == "" || migs[id] == c.uuid:
+		delete(migs, id)
+	}
+}
+
 // Options configure a Monitor.
 type Options struct {
 	Policy Policy
@@ -113,10 +158,8 @@ type Options struct {
 	BootID string
 	// OnChange is called after the taints changed.
 	OnChange func()
-	// ResolveMIG names the MIG device UUID of a GPU and compute instance
-	// that the last inventory did not have (created since); "" if unknown.
-	ResolveMIG func(gpuUUID string, giid, ciid int) string
-	// Now defaults to time.Now.
+	// Now defaults to time.Now. The times given to SetInventory must come
+	// from the same clock.
 	Now func() time.Time
 }
 
@@ -124,8 +167,8 @@ type Options struct {
 // this boot.
 func NewMonitor(ctx context.Context, opts Options) (*Monitor, error) {
 	m := &Monitor{
-		policy: opts.Policy, src: opts.Source, store: opts.Store, now: opts.Now, onChange: opts.OnChange, resolveMIG: opts.ResolveMIG,
-		conds: map[condID]*Condition{}, byIndex: map[int]string{}, migs: map[migID]string{},
+		policy: opts.Policy, src: opts.Source, store: opts.Store, now: opts.Now, onChange: opts.OnChange,
+		conds: map[condID]*Condition{}, byIndex: map[int]string{}, migs: map[migID]string{}, recent: map[migID]migChange{},
 		wasLost: map[string]bool{}, lastECC: map[string]uint64{},
 	}
 	if m.now == nil {
@@ -154,6 +197,10 @@ func NewMonitor(ctx context.Context, opts Options) (*Monitor, error) {
 	}
 	for i := range saved.Conditions {
 		c := saved.Conditions[i]
+		if err := c.check(); err != nil {
+			logger.Error(err, "Dropping a saved health condition that is not valid")
+			continue
+		}
 		m.conds[condID{c.GPU, c.MIG, c.Key}] = &c
 	}
 	for uuid, n := range saved.VolatileECC {
@@ -168,25 +215,115 @@ func NewMonitor(ctx context.Context, opts Options) (*Monitor, error) {
 
 // SetInventory tells the monitor which GPUs and MIG devices exist, so an
 // XID that NVML attributes to a MIG instance taints that instance's
-// device, and a lost GPU is known by its UUID.
-func (m *Monitor) SetInventory(inv *gpu.Inventory) {
+// device, and a lost GPU is known by its UUID. readAt is when the
+// inventory started to be read, on the monitor's clock: the plugin's own
+// creates and destroys since then are kept over what it lists.
+//
+// The conditions of MIG devices that no longer exist are dropped: their
+// taints would fall on no device, and the map of conditions would grow
+// with every instance ever destroyed. A lost GPU's MIG devices are kept.
+func (m *Monitor) SetInventory(ctx context.Context, inv *gpu.Inventory, readAt time.Time) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	before := m.fingerprintLocked()
+	migs, lost := map[migID]string{}, map[string]bool{}
 	for _, g := range inv.GPUs {
 		if g.UUID != "" {
 			m.byIndex[g.Index] = g.UUID
 		}
-		for _, inst := range g.MIGInstances {
-			m.migs[migID{g.UUID, inst.GIID, inst.CIID}] = inst.UUID
+		if g.Lost {
+			// Its MIG devices are unknown, not gone: keep what was
+			// known until it is back (a reset, clearing them anyway).
+			lost[g.UUID] = true
+			for id, uuid := range m.migs {
+				if id.gpu == g.UUID {
+					migs[id] = uuid
+				}
+			}
+			continue
 		}
+		for _, inst := range g.MIGInstances {
+			migs[migID{g.UUID, inst.GIID, inst.CIID}] = inst.UUID
+		}
+	}
+	for id, c := range m.recent {
+		if c.at.Before(readAt) {
+			delete(m.recent, id)
+			continue
+		}
+		c.applyTo(migs, id)
+	}
+	m.migs, m.lost = migs, lost
+	m.unlockChanged(ctx, before, m.dropGoneMIGsLocked(ctx))
+}
+
+// MIGCreated tells the monitor that the plugin created a MIG device, so
+// that an event naming its IDs is blamed on it at once, not on the device
+// that had the IDs before.
+func (m *Monitor) MIGCreated(inst gpu.MIGInstance) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	id := migID{inst.ParentUUID, inst.GIID, inst.CIID}
+	c := migChange{uuid: inst.UUID, alive: true, at: m.now()}
+	c.applyTo(m.migs, id)
+	m.recent[id] = c
+}
+
+// MIGDestroyed tells the monitor that the plugin destroyed a MIG device
+// (ref.UUID, or whichever had the IDs when it is empty): its IDs name
+// nothing until an instance is created with them, and its conditions are
+// dropped.
+func (m *Monitor) MIGDestroyed(ctx context.Context, ref gpu.MIGRef) {
+	m.mu.Lock()
+	before := m.fingerprintLocked()
+	id := migID{ref.ParentUUID, ref.GIID, ref.CIID}
+	if cur, ok := m.migs[id]; ok && ref.UUID != "" && cur != ref.UUID {
+		// The device was gone already and another has its IDs: the
+		// change to remember is that one's creation.
+		m.mu.Unlock()
+		return
+	}
+	c := migChange{uuid: ref.UUID, at: m.now()}
+	c.applyTo(m.migs, id)
+	m.recent[id] = c
+	m.unlockChanged(ctx, before, m.dropGoneMIGsLocked(ctx))
+}
+
+// dropGoneMIGsLocked removes the conditions of MIG devices not in migs,
+// except on lost GPUs, and reports whether it removed any.
+func (m *Monitor) dropGoneMIGsLocked(ctx context.Context) bool {
+	live := make(map[string]bool, len(m.migs))
+	for _, uuid := range m.migs {
+		live[uuid] = true
+	}
+	dropped := false
+	for id, c := range m.conds {
+		if id.mig != "" && !live[id.mig] && !m.lost[id.gpu] {
+			klog.FromContext(ctx).Info("MIG device gone: its health condition is dropped", "gpu", id.gpu, "mig", id.mig, "condition", c.String())
+			delete(m.conds, id)
+			dropped = true
+		}
+	}
+	return dropped
+}
+
+// unlockChanged saves the conditions if save is set or the taints
+// changed, and unlocks m.mu, which the caller holds; if the
+// taints differ from before, it then calls onChange.
+func (m *Monitor) unlockChanged(ctx context.Context, before string, save bool) {
+	changed := m.fingerprintLocked() != before
+	if save || changed {
+		m.saveLocked(ctx)
+	}
+	m.mu.Unlock()
+	if changed {
+		m.onChange()
 	}
 }
 
-// Start probes every GPU once, so that the first slices already carry
-// what is wrong, then watches events and probes every
-// Policy.ProbeInterval in the background until ctx ends.
+// Start watches events and probes every Policy.ProbeInterval in the
+// background until ctx ends. Call Probe first, so that the first slices
+// already carry what is wrong.
 func (m *Monitor) Start(ctx context.Context) {
-	m.probe(ctx)
 	go m.watchEvents(ctx)
 	go func() {
 		ticker := time.NewTicker(m.policy.ProbeInterval.Duration)
@@ -196,7 +333,7 @@ func (m *Monitor) Start(ctx context.Context) {
 			case <-ctx.Done():
 				return
 			case <-ticker.C:
-				m.probe(ctx)
+				m.Probe(ctx)
 			}
 		}
 	}()
@@ -254,9 +391,7 @@ func (m *Monitor) Observe(ctx context.Context, e gpu.Event) {
 	}
 	m.mu.Lock()
 	if e.GIID >= 0 {
-		if uuid, ok := m.migs[migID{e.GPUUUID, e.GIID, e.CIID}]; ok {
-			c.MIG = uuid
-		} else if uuid := m.resolve(e); uuid != "" {
+		if uuid := m.migOfLocked(e); uuid != "" {
 			c.MIG = uuid
 		} else {
 			logger.Info("GPU event names an unknown MIG instance; the whole GPU is affected", "gpu", e.GPUUUID, "gi", e.GIID, "ci", e.CIID)
@@ -264,20 +399,34 @@ func (m *Monitor) Observe(ctx context.Context, e gpu.Event) {
 	}
 	before := m.fingerprintLocked()
 	m.raiseLocked(c)
-	changed := m.fingerprintLocked() != before
-	m.saveLocked(ctx)
-	m.mu.Unlock()
-	logger.Info("GPU health event", "gpu", e.GPUUUID, "mig", c.MIG, "condition", c.String(), "changed", changed)
-	if changed {
-		m.onChange()
+	// A repeat of what is already recorded is not written again: a
+	// tenant's work can raise XIDs as fast as NVML reports them.
+	if m.fingerprintLocked() != before {
+		logger.Info("GPU health event", "gpu", e.GPUUUID, "mig", c.MIG, "condition", c.String())
+	} else {
+		logger.V(2).Info("GPU health event already recorded", "gpu", e.GPUUUID, "mig", c.MIG, "condition", c.String())
 	}
+	m.unlockChanged(ctx, before, false)
 }
 
-func (m *Monitor) resolve(e gpu.Event) string {
-	if m.resolveMIG == nil {
-		return ""
+// migOfLocked names the MIG device an event is attributed to: the one
+// with its GPU and compute instance IDs, else the only one of its GPU
+// instance (NVML attributes some faults to a GPU instance only, with no
+// compute instance); "" if none or several.
+func (m *Monitor) migOfLocked(e gpu.Event) string {
+	if uuid, ok := m.migs[migID{e.GPUUUID, e.GIID, e.CIID}]; ok {
+		return uuid
 	}
-	return m.resolveMIG(e.GPUUUID, e.GIID, e.CIID)
+	found := ""
+	for id, uuid := range m.migs {
+		if id.gpu == e.GPUUUID && id.gi == e.GIID {
+			if found != "" {
+				return ""
+			}
+			found = uuid
+		}
+	}
+	return found
 }
 
 // raiseLocked records that c's cause is present now.
@@ -296,8 +445,8 @@ func (m *Monitor) raiseLocked(c Condition) {
 	old.Sticky = old.Sticky || c.Sticky
 }
 
-// probe reads every GPU and updates the probe-driven conditions.
-func (m *Monitor) probe(ctx context.Context) {
+// Probe reads every GPU once and updates the probe-driven conditions.
+func (m *Monitor) Probe(ctx context.Context) {
 	logger := klog.FromContext(ctx)
 	readings, err := m.src.Probe(ctx)
 	if err != nil {
@@ -345,14 +494,7 @@ func (m *Monitor) probe(ctx context.Context) {
 			m.raiseLocked(c)
 		}
 	}
-	changed := m.fingerprintLocked() != before
-	if changed {
-		m.saveLocked(ctx)
-	}
-	m.mu.Unlock()
-	if changed {
-		m.onChange()
-	}
+	m.unlockChanged(ctx, before, false)
 }
 
 // presentLocked returns the causes a reading shows, by key.
@@ -424,11 +566,16 @@ func (m *Monitor) resetLocked(uuid string, r gpu.Reading) bool {
 }
 
 // clearStickyLocked removes the sticky conditions of a GPU (every GPU for
-// "") and of its MIG devices that were raised at or before t.
+// "") and of its MIG devices that were raised at or before t. A condition
+// stamped after now was raised before the clock went back (or restored
+// from such a time): it is older than anything happening now, so it
+// counts as raised before t, lest it outlive every reset and clearance
+// until the clock catches up.
 func (m *Monitor) clearStickyLocked(gpuUUID string, t time.Time) int {
 	n := 0
+	now := m.now()
 	for id, c := range m.conds {
-		if c.Sticky && (gpuUUID == "" || id.gpu == gpuUUID) && !c.Since.After(t) {
+		if c.Sticky && (gpuUUID == "" || id.gpu == gpuUUID) && (!c.Since.After(t) || c.Since.After(now)) {
 			delete(m.conds, id)
 			n++
 		}
@@ -489,12 +636,12 @@ func (m *Monitor) describeLocked() string {
 	return strings.Join(parts, ", ")
 }
 
-// fingerprintLocked identifies the taint-relevant state, to tell whether
-// a change needs a republish.
+// fingerprintLocked identifies the state that is published or persisted,
+// to tell whether a change needs a republish and a save.
 func (m *Monitor) fingerprintLocked() string {
 	var b strings.Builder
 	for _, c := range m.sortedLocked() {
-		fmt.Fprintf(&b, "%s|%s|%s|%s|%s|%d;", c.GPU, c.MIG, c.Key, c.Value, c.Class, c.Since.Unix())
+		fmt.Fprintf(&b, "%s|%s|%s|%s|%s|%d|%t;", c.GPU, c.MIG, c.Key, c.Value, c.Class, c.Since.Unix(), c.Sticky)
 	}
 	return b.String()
 }

@@ -24,7 +24,6 @@ package health
 
 import (
 	"fmt"
-	"os"
 	"slices"
 	"time"
 
@@ -145,14 +144,15 @@ func DefaultPolicy() Policy {
 	}
 }
 
-// LoadPolicy reads a policy file (YAML or JSON) over the defaults. Unknown
-// fields are errors naming the field, so a typo is never silently ignored.
+// LoadPolicy reads a policy file (YAML or JSON, a regular file of at most
+// 1 MiB) over the defaults. Unknown fields are errors naming the field, so
+// a typo is never silently ignored.
 func LoadPolicy(path string) (Policy, error) {
 	p := DefaultPolicy()
 	if path == "" {
 		return p, nil
 	}
-	data, err := os.ReadFile(path)
+	data, err := readFile(path, false)
 	if err != nil {
 		return p, fmt.Errorf("read health policy: %w", err)
 	}

@@ -37,18 +37,22 @@ type Store struct {
 func NewStore(path string) *Store { return &Store{path: path} }
 
 // Load reads the file; a missing file is an empty state. A file that
-// cannot be parsed is set aside and reported, never fatal: the worst
-// outcome is a sticky taint forgotten, as after a reset.
+// cannot be parsed, or is no regular file of at most 1 MiB (readFile; a
+// symlink too), is set aside and reported, never fatal: the worst outcome
+// is a sticky taint forgotten, as after a reset.
 func (s *Store) Load() (*Saved, error) {
-	data, err := os.ReadFile(s.path)
-	if errors.Is(err, os.ErrNotExist) {
+	var saved Saved
+	data, err := readFile(s.path, true)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
 		return &Saved{}, nil
-	}
-	if err != nil {
+	case err == nil:
+		err = json.Unmarshal(data, &saved)
+	case !errors.Is(err, errUnfit):
+		// An I/O error: forgetting sticky taints is worse than failing.
 		return nil, fmt.Errorf("read health state %s: %w", s.path, err)
 	}
-	var saved Saved
-	if err := json.Unmarshal(data, &saved); err != nil {
+	if err != nil {
 		aside := s.path + ".corrupt"
 		if rerr := os.Rename(s.path, aside); rerr != nil {
 			return nil, fmt.Errorf("health state %s is corrupt (%v) and cannot be set aside: %w", s.path, err, rerr)
