@@ -141,14 +141,15 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("read GPU inventory: %w", err)
 	}
-	cp, report, err := prepare.Reconcile(ctx, cp, inv, cfg.GPUs, cfg.CDI, cfg.MPS, rebuild)
+	cp, report, err := prepare.Reconciler{GPUs: cfg.GPUs, CDI: cfg.CDI, MPS: cfg.MPS}.Reconcile(ctx, prepare.Found{Checkpoint: cp, Inventory: inv, Lost: corrupt})
 	if err != nil {
 		return fmt.Errorf("reconcile prepared claims: %w", err)
 	}
 	logger.Info("Reconciled prepared claims with the hardware and CDI specs", "claims", len(cp.Claims),
 		"rolledBack", report.RolledBack, "dropped", report.Dropped, "rebuilt", report.Rebuilt,
 		"specsRewritten", report.SpecsRewritten, "orphanSpecs", report.OrphanSpecs, "migDestroyed", report.MIGDestroyed,
-		"mpsRestarted", report.MPSRestarted, "orphanMPS", report.OrphanMPS)
+		"mpsRestarted", report.MPSRestarted, "orphanMPS", report.OrphanMPS, "timeSlicesApplied", report.TimeSlicesApplied,
+		"unreadable", report.Unreadable, "failed", len(report.Failed))
 	if err := cfg.Store.Save(cp); err != nil {
 		return fmt.Errorf("save reconciled checkpoint: %w", err)
 	}
@@ -178,7 +179,7 @@ func Run(ctx context.Context, cfg Config) error {
 		PoolName: cfg.NodeName, AfterStep: cfg.AfterStep, MPS: cfg.MPS, HeldWait: cfg.HeldDeviceWait,
 	})
 	d.monitor.Start(ctx)
-	if _, err := d.state.refresh(inv, cp); err != nil {
+	if _, err := d.state.refresh(inv, d.preparer); err != nil {
 		return err
 	}
 	d.cfg.Metrics.setPrepared(cp)
@@ -262,7 +263,7 @@ func (d *Driver) refreshAndPublish(ctx context.Context) error {
 		return fmt.Errorf("read GPU inventory: %w", err)
 	}
 	d.monitor.SetInventory(inv)
-	if _, err := d.state.refresh(inv, d.preparer.Snapshot()); err != nil {
+	if _, err := d.state.refresh(inv, d.preparer); err != nil {
 		return err
 	}
 	return d.publish(ctx)
@@ -272,7 +273,7 @@ func (d *Driver) refreshAndPublish(ctx context.Context) error {
 // the current taints, and republishes if it changed.
 func (d *Driver) rebuildAndPublish(ctx context.Context) error {
 	inv, _ := d.state.current()
-	if _, err := d.state.refresh(inv, d.preparer.Snapshot()); err != nil {
+	if _, err := d.state.refresh(inv, d.preparer); err != nil {
 		return err
 	}
 	return d.publish(ctx)
@@ -282,14 +283,7 @@ func (d *Driver) rebuildAndPublish(ctx context.Context) error {
 // compute instance, in the prepared claims: one created since the last
 // inventory refresh is already there.
 func (d *Driver) preparedMIG(gpuUUID string, giid, ciid int) string {
-	for _, c := range d.preparer.Snapshot().Claims {
-		for _, dev := range c.Devices {
-			if dev.GPUUUID == gpuUUID && dev.MIG != nil && dev.MIG.UUID != "" && dev.MIG.GIID == giid && dev.MIG.CIID == ciid {
-				return dev.MIG.UUID
-			}
-		}
-	}
-	return ""
+	return d.preparer.MIGUUID(gpuUUID, giid, ciid)
 }
 
 // onHealthChange is the monitor's OnChange: republish, and tell kubelet.

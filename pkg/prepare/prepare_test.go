@@ -185,6 +185,12 @@ func (f *fixture) specs() []string {
 	return uids
 }
 
+// reconcile runs start-up reconciliation on the fixture's node; lost says
+// the checkpoint was lost.
+func (f *fixture) reconcile(ctx context.Context, cp *checkpoint.Checkpoint, inv *gpu.Inventory, lost *checkpoint.CorruptError) (*checkpoint.Checkpoint, ReconcileReport, error) {
+	return Reconciler{GPUs: f.node, CDI: f.cdi, MPS: f.mps}.Reconcile(ctx, Found{Checkpoint: cp, Inventory: inv, Lost: lost})
+}
+
 func (f *fixture) saved() *checkpoint.Checkpoint {
 	cp, err := f.store.Load()
 	if err != nil {
@@ -242,7 +248,7 @@ func TestWholeGPUKilledBeforeCompletion(t *testing.T) {
 		t.Fatalf("after the kill: specs %v, checkpoint %+v", f.specs(), f.saved().Claims)
 	}
 	// The restarted plugin.
-	cp, rep, err := Reconcile(ctx, f.saved(), f.inventory(), f.node, f.cdi, f.mps, false)
+	cp, rep, err := f.reconcile(ctx, f.saved(), f.inventory(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,7 +321,7 @@ func TestTimeSlice(t *testing.T) {
 	if got := f.timeSlice(7); got != "3" {
 		t.Fatalf("time slice of GPU 7 before the kill: %s", got)
 	}
-	if _, rep, err := Reconcile(ctx, f.saved(), f.inventory(), f.node, f.cdi, f.mps, false); err != nil || len(rep.RolledBack) != 1 {
+	if _, rep, err := f.reconcile(ctx, f.saved(), f.inventory(), nil); err != nil || len(rep.RolledBack) != 1 {
 		t.Fatalf("reconcile: %v, %+v", err, rep)
 	}
 	if got := f.timeSlice(7); got != "0" {
@@ -386,7 +392,7 @@ func TestMPS(t *testing.T) {
 	if err := f.mps.Start(ctx, orphan, []string{"GPU-x"}); err != nil {
 		t.Fatal(err)
 	}
-	_, rep, err := Reconcile(ctx, f.saved(), f.inventory(), f.node, f.cdi, f.mps, false)
+	_, rep, err := f.reconcile(ctx, f.saved(), f.inventory(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
