@@ -32,9 +32,15 @@ type State string
 // Claim states. A claim is recorded as PrepareStarted, with what is about to
 // be created, before any side effect, so a crash at any later point leaves
 // enough to roll back.
+//
+// Undone is a claim whose rollback (of a failed prepare, or an unprepare)
+// finished on the node, but whose removal from the checkpoint could not be
+// written: it holds no device any more, and what remains is to forget it.
+// Every state but PrepareCompleted is rolled back at the next start.
 const (
 	PrepareStarted   State = "PrepareStarted"
 	PrepareCompleted State = "PrepareCompleted"
+	Undone           State = "Undone"
 )
 
 // Checkpoint is everything the plugin must remember across restarts.

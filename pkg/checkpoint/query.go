@@ -26,10 +26,17 @@ func createdMIG(d Device) bool {
 	return !d.AdminAccess && d.MIG != nil && d.MIG.Created && d.MIG.UUID != ""
 }
 
+// holds reports whether the claim holds its devices: all but an Undone
+// claim do.
+func (c *Claim) holds() bool { return c.State != Undone }
+
 // MIGAt returns the MIG device at the placement that a recorded claim
 // created and holds.
 func (c *Checkpoint) MIGAt(at Placement) (Device, bool) {
 	for _, claim := range c.Claims {
+		if !claim.holds() {
+			continue
+		}
 		for _, d := range claim.Devices {
 			if p, _ := d.Placement(); createdMIG(d) && p == at {
 				return d, true
@@ -43,6 +50,9 @@ func (c *Checkpoint) MIGAt(at Placement) (Device, bool) {
 // on the GPU with these GPU and compute instance IDs, or "".
 func (c *Checkpoint) MIGUUID(gpuUUID string, giid, ciid int) string {
 	for _, claim := range c.Claims {
+		if !claim.holds() {
+			continue
+		}
 		for _, d := range claim.Devices {
 			if createdMIG(d) && d.GPUUUID == gpuUUID && d.MIG.GIID == giid && d.MIG.CIID == ciid {
 				return d.MIG.UUID
@@ -58,6 +68,9 @@ func (c *Checkpoint) MIGUUID(gpuUUID string, giid, ciid int) string {
 // recorded).
 func (c *Checkpoint) Manages(uuid string, at Placement) bool {
 	for _, claim := range c.Claims {
+		if !claim.holds() {
+			continue
+		}
 		for _, d := range claim.Devices {
 			if d.MIG == nil || d.AdminAccess {
 				continue
@@ -74,10 +87,11 @@ func (c *Checkpoint) Manages(uuid string, at Placement) bool {
 }
 
 // Owner returns the UID of a recorded claim other than uid that holds d
-// or a device that cannot be prepared beside it, or "".
+// or a device that cannot be prepared beside it, or "". The queries leave
+// Undone claims out: they hold nothing.
 func (c *Checkpoint) Owner(uid string, d Device) string {
 	for _, claim := range c.Claims {
-		if claim.UID == uid {
+		if claim.UID == uid || !claim.holds() {
 			continue
 		}
 		for _, o := range claim.Devices {
@@ -107,7 +121,7 @@ func Conflict(a, b Device) bool {
 func (c *Checkpoint) Shares(gpuUUID string) []string {
 	var out []string
 	for uid, claim := range c.Claims {
-		if slices.Contains(claim.SharedGPUs(), gpuUUID) {
+		if claim.holds() && slices.Contains(claim.SharedGPUs(), gpuUUID) {
 			out = append(out, uid)
 		}
 	}

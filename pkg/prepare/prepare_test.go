@@ -39,8 +39,10 @@ type fixture struct {
 	mps        *mps.Manager
 	cdi        *cdi.Writer
 	store      *checkpoint.Store
-	devices    *modelDevices
-	p          *Preparer
+	// disk writes the store's checkpoints, failing when told to.
+	disk    *faultyDisk
+	devices *modelDevices
+	p       *Preparer
 }
 
 // modelDevices resolves names through a model built from the inventory.
@@ -81,7 +83,8 @@ func newFixture(t testing.TB, model string) *fixture {
 	if f.cdi, err = cdi.New(cdi.Options{CDIRoot: filepath.Join(dir, "cdi"), DriverRoot: roots.DriverRoot, DevRoot: roots.DevRoot, ProcRoot: roots.ProcRoot}); err != nil {
 		t.Fatal(err)
 	}
-	if f.store, err = checkpoint.NewStore(filepath.Join(dir, "plugin")); err != nil {
+	f.disk = &faultyDisk{}
+	if f.store, err = checkpoint.NewStore(filepath.Join(dir, "plugin"), checkpoint.WithWriteFile(f.disk.write)); err != nil {
 		t.Fatal(err)
 	}
 	f.devices = &modelDevices{}

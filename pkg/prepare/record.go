@@ -13,7 +13,9 @@ import "github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
 //   - forget commits a checkpoint without the claim while memory still
 //     holds it (and its devices), and takes it out of memory only once
 //     that is durable; if the commit fails the claim stays, and the
-//     kubelet's retry of the unprepare tries again.
+//     kubelet's retry of the unprepare tries again. A claim whose
+//     rollback finished but could not be forgotten is Undone: it holds no
+//     device, and the next rollback or start forgets it.
 
 // record stores a private copy of rec and commits it.
 func (p *Preparer) record(rec *checkpoint.Claim) error {
@@ -55,6 +57,21 @@ func (p *Preparer) forget(uid string) error {
 	delete(p.cp.Claims, uid)
 	p.wakeWaiters()
 	return nil
+}
+
+// markUndone records in memory that the claim holds nothing any more; the
+// next checkpoint written says so too.
+func (p *Preparer) markUndone(uid string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c, ok := p.cp.Claims[uid]
+	if !ok {
+		return
+	}
+	undone := c.Clone()
+	undone.State = checkpoint.Undone
+	p.cp.Claims[uid] = undone
+	p.wakeWaiters()
 }
 
 // wakeWaiters wakes the prepares waiting for a held device. The caller

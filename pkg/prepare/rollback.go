@@ -132,7 +132,8 @@ func (u undoer) emit(s Step) {
 }
 
 // rollback undoes rec and forgets it, holding its GPUs' locks. On failure
-// rec stays recorded, and the next attempt runs it again.
+// rec stays recorded (Undone if only forgetting it failed), and the next
+// attempt runs it again.
 func (p *Preparer) rollback(ctx context.Context, rec *checkpoint.Claim) error {
 	unlockGPUs := p.lockGPUs(rec)
 	defer unlockGPUs()
@@ -144,6 +145,9 @@ func (p *Preparer) rollback(ctx context.Context, rec *checkpoint.Claim) error {
 		return err
 	}
 	if err := p.forget(rec.UID); err != nil {
+		// Nothing of the claim is left on the node: it must not hold its
+		// devices while its removal waits for the disk.
+		p.markUndone(rec.UID)
 		return fmt.Errorf("forget claim: %w", err)
 	}
 	p.step(StepForgotten)
