@@ -1,6 +1,7 @@
 package checkpoint
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 )
@@ -84,8 +85,10 @@ func TestQueries(t *testing.T) {
 	}
 }
 
-// TestDeviceRecord: the copy of a device in a CDI spec is sealed like the
-// checkpoint; a changed byte or a newer version is refused.
+// TestDeviceRecord: the copy of a device in a CDI spec is versioned and
+// checksummed like the checkpoint; a changed byte, a newer version or a
+// record without one is refused; and a plugin that reads the unversioned
+// record still reads it.
 func TestDeviceRecord(t *testing.T) {
 	c := sample().Claims["uid-1"]
 	raw, err := EncodeDevice(c, c.Devices[0])
@@ -100,6 +103,14 @@ func TestDeviceRecord(t *testing.T) {
 	want.CDIDeviceIDs = nil
 	if r.Namespace != c.Namespace || r.Claim != c.Name || r.Device.Name != want.Name || *r.Device.MIG != *want.MIG {
 		t.Fatalf("decoded %+v, want %+v", r, want)
+	}
+	var legacy struct {
+		Namespace string `json:"namespace"`
+		Claim     string `json:"claim"`
+		Device    Device `json:"device"`
+	}
+	if err := json.Unmarshal([]byte(raw), &legacy); err != nil || legacy.Namespace != c.Namespace || legacy.Claim != c.Name || legacy.Device.Name != want.Name {
+		t.Errorf("an older plugin reads %+v (%v)", legacy, err)
 	}
 	for name, bad := range map[string]string{
 		"changed byte":   strings.Replace(raw, "MIG-1", "MIG-2", 1),

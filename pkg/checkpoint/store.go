@@ -16,8 +16,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs"
 )
 
-// envelope is the on-disk form of everything this package persists: the
-// checkpoint file and the copy of a device record in a CDI spec.
+// envelope is the checkpoint file's form on disk.
 type envelope struct {
 	Version  int             `json:"version"`
 	Checksum string          `json:"checksum"`
