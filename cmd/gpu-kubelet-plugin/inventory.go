@@ -5,12 +5,13 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
+
 	"github.com/spf13/cobra"
 	resourceapi "k8s.io/api/resource/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
-	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 )
 
 func newInventoryCommand(opts *options) *cobra.Command {
@@ -29,7 +30,7 @@ stream or a JSON list. Nothing is written to the cluster.`,
 			if output != "yaml" && output != "json" {
 				return fmt.Errorf("-o/--output must be yaml or json, not %q", output)
 			}
-			node, err := gpu.Open(opts.gpuOptions())
+			node, err := nvmlnode.Open(opts.gpuOptions())
 			if err != nil {
 				return err
 			}

@@ -10,11 +10,12 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
+
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/flags"
-	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/version"
 )
 
@@ -28,13 +29,13 @@ type options struct {
 	sharedGPUs    bool
 }
 
-func (o *options) gpuOptions() gpu.Options {
-	return gpu.Options{Simulate: o.simulate, SimStateDir: o.simStateDir, LibraryPath: o.nvmlLibrary}
+func (o *options) gpuOptions() nvmlnode.Options {
+	return nvmlnode.Options{Simulate: o.simulate, SimStateDir: o.simStateDir, LibraryPath: o.nvmlLibrary}
 }
 
 func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.nodeName, "node-name", "", "name of the Kubernetes node this plugin runs on; names the resource pool")
-	fs.StringVar(&o.simulate, "simulate", "", "simulate a GPU node instead of using NVML: "+strings.Join(gpu.SimulatedModels(), ", "))
+	fs.StringVar(&o.simulate, "simulate", "", "simulate a GPU node instead of using NVML: "+strings.Join(nvmlnode.SimulatedModels(), ", "))
 	fs.StringVar(&o.simStateDir, "sim-state-dir", "", "directory of the simulated node's state file (shared with gpu-sim); empty keeps it in memory")
 	fs.StringVar(&o.nvmlLibrary, "nvml-library", "", "path of libnvidia-ml.so.1; empty uses the dynamic loader's search path")
 	fs.BoolVar(&o.staticMIGOnly, "static-mig-only", false, "publish only pre-created MIG instances instead of every MIG placement")

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
+
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/pflag"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -25,7 +27,6 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/driver"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/driverroot"
-	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/health"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/prepare"
@@ -122,7 +123,7 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 		}
 		gpuOpts.LibraryPath = lib
 	}
-	node, err := gpu.Open(gpuOpts)
+	node, err := nvmlnode.Open(gpuOpts)
 	if err != nil {
 		return err
 	}

@@ -7,13 +7,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
+
 	"github.com/spf13/cobra"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
-	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/publish"
 )
 
@@ -55,7 +56,7 @@ func newUninstallCommand(opts *options, ro *runOptions) *cobra.Command {
 			if allNodes {
 				node = ""
 			}
-			n, err := publish.RemovePool(ctx, client, devicemodel.DriverName, node)
+			n, err := publish.RemovePool(ctx, client, names.DriverName, node)
 			if err != nil {
 				return err
 			}

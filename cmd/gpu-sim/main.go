@@ -13,9 +13,10 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
+
 	"github.com/spf13/cobra"
 
-	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/sim"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
 )
@@ -63,7 +64,7 @@ func newRootCommand() *cobra.Command {
 				enc.SetIndent("", "  ")
 				return enc.Encode(st)
 			}
-			node, err := gpu.NewNode(n)
+			node, err := nvmlnode.NewNode(n)
 			if err != nil {
 				return err
 			}
@@ -143,7 +144,7 @@ func newRootCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			node, err := gpu.NewNode(n)
+			node, err := nvmlnode.NewNode(n)
 			if err != nil {
 				return err
 			}
@@ -168,13 +169,7 @@ func newRootCommand() *cobra.Command {
 
 	root.AddCommand(show, xid, host,
 		gpuCommand(open, "ecc GPU", "Inject an uncorrectable (double-bit) ECC error", 0, func(n *sim.Node, i int, _ []string) error { return n.InjectDoubleBitECC(i) }),
-		gpuCommand(open, "lost GPU on|off", "Make a GPU fall off the bus, or come back", 1, func(n *sim.Node, i int, a []string) error {
-			on, err := onOff(a[0])
-			if err != nil {
-				return err
-			}
-			return n.SetLost(i, on)
-		}),
+		switchCommand(open, "lost GPU on|off", "Make a GPU fall off the bus, or come back", (*sim.Node).SetLost),
 		gpuCommand(open, "temperature GPU CELSIUS", "Set a GPU's temperature", 1, func(n *sim.Node, i int, a []string) error {
 			c, err := strconv.Atoi(a[0])
 			if err != nil {
@@ -182,20 +177,8 @@ func newRootCommand() *cobra.Command {
 			}
 			return n.SetTemperature(i, c)
 		}),
-		gpuCommand(open, "retired-pages GPU on|off", "Set whether page retirements are pending", 1, func(n *sim.Node, i int, a []string) error {
-			on, err := onOff(a[0])
-			if err != nil {
-				return err
-			}
-			return n.SetRetiredPagesPending(i, on)
-		}),
-		gpuCommand(open, "remap-failure GPU on|off", "Set whether a row remapping failed (memory that cannot be repaired)", 1, func(n *sim.Node, i int, a []string) error {
-			on, err := onOff(a[0])
-			if err != nil {
-				return err
-			}
-			return n.SetRowRemapFailure(i, on)
-		}),
+		switchCommand(open, "retired-pages GPU on|off", "Set whether page retirements are pending", (*sim.Node).SetRetiredPagesPending),
+		switchCommand(open, "remap-failure GPU on|off", "Set whether a row remapping failed (memory that cannot be repaired)", (*sim.Node).SetRowRemapFailure),
 		gpuCommand(open, "reset GPU", "Reset a GPU as nvidia-smi --gpu-reset would: back on the bus, pending repairs done, volatile ECC counters zeroed", 0, func(n *sim.Node, i int, _ []string) error {
 			return n.Reset(i)
 		}),
@@ -245,6 +228,17 @@ func gpuCommand(open func() (*sim.Node, error), use, short string, extra int, ac
 			return action(n, idx, args[1:])
 		},
 	}
+}
+
+// switchCommand is a gpuCommand that turns a GPU's fault on or off.
+func switchCommand(open func() (*sim.Node, error), use, short string, set func(n *sim.Node, index int, on bool) error) *cobra.Command {
+	return gpuCommand(open, use, short, 1, func(n *sim.Node, i int, a []string) error {
+		on, err := onOff(a[0])
+		if err != nil {
+			return err
+		}
+		return set(n, i, on)
+	})
 }
 
 func gpuIndex(s string) (int, error) {

@@ -102,7 +102,7 @@ func validateDevice(d Device) error {
 		prefix = "MIG-"
 	}
 	if !strings.HasPrefix(d.UUID, prefix) || strings.Contains(d.UUID, ",") {
-		return fmt.Errorf("device %s: UUID %q does not look like %s...", d.Name, d.UUID, prefix)
+		return fmt.Errorf("device %s: UUID %q does not start with %s", d.Name, d.UUID, prefix)
 	}
 	for _, m := range d.Mounts {
 		if !filepath.IsAbs(m.HostPath) || !filepath.IsAbs(m.ContainerPath) {

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
+
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/dynamic-resource-allocation/structured"
@@ -47,16 +49,16 @@ func TestWholeGPUExcludesEveryMIGPlacement(t *testing.T) {
 		t.Run(d.Name, func(t *testing.T) {
 			c, _ := h100Cluster(t)
 			whole := c.allocate(node, claim(exactly("gpu", "gpu.nvidia.com", 1, attr("minor")+" == 0")))
-			if names(whole) != "gpu-0" {
-				t.Fatalf("whole GPU: got %s", names(whole))
+			if allocatedNames(whole) != "gpu-0" {
+				t.Fatalf("whole GPU: got %s", allocatedNames(whole))
 			}
 			if got := c.allocate(node, claim(exactly("mig", "mig.nvidia.com", 1, migAt(d.Profile.Name, d.Placement.Start)...))); got != nil {
-				t.Fatalf("%s allocated beside the whole GPU", names(got))
+				t.Fatalf("%s allocated beside the whole GPU", allocatedNames(got))
 			}
 			c.free(whole)
 			mig := c.allocate(node, claim(exactly("mig", "mig.nvidia.com", 1, migAt(d.Profile.Name, d.Placement.Start)...)))
-			if names(mig) != d.Name {
-				t.Fatalf("MIG alone: got %s, want %s", names(mig), d.Name)
+			if allocatedNames(mig) != d.Name {
+				t.Fatalf("MIG alone: got %s, want %s", allocatedNames(mig), d.Name)
 			}
 			if got := c.allocate(node, claim(exactly("gpu", "gpu.nvidia.com", 1, attr("minor")+" == 0"))); got != nil {
 				t.Fatalf("whole GPU allocated beside %s", d.Name)
@@ -106,13 +108,13 @@ func TestSevenOneGInstancesFitAndAnEighthDoesNot(t *testing.T) {
 				if got == nil {
 					t.Fatalf("1g number %d did not fit", i+1)
 				}
-				seen[names(got)] = true
+				seen[allocatedNames(got)] = true
 			}
 			if len(seen) != 7 {
 				t.Fatalf("got %d distinct devices", len(seen))
 			}
 			if got := c.allocate(node, one()); got != nil {
-				t.Fatalf("an eighth 1g was allocated: %s", names(got))
+				t.Fatalf("an eighth 1g was allocated: %s", allocatedNames(got))
 			}
 		})
 	}
@@ -161,8 +163,8 @@ func TestCELSelectors(t *testing.T) {
 	t.Run("MIG profile and parent product", func(t *testing.T) {
 		c := newCluster(t, map[string]*Model{node: m})
 		got := c.allocate(node, claim(exactly("mig", "mig.nvidia.com", 1, attr("profile")+` == "3g.40gb"`, attr("productName")+` == "NVIDIA H100 80GB HBM3"`)))
-		if got == nil || !strings.HasPrefix(names(got), "gpu-4-mig-3g40gb-") {
-			t.Errorf("got %s, want a 3g.40gb on the first H100", names(got))
+		if got == nil || !strings.HasPrefix(allocatedNames(got), "gpu-4-mig-3g40gb-") {
+			t.Errorf("got %s, want a 3g.40gb on the first H100", allocatedNames(got))
 		}
 	})
 }
@@ -177,18 +179,18 @@ func TestTaintBlocksUnlessTolerated(t *testing.T) {
 			}})
 			c := newCluster(t, map[string]*Model{node: m})
 			if got := c.allocate(node, claim(exactly("gpu", "gpu.nvidia.com", 1, attr("minor")+" == 0"))); got != nil {
-				t.Fatalf("tainted GPU allocated: %s", names(got))
+				t.Fatalf("tainted GPU allocated: %s", allocatedNames(got))
 			}
 			if got := c.allocate(node, claim(exactly("mig", "mig.nvidia.com", 1, attr("parentMinor")+" == 0"))); got != nil {
-				t.Fatalf("MIG device of a tainted GPU allocated: %s", names(got))
+				t.Fatalf("MIG device of a tainted GPU allocated: %s", allocatedNames(got))
 			}
-			if got := c.allocate(node, claim(exactly("gpu", "gpu.nvidia.com", 1))); names(got) == "gpu-0" || got == nil {
-				t.Fatalf("an untainted GPU should be picked, got %s", names(got))
+			if got := c.allocate(node, claim(exactly("gpu", "gpu.nvidia.com", 1))); allocatedNames(got) == "gpu-0" || got == nil {
+				t.Fatalf("an untainted GPU should be picked, got %s", allocatedNames(got))
 			}
 			tolerating := exactly("gpu", "gpu.nvidia.com", 1, attr("minor")+" == 0")
 			tolerating.Exactly.Tolerations = []resourceapi.DeviceToleration{{Key: "gpu.nvidia.com/thermal", Operator: resourceapi.DeviceTolerationOpExists, Effect: effect}}
-			if got := c.allocate(node, claim(tolerating)); names(got) != "gpu-0" {
-				t.Fatalf("tolerating claim: got %s, want gpu-0", names(got))
+			if got := c.allocate(node, claim(tolerating)); allocatedNames(got) != "gpu-0" {
+				t.Fatalf("tolerating claim: got %s, want gpu-0", allocatedNames(got))
 			}
 		})
 	}
@@ -219,7 +221,7 @@ func TestFirstAvailable(t *testing.T) {
 			t.Errorf("sub-requests = %s", got)
 		}
 		if got := c.allocate(node, claim(request)); got != nil {
-			t.Errorf("all GPUs are taken whole, no MIG slice is free, yet got %s", names(got))
+			t.Errorf("all GPUs are taken whole, no MIG slice is free, yet got %s", allocatedNames(got))
 		}
 	})
 	t.Run("A100 node without free whole GPUs falls through to MIG", func(t *testing.T) {
@@ -371,7 +373,7 @@ func (c *cluster) occupancy(node string) map[int]occupancy {
 			c.t.Fatalf("over-commit: %s shared while in exclusive use (%08b)", d.Name, o.slices)
 		}
 		o.shared = c.consumedMemory(id.GetDeviceID())
-		if capacity := d.Capacity[CapacityMemory].Value; o.shared > capacity.Value() {
+		if capacity := d.Capacity[names.CapacityMemory].Value; o.shared > capacity.Value() {
 			c.t.Fatalf("over-commit: shares of %s consume %d bytes of %s", d.Name, o.shared, capacity.String())
 		}
 		occ[minor] = o
@@ -384,7 +386,7 @@ func (c *cluster) consumedMemory(id structured.DeviceID) int64 {
 	var sum int64
 	for _, r := range c.shareResults {
 		if structured.MakeDeviceID(r.Driver, r.Pool, r.Device) == id {
-			q := r.ConsumedCapacity[CapacityMemory]
+			q := r.ConsumedCapacity[names.CapacityMemory]
 			sum += q.Value()
 		}
 	}
@@ -399,7 +401,7 @@ func (c *cluster) roomFor(node string, occ map[int]occupancy, profile string, sh
 			if strAttr(d, "type") != "shared" {
 				continue
 			}
-			o, capacity := occ[intAttr(d, "minor")], d.Capacity[CapacityMemory].Value
+			o, capacity := occ[intAttr(d, "minor")], d.Capacity[names.CapacityMemory].Value
 			if o.slices == 0 && o.shared+share <= capacity.Value() {
 				return name
 			}

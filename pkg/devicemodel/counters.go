@@ -3,6 +3,8 @@ package devicemodel
 import (
 	"sort"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
+
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 
@@ -40,7 +42,7 @@ func computeTotals(g *gpu.GPU) counterTotals {
 	for i := range g.MIGProfiles {
 		p := &g.MIGProfiles[i]
 		if p.MaxInstances < disjointPlacements(p.Placements) {
-			t.limits[p.ID] = limit{counter: instanceLimitCounter(p), max: p.MaxInstances}
+			t.limits[p.ID] = limit{counter: names.InstanceLimitCounter(p.Name), max: p.MaxInstances}
 		}
 	}
 	mem, mps := bestPacking(g, t.limits)
@@ -120,14 +122,14 @@ func (t counterTotals) counters() map[string]resourceapi.Counter {
 // memory and multiprocessors.
 func (t counterTotals) wholeGPU() map[string]resourceapi.Counter {
 	c := map[string]resourceapi.Counter{
-		"memory": {Value: *resource.NewQuantity(t.memoryBytes, resource.BinarySI)},
+		names.CapacityMemory: {Value: *resource.NewQuantity(t.memoryBytes, resource.BinarySI)},
 	}
 	if t.noMIG {
 		return c
 	}
-	c["multiprocessors"] = resourceapi.Counter{Value: *resource.NewQuantity(int64(t.multiprocessors), resource.DecimalSI)}
+	c[names.CapacityMultiprocessors] = resourceapi.Counter{Value: *resource.NewQuantity(int64(t.multiprocessors), resource.DecimalSI)}
 	for i := 0; i < gpu.MemorySlices; i++ {
-		c[memorySliceCounter(i)] = one()
+		c[names.MemorySliceCounter(i)] = one()
 	}
 	return c
 }
@@ -135,11 +137,11 @@ func (t counterTotals) wholeGPU() map[string]resourceapi.Counter {
 // migConsumption is what a MIG profile at a placement consumes.
 func (t counterTotals) migConsumption(p *gpu.MIGProfile, pl gpu.Placement) map[string]resourceapi.Counter {
 	c := map[string]resourceapi.Counter{
-		"memory":          {Value: *resource.NewQuantity(int64(p.MemoryBytes), resource.BinarySI)},
-		"multiprocessors": {Value: *resource.NewQuantity(int64(p.Multiprocessors), resource.DecimalSI)},
+		names.CapacityMemory:          {Value: *resource.NewQuantity(int64(p.MemoryBytes), resource.BinarySI)},
+		names.CapacityMultiprocessors: {Value: *resource.NewQuantity(int64(p.Multiprocessors), resource.DecimalSI)},
 	}
 	for i := pl.Start; i < pl.Start+pl.Size; i++ {
-		c[memorySliceCounter(i)] = one()
+		c[names.MemorySliceCounter(i)] = one()
 	}
 	if l, ok := t.limits[p.ID]; ok {
 		c[l.counter] = one()

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
+
 	v1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -33,7 +35,7 @@ var features = structured.Features{
 
 func inventory(t testing.TB, model string) *gpu.Inventory {
 	t.Helper()
-	n, err := gpu.Open(gpu.Options{Simulate: model})
+	n, err := nvmlnode.Open(nvmlnode.Options{Simulate: model})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,7 +212,7 @@ func selectors(exprs []string) []resourceapi.DeviceSelector {
 // attr is a CEL reference to one of our attributes.
 func attr(name string) string { return fmt.Sprintf(`device.attributes["gpu.nvidia.com"].%s`, name) }
 
-func names(res *resourceapi.AllocationResult) string {
+func allocatedNames(res *resourceapi.AllocationResult) string {
 	if res == nil {
 		return "<none>"
 	}

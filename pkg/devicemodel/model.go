@@ -30,33 +30,14 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
+
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/dynamic-resource-allocation/resourceslice"
 	"k8s.io/utils/ptr"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
-)
-
-// DriverName is the DRA driver name users already write in DeviceClasses.
-const DriverName = "gpu.nvidia.com"
-
-// Device types, the value of the "type" attribute.
-const (
-	TypeGPU    = "gpu"
-	TypeMIG    = "mig"
-	TypeShared = "shared"
-)
-
-// Capacities of a shared GPU that each share consumes.
-const (
-	// CapacityMemory is GPU memory in bytes; a share's amount becomes its
-	// MPS pinned device memory limit.
-	CapacityMemory resourceapi.QualifiedName = "memory"
-	// CapacityCompute is a percentage of the GPU's multiprocessors; a
-	// share's amount, when not zero, becomes its MPS active thread
-	// percentage.
-	CapacityCompute resourceapi.QualifiedName = "compute"
 )
 
 // Request policy of a shared GPU's capacities.
@@ -181,46 +162,6 @@ func Build(in Input) (*Model, error) {
 	return m, nil
 }
 
-// GPUDeviceName is the name of a whole GPU's device.
-func GPUDeviceName(g *gpu.GPU) string { return fmt.Sprintf("gpu-%d", g.Minor) }
-
-// MIGDeviceName is the name of a MIG placement's device.
-func MIGDeviceName(g *gpu.GPU, profile string, start int) string {
-	return fmt.Sprintf("gpu-%d-mig-%s-%d", g.Minor, SanitizeProfile(profile), start)
-}
-
-// StaticMIGDeviceName is the name of a pre-created MIG instance's device.
-func StaticMIGDeviceName(g *gpu.GPU, inst gpu.MIGInstance) string {
-	return MIGDeviceName(g, inst.Profile, inst.Placement.Start) + "-static"
-}
-
-// SharedDeviceName is the name of a GPU's shared device.
-func SharedDeviceName(g *gpu.GPU) string { return fmt.Sprintf("gpu-%d-shared", g.Minor) }
-
-// CounterSetName is the name of a GPU's counter set.
-func CounterSetName(g *gpu.GPU) string { return fmt.Sprintf("gpu-%d", g.Minor) }
-
-// SanitizeProfile turns a MIG profile name into a DNS-label fragment:
-// "1g.10gb" -> "1g10gb", "1g.10gb+me" -> "1g10gbme", "1g.10gb-me" ->
-// "1g10gbnome", "1g.10gb+me.all" -> "1g10gbmeall".
-func SanitizeProfile(profile string) string {
-	p := strings.ToLower(profile)
-	p = strings.ReplaceAll(p, "-me", "nome")
-	var b strings.Builder
-	for _, c := range p {
-		if (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') {
-			b.WriteRune(c)
-		}
-	}
-	return b.String()
-}
-
-func memorySliceCounter(i int) string { return fmt.Sprintf("memory-slice-%d", i) }
-
-func instanceLimitCounter(p *gpu.MIGProfile) string {
-	return "instances-" + SanitizeProfile(p.Name)
-}
-
 // gpuDevices returns one GPU's devices in priority order and its counter set.
 func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device) ([]resourceapi.Device, *resourceapi.CounterSet, error) {
 	common := commonAttributes(in.Inventory, g)
@@ -264,25 +205,25 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device) ([]resourceapi.D
 	switch {
 	case dynamic:
 		totals = computeTotals(g)
-		counters = &resourceapi.CounterSet{Name: CounterSetName(g), Counters: totals.counters()}
+		counters = &resourceapi.CounterSet{Name: names.CounterSet(g.Minor), Counters: totals.counters()}
 	case shared:
 		// Without MIG only the shared device and the whole GPU exclude each
 		// other: one counter, all of the GPU's memory, is enough.
 		totals = counterTotals{memoryBytes: int64(g.MemoryBytes), noMIG: true}
-		counters = &resourceapi.CounterSet{Name: CounterSetName(g), Counters: totals.counters()}
+		counters = &resourceapi.CounterSet{Name: names.CounterSet(g.Minor), Counters: totals.counters()}
 	}
 
 	if publishWhole {
 		d := resourceapi.Device{
-			Name:       GPUDeviceName(g),
-			Attributes: gpuAttributes(common, g, TypeGPU),
+			Name:       names.GPUDevice(g.Minor),
+			Attributes: gpuAttributes(common, g, names.TypeGPU),
 			Capacity: map[resourceapi.QualifiedName]resourceapi.DeviceCapacity{
-				"memory": {Value: *resource.NewQuantity(int64(g.MemoryBytes), resource.BinarySI)},
+				names.CapacityMemory: {Value: *resource.NewQuantity(int64(g.MemoryBytes), resource.BinarySI)},
 			},
 		}
-		d.Attributes["migCapable"] = resourceapi.DeviceAttribute{BoolValue: ptr.To(g.MIGCapable)}
+		d.Attributes[names.AttrMIGCapable] = resourceapi.DeviceAttribute{BoolValue: ptr.To(g.MIGCapable)}
 		if dynamic {
-			d.Capacity["multiprocessors"] = count(totals.multiprocessors)
+			d.Capacity[names.CapacityMultiprocessors] = count(totals.multiprocessors)
 		}
 		if counters != nil {
 			d.ConsumesCounters = []resourceapi.DeviceCounterConsumption{{
@@ -303,8 +244,8 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device) ([]resourceapi.D
 		if p == nil {
 			return nil, nil, fmt.Errorf("live MIG instance %s has unknown profile %d", inst.UUID, inst.ProfileID)
 		}
-		d := migDevice(common, g, p, inst.Placement, StaticMIGDeviceName(g, inst))
-		d.Attributes["uuid"] = str(inst.UUID)
+		d := migDevice(common, g, p, inst.Placement, names.StaticMIGDevice(g.Minor, inst.Profile, inst.Placement.Start))
+		d.Attributes[names.AttrUUID] = str(inst.UUID)
 		if err := add(d, &Device{Kind: KindMIGStatic, GPU: g, Profile: p, Placement: inst.Placement, Instance: &inst}, gpuTaints, in.MIGTaints[inst.UUID]); err != nil {
 			return nil, nil, err
 		}
@@ -325,7 +266,7 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device) ([]resourceapi.D
 				if pl.Mask()&staticMask != 0 {
 					continue
 				}
-				d := migDevice(common, g, p, pl, MIGDeviceName(g, p.Name, pl.Start))
+				d := migDevice(common, g, p, pl, names.MIGDevice(g.Minor, p.Name, pl.Start))
 				d.ConsumesCounters = []resourceapi.DeviceCounterConsumption{{
 					CounterSet: counters.Name,
 					Counters:   totals.migConsumption(p, pl),
@@ -365,11 +306,11 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device) ([]resourceapi.D
 func sharedDevice(common map[resourceapi.QualifiedName]resourceapi.DeviceAttribute, g *gpu.GPU) resourceapi.Device {
 	memory := int64(g.MemoryBytes) / ShareMemoryStep * ShareMemoryStep
 	d := resourceapi.Device{
-		Name:                     SharedDeviceName(g),
+		Name:                     names.SharedDevice(g.Minor),
 		AllowMultipleAllocations: ptr.To(true),
-		Attributes:               gpuAttributes(common, g, TypeShared),
+		Attributes:               gpuAttributes(common, g, names.TypeShared),
 		Capacity: map[resourceapi.QualifiedName]resourceapi.DeviceCapacity{
-			CapacityMemory: {
+			names.CapacityMemory: {
 				Value: *resource.NewQuantity(memory, resource.BinarySI),
 				RequestPolicy: &resourceapi.CapacityRequestPolicy{
 					Default: resource.NewQuantity(memory, resource.BinarySI),
@@ -380,7 +321,7 @@ func sharedDevice(common map[resourceapi.QualifiedName]resourceapi.DeviceAttribu
 					},
 				},
 			},
-			CapacityCompute: {
+			names.CapacityCompute: {
 				Value: *resource.NewQuantity(100, resource.DecimalSI),
 				RequestPolicy: &resourceapi.CapacityRequestPolicy{
 					Default: resource.NewQuantity(0, resource.DecimalSI),
@@ -400,10 +341,10 @@ func sharedDevice(common map[resourceapi.QualifiedName]resourceapi.DeviceAttribu
 // whole or shared: the common ones, its type and the GPU's identity.
 func gpuAttributes(common map[resourceapi.QualifiedName]resourceapi.DeviceAttribute, g *gpu.GPU, typ string) map[resourceapi.QualifiedName]resourceapi.DeviceAttribute {
 	attrs := maps.Clone(common)
-	attrs["type"] = str(typ)
-	attrs["uuid"] = str(g.UUID)
-	attrs["index"] = integer(g.Index)
-	attrs["minor"] = integer(g.Minor)
+	attrs[names.AttrType] = str(typ)
+	attrs[names.AttrUUID] = str(g.UUID)
+	attrs[names.AttrIndex] = integer(g.Index)
+	attrs[names.AttrMinor] = integer(g.Minor)
 	return attrs
 }
 
@@ -412,49 +353,49 @@ func migDevice(common map[resourceapi.QualifiedName]resourceapi.DeviceAttribute,
 		Name:       name,
 		Attributes: map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{},
 		Capacity: map[resourceapi.QualifiedName]resourceapi.DeviceCapacity{
-			"memory":          {Value: *resource.NewQuantity(int64(p.MemoryBytes), resource.BinarySI)},
-			"multiprocessors": count(p.Multiprocessors),
-			"copyEngines":     count(p.CopyEngines),
-			"decoders":        count(p.Decoders),
-			"encoders":        count(p.Encoders),
-			"jpegEngines":     count(p.JPEGEngines),
-			"ofaEngines":      count(p.OFAEngines),
+			names.CapacityMemory:          {Value: *resource.NewQuantity(int64(p.MemoryBytes), resource.BinarySI)},
+			names.CapacityMultiprocessors: count(p.Multiprocessors),
+			names.CapacityCopyEngines:     count(p.CopyEngines),
+			names.CapacityDecoders:        count(p.Decoders),
+			names.CapacityEncoders:        count(p.Encoders),
+			names.CapacityJPEGEngines:     count(p.JPEGEngines),
+			names.CapacityOFAEngines:      count(p.OFAEngines),
 		},
 	}
 	for k, v := range common {
 		d.Attributes[k] = v
 	}
-	d.Attributes["type"] = str(TypeMIG)
-	d.Attributes["profile"] = str(p.Name)
-	d.Attributes["parentUUID"] = str(g.UUID)
-	d.Attributes["parentIndex"] = integer(g.Index)
-	d.Attributes["parentMinor"] = integer(g.Minor)
-	d.Attributes["placementStart"] = integer(pl.Start)
-	d.Attributes["placementSize"] = integer(pl.Size)
+	d.Attributes[names.AttrType] = str(names.TypeMIG)
+	d.Attributes[names.AttrProfile] = str(p.Name)
+	d.Attributes[names.AttrParentUUID] = str(g.UUID)
+	d.Attributes[names.AttrParentIndex] = integer(g.Index)
+	d.Attributes[names.AttrParentMinor] = integer(g.Minor)
+	d.Attributes[names.AttrPlacementStart] = integer(pl.Start)
+	d.Attributes[names.AttrPlacementSize] = integer(pl.Size)
 	return d
 }
 
 // commonAttributes are the attributes a GPU shares with its MIG devices.
 func commonAttributes(inv *gpu.Inventory, g *gpu.GPU) map[resourceapi.QualifiedName]resourceapi.DeviceAttribute {
 	attrs := map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{
-		"productName":  str(g.Name),
-		"brand":        str(g.Brand),
-		"architecture": str(g.Architecture),
+		names.AttrProductName:  str(g.Name),
+		names.AttrBrand:        str(g.Brand),
+		names.AttrArchitecture: str(g.Architecture),
 	}
 	if v, ok := semver(g.CUDAComputeCapability); ok {
-		attrs["cudaComputeCapability"] = resourceapi.DeviceAttribute{VersionValue: &v}
+		attrs[names.AttrCUDAComputeCapability] = resourceapi.DeviceAttribute{VersionValue: &v}
 	}
 	if v, ok := semver(inv.DriverVersion); ok {
-		attrs["driverVersion"] = resourceapi.DeviceAttribute{VersionValue: &v}
+		attrs[names.AttrDriverVersion] = resourceapi.DeviceAttribute{VersionValue: &v}
 	}
 	if v, ok := semver(inv.CUDADriverVersion); ok {
-		attrs["cudaDriverVersion"] = resourceapi.DeviceAttribute{VersionValue: &v}
+		attrs[names.AttrCUDADriverVersion] = resourceapi.DeviceAttribute{VersionValue: &v}
 	}
 	if g.PCIBusID != "" {
 		// The standard attribute, and the name NVIDIA's driver publishes
 		// (MIG devices carry their GPU's), which users' CEL already uses.
-		attrs["resource.kubernetes.io/pciBusID"] = str(g.PCIBusID)
-		attrs["pcieBusID"] = str(g.PCIBusID)
+		attrs[names.AttrStandardPCIBusID] = str(g.PCIBusID)
+		attrs[names.AttrPCIeBusID] = str(g.PCIBusID)
 	}
 	return attrs
 }

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
+
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 )
@@ -17,10 +19,10 @@ func share(memory, compute string, exprs ...string) resourceapi.DeviceRequest {
 	if memory != "" || compute != "" {
 		r.Exactly.Capacity = &resourceapi.CapacityRequirements{Requests: map[resourceapi.QualifiedName]resource.Quantity{}}
 		if memory != "" {
-			r.Exactly.Capacity.Requests[CapacityMemory] = resource.MustParse(memory)
+			r.Exactly.Capacity.Requests[names.CapacityMemory] = resource.MustParse(memory)
 		}
 		if compute != "" {
-			r.Exactly.Capacity.Requests[CapacityCompute] = resource.MustParse(compute)
+			r.Exactly.Capacity.Requests[names.CapacityCompute] = resource.MustParse(compute)
 		}
 	}
 	return r
@@ -37,7 +39,7 @@ func consumed(t *testing.T, res *resourceapi.AllocationResult) string {
 	if r.ShareID == nil {
 		t.Fatalf("%s allocated without a share ID", r.Device)
 	}
-	m, c := r.ConsumedCapacity[CapacityMemory], r.ConsumedCapacity[CapacityCompute]
+	m, c := r.ConsumedCapacity[names.CapacityMemory], r.ConsumedCapacity[names.CapacityCompute]
 	return fmt.Sprintf("%s/%s", m.String(), c.String())
 }
 
@@ -47,8 +49,8 @@ func TestQuarterSharesFillOneGPUThenTheNext(t *testing.T) {
 	c := sharedH100Cluster(t)
 	for i, want := range []string{"gpu-0-shared", "gpu-0-shared", "gpu-0-shared", "gpu-0-shared", "gpu-1-shared"} {
 		res := c.allocate(node, claim(share("20Gi", "")))
-		if names(res) != want {
-			t.Fatalf("share %d: got %s, want %s", i, names(res), want)
+		if allocatedNames(res) != want {
+			t.Fatalf("share %d: got %s, want %s", i, allocatedNames(res), want)
 		}
 		if got := consumed(t, res); got != "20Gi/0" {
 			t.Errorf("share %d consumes %s, want 20Gi/0", i, got)
@@ -77,7 +79,7 @@ func TestShareCapacityPolicy(t *testing.T) {
 			res := c.allocate(node, claim(share(tc.memory, tc.compute)))
 			switch {
 			case tc.want == "" && res != nil:
-				t.Fatalf("allocated %s (%s), want refused", names(res), consumed(t, res))
+				t.Fatalf("allocated %s (%s), want refused", allocatedNames(res), consumed(t, res))
 			case tc.want == "":
 			case res == nil:
 				t.Fatalf("refused, want %s", tc.want)
@@ -89,7 +91,7 @@ func TestShareCapacityPolicy(t *testing.T) {
 	t.Run("compute adds up to 100", func(t *testing.T) {
 		c := sharedH100Cluster(t)
 		for i, want := range []string{"gpu-0-shared", "gpu-0-shared", "gpu-1-shared"} {
-			if got := names(c.allocate(node, claim(share("1Gi", "40")))); got != want {
+			if got := allocatedNames(c.allocate(node, claim(share("1Gi", "40")))); got != want {
 				t.Fatalf("share %d: got %s, want %s", i, got, want)
 			}
 		}
@@ -110,26 +112,26 @@ func TestSharedAndExclusiveNeverOverlap(t *testing.T) {
 
 	c := sharedH100Cluster(t)
 	s1, s2 := c.allocate(node, shareOf0()), c.allocate(node, shareOf0())
-	if names(s1) != "gpu-0-shared" || names(s2) != "gpu-0-shared" {
-		t.Fatalf("two shares of GPU 0: got %s and %s", names(s1), names(s2))
+	if allocatedNames(s1) != "gpu-0-shared" || allocatedNames(s2) != "gpu-0-shared" {
+		t.Fatalf("two shares of GPU 0: got %s and %s", allocatedNames(s1), allocatedNames(s2))
 	}
 	if got := c.allocate(node, whole()); got != nil {
-		t.Fatalf("%s allocated whole beside its shares", names(got))
+		t.Fatalf("%s allocated whole beside its shares", allocatedNames(got))
 	}
 	if got := c.allocate(node, mig()); got != nil {
-		t.Fatalf("%s allocated beside shares of its GPU", names(got))
+		t.Fatalf("%s allocated beside shares of its GPU", allocatedNames(got))
 	}
 	c.free(s1)
 	if got := c.allocate(node, whole()); got != nil {
-		t.Fatalf("%s allocated whole beside its last share", names(got))
+		t.Fatalf("%s allocated whole beside its last share", allocatedNames(got))
 	}
 	c.free(s2)
 	w := c.allocate(node, whole())
-	if names(w) != "gpu-0" {
-		t.Fatalf("GPU 0 without shares: got %s, want it whole", names(w))
+	if allocatedNames(w) != "gpu-0" {
+		t.Fatalf("GPU 0 without shares: got %s, want it whole", allocatedNames(w))
 	}
 	if got := c.allocate(node, shareOf0()); got != nil {
-		t.Fatalf("%s allocated on a GPU in exclusive use", names(got))
+		t.Fatalf("%s allocated on a GPU in exclusive use", allocatedNames(got))
 	}
 	c.free(w)
 	m := c.allocate(node, mig())
@@ -137,11 +139,11 @@ func TestSharedAndExclusiveNeverOverlap(t *testing.T) {
 		t.Fatal("no MIG device on a free GPU 0")
 	}
 	if got := c.allocate(node, shareOf0()); got != nil {
-		t.Fatalf("%s allocated on a GPU with MIG device %s", names(got), names(m))
+		t.Fatalf("%s allocated on a GPU with MIG device %s", allocatedNames(got), allocatedNames(m))
 	}
 	c.free(m)
-	if got := c.allocate(node, shareOf0()); names(got) != "gpu-0-shared" {
-		t.Fatalf("GPU 0 free again: got %s, want a share", names(got))
+	if got := c.allocate(node, shareOf0()); allocatedNames(got) != "gpu-0-shared" {
+		t.Fatalf("GPU 0 free again: got %s, want a share", allocatedNames(got))
 	}
 }
 
@@ -152,15 +154,15 @@ func TestSharedWithoutMIG(t *testing.T) {
 	c := newCluster(t, map[string]*Model{node: m})
 	onMinor0 := attr("minor") + " == 0"
 	s := c.allocate(node, claim(share("10Gi", "", onMinor0)))
-	if names(s) != "gpu-0-shared" {
-		t.Fatalf("share: got %s", names(s))
+	if allocatedNames(s) != "gpu-0-shared" {
+		t.Fatalf("share: got %s", allocatedNames(s))
 	}
 	if got := c.allocate(node, claim(exactly("gpu", "gpu.nvidia.com", 1, onMinor0))); got != nil {
-		t.Fatalf("%s allocated whole beside its share", names(got))
+		t.Fatalf("%s allocated whole beside its share", allocatedNames(got))
 	}
 	c.free(s)
-	if got := c.allocate(node, claim(exactly("gpu", "gpu.nvidia.com", 1, onMinor0))); names(got) != "gpu-0" {
-		t.Fatalf("GPU 0 without shares: got %s", names(got))
+	if got := c.allocate(node, claim(exactly("gpu", "gpu.nvidia.com", 1, onMinor0))); allocatedNames(got) != "gpu-0" {
+		t.Fatalf("GPU 0 without shares: got %s", allocatedNames(got))
 	}
 }
 
@@ -171,10 +173,10 @@ func TestWholeGPUClassNeverGetsAShare(t *testing.T) {
 	c := sharedH100Cluster(t)
 	for i := 0; i < 8; i++ {
 		if res := c.allocate(node, claim(exactly("gpu", "gpu.nvidia.com", 1))); res == nil || res.Devices.Results[0].ShareID != nil {
-			t.Fatalf("whole GPU %d: got %s", i, names(res))
+			t.Fatalf("whole GPU %d: got %s", i, allocatedNames(res))
 		}
 	}
 	if res := c.allocate(node, claim(exactly("gpu", "gpu.nvidia.com", 1))); res != nil {
-		t.Fatalf("a ninth whole GPU: got %s", names(res))
+		t.Fatalf("a ninth whole GPU: got %s", allocatedNames(res))
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strconv"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
+
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -20,10 +22,10 @@ func (m *Model) ResourceSlices(nodeName string) []resourceapi.ResourceSlice {
 		rs := resourceapi.ResourceSlice{
 			TypeMeta: metav1.TypeMeta{APIVersion: resourceapi.SchemeGroupVersion.String(), Kind: "ResourceSlice"},
 			ObjectMeta: metav1.ObjectMeta{
-				GenerateName: fmt.Sprintf("%0*x-%s-%s-", width, i, DriverName, nodeName),
+				GenerateName: fmt.Sprintf("%0*x-%s-%s-", width, i, names.DriverName, nodeName),
 			},
 			Spec: resourceapi.ResourceSliceSpec{
-				Driver: DriverName,
+				Driver: names.DriverName,
 				Pool: resourceapi.ResourcePool{
 					Name:               nodeName,
 					Generation:         1,

@@ -7,6 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
+
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/kubernetes/pkg/api/legacyscheme"
@@ -37,7 +41,7 @@ func validateSlices(t *testing.T, slices []resourceapi.ResourceSlice) {
 // with a pre-created 3g and a driver-created 1g, and GPU 1 faulty.
 func busyInventory(t *testing.T, model string) (Input, *gpu.Inventory) {
 	t.Helper()
-	n, err := gpu.Open(gpu.Options{Simulate: model, SimStateDir: t.TempDir()})
+	n, err := nvmlnode.Open(nvmlnode.Options{Simulate: model, SimStateDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +93,7 @@ func busyInventory(t *testing.T, model string) (Input, *gpu.Inventory) {
 // TestSlicesPassAPIValidation checks every simulated node's slices, fresh
 // and busy, with the validation code the API server runs.
 func TestSlicesPassAPIValidation(t *testing.T) {
-	for _, model := range gpu.SimulatedModels() {
+	for _, model := range nvmlnode.SimulatedModels() {
 		t.Run(model, func(t *testing.T) {
 			for _, shared := range []bool{false, true} {
 				m := build(t, Input{Inventory: inventory(t, model), SharedGPUs: shared})
@@ -122,10 +126,10 @@ func TestBusyNode(t *testing.T) {
 	m := build(t, in)
 	g0, g1 := &inv.GPUs[0], &inv.GPUs[1]
 
-	if _, ok := m.Devices[GPUDeviceName(g0)]; ok {
+	if _, ok := m.Devices[names.GPUDevice(g0.Minor)]; ok {
 		t.Error("GPU 0 has a pre-created instance: its whole-GPU device must not be published")
 	}
-	static := m.Devices[MIGDeviceName(g0, "3g.40gb", 0)+"-static"]
+	static := m.Devices[names.MIGDevice(g0.Minor, "3g.40gb", 0)+"-static"]
 	if static == nil || static.Kind != KindMIGStatic || static.Instance == nil {
 		t.Fatalf("static 3g device missing: %+v", static)
 	}
@@ -134,7 +138,7 @@ func TestBusyNode(t *testing.T) {
 			t.Errorf("%s overlaps the pre-created 3g at 0:4 and must not be published", name)
 		}
 	}
-	managed := m.Devices[MIGDeviceName(g0, "1g.10gb", 6)]
+	managed := m.Devices[names.MIGDevice(g0.Minor, "1g.10gb", 6)]
 	if managed == nil || managed.Kind != KindMIGPlacement {
 		t.Fatalf("the driver-created 1g at 6 must stay its placement's device: %+v", managed)
 	}
@@ -153,13 +157,13 @@ func TestBusyNode(t *testing.T) {
 		return fmt.Sprint(keys)
 	}
 	cases := []struct{ device, want string }{
-		{GPUDeviceName(g1), "[gpu.nvidia.com/xid=79:NoExecute]"},
-		{MIGDeviceName(g1, "1g.10gb", 3), "[gpu.nvidia.com/xid=79:NoExecute]"},
-		{MIGDeviceName(g1, "7g.80gb", 0), "[gpu.nvidia.com/xid=79:NoExecute]"},
-		{MIGDeviceName(g0, "1g.10gb", 6), "[gpu.nvidia.com/xid=94:NoSchedule]"},
-		{MIGDeviceName(g0, "1g.10gb", 5), "[]"},
-		{MIGDeviceName(g0, "3g.40gb", 0) + "-static", "[gpu.nvidia.com/ecc=:None]"},
-		{GPUDeviceName(&inv.GPUs[2]), "[]"},
+		{names.GPUDevice(g1.Minor), "[gpu.nvidia.com/xid=79:NoExecute]"},
+		{names.MIGDevice(g1.Minor, "1g.10gb", 3), "[gpu.nvidia.com/xid=79:NoExecute]"},
+		{names.MIGDevice(g1.Minor, "7g.80gb", 0), "[gpu.nvidia.com/xid=79:NoExecute]"},
+		{names.MIGDevice(g0.Minor, "1g.10gb", 6), "[gpu.nvidia.com/xid=94:NoSchedule]"},
+		{names.MIGDevice(g0.Minor, "1g.10gb", 5), "[]"},
+		{names.MIGDevice(g0.Minor, "3g.40gb", 0) + "-static", "[gpu.nvidia.com/ecc=:None]"},
+		{names.GPUDevice(inv.GPUs[2].Minor), "[]"},
 	}
 	for _, c := range cases {
 		if got := taintKeys(c.device); got != c.want {
@@ -192,8 +196,8 @@ func TestSanitizeProfile(t *testing.T) {
 		"1g.10gb": "1g10gb", "1g.10gb+me": "1g10gbme", "1g.10gb-me": "1g10gbnome",
 		"1g.23gb+me.all": "1g23gbmeall", "4g.40gb+gfx": "4g40gbgfx", "7g.141gb": "7g141gb",
 	} {
-		if got := SanitizeProfile(in); got != want {
-			t.Errorf("SanitizeProfile(%q) = %q, want %q", in, got, want)
+		if got := names.SanitizeProfile(in); got != want {
+			t.Errorf("names.SanitizeProfile(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

@@ -6,17 +6,17 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
+
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
-
-	"github.com/gpu-dra/gpu-dra-driver/pkg/clearance"
 )
 
 // watchClearances applies the admin clearances annotated on the node
-// (clearance.Annotation and clearance.GPUAnnotationPrefix) to the
+// (names.HealthClearedAnnotation and names.HealthClearedGPUAnnotationPrefix) to the
 // health monitor, now and whenever the node changes, until ctx ends.
 func (d *Driver) watchClearances(ctx context.Context) {
 	if d.cfg.KubeClient == nil {
@@ -48,9 +48,9 @@ func (d *Driver) applyClearances(ctx context.Context, annotations map[string]str
 	for key, value := range annotations {
 		var gpuUUID string
 		switch {
-		case key == clearance.Annotation:
-		case strings.HasPrefix(key, clearance.GPUAnnotationPrefix):
-			minor, err := strconv.Atoi(strings.TrimPrefix(key, clearance.GPUAnnotationPrefix))
+		case key == names.HealthClearedAnnotation:
+		case strings.HasPrefix(key, names.HealthClearedGPUAnnotationPrefix):
+			minor, err := strconv.Atoi(strings.TrimPrefix(key, names.HealthClearedGPUAnnotationPrefix))
 			if err != nil || inv == nil {
 				logger.Info("Ignoring a health clearance for an unknown GPU", "annotation", key)
 				continue

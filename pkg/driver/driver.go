@@ -26,6 +26,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
+
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -36,7 +38,6 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
-	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/health"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/prepare"
@@ -195,7 +196,7 @@ func Run(ctx context.Context, cfg Config) error {
 	d.publisher = publish.New(publish.Options{
 		// Publishing errors are logged and retried with backoff: none of
 		// them is fixed by restarting the plugin.
-		DriverName: devicemodel.DriverName, NodeName: cfg.NodeName, Client: cfg.KubeClient,
+		DriverName: names.DriverName, NodeName: cfg.NodeName, Client: cfg.KubeClient,
 	})
 	defer d.publisher.Stop()
 
@@ -247,7 +248,7 @@ func (d *Driver) removePoolIfUninstalled(logger klog.Logger) {
 		return
 	}
 	d.publisher.Stop()
-	n, err := publish.RemovePool(ctx, d.cfg.KubeClient, devicemodel.DriverName, d.cfg.NodeName)
+	n, err := publish.RemovePool(ctx, d.cfg.KubeClient, names.DriverName, d.cfg.NodeName)
 	if err != nil {
 		logger.Error(err, "Driver uninstalled, but the node's ResourceSlices could not be removed; run gpu-kubelet-plugin uninstall")
 		return

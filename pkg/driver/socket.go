@@ -8,9 +8,9 @@ import (
 	"net"
 	"os"
 
-	"k8s.io/dynamic-resource-allocation/kubeletplugin"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 
-	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
+	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 )
 
 // SocketMode is the mode of the plugin's two gRPC sockets, the DRA service
@@ -21,7 +21,7 @@ const SocketMode fs.FileMode = 0o600
 // helperOptions are the kubeletplugin options of the driver.
 func helperOptions(cfg Config) []kubeletplugin.Option {
 	return []kubeletplugin.Option{
-		kubeletplugin.DriverName(devicemodel.DriverName),
+		kubeletplugin.DriverName(names.DriverName),
 		kubeletplugin.NodeName(cfg.NodeName),
 		kubeletplugin.KubeClient(cfg.KubeClient),
 		kubeletplugin.PluginDataDirectoryPath(cfg.PluginDir),

@@ -1,16 +1,18 @@
-// Package gpu is the driver's only door to the hardware: it is the one package
-// (with its sub-packages) that imports go-nvml. It turns NVML into plain Go
-// values (an Inventory of GPUs, their MIG profiles, placements and live MIG
-// instances) and offers the few mutations the driver needs: creating and
-// destroying a MIG GPU instance together with its compute instance, and
-// switching MIG mode.
+// Package gpu is the driver's vocabulary of hardware: plain Go values for a
+// node's GPUs (an Inventory of GPUs, their MIG profiles, placements and live
+// MIG instances), MIG requests and references, health events and readings,
+// and the errors the hardware layer reports. It has no cgo and imports no
+// NVML, so the device model, the webhook and kubectl-gpu can use it.
 //
-// The same code runs against the real NVML library and against a simulated
-// node (package sim) built on go-nvml's own mock servers, so tests and the
-// demo exercise the code path that production uses.
+// The hardware itself is reached through package nvmlnode (NVML, real or
+// simulated by package sim); its consumers declare the few methods they need
+// as interfaces of their own.
 package gpu
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+)
 
 // MemorySlices is the number of memory slices of every MIG-capable GPU the
 // driver knows (A100, H100, H200, B200). Placements count memory slices.
@@ -159,3 +161,39 @@ type Event struct {
 	GIID int
 	CIID int
 }
+
+// ErrMIGDisabled is returned by CreateMIG when the GPU is not in MIG mode.
+var ErrMIGDisabled = errors.New("MIG mode is disabled")
+
+// ErrPlacementOccupied is returned by CreateMIG when the requested placement
+// overlaps a GPU instance that already exists.
+var ErrPlacementOccupied = errors.New("placement is occupied")
+
+// Reading is one periodic health reading of a GPU. A value NVML does not
+// support on this GPU reads as zero (or false) and is not an error.
+type Reading struct {
+	// Index is the NVML index; UUID may be empty when the GPU is lost
+	// before its UUID could be read.
+	Index int
+	UUID  string
+	// Lost is set when NVML reports the GPU fallen off the bus.
+	Lost bool
+	// Err is why the GPU could not be read otherwise: its health is not
+	// known.
+	Err error
+	// TemperatureC is the core temperature; SlowdownC and ShutdownC are
+	// the GPU's own thresholds (0 when not reported).
+	TemperatureC, SlowdownC, ShutdownC int
+	// RepairPending is set when retired pages (before Ampere) or remapped
+	// rows (Ampere and later) wait for a GPU reset.
+	RepairPending bool
+	// RemapFailure is set when a row remapping failed: memory that
+	// cannot be repaired.
+	RemapFailure bool
+	// VolatileUncorrectedECC counts uncorrectable ECC errors since the
+	// last GPU reset or driver load; a reset sets it back to zero.
+	VolatileUncorrectedECC uint64
+}
+
+// DefaultTimeSlice is the interval a GPU has when nobody changed it.
+const DefaultTimeSlice = "Default"

@@ -10,6 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
+
 	resourceapi "k8s.io/api/resource/v1"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
@@ -96,7 +100,7 @@ func (f *fixture) taintsOf(gpuUUID, mig string) string {
 	}
 	var out []string
 	for _, t := range ts {
-		out = append(out, strings.TrimPrefix(t.Key, TaintKeyPrefix)+"="+t.Value+":"+string(t.Effect))
+		out = append(out, strings.TrimPrefix(t.Key, names.HealthTaintKeyPrefix)+"="+t.Value+":"+string(t.Effect))
 	}
 	return strings.Join(out, ",")
 }
@@ -402,7 +406,7 @@ func TestTaintsReachEveryDevice(t *testing.T) {
 	if err := lib.SetMIGMode(2, true); err != nil {
 		t.Fatal(err)
 	}
-	node, err := gpu.NewNode(lib)
+	node, err := nvmlnode.NewNode(lib)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -435,8 +439,8 @@ func TestTaintsReachEveryDevice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	migDevice := devicemodel.MIGDeviceName(&g2, p.Name, p.Placements[0].Start)
-	gpu5 := devicemodel.GPUDeviceName(&g5)
+	migDevice := names.MIGDevice(g2.Minor, p.Name, p.Placements[0].Start)
+	gpu5 := names.GPUDevice(g5.Minor)
 	tainted := 0
 	for _, s := range model.Slices {
 		for _, d := range s.Devices {

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
+
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/klog/v2"
@@ -17,10 +19,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 )
 
-// TaintKeyPrefix prefixes every health taint key.
-const TaintKeyPrefix = "gpu.nvidia.com/"
-
-// Key names a condition; its taint key is TaintKeyPrefix + Key.
+// Key names a condition; its taint key is names.HealthTaintKey(Key).
 type Key string
 
 // The condition keys.
@@ -57,7 +56,7 @@ type condID struct {
 	key      Key
 }
 
-// Source is what the monitor needs of the GPUs: *gpu.Node.
+// Source is what the monitor needs of the GPUs: *nvmlnode.Node.
 type Source interface {
 	WatchEvents(ctx context.Context, handle func(gpu.Event)) error
 	Probe(ctx context.Context) ([]gpu.Reading, error)
@@ -550,7 +549,7 @@ func taint(c Condition, effect resourceapi.DeviceTaintEffect) resourceapi.Device
 	// The API server keeps seconds; so does the published copy, so that
 	// comparing it with what was published finds no difference.
 	added := metav1.NewTime(c.Since.Truncate(time.Second))
-	return resourceapi.DeviceTaint{Key: TaintKeyPrefix + string(c.Key), Value: c.Value, Effect: effect, TimeAdded: &added}
+	return resourceapi.DeviceTaint{Key: names.HealthTaintKey(string(c.Key)), Value: c.Value, Effect: effect, TimeAdded: &added}
 }
 
 // DeviceHealth is the health of a device for pod status: the worst of the

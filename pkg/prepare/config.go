@@ -7,11 +7,12 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
+
 	resourceapi "k8s.io/api/resource/v1"
 
 	"github.com/gpu-dra/gpu-dra-driver/api/v1beta1"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
-	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
 )
 
@@ -35,7 +36,7 @@ func deviceConfig(claim *resourceapi.ResourceClaim, d *checkpoint.Device) (setti
 	var chosen v1beta1.Config
 	var chosenAt string
 	for i, c := range claim.Status.Allocation.Devices.Config {
-		if c.Opaque == nil || c.Opaque.Driver != devicemodel.DriverName || !appliesTo(c.Requests, d.Requests) {
+		if c.Opaque == nil || c.Opaque.Driver != names.DriverName || !appliesTo(c.Requests, d.Requests) {
 			continue
 		}
 		at := fmt.Sprintf("configuration %d (%s)", i, strings.ToLower(string(c.Source)))

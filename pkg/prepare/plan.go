@@ -12,6 +12,7 @@ import (
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 )
 
 // planWhenFree plans the claim, waiting up to HeldWait while one of its
@@ -50,7 +51,7 @@ func (p *Preparer) plan(claim *resourceapi.ResourceClaim) (*checkpoint.Claim, er
 	}
 	rec := &checkpoint.Claim{UID: string(claim.UID), Namespace: claim.Namespace, Name: claim.Name, State: checkpoint.PrepareStarted}
 	for _, r := range claim.Status.Allocation.Devices.Results {
-		if r.Driver != devicemodel.DriverName || r.Pool != p.opts.PoolName {
+		if r.Driver != names.DriverName || r.Pool != p.opts.PoolName {
 			continue
 		}
 		dev, ok := p.devices.Lookup(r.Device)
@@ -98,13 +99,13 @@ func (p *Preparer) planShare(d *checkpoint.Device, r *resourceapi.DeviceRequestA
 	if p.opts.MPS == nil {
 		return errors.New("shares of a GPU are enforced through MPS, which is not available on this node")
 	}
-	memory, ok := r.ConsumedCapacity[devicemodel.CapacityMemory]
+	memory, ok := r.ConsumedCapacity[names.CapacityMemory]
 	if !ok || memory.Value() <= 0 {
-		return fmt.Errorf("the allocation records no consumed %s", devicemodel.CapacityMemory)
+		return fmt.Errorf("the allocation records no consumed %s", names.CapacityMemory)
 	}
-	compute := r.ConsumedCapacity[devicemodel.CapacityCompute]
+	compute := r.ConsumedCapacity[names.CapacityCompute]
 	if c := compute.Value(); c < 0 || c > 100 {
-		return fmt.Errorf("consumed %s %s is not a percentage", devicemodel.CapacityCompute, compute.String())
+		return fmt.Errorf("consumed %s %s is not a percentage", names.CapacityCompute, compute.String())
 	}
 	d.ShareID = string(*r.ShareID)
 	d.Share = &checkpoint.Share{MemoryBytes: memory.Value(), ComputePercent: compute.Value()}

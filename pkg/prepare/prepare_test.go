@@ -11,6 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
+
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -32,7 +36,7 @@ const pool = "node-1"
 // checkpoint in temporary directories.
 type fixture struct {
 	t      testing.TB
-	node   *gpu.Node
+	node   *nvmlnode.Node
 	simDir string
 	// driverRoot holds the simulated nvidia-smi and MPS control.
 	driverRoot string
@@ -63,7 +67,7 @@ func newFixture(t testing.TB, model string) *fixture {
 	dir := t.TempDir()
 	f := &fixture{t: t, simDir: filepath.Join(dir, "sim")}
 	var err error
-	if f.node, err = gpu.Open(gpu.Options{Simulate: model, SimStateDir: f.simDir}); err != nil {
+	if f.node, err = nvmlnode.Open(nvmlnode.Options{Simulate: model, SimStateDir: f.simDir}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.node.Close() })
@@ -162,7 +166,7 @@ func allocated(devices ...string) *resourceapi.ResourceClaim {
 	c.Status.Allocation = &resourceapi.AllocationResult{}
 	for i, d := range devices {
 		c.Status.Allocation.Devices.Results = append(c.Status.Allocation.Devices.Results, resourceapi.DeviceRequestAllocationResult{
-			Request: fmt.Sprintf("req-%d", i), Driver: devicemodel.DriverName, Pool: pool, Device: d,
+			Request: fmt.Sprintf("req-%d", i), Driver: names.DriverName, Pool: pool, Device: d,
 		})
 	}
 	return c

@@ -7,12 +7,13 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
+
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
-	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
 )
 
@@ -25,11 +26,11 @@ type shareOf struct {
 
 // sharesAllocated builds a claim allocated the shares, one request each.
 func sharesAllocated(shares ...shareOf) *resourceapi.ResourceClaim {
-	var names []string
+	var devs []string
 	for _, s := range shares {
-		names = append(names, s.device)
+		devs = append(devs, s.device)
 	}
-	c := allocated(names...)
+	c := allocated(devs...)
 	for i, s := range shares {
 		r := &c.Status.Allocation.Devices.Results[i]
 		if s.shareID != "" {
@@ -38,10 +39,10 @@ func sharesAllocated(shares ...shareOf) *resourceapi.ResourceClaim {
 		}
 		r.ConsumedCapacity = map[resourceapi.QualifiedName]resource.Quantity{}
 		if s.memory != "" {
-			r.ConsumedCapacity[devicemodel.CapacityMemory] = resource.MustParse(s.memory)
+			r.ConsumedCapacity[names.CapacityMemory] = resource.MustParse(s.memory)
 		}
 		if s.compute != "" {
-			r.ConsumedCapacity[devicemodel.CapacityCompute] = resource.MustParse(s.compute)
+			r.ConsumedCapacity[names.CapacityCompute] = resource.MustParse(s.compute)
 		}
 	}
 	return c

@@ -12,15 +12,13 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/cdi"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 )
 
-// AnnotationPreparedDevice is the CDI device annotation that carries the
-// checkpoint record of the device (checkpoint.EncodeDevice: versioned and
-// checksummed like the checkpoint), so a lost checkpoint can be rebuilt
-// from the spec files.
-const AnnotationPreparedDevice = "gpu.nvidia.com/prepared-device"
-
-// cdiDevices turns a claim record into CDI devices with their annotations.
+// cdiDevices turns a claim record into CDI devices with their annotations:
+// names.PreparedDeviceAnnotation carries each device's record
+// (checkpoint.EncodeDevice, versioned and checksummed like the
+// checkpoint), so a lost checkpoint can be rebuilt from the spec files.
 func cdiDevices(rec *checkpoint.Claim) ([]cdi.Device, error) {
 	out := make([]cdi.Device, 0, len(rec.Devices))
 	for _, d := range rec.Devices {
@@ -29,7 +27,7 @@ func cdiDevices(rec *checkpoint.Claim) ([]cdi.Device, error) {
 			return nil, fmt.Errorf("device %s: %w", d.Name, err)
 		}
 		cd := cdi.Device{Name: cdiName(d), Request: d.Requests[0], GPUMinor: d.GPUMinor, UUID: d.GPUUUID, Env: d.Env,
-			Annotations: map[string]string{AnnotationPreparedDevice: record}}
+			Annotations: map[string]string{names.PreparedDeviceAnnotation: record}}
 		if d.MPSDir != "" {
 			cd.Mounts = []cdi.Mount{
 				{HostPath: mps.PipeDirIn(d.MPSDir), ContainerPath: mps.ContainerPipeDir},
@@ -78,9 +76,9 @@ func rebuildClaim(uid string, specs SpecAnnotations) (*checkpoint.Claim, error) 
 	}
 	rec := &checkpoint.Claim{UID: uid, State: checkpoint.PrepareCompleted}
 	for _, name := range sortedKeys(anns) {
-		raw, ok := anns[name][AnnotationPreparedDevice]
+		raw, ok := anns[name][names.PreparedDeviceAnnotation]
 		if !ok {
-			return nil, fmt.Errorf("device %s of claim %s has no %s annotation", name, uid, AnnotationPreparedDevice)
+			return nil, fmt.Errorf("device %s of claim %s has no %s annotation", name, uid, names.PreparedDeviceAnnotation)
 		}
 		r, err := checkpoint.DecodeDevice(raw)
 		if err != nil {

@@ -13,13 +13,14 @@ import (
 	"io"
 	"net/http"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
+
 	admissionv1 "k8s.io/api/admission/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/klog/v2"
 
 	"github.com/gpu-dra/gpu-dra-driver/api/v1beta1"
-	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
 )
 
 // Path is where the webhook serves admission reviews.
@@ -121,7 +122,7 @@ func validate(kind string, raw []byte) error {
 // validateOpaque decodes a configuration of our driver; errors start with
 // "parameters".
 func validateOpaque(o *resourceapi.OpaqueDeviceConfiguration) error {
-	if o == nil || o.Driver != devicemodel.DriverName {
+	if o == nil || o.Driver != names.DriverName {
 		return nil
 	}
 	_, err := v1beta1.Decode(o.Parameters.Raw)

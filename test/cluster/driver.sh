@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# driver.sh start|stop|restart [plugin flags...] — installs the gpu.nvidia.com driver on the
+# driver.sh start|stop|restart [-f VALUES]... [plugin flags...] — installs the gpu.nvidia.com driver on the
 # local cluster the way an operator does: `helm upgrade --install` of deployments/helm with the
 # image built by image.sh, as release gpu-dra-driver in namespace gpu-dra-driver. The kubelet
 # plugin DaemonSet runs on a simulated DGX (GPU_DRA_SIMULATE, default dgxh100) whose driver,
@@ -14,9 +14,11 @@
 #   restart  stop, then the release upgraded with the plugin flags given (none: the defaults),
 #            then start. Builds nothing.
 #
-# Plugin tunables from the environment become plugin flags: GPU_DRA_INVENTORY_INTERVAL (10s),
-# GPU_DRA_HEALTH_PROBE_INTERVAL, GPU_DRA_HEALTH_CLEAR_AFTER, GPU_DRA_HELD_DEVICE_WAIT,
-# GPU_DRA_SHARED_GPUS, GPU_DRA_STATIC_MIG_ONLY; GPU_DRA_PLUGIN_VERBOSITY (2) its log level.
+# The driver is configured as an operator configures it, by chart values: the harness's own
+# (local paths, the simulated node, the inventory re-read every 10s) in $RUN/driver-values.yaml,
+# then each values file given with -f, which override them. The -f files are remembered in
+# $RUN/driver-values-files (new ones added after the others), so a later start or restart of the
+# same cluster keeps them. Plugin flags after the -f options become kubeletPlugin.extraArgs.
 # The local binaries (gpu-sim, kubectl-gpu, gpu-kubelet-plugin for its CLI) go to $RUN/bin.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -31,9 +33,10 @@ NAMESPACE=gpu-dra-driver
 RUN_LABEL=gpu-dra.local/harness-plugin
 PLUGIN_HTTP_PORT=8088
 VALUES=$RUN/driver-values.yaml
+# The values files of the last start, one a line.
+VALUES_FILES=$RUN/driver-values-files
 PLUGIN_SELECTOR=app.kubernetes.io/instance=$RELEASE,app.kubernetes.io/component=kubelet-plugin
 
-kubectl() { "$K8S_BIN/kubectl" --kubeconfig "$RUN/kubeconfig/admin.kubeconfig" --cache-dir "$RUN/kube-cache" "$@"; }
 helm() { "$HELM" --kubeconfig "$RUN/kubeconfig/admin.kubeconfig" --namespace "$NAMESPACE" "$@"; }
 
 build() {
@@ -70,13 +73,7 @@ prepare_node() {
 write_values() {
 	local tag arg
 	tag=$(sed -n 's/^appVersion: "\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$CHART/Chart.yaml")
-	local args=(--inventory-interval="${GPU_DRA_INVENTORY_INTERVAL:-10s}")
-	[[ -z ${GPU_DRA_HEALTH_PROBE_INTERVAL:-} ]] || args+=(--health-probe-interval="$GPU_DRA_HEALTH_PROBE_INTERVAL")
-	[[ -z ${GPU_DRA_HEALTH_CLEAR_AFTER:-} ]] || args+=(--health-clear-after="$GPU_DRA_HEALTH_CLEAR_AFTER")
-	[[ -z ${GPU_DRA_HELD_DEVICE_WAIT:-} ]] || args+=(--held-device-wait="$GPU_DRA_HELD_DEVICE_WAIT")
-	[[ -z ${GPU_DRA_SHARED_GPUS:-} ]] || args+=(--shared-gpus="$GPU_DRA_SHARED_GPUS")
-	[[ -z ${GPU_DRA_STATIC_MIG_ONLY:-} ]] || args+=(--static-mig-only="$GPU_DRA_STATIC_MIG_ONLY")
-	args+=("$@")
+	local args=("$@")
 	{
 		cat <<-EOF
 			# Written by test/cluster/driver.sh: the chart on the local cluster.
@@ -87,7 +84,8 @@ write_values() {
 			  simulateStateDir: $SIM_DIR/state
 			  apiServer: 127.0.0.1:6443
 			  httpPort: $PLUGIN_HTTP_PORT
-			  logVerbosity: ${GPU_DRA_PLUGIN_VERBOSITY:-2}
+			  logVerbosity: 2
+			  inventoryInterval: 10s
 			  # The tests stop and start the plugin often: no need to wait long.
 			  terminationGracePeriodSeconds: 15
 			  hostPaths:
@@ -97,7 +95,7 @@ write_values() {
 			    driverRoot: $SIM_DIR/host/driver
 			    devRoot: $SIM_DIR/host/dev
 			    procRoot: $SIM_DIR/host/proc
-			  extraArgs:
+			  extraArgs:$( ((${#args[@]})) || echo " []")
 		EOF
 		for arg in "${args[@]}"; do
 			arg=${arg//\\/\\\\}
@@ -110,7 +108,11 @@ write_values() {
 # webhook (the plugin's pods, if any are due, are waited for by start_plugin).
 upgrade() {
 	write_values "$@"
-	helm upgrade --install "$RELEASE" "$CHART" --create-namespace -f "$VALUES" >/dev/null
+	local files=(-f "$VALUES") f
+	while IFS= read -r f; do
+		[[ -z $f ]] || files+=(-f "$f")
+	done <"$VALUES_FILES"
+	helm upgrade --install "$RELEASE" "$CHART" --create-namespace "${files[@]}" >/dev/null
 	kubectl rollout status -n "$NAMESPACE" "deployment/$RELEASE-webhook" --timeout=120s >/dev/null
 	# The DaemonSet controller has seen the new template, so the plugin's next pod runs it.
 	local ds=daemonset/$RELEASE-kubelet-plugin deadline=$((SECONDS + 30)) gen=
@@ -176,11 +178,28 @@ stop_plugin() {
 	done
 }
 
+# values_files ARGS...: adds the leading "-f FILE" options (absolute paths) to $VALUES_FILES,
+# each once, and leaves the other arguments in REST.
+values_files() {
+	local f
+	touch "$VALUES_FILES"
+	while [[ ${1:-} == -f || ${1:-} == --values ]]; do
+		[[ -f ${2:-} ]] || die "values file ${2:-(none)} not found"
+		f=$(realpath "$2")
+		grep -qxF "$f" "$VALUES_FILES" || echo "$f" >>"$VALUES_FILES"
+		shift 2
+	done
+	REST=("$@")
+}
+
 main() {
 	[[ -f $RUN/env ]] || die "no cluster at $RUN: run test/cluster/up.sh first"
+	local REST=()
 	case ${1:-} in
 	start)
 		shift
+		values_files "$@"
+		set -- "${REST[@]}"
 		step "build the driver and its image" build
 		step "prepare the simulated node" prepare_node
 		stop_plugin
@@ -191,11 +210,13 @@ main() {
 	stop) stop_plugin ;;
 	restart)
 		shift
+		values_files "$@"
+		set -- "${REST[@]}"
 		stop_plugin
 		upgrade "$@"
 		start_plugin
 		;;
-	*) die "usage: driver.sh start|stop|restart [plugin flags...]" ;;
+	*) die "usage: driver.sh start|stop|restart [-f VALUES]... [plugin flags...]" ;;
 	esac
 }
 

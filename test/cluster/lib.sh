@@ -38,6 +38,10 @@ DRIVER_NAME=gpu.nvidia.com
 
 export PATH=/usr/local/go/bin:$PATH
 
+# kubectl is the one way the scripts reach the local cluster: the cached kubectl as the
+# cluster's admin. A later --kubeconfig (e.g. the plugin's identity) overrides the admin's.
+kubectl() { "$K8S_BIN/kubectl" --kubeconfig "$RUN/kubeconfig/admin.kubeconfig" --cache-dir "$RUN/kube-cache" "$@"; }
+
 log() { printf '%s [%s] %s\n' "$(date +%H:%M:%S)" "${0##*/}" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 

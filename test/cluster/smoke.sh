@@ -14,7 +14,6 @@ check() {
 	PASSED=$((PASSED + 1))
 }
 
-kubectl() { "$K8S_BIN/kubectl" --cache-dir "$RUN/kube-cache" "$@"; }
 
 pod_logs() {
 	kubectl apply -f - >/dev/null <<-EOF

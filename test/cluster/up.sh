@@ -46,7 +46,6 @@ wait_for() {
 	done
 }
 
-kubectl() { "$K8S_BIN/kubectl" --kubeconfig "$KCFG/admin.kubeconfig" --cache-dir "$RUN/kube-cache" "$@"; }
 
 curl_ok() { curl -fsS --max-time 2 --cacert "$PKI/ca.crt" "$@"; }
 

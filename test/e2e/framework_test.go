@@ -49,9 +49,6 @@ func TestMain(m *testing.M) {
 		os.Setenv("GPU_DRA_RUN_DIR", runDir)
 	}
 	os.Setenv("GPU_DRA_SIMULATE", model)
-	// Health reacts within seconds, so the health tests stay short.
-	os.Setenv("GPU_DRA_HEALTH_PROBE_INTERVAL", "1s")
-	os.Setenv("GPU_DRA_HEALTH_CLEAR_AFTER", "3s")
 	reuse := os.Getenv("GPU_DRA_E2E_REUSE") == "1" && fileExists(filepath.Join(runDir, "env"))
 	start := time.Now()
 	if !reuse {
@@ -59,7 +56,9 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, "cluster up:", err)
 			os.Exit(1)
 		}
-		if err := script("driver.sh", "start"); err != nil {
+		// The suite's chart values (values.yaml beside this file) stay in
+		// force for every later start and restart of this cluster.
+		if err := script("driver.sh", "start", "-f", filepath.Join(repoRoot, "test/e2e/values.yaml")); err != nil {
 			fmt.Fprintln(os.Stderr, "driver start:", err)
 			script("down.sh")
 			os.Exit(1)

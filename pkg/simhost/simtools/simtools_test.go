@@ -2,6 +2,7 @@ package simtools
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -275,7 +276,7 @@ func TestProgram(t *testing.T) {
 }
 
 func exitCode(err error) int {
-	if e, ok := err.(*exec.ExitError); ok {
+	if e := (*exec.ExitError)(nil); errors.As(err, &e) {
 		return e.ExitCode()
 	}
 	return -1

@@ -1,4 +1,4 @@
-package main
+package kubectlgpu
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
@@ -107,7 +109,7 @@ func fetchReport(ctx context.Context, c kubernetes.Interface, target *Target) (R
 // a target is given. The selectors are also applied here, for clients that
 // ignore field selectors.
 func listSlices(ctx context.Context, c kubernetes.Interface, target *Target) ([]resourceapi.ResourceSlice, error) {
-	sel := fields.Set{resourceapi.ResourceSliceSelectorDriver: driverName}
+	sel := fields.Set{resourceapi.ResourceSliceSelectorDriver: names.DriverName}
 	if target != nil {
 		sel[resourceapi.ResourceSliceSelectorPoolName] = target.Node
 	}
@@ -117,7 +119,7 @@ func listSlices(ctx context.Context, c kubernetes.Interface, target *Target) ([]
 	}
 	var out []resourceapi.ResourceSlice
 	for _, s := range list.Items {
-		if s.Spec.Driver == driverName && (target == nil || s.Spec.Pool.Name == target.Node) {
+		if s.Spec.Driver == names.DriverName && (target == nil || s.Spec.Pool.Name == target.Node) {
 			out = append(out, s)
 		}
 	}

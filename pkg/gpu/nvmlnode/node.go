@@ -1,6 +1,18 @@
-package gpu
+// Package nvmlnode is the driver's only door to the hardware: it is the one
+// package that imports go-nvml. It turns NVML into the plain values of
+// package gpu and offers the few mutations the driver needs: creating and
+// destroying a MIG GPU instance together with its compute instance,
+// switching MIG mode and setting a GPU's time slice; it also watches and
+// probes GPU health.
+//
+// The same code runs against the real NVML library and against a simulated
+// node (package sim) built on go-nvml's own mock servers, so tests and the
+// demo exercise the code path that production uses.
+package nvmlnode
 
 import (
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+
 	"context"
 	"errors"
 	"fmt"
@@ -11,13 +23,6 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"k8s.io/klog/v2"
 )
-
-// ErrMIGDisabled is returned by CreateMIG when the GPU is not in MIG mode.
-var ErrMIGDisabled = errors.New("MIG mode is disabled")
-
-// ErrPlacementOccupied is returned by CreateMIG when the requested placement
-// overlaps a GPU instance that already exists.
-var ErrPlacementOccupied = errors.New("placement is occupied")
 
 // Node is a GPU node reached through NVML. It is safe for concurrent use.
 type Node struct {
@@ -38,11 +43,11 @@ func NewNode(lib nvml.Interface) (*Node, error) {
 	}
 	count, ret := lib.DeviceGetCount()
 	if ret != nvml.SUCCESS {
-		lib.Shutdown()
+		_ = lib.Shutdown() // the reason to give up is the error to report
 		return nil, fmt.Errorf("count GPUs: %w", nvmlError(ret))
 	}
 	if count == 0 {
-		lib.Shutdown()
+		_ = lib.Shutdown() // the reason to give up is the error to report
 		return nil, errors.New("NVML found no NVIDIA GPU on this node")
 	}
 	return &Node{lib: lib}, nil
@@ -60,8 +65,8 @@ func (n *Node) Close() error {
 }
 
 // Inventory reads every GPU, its MIG profiles and its live MIG instances.
-func (n *Node) Inventory(ctx context.Context) (*Inventory, error) {
-	inv := &Inventory{}
+func (n *Node) Inventory(ctx context.Context) (*gpu.Inventory, error) {
+	inv := &gpu.Inventory{}
 	var ret nvml.Return
 	if inv.DriverVersion, ret = n.lib.SystemGetDriverVersion(); ret != nvml.SUCCESS {
 		return nil, fmt.Errorf("read driver version: %w", nvmlError(ret))
@@ -100,8 +105,8 @@ func (n *Node) Inventory(ctx context.Context) (*Inventory, error) {
 	return inv, nil
 }
 
-func readGPU(dev nvml.Device, index int) (GPU, error) {
-	g := GPU{Index: index}
+func readGPU(dev nvml.Device, index int) (gpu.GPU, error) {
+	g := gpu.GPU{Index: index}
 	var ret nvml.Return
 	if g.UUID, ret = dev.GetUUID(); ret != nvml.SUCCESS {
 		return g, fmt.Errorf("UUID: %w", nvmlError(ret))
@@ -161,8 +166,8 @@ func readGPU(dev nvml.Device, index int) (GPU, error) {
 	return g, nil
 }
 
-func readProfiles(dev nvml.Device, totalBytes uint64) ([]MIGProfile, error) {
-	var out []MIGProfile
+func readProfiles(dev nvml.Device, totalBytes uint64) ([]gpu.MIGProfile, error) {
+	var out []gpu.MIGProfile
 	for id := 0; id < nvml.GPU_INSTANCE_PROFILE_COUNT; id++ {
 		info, ret := dev.GetGpuInstanceProfileInfo(id)
 		if ret == nvml.ERROR_NOT_SUPPORTED || ret == nvml.ERROR_INVALID_ARGUMENT {
@@ -178,7 +183,7 @@ func readProfiles(dev nvml.Device, totalBytes uint64) ([]MIGProfile, error) {
 		if ret != nvml.SUCCESS {
 			return nil, fmt.Errorf("placements of profile %d: %w", id, nvmlError(ret))
 		}
-		p := MIGProfile{
+		p := gpu.MIGProfile{
 			ID:              id,
 			Name:            profileName(id, int(info.SliceCount), info.MemorySizeMB, totalBytes),
 			ComputeSlices:   int(info.SliceCount),
@@ -193,7 +198,7 @@ func readProfiles(dev nvml.Device, totalBytes uint64) ([]MIGProfile, error) {
 			MaxInstances:    int(info.InstanceCount),
 		}
 		for _, pl := range placements {
-			p.Placements = append(p.Placements, Placement{Start: int(pl.Start), Size: int(pl.Size)})
+			p.Placements = append(p.Placements, gpu.Placement{Start: int(pl.Start), Size: int(pl.Size)})
 		}
 		sort.Slice(p.Placements, func(a, b int) bool { return p.Placements[a].Start < p.Placements[b].Start })
 		out = append(out, p)
@@ -233,12 +238,12 @@ func migUUIDs(dev nvml.Device) (map[[2]int]string, error) {
 	return out, nil
 }
 
-func readInstances(dev nvml.Device, parent string, profiles []MIGProfile) ([]MIGInstance, error) {
+func readInstances(dev nvml.Device, parent string, profiles []gpu.MIGProfile) ([]gpu.MIGInstance, error) {
 	uuids, err := migUUIDs(dev)
 	if err != nil {
 		return nil, err
 	}
-	var out []MIGInstance
+	var out []gpu.MIGInstance
 	for _, p := range profiles {
 		info, ret := dev.GetGpuInstanceProfileInfo(p.ID)
 		if ret != nvml.SUCCESS {
@@ -258,12 +263,12 @@ func readInstances(dev nvml.Device, parent string, profiles []MIGProfile) ([]MIG
 				return nil, fmt.Errorf("compute instances of GPU instance %d: %w", giInfo.Id, err)
 			}
 			for _, ci := range cis {
-				out = append(out, MIGInstance{
+				out = append(out, gpu.MIGInstance{
 					UUID:       uuids[[2]int{int(giInfo.Id), int(ci.Id)}],
 					ParentUUID: parent,
 					ProfileID:  p.ID,
 					Profile:    p.Name,
-					Placement:  Placement{Start: int(giInfo.Placement.Start), Size: int(giInfo.Placement.Size)},
+					Placement:  gpu.Placement{Start: int(giInfo.Placement.Start), Size: int(giInfo.Placement.Size)},
 					GIID:       int(giInfo.Id),
 					CIID:       int(ci.Id),
 				})
@@ -346,71 +351,75 @@ func (n *Node) SetMIGMode(ctx context.Context, uuid string, enabled bool) error 
 
 // CreateMIG creates a GPU instance of the requested profile at exactly the
 // requested placement, and one compute instance spanning it. On failure
+// abandon destroys, in order, what a CreateMIG that failed half way had
+// created, so that no instance is left that nobody records. A destroy that
+// fails is part of the error: the instance is then left on the GPU, and the
+// caller's rollback or the next start-up reconciliation must find it.
+func abandon(err error, destroy ...func() nvml.Return) error {
+	for _, d := range destroy {
+		if ret := d(); ret != nvml.SUCCESS {
+			err = fmt.Errorf("%w (destroying what was created failed too: %w)", err, nvmlError(ret))
+		}
+	}
+	return err
+}
+
 // nothing is left behind.
-func (n *Node) CreateMIG(ctx context.Context, req MIGRequest) (MIGInstance, error) {
+func (n *Node) CreateMIG(ctx context.Context, req gpu.MIGRequest) (gpu.MIGInstance, error) {
 	dev, err := n.device(req.ParentUUID)
 	if err != nil {
-		return MIGInstance{}, err
+		return gpu.MIGInstance{}, err
 	}
 	current, _, ret := dev.GetMigMode()
 	if ret != nvml.SUCCESS {
-		return MIGInstance{}, fmt.Errorf("read MIG mode of %s: %w", req.ParentUUID, nvmlError(ret))
+		return gpu.MIGInstance{}, fmt.Errorf("read MIG mode of %s: %w", req.ParentUUID, nvmlError(ret))
 	}
 	if current != nvml.DEVICE_MIG_ENABLE {
-		return MIGInstance{}, fmt.Errorf("create MIG instance on %s: %w", req.ParentUUID, ErrMIGDisabled)
+		return gpu.MIGInstance{}, fmt.Errorf("create MIG instance on %s: %w", req.ParentUUID, gpu.ErrMIGDisabled)
 	}
 	info, ret := dev.GetGpuInstanceProfileInfo(req.ProfileID)
 	if ret != nvml.SUCCESS {
-		return MIGInstance{}, fmt.Errorf("MIG profile %d of %s: %w", req.ProfileID, req.ParentUUID, nvmlError(ret))
+		return gpu.MIGInstance{}, fmt.Errorf("MIG profile %d of %s: %w", req.ProfileID, req.ParentUUID, nvmlError(ret))
 	}
 	placement := nvml.GpuInstancePlacement{Start: uint32(req.Placement.Start), Size: uint32(req.Placement.Size)}
 	gi, ret := dev.CreateGpuInstanceWithPlacement(&info, &placement)
 	if ret == nvml.ERROR_INSUFFICIENT_RESOURCES || ret == nvml.ERROR_IN_USE {
-		return MIGInstance{}, fmt.Errorf("create GPU instance (profile %d, placement %s) on %s: %w: %w", req.ProfileID, req.Placement, req.ParentUUID, ErrPlacementOccupied, nvmlError(ret))
+		return gpu.MIGInstance{}, fmt.Errorf("create GPU instance (profile %d, placement %s) on %s: %w: %w", req.ProfileID, req.Placement, req.ParentUUID, gpu.ErrPlacementOccupied, nvmlError(ret))
 	}
 	if ret != nvml.SUCCESS {
-		return MIGInstance{}, fmt.Errorf("create GPU instance (profile %d, placement %s) on %s: %w", req.ProfileID, req.Placement, req.ParentUUID, nvmlError(ret))
+		return gpu.MIGInstance{}, fmt.Errorf("create GPU instance (profile %d, placement %s) on %s: %w", req.ProfileID, req.Placement, req.ParentUUID, nvmlError(ret))
 	}
 	giInfo, ret := gi.GetInfo()
 	if ret != nvml.SUCCESS {
-		gi.Destroy()
-		return MIGInstance{}, fmt.Errorf("read created GPU instance on %s: %w", req.ParentUUID, nvmlError(ret))
+		return gpu.MIGInstance{}, abandon(fmt.Errorf("read created GPU instance on %s: %w", req.ParentUUID, nvmlError(ret)), gi.Destroy)
 	}
 	ciProfile, err := fullComputeProfile(gi, int(info.SliceCount))
 	if err != nil {
-		gi.Destroy()
-		return MIGInstance{}, fmt.Errorf("compute profile for GPU instance %d on %s: %w", giInfo.Id, req.ParentUUID, err)
+		return gpu.MIGInstance{}, abandon(fmt.Errorf("compute profile for GPU instance %d on %s: %w", giInfo.Id, req.ParentUUID, err), gi.Destroy)
 	}
 	ci, ret := gi.CreateComputeInstance(&ciProfile)
 	if ret != nvml.SUCCESS {
-		gi.Destroy()
-		return MIGInstance{}, fmt.Errorf("create compute instance in GPU instance %d on %s: %w", giInfo.Id, req.ParentUUID, nvmlError(ret))
+		return gpu.MIGInstance{}, abandon(fmt.Errorf("create compute instance in GPU instance %d on %s: %w", giInfo.Id, req.ParentUUID, nvmlError(ret)), gi.Destroy)
 	}
 	ciInfo, ret := ci.GetInfo()
 	if ret != nvml.SUCCESS {
-		ci.Destroy()
-		gi.Destroy()
-		return MIGInstance{}, fmt.Errorf("read created compute instance on %s: %w", req.ParentUUID, nvmlError(ret))
+		return gpu.MIGInstance{}, abandon(fmt.Errorf("read created compute instance on %s: %w", req.ParentUUID, nvmlError(ret)), ci.Destroy, gi.Destroy)
 	}
 	uuids, err := migUUIDs(dev)
 	if err != nil {
-		ci.Destroy()
-		gi.Destroy()
-		return MIGInstance{}, fmt.Errorf("find UUID of created MIG device on %s: %w", req.ParentUUID, err)
+		return gpu.MIGInstance{}, abandon(fmt.Errorf("find UUID of created MIG device on %s: %w", req.ParentUUID, err), ci.Destroy, gi.Destroy)
 	}
-	inst := MIGInstance{
+	inst := gpu.MIGInstance{
 		UUID:       uuids[[2]int{int(giInfo.Id), int(ciInfo.Id)}],
 		ParentUUID: req.ParentUUID,
 		ProfileID:  req.ProfileID,
 		Profile:    profileName(req.ProfileID, int(info.SliceCount), info.MemorySizeMB, memoryTotal(dev)),
-		Placement:  Placement{Start: int(giInfo.Placement.Start), Size: int(giInfo.Placement.Size)},
+		Placement:  gpu.Placement{Start: int(giInfo.Placement.Start), Size: int(giInfo.Placement.Size)},
 		GIID:       int(giInfo.Id),
 		CIID:       int(ciInfo.Id),
 	}
 	if inst.UUID == "" {
-		ci.Destroy()
-		gi.Destroy()
-		return MIGInstance{}, fmt.Errorf("created MIG device (GPU instance %d, compute instance %d) on %s has no UUID", giInfo.Id, ciInfo.Id, req.ParentUUID)
+		return gpu.MIGInstance{}, abandon(fmt.Errorf("created MIG device (GPU instance %d, compute instance %d) on %s has no UUID", giInfo.Id, ciInfo.Id, req.ParentUUID), ci.Destroy, gi.Destroy)
 	}
 	klog.FromContext(ctx).V(2).Info("Created MIG device", "gpu", req.ParentUUID, "profile", inst.Profile, "placement", inst.Placement.String(), "uuid", inst.UUID, "giid", inst.GIID, "ciid", inst.CIID)
 	return inst, nil
@@ -453,7 +462,7 @@ func fullComputeProfile(gi nvml.GpuInstance, slices int) (nvml.ComputeInstancePr
 // DestroyMIG destroys a MIG device's compute instance and its GPU instance.
 // Destroying what is already gone succeeds, so that rollback and unprepare
 // can be retried.
-func (n *Node) DestroyMIG(ctx context.Context, ref MIGRef) error {
+func (n *Node) DestroyMIG(ctx context.Context, ref gpu.MIGRef) error {
 	dev, err := n.device(ref.ParentUUID)
 	if err != nil {
 		return err

@@ -1,4 +1,4 @@
-package main
+package kubectlgpu
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 
 	"github.com/spf13/cobra"
 	resourceapi "k8s.io/api/resource/v1"
@@ -17,25 +19,13 @@ import (
 	"k8s.io/client-go/kubernetes"
 )
 
-// The DeviceTaintRules this tool creates: their taint key, and the labels
-// and annotation by which untaint and drain find them again.
+// How this tool marks the DeviceTaintRules it creates; their taint key,
+// node and GPU labels and node annotation are in package names.
 const (
-	// maintenanceTaintKey is the key of the admin taint; its value is the
-	// reason.
-	maintenanceTaintKey = "gpu.nvidia.com/maintenance"
 	// labelManagedBy marks rules as ours; untaint deletes nothing else.
 	labelManagedBy = "app.kubernetes.io/managed-by"
 	// managedByValue is the value of labelManagedBy.
 	managedByValue = "kubectl-gpu"
-	// labelNode holds the node name, or a hash-shortened form of it if it
-	// is longer than a label value may be (see nodeLabelValue).
-	labelNode = "gpu.nvidia.com/taint-node"
-	// labelGPU holds the whole-GPU device name ("gpu-3") on the rules of
-	// one GPU; rules for a whole node do not have it.
-	labelGPU = "gpu.nvidia.com/taint-gpu"
-	// annotationNode holds the full node name, for humans; matching uses
-	// the rule's pool selector.
-	annotationNode = "gpu.nvidia.com/taint-node"
 	// nodeRuleSuffix ends the name of the one rule for a whole node.
 	nodeRuleSuffix = "all"
 )
@@ -77,8 +67,7 @@ most 63 characters: letters, digits, '-', '_', '.').`,
 			if err != nil {
 				return err
 			}
-			_, err = a.taint(cmd.Context(), c, t, eff, reason)
-			return err
+			return a.taint(cmd.Context(), c, t, eff, reason)
 		},
 	}
 	cmd.Flags().StringVar(&effect, "effect", string(resourceapi.DeviceTaintEffectNoSchedule), "taint effect: NoSchedule, NoExecute or None")
@@ -165,9 +154,9 @@ func ruleName(node, device string) string {
 // ourSelector selects the rules of this tool for a target: all rules of the
 // node (including per-GPU ones) for a node, those of the GPU for a GPU.
 func ourSelector(t Target) labels.Selector {
-	set := labels.Set{labelManagedBy: managedByValue, labelNode: nodeLabelValue(t.Node)}
+	set := labels.Set{labelManagedBy: managedByValue, names.TaintRuleNodeLabel: nodeLabelValue(t.Node)}
 	if t.HasGPU {
-		set[labelGPU] = gpuDeviceName(t.GPU)
+		set[names.TaintRuleGPULabel] = names.GPUDevice(t.GPU)
 	}
 	return labels.SelectorFromSet(set)
 }
@@ -179,17 +168,17 @@ func rulesFor(t Target, devices []string, effect resourceapi.DeviceTaintEffect, 
 	meta := func(device string) metav1.ObjectMeta {
 		m := metav1.ObjectMeta{
 			Name:        ruleName(t.Node, device),
-			Labels:      map[string]string{labelManagedBy: managedByValue, labelNode: nodeLabelValue(t.Node)},
-			Annotations: map[string]string{annotationNode: t.Node},
+			Labels:      map[string]string{labelManagedBy: managedByValue, names.TaintRuleNodeLabel: nodeLabelValue(t.Node)},
+			Annotations: map[string]string{names.TaintRuleNodeAnnotation: t.Node},
 		}
 		if t.HasGPU {
-			m.Labels[labelGPU] = gpuDeviceName(t.GPU)
+			m.Labels[names.TaintRuleGPULabel] = names.GPUDevice(t.GPU)
 		}
 		return m
 	}
-	taint := resourceapi.DeviceTaint{Key: maintenanceTaintKey, Value: reason, Effect: effect}
+	taint := resourceapi.DeviceTaint{Key: names.MaintenanceTaintKey, Value: reason, Effect: effect}
 	selector := func(device string) *resourceapi.DeviceTaintSelector {
-		s := &resourceapi.DeviceTaintSelector{Driver: ptr(driverName), Pool: ptr(t.Node)}
+		s := &resourceapi.DeviceTaintSelector{Driver: ptr(names.DriverName), Pool: ptr(t.Node)}
 		if device != "" {
 			s.Device = ptr(device)
 		}
@@ -316,20 +305,20 @@ func resolveTarget(ctx context.Context, c kubernetes.Interface, t Target) ([]str
 }
 
 // taint creates or updates the rules for the target and reports what it
-// did. It returns the rules it wants.
-func (a *app) taint(ctx context.Context, c kubernetes.Interface, t Target, effect resourceapi.DeviceTaintEffect, reason string) ([]resourceapi.DeviceTaintRule, error) {
+// did.
+func (a *app) taint(ctx context.Context, c kubernetes.Interface, t Target, effect resourceapi.DeviceTaintEffect, reason string) error {
 	devices, err := resolveTarget(ctx, c, t)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	rules := rulesFor(t, devices, effect, reason)
 	res, err := applyRules(ctx, c, t, rules)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	fmt.Fprintf(a.out, "%s tainted %s=%s:%s: %d DeviceTaintRules created, %d updated, %d unchanged\n",
-		t, maintenanceTaintKey, reason, effect, res.created, res.updated, res.unchanged)
-	return rules, nil
+		t, names.MaintenanceTaintKey, reason, effect, res.created, res.updated, res.unchanged)
+	return nil
 }
 
 // listOurRules lists the rules this tool created for the target. Besides
@@ -383,7 +372,7 @@ func (a *app) untaint(ctx context.Context, c kubernetes.Interface, t Target) err
 			return err
 		}
 		for _, r := range node {
-			if r.Labels[labelGPU] == "" {
+			if r.Labels[names.TaintRuleGPULabel] == "" {
 				fmt.Fprintf(a.out, "note: DeviceTaintRule %s still taints every GPU of %s; run 'kubectl gpu untaint %s' to remove it\n", r.Name, t.Node, t.Node)
 			}
 		}

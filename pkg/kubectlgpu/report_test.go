@@ -1,4 +1,4 @@
-package main
+package kubectlgpu
 
 import (
 	"bytes"
@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
@@ -23,7 +25,7 @@ func reportFixture() reportInput {
 	xid := resourceapi.DeviceTaint{Key: "gpu.nvidia.com/xid", Value: "79", Effect: resourceapi.DeviceTaintEffectNoExecute, TimeAdded: &metav1.Time{Time: t0.Add(-5 * time.Minute)}}
 	slices[0].Spec.Devices[0].Taints = []resourceapi.DeviceTaint{xid}
 	rule30 := foreignRule("maint-gpu-30-mig", "node-a", "gpu-30-mig-1g10gb-0")
-	rule30.Spec.Taint = resourceapi.DeviceTaint{Key: maintenanceTaintKey, Value: "fan", Effect: resourceapi.DeviceTaintEffectNoSchedule, TimeAdded: &metav1.Time{Time: t0.Add(-2 * time.Hour)}}
+	rule30.Spec.Taint = resourceapi.DeviceTaint{Key: names.MaintenanceTaintKey, Value: "fan", Effect: resourceapi.DeviceTaintEffectNoSchedule, TimeAdded: &metav1.Time{Time: t0.Add(-2 * time.Hour)}}
 	rule30.Status.Conditions = []metav1.Condition{{Type: resourceapi.DeviceTaintConditionEvictionInProgress, Message: "Eviction only happens for the NoExecute effect."}}
 	ruleB := foreignRule("node-b-all", "node-b", "")
 	noSelector := foreignRule("matches-nothing", "node-a", "")

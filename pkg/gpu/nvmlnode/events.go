@@ -1,6 +1,8 @@
-package gpu
+package nvmlnode
 
 import (
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+
 	"context"
 	"fmt"
 
@@ -15,13 +17,17 @@ const eventWaitTimeout = 500 // milliseconds
 // errors, a GPU lost) of every GPU to handle until ctx ends. It returns an
 // error if the event set cannot be set up; the caller then has to report
 // the GPUs as unmonitored.
-func (n *Node) WatchEvents(ctx context.Context, handle func(Event)) error {
+func (n *Node) WatchEvents(ctx context.Context, handle func(gpu.Event)) error {
 	logger := klog.FromContext(ctx)
 	set, ret := n.lib.EventSetCreate()
 	if ret != nvml.SUCCESS {
 		return fmt.Errorf("create NVML event set: %w", nvmlError(ret))
 	}
-	defer set.Free()
+	defer func() {
+		if ret := set.Free(); ret != nvml.SUCCESS {
+			logger.Error(nvmlError(ret), "Freeing the NVML event set failed")
+		}
+	}()
 	count, ret := n.lib.DeviceGetCount()
 	if ret != nvml.SUCCESS {
 		return fmt.Errorf("count GPUs: %w", nvmlError(ret))
@@ -58,15 +64,15 @@ func (n *Node) WatchEvents(ctx context.Context, handle func(Event)) error {
 		default:
 			return fmt.Errorf("wait for NVML events: %w", nvmlError(ret))
 		}
-		e := Event{GPUUUID: uuids[data.Device], GIID: -1, CIID: -1}
+		e := gpu.Event{GPUUUID: uuids[data.Device], GIID: -1, CIID: -1}
 		if data.GpuInstanceId != 0xFFFFFFFF {
 			e.GIID, e.CIID = int(data.GpuInstanceId), int(data.ComputeInstanceId)
 		}
 		switch data.EventType {
 		case nvml.EventTypeXidCriticalError:
-			e.Kind, e.XID = EventXID, data.EventData
+			e.Kind, e.XID = gpu.EventXID, data.EventData
 		case nvml.EventTypeDoubleBitEccError:
-			e.Kind = EventDoubleBitECC
+			e.Kind = gpu.EventDoubleBitECC
 		default:
 			continue
 		}

@@ -1,4 +1,4 @@
-package main
+package kubectlgpu
 
 import (
 	"reflect"
@@ -51,30 +51,33 @@ func TestParseTarget(t *testing.T) {
 	}
 }
 
-func TestGPUMinorOf(t *testing.T) {
+func TestGPUOfReadsAttributes(t *testing.T) {
+	withAttrs := func(name string, attrs map[resourceapi.QualifiedName]resourceapi.DeviceAttribute) resourceapi.Device {
+		return resourceapi.Device{Name: name, Attributes: attrs}
+	}
+	str := func(s string) resourceapi.DeviceAttribute { return resourceapi.DeviceAttribute{StringValue: &s} }
+	num := func(n int64) resourceapi.DeviceAttribute { return resourceapi.DeviceAttribute{IntValue: &n} }
 	tests := []struct {
-		name         string
-		minor        int
-		whole, valid bool
+		what   string
+		device resourceapi.Device
+		minor  int
+		valid  bool
 	}{
-		{"gpu-3", 3, true, true},
-		{"gpu-30", 30, true, true},
-		{"gpu-3-mig-1g10gb-0", 3, false, true},
-		{"gpu-3-mig-1g10gbme-2", 3, false, true},
-		{"gpu-3-mig-1g10gb-0-static", 3, false, true},
-		{"gpu-30-mig-3g40gb-4", 30, false, true},
-		{"gpu-3-shared", 3, false, true},
-		{"gpu-3-shared-x", 0, false, false},
-		{"gpu-3x", 0, false, false},
-		{"gpu-3-mig-", 0, false, false},
-		{"gpu-3-other", 0, false, false},
-		{"gpu-03", 0, false, false},
-		{"nic-3", 0, false, false},
+		{"whole GPU", gpuDevice(3), 3, true},
+		{"GPU 30", gpuDevice(30), 30, true},
+		{"MIG device", migDevice(3, "1g.10gb", 0), 3, true},
+		{"MIG device of GPU 30", migDevice(30, "3g.40gb", 4), 30, true},
+		{"shared GPU", withAttrs("gpu-3-shared", map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{"type": str("shared"), "minor": num(3)}), 3, true},
+		{"MIG device says its parent, not a name", withAttrs("gpu-4-mig-1g10gb-0", map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{"type": str("mig"), "parentMinor": num(3)}), 3, true},
+		{"no attributes", resourceapi.Device{Name: "gpu-3"}, 0, false},
+		{"MIG device without parentMinor", withAttrs("gpu-3-mig-1g10gb-0", map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{"type": str("mig"), "minor": num(3)}), 0, false},
+		{"unknown type", withAttrs("gpu-3", map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{"type": str("nic"), "minor": num(3)}), 0, false},
+		{"negative minor", withAttrs("gpu-3", map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{"type": str("gpu"), "minor": num(-1)}), 0, false},
 	}
 	for _, tt := range tests {
-		minor, whole, ok := gpuMinorOf(tt.name)
-		if ok != tt.valid || (ok && (minor != tt.minor || whole != tt.whole)) {
-			t.Errorf("gpuMinorOf(%q) = %d, %v, %v; want %d, %v, %v", tt.name, minor, whole, ok, tt.minor, tt.whole, tt.valid)
+		minor, ok := gpuOf(tt.device)
+		if ok != tt.valid || (ok && minor != tt.minor) {
+			t.Errorf("%s: gpuOf(%s) = %d, %v; want %d, %v", tt.what, tt.device.Name, minor, ok, tt.minor, tt.valid)
 		}
 	}
 }

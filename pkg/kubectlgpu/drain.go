@@ -1,4 +1,4 @@
-package main
+package kubectlgpu
 
 import (
 	"context"
@@ -6,6 +6,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
@@ -100,7 +102,7 @@ func holders(ctx context.Context, claims []resourceapi.ResourceClaim, t Target, 
 		}
 		var onTarget []string
 		for _, r := range c.Status.Allocation.Devices.Results {
-			if r.Driver == driverName && r.Pool == t.Node && (!t.HasGPU || devices[r.Device]) {
+			if r.Driver == names.DriverName && r.Pool == t.Node && (!t.HasGPU || devices[r.Device]) {
 				onTarget = append(onTarget, r.Device)
 			}
 		}
@@ -156,7 +158,7 @@ func (a *app) drain(ctx context.Context, c kubernetes.Interface, t Target, reaso
 		return err
 	}
 	fmt.Fprintf(a.out, "%s tainted %s=%s:NoExecute: %d DeviceTaintRules created, %d updated, %d unchanged\n",
-		t, maintenanceTaintKey, reason, res.created, res.updated, res.unchanged)
+		t, names.MaintenanceTaintKey, reason, res.created, res.updated, res.unchanged)
 
 	deviceSet := map[string]bool{}
 	for _, d := range devices {

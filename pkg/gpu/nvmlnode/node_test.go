@@ -1,6 +1,8 @@
-package gpu
+package nvmlnode
 
 import (
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+
 	"context"
 	"errors"
 	"fmt"
@@ -21,7 +23,7 @@ func openSim(t *testing.T, model, dir string) *Node {
 	return n
 }
 
-func profileByName(t *testing.T, g GPU, name string) MIGProfile {
+func profileByName(t *testing.T, g gpu.GPU, name string) gpu.MIGProfile {
 	t.Helper()
 	for _, p := range g.MIGProfiles {
 		if p.Name == name {
@@ -29,7 +31,7 @@ func profileByName(t *testing.T, g GPU, name string) MIGProfile {
 		}
 	}
 	t.Fatalf("GPU %s has no profile %q", g.UUID, name)
-	return MIGProfile{}
+	return gpu.MIGProfile{}
 }
 
 // TestInventoryMatchesHardware checks the simulated nodes report what the
@@ -140,41 +142,41 @@ func TestMIGLifecycle(t *testing.T) {
 	p1g := profileByName(t, g, "1g.10gb")
 	pme := profileByName(t, g, "1g.10gb+me")
 
-	if _, err := n.CreateMIG(ctx, MIGRequest{ParentUUID: g.UUID, ProfileID: p3g.ID, Placement: Placement{0, 4}}); !errors.Is(err, ErrMIGDisabled) {
+	if _, err := n.CreateMIG(ctx, gpu.MIGRequest{ParentUUID: g.UUID, ProfileID: p3g.ID, Placement: gpu.Placement{Start: 0, Size: 4}}); !errors.Is(err, gpu.ErrMIGDisabled) {
 		t.Fatalf("create with MIG disabled: want ErrMIGDisabled, got %v", err)
 	}
 	if err := n.SetMIGMode(ctx, g.UUID, true); err != nil {
 		t.Fatal(err)
 	}
-	a, err := n.CreateMIG(ctx, MIGRequest{ParentUUID: g.UUID, ProfileID: p3g.ID, Placement: Placement{4, 4}})
+	a, err := n.CreateMIG(ctx, gpu.MIGRequest{ParentUUID: g.UUID, ProfileID: p3g.ID, Placement: gpu.Placement{Start: 4, Size: 4}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.HasPrefix(a.UUID, "MIG-") || a.Profile != "3g.40gb" || a.Placement != (Placement{4, 4}) {
+	if !strings.HasPrefix(a.UUID, "MIG-") || a.Profile != "3g.40gb" || a.Placement != (gpu.Placement{Start: 4, Size: 4}) {
 		t.Fatalf("created %+v", a)
 	}
 
 	steps := []struct {
 		name    string
-		profile MIGProfile
-		at      Placement
+		profile gpu.MIGProfile
+		at      gpu.Placement
 		wantErr error
 	}{
-		{"1g inside the 3g is refused", p1g, Placement{5, 1}, ErrPlacementOccupied},
-		{"1g beside it fits", p1g, Placement{3, 1}, nil},
-		{"the same slot twice is refused", p1g, Placement{3, 1}, ErrPlacementOccupied},
-		{"one +me fits", pme, Placement{0, 1}, nil},
-		{"a second +me is refused", pme, Placement{1, 1}, ErrPlacementOccupied},
-		{"an unknown placement is refused", p3g, Placement{2, 4}, ReturnError{}},
+		{"1g inside the 3g is refused", p1g, gpu.Placement{Start: 5, Size: 1}, gpu.ErrPlacementOccupied},
+		{"1g beside it fits", p1g, gpu.Placement{Start: 3, Size: 1}, nil},
+		{"the same slot twice is refused", p1g, gpu.Placement{Start: 3, Size: 1}, gpu.ErrPlacementOccupied},
+		{"one +me fits", pme, gpu.Placement{Start: 0, Size: 1}, nil},
+		{"a second +me is refused", pme, gpu.Placement{Start: 1, Size: 1}, gpu.ErrPlacementOccupied},
+		{"an unknown placement is refused", p3g, gpu.Placement{Start: 2, Size: 4}, ReturnError{}},
 	}
 	for _, s := range steps {
-		_, err := n.CreateMIG(ctx, MIGRequest{ParentUUID: g.UUID, ProfileID: s.profile.ID, Placement: s.at})
+		_, err := n.CreateMIG(ctx, gpu.MIGRequest{ParentUUID: g.UUID, ProfileID: s.profile.ID, Placement: s.at})
 		switch {
 		case s.wantErr == nil && err != nil:
 			t.Errorf("%s: %v", s.name, err)
 		case s.wantErr != nil && err == nil:
 			t.Errorf("%s: succeeded", s.name)
-		case s.wantErr == ErrPlacementOccupied && !errors.Is(err, ErrPlacementOccupied):
+		case errors.Is(s.wantErr, gpu.ErrPlacementOccupied) && !errors.Is(err, gpu.ErrPlacementOccupied):
 			t.Errorf("%s: want ErrPlacementOccupied, got %v", s.name, err)
 		}
 	}
@@ -198,14 +200,14 @@ func TestMIGLifecycle(t *testing.T) {
 			t.Fatalf("GPU %s has instances it should not: %s", other.UUID, describe(other.MIGInstances))
 		}
 	}
-	if err := again.DestroyMIG(ctx, MIGRef{ParentUUID: a.ParentUUID, GIID: a.GIID, CIID: a.CIID}); err != nil {
+	if err := again.DestroyMIG(ctx, gpu.MIGRef{ParentUUID: a.ParentUUID, GIID: a.GIID, CIID: a.CIID}); err != nil {
 		t.Fatal(err)
 	}
-	if err := again.DestroyMIG(ctx, MIGRef{ParentUUID: a.ParentUUID, GIID: a.GIID, CIID: a.CIID}); err != nil {
+	if err := again.DestroyMIG(ctx, gpu.MIGRef{ParentUUID: a.ParentUUID, GIID: a.GIID, CIID: a.CIID}); err != nil {
 		t.Fatalf("destroying twice must succeed: %v", err)
 	}
 	// The freed slots take a new instance, with a new UUID.
-	b, err := n.CreateMIG(ctx, MIGRequest{ParentUUID: g.UUID, ProfileID: p1g.ID, Placement: Placement{5, 1}})
+	b, err := n.CreateMIG(ctx, gpu.MIGRequest{ParentUUID: g.UUID, ProfileID: p1g.ID, Placement: gpu.Placement{Start: 5, Size: 1}})
 	if err != nil {
 		t.Fatalf("create in freed slot: %v", err)
 	}
@@ -217,7 +219,7 @@ func TestMIGLifecycle(t *testing.T) {
 	}
 }
 
-func describe(insts []MIGInstance) string {
+func describe(insts []gpu.MIGInstance) string {
 	var parts []string
 	for _, i := range insts {
 		parts = append(parts, fmt.Sprintf("%s@%s", i.Profile, i.Placement))
@@ -234,9 +236,9 @@ func TestWatchEventsDeliversInjectedFaults(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	events := make(chan Event, 4)
+	events := make(chan gpu.Event, 4)
 	done := make(chan error, 1)
-	go func() { done <- n.WatchEvents(ctx, func(e Event) { events <- e }) }()
+	go func() { done <- n.WatchEvents(ctx, func(e gpu.Event) { events <- e }) }()
 
 	injector, err := sim.Open("dgxa100", dir)
 	if err != nil {
@@ -251,9 +253,9 @@ func TestWatchEventsDeliversInjectedFaults(t *testing.T) {
 	if err := injector.InjectDoubleBitECC(5); err != nil {
 		t.Fatal(err)
 	}
-	want := []Event{
-		{Kind: EventXID, GPUUUID: inv.GPUs[2].UUID, XID: 79, GIID: -1, CIID: -1},
-		{Kind: EventDoubleBitECC, GPUUUID: inv.GPUs[5].UUID, GIID: -1, CIID: -1},
+	want := []gpu.Event{
+		{Kind: gpu.EventXID, GPUUUID: inv.GPUs[2].UUID, XID: 79, GIID: -1, CIID: -1},
+		{Kind: gpu.EventDoubleBitECC, GPUUUID: inv.GPUs[5].UUID, GIID: -1, CIID: -1},
 	}
 	for _, w := range want {
 		select {

@@ -1,4 +1,4 @@
-package main
+package kubectlgpu
 
 import (
 	"bytes"
@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
@@ -39,7 +41,7 @@ func (c *stepClock) After(d time.Duration) <-chan time.Time {
 // gpuDevice is a whole-GPU device as the driver publishes it.
 func gpuDevice(minor int, taints ...resourceapi.DeviceTaint) resourceapi.Device {
 	return resourceapi.Device{
-		Name: gpuDeviceName(minor),
+		Name: names.GPUDevice(minor),
 		Attributes: map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{
 			"type":        {StringValue: ptr("gpu")},
 			"uuid":        {StringValue: ptr(fmt.Sprintf("GPU-%04d", minor))},
@@ -54,7 +56,7 @@ func gpuDevice(minor int, taints ...resourceapi.DeviceTaint) resourceapi.Device 
 // migDevice is a MIG placement of GPU minor.
 func migDevice(minor int, profile string, start int, taints ...resourceapi.DeviceTaint) resourceapi.Device {
 	return resourceapi.Device{
-		Name: fmt.Sprintf("gpu-%d-mig-%s-%d", minor, strings.ReplaceAll(strings.ReplaceAll(profile, ".", ""), "+", ""), start),
+		Name: names.MIGDevice(minor, profile, start),
 		Attributes: map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{
 			"type":           {StringValue: ptr("mig")},
 			"profile":        {StringValue: ptr(profile)},
@@ -71,7 +73,7 @@ func slice(name, node string, devices ...resourceapi.Device) resourceapi.Resourc
 	return resourceapi.ResourceSlice{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
 		Spec: resourceapi.ResourceSliceSpec{
-			Driver:   driverName,
+			Driver:   names.DriverName,
 			Pool:     resourceapi.ResourcePool{Name: node, Generation: 1, ResourceSliceCount: 1},
 			NodeName: ptr(node),
 			Devices:  devices,
@@ -96,7 +98,7 @@ func claim(ns, name, pool string, devices []string, pods ...string) resourceapi.
 	alloc := &resourceapi.AllocationResult{}
 	for _, d := range devices {
 		alloc.Devices.Results = append(alloc.Devices.Results, resourceapi.DeviceRequestAllocationResult{
-			Request: "gpu", Driver: driverName, Pool: pool, Device: d,
+			Request: "gpu", Driver: names.DriverName, Pool: pool, Device: d,
 		})
 	}
 	c.Status.Allocation = alloc
@@ -121,7 +123,7 @@ func foreignRule(name, pool, device string) resourceapi.DeviceTaintRule {
 	r := resourceapi.DeviceTaintRule{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
 		Spec: resourceapi.DeviceTaintRuleSpec{
-			DeviceSelector: &resourceapi.DeviceTaintSelector{Driver: ptr(driverName), Pool: ptr(pool)},
+			DeviceSelector: &resourceapi.DeviceTaintSelector{Driver: ptr(names.DriverName), Pool: ptr(pool)},
 			Taint:          resourceapi.DeviceTaint{Key: "example.com/other", Value: "x", Effect: resourceapi.DeviceTaintEffectNoSchedule, TimeAdded: &metav1.Time{Time: t0.Add(-time.Hour)}},
 		},
 	}

@@ -1,4 +1,4 @@
-package gpu
+package nvmlnode
 
 import (
 	"context"
@@ -15,9 +15,6 @@ import (
 // write in GpuConfig (sharing.timeSlicingConfig.interval), with the value
 // `nvidia-smi compute-policy --set-timeslice` takes.
 var timeSlices = map[string]int{"Default": 0, "Short": 1, "Medium": 2, "Long": 3}
-
-// DefaultTimeSlice is the interval a GPU has when nobody changed it.
-const DefaultTimeSlice = "Default"
 
 // nvidiaSMITimeout bounds one nvidia-smi call.
 const nvidiaSMITimeout = 30 * time.Second

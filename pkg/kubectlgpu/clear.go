@@ -1,19 +1,18 @@
-package main
+package kubectlgpu
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strconv"
 	"time"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 
 	"github.com/spf13/cobra"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
-
-	"github.com/gpu-dra/gpu-dra-driver/pkg/clearance"
 )
 
 // The clearance annotations are those of package clearance. Their value
@@ -40,9 +39,9 @@ persists taints the GPU again.`,
 // target's sticky health taints.
 func healthClearedAnnotation(t Target) string {
 	if !t.HasGPU {
-		return clearance.Annotation
+		return names.HealthClearedAnnotation
 	}
-	return clearance.GPUAnnotationPrefix + strconv.Itoa(t.GPU)
+	return names.HealthClearedGPUAnnotation(t.GPU)
 }
 
 // healthClearedPatch is the merge patch that sets the annotation to now.

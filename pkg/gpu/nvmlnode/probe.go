@@ -1,6 +1,8 @@
-package gpu
+package nvmlnode
 
 import (
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+
 	"context"
 	"errors"
 	"fmt"
@@ -8,45 +10,19 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 )
 
-// Reading is one periodic health reading of a GPU. A value NVML does not
-// support on this GPU reads as zero (or false) and is not an error.
-type Reading struct {
-	// Index is the NVML index; UUID may be empty when the GPU is lost
-	// before its UUID could be read.
-	Index int
-	UUID  string
-	// Lost is set when NVML reports the GPU fallen off the bus.
-	Lost bool
-	// Err is why the GPU could not be read otherwise: its health is not
-	// known.
-	Err error
-	// TemperatureC is the core temperature; SlowdownC and ShutdownC are
-	// the GPU's own thresholds (0 when not reported).
-	TemperatureC, SlowdownC, ShutdownC int
-	// RepairPending is set when retired pages (before Ampere) or remapped
-	// rows (Ampere and later) wait for a GPU reset.
-	RepairPending bool
-	// RemapFailure is set when a row remapping failed: memory that
-	// cannot be repaired.
-	RemapFailure bool
-	// VolatileUncorrectedECC counts uncorrectable ECC errors since the
-	// last GPU reset or driver load; a reset sets it back to zero.
-	VolatileUncorrectedECC uint64
-}
-
 // Probe reads every GPU's health counters. Only a failure to enumerate
 // GPUs is an error; a GPU that cannot be read has Lost or Err set.
-func (n *Node) Probe(ctx context.Context) ([]Reading, error) {
+func (n *Node) Probe(ctx context.Context) ([]gpu.Reading, error) {
 	count, ret := n.lib.DeviceGetCount()
 	if ret != nvml.SUCCESS {
 		return nil, fmt.Errorf("count GPUs: %w", nvmlError(ret))
 	}
-	out := make([]Reading, 0, count)
+	out := make([]gpu.Reading, 0, count)
 	for i := 0; i < count; i++ {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		r := Reading{Index: i}
+		r := gpu.Reading{Index: i}
 		err := probeGPU(n.lib, i, &r)
 		var re ReturnError
 		switch {
@@ -60,7 +36,7 @@ func (n *Node) Probe(ctx context.Context) ([]Reading, error) {
 	return out, nil
 }
 
-func probeGPU(lib nvml.Interface, index int, r *Reading) error {
+func probeGPU(lib nvml.Interface, index int, r *gpu.Reading) error {
 	dev, ret := lib.DeviceGetHandleByIndex(index)
 	if ret != nvml.SUCCESS {
 		return fmt.Errorf("open GPU %d: %w", index, nvmlError(ret))

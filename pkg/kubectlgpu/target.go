@@ -1,16 +1,14 @@
-package main
+package kubectlgpu
 
 import (
+	"math"
 	"sort"
-	"strconv"
 	"strings"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 
 	resourceapi "k8s.io/api/resource/v1"
 )
-
-// driverName is the DRA driver whose ResourceSlices and allocations this
-// tool reads. Its pool on a node is named after the node.
-const driverName = "gpu.nvidia.com"
 
 // Target is what a command acts on: every device of the driver on a node,
 // or one GPU on that node together with all of its MIG devices.
@@ -28,7 +26,7 @@ func (t Target) String() string {
 	if !t.HasGPU {
 		return t.Node
 	}
-	return t.Node + "/" + gpuDeviceName(t.GPU)
+	return t.Node + "/" + names.GPUDevice(t.GPU)
 }
 
 // ParseTarget reads NODE or NODE/GPU, where GPU is "gpu-<minor>" (the name
@@ -41,50 +39,32 @@ func ParseTarget(s string) (Target, error) {
 	if !hasGPU {
 		return Target{Node: node}, nil
 	}
-	minor, ok := parseMinor(strings.TrimPrefix(gpu, "gpu-"))
+	minor, ok := names.ParseGPUDevice(gpu)
 	if !ok {
 		return Target{}, usageErrorf("invalid GPU %q in target %q: want gpu-<minor>, e.g. %s/gpu-0", gpu, s, node)
 	}
 	return Target{Node: node, GPU: minor, HasGPU: true}, nil
 }
 
-// parseMinor reads a canonical non-negative decimal number: no sign, no
-// leading zeros, so that every GPU has exactly one spelling.
-func parseMinor(s string) (int, bool) {
-	n, err := strconv.Atoi(s)
-	if err != nil || n < 0 || strconv.Itoa(n) != s {
+// gpuOf returns the minor of the GPU a published device is or is carved
+// from, as the device's own attributes say: "minor" on a whole or shared
+// GPU, "parentMinor" on a MIG device. A device without them is not one of
+// the driver's GPU devices.
+func gpuOf(d resourceapi.Device) (int, bool) {
+	key := resourceapi.QualifiedName(names.AttrMinor)
+	switch t := d.Attributes[names.AttrType]; {
+	case t.StringValue == nil:
+		return 0, false
+	case *t.StringValue == names.TypeMIG:
+		key = names.AttrParentMinor
+	case *t.StringValue != names.TypeGPU && *t.StringValue != names.TypeShared:
 		return 0, false
 	}
-	return n, true
-}
-
-// gpuDeviceName is the name of the whole-GPU device with the given minor.
-func gpuDeviceName(minor int) string { return "gpu-" + strconv.Itoa(minor) }
-
-// gpuMinorOf returns the minor of the GPU a device belongs to: N for the
-// whole GPU "gpu-N", for its MIG devices "gpu-N-mig-…" and for its shared
-// device "gpu-N-shared". It is false for any other name, so "gpu-30-mig-…"
-// and "gpu-3x" never belong to GPU 3.
-func gpuMinorOf(device string) (minor int, isWhole, ok bool) {
-	rest, found := strings.CutPrefix(device, "gpu-")
-	if !found {
-		return 0, false, false
+	m := d.Attributes[key].IntValue
+	if m == nil || *m < 0 || *m > math.MaxInt32 {
+		return 0, false
 	}
-	num, tail, hasTail := strings.Cut(rest, "-")
-	minor, ok = parseMinor(num)
-	if !ok {
-		return 0, false, false
-	}
-	if !hasTail {
-		return minor, true, true
-	}
-	if tail == "shared" {
-		return minor, false, true
-	}
-	if !strings.HasPrefix(tail, "mig-") || len(tail) == len("mig-") {
-		return 0, false, false
-	}
-	return minor, false, true
+	return int(*m), true
 }
 
 // Inventory is what the driver publishes in its current ResourceSlices,
@@ -118,7 +98,7 @@ func NewInventory(slices []resourceapi.ResourceSlice) *Inventory {
 	latest := map[string]int64{}
 	for i := range slices {
 		s := &slices[i]
-		if s.Spec.Driver != driverName {
+		if s.Spec.Driver != names.DriverName {
 			continue
 		}
 		if g, ok := latest[s.Spec.Pool.Name]; !ok || s.Spec.Pool.Generation > g {
@@ -128,7 +108,7 @@ func NewInventory(slices []resourceapi.ResourceSlice) *Inventory {
 	inv := &Inventory{Nodes: map[string]*NodeInventory{}}
 	for i := range slices {
 		s := &slices[i]
-		if s.Spec.Driver != driverName || s.Spec.Pool.Generation != latest[s.Spec.Pool.Name] {
+		if s.Spec.Driver != names.DriverName || s.Spec.Pool.Generation != latest[s.Spec.Pool.Name] {
 			continue
 		}
 		node := inv.Nodes[s.Spec.Pool.Name]
@@ -137,7 +117,7 @@ func NewInventory(slices []resourceapi.ResourceSlice) *Inventory {
 			inv.Nodes[node.Name] = node
 		}
 		for _, d := range s.Spec.Devices {
-			minor, _, ok := gpuMinorOf(d.Name)
+			minor, ok := gpuOf(d)
 			if !ok {
 				continue
 			}
@@ -159,12 +139,12 @@ func NewInventory(slices []resourceapi.ResourceSlice) *Inventory {
 
 // NodeNames returns the node names in sorted order.
 func (inv *Inventory) NodeNames() []string {
-	names := make([]string, 0, len(inv.Nodes))
+	nodes := make([]string, 0, len(inv.Nodes))
 	for n := range inv.Nodes {
-		names = append(names, n)
+		nodes = append(nodes, n)
 	}
-	sort.Strings(names)
-	return names
+	sort.Strings(nodes)
+	return nodes
 }
 
 // Minors returns the node's GPU minors in numeric order.
@@ -184,16 +164,16 @@ func (inv *Inventory) Resolve(t Target) ([]string, error) {
 	node := inv.Nodes[t.Node]
 	if node == nil {
 		return nil, usageErrorf("unknown node %q: no ResourceSlices of driver %s in pool %q (nodes with GPUs: %s)",
-			t.Node, driverName, t.Node, listOrNone(inv.NodeNames()))
+			t.Node, names.DriverName, t.Node, listOrNone(inv.NodeNames()))
 	}
 	var minors []int
 	if t.HasGPU {
 		if node.GPUs[t.GPU] == nil {
 			var have []string
 			for _, m := range node.Minors() {
-				have = append(have, gpuDeviceName(m))
+				have = append(have, names.GPUDevice(m))
 			}
-			return nil, usageErrorf("unknown GPU %s on node %q: it has %s", gpuDeviceName(t.GPU), t.Node, listOrNone(have))
+			return nil, usageErrorf("unknown GPU %s on node %q: it has %s", names.GPUDevice(t.GPU), t.Node, listOrNone(have))
 		}
 		minors = []int{t.GPU}
 	} else {

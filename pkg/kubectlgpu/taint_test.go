@@ -1,4 +1,4 @@
-package main
+package kubectlgpu
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 )
 
 func TestRulesFor(t *testing.T) {
@@ -51,11 +53,11 @@ func TestRulesFor(t *testing.T) {
 			}
 			rules := rulesFor(tt.target, devices, resourceapi.DeviceTaintEffectNoExecute, "fan-swap")
 			var got []string
-			names := map[string]bool{}
+			seen := map[string]bool{}
 			for _, r := range rules {
 				sel := r.Spec.DeviceSelector
-				if sel == nil || sel.Driver == nil || *sel.Driver != driverName || sel.Pool == nil || *sel.Pool != tt.target.Node {
-					t.Fatalf("rule %s: selector %+v, want driver %s and pool %s", r.Name, sel, driverName, tt.target.Node)
+				if sel == nil || sel.Driver == nil || *sel.Driver != names.DriverName || sel.Pool == nil || *sel.Pool != tt.target.Node {
+					t.Fatalf("rule %s: selector %+v, want driver %s and pool %s", r.Name, sel, names.DriverName, tt.target.Node)
 				}
 				dev := ""
 				if sel.Device != nil {
@@ -65,30 +67,30 @@ func TestRulesFor(t *testing.T) {
 				if errs := validation.IsDNS1123Subdomain(r.Name); len(errs) > 0 {
 					t.Errorf("rule name %q: %v", r.Name, errs)
 				}
-				if names[r.Name] {
+				if seen[r.Name] {
 					t.Errorf("duplicate rule name %q", r.Name)
 				}
-				names[r.Name] = true
+				seen[r.Name] = true
 				for k, v := range r.Labels {
 					if errs := validation.IsValidLabelValue(v); len(errs) > 0 {
 						t.Errorf("rule %s label %s=%q: %v", r.Name, k, v, errs)
 					}
 				}
-				if r.Labels[labelManagedBy] != managedByValue || r.Labels[labelNode] != nodeLabelValue(tt.target.Node) {
+				if r.Labels[labelManagedBy] != managedByValue || r.Labels[names.TaintRuleNodeLabel] != nodeLabelValue(tt.target.Node) {
 					t.Errorf("rule %s labels %v", r.Name, r.Labels)
 				}
 				if wantGPU := ""; tt.target.HasGPU {
-					wantGPU = gpuDeviceName(tt.target.GPU)
-					if r.Labels[labelGPU] != wantGPU {
-						t.Errorf("rule %s: label %s=%q, want %q", r.Name, labelGPU, r.Labels[labelGPU], wantGPU)
+					wantGPU = names.GPUDevice(tt.target.GPU)
+					if r.Labels[names.TaintRuleGPULabel] != wantGPU {
+						t.Errorf("rule %s: label %s=%q, want %q", r.Name, names.TaintRuleGPULabel, r.Labels[names.TaintRuleGPULabel], wantGPU)
 					}
-				} else if _, ok := r.Labels[labelGPU]; ok {
-					t.Errorf("node rule %s has label %s", r.Name, labelGPU)
+				} else if _, ok := r.Labels[names.TaintRuleGPULabel]; ok {
+					t.Errorf("node rule %s has label %s", r.Name, names.TaintRuleGPULabel)
 				}
-				if r.Annotations[annotationNode] != tt.target.Node {
+				if r.Annotations[names.TaintRuleNodeAnnotation] != tt.target.Node {
 					t.Errorf("rule %s annotations %v", r.Name, r.Annotations)
 				}
-				want := resourceapi.DeviceTaint{Key: maintenanceTaintKey, Value: "fan-swap", Effect: resourceapi.DeviceTaintEffectNoExecute}
+				want := resourceapi.DeviceTaint{Key: names.MaintenanceTaintKey, Value: "fan-swap", Effect: resourceapi.DeviceTaintEffectNoExecute}
 				if !reflect.DeepEqual(r.Spec.Taint, want) {
 					t.Errorf("rule %s taint %+v, want %+v", r.Name, r.Spec.Taint, want)
 				}
@@ -144,17 +146,17 @@ func TestTaintIsIdempotent(t *testing.T) {
 	a, out, _ := testApp(c)
 	target := Target{Node: "node-a", GPU: 3, HasGPU: true}
 
-	if _, err := a.taint(ctx, c, target, resourceapi.DeviceTaintEffectNoSchedule, "fan"); err != nil {
+	if err := a.taint(ctx, c, target, resourceapi.DeviceTaintEffectNoSchedule, "fan"); err != nil {
 		t.Fatal(err)
 	}
 	want := []string{"gpu-maintenance-node-a-gpu-3", "gpu-maintenance-node-a-gpu-3-mig-1g10gb-0", "gpu-maintenance-node-a-gpu-3-mig-1g10gbme-2"}
 	if got := ruleNames(t, c); !reflect.DeepEqual(got, want) {
 		t.Fatalf("rules %v, want %v", got, want)
 	}
-	if _, err := a.taint(ctx, c, target, resourceapi.DeviceTaintEffectNoSchedule, "fan"); err != nil {
+	if err := a.taint(ctx, c, target, resourceapi.DeviceTaintEffectNoSchedule, "fan"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.taint(ctx, c, target, resourceapi.DeviceTaintEffectNoExecute, "fan"); err != nil {
+	if err := a.taint(ctx, c, target, resourceapi.DeviceTaintEffectNoExecute, "fan"); err != nil {
 		t.Fatal(err)
 	}
 	if got := ruleNames(t, c); !reflect.DeepEqual(got, want) {
@@ -179,7 +181,7 @@ func TestTaintRefusesForeignRuleWithOurName(t *testing.T) {
 	foreign := foreignRule("gpu-maintenance-node-a-gpu-4", "node-a", "gpu-4")
 	c := fakeClient(t, nodeSlices(), nil, []resourceapi.DeviceTaintRule{foreign}, nil)
 	a, _, _ := testApp(c)
-	_, err := a.taint(context.Background(), c, Target{Node: "node-a", GPU: 4, HasGPU: true}, resourceapi.DeviceTaintEffectNoSchedule, "x")
+	err := a.taint(context.Background(), c, Target{Node: "node-a", GPU: 4, HasGPU: true}, resourceapi.DeviceTaintEffectNoSchedule, "x")
 	if err == nil || !strings.Contains(err.Error(), "not managed by kubectl-gpu") {
 		t.Fatalf("err = %v", err)
 	}
@@ -264,7 +266,7 @@ func TestTaintCoversSharedDevice(t *testing.T) {
 	shared.Attributes["type"] = resourceapi.DeviceAttribute{StringValue: ptr("shared")}
 	c := fakeClient(t, []resourceapi.ResourceSlice{slice("a-0", "node-a", gpuDevice(3), migDevice(3, "1g.10gb", 0), shared, gpuDevice(4))}, nil, nil, nil)
 	a, _, _ := testApp(c)
-	if _, err := a.taint(ctx, c, Target{Node: "node-a", GPU: 3, HasGPU: true}, resourceapi.DeviceTaintEffectNoExecute, "repair"); err != nil {
+	if err := a.taint(ctx, c, Target{Node: "node-a", GPU: 3, HasGPU: true}, resourceapi.DeviceTaintEffectNoExecute, "repair"); err != nil {
 		t.Fatal(err)
 	}
 	want := []string{"gpu-maintenance-node-a-gpu-3", "gpu-maintenance-node-a-gpu-3-mig-1g10gb-0", "gpu-maintenance-node-a-gpu-3-shared"}

@@ -1,7 +1,9 @@
-package main
+package kubectlgpu
 
 import (
 	"sort"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
@@ -163,7 +165,7 @@ func buildReport(in reportInput) Report {
 		}
 		sort.Slice(holders, func(i, j int) bool { return holders[i].Name < holders[j].Name })
 		for _, res := range c.Status.Allocation.Devices.Results {
-			if res.Driver != driverName {
+			if res.Driver != names.DriverName {
 				continue
 			}
 			k := deviceKey{res.Pool, res.Device}
@@ -184,17 +186,17 @@ func buildReport(in reportInput) Report {
 			if in.target != nil && in.target.HasGPU && in.target.GPU != minor {
 				continue
 			}
-			gr := GPUReport{Name: gpuDeviceName(minor), Minor: minor, Devices: []DeviceReport{}}
+			gr := GPUReport{Name: names.GPUDevice(minor), Minor: minor, Devices: []DeviceReport{}}
 			for _, d := range node.GPUs[minor].Devices {
 				dr := DeviceReport{
 					Name:    d.Name,
-					Type:    stringAttr(d, "type"),
-					Profile: stringAttr(d, "profile"),
-					Memory:  capacity(d, "memory"),
+					Type:    stringAttr(d, names.AttrType),
+					Profile: stringAttr(d, names.AttrProfile),
+					Memory:  capacity(d, names.CapacityMemory),
 				}
 				if d.Name == gr.Name {
-					gr.UUID = stringAttr(d, "uuid")
-					gr.ProductName = stringAttr(d, "productName")
+					gr.UUID = stringAttr(d, names.AttrUUID)
+					gr.ProductName = stringAttr(d, names.AttrProductName)
 					gr.Memory = dr.Memory
 				}
 				for _, t := range d.Taints {
@@ -204,7 +206,7 @@ func buildReport(in reportInput) Report {
 				}
 				for i := range in.rules {
 					r := &in.rules[i]
-					if !ruleSelects(r, driverName, nodeName, d.Name) {
+					if !ruleSelects(r, names.DriverName, nodeName, d.Name) {
 						continue
 					}
 					dr.Taints = append(dr.Taints, TaintReport{

@@ -1,6 +1,8 @@
-package gpu
+package nvmlnode
 
 import (
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+
 	"fmt"
 	"math"
 
@@ -32,7 +34,7 @@ func memoryEighths(profileMB, totalBytes uint64) int {
 	frac := float64(profileMB) * (1 << 20) / float64(totalBytes)
 	// A profile's memory is a little less than its share of the GPU; a tiny
 	// epsilon keeps an exact 1/8 from rounding up to 2/8 through float error.
-	return int(math.Ceil(frac*MemorySlices - 1e-9))
+	return int(math.Ceil(frac*gpu.MemorySlices - 1e-9))
 }
 
 // profileName builds NVIDIA's canonical MIG profile name, e.g. "1g.10gb" or
@@ -41,6 +43,6 @@ func memoryEighths(profileMB, totalBytes uint64) int {
 func profileName(id int, computeSlices int, profileMB, totalBytes uint64) string {
 	const gib = 1 << 30
 	totalGB := float64((totalBytes + gib - 1) / gib)
-	memGB := uint64(math.Round(float64(memoryEighths(profileMB, totalBytes)) / MemorySlices * totalGB))
+	memGB := uint64(math.Round(float64(memoryEighths(profileMB, totalBytes)) / gpu.MemorySlices * totalGB))
 	return fmt.Sprintf("%dg.%dgb%s", computeSlices, memGB, profileSuffix[id])
 }

@@ -1,0 +1,253 @@
+// Package names is the one home of the names the driver shares with users,
+// admins' tools and its own components: the DRA driver name, the names of
+// devices, counter sets and counters (built and parsed), attribute and
+// capacity keys, and the keys of taints, labels and annotations.
+//
+// Everything here is part of the driver's public surface: users write these
+// names in DeviceClasses, CEL selectors and tolerations, and tools such as
+// kubectl-gpu find devices by them. Changing one breaks users; add, do not
+// rename. The package is pure (no I/O, no dependencies), so every other
+// package, including the webhook and kubectl-gpu, can import it.
+package names
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// DriverName is the DRA driver name users already write in DeviceClasses
+// and ResourceClaims (NVIDIA's driver uses the same one). The driver's pool
+// on a node is named after the node.
+const DriverName = "gpu.nvidia.com"
+
+// keyPrefix qualifies the driver's own taint, label and annotation keys.
+const keyPrefix = DriverName + "/"
+
+// Device types, the values of the AttrType attribute.
+const (
+	TypeGPU    = "gpu"
+	TypeMIG    = "mig"
+	TypeShared = "shared"
+)
+
+// Attribute keys of published devices. Those marked "NVIDIA-compatible" are
+// spelled as NVIDIA's driver spells them, since users' CEL selects on them.
+const (
+	// AttrType is TypeGPU, TypeMIG or TypeShared.
+	AttrType = "type"
+	// AttrUUID is the GPU's UUID on a whole or shared GPU, the MIG device's
+	// UUID on a pre-created MIG instance (NVIDIA-compatible).
+	AttrUUID = "uuid"
+	// AttrIndex is the GPU's NVML index (NVIDIA-compatible).
+	AttrIndex = "index"
+	// AttrMinor is the minor number of /dev/nvidia<minor> (NVIDIA-compatible).
+	AttrMinor = "minor"
+	// AttrProductName is NVML's product name (NVIDIA-compatible).
+	AttrProductName = "productName"
+	// AttrBrand is NVML's brand, e.g. "Nvidia".
+	AttrBrand = "brand"
+	// AttrArchitecture is a lowercase family name (NVIDIA-compatible).
+	AttrArchitecture = "architecture"
+	// AttrCUDAComputeCapability is a version (NVIDIA-compatible).
+	AttrCUDAComputeCapability = "cudaComputeCapability"
+	// AttrDriverVersion is the kernel driver's version (NVIDIA-compatible).
+	AttrDriverVersion = "driverVersion"
+	// AttrCUDADriverVersion is the highest CUDA version the driver supports.
+	AttrCUDADriverVersion = "cudaDriverVersion"
+	// AttrMIGCapable says whether a whole GPU can be partitioned.
+	AttrMIGCapable = "migCapable"
+	// AttrProfile is a MIG device's profile, e.g. "1g.10gb" (NVIDIA-compatible).
+	AttrProfile = "profile"
+	// AttrParentUUID is a MIG device's GPU's UUID (NVIDIA-compatible).
+	AttrParentUUID = "parentUUID"
+	// AttrParentIndex is a MIG device's GPU's NVML index.
+	AttrParentIndex = "parentIndex"
+	// AttrParentMinor is a MIG device's GPU's minor number.
+	AttrParentMinor = "parentMinor"
+	// AttrPlacementStart is the first memory slice of a MIG device.
+	AttrPlacementStart = "placementStart"
+	// AttrPlacementSize is the number of memory slices of a MIG device.
+	AttrPlacementSize = "placementSize"
+	// AttrPCIeBusID is the GPU's PCI bus ID under the name NVIDIA's driver
+	// publishes (NVIDIA-compatible).
+	AttrPCIeBusID = "pcieBusID"
+	// AttrStandardPCIBusID is Kubernetes' standard PCI bus ID attribute.
+	AttrStandardPCIBusID = "resource.kubernetes.io/pciBusID"
+)
+
+// Capacity keys of published devices.
+const (
+	// CapacityMemory is GPU memory in bytes; on a shared GPU a share's
+	// amount becomes its MPS pinned device memory limit.
+	CapacityMemory = "memory"
+	// CapacityCompute is a percentage of a shared GPU's multiprocessors; a
+	// share's amount, when not zero, becomes its MPS active thread
+	// percentage.
+	CapacityCompute = "compute"
+	// CapacityMultiprocessors counts streaming multiprocessors.
+	CapacityMultiprocessors = "multiprocessors"
+	// Engine counts of a MIG device.
+	CapacityCopyEngines = "copyEngines"
+	CapacityDecoders    = "decoders"
+	CapacityEncoders    = "encoders"
+	CapacityJPEGEngines = "jpegEngines"
+	CapacityOFAEngines  = "ofaEngines"
+)
+
+// Counter names of a GPU's counter set (besides CapacityMemory and
+// CapacityMultiprocessors, which are counters too).
+const (
+	memorySliceCounterPrefix   = "memory-slice-"
+	instanceLimitCounterPrefix = "instances-"
+)
+
+// MemorySliceCounter is the counter of a GPU's i-th memory slice.
+func MemorySliceCounter(i int) string { return memorySliceCounterPrefix + strconv.Itoa(i) }
+
+// InstanceLimitCounter is the counter that limits how many instances of a
+// MIG profile a GPU can hold at once (e.g. one "+me").
+func InstanceLimitCounter(profile string) string {
+	return instanceLimitCounterPrefix + SanitizeProfile(profile)
+}
+
+// Device name parts: "gpu-<minor>", "gpu-<minor>-mig-<profile>-<start>",
+// that with "-static" for a pre-created instance, "gpu-<minor>-shared".
+const (
+	gpuPrefix    = "gpu-"
+	migInfix     = "-mig-"
+	staticSuffix = "-static"
+	sharedSuffix = "-shared"
+)
+
+// GPUDevice is the name of a whole GPU's device; it is also the name of the
+// GPU's counter set.
+func GPUDevice(minor int) string { return gpuPrefix + strconv.Itoa(minor) }
+
+// CounterSet is the name of a GPU's counter set.
+func CounterSet(minor int) string { return GPUDevice(minor) }
+
+// MIGDevice is the name of a MIG profile's device at a placement.
+func MIGDevice(minor int, profile string, start int) string {
+	return fmt.Sprintf("%s%s%s-%d", GPUDevice(minor), migInfix, SanitizeProfile(profile), start)
+}
+
+// StaticMIGDevice is the name of a pre-created MIG instance's device.
+func StaticMIGDevice(minor int, profile string, start int) string {
+	return MIGDevice(minor, profile, start) + staticSuffix
+}
+
+// SharedDevice is the name of a GPU's shared device.
+func SharedDevice(minor int) string { return GPUDevice(minor) + sharedSuffix }
+
+// SanitizeProfile turns a MIG profile name into a DNS-label fragment:
+// "1g.10gb" -> "1g10gb", "1g.10gb+me" -> "1g10gbme", "1g.10gb-me" ->
+// "1g10gbnome", "1g.10gb+me.all" -> "1g10gbmeall".
+func SanitizeProfile(profile string) string {
+	p := strings.ToLower(profile)
+	p = strings.ReplaceAll(p, "-me", "nome")
+	var b strings.Builder
+	for _, c := range p {
+		if (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') {
+			b.WriteRune(c)
+		}
+	}
+	return b.String()
+}
+
+// ParsedDevice is what a device name says about a device.
+type ParsedDevice struct {
+	// Minor is the minor number of the GPU the device is or is carved from.
+	Minor int
+	// Type is TypeGPU, TypeMIG or TypeShared.
+	Type string
+}
+
+// ParseDevice reads a device name built by this package. It accepts only
+// canonical minors (no sign, no leading zeros), so every GPU has exactly one
+// spelling and "gpu-30-mig-…" or "gpu-3x" never belong to GPU 3.
+func ParseDevice(name string) (ParsedDevice, bool) {
+	rest, ok := strings.CutPrefix(name, gpuPrefix)
+	if !ok {
+		return ParsedDevice{}, false
+	}
+	num, tail, hasTail := strings.Cut(rest, "-")
+	minor, ok := ParseMinor(num)
+	if !ok {
+		return ParsedDevice{}, false
+	}
+	switch {
+	case !hasTail:
+		return ParsedDevice{Minor: minor, Type: TypeGPU}, true
+	case "-"+tail == sharedSuffix:
+		return ParsedDevice{Minor: minor, Type: TypeShared}, true
+	case strings.HasPrefix("-"+tail, migInfix) && len("-"+tail) > len(migInfix):
+		return ParsedDevice{Minor: minor, Type: TypeMIG}, true
+	}
+	return ParsedDevice{}, false
+}
+
+// ParseGPUDevice reads "gpu-<minor>" or a bare "<minor>", the ways admins
+// name one GPU.
+func ParseGPUDevice(s string) (int, bool) {
+	return ParseMinor(strings.TrimPrefix(s, gpuPrefix))
+}
+
+// ParseMinor reads a canonical non-negative decimal number: no sign, no
+// leading zeros.
+func ParseMinor(s string) (int, bool) {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 || strconv.Itoa(n) != s {
+		return 0, false
+	}
+	return n, true
+}
+
+// Taint keys. A health condition's taint key is HealthTaintKey(condition).
+const (
+	// MaintenanceTaintKey is the key of an admin's maintenance taint
+	// (kubectl gpu taint); its value is the reason.
+	MaintenanceTaintKey = keyPrefix + "maintenance"
+)
+
+// HealthTaintKeyPrefix prefixes the taint key of every health condition.
+const HealthTaintKeyPrefix = keyPrefix
+
+// HealthTaintKey is the taint key of a health condition, e.g.
+// "gpu.nvidia.com/xid".
+func HealthTaintKey(condition string) string { return HealthTaintKeyPrefix + condition }
+
+// Node annotations by which an admin, after checking a GPU, clears its
+// sticky health taints (fatal XIDs, ECC errors): `kubectl gpu clear` writes
+// them, the node's plugin reads them. The value is an RFC 3339 time;
+// conditions raised at or before it are cleared.
+const (
+	// HealthClearedAnnotation clears every GPU of the node.
+	HealthClearedAnnotation = keyPrefix + "health-cleared"
+	// HealthClearedGPUAnnotationPrefix followed by a GPU's minor clears that
+	// GPU, e.g. "gpu.nvidia.com/health-cleared-gpu-3".
+	HealthClearedGPUAnnotationPrefix = HealthClearedAnnotation + "-" + gpuPrefix
+)
+
+// HealthClearedGPUAnnotation is the annotation that clears one GPU.
+func HealthClearedGPUAnnotation(minor int) string {
+	return HealthClearedGPUAnnotationPrefix + strconv.Itoa(minor)
+}
+
+// PreparedDeviceAnnotation is the CDI spec annotation under which the
+// plugin records a prepared device, so that a lost checkpoint can be
+// rebuilt from the specs.
+const PreparedDeviceAnnotation = keyPrefix + "prepared-device"
+
+// Labels and annotation of the DeviceTaintRules kubectl-gpu creates, by
+// which untaint and drain find them again.
+const (
+	// TaintRuleNodeLabel holds the node name, or a hash-shortened form of it
+	// if it is longer than a label value may be.
+	TaintRuleNodeLabel = keyPrefix + "taint-node"
+	// TaintRuleGPULabel holds the whole-GPU device name ("gpu-3") on the
+	// rules of one GPU; rules for a whole node do not have it.
+	TaintRuleGPULabel = keyPrefix + "taint-gpu"
+	// TaintRuleNodeAnnotation holds the full node name, for humans.
+	TaintRuleNodeAnnotation = keyPrefix + "taint-node"
+)
