@@ -210,14 +210,17 @@ func read(path string) (*Checkpoint, error) {
 }
 
 // Save writes the checkpoint atomically and durably, keeping the file it
-// replaces as the previous generation.
+// replaces as the previous generation where it can.
 func (s *Store) Save(cp *Checkpoint) error {
 	out, err := seal(cp)
 	if err != nil {
 		return fmt.Errorf("encode checkpoint: %w", err)
 	}
 	if err := s.keepPrevious(); err != nil {
-		return fmt.Errorf("keep previous checkpoint: %w", err)
+		// The previous generation only helps a rebuild; a filesystem
+		// without hard links must not stop the plugin. A stale one would
+		// mislead, so none is better.
+		_ = os.Remove(s.previous)
 	}
 	if err := s.write(s.path, out); err != nil {
 		return fmt.Errorf("write checkpoint: %w", err)
