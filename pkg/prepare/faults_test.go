@@ -186,6 +186,9 @@ func TestCorruptCheckpointDuringMIGPrepare(t *testing.T) {
 				t.Fatal(err)
 			}
 			rep := f.restart(ctx)
+			if len(rep.Unowned) != 0 {
+				t.Errorf("unowned MIG devices reported although the previous generation was readable: %v", rep.Unowned)
+			}
 			if len(rep.MIGDestroyed) != 1 || len(f.liveMIG()) != 0 {
 				t.Fatalf("the interrupted prepare's MIG device: destroyed %v, live %+v", rep.MIGDestroyed, f.liveMIG())
 			}
@@ -201,6 +204,38 @@ func TestCorruptCheckpointDuringMIGPrepare(t *testing.T) {
 				t.Error("the whole GPU is not published again")
 			}
 		})
+	}
+}
+
+// TestCorruptCheckpointAndNoPreviousGeneration: with both the checkpoint
+// and its previous generation unreadable, a MIG device no claim records
+// cannot be told from an administrator's: it is left alone and reported,
+// while a claim whose spec was written is rebuilt.
+func TestCorruptCheckpointAndNoPreviousGeneration(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, "dgxh100")
+	prepared := allocated("gpu-3-mig-1g10gb-0")
+	if _, err := f.p.Prepare(ctx, prepared); err != nil {
+		t.Fatal(err)
+	}
+	f.prepareKilledAfter(StepMIGCreated, allocated("gpu-2-mig-3g40gb-4"))
+	for _, path := range []string{f.store.Path(), f.store.Path() + checkpoint.PreviousSuffix} {
+		if err := os.WriteFile(path, []byte("{"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep := f.restart(ctx)
+	if strings.Join(rep.Rebuilt, ",") != string(prepared.UID) {
+		t.Errorf("rebuilt %v, want %s", rep.Rebuilt, prepared.UID)
+	}
+	var onGPU2 []string
+	for _, m := range f.liveMIG() {
+		if m.ParentUUID == f.inventory().GPUs[2].UUID {
+			onGPU2 = append(onGPU2, m.UUID)
+		}
+	}
+	if len(onGPU2) != 1 || strings.Join(rep.Unowned, ",") != onGPU2[0] || len(rep.MIGDestroyed) != 0 {
+		t.Errorf("unowned %v, destroyed %v; want GPU 2's device %v reported and left alone", rep.Unowned, rep.MIGDestroyed, onGPU2)
 	}
 }
 

@@ -57,6 +57,11 @@ type ReconcileReport struct {
 	// the bus): what it holds is unknown, not gone, so they are kept as
 	// they are; the kubelet's next call or the next start tries again.
 	Unreadable []string
+	// Unowned are the live MIG devices (by UUID) that no claim records
+	// after a lost checkpoint without a readable previous generation: an
+	// administrator's, or created by a prepare interrupted before its
+	// first write could be read back. They are left alone and logged.
+	Unowned []string
 	// Failed are claims and daemons that could not be reconciled, with
 	// the cause; claims among them are kept as they are, like Unreadable.
 	Failed map[string]error
@@ -86,6 +91,9 @@ func (r Reconciler) Reconcile(ctx context.Context, found Found) (*checkpoint.Che
 		}
 	}
 	rc.orphanSpecs()
+	if found.Lost != nil && found.Lost.Previous == nil {
+		rc.unowned()
+	}
 	if r.MPS != nil {
 		if err := rc.daemons(ctx); err != nil {
 			return nil, rc.rep, err
@@ -141,7 +149,6 @@ func (rc *reconciliation) rebuild(previous *checkpoint.Checkpoint) {
 		rc.rep.Rebuilt = append(rc.rep.Rebuilt, uid)
 	}
 	if previous == nil {
-		rc.logger.Info("No readable previous checkpoint: MIG devices of preparations interrupted before their CDI spec was written cannot be told from an administrator's")
 		return
 	}
 	for _, uid := range sortedKeys(previous.Claims) {
@@ -255,6 +262,27 @@ func (rc *reconciliation) missingMIG(c *checkpoint.Claim) string {
 		}
 	}
 	return ""
+}
+
+// unowned reports the live MIG devices no claim records.
+func (rc *reconciliation) unowned() {
+	owned := map[string]bool{}
+	for _, c := range rc.cp.Claims {
+		for _, d := range c.Devices {
+			if d.MIG != nil {
+				owned[d.MIG.UUID] = true
+			}
+		}
+	}
+	for _, uuid := range sortedKeys(rc.live) {
+		if owned[uuid] {
+			continue
+		}
+		m := rc.live[uuid]
+		rc.logger.Info("MIG device owned by no claim after the checkpoint and its previous generation were lost; left alone: destroy it if no administrator created it",
+			"mig", uuid, "gpu", m.ParentUUID, "profile", m.Profile, "placement", m.Placement.String())
+		rc.rep.Unowned = append(rc.rep.Unowned, uuid)
+	}
 }
 
 // orphanSpecs deletes the specs of claims nobody remembers.
