@@ -7,7 +7,13 @@
 // upgrade that adds fields does not break it. Unknown fields are ignored.
 // A file that cannot be trusted (unreadable, truncated, bad checksum, a
 // future major version) is set aside beside the original and the plugin
-// starts from an empty checkpoint and rebuilds from live state.
+// starts from an empty checkpoint and rebuilds from live state: the CDI
+// specs' device records (record.go, versioned and checksummed the same
+// way) and the previous generation, which every save keeps, for what
+// unfinished preparations created (store.go). The files: checkpoint.go
+// the types, query.go the questions asked of them (who holds a device, a
+// MIG placement, a GPU's shares), store.go the file, record.go the
+// device records.
 package checkpoint
 
 import (
