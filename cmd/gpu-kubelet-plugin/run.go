@@ -141,6 +141,8 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 	if err != nil {
 		return err
 	}
+	daemons := mps.NewManager(filepath.Join(ro.pluginDataDir, "mps"), driverRoot)
+	daemons.Logger = logger
 	metrics := driver.NewMetrics()
 	var ready atomic.Bool
 	if ro.httpEndpoint != "" {
@@ -157,7 +159,7 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 		"pluginDir", ro.pluginDir, "checkpoint", filepath.Join(ro.pluginDataDir, checkpoint.FileName))
 	return driver.Run(ctx, driver.Config{
 		NodeName: opts.nodeName, KubeClient: client, GPUs: node, CDI: writer, Store: store,
-		MPS:       mps.NewManager(filepath.Join(ro.pluginDataDir, "mps"), driverRoot),
+		MPS:       daemons,
 		PluginDir: ro.pluginDir, RegistrarDir: ro.registrarDir,
 		InventoryInterval: ro.inventoryInterval, HeldDeviceWait: ro.heldDeviceWait, StaticMIGOnly: opts.staticMIGOnly, SharedGPUs: opts.sharedGPUs,
 		HealthPolicy: policy, HealthStorePath: filepath.Join(ro.pluginDataDir, health.StoreFileName),

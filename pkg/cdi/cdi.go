@@ -106,9 +106,22 @@ type Device struct {
 	Annotations map[string]string
 }
 
-// Mount is a bind mount into the container (read-write).
+// Mount is a bind mount of a host directory into the container, never
+// with set-user-ID programs or device nodes working through it (nosuid,
+// nodev): whatever one container leaves there, another may run or open.
 type Mount struct {
 	HostPath, ContainerPath string
+	// ReadOnly mounts it read-only; otherwise it is read-write.
+	ReadOnly bool
+}
+
+// options are the mount's OCI options.
+func (m Mount) options() []string {
+	access := "rw"
+	if m.ReadOnly {
+		access = "ro"
+	}
+	return []string{"rbind", access, "nosuid", "nodev"}
 }
 
 // MIGDevice identifies a MIG device within its parent GPU.

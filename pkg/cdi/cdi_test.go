@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -266,5 +267,34 @@ func TestDriverRootReadFromItsMount(t *testing.T) {
 	_, err = New(Options{CDIRoot: t.TempDir(), DriverRoot: roots.DriverRoot, DriverRootMount: filepath.Join(t.TempDir(), "nope")})
 	if err == nil || !strings.Contains(err.Error(), "--driver-root-mount") {
 		t.Errorf("a missing mount: %v", err)
+	}
+}
+
+// TestDeviceMounts: a device's mounts (the MPS pipe and log directories)
+// reach the container as bind mounts, read-only where asked, and never
+// with set-user-ID programs or device nodes working through them.
+func TestDeviceMounts(t *testing.T) {
+	w, _ := newWriter(t)
+	dir := t.TempDir()
+	devs := []Device{{Name: "gpu-1", Request: "a", GPUMinor: 1, UUID: "GPU-1111", Mounts: []Mount{
+		{HostPath: filepath.Join(dir, "pipe"), ContainerPath: "/tmp/nvidia-mps"},
+		{HostPath: filepath.Join(dir, "log"), ContainerPath: "/var/log/nvidia-mps", ReadOnly: true},
+	}}}
+	ids, err := w.WriteClaimSpec(context.Background(), uid, devs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, m := range inject(t, w, ids["gpu-1"][0]).Mounts {
+		if strings.HasPrefix(m.Source, dir) {
+			got[m.Source+" -> "+m.Destination] = strings.Join(m.Options, ",")
+		}
+	}
+	want := map[string]string{
+		filepath.Join(dir, "pipe") + " -> /tmp/nvidia-mps":    "rbind,rw,nosuid,nodev",
+		filepath.Join(dir, "log") + " -> /var/log/nvidia-mps": "rbind,ro,nosuid,nodev",
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("mounts %v, want %v", got, want)
 	}
 }

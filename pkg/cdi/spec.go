@@ -78,7 +78,7 @@ func (w *Writer) buildSpec(claimUID string, devices []Device) (*specs.Spec, erro
 		}
 		var mounts []*specs.Mount
 		for _, m := range d.Mounts {
-			mounts = append(mounts, &specs.Mount{HostPath: m.HostPath, ContainerPath: m.ContainerPath, Options: []string{"rbind", "rw"}})
+			mounts = append(mounts, &specs.Mount{HostPath: m.HostPath, ContainerPath: m.ContainerPath, Options: m.options()})
 		}
 		spec.Devices = append(spec.Devices, specs.Device{
 			Name:           cdiName(claimUID, d.Name),

@@ -2,22 +2,42 @@
 // sharing, with the driver's own nvidia-cuda-mps-control from the driver
 // root.
 //
-// Each daemon has a directory <root>/<claimUID> with pipe/ (the daemon's
-// control pipe and PID file; mounted into the claim's containers, whose
-// CUDA runtime connects through it) and log/. The daemon is found by its
-// PID file: a plugin restarted as a process finds it still running, and one
-// whose container stopped with it starts it again (docs/helm.md); it is
-// neither leaked nor started twice.
+// Each daemon has a directory <root>/<key> (key: a claim's UID, or the
+// key of a shared GPU's daemon) with pipe/ (the daemon's control pipe and
+// PID file; mounted read-write into the containers that use the daemon,
+// whose CUDA runtime connects through it) and log/ (mounted read-only).
+// Whatever is in pipe/ and log/ is written by tenants' containers as much
+// as by the daemon, so the plugin reads nothing there that it acts on
+// (docs/security.md, "Threat model").
+//
+// The plugin knows its daemons by its own record, <root>/<key>/daemon.json,
+// which no container can write: the PID, start time, boot and executable of
+// the daemon it started (as its child, in the foreground, so that the PID
+// comes from fork and not from a file). A process is the daemon only while
+// all of these match; only then is it signalled. A plugin restarted as a
+// process finds a daemon that still runs; one whose container stopped with
+// its daemons (docs/helm.md) finds them gone and starts them again; neither
+// leaks a daemon nor starts one twice.
+//
+// A previous release knew its daemons only by the daemon's PID file in
+// pipe/. Where there is no record, that file is read once, defensively, and
+// the process it names is adopted (and recorded) only if it runs the driver
+// root's control program, serves this directory's pipe/ and started between
+// the directory's creation and this plugin's start; otherwise the daemon is
+// gone and a new one is started.
 package mps
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -25,6 +45,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/driverroot"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs"
 )
@@ -32,8 +53,28 @@ import (
 // ControlBinary is the MPS control program.
 const ControlBinary = "nvidia-cuda-mps-control"
 
-// pidFile is the control daemon's PID file in its pipe directory.
-const pidFile = "nvidia-cuda-mps-control.pid"
+// Files the daemon makes in its pipe directory: its control pipe, whose
+// existence says it is ready for clients, and the PID file by which a
+// previous release of the plugin knew it.
+const (
+	controlPipe   = "control"
+	legacyPIDFile = "nvidia-cuda-mps-control.pid"
+)
+
+// Files of the plugin's own in a daemon's directory, beside pipe/ and log/
+// and out of every container's reach.
+const (
+	recordFile = "daemon.json"
+	outputFile = "daemon.out" // the daemon's standard output and error
+)
+
+// recordVersion is the version of the record's format.
+const recordVersion = 1
+
+// adoptSlack is how far, either way, the start of a previous release's
+// daemon may lie outside the window it must have started in: start times
+// converted to wall time are good to about a second.
+const adoptSlack = 2 * time.Second
 
 // Container paths of the daemon's directories.
 const (
@@ -49,7 +90,9 @@ const (
 // or remove entries there: in a 0777 pipe directory one container could
 // replace the control pipe that the claim's other containers connect to.
 // So 0755, never 0777. The directories above them need nothing more, as
-// the container runtime (root) resolves a bind mount's source.
+// the container runtime (root) resolves a bind mount's source. A root
+// container can still write to pipe/ whatever its mode: that is why the
+// plugin trusts nothing in it.
 //
 // The MPS server that the daemon starts for a client runs as the client's
 // user. Should it need to create files in pipe/ or log/ for a non-root
@@ -57,18 +100,43 @@ const (
 // to open them to everyone.
 const DirMode fs.FileMode = 0o755
 
-// Manager starts and stops claims' daemons.
+// Manager starts and stops claims' daemons. It is safe for concurrent use
+// with different keys.
 type Manager struct {
 	root       string
 	driverRoot string
-	// Timeout bounds waiting for a daemon to become ready or to stop.
+	// ProcRoot is the root above the process table (/proc) in which the
+	// daemons are looked up: "/", which for the plugin, running with
+	// hostPID, is the host's. It is not --proc-root, the driver's /proc
+	// files, a simulated tree in simulation. Tests point it at a fake tree.
+	ProcRoot string
+	// Timeout bounds waiting for a daemon to become ready, to take the
+	// quit command, and to stop.
 	Timeout time.Duration
+	// Logger logs what Running, which has no context, finds: a previous
+	// release's daemon adopted or refused. The zero Logger discards.
+	Logger klog.Logger
+	// writeFile replaces a file atomically and durably.
+	writeFile func(path string, data []byte) error
+	// created is when the Manager was made: a previous release's daemon
+	// started before it.
+	created time.Time
 }
 
 // NewManager keeps daemon directories under root and runs the control
 // program found under driverRoot.
 func NewManager(root, driverRoot string) *Manager {
-	return &Manager{root: root, driverRoot: driverRoot, Timeout: 10 * time.Second}
+	return &Manager{root: root, driverRoot: driverRoot, ProcRoot: "/", Timeout: 10 * time.Second,
+		writeFile: checkpoint.WriteFileAtomic, created: time.Now()}
+}
+
+// record is the plugin's own record of a daemon, in its directory.
+type record struct {
+	Version int `json:"version"`
+	identity
+	// Adopted is set for a previous release's daemon, found by its PID
+	// file.
+	Adopted bool `json:"adopted,omitempty"`
 }
 
 // Dir is the host directory of a claim's daemon.
@@ -88,122 +156,342 @@ func PipeDirIn(dir string) string { return filepath.Join(dir, "pipe") }
 // LogDirIn is the log directory in a daemon directory.
 func LogDirIn(dir string) string { return filepath.Join(dir, "log") }
 
+func (m *Manager) procs() procs { return procs{root: m.ProcRoot} }
+
 func (m *Manager) control() (string, error) {
 	return driverroot.FindBinary(m.driverRoot, ControlBinary)
 }
 
-func (m *Manager) env(claimUID string) []string {
+func (m *Manager) env(key string) []string {
 	return append(os.Environ(),
-		"CUDA_MPS_PIPE_DIRECTORY="+m.PipeDir(claimUID),
-		"CUDA_MPS_LOG_DIRECTORY="+m.LogDir(claimUID))
+		"CUDA_MPS_PIPE_DIRECTORY="+m.PipeDir(key),
+		"CUDA_MPS_LOG_DIRECTORY="+m.LogDir(key))
 }
 
 // Start starts the claim's daemon for the GPUs (UUIDs, MIG or whole) and
 // waits until it is ready. A daemon that already runs is kept: Start is
-// idempotent.
-func (m *Manager) Start(ctx context.Context, claimUID string, gpuUUIDs []string) error {
-	if m.Running(claimUID) {
-		klog.FromContext(ctx).V(2).Info("MPS control daemon already running", "claimUID", claimUID)
+// idempotent. A daemon that cannot be recorded is stopped again and the
+// failure returned: a daemon the plugin does not know of would run
+// forever.
+func (m *Manager) Start(ctx context.Context, key string, gpuUUIDs []string) error {
+	logger := klog.FromContext(ctx)
+	if d, err := m.lookup(logger, key); err != nil {
+		return err
+	} else if d != nil {
+		logger.V(2).Info("MPS control daemon already running", "key", key, "pid", d.PID)
 		return nil
 	}
 	bin, err := m.control()
 	if err != nil {
 		return err
 	}
-	for _, dir := range []string{m.root, m.Dir(claimUID), m.PipeDir(claimUID), m.LogDir(claimUID)} {
-		if err := hostfs.EnsureDir(klog.FromContext(ctx), dir, DirMode); err != nil {
+	for _, dir := range []string{m.root, m.Dir(key), m.PipeDir(key), m.LogDir(key)} {
+		if err := hostfs.EnsureDir(logger, dir, DirMode); err != nil {
 			return fmt.Errorf("MPS directory: %w", err)
 		}
 	}
-	cmd := exec.CommandContext(ctx, bin, "-d")
-	cmd.Env = append(m.env(claimUID), "CUDA_VISIBLE_DEVICES="+strings.Join(gpuUUIDs, ","))
+	if m.unprovenLegacy(key) {
+		// A previous release's daemon that could not prove itself may
+		// still serve pipe/: ask it to quit (signalling nothing) before
+		// its pipes are removed under it.
+		if err := m.quit(ctx, key); err != nil {
+			logger.V(2).Info("No MPS control daemon took the quit command", "key", key, "err", err)
+		}
+	}
+	// No daemon of ours serves pipe/: what is in it is stale, or planted
+	// (say, a symlink where the daemon creates a file).
+	if err := emptyDir(m.PipeDir(key)); err != nil {
+		return fmt.Errorf("clear the MPS pipe directory: %w", err)
+	}
+	out, err := os.OpenFile(filepath.Join(m.Dir(key), outputFile), os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return fmt.Errorf("MPS control daemon output: %w", err)
+	}
+	// In the foreground, as this process's child: its PID is the one fork
+	// returned, not one read from a file.
+	cmd := exec.Command(bin, "-f")
+	cmd.Env = append(m.env(key), "CUDA_VISIBLE_DEVICES="+strings.Join(gpuUUIDs, ","))
+	cmd.Stdout, cmd.Stderr = out, out
 	// The daemon must not die with the plugin's process group.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("start MPS control daemon: %w: %s", err, strings.TrimSpace(string(out)))
+	err = cmd.Start()
+	out.Close() // the daemon has its own
+	if err != nil {
+		return fmt.Errorf("start MPS control daemon: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait() // reaps it whenever it exits
+		close(exited)
+	}()
+	fail := func(err error) error {
+		_ = cmd.Process.Kill()
+		<-exited
+		return fmt.Errorf("start MPS control daemon: %w%s", err, m.output(key))
+	}
+	id, err := m.procs().identify(cmd.Process.Pid)
+	if err != nil {
+		return fail(err)
+	}
+	if err := m.saveRecord(key, record{identity: id}); err != nil {
+		return fail(err)
 	}
 	deadline := time.Now().Add(m.Timeout)
-	for !m.Running(claimUID) {
+	for !m.ready(key) {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("MPS control daemon not ready after %s (log: %s)", m.Timeout, m.LogDir(claimUID))
+			return fail(fmt.Errorf("not ready after %s (log: %s)", m.Timeout, m.LogDir(key)))
 		}
 		select {
+		case <-exited:
+			return fmt.Errorf("start MPS control daemon: it exited%s", m.output(key))
 		case <-ctx.Done():
-			return ctx.Err()
+			return fail(ctx.Err())
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	klog.FromContext(ctx).Info("MPS control daemon started", "claimUID", claimUID, "gpus", gpuUUIDs, "pid", m.pid(claimUID))
+	logger.Info("MPS control daemon started", "key", key, "gpus", gpuUUIDs, "pid", id.PID)
 	return nil
 }
 
-// pid returns the daemon's PID from its PID file, 0 if none.
-func (m *Manager) pid(claimUID string) int {
-	data, err := os.ReadFile(filepath.Join(m.PipeDir(claimUID), pidFile))
+// ready reports whether the daemon made its control pipe. The entry is
+// only looked at, never opened.
+func (m *Manager) ready(key string) bool {
+	_, err := os.Lstat(filepath.Join(m.PipeDir(key), controlPipe))
+	return err == nil
+}
+
+// output is the start of what the daemon printed, for an error message.
+func (m *Manager) output(key string) string {
+	f, err := os.Open(filepath.Join(m.Dir(key), outputFile))
 	if err != nil {
-		return 0
+		return ""
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
-	if err != nil || pid <= 0 {
-		return 0
+	defer f.Close()
+	data, _ := io.ReadAll(io.LimitReader(f, 2<<10))
+	if s := strings.TrimSpace(string(data)); s != "" {
+		return ": " + s
 	}
-	return pid
+	return ""
 }
 
 // Running reports whether the claim's daemon runs.
-func (m *Manager) Running(claimUID string) bool {
-	pid := m.pid(claimUID)
-	return pid > 0 && alive(pid)
+func (m *Manager) Running(key string) bool {
+	d, _ := m.lookup(m.Logger, key)
+	return d != nil
 }
 
-// alive reports whether a process exists and has not exited: a daemon
-// is nobody's child once its starter exits, so after it exits it may stay
-// a zombie until init reaps it.
-func alive(pid int) bool {
-	if syscall.Kill(pid, 0) != nil {
+// lookup returns the identity of the key's running daemon, or nil if it
+// has none. The record decides; without one, a previous release's daemon
+// is adopted if it proves itself (see the package comment). An error means
+// that a daemon was adopted but could not be recorded.
+func (m *Manager) lookup(logger klog.Logger, key string) (*identity, error) {
+	rec, err := m.loadRecord(key)
+	switch {
+	case err == nil:
+		if m.procs().is(rec.identity) {
+			return &rec.identity, nil
+		}
+		return nil, nil
+	case !errors.Is(err, fs.ErrNotExist):
+		logger.Info("Unreadable record of an MPS control daemon; taking the daemon as gone", "key", key, "err", err)
+		return nil, nil
+	}
+	id, why := m.legacyDaemon(key)
+	if id == nil {
+		if why != "" {
+			logger.Info("Not adopting the process in a previous release's MPS PID file", "key", key, "reason", why)
+		}
+		return nil, nil
+	}
+	logger.Info("Adopting a previous release's MPS control daemon", "key", key, "pid", id.PID)
+	if err := m.saveRecord(key, record{identity: *id, Adopted: true}); err != nil {
+		return id, err
+	}
+	return id, nil
+}
+
+// legacyDaemon returns the previous release's daemon named by the PID file
+// in the key's pipe directory, if the process proves to be it; otherwise
+// why not ("" when there is no PID file).
+func (m *Manager) legacyDaemon(key string) (*identity, string) {
+	path := filepath.Join(m.PipeDir(key), legacyPIDFile)
+	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+		return nil, ""
+	}
+	data, err := readSmall(path, maxSmallSize)
+	if err != nil {
+		return nil, err.Error()
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || pid <= 0 {
+		return nil, fmt.Sprintf("%s holds no PID", path)
+	}
+	bin, err := m.control()
+	if err != nil {
+		return nil, err.Error()
+	}
+	fi, err := os.Stat(bin)
+	if err != nil {
+		return nil, err.Error()
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil, bin + ": no device and inode"
+	}
+	p := m.procs()
+	id, err := p.identify(pid)
+	if err != nil {
+		return nil, err.Error()
+	}
+	if id.ExeDevice != st.Dev || id.ExeInode != st.Ino {
+		return nil, fmt.Sprintf("process %d runs %s, not %s", pid, id.Exe, bin)
+	}
+	env, err := p.environ(pid)
+	if err != nil {
+		return nil, err.Error()
+	}
+	if !slices.Contains(env, "CUDA_MPS_PIPE_DIRECTORY="+m.PipeDir(key)) {
+		return nil, fmt.Sprintf("process %d serves another pipe directory", pid)
+	}
+	started, err := p.startedAt(id.StartTime)
+	if err != nil {
+		return nil, err.Error()
+	}
+	dir, err := os.Lstat(m.Dir(key))
+	if err != nil {
+		return nil, err.Error()
+	}
+	// The previous release made the directory, then started the daemon;
+	// this plugin has not started it.
+	if started.Before(dir.ModTime().Add(-adoptSlack)) || started.After(m.created.Add(adoptSlack)) {
+		return nil, fmt.Sprintf("process %d started at %s, not between its directory's creation (%s) and this plugin's start (%s)",
+			pid, started.UTC().Format(time.RFC3339), dir.ModTime().UTC().Format(time.RFC3339), m.created.UTC().Format(time.RFC3339))
+	}
+	return &id, ""
+}
+
+// unprovenLegacy reports whether key has a previous release's PID file
+// but no record: its daemon, if any, was not adopted.
+func (m *Manager) unprovenLegacy(key string) bool {
+	if _, err := os.Lstat(filepath.Join(m.PipeDir(key), legacyPIDFile)); err != nil {
 		return false
 	}
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true // no procfs: trust kill
-	}
-	// The state follows the command name, which is in parentheses.
-	if i := strings.LastIndexByte(string(stat), ')'); i >= 0 && i+2 < len(stat) {
-		return stat[i+2] != 'Z'
-	}
-	return true
+	_, err := m.loadRecord(key)
+	return errors.Is(err, fs.ErrNotExist)
 }
 
-// Stop asks the claim's daemon to quit, waits for it, and removes its
-// directories. Stopping a claim without a daemon is not an error.
-func (m *Manager) Stop(ctx context.Context, claimUID string) error {
+func (m *Manager) loadRecord(key string) (record, error) {
+	data, err := readSmall(filepath.Join(m.Dir(key), recordFile), maxSmallSize)
+	if err != nil {
+		return record{}, err
+	}
+	var rec record
+	if err := json.Unmarshal(data, &rec); err != nil {
+		return record{}, fmt.Errorf("decode %s: %w", recordFile, err)
+	}
+	if rec.Version != recordVersion {
+		return record{}, fmt.Errorf("%s: version %d, want %d", recordFile, rec.Version, recordVersion)
+	}
+	return rec, nil
+}
+
+// saveRecord replaces the key's record, atomically and durably.
+func (m *Manager) saveRecord(key string, rec record) error {
+	rec.Version = recordVersion
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("encode the MPS control daemon's record: %w", err)
+	}
+	if err := m.writeFile(filepath.Join(m.Dir(key), recordFile), data); err != nil {
+		return fmt.Errorf("record the MPS control daemon: %w", err)
+	}
+	return nil
+}
+
+// Stop asks the claim's daemon to quit, kills it if it does not, waits for
+// it, and removes its directories. Stopping a claim without a daemon is
+// not an error. Only the recorded (or adopted) daemon is ever signalled.
+func (m *Manager) Stop(ctx context.Context, key string) error {
 	logger := klog.FromContext(ctx)
-	if pid := m.pid(claimUID); pid > 0 && m.Running(claimUID) {
-		bin, err := m.control()
-		if err != nil {
+	d, err := m.lookup(logger, key)
+	if err != nil {
+		// An adopted daemon that could not be recorded is stopped all
+		// the same.
+		logger.Info("Stopping an unrecorded MPS control daemon", "key", key, "err", err)
+	}
+	if d != nil {
+		if err := m.stop(ctx, key, *d); err != nil {
 			return err
 		}
-		cmd := exec.CommandContext(ctx, bin)
-		cmd.Env = m.env(claimUID)
-		cmd.Stdin = strings.NewReader("quit\n")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("stop MPS control daemon: %w: %s", err, strings.TrimSpace(string(out)))
+	} else if m.unprovenLegacy(key) {
+		// A previous release's daemon that could not prove itself may
+		// still serve pipe/: ask whatever does to quit, signalling
+		// nothing, rather than leak it.
+		if err := m.quit(ctx, key); err != nil {
+			logger.V(2).Info("No MPS control daemon took the quit command", "key", key, "err", err)
 		}
-		deadline := time.Now().Add(m.Timeout)
-		for alive(pid) {
-			if time.Now().After(deadline) {
-				logger.Info("MPS control daemon did not quit; killing it", "claimUID", claimUID, "pid", pid)
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		logger.Info("MPS control daemon stopped", "claimUID", claimUID, "pid", pid)
 	}
-	if err := os.RemoveAll(m.Dir(claimUID)); err != nil {
+	if err := os.RemoveAll(m.Dir(key)); err != nil {
 		return fmt.Errorf("remove MPS directory: %w", err)
 	}
 	return nil
+}
+
+// stop ends the daemon d: the quit command through its pipe directory
+// first, bounded by Timeout (a container may have replaced the control
+// pipe, making the command fail or hang), then SIGKILL.
+func (m *Manager) stop(ctx context.Context, key string, d identity) error {
+	logger := klog.FromContext(ctx)
+	if err := m.quit(ctx, key); err != nil {
+		logger.Info("MPS control daemon did not take the quit command; killing it", "key", key, "pid", d.PID, "err", err)
+	} else if m.waitGone(ctx, d) {
+		logger.Info("MPS control daemon stopped", "key", key, "pid", d.PID)
+		return nil
+	} else {
+		logger.Info("MPS control daemon did not quit; killing it", "key", key, "pid", d.PID)
+	}
+	if err := m.procs().kill(d, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("stop MPS control daemon: %w", err)
+	}
+	if !m.waitGone(ctx, d) {
+		return fmt.Errorf("stop MPS control daemon: process %d still runs %s after SIGKILL", d.PID, m.Timeout)
+	}
+	logger.Info("MPS control daemon killed", "key", key, "pid", d.PID)
+	return nil
+}
+
+// quit sends the daemon the quit command.
+func (m *Manager) quit(ctx context.Context, key string) error {
+	bin, err := m.control()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, m.Timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin)
+	cmd.Env = m.env(key)
+	cmd.Stdin = strings.NewReader("quit\n")
+	cmd.WaitDelay = time.Second
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// waitGone waits up to Timeout for d to be gone and reports whether it is.
+func (m *Manager) waitGone(ctx context.Context, d identity) bool {
+	deadline := time.Now().Add(m.Timeout)
+	for m.procs().is(d) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return !m.procs().is(d)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return true
 }
 
 // Claims lists the claim UIDs that have a daemon directory.
@@ -222,4 +510,28 @@ func (m *Manager) Claims() ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// emptyDir removes everything in dir, a batch of entries at a time (a
+// container may have made very many), following no symlink.
+func emptyDir(dir string) error {
+	for {
+		f, err := os.Open(dir)
+		if err != nil {
+			return err
+		}
+		names, err := f.Readdirnames(256)
+		f.Close()
+		if errors.Is(err, io.EOF) || len(names) == 0 {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		for _, name := range names {
+			if err := os.RemoveAll(filepath.Join(dir, name)); err != nil {
+				return err
+			}
+		}
+	}
 }

@@ -29,13 +29,12 @@ func TestDaemonLifecycle(t *testing.T) {
 	if err := m.Start(ctx, uid, []string{"GPU-a", "GPU-b"}); err != nil {
 		t.Fatal(err)
 	}
-	pid := m.pid(uid)
-	if !m.Running(uid) || pid == 0 {
+	d := recorded(t, m, uid)
+	if !m.Running(uid) {
 		t.Fatal("not running after start")
 	}
-	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
-	if err := m.Start(ctx, uid, []string{"GPU-a", "GPU-b"}); err != nil || m.pid(uid) != pid {
-		t.Fatalf("second start: %v, pid %d -> %d", err, pid, m.pid(uid))
+	if err := m.Start(ctx, uid, []string{"GPU-a", "GPU-b"}); err != nil || recorded(t, m, uid) != d {
+		t.Fatalf("second start: %v, daemon %+v -> %+v", err, d, recorded(t, m, uid))
 	}
 	restarted := NewManager(m.root, roots.DriverRoot)
 	if claims, err := restarted.Claims(); err != nil || len(claims) != 1 || claims[0] != uid || !restarted.Running(uid) {
@@ -44,7 +43,7 @@ func TestDaemonLifecycle(t *testing.T) {
 	if err := restarted.Stop(ctx, uid); err != nil {
 		t.Fatal(err)
 	}
-	if alive(pid) {
+	if m.procs().is(d) {
 		t.Error("daemon still alive after stop")
 	}
 	if _, err := os.Stat(m.Dir(uid)); !os.IsNotExist(err) {
@@ -68,4 +67,16 @@ func TestMissingControlProgram(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "nvidia-cuda-mps-control not found under the driver root") {
 		t.Errorf("error %v", err)
 	}
+}
+
+// recorded returns the daemon in the key's record and kills it when the
+// test ends, whatever the test did.
+func recorded(t *testing.T, m *Manager, key string) identity {
+	t.Helper()
+	rec, err := m.loadRecord(key)
+	if err != nil {
+		t.Fatalf("record of %s: %v", key, err)
+	}
+	t.Cleanup(func() { _ = m.procs().kill(rec.identity, syscall.SIGKILL) })
+	return rec.identity
 }

@@ -5,7 +5,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 
 	"k8s.io/klog/v2"
@@ -50,8 +49,7 @@ func TestDirModes(t *testing.T) {
 			if err := m.Start(klog.NewContext(context.Background(), logger), uid, []string{"GPU-a"}); err != nil {
 				t.Fatal(err)
 			}
-			pid := m.pid(uid)
-			t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+			recorded(t, m, uid)
 			hostfstest.CheckModes(t, map[string]os.FileMode{m.root: DirMode, m.Dir(uid): DirMode, m.PipeDir(uid): DirMode, m.LogDir(uid): DirMode})
 			logs := logger.GetSink().(ktesting.Underlier).GetBuffer().String()
 			if tightened := strings.Contains(logs, "Tightened"); tightened != tc.existing {

@@ -30,8 +30,10 @@ func cdiDevices(rec *checkpoint.Claim) ([]cdi.Device, error) {
 			Annotations: map[string]string{names.PreparedDeviceAnnotation: record}}
 		if d.MPSDir != "" {
 			cd.Mounts = []cdi.Mount{
+				// The CUDA clients connect through pipe/; only the daemon
+				// and its servers, host processes, write log/.
 				{HostPath: mps.PipeDirIn(d.MPSDir), ContainerPath: mps.ContainerPipeDir},
-				{HostPath: mps.LogDirIn(d.MPSDir), ContainerPath: mps.ContainerLogDir},
+				{HostPath: mps.LogDirIn(d.MPSDir), ContainerPath: mps.ContainerLogDir, ReadOnly: true},
 			}
 		}
 		if d.MIG != nil {

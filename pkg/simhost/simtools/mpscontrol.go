@@ -27,11 +27,14 @@ const (
 // pollInterval is how often the daemon looks for its control file.
 const pollInterval = 100 * time.Millisecond
 
-// mpsControl is the simulated nvidia-cuda-mps-control. "-d" starts a
-// daemon (a detached copy of this program) that lives while its control
-// file exists, with its PID in the pipe directory. Without "-d" it reads a
-// command on stdin: "quit" makes the daemon exit. Every start and quit is
-// logged in the daemon's control.log and in mps.log under the driver root.
+// mpsControl is the simulated nvidia-cuda-mps-control. "-f" runs the
+// daemon in the foreground: it lives while its control file exists, with
+// its PID in the pipe directory, and makes the control file once it is
+// ready. "-d" starts the same daemon detached (a copy of this program) and
+// returns, as a previous release of the plugin ran it. Without either it
+// reads a command on stdin: "quit" makes the daemon exit. Every start and
+// quit is logged in the daemon's control.log and in mps.log under the
+// driver root.
 func (t *Tools) mpsControl(args []string) int {
 	if len(args) == 2 && args[0] == daemonArg {
 		return daemon(args[1])
@@ -48,6 +51,9 @@ func (t *Tools) mpsControl(args []string) int {
 	_ = os.MkdirAll(t.simDir(), 0o755)
 	if len(args) > 0 && args[0] == "-d" {
 		return t.startDaemon(pipe, logDir)
+	}
+	if len(args) > 0 && args[0] == "-f" {
+		return t.foreground(pipe, logDir)
 	}
 	switch command := readLine(t.Stdin); command {
 	case "quit":
@@ -66,7 +72,7 @@ func (t *Tools) startDaemon(pipe, logDir string) int {
 		}
 	}
 	control := filepath.Join(pipe, controlFile)
-	if err := os.WriteFile(control, nil, 0o644); err != nil {
+	if err := makeControl(control); err != nil {
 		return t.fail(err)
 	}
 	cmd := exec.Command(t.Executable, daemonArg, pipe)
@@ -90,6 +96,42 @@ func (t *Tools) startDaemon(pipe, logDir string) int {
 	// The daemon runs: a log that cannot be written is reported, not fatal.
 	_ = t.logMPS(logDir, fmt.Sprintf("%s start pid=%d devices=%s pipe=%s", t.now(), pid, t.getenv("CUDA_VISIBLE_DEVICES"), pipe))
 	return 0
+}
+
+// foreground is the daemon of "-f": it announces itself (PID file, log),
+// makes its control file last, as the sign that it is ready, and runs
+// until the control file is gone. A PID file that cannot be written (a
+// client's container may have put a directory in its place) is reported,
+// not fatal: its starter knows the daemon's PID without it.
+func (t *Tools) foreground(pipe, logDir string) int {
+	for _, dir := range []string{pipe, logDir} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return t.fail(err)
+		}
+	}
+	pid := os.Getpid()
+	if err := writeAtomic(filepath.Join(pipe, pidFile), []byte(fmt.Sprintf("%d\n", pid)), 0o644, false); err != nil {
+		fmt.Fprintf(t.Stderr, "%s: %v\n", MPSControl, err)
+	}
+	_ = t.logMPS(logDir, fmt.Sprintf("%s start pid=%d devices=%s pipe=%s", t.now(), pid, t.getenv("CUDA_VISIBLE_DEVICES"), pipe))
+	if err := makeControl(filepath.Join(pipe, controlFile)); err != nil {
+		return t.fail(err)
+	}
+	return daemon(pipe)
+}
+
+// makeControl makes a new, empty control file at path. Whatever is there
+// is removed first, not written through: a client's container may have put
+// a symlink to a host file there, which a plain create would truncate.
+func makeControl(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o644)
+	if err != nil {
+		return err
+	}
+	return f.Close()
 }
 
 // quit removes the daemon's control file, which makes it exit.
@@ -122,7 +164,12 @@ func daemon(pipe string) int {
 }
 
 // logMPS appends line to logDir/control.log and to mps.log under the
-// driver root, reporting failures; it returns mps.log's.
+// driver root, reporting failures; it returns mps.log's. control.log is
+// appended to as the real daemon does, but neither through a symlink nor
+// to anything but a regular file, and without waiting on a FIFO: log/ may
+// have been written by a container (it is mounted read-only into
+// containers now, but a claim prepared by an older release has it
+// read-write).
 func (t *Tools) logMPS(logDir, line string) error {
 	if err := appendLine(filepath.Join(logDir, "control.log"), line); err != nil {
 		fmt.Fprintf(t.Stderr, "%s: %v\n", MPSControl, err)

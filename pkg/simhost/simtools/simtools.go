@@ -27,6 +27,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"time"
 )
 
@@ -44,7 +45,8 @@ type Tools struct {
 	// Root is the driver root.
 	Root string
 	// Executable is the running copy: nvidia-smi reads the driver version
-	// from its end, nvidia-cuda-mps-control -d runs it again as the daemon.
+	// from its end, nvidia-cuda-mps-control -d runs it again as the
+	// detached daemon.
 	Executable string
 	// Getenv reads the environment; nil means os.Getenv.
 	Getenv func(string) string
@@ -123,11 +125,16 @@ func (t *Tools) now() string {
 // simDir is <root>/var/lib/gpu-sim.
 func (t *Tools) simDir() string { return filepath.Join(t.Root, "var/lib/gpu-sim") }
 
-// appendLine appends line and a newline to the file at path, creating it.
+// appendLine appends line and a newline to the regular file at path,
+// creating it; a symlink, a FIFO or a device in its place is refused.
 func appendLine(path, line string) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0o644)
 	if err != nil {
 		return err
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return fmt.Errorf("append to %s: not a regular file", path)
 	}
 	_, err = io.WriteString(f, line+"\n")
 	if cerr := f.Close(); err == nil {

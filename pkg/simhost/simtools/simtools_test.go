@@ -295,3 +295,118 @@ func alive(pid int) bool {
 	i := bytes.LastIndexByte(stat, ')')
 	return i < 0 || i+2 >= len(stat) || stat[i+2] != 'Z'
 }
+
+// TestForegroundDaemon runs "nvidia-cuda-mps-control -f" in-process: it
+// makes its PID file, logs its start, makes its control file (ready) and
+// returns once quit removed it. A control.log that a container replaced
+// by a symlink or a FIFO is neither followed nor waited on: only that
+// log line is lost.
+func TestForegroundDaemon(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		plant func(t *testing.T, path string)
+	}{
+		{name: "plain log directory"},
+		{name: "control.log a symlink to a host file", plant: func(t *testing.T, path string) {
+			if err := os.Symlink(filepath.Join(t.TempDir(), "host-file"), path); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{name: "control.log a FIFO", plant: func(t *testing.T, path string) {
+			if err := syscall.Mkfifo(path, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root, dir := t.TempDir(), t.TempDir()
+			pipe, logDir := filepath.Join(dir, "pipe"), filepath.Join(dir, "log")
+			if err := os.MkdirAll(logDir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			logFile := filepath.Join(logDir, "control.log")
+			if tc.plant != nil {
+				tc.plant(t, logFile)
+			}
+			env := map[string]string{"CUDA_MPS_PIPE_DIRECTORY": pipe, "CUDA_MPS_LOG_DIRECTORY": logDir, "CUDA_VISIBLE_DEVICES": "GPU-a"}
+			type result struct {
+				code           int
+				stdout, stderr string
+			}
+			done := make(chan result, 1)
+			go func() {
+				code, stdout, stderr := run(root, MPSControl, "", env, "-f")
+				done <- result{code, stdout, stderr}
+			}()
+			// Ready once the control file exists; then the PID file names
+			// this process.
+			for {
+				if _, err := os.Stat(filepath.Join(pipe, controlFile)); err == nil {
+					break
+				}
+				select {
+				case r := <-done:
+					t.Fatalf("daemon exited before it was ready: %+v", r)
+				case <-time.After(10 * time.Millisecond):
+				}
+			}
+			if data, err := os.ReadFile(filepath.Join(pipe, pidFile)); err != nil || strings.TrimSpace(string(data)) != strconv.Itoa(os.Getpid()) {
+				t.Errorf("PID file %q (%v), want %d", data, err, os.Getpid())
+			}
+			if code, _, stderr := run(root, MPSControl, "quit\n", env); code != 0 {
+				t.Fatalf("quit: %d: %s", code, stderr)
+			}
+			r := <-done
+			if r.code != 0 {
+				t.Errorf("daemon exited %d: %s", r.code, r.stderr)
+			}
+			fi, err := os.Lstat(logFile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.plant == nil {
+				data, _ := os.ReadFile(logFile)
+				if !strings.Contains(string(data), "start pid=") || !strings.Contains(string(data), "quit pipe=") {
+					t.Errorf("control.log:\n%s", data)
+				}
+				return
+			}
+			if fi.Mode().IsRegular() {
+				t.Errorf("control.log was replaced by a regular file")
+			}
+			if fi.Mode()&os.ModeSymlink != 0 {
+				target, _ := os.Readlink(logFile)
+				if _, err := os.Stat(target); !os.IsNotExist(err) {
+					t.Errorf("the symlink's target was written: %v", err)
+				}
+			}
+			if !strings.Contains(r.stderr, "not a regular file") && !strings.Contains(r.stderr, "too many levels of symbolic links") && !strings.Contains(r.stderr, "no such device or address") {
+				t.Errorf("the refused log is not reported: %q", r.stderr)
+			}
+		})
+	}
+}
+
+// TestControlFileNotWrittenThroughASymlink: a control entry that a
+// container made a symlink to a host file is replaced, and the host file
+// is left as it was, where a plain create would have truncated it.
+func TestControlFileNotWrittenThroughASymlink(t *testing.T) {
+	pipe := t.TempDir()
+	host := filepath.Join(t.TempDir(), "host-file")
+	if err := os.WriteFile(host, []byte("precious\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	control := filepath.Join(pipe, controlFile)
+	if err := os.Symlink(host, control); err != nil {
+		t.Fatal(err)
+	}
+	if err := makeControl(control); err != nil {
+		t.Fatal(err)
+	}
+	if data, err := os.ReadFile(host); err != nil || string(data) != "precious\n" {
+		t.Errorf("host file %q (%v)", data, err)
+	}
+	if fi, err := os.Lstat(control); err != nil || !fi.Mode().IsRegular() {
+		t.Errorf("control entry %v (%v), want a regular file", fi, err)
+	}
+}
