@@ -7,26 +7,22 @@
 // upgrade that adds fields does not break it. Unknown fields are ignored.
 // A file that cannot be trusted (unreadable, truncated, bad checksum, a
 // future major version) is set aside beside the original and the plugin
-// starts from an empty checkpoint and rebuilds from live state.
+// starts from an empty checkpoint and rebuilds from live state: the CDI
+// specs' device records (record.go, versioned and checksummed the same
+// way) and the previous generation, which every save keeps, for what
+// unfinished preparations created (store.go). The files: checkpoint.go
+// the types, query.go the questions asked of them (who holds a device, a
+// MIG placement, a GPU's shares), store.go the file, record.go the
+// device records.
 package checkpoint
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
 	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"time"
-
-	"k8s.io/klog/v2"
-
-	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs"
 )
 
 // Version is the schema version this code writes. A file of a higher
@@ -42,9 +38,15 @@ type State string
 // Claim states. A claim is recorded as PrepareStarted, with what is about to
 // be created, before any side effect, so a crash at any later point leaves
 // enough to roll back.
+//
+// Undone is a claim whose rollback (of a failed prepare, or an unprepare)
+// finished on the node, but whose removal from the checkpoint could not be
+// written: it holds no device any more, and what remains is to forget it.
+// Every state but PrepareCompleted is rolled back at the next start.
 const (
 	PrepareStarted   State = "PrepareStarted"
 	PrepareCompleted State = "PrepareCompleted"
+	Undone           State = "Undone"
 )
 
 // Checkpoint is everything the plugin must remember across restarts.
@@ -158,183 +160,6 @@ func (c *Claim) Clone() *Claim {
 		out.Devices[i] = d
 	}
 	return &out
-}
-
-type envelope struct {
-	Version  int             `json:"version"`
-	Checksum string          `json:"checksum"`
-	Data     json.RawMessage `json:"data"`
-}
-
-// CorruptError says the checkpoint could not be trusted and was set aside.
-type CorruptError struct {
-	Path     string // the checkpoint's path
-	SetAside string // where the untrusted file now is
-	Cause    error
-}
-
-func (e *CorruptError) Error() string {
-	return fmt.Sprintf("checkpoint %s cannot be trusted, moved to %s: %v", e.Path, e.SetAside, e.Cause)
-}
-
-func (e *CorruptError) Unwrap() error { return e.Cause }
-
-// Modes of the checkpoint's directory and files. The checkpoint is the
-// plugin's alone: whoever can write it can make the plugin destroy MIG
-// devices or stop MPS daemons at its next start, and nobody else needs to
-// read it.
-const (
-	DirMode  fs.FileMode = 0o700
-	FileMode fs.FileMode = 0o600
-)
-
-// Store reads and writes the checkpoint file in a directory.
-type Store struct {
-	dir  string
-	path string
-}
-
-// StoreOption configures NewStore.
-type StoreOption func(*storeOptions)
-
-type storeOptions struct {
-	logger klog.Logger
-}
-
-// WithLogger logs where NewStore tightens the mode of an existing
-// directory. Without it that is done silently.
-func WithLogger(logger klog.Logger) StoreOption {
-	return func(o *storeOptions) { o.logger = logger }
-}
-
-// NewStore returns a store in dir, creating dir with DirMode, or tightening
-// an existing dir to at most DirMode (see hostfs.EnsureDir).
-func NewStore(dir string, opts ...StoreOption) (*Store, error) {
-	var o storeOptions
-	for _, opt := range opts {
-		opt(&o)
-	}
-	if err := hostfs.EnsureDir(o.logger, dir, DirMode); err != nil {
-		return nil, fmt.Errorf("checkpoint directory: %w", err)
-	}
-	return &Store{dir: dir, path: filepath.Join(dir, FileName)}, nil
-}
-
-// Path is the checkpoint file's path.
-func (s *Store) Path() string { return s.path }
-
-// Load reads the checkpoint. A missing file is an empty checkpoint. A file
-// that cannot be trusted is moved aside and Load returns an empty
-// checkpoint together with a *CorruptError, so the caller can report it and
-// rebuild; any other error means nothing was read or changed.
-func (s *Store) Load() (*Checkpoint, error) {
-	data, err := os.ReadFile(s.path)
-	if errors.Is(err, os.ErrNotExist) {
-		return New(""), nil
-	}
-	if err != nil {
-		return s.setAside(fmt.Errorf("read: %w", err))
-	}
-	var env envelope
-	if err := json.Unmarshal(data, &env); err != nil {
-		return s.setAside(fmt.Errorf("decode: %w", err))
-	}
-	if env.Version > Version {
-		return s.setAside(fmt.Errorf("written by a newer plugin (version %d, this plugin reads up to %d)", env.Version, Version))
-	}
-	if env.Version < 1 {
-		return s.setAside(fmt.Errorf("no version"))
-	}
-	if got := checksum(env.Data); got != env.Checksum {
-		return s.setAside(fmt.Errorf("checksum mismatch: file says %q, data hashes to %q", env.Checksum, got))
-	}
-	cp := &Checkpoint{}
-	if err := json.Unmarshal(env.Data, cp); err != nil {
-		return s.setAside(fmt.Errorf("decode data: %w", err))
-	}
-	if cp.Claims == nil {
-		cp.Claims = map[string]*Claim{}
-	}
-	for uid, c := range cp.Claims {
-		if c == nil || c.UID != uid {
-			return s.setAside(fmt.Errorf("claim entry %q is inconsistent", uid))
-		}
-	}
-	return cp, nil
-}
-
-func (s *Store) setAside(cause error) (*Checkpoint, error) {
-	aside := fmt.Sprintf("%s.corrupt-%s", s.path, time.Now().UTC().Format("20060102T150405.000000000"))
-	if err := os.Rename(s.path, aside); err != nil {
-		return nil, fmt.Errorf("set aside untrusted checkpoint %s (%v): %w", s.path, cause, err)
-	}
-	return New(""), &CorruptError{Path: s.path, SetAside: aside, Cause: cause}
-}
-
-// Save writes the checkpoint atomically and durably.
-func (s *Store) Save(cp *Checkpoint) error {
-	data, err := json.Marshal(cp)
-	if err != nil {
-		return fmt.Errorf("encode checkpoint: %w", err)
-	}
-	out, err := json.Marshal(envelope{Version: Version, Checksum: checksum(data), Data: data})
-	if err != nil {
-		return fmt.Errorf("encode checkpoint: %w", err)
-	}
-	if err := WriteFileAtomic(s.path, out); err != nil {
-		return fmt.Errorf("write checkpoint: %w", err)
-	}
-	return nil
-}
-
-// WriteFileAtomic replaces path with data so that a crash at any moment
-// leaves either the old or the new content: a temporary file in the same
-// directory, fsync, rename, fsync of the directory. The file is FileMode
-// (owner only) whatever the umask and whatever the mode of the file it
-// replaces.
-func WriteFileAtomic(path string, data []byte) error {
-	dir, name := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
-	tmp, err := os.CreateTemp(dir, "."+name+"-*.tmp")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // no-op after the rename
-	// CreateTemp makes 0600 files already; say so rather than rely on it.
-	if err := tmp.Chmod(FileMode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("sync %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	return nil
-}
-
-func checksum(data []byte) string {
-	sum := sha256.Sum256(data)
-	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
 // ReadBootID returns the node's boot ID from procRoot/proc/sys/kernel/random/boot_id.

@@ -124,6 +124,8 @@ func TestUnknownFieldsAreIgnored(t *testing.T) {
 	}
 }
 
+// TestSaveLeavesNoTemporaryFiles: after saves the directory holds the
+// checkpoint and its previous generation, nothing else.
 func TestSaveLeavesNoTemporaryFiles(t *testing.T) {
 	dir := t.TempDir()
 	s, _ := NewStore(dir)
@@ -133,7 +135,7 @@ func TestSaveLeavesNoTemporaryFiles(t *testing.T) {
 		}
 	}
 	entries, _ := os.ReadDir(dir)
-	if len(entries) != 1 || entries[0].Name() != FileName {
+	if len(entries) != 2 || entries[0].Name() != FileName || entries[1].Name() != FileName+PreviousSuffix {
 		t.Fatalf("directory holds %v", entries)
 	}
 }

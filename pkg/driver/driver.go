@@ -191,14 +191,15 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read GPU inventory: %w", err)
 	}
-	cp, report, err := prepare.Reconcile(ctx, cp, inv, cfg.GPUs, cfg.CDI, cfg.MPS, rebuild)
+	cp, report, err := prepare.Reconciler{GPUs: cfg.GPUs, CDI: cfg.CDI, MPS: cfg.MPS}.Reconcile(ctx, prepare.Found{Checkpoint: cp, Inventory: inv, Lost: corrupt})
 	if err != nil {
 		return nil, fmt.Errorf("reconcile prepared claims: %w", err)
 	}
 	logger.Info("Reconciled prepared claims with the hardware and CDI specs", "claims", len(cp.Claims),
 		"rolledBack", report.RolledBack, "dropped", report.Dropped, "rebuilt", report.Rebuilt,
 		"specsRewritten", report.SpecsRewritten, "orphanSpecs", report.OrphanSpecs, "migDestroyed", report.MIGDestroyed,
-		"mpsRestarted", report.MPSRestarted, "orphanMPS", report.OrphanMPS)
+		"mpsRestarted", report.MPSRestarted, "orphanMPS", report.OrphanMPS, "timeSlicesApplied", report.TimeSlicesApplied,
+		"unreadable", report.Unreadable, "failed", len(report.Failed))
 	if err := cfg.Store.Save(cp); err != nil {
 		return nil, fmt.Errorf("save reconciled checkpoint: %w", err)
 	}
@@ -227,7 +228,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		PoolName: cfg.NodeName, AfterStep: cfg.AfterStep, MPS: cfg.MPS, HeldWait: cfg.HeldDeviceWait,
 	})
 	d.monitor.Probe(ctx)
-	if _, err := d.state.refresh(inv, cp); err != nil {
+	if _, err := d.state.refresh(inv, d.preparer); err != nil {
 		return nil, err
 	}
 	d.cfg.Metrics.setPrepared(cp)
@@ -365,7 +366,7 @@ func (d *Driver) refreshAndPublish(ctx context.Context) error {
 		return fmt.Errorf("read GPU inventory: %w", err)
 	}
 	d.monitor.SetInventory(ctx, inv, readAt)
-	if _, err := d.state.refresh(inv, d.preparer.Snapshot()); err != nil {
+	if _, err := d.state.refresh(inv, d.preparer); err != nil {
 		return err
 	}
 	return d.publish(ctx)
@@ -375,7 +376,7 @@ func (d *Driver) refreshAndPublish(ctx context.Context) error {
 // the current taints, and republishes if it changed.
 func (d *Driver) rebuildAndPublish(ctx context.Context) error {
 	inv, _ := d.state.current()
-	if _, err := d.state.refresh(inv, d.preparer.Snapshot()); err != nil {
+	if _, err := d.state.refresh(inv, d.preparer); err != nil {
 		return err
 	}
 	return d.publish(ctx)

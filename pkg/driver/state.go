@@ -7,7 +7,6 @@ import (
 
 	resourceapi "k8s.io/api/resource/v1"
 
-	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 )
@@ -50,11 +49,18 @@ func (s *nodeState) current() (*gpu.Inventory, *devicemodel.Model) {
 	return s.inv, s.model
 }
 
-// refresh rebuilds the model from a new inventory and the checkpoint.
-func (s *nodeState) refresh(inv *gpu.Inventory, cp *checkpoint.Checkpoint) (*devicemodel.Model, error) {
+// migOwner says which live MIG devices the plugin created for claims
+// (*prepare.Preparer): those recorded, and for a claim still being
+// prepared, the one at a planned placement (created, not yet recorded).
+type migOwner interface {
+	ManagesMIG(m gpu.MIGInstance) bool
+}
+
+// refresh rebuilds the model from a new inventory and the plugin's claims.
+func (s *nodeState) refresh(inv *gpu.Inventory, owner migOwner) (*devicemodel.Model, error) {
 	in := devicemodel.Input{
 		Inventory:     inv,
-		Managed:       managedBy(cp),
+		Managed:       owner.ManagesMIG,
 		StaticMIGOnly: s.staticMIGOnly,
 		SharedGPUs:    s.sharedGPUs,
 	}
@@ -69,28 +75,4 @@ func (s *nodeState) refresh(inv *gpu.Inventory, cp *checkpoint.Checkpoint) (*dev
 	s.inv, s.model = inv, model
 	s.mu.Unlock()
 	return model, nil
-}
-
-// managedBy says which live MIG instances the plugin created for claims:
-// those recorded with their UUID, and, for a claim still being prepared,
-// the instance at a planned placement (created, not yet recorded).
-func managedBy(cp *checkpoint.Checkpoint) func(gpu.MIGInstance) bool {
-	uuids := map[string]bool{}
-	planned := map[[3]any]bool{}
-	for _, c := range cp.Claims {
-		for _, d := range c.Devices {
-			if d.MIG == nil {
-				continue
-			}
-			if d.MIG.Created && d.MIG.UUID != "" {
-				uuids[d.MIG.UUID] = true
-			}
-			if c.State == checkpoint.PrepareStarted && d.MIG.UUID == "" {
-				planned[[3]any{d.GPUUUID, d.MIG.ProfileID, d.MIG.Start}] = true
-			}
-		}
-	}
-	return func(m gpu.MIGInstance) bool {
-		return uuids[m.UUID] || planned[[3]any{m.ParentUUID, m.ProfileID, m.Placement.Start}]
-	}
 }

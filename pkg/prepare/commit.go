@@ -31,7 +31,7 @@ func (p *Preparer) commit() error {
 		p.mu.Unlock()
 		return nil // a save that started after our change included it
 	}
-	snapshot := p.cp.Clone()
+	snapshot := p.durable()
 	upTo := p.committer.changed
 	p.mu.Unlock()
 

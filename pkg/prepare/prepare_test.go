@@ -43,8 +43,10 @@ type fixture struct {
 	mps        *mps.Manager
 	cdi        *cdi.Writer
 	store      *checkpoint.Store
-	devices    *modelDevices
-	p          *Preparer
+	// disk writes the store's checkpoints, failing when told to.
+	disk    *faultyDisk
+	devices *modelDevices
+	p       *Preparer
 }
 
 // modelDevices resolves names through a model built from the inventory.
@@ -85,7 +87,8 @@ func newFixture(t testing.TB, model string) *fixture {
 	if f.cdi, err = cdi.New(cdi.Options{CDIRoot: filepath.Join(dir, "cdi"), DriverRoot: roots.DriverRoot, DevRoot: roots.DevRoot, ProcRoot: roots.ProcRoot}); err != nil {
 		t.Fatal(err)
 	}
-	if f.store, err = checkpoint.NewStore(filepath.Join(dir, "plugin")); err != nil {
+	f.disk = &faultyDisk{}
+	if f.store, err = checkpoint.NewStore(filepath.Join(dir, "plugin"), checkpoint.WithWriteFile(f.disk.write)); err != nil {
 		t.Fatal(err)
 	}
 	f.devices = &modelDevices{}
@@ -189,6 +192,12 @@ func (f *fixture) specs() []string {
 	return uids
 }
 
+// reconcile runs start-up reconciliation on the fixture's node; lost says
+// the checkpoint was lost.
+func (f *fixture) reconcile(ctx context.Context, cp *checkpoint.Checkpoint, inv *gpu.Inventory, lost *checkpoint.CorruptError) (*checkpoint.Checkpoint, ReconcileReport, error) {
+	return Reconciler{GPUs: f.node, CDI: f.cdi, MPS: f.mps}.Reconcile(ctx, Found{Checkpoint: cp, Inventory: inv, Lost: lost})
+}
+
 func (f *fixture) saved() *checkpoint.Checkpoint {
 	cp, err := f.store.Load()
 	if err != nil {
@@ -246,7 +255,7 @@ func TestWholeGPUKilledBeforeCompletion(t *testing.T) {
 		t.Fatalf("after the kill: specs %v, checkpoint %+v", f.specs(), f.saved().Claims)
 	}
 	// The restarted plugin.
-	cp, rep, err := Reconcile(ctx, f.saved(), f.inventory(), f.node, f.cdi, f.mps, false)
+	cp, rep, err := f.reconcile(ctx, f.saved(), f.inventory(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,7 +328,7 @@ func TestTimeSlice(t *testing.T) {
 	if got := f.timeSlice(7); got != "3" {
 		t.Fatalf("time slice of GPU 7 before the kill: %s", got)
 	}
-	if _, rep, err := Reconcile(ctx, f.saved(), f.inventory(), f.node, f.cdi, f.mps, false); err != nil || len(rep.RolledBack) != 1 {
+	if _, rep, err := f.reconcile(ctx, f.saved(), f.inventory(), nil); err != nil || len(rep.RolledBack) != 1 {
 		t.Fatalf("reconcile: %v, %+v", err, rep)
 	}
 	if got := f.timeSlice(7); got != "0" {
@@ -390,7 +399,7 @@ func TestMPS(t *testing.T) {
 	if err := f.mps.Start(ctx, orphan, []string{"GPU-x"}); err != nil {
 		t.Fatal(err)
 	}
-	_, rep, err := Reconcile(ctx, f.saved(), f.inventory(), f.node, f.cdi, f.mps, false)
+	_, rep, err := f.reconcile(ctx, f.saved(), f.inventory(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

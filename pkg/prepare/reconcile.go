@@ -2,327 +2,381 @@ package prepare
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
 
-	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
-
 	"k8s.io/klog/v2"
 
-	"github.com/gpu-dra/gpu-dra-driver/pkg/cdi"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
-	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
 )
 
 // ReconcileCDI is what start-up reconciliation needs of the CDI specs.
 type ReconcileCDI interface {
 	CDI
+	SpecAnnotations
 	ClaimUIDs() ([]string, error)
-	DeviceAnnotations(claimUID string) (map[string]map[string]string, error)
 }
 
-// preparedDevice is the annotation's content.
-type preparedDevice struct {
-	Namespace string            `json:"namespace"`
-	Claim     string            `json:"claim"`
-	Device    checkpoint.Device `json:"device"`
+// Reconciler brings the checkpoint, the live MIG devices, the MPS daemons
+// and the CDI specs into agreement before the plugin serves.
+type Reconciler struct {
+	GPUs GPUs
+	CDI  ReconcileCDI
+	// MPS is nil on a node without MPS.
+	MPS MPS
 }
 
-func deviceAnnotation(rec *checkpoint.Claim, d checkpoint.Device) (map[string]string, error) {
-	d.CDIDeviceIDs = nil
-	data, err := json.Marshal(preparedDevice{Namespace: rec.Namespace, Claim: rec.Name, Device: d})
-	if err != nil {
-		return nil, fmt.Errorf("encode device record: %w", err)
-	}
-	return map[string]string{names.PreparedDeviceAnnotation: string(data)}, nil
+// Found is what the plugin found at start-up.
+type Found struct {
+	// Checkpoint is the checkpoint as loaded (empty when it was lost).
+	Checkpoint *checkpoint.Checkpoint
+	Inventory  *gpu.Inventory
+	// Lost is set when the checkpoint could not be trusted: prepared
+	// claims are then rebuilt from the CDI specs' annotations, and every
+	// other claim of the generation before the lost one (Lost.Previous) is
+	// undone as an unfinished preparation, which finds the MIG devices
+	// created for it.
+	Lost *checkpoint.CorruptError
 }
 
-// ReconcileReport says what start-up reconciliation changed.
+// ReconcileReport says what start-up reconciliation changed, by claim UID
+// (or MPS daemon key).
 type ReconcileReport struct {
-	RolledBack     []string // claims whose unfinished preparation was undone
-	MPSRestarted   []string // MPS control daemons of prepared claims or shared GPUs started again
-	OrphanMPS      []string // MPS control daemons of no claim or share, stopped
-	Dropped        []string // prepared claims whose devices vanished (reboot)
-	Rebuilt        []string // claims recovered from CDI specs (lost checkpoint)
-	SpecsRewritten []string // prepared claims whose CDI spec was missing
-	OrphanSpecs    []string // CDI specs of no claim, deleted
-	MIGDestroyed   []string // MIG devices destroyed
+	RolledBack        []string // claims whose unfinished preparation was undone
+	MPSRestarted      []string // MPS control daemons of prepared claims or shared GPUs started again
+	OrphanMPS         []string // MPS control daemons of no claim or share, stopped
+	Dropped           []string // prepared claims whose devices vanished (reboot)
+	Rebuilt           []string // claims recovered from CDI specs (lost checkpoint)
+	SpecsRewritten    []string // prepared claims whose CDI spec was missing
+	OrphanSpecs       []string // CDI specs of no claim, deleted
+	MIGDestroyed      []string // MIG devices destroyed (by UUID)
+	TimeSlicesApplied []string // prepared claims whose time slices were set again
+	// Unreadable are claims on a GPU that could not be read (fallen off
+	// the bus): what it holds is unknown, not gone, so they are kept as
+	// they are; the kubelet's next call or the next start tries again.
+	Unreadable []string
+	// Unowned are the live MIG devices (by UUID) that no claim records
+	// after a lost checkpoint without a readable previous generation: an
+	// administrator's, or created by a prepare interrupted before its
+	// first write could be read back. They are left alone and logged.
+	Unowned []string
+	// Failed are claims and daemons that could not be reconciled, with
+	// the cause; claims among them are kept as they are, like Unreadable.
+	Failed map[string]error
 }
 
-// Reconcile brings the checkpoint, the live MIG devices and the CDI specs
-// into agreement before the plugin serves. rebuild says the checkpoint was
-// lost: prepared claims are then recovered from the CDI specs' annotations.
-// It returns the checkpoint to serve from; the caller saves it.
-func Reconcile(ctx context.Context, cp *checkpoint.Checkpoint, inv *gpu.Inventory, gpus GPUs, specs ReconcileCDI, daemons MPS, rebuild bool) (*checkpoint.Checkpoint, ReconcileReport, error) {
-	logger := klog.FromContext(ctx)
-	var rep ReconcileReport
-	cp = cp.Clone()
-	specUIDs, err := specs.ClaimUIDs()
-	if err != nil {
-		return nil, rep, fmt.Errorf("list CDI specs: %w", err)
+// Reconcile reconciles what was found and returns the checkpoint to serve
+// from; the caller saves it. One claim that cannot be reconciled never
+// stops the others: it is logged, reported in Failed and kept. The error
+// is for what stops reconciliation as a whole (the CDI specs or MPS
+// daemons cannot be listed).
+func (r Reconciler) Reconcile(ctx context.Context, found Found) (*checkpoint.Checkpoint, ReconcileReport, error) {
+	rc := &reconciliation{Reconciler: r, cp: found.Checkpoint.Clone(), logger: klog.FromContext(ctx),
+		live: map[string]gpu.MIGInstance{}, at: map[checkpoint.Placement]gpu.MIGInstance{},
+		unreadable: map[string]bool{}, undone: map[string]bool{}}
+	rc.rep.Failed = map[string]error{}
+	var err error
+	if rc.specUIDs, err = r.CDI.ClaimUIDs(); err != nil {
+		return nil, rc.rep, fmt.Errorf("list CDI specs: %w", err)
 	}
-	live := map[string]gpu.MIGInstance{} // by MIG UUID
-	at := map[[3]any]gpu.MIGInstance{}   // by GPU UUID, profile ID, start
+	rc.index(found.Inventory)
+	if found.Lost != nil {
+		rc.rebuild(found.Lost.Previous)
+	}
+	for _, uid := range sortedKeys(rc.cp.Claims) {
+		if err := rc.claim(ctx, rc.cp.Claims[uid]); err != nil {
+			rc.fail(uid, err)
+		}
+	}
+	rc.orphanSpecs()
+	if found.Lost != nil && found.Lost.Previous == nil {
+		rc.unowned()
+	}
+	if r.MPS != nil {
+		if err := rc.daemons(ctx); err != nil {
+			return nil, rc.rep, err
+		}
+	}
+	return rc.cp, rc.rep, nil
+}
+
+// reconciliation is one run of Reconcile.
+type reconciliation struct {
+	Reconciler
+	cp       *checkpoint.Checkpoint
+	logger   klog.Logger
+	specUIDs []string
+	live     map[string]gpu.MIGInstance               // by MIG UUID
+	at       map[checkpoint.Placement]gpu.MIGInstance // by placement
+	// unreadable are the GPUs (by UUID) whose MIG devices could not be
+	// listed.
+	unreadable map[string]bool
+	// owned are the MIG UUIDs some claim records: never destroyed as
+	// another's leftover.
+	owned  map[string]bool
+	undone map[string]bool
+	rep    ReconcileReport
+}
+
+func (rc *reconciliation) index(inv *gpu.Inventory) {
 	for _, g := range inv.GPUs {
+		if g.Lost {
+			rc.unreadable[g.UUID] = true
+			continue
+		}
 		for _, m := range g.MIGInstances {
-			live[m.UUID] = m
-			at[[3]any{g.UUID, m.ProfileID, m.Placement.Start}] = m
+			rc.live[m.UUID] = m
+			rc.at[checkpoint.Placement{GPUUUID: g.UUID, ProfileID: m.ProfileID, Start: m.Placement.Start}] = m
 		}
 	}
+}
 
-	if rebuild {
-		for _, uid := range specUIDs {
-			if _, ok := cp.Claims[uid]; ok {
-				continue
-			}
-			rec, err := rebuildClaim(uid, specs)
-			if err != nil {
-				logger.Error(err, "Cannot rebuild claim from its CDI spec; the spec is removed", "claimUID", uid)
-				continue
-			}
-			cp.Claims[uid] = rec
-			rep.Rebuilt = append(rep.Rebuilt, uid)
+// rebuild recovers prepared claims from the CDI specs, and takes the
+// other claims of the previous generation as unfinished, to be undone.
+func (rc *reconciliation) rebuild(previous *checkpoint.Checkpoint) {
+	for _, uid := range rc.specUIDs {
+		if _, ok := rc.cp.Claims[uid]; ok {
+			continue
 		}
-	}
-
-	// Instances recorded by any claim are owned and never destroyed as
-	// leftovers of another.
-	owned := map[string]bool{}
-	for _, c := range cp.Claims {
-		for _, d := range c.Devices {
-			if d.MIG != nil && d.MIG.UUID != "" {
-				owned[d.MIG.UUID] = true
-			}
+		rec, err := rebuildClaim(uid, rc.CDI)
+		if err != nil {
+			rc.logger.Error(err, "Cannot rebuild claim from its CDI spec; the spec is removed", "claimUID", uid)
+			continue
 		}
+		rc.cp.Claims[uid] = rec
+		rc.rep.Rebuilt = append(rc.rep.Rebuilt, uid)
 	}
+	if previous == nil {
+		return
+	}
+	for _, uid := range sortedKeys(previous.Claims) {
+		if _, ok := rc.cp.Claims[uid]; ok {
+			continue
+		}
+		c := previous.Claims[uid].Clone()
+		c.State = checkpoint.PrepareStarted
+		rc.cp.Claims[uid] = c
+	}
+}
 
-	destroy := func(gpuUUID string, m gpu.MIGInstance) error {
-		if err := gpus.DestroyMIG(ctx, gpu.MIGRef{ParentUUID: gpuUUID, GIID: m.GIID, CIID: m.CIID, UUID: m.UUID}); err != nil {
+// claim reconciles one claim.
+func (rc *reconciliation) claim(ctx context.Context, c *checkpoint.Claim) error {
+	if slices.ContainsFunc(c.Devices, func(d checkpoint.Device) bool { return rc.unreadable[d.GPUUUID] }) {
+		rc.logger.Info("Claim uses a GPU that cannot be read; keeping it as it is", "claimUID", c.UID)
+		rc.rep.Unreadable = append(rc.rep.Unreadable, c.UID)
+		return nil
+	}
+	if c.State != checkpoint.PrepareCompleted {
+		if err := rc.undo(ctx, c); err != nil {
 			return err
 		}
-		rep.MIGDestroyed = append(rep.MIGDestroyed, m.UUID)
-		delete(live, m.UUID)
+		rc.rep.RolledBack = append(rc.rep.RolledBack, c.UID)
 		return nil
 	}
-	undone := map[string]bool{}
-	// undo destroys what a claim created and forgets it.
-	undo := func(c *checkpoint.Claim) error {
-		for _, d := range c.Devices {
-			if d.MIG == nil {
-				continue
-			}
-			if d.MIG.Created {
-				if m, ok := live[d.MIG.UUID]; ok {
-					if err := destroy(d.GPUUUID, m); err != nil {
-						return fmt.Errorf("claim %s: destroy MIG device %s: %w", c.UID, d.MIG.UUID, err)
-					}
-				}
-				continue
-			}
-			if c.State == checkpoint.PrepareStarted && d.MIG.UUID == "" {
-				// Created just before a crash, not yet recorded: the live
-				// instance at the planned placement that nobody owns.
-				if m, ok := at[[3]any{d.GPUUUID, d.MIG.ProfileID, d.MIG.Start}]; ok && !owned[m.UUID] {
-					if _, still := live[m.UUID]; still {
-						if err := destroy(d.GPUUUID, m); err != nil {
-							return fmt.Errorf("claim %s: destroy unrecorded MIG device %s: %w", c.UID, m.UUID, err)
-						}
-					}
-				}
-			}
+	if missing := rc.missingMIG(c); missing != "" {
+		rc.logger.Info("Prepared claim lost a MIG device (node rebooted?); forgetting it so the next prepare starts afresh", "claimUID", c.UID, "mig", missing)
+		if err := rc.undo(ctx, c); err != nil {
+			return err
 		}
-		if err := restoreTimeSlices(ctx, gpus, c); err != nil {
-			return fmt.Errorf("claim %s: %w", c.UID, err)
-		}
-		if err := stopMPS(ctx, daemons, c); err != nil {
-			return fmt.Errorf("claim %s: %w", c.UID, err)
-		}
-		if err := specs.DeleteClaimSpec(c.UID); err != nil {
-			return fmt.Errorf("claim %s: delete CDI spec: %w", c.UID, err)
-		}
-		delete(cp.Claims, c.UID)
-		undone[c.UID] = true
+		rc.rep.Dropped = append(rc.rep.Dropped, c.UID)
 		return nil
 	}
-
-	for _, uid := range sortedKeys(cp.Claims) {
-		c := cp.Claims[uid]
-		if c.State != checkpoint.PrepareCompleted {
-			if err := undo(c); err != nil {
-				return nil, rep, err
-			}
-			rep.RolledBack = append(rep.RolledBack, uid)
-			continue
-		}
-		if missing := missingMIG(c, live); missing != "" {
-			logger.Info("Prepared claim lost a MIG device (node rebooted?); forgetting it so the next prepare starts afresh", "claimUID", uid, "mig", missing)
-			if err := undo(c); err != nil {
-				return nil, rep, err
-			}
-			rep.Dropped = append(rep.Dropped, uid)
-			continue
-		}
-		if uuids := mpsUUIDs(c); len(uuids) > 0 && daemons != nil && !daemons.Running(uid) {
-			logger.Info("Prepared claim's MPS control daemon is gone (node rebooted?); starting it again", "claimUID", uid)
-			if err := daemons.Start(ctx, uid, uuids); err != nil {
-				return nil, rep, fmt.Errorf("claim %s: restart MPS control daemon: %w", uid, err)
-			}
-			rep.MPSRestarted = append(rep.MPSRestarted, uid)
-		}
-		if !slices.Contains(specUIDs, uid) {
-			if err := rewriteSpec(ctx, c, specs); err != nil {
-				return nil, rep, fmt.Errorf("claim %s: rewrite CDI spec: %w", uid, err)
-			}
-			rep.SpecsRewritten = append(rep.SpecsRewritten, uid)
-		}
-	}
-	for _, uid := range specUIDs {
-		if _, ok := cp.Claims[uid]; !ok && !undone[uid] {
-			if err := specs.DeleteClaimSpec(uid); err != nil {
-				return nil, rep, fmt.Errorf("delete orphan CDI spec of %s: %w", uid, err)
-			}
-			rep.OrphanSpecs = append(rep.OrphanSpecs, uid)
-		}
-	}
-	if daemons != nil {
-		// The daemons of shared GPUs: one for every GPU with a share.
-		shared := map[string]bool{}
-		for _, c := range cp.Claims {
-			for _, uuid := range sharedGPUs(c) {
-				shared[sharedDaemon(uuid)] = true
-			}
-		}
-		for _, key := range sortedKeys(shared) {
-			if daemons.Running(key) {
-				continue
-			}
-			logger.Info("The MPS control daemon of a shared GPU's shares is gone (node rebooted?); starting it again", "daemon", key)
-			uuid := strings.TrimPrefix(key, sharedDaemonPrefix)
-			if err := daemons.Start(ctx, key, []string{uuid}); err != nil {
-				return nil, rep, fmt.Errorf("GPU %s: restart the MPS control daemon of its shares: %w", uuid, err)
-			}
-			rep.MPSRestarted = append(rep.MPSRestarted, key)
-		}
-		uids, err := daemons.Claims()
-		if err != nil {
-			return nil, rep, err
-		}
-		for _, uid := range uids {
-			if _, ok := cp.Claims[uid]; ok || shared[uid] {
-				continue
-			}
-			if err := daemons.Stop(ctx, uid); err != nil {
-				return nil, rep, fmt.Errorf("stop orphan MPS control daemon of %s: %w", uid, err)
-			}
-			rep.OrphanMPS = append(rep.OrphanMPS, uid)
-		}
-	}
-	return cp, rep, nil
-}
-
-// mpsUUIDs returns the UUIDs of a claim's MPS devices in the order its
-// daemon is given them (by device name), or nil. Prepare and start-up
-// reconciliation both start the daemon with it, and mpsEnv numbers the
-// devices' memory limits by it.
-func mpsUUIDs(c *checkpoint.Claim) []string {
-	devs := slices.Clone(c.Devices)
-	slices.SortFunc(devs, func(a, b checkpoint.Device) int { return strings.Compare(a.Name, b.Name) })
-	var out []string
-	for _, d := range devs {
-		if claimMPS(d) {
-			out = append(out, deviceUUID(d))
-		}
-	}
-	return out
-}
-
-func missingMIG(c *checkpoint.Claim, live map[string]gpu.MIGInstance) string {
+	// A time slice does not survive a reboot; setting it again is
+	// harmless otherwise.
+	applied := false
 	for _, d := range c.Devices {
-		if d.MIG != nil {
-			if _, ok := live[d.MIG.UUID]; !ok {
-				return d.MIG.UUID
+		if d.TimeSlice == "" {
+			continue
+		}
+		if err := rc.GPUs.SetTimeSlice(ctx, d.GPUUUID, d.TimeSlice); err != nil {
+			return fmt.Errorf("device %s: set time slice %s again: %w", d.Name, d.TimeSlice, err)
+		}
+		applied = true
+	}
+	if applied {
+		rc.rep.TimeSlicesApplied = append(rc.rep.TimeSlicesApplied, c.UID)
+	}
+	if uuids := mpsUUIDs(c); len(uuids) > 0 && rc.MPS != nil && !rc.MPS.Running(c.UID) {
+		rc.logger.Info("Prepared claim's MPS control daemon is gone (node rebooted?); starting it again", "claimUID", c.UID)
+		if err := rc.MPS.Start(ctx, c.UID, uuids); err != nil {
+			return fmt.Errorf("restart MPS control daemon: %w", err)
+		}
+		rc.rep.MPSRestarted = append(rc.rep.MPSRestarted, c.UID)
+	}
+	if !slices.Contains(rc.specUIDs, c.UID) {
+		if err := rewriteSpec(ctx, c, rc.CDI); err != nil {
+			return fmt.Errorf("rewrite CDI spec: %w", err)
+		}
+		rc.rep.SpecsRewritten = append(rc.rep.SpecsRewritten, c.UID)
+	}
+	return nil
+}
+
+// undo rolls the claim back with the Preparer's rollback and forgets it.
+func (rc *reconciliation) undo(ctx context.Context, c *checkpoint.Claim) error {
+	if rc.owned == nil {
+		rc.owned = map[string]bool{}
+		for _, o := range rc.cp.Claims {
+			for _, d := range o.Devices {
+				if d.MIG != nil && d.MIG.UUID != "" {
+					rc.owned[d.MIG.UUID] = true
+				}
 			}
+		}
+	}
+	u := undoer{gpus: liveGPUs{rc}, cdi: rc.CDI, others: rc.cp, unrecorded: rc.unrecorded}
+	if rc.MPS != nil {
+		u.mps = sweptDaemons{rc}
+	}
+	if err := u.undo(ctx, c); err != nil {
+		return err
+	}
+	delete(rc.cp.Claims, c.UID)
+	rc.undone[c.UID] = true
+	return nil
+}
+
+// unrecorded finds the instance a claim still being prepared created at a
+// planned placement just before the plugin died: the live one there that
+// no claim records.
+func (rc *reconciliation) unrecorded(d checkpoint.Device) (gpu.MIGRef, bool) {
+	at, _ := d.Placement()
+	m, ok := rc.at[at]
+	if !ok || rc.owned[m.UUID] {
+		return gpu.MIGRef{}, false
+	}
+	return gpu.MIGRef{ParentUUID: d.GPUUUID, GIID: m.GIID, CIID: m.CIID, UUID: m.UUID}, true
+}
+
+// missingMIG returns the UUID of a MIG device of the claim that is gone,
+// or "".
+func (rc *reconciliation) missingMIG(c *checkpoint.Claim) string {
+	for _, d := range c.Devices {
+		if d.MIG == nil {
+			continue
+		}
+		if _, ok := rc.live[d.MIG.UUID]; !ok {
+			return d.MIG.UUID
 		}
 	}
 	return ""
 }
 
-// cdiDevices turns a claim record into CDI devices with their annotations.
-func cdiDevices(rec *checkpoint.Claim) ([]cdi.Device, error) {
-	out := make([]cdi.Device, 0, len(rec.Devices))
-	for _, d := range rec.Devices {
-		ann, err := deviceAnnotation(rec, d)
-		if err != nil {
-			return nil, err
-		}
-		cd := cdi.Device{Name: cdiName(d), Request: d.Requests[0], GPUMinor: d.GPUMinor, UUID: d.GPUUUID, Env: d.Env, Annotations: ann}
-		if d.MPSDir != "" {
-			cd.Mounts = []cdi.Mount{
-				// The CUDA clients connect through pipe/; only the daemon
-				// and its servers, host processes, write log/.
-				{HostPath: mps.PipeDirIn(d.MPSDir), ContainerPath: mps.ContainerPipeDir},
-				{HostPath: mps.LogDirIn(d.MPSDir), ContainerPath: mps.ContainerLogDir, ReadOnly: true},
+// unowned reports the live MIG devices no claim records.
+func (rc *reconciliation) unowned() {
+	owned := map[string]bool{}
+	for _, c := range rc.cp.Claims {
+		for _, d := range c.Devices {
+			if d.MIG != nil {
+				owned[d.MIG.UUID] = true
 			}
 		}
-		if d.MIG != nil {
-			cd.UUID = d.MIG.UUID
-			cd.MIG = &cdi.MIGDevice{GIID: d.MIG.GIID, CIID: d.MIG.CIID}
+	}
+	for _, uuid := range sortedKeys(rc.live) {
+		if owned[uuid] {
+			continue
 		}
-		out = append(out, cd)
+		m := rc.live[uuid]
+		rc.logger.Info("MIG device owned by no claim after the checkpoint and its previous generation were lost; left alone: destroy it if no administrator created it",
+			"mig", uuid, "gpu", m.ParentUUID, "profile", m.Profile, "placement", m.Placement.String())
+		rc.rep.Unowned = append(rc.rep.Unowned, uuid)
 	}
-	return out, nil
 }
 
-// cdiName is the device's name in its claim's CDI spec: its name in the
-// ResourceSlice, and for a share also its share ID, as one claim may hold
-// two shares of the same GPU.
-func cdiName(d checkpoint.Device) string {
-	if d.ShareID != "" {
-		return d.Name + "-" + d.ShareID
+// orphanSpecs deletes the specs of claims nobody remembers.
+func (rc *reconciliation) orphanSpecs() {
+	for _, uid := range rc.specUIDs {
+		if _, ok := rc.cp.Claims[uid]; ok || rc.undone[uid] {
+			continue
+		}
+		if err := rc.CDI.DeleteClaimSpec(uid); err != nil {
+			rc.fail(uid, fmt.Errorf("delete orphan CDI spec: %w", err))
+			continue
+		}
+		rc.rep.OrphanSpecs = append(rc.rep.OrphanSpecs, uid)
 	}
-	return d.Name
 }
 
-func rewriteSpec(ctx context.Context, c *checkpoint.Claim, specs CDI) error {
-	devs, err := cdiDevices(c)
+// daemons starts again the MPS daemons of shared GPUs that have shares,
+// and stops the daemons of no claim or share.
+func (rc *reconciliation) daemons(ctx context.Context) error {
+	shared := map[string]bool{}
+	for _, c := range rc.cp.Claims {
+		for _, uuid := range c.SharedGPUs() {
+			shared[sharedDaemon(uuid)] = true
+		}
+	}
+	for _, key := range sortedKeys(shared) {
+		uuid := strings.TrimPrefix(key, sharedDaemonPrefix)
+		if rc.MPS.Running(key) || rc.unreadable[uuid] {
+			continue
+		}
+		rc.logger.Info("The MPS control daemon of a shared GPU's shares is gone (node rebooted?); starting it again", "daemon", key)
+		if err := rc.MPS.Start(ctx, key, []string{uuid}); err != nil {
+			rc.fail(key, fmt.Errorf("GPU %s: restart the MPS control daemon of its shares: %w", uuid, err))
+			continue
+		}
+		rc.rep.MPSRestarted = append(rc.rep.MPSRestarted, key)
+	}
+	keys, err := rc.MPS.Claims()
 	if err != nil {
+		return fmt.Errorf("list MPS control daemons: %w", err)
+	}
+	for _, key := range keys {
+		if _, ok := rc.cp.Claims[key]; ok || shared[key] {
+			continue
+		}
+		if err := rc.MPS.Stop(ctx, key); err != nil {
+			rc.fail(key, fmt.Errorf("stop orphan MPS control daemon: %w", err))
+			continue
+		}
+		rc.rep.OrphanMPS = append(rc.rep.OrphanMPS, key)
+	}
+	return nil
+}
+
+// fail logs and reports what could not be reconciled; a claim stays
+// recorded as it is.
+func (rc *reconciliation) fail(key string, err error) {
+	rc.logger.Error(err, "Cannot reconcile; keeping it as it is, to be retried by the kubelet's next call or the next start", "claimUID", key)
+	rc.rep.Failed[key] = err
+}
+
+// liveGPUs destroys only MIG devices that are live, and keeps the
+// reconciliation's view and report up to date.
+type liveGPUs struct{ rc *reconciliation }
+
+func (l liveGPUs) DestroyMIG(ctx context.Context, ref gpu.MIGRef) error {
+	m, ok := l.rc.live[ref.UUID]
+	if !ok {
+		return nil // gone already (reboot) or never created
+	}
+	if err := l.rc.GPUs.DestroyMIG(ctx, ref); err != nil {
 		return err
 	}
-	_, err = specs.WriteClaimSpec(ctx, c.UID, devs)
-	return err
+	delete(l.rc.live, m.UUID)
+	delete(l.rc.at, checkpoint.Placement{GPUUUID: m.ParentUUID, ProfileID: m.ProfileID, Start: m.Placement.Start})
+	l.rc.rep.MIGDestroyed = append(l.rc.rep.MIGDestroyed, m.UUID)
+	return nil
 }
 
-// rebuildClaim recovers a prepared claim from its CDI spec's annotations.
-func rebuildClaim(uid string, specs ReconcileCDI) (*checkpoint.Claim, error) {
-	anns, err := specs.DeviceAnnotations(uid)
-	if err != nil {
-		return nil, err
-	}
-	rec := &checkpoint.Claim{UID: uid, State: checkpoint.PrepareCompleted}
-	for _, name := range sortedKeys(anns) {
-		raw, ok := anns[name][names.PreparedDeviceAnnotation]
-		if !ok {
-			return nil, fmt.Errorf("device %s of claim %s has no %s annotation", name, uid, names.PreparedDeviceAnnotation)
-		}
-		var pd preparedDevice
-		if err := json.Unmarshal([]byte(raw), &pd); err != nil {
-			return nil, fmt.Errorf("device %s of claim %s: decode annotation: %w", name, uid, err)
-		}
-		rec.Namespace, rec.Name = pd.Namespace, pd.Claim
-		pd.Device.CDIDeviceIDs = []string{cdi.DeviceID(uid, cdiName(pd.Device))}
-		rec.Devices = append(rec.Devices, pd.Device)
-	}
-	return rec, nil
+func (l liveGPUs) SetTimeSlice(ctx context.Context, gpuUUID, interval string) error {
+	return l.rc.GPUs.SetTimeSlice(ctx, gpuUUID, interval)
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
+// sweptDaemons stops MPS daemons for a rollback and reports the daemon of
+// a shared GPU whose last share it undid as an orphan: a daemon of no
+// share.
+type sweptDaemons struct{ rc *reconciliation }
+
+func (s sweptDaemons) Stop(ctx context.Context, key string) error {
+	if err := s.rc.MPS.Stop(ctx, key); err != nil {
+		return err
 	}
-	slices.Sort(out)
-	return out
+	if strings.HasPrefix(key, sharedDaemonPrefix) {
+		s.rc.rep.OrphanMPS = append(s.rc.rep.OrphanMPS, key)
+	}
+	return nil
 }

@@ -59,7 +59,7 @@ func TestReconcile(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	out, rep, err := Reconcile(ctx, cp, f.inventory(), f.node, f.cdi, f.mps, false)
+	out, rep, err := f.reconcile(ctx, cp, f.inventory(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +100,7 @@ func TestRebuildFromSpecs(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := f.p.Snapshot()
-	out, rep, err := Reconcile(ctx, checkpoint.New("boot"), f.inventory(), f.node, f.cdi, f.mps, true)
+	out, rep, err := f.reconcile(ctx, checkpoint.New("boot"), f.inventory(), &checkpoint.CorruptError{})
 	if err != nil {
 		t.Fatal(err)
 	}

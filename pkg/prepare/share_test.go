@@ -225,7 +225,7 @@ func TestReconcileShares(t *testing.T) {
 	if err := f.mps.Stop(ctx, sharedDaemon(inv.GPUs[0].UUID)); err != nil {
 		t.Fatal(err)
 	}
-	cp, rep, err := Reconcile(ctx, f.saved(), inv, f.node, f.cdi, f.mps, false)
+	cp, rep, err := f.reconcile(ctx, f.saved(), inv, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,7 +251,7 @@ func TestReconcileShares(t *testing.T) {
 	if err := os.Remove(f.store.Path()); err != nil {
 		t.Fatal(err)
 	}
-	rebuilt, rep, err := Reconcile(ctx, checkpoint.New("boot"), inv, f.node, f.cdi, f.mps, true)
+	rebuilt, rep, err := f.reconcile(ctx, checkpoint.New("boot"), inv, &checkpoint.CorruptError{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +19,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	drapb "k8s.io/kubelet/pkg/apis/dra/v1"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/prepare"
@@ -202,11 +204,34 @@ func (tp *testPlugin) assertTruthful(when string) {
 			tp.t.Errorf("%s: orphan CDI spec %s", when, spec)
 		}
 	}
+	for _, key := range tp.mpsDaemons() {
+		if _, ok := states[key]; !ok {
+			tp.t.Errorf("%s: MPS control daemon %s of no claim", when, key)
+		}
+	}
+}
+
+// mpsDaemons returns the keys of the MPS control daemons the test plugin
+// keeps (one directory each).
+func (tp *testPlugin) mpsDaemons() []string {
+	dirs, _ := filepath.Glob(filepath.Join(tp.dir, "plugin/mps/*"))
+	var keys []string
+	for _, d := range dirs {
+		keys = append(keys, filepath.Base(d))
+	}
+	return keys
 }
 
 // allocatedClaim creates a ResourceClaim and writes its allocation as the
 // scheduler would.
 func allocatedClaim(t *testing.T, ns, name string, devices ...string) *resourceapi.ResourceClaim {
+	t.Helper()
+	return allocatedClaimWithConfig(t, ns, name, "", devices...)
+}
+
+// allocatedClaimWithConfig is allocatedClaim with the claim's opaque
+// configuration for every request (none if config is "").
+func allocatedClaimWithConfig(t *testing.T, ns, name, config string, devices ...string) *resourceapi.ResourceClaim {
 	t.Helper()
 	c := &resourceapi.ResourceClaim{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}}
 	for i := range devices {
@@ -222,6 +247,14 @@ func allocatedClaim(t *testing.T, ns, name string, devices ...string) *resourcea
 			Request: fmt.Sprintf("r%d", i), Driver: "gpu.nvidia.com", Pool: nodeName, Device: d,
 		})
 	}
+	if config != "" {
+		c.Status.Allocation.Devices.Config = []resourceapi.DeviceAllocationConfiguration{{
+			Source: resourceapi.AllocationConfigSourceClaim,
+			DeviceConfiguration: resourceapi.DeviceConfiguration{Opaque: &resourceapi.OpaqueDeviceConfiguration{
+				Driver: "gpu.nvidia.com", Parameters: runtime.RawExtension{Raw: []byte(config)},
+			}},
+		}}
+	}
 	c.Status.ReservedFor = []resourceapi.ResourceClaimConsumerReference{{Resource: "pods", Name: "crash-test", UID: "00000000-0000-0000-0000-00000000c0de"}}
 	c, err = client.ResourceV1().ResourceClaims(ns).UpdateStatus(ctx(), c, metav1.UpdateOptions{})
 	if err != nil {
@@ -231,8 +264,9 @@ func allocatedClaim(t *testing.T, ns, name string, devices ...string) *resourcea
 }
 
 // TestPluginKilledAtEveryStep kills the plugin (SIGKILL) after each step of
-// prepare and of unprepare, restarts it, and checks that nothing leaked,
-// the checkpoint is truthful, and the kubelet's retry succeeds.
+// prepare.AllSteps that a MIG claim and a MIG claim with MPS pass,
+// restarts it, and checks that nothing leaked, the checkpoint is truthful,
+// and the kubelet's retry succeeds.
 func TestPluginKilledAtEveryStep(t *testing.T) {
 	if err := script("driver.sh", "stop"); err != nil {
 		t.Fatal(err)
@@ -257,51 +291,63 @@ func TestPluginKilledAtEveryStep(t *testing.T) {
 		}
 	})
 
-	prepareSteps := []prepare.Step{prepare.StepStartedRecorded, prepare.StepMIGCreated, prepare.StepMIGRecorded, prepare.StepCDIWritten, prepare.StepCompletedRecorded}
-	unprepareSteps := []prepare.Step{prepare.StepMIGDestroyed, prepare.StepCDIDeleted, prepare.StepForgotten}
+	// The claims: two MIG devices, and the same shared through an MPS
+	// control daemon of the claim, which passes every step.
+	kinds := []struct{ name, config string }{
+		{"mig", ""},
+		{"mig-mps", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"MigDeviceConfig","sharing":{"strategy":"MPS","mpsConfig":{"defaultActiveThreadPercentage":50}}}`},
+	}
 	baseline := migCount(t)
-	for i, step := range append(prepareSteps, unprepareSteps...) {
-		t.Run(string(step), func(t *testing.T) {
-			tp.t = t
-			claim := allocatedClaim(t, ns, fmt.Sprintf("crash-%d", i), "gpu-5-mig-1g10gb-6", "gpu-5-mig-2g20gb-2")
-			isPrepare := i < len(prepareSteps)
-			if isPrepare {
-				tp.start("--test-crash-at", string(step))
-				if _, err := tp.prepare(claim); err == nil {
-					t.Fatal("prepare returned although the plugin was killed")
+	for _, kind := range kinds {
+		for i, step := range prepare.AllSteps {
+			if step == prepare.StepMPSStarted && kind.config == "" {
+				continue // a claim without MPS starts no daemon
+			}
+			t.Run(kind.name+"/"+string(step), func(t *testing.T) {
+				tp.t = t
+				claim := allocatedClaimWithConfig(t, ns, fmt.Sprintf("crash-%s-%d", kind.name, i), kind.config, "gpu-5-mig-1g10gb-6", "gpu-5-mig-2g20gb-2")
+				isPrepare := i <= slices.Index(prepare.AllSteps, prepare.StepCompletedRecorded)
+				if isPrepare {
+					tp.start("--test-crash-at", string(step))
+					if _, err := tp.prepare(claim); err == nil {
+						t.Fatal("prepare returned although the plugin was killed")
+					}
+				} else {
+					tp.start()
+					if _, err := tp.prepare(claim); err != nil {
+						t.Fatal(err)
+					}
+					tp.stop()
+					tp.start("--test-crash-at", string(step))
+					if err := tp.unprepare(claim); err == nil {
+						t.Fatal("unprepare returned although the plugin was killed")
+					}
 				}
-			} else {
+				tp.waitKilled()
 				tp.start()
-				if _, err := tp.prepare(claim); err != nil {
-					t.Fatal(err)
+				tp.assertTruthful("after restart")
+				if isPrepare {
+					r, err := tp.prepare(claim)
+					if err != nil {
+						t.Fatalf("kubelet's retry of prepare: %v", err)
+					}
+					if len(r.Devices) != 2 || migCount(t) != baseline+2 {
+						t.Fatalf("after retry: %d devices, %d MIG devices (baseline %d)", len(r.Devices), migCount(t), baseline)
+					}
+					tp.assertTruthful("after prepare retry")
 				}
+				if err := tp.unprepare(claim); err != nil {
+					t.Fatalf("kubelet's retry of unprepare: %v", err)
+				}
+				if got := migCount(t); got != baseline {
+					t.Fatalf("%d MIG devices after unprepare, want %d", got, baseline)
+				}
+				if keys := tp.mpsDaemons(); len(keys) != 0 {
+					t.Fatalf("MPS control daemons left after unprepare: %v", keys)
+				}
+				tp.assertTruthful("after unprepare")
 				tp.stop()
-				tp.start("--test-crash-at", string(step))
-				if err := tp.unprepare(claim); err == nil {
-					t.Fatal("unprepare returned although the plugin was killed")
-				}
-			}
-			tp.waitKilled()
-			tp.start()
-			tp.assertTruthful("after restart")
-			if isPrepare {
-				r, err := tp.prepare(claim)
-				if err != nil {
-					t.Fatalf("kubelet's retry of prepare: %v", err)
-				}
-				if len(r.Devices) != 2 || migCount(t) != baseline+2 {
-					t.Fatalf("after retry: %d devices, %d MIG devices (baseline %d)", len(r.Devices), migCount(t), baseline)
-				}
-				tp.assertTruthful("after prepare retry")
-			}
-			if err := tp.unprepare(claim); err != nil {
-				t.Fatalf("kubelet's retry of unprepare: %v", err)
-			}
-			if got := migCount(t); got != baseline {
-				t.Fatalf("%d MIG devices after unprepare, want %d", got, baseline)
-			}
-			tp.assertTruthful("after unprepare")
-			tp.stop()
-		})
+			})
+		}
 	}
 }

@@ -1,0 +1,141 @@
+package checkpoint
+
+import "slices"
+
+// Placement says where a MIG device is: its GPU, its GPU-instance profile
+// and its first memory slice. It is the key of the checkpoint's MIG
+// questions, and it is what is known of a device before it exists.
+type Placement struct {
+	GPUUUID   string
+	ProfileID int
+	Start     int
+}
+
+// Placement returns where the device is, and false for a device that is
+// not a MIG device.
+func (d Device) Placement() (Placement, bool) {
+	if d.MIG == nil {
+		return Placement{}, false
+	}
+	return Placement{GPUUUID: d.GPUUUID, ProfileID: d.MIG.ProfileID, Start: d.MIG.Start}, true
+}
+
+// createdMIG reports whether the claim created d and holds it (not an
+// admin's record of it, which outlives it).
+func createdMIG(d Device) bool {
+	return !d.AdminAccess && d.MIG != nil && d.MIG.Created && d.MIG.UUID != ""
+}
+
+// holds reports whether the claim holds its devices: all but an Undone
+// claim do.
+func (c *Claim) holds() bool { return c.State != Undone }
+
+// MIGAt returns the MIG device at the placement that a recorded claim
+// created and holds.
+func (c *Checkpoint) MIGAt(at Placement) (Device, bool) {
+	for _, claim := range c.Claims {
+		if !claim.holds() {
+			continue
+		}
+		for _, d := range claim.Devices {
+			if p, _ := d.Placement(); createdMIG(d) && p == at {
+				return d, true
+			}
+		}
+	}
+	return Device{}, false
+}
+
+// MIGUUID returns the UUID of the MIG device that a recorded claim created
+// on the GPU with these GPU and compute instance IDs, or "".
+func (c *Checkpoint) MIGUUID(gpuUUID string, giid, ciid int) string {
+	for _, claim := range c.Claims {
+		if !claim.holds() {
+			continue
+		}
+		for _, d := range claim.Devices {
+			if createdMIG(d) && d.GPUUUID == gpuUUID && d.MIG.GIID == giid && d.MIG.CIID == ciid {
+				return d.MIG.UUID
+			}
+		}
+	}
+	return ""
+}
+
+// Manages reports whether the live MIG device with this UUID at this
+// placement is the plugin's: recorded as created by a claim, or at a
+// placement that a claim still being prepared planned (created, not yet
+// recorded).
+func (c *Checkpoint) Manages(uuid string, at Placement) bool {
+	for _, claim := range c.Claims {
+		if !claim.holds() {
+			continue
+		}
+		for _, d := range claim.Devices {
+			if d.MIG == nil || d.AdminAccess {
+				continue
+			}
+			if d.MIG.Created && d.MIG.UUID == uuid {
+				return true
+			}
+			if p, _ := d.Placement(); claim.State == PrepareStarted && d.MIG.UUID == "" && p == at {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Owner returns the UID of a recorded claim other than uid that holds d
+// or a device that cannot be prepared beside it, or "". The queries leave
+// Undone claims out: they hold nothing.
+func (c *Checkpoint) Owner(uid string, d Device) string {
+	for _, claim := range c.Claims {
+		if claim.UID == uid || !claim.holds() {
+			continue
+		}
+		for _, o := range claim.Devices {
+			if Conflict(d, o) {
+				return claim.UID
+			}
+		}
+	}
+	return ""
+}
+
+// Conflict reports whether two prepared devices cannot coexist: the same
+// exclusive device, or a share of a GPU and exclusive use of that GPU.
+// Shares of one GPU coexist, and admin access coexists with anything.
+func Conflict(a, b Device) bool {
+	if a.Pool != b.Pool || a.AdminAccess || b.AdminAccess {
+		return false
+	}
+	if a.Share != nil || b.Share != nil {
+		return a.GPUUUID == b.GPUUUID && (a.Share == nil) != (b.Share == nil)
+	}
+	return a.Name == b.Name
+}
+
+// Shares returns the UIDs of the recorded claims that hold a share of the
+// GPU, sorted.
+func (c *Checkpoint) Shares(gpuUUID string) []string {
+	var out []string
+	for uid, claim := range c.Claims {
+		if claim.holds() && slices.Contains(claim.SharedGPUs(), gpuUUID) {
+			out = append(out, uid)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// SharedGPUs returns the UUIDs of the GPUs the claim holds shares of.
+func (c *Claim) SharedGPUs() []string {
+	var out []string
+	for _, d := range c.Devices {
+		if d.Share != nil && !slices.Contains(out, d.GPUUUID) {
+			out = append(out, d.GPUUUID)
+		}
+	}
+	return out
+}

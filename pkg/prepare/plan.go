@@ -1,0 +1,145 @@
+package prepare
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"time"
+
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/klog/v2"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
+)
+
+// planWhenFree plans the claim, waiting up to HeldWait while one of its
+// devices is still prepared for another claim.
+func (p *Preparer) planWhenFree(ctx context.Context, claim *resourceapi.ResourceClaim) (*checkpoint.Claim, error) {
+	deadline := time.NewTimer(p.opts.HeldWait)
+	defer deadline.Stop()
+	logged := false
+	for {
+		p.mu.Lock()
+		released := p.released
+		p.mu.Unlock()
+		rec, err := p.plan(claim)
+		var held *heldError
+		if !errors.As(err, &held) {
+			return rec, err
+		}
+		if !logged {
+			klog.FromContext(ctx).Info("Device still prepared for another claim; waiting for its unprepare", "device", held.device, "holder", held.owner, "wait", p.opts.HeldWait)
+			logged = true
+		}
+		select {
+		case <-released:
+		case <-deadline.C:
+			return nil, fmt.Errorf("%w (still after %s)", err, p.opts.HeldWait)
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w (%w)", err, context.Cause(ctx))
+		}
+	}
+}
+
+// plan resolves the claim's allocation into checkpoint devices.
+func (p *Preparer) plan(claim *resourceapi.ResourceClaim) (*checkpoint.Claim, error) {
+	if claim.Status.Allocation == nil {
+		return nil, errors.New("claim is not allocated")
+	}
+	rec := &checkpoint.Claim{UID: string(claim.UID), Namespace: claim.Namespace, Name: claim.Name, State: checkpoint.PrepareStarted}
+	for _, r := range claim.Status.Allocation.Devices.Results {
+		if r.Driver != names.DriverName || r.Pool != p.opts.PoolName {
+			continue
+		}
+		dev, ok := p.devices.Lookup(r.Device)
+		if !ok {
+			return nil, fmt.Errorf("device %s: not published by this node (pool %s)", r.Device, p.opts.PoolName)
+		}
+		d := checkpoint.Device{Requests: []string{r.Request}, Pool: r.Pool, Name: r.Device, GPUUUID: dev.GPU.UUID, GPUMinor: dev.GPU.Minor,
+			AdminAccess: r.AdminAccess != nil && *r.AdminAccess}
+		switch dev.Kind {
+		case devicemodel.KindMIGPlacement:
+			d.MIG = &checkpoint.MIG{ProfileID: dev.Profile.ID, Profile: dev.Profile.Name, Start: dev.Placement.Start, Size: dev.Placement.Size}
+			if d.AdminAccess {
+				if err := p.existingMIG(&d); err != nil {
+					return nil, fmt.Errorf("device %s: %w", r.Device, err)
+				}
+			}
+		case devicemodel.KindMIGStatic:
+			d.MIG = &checkpoint.MIG{ProfileID: dev.Profile.ID, Profile: dev.Profile.Name, Start: dev.Placement.Start, Size: dev.Placement.Size,
+				UUID: dev.Instance.UUID, GIID: dev.Instance.GIID, CIID: dev.Instance.CIID}
+		case devicemodel.KindGPUShare:
+			if d.AdminAccess {
+				break // the GPU as it is, without a share of its own
+			}
+			if err := p.planShare(&d, &r); err != nil {
+				return nil, fmt.Errorf("device %s: %w", r.Device, err)
+			}
+		}
+		p.mu.Lock()
+		owner := p.cp.Owner(rec.UID, d)
+		p.mu.Unlock()
+		if owner != "" {
+			return nil, &heldError{device: r.Device, owner: owner}
+		}
+		rec.Devices = append(rec.Devices, d)
+	}
+	return rec, nil
+}
+
+// planShare records what a share of a shared GPU was allocated: its share
+// ID and the memory and compute it consumes, which become its MPS limits.
+func (p *Preparer) planShare(d *checkpoint.Device, r *resourceapi.DeviceRequestAllocationResult) error {
+	if r.ShareID == nil {
+		return errors.New("a shared GPU allocated without a share ID (is the DRAConsumableCapacity feature off in the scheduler?)")
+	}
+	if p.opts.MPS == nil {
+		return errors.New("shares of a GPU are enforced through MPS, which is not available on this node")
+	}
+	memory, ok := r.ConsumedCapacity[names.CapacityMemory]
+	if !ok || memory.Value() <= 0 {
+		return fmt.Errorf("the allocation records no consumed %s", names.CapacityMemory)
+	}
+	compute := r.ConsumedCapacity[names.CapacityCompute]
+	if c := compute.Value(); c < 0 || c > 100 {
+		return fmt.Errorf("consumed %s %s is not a percentage", names.CapacityCompute, compute.String())
+	}
+	d.ShareID = string(*r.ShareID)
+	d.Share = &checkpoint.Share{MemoryBytes: memory.Value(), ComputePercent: compute.Value()}
+	d.MPSDir = p.opts.MPS.Dir(sharedDaemon(d.GPUUUID))
+	return nil
+}
+
+// existingMIG resolves admin access to a MIG placement: the device exists
+// only while the claim that created it holds it, and admin access gives
+// that instance without creating or destroying anything.
+func (p *Preparer) existingMIG(d *checkpoint.Device) error {
+	at, _ := d.Placement()
+	p.mu.Lock()
+	o, ok := p.cp.MIGAt(at)
+	p.mu.Unlock()
+	if !ok {
+		return errors.New("admin access gives a MIG device that exists, and this one exists only while a claim holds it; none does now")
+	}
+	d.MIG.UUID, d.MIG.GIID, d.MIG.CIID = o.MIG.UUID, o.MIG.GIID, o.MIG.CIID
+	return nil
+}
+
+// touchesHardware reports whether preparing d changes the node: creates a
+// MIG device, sets a time slice, or starts an MPS daemon.
+func touchesHardware(d checkpoint.Device) bool {
+	return !d.AdminAccess && ((d.MIG != nil && d.MIG.UUID == "") || d.TimeSlice != "" || d.MPSDir != "")
+}
+
+// mergeEnv returns a copy of a with b's variables added.
+func mergeEnv(a, b map[string]string) map[string]string {
+	out := maps.Clone(a)
+	if out == nil {
+		out = map[string]string{}
+	}
+	maps.Copy(out, b)
+	return out
+}

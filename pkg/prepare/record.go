@@ -1,0 +1,103 @@
+package prepare
+
+import "github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
+
+// The Preparer's memory never says more than the checkpoint on disk may:
+//
+//   - record puts a claim in memory, then commits it; if the commit fails,
+//     a claim recorded as complete is held in memory as PrepareStarted, so
+//     the kubelet's retry rolls it back rather than returning a result the
+//     disk may not hold.
+//   - drop takes a claim out of memory without a write, for a first record
+//     that failed: nothing was done for the claim yet.
+//   - forget commits a checkpoint without the claim while memory still
+//     holds it (and its devices), and takes it out of memory only once
+//     that is durable; if the commit fails the claim stays, and the
+//     kubelet's retry of the unprepare tries again. A claim whose
+//     rollback finished but could not be forgotten is Undone: it holds no
+//     device, and the next rollback or start forgets it.
+
+// record stores a private copy of rec and commits it.
+func (p *Preparer) record(rec *checkpoint.Claim) error {
+	c := rec.Clone()
+	p.mu.Lock()
+	p.cp.Claims[c.UID] = c
+	p.mu.Unlock()
+	err := p.commit()
+	if err != nil && c.State == checkpoint.PrepareCompleted {
+		started := c.Clone()
+		started.State = checkpoint.PrepareStarted
+		p.mu.Lock()
+		p.cp.Claims[c.UID] = started
+		p.mu.Unlock()
+	}
+	return err
+}
+
+// drop takes the claim out of memory without writing.
+func (p *Preparer) drop(uid string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.cp.Claims, uid)
+	p.wakeWaiters()
+}
+
+// forget removes the claim from the checkpoint on disk, then from memory.
+func (p *Preparer) forget(uid string) error {
+	p.mu.Lock()
+	p.leaving[uid] = true
+	p.mu.Unlock()
+	err := p.commit()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.leaving, uid)
+	if err != nil {
+		return err
+	}
+	delete(p.cp.Claims, uid)
+	p.wakeWaiters()
+	return nil
+}
+
+// markUndone records in memory that the claim holds nothing any more; the
+// next checkpoint written says so too.
+func (p *Preparer) markUndone(uid string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c, ok := p.cp.Claims[uid]
+	if !ok {
+		return
+	}
+	undone := c.Clone()
+	undone.State = checkpoint.Undone
+	p.cp.Claims[uid] = undone
+	p.wakeWaiters()
+}
+
+// wakeWaiters wakes the prepares waiting for a held device. The caller
+// holds mu.
+func (p *Preparer) wakeWaiters() {
+	close(p.released)
+	p.released = make(chan struct{})
+}
+
+// claim returns a copy of the recorded claim, or nil.
+func (p *Preparer) claim(uid string) *checkpoint.Claim {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c, ok := p.cp.Claims[uid]
+	if !ok {
+		return nil
+	}
+	return c.Clone()
+}
+
+// durable returns the checkpoint to write: memory without the claims being
+// forgotten. The caller holds mu.
+func (p *Preparer) durable() *checkpoint.Checkpoint {
+	out := p.cp.Clone()
+	for uid := range p.leaving {
+		delete(out.Claims, uid)
+	}
+	return out
+}

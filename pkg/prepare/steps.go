@@ -1,0 +1,27 @@
+package prepare
+
+// Step names a point in prepare or unprepare, for fault-injection tests.
+type Step string
+
+// Steps, in the order they happen.
+const (
+	StepStartedRecorded   Step = "prepare-started-recorded"
+	StepMIGCreated        Step = "prepare-mig-created"
+	StepMIGRecorded       Step = "prepare-mig-recorded"
+	StepMPSStarted        Step = "prepare-mps-started"
+	StepCDIWritten        Step = "prepare-cdi-written"
+	StepCompletedRecorded Step = "prepare-completed-recorded"
+	StepMIGDestroyed      Step = "unprepare-mig-destroyed"
+	StepMPSStopped        Step = "unprepare-mps-stopped"
+	StepCDIDeleted        Step = "unprepare-cdi-deleted"
+	StepForgotten         Step = "unprepare-forgotten"
+)
+
+// AllSteps lists every Step in order.
+var AllSteps = []Step{StepStartedRecorded, StepMIGCreated, StepMIGRecorded, StepMPSStarted, StepCDIWritten, StepCompletedRecorded, StepMIGDestroyed, StepMPSStopped, StepCDIDeleted, StepForgotten}
+
+func (p *Preparer) step(s Step) {
+	if p.opts.AfterStep != nil {
+		p.opts.AfterStep(s)
+	}
+}
