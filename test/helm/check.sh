@@ -47,6 +47,14 @@ expect "defaults: the plugin reads the driver root's mount" '--driver-root-mount
 expect "defaults: plugins replaced one node at a time" 'maxUnavailable: 1' "$out"
 refuse "defaults: never two plugins on a node" 'maxSurge' "$out"
 refuse "defaults: no RBAC beyond what the plugin needs" 'resources: \["\*"\]|verbs: \["\*"\]|"secrets"|"pods"' "$out"
+# The plugin's identity: what its code calls, nothing more (test/e2e/rbac_test.go on the API server).
+rbac=$(render --show-only templates/kubelet-plugin.yaml)
+refuse "defaults: the plugin reads no DeviceClasses or DeviceTaintRules" 'deviceclasses|devicetaintrules' "$rbac"
+refuse "defaults: the plugin neither patches nor collection-deletes" '"patch"|"deletecollection"' "$rbac"
+grep -A1 -- 'resources: \["resourceclaims"\]' <<<"$rbac" | grep -q -- '^  verbs: \["get"\]$' || die "chart: defaults: the plugin only gets claims, by name"
+expect "defaults: the plugin's Events only in default" 'namespace: default' "$rbac"
+policy=$(render --show-only templates/slice-policy.yaml)
+expect "defaults: the slice policy checks the pool name" 'variables.slice.spec.pool.name == variables.nodeName' "$policy"
 # The webhook is a single point of failure for claims with our configuration, and for nothing else.
 expect "defaults: a PodDisruptionBudget for the webhook" '^kind: PodDisruptionBudget$' "$out"
 expect "defaults: webhook replicas spread over nodes" 'topologyKey: kubernetes.io/hostname' "$out"
