@@ -74,35 +74,27 @@ func NewHandler(maxInFlight int) *Handler {
 	return &Handler{slots: make(chan struct{}, maxInFlight)}
 }
 
-// review is the part of an AdmissionReview the webhook reads. The object
-// is decoded only as far as its device configuration: selectors, metadata
-// and the old object of an update are skipped, never copied.
+// review is the part of an AdmissionReview the webhook reads. The old
+// object of an update, the user and the options are skipped, never copied.
 type review struct {
 	metav1.TypeMeta `json:",inline"`
 	Request         *struct {
 		UID       types.UID               `json:"uid"`
 		Kind      metav1.GroupVersionKind `json:"kind"`
 		Operation admissionv1.Operation   `json:"operation"`
-		Object    configured              `json:"object"`
+		Object    rawObject               `json:"object"`
 	} `json:"request"`
 }
 
-// configured is the device configuration of the objects the webhook
-// judges, at the path each kind has it: a ResourceClaim's
-// spec.devices.config, a ResourceClaimTemplate's spec.spec.devices.config,
-// a DeviceClass's spec.config. No kind has another's path.
-type configured struct {
-	Spec struct {
-		Devices struct {
-			Config []config `json:"config"`
-		} `json:"devices"`
-		Spec struct {
-			Devices struct {
-				Config []config `json:"config"`
-			} `json:"devices"`
-		} `json:"spec"`
-		Config []config `json:"config"`
-	} `json:"spec"`
+// rawObject is the JSON of the reviewed object, decoded once its kind is
+// known. It is a slice of the request body, not a copy: the handler keeps
+// the body until it has answered and nothing writes to it.
+type rawObject []byte
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (o *rawObject) UnmarshalJSON(b []byte) error {
+	*o = b
+	return nil
 }
 
 // config is one entry of a configuration list, without the requests it
@@ -110,6 +102,32 @@ type configured struct {
 type config struct {
 	Opaque *resourceapi.OpaqueDeviceConfiguration `json:"opaque"`
 }
+
+// The device configuration of each kind the webhook judges, and nothing
+// else of the object: its selectors and metadata are skipped.
+type (
+	claimConfig struct {
+		Spec struct {
+			Devices struct {
+				Config []config `json:"config"`
+			} `json:"devices"`
+		} `json:"spec"`
+	}
+	templateConfig struct {
+		Spec struct {
+			Spec struct {
+				Devices struct {
+					Config []config `json:"config"`
+				} `json:"devices"`
+			} `json:"spec"`
+		} `json:"spec"`
+	}
+	classConfig struct {
+		Spec struct {
+			Config []config `json:"config"`
+		} `json:"spec"`
+	}
+)
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -146,7 +164,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	req := in.Request
 	resp := &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}
 	if req.Operation != admissionv1.Delete && req.Operation != admissionv1.Connect {
-		if err := validate(req.Kind.Kind, &req.Object); err != nil {
+		if err := validate(req.Kind.Kind, req.Object); err != nil {
 			resp = refusal(req.UID, http.StatusUnprocessableEntity, metav1.StatusReasonInvalid, err.Error())
 			logger.Info("Refused", "kind", req.Kind.Kind, "uid", req.UID, "reason", err.Error())
 		}
@@ -281,21 +299,36 @@ func respond(logger klog.Logger, w http.ResponseWriter, tm metav1.TypeMeta, resp
 	}
 }
 
-// validate decodes every opaque configuration of our driver in an object
-// of kind; the error names the field path. Other kinds are not ours to
-// judge.
-func validate(kind string, o *configured) error {
+// validate decodes the device configuration of an object of kind and
+// every opaque configuration of our driver in it; the error names the
+// field path. Other kinds are not ours to judge.
+func validate(kind string, raw []byte) error {
 	var configs []config
 	var prefix string
+	var err error
 	switch kind {
 	case "ResourceClaim":
+		var o claimConfig
+		err = sigsjson.UnmarshalCaseSensitivePreserveInts(raw, &o)
 		configs, prefix = o.Spec.Devices.Config, "spec.devices.config"
 	case "ResourceClaimTemplate":
+		var o templateConfig
+		err = sigsjson.UnmarshalCaseSensitivePreserveInts(raw, &o)
 		configs, prefix = o.Spec.Spec.Devices.Config, "spec.spec.devices.config"
 	case "DeviceClass":
+		var o classConfig
+		err = sigsjson.UnmarshalCaseSensitivePreserveInts(raw, &o)
 		configs, prefix = o.Spec.Config, "spec.config"
 	default:
 		return nil
+	}
+	if len(raw) == 0 || string(raw) == "null" {
+		// Never from the API server, which sends what it creates or
+		// updates: not an object to admit unseen.
+		err = errors.New("the review has no object")
+	}
+	if err != nil {
+		return fmt.Errorf("decode %s: %w", kind, err)
 	}
 	for i, c := range configs {
 		if c.Opaque == nil || c.Opaque.Driver != devicemodel.DriverName {

@@ -47,8 +47,9 @@ func TestReview(t *testing.T) {
 			wantErr: "spec.spec.devices.config[0].opaque.parameters.kind"},
 		"device class with invalid config": {kind: "DeviceClass", object: `{"spec":{"config":[` + opaque(bad) + `]}}`,
 			wantErr: "spec.config[0].opaque.parameters.sharing.mpsConfig"},
-		"delete is always allowed": {kind: "ResourceClaim", op: admissionv1.Delete, object: `{"spec":{"devices":{"config":[` + opaque(bad) + `]}}}`},
-		"other kinds pass":         {kind: "Pod", object: `{}`},
+		"delete is always allowed":  {kind: "ResourceClaim", op: admissionv1.Delete, object: `{"spec":{"devices":{"config":[` + opaque(bad) + `]}}}`},
+		"other kinds pass":          {kind: "Pod", object: `{}`},
+		"a claim without an object": {kind: "ResourceClaim", object: `null`, wantErr: "decode ResourceClaim: the review has no object"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			op := tc.op
