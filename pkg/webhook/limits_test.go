@@ -78,7 +78,7 @@ func TestRequestMemory(t *testing.T) {
 		}
 		limit := uint64(64 << 10)
 		if !announced {
-			limit = 3 * MaxRequestBytes // a growing buffer's doublings
+			limit = MaxRequestBytes + 64<<10 // a buffer of the limit
 		}
 		if n > limit {
 			t.Errorf("length announced %v: a refused review of %d bytes allocated %d bytes, over %d", announced, len(huge), n, limit)

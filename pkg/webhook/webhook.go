@@ -20,7 +20,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"slices"
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
@@ -195,21 +194,14 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 		}
 		return buf, nil
 	}
-	// Unannounced: grow by doubling, but never past the limit.
-	buf := make([]byte, 0, 64<<10)
-	for {
-		if len(buf) == cap(buf) {
-			buf = slices.Grow(buf, min(cap(buf), MaxRequestBytes+1-cap(buf)))
-		}
-		n, err := body.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if errors.Is(err, io.EOF) {
-			return buf, nil
-		}
-		if err != nil {
-			return buf, err
-		}
+	// Unannounced (the API server always announces it): one buffer of
+	// the limit, the most a review may take.
+	buf := make([]byte, MaxRequestBytes+1)
+	n, err := io.ReadFull(body, buf)
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		err = nil
 	}
+	return buf[:n], err
 }
 
 // refuseTooLarge answers a review over MaxRequestBytes: a refusal the API
