@@ -29,8 +29,9 @@ type settings struct {
 // Configurations from the DeviceClass come before those of the claim and a
 // later one wins; a configuration applies to the requests it names (all if
 // none), and only to devices of its kind (GpuConfig to whole GPUs,
-// MigDeviceConfig to MIG devices). Errors name the configuration entry and
-// the field.
+// MigDeviceConfig to MIG devices); one of the other kind that the claim
+// gives for exactly the device's request is an error, not ignored. Errors
+// name the configuration entry and the field.
 func deviceConfig(claim *resourceapi.ResourceClaim, d *checkpoint.Device) (settings, error) {
 	var chosen v1beta1.Config
 	for i, c := range claim.Status.Allocation.Devices.Config {
@@ -42,15 +43,22 @@ func deviceConfig(claim *resourceapi.ResourceClaim, d *checkpoint.Device) (setti
 		if err != nil {
 			return settings{}, fmt.Errorf("%s: %w", at, err)
 		}
-		switch cfg.(type) {
-		case *v1beta1.GpuConfig:
-			if d.MIG == nil {
-				chosen = cfg
+		_, forMIG := cfg.(*v1beta1.MigDeviceConfig)
+		if forMIG == (d.MIG != nil) {
+			chosen = cfg
+			continue
+		}
+		// Of the other kind: a configuration for all requests, or from a
+		// class, is meant for the devices of its kind among others; one
+		// the claim gives for exactly this device's request was meant for
+		// this device, and would silently not apply.
+		if c.Source == resourceapi.AllocationConfigSourceClaim && namesExactly(c.Requests, d.Requests) {
+			kind, device, want := v1beta1.GpuConfigKind, "a MIG device", v1beta1.MigDeviceConfigKind
+			if forMIG {
+				kind, device, want = v1beta1.MigDeviceConfigKind, "a whole GPU", v1beta1.GpuConfigKind
 			}
-		case *v1beta1.MigDeviceConfig:
-			if d.MIG != nil {
-				chosen = cfg
-			}
+			return settings{}, fmt.Errorf("%s: parameters.kind: a %s does not apply to device %s, %s, of request %s; use a %s",
+				at, kind, d.Name, device, strings.Join(d.Requests, ", "), want)
 		}
 	}
 	if chosen == nil {
@@ -73,6 +81,17 @@ func deviceConfig(claim *resourceapi.ResourceClaim, d *checkpoint.Device) (setti
 		return settings{}, nil
 	}
 	return settings{timeSlice: s.TimeSlicingConfig.Interval}, nil
+}
+
+// namesExactly reports whether configRequests names one of deviceRequests
+// itself (not only a request whose subrequest the device is for).
+func namesExactly(configRequests, deviceRequests []string) bool {
+	for _, want := range configRequests {
+		if slices.Contains(deviceRequests, want) {
+			return true
+		}
+	}
+	return false
 }
 
 // appliesTo reports whether a configuration for the named requests covers a

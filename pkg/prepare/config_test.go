@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/utils/ptr"
 
 	"github.com/gpu-dra/gpu-dra-driver/api/v1beta1"
@@ -55,6 +57,60 @@ func TestMPSPinnedMemoryLimits(t *testing.T) {
 				if got := env[i]["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"]; got != tc.want {
 					t.Errorf("device %d: CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=%q, want %q", i, got, tc.want)
 				}
+			}
+		})
+	}
+}
+
+// TestConfigOfTheOtherKind: a configuration the claim gives for exactly a
+// device's request, of the kind that cannot apply to that device, is an
+// error naming it; for all requests, for a parent request, or from a
+// class, it is meant for other devices and applies to none here.
+func TestConfigOfTheOtherKind(t *testing.T) {
+	const mpsGPU = `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"MPS"}}`
+	const mpsMIG = `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"MigDeviceConfig","sharing":{"strategy":"MPS"}}`
+	mig := &checkpoint.Device{Name: "gpu-0-mig-1g10gb-0", Requests: []string{"small/mig"}, MIG: &checkpoint.MIG{}}
+	gpu := &checkpoint.Device{Name: "gpu-1", Requests: []string{"whole"}}
+	for _, tc := range []struct {
+		name     string
+		source   resourceapi.AllocationConfigSource
+		requests []string
+		params   string
+		dev      *checkpoint.Device
+		wantErr  string
+		wantMPS  bool
+	}{
+		{name: "GpuConfig for a MIG device's request", requests: []string{"small/mig"}, params: mpsGPU, dev: mig,
+			wantErr: "configuration 0 (fromclaim): parameters.kind: a GpuConfig does not apply to device gpu-0-mig-1g10gb-0, a MIG device, of request small/mig; use a MigDeviceConfig"},
+		{name: "MigDeviceConfig for a whole GPU's request", requests: []string{"whole"}, params: mpsMIG, dev: gpu,
+			wantErr: "a MigDeviceConfig does not apply to device gpu-1, a whole GPU, of request whole; use a GpuConfig"},
+		{name: "GpuConfig for all requests", params: mpsGPU, dev: mig},
+		{name: "GpuConfig for the parent of a subrequest", requests: []string{"small"}, params: mpsGPU, dev: mig},
+		{name: "GpuConfig from a class", source: resourceapi.AllocationConfigSourceClass, requests: []string{"small/mig"}, params: mpsGPU, dev: mig},
+		{name: "MigDeviceConfig for the MIG device", requests: []string{"small/mig"}, params: mpsMIG, dev: mig, wantMPS: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			source := tc.source
+			if source == "" {
+				source = resourceapi.AllocationConfigSourceClaim
+			}
+			claim := &resourceapi.ResourceClaim{Status: resourceapi.ResourceClaimStatus{Allocation: &resourceapi.AllocationResult{
+				Devices: resourceapi.DeviceAllocationResult{Config: []resourceapi.DeviceAllocationConfiguration{{
+					Source: source, Requests: tc.requests,
+					DeviceConfiguration: resourceapi.DeviceConfiguration{Opaque: &resourceapi.OpaqueDeviceConfiguration{
+						Driver: "gpu.nvidia.com", Parameters: runtime.RawExtension{Raw: []byte(tc.params)}}},
+				}}},
+			}}}
+			got, err := deviceConfig(claim, tc.dev)
+			switch {
+			case tc.wantErr != "":
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want one with %q", err, tc.wantErr)
+				}
+			case err != nil:
+				t.Fatal(err)
+			case (got.mps != nil) != tc.wantMPS:
+				t.Errorf("MPS %v, want %v", got.mps != nil, tc.wantMPS)
 			}
 		})
 	}
