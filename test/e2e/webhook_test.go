@@ -256,8 +256,24 @@ func TestWebhookSurvivesOversizedAndConcurrentRequests(t *testing.T) {
 	wg.Wait()
 	t.Logf("MEASURE webhook direct reviews: %d of %d answered (%d of 4 MiB refused, %d of 1000 KiB allowed)",
 		answered.Load(), 48*len(pods.Items), refusedHuge.Load(), allowedFits.Load())
-	if refusedHuge.Load() == 0 || allowedFits.Load() == 0 {
-		t.Errorf("the replicas answered %d reviews: %d oversized refused, %d allowed", answered.Load(), refusedHuge.Load(), allowedFits.Load())
+	// Every review that fits is answered; an oversized one may also meet
+	// a connection closed before its body was all sent.
+	if refusedHuge.Load() == 0 || int(allowedFits.Load()) != 24*len(pods.Items) {
+		t.Errorf("the replicas answered %d reviews: %d oversized refused, %d of %d that fit allowed",
+			answered.Load(), refusedHuge.Load(), allowedFits.Load(), 24*len(pods.Items))
+	}
+	// And each replica still answers.
+	for _, p := range pods.Items {
+		url := "https://" + net.JoinHostPort(p.Status.PodIP, "8443") + "/validate-resource-config"
+		resp, err := httpc.Post(url, "application/json", bytes.NewReader(review("probe", 0)))
+		if err != nil {
+			t.Errorf("webhook pod %s after the flood: %v", p.Name, err)
+			continue
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("webhook pod %s after the flood: status %d", p.Name, resp.StatusCode)
+		}
 	}
 
 	after, err := client.CoreV1().Pods(webhookNS).List(ctx(), metav1.ListOptions{LabelSelector: webhookPods})
