@@ -59,7 +59,8 @@ const maxQueueWait = 10 * time.Second
 
 // Handler serves AdmissionReview requests (admission.k8s.io/v1). Reviews
 // beyond its bound on those in flight wait for a slot, unread, until the
-// caller gives up, and are then answered 503.
+// caller gives up, and are then answered 503. Make one with NewHandler:
+// the zero Handler has no slot and answers every review 503.
 type Handler struct {
 	slots chan struct{}
 }
