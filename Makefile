@@ -25,7 +25,14 @@ build: ## build the commands into bin/
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/gpu-sim-tools
 
 .PHONY: test
-test: lint chart unit e2e ## run every test: lint, chart, unit, then end-to-end on a local cluster
+test: lint chart unit fuzz e2e ## run every test: lint, chart, unit, fuzz, then end-to-end on a local cluster
+
+# Each fuzz target for FUZZTIME, from its committed corpus (testdata/fuzz).
+FUZZTIME ?= 20s
+.PHONY: fuzz
+fuzz: ## run the fuzz targets (opaque config decoding, webhook requests) for FUZZTIME each
+	$(GO) test -run XXX -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./api/v1beta1/
+	$(GO) test -run XXX -fuzz '^FuzzServeHTTP$$' -fuzztime $(FUZZTIME) ./pkg/webhook/
 
 .PHONY: e2e
 e2e: ## end-to-end tests: build and start a local cluster, run the driver, test, stop

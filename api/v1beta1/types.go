@@ -11,7 +11,13 @@ package v1beta1
 import (
 	"bytes"
 	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode"
 
+	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	sigsjson "sigs.k8s.io/json"
@@ -138,6 +144,11 @@ func Validate(c Config) error {
 			default:
 				return fmt.Errorf("parameters.sharing.timeSlicingConfig.interval: %q is not one of Default, Short, Medium, Long", s.TimeSlicingConfig.Interval)
 			}
+			// Only a whole GPU has a time slice to set: on a MIG
+			// device the interval could never apply.
+			if _, mig := c.(*MigDeviceConfig); mig && s.TimeSlicingConfig.Interval != "" && s.TimeSlicingConfig.Interval != DefaultTimeSlice {
+				return fmt.Errorf("parameters.sharing.timeSlicingConfig.interval: %s cannot be set in a %s; only whole GPUs have a configurable time slice", s.TimeSlicingConfig.Interval, MigDeviceConfigKind)
+			}
 		}
 	case MpsStrategy:
 		if s.TimeSlicingConfig != nil {
@@ -154,11 +165,11 @@ func Validate(c Config) error {
 					return fmt.Errorf("parameters.sharing.mpsConfig.defaultPinnedDeviceMemoryLimit: %w", err)
 				}
 			}
-			for dev, limit := range m.DefaultPerDevicePinnedMemoryLimit {
-				if dev == "" {
-					return fmt.Errorf("parameters.sharing.mpsConfig.defaultPerDevicePinnedMemoryLimit: empty device key (want an index within the claim, or a UUID)")
+			for _, dev := range slices.Sorted(maps.Keys(m.DefaultPerDevicePinnedMemoryLimit)) {
+				if _, _, err := DeviceKey(dev); err != nil {
+					return fmt.Errorf("parameters.sharing.mpsConfig.defaultPerDevicePinnedMemoryLimit[%s]: %w", dev, err)
 				}
-				if _, err := MemoryLimit(limit); err != nil {
+				if _, err := MemoryLimit(m.DefaultPerDevicePinnedMemoryLimit[dev]); err != nil {
 					return fmt.Errorf("parameters.sharing.mpsConfig.defaultPerDevicePinnedMemoryLimit[%s]: %w", dev, err)
 				}
 			}
@@ -169,16 +180,54 @@ func Validate(c Config) error {
 	return nil
 }
 
+// MaxMemoryLimit is the largest MPS pinned memory limit accepted, far
+// above the memory of any GPU: a larger quantity is a mistake (and would
+// not fit the int64 of bytes the limit is computed in).
+var MaxMemoryLimit = resource.MustParse("1Pi")
+
 // MemoryLimit parses an MPS pinned memory limit, a Kubernetes quantity
-// such as "10Gi", into mebibytes (the unit the CUDA runtime is given).
+// such as "10Gi", into mebibytes (the unit the CUDA runtime is given),
+// rounded down. A quantity under 1Mi or over MaxMemoryLimit is refused:
+// neither would be the limit that was asked for.
 func MemoryLimit(q string) (int64, error) {
 	v, err := resource.ParseQuantity(q)
 	if err != nil {
 		return 0, fmt.Errorf("%q is not a quantity: %w", q, err)
+	}
+	// Compare before converting: Value() of a quantity beyond int64
+	// wraps, and "1e30" would read as a few bytes.
+	if v.Cmp(MaxMemoryLimit) > 0 {
+		return 0, fmt.Errorf("%q is over %s", q, MaxMemoryLimit.String())
 	}
 	mib := v.Value() >> 20
 	if mib < 1 {
 		return 0, fmt.Errorf("%q is under 1Mi", q)
 	}
 	return mib, nil
+}
+
+// MaxDeviceIndex is the largest device index a per-device key can name: a
+// claim has at most resource.k8s.io/v1's AllocationResultsMaxSize devices.
+const MaxDeviceIndex = resourceapi.AllocationResultsMaxSize - 1
+
+// DeviceKey parses a key of defaultPerDevicePinnedMemoryLimit: the index
+// of a device among the claim's MPS devices, written as a plain decimal
+// ("0", "12"; not "+0", "00" or " 1", which no device would match), or a
+// device UUID ("GPU-…", "MIG-…"). It returns the index, or -1 and the
+// UUID.
+func DeviceKey(key string) (index int, uuid string, err error) {
+	if strings.HasPrefix(key, "GPU-") || strings.HasPrefix(key, "MIG-") {
+		if len(key) == len("GPU-") || strings.ContainsFunc(key, unicode.IsSpace) {
+			return -1, "", fmt.Errorf("%q is not a device UUID", key)
+		}
+		return -1, key, nil
+	}
+	n, err := strconv.Atoi(key)
+	if err != nil || n < 0 || strconv.Itoa(n) != key {
+		return -1, "", fmt.Errorf("device key %q is neither an index (0, 1, ...) nor a UUID (GPU-..., MIG-...)", key)
+	}
+	if n > MaxDeviceIndex {
+		return -1, "", fmt.Errorf("device index %d is over %d, the most devices a claim has", n, MaxDeviceIndex)
+	}
+	return n, "", nil
 }

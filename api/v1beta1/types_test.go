@@ -1,6 +1,8 @@
 package v1beta1
 
 import (
+	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -20,6 +22,20 @@ func TestDecode(t *testing.T) {
 		{"mps limits", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"MPS","mpsConfig":{"defaultPinnedDeviceMemoryLimit":"10Gi","defaultPerDevicePinnedMemoryLimit":{"0":"5Gi"}}}}`, ""},
 		{"bad mps limit", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"MPS","mpsConfig":{"defaultPinnedDeviceMemoryLimit":"lots"}}}`, "mpsConfig.defaultPinnedDeviceMemoryLimit"},
 		{"tiny per-device limit", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"MPS","mpsConfig":{"defaultPerDevicePinnedMemoryLimit":{"0":"1Ki"}}}}`, "defaultPerDevicePinnedMemoryLimit[0]"},
+		{"mig time slice", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"MigDeviceConfig","sharing":{"strategy":"TimeSlicing","timeSlicingConfig":{"interval":"Long"}}}`, "parameters.sharing.timeSlicingConfig.interval: Long cannot be set in a MigDeviceConfig"},
+		{"mig default time slice", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"MigDeviceConfig","sharing":{"strategy":"TimeSlicing","timeSlicingConfig":{"interval":"Default"}}}`, ""},
+		{"per-device limit by UUID", mpsPerDevice(`"GPU-6f1b5a4e-3c1d-4b8e-9a55-0c6b2e1f7d10":"1Gi","MIG-0e9d1c2b-aaaa-4bbb-8ccc-123456789abc":"2Gi","31":"1Gi"`), ""},
+		{"per-device key with a sign", mpsPerDevice(`"+0":"1Gi"`), "defaultPerDevicePinnedMemoryLimit[+0]: device key \"+0\" is neither an index"},
+		{"per-device key with a leading zero", mpsPerDevice(`"00":"1Gi"`), "defaultPerDevicePinnedMemoryLimit[00]"},
+		{"per-device key with a space", mpsPerDevice(`" 1":"1Gi"`), "defaultPerDevicePinnedMemoryLimit[ 1]"},
+		{"negative per-device key", mpsPerDevice(`"-1":"1Gi"`), "defaultPerDevicePinnedMemoryLimit[-1]"},
+		{"per-device index beyond any claim", mpsPerDevice(`"32":"1Gi"`), "defaultPerDevicePinnedMemoryLimit[32]: device index 32 is over 31"},
+		{"per-device key in lower case", mpsPerDevice(`"gpu-6f1b5a4e":"1Gi"`), "defaultPerDevicePinnedMemoryLimit[gpu-6f1b5a4e]"},
+		{"per-device key, a bare prefix", mpsPerDevice(`"MIG-":"1Gi"`), "defaultPerDevicePinnedMemoryLimit[MIG-]"},
+		{"empty per-device key", mpsPerDevice(`"":"1Gi"`), "defaultPerDevicePinnedMemoryLimit[]"},
+		{"limit beyond int64", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"MPS","mpsConfig":{"defaultPinnedDeviceMemoryLimit":"1e30"}}}`, `defaultPinnedDeviceMemoryLimit: "1e30" is over 1Pi`},
+		{"per-device limit beyond int64", mpsPerDevice(`"0":"9Ei"`), `defaultPerDevicePinnedMemoryLimit[0]: "9Ei" is over 1Pi`},
+		{"negative limit", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"MPS","mpsConfig":{"defaultPinnedDeviceMemoryLimit":"-10Gi"}}}`, `"-10Gi" is under 1Mi`},
 		{"wrong version", `{"apiVersion":"v1","kind":"GpuConfig"}`, "parameters.apiVersion"},
 		{"wrong kind", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"TpuConfig"}`, "parameters.kind"},
 		{"not JSON", `{`, "parameters"},
@@ -38,17 +54,49 @@ func TestDecode(t *testing.T) {
 	}
 }
 
-// FuzzDecode: no input panics the decoder, and every error names where in
-// the parameters it is.
-func FuzzDecode(f *testing.F) {
-	for _, seed := range []string{
-		`{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"TimeSlicing","timeSlicingConfig":{"interval":"Long"}}}`,
-		`{"apiVersion":"resource.nvidia.com/v1beta1","kind":"MigDeviceConfig","sharing":{"strategy":"MPS","mpsConfig":{"defaultActiveThreadPercentage":50,"defaultPinnedDeviceMemoryLimit":"10Gi","defaultPerDevicePinnedMemoryLimit":{"0":"1Gi"}}}}`,
-		`{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"Bogus"}}`,
-		`{"apiVersion":"v1"}`, `{`, `null`, `[]`, ``,
+func mpsPerDevice(limits string) string {
+	return `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"MPS","mpsConfig":{"defaultPerDevicePinnedMemoryLimit":{` + limits + `}}}}`
+}
+
+// TestMemoryLimit: a limit is the quantity in whole mebibytes, or refused;
+// never a wrapped or truncated number.
+func TestMemoryLimit(t *testing.T) {
+	for _, tc := range []struct {
+		q       string
+		want    int64
+		wantErr string
+	}{
+		{q: "10Gi", want: 10240},
+		{q: "1Mi", want: 1},
+		{q: "1.5Mi", want: 1},
+		{q: "1G", want: 953},
+		{q: "1Pi", want: 1 << 30},
+		{q: "1e30", wantErr: "over 1Pi"},
+		{q: "8Ei", wantErr: "over 1Pi"},
+		{q: "9223372036854775808", wantErr: "over 1Pi"},
+		{q: "1025Ti", wantErr: "over 1Pi"},
+		{q: "1Ki", wantErr: "under 1Mi"},
+		{q: "0", wantErr: "under 1Mi"},
+		{q: "-1Gi", wantErr: "under 1Mi"},
+		{q: "-1e30", wantErr: "under 1Mi"},
+		{q: "lots", wantErr: "not a quantity"},
 	} {
-		f.Add([]byte(seed))
+		got, err := MemoryLimit(tc.q)
+		switch {
+		case tc.wantErr == "" && (err != nil || got != tc.want):
+			t.Errorf("MemoryLimit(%q) = %d, %v; want %d", tc.q, got, err, tc.want)
+		case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+			t.Errorf("MemoryLimit(%q) = %d, %v; want an error with %q", tc.q, got, err, tc.wantErr)
+		}
 	}
+}
+
+// FuzzDecode: no input panics the decoder; every error names where in
+// the parameters it is; and what decodes validates, applies as written (a
+// per-device key names a device index or UUID, a limit parses) and
+// decodes again the same once encoded. The seed corpus is
+// testdata/fuzz/FuzzDecode.
+func FuzzDecode(f *testing.F) {
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		cfg, err := Decode(raw)
 		if err != nil {
@@ -62,6 +110,24 @@ func FuzzDecode(f *testing.F) {
 		}
 		if err := Validate(cfg); err != nil {
 			t.Fatalf("decoded configuration fails validation: %v", err)
+		}
+		if s := SharingOf(cfg); s != nil && s.MpsConfig != nil {
+			for key, limit := range s.MpsConfig.DefaultPerDevicePinnedMemoryLimit {
+				if _, _, err := DeviceKey(key); err != nil {
+					t.Fatalf("admitted key %q: %v", key, err)
+				}
+				if mib, err := MemoryLimit(limit); err != nil || mib < 1 {
+					t.Fatalf("admitted limit %q: %d MiB, %v", limit, mib, err)
+				}
+			}
+		}
+		encoded, err := json.Marshal(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := Decode(encoded)
+		if err != nil || !reflect.DeepEqual(again, cfg) {
+			t.Fatalf("%s decodes to %+v, encoded %s to %+v (%v)", raw, cfg, encoded, again, err)
 		}
 	})
 }

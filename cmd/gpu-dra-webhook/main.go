@@ -5,7 +5,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -31,6 +30,7 @@ func main() {
 
 func newRootCommand() *cobra.Command {
 	var listen, certFile, keyFile string
+	var maxInFlight int
 	root := &cobra.Command{
 		Use:           "gpu-dra-webhook",
 		Short:         "Validating admission webhook for gpu.nvidia.com configuration in ResourceClaims, ResourceClaimTemplates and DeviceClasses",
@@ -40,12 +40,13 @@ func newRootCommand() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			return serve(ctx, listen, certFile, keyFile)
+			return serve(ctx, listen, certFile, keyFile, maxInFlight)
 		},
 	}
 	fs := root.Flags()
 	fs.StringVar(&listen, "listen", envOr("GPU_DRA_WEBHOOK_LISTEN", ":8443"), "host:port to serve HTTPS on [env GPU_DRA_WEBHOOK_LISTEN]")
 	fs.StringVar(&certFile, "tls-cert-file", envOr("GPU_DRA_WEBHOOK_TLS_CERT_FILE", "/etc/gpu-dra-webhook/tls.crt"), "serving certificate (PEM) [env GPU_DRA_WEBHOOK_TLS_CERT_FILE]")
+	fs.IntVar(&maxInFlight, "max-in-flight", webhook.DefaultMaxInFlight, "admission reviews read and decided at a time; more wait (memory: about 1.2 MiB each at most)")
 	fs.StringVar(&keyFile, "tls-key-file", envOr("GPU_DRA_WEBHOOK_TLS_KEY_FILE", "/etc/gpu-dra-webhook/tls.key"), "serving key (PEM) [env GPU_DRA_WEBHOOK_TLS_KEY_FILE]")
 
 	var dir, hosts string
@@ -81,25 +82,20 @@ func envOr(name, def string) string {
 	return def
 }
 
-func serve(ctx context.Context, listen, certFile, keyFile string) error {
+func serve(ctx context.Context, listen, certFile, keyFile string, maxInFlight int) error {
 	logger := klog.FromContext(ctx)
 	certs, err := webhook.NewCertReloader(logger, certFile, keyFile)
 	if err != nil {
 		return fmt.Errorf("--tls-cert-file/--tls-key-file: %w", err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle(webhook.Path, webhook.Handler{})
+	mux.Handle(webhook.Path, webhook.NewHandler(maxInFlight))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return fmt.Errorf("listen on --listen %s: %w", listen, err)
 	}
-	srv := &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 5 * time.Second,
-		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.GetCertificate},
-		BaseContext:       func(net.Listener) context.Context { return ctx },
-	}
+	srv := webhook.NewServer(ctx, mux, certs.GetCertificate)
 	go func() {
 		<-ctx.Done()
 		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -30,11 +30,11 @@ type settings struct {
 // Configurations from the DeviceClass come before those of the claim and a
 // later one wins; a configuration applies to the requests it names (all if
 // none), and only to devices of its kind (GpuConfig to whole GPUs,
-// MigDeviceConfig to MIG devices). Errors name the configuration entry and
-// the field.
+// MigDeviceConfig to MIG devices); one of the other kind that the claim
+// gives for exactly the device's request is an error, not ignored. Errors
+// name the configuration entry and the field.
 func deviceConfig(claim *resourceapi.ResourceClaim, d *checkpoint.Device) (settings, error) {
 	var chosen v1beta1.Config
-	var chosenAt string
 	for i, c := range claim.Status.Allocation.Devices.Config {
 		if c.Opaque == nil || c.Opaque.Driver != names.DriverName || !appliesTo(c.Requests, d.Requests) {
 			continue
@@ -44,15 +44,22 @@ func deviceConfig(claim *resourceapi.ResourceClaim, d *checkpoint.Device) (setti
 		if err != nil {
 			return settings{}, fmt.Errorf("%s: %w", at, err)
 		}
-		switch cfg.(type) {
-		case *v1beta1.GpuConfig:
-			if d.MIG == nil {
-				chosen, chosenAt = cfg, at
+		_, forMIG := cfg.(*v1beta1.MigDeviceConfig)
+		if forMIG == (d.MIG != nil) {
+			chosen = cfg
+			continue
+		}
+		// Of the other kind: a configuration for all requests, or from a
+		// class, is meant for the devices of its kind among others; one
+		// the claim gives for exactly this device's request was meant for
+		// this device, and would silently not apply.
+		if c.Source == resourceapi.AllocationConfigSourceClaim && namesExactly(c.Requests, d.Requests) {
+			kind, device, want := v1beta1.GpuConfigKind, "a MIG device", v1beta1.MigDeviceConfigKind
+			if forMIG {
+				kind, device, want = v1beta1.MigDeviceConfigKind, "a whole GPU", v1beta1.GpuConfigKind
 			}
-		case *v1beta1.MigDeviceConfig:
-			if d.MIG != nil {
-				chosen, chosenAt = cfg, at
-			}
+			return settings{}, fmt.Errorf("%s: parameters.kind: a %s does not apply to device %s, %s, of request %s; use a %s",
+				at, kind, d.Name, device, strings.Join(d.Requests, ", "), want)
 		}
 	}
 	if chosen == nil {
@@ -69,14 +76,23 @@ func deviceConfig(claim *resourceapi.ResourceClaim, d *checkpoint.Device) (setti
 		return settings{mps: s.MpsConfig}, nil
 	}
 	// Time-slicing is what a GPU does for the containers of one claim;
-	// only a non-default interval changes the GPU.
+	// only a non-default interval changes the GPU. A MigDeviceConfig,
+	// the only kind chosen for a MIG device, cannot set one (Validate).
 	if s.TimeSlicingConfig == nil || s.TimeSlicingConfig.Interval == "" || s.TimeSlicingConfig.Interval == v1beta1.DefaultTimeSlice {
 		return settings{}, nil
 	}
-	if d.MIG != nil {
-		return settings{}, fmt.Errorf("%s: parameters.sharing.timeSlicingConfig.interval: %s cannot be set on a MIG device; only whole GPUs have a configurable time slice", chosenAt, s.TimeSlicingConfig.Interval)
-	}
 	return settings{timeSlice: s.TimeSlicingConfig.Interval}, nil
+}
+
+// namesExactly reports whether configRequests names one of deviceRequests
+// itself (not only a request whose subrequest the device is for).
+func namesExactly(configRequests, deviceRequests []string) bool {
+	for _, want := range configRequests {
+		if slices.Contains(deviceRequests, want) {
+			return true
+		}
+	}
+	return false
 }
 
 // appliesTo reports whether a configuration for the named requests covers a
@@ -112,12 +128,14 @@ func mpsEnv(rec *checkpoint.Claim, configs map[int]*v1beta1.MpsConfig) (map[int]
 		if cfg.DefaultActiveThreadPercentage != nil {
 			env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = strconv.Itoa(*cfg.DefaultActiveThreadPercentage)
 		}
+		perDevice, err := perDeviceLimits(cfg.DefaultPerDevicePinnedMemoryLimit, uuids)
+		if err != nil {
+			return nil, fmt.Errorf("device %s: %w", rec.Devices[i].Name, err)
+		}
 		var limits []string
-		for ord, uuid := range uuids {
+		for ord := range uuids {
 			limit := cfg.DefaultPinnedDeviceMemoryLimit
-			if l, ok := cfg.DefaultPerDevicePinnedMemoryLimit[strconv.Itoa(ord)]; ok {
-				limit = &l
-			} else if l, ok := cfg.DefaultPerDevicePinnedMemoryLimit[uuid]; ok {
+			if l, ok := perDevice[ord]; ok {
 				limit = &l
 			}
 			if limit == nil {
@@ -129,16 +147,38 @@ func mpsEnv(rec *checkpoint.Claim, configs map[int]*v1beta1.MpsConfig) (map[int]
 			}
 			limits = append(limits, fmt.Sprintf("%d=%dM", ord, mib))
 		}
-		for key := range cfg.DefaultPerDevicePinnedMemoryLimit {
-			if n, err := strconv.Atoi(key); err == nil && n >= 0 && n < len(uuids) || slices.Contains(uuids, key) {
-				continue
-			}
-			return nil, fmt.Errorf("device %s: parameters.sharing.mpsConfig.defaultPerDevicePinnedMemoryLimit[%s]: the claim has no such MPS device (%d devices; use an index or a UUID)", rec.Devices[i].Name, key, len(uuids))
-		}
 		if len(limits) > 0 {
 			env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] = strings.Join(limits, ",")
 		}
 		out[i] = env
+	}
+	return out, nil
+}
+
+// perDeviceLimits resolves the keys of defaultPerDevicePinnedMemoryLimit
+// (v1beta1.DeviceKey: an ordinal or a UUID) to ordinals among uuids, the
+// claim's MPS devices. A key that names no device, or a device another key
+// names too, is an error naming the key: every limit given applies, or
+// the claim does not prepare.
+func perDeviceLimits(byKey map[string]string, uuids []string) (map[int]string, error) {
+	out := make(map[int]string, len(byKey))
+	keyOf := make(map[int]string, len(byKey))
+	for _, key := range slices.Sorted(maps.Keys(byKey)) {
+		at := fmt.Sprintf("parameters.sharing.mpsConfig.defaultPerDevicePinnedMemoryLimit[%s]", key)
+		ord, uuid, err := v1beta1.DeviceKey(key)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", at, err)
+		}
+		if uuid != "" {
+			ord = slices.Index(uuids, uuid)
+		}
+		if ord < 0 || ord >= len(uuids) {
+			return nil, fmt.Errorf("%s: the claim has no such MPS device (%d devices; use an index or a UUID)", at, len(uuids))
+		}
+		if other, dup := keyOf[ord]; dup {
+			return nil, fmt.Errorf("%s: device %d is already given a limit by key %s", at, ord, other)
+		}
+		out[ord], keyOf[ord] = byKey[key], key
 	}
 	return out, nil
 }

@@ -16,6 +16,7 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs/hostfstest"
 )
@@ -46,18 +47,16 @@ func TestReview(t *testing.T) {
 			wantErr: "spec.spec.devices.config[0].opaque.parameters.kind"},
 		"device class with invalid config": {kind: "DeviceClass", object: `{"spec":{"config":[` + opaque(bad) + `]}}`,
 			wantErr: "spec.config[0].opaque.parameters.sharing.mpsConfig"},
-		"delete is always allowed": {kind: "ResourceClaim", op: admissionv1.Delete, object: `{"spec":{"devices":{"config":[` + opaque(bad) + `]}}}`},
-		"other kinds pass":         {kind: "Pod", object: `{}`},
+		"delete is always allowed":  {kind: "ResourceClaim", op: admissionv1.Delete, object: `{"spec":{"devices":{"config":[` + opaque(bad) + `]}}}`},
+		"other kinds pass":          {kind: "Pod", object: `{}`},
+		"a claim without an object": {kind: "ResourceClaim", object: `null`, wantErr: "decode ResourceClaim: the review has no object"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			op := tc.op
 			if op == "" {
 				op = admissionv1.Create
 			}
-			resp := Review(&admissionv1.AdmissionRequest{
-				UID: "uid-1", Operation: op, Kind: metav1.GroupVersionKind{Kind: tc.kind},
-				Object: runtime.RawExtension{Raw: []byte(tc.object)},
-			})
+			resp := serve(t, NewHandler(1), reviewOf("uid-1", op, tc.kind, tc.object))
 			if resp.UID != "uid-1" {
 				t.Errorf("response UID %q", resp.UID)
 			}
@@ -74,6 +73,40 @@ func TestReview(t *testing.T) {
 	}
 }
 
+// reviewOf is an AdmissionReview as the API server sends it.
+func reviewOf(uid types.UID, op admissionv1.Operation, kind, object string) []byte {
+	body, err := json.Marshal(admissionv1.AdmissionReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+		Request: &admissionv1.AdmissionRequest{
+			UID: uid, Operation: op, Kind: metav1.GroupVersionKind{Group: "resource.k8s.io", Version: "v1", Kind: kind},
+			Object: runtime.RawExtension{Raw: []byte(object)},
+		},
+	})
+	if err != nil {
+		panic(err)
+	}
+	return body
+}
+
+// serve posts body to h and returns the response of the AdmissionReview
+// it answers.
+func serve(t *testing.T, h http.Handler, body []byte) *admissionv1.AdmissionResponse {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, Path, bytes.NewReader(body)))
+	var got admissionv1.AdmissionReview
+	if rec.Code != http.StatusOK {
+		t.Fatalf("status %d: %s", rec.Code, rec.Body)
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil || got.Response == nil {
+		t.Fatalf("not an AdmissionReview (%v): %s", err, rec.Body)
+	}
+	if got.APIVersion != "admission.k8s.io/v1" || got.Kind != "AdmissionReview" {
+		t.Errorf("response of %s %s", got.APIVersion, got.Kind)
+	}
+	return got.Response
+}
+
 // TestServeTLS runs the handler behind TLS with a self-signed certificate,
 // as the API server reaches it: TLS 1.1 is refused, an AdmissionReview
 // over TLS 1.2+ is answered.
@@ -86,7 +119,7 @@ func TestServeTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewUnstartedServer(Handler{})
+	srv := httptest.NewUnstartedServer(NewHandler(0))
 	srv.TLS = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
 	srv.StartTLS()
 	defer srv.Close()

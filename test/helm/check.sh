@@ -47,6 +47,25 @@ expect "defaults: the plugin reads the driver root's mount" '--driver-root-mount
 expect "defaults: plugins replaced one node at a time" 'maxUnavailable: 1' "$out"
 refuse "defaults: never two plugins on a node" 'maxSurge' "$out"
 refuse "defaults: no RBAC beyond what the plugin needs" 'resources: \["\*"\]|verbs: \["\*"\]|"secrets"|"pods"' "$out"
+# The plugin's identity: what its code calls, nothing more (test/e2e/rbac_test.go on the API server).
+rbac=$(render --show-only templates/kubelet-plugin.yaml)
+refuse "defaults: the plugin reads no DeviceClasses or DeviceTaintRules" 'deviceclasses|devicetaintrules' "$rbac"
+refuse "defaults: the plugin neither patches nor collection-deletes" '"patch"|"deletecollection"' "$rbac"
+grep -A1 -- 'resources: \["resourceclaims"\]' <<<"$rbac" | grep -q -- '^  verbs: \["get"\]$' || die "chart: defaults: the plugin only gets claims, by name"
+expect "defaults: the plugin's Events only in default" 'namespace: default' "$rbac"
+policy=$(render --show-only templates/slice-policy.yaml)
+expect "defaults: the slice policy checks the pool name" 'variables.slice.spec.pool.name == variables.nodeName' "$policy"
+# The webhook is a single point of failure for claims with our configuration, and for nothing else.
+expect "defaults: a PodDisruptionBudget for the webhook" '^kind: PodDisruptionBudget$' "$out"
+expect "defaults: webhook replicas spread over nodes" 'topologyKey: kubernetes.io/hostname' "$out"
+expect "defaults: webhook replicas spread over zones where they can" 'topologyKey: topology.kubernetes.io/zone' "$out"
+expect "defaults: the webhook bounds the reviews in flight" '--max-in-flight=8' "$out"
+expect "defaults: only objects with gpu.nvidia.com configuration reach the webhook" "c.opaque.driver == 'gpu.nvidia.com'" "$out"
+refuse "defaults: claims and templates judged at creation only" 'resources: \["resourceclaims", "resourceclaimtemplates", "deviceclasses"\]' "$out"
+webhook_yaml="$REPO_ROOT/deployments/webhook/validating-webhook.yaml"
+while read -r expr; do
+	expect "webhook matchConditions as in deployments/webhook" "$(printf '%s' "$expr" | sed 's/[][\.*^$(){}+?|]/\\&/g')" "$out"
+done < <(sed -n '/matchConditions:/,$p' "$webhook_yaml" | grep -v '^ *#' | grep -v 'matchConditions:' | sed 's/^ *//; s/^- //')
 # The DeviceClasses are those of deployments/deviceclasses.
 while read -r expr; do
 	expect "DeviceClass selector as in deployments/deviceclasses" "$(printf '%s' "$expr" | sed 's/[][\.*^$(){}+?|]/\\&/g')" "$out"
@@ -74,7 +93,7 @@ refuse "slice policy disabled" 'ValidatingAdmissionPolicy' "$out"
 out=$(render --set kubeletPlugin.updateStrategy.type=OnDelete --set kubeletPlugin.updateStrategy.rollingUpdate=null \
 	--set kubeletPlugin.terminationGracePeriodSeconds=60)
 expect "update strategy from values" 'type: OnDelete' "$out"
-refuse "OnDelete without rollingUpdate" 'maxUnavailable' "$out"
+refuse "OnDelete without rollingUpdate" 'rollingUpdate' "$out"
 expect "grace period from values" 'terminationGracePeriodSeconds: 60' "$out"
 out=$(render --set kubeletPlugin.updateStrategy.rollingUpdate.maxSurge=0)
 expect "maxSurge 0 allowed" 'maxSurge: 0' "$out"

@@ -1,0 +1,117 @@
+package prepare
+
+import (
+	"strings"
+	"testing"
+
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/utils/ptr"
+
+	"github.com/gpu-dra/gpu-dra-driver/api/v1beta1"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
+)
+
+// TestMPSPinnedMemoryLimits: every per-device limit applies to the device
+// it names, by ordinal or UUID, or the claim is refused naming the key;
+// none is dropped because its key is spelt in a way no device matches.
+func TestMPSPinnedMemoryLimits(t *testing.T) {
+	const uuid0, uuid1 = "GPU-00000000-0000-4000-8000-000000000000", "GPU-11111111-1111-4111-8111-111111111111"
+	rec := &checkpoint.Claim{Devices: []checkpoint.Device{
+		{Name: "gpu-0", GPUUUID: uuid0, MPSDir: "/mps"},
+		{Name: "gpu-1", GPUUUID: uuid1, MPSDir: "/mps"},
+	}}
+	for _, tc := range []struct {
+		name      string
+		def       *string
+		perDevice map[string]string
+		want      string // CUDA_MPS_PINNED_DEVICE_MEM_LIMIT
+		wantErr   string
+	}{
+		{name: "default for all", def: ptr.To("2Gi"), want: "0=2048M,1=2048M"},
+		{name: "by index", def: ptr.To("2Gi"), perDevice: map[string]string{"1": "1Gi"}, want: "0=2048M,1=1024M"},
+		{name: "by UUID", perDevice: map[string]string{uuid1: "1Gi"}, want: "1=1024M"},
+		{name: "index and UUID of different devices", perDevice: map[string]string{"0": "3Gi", uuid1: "1Gi"}, want: "0=3072M,1=1024M"},
+		{name: "a sign", def: ptr.To("2Gi"), perDevice: map[string]string{"+0": "1Gi"},
+			wantErr: `defaultPerDevicePinnedMemoryLimit[+0]: device key "+0" is neither an index`},
+		{name: "a leading zero", perDevice: map[string]string{"00": "1Gi"}, wantErr: "defaultPerDevicePinnedMemoryLimit[00]"},
+		{name: "no such index", perDevice: map[string]string{"2": "1Gi"}, wantErr: "defaultPerDevicePinnedMemoryLimit[2]: the claim has no such MPS device (2 devices"},
+		{name: "no such UUID", perDevice: map[string]string{"GPU-22222222-2222-4222-8222-222222222222": "1Gi"}, wantErr: "no such MPS device"},
+		{name: "one device named twice", perDevice: map[string]string{"1": "1Gi", uuid1: "2Gi"},
+			wantErr: "defaultPerDevicePinnedMemoryLimit[" + uuid1 + "]: device 1 is already given a limit by key 1"},
+		{name: "a limit beyond int64", perDevice: map[string]string{"0": "1e30"}, wantErr: `"1e30" is over 1Pi`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := &v1beta1.MpsConfig{DefaultPinnedDeviceMemoryLimit: tc.def, DefaultPerDevicePinnedMemoryLimit: tc.perDevice}
+			env, err := mpsEnv(rec, map[int]*v1beta1.MpsConfig{0: cfg, 1: cfg})
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.HasPrefix(err.Error(), "device gpu-0: ") {
+					t.Fatalf("error %v, want one for device gpu-0 naming %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range 2 {
+				if got := env[i]["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"]; got != tc.want {
+					t.Errorf("device %d: CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=%q, want %q", i, got, tc.want)
+				}
+			}
+		})
+	}
+}
+
+// TestConfigOfTheOtherKind: a configuration the claim gives for exactly a
+// device's request, of the kind that cannot apply to that device, is an
+// error naming it; for all requests, for a parent request, or from a
+// class, it is meant for other devices and applies to none here.
+func TestConfigOfTheOtherKind(t *testing.T) {
+	const mpsGPU = `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"MPS"}}`
+	const mpsMIG = `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"MigDeviceConfig","sharing":{"strategy":"MPS"}}`
+	mig := &checkpoint.Device{Name: "gpu-0-mig-1g10gb-0", Requests: []string{"small/mig"}, MIG: &checkpoint.MIG{}}
+	gpu := &checkpoint.Device{Name: "gpu-1", Requests: []string{"whole"}}
+	for _, tc := range []struct {
+		name     string
+		source   resourceapi.AllocationConfigSource
+		requests []string
+		params   string
+		dev      *checkpoint.Device
+		wantErr  string
+		wantMPS  bool
+	}{
+		{name: "GpuConfig for a MIG device's request", requests: []string{"small/mig"}, params: mpsGPU, dev: mig,
+			wantErr: "configuration 0 (fromclaim): parameters.kind: a GpuConfig does not apply to device gpu-0-mig-1g10gb-0, a MIG device, of request small/mig; use a MigDeviceConfig"},
+		{name: "MigDeviceConfig for a whole GPU's request", requests: []string{"whole"}, params: mpsMIG, dev: gpu,
+			wantErr: "a MigDeviceConfig does not apply to device gpu-1, a whole GPU, of request whole; use a GpuConfig"},
+		{name: "GpuConfig for all requests", params: mpsGPU, dev: mig},
+		{name: "GpuConfig for the parent of a subrequest", requests: []string{"small"}, params: mpsGPU, dev: mig},
+		{name: "GpuConfig from a class", source: resourceapi.AllocationConfigSourceClass, requests: []string{"small/mig"}, params: mpsGPU, dev: mig},
+		{name: "MigDeviceConfig for the MIG device", requests: []string{"small/mig"}, params: mpsMIG, dev: mig, wantMPS: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			source := tc.source
+			if source == "" {
+				source = resourceapi.AllocationConfigSourceClaim
+			}
+			claim := &resourceapi.ResourceClaim{Status: resourceapi.ResourceClaimStatus{Allocation: &resourceapi.AllocationResult{
+				Devices: resourceapi.DeviceAllocationResult{Config: []resourceapi.DeviceAllocationConfiguration{{
+					Source: source, Requests: tc.requests,
+					DeviceConfiguration: resourceapi.DeviceConfiguration{Opaque: &resourceapi.OpaqueDeviceConfiguration{
+						Driver: "gpu.nvidia.com", Parameters: runtime.RawExtension{Raw: []byte(tc.params)}}},
+				}}},
+			}}}
+			got, err := deviceConfig(claim, tc.dev)
+			switch {
+			case tc.wantErr != "":
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want one with %q", err, tc.wantErr)
+				}
+			case err != nil:
+				t.Fatal(err)
+			case (got.mps != nil) != tc.wantMPS:
+				t.Errorf("MPS %v, want %v", got.mps != nil, tc.wantMPS)
+			}
+		})
+	}
+}

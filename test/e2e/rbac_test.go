@@ -1,0 +1,256 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	resourceapi "k8s.io/api/resource/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// pluginIdentity applies the chart's identity of the kubelet plugin and
+// its node-scoped slice policy (no pods) as release release in namespace
+// ns, and returns a client of that identity as its pod on node would have
+// it (a token naming the node). A cleanup removes them.
+func pluginIdentity(t *testing.T, release, ns string) func(node string) kubernetes.Interface {
+	t.Helper()
+	helm := helmBinary(t)
+	rendered, err := exec.Command(helm, "template", release, filepath.Join(repoRoot, "deployments/helm/gpu-dra-driver"),
+		"--namespace", ns, "--kube-version", "1.37.2", "--set", "deviceClasses.create=false", "--set", "webhook.enabled=false",
+		"--show-only", "templates/slice-policy.yaml", "--show-only", "templates/kubelet-plugin.yaml").Output()
+	if err != nil {
+		t.Fatalf("helm template: %v", err)
+	}
+	var keep []string
+	for _, doc := range strings.Split(string(rendered), "\n---") {
+		if !strings.Contains(doc, "kind: DaemonSet") {
+			keep = append(keep, doc)
+		}
+	}
+	f := filepath.Join(t.TempDir(), "identity.yaml")
+	if err := os.WriteFile(f, []byte(strings.Join(keep, "\n---")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	applyYAML(t, "apiVersion: v1\nkind: Namespace\nmetadata: {name: "+ns+"}\n")
+	kubectl(t, "apply", "-f", f)
+	t.Cleanup(func() {
+		kubectlErr("delete", "-f", f, "--ignore-not-found", "--wait=false")
+		cleanNamespace(t, ns)
+	})
+	cfg, err := clientcmd.BuildConfigFromFlags("", filepath.Join(runDir, "kubeconfig/admin.kubeconfig"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(node string) kubernetes.Interface {
+		c := rest.CopyConfig(cfg)
+		c.Impersonate = rest.ImpersonationConfig{
+			UserName: "system:serviceaccount:" + ns + ":" + release + "-kubelet-plugin",
+			Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+		}
+		if node != "" {
+			c.Impersonate.Extra = map[string][]string{"authentication.kubernetes.io/node-name": {node}}
+		}
+		return kubernetes.NewForConfigOrDie(c)
+	}
+}
+
+// TestPluginRBACIsWhatTheCodeCalls: on the real API server, the kubelet
+// plugin's identity from the chart may make the calls the plugin makes
+// (get a claim by name, list, watch and write its node's slices, get and
+// watch its node, create Events in default) and is refused everything the
+// ClusterRole used to grant beyond them: listing or watching claims,
+// reading DeviceClasses and DeviceTaintRules, patching or collection-
+// deleting slices, Events elsewhere, updating Events. The slice policy
+// refuses a slice of its own node in a pool named after another node.
+func TestPluginRBACIsWhatTheCodeCalls(t *testing.T) {
+	const ns, release = "gpu-dra-rbac", "rbac"
+	asPluginOn := pluginIdentity(t, release, ns)
+	plugin := asPluginOn("node-a")
+	dryCreate := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}
+
+	// A claim to read, in a namespace of its own.
+	const claimNS = "gpu-dra-rbac-claims"
+	t.Cleanup(func() { cleanNamespace(t, claimNS) })
+	applyYAML(t, `apiVersion: v1
+kind: Namespace
+metadata: {name: `+claimNS+`}
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaim
+metadata: {name: some-claim, namespace: `+claimNS+`}
+spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nvidia.com}}]}}
+`)
+	slice := func(node, pool string) *resourceapi.ResourceSlice {
+		return &resourceapi.ResourceSlice{
+			ObjectMeta: metav1.ObjectMeta{GenerateName: "rbac-e2e-"},
+			Spec: resourceapi.ResourceSliceSpec{Driver: "gpu.nvidia.com", NodeName: &node,
+				Pool:    resourceapi.ResourcePool{Name: pool, ResourceSliceCount: 1},
+				Devices: []resourceapi.Device{{Name: "gpu-0"}}},
+		}
+	}
+	ownSlices := metav1.ListOptions{FieldSelector: "spec.nodeName=node-a,spec.driver=gpu.nvidia.com"}
+	event := &corev1.Event{
+		ObjectMeta:     metav1.ObjectMeta{GenerateName: "node-a."},
+		InvolvedObject: corev1.ObjectReference{Kind: "Node", Name: "node-a", UID: types.UID("node-a"), APIVersion: "v1"},
+		Reason:         "RBACTest", Message: "dry run", Type: corev1.EventTypeNormal,
+		Source: corev1.EventSource{Component: "gpu-kubelet-plugin", Host: "node-a"},
+	}
+	node := nodeName
+
+	// RBAC is cached for a moment after the apply: wait for the first grant.
+	eventually(t, 30*time.Second, "the plugin's identity may get a claim", func() (bool, error) {
+		_, err := plugin.ResourceV1().ResourceClaims(claimNS).Get(ctx(), "some-claim", metav1.GetOptions{})
+		return err == nil, err
+	})
+	for _, tc := range []struct {
+		what string
+		call func() error
+	}{
+		{"list and watch its node's slices", func() error {
+			if _, err := plugin.ResourceV1().ResourceSlices().List(ctx(), ownSlices); err != nil {
+				return err
+			}
+			w, err := plugin.ResourceV1().ResourceSlices().Watch(ctx(), ownSlices)
+			if err == nil {
+				w.Stop()
+			}
+			return err
+		}},
+		{"create its node's slice", func() error {
+			_, err := plugin.ResourceV1().ResourceSlices().Create(ctx(), slice("node-a", "node-a"), dryCreate)
+			return err
+		}},
+		{"get and watch its node", func() error {
+			if _, err := plugin.CoreV1().Nodes().Get(ctx(), node, metav1.GetOptions{}); err != nil {
+				return err
+			}
+			w, err := plugin.CoreV1().Nodes().Watch(ctx(), metav1.ListOptions{FieldSelector: "metadata.name=" + node})
+			if err == nil {
+				w.Stop()
+			}
+			return err
+		}},
+		{"create an Event on its node in default", func() error {
+			_, err := plugin.CoreV1().Events(metav1.NamespaceDefault).Create(ctx(), event, dryCreate)
+			return err
+		}},
+	} {
+		if err := tc.call(); err != nil {
+			t.Errorf("the plugin may not %s: %v", tc.what, err)
+		}
+	}
+
+	for _, tc := range []struct {
+		what string
+		call func() error
+	}{
+		{"list claims in all namespaces", func() error {
+			_, err := plugin.ResourceV1().ResourceClaims("").List(ctx(), metav1.ListOptions{})
+			return err
+		}},
+		{"list claims in a namespace", func() error {
+			_, err := plugin.ResourceV1().ResourceClaims(claimNS).List(ctx(), metav1.ListOptions{})
+			return err
+		}},
+		{"watch claims", func() error {
+			w, err := plugin.ResourceV1().ResourceClaims("").Watch(ctx(), metav1.ListOptions{})
+			if err == nil {
+				w.Stop()
+			}
+			return err
+		}},
+		{"update a claim's status", func() error {
+			c, err := client.ResourceV1().ResourceClaims(claimNS).Get(ctx(), "some-claim", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			_, err = plugin.ResourceV1().ResourceClaims(claimNS).UpdateStatus(ctx(), c, metav1.UpdateOptions{DryRun: []string{metav1.DryRunAll}})
+			return err
+		}},
+		{"get a DeviceClass", func() error {
+			_, err := plugin.ResourceV1().DeviceClasses().Get(ctx(), "gpu.nvidia.com", metav1.GetOptions{})
+			return err
+		}},
+		{"list DeviceClasses", func() error {
+			_, err := plugin.ResourceV1().DeviceClasses().List(ctx(), metav1.ListOptions{})
+			return err
+		}},
+		{"list DeviceTaintRules", func() error {
+			_, err := plugin.ResourceV1().DeviceTaintRules().List(ctx(), metav1.ListOptions{})
+			return err
+		}},
+		{"get a slice by name", func() error {
+			_, err := plugin.ResourceV1().ResourceSlices().Get(ctx(), "any", metav1.GetOptions{})
+			return err
+		}},
+		{"patch a slice", func() error {
+			_, err := plugin.ResourceV1().ResourceSlices().Patch(ctx(), "any", types.MergePatchType, []byte(`{}`), metav1.PatchOptions{})
+			return err
+		}},
+		{"delete a collection of slices", func() error {
+			return plugin.ResourceV1().ResourceSlices().DeleteCollection(ctx(), metav1.DeleteOptions{DryRun: []string{metav1.DryRunAll}}, ownSlices)
+		}},
+		{"update a node", func() error {
+			n, err := client.CoreV1().Nodes().Get(ctx(), node, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			_, err = plugin.CoreV1().Nodes().Update(ctx(), n, metav1.UpdateOptions{DryRun: []string{metav1.DryRunAll}})
+			return err
+		}},
+		{"create an Event in another namespace", func() error {
+			_, err := plugin.CoreV1().Events(ns).Create(ctx(), event, dryCreate)
+			return err
+		}},
+		{"patch an Event", func() error {
+			_, err := plugin.CoreV1().Events(metav1.NamespaceDefault).Patch(ctx(), "any", types.MergePatchType, []byte(`{}`), metav1.PatchOptions{})
+			return err
+		}},
+		{"create an events.k8s.io Event", func() error {
+			_, err := plugin.EventsV1().Events(metav1.NamespaceDefault).Create(ctx(), &eventsv1.Event{
+				ObjectMeta: metav1.ObjectMeta{GenerateName: "node-a."}, EventTime: metav1.NowMicro(),
+				ReportingController: "gpu.nvidia.com/kubelet-plugin", ReportingInstance: "node-a", Action: "Test", Reason: "RBACTest",
+				Regarding: corev1.ObjectReference{Kind: "Node", Name: "node-a"}, Type: corev1.EventTypeNormal,
+			}, dryCreate)
+			return err
+		}},
+		{"read a Secret", func() error {
+			_, err := plugin.CoreV1().Secrets(ns).List(ctx(), metav1.ListOptions{})
+			return err
+		}},
+	} {
+		if err := tc.call(); !apierrors.IsForbidden(err) {
+			t.Errorf("the plugin may %s (want Forbidden): %v", tc.what, err)
+		}
+	}
+
+	// The slice policy: its own node's slice, but in another node's pool.
+	eventually(t, 30*time.Second, "the plugin on node-a refused a slice of pool node-b", func() (bool, error) {
+		_, err := plugin.ResourceV1().ResourceSlices().Create(ctx(), slice("node-a", "node-b"), dryCreate)
+		return err != nil && strings.Contains(err.Error(), "may only write ResourceSlices of pool node-a, not of pool node-b"), err
+	})
+	if _, err := plugin.ResourceV1().ResourceSlices().Create(ctx(), slice("node-b", "node-b"), dryCreate); err == nil ||
+		!strings.Contains(err.Error(), "may only write gpu.nvidia.com ResourceSlices of its own node") {
+		t.Errorf("the plugin on node-a wrote node-b's slice: %v", err)
+	}
+	if _, err := asPluginOn("").ResourceV1().ResourceSlices().Create(ctx(), slice("node-a", "node-a"), dryCreate); err == nil ||
+		!strings.Contains(err.Error(), "does not name its node") {
+		t.Errorf("a token without a node wrote a slice: %v", err)
+	}
+
+	// What RBAC cannot narrow (docs/security.md): a claim is read by name
+	// whichever node its pods are on; some-claim has none.
+}
