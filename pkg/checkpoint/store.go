@@ -175,7 +175,7 @@ func (s *Store) Load() (*Checkpoint, error) {
 	}
 	aside := fmt.Sprintf("%s.corrupt-%s", s.path, time.Now().UTC().Format("20060102T150405.000000000"))
 	if err := os.Rename(s.path, aside); err != nil {
-		return nil, fmt.Errorf("set aside untrusted checkpoint %s (%v): %w", s.path, cause, err)
+		return nil, fmt.Errorf("set aside untrusted checkpoint %s: %w (it was untrusted because: %w)", s.path, err, cause)
 	}
 	corrupt := &CorruptError{Path: s.path, SetAside: aside, Cause: cause}
 	if prev, err := read(s.previous); err == nil {

@@ -228,7 +228,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		PoolName: cfg.NodeName, AfterStep: cfg.AfterStep, MPS: cfg.MPS, HeldWait: cfg.HeldDeviceWait,
 	})
 	d.monitor.Probe(ctx)
-	if _, err := d.state.refresh(inv, d.preparer); err != nil {
+	if err := d.state.refresh(inv, d.preparer); err != nil {
 		return nil, err
 	}
 	d.cfg.Metrics.setPrepared(cp)
@@ -366,7 +366,7 @@ func (d *Driver) refreshAndPublish(ctx context.Context) error {
 		return fmt.Errorf("read GPU inventory: %w", err)
 	}
 	d.monitor.SetInventory(ctx, inv, readAt)
-	if _, err := d.state.refresh(inv, d.preparer); err != nil {
+	if err := d.state.refresh(inv, d.preparer); err != nil {
 		return err
 	}
 	return d.publish(ctx)
@@ -376,7 +376,7 @@ func (d *Driver) refreshAndPublish(ctx context.Context) error {
 // the current taints, and republishes if it changed.
 func (d *Driver) rebuildAndPublish(ctx context.Context) error {
 	inv, _ := d.state.current()
-	if _, err := d.state.refresh(inv, d.preparer); err != nil {
+	if err := d.state.refresh(inv, d.preparer); err != nil {
 		return err
 	}
 	return d.publish(ctx)

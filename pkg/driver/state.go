@@ -57,7 +57,7 @@ type migOwner interface {
 }
 
 // refresh rebuilds the model from a new inventory and the plugin's claims.
-func (s *nodeState) refresh(inv *gpu.Inventory, owner migOwner) (*devicemodel.Model, error) {
+func (s *nodeState) refresh(inv *gpu.Inventory, owner migOwner) error {
 	in := devicemodel.Input{
 		Inventory:     inv,
 		Managed:       owner.ManagesMIG,
@@ -69,10 +69,10 @@ func (s *nodeState) refresh(inv *gpu.Inventory, owner migOwner) (*devicemodel.Mo
 	}
 	model, err := devicemodel.Build(in)
 	if err != nil {
-		return nil, fmt.Errorf("build device model: %w", err)
+		return fmt.Errorf("build device model: %w", err)
 	}
 	s.mu.Lock()
 	s.inv, s.model = inv, model
 	s.mu.Unlock()
-	return model, nil
+	return nil
 }

@@ -550,10 +550,7 @@ func (m *Monitor) presentLocked(uuid string, r gpu.Reading) map[Key]Condition {
 // resetLocked reports whether the GPU was reset since the last reading:
 // it came back on the bus, or its volatile ECC counter went back.
 func (m *Monitor) resetLocked(uuid string, r gpu.Reading) bool {
-	reset := false
-	if m.wasLost[uuid] && !r.Lost {
-		reset = true
-	}
+	reset := m.wasLost[uuid] && !r.Lost
 	m.wasLost[uuid] = r.Lost
 	if r.Lost || r.Err != nil {
 		return reset

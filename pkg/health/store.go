@@ -55,9 +55,9 @@ func (s *Store) Load() (*Saved, error) {
 	if err != nil {
 		aside := s.path + ".corrupt"
 		if rerr := os.Rename(s.path, aside); rerr != nil {
-			return nil, fmt.Errorf("health state %s is corrupt (%v) and cannot be set aside: %w", s.path, err, rerr)
+			return nil, fmt.Errorf("health state %s cannot be set aside: %w (it is corrupt: %w)", s.path, rerr, err)
 		}
-		return &Saved{}, fmt.Errorf("%w: %s set aside as %s: %v", ErrCorrupt, s.path, aside, err)
+		return &Saved{}, fmt.Errorf("%w: %s set aside as %s: %w", ErrCorrupt, s.path, aside, err)
 	}
 	return &saved, nil
 }

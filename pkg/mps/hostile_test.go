@@ -12,9 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/klog/v2/ktesting"
+
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/simhosttest"
-	"k8s.io/klog/v2/ktesting"
 )
 
 // The tests here are a tenant's container at work: it has the daemon's
@@ -161,7 +162,7 @@ func TestGoneDaemonWithAHostilePIDFile(t *testing.T) {
 				t.Fatal(err)
 			}
 			old := recorded(t, m, key)
-			if err := m.procs().kill(old, syscall.SIGKILL); err != nil {
+			if err := m.procs().kill(old); err != nil {
 				t.Fatal(err)
 			}
 			if !m.waitGone(ctx, old) {

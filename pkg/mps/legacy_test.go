@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/ktesting"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs"
@@ -22,7 +21,7 @@ import (
 func startLegacy(t *testing.T, m *Manager, key string) identity {
 	t.Helper()
 	for _, dir := range []string{m.root, m.Dir(key), m.PipeDir(key), m.LogDir(key)} {
-		if err := hostfs.EnsureDir(klog.Background(), dir, DirMode); err != nil {
+		if err := hostfs.EnsureDir(ktesting.NewLogger(t, ktesting.NewConfig()), dir, DirMode); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -49,7 +48,7 @@ func startLegacy(t *testing.T, m *Manager, key string) identity {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	t.Cleanup(func() { _ = m.procs().kill(id, syscall.SIGKILL) })
+	t.Cleanup(func() { _ = m.procs().kill(id) })
 	return id
 }
 
@@ -157,7 +156,7 @@ func TestLegacyAdoptionChecks(t *testing.T) {
 			}
 			f.process(t, pid, ControlBinary, 'S', ticks(tc.started), exe, []string{"PATH=/bin", "CUDA_MPS_PIPE_DIRECTORY=" + pipe})
 
-			d, err := m.lookup(klog.Background(), key)
+			d, err := m.lookup(ktesting.NewLogger(t, ktesting.NewConfig()), key)
 			if (err != nil) != tc.err {
 				t.Errorf("error %v, want one: %v", err, tc.err)
 			}

@@ -450,7 +450,7 @@ func (m *Manager) stop(ctx context.Context, key string, d identity) error {
 	} else {
 		logger.Info("MPS control daemon did not quit; killing it", "key", key, "pid", d.PID)
 	}
-	if err := m.procs().kill(d, syscall.SIGKILL); err != nil {
+	if err := m.procs().kill(d); err != nil {
 		return fmt.Errorf("stop MPS control daemon: %w", err)
 	}
 	if !m.waitGone(ctx, d) {

@@ -5,7 +5,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
@@ -77,6 +76,6 @@ func recorded(t *testing.T, m *Manager, key string) identity {
 	if err != nil {
 		t.Fatalf("record of %s: %v", key, err)
 	}
-	t.Cleanup(func() { _ = m.procs().kill(rec.identity, syscall.SIGKILL) })
+	t.Cleanup(func() { _ = m.procs().kill(rec.identity) })
 	return rec.identity
 }

@@ -172,12 +172,12 @@ func (p procs) startedAt(ticks uint64) (time.Time, error) {
 	return boot.Add(time.Duration(ticks) * (time.Second / clockTicks)), nil
 }
 
-// kill sends sig to the process id names, only if it is that process. A
+// kill sends SIGKILL to the process id names, only if it is that process. A
 // pidfd taken before the check pins the process: should it exit and its
 // PID be reused between the check and the signal, the signal goes
 // nowhere. Kernels before 5.3 lack pidfds: there the check and kill(2)
 // are as close as they can be.
-func (p procs) kill(id identity, sig syscall.Signal) error {
+func (p procs) kill(id identity) error {
 	fd, err := unix.PidfdOpen(id.PID, 0)
 	if errors.Is(err, unix.ESRCH) {
 		return nil // gone already
@@ -192,9 +192,9 @@ func (p procs) kill(id identity, sig syscall.Signal) error {
 		return nil // gone, or a stranger: never signalled
 	}
 	if pinned {
-		err = unix.PidfdSendSignal(fd, sig, nil, 0)
+		err = unix.PidfdSendSignal(fd, syscall.SIGKILL, nil, 0)
 	} else {
-		err = syscall.Kill(id.PID, sig)
+		err = syscall.Kill(id.PID, syscall.SIGKILL)
 	}
 	if err != nil && !errors.Is(err, unix.ESRCH) {
 		return fmt.Errorf("signal process %d: %w", id.PID, err)

@@ -98,7 +98,7 @@ func TestProcessIdentity(t *testing.T) {
 			if tc.state != 0 {
 				f.process(t, rec.PID, tc.comm, tc.state, tc.start, tc.exe, nil)
 			}
-			if got := (procs{root: f.root}).is(rec); got != tc.want {
+			if got := procs(f).is(rec); got != tc.want {
 				t.Errorf("is the recorded daemon: %v, want %v", got, tc.want)
 			}
 		})

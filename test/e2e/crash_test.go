@@ -222,14 +222,8 @@ func (tp *testPlugin) mpsDaemons() []string {
 	return keys
 }
 
-// allocatedClaim creates a ResourceClaim and writes its allocation as the
-// scheduler would.
-func allocatedClaim(t *testing.T, ns, name string, devices ...string) *resourceapi.ResourceClaim {
-	t.Helper()
-	return allocatedClaimWithConfig(t, ns, name, "", devices...)
-}
-
-// allocatedClaimWithConfig is allocatedClaim with the claim's opaque
+// allocatedClaimWithConfig creates a ResourceClaim and writes its
+// allocation as the scheduler would, with the claim's opaque
 // configuration for every request (none if config is "").
 func allocatedClaimWithConfig(t *testing.T, ns, name, config string, devices ...string) *resourceapi.ResourceClaim {
 	t.Helper()
