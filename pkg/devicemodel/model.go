@@ -104,6 +104,10 @@ type Input struct {
 	// SharedGPUs also offers every GPU that is offered whole as a shared
 	// device (see the package comment).
 	SharedGPUs bool
+	// PlacementOrder orders each MIG profile's placements; nil is
+	// PackingOrder, the driver's policy. Benchmarks set it to compare
+	// policies on the scheduler's allocator.
+	PlacementOrder PlacementOrder
 }
 
 // Device is what a published device stands for, for prepare.
@@ -315,13 +319,13 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device) ([]resourceapi.D
 		for _, inst := range managed {
 			managedAt[[2]int{inst.ProfileID, inst.Placement.Start}] = inst
 		}
+		order := in.PlacementOrder
+		if order == nil {
+			order = PackingOrder
+		}
 		for pi := range g.MIGProfiles {
 			p := &g.MIGProfiles[pi]
-			// Highest start first: small instances fill a GPU from the top,
-			// keeping the low, aligned slices free for large profiles (a 4g
-			// or 7g only fits at 0). See docs/device-model.md.
-			for i := len(p.Placements) - 1; i >= 0; i-- {
-				pl := p.Placements[i]
+			for _, pl := range order(g, p) {
 				if pl.Mask()&staticMask != 0 {
 					continue
 				}
