@@ -22,7 +22,7 @@ type Latencies struct {
 	NVMLCall               time.Duration
 }
 
-// HardwareLatencies are the defaults of GPU_SIM_LATENCY=hardware. They are
+// HardwareLatencies are what LatencyEnv "hardware" sets. They are
 // estimates (docs/benchmarks.md says where each comes from): no public
 // measurement of NVML's MIG calls on H100 was found, and they vary with the
 // driver version and the profile.
@@ -36,12 +36,13 @@ var HardwareLatencies = Latencies{
 }
 
 // LatencyEnv names the environment variable that sets the latencies of
-// every simulated node a process opens: empty or "off" is instant hardware,
+// every simulated node a process opens (the twin of the plugin's
+// --sim-latency): empty or "off" is instant hardware,
 // "hardware" is HardwareLatencies, and a comma-separated list of
 // name=duration ("hardware,gi-create=500ms", "ci-create=20ms") starts from
 // the first item when it is "hardware" and from zero otherwise. Names:
 // mig-mode, gi-create, gi-destroy, ci-create, ci-destroy, nvml-call.
-const LatencyEnv = "GPU_SIM_LATENCY"
+const LatencyEnv = "GPU_DRA_SIM_LATENCY"
 
 // ParseLatencies parses a LatencyEnv value.
 func ParseLatencies(s string) (Latencies, error) {
