@@ -70,7 +70,7 @@ lint: ## gofmt and go vet
 .PHONY: bench
 bench: ## Go benchmarks, then figures of the driver on a local cluster (docs/benchmarks.md)
 	$(GO) test -run XXX -bench BenchmarkAllocator -benchtime 20x ./pkg/devicemodel/
-	$(GO) test -run XXX -bench BenchmarkPacking -benchtime 1x ./pkg/devicemodel/
+	$(GO) test -run XXX -bench BenchmarkPacking -benchtime 1x -timeout 30m ./pkg/devicemodel/
 	$(GO) test -run XXX -bench . -skip BenchmarkBurst -benchtime 400x ./pkg/prepare/ ./pkg/checkpoint/
 	$(GO) test -run XXX -bench BenchmarkBurst -benchtime 2x ./pkg/prepare/ | grep -v '^I[0-9]'
 	test/cluster/build.sh

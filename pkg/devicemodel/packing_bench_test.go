@@ -22,7 +22,7 @@ import (
 // profiles from 1g to 7g, whole GPUs and shares, each with a lifetime) on
 // the scheduler's own allocator, once per placement order, and on an
 // oracle that may rearrange every GPU's instances (exact search over its
-// eight memory slices). The offered load is about 1.5 times what the GPUs
+// eight memory slices) and puts each request on the fullest GPU with room. The offered load is about 1.5 times what the GPUs
 // hold, so the node is saturated and every order refuses requests; what
 // differs is how many of those refusals had room (the oracle could have
 // placed the request on a GPU's current instances, rearranged) and how much
@@ -66,14 +66,15 @@ func BenchmarkPacking(b *testing.B) {
 	}
 }
 
-// packingOrders are the placement orders compared: NVML's pick-first and
-// the driver's.
+// packingOrders are the placement orders compared: NVML's pick-first, the
+// driver's, and one that did not do better (docs/device-model.md).
 var packingOrders = []struct {
 	name  string
 	order PlacementOrder
 }{
 	{"pick-first", lowestStartFirst},
 	{"highest-start", PackingOrder},
+	{"small-high-large-low", smallHighLargeLow},
 }
 
 // lowestStartFirst is NVML's own choice when no placement is given, and
@@ -82,6 +83,15 @@ func lowestStartFirst(_ *gpu.GPU, p *gpu.MIGProfile) []gpu.Placement {
 	out := slices.Clone(p.Placements)
 	slices.SortFunc(out, func(a, b gpu.Placement) int { return a.Start - b.Start })
 	return out
+}
+
+// smallHighLargeLow puts profiles of fewer than four memory slices at the
+// high end of the GPU and the others (3g, 4g) at the low end.
+func smallHighLargeLow(g *gpu.GPU, p *gpu.MIGProfile) []gpu.Placement {
+	if p.MemorySlices >= gpu.MemorySlices/2 {
+		return lowestStartFirst(g, p)
+	}
+	return PackingOrder(g, p)
 }
 
 // packingClass is one kind of request of the stream.
@@ -371,13 +381,17 @@ func replay(f *fleetLoad, stream []packingRequest, place func(packingRequest) (p
 }
 
 // runOracle replays the stream on a packer that may rearrange each GPU's
-// instances and puts each request on the fullest GPU that admits it (best
-// fit), fleet-wide.
+// instances. It leaves the choice of node to the scheduler, as the driver
+// must (a node at random among those with room, seeded as runAllocator's),
+// and puts the request on that node's fullest GPU that admits it (best
+// fit): the best any placement policy of the driver could do.
 func runOracle(inv *gpu.Inventory, nodes int, stream []packingRequest) packingResult {
 	f := newFleetLoad(inv, nodes, stream[len(stream)-1].arrival+1)
+	rng := rand.New(rand.NewSource(2))
 	return replay(f, stream, func(r packingRequest) (placed, bool) {
-		best, bestUsed := placed{node: -1}, int64(-1)
+		var fit []placed
 		for n := range f.gpus {
+			best, bestUsed := placed{node: -1}, int64(-1)
 			for i := range f.gpus[n] {
 				g := &inv.GPUs[i]
 				if l := f.gpus[n][i]; l.admits(g, r, f.fits) && l.memory(g) > bestUsed {
@@ -387,8 +401,14 @@ func runOracle(inv *gpu.Inventory, nodes int, stream []packingRequest) packingRe
 					}
 				}
 			}
+			if best.node >= 0 {
+				fit = append(fit, best)
+			}
 		}
-		return best, best.node >= 0
+		if len(fit) == 0 {
+			return placed{}, false
+		}
+		return fit[rng.Intn(len(fit))], true
 	}, func(placed) {})
 }
 
