@@ -99,38 +99,26 @@ func reportPercentiles(b *testing.B, lat []time.Duration) {
 // "mig-56" is seven 1g.10gb claims on each of the 8 GPUs. In the same run
 // it measures one claim alone, the seven claims of one GPU alone (the
 // per-GPU floor: the hardware cannot do them faster) and the 56 with every
-// prepare under one node-wide lock, as NVIDIA's driver prepares. "mixed"
-// is two whole GPUs, seven 1g.10gb on each of four GPUs and four 10Gi
-// shares on each of the last two (38 claims). Metrics, medians over the
+// prepare under one node-wide lock, as NVIDIA's driver prepares;
+// "mig-56-instant-hardware" is the same without latencies, the driver's own
+// cost. "mixed" is two whole GPUs, seven 1g.10gb on each of four GPUs and
+// four 10Gi shares on each of the last two (38 claims). Metrics, medians over the
 // runs: wall times (ms), vs-floor (burst / per-GPU floor), vs-node-lock
 // (node-wide lock / burst), and each claim's time from the burst's start
 // to its prepare's return (p50, p99). Run it with `make bench` or
 //
 //	go test -run XXX -bench BenchmarkBurst -benchtime 2x ./pkg/prepare/
 func BenchmarkBurst(b *testing.B) {
-	b.Run("mig-56", func(b *testing.B) {
-		f := burstFixture(b, nil)
-		var one, floor, all, locked []time.Duration
-		var each []time.Duration
-		for b.Loop() {
-			one = append(one, f.burst(b, migClaims(0, 1, 1), nil).wall)
-			floor = append(floor, f.burst(b, migClaims(0, 1, 7), nil).wall)
-			r := f.burst(b, migClaims(0, 8, 7), nil)
-			all, each = append(all, r.wall), append(each, r.each...)
-			locked = append(locked, f.burst(b, migClaims(0, 8, 7), &sync.Mutex{}).wall)
-		}
-		o, fl, a, l := median(one), median(floor), median(all), median(locked)
-		b.ReportMetric(ms(o), "one-ms")
-		b.ReportMetric(ms(fl), "floor-7-ms")
-		b.ReportMetric(ms(a), "56-ms")
-		b.ReportMetric(ms(l), "node-lock-ms")
-		b.ReportMetric(float64(a)/float64(fl), "vs-floor")
-		b.ReportMetric(float64(l)/float64(a), "vs-node-lock")
-		reportPercentiles(b, each)
-	})
+	for _, tc := range []struct{ name, latency string }{
+		{"mig-56", "hardware"},
+		// The driver's own cost: what remains when the hardware is instant.
+		{"mig-56-instant-hardware", "off"},
+	} {
+		b.Run(tc.name, func(b *testing.B) { benchmarkMIGBurst(b, tc.latency) })
+	}
 	b.Run("mixed", func(b *testing.B) {
 		// GPUs 0, 1, 6 and 7 are used whole or shared: MIG mode off.
-		f := burstFixture(b, []int{2, 3, 4, 5})
+		f := burstFixture(b, "hardware", []int{2, 3, 4, 5})
 		var claims []func() *resourceapi.ResourceClaim
 		for _, g := range []int{0, 1} {
 			claims = append(claims, func() *resourceapi.ResourceClaim { return allocated(fmt.Sprintf("gpu-%d", g)) })
@@ -166,12 +154,34 @@ func BenchmarkBurst(b *testing.B) {
 	})
 }
 
-// burstFixture is a DGX H100 fixture with hardware latencies, the GPUs in
+func benchmarkMIGBurst(b *testing.B, latency string) {
+	f := burstFixture(b, latency, nil)
+	var one, floor, all, locked []time.Duration
+	var each []time.Duration
+	for b.Loop() {
+		one = append(one, f.burst(b, migClaims(0, 1, 1), nil).wall)
+		floor = append(floor, f.burst(b, migClaims(0, 1, 7), nil).wall)
+		r := f.burst(b, migClaims(0, 8, 7), nil)
+		all, each = append(all, r.wall), append(each, r.each...)
+		locked = append(locked, f.burst(b, migClaims(0, 8, 7), &sync.Mutex{}).wall)
+	}
+	o, fl, a, l := median(one), median(floor), median(all), median(locked)
+	b.ReportMetric(ms(o), "one-ms")
+	b.ReportMetric(ms(fl), "floor-7-ms")
+	b.ReportMetric(ms(a), "56-ms")
+	b.ReportMetric(ms(l), "node-lock-ms")
+	b.ReportMetric(float64(a)/float64(fl), "vs-floor")
+	b.ReportMetric(float64(l)/float64(a), "vs-node-lock")
+	reportPercentiles(b, each)
+}
+
+// burstFixture is a DGX H100 fixture with the given simulated latencies
+// (sim.LatencyEnv), the GPUs in
 // migGPUs (nil: all) already in MIG mode and the others not, as an
 // administrator leaves them: a burst measures the instances, not the one
 // mode change of a GPU's life.
-func burstFixture(b *testing.B, migGPUs []int) *burstNode {
-	b.Setenv(sim.LatencyEnv, "hardware")
+func burstFixture(b *testing.B, latency string, migGPUs []int) *burstNode {
+	b.Setenv(sim.LatencyEnv, latency)
 	f := newFixture(b, "dgxh100")
 	admin, err := sim.Open("dgxh100", f.simDir)
 	if err != nil {
