@@ -325,7 +325,11 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device) ([]resourceapi.D
 		}
 		for pi := range g.MIGProfiles {
 			p := &g.MIGProfiles[pi]
-			for _, pl := range order(g, p) {
+			ordered := order(g, p)
+			if !samePlacements(ordered, p.Placements) {
+				return nil, nil, fmt.Errorf("placement order of MIG profile %s gives %v, not a permutation of its placements %v", p.Name, ordered, p.Placements)
+			}
+			for _, pl := range ordered {
 				if pl.Mask()&staticMask != 0 {
 					continue
 				}

@@ -27,3 +27,18 @@ func PackingOrder(g *gpu.GPU, p *gpu.MIGProfile) []gpu.Placement {
 	slices.SortFunc(out, func(a, b gpu.Placement) int { return b.Start - a.Start })
 	return out
 }
+
+// samePlacements reports whether a holds each placement of b exactly once.
+func samePlacements(a, b []gpu.Placement) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	seen := map[gpu.Placement]bool{}
+	for _, pl := range a {
+		if seen[pl] || !slices.Contains(b, pl) {
+			return false
+		}
+		seen[pl] = true
+	}
+	return true
+}

@@ -107,7 +107,7 @@ func reportPercentiles(b *testing.B, lat []time.Duration) {
 // (node-wide lock / burst), and each claim's time from the burst's start
 // to its prepare's return (p50, p99). Run it with `make bench` or
 //
-//	go test -run XXX -bench BenchmarkBurst -benchtime 2x ./pkg/prepare/
+//	go test -run XXX -bench BenchmarkBurst -benchtime 3x ./pkg/prepare/
 func BenchmarkBurst(b *testing.B) {
 	for _, tc := range []struct{ name, latency string }{
 		{"mig-56", "hardware"},
