@@ -155,9 +155,9 @@ func (n *Node) gpuState(index int) (*GPUState, nvml.Return) {
 // mutate applies fn to GPU index's state under the GPU's lock; when fn
 // succeeds, the change takes delay, during which the GPU takes no other
 // change.
-func (n *Node) mutate(index int, delay func(Latencies) time.Duration, fn func(g *GPUState) nvml.Return) nvml.Return {
+func (n *Node) mutate(index int, delay time.Duration, fn func(g *GPUState) nvml.Return) nvml.Return {
 	result := nvml.SUCCESS
-	err := n.store.gpus[index].update(delay(n.Latencies()), func(g *GPUState) error {
+	err := n.store.gpus[index].update(delay, func(g *GPUState) error {
 		if g.Lost {
 			result = nvml.ERROR_GPU_IS_LOST
 			return errAbort
@@ -173,15 +173,6 @@ func (n *Node) mutate(index int, delay func(Latencies) time.Duration, fn func(g 
 	}
 	return result
 }
-
-// Delays of the changes mutate makes.
-var (
-	migModeDelay   = func(l Latencies) time.Duration { return l.MIGModeChange }
-	giCreateDelay  = func(l Latencies) time.Duration { return l.GPUInstanceCreate }
-	giDestroyDelay = func(l Latencies) time.Duration { return l.GPUInstanceDestroy }
-	ciCreateDelay  = func(l Latencies) time.Duration { return l.ComputeInstanceCreate }
-	ciDestroyDelay = func(l Latencies) time.Duration { return l.ComputeInstanceDestroy }
-)
 
 var errAbort = fmt.Errorf("abort")
 
@@ -208,7 +199,7 @@ func (n *Node) extendDevice(d *server.Device, index int) {
 		if g, ret := n.gpuState(index); ret == nvml.SUCCESS && g.MIGMode == mode {
 			return nvml.SUCCESS, nvml.SUCCESS
 		}
-		ret := n.mutate(index, migModeDelay, func(g *GPUState) nvml.Return {
+		ret := n.mutate(index, n.Latencies().MIGModeChange, func(g *GPUState) nvml.Return {
 			if len(g.GPUInstances) > 0 {
 				return nvml.ERROR_IN_USE
 			}
@@ -371,7 +362,7 @@ func (n *Node) createGI(d *server.Device, index, profileID int, placement *nvml.
 	}
 	possible := d.Config.MIGProfiles.GpuInstancePlacements[profileID]
 	var created GIState
-	ret := n.mutate(index, giCreateDelay, func(g *GPUState) nvml.Return {
+	ret := n.mutate(index, n.Latencies().GPUInstanceCreate, func(g *GPUState) nvml.Return {
 		if g.MIGMode != nvml.DEVICE_MIG_ENABLE {
 			return nvml.ERROR_NOT_SUPPORTED
 		}
@@ -461,7 +452,7 @@ func (n *Node) gpuInstance(d *server.Device, index int, gis GIState) nvml.GpuIns
 	}
 	gi.CreateComputeInstanceFunc = func(info *nvml.ComputeInstanceProfileInfo) (nvml.ComputeInstance, nvml.Return) {
 		var created CIState
-		ret := n.mutate(index, ciCreateDelay, func(g *GPUState) nvml.Return {
+		ret := n.mutate(index, n.Latencies().ComputeInstanceCreate, func(g *GPUState) nvml.Return {
 			cur, _ := g.gi(gis.ID)
 			if cur == nil {
 				return nvml.ERROR_NOT_FOUND
@@ -527,7 +518,7 @@ func (n *Node) gpuInstance(d *server.Device, index int, gis GIState) nvml.GpuIns
 		return nil, nvml.ERROR_NOT_FOUND
 	}
 	gi.DestroyFunc = func() nvml.Return {
-		return n.mutate(index, giDestroyDelay, func(g *GPUState) nvml.Return {
+		return n.mutate(index, n.Latencies().GPUInstanceDestroy, func(g *GPUState) nvml.Return {
 			cur, i := g.gi(gis.ID)
 			if cur == nil {
 				return nvml.ERROR_NOT_FOUND
@@ -548,7 +539,7 @@ func (n *Node) computeInstance(d *server.Device, gi nvml.GpuInstance, index, gii
 		return nvml.ComputeInstanceInfo{Device: d, GpuInstance: gi, Id: uint32(cis.ID), ProfileId: uint32(cis.ProfileID)}, nvml.SUCCESS
 	}
 	ci.DestroyFunc = func() nvml.Return {
-		return n.mutate(index, ciDestroyDelay, func(g *GPUState) nvml.Return {
+		return n.mutate(index, n.Latencies().ComputeInstanceDestroy, func(g *GPUState) nvml.Return {
 			cur, _ := g.gi(giid)
 			if cur == nil {
 				return nvml.ERROR_NOT_FOUND

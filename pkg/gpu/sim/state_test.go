@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -126,16 +127,15 @@ func TestChangesOfOneGPUDoNotWaitForAnother(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	started := make(chan struct{})
+	var finished atomic.Bool
 	done := make(chan nvml.Return, 1)
 	go func() {
-		close(started)
 		ret, _ := slow.Devices[0].SetMigMode(nvml.DEVICE_MIG_ENABLE)
+		finished.Store(true)
 		done <- ret
 	}()
-	<-started
 	// Wait until the slow change holds GPU 0: its lock file is locked.
-	waitLocked(t, filepath.Join(dir, gpuLock(0)))
+	waitLocked(t, filepath.Join(dir, gpuLock(0)), &finished)
 
 	info, ret := fast.Devices[1].GetGpuInstanceProfileInfo(nvml.GPU_INSTANCE_PROFILE_1_SLICE)
 	if ret != nvml.SUCCESS {
@@ -161,8 +161,43 @@ func TestChangesOfOneGPUDoNotWaitForAnother(t *testing.T) {
 	}
 }
 
-// waitLocked returns once another holder has the flock on path.
-func waitLocked(t *testing.T, path string) {
+// TestChangesOfOneGPUQueue: a change of a GPU that another change holds
+// waits for it and then sees its result, as on hardware. A GPU instance
+// created while MIG mode is being turned on is created once it is on.
+func TestChangesOfOneGPUQueue(t *testing.T) {
+	dir := t.TempDir()
+	slow, err := Open("dgxh100", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow.SetLatencies(Latencies{MIGModeChange: time.Second})
+	other, err := Open("dgxh100", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var finished atomic.Bool
+	done := make(chan nvml.Return, 1)
+	go func() {
+		ret, _ := slow.Devices[0].SetMigMode(nvml.DEVICE_MIG_ENABLE)
+		finished.Store(true)
+		done <- ret
+	}()
+	waitLocked(t, filepath.Join(dir, gpuLock(0)), &finished)
+	info, ret := other.Devices[0].GetGpuInstanceProfileInfo(nvml.GPU_INSTANCE_PROFILE_1_SLICE)
+	if ret != nvml.SUCCESS {
+		t.Fatal(nvml.ErrorString(ret))
+	}
+	if _, ret := other.Devices[0].CreateGpuInstance(&info); ret != nvml.SUCCESS {
+		t.Fatalf("create a GPU instance while MIG mode is being turned on: %s, want it created after", nvml.ErrorString(ret))
+	}
+	if ret := <-done; ret != nvml.SUCCESS {
+		t.Fatalf("MIG mode change: %s", nvml.ErrorString(ret))
+	}
+}
+
+// waitLocked returns once another holder has the flock on path, and fails
+// the test if the change that should take it has finished first.
+func waitLocked(t *testing.T, path string, finished *atomic.Bool) {
 	t.Helper()
 	for {
 		locked, err := isLocked(path)
@@ -171,6 +206,9 @@ func waitLocked(t *testing.T, path string) {
 		}
 		if locked {
 			return
+		}
+		if finished.Load() {
+			t.Fatalf("the change finished without holding %s", path)
 		}
 		time.Sleep(time.Millisecond)
 	}
