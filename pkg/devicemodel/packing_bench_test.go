@@ -22,11 +22,11 @@ import (
 // profiles from 1g to 7g, whole GPUs and shares, each with a lifetime) on
 // the scheduler's own allocator, once per placement order, and on an
 // oracle that may rearrange every GPU's instances (exact search over its
-// eight memory slices) and puts each request on the fullest GPU with room. The offered load is about 1.5 times what the GPUs
-// hold, so the node is saturated and every order refuses requests; what
-// differs is how many of those refusals had room (the oracle could have
-// placed the request on a GPU's current instances, rearranged) and how much
-// memory stays idle.
+// eight memory slices) and puts each request on the fullest GPU with room.
+// The offered load is about 1.5 times what the GPUs hold, so the node is
+// saturated and every order refuses requests; what differs is how many of
+// those refusals had room (some GPU could have held the request with its
+// current instances rearranged) and how much memory stays idle.
 //
 // Metrics per order: refused-% of all requests, room-% of all requests
 // refused although there was room, idle-mem-% (time average of GPU memory
