@@ -77,6 +77,8 @@ lint: ## gofmt and go vet
 .PHONY: bench
 bench: ## Go benchmarks, then figures of the driver on a local cluster (docs/benchmarks.md)
 	$(GO) test -run XXX -bench BenchmarkAllocator -benchtime 20x ./pkg/devicemodel/
-	$(GO) test -run XXX -bench . -benchtime 400x ./pkg/prepare/ ./pkg/checkpoint/
+	$(GO) test -run XXX -bench BenchmarkPacking -benchtime 1x -timeout 30m ./pkg/devicemodel/
+	$(GO) test -run XXX -bench . -skip BenchmarkBurst -benchtime 400x ./pkg/prepare/ ./pkg/checkpoint/
+	$(GO) test -run XXX -bench BenchmarkBurst -benchtime 3x ./pkg/prepare/
 	test/cluster/build.sh
 	GPU_DRA_MEASURE=1 $(GO) test -tags e2e -count=1 -timeout 20m -run TestMeasure -v ./test/e2e/ | grep -E '^MEASURE|^ok|FAIL|cluster and driver'

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/flags"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/sim"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/version"
 )
 
@@ -24,19 +25,33 @@ type options struct {
 	nodeName      string
 	simulate      string
 	simStateDir   string
+	simLatency    string
+	simLatencies  sim.Latencies
 	nvmlLibrary   string
 	staticMIGOnly bool
 	sharedGPUs    bool
 }
 
 func (o *options) gpuOptions() nvmlnode.Options {
-	return nvmlnode.Options{Simulate: o.simulate, SimStateDir: o.simStateDir, LibraryPath: o.nvmlLibrary}
+	return nvmlnode.Options{Simulate: o.simulate, SimStateDir: o.simStateDir, SimLatencies: &o.simLatencies, LibraryPath: o.nvmlLibrary}
+}
+
+// parseSimLatency checks --sim-latency (or its environment twin,
+// GPU_DRA_SIM_LATENCY) for the simulated node.
+func (o *options) parseSimLatency() error {
+	l, err := sim.ParseLatencies(o.simLatency)
+	if err != nil {
+		return fmt.Errorf("--sim-latency: %w", err)
+	}
+	o.simLatencies = l
+	return nil
 }
 
 func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.nodeName, "node-name", "", "name of the Kubernetes node this plugin runs on; names the resource pool")
 	fs.StringVar(&o.simulate, "simulate", "", "simulate a GPU node instead of using NVML: "+strings.Join(nvmlnode.SimulatedModels(), ", "))
 	fs.StringVar(&o.simStateDir, "sim-state-dir", "", "directory of the simulated node's state file (shared with gpu-sim); empty keeps it in memory")
+	fs.StringVar(&o.simLatency, "sim-latency", "", `the simulated hardware's timing: "off", "hardware" (MIG changes take as long as on a GPU and queue per GPU), or name=duration items (see docs/benchmarks.md)`)
 	fs.StringVar(&o.nvmlLibrary, "nvml-library", "", "path of libnvidia-ml.so.1; empty uses the dynamic loader's search path")
 	fs.BoolVar(&o.staticMIGOnly, "static-mig-only", false, "publish only pre-created MIG instances instead of every MIG placement")
 	fs.BoolVar(&o.sharedGPUs, "shared-gpus", true, "also publish every whole GPU as a shared device (gpu-N-shared) whose shares of memory and compute claims consume, enforced through MPS")
@@ -64,7 +79,10 @@ kubelet (MIG instances, CDI specs). Without a subcommand it runs the plugin.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			return flags.ApplyEnv(cmd.Flags())
+			if err := flags.ApplyEnv(cmd.Flags()); err != nil {
+				return err
+			}
+			return opts.parseSimLatency()
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return run(cmd.Context(), opts, ro)

@@ -418,7 +418,7 @@ func (c *cluster) roomFor(node string, occ map[int]occupancy, profile string, sh
 		}
 		o := occ[intAttr(d, "parentMinor")]
 		mask := gpu.Placement{Start: intAttr(d, "placementStart"), Size: intAttr(d, "placementSize")}.Mask()
-		if o.slices&mask == 0 && o.shared == 0 && !(strings.HasSuffix(profile, "+me") && o.me > 0) {
+		if o.slices&mask == 0 && o.shared == 0 && (!strings.HasSuffix(profile, "+me") || o.me == 0) {
 			return name
 		}
 	}

@@ -156,7 +156,13 @@ func (c *cluster) allocate(node string, claim *resourceapi.ResourceClaim) *resou
 	if results == nil {
 		return nil
 	}
-	for _, r := range results[0].Devices.Results {
+	c.record(&results[0])
+	return &results[0]
+}
+
+// record marks an allocation's devices and shares as allocated.
+func (c *cluster) record(res *resourceapi.AllocationResult) {
+	for _, r := range res.Devices.Results {
 		id := structured.MakeDeviceID(r.Driver, r.Pool, r.Device)
 		if r.ShareID == nil {
 			c.allocated.Insert(id)
@@ -166,7 +172,6 @@ func (c *cluster) allocate(node string, claim *resourceapi.ResourceClaim) *resou
 		c.consumed.Insert(structured.NewDeviceConsumedCapacity(id, r.ConsumedCapacity))
 		c.shareResults[string(*r.ShareID)] = r
 	}
-	return &results[0]
 }
 
 func (c *cluster) free(res *resourceapi.AllocationResult) {

@@ -85,6 +85,10 @@ type Input struct {
 	// SharedGPUs also offers every GPU that is offered whole as a shared
 	// device (see the package comment).
 	SharedGPUs bool
+	// PlacementOrder orders each MIG profile's placements; nil is
+	// PackingOrder, the driver's policy. Benchmarks set it to compare
+	// policies on the scheduler's allocator.
+	PlacementOrder PlacementOrder
 }
 
 // Device is what a published device stands for, for prepare.
@@ -256,13 +260,17 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device) ([]resourceapi.D
 		for _, inst := range managed {
 			managedAt[[2]int{inst.ProfileID, inst.Placement.Start}] = inst
 		}
+		order := in.PlacementOrder
+		if order == nil {
+			order = PackingOrder
+		}
 		for pi := range g.MIGProfiles {
 			p := &g.MIGProfiles[pi]
-			// Highest start first: small instances fill a GPU from the top,
-			// keeping the low, aligned slices free for large profiles (a 4g
-			// or 7g only fits at 0). See docs/device-model.md.
-			for i := len(p.Placements) - 1; i >= 0; i-- {
-				pl := p.Placements[i]
+			ordered := order(g, p)
+			if !samePlacements(ordered, p.Placements) {
+				return nil, nil, fmt.Errorf("placement order of MIG profile %s gives %v, not a permutation of its placements %v", p.Name, ordered, p.Placements)
+			}
+			for _, pl := range ordered {
 				if pl.Mask()&staticMask != 0 {
 					continue
 				}

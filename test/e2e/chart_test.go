@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -141,7 +142,7 @@ func TestChartInstallsTheDriver(t *testing.T) {
 	waitChartPlugin(t, ns)
 	eventually(t, 30*time.Second, "the node's slices published by the chart's plugin", func() (bool, error) {
 		l, err := client.ResourceV1().ResourceSlices().List(ctx(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + nodeName})
-		return err == nil && len(l.Items) == 5, fmt.Errorf("%v: %d slices", err, len(l.Items))
+		return err == nil && len(l.Items) == 5, errors.Join(err, fmt.Errorf("%d slices", len(l.Items)))
 	})
 	t.Logf("MEASURE helm install to the node's 5 slices published: %s", time.Since(installed).Round(10*time.Millisecond))
 	const podNS = "gpu-helm-pods"
@@ -168,7 +169,7 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nv
 	uninstall()
 	eventually(t, 30*time.Second, "the node's slices removed by the uninstalled plugin", func() (bool, error) {
 		l, err := client.ResourceV1().ResourceSlices().List(ctx(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + nodeName})
-		return err == nil && len(l.Items) == 0, fmt.Errorf("%v: %d slices", err, len(l.Items))
+		return err == nil && len(l.Items) == 0, errors.Join(err, fmt.Errorf("%d slices", len(l.Items)))
 	})
 }
 
@@ -217,7 +218,7 @@ func waitChartPlugin(t *testing.T, ns string) *corev1.Pod {
 	eventually(t, 120*time.Second, "the chart's plugin ready", func() (bool, error) {
 		pods, err := client.CoreV1().Pods(ns).List(ctx(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=kubelet-plugin"})
 		if err != nil || len(pods.Items) != 1 {
-			return false, fmt.Errorf("%v: %d pods", err, len(pods.Items))
+			return false, errors.Join(err, fmt.Errorf("%d pods", len(pods.Items)))
 		}
 		pod = &pods.Items[0]
 		for _, c := range pod.Status.Conditions {

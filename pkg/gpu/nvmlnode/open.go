@@ -13,6 +13,10 @@ type Options struct {
 	// Simulate names a simulated node (see SimulatedModels); empty means the
 	// real NVML library.
 	Simulate string
+	// SimLatencies, when set, are the simulated node's hardware timings
+	// (none: instant); nil leaves them to the simulator's environment
+	// variable (sim.LatencyEnv).
+	SimLatencies *sim.Latencies
 	// SimStateDir holds the simulated node's state file; empty keeps the
 	// state in this process only.
 	SimStateDir string
@@ -31,6 +35,9 @@ func Open(opts Options) (*Node, error) {
 		s, err := sim.Open(opts.Simulate, opts.SimStateDir)
 		if err != nil {
 			return nil, fmt.Errorf("open simulated node: %w", err)
+		}
+		if opts.SimLatencies != nil {
+			s.SetLatencies(*opts.SimLatencies)
 		}
 		lib = s
 	} else {

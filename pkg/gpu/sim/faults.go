@@ -20,15 +20,17 @@ func (n *Node) InjectDoubleBitECC(index int) error {
 }
 
 func (n *Node) inject(index int, e EventState) error {
-	return n.store.update(func(st *State) error {
-		g, err := st.gpu(index)
-		if err != nil {
+	if _, err := n.store.gpu(index); err != nil {
+		return err
+	}
+	if e.Type == nvml.EventTypeDoubleBitEccError {
+		// The counter first, as hardware counts the error before it reports it.
+		if err := n.setGPU(index, func(g *GPUState) { g.VolatileDBE++ }); err != nil {
 			return err
 		}
-		if e.Type == nvml.EventTypeDoubleBitEccError {
-			g.VolatileDBE++
-		}
-		e.GPU = index
+	}
+	e.GPU = index
+	return n.store.node.update(0, func(st *nodeState) error {
 		st.addEvent(e)
 		return nil
 	})
@@ -97,12 +99,14 @@ func (n *Node) device(index int) (nvml.Device, error) {
 	return n.Devices[index], nil
 }
 
+// setGPU changes GPU index's state at once, as a fault or an administrator
+// does, waiting only for a change of the GPU in progress.
 func (n *Node) setGPU(index int, fn func(*GPUState)) error {
-	return n.store.update(func(st *State) error {
-		g, err := st.gpu(index)
-		if err != nil {
-			return err
-		}
+	r, err := n.store.gpu(index)
+	if err != nil {
+		return err
+	}
+	return r.update(0, func(g *GPUState) error {
 		fn(g)
 		return nil
 	})

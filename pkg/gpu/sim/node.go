@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -15,13 +16,14 @@ import (
 )
 
 // Node is a simulated GPU node. It implements nvml.Interface; its mutable
-// state is shared through the state file with every other Node opened on
+// state is shared through the state files with every other Node opened on
 // the same directory.
 type Node struct {
 	*server.Server
-	model string
-	store *store
-	cfgs  []gpus.Config
+	model   string
+	store   *store
+	cfgs    []gpus.Config
+	latency atomic.Pointer[Latencies]
 }
 
 var _ nvml.Interface = (*Node)(nil)
@@ -38,8 +40,13 @@ const (
 // Open opens the simulated node of the given model (see Models). With an
 // empty stateDir the state lives in this process only and GPU UUIDs are
 // derived from the model name; otherwise it is read from (or created in)
-// stateDir/state.json, with GPU UUIDs fixed when the file is created.
+// stateDir, with GPU UUIDs fixed when it is created. Its latencies are
+// those LatencyEnv sets, none by default.
 func Open(modelName, stateDir string) (*Node, error) {
+	lat, err := latenciesFromEnv()
+	if err != nil {
+		return nil, err
+	}
 	m, err := lookupModel(modelName)
 	if err != nil {
 		return nil, err
@@ -52,13 +59,11 @@ func Open(modelName, stateDir string) (*Node, error) {
 	for i := range m.gpus {
 		initial.GPUs = append(initial.GPUs, GPUState{UUID: gpuUUID(seed, i), TemperatureC: DefaultTemperatureC})
 	}
-	st := &store{dir: stateDir}
-	if stateDir == "" {
-		st.mem = initial
-	} else if err := st.initFile(initial); err != nil {
+	st, err := openStore(stateDir, initial)
+	if err != nil {
 		return nil, err
 	}
-	cur, err := st.read()
+	cur, err := st.state()
 	if err != nil {
 		return nil, err
 	}
@@ -67,6 +72,7 @@ func Open(modelName, stateDir string) (*Node, error) {
 	}
 
 	n := &Node{model: modelName, store: st, cfgs: m.gpus}
+	n.SetLatencies(lat)
 	devices := make([]nvml.Device, len(m.gpus))
 	for i, cfg := range m.gpus {
 		cfg.Name = strings.TrimPrefix(cfg.Name, "Mock ")
@@ -88,13 +94,7 @@ func Open(modelName, stateDir string) (*Node, error) {
 func (n *Node) Model() string { return n.model }
 
 // State returns a copy of the node's current state.
-func (n *Node) State() (*State, error) {
-	st, err := n.store.read()
-	if err != nil {
-		return nil, err
-	}
-	return st.clone(), nil
-}
+func (n *Node) State() (*State, error) { return n.store.state() }
 
 func gpuUUID(seed string, index int) string {
 	sum := sha256.Sum256([]byte(fmt.Sprintf("%s/gpu/%d", seed, index)))
@@ -138,28 +138,31 @@ func hardwareProfiles(cfg gpus.Config) gpus.MIGProfileConfig {
 	return out
 }
 
-func (n *Node) gpuState(index int) (*State, *GPUState, nvml.Return) {
-	st, err := n.store.read()
+// gpuState reads GPU index's state for an NVML call, which takes the
+// NVML call latency.
+func (n *Node) gpuState(index int) (*GPUState, nvml.Return) {
+	n.readDelay()
+	g, err := n.store.gpus[index].read()
 	if err != nil {
-		return nil, nil, nvml.ERROR_UNKNOWN
+		return nil, nvml.ERROR_UNKNOWN
 	}
-	g := &st.GPUs[index]
 	if g.Lost {
-		return st, g, nvml.ERROR_GPU_IS_LOST
+		return g, nvml.ERROR_GPU_IS_LOST
 	}
-	return st, g, nvml.SUCCESS
+	return g, nvml.SUCCESS
 }
 
-// mutate applies fn to GPU index's state under the file lock.
-func (n *Node) mutate(index int, fn func(st *State, g *GPUState) nvml.Return) nvml.Return {
+// mutate applies fn to GPU index's state under the GPU's lock; when fn
+// succeeds, the change takes delay, during which the GPU takes no other
+// change.
+func (n *Node) mutate(index int, delay time.Duration, fn func(g *GPUState) nvml.Return) nvml.Return {
 	result := nvml.SUCCESS
-	err := n.store.update(func(st *State) error {
-		g := &st.GPUs[index]
+	err := n.store.gpus[index].update(delay, func(g *GPUState) error {
 		if g.Lost {
 			result = nvml.ERROR_GPU_IS_LOST
 			return errAbort
 		}
-		result = fn(st, g)
+		result = fn(g)
 		if result != nvml.SUCCESS {
 			return errAbort
 		}
@@ -183,7 +186,7 @@ func (n *Node) extendDevice(d *server.Device, index int) {
 		return p, nvml.SUCCESS
 	}
 	d.GetMigModeFunc = func() (int, int, nvml.Return) {
-		_, g, ret := n.gpuState(index)
+		g, ret := n.gpuState(index)
 		if ret != nvml.SUCCESS {
 			return 0, 0, ret
 		}
@@ -193,10 +196,10 @@ func (n *Node) extendDevice(d *server.Device, index int) {
 		if mode != nvml.DEVICE_MIG_ENABLE && mode != nvml.DEVICE_MIG_DISABLE {
 			return nvml.ERROR_INVALID_ARGUMENT, nvml.ERROR_INVALID_ARGUMENT
 		}
-		ret := n.mutate(index, func(_ *State, g *GPUState) nvml.Return {
-			if mode == g.MIGMode {
-				return nvml.SUCCESS
-			}
+		if g, ret := n.gpuState(index); ret == nvml.SUCCESS && g.MIGMode == mode {
+			return nvml.SUCCESS, nvml.SUCCESS
+		}
+		ret := n.mutate(index, n.Latencies().MIGModeChange, func(g *GPUState) nvml.Return {
 			if len(g.GPUInstances) > 0 {
 				return nvml.ERROR_IN_USE
 			}
@@ -219,7 +222,7 @@ func (n *Node) extendDevice(d *server.Device, index int) {
 		return n.createGI(d, index, int(info.Id), nil)
 	}
 	d.GetGpuInstancesFunc = func(info *nvml.GpuInstanceProfileInfo) ([]nvml.GpuInstance, nvml.Return) {
-		_, g, ret := n.gpuState(index)
+		g, ret := n.gpuState(index)
 		if ret != nvml.SUCCESS {
 			return nil, ret
 		}
@@ -235,7 +238,7 @@ func (n *Node) extendDevice(d *server.Device, index int) {
 		return out, nvml.SUCCESS
 	}
 	d.GetGpuInstanceByIdFunc = func(id int) (nvml.GpuInstance, nvml.Return) {
-		_, g, ret := n.gpuState(index)
+		g, ret := n.gpuState(index)
 		if ret != nvml.SUCCESS {
 			return nil, ret
 		}
@@ -249,7 +252,7 @@ func (n *Node) extendDevice(d *server.Device, index int) {
 		return 7, nvml.SUCCESS
 	}
 	d.GetMigDeviceHandleByIndexFunc = func(i int) (nvml.Device, nvml.Return) {
-		_, g, ret := n.gpuState(index)
+		g, ret := n.gpuState(index)
 		if ret != nvml.SUCCESS {
 			return nil, ret
 		}
@@ -287,7 +290,7 @@ func (n *Node) extendDevice(d *server.Device, index int) {
 	}
 	d.IsMigDeviceHandleFunc = func() (bool, nvml.Return) { return false, nvml.SUCCESS }
 	d.GetTemperatureFunc = func(nvml.TemperatureSensors) (uint32, nvml.Return) {
-		_, g, ret := n.gpuState(index)
+		g, ret := n.gpuState(index)
 		if ret != nvml.SUCCESS {
 			return 0, ret
 		}
@@ -303,7 +306,7 @@ func (n *Node) extendDevice(d *server.Device, index int) {
 		return 0, nvml.ERROR_NOT_SUPPORTED
 	}
 	d.GetRetiredPagesPendingStatusFunc = func() (nvml.EnableState, nvml.Return) {
-		_, g, ret := n.gpuState(index)
+		g, ret := n.gpuState(index)
 		if ret != nvml.SUCCESS {
 			return 0, ret
 		}
@@ -313,14 +316,14 @@ func (n *Node) extendDevice(d *server.Device, index int) {
 		return nvml.FEATURE_DISABLED, nvml.SUCCESS
 	}
 	d.GetRemappedRowsFunc = func() (int, int, bool, bool, nvml.Return) {
-		_, g, ret := n.gpuState(index)
+		g, ret := n.gpuState(index)
 		if ret != nvml.SUCCESS {
 			return 0, 0, false, false, ret
 		}
 		return 0, 0, g.RetiredPagesPending, g.RowRemapFailure, nvml.SUCCESS
 	}
 	d.GetTotalEccErrorsFunc = func(errorType nvml.MemoryErrorType, counter nvml.EccCounterType) (uint64, nvml.Return) {
-		_, g, ret := n.gpuState(index)
+		g, ret := n.gpuState(index)
 		if ret != nvml.SUCCESS {
 			return 0, ret
 		}
@@ -359,7 +362,7 @@ func (n *Node) createGI(d *server.Device, index, profileID int, placement *nvml.
 	}
 	possible := d.Config.MIGProfiles.GpuInstancePlacements[profileID]
 	var created GIState
-	ret := n.mutate(index, func(_ *State, g *GPUState) nvml.Return {
+	ret := n.mutate(index, n.Latencies().GPUInstanceCreate, func(g *GPUState) nvml.Return {
 		if g.MIGMode != nvml.DEVICE_MIG_ENABLE {
 			return nvml.ERROR_NOT_SUPPORTED
 		}
@@ -449,7 +452,7 @@ func (n *Node) gpuInstance(d *server.Device, index int, gis GIState) nvml.GpuIns
 	}
 	gi.CreateComputeInstanceFunc = func(info *nvml.ComputeInstanceProfileInfo) (nvml.ComputeInstance, nvml.Return) {
 		var created CIState
-		ret := n.mutate(index, func(_ *State, g *GPUState) nvml.Return {
+		ret := n.mutate(index, n.Latencies().ComputeInstanceCreate, func(g *GPUState) nvml.Return {
 			cur, _ := g.gi(gis.ID)
 			if cur == nil {
 				return nvml.ERROR_NOT_FOUND
@@ -482,7 +485,7 @@ func (n *Node) gpuInstance(d *server.Device, index int, gis GIState) nvml.GpuIns
 		return n.computeInstance(d, gi, index, gis.ID, created), nvml.SUCCESS
 	}
 	gi.GetComputeInstancesFunc = func(info *nvml.ComputeInstanceProfileInfo) ([]nvml.ComputeInstance, nvml.Return) {
-		_, g, ret := n.gpuState(index)
+		g, ret := n.gpuState(index)
 		if ret != nvml.SUCCESS {
 			return nil, ret
 		}
@@ -499,7 +502,7 @@ func (n *Node) gpuInstance(d *server.Device, index int, gis GIState) nvml.GpuIns
 		return out, nvml.SUCCESS
 	}
 	gi.GetComputeInstanceByIdFunc = func(id int) (nvml.ComputeInstance, nvml.Return) {
-		_, g, ret := n.gpuState(index)
+		g, ret := n.gpuState(index)
 		if ret != nvml.SUCCESS {
 			return nil, ret
 		}
@@ -515,7 +518,7 @@ func (n *Node) gpuInstance(d *server.Device, index int, gis GIState) nvml.GpuIns
 		return nil, nvml.ERROR_NOT_FOUND
 	}
 	gi.DestroyFunc = func() nvml.Return {
-		return n.mutate(index, func(_ *State, g *GPUState) nvml.Return {
+		return n.mutate(index, n.Latencies().GPUInstanceDestroy, func(g *GPUState) nvml.Return {
 			cur, i := g.gi(gis.ID)
 			if cur == nil {
 				return nvml.ERROR_NOT_FOUND
@@ -536,7 +539,7 @@ func (n *Node) computeInstance(d *server.Device, gi nvml.GpuInstance, index, gii
 		return nvml.ComputeInstanceInfo{Device: d, GpuInstance: gi, Id: uint32(cis.ID), ProfileId: uint32(cis.ProfileID)}, nvml.SUCCESS
 	}
 	ci.DestroyFunc = func() nvml.Return {
-		return n.mutate(index, func(_ *State, g *GPUState) nvml.Return {
+		return n.mutate(index, n.Latencies().ComputeInstanceDestroy, func(g *GPUState) nvml.Return {
 			cur, _ := g.gi(giid)
 			if cur == nil {
 				return nvml.ERROR_NOT_FOUND
@@ -568,7 +571,7 @@ type registration struct {
 
 func (n *Node) newEventSet() *eventSet {
 	es := &eventSet{n: n, devices: map[int]registration{}}
-	if st, err := n.store.read(); err == nil {
+	if st, err := n.store.node.read(); err == nil {
 		es.next = st.NextEventSeq
 	}
 	es.WaitFunc = es.wait
@@ -589,7 +592,7 @@ const eventPollInterval = 20 * time.Millisecond
 func (es *eventSet) wait(timeoutMs uint32) (nvml.EventData, nvml.Return) {
 	deadline := time.Now().Add(time.Duration(timeoutMs) * time.Millisecond)
 	for {
-		st, err := es.n.store.read()
+		st, err := es.n.store.node.read()
 		if err != nil {
 			return nvml.EventData{}, nvml.ERROR_UNKNOWN
 		}

@@ -1,0 +1,475 @@
+package devicemodel
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/dynamic-resource-allocation/structured"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+)
+
+// BenchmarkPacking replays one seeded stream of mixed requests (MIG
+// profiles from 1g to 7g, whole GPUs and shares, each with a lifetime) on
+// the scheduler's own allocator, once per placement order, and on an
+// oracle that may rearrange every GPU's instances (exact search over its
+// eight memory slices) and puts each request on the fullest GPU with room.
+// The offered load is about 1.5 times what the GPUs hold, so the node is
+// saturated and every order refuses requests; what differs is how many of
+// those refusals had room (some GPU could have held the request with its
+// current instances rearranged) and how much memory stays idle.
+//
+// Metrics per order: refused-% of all requests, room-% of all requests
+// refused although there was room, idle-mem-% (time average of GPU memory
+// allocated to nothing, after warm-up), util-vs-oracle (memory in use
+// relative to the oracle's on the same stream) and µs/claim (allocator time
+// per request: NewAllocator and Allocate on every node, as the scheduler's
+// PreFilter and Filter do). Run it with `make bench` or
+//
+//	go test -run XXX -bench BenchmarkPacking -benchtime 1x ./pkg/devicemodel/
+func BenchmarkPacking(b *testing.B) {
+	inv := inventory(b, "dgxh100")
+	for _, sc := range []struct {
+		name  string
+		nodes int
+		ticks int
+	}{
+		{"one-node", 1, 3000},
+		{"fleet-4-nodes", 4, 1200},
+	} {
+		stream := packingStream(1, sc.nodes, sc.ticks)
+		oracle := runOracle(inv, sc.nodes, stream)
+		b.Run(sc.name+"/oracle", func(b *testing.B) {
+			for b.Loop() {
+				runOracle(inv, sc.nodes, stream)
+			}
+			oracle.report(b, oracle)
+		})
+		for _, o := range packingOrders {
+			b.Run(sc.name+"/"+o.name, func(b *testing.B) {
+				var res packingResult
+				for b.Loop() {
+					res = runAllocator(b, inv, o.order, sc.nodes, stream)
+				}
+				res.report(b, oracle)
+			})
+		}
+	}
+}
+
+// packingOrders are the placement orders compared: NVML's pick-first, the
+// driver's, and one that did not do better (docs/device-model.md).
+var packingOrders = []struct {
+	name  string
+	order PlacementOrder
+}{
+	{"pick-first", lowestStartFirst},
+	{"highest-start", PackingOrder},
+	{"small-high-large-low", smallHighLargeLow},
+}
+
+// lowestStartFirst is NVML's own choice when no placement is given, and
+// what a driver that publishes placements in NVML's order gets.
+func lowestStartFirst(_ *gpu.GPU, p *gpu.MIGProfile) []gpu.Placement {
+	out := slices.Clone(p.Placements)
+	slices.SortFunc(out, func(a, b gpu.Placement) int { return a.Start - b.Start })
+	return out
+}
+
+// smallHighLargeLow puts profiles of fewer than four memory slices at the
+// high end of the GPU and the others (3g, 4g) at the low end.
+func smallHighLargeLow(g *gpu.GPU, p *gpu.MIGProfile) []gpu.Placement {
+	if p.MemorySlices >= gpu.MemorySlices/2 {
+		return lowestStartFirst(g, p)
+	}
+	return PackingOrder(g, p)
+}
+
+// packingClass is one kind of request of the stream.
+type packingClass struct {
+	// kind is a MIG profile name, "gpu" (a whole GPU) or "share".
+	kind   string
+	weight int
+	// meanLife is the mean lifetime in ticks (exponentially distributed).
+	meanLife float64
+}
+
+// packingMix is an inference-heavy fleet's mix: many small instances that
+// come and go, fewer large ones that stay longer.
+var packingMix = []packingClass{
+	{"1g.10gb", 30, 20},
+	{"1g.10gb+me", 4, 20},
+	{"2g.20gb", 18, 25},
+	{"3g.40gb", 14, 30},
+	{"4g.40gb", 8, 30},
+	{"7g.80gb", 6, 40},
+	{"gpu", 10, 40},
+	{"share", 10, 20},
+}
+
+// packingRequest is one arrival.
+type packingRequest struct {
+	arrival, life int
+	kind          string
+	// shareBytes is a share's memory.
+	shareBytes int64
+}
+
+// packingStream draws the seeded stream: nodes arrivals per tick, so that
+// the offered load per GPU is the same for every fleet size.
+func packingStream(seed int64, nodes, ticks int) []packingRequest {
+	rng := rand.New(rand.NewSource(seed))
+	total := 0
+	for _, c := range packingMix {
+		total += c.weight
+	}
+	var out []packingRequest
+	for t := 0; t < ticks; t++ {
+		for i := 0; i < nodes; i++ {
+			w := rng.Intn(total)
+			var c packingClass
+			for _, c = range packingMix {
+				if w < c.weight {
+					break
+				}
+				w -= c.weight
+			}
+			r := packingRequest{arrival: t, kind: c.kind, life: max(1, int(math.Round(rng.ExpFloat64()*c.meanLife)))}
+			if c.kind == "share" {
+				r.shareBytes = int64(8+rng.Intn(33)) << 30
+			}
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// gpuLoad is what one GPU holds.
+type gpuLoad struct {
+	whole    bool
+	shared   int64
+	profiles []*gpu.MIGProfile
+}
+
+func (l gpuLoad) memory(g *gpu.GPU) int64 {
+	if l.whole {
+		return int64(g.MemoryBytes)
+	}
+	m := l.shared
+	for _, p := range l.profiles {
+		m += int64(p.MemoryBytes)
+	}
+	return m
+}
+
+// admits reports whether the GPU, its instances rearranged at will, has
+// room for the request.
+func (l gpuLoad) admits(g *gpu.GPU, r packingRequest, fits fitCache) bool {
+	switch r.kind {
+	case "gpu":
+		return !l.whole && l.shared == 0 && len(l.profiles) == 0
+	case "share":
+		return !l.whole && len(l.profiles) == 0 && l.shared+r.shareBytes <= int64(g.MemoryBytes)/ShareMemoryStep*ShareMemoryStep
+	}
+	if l.whole || l.shared > 0 {
+		return false
+	}
+	p := profileNamed(g, r.kind)
+	return fits.fits(g, append(slices.Clone(l.profiles), p))
+}
+
+func profileNamed(g *gpu.GPU, name string) *gpu.MIGProfile {
+	for i := range g.MIGProfiles {
+		if g.MIGProfiles[i].Name == name {
+			return &g.MIGProfiles[i]
+		}
+	}
+	panic("no MIG profile " + name + " on " + g.Name)
+}
+
+// fitCache memoises the exact search: whether a set of MIG instances fits
+// on one GPU in some arrangement.
+type fitCache map[string]bool
+
+func (c fitCache) fits(g *gpu.GPU, ps []*gpu.MIGProfile) bool {
+	slices.SortFunc(ps, func(a, b *gpu.MIGProfile) int {
+		if a.MemorySlices != b.MemorySlices {
+			return b.MemorySlices - a.MemorySlices
+		}
+		return a.ID - b.ID
+	})
+	var key strings.Builder
+	key.WriteString(g.Name)
+	for _, p := range ps {
+		fmt.Fprintf(&key, ",%d", p.ID)
+	}
+	if v, ok := c[key.String()]; ok {
+		return v
+	}
+	count := map[int]int{}
+	ok := true
+	for _, p := range ps {
+		if count[p.ID]++; count[p.ID] > p.MaxInstances {
+			ok = false
+		}
+	}
+	var place func(i int, mask uint32) bool
+	place = func(i int, mask uint32) bool {
+		if i == len(ps) {
+			return true
+		}
+		for _, pl := range ps[i].Placements {
+			if pl.Mask()&mask == 0 && place(i+1, mask|pl.Mask()) {
+				return true
+			}
+		}
+		return false
+	}
+	ok = ok && place(0, 0)
+	c[key.String()] = ok
+	return ok
+}
+
+// packingResult is one run's outcome.
+type packingResult struct {
+	requests, refused, refusedWithRoom int
+	// usedBytes sums, over the measured ticks, the memory in use; capacity
+	// sums the memory there is.
+	usedBytes, capacity float64
+	allocTime           time.Duration
+}
+
+// warmup is the share of ticks before the fleet is saturated, left out of
+// the memory figures.
+const warmup = 0.1
+
+func (r packingResult) report(b *testing.B, oracle packingResult) {
+	b.ReportMetric(100*float64(r.refused)/float64(r.requests), "refused-%")
+	b.ReportMetric(100*float64(r.refusedWithRoom)/float64(r.requests), "room-%")
+	b.ReportMetric(100*(1-r.usedBytes/r.capacity), "idle-mem-%")
+	b.ReportMetric(r.usedBytes/oracle.usedBytes, "util-vs-oracle")
+	if r.allocTime > 0 {
+		b.ReportMetric(float64(r.allocTime.Microseconds())/float64(r.requests), "µs/claim")
+	}
+	// The figures are those of the last run, not per op.
+	b.ReportMetric(0, "ns/op")
+}
+
+// fleetLoad is every GPU's load, by node and GPU index, and the requests
+// that end at each tick.
+type fleetLoad struct {
+	gpus    [][]gpuLoad
+	ending  map[int][]placed
+	fits    fitCache
+	inv     *gpu.Inventory
+	measure func(t int) bool
+}
+
+// placed is a granted request: where it went and, for the allocator, its
+// allocation.
+type placed struct {
+	req       packingRequest
+	node, gpu int
+	profile   *gpu.MIGProfile
+	res       *resourceapi.AllocationResult
+}
+
+func newFleetLoad(inv *gpu.Inventory, nodes, ticks int) *fleetLoad {
+	f := &fleetLoad{ending: map[int][]placed{}, fits: fitCache{}, inv: inv}
+	for range nodes {
+		f.gpus = append(f.gpus, make([]gpuLoad, len(inv.GPUs)))
+	}
+	f.measure = func(t int) bool { return t >= int(warmup*float64(ticks)) }
+	return f
+}
+
+func (f *fleetLoad) add(p placed) {
+	l := &f.gpus[p.node][p.gpu]
+	switch {
+	case p.req.kind == "gpu":
+		l.whole = true
+	case p.req.kind == "share":
+		l.shared += p.req.shareBytes
+	default:
+		l.profiles = append(l.profiles, p.profile)
+	}
+	end := p.req.arrival + p.req.life
+	f.ending[end] = append(f.ending[end], p)
+}
+
+func (f *fleetLoad) remove(p placed) {
+	l := &f.gpus[p.node][p.gpu]
+	switch {
+	case p.req.kind == "gpu":
+		l.whole = false
+	case p.req.kind == "share":
+		l.shared -= p.req.shareBytes
+	default:
+		i := slices.Index(l.profiles, p.profile)
+		l.profiles = slices.Delete(l.profiles, i, i+1)
+	}
+}
+
+// hasRoom reports whether some GPU of the fleet admits the request.
+func (f *fleetLoad) hasRoom(r packingRequest) bool {
+	for n := range f.gpus {
+		for i := range f.gpus[n] {
+			if f.gpus[n][i].admits(&f.inv.GPUs[i], r, f.fits) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// tick accounts the memory in use during tick t.
+func (f *fleetLoad) tick(t int, res *packingResult) {
+	if !f.measure(t) {
+		return
+	}
+	for n := range f.gpus {
+		for i := range f.gpus[n] {
+			g := &f.inv.GPUs[i]
+			res.usedBytes += float64(f.gpus[n][i].memory(g))
+			res.capacity += float64(g.MemoryBytes)
+		}
+	}
+}
+
+// replay runs the stream, expiring requests at the start of each tick and
+// placing arrivals with place, which returns false to refuse.
+func replay(f *fleetLoad, stream []packingRequest, place func(packingRequest) (placed, bool), free func(placed)) packingResult {
+	var res packingResult
+	t := -1
+	flush := func(next int) {
+		for ; t < next; t++ {
+			if t >= 0 {
+				f.tick(t, &res)
+			}
+			for _, p := range f.ending[t+1] {
+				f.remove(p)
+				free(p)
+			}
+			delete(f.ending, t+1)
+		}
+	}
+	for _, r := range stream {
+		flush(r.arrival)
+		res.requests++
+		p, ok := place(r)
+		if !ok {
+			res.refused++
+			if f.hasRoom(r) {
+				res.refusedWithRoom++
+
+			}
+			continue
+		}
+		f.add(p)
+	}
+	flush(stream[len(stream)-1].arrival + 1)
+	return res
+}
+
+// runOracle replays the stream on a packer that may rearrange each GPU's
+// instances. It leaves the choice of node to the scheduler, as the driver
+// must (a node at random among those with room, seeded as runAllocator's),
+// and puts the request on that node's fullest GPU that admits it (best
+// fit): the best any placement policy of the driver could do.
+func runOracle(inv *gpu.Inventory, nodes int, stream []packingRequest) packingResult {
+	f := newFleetLoad(inv, nodes, stream[len(stream)-1].arrival+1)
+	rng := rand.New(rand.NewSource(2))
+	return replay(f, stream, func(r packingRequest) (placed, bool) {
+		var fit []placed
+		for n := range f.gpus {
+			best, bestUsed := placed{node: -1}, int64(-1)
+			for i := range f.gpus[n] {
+				g := &inv.GPUs[i]
+				if l := f.gpus[n][i]; l.admits(g, r, f.fits) && l.memory(g) > bestUsed {
+					best, bestUsed = placed{req: r, node: n, gpu: i}, l.memory(g)
+					if r.kind != "gpu" && r.kind != "share" {
+						best.profile = profileNamed(g, r.kind)
+					}
+				}
+			}
+			if best.node >= 0 {
+				fit = append(fit, best)
+			}
+		}
+		if len(fit) == 0 {
+			return placed{}, false
+		}
+		return fit[rng.Intn(len(fit))], true
+	}, func(placed) {})
+}
+
+// runAllocator replays the stream on the scheduler's allocator over slices
+// published with the given placement order. Among the nodes that fit a
+// claim it picks one at random (seeded), as the scheduler does among nodes
+// of equal score.
+func runAllocator(b *testing.B, inv *gpu.Inventory, order PlacementOrder, nodes int, stream []packingRequest) packingResult {
+	models := map[string]*Model{}
+	var nodeObjs []*v1.Node
+	for n := range nodes {
+		name := fmt.Sprintf("node-%d", n)
+		models[name] = build(b, Input{Inventory: inv, SharedGPUs: true, PlacementOrder: order})
+		nodeObjs = append(nodeObjs, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}})
+	}
+	c := newCluster(b, models)
+	f := newFleetLoad(inv, nodes, stream[len(stream)-1].arrival+1)
+	rng := rand.New(rand.NewSource(2))
+	ctx := context.Background()
+	var allocTime time.Duration
+	res := replay(f, stream, func(r packingRequest) (placed, bool) {
+		var req resourceapi.DeviceRequest
+		switch r.kind {
+		case "gpu":
+			req = exactly("gpu", "gpu.nvidia.com", 1)
+		case "share":
+			req = share(fmt.Sprint(r.shareBytes), "")
+		default:
+			req = exactly("mig", "mig.nvidia.com", 1, fmt.Sprintf("%s == %q", attr("profile"), r.kind))
+		}
+		cl := claim(req)
+		start := time.Now()
+		alloc, err := structured.NewAllocator(ctx, features,
+			structured.AllocatedState{AllocatedDevices: c.allocated, AllocatedSharedDeviceIDs: c.shares, AggregatedCapacity: c.consumed},
+			c.classes, c.slices, c.celCache)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var fit []int
+		var results []*resourceapi.AllocationResult
+		for n, node := range nodeObjs {
+			out, err := alloc.Allocate(ctx, node, []*resourceapi.ResourceClaim{cl})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if out != nil {
+				fit = append(fit, n)
+				results = append(results, &out[0])
+			}
+		}
+		allocTime += time.Since(start)
+		if len(fit) == 0 {
+			return placed{}, false
+		}
+		k := rng.Intn(len(fit))
+		c.record(results[k])
+		d := models[nodeObjs[fit[k]].Name].Devices[results[k].Devices.Results[0].Device]
+		p := placed{req: r, node: fit[k], res: results[k], profile: d.Profile}
+		p.gpu = slices.IndexFunc(inv.GPUs, func(g gpu.GPU) bool { return g.UUID == d.GPU.UUID })
+		return p, true
+	}, func(p placed) { c.free(p.res) })
+	res.allocTime = allocTime
+	return res
+}
