@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs"
+
 	"k8s.io/klog/v2/ktesting"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs/hostfstest"
@@ -68,7 +70,7 @@ func TestStoreModes(t *testing.T) {
 func TestWriteFileAtomicIsOwnerOnlyUnderUmask0(t *testing.T) {
 	hostfstest.Umask(t, 0)
 	path := filepath.Join(t.TempDir(), "health.json")
-	if err := WriteFileAtomic(path, []byte("{}")); err != nil {
+	if err := hostfs.WriteFileAtomic(path, []byte("{}")); err != nil {
 		t.Fatal(err)
 	}
 	hostfstest.CheckModes(t, map[string]fs.FileMode{path: FileMode})

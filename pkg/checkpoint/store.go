@@ -115,7 +115,7 @@ func WithLogger(logger klog.Logger) StoreOption {
 	return func(o *storeOptions) { o.logger = logger }
 }
 
-// WithWriteFile replaces WriteFileAtomic as the store's way of writing the
+// WithWriteFile replaces hostfs.WriteFileAtomic as the store's way of writing the
 // checkpoint: fault-injection tests make it fail as a full or failing disk
 // would.
 func WithWriteFile(write func(path string, data []byte) error) StoreOption {
@@ -126,7 +126,7 @@ func WithWriteFile(write func(path string, data []byte) error) StoreOption {
 // an existing dir to at most DirMode (see hostfs.EnsureDir). Temporary
 // files that a write killed midway left in dir are removed.
 func NewStore(dir string, opts ...StoreOption) (*Store, error) {
-	o := storeOptions{write: WriteFileAtomic}
+	o := storeOptions{write: hostfs.WriteFileAtomic}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -247,54 +247,9 @@ func (s *Store) keepPrevious() error {
 	return os.Rename(tmp, s.previous)
 }
 
-// tempPattern matches the temporary files WriteFileAtomic (and
+// tempPattern matches the temporary files hostfs.WriteFileAtomic (and
 // keepPrevious) create for path.
 func tempPattern(path string) string {
 	dir, name := filepath.Split(path)
 	return filepath.Join(dir, "."+name+"-*.tmp")
-}
-
-// WriteFileAtomic replaces path with data so that a crash at any moment
-// leaves either the old or the new content: a temporary file in the same
-// directory, fsync, rename, fsync of the directory. The file is FileMode
-// (owner only) whatever the umask and whatever the mode of the file it
-// replaces.
-func WriteFileAtomic(path string, data []byte) error {
-	dir, name := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
-	tmp, err := os.CreateTemp(dir, "."+name+"-*.tmp")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // no-op after the rename
-	// CreateTemp makes 0600 files already; say so rather than rely on it.
-	if err := tmp.Chmod(FileMode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("sync %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	return nil
 }

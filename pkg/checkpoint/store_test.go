@@ -7,6 +7,8 @@ import (
 	"reflect"
 	"syscall"
 	"testing"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs"
 )
 
 // TestWriteFailureIsAnError: a disk that refuses the write makes Save fail
@@ -17,7 +19,7 @@ func TestWriteFailureIsAnError(t *testing.T) {
 		if fail {
 			return syscall.ENOSPC
 		}
-		return WriteFileAtomic(path, data)
+		return hostfs.WriteFileAtomic(path, data)
 	}))
 	if err != nil {
 		t.Fatal(err)

@@ -294,10 +294,10 @@ func newFleetLoad(inv *gpu.Inventory, nodes, ticks int) *fleetLoad {
 
 func (f *fleetLoad) add(p placed) {
 	l := &f.gpus[p.node][p.gpu]
-	switch {
-	case p.req.kind == "gpu":
+	switch p.req.kind {
+	case "gpu":
 		l.whole = true
-	case p.req.kind == "share":
+	case "share":
 		l.shared += p.req.shareBytes
 	default:
 		l.profiles = append(l.profiles, p.profile)
@@ -308,10 +308,10 @@ func (f *fleetLoad) add(p placed) {
 
 func (f *fleetLoad) remove(p placed) {
 	l := &f.gpus[p.node][p.gpu]
-	switch {
-	case p.req.kind == "gpu":
+	switch p.req.kind {
+	case "gpu":
 		l.whole = false
-	case p.req.kind == "share":
+	case "share":
 		l.shared -= p.req.shareBytes
 	default:
 		i := slices.Index(l.profiles, p.profile)

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs"
 )
 
 // StoreFileName is the health state file in the plugin's data directory.
@@ -26,7 +26,7 @@ type Saved struct {
 var ErrCorrupt = errors.New("corrupt health state")
 
 // Store keeps Saved in a file, written atomically and owner-only
-// (checkpoint.FileMode) beside the checkpoint, in the plugin's data
+// (0600, owner only) beside the checkpoint, in the plugin's data
 // directory: a writer could clear a sticky taint.
 type Store struct {
 	path   string
@@ -69,7 +69,7 @@ func (s *Store) Save(saved *Saved) error {
 	if err != nil {
 		return fmt.Errorf("encode health state: %w", err)
 	}
-	if err := checkpoint.WriteFileAtomic(s.path, data); err != nil {
+	if err := hostfs.WriteFileAtomic(s.path, data); err != nil {
 		return fmt.Errorf("write health state %s: %w", s.path, err)
 	}
 	return nil

@@ -45,7 +45,6 @@ import (
 
 	"k8s.io/klog/v2"
 
-	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/driverroot"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs"
 )
@@ -127,7 +126,7 @@ type Manager struct {
 // program found under driverRoot.
 func NewManager(root, driverRoot string) *Manager {
 	return &Manager{root: root, driverRoot: driverRoot, ProcRoot: "/", Timeout: 10 * time.Second,
-		writeFile: checkpoint.WriteFileAtomic, created: time.Now()}
+		writeFile: hostfs.WriteFileAtomic, created: time.Now()}
 }
 
 // record is the plugin's own record of a daemon, in its directory.

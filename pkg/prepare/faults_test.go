@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs"
+
 	resourceapi "k8s.io/api/resource/v1"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/cdi"
@@ -18,7 +20,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/sim"
 )
 
-// faultyDisk writes checkpoints with checkpoint.WriteFileAtomic, except
+// faultyDisk writes checkpoints with hostfs.WriteFileAtomic, except
 // the writes it is told to fail, which fail as a full disk does.
 type faultyDisk struct {
 	mu     sync.Mutex
@@ -35,7 +37,7 @@ func (d *faultyDisk) write(path string, data []byte) error {
 	if fail {
 		return fmt.Errorf("write %s: %w", path, syscall.ENOSPC)
 	}
-	return checkpoint.WriteFileAtomic(path, data)
+	return hostfs.WriteFileAtomic(path, data)
 }
 
 func (d *faultyDisk) setFull(full bool) {

@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -59,7 +60,7 @@ spec:
 		start := time.Now()
 		eventually(t, 120*time.Second, what, func() (bool, error) {
 			pods, err := running()
-			return len(pods) == 8, fmt.Errorf("%d of 8 running (%v)", len(pods), err)
+			return len(pods) == 8, errors.Join(err, fmt.Errorf("%d of 8 running", len(pods)))
 		})
 		return time.Since(start)
 	}

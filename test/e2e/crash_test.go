@@ -70,7 +70,7 @@ func (tp *testPlugin) start(extra ...string) {
 		default:
 		}
 		out, err := exec.Command("curl", "-fsS", "--max-time", "1", "http://127.0.0.1:8089/readyz").CombinedOutput()
-		return err == nil, fmt.Errorf("%v: %s", err, out)
+		return err == nil, fmt.Errorf("%w: %s", err, out)
 	})
 }
 

@@ -99,7 +99,7 @@ func TestMIGDeviceLifecycle(t *testing.T) {
 	kubectl(t, "delete", "pod", "-n", "gpu-demo", "mig-1g", "--wait=true")
 	eventually(t, 60*time.Second, "MIG device destroyed and CDI spec removed", func() (bool, error) {
 		_, err := os.Stat(spec)
-		return migCount(t) == before && os.IsNotExist(err), fmt.Errorf("%d MIG devices, spec: %v", migCount(t), err)
+		return migCount(t) == before && os.IsNotExist(err), fmt.Errorf("%d MIG devices, spec: %w", migCount(t), err)
 	})
 }
 

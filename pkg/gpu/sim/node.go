@@ -2,6 +2,7 @@ package sim
 
 import (
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -84,9 +85,9 @@ func Open(modelName, stateDir string) (*Node, error) {
 		devices[i] = d
 	}
 	n.Server = server.NewServerWithGPUs(m.driverVersion, "12."+m.driverVersion, m.cudaVersion)
-	n.Server.Devices = devices
-	n.Server.SetMockFuncs()
-	n.Server.EventSetCreateFunc = func() (nvml.EventSet, nvml.Return) { return n.newEventSet(), nvml.SUCCESS }
+	n.Devices = devices
+	n.SetMockFuncs()
+	n.EventSetCreateFunc = func() (nvml.EventSet, nvml.Return) { return n.newEventSet(), nvml.SUCCESS }
 	return n, nil
 }
 
@@ -168,7 +169,7 @@ func (n *Node) mutate(index int, delay time.Duration, fn func(g *GPUState) nvml.
 		}
 		return nil
 	})
-	if err != nil && err != errAbort {
+	if err != nil && !errors.Is(err, errAbort) {
 		return nvml.ERROR_UNKNOWN
 	}
 	return result
