@@ -69,10 +69,12 @@ unit: ## run the Go tests with the race detector
 	$(GO) test -race -count=1 ./...
 
 .PHONY: lint
-lint: ## gofmt and go vet
+lint: ## gofmt, go vet, and golangci-lint with .golangci.yml (built into the cache the first time)
 	@unformatted=$$(gofmt -l cmd pkg api test 2>/dev/null); \
 	if [ -n "$$unformatted" ]; then echo "gofmt would change: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags e2e ./test/e2e/
+	test/lint/run.sh
 
 .PHONY: bench
 bench: ## Go benchmarks, then figures of the driver on a local cluster (docs/benchmarks.md)

@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -290,7 +291,7 @@ func pluginPod(t testing.TB) *corev1.Pod {
 			LabelSelector: "app.kubernetes.io/instance=" + driverRelease + ",app.kubernetes.io/component=kubelet-plugin",
 		})
 		if err != nil || len(l.Items) != 1 {
-			return false, fmt.Errorf("%v: %d pods", err, len(l.Items))
+			return false, errors.Join(err, fmt.Errorf("%d pods", len(l.Items)))
 		}
 		pod = &l.Items[0]
 		return true, nil

@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -68,7 +69,7 @@ func TestCorruptCheckpointUnderRunningPod(t *testing.T) {
 		_, err := os.Stat(spec)
 		_, inCheckpoint := checkpointClaims(t)[string(claim.UID)]
 		return migCount(t) == before && os.IsNotExist(err) && !inCheckpoint,
-			fmt.Errorf("%d MIG devices (want %d), spec: %v, in checkpoint: %v", migCount(t), before, err, inCheckpoint)
+			errors.Join(err, fmt.Errorf("%d MIG devices (want %d), in checkpoint: %v", migCount(t), before, inCheckpoint))
 	})
 	for _, f := range aside {
 		os.Remove(f)
@@ -146,6 +147,6 @@ func TestUninstallRemovesThePoolAndReinstallRepublishes(t *testing.T) {
 	kubectl(t, "delete", "pod", "-n", "gpu-demo", "mig-1g", "--wait=true")
 	eventually(t, 60*time.Second, "the claim unprepared by the reinstalled plugin", func() (bool, error) {
 		_, err := os.Stat(spec)
-		return migCount(t) == before && os.IsNotExist(err), fmt.Errorf("%d MIG devices (want %d), spec: %v", migCount(t), before, err)
+		return migCount(t) == before && os.IsNotExist(err), errors.Join(err, fmt.Errorf("%d MIG devices (want %d)", migCount(t), before))
 	})
 }

@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -37,7 +38,7 @@ func TestTimeSlicedClaimSharedByTwoPods(t *testing.T) {
 	for _, p := range []struct{ pod, container string }{{"time-sliced-a", "ctr0"}, {"time-sliced-a", "ctr1"}, {"time-sliced-b", ""}} {
 		eventually(t, 30*time.Second, p.pod+"/"+p.container+" sees "+uuid, func() (bool, error) {
 			out, err := kubectlErr("logs", "-n", ns, p.pod, "-c", containerOr(p.container))
-			return strings.Contains(out, "NVIDIA_VISIBLE_DEVICES="+uuid), fmt.Errorf("%v: %s", err, out)
+			return strings.Contains(out, "NVIDIA_VISIBLE_DEVICES="+uuid), errors.Join(err, fmt.Errorf("output: %s", out))
 		})
 	}
 	slice := func() string {

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -137,7 +138,7 @@ func TestWebhookJudgesOnlyOurConfig(t *testing.T) {
 	scale(0)
 	eventually(t, 60*time.Second, "no webhook replica left", func() (bool, error) {
 		pods, err := client.CoreV1().Pods(webhookNS).List(ctx(), metav1.ListOptions{LabelSelector: webhookPods})
-		return err == nil && len(pods.Items) == 0, fmt.Errorf("%v: %d pods", err, len(pods.Items))
+		return err == nil && len(pods.Items) == 0, errors.Join(err, fmt.Errorf("%d pods", len(pods.Items)))
 	})
 	eventually(t, 30*time.Second, "our configuration refused for want of the webhook", func() (bool, error) {
 		_, err := client.ResourceV1().ResourceClaims("default").Create(ctx(), claimWith("default", "ours", opaqueConfig("gpu.nvidia.com", validGpuConfig)), dryRun)
