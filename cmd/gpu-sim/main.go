@@ -13,6 +13,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
 
 	"github.com/spf13/cobra"
@@ -64,11 +65,7 @@ func newRootCommand() *cobra.Command {
 				enc.SetIndent("", "  ")
 				return enc.Encode(st)
 			}
-			node, err := nvmlnode.NewNode(n)
-			if err != nil {
-				return err
-			}
-			inv, err := node.Inventory(context.Background())
+			inv, err := inventory(n)
 			if err != nil {
 				return err
 			}
@@ -144,11 +141,7 @@ func newRootCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			node, err := nvmlnode.NewNode(n)
-			if err != nil {
-				return err
-			}
-			inv, err := node.Inventory(context.Background())
+			inv, err := inventory(n)
 			if err != nil {
 				return err
 			}
@@ -228,6 +221,15 @@ func gpuCommand(open func() (*sim.Node, error), use, short string, extra int, ac
 			return action(n, idx, args[1:])
 		},
 	}
+}
+
+// inventory reads the simulated node as the plugin does, through NVML.
+func inventory(n *sim.Node) (*gpu.Inventory, error) {
+	node, err := nvmlnode.NewNode(n)
+	if err != nil {
+		return nil, err
+	}
+	return node.Inventory(context.Background())
 }
 
 // switchCommand is a gpuCommand that turns a GPU's fault on or off.

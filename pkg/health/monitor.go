@@ -1,10 +1,11 @@
 package health
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -612,15 +613,8 @@ func (m *Monitor) sortedLocked() []Condition {
 	for _, c := range m.conds {
 		out = append(out, *c)
 	}
-	sort.Slice(out, func(a, b int) bool {
-		x, y := out[a], out[b]
-		if x.GPU != y.GPU {
-			return x.GPU < y.GPU
-		}
-		if x.MIG != y.MIG {
-			return x.MIG < y.MIG
-		}
-		return x.Key < y.Key
+	slices.SortFunc(out, func(x, y Condition) int {
+		return cmp.Or(cmp.Compare(x.GPU, y.GPU), cmp.Compare(x.MIG, y.MIG), cmp.Compare(x.Key, y.Key))
 	})
 	return out
 }

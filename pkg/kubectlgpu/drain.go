@@ -1,8 +1,10 @@
 package kubectlgpu
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -129,15 +131,8 @@ func holders(ctx context.Context, claims []resourceapi.ResourceClaim, t Target, 
 			}
 		}
 	}
-	sort.Slice(out, func(i, j int) bool {
-		a, b := out[i], out[j]
-		if a.Namespace != b.Namespace {
-			return a.Namespace < b.Namespace
-		}
-		if a.Pod != b.Pod {
-			return a.Pod < b.Pod
-		}
-		return a.Device < b.Device
+	slices.SortFunc(out, func(a, b holder) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Pod, b.Pod), cmp.Compare(a.Device, b.Device))
 	})
 	return out, nil
 }

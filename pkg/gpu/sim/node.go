@@ -140,6 +140,20 @@ func hardwareProfiles(cfg gpus.Config) gpus.MIGProfileConfig {
 }
 
 // gpuState reads GPU index's state for an NVML call, which takes the
+// liveGI returns the state of GPU instance id on GPU index as it is now,
+// or ERROR_NOT_FOUND once it was destroyed.
+func (n *Node) liveGI(index, id int) (*GIState, nvml.Return) {
+	g, ret := n.gpuState(index)
+	if ret != nvml.SUCCESS {
+		return nil, ret
+	}
+	cur, _ := g.gi(id)
+	if cur == nil {
+		return nil, nvml.ERROR_NOT_FOUND
+	}
+	return cur, nvml.SUCCESS
+}
+
 // NVML call latency.
 func (n *Node) gpuState(index int) (*GPUState, nvml.Return) {
 	n.readDelay()
@@ -486,13 +500,9 @@ func (n *Node) gpuInstance(d *server.Device, index int, gis GIState) nvml.GpuIns
 		return n.computeInstance(d, gi, index, gis.ID, created), nvml.SUCCESS
 	}
 	gi.GetComputeInstancesFunc = func(info *nvml.ComputeInstanceProfileInfo) ([]nvml.ComputeInstance, nvml.Return) {
-		g, ret := n.gpuState(index)
+		cur, ret := n.liveGI(index, gis.ID)
 		if ret != nvml.SUCCESS {
 			return nil, ret
-		}
-		cur, _ := g.gi(gis.ID)
-		if cur == nil {
-			return nil, nvml.ERROR_NOT_FOUND
 		}
 		var out []nvml.ComputeInstance
 		for _, ci := range cur.ComputeInstances {
@@ -503,13 +513,9 @@ func (n *Node) gpuInstance(d *server.Device, index int, gis GIState) nvml.GpuIns
 		return out, nvml.SUCCESS
 	}
 	gi.GetComputeInstanceByIdFunc = func(id int) (nvml.ComputeInstance, nvml.Return) {
-		g, ret := n.gpuState(index)
+		cur, ret := n.liveGI(index, gis.ID)
 		if ret != nvml.SUCCESS {
 			return nil, ret
-		}
-		cur, _ := g.gi(gis.ID)
-		if cur == nil {
-			return nil, nvml.ERROR_NOT_FOUND
 		}
 		for _, ci := range cur.ComputeInstances {
 			if ci.ID == id {
