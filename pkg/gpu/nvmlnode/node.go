@@ -121,12 +121,12 @@ func readGPU(dev nvml.Device, index int) (gpu.GPU, error) {
 	if ret != nvml.SUCCESS {
 		return g, fmt.Errorf("brand of %s: %w", g.UUID, nvmlError(ret))
 	}
-	g.Brand = brandName(brand)
+	g.Brand = nameOf(brandNames, brand, "Unknown")
 	arch, ret := dev.GetArchitecture()
 	if ret != nvml.SUCCESS {
 		return g, fmt.Errorf("architecture of %s: %w", g.UUID, nvmlError(ret))
 	}
-	g.Architecture = architectureName(arch)
+	g.Architecture = nameOf(architectureNames, arch, "unknown")
 	major, minor, ret := dev.GetCudaComputeCapability()
 	if ret != nvml.SUCCESS {
 		return g, fmt.Errorf("compute capability of %s: %w", g.UUID, nvmlError(ret))
@@ -544,12 +544,6 @@ var brandNames = map[nvml.BrandType]string{
 	nvml.BRAND_TITAN_RTX:   "TitanRTX",
 }
 
-func brandName(b nvml.BrandType) string {
-	if n, ok := brandNames[b]; ok {
-		return n
-	}
-	return "Unknown"
-}
 
 var architectureNames = map[nvml.DeviceArchitecture]string{
 	nvml.DEVICE_ARCH_KEPLER:    "kepler",
@@ -564,9 +558,10 @@ var architectureNames = map[nvml.DeviceArchitecture]string{
 	nvml.DEVICE_ARCH_RUBIN:     "rubin",
 }
 
-func architectureName(a nvml.DeviceArchitecture) string {
-	if n, ok := architectureNames[a]; ok {
+// nameOf is names[k], or unknown for a value this driver has no name for.
+func nameOf[K comparable](names map[K]string, k K, unknown string) string {
+	if n, ok := names[k]; ok {
 		return n
 	}
-	return "unknown"
+	return unknown
 }
