@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs/hostfstest"
+
 	oci "github.com/opencontainers/runtime-spec/specs-go"
 	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
 
@@ -22,9 +24,7 @@ const uid = "0a1b2c3d-0000-1111-2222-333344445555"
 
 func newWriter(t *testing.T) (*Writer, simhost.Roots) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("the simulated /dev needs root")
-	}
+	hostfstest.RequireRoot(t, "the simulated /dev needs root")
 	roots, err := simhost.Create(filepath.Join(t.TempDir(), "host"), []int{0, 1, 2}, "550.54.15", simhosttest.Tools(t))
 	if err != nil {
 		t.Fatal(err)
@@ -231,9 +231,7 @@ func TestListAnnotateDelete(t *testing.T) {
 // is read at its mount (--driver-root-mount), while the specs, which the
 // container runtime resolves on the host, name the host paths.
 func TestDriverRootReadFromItsMount(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("the simulated /dev needs root")
-	}
+	hostfstest.RequireRoot(t, "the simulated /dev needs root")
 	roots, err := simhost.Create(filepath.Join(t.TempDir(), "host"), []int{0}, "550.54.15", simhosttest.Tools(t))
 	if err != nil {
 		t.Fatal(err)

@@ -20,9 +20,7 @@ import (
 // install left behind. The umask is process-wide, so this test is not
 // parallel.
 func TestModes(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("the simulated /dev needs root")
-	}
+	hostfstest.RequireRoot(t, "the simulated /dev needs root")
 	roots, err := simhost.Create(filepath.Join(t.TempDir(), "host"), []int{0}, "550.54.15", simhosttest.Tools(t))
 	if err != nil {
 		t.Fatal(err)

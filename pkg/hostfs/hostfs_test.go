@@ -107,9 +107,7 @@ func TestEnsureDirRefuses(t *testing.T) {
 }
 
 func TestEnsureDirWarnsOfAnotherOwner(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("chown needs root")
-	}
+	hostfstest.RequireRoot(t, "chown needs root")
 	dir := filepath.Join(t.TempDir(), "d")
 	if err := os.Mkdir(dir, 0o750); err != nil {
 		t.Fatal(err)

@@ -11,15 +11,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs/hostfstest"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/simhosttest"
 )
 
 func TestCreate(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("creating device nodes needs root")
-	}
+	hostfstest.RequireRoot(t, "creating device nodes needs root")
 	dir := t.TempDir()
 	for i := 0; i < 2; i++ { // the second run finds everything in place
 		r, err := Create(dir, []int{0, 1}, "550.54.15", simhosttest.Tools(t))
@@ -61,9 +61,7 @@ func TestCreateWithoutTools(t *testing.T) {
 // as the plugin does, and a Create that replaces them while an MPS daemon
 // runs the old copy.
 func TestTools(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("creating device nodes needs root")
-	}
+	hostfstest.RequireRoot(t, "creating device nodes needs root")
 	dir := t.TempDir()
 	r, err := Create(dir, []int{0}, "550.54.15", simhosttest.Tools(t))
 	if err != nil {

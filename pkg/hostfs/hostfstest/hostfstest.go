@@ -13,6 +13,24 @@ import (
 	"k8s.io/klog/v2/ktesting"
 )
 
+// SkipRootTestsEnv, set to 1, lets tests that need root skip when not
+// run as root. Unset, such a test fails: the project's tests run as root
+// (make test, CI), and a test that skips silently proves nothing.
+const SkipRootTestsEnv = "GPU_DRA_SKIP_ROOT_TESTS"
+
+// RequireRoot fails the test unless it runs as root, saying why it needs
+// root; with SkipRootTestsEnv=1 it skips instead.
+func RequireRoot(t testing.TB, why string) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv(SkipRootTestsEnv) == "1" {
+		t.Skipf("%s (%s=1)", why, SkipRootTestsEnv)
+	}
+	t.Fatalf("%s: run the tests as root, or set %s=1 to skip this one", why, SkipRootTestsEnv)
+}
+
 // Umask sets the process umask for the rest of the test. The umask is
 // process-wide: tests that use it must not run in parallel.
 func Umask(t testing.TB, mask int) {
