@@ -70,6 +70,8 @@ type Config struct {
 	StaticMIGOnly  bool
 	// SharedGPUs publishes every whole GPU also as a shared device.
 	SharedGPUs bool
+	// Topology, when set, gives the GPUs' pcieRoot and numaNode attributes.
+	Topology Topology
 	// HealthPolicy classifies GPU faults into taints; HealthStorePath
 	// keeps sticky conditions across restarts ("" keeps them in memory).
 	HealthPolicy    health.Policy
@@ -110,7 +112,7 @@ func Run(ctx context.Context, cfg Config) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	logger := klog.FromContext(ctx)
-	d := &Driver{cfg: cfg, state: &nodeState{staticMIGOnly: cfg.StaticMIGOnly, sharedGPUs: cfg.SharedGPUs}, cancel: cancel,
+	d := &Driver{cfg: cfg, state: &nodeState{staticMIGOnly: cfg.StaticMIGOnly, sharedGPUs: cfg.SharedGPUs, topology: cfg.Topology}, cancel: cancel,
 		healthChanged: make(chan struct{}, 1)}
 	if d.cfg.Metrics == nil {
 		d.cfg.Metrics = NewMetrics()

@@ -74,6 +74,14 @@ const (
 	AttrPCIeBusID = "pcieBusID"
 	// AttrStandardPCIBusID is Kubernetes' standard PCI bus ID attribute.
 	AttrStandardPCIBusID = "resource.kubernetes.io/pciBusID"
+	// AttrPCIeRoot is Kubernetes' standard PCIe root complex attribute,
+	// "pci<domain>:<bus>": devices that share it share a root complex, so
+	// a claim can align a GPU with a NIC by matchAttribute on it.
+	AttrPCIeRoot = "resource.kubernetes.io/pcieRoot"
+	// AttrNUMANode is Kubernetes' standard NUMA node attribute (KEP-6072),
+	// an int: the NUMA node of the GPU's PCI device. A GPU without NUMA
+	// affinity does not have it.
+	AttrNUMANode = "resource.kubernetes.io/numaNode"
 )
 
 // Capacity keys of published devices.

@@ -96,6 +96,7 @@ write_values() {
 			    driverRoot: $SIM_DIR/host/driver
 			    devRoot: $SIM_DIR/host/dev
 			    procRoot: $SIM_DIR/host/proc
+			    sysRoot: $SIM_DIR/host/sys
 			  extraArgs:
 		EOF
 		for arg in "${args[@]}"; do

@@ -38,6 +38,8 @@ expect "defaults: the plugin knows its DaemonSet (uninstall removes slices)" '--
 expect "defaults: a pre-delete hook deletes the DaemonSet, then the slices" 'uninstall", "--all-nodes", "--daemonset=gpu-dra-driver/t-kubelet-plugin' "$out"
 expect "defaults: liveness from the plugin's endpoint" 'path: /healthz, port: 8088' "$out"
 refuse "defaults: no simulation" '--simulate' "$out"
+expect "defaults: topology from the host's /sys" '--sys-root=/$' "$out"
+refuse "defaults: /sys not mounted again" 'name: sys-root' "$out"
 [[ $(grep -c 'hostNetwork: true' <<<"$out") == 1 ]] || die "chart: defaults: only the plugin is in the host network"
 expect "defaults: the plugin in the host's PID namespace (MPS daemons' PIDs)" 'hostPID: true' "$out"
 expect "defaults: the host's / mounted as the driver root" 'name: driver-root, hostPath: \{path: /, type: Directory\}' "$out"
@@ -53,8 +55,11 @@ while read -r expr; do
 done < <(grep 'expression:' "$REPO_ROOT/deployments/deviceclasses/deviceclasses.yaml")
 
 out=$(render --set kubeletPlugin.simulate=dgxh100 --set kubeletPlugin.hostPaths.driverRoot=/run/nvidia/driver \
-	--set kubeletPlugin.hostPaths.pluginsDir=/tmp/run/kubelet/plugins --set-string kubeletPlugin.healthPolicy='unknownXID: Info')
+	--set kubeletPlugin.hostPaths.pluginsDir=/tmp/run/kubelet/plugins --set-string kubeletPlugin.healthPolicy='unknownXID: Info' \
+	--set kubeletPlugin.hostPaths.sysRoot=/tmp/sim/host/sys)
 expect "simulation" '--simulate=dgxh100' "$out"
+expect "a simulated sysfs" '--sys-root=/tmp/sim/host/sys' "$out"
+expect "a simulated sysfs mounted" 'name: sys-root, hostPath: \{path: /tmp/sim/host/sys, type: Directory\}' "$out"
 expect "driver root mounted" 'path: /run/nvidia/driver' "$out"
 expect "a simulated driver root writable (its tools record what they did)" 'mountPath: /driver-root, readOnly: false' "$out"
 expect "plugin dir from values" '--plugin-dir=/tmp/run/kubelet/plugins/gpu.nvidia.com' "$out"
