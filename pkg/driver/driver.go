@@ -103,6 +103,7 @@ type Driver struct {
 	healthNotify  broadcaster
 
 	publisher *publish.Publisher
+	identity  identity
 }
 
 var _ kubeletplugin.DRAPlugin = (*Driver)(nil)
@@ -185,6 +186,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	d.cfg.Metrics.setPrepared(cp)
+	d.startIdentity(ctx, cp)
 	d.watchClearances(ctx)
 
 	// 6. gRPC servers and registration.
@@ -302,6 +304,7 @@ func (d *Driver) onHealthChange() {
 	default: // a republish is already pending
 	}
 	d.healthNotify.notify()
+	d.healthChangedIdentity()
 }
 
 // publish hands the current model to the publisher, which changes only
@@ -339,6 +342,7 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceap
 	}
 	wg.Wait()
 	d.cfg.Metrics.setPrepared(d.preparer.Snapshot())
+	d.claimsPrepared(claims, results)
 	return results, nil
 }
 
@@ -359,6 +363,7 @@ func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletpl
 	}
 	wg.Wait()
 	d.cfg.Metrics.setPrepared(d.preparer.Snapshot())
+	d.claimsUnprepared(claims)
 	return results, nil
 }
 

@@ -1,11 +1,13 @@
 package driver
 
 import (
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/version"
 )
 
@@ -17,7 +19,17 @@ type Metrics struct {
 	PreparedDevices  prometheus.Gauge
 	PreparedClaims   prometheus.Gauge
 	PublishedDevices prometheus.Gauge
+	// DeviceInfo is 1 for every prepared device and pod of its claim (see
+	// DeviceInfoLabels), so dashboards join device metrics to workloads.
+	DeviceInfo *prometheus.GaugeVec
 }
+
+// DeviceInfoLabels are the labels of gpu_dra_prepared_device_info: the
+// node and device (pool and name in the ResourceSlice), the device's type,
+// the GPU's UUID, for a MIG device its UUID, profile and GPU instance ID
+// (dcgm-exporter's UUID and GPU_I_ID), and the claim's namespace, name and
+// pod ("" until the pod is known).
+var DeviceInfoLabels = []string{"node", "device", "type", "gpu_uuid", "mig_uuid", "profile", "gpu_instance_id", "namespace", "claim", "pod"}
 
 // NewMetrics creates the metrics in a registry of their own.
 func NewMetrics() *Metrics {
@@ -34,10 +46,13 @@ func NewMetrics() *Metrics {
 		PreparedDevices:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "gpu_dra_prepared_devices", Help: "Devices of prepared claims."}),
 		PreparedClaims:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "gpu_dra_prepared_claims", Help: "Prepared claims."}),
 		PublishedDevices: prometheus.NewGauge(prometheus.GaugeOpts{Name: "gpu_dra_published_devices", Help: "Devices in the published ResourceSlices."}),
+		DeviceInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "gpu_dra_prepared_device_info", Help: "Always 1: one series per prepared device and pod of its claim, naming the GPU and MIG device and the workload.",
+		}, DeviceInfoLabels),
 	}
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "gpu_dra_build_info", Help: "Always 1; the version label is the plugin's release."}, []string{"version"})
 	buildInfo.WithLabelValues(version.Get()).Set(1)
-	m.Registry.MustRegister(m.Operations, m.Latency, m.PreparedDevices, m.PreparedClaims, m.PublishedDevices, buildInfo,
+	m.Registry.MustRegister(m.Operations, m.Latency, m.PreparedDevices, m.PreparedClaims, m.PublishedDevices, m.DeviceInfo, buildInfo,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }
@@ -58,4 +73,31 @@ func (m *Metrics) setPrepared(cp *checkpoint.Checkpoint) {
 	}
 	m.PreparedClaims.Set(float64(len(cp.Claims)))
 	m.PreparedDevices.Set(float64(devices))
+}
+
+// setDeviceInfo sets gpu_dra_prepared_device_info to the prepared devices
+// of cp; pods gives a claim's pods by claim UID.
+func (m *Metrics) setDeviceInfo(node string, cp *checkpoint.Checkpoint, pods func(uid string) []string) {
+	m.DeviceInfo.Reset()
+	for _, c := range cp.Claims {
+		if c.State != checkpoint.PrepareCompleted {
+			continue
+		}
+		claimPods := pods(c.UID)
+		if len(claimPods) == 0 {
+			claimPods = []string{""}
+		}
+		for _, d := range c.Devices {
+			var typ, migUUID, profile, giid string
+			if p, ok := names.ParseDevice(d.Name); ok {
+				typ = p.Type
+			}
+			if d.MIG != nil {
+				migUUID, profile, giid = d.MIG.UUID, d.MIG.Profile, strconv.Itoa(d.MIG.GIID)
+			}
+			for _, pod := range claimPods {
+				m.DeviceInfo.WithLabelValues(node, d.Name, typ, d.GPUUUID, migUUID, profile, giid, c.Namespace, c.Name, pod).Set(1)
+			}
+		}
+	}
 }

@@ -259,3 +259,8 @@ const (
 	// TaintRuleNodeAnnotation holds the full node name, for humans.
 	TaintRuleNodeAnnotation = keyPrefix + "taint-node"
 )
+
+// StatusFieldManager is the server-side apply field manager under which
+// every node's plugin writes its entries of ResourceClaims' status.devices.
+// A claim's devices are on one node, so one name for all nodes is enough.
+const StatusFieldManager = "gpu-kubelet-plugin"

@@ -1,0 +1,94 @@
+package driver
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	resourceapi "k8s.io/api/resource/v1"
+
+	statusv1 "github.com/gpu-dra/gpu-dra-driver/api/status/v1"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+)
+
+var (
+	migDevice = checkpoint.Device{Pool: "node-1", Name: "gpu-0-mig-1g10gb-6", GPUUUID: "GPU-0", GPUMinor: 0,
+		MIG:          &checkpoint.MIG{ProfileID: 19, Profile: "1g.10gb", Start: 6, Size: 1, Created: true, UUID: "MIG-6", GIID: 9, CIID: 0},
+		CDIDeviceIDs: []string{"k8s.gpu.nvidia.com/claim=a"}}
+	shareDevice = checkpoint.Device{Pool: "node-1", Name: "gpu-1-shared", GPUUUID: "GPU-1", GPUMinor: 1, MPSDir: "/run/mps/GPU-1",
+		ShareID: "share-a", Share: &checkpoint.Share{MemoryBytes: 4 << 30, ComputePercent: 50}}
+	wholeDevice = checkpoint.Device{Pool: "node-1", Name: "gpu-2", GPUUUID: "GPU-2", GPUMinor: 2, AdminAccess: true}
+)
+
+func TestDeviceStatus(t *testing.T) {
+	inv := &gpu.Inventory{GPUs: []gpu.GPU{
+		{UUID: "GPU-0", Minor: 0, PCIBusID: "0000:18:00.0", Name: "NVIDIA H100 80GB HBM3"},
+		{UUID: "GPU-1", Minor: 1, PCIBusID: "0000:2a:00.0", Name: "NVIDIA H100 80GB HBM3"},
+	}}
+	tests := []struct {
+		name string
+		dev  checkpoint.Device
+		want statusv1.DeviceStatus
+	}{
+		{"MIG device", migDevice, statusv1.DeviceStatus{Type: "mig",
+			GPU:          statusv1.GPU{UUID: "GPU-0", Minor: 0, PCIBusID: "0000:18:00.0", ProductName: "NVIDIA H100 80GB HBM3"},
+			MIG:          &statusv1.MIG{UUID: "MIG-6", Profile: "1g.10gb", GPUInstanceID: 9, ComputeInstanceID: 0, PlacementStart: 6, PlacementSize: 1},
+			CDIDeviceIDs: []string{"k8s.gpu.nvidia.com/claim=a"}}},
+		{"share", shareDevice, statusv1.DeviceStatus{Type: "shared",
+			GPU: statusv1.GPU{UUID: "GPU-1", Minor: 1, PCIBusID: "0000:2a:00.0", ProductName: "NVIDIA H100 80GB HBM3"},
+			MPS: true, Share: &statusv1.Share{ID: "share-a", MemoryBytes: 4 << 30, ComputePercent: 50}}},
+		{"whole GPU no longer in the inventory", wholeDevice, statusv1.DeviceStatus{Type: "gpu",
+			GPU: statusv1.GPU{UUID: "GPU-2", Minor: 2}, AdminAccess: true}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := deviceStatus(inv, tt.dev); !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("deviceStatus = %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestDeviceInfoMetric(t *testing.T) {
+	m := NewMetrics()
+	cp := checkpoint.New("boot")
+	cp.Claims["uid-a"] = &checkpoint.Claim{UID: "uid-a", Namespace: "team-a", Name: "train", State: checkpoint.PrepareCompleted,
+		Devices: []checkpoint.Device{migDevice, shareDevice}}
+	cp.Claims["uid-b"] = &checkpoint.Claim{UID: "uid-b", Namespace: "team-b", Name: "half-done", State: checkpoint.PrepareStarted,
+		Devices: []checkpoint.Device{wholeDevice}}
+	cp.Claims["uid-c"] = &checkpoint.Claim{UID: "uid-c", Namespace: "team-c", Name: "restored", State: checkpoint.PrepareCompleted,
+		Devices: []checkpoint.Device{wholeDevice}}
+	pods := map[string][]string{"uid-a": {"worker-0", "worker-1"}}
+	m.setDeviceInfo("node-1", cp, func(uid string) []string { return pods[uid] })
+
+	want := `
+# HELP gpu_dra_prepared_device_info Always 1: one series per prepared device and pod of its claim, naming the GPU and MIG device and the workload.
+# TYPE gpu_dra_prepared_device_info gauge
+gpu_dra_prepared_device_info{claim="restored",device="gpu-2",gpu_instance_id="",gpu_uuid="GPU-2",mig_uuid="",namespace="team-c",node="node-1",pod="",profile="",type="gpu"} 1
+gpu_dra_prepared_device_info{claim="train",device="gpu-0-mig-1g10gb-6",gpu_instance_id="9",gpu_uuid="GPU-0",mig_uuid="MIG-6",namespace="team-a",node="node-1",pod="worker-0",profile="1g.10gb",type="mig"} 1
+gpu_dra_prepared_device_info{claim="train",device="gpu-0-mig-1g10gb-6",gpu_instance_id="9",gpu_uuid="GPU-0",mig_uuid="MIG-6",namespace="team-a",node="node-1",pod="worker-1",profile="1g.10gb",type="mig"} 1
+gpu_dra_prepared_device_info{claim="train",device="gpu-1-shared",gpu_instance_id="",gpu_uuid="GPU-1",mig_uuid="",namespace="team-a",node="node-1",pod="worker-0",profile="",type="shared"} 1
+gpu_dra_prepared_device_info{claim="train",device="gpu-1-shared",gpu_instance_id="",gpu_uuid="GPU-1",mig_uuid="",namespace="team-a",node="node-1",pod="worker-1",profile="",type="shared"} 1
+`
+	if err := testutil.CollectAndCompare(m.DeviceInfo, strings.NewReader(want)); err != nil {
+		t.Error(err)
+	}
+
+	// Unprepared: its series go.
+	delete(cp.Claims, "uid-a")
+	m.setDeviceInfo("node-1", cp, func(uid string) []string { return pods[uid] })
+	if n := testutil.CollectAndCount(m.DeviceInfo); n != 1 {
+		t.Errorf("%d series after unprepare, want 1", n)
+	}
+}
+
+func TestReservedPods(t *testing.T) {
+	c := &resourceapi.ResourceClaim{Status: resourceapi.ResourceClaimStatus{ReservedFor: []resourceapi.ResourceClaimConsumerReference{
+		{Resource: "pods", Name: "b"}, {APIGroup: "example.com", Resource: "pods", Name: "not-a-pod"}, {Resource: "pods", Name: "a"},
+	}}}
+	if got := reservedPods(c); !reflect.DeepEqual(got, []string{"a", "b"}) {
+		t.Errorf("reservedPods = %v, want [a b]", got)
+	}
+}
