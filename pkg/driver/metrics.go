@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	resourceapi "k8s.io/api/resource/v1"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
@@ -22,7 +23,15 @@ type Metrics struct {
 	// DeviceInfo is 1 for every prepared device and pod of its claim (see
 	// DeviceInfoLabels), so dashboards join device metrics to workloads.
 	DeviceInfo *prometheus.GaugeVec
+	// HealthTaints is 1 for every health taint the plugin puts on a GPU or
+	// MIG device (see HealthTaintLabels).
+	HealthTaints *prometheus.GaugeVec
 }
+
+// HealthTaintLabels are the labels of gpu_dra_health_taint: the node, the
+// GPU's UUID, the MIG device's UUID for a taint of one MIG instance ("" for
+// the whole GPU and all its devices), the taint's key, value and effect.
+var HealthTaintLabels = []string{"node", "gpu_uuid", "mig_uuid", "key", "value", "effect"}
 
 // DeviceInfoLabels are the labels of gpu_dra_prepared_device_info: the
 // node and device (pool and name in the ResourceSlice), the device's type,
@@ -49,10 +58,13 @@ func NewMetrics() *Metrics {
 		DeviceInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "gpu_dra_prepared_device_info", Help: "Always 1: one series per prepared device and pod of its claim, naming the GPU and MIG device and the workload.",
 		}, DeviceInfoLabels),
+		HealthTaints: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "gpu_dra_health_taint", Help: "Always 1: one series per health taint on a GPU (mig_uuid empty) or one MIG device.",
+		}, HealthTaintLabels),
 	}
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "gpu_dra_build_info", Help: "Always 1; the version label is the plugin's release."}, []string{"version"})
 	buildInfo.WithLabelValues(version.Get()).Set(1)
-	m.Registry.MustRegister(m.Operations, m.Latency, m.PreparedDevices, m.PreparedClaims, m.PublishedDevices, m.DeviceInfo, buildInfo,
+	m.Registry.MustRegister(m.Operations, m.Latency, m.PreparedDevices, m.PreparedClaims, m.PublishedDevices, m.DeviceInfo, m.HealthTaints, buildInfo,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }
@@ -98,6 +110,22 @@ func (m *Metrics) setDeviceInfo(node string, cp *checkpoint.Checkpoint, pods fun
 			for _, pod := range claimPods {
 				m.DeviceInfo.WithLabelValues(node, d.Name, typ, d.GPUUUID, migUUID, profile, giid, c.Namespace, c.Name, pod).Set(1)
 			}
+		}
+	}
+}
+
+// setHealthTaints sets gpu_dra_health_taint to the taints now, by GPU UUID
+// and by MIG device UUID (the health monitor's Taints).
+func (m *Metrics) setHealthTaints(node string, gpuTaints, migTaints map[string][]resourceapi.DeviceTaint, parentOf func(migUUID string) string) {
+	m.HealthTaints.Reset()
+	for uuid, ts := range gpuTaints {
+		for _, t := range ts {
+			m.HealthTaints.WithLabelValues(node, uuid, "", t.Key, t.Value, string(t.Effect)).Set(1)
+		}
+	}
+	for uuid, ts := range migTaints {
+		for _, t := range ts {
+			m.HealthTaints.WithLabelValues(node, parentOf(uuid), uuid, t.Key, t.Value, string(t.Effect)).Set(1)
 		}
 	}
 }

@@ -212,3 +212,32 @@ func conditionStatus(h kubeletplugin.HealthStatus) metav1.ConditionStatus {
 	}
 	return metav1.ConditionUnknown
 }
+
+// refreshHealthMetric sets the health taint metric from the taints the
+// model was last built with.
+func (d *Driver) refreshHealthMetric() {
+	if d.state.taints == nil {
+		return
+	}
+	gpuTaints, migTaints := d.state.taints()
+	inv, _ := d.state.current()
+	d.cfg.Metrics.setHealthTaints(d.cfg.NodeName, gpuTaints, migTaints, func(migUUID string) string {
+		if inv != nil {
+			for _, g := range inv.GPUs {
+				for _, m := range g.MIGInstances {
+					if m.UUID == migUUID {
+						return g.UUID
+					}
+				}
+			}
+		}
+		for _, c := range d.preparer.Snapshot().Claims {
+			for _, dev := range c.Devices {
+				if dev.MIG != nil && dev.MIG.UUID == migUUID {
+					return dev.GPUUUID
+				}
+			}
+		}
+		return ""
+	})
+}

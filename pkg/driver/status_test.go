@@ -92,3 +92,23 @@ func TestReservedPods(t *testing.T) {
 		t.Errorf("reservedPods = %v, want [a b]", got)
 	}
 }
+
+func TestHealthTaintMetric(t *testing.T) {
+	m := NewMetrics()
+	gpuTaints := map[string][]resourceapi.DeviceTaint{"GPU-0": {{Key: "gpu.nvidia.com/xid", Value: "79", Effect: resourceapi.DeviceTaintEffectNoExecute}}}
+	migTaints := map[string][]resourceapi.DeviceTaint{"MIG-6": {{Key: "gpu.nvidia.com/xid", Value: "43", Effect: resourceapi.DeviceTaintEffectNoSchedule}}}
+	m.setHealthTaints("node-1", gpuTaints, migTaints, func(mig string) string { return map[string]string{"MIG-6": "GPU-1"}[mig] })
+	want := `
+# HELP gpu_dra_health_taint Always 1: one series per health taint on a GPU (mig_uuid empty) or one MIG device.
+# TYPE gpu_dra_health_taint gauge
+gpu_dra_health_taint{effect="NoExecute",gpu_uuid="GPU-0",key="gpu.nvidia.com/xid",mig_uuid="",node="node-1",value="79"} 1
+gpu_dra_health_taint{effect="NoSchedule",gpu_uuid="GPU-1",key="gpu.nvidia.com/xid",mig_uuid="MIG-6",node="node-1",value="43"} 1
+`
+	if err := testutil.CollectAndCompare(m.HealthTaints, strings.NewReader(want)); err != nil {
+		t.Error(err)
+	}
+	m.setHealthTaints("node-1", nil, nil, nil)
+	if n := testutil.CollectAndCount(m.HealthTaints); n != 0 {
+		t.Errorf("%d series after the taints went, want 0", n)
+	}
+}

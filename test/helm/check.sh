@@ -66,6 +66,17 @@ expect "plugin dir from values" '--plugin-dir=/tmp/run/kubelet/plugins/gpu.nvidi
 expect "health policy file" '--health-policy=/etc/gpu-dra-driver/policy.yaml' "$out"
 expect "health policy content" 'unknownXID: Info' "$out"
 
+refuse "defaults: no dashboard" 'name: t-dashboard' "$(render)"
+out=$(render --set dashboard.enabled=true --set dashboard.namespace=monitoring)
+expect "dashboard ConfigMap" 'name: t-dashboard' "$out"
+expect "dashboard in the sidecar's namespace" 'namespace: monitoring' "$out"
+expect "dashboard labelled for the sidecar" 'grafana_dashboard: "1"' "$out"
+expect "dashboard JSON" '"uid": "gpu-dra-driver"' "$out"
+# The ConfigMap's JSON is the file's, byte for byte.
+cmp -s <(awk 'body && /^    / { print substr($0, 5); next } body { exit } /^  gpu-dra-driver.json: [|]-$/ { body = 1 }' <<<"$out") \
+	"$CHART/dashboards/gpu-dra-driver.json" ||
+	die "chart: the dashboard ConfigMap does not hold dashboards/gpu-dra-driver.json"
+
 out=$(render --set webhook.certificates=certManager --set webhook.certManager.issuerRef.name=cluster-ca)
 expect "cert-manager certificate" '^kind: Certificate$' "$out"
 expect "cert-manager CA injection" 'cert-manager.io/inject-ca-from' "$out"
