@@ -310,7 +310,7 @@ func (d *Driver) onHealthChange() {
 // publish hands the current model to the publisher, which changes only
 // the slices that differ, and nothing if none does.
 func (d *Driver) publish(ctx context.Context) error {
-	d.refreshHealthMetric()
+	d.refreshHealth(ctx)
 	_, model := d.state.current()
 	changed, err := d.publisher.Publish(ctx, model.Slices)
 	if err != nil || !changed {

@@ -2,9 +2,11 @@ package driver
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 
+	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -30,6 +32,9 @@ type identity struct {
 	// status is nil without a Kubernetes client (unit tests), and before
 	// the driver starts it.
 	status *claimstatus.Writer
+	// taints are the health taints at the last refreshHealth; nil before
+	// the first.
+	taints map[healthTaint]bool
 	// pods are the names of the pods each claim is reserved for, by claim
 	// UID, as the kubelet's prepare call or the last status write saw them.
 	pods map[string][]string
@@ -213,15 +218,22 @@ func conditionStatus(h kubeletplugin.HealthStatus) metav1.ConditionStatus {
 	return metav1.ConditionUnknown
 }
 
-// refreshHealthMetric sets the health taint metric from the taints the
-// model was last built with.
-func (d *Driver) refreshHealthMetric() {
+// healthTaint is one health taint of a GPU (mig empty) or MIG device.
+type healthTaint struct {
+	gpu, mig, key, value, effect string
+}
+
+// refreshHealth sets the health taint metric from the taints now, and
+// records a node Event for every taint that appeared or went since the
+// last call (none on the first: after a restart, the taints found are not
+// news).
+func (d *Driver) refreshHealth(ctx context.Context) {
 	if d.state.taints == nil {
 		return
 	}
 	gpuTaints, migTaints := d.state.taints()
 	inv, _ := d.state.current()
-	d.cfg.Metrics.setHealthTaints(d.cfg.NodeName, gpuTaints, migTaints, func(migUUID string) string {
+	parentOf := func(migUUID string) string {
 		if inv != nil {
 			for _, g := range inv.GPUs {
 				for _, m := range g.MIGInstances {
@@ -239,5 +251,58 @@ func (d *Driver) refreshHealthMetric() {
 			}
 		}
 		return ""
-	})
+	}
+	d.cfg.Metrics.setHealthTaints(d.cfg.NodeName, gpuTaints, migTaints, parentOf)
+
+	now := map[healthTaint]bool{}
+	for uuid, ts := range gpuTaints {
+		for _, t := range ts {
+			now[healthTaint{uuid, "", t.Key, t.Value, string(t.Effect)}] = true
+		}
+	}
+	for uuid, ts := range migTaints {
+		for _, t := range ts {
+			now[healthTaint{parentOf(uuid), uuid, t.Key, t.Value, string(t.Effect)}] = true
+		}
+	}
+	d.identity.mu.Lock()
+	prev, first := d.identity.taints, d.identity.taints == nil
+	d.identity.taints = now
+	d.identity.mu.Unlock()
+	if first {
+		return
+	}
+	for t := range now {
+		if !prev[t] {
+			d.healthEvent(ctx, inv, t, corev1.EventTypeWarning, names.EventHealthTaintAdded, "added")
+		}
+	}
+	for t := range prev {
+		if !now[t] {
+			d.healthEvent(ctx, inv, t, corev1.EventTypeNormal, names.EventHealthTaintRemoved, "removed")
+		}
+	}
+}
+
+// healthEvent records a node Event about one GPU's health taint.
+func (d *Driver) healthEvent(ctx context.Context, inv *gpu.Inventory, t healthTaint, eventType, reason, what string) {
+	minor := -1
+	if inv != nil {
+		if i := slices.IndexFunc(inv.GPUs, func(g gpu.GPU) bool { return g.UUID == t.gpu }); i >= 0 {
+			minor = inv.GPUs[i].Minor
+		}
+	}
+	if minor < 0 {
+		return
+	}
+	taint := t.key
+	if t.value != "" {
+		taint += "=" + t.value
+	}
+	taint += ":" + t.effect
+	on := "GPU " + t.gpu
+	if t.mig != "" {
+		on = "MIG device " + t.mig
+	}
+	d.nodeEvent(ctx, eventType, reason, names.GPUEventMessage(minor, fmt.Sprintf("health taint %s %s on %s", taint, what, on)))
 }

@@ -1,12 +1,20 @@
 package driver
 
 import (
+	"context"
 	"reflect"
+	"sort"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 
 	statusv1 "github.com/gpu-dra/gpu-dra-driver/api/status/v1"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
@@ -110,5 +118,61 @@ gpu_dra_health_taint{effect="NoSchedule",gpu_uuid="GPU-1",key="gpu.nvidia.com/xi
 	m.setHealthTaints("node-1", nil, nil, nil)
 	if n := testutil.CollectAndCount(m.HealthTaints); n != 0 {
 		t.Errorf("%d series after the taints went, want 0", n)
+	}
+}
+
+func TestHealthTaintEvents(t *testing.T) {
+	client := fake.NewClientset()
+	// The API server makes names from generateName; the fake does not.
+	n := 0
+	client.PrependReactor("create", "events", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		e := a.(k8stesting.CreateAction).GetObject().(*corev1.Event)
+		n++
+		e.Name = e.GenerateName + strconv.Itoa(n)
+		return false, nil, nil
+	})
+	var gpuTaints, migTaints map[string][]resourceapi.DeviceTaint
+	d := &Driver{
+		cfg: Config{NodeName: "node-1", KubeClient: client, Metrics: NewMetrics()},
+		state: &nodeState{
+			taints: func() (map[string][]resourceapi.DeviceTaint, map[string][]resourceapi.DeviceTaint) {
+				return gpuTaints, migTaints
+			},
+			inv: &gpu.Inventory{GPUs: []gpu.GPU{{UUID: "GPU-0", Minor: 0}, {UUID: "GPU-3", Minor: 3,
+				MIGInstances: []gpu.MIGInstance{{UUID: "MIG-6", ParentUUID: "GPU-3"}}}}},
+		},
+	}
+	events := func() []string {
+		list, err := client.CoreV1().Events("").List(context.Background(), metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, e := range list.Items {
+			out = append(out, e.Type+" "+e.Reason+" "+e.Message)
+		}
+		sort.Strings(out)
+		return out
+	}
+	ctx := context.Background()
+	xid79 := resourceapi.DeviceTaint{Key: "gpu.nvidia.com/xid", Value: "79", Effect: resourceapi.DeviceTaintEffectNoExecute}
+	xid43 := resourceapi.DeviceTaint{Key: "gpu.nvidia.com/xid", Value: "43", Effect: resourceapi.DeviceTaintEffectNoSchedule}
+
+	// The taints found at start are not news.
+	gpuTaints = map[string][]resourceapi.DeviceTaint{"GPU-0": {xid79}}
+	d.refreshHealth(ctx)
+	if got := events(); len(got) != 0 {
+		t.Fatalf("events at start: %v", got)
+	}
+	gpuTaints = nil
+	migTaints = map[string][]resourceapi.DeviceTaint{"MIG-6": {xid43}}
+	d.refreshHealth(ctx)
+	d.refreshHealth(ctx) // unchanged: no more events
+	want := []string{
+		"Normal GPUHealthTaintRemoved gpu-0: health taint gpu.nvidia.com/xid=79:NoExecute removed on GPU GPU-0",
+		"Warning GPUHealthTaintAdded gpu-3: health taint gpu.nvidia.com/xid=43:NoSchedule added on MIG device MIG-6",
+	}
+	if got := events(); !reflect.DeepEqual(got, want) {
+		t.Errorf("events\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
