@@ -1,6 +1,7 @@
 package kubectlgpu
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"strings"
@@ -85,7 +86,8 @@ func buildSliceMap(g GPUReport) sliceMap {
 	var b strings.Builder
 	b.WriteByte('[')
 	for i, c := range cells {
-		if i > 0 && c != cells[i-1] && !(isFree(c) && isFree(cells[i-1])) {
+		// A bar between two holders, or a holder and free slices.
+		if i > 0 && c != cells[i-1] && (!isFree(c) || !isFree(cells[i-1])) {
 			b.WriteByte('|')
 		}
 		if isFree(c) {
@@ -146,13 +148,14 @@ func writeSliceMaps(w io.Writer, r Report, now time.Time) error {
 // writeLegend writes a slice map's legend, one holder a line (a shared
 // GPU: one line per share), indented.
 func writeLegend(w io.Writer, g GPUReport, m sliceMap, now time.Time, indent string) error {
-	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	var buf bytes.Buffer
+	tw := tabwriter.NewWriter(&buf, 0, 8, 2, ' ', 0)
 	gpuTaints := gpuTaintsOf(g)
 	for _, e := range m.Legend {
 		d := e.Device
-		mark := ""
-		if ownTaints(d.Taints, gpuTaints) > 0 {
-			mark = "!"
+		mark, taints := "", ""
+		if own := ownTaintsOf(d, gpuTaints); len(own) > 0 {
+			mark, taints = "!", "tainted "+formatTaints(own, now)
 		}
 		what := d.Profile
 		switch d.Type {
@@ -165,25 +168,40 @@ func writeLegend(w io.Writer, g GPUReport, m sliceMap, now time.Time, indent str
 			what += " pre-created"
 		}
 		if d.Type == names.TypeShared {
-			fmt.Fprintf(tw, "%s%s%s\t%s\t%s\t%s\t%s\t%s\n", indent, e.Letter, mark, d.Name, what, orDash(sharedMemory(d, g.Memory)), "-", "-")
+			fmt.Fprintf(tw, "%s%s%s\t%s\t%s\t%s\t%s\t%s\t%s\n", indent, e.Letter, mark, d.Name, what, sharedMemory(d, g.Memory), "-", "-", taints)
 			for _, a := range d.Allocations {
-				fmt.Fprintf(tw, "%s \t  share %s\t\t%s\t%s\t%s\n", indent, orDash(a.ShareID), orDash(a.Memory), formatClaims([]AllocationReport{a}), formatPods([]AllocationReport{a}))
+				fmt.Fprintf(tw, "%s \t  share %s\t\t%s\t%s\t%s\t\n", indent, orDash(a.ShareID), orDash(a.Memory),
+					formatClaims([]AllocationReport{a}), formatPods([]AllocationReport{a}))
 			}
-		} else {
-			fmt.Fprintf(tw, "%s%s%s\t%s\t%s\t%s\t%s\t%s\n", indent, e.Letter, mark, d.Name, what+" @"+e.Slices, orDash(d.Memory),
-				formatClaims(d.Allocations), formatPods(d.Allocations))
+			continue
 		}
-		if mark != "" {
-			own := make([]TaintReport, 0, len(d.Taints))
-			for _, t := range d.Taints {
-				if ownTaints([]TaintReport{t}, gpuTaints) > 0 {
-					own = append(own, t)
-				}
-			}
-			fmt.Fprintf(tw, "%s \t  tainted %s\t\t\t\t\n", indent, formatTaints(own, now))
+		fmt.Fprintf(tw, "%s%s%s\t%s\t%s\t%s\t%s\t%s\t%s\n", indent, e.Letter, mark, d.Name, what+" @"+e.Slices, orDash(d.Memory),
+			formatClaims(d.Allocations), formatPods(d.Allocations), taints)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	// The last column is empty on most lines: no trailing blanks.
+	for _, line := range strings.SplitAfter(buf.String(), "\n") {
+		if line == "" {
+			continue
+		}
+		if _, err := io.WriteString(w, strings.TrimRight(line, " \n")+"\n"); err != nil {
+			return err
 		}
 	}
-	return tw.Flush()
+	return nil
+}
+
+// ownTaintsOf returns a device's taints that its GPU does not have.
+func ownTaintsOf(d DeviceReport, gpuTaints []TaintReport) []TaintReport {
+	var own []TaintReport
+	for _, t := range d.Taints {
+		if ownTaints([]TaintReport{t}, gpuTaints) > 0 {
+			own = append(own, t)
+		}
+	}
+	return own
 }
 
 // gpuTaintsOf returns the taints of the GPU's own device.
