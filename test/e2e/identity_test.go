@@ -90,6 +90,17 @@ spec:
 func TestClaimStatusAndPodResourcesNameWhatContainersSee(t *testing.T) {
 	const ns = "gpu-identity"
 	t.Cleanup(func() { cleanNamespace(t, ns) })
+	t.Cleanup(func() {
+		if t.Failed() {
+			p := pluginPod(t)
+			out, _ := kubectlErr("logs", "-n", p.Namespace, p.Name, "--tail=200")
+			for _, line := range strings.Split(out, "\n") {
+				if strings.Contains(line, "status") || strings.Contains(line, "rror") {
+					t.Log("plugin: " + line)
+				}
+			}
+		}
+	})
 	pods := map[string]string{"whole": "whole", "mig": "mig", "share-a": "share", "share-b": "share", "mps": "mps", "pair": "pcie-pair"}
 	manifest := "apiVersion: v1\nkind: Namespace\nmetadata: {name: " + ns + "}\n" + identityTemplates
 	var podNames []string

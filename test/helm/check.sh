@@ -66,6 +66,8 @@ expect "plugin dir from values" '--plugin-dir=/tmp/run/kubelet/plugins/gpu.nvidi
 expect "health policy file" '--health-policy=/etc/gpu-dra-driver/policy.yaml' "$out"
 expect "health policy content" 'unknownXID: Info' "$out"
 
+expect "defaults: claim status only for claims of the plugin's node" 'verbs: \["associated-node:patch"\]' "$out"
+refuse "defaults: never claim status of other nodes" 'arbitrary-node' "$out"
 refuse "defaults: no dashboard" 'name: t-dashboard' "$(render)"
 out=$(render --set dashboard.enabled=true --set dashboard.namespace=monitoring)
 expect "dashboard ConfigMap" 'name: t-dashboard' "$out"
