@@ -330,3 +330,67 @@ func resolve(claim *resourceapi.ResourceClaim, cr *podresourcesv1.ClaimResource)
 	}
 	return "", false
 }
+
+// TestHealthChangesReachClaimStatusAndEvents heats a prepared GPU: the
+// claim's Healthy condition names the thermal condition, the plugin
+// records a node Event for the GPU's taint, and kubectl gpu describe shows
+// both; when the GPU cools, the condition's message clears and a removal
+// Event follows.
+func TestHealthChangesReachClaimStatusAndEvents(t *testing.T) {
+	const ns = "gpu-health"
+	t.Cleanup(func() { cleanNamespace(t, ns) })
+	applyYAML(t, healthNamespace+claimPod(ns, "warm-status", "whole"))
+	pod := waitPodRunning(t, ns, "warm-status")
+	dev := claimOf(t, pod, "gpu").Status.Allocation.Devices.Results[0].Device
+	var minor int
+	if _, err := fmt.Sscanf(dev, "gpu-%d", &minor); err != nil {
+		t.Fatalf("allocated %q: %v", dev, err)
+	}
+	healthy := func() *metav1.Condition {
+		for _, e := range ours(claimOf(t, pod, "gpu")) {
+			if c := condition(e, "Healthy"); c != nil {
+				return c
+			}
+		}
+		return nil
+	}
+	gpuSim(t, "temperature", fmt.Sprint(minor), "90")
+	t.Cleanup(func() { gpuSim(t, "temperature", fmt.Sprint(minor), "40") })
+	eventually(t, 30*time.Second, "the Healthy condition naming the thermal condition", func() (bool, error) {
+		c := healthy()
+		return c != nil && c.Status == metav1.ConditionTrue && strings.Contains(c.Message, "thermal"), fmt.Errorf("Healthy %+v", c)
+	})
+	events := func(reason string) int {
+		list, err := client.CoreV1().Events("").List(ctx(), metav1.ListOptions{FieldSelector: "involvedObject.kind=Node,involvedObject.name=" + nodeName})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, e := range list.Items {
+			if m, _, ok := names.ParseGPUEventMessage(e.Message); ok && m == minor && e.Reason == reason {
+				n++
+			}
+		}
+		return n
+	}
+	eventually(t, 30*time.Second, "a GPUHealthTaintAdded Event for the GPU", func() (bool, error) {
+		return events(names.EventHealthTaintAdded) > 0, nil
+	})
+	out, stderr, code := runKubectlGPU(t, buildKubectlGPU(t), "describe", fmt.Sprintf("%s/gpu-%d", nodeName, minor))
+	if code != 0 {
+		t.Fatalf("kubectl gpu describe: exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{"gpu.nvidia.com/thermal", names.EventHealthTaintAdded, "Ready=True (Prepared"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("kubectl gpu describe lacks %q:\n%s", want, out)
+		}
+	}
+	gpuSim(t, "temperature", fmt.Sprint(minor), "40")
+	eventually(t, 60*time.Second, "the Healthy condition clear of the thermal condition", func() (bool, error) {
+		c := healthy()
+		return c != nil && !strings.Contains(c.Message, "thermal"), fmt.Errorf("Healthy %+v", c)
+	})
+	eventually(t, 30*time.Second, "a GPUHealthTaintRemoved Event for the GPU", func() (bool, error) {
+		return events(names.EventHealthTaintRemoved) > 0, nil
+	})
+}
