@@ -125,7 +125,7 @@ func TestClaimStatusAndPodResourcesNameWhatContainersSee(t *testing.T) {
 		eventually(t, 10*time.Second, "status.devices of "+name+"'s claim", func() (bool, error) {
 			claim = claimOf(t, pod, "gpu")
 			got, err := statusUUIDs(claim)
-			return err == nil && slices.Equal(got, seen[name]), fmt.Errorf("status names %v (%v), the container saw %v", got, err, seen[name])
+			return err == nil && slices.Equal(got, seen[name]), fmt.Errorf("status names %v, the container saw %v: %w", got, seen[name], err)
 		})
 		claims[name] = claim
 		for _, e := range ours(claim) {
