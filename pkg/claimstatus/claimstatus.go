@@ -36,23 +36,6 @@ import (
 	statusv1 "github.com/gpu-dra/gpu-dra-driver/api/status/v1"
 )
 
-// Condition types of a device's status entry.
-const (
-	// ConditionReady is True while the device is prepared for the claim.
-	ConditionReady = "Ready"
-	// ConditionHealthy mirrors the health the plugin reports to the
-	// kubelet: True, False, or Unknown.
-	ConditionHealthy = "Healthy"
-)
-
-// Condition reasons.
-const (
-	ReasonPrepared  = "Prepared"
-	ReasonHealthy   = "Healthy"
-	ReasonUnhealthy = "Unhealthy"
-	ReasonUnknown   = "HealthUnknown"
-)
-
 // Ref names a claim.
 type Ref struct {
 	Namespace, Name, UID string
@@ -223,20 +206,20 @@ func (w *Writer) entry(uid string, d Device) (*resourceac.AllocatedDeviceStatusA
 	if d.ShareID != "" {
 		e.WithShareID(d.ShareID)
 	}
-	reason := ReasonUnknown
+	reason := statusv1.ReasonUnknown
 	switch d.Health {
 	case metav1.ConditionTrue:
-		reason = ReasonHealthy
+		reason = statusv1.ReasonHealthy
 	case metav1.ConditionFalse:
-		reason = ReasonUnhealthy
+		reason = statusv1.ReasonUnhealthy
 	}
 	health := d.Health
 	if health == "" {
 		health = metav1.ConditionUnknown
 	}
 	e.WithConditions(
-		w.condition(conditionKey{uid, d.Pool, d.Name, d.ShareID, ConditionReady}, metav1.ConditionTrue, ReasonPrepared, "prepared by the node's kubelet plugin"),
-		w.condition(conditionKey{uid, d.Pool, d.Name, d.ShareID, ConditionHealthy}, health, reason, d.HealthMessage),
+		w.condition(conditionKey{uid, d.Pool, d.Name, d.ShareID, statusv1.ConditionReady}, metav1.ConditionTrue, statusv1.ReasonPrepared, "prepared by the node's kubelet plugin"),
+		w.condition(conditionKey{uid, d.Pool, d.Name, d.ShareID, statusv1.ConditionHealthy}, health, reason, d.HealthMessage),
 	)
 	return e, nil
 }

@@ -173,7 +173,7 @@ func TestPreparedClaimGetsItsDevicesAndKeepsOthers(t *testing.T) {
 		if data.GPU.UUID != want.Data.GPU.UUID || data.Type != want.Data.Type {
 			t.Errorf("%s: data %+v, want %+v", want.Name, data, want.Data)
 		}
-		for _, typ := range []string{ConditionReady, ConditionHealthy} {
+		for _, typ := range []string{statusv1.ConditionReady, statusv1.ConditionHealthy} {
 			if c := condition(e, typ); c == nil || c.Status != metav1.ConditionTrue {
 				t.Errorf("%s: condition %s = %+v, want True", want.Name, typ, c)
 			}
@@ -200,14 +200,14 @@ func TestHealthChangeMovesOnlyItsCondition(t *testing.T) {
 	f.process(t)
 	after := f.entries(t)[driver+"/gpu-0"]
 
-	healthy := condition(after, ConditionHealthy)
-	if healthy.Status != metav1.ConditionFalse || healthy.Reason != ReasonUnhealthy || healthy.Message != devs[0].HealthMessage {
+	healthy := condition(after, statusv1.ConditionHealthy)
+	if healthy.Status != metav1.ConditionFalse || healthy.Reason != statusv1.ReasonUnhealthy || healthy.Message != devs[0].HealthMessage {
 		t.Errorf("Healthy = %+v, want False with the monitor's message", healthy)
 	}
 	if !healthy.LastTransitionTime.Equal(&metav1.Time{Time: f.now}) {
 		t.Errorf("Healthy moved at %v, want %v", healthy.LastTransitionTime, f.now)
 	}
-	if was, is := condition(first, ConditionReady).LastTransitionTime, condition(after, ConditionReady).LastTransitionTime; !was.Equal(&is) {
+	if was, is := condition(first, statusv1.ConditionReady).LastTransitionTime, condition(after, statusv1.ConditionReady).LastTransitionTime; !was.Equal(&is) {
 		t.Errorf("Ready's lastTransitionTime moved from %v to %v without a change", was, is)
 	}
 }

@@ -88,8 +88,8 @@ func preparedClaim(t *testing.T, ns, name string, allocs ...allocation) (resourc
 		r := resourceapi.DeviceRequestAllocationResult{Request: "gpu", Driver: names.DriverName, Pool: goldenNode, Device: a.device}
 		st := resourceapi.AllocatedDeviceStatus{Driver: names.DriverName, Pool: goldenNode, Device: a.device,
 			Conditions: []metav1.Condition{
-				{Type: "Ready", Status: metav1.ConditionTrue, Reason: "Prepared", LastTransitionTime: since},
-				{Type: "Healthy", Status: metav1.ConditionTrue, Reason: "Healthy", LastTransitionTime: since},
+				{Type: statusv1.ConditionReady, Status: metav1.ConditionTrue, Reason: statusv1.ReasonPrepared, LastTransitionTime: since},
+				{Type: statusv1.ConditionHealthy, Status: metav1.ConditionTrue, Reason: statusv1.ReasonHealthy, LastTransitionTime: since},
 			}}
 		if a.shareID != "" {
 			id := types.UID(a.shareID)

@@ -129,10 +129,10 @@ func TestClaimStatusAndPodResourcesNameWhatContainersSee(t *testing.T) {
 		})
 		claims[name] = claim
 		for _, e := range ours(claim) {
-			if c := condition(e, "Ready"); c == nil || c.Status != metav1.ConditionTrue {
+			if c := condition(e, statusv1.ConditionReady); c == nil || c.Status != metav1.ConditionTrue {
 				t.Errorf("%s: %s has Ready %+v", name, e.Device, c)
 			}
-			if c := condition(e, "Healthy"); c == nil || c.Status != metav1.ConditionTrue {
+			if c := condition(e, statusv1.ConditionHealthy); c == nil || c.Status != metav1.ConditionTrue {
 				t.Errorf("%s: %s has Healthy %+v", name, e.Device, c)
 			}
 		}
@@ -348,7 +348,7 @@ func TestHealthChangesReachClaimStatusAndEvents(t *testing.T) {
 	}
 	healthy := func() *metav1.Condition {
 		for _, e := range ours(claimOf(t, pod, "gpu")) {
-			if c := condition(e, "Healthy"); c != nil {
+			if c := condition(e, statusv1.ConditionHealthy); c != nil {
 				return c
 			}
 		}

@@ -24,6 +24,24 @@ const GroupVersion = "status.gpu.nvidia.com/v1"
 // Kind is the kind of DeviceStatus.
 const Kind = "DeviceStatus"
 
+// Condition types of a device's status entry, beside its data.
+const (
+	// ConditionReady is True while the device is prepared for the claim.
+	ConditionReady = "Ready"
+	// ConditionHealthy mirrors the health the plugin reports to the
+	// kubelet: True, False, or Unknown; its message names the GPU's health
+	// conditions.
+	ConditionHealthy = "Healthy"
+)
+
+// Condition reasons.
+const (
+	ReasonPrepared  = "Prepared"
+	ReasonHealthy   = "Healthy"
+	ReasonUnhealthy = "Unhealthy"
+	ReasonUnknown   = "HealthUnknown"
+)
+
 // DeviceStatus is what the plugin reports of one prepared device.
 type DeviceStatus struct {
 	metav1.TypeMeta `json:",inline"`
