@@ -30,6 +30,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/health"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/prepare"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/topology"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/version"
 )
 
@@ -44,6 +45,7 @@ type runOptions struct {
 	driverRootMount   string
 	devRoot           string
 	procRoot          string
+	sysRoot           string
 	httpEndpoint      string
 	inventoryInterval time.Duration
 	heldDeviceWait    time.Duration
@@ -67,6 +69,7 @@ func (o *runOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.driverRootMount, "driver-root-mount", "", "where this process finds --driver-root: its mount in the plugin's container (the chart mounts it at /driver-root); NVML, nvidia-smi and the MPS control are taken from there, CDI specs name the host paths; empty means --driver-root")
 	fs.StringVar(&o.devRoot, "dev-root", "/", "host root under which /dev/nvidia* are found")
 	fs.StringVar(&o.procRoot, "proc-root", "/", "host root under which /proc is found")
+	fs.StringVar(&o.sysRoot, "sys-root", "/", "host root under which /sys is found, for the GPUs' PCIe root and NUMA node")
 	fs.StringVar(&o.httpEndpoint, "http-endpoint", "", "host:port for /metrics, /healthz and /readyz; empty disables it")
 	fs.DurationVar(&o.inventoryInterval, "inventory-interval", 30*time.Second, "how often the GPU inventory is re-read for changes")
 	fs.DurationVar(&o.heldDeviceWait, "held-device-wait", prepare.DefaultHeldWait, "how long a prepare waits for a device still prepared for a deleted pod's claim before failing (a negative value fails at once)")
@@ -143,6 +146,10 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 	}
 	daemons := mps.NewManager(filepath.Join(ro.pluginDataDir, "mps"), driverRoot)
 	daemons.Logger = logger
+	topo, err := topology.NewReader(logger, ro.sysRoot)
+	if err != nil {
+		return err
+	}
 	metrics := driver.NewMetrics()
 	var ready atomic.Bool
 	if ro.httpEndpoint != "" {
@@ -161,7 +168,7 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 		NodeName: opts.nodeName, KubeClient: client, GPUs: node, CDI: writer, Store: store,
 		MPS:       daemons,
 		PluginDir: ro.pluginDir, RegistrarDir: ro.registrarDir,
-		InventoryInterval: ro.inventoryInterval, HeldDeviceWait: ro.heldDeviceWait, StaticMIGOnly: opts.staticMIGOnly, SharedGPUs: opts.sharedGPUs,
+		InventoryInterval: ro.inventoryInterval, HeldDeviceWait: ro.heldDeviceWait, StaticMIGOnly: opts.staticMIGOnly, SharedGPUs: opts.sharedGPUs, Topology: topo,
 		HealthPolicy: policy, HealthStorePath: filepath.Join(ro.pluginDataDir, health.StoreFileName),
 		AfterStep: afterStep, Metrics: metrics, Uninstalling: uninstalling,
 	}, func() { ready.Store(true) })

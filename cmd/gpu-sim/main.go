@@ -127,7 +127,7 @@ func newRootCommand() *cobra.Command {
 	var hostDir, tools string
 	host := &cobra.Command{
 		Use:   "host",
-		Short: "Create the simulated node's driver, /dev and /proc trees for the plugin's --driver-root, --dev-root and --proc-root",
+		Short: "Create the simulated node's driver, /dev, /proc and /sys trees for the plugin's --driver-root, --dev-root, --proc-root and --sys-root",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if hostDir == "" {
@@ -146,14 +146,20 @@ func newRootCommand() *cobra.Command {
 				return err
 			}
 			var minors []int
+			var busIDs []string
 			for _, g := range inv.GPUs {
 				minors = append(minors, g.Minor)
+				busIDs = append(busIDs, g.PCIBusID)
 			}
 			roots, err := simhost.Create(hostDir, minors, inv.DriverVersion, program)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "--driver-root=%s --dev-root=%s --proc-root=%s\n", roots.DriverRoot, roots.DevRoot, roots.ProcRoot)
+			sysRoot, err := simhost.CreateSysRoot(hostDir, busIDs)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "--driver-root=%s --dev-root=%s --proc-root=%s --sys-root=%s\n", roots.DriverRoot, roots.DevRoot, roots.ProcRoot, sysRoot)
 			return nil
 		},
 	}

@@ -89,6 +89,11 @@ type Input struct {
 	// PackingOrder, the driver's policy. Benchmarks set it to compare
 	// policies on the scheduler's allocator.
 	PlacementOrder PlacementOrder
+	// Topology is where each GPU sits in the host, by PCI bus ID; a GPU
+	// missing here, or a part of its topology that is unknown, is published
+	// without the attribute (pcieRoot, numaNode). Its MIG devices and its
+	// shared device carry the GPU's.
+	Topology map[string]gpu.Topology
 }
 
 // Device is what a published device stands for, for prepare.
@@ -168,7 +173,7 @@ func Build(in Input) (*Model, error) {
 
 // gpuDevices returns one GPU's devices in priority order and its counter set.
 func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device) ([]resourceapi.Device, *resourceapi.CounterSet, error) {
-	common := commonAttributes(in.Inventory, g)
+	common := commonAttributes(in.Inventory, in.Topology, g)
 	gpuTaints := in.GPUTaints[g.UUID]
 
 	var static, managed []gpu.MIGInstance
@@ -384,7 +389,7 @@ func migDevice(common map[resourceapi.QualifiedName]resourceapi.DeviceAttribute,
 }
 
 // commonAttributes are the attributes a GPU shares with its MIG devices.
-func commonAttributes(inv *gpu.Inventory, g *gpu.GPU) map[resourceapi.QualifiedName]resourceapi.DeviceAttribute {
+func commonAttributes(inv *gpu.Inventory, topo map[string]gpu.Topology, g *gpu.GPU) map[resourceapi.QualifiedName]resourceapi.DeviceAttribute {
 	attrs := map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{
 		names.AttrProductName:  str(g.Name),
 		names.AttrBrand:        str(g.Brand),
@@ -404,6 +409,14 @@ func commonAttributes(inv *gpu.Inventory, g *gpu.GPU) map[resourceapi.QualifiedN
 		// (MIG devices carry their GPU's), which users' CEL already uses.
 		attrs[names.AttrStandardPCIBusID] = str(g.PCIBusID)
 		attrs[names.AttrPCIeBusID] = str(g.PCIBusID)
+	}
+	if t, ok := topo[g.PCIBusID]; ok && g.PCIBusID != "" {
+		if t.PCIeRoot != "" {
+			attrs[names.AttrPCIeRoot] = str(t.PCIeRoot)
+		}
+		if t.NUMANode >= 0 {
+			attrs[names.AttrNUMANode] = integer(t.NUMANode)
+		}
 	}
 	return attrs
 }

@@ -95,6 +95,8 @@ type Config struct {
 	StaticMIGOnly  bool
 	// SharedGPUs publishes every whole GPU also as a shared device.
 	SharedGPUs bool
+	// Topology, when set, gives the GPUs' pcieRoot and numaNode attributes.
+	Topology Topology
 	// HealthPolicy classifies GPU faults into taints; HealthStorePath
 	// keeps sticky conditions across restarts ("" keeps them in memory).
 	HealthPolicy    health.Policy
@@ -141,6 +143,9 @@ type Driver struct {
 	// done is closed when serve has shut down, with err its cause.
 	done chan struct{}
 	err  error
+	// identity writes prepared devices' identity into claim status
+	// (status.go); started by Start.
+	identity identity
 }
 
 var _ kubeletplugin.DRAPlugin = (*Driver)(nil)
@@ -162,7 +167,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	if cfg.StartHelper == nil {
 		cfg.StartHelper = startKubeletHelper
 	}
-	d := &Driver{cfg: cfg, clock: cfg.Clock, state: &nodeState{staticMIGOnly: cfg.StaticMIGOnly, sharedGPUs: cfg.SharedGPUs},
+	d := &Driver{cfg: cfg, clock: cfg.Clock, state: &nodeState{staticMIGOnly: cfg.StaticMIGOnly, sharedGPUs: cfg.SharedGPUs, topology: cfg.Topology},
 		healthChanged: make(chan struct{}, 1), done: make(chan struct{})}
 
 	// 1-2. Boot ID and checkpoint.
@@ -249,6 +254,7 @@ func (d *Driver) Start(ctx context.Context) error {
 	d.cancel = cancel
 	d.monitor.Start(ctx)
 	d.watchClearances(ctx)
+	d.startIdentity(ctx, d.preparer.Snapshot())
 	helper, err := d.cfg.StartHelper(ctx, d, helperOptions(d.cfg)...)
 	if err != nil {
 		return d.failStart(fmt.Errorf("start kubelet plugin: %w", err))
@@ -385,6 +391,7 @@ func (d *Driver) rebuildAndPublish(ctx context.Context) error {
 // publish hands the current model to the publisher, which changes only
 // the slices that differ, and nothing if none does.
 func (d *Driver) publish(ctx context.Context) error {
+	d.refreshHealth(ctx)
 	_, model := d.state.current()
 	changed, err := d.publisher.Publish(ctx, model.Slices)
 	if err != nil || !changed {

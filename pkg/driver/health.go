@@ -53,6 +53,7 @@ func (d *Driver) onHealthChange() {
 	default: // a republish is already pending
 	}
 	d.healthNotify.notify()
+	d.healthChangedIdentity()
 }
 
 // deviceHealth is a prepared device's health: unknown before the first

@@ -35,6 +35,7 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceap
 	}
 	wg.Wait()
 	d.cfg.Metrics.setPrepared(d.preparer.Snapshot())
+	d.claimsPrepared(claims, results)
 	return results, nil
 }
 
@@ -55,6 +56,7 @@ func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletpl
 	}
 	wg.Wait()
 	d.cfg.Metrics.setPrepared(d.preparer.Snapshot())
+	d.claimsUnprepared(claims)
 	return results, nil
 }
 

@@ -16,6 +16,12 @@ type Inventory interface {
 	Inventory(ctx context.Context) (*gpu.Inventory, error)
 }
 
+// Topology says where a GPU sits in the host (package topology reads it
+// from sysfs).
+type Topology interface {
+	Topology(pciBusID string) gpu.Topology
+}
+
 // nodeState is the node's current view: inventory, and the device model
 // built from it and from what the plugin has prepared. Prepare resolves
 // device names through it; the publisher publishes its slices.
@@ -25,6 +31,8 @@ type nodeState struct {
 	// taints returns the health taints by GPU UUID and by MIG device UUID;
 	// nil means none.
 	taints func() (gpuTaints, migTaints map[string][]resourceapi.DeviceTaint)
+	// topology, when set, says where a GPU sits, by PCI bus ID.
+	topology Topology
 
 	mu    sync.RWMutex
 	inv   *gpu.Inventory
@@ -66,6 +74,14 @@ func (s *nodeState) refresh(inv *gpu.Inventory, owner migOwner) error {
 	}
 	if s.taints != nil {
 		in.GPUTaints, in.MIGTaints = s.taints()
+	}
+	if s.topology != nil {
+		in.Topology = map[string]gpu.Topology{}
+		for _, g := range inv.GPUs {
+			if g.PCIBusID != "" {
+				in.Topology[g.PCIBusID] = s.topology.Topology(g.PCIBusID)
+			}
+		}
 	}
 	model, err := devicemodel.Build(in)
 	if err != nil {

@@ -164,7 +164,7 @@ of its MIG devices).
 			return c, nil
 		}
 	}
-	root.AddCommand(a.lsCommand(), a.taintCommand(), a.untaintCommand(), a.drainCommand(), a.clearCommand())
+	root.AddCommand(a.lsCommand(), a.describeCommand(), a.taintCommand(), a.untaintCommand(), a.drainCommand(), a.clearCommand())
 	for _, c := range root.Commands() {
 		c.Long = strings.TrimSpace(c.Long) + "\n\n" + exitCodesHelp
 	}

@@ -34,7 +34,9 @@ Taints come from the driver's ResourceSlices (source "slice": health) and from
 DeviceTaintRules that select the device (source "rule": admin maintenance).
 
   -o wide   every device, including free MIG placements, plus UUID, product
-            and memory
+            and memory; then each GPU's eight memory slices as a row: which
+            MIG device, whole GPU or shared GPU holds which slice, which are
+            free, the shares with their memory, and taints marked
   -o yaml   the structured report (kind GPUReport), every device
   -o json   the same as json`,
 		Args: func(cmd *cobra.Command, args []string) error {
@@ -206,6 +208,11 @@ func printReport(w io.Writer, r Report, output string, now time.Time) error {
 	}
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("write table: %w", err)
+	}
+	if wide {
+		if err := writeSliceMaps(w, r, now); err != nil {
+			return fmt.Errorf("write memory slices: %w", err)
+		}
 	}
 	return nil
 }

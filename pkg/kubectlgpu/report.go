@@ -3,6 +3,7 @@ package kubectlgpu
 import (
 	"sort"
 
+	statusv1 "github.com/gpu-dra/gpu-dra-driver/api/status/v1"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 
 	corev1 "k8s.io/api/core/v1"
@@ -57,6 +58,11 @@ type GPUReport struct {
 	ProductName string `json:"productName,omitempty"`
 	// Memory is the GPU's memory capacity, as a quantity (e.g. "80Gi").
 	Memory string `json:"memory,omitempty"`
+	// PCIBusID, PCIeRoot and NUMANode are where the GPU sits in its host
+	// (the standard attributes); NUMANode is nil when it has none.
+	PCIBusID string `json:"pciBusID,omitempty"`
+	PCIeRoot string `json:"pcieRoot,omitempty"`
+	NUMANode *int64 `json:"numaNode,omitempty"`
 	// Devices are the whole GPU and its MIG devices. In yaml and json
 	// output every published device is listed; the table shows only the
 	// allocated or tainted MIG devices unless -o wide.
@@ -75,6 +81,13 @@ type DeviceReport struct {
 	Profile string `json:"profile,omitempty"`
 	// Memory is the device's memory capacity, as a quantity.
 	Memory string `json:"memory,omitempty"`
+	// PlacementStart and PlacementSize are a MIG device's memory slices.
+	PlacementStart *int64 `json:"placementStart,omitempty"`
+	PlacementSize  int64  `json:"placementSize,omitempty"`
+	// PreCreated is set for a MIG instance that existed before the driver
+	// (not created for a claim); UUID is its MIG UUID.
+	PreCreated bool   `json:"preCreated,omitempty"`
+	UUID       string `json:"uuid,omitempty"`
 	// Taints are the taints on the device, from the slice and from
 	// DeviceTaintRules, sorted by key, source and rule name.
 	Taints []TaintReport `json:"taints,omitempty"`
@@ -112,6 +125,16 @@ type AllocationReport struct {
 	Request string `json:"request,omitempty"`
 	// Pods are the pods the claim is reserved for, i.e. that use it.
 	Pods []PodReport `json:"pods,omitempty"`
+	// ShareID and Memory are set for a share of a shared GPU: its share
+	// ID and the memory it was allocated.
+	ShareID string `json:"shareID,omitempty"`
+	Memory  string `json:"memory,omitempty"`
+	// Conditions and Data are what the node's plugin wrote for the device
+	// in the claim's status.devices: Ready and Healthy, and the device's
+	// identity (nil until the plugin prepared it, or when it cannot be
+	// read).
+	Conditions []metav1.Condition     `json:"conditions,omitempty"`
+	Data       *statusv1.DeviceStatus `json:"data,omitempty"`
 }
 
 // PodReport is a pod that holds a claim.
@@ -169,9 +192,20 @@ func buildReport(in reportInput) Report {
 				continue
 			}
 			k := deviceKey{res.Pool, res.Device}
-			allocations[k] = append(allocations[k], AllocationReport{
-				Namespace: c.Namespace, Claim: c.Name, Request: res.Request, Pods: holders,
-			})
+			ar := AllocationReport{Namespace: c.Namespace, Claim: c.Name, Request: res.Request, Pods: holders}
+			if res.ShareID != nil {
+				ar.ShareID = string(*res.ShareID)
+				if q, ok := res.ConsumedCapacity[names.CapacityMemory]; ok {
+					ar.Memory = q.String()
+				}
+			}
+			if st := deviceStatusOf(c, res); st != nil {
+				ar.Conditions = st.Conditions
+				if data, err := statusv1.Decode(st.Data.Raw); err == nil {
+					ar.Data = data
+				}
+			}
+			allocations[k] = append(allocations[k], ar)
 		}
 	}
 
@@ -194,10 +228,28 @@ func buildReport(in reportInput) Report {
 					Profile: stringAttr(d, names.AttrProfile),
 					Memory:  capacity(d, names.CapacityMemory),
 				}
-				if d.Name == gr.Name {
+				// The GPU's own device says what the GPU is; without one (a GPU
+				// of pre-created MIG instances only) its MIG devices do.
+				if d.Name == gr.Name || (gr.UUID == "" && dr.Type == names.TypeMIG) {
 					gr.UUID = stringAttr(d, names.AttrUUID)
+					if d.Name != gr.Name {
+						gr.UUID = stringAttr(d, names.AttrParentUUID)
+					} else {
+						gr.Memory = dr.Memory
+					}
 					gr.ProductName = stringAttr(d, names.AttrProductName)
-					gr.Memory = dr.Memory
+					gr.PCIBusID = stringAttr(d, names.AttrStandardPCIBusID)
+					gr.PCIeRoot = stringAttr(d, names.AttrPCIeRoot)
+					gr.NUMANode = intAttr(d, names.AttrNUMANode)
+				}
+				if dr.Type == names.TypeMIG {
+					dr.PlacementStart = intAttr(d, names.AttrPlacementStart)
+					if n := intAttr(d, names.AttrPlacementSize); n != nil {
+						dr.PlacementSize = *n
+					}
+					if dr.UUID = stringAttr(d, names.AttrUUID); dr.UUID != "" {
+						dr.PreCreated = true
+					}
 				}
 				for _, t := range d.Taints {
 					dr.Taints = append(dr.Taints, TaintReport{
@@ -270,6 +322,28 @@ func stringAttr(d resourceapi.Device, name resourceapi.QualifiedName) string {
 		return *a.StringValue
 	}
 	return ""
+}
+
+// intAttr returns an int attribute of a device, or nil.
+func intAttr(d resourceapi.Device, name resourceapi.QualifiedName) *int64 {
+	if a, ok := d.Attributes[name]; ok && a.IntValue != nil {
+		v := *a.IntValue
+		return &v
+	}
+	return nil
+}
+
+// deviceStatusOf returns the claim's status.devices entry of an allocated
+// device, or nil.
+func deviceStatusOf(c *resourceapi.ResourceClaim, res resourceapi.DeviceRequestAllocationResult) *resourceapi.AllocatedDeviceStatus {
+	for i := range c.Status.Devices {
+		st := &c.Status.Devices[i]
+		same := st.Driver == res.Driver && st.Pool == res.Pool && st.Device == res.Device
+		if same && (st.ShareID == nil) == (res.ShareID == nil) && (st.ShareID == nil || *st.ShareID == string(*res.ShareID)) {
+			return st
+		}
+	}
+	return nil
 }
 
 // capacity returns a capacity of a device as a quantity string, or "".

@@ -74,6 +74,14 @@ const (
 	AttrPCIeBusID = "pcieBusID"
 	// AttrStandardPCIBusID is Kubernetes' standard PCI bus ID attribute.
 	AttrStandardPCIBusID = "resource.kubernetes.io/pciBusID"
+	// AttrPCIeRoot is Kubernetes' standard PCIe root complex attribute,
+	// "pci<domain>:<bus>": devices that share it share a root complex, so
+	// a claim can align a GPU with a NIC by matchAttribute on it.
+	AttrPCIeRoot = "resource.kubernetes.io/pcieRoot"
+	// AttrNUMANode is Kubernetes' standard NUMA node attribute (KEP-6072),
+	// an int: the NUMA node of the GPU's PCI device. A GPU without NUMA
+	// affinity does not have it.
+	AttrNUMANode = "resource.kubernetes.io/numaNode"
 )
 
 // Capacity keys of published devices.
@@ -251,3 +259,32 @@ const (
 	// TaintRuleNodeAnnotation holds the full node name, for humans.
 	TaintRuleNodeAnnotation = keyPrefix + "taint-node"
 )
+
+// StatusFieldManager is the server-side apply field manager under which
+// every node's plugin writes its entries of ResourceClaims' status.devices.
+// A claim's devices are on one node, so one name for all nodes is enough.
+const StatusFieldManager = "gpu-kubelet-plugin"
+
+// Reasons of the node Events the plugin records when a health taint of one
+// of its GPUs appears or goes; kubectl gpu describe shows them per GPU.
+const (
+	EventHealthTaintAdded   = "GPUHealthTaintAdded"
+	EventHealthTaintRemoved = "GPUHealthTaintRemoved"
+)
+
+// GPUEventMessage is the message of a node Event about one GPU: the GPU's
+// device name, a colon, and what happened, e.g. "gpu-3: …".
+func GPUEventMessage(minor int, what string) string { return GPUDevice(minor) + ": " + what }
+
+// ParseGPUEventMessage reads a message built by GPUEventMessage.
+func ParseGPUEventMessage(msg string) (minor int, what string, ok bool) {
+	dev, what, found := strings.Cut(msg, ": ")
+	if !found {
+		return 0, "", false
+	}
+	p, ok := ParseDevice(dev)
+	if !ok || p.Type != TypeGPU {
+		return 0, "", false
+	}
+	return p.Minor, what, true
+}

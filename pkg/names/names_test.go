@@ -37,6 +37,9 @@ func TestDeviceNamesSpelled(t *testing.T) {
 		{SanitizeProfile("1g.10gb+me.all"), "1g10gbmeall"},
 		{HealthTaintKey("xid"), "gpu.nvidia.com/xid"},
 		{HealthClearedGPUAnnotation(3), "gpu.nvidia.com/health-cleared-gpu-3"},
+		{GPUEventMessage(3, "taint x added"), "gpu-3: taint x added"},
+		{AttrPCIeRoot, "resource.kubernetes.io/pcieRoot"},
+		{AttrNUMANode, "resource.kubernetes.io/numaNode"},
 	}
 	for _, tt := range tests {
 		if tt.got != tt.want {
@@ -73,6 +76,26 @@ func TestParseGPUDevice(t *testing.T) {
 		minor, ok := ParseGPUDevice(tt.in)
 		if ok != tt.ok || minor != tt.minor {
 			t.Errorf("ParseGPUDevice(%q) = %d, %v; want %d, %v", tt.in, minor, ok, tt.minor, tt.ok)
+		}
+	}
+}
+
+func TestParseGPUEventMessage(t *testing.T) {
+	tests := []struct {
+		msg   string
+		minor int
+		what  string
+		ok    bool
+	}{
+		{GPUEventMessage(30, "a: b"), 30, "a: b", true},
+		{"gpu-3-shared: x", 0, "", false},
+		{"gpu-03: x", 0, "", false},
+		{"checkpoint corrupt", 0, "", false},
+	}
+	for _, tt := range tests {
+		minor, what, ok := ParseGPUEventMessage(tt.msg)
+		if minor != tt.minor || what != tt.what || ok != tt.ok {
+			t.Errorf("ParseGPUEventMessage(%q) = %d, %q, %v; want %d, %q, %v", tt.msg, minor, what, ok, tt.minor, tt.what, tt.ok)
 		}
 	}
 }

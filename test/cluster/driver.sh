@@ -95,6 +95,7 @@ write_values() {
 			    driverRoot: $SIM_DIR/host/driver
 			    devRoot: $SIM_DIR/host/dev
 			    procRoot: $SIM_DIR/host/proc
+			    sysRoot: $SIM_DIR/host/sys
 			  extraArgs:$( ((${#args[@]})) || echo " []")
 		EOF
 		for arg in "${args[@]}"; do

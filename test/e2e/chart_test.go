@@ -204,6 +204,7 @@ func chartValues() []string {
 		"--set", "kubeletPlugin.hostPaths.driverRoot=" + filepath.Join(sim, "host/driver"),
 		"--set", "kubeletPlugin.hostPaths.devRoot=" + filepath.Join(sim, "host/dev"),
 		"--set", "kubeletPlugin.hostPaths.procRoot=" + filepath.Join(sim, "host/proc"),
+		"--set", "kubeletPlugin.hostPaths.sysRoot=" + filepath.Join(sim, "host/sys"),
 		"--set", "kubeletPlugin.apiServer=127.0.0.1:6443", "--set", "kubeletPlugin.httpPort=8089",
 		// The harness's release has the webhook and the classes.
 		"--set", "webhook.enabled=false", "--set", "deviceClasses.create=false",

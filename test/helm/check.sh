@@ -38,6 +38,8 @@ expect "defaults: the plugin knows its DaemonSet (uninstall removes slices)" '--
 expect "defaults: a pre-delete hook deletes the DaemonSet, then the slices" 'uninstall", "--all-nodes", "--daemonset=gpu-dra-driver/t-kubelet-plugin' "$out"
 expect "defaults: liveness from the plugin's endpoint" 'path: /healthz, port: 8088' "$out"
 refuse "defaults: no simulation" '--simulate' "$out"
+expect "defaults: topology from the host's /sys" '--sys-root=/$' "$out"
+refuse "defaults: /sys not mounted again" 'name: sys-root' "$out"
 [[ $(grep -c 'hostNetwork: true' <<<"$out") == 1 ]] || die "chart: defaults: only the plugin is in the host network"
 expect "defaults: the plugin in the host's PID namespace (MPS daemons' PIDs)" 'hostPID: true' "$out"
 expect "defaults: the host's / mounted as the driver root" 'name: driver-root, hostPath: \{path: /, type: Directory\}' "$out"
@@ -50,7 +52,11 @@ refuse "defaults: no RBAC beyond what the plugin needs" 'resources: \["\*"\]|ver
 # The plugin's identity: what its code calls, nothing more (test/e2e/rbac_test.go on the API server).
 rbac=$(render --show-only templates/kubelet-plugin.yaml)
 refuse "defaults: the plugin reads no DeviceClasses or DeviceTaintRules" 'deviceclasses|devicetaintrules' "$rbac"
-refuse "defaults: the plugin neither patches nor collection-deletes" '"patch"|"deletecollection"' "$rbac"
+refuse "defaults: the plugin never collection-deletes" '"deletecollection"' "$rbac"
+# The one patch: its own entries of claims' status.devices (docs/claim-status.md).
+[[ $(grep -B1 -- '"patch"' <<<"$rbac" | grep -c -- 'resources:') == 1 ]] &&
+	grep -B1 -- 'verbs: \["patch"\]' <<<"$rbac" | grep -q -- 'resources: \["resourceclaims/status"\]' ||
+	die "chart: defaults: the plugin patches nothing but claims' status"
 grep -A1 -- 'resources: \["resourceclaims"\]' <<<"$rbac" | grep -q -- '^  verbs: \["get"\]$' || die "chart: defaults: the plugin only gets claims, by name"
 expect "defaults: the plugin's Events only in default" 'namespace: default' "$rbac"
 policy=$(render --show-only templates/slice-policy.yaml)
@@ -72,13 +78,29 @@ while read -r expr; do
 done < <(grep 'expression:' "$REPO_ROOT/deployments/deviceclasses/deviceclasses.yaml")
 
 out=$(render --set kubeletPlugin.simulate=dgxh100 --set kubeletPlugin.hostPaths.driverRoot=/run/nvidia/driver \
-	--set kubeletPlugin.hostPaths.pluginsDir=/tmp/run/kubelet/plugins --set-string kubeletPlugin.healthPolicy='unknownXID: Info')
+	--set kubeletPlugin.hostPaths.pluginsDir=/tmp/run/kubelet/plugins --set-string kubeletPlugin.healthPolicy='unknownXID: Info' \
+	--set kubeletPlugin.hostPaths.sysRoot=/tmp/sim/host/sys)
 expect "simulation" '--simulate=dgxh100' "$out"
+expect "a simulated sysfs" '--sys-root=/tmp/sim/host/sys' "$out"
+expect "a simulated sysfs mounted" 'name: sys-root, hostPath: \{path: /tmp/sim/host/sys, type: Directory\}' "$out"
 expect "driver root mounted" 'path: /run/nvidia/driver' "$out"
 expect "a simulated driver root writable (its tools record what they did)" 'mountPath: /driver-root, readOnly: false' "$out"
 expect "plugin dir from values" '--plugin-dir=/tmp/run/kubelet/plugins/gpu.nvidia.com' "$out"
 expect "health policy file" '--health-policy=/etc/gpu-dra-driver/policy.yaml' "$out"
 expect "health policy content" 'unknownXID: Info' "$out"
+
+expect "defaults: claim status only for claims of the plugin's node" 'verbs: \["associated-node:patch"\]' "$out"
+refuse "defaults: never claim status of other nodes" 'arbitrary-node' "$out"
+refuse "defaults: no dashboard" 'name: t-dashboard' "$(render)"
+out=$(render --set dashboard.enabled=true --set dashboard.namespace=monitoring)
+expect "dashboard ConfigMap" 'name: t-dashboard' "$out"
+expect "dashboard in the sidecar's namespace" 'namespace: monitoring' "$out"
+expect "dashboard labelled for the sidecar" 'grafana_dashboard: "1"' "$out"
+expect "dashboard JSON" '"uid": "gpu-dra-driver"' "$out"
+# The ConfigMap's JSON is the file's, byte for byte.
+cmp -s <(awk 'body && /^    / { print substr($0, 5); next } body { exit } /^  gpu-dra-driver.json: [|]-$/ { body = 1 }' <<<"$out") \
+	"$CHART/dashboards/gpu-dra-driver.json" ||
+	die "chart: the dashboard ConfigMap does not hold dashboards/gpu-dra-driver.json"
 
 out=$(render --set webhook.certificates=certManager --set webhook.certManager.issuerRef.name=cluster-ca)
 expect "cert-manager certificate" '^kind: Certificate$' "$out"
