@@ -544,7 +544,6 @@ var brandNames = map[nvml.BrandType]string{
 	nvml.BRAND_TITAN_RTX:   "TitanRTX",
 }
 
-
 var architectureNames = map[nvml.DeviceArchitecture]string{
 	nvml.DEVICE_ARCH_KEPLER:    "kepler",
 	nvml.DEVICE_ARCH_MAXWELL:   "maxwell",
