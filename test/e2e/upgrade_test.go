@@ -28,8 +28,9 @@ const (
 // TestHelmUpgradeKeepsPreparedClaims installs the chart at one image
 // version, starts pods holding a whole GPU and a MIG device, and upgrades
 // to another version with helm while a new whole-GPU pod is created every
-// second. The DaemonSet replaces the plugin (stop, then start: never two
-// on the node); the new plugin reads the old one's checkpoint. After the
+// second. The DaemonSet replaces the plugin (the chart's surge roll: the
+// new one takes the node over from the old, see TestRollsWithoutAGap);
+// the new plugin reads the old one's checkpoint. After the
 // upgrade the pods still run the same containers, their claims are still
 // prepared (CDI specs, checkpoint, the MIG instance) and the new plugin
 // unprepares them when they go; the node's slices were never removed;
