@@ -43,11 +43,15 @@ import (
 // The predecessor, not Ready after it released, waits in standby with its
 // registration kept: if the successor dies (a bad version), the kubelet
 // falls back to it and it takes the node back. The DaemonSet deletes it
-// once the successor is Ready.
+// once the successor is Ready; the successor then runs its start-up
+// reconcile once more, for what the predecessor's container took along.
 
 // errHandedOver is the cause that stops a Driver whose node a successor
-// took over.
-var errHandedOver = errors.New("handed the node over to a successor")
+// took over; errRestarting, one started again at once (serveTerm).
+var (
+	errHandedOver = errors.New("handed the node over to a successor")
+	errRestarting = errors.New("starting again now that the predecessor has exited")
+)
 
 // HandoverConfig is how the process runs next to its predecessor and
 // successor.
@@ -191,10 +195,14 @@ func (r *runner) run(ctx context.Context) error {
 		}
 		handedOver, err := r.serveTerm(ctx, term)
 		if !handedOver {
+			return errors.Join(err, term.Release())
+		}
+		sb, err := term.Handover()
+		if err != nil {
 			return err
 		}
 		logger.Info("Handed the node over to a successor; standing by in case it fails")
-		if term, err = r.lock.Standby(ctx); err != nil {
+		if term, err = sb.Wait(ctx); err != nil {
 			return ownErr(ctx, err)
 		}
 		logger.Info("The successor is gone; taking the node back")
@@ -213,40 +221,60 @@ func ownErr(ctx context.Context, err error) error {
 	return err
 }
 
-// serveTerm runs the Driver while the process owns the node, and releases
-// the node when a successor asks for it (handedOver), when ctx ends, or
-// when the Driver fails.
+// serveTerm runs the Driver while the process owns the node, until a
+// successor asks for the node (handedOver), ctx ends, or the Driver
+// fails; the Driver is stopped then, and the caller releases the node or
+// hands it over. Once the predecessor the node was taken over from has
+// exited, the Driver is started once more, keeping the node: its start-up
+// reconcile brings back what the predecessor's container took along (the
+// MPS control daemons it started); calls wait at the gate meanwhile.
 func (r *runner) serveTerm(ctx context.Context, term *ownership.Term) (handedOver bool, err error) {
-	tctx, stop := context.WithCancelCause(ctx)
-	defer stop(nil)
-	o, err := r.start(tctx)
-	if err != nil {
-		return false, errors.Join(err, term.Release())
+	logger := klog.FromContext(ctx)
+	predecessorGone := term.PredecessorGone()
+	for {
+		tctx, stop := context.WithCancelCause(ctx)
+		o, err := r.start(tctx)
+		if err != nil {
+			stop(nil)
+			return false, err
+		}
+		r.gate.attach(o)
+		r.setReady(true)
+		again := false
+		select {
+		case <-ctx.Done():
+		case <-term.Wanted():
+			handedOver = true
+		case <-o.Done():
+		case <-predecessorGone:
+			again, predecessorGone = true, nil
+		}
+		if !again {
+			r.setReady(false)
+		}
+		// Calls being served finish; new ones wait for the next Driver.
+		r.gate.detach()
+		cause := context.Canceled
+		switch {
+		case handedOver:
+			cause = errHandedOver
+		case again:
+			cause = errRestarting
+		}
+		stop(cause)
+		<-o.Done()
+		if err = o.Wait(); errors.Is(err, errHandedOver) || errors.Is(err, errRestarting) {
+			err = nil
+		}
+		if again && err == nil && ctx.Err() == nil {
+			logger.Info("The predecessor has exited; reconciling the node again for what its container took along")
+			continue
+		}
+		if err == nil {
+			err = ownErrOr(ctx, nil)
+		}
+		return handedOver && err == nil, err
 	}
-	r.gate.attach(o)
-	r.setReady(true)
-	select {
-	case <-ctx.Done():
-	case <-term.Wanted():
-		handedOver = true
-	case <-o.Done():
-	}
-	r.setReady(false)
-	// Calls being served finish; new ones wait for the next owner.
-	r.gate.detach()
-	cause := context.Canceled
-	if handedOver {
-		cause = errHandedOver
-	}
-	stop(cause)
-	<-o.Done()
-	if err = o.Wait(); errors.Is(err, errHandedOver) {
-		err = nil
-	}
-	if rerr := term.Release(); rerr != nil {
-		return false, errors.Join(err, rerr)
-	}
-	return handedOver && err == nil, ownErrOr(ctx, err)
 }
 
 // ownErrOr is err, or the cause that ended ctx when it is not a plain

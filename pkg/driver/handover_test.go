@@ -381,3 +381,34 @@ func TestHealthStreamFollowsTheOwner(t *testing.T) {
 		t.Fatal("no health report")
 	}
 }
+
+// TestSuccessorReconcilesAgainOnceThePredecessorExits: when the old pod
+// is gone (its container took its MPS daemons along), the new owner
+// starts its Driver once more, keeping the node, and calls sent meanwhile
+// wait for it rather than fail.
+func TestSuccessorReconcilesAgainOnceThePredecessorExits(t *testing.T) {
+	dir, node := t.TempDir(), newFakeNode(t)
+	old := startProc(t, dir, "old", node, nil)
+	old.waitReady(t, true)
+	newP := startProc(t, dir, "new", node, nil)
+	newP.waitReady(t, true)
+	if n := node.termsOf("new"); n != 1 {
+		t.Fatalf("the new process started its Driver %d times while the old one stood by, want 1", n)
+	}
+	old.cancel()
+	if err := old.wait(); err != nil {
+		t.Fatalf("the old process: %v", err)
+	}
+	for node.termsOf("new") < 2 {
+		mustServe(t, newP, node, types.UID(fmt.Sprint("c", node.termsOf("new"))), "new")
+		select {
+		case <-t.Context().Done():
+			t.Fatal("the new process never started its Driver again")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	mustServe(t, newP, node, "after", "new")
+	if !newP.isReady() {
+		t.Error("the new process is not Ready after starting its Driver again")
+	}
+}

@@ -17,12 +17,15 @@
 // watches the successor file with a shared probe, which fails only while a
 // successor holds it: then Wanted is closed, the owner finishes what it is
 // doing, stops and releases, and the successor takes the owner file and
-// lets go of the successor file. The old owner then waits in Standby,
-// which takes the node back only when no successor is waiting, so that it
-// never wins the node back from the successor it yielded to; it gets it
-// back when that successor dies (a bad new version) and no other waits.
-// Standby's probe of the successor file is shared too, so it never makes
-// the owner believe that a successor waits.
+// lets go of the successor file. The old owner hands over (Handover): it
+// holds the standby file shared, then releases the owner file, and waits
+// (Standby.Wait), taking the node back only when no successor is waiting,
+// so that it never wins the node back from the successor it yielded to; it
+// gets it back when that successor dies (a bad new version) and no other
+// waits. Its probe of the successor file is shared too, so it never makes
+// the owner believe that a successor waits. The new owner sees its
+// predecessor go (PredecessorGone) when nobody holds the standby file any
+// more: what the predecessor's container took with it can then be redone.
 //
 // Locks are polled (non-blocking attempts every poll interval), so that
 // every wait ends with its context.
@@ -48,6 +51,9 @@ const (
 	OwnerFile = "owner.lock"
 	// SuccessorFile is held exclusively by a process waiting to own.
 	SuccessorFile = "successor.lock"
+	// StandbyFile is held shared by every process that handed over and
+	// lives on.
+	StandbyFile = "standby.lock"
 )
 
 // fileMode is the mode of the lock files: only root (the plugin) opens
@@ -77,12 +83,16 @@ func New(dir string, poll time.Duration) *Lock {
 // Term is one process's ownership of the node, from Acquire or Standby
 // until Release.
 type Term struct {
+	lock   *Lock
 	owner  *os.File
 	wanted chan struct{}
-	stop   chan struct{}
-	done   chan struct{}
-	once   sync.Once
-	err    error
+	// gone is closed once a predecessor that stood by at the start of
+	// the term is gone; nil if there was none.
+	gone chan struct{}
+	stop chan struct{}
+	done chan struct{}
+	once sync.Once
+	err  error
 }
 
 // Acquire makes this process the node's owner: it announces itself as the
@@ -111,14 +121,51 @@ func (l *Lock) Acquire(ctx context.Context) (*Term, error) {
 		owner.Close()
 		return nil, fmt.Errorf("let go of %s: %w", SuccessorFile, err)
 	}
-	return l.newTerm(owner), nil
+	return l.newTerm(owner)
 }
 
-// Standby waits until the node has no owner and no successor waits, then
-// makes this process the owner. A process that handed over waits here: it
-// gets the node back only when its successor is gone without a successor
-// of its own.
-func (l *Lock) Standby(ctx context.Context) (*Term, error) {
+// Standby is a process that handed the node over and lives on.
+type Standby struct {
+	lock *Lock
+	file *os.File
+}
+
+// Handover ends the term for a successor: the process stands by (the new
+// owner sees it until it exits or owns again), then the node is released.
+func (t *Term) Handover() (*Standby, error) {
+	f, err := t.lock.open(StandbyFile)
+	if err != nil {
+		return nil, errors.Join(err, t.Release())
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_SH)
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, errors.Join(fmt.Errorf("flock %s: %w", StandbyFile, err), t.Release())
+	}
+	if err := t.Release(); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &Standby{lock: t.lock, file: f}, nil
+}
+
+// Wait waits until the node has no owner and no successor waits, then
+// makes this process the owner again: it gets the node back only when
+// its successor is gone without a successor of its own. It stops standing
+// by either way.
+func (s *Standby) Wait(ctx context.Context) (*Term, error) {
+	closed := false
+	defer func() {
+		if !closed {
+			s.file.Close()
+		}
+	}()
+	l := s.lock
 	succ, err := l.open(SuccessorFile)
 	if err != nil {
 		return nil, err
@@ -136,7 +183,13 @@ func (l *Lock) Standby(ctx context.Context) (*Term, error) {
 	if err != nil {
 		return nil, err
 	}
-	return l.newTerm(owner), nil
+	// No longer standing by, before the term looks for a standby.
+	closed = true
+	if err := s.file.Close(); err != nil {
+		owner.Close()
+		return nil, fmt.Errorf("let go of %s: %w", StandbyFile, err)
+	}
+	return l.newTerm(owner)
 }
 
 // takeOwner waits until ready allows it and the owner file is free, and
@@ -167,34 +220,80 @@ func (l *Lock) takeOwner(ctx context.Context, ready func() (bool, error), unlock
 }
 
 // newTerm starts the term of the locked owner file.
-func (l *Lock) newTerm(owner *os.File) *Term {
-	t := &Term{owner: owner, wanted: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
-	go l.watch(t)
-	return t
-}
-
-// watch closes t.wanted once a successor waits.
-func (l *Lock) watch(t *Term) {
-	defer close(t.done)
+func (l *Lock) newTerm(owner *os.File) (*Term, error) {
+	t := &Term{lock: l, owner: owner, wanted: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
 	succ, err := l.open(SuccessorFile)
 	if err != nil {
-		t.err = err
-		return
+		owner.Close()
+		return nil, err
 	}
+	standby, err := l.open(StandbyFile)
+	if err != nil {
+		succ.Close()
+		owner.Close()
+		return nil, err
+	}
+	free, err := noStandby(standby)
+	if err != nil {
+		succ.Close()
+		standby.Close()
+		owner.Close()
+		return nil, err
+	}
+	if !free {
+		t.gone = make(chan struct{})
+	}
+	go l.watch(t, succ, standby)
+	return t, nil
+}
+
+// noStandby probes the standby file: true when no process stands by. A
+// standby taking its lock in the instant of the probe waits that instant.
+func noStandby(standby *os.File) (bool, error) {
+	free, err := tryLock(standby, unix.LOCK_EX)
+	if free {
+		_ = unix.Flock(int(standby.Fd()), unix.LOCK_UN)
+	}
+	return free, err
+}
+
+// watch closes t.wanted once a successor waits, and t.gone once the
+// predecessor standing by at the start of the term is gone.
+func (l *Lock) watch(t *Term, succ, standby *os.File) {
+	defer close(t.done)
 	defer succ.Close()
+	defer standby.Close()
 	ticker := time.NewTicker(l.poll)
 	defer ticker.Stop()
+	wanted, gone := false, t.gone == nil
 	for {
-		free, err := tryLock(succ, unix.LOCK_SH)
-		switch {
-		case err != nil:
-			t.err = err
-			return
-		case !free:
-			close(t.wanted)
+		if !wanted {
+			free, err := tryLock(succ, unix.LOCK_SH)
+			switch {
+			case err != nil:
+				t.err = err
+				return
+			case !free:
+				close(t.wanted)
+				wanted = true
+			default:
+				_ = unix.Flock(int(succ.Fd()), unix.LOCK_UN)
+			}
+		}
+		if !gone {
+			free, err := noStandby(standby)
+			if err != nil {
+				t.err = err
+				return
+			}
+			if free {
+				close(t.gone)
+				gone = true
+			}
+		}
+		if wanted && gone {
 			return
 		}
-		_ = unix.Flock(int(succ.Fd()), unix.LOCK_UN)
 		select {
 		case <-t.stop:
 			return
@@ -203,8 +302,16 @@ func (l *Lock) watch(t *Term) {
 	}
 }
 
+// PredecessorGone is closed once the process that handed the node over to
+// this one has exited (or owns the node again, after this one released
+// it). It is nil, never closed, when no process stood by as the term
+// began.
+func (t *Term) PredecessorGone() <-chan struct{} {
+	return t.gone
+}
+
 // Wanted is closed when a successor waits for the node: the owner should
-// finish what it is doing, stop touching the node, and Release.
+// finish what it is doing, stop touching the node, and Handover.
 func (t *Term) Wanted() <-chan struct{} {
 	return t.wanted
 }

@@ -66,14 +66,33 @@ func TestAloneOwnsAndIsNotAskedToHandOver(t *testing.T) {
 	l := New(t.TempDir(), testPoll)
 	term := acquire(t, l)
 	notWanted(t, term, "the owner took itself for a successor")
-	release(t, term)
-	// Released, it can be taken again, by Acquire or by Standby.
-	release(t, acquire(t, l))
-	term, err := l.Standby(t.Context())
-	if err != nil {
-		t.Fatalf("Standby on a free node: %v", err)
+	if term.PredecessorGone() != nil {
+		t.Error("a predecessor seen where none stood by")
 	}
 	release(t, term)
+	// Released, it can be taken again, by Acquire or from standby.
+	term = acquire(t, l)
+	sb, err := term.Handover()
+	if err != nil {
+		t.Fatalf("Handover: %v", err)
+	}
+	term, err = sb.Wait(t.Context())
+	if err != nil {
+		t.Fatalf("standby on a free node: %v", err)
+	}
+	if term.PredecessorGone() != nil {
+		t.Error("the standby that owns again counts as its own predecessor")
+	}
+	release(t, term)
+}
+
+func handover(t *testing.T, term *Term) *Standby {
+	t.Helper()
+	sb, err := term.Handover()
+	if err != nil {
+		t.Fatalf("Handover: %v", err)
+	}
+	return sb
 }
 
 func TestHandoverToSuccessor(t *testing.T) {
@@ -100,22 +119,30 @@ func TestHandoverToSuccessor(t *testing.T) {
 		t.Fatalf("the successor owned the node before the old owner released: %v", r.err)
 	case <-time.After(blocked):
 	}
-	release(t, old)
+	sb := handover(t, old)
 	r := <-got
 	if r.err != nil {
 		t.Fatalf("the successor's Acquire: %v", r.err)
 	}
 	successor := r.term
 	notWanted(t, successor, "the new owner is asked to hand over with no successor")
+	if successor.PredecessorGone() == nil {
+		t.Fatal("the new owner does not see its predecessor standing by")
+	}
 
 	// The old one, in standby, neither takes the node back nor makes the
 	// new owner believe that a successor waits.
 	standbyDone := make(chan result, 1)
 	go func() {
-		term, err := oldLock.Standby(t.Context())
+		term, err := sb.Wait(t.Context())
 		standbyDone <- result{term, err}
 	}()
 	notWanted(t, successor, "the standby probe looked like a successor")
+	select {
+	case <-successor.PredecessorGone():
+		t.Fatal("the predecessor counted as gone while it stands by")
+	case <-time.After(blocked):
+	}
 	select {
 	case r := <-standbyDone:
 		t.Fatalf("the standby took the node from its owner: %v", r.err)
@@ -151,9 +178,10 @@ func TestStandbyYieldsToWaitingSuccessor(t *testing.T) {
 			got <- term
 		}()
 		<-old.Wanted()
-		release(t, old)
-		// Standby races the successor for the released node and must lose.
-		fails(t, "the standby", a.Standby)
+		sb := handover(t, old)
+		// The standby races the successor for the released node and must
+		// lose.
+		fails(t, "the standby", sb.Wait)
 		select {
 		case err := <-errs:
 			t.Fatalf("round %d: the successor: %v", i, err)
@@ -177,12 +205,47 @@ func TestSuccessorThatGivesUpLeavesTheNodeToStandby(t *testing.T) {
 	if _, err := b.Acquire(ctx); !errors.Is(err, context.Canceled) {
 		t.Fatalf("the successor's Acquire: %v, want it canceled", err)
 	}
-	release(t, old)
-	term, err := a.Standby(t.Context())
+	term, err := handover(t, old).Wait(t.Context())
 	if err != nil {
-		t.Fatalf("Standby with no successor left: %v", err)
+		t.Fatalf("standby with no successor left: %v", err)
 	}
 	release(t, term)
+}
+
+// TestPredecessorGoneWhenItExits: the new owner learns when the process
+// it took over from exits (its container took along what it ran).
+func TestPredecessorGoneWhenItExits(t *testing.T) {
+	dir := t.TempDir()
+	a, b := New(dir, testPoll), New(dir, testPoll)
+	old := acquire(t, a)
+	got := make(chan *Term, 1)
+	go func() {
+		term, err := b.Acquire(t.Context())
+		if err == nil {
+			got <- term
+		}
+	}()
+	<-old.Wanted()
+	sb := handover(t, old)
+	successor := <-got
+	ctx, exit := context.WithCancel(t.Context())
+	waited := make(chan error, 1)
+	go func() {
+		_, err := sb.Wait(ctx)
+		waited <- err
+	}()
+	select {
+	case <-successor.PredecessorGone():
+		t.Fatal("the predecessor counted as gone while it stands by")
+	case <-time.After(blocked):
+	}
+	exit() // the old pod is deleted
+	if err := <-waited; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the standby: %v", err)
+	}
+	<-successor.PredecessorGone()
+	notWanted(t, successor, "the predecessor's exit looked like a successor")
+	release(t, successor)
 }
 
 func TestSecondSuccessorWaitsItsTurn(t *testing.T) {
