@@ -80,7 +80,9 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nv
 	// 1. helm upgrade to another image.
 	before := sliceVersions(t)
 	up := podsDuring(t, podNS, func() {
-		helmRun(append([]string{"upgrade", release, chart, "--wait", "--timeout", "3m", "--set", "image.tag=" + newTag}, chartValues()...)...)
+		surged(t, ns, "the helm upgrade", func() {
+			helmRun(append([]string{"upgrade", release, chart, "--wait", "--timeout", "3m", "--set", "image.tag=" + newTag}, chartValues()...)...)
+		})
 	})
 	plugin = assertPluginReplaced(t, ns, plugin, newTag)
 	report("helm upgrade "+oldTag+" -> "+newTag, up)
@@ -90,8 +92,10 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nv
 	before = sliceVersions(t)
 	ds := "daemonset/" + release + "-kubelet-plugin"
 	restart := podsDuring(t, podNS, func() {
-		kubectl(t, "rollout", "restart", "-n", ns, ds)
-		kubectl(t, "rollout", "status", "-n", ns, ds, "--timeout=3m")
+		surged(t, ns, "the rollout restart", func() {
+			kubectl(t, "rollout", "restart", "-n", ns, ds)
+			kubectl(t, "rollout", "status", "-n", ns, ds, "--timeout=3m")
+		})
 	})
 	plugin = assertPluginReplaced(t, ns, plugin, newTag)
 	report("kubectl rollout restart", restart)
@@ -143,6 +147,42 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nv
 		}
 		return len(pods.Items) == 1 && podReady(&pods.Items[0]), fmt.Errorf("%d plugin pods", len(pods.Items))
 	})
+}
+
+// surged runs roll and fails the test unless two plugin pods ran on the
+// node at once meanwhile, the old one Ready: a surge roll, not a stop and
+// a start.
+func surged(t *testing.T, ns, what string, roll func()) {
+	t.Helper()
+	stop, done := make(chan struct{}), make(chan bool)
+	go func() {
+		both := false
+		defer func() { done <- both }()
+		for {
+			pods, err := client.CoreV1().Pods(ns).List(ctx(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=kubelet-plugin"})
+			if err == nil && len(pods.Items) == 2 {
+				for _, p := range pods.Items {
+					if p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil && podReady(&p) {
+						for _, q := range pods.Items {
+							if q.UID != p.UID && q.Status.Phase == corev1.PodRunning {
+								both = true
+							}
+						}
+					}
+				}
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+	roll()
+	close(stop)
+	if !<-done {
+		t.Errorf("%s: never two plugin pods running at once, one Ready: not a surge roll", what)
+	}
 }
 
 func podReady(p *corev1.Pod) bool {
