@@ -279,7 +279,7 @@ func assertPluginReplaced(t *testing.T, ns string, old *corev1.Pod, tag string) 
 
 // rollMeasure is what rollPlugin measured.
 type rollMeasure struct {
-	helm        time.Duration   // the helm command, --wait included
+	helm time.Duration // the helm command, --wait included
 	// spans of /readyz failing on the node's HTTP port: in a surge roll,
 	// the old plugin after it handed over, until the new one has the port
 	unavailable []time.Duration
