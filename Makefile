@@ -37,7 +37,12 @@ fuzz: ## run the fuzz targets (opaque config decoding, webhook requests) for FUZ
 .PHONY: e2e
 e2e: ## end-to-end tests: build and start a local cluster, run the driver, test, stop
 	test/cluster/build.sh
-	$(GO) test -tags e2e -count=1 -timeout 40m -v ./test/e2e/
+	$(GO) test -tags e2e -count=1 -timeout 50m -v ./test/e2e/
+
+.PHONY: soak
+soak: ## outside make test: 100 upgrade/downgrade cycles between the previous release and this one, live claims held
+	test/cluster/build.sh
+	GPU_DRA_E2E_CYCLES=100 $(GO) test -tags e2e -count=1 -timeout 120m -v -run TestUpgradeDowngradeCyclesWithThePreviousRelease ./test/e2e/
 
 .PHONY: demo
 demo: ## local Kubernetes v1.37 + the driver on a simulated DGX H100, with the examples running

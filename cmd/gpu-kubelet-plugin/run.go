@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -14,10 +12,10 @@ import (
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/pflag"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -29,6 +27,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/driverroot"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/health"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/ownership"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/prepare"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/topology"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/version"
@@ -47,6 +46,8 @@ type runOptions struct {
 	procRoot          string
 	sysRoot           string
 	httpEndpoint      string
+	probeSocket       string
+	podUID            string
 	inventoryInterval time.Duration
 	heldDeviceWait    time.Duration
 	daemonSet         string
@@ -70,7 +71,9 @@ func (o *runOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.devRoot, "dev-root", "/", "host root under which /dev/nvidia* are found")
 	fs.StringVar(&o.procRoot, "proc-root", "/", "host root under which /proc is found")
 	fs.StringVar(&o.sysRoot, "sys-root", "/", "host root under which /sys is found, for the GPUs' PCIe root and NUMA node")
-	fs.StringVar(&o.httpEndpoint, "http-endpoint", "", "host:port for /metrics, /healthz and /readyz; empty disables it")
+	fs.StringVar(&o.httpEndpoint, "http-endpoint", "", "host:port for /metrics, /healthz and /readyz; empty disables it. A port in use (by the plugin being replaced in a roll) is retried until it is free")
+	fs.StringVar(&o.probeSocket, "probe-socket", "", "Unix socket for /healthz, /readyz and /metrics, asked by \"gpu-kubelet-plugin probe\" (the chart's probes: no host port, so two plugins on a node during a roll do not collide); empty disables it")
+	fs.StringVar(&o.podUID, "pod-uid", "", "UID of the plugin's pod (the chart passes it from the downward API): enables rolling updates, in which the next plugin registers with the kubelet under its own socket names while this one serves, and takes the node over from it; empty registers the fixed socket names once the node is owned")
 	fs.DurationVar(&o.inventoryInterval, "inventory-interval", 30*time.Second, "how often the GPU inventory is re-read for changes")
 	fs.DurationVar(&o.heldDeviceWait, "held-device-wait", prepare.DefaultHeldWait, "how long a prepare waits for a device still prepared for a deleted pod's claim before failing (a negative value fails at once)")
 	fs.StringVar(&o.daemonSet, "daemonset", "", "NAMESPACE/NAME of the DaemonSet running this plugin: when it is gone at shutdown, the driver is being uninstalled and the node's ResourceSlices are removed; empty keeps them always")
@@ -152,8 +155,14 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 	}
 	metrics := driver.NewMetrics()
 	var ready atomic.Bool
+	mux := probeMux(metrics, &ready)
+	if ro.probeSocket != "" {
+		if err := serveProbes(ctx, ro.probeSocket, mux); err != nil {
+			return err
+		}
+	}
 	if ro.httpEndpoint != "" {
-		if err := serveHTTP(ctx, ro.httpEndpoint, metrics, &ready); err != nil {
+		if err := serveHTTP(ctx, ro.httpEndpoint, mux); err != nil {
 			return err
 		}
 	}
@@ -164,14 +173,16 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 	logger.Info("Starting", "version", version.Get(), "node", opts.nodeName, "simulate", opts.simulate, "cdiRoot", ro.cdiRoot,
 		"driverRoot", ro.driverRoot, "driverRootMount", ro.driverRootMount, "nvml", gpuOpts.LibraryPath,
 		"pluginDir", ro.pluginDir, "checkpoint", filepath.Join(ro.pluginDataDir, checkpoint.FileName))
-	return driver.Run(ctx, driver.Config{
+	return driver.RunHandingOver(ctx, driver.Config{
 		NodeName: opts.nodeName, KubeClient: client, GPUs: node, CDI: writer, Store: store,
 		MPS:       daemons,
 		PluginDir: ro.pluginDir, RegistrarDir: ro.registrarDir,
 		InventoryInterval: ro.inventoryInterval, HeldDeviceWait: ro.heldDeviceWait, StaticMIGOnly: opts.staticMIGOnly, SharedGPUs: opts.sharedGPUs, Topology: topo,
 		HealthPolicy: policy, HealthStorePath: filepath.Join(ro.pluginDataDir, health.StoreFileName),
 		AfterStep: afterStep, Metrics: metrics, Uninstalling: uninstalling,
-	}, func() { ready.Store(true) })
+	}, driver.HandoverConfig{
+		Lock: ownership.New(ro.pluginDataDir, 0), PodUID: types.UID(ro.podUID), Ready: ready.Store,
+	})
 }
 
 // uninstalling tells, from --daemonset, whether the plugin's DaemonSet is
@@ -224,32 +235,4 @@ func crashAfter(at prepare.Step) func(prepare.Step) {
 			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 		}
 	}
-}
-
-func serveHTTP(ctx context.Context, endpoint string, m *driver.Metrics, ready *atomic.Bool) error {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !ready.Load() {
-			http.Error(w, "not registered and published yet", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
-	ln, err := net.Listen("tcp", endpoint)
-	if err != nil {
-		return fmt.Errorf("listen on --http-endpoint %s: %w", endpoint, err)
-	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		<-ctx.Done()
-		_ = srv.Close()
-	}()
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			klog.FromContext(ctx).Error(err, "HTTP endpoint stopped")
-		}
-	}()
-	return nil
 }

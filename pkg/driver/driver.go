@@ -285,22 +285,6 @@ func (d *Driver) Wait() error {
 	return d.err
 }
 
-// Run runs a driver until ctx ends or a fatal error happens; ready is
-// called once it serves the kubelet and has published.
-func Run(ctx context.Context, cfg Config, ready func()) error {
-	d, err := New(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	if err := d.Start(ctx); err != nil {
-		return err
-	}
-	if ready != nil {
-		ready()
-	}
-	return d.Wait()
-}
-
 // serve keeps the model current until ctx ends, then shuts down in this
 // order:
 //  1. if the driver is being uninstalled (a clean shutdown only), stop

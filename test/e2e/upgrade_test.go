@@ -28,8 +28,9 @@ const (
 // TestHelmUpgradeKeepsPreparedClaims installs the chart at one image
 // version, starts pods holding a whole GPU and a MIG device, and upgrades
 // to another version with helm while a new whole-GPU pod is created every
-// second. The DaemonSet replaces the plugin (stop, then start: never two
-// on the node); the new plugin reads the old one's checkpoint. After the
+// second. The DaemonSet replaces the plugin (the chart's surge roll: the
+// new one takes the node over from the old, see TestRollsWithoutAGap);
+// the new plugin reads the old one's checkpoint. After the
 // upgrade the pods still run the same containers, their claims are still
 // prepared (CDI specs, checkpoint, the MIG instance) and the new plugin
 // unprepares them when they go; the node's slices were never removed;
@@ -278,8 +279,10 @@ func assertPluginReplaced(t *testing.T, ns string, old *corev1.Pod, tag string) 
 
 // rollMeasure is what rollPlugin measured.
 type rollMeasure struct {
-	helm        time.Duration   // the helm command, --wait included
-	unavailable []time.Duration // spans of the plugin's /readyz failing
+	helm time.Duration // the helm command, --wait included
+	// spans of /readyz failing on the node's HTTP port: in a surge roll,
+	// the old plugin after it handed over, until the new one has the port
+	unavailable []time.Duration
 	during      []time.Duration // creation to Running of pods created while helm ran
 	after       []time.Duration // the same for pods created in the 5 s after
 	skipped     int             // ticks without a new pod: 5 probe pods in flight
@@ -292,7 +295,7 @@ func (m rollMeasure) String() string {
 	for _, d := range m.unavailable {
 		longest = max(longest, d)
 	}
-	return fmt.Sprintf("plugin unavailable (/readyz failing) for %.1f s in %d span(s); helm %.1f s; "+
+	return fmt.Sprintf("/readyz on the node's port failing for %.1f s in %d span(s); helm %.1f s; "+
 		"new whole-GPU pod creation to Running while helm ran: %s; in the 5 s after: %s; "+
 		"%d pod(s) hit the window (FailedPrepareDynamicResources); %d ticks skipped (5 probe pods in flight); fewest node slices %d",
 		longest.Seconds(), len(m.unavailable), m.helm.Seconds(), stats(m.during), stats(m.after), m.failed, m.skipped, m.minSlices)
@@ -344,7 +347,8 @@ func rollPlugin(t *testing.T, ns string, roll func()) rollMeasure {
 			}
 		}()
 	}
-	// The plugin's readiness, as the DaemonSet's probe sees it.
+	// The readiness of the plugin that has the node's HTTP port (the
+	// probes ask each pod's own socket; this is not them).
 	httpClient := &http.Client{Timeout: 200 * time.Millisecond}
 	var downSince time.Time
 	every(50*time.Millisecond, func() {

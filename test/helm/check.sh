@@ -36,7 +36,13 @@ expect "defaults: the plugin's node name from the downward API" 'fieldPath: spec
 expect "defaults: kubelet paths" '--plugin-dir=/var/lib/kubelet/plugins/gpu.nvidia.com' "$out"
 expect "defaults: the plugin knows its DaemonSet (uninstall removes slices)" '--daemonset=gpu-dra-driver/t-kubelet-plugin' "$out"
 expect "defaults: a pre-delete hook deletes the DaemonSet, then the slices" 'uninstall", "--all-nodes", "--daemonset=gpu-dra-driver/t-kubelet-plugin' "$out"
-expect "defaults: liveness from the plugin's endpoint" 'path: /healthz, port: 8088' "$out"
+expect "defaults: liveness over the pod's own probe socket, no host port" 'command: \[gpu-kubelet-plugin, probe, --socket=/run/gpu-kubelet-plugin/probe.sock, /healthz\]' "$out"
+expect "defaults: readiness over the pod's own probe socket" 'command: \[gpu-kubelet-plugin, probe, --socket=/run/gpu-kubelet-plugin/probe.sock, /readyz\]' "$out"
+expect "defaults: the probe socket in a per-pod emptyDir" 'name: probe, emptyDir' "$out"
+expect "defaults: the plugin serves its probe socket" '--probe-socket=/run/gpu-kubelet-plugin/probe.sock' "$out"
+refuse "defaults: no plugin probe on a host port" 'httpGet: \{path: /(healthz|readyz), port: 8088' "$out"
+expect "defaults: sockets named after the pod (rolling updates)" '--pod-uid=\$\(POD_UID\)' "$out"
+expect "defaults: the pod's UID from the downward API" 'fieldPath: metadata.uid' "$out"
 refuse "defaults: no simulation" '--simulate' "$out"
 expect "defaults: topology from the host's /sys" '--sys-root=/$' "$out"
 refuse "defaults: /sys not mounted again" 'name: sys-root' "$out"
@@ -46,8 +52,8 @@ expect "defaults: the host's / mounted as the driver root" 'name: driver-root, h
 expect "defaults: the driver root read-only where the plugin reads it" 'name: driver-root, mountPath: /driver-root, readOnly: true' "$out"
 expect "defaults: specs name host paths" '--driver-root=/$' "$out"
 expect "defaults: the plugin reads the driver root's mount" '--driver-root-mount=/driver-root' "$out"
-expect "defaults: plugins replaced one node at a time" 'maxUnavailable: 1' "$out"
-refuse "defaults: never two plugins on a node" 'maxSurge' "$out"
+expect "defaults: the successor starts next to the plugin it replaces" 'maxSurge: 1' "$out"
+expect "defaults: the old plugin goes only once the new one is Ready" 'maxUnavailable: 0' "$out"
 refuse "defaults: no RBAC beyond what the plugin needs" 'resources: \["\*"\]|verbs: \["\*"\]|"secrets"|"pods"' "$out"
 # The plugin's identity: what its code calls, nothing more (test/e2e/rbac_test.go on the API server).
 rbac=$(render --show-only templates/kubelet-plugin.yaml)
@@ -117,10 +123,9 @@ out=$(render --set kubeletPlugin.updateStrategy.type=OnDelete --set kubeletPlugi
 expect "update strategy from values" 'type: OnDelete' "$out"
 refuse "OnDelete without rollingUpdate" 'rollingUpdate' "$out"
 expect "grace period from values" 'terminationGracePeriodSeconds: 60' "$out"
-out=$(render --set kubeletPlugin.updateStrategy.rollingUpdate.maxSurge=0)
-expect "maxSurge 0 allowed" 'maxSurge: 0' "$out"
-if err=$(render --set kubeletPlugin.updateStrategy.rollingUpdate.maxSurge=1 2>&1); then die "chart: maxSurge 1 rendered"; fi
-expect "maxSurge refused with the reason" 'maxSurge must be 0: two plugins on one node' "$err"
+out=$(render --set kubeletPlugin.updateStrategy.rollingUpdate.maxSurge=0 --set kubeletPlugin.updateStrategy.rollingUpdate.maxUnavailable=1)
+expect "stop-then-start rolls still possible (upgrading from a plugin without handover)" 'maxSurge: 0' "$out"
+expect "stop-then-start rolls: maxUnavailable from values" 'maxUnavailable: 1' "$out"
 
 if err=$(render --set webhook.certificates=certManager 2>&1); then die "chart: cert-manager without an issuer rendered"; fi
 expect "cert-manager without issuer names the value" 'webhook.certManager.issuerRef.name is required' "$err"

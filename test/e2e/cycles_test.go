@@ -1,0 +1,132 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// previousRelease is the commit whose chart and plugin the cycles go back
+// and forth to: the last before handover (pinned: no release is tagged
+// yet). Move it to each new release's commit.
+const (
+	previousRelease = "6ea70edf07298b57c9dbaeb3d255f7588e9c92d7"
+	previousTag     = "0.0.9-previous"
+)
+
+// TestUpgradeDowngradeCyclesWithThePreviousRelease builds the previous
+// release's image from the repository history and installs its chart,
+// starts pods holding a whole GPU and a 1g.10gb MIG device, then upgrades
+// to this version and downgrades back, GPU_DRA_E2E_CYCLES times (20 by
+// default). The previous release knows no handover, so each upgrade stops
+// its plugin before starting the next (maxSurge 0, as docs/helm.md says);
+// the downgrade is the previous chart's own roll. Every time: the held
+// pods keep their containers, claims and MIG device, each version loads
+// the other's checkpoint (no CheckpointCorrupt event), and at the end the
+// previous release unprepares the claims and nothing is left (CDI specs,
+// checkpoint entries, MIG instances). MPS workloads are not in the cycle:
+// their daemons are children of the plugin's container (issue 15, point 2).
+func TestUpgradeDowngradeCyclesWithThePreviousRelease(t *testing.T) {
+	cycles := 20
+	if v := os.Getenv("GPU_DRA_E2E_CYCLES"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			t.Fatalf("GPU_DRA_E2E_CYCLES=%q", v)
+		}
+		cycles = n
+	}
+	helm := helmBinary(t)
+	prevDir := t.TempDir()
+	archive := exec.Command("sh", "-c", `git -C "$1" archive --format=tar "$2" | tar -x -C "$3"`, "sh", repoRoot, previousRelease, prevDir)
+	if out, err := archive.CombinedOutput(); err != nil {
+		t.Fatalf("check out the previous release %s: %v\n%s", previousRelease, err, out)
+	}
+	for _, b := range []struct{ root, tag string }{{prevDir, previousTag}, {repoRoot, newTag}} {
+		cmd := exec.Command(filepath.Join(b.root, "test/cluster/image.sh"))
+		cmd.Env = append(os.Environ(), "GPU_DRA_IMAGE_TAG="+b.tag)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("image.sh of %s (%s): %v\n%s", b.root, b.tag, err, out)
+		}
+	}
+	useChartOnTheNode(t)
+	const ns, release = "gpu-dra-cycles", "e2e-cycles"
+	kubeconfig := filepath.Join(runDir, "kubeconfig/admin.kubeconfig")
+	prevChart := filepath.Join(prevDir, "deployments/helm/gpu-dra-driver")
+	chart := filepath.Join(repoRoot, "deployments/helm/gpu-dra-driver")
+	helmRun := func(args ...string) {
+		t.Helper()
+		args = append(args, "--kubeconfig", kubeconfig, "--namespace", ns)
+		if out, err := exec.Command(helm, args...).CombinedOutput(); err != nil {
+			t.Fatalf("helm %s: %v\n%s", args[0], err, out)
+		}
+	}
+	helmRun(append([]string{"install", release, prevChart, "--create-namespace", "--set", "image.tag=" + previousTag}, chartValues()...)...)
+	t.Cleanup(func() {
+		if out, err := exec.Command(helm, "uninstall", release, "--kubeconfig", kubeconfig, "--namespace", ns, "--wait").CombinedOutput(); err != nil {
+			t.Errorf("helm uninstall: %v\n%s", err, out)
+		}
+		cleanNamespace(t, ns)
+	})
+	plugin := waitChartPlugin(t, ns)
+	if n := waitPoolComplete(t); n != 5 {
+		t.Fatalf("the previous release's plugin published %d slices, want 5", n)
+	}
+	const podNS = "gpu-cycles"
+	t.Cleanup(func() { cleanNamespace(t, podNS) })
+	applyYAML(t, `apiVersion: v1
+kind: Namespace
+metadata: {name: gpu-cycles}
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: whole, namespace: gpu-cycles}
+spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nvidia.com}}]}}}
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: mig, namespace: gpu-cycles}
+spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: mig.nvidia.com, selectors: [{cel: {expression: 'device.attributes["gpu.nvidia.com"].profile == "1g.10gb"'}}]}}]}}}
+`)
+	migBefore, specsBefore := migCount(t), cdiSpecs(t)
+	corruptBefore := checkpointCorruptEvents(t)
+	held := startHeldPods(t, podNS, "held")
+
+	for i := range cycles {
+		helmRun(append([]string{"upgrade", release, chart, "--wait", "--timeout", "3m", "--set", "image.tag=" + newTag,
+			"--set", "kubeletPlugin.updateStrategy.rollingUpdate.maxSurge=0",
+			"--set", "kubeletPlugin.updateStrategy.rollingUpdate.maxUnavailable=1"}, chartValues()...)...)
+		plugin = assertPluginReplaced(t, ns, plugin, newTag)
+		held.assertKept(t, fmt.Sprintf("cycle %d, upgraded to this version", i+1))
+		helmRun(append([]string{"upgrade", release, prevChart, "--wait", "--timeout", "3m", "--set", "image.tag=" + previousTag}, chartValues()...)...)
+		plugin = assertPluginReplaced(t, ns, plugin, previousTag)
+		held.assertKept(t, fmt.Sprintf("cycle %d, downgraded to the previous release", i+1))
+		if n := checkpointCorruptEvents(t); n != corruptBefore {
+			t.Fatalf("cycle %d: %d CheckpointCorrupt events, %d before: a version refused the other's checkpoint", i+1, n, corruptBefore)
+		}
+		if t.Failed() {
+			t.Fatalf("stopped after cycle %d", i+1)
+		}
+	}
+	t.Logf("%d upgrade/downgrade cycles %s <-> this version with a whole GPU and a MIG device held", cycles, previousRelease[:12])
+	held.release(t, migBefore, "the previous release")
+	if specs := cdiSpecs(t); !slices.Equal(specs, specsBefore) {
+		t.Errorf("CDI specs left: %v, before %v", specs, specsBefore)
+	}
+}
+
+func checkpointCorruptEvents(t *testing.T) int {
+	t.Helper()
+	evs, err := client.CoreV1().Events(metav1.NamespaceDefault).List(ctx(), metav1.ListOptions{FieldSelector: "reason=CheckpointCorrupt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(evs.Items)
+}
