@@ -85,6 +85,9 @@ type Input struct {
 	// SharedGPUs also offers every GPU that is offered whole as a shared
 	// device (see the package comment).
 	SharedGPUs bool
+	// Offer limits what is published (a node's labels, ParseOffer); nil
+	// offers everything.
+	Offer *Offer
 }
 
 // Device is what a published device stands for, for prepare.
@@ -166,10 +169,16 @@ func Build(in Input) (*Model, error) {
 func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device) ([]resourceapi.Device, *resourceapi.CounterSet, error) {
 	common := commonAttributes(in.Inventory, g)
 	gpuTaints := in.GPUTaints[g.UUID]
+	offer := OfferAll
+	if in.Offer != nil {
+		offer = *in.Offer
+	}
 
 	var static, managed []gpu.MIGInstance
 	for _, inst := range g.MIGInstances {
-		if in.Managed != nil && in.Managed(inst) {
+		// Without MIG on offer, instances made for claims are fixed, like
+		// static ones, so that nothing published overlaps them.
+		if in.Managed != nil && in.Managed(inst) && offer.MIG {
 			managed = append(managed, inst)
 		} else {
 			static = append(static, inst)
@@ -181,6 +190,9 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device) ([]resourceapi.D
 	}
 	dynamic := g.MIGCapable && len(g.MIGProfiles) > 0 && !in.StaticMIGOnly
 	publishWhole := staticMask == 0 && (dynamic || !g.MIGEnabled)
+	// Placements are published only when on offer; without them a whole
+	// GPU needs no counters.
+	placements := dynamic && offer.MIG
 
 	var devs []resourceapi.Device
 	add := func(d resourceapi.Device, info *Device, taints ...[]resourceapi.DeviceTaint) error {
@@ -199,11 +211,11 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device) ([]resourceapi.D
 		return nil
 	}
 
-	shared := publishWhole && in.SharedGPUs
+	shared := publishWhole && in.SharedGPUs && offer.Shared
 	var counters *resourceapi.CounterSet
 	var totals counterTotals
 	switch {
-	case dynamic:
+	case placements:
 		totals = computeTotals(g)
 		counters = &resourceapi.CounterSet{Name: names.CounterSet(g.Minor), Counters: totals.counters()}
 	case shared:
@@ -213,7 +225,7 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device) ([]resourceapi.D
 		counters = &resourceapi.CounterSet{Name: names.CounterSet(g.Minor), Counters: totals.counters()}
 	}
 
-	if publishWhole {
+	if publishWhole && offer.Whole {
 		d := resourceapi.Device{
 			Name:       names.GPUDevice(g.Minor),
 			Attributes: gpuAttributes(common, g, names.TypeGPU),
@@ -222,7 +234,7 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device) ([]resourceapi.D
 			},
 		}
 		d.Attributes[names.AttrMIGCapable] = resourceapi.DeviceAttribute{BoolValue: ptr.To(g.MIGCapable)}
-		if dynamic {
+		if placements {
 			d.Capacity[names.CapacityMultiprocessors] = count(totals.multiprocessors)
 		}
 		if counters != nil {
@@ -251,13 +263,16 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device) ([]resourceapi.D
 		}
 	}
 
-	if dynamic {
+	if placements {
 		managedAt := map[[2]int]gpu.MIGInstance{}
 		for _, inst := range managed {
 			managedAt[[2]int{inst.ProfileID, inst.Placement.Start}] = inst
 		}
 		for pi := range g.MIGProfiles {
 			p := &g.MIGProfiles[pi]
+			if !offer.offersProfile(p) {
+				continue
+			}
 			// Highest start first: small instances fill a GPU from the top,
 			// keeping the low, aligned slices free for large profiles (a 4g
 			// or 7g only fits at 0). See docs/device-model.md.

@@ -410,9 +410,14 @@ main() {
 	step "etcd" start_etcd
 	step "kube-apiserver, scheduler, controller-manager" start_control_plane
 	step "RBAC for the DRA kubelet plugin" grant_plugin
-	step "containerd" start_containerd
-	step "import images" import_images
-	step "kubelet, node Ready" start_kubelet
+	# GPU_DRA_CONTROL_PLANE_ONLY=1: no containerd and no kubelet, for test/scale's simulated nodes.
+	if [[ ${GPU_DRA_CONTROL_PLANE_ONLY:-0} == 1 ]]; then
+		wait_for "service account default/default" 60 - kubectl get serviceaccount default
+	else
+		step "containerd" start_containerd
+		step "import images" import_images
+		step "kubelet, node Ready" start_kubelet
+	fi
 	write_env
 	UP_OK=1
 	print_times
