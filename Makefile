@@ -25,7 +25,7 @@ build: ## build the commands into bin/
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/gpu-sim-tools
 
 .PHONY: test
-test: lint chart unit e2e ## run every test: lint, chart, unit, then end-to-end on a local cluster
+test: lint chart unit e2e scale-check ## run every test: lint, chart, unit, end-to-end, then a small fleet, each on a local cluster
 
 .PHONY: e2e
 e2e: ## end-to-end tests: build and start a local cluster, run the driver, test, stop
@@ -73,3 +73,13 @@ bench: ## Go benchmarks, then figures of the driver on a local cluster (docs/ben
 	$(GO) test -run XXX -bench . -benchtime 400x ./pkg/prepare/ ./pkg/checkpoint/
 	test/cluster/build.sh
 	GPU_DRA_MEASURE=1 $(GO) test -tags e2e -count=1 -timeout 20m -run TestMeasure -v ./test/e2e/ | grep -E '^MEASURE|^ok|FAIL|cluster and driver'
+
+.PHONY: scale
+scale: ## the fleet at 100, 500 and 1000 simulated GPU nodes against whole-GPU-only (NODES="50 100" to choose; docs/benchmarks.md)
+	test/cluster/build.sh
+	test/scale/scale.sh $(NODES)
+
+.PHONY: scale-check
+scale-check: ## a fleet of 50 simulated GPU nodes on the real scheduler: every pod bound, nothing over-committed, claims released
+	test/cluster/build.sh
+	$(GO) test -tags scale -count=1 -timeout 20m -v ./test/scale/

@@ -17,7 +17,6 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -25,8 +24,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/fleet"
-	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 )
@@ -36,9 +35,12 @@ func main() {
 	defer stop()
 	ctx = klog.NewContext(ctx, klog.Background())
 	var err error
-	if len(os.Args) > 1 && os.Args[1] == "compare" {
+	switch {
+	case len(os.Args) > 1 && os.Args[1] == "compare":
 		err = compare(os.Stdout, os.Args[2:])
-	} else {
+	case len(os.Args) > 1 && os.Args[1] == "cost":
+		err = cost(ctx, os.Stdout, os.Args[2:])
+	default:
 		err = run(ctx, os.Args[1:])
 	}
 	if err != nil {
@@ -89,7 +91,7 @@ func run(ctx context.Context, args []string) error {
 	rep, err := fleet.Run(ctx, fleet.Config{
 		Client: client, Token: cfg.BearerToken, RunDir: *runDir,
 		Nodes: *nodes, Models: strings.Split(*models, ","), Labels: labels, SharedGPUs: *shared,
-		Inventories: inventories(), Bursts: bs,
+		Inventories: fleet.SimulatedInventories(), Bursts: bs,
 		LeaseRenew: *leaseRenew, Settle: *settle, Timeout: *timeout,
 	})
 	if err != nil {
@@ -111,30 +113,6 @@ func run(ctx context.Context, args []string) error {
 		}
 	}
 	return nil
-}
-
-// inventories reads each simulated model once.
-func inventories() fleet.Inventories {
-	var mu sync.Mutex
-	cache := map[string]*gpu.Inventory{}
-	return func(ctx context.Context, model string) (*gpu.Inventory, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		if inv, ok := cache[model]; ok {
-			return inv, nil
-		}
-		node, err := nvmlnode.Open(nvmlnode.Options{Simulate: model})
-		if err != nil {
-			return nil, err
-		}
-		defer node.Close()
-		inv, err := node.Inventory(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("read inventory of %s: %w", model, err)
-		}
-		cache[model] = inv
-		return inv, nil
-	}
 }
 
 func parseBursts(s string) ([]fleet.Burst, error) {
@@ -168,6 +146,48 @@ func compare(w io.Writer, args []string) error {
 		}
 	}
 	fleet.Compare(w, &reps[0], &reps[1])
+	return nil
+}
+
+// cost prints what each part of a node's pool costs, for each model and
+// for each of the offers given.
+func cost(ctx context.Context, w io.Writer, args []string) error {
+	fs := flag.NewFlagSet("gpu-fleet cost", flag.ContinueOnError)
+	models := fs.String("models", "dgxh100", "simulated node models, comma-separated")
+	kinds := fs.String("kinds", "", "the "+names.DeviceKindsLabel+" label")
+	profiles := fs.String("mig-profiles", "", "the "+names.MIGProfilesLabel+" label")
+	shared := fs.Bool("shared-gpus", true, "the plugin's --shared-gpus")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	labels := map[string]string{}
+	if *kinds != "" {
+		labels[names.DeviceKindsLabel] = *kinds
+	}
+	if *profiles != "" {
+		labels[names.MIGProfilesLabel] = *profiles
+	}
+	offer, err := devicemodel.ParseOffer(labels)
+	if err != nil {
+		return err
+	}
+	invs := fleet.SimulatedInventories()
+	for _, model := range strings.Split(*models, ",") {
+		inv, err := invs(ctx, model)
+		if err != nil {
+			return err
+		}
+		m, err := devicemodel.Build(devicemodel.Input{Inventory: inv, SharedGPUs: *shared, Offer: &offer})
+		if err != nil {
+			return err
+		}
+		r, err := fleet.Cost(m, "gpu-node-0000")
+		if err != nil {
+			return err
+		}
+		fleet.PrintCost(w, fmt.Sprintf("%s %v", model, labels), r)
+		fmt.Fprintln(w)
+	}
 	return nil
 }
 

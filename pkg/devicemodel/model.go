@@ -380,6 +380,10 @@ func migDevice(common map[resourceapi.QualifiedName]resourceapi.DeviceAttribute,
 	for k, v := range common {
 		d.Attributes[k] = v
 	}
+	// A MIG device is no PCI function: the standard attribute names one.
+	// Its GPU's stays under NVIDIA's name, and 14 attributes fit a Go map
+	// table half the size of 15's (docs/benchmarks.md).
+	delete(d.Attributes, names.AttrStandardPCIBusID)
 	d.Attributes[names.AttrType] = str(names.TypeMIG)
 	d.Attributes[names.AttrProfile] = str(p.Name)
 	d.Attributes[names.AttrParentUUID] = str(g.UUID)

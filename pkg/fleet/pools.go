@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"sync"
 
 	"github.com/google/uuid"
 	resourceapi "k8s.io/api/resource/v1"
@@ -12,12 +13,38 @@ import (
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/publish"
 )
 
 // Inventories reads a simulated node's inventory per model name.
 type Inventories func(ctx context.Context, model string) (*gpu.Inventory, error)
+
+// SimulatedInventories reads each simulated model's inventory once,
+// through the plugin's own NVML code.
+func SimulatedInventories() Inventories {
+	var mu sync.Mutex
+	cache := map[string]*gpu.Inventory{}
+	return func(ctx context.Context, model string) (*gpu.Inventory, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if inv, ok := cache[model]; ok {
+			return inv, nil
+		}
+		node, err := nvmlnode.Open(nvmlnode.Options{Simulate: model})
+		if err != nil {
+			return nil, err
+		}
+		defer node.Close()
+		inv, err := node.Inventory(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("read inventory of %s: %w", model, err)
+		}
+		cache[model] = inv
+		return inv, nil
+	}
+}
 
 // pool is one simulated node's pool, published by the plugin's own code:
 // the device model built from the node's inventory and labels, kept in the
