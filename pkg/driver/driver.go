@@ -227,6 +227,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		PoolName: cfg.NodeName, AfterStep: cfg.AfterStep, MPS: cfg.MPS, HeldWait: cfg.HeldDeviceWait,
 	})
 	d.monitor.Probe(ctx)
+	d.readOffer(ctx)
 	if _, err := d.state.refresh(inv, cp); err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package driver
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"sync"
 
 	resourceapi "k8s.io/api/resource/v1"
@@ -30,6 +31,19 @@ type nodeState struct {
 	mu    sync.RWMutex
 	inv   *gpu.Inventory
 	model *devicemodel.Model
+	// offer is what the node's labels let it advertise; nil: everything.
+	offer *devicemodel.Offer
+}
+
+// setOffer sets what the next model offers and reports whether it changed.
+func (s *nodeState) setOffer(o devicemodel.Offer) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.offer != nil && reflect.DeepEqual(*s.offer, o) || s.offer == nil && reflect.DeepEqual(o, devicemodel.OfferAll) {
+		return false
+	}
+	s.offer = &o
+	return true
 }
 
 // Lookup implements prepare.Devices.
@@ -61,6 +75,9 @@ func (s *nodeState) refresh(inv *gpu.Inventory, cp *checkpoint.Checkpoint) (*dev
 	if s.taints != nil {
 		in.GPUTaints, in.MIGTaints = s.taints()
 	}
+	s.mu.RLock()
+	in.Offer = s.offer
+	s.mu.RUnlock()
 	model, err := devicemodel.Build(in)
 	if err != nil {
 		return nil, fmt.Errorf("build device model: %w", err)
