@@ -227,7 +227,6 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		PoolName: cfg.NodeName, AfterStep: cfg.AfterStep, MPS: cfg.MPS, HeldWait: cfg.HeldDeviceWait,
 	})
 	d.monitor.Probe(ctx)
-	d.readOffer(ctx)
 	if _, err := d.state.refresh(inv, cp); err != nil {
 		return nil, err
 	}
@@ -249,6 +248,11 @@ func (d *Driver) Start(ctx context.Context) error {
 	d.cancel = cancel
 	d.monitor.Start(ctx)
 	d.watchClearances(ctx)
+	if d.readOffer(ctx) {
+		if err := d.rebuild(); err != nil {
+			return d.failStart(err)
+		}
+	}
 	helper, err := d.cfg.StartHelper(ctx, d, helperOptions(d.cfg)...)
 	if err != nil {
 		return d.failStart(fmt.Errorf("start kubelet plugin: %w", err))
@@ -375,11 +379,17 @@ func (d *Driver) refreshAndPublish(ctx context.Context) error {
 // rebuildAndPublish rebuilds the model from the inventory last read, with
 // the current taints, and republishes if it changed.
 func (d *Driver) rebuildAndPublish(ctx context.Context) error {
-	inv, _ := d.state.current()
-	if _, err := d.state.refresh(inv, d.preparer.Snapshot()); err != nil {
+	if err := d.rebuild(); err != nil {
 		return err
 	}
 	return d.publish(ctx)
+}
+
+// rebuild rebuilds the model from the inventory last read.
+func (d *Driver) rebuild() error {
+	inv, _ := d.state.current()
+	_, err := d.state.refresh(inv, d.preparer.Snapshot())
+	return err
 }
 
 // publish hands the current model to the publisher, which changes only

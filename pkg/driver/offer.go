@@ -12,19 +12,19 @@ import (
 )
 
 // readOffer reads what the node offers from its labels before the first
-// model is built, so that a node labelled to offer less never publishes
-// more. Without the Node (no client, not readable) it offers everything
-// until the node watch delivers it.
-func (d *Driver) readOffer(ctx context.Context) {
+// publication, so that a node labelled to offer less never publishes more,
+// and reports whether that changed the offer. Without the Node (no client,
+// not readable) it offers everything until the node watch delivers it.
+func (d *Driver) readOffer(ctx context.Context) bool {
 	if d.cfg.KubeClient == nil {
-		return
+		return false
 	}
 	node, err := d.cfg.KubeClient.CoreV1().Nodes().Get(ctx, d.cfg.NodeName, metav1.GetOptions{})
 	if err != nil {
 		klog.FromContext(ctx).Error(err, "Cannot read the node's labels of what it offers; offering every device until the node is watched")
-		return
+		return false
 	}
-	d.applyOffer(ctx, node.Labels)
+	return d.applyOffer(ctx, node.Labels)
 }
 
 // applyOffer sets what the node offers from its labels

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/klog/v2/ktesting"
@@ -25,13 +26,35 @@ func TestOfferLabels(t *testing.T) {
 	if _, err := f.client.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	ctx, cancel := context.WithCancel(ctx)
 	d := f.newDriver(ctx)
+	if err := d.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cancel(); _ = d.Wait() }()
 	devices := func() int {
 		_, m := d.state.current()
 		return m.Stats().Devices
 	}
 	if n := devices(); n != 8 {
 		t.Fatalf("labelled whole only, the first model has %d devices, want the 8 GPUs", n)
+	}
+	// What the publisher wrote first is that model: the slices it creates
+	// never held more.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		published := 0
+		for _, s := range f.slices() {
+			published += len(s.Spec.Devices)
+		}
+		if published > 8 {
+			t.Fatalf("labelled whole only, %d devices published", published)
+		}
+		if published == 8 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("never published the 8 GPUs")
+		}
 	}
 	for i, s := range []struct {
 		labels      map[string]string
