@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/ptr"
 )
@@ -50,7 +51,7 @@ func (k *nodeKeeper) create(ctx context.Context, name string, labels map[string]
 		corev1.ResourceMemory: resource.MustParse("2Ti"),
 		corev1.ResourcePods:   resource.MustParse("250"),
 	}
-	node.Status = corev1.NodeStatus{
+	status := corev1.NodeStatus{
 		Capacity:    res,
 		Allocatable: res,
 		Phase:       corev1.NodeRunning,
@@ -61,7 +62,16 @@ func (k *nodeKeeper) create(ctx context.Context, name string, labels map[string]
 		Addresses: []corev1.NodeAddress{{Type: corev1.NodeHostName, Address: name}},
 		NodeInfo:  corev1.NodeSystemInfo{KubeletVersion: "v1.37.2", OperatingSystem: "linux", Architecture: "amd64"},
 	}
-	node, err = k.client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
+	// The controllers write new Nodes too (the TTL annotation): retry on conflict.
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := k.client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		cur.Status = status
+		node, err = k.client.CoreV1().Nodes().UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("set status of node %s: %w", name, err)
 	}
