@@ -15,6 +15,7 @@ package fleet
 import (
 	"context"
 	"fmt"
+	"os"
 	"sync"
 	"time"
 
@@ -83,6 +84,9 @@ type Report struct {
 	// slices, RSSAfter with every slice published and settled, RSSEnd
 	// after the bursts; RSSPerNode is (RSSAfter-RSSBefore)/Nodes.
 	RSSBefore, RSSAfter, RSSEnd, RSSPerNode map[string]int64
+	// HarnessRSS is this process's resident memory at the end: the fleet's
+	// publishers, their informers and models.
+	HarnessRSS int64
 	// EtcdDBBytes is etcd's database in use after publishing.
 	EtcdDBBytes float64
 	// Taint is the write traffic of one health taint on one GPU.
@@ -220,6 +224,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	if rep.RSSEnd, err = RSS(cfg.RunDir); err != nil {
 		return nil, err
+	}
+	if status, err := os.ReadFile("/proc/self/status"); err == nil {
+		rep.HarnessRSS, _ = vmRSS(string(status))
 	}
 	return rep, nil
 }

@@ -16,6 +16,7 @@ func Print(w io.Writer, r *Report) {
 		fmt.Fprintf(w, "FLEET rss %-15s before=%6.0fMiB published=%6.0fMiB end=%6.0fMiB per-node=%.2fMiB\n", name,
 			float64(r.RSSBefore[name])/mib, float64(r.RSSAfter[name])/mib, float64(r.RSSEnd[name])/mib, float64(r.RSSPerNode[name])/mib)
 	}
+	fmt.Fprintf(w, "FLEET rss harness (publishers of every node) %.0fMiB\n", float64(r.HarnessRSS)/mib)
 	t := r.Taint
 	fmt.Fprintf(w, "FLEET taint one GPU: %d slices %d bytes rewritten; clear: %d slices %d bytes; generation bumps %d\n",
 		t.TaintObjects, t.TaintBytes, t.ClearObjects, t.ClearBytes, t.GenerationBumps)
