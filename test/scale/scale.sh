@@ -5,7 +5,7 @@
 # and prints both side by side with their ratio. Each side gets its own control plane, so that
 # neither inherits the other's memory.
 #
-#   test/scale/scale.sh [NODES...]            default: 100 500 1000
+#   test/scale/scale.sh [NODES...]            default: 100 500 (1000 needs about 21 GiB free: docs/benchmarks.md)
 #   FLEET_MODELS=dgxa100,dgxh100,dgxh200,dgxb200  the nodes' models, round robin (default dgxh100)
 #   FLEET_BURSTS=whole=3,mig-1g=3             the full side's workloads, pods per node
 #   FLEET_KINDS=whole_mig_shared FLEET_MIG_PROFILES=  the full side's labels (default: none)
@@ -24,7 +24,7 @@ OUT=${GPU_DRA_SCALE_OUT:-/tmp/gpu-dra-scale}
 MODELS=${FLEET_MODELS:-dgxh100}
 BURSTS=${FLEET_BURSTS:-whole=3,mig-1g=3}
 NODES=("$@")
-((${#NODES[@]} > 0)) || NODES=(100 500 1000)
+((${#NODES[@]} > 0)) || NODES=(100 500)
 # The baseline runs the full side's whole-GPU burst, the one workload it can serve.
 BASELINE_BURSTS=$(tr , '\n' <<<"$BURSTS" | grep '^whole=' || echo whole=3)
 mkdir -p "$OUT" "$REPO_ROOT/bin"
