@@ -247,12 +247,14 @@ func (d *Driver) Start(ctx context.Context) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	d.cancel = cancel
 	d.monitor.Start(ctx)
-	d.watchClearances(ctx)
+	// The offer is read before the node is watched: the watch would set
+	// it first, and the first model would be built without it.
 	if d.readOffer(ctx) {
 		if err := d.rebuild(); err != nil {
 			return d.failStart(err)
 		}
 	}
+	d.watchClearances(ctx)
 	helper, err := d.cfg.StartHelper(ctx, d, helperOptions(d.cfg)...)
 	if err != nil {
 		return d.failStart(fmt.Errorf("start kubelet plugin: %w", err))
