@@ -25,7 +25,7 @@ build: ## build the commands into bin/
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/gpu-sim-tools
 
 .PHONY: test
-test: lint chart unit fuzz e2e ## run every test: lint, chart, unit, fuzz, then end-to-end on a local cluster
+test: lint chart unit fuzz e2e scale-check ## run every test: lint, chart, unit, fuzz, end-to-end, then a small fleet, each on a local cluster
 
 # Each fuzz target for FUZZTIME, from its committed corpus (testdata/fuzz).
 FUZZTIME ?= 20s
@@ -89,3 +89,13 @@ bench: ## Go benchmarks, then figures of the driver on a local cluster (docs/ben
 	$(GO) test -run XXX -bench BenchmarkBurst -benchtime 3x ./pkg/prepare/
 	test/cluster/build.sh
 	GPU_DRA_MEASURE=1 $(GO) test -tags e2e -count=1 -timeout 20m -run TestMeasure -v ./test/e2e/ | grep -E '^MEASURE|^ok|FAIL|cluster and driver'
+
+.PHONY: scale
+scale: ## fleets of 100 and 500 simulated GPU nodes, full against whole-GPU-only (NODES="100 1000" to choose; docs/benchmarks.md)
+	test/cluster/build.sh
+	test/scale/scale.sh $(NODES)
+
+.PHONY: scale-check
+scale-check: ## a fleet of 50 simulated GPU nodes on the real scheduler: every pod bound, nothing over-committed, claims released
+	test/cluster/build.sh
+	$(GO) test -tags scale -count=1 -timeout 20m -v ./test/scale/

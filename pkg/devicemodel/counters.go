@@ -15,14 +15,15 @@ import (
 //
 // The memory slices carry exclusivity: a placement consumes its slices, the
 // whole GPU all of them, so overlapping devices can never be allocated
-// together. "memory" and "multiprocessors" let users and tools see what is
-// left; their totals are the most that any valid set of MIG instances can
-// use, so they never refuse what the hardware allows. Instance limits that
+// together. Instance limits that
 // the placements do not already imply (a GPU has one set of media engines,
 // so only one "+me" instance fits although seven placements exist) are
 // counters of their own.
 type counterTotals struct {
-	memoryBytes     int64
+	// memoryBytes is the one counter of a GPU without MIG placements.
+	memoryBytes int64
+	// multiprocessors is the most any valid set of MIG instances uses, the
+	// whole GPU's capacity.
 	multiprocessors int
 	// limits maps a profile ID to its instance-limit counter, for the
 	// profiles whose MaxInstances is below what their placements allow.
@@ -45,9 +46,7 @@ func computeTotals(g *gpu.GPU) counterTotals {
 			t.limits[p.ID] = limit{counter: names.InstanceLimitCounter(p.Name), max: p.MaxInstances}
 		}
 	}
-	mem, mps := bestPacking(g, t.limits)
-	t.memoryBytes = max(int64(g.MemoryBytes), mem)
-	t.multiprocessors = mps
+	t.multiprocessors = bestPacking(g, t.limits)
 	return t
 }
 
@@ -67,9 +66,9 @@ func disjointPlacements(pls []gpu.Placement) int {
 	return n
 }
 
-// bestPacking returns the largest memory and multiprocessor sums over all
-// sets of non-overlapping placements that respect the instance limits.
-func bestPacking(g *gpu.GPU, limits map[int]limit) (memory int64, multiprocessors int) {
+// bestPacking returns the largest multiprocessor sum over all sets of
+// non-overlapping placements that respect the instance limits.
+func bestPacking(g *gpu.GPU, limits map[int]limit) (multiprocessors int) {
 	type option struct {
 		profile *gpu.MIGProfile
 		at      gpu.Placement
@@ -84,14 +83,13 @@ func bestPacking(g *gpu.GPU, limits map[int]limit) (memory int64, multiprocessor
 		}
 	}
 	used := map[int]int{}
-	var walk func(slot int, mask uint32, mem int64, mps int)
-	walk = func(slot int, mask uint32, mem int64, mps int) {
+	var walk func(slot int, mask uint32, mps int)
+	walk = func(slot int, mask uint32, mps int) {
 		if slot == gpu.MemorySlices {
-			memory = max(memory, mem)
 			multiprocessors = max(multiprocessors, mps)
 			return
 		}
-		walk(slot+1, mask, mem, mps)
+		walk(slot+1, mask, mps)
 		for _, o := range byStart[slot] {
 			if o.at.Mask()&mask != 0 {
 				continue
@@ -100,12 +98,12 @@ func bestPacking(g *gpu.GPU, limits map[int]limit) (memory int64, multiprocessor
 				continue
 			}
 			used[o.profile.ID]++
-			walk(slot+1, mask|o.at.Mask(), mem+int64(o.profile.MemoryBytes), mps+o.profile.Multiprocessors)
+			walk(slot+1, mask|o.at.Mask(), mps+o.profile.Multiprocessors)
 			used[o.profile.ID]--
 		}
 	}
-	walk(0, 0, 0, 0)
-	return memory, multiprocessors
+	walk(0, 0, 0)
+	return multiprocessors
 }
 
 // counters are the counter set's totals: what the whole GPU consumes, plus
@@ -118,16 +116,21 @@ func (t counterTotals) counters() map[string]resourceapi.Counter {
 	return c
 }
 
-// wholeGPU is what the whole GPU consumes: every memory slice and all the
-// memory and multiprocessors.
+// wholeGPU is what the whole GPU consumes: every memory slice, or without
+// MIG its memory.
+//
+// Memory and multiprocessors are no counters of a MIG-capable GPU: their
+// totals are the most that any valid set of instances uses, so they never
+// refused what the slices and instance limits allow, and they cost every
+// device two Quantities the scheduler holds and the allocator sums
+// (docs/benchmarks.md, "What a device costs").
 func (t counterTotals) wholeGPU() map[string]resourceapi.Counter {
-	c := map[string]resourceapi.Counter{
-		names.CapacityMemory: {Value: *resource.NewQuantity(t.memoryBytes, resource.BinarySI)},
-	}
 	if t.noMIG {
-		return c
+		return map[string]resourceapi.Counter{
+			names.CapacityMemory: {Value: *resource.NewQuantity(t.memoryBytes, resource.BinarySI)},
+		}
 	}
-	c[names.CapacityMultiprocessors] = resourceapi.Counter{Value: *resource.NewQuantity(int64(t.multiprocessors), resource.DecimalSI)}
+	c := map[string]resourceapi.Counter{}
 	for i := 0; i < gpu.MemorySlices; i++ {
 		c[names.MemorySliceCounter(i)] = one()
 	}
@@ -136,10 +139,7 @@ func (t counterTotals) wholeGPU() map[string]resourceapi.Counter {
 
 // migConsumption is what a MIG profile at a placement consumes.
 func (t counterTotals) migConsumption(p *gpu.MIGProfile, pl gpu.Placement) map[string]resourceapi.Counter {
-	c := map[string]resourceapi.Counter{
-		names.CapacityMemory:          {Value: *resource.NewQuantity(int64(p.MemoryBytes), resource.BinarySI)},
-		names.CapacityMultiprocessors: {Value: *resource.NewQuantity(int64(p.Multiprocessors), resource.DecimalSI)},
-	}
+	c := map[string]resourceapi.Counter{}
 	for i := pl.Start; i < pl.Start+pl.Size; i++ {
 		c[names.MemorySliceCounter(i)] = one()
 	}

@@ -55,8 +55,9 @@ func (c *clearances) fresh(annotations map[string]string) []string {
 }
 
 // watchClearances applies the admin clearances annotated on the node
-// (package clearance) to the health monitor, now and whenever the node
-// changes, until ctx ends.
+// (package clearance) to the health monitor, and its labels of what it
+// offers to the model (republished when they change), now and whenever the
+// node changes, until ctx ends.
 func (d *Driver) watchClearances(ctx context.Context) {
 	if d.cfg.KubeClient == nil {
 		return
@@ -67,6 +68,12 @@ func (d *Driver) watchClearances(ctx context.Context) {
 	apply := func(obj any) {
 		if node, ok := obj.(*corev1.Node); ok {
 			d.applyClearances(ctx, node.Annotations)
+			if d.applyOffer(ctx, node.Labels) {
+				select { // wakes the main loop to rebuild and republish
+				case d.healthChanged <- struct{}{}:
+				default: // a republish is already pending
+				}
+			}
 		}
 	}
 	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{

@@ -253,6 +253,13 @@ func (d *Driver) Start(ctx context.Context) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	d.cancel = cancel
 	d.monitor.Start(ctx)
+	// The offer is read before the node is watched: the watch would set
+	// it first, and the first model would be built without it.
+	if d.readOffer(ctx) {
+		if err := d.rebuild(); err != nil {
+			return d.failStart(err)
+		}
+	}
 	d.watchClearances(ctx)
 	d.startIdentity(ctx, d.preparer.Snapshot())
 	helper, err := d.cfg.StartHelper(ctx, d, helperOptions(d.cfg)...)
@@ -365,11 +372,16 @@ func (d *Driver) refreshAndPublish(ctx context.Context) error {
 // rebuildAndPublish rebuilds the model from the inventory last read, with
 // the current taints, and republishes if it changed.
 func (d *Driver) rebuildAndPublish(ctx context.Context) error {
-	inv, _ := d.state.current()
-	if err := d.state.refresh(inv, d.preparer); err != nil {
+	if err := d.rebuild(); err != nil {
 		return err
 	}
 	return d.publish(ctx)
+}
+
+// rebuild rebuilds the model from the inventory last read.
+func (d *Driver) rebuild() error {
+	inv, _ := d.state.current()
+	return d.state.refresh(inv, d.preparer)
 }
 
 // publish hands the current model to the publisher, which changes only

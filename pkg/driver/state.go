@@ -3,6 +3,7 @@ package driver
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"sync"
 
 	resourceapi "k8s.io/api/resource/v1"
@@ -37,6 +38,19 @@ type nodeState struct {
 	mu    sync.RWMutex
 	inv   *gpu.Inventory
 	model *devicemodel.Model
+	// offer is what the node's labels let it advertise; nil: everything.
+	offer *devicemodel.Offer
+}
+
+// setOffer sets what the next model offers and reports whether it changed.
+func (s *nodeState) setOffer(o devicemodel.Offer) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.offer != nil && reflect.DeepEqual(*s.offer, o) || s.offer == nil && reflect.DeepEqual(o, devicemodel.OfferAll) {
+		return false
+	}
+	s.offer = &o
+	return true
 }
 
 // Lookup implements prepare.Devices.
@@ -83,6 +97,9 @@ func (s *nodeState) refresh(inv *gpu.Inventory, owner migOwner) error {
 			}
 		}
 	}
+	s.mu.RLock()
+	in.Offer = s.offer
+	s.mu.RUnlock()
 	model, err := devicemodel.Build(in)
 	if err != nil {
 		return fmt.Errorf("build device model: %w", err)

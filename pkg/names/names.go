@@ -288,3 +288,31 @@ func ParseGPUEventMessage(msg string) (minor int, what string, ok bool) {
 	}
 	return p.Minor, what, true
 }
+
+// Node labels by which an operator chooses what a node advertises (see
+// devicemodel.ParseOffer); the values are lists joined by "_", since label
+// values may not hold commas.
+const (
+	// DeviceKindsLabel lists the kinds of device a node offers, of
+	// KindWhole, KindMIG and KindShared, e.g. "whole_mig". Absent offers
+	// every kind the plugin's options allow.
+	DeviceKindsLabel = keyPrefix + "device-kinds"
+	// MIGProfilesLabel lists the MIG profiles a node offers, each as its
+	// size ("1g") or its SanitizeProfile name ("1g10gb", "1g10gbme"), e.g.
+	// "1g_7g". Absent offers every profile.
+	MIGProfilesLabel = keyPrefix + "mig-profiles"
+)
+
+// The kinds of device a DeviceKindsLabel lists.
+const (
+	KindWhole  = "whole"
+	KindMIG    = "mig"
+	KindShared = "shared"
+)
+
+// The DeviceClasses the chart installs, one per device type.
+const (
+	GPUDeviceClass    = DriverName
+	MIGDeviceClass    = "mig.nvidia.com"
+	SharedDeviceClass = "shared." + DriverName
+)

@@ -175,6 +175,10 @@ start_etcd() {
 # The API server calls webhooks at their Services' endpoints (--enable-aggregator-routing), as
 # the node runs no kube-proxy.
 start_control_plane() {
+	# Without kubelet (GPU_DRA_CONTROL_PLANE_ONLY=1, test/scale) the scheduler and the resource claim
+	# controller serve a fleet: their client rate limits (50 and 20 requests/s) would be what is measured.
+	local qps=()
+	[[ ${GPU_DRA_CONTROL_PLANE_ONLY:-0} == 1 ]] && qps=(--kube-api-qps=500 --kube-api-burst=1000)
 	start kube-apiserver "$K8S_BIN/kube-apiserver" \
 		--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port=6443 \
 		--etcd-servers=http://127.0.0.1:2379 --endpoint-reconciler-type=none \
@@ -195,7 +199,7 @@ start_control_plane() {
 		--kubeconfig="$KCFG/scheduler.kubeconfig" \
 		--authentication-kubeconfig="$KCFG/scheduler.kubeconfig" \
 		--authorization-kubeconfig="$KCFG/scheduler.kubeconfig" \
-		--bind-address=127.0.0.1 --secure-port=10259 --cert-dir="$RUN/scheduler" --leader-elect=false
+		--bind-address=127.0.0.1 --secure-port=10259 --cert-dir="$RUN/scheduler" --leader-elect=false "${qps[@]}"
 	start kube-controller-manager "$K8S_BIN/kube-controller-manager" \
 		--kubeconfig="$KCFG/controller-manager.kubeconfig" \
 		--authentication-kubeconfig="$KCFG/controller-manager.kubeconfig" \
@@ -204,7 +208,7 @@ start_control_plane() {
 		--use-service-account-credentials=true --service-account-private-key-file="$PKI/sa.key" \
 		--root-ca-file="$PKI/ca.crt" --cluster-signing-cert-file="$PKI/ca.crt" \
 		--cluster-signing-key-file="$PKI/ca.key" --service-cluster-ip-range=10.96.0.0/16 \
-		--flex-volume-plugin-dir="$RUN/controller-manager/volume-plugins"
+		--flex-volume-plugin-dir="$RUN/controller-manager/volume-plugins" "${qps[@]}"
 	wait_for "kube-scheduler /readyz" 60 kube-scheduler curl -kfsS --max-time 2 https://127.0.0.1:10259/readyz
 	wait_for "kube-controller-manager /healthz" 60 kube-controller-manager \
 		curl -kfsS --max-time 2 https://127.0.0.1:10257/healthz
@@ -410,9 +414,14 @@ main() {
 	step "etcd" start_etcd
 	step "kube-apiserver, scheduler, controller-manager" start_control_plane
 	step "RBAC for the DRA kubelet plugin" grant_plugin
-	step "containerd" start_containerd
-	step "import images" import_images
-	step "kubelet, node Ready" start_kubelet
+	# GPU_DRA_CONTROL_PLANE_ONLY=1: no containerd and no kubelet, for test/scale's simulated nodes.
+	if [[ ${GPU_DRA_CONTROL_PLANE_ONLY:-0} == 1 ]]; then
+		wait_for "service account default/default" 60 - kubectl get serviceaccount default
+	else
+		step "containerd" start_containerd
+		step "import images" import_images
+		step "kubelet, node Ready" start_kubelet
+	fi
 	write_env
 	UP_OK=1
 	print_times

@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -294,7 +295,7 @@ func podsDuring(t *testing.T, ns string, roll func()) []time.Duration {
 	<-done
 	eventually(t, 60*time.Second, "the probe pods gone", func() (bool, error) {
 		pods, err := client.CoreV1().Pods(ns).List(ctx(), metav1.ListOptions{LabelSelector: "probe=upgrade"})
-		return err == nil && len(pods.Items) == 0, fmt.Errorf("%v, %d left", err, len(pods.Items))
+		return err == nil && len(pods.Items) == 0, errors.Join(err, fmt.Errorf("%d left", len(pods.Items)))
 	})
 	mu.Lock()
 	defer mu.Unlock()

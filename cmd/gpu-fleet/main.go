@@ -1,0 +1,199 @@
+// Command gpu-fleet is the scale harness (package fleet): it runs a fleet
+// of simulated GPU nodes, whose pools the driver's own publishing code
+// publishes, against the local control plane of test/cluster, and prints
+// what it measured. `gpu-fleet compare A.json B.json` prints two runs side
+// by side. test/scale/scale.sh (make scale) runs both sides of a
+// comparison.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/fleet"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx = klog.NewContext(ctx, klog.Background())
+	var err error
+	switch {
+	case len(os.Args) > 1 && os.Args[1] == "compare":
+		err = compare(os.Stdout, os.Args[2:])
+	case len(os.Args) > 1 && os.Args[1] == "cost":
+		err = cost(ctx, os.Stdout, os.Args[2:])
+	default:
+		err = run(ctx, os.Args[1:])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "gpu-fleet:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("gpu-fleet", flag.ContinueOnError)
+	kubeconfig := fs.String("kubeconfig", os.Getenv("KUBECONFIG"), "the cluster admin's kubeconfig")
+	runDir := fs.String("run-dir", envOr("GPU_DRA_RUN_DIR", "/tmp/gpu-dra-cluster"), "the cluster's run directory (PID files)")
+	nodes := fs.Int("nodes", 10, "number of simulated GPU nodes")
+	models := fs.String("models", "dgxh100", "simulated node models, comma-separated, assigned round robin: "+strings.Join(nvmlnode.SimulatedModels(), ", "))
+	kinds := fs.String("kinds", "", "the nodes' "+names.DeviceKindsLabel+" label (e.g. whole, whole_mig_shared); empty: no label")
+	profiles := fs.String("mig-profiles", "", "the nodes' "+names.MIGProfilesLabel+" label (e.g. 1g_7g); empty: no label")
+	shared := fs.Bool("shared-gpus", true, "the plugin's --shared-gpus")
+	bursts := fs.String("bursts", "whole=3", "workloads run in turn, with pods per node: "+strings.Join(fleet.Workloads, ", ")+", e.g. whole=3,mig-1g=3")
+	out := fs.String("out", "", "also write the report as JSON to this file")
+	settle := fs.Duration("settle", 15*time.Second, "wait before reading memory")
+	timeout := fs.Duration("timeout", 10*time.Minute, "limit of each wait")
+	leaseRenew := fs.Duration("lease-renew", 20*time.Second, "how often each node renews its Lease")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
+	if err != nil {
+		return fmt.Errorf("read kubeconfig %s: %w", *kubeconfig, err)
+	}
+	// One client for the whole fleet: each real plugin has its own, so the
+	// fleet's is limited only by the API server.
+	cfg.QPS, cfg.Burst = 1000, 2000
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("client: %w", err)
+	}
+	labels := map[string]string{}
+	if *kinds != "" {
+		labels[names.DeviceKindsLabel] = *kinds
+	}
+	if *profiles != "" {
+		labels[names.MIGProfilesLabel] = *profiles
+	}
+	bs, err := parseBursts(*bursts)
+	if err != nil {
+		return err
+	}
+	rep, err := fleet.Run(ctx, fleet.Config{
+		Client: client, Token: cfg.BearerToken, RunDir: *runDir,
+		Nodes: *nodes, Models: strings.Split(*models, ","), Labels: labels, SharedGPUs: *shared,
+		Inventories: fleet.SimulatedInventories(), Bursts: bs,
+		LeaseRenew: *leaseRenew, Settle: *settle, Timeout: *timeout,
+	})
+	if err != nil {
+		return err
+	}
+	fleet.Print(os.Stdout, rep)
+	if *out != "" {
+		data, err := json.MarshalIndent(rep, "", "  ")
+		if err != nil {
+			return fmt.Errorf("encode report: %w", err)
+		}
+		if err := os.WriteFile(*out, data, 0o644); err != nil {
+			return fmt.Errorf("write report: %w", err)
+		}
+	}
+	for _, b := range rep.Bursts {
+		if b.Bound < b.Pods || len(b.Violations) > 0 || !b.Released {
+			return fmt.Errorf("burst %s: %d of %d pods bound, %d over-commitments, claims released: %t", b.Workload, b.Bound, b.Pods, len(b.Violations), b.Released)
+		}
+	}
+	return nil
+}
+
+func parseBursts(s string) ([]fleet.Burst, error) {
+	var out []fleet.Burst
+	for _, part := range strings.Split(s, ",") {
+		w, n, ok := strings.Cut(part, "=")
+		if !ok {
+			return nil, fmt.Errorf("burst %q: want workload=pods-per-node", part)
+		}
+		per, err := strconv.ParseFloat(n, 64)
+		if err != nil || per <= 0 {
+			return nil, fmt.Errorf("burst %q: pods per node must be a positive number", part)
+		}
+		out = append(out, fleet.Burst{Workload: w, PodsPerNode: per})
+	}
+	return out, nil
+}
+
+func compare(w io.Writer, args []string) error {
+	if len(args) != 2 {
+		return errors.New("usage: gpu-fleet compare FULL.json BASELINE.json")
+	}
+	var reps [2]fleet.Report
+	for i, path := range args {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("read report: %w", err)
+		}
+		if err := json.Unmarshal(data, &reps[i]); err != nil {
+			return fmt.Errorf("decode report %s: %w", path, err)
+		}
+	}
+	fleet.Compare(w, &reps[0], &reps[1])
+	return nil
+}
+
+// cost prints what each part of a node's pool costs, for each model and
+// for each of the offers given.
+func cost(ctx context.Context, w io.Writer, args []string) error {
+	fs := flag.NewFlagSet("gpu-fleet cost", flag.ContinueOnError)
+	models := fs.String("models", "dgxh100", "simulated node models, comma-separated")
+	kinds := fs.String("kinds", "", "the "+names.DeviceKindsLabel+" label")
+	profiles := fs.String("mig-profiles", "", "the "+names.MIGProfilesLabel+" label")
+	shared := fs.Bool("shared-gpus", true, "the plugin's --shared-gpus")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	labels := map[string]string{}
+	if *kinds != "" {
+		labels[names.DeviceKindsLabel] = *kinds
+	}
+	if *profiles != "" {
+		labels[names.MIGProfilesLabel] = *profiles
+	}
+	offer, err := devicemodel.ParseOffer(labels)
+	if err != nil {
+		return err
+	}
+	invs := fleet.SimulatedInventories()
+	for _, model := range strings.Split(*models, ",") {
+		inv, err := invs(ctx, model)
+		if err != nil {
+			return err
+		}
+		m, err := devicemodel.Build(devicemodel.Input{Inventory: inv, SharedGPUs: *shared, Offer: &offer})
+		if err != nil {
+			return err
+		}
+		r, err := fleet.Cost(m, "gpu-node-0000")
+		if err != nil {
+			return err
+		}
+		fleet.PrintCost(w, fmt.Sprintf("%s %v", model, labels), r)
+		fmt.Fprintln(w)
+	}
+	return nil
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}

@@ -1,0 +1,366 @@
+// Package fleet is the scale harness: it runs a fleet of simulated GPU
+// nodes against a real control plane (test/cluster/up.sh without kubelet)
+// and measures what the driver's ResourceSlices cost there.
+//
+// Every node's pool is built and published by the plugin's own code
+// (devicemodel.Build and publish.Publisher, one per node, all in this
+// process), so the bytes and the update pattern are the plugin's. The
+// harness makes the Node objects and keeps them Ready (a Ready condition
+// and a renewed Lease, what the node lifecycle controller reads), plays the
+// kubelet's part for pods (bound pods are marked Running, then Succeeded,
+// then deleted), and lets the real scheduler and resource claim controller
+// do the rest: allocate, bind, release.
+package fleet
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/klog/v2"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
+)
+
+// Config is one run of the harness.
+type Config struct {
+	// Client reaches the API server as its admin.
+	Client kubernetes.Interface
+	// Token is the admin's bearer token, for the scheduler's metrics.
+	Token string
+	// RunDir is the cluster's run directory (PID files).
+	RunDir string
+	// Nodes is the fleet's size; node i has Models[i % len(Models)].
+	Nodes  int
+	Models []string
+	// Labels are every node's labels, e.g. names.DeviceKindsLabel: the
+	// plugin's knob of what a node offers.
+	Labels map[string]string
+	// SharedGPUs is the plugin's option of the same name.
+	SharedGPUs bool
+	// Inventories reads a simulated node's inventory.
+	Inventories Inventories
+	// Bursts are the workloads run one after the other, with their pods
+	// per node.
+	Bursts []Burst
+	// LeaseRenew is how often each node renews its Lease.
+	LeaseRenew time.Duration
+	// Settle is how long the harness waits after publishing before it
+	// reads memory, so that the scheduler has taken in every slice.
+	Settle time.Duration
+	// Timeout bounds each wait (all slices published, a burst bound, its
+	// claims released).
+	Timeout time.Duration
+}
+
+// Burst is a workload and how many pods of it, per node of the fleet.
+type Burst struct {
+	Workload    string
+	PodsPerNode float64
+}
+
+// Report is what a run measured.
+type Report struct {
+	Nodes  int
+	Models []string
+	Labels map[string]string
+	// Per node, averaged over the fleet.
+	SlicesPerNode, DevicesPerNode float64
+	// SliceBytesPerNode is the JSON size of a node's ResourceSlices.
+	SliceBytesPerNode float64
+	// StartupSeconds is from the first publisher started to every slice
+	// of the fleet created.
+	StartupSeconds float64
+	// RSSBefore is each process's resident memory with the nodes and no
+	// slices, RSSAfter with every slice published and settled, RSSEnd
+	// after the bursts; RSSPerNode is (RSSAfter-RSSBefore)/Nodes.
+	RSSBefore, RSSAfter, RSSEnd, RSSPerNode map[string]int64
+	// HarnessRSS is this process's resident memory at the end: the fleet's
+	// publishers, their informers and models.
+	HarnessRSS int64
+	// EtcdDBBytes is etcd's database in use after publishing.
+	EtcdDBBytes float64
+	// Taint is the write traffic of one health taint on one GPU.
+	Taint TaintTraffic
+	// Bursts in the order they ran.
+	Bursts []BurstResult
+}
+
+type harness struct {
+	cfg     Config
+	client  kubernetes.Interface
+	metrics *metricsClient
+	pools   map[string]*pool
+	order   []*pool
+	pods    *podTracker
+	bursts  int
+}
+
+// Run runs the fleet: nodes, their pools, the bursts; it deletes the
+// fleet before it returns.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	logger := klog.FromContext(ctx)
+	h := &harness{cfg: cfg, client: cfg.Client, metrics: newMetricsClient(cfg.Token), pools: map[string]*pool{}}
+	rep := &Report{Nodes: cfg.Nodes, Models: cfg.Models, Labels: cfg.Labels}
+	offer, err := devicemodel.ParseOffer(cfg.Labels)
+	if err != nil {
+		return nil, err
+	}
+	if err := h.setup(ctx); err != nil {
+		return nil, err
+	}
+	defer func() {
+		// The fleet goes even when the run failed or was interrupted.
+		ctx := context.WithoutCancel(ctx)
+		if err := deleteFleet(ctx, h.client); err != nil {
+			logger.Error(err, "Delete the fleet")
+		}
+	}()
+
+	// Nodes first, then their pools: the Node owns its slices.
+	keeper := &nodeKeeper{client: h.client, renew: cfg.LeaseRenew}
+	nodeNames := make([]string, cfg.Nodes)
+	for i := range cfg.Nodes {
+		nodeNames[i] = fmt.Sprintf("gpu-node-%04d", i)
+		model := cfg.Models[i%len(cfg.Models)]
+		inv, err := cfg.Inventories(ctx, model)
+		if err != nil {
+			return nil, fmt.Errorf("inventory of model %s: %w", model, err)
+		}
+		p, err := newPool(nodeNames[i], inv, offer, cfg.SharedGPUs)
+		if err != nil {
+			return nil, err
+		}
+		h.pools[p.node] = p
+		h.order = append(h.order, p)
+	}
+	if err := parallel(ctx, nodeNames, func(ctx context.Context, name string) error {
+		_, err := keeper.create(ctx, name, cfg.Labels)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	aliveCtx, stopAlive := context.WithCancel(ctx)
+	var alive sync.WaitGroup
+	keeper.keepAlive(aliveCtx, nodeNames, &alive)
+	defer func() { stopAlive(); alive.Wait() }()
+	logger.Info("Fleet's nodes are up", "nodes", cfg.Nodes)
+
+	if rep.RSSBefore, err = h.settledRSS(ctx); err != nil {
+		return nil, err
+	}
+	var slices, devices, bytes int
+	for _, p := range h.order {
+		st := p.model.Stats()
+		slices += st.Slices
+		devices += st.Devices
+		b, err := p.bytes()
+		if err != nil {
+			return nil, err
+		}
+		bytes += b
+	}
+	n := float64(cfg.Nodes)
+	rep.SlicesPerNode, rep.DevicesPerNode, rep.SliceBytesPerNode = float64(slices)/n, float64(devices)/n, float64(bytes)/n
+
+	start := time.Now()
+	// The publishers run on the run's context, not on parallel's.
+	if err := parallel(ctx, nodeNames, func(_ context.Context, name string) error {
+		return h.pools[name].start(ctx, h.client)
+	}); err != nil {
+		return nil, err
+	}
+	defer func() {
+		for _, p := range h.order {
+			p.pub.Stop()
+		}
+	}()
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, cfg.Timeout, true, func(context.Context) (bool, error) {
+		var created int64
+		for _, p := range h.order {
+			created += p.pub.Stats().NumCreates
+		}
+		return created >= int64(slices), nil
+	}); err != nil {
+		return nil, fmt.Errorf("wait for %d slices to be published: %w", slices, err)
+	}
+	rep.StartupSeconds = time.Since(start).Seconds()
+	logger.Info("Fleet's slices are published", "slices", slices, "seconds", rep.StartupSeconds)
+
+	if rep.RSSAfter, err = h.settledRSS(ctx); err != nil {
+		return nil, err
+	}
+	rep.RSSPerNode = map[string]int64{}
+	for name, after := range rep.RSSAfter {
+		rep.RSSPerNode[name] = (after - rep.RSSBefore[name]) / int64(cfg.Nodes)
+	}
+	if text, err := h.metrics.scrape(ctx, etcdMetricsURL); err == nil {
+		rep.EtcdDBBytes, _ = gauge(text, "etcd_mvcc_db_total_size_in_use_in_bytes")
+	}
+
+	if rep.Taint, err = h.taintTraffic(ctx, h.order[0]); err != nil {
+		return nil, err
+	}
+
+	if h.pods, err = newPodTracker(ctx, h.client); err != nil {
+		return nil, err
+	}
+	for _, b := range cfg.Bursts {
+		pods := int(b.PodsPerNode*n + 0.5)
+		res, err := h.runBurst(ctx, b.Workload, pods, cfg.Timeout)
+		if err != nil {
+			return nil, fmt.Errorf("burst %s: %w", b.Workload, err)
+		}
+		rep.Bursts = append(rep.Bursts, res)
+	}
+	if rep.RSSEnd, err = RSS(cfg.RunDir); err != nil {
+		return nil, err
+	}
+	if status, err := os.ReadFile("/proc/self/status"); err == nil {
+		rep.HarnessRSS, _ = vmRSS(string(status))
+	}
+	return rep, nil
+}
+
+// setup makes the namespace, the chart's DeviceClasses and the claim
+// templates, and removes what an earlier, interrupted run left.
+func (h *harness) setup(ctx context.Context) error {
+	if err := deleteFleet(ctx, h.client); err != nil {
+		return err
+	}
+	_, err := h.client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: Namespace}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create namespace %s: %w", Namespace, err)
+	}
+	for _, c := range deviceClasses() {
+		_, err := h.client.ResourceV1().DeviceClasses().Create(ctx, c, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create device class %s: %w", c.Name, err)
+		}
+	}
+	for _, w := range Workloads {
+		t, err := template(w)
+		if err != nil {
+			return err
+		}
+		_, err = h.client.ResourceV1().ResourceClaimTemplates(Namespace).Create(ctx, t, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create claim template %s: %w", w, err)
+		}
+	}
+	// Pods are admitted once the namespace's default service account exists.
+	return wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, h.cfg.Timeout, true, func(ctx context.Context) (bool, error) {
+		_, err := h.client.CoreV1().ServiceAccounts(Namespace).Get(ctx, "default", metav1.GetOptions{})
+		return err == nil, nil
+	})
+}
+
+// settledRSS waits Settle and reads the control plane's memory.
+func (h *harness) settledRSS(ctx context.Context) (map[string]int64, error) {
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-time.After(h.cfg.Settle):
+	}
+	return RSS(h.cfg.RunDir)
+}
+
+func (h *harness) schedulerHistograms(ctx context.Context) (attempt, sli Histogram, err error) {
+	text, err := h.metrics.scrape(ctx, schedulerMetricsURL)
+	if err != nil {
+		return Histogram{}, Histogram{}, err
+	}
+	if attempt, err = parseHistogram(text, "scheduler_scheduling_attempt_duration_seconds", `result="scheduled"`); err != nil {
+		return Histogram{}, Histogram{}, err
+	}
+	if sli, err = parseHistogram(text, "scheduler_pod_scheduling_sli_duration_seconds"); err != nil {
+		return Histogram{}, Histogram{}, err
+	}
+	return attempt, sli, nil
+}
+
+// parallel runs fn for every item, 16 at a time, and returns the first error.
+func parallel(ctx context.Context, items []string, fn func(context.Context, string) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sem := make(chan struct{}, 16)
+	errs := make(chan error, len(items))
+	for _, it := range items {
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem }()
+			errs <- fn(ctx, it)
+		}()
+	}
+	var first error
+	for range items {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+			cancel()
+		}
+	}
+	return first
+}
+
+// TaintTraffic is what one health taint appearing on one GPU, then
+// clearing, made the publisher write.
+type TaintTraffic struct {
+	// Objects and Bytes are the ResourceSlices rewritten (created or
+	// updated) and their JSON size, for the taint and for its clearing.
+	TaintObjects, ClearObjects int
+	TaintBytes, ClearBytes     int
+	// GenerationBumps is how much the pool's generation grew over both.
+	GenerationBumps int64
+}
+
+// taintTraffic taints GPU 0 of one pool as the health monitor would, waits
+// until the publisher is done, clears it, and counts what changed.
+func (h *harness) taintTraffic(ctx context.Context, p *pool) (TaintTraffic, error) {
+	var tt TaintTraffic
+	before, err := h.poolSlices(ctx, p.node)
+	if err != nil {
+		return tt, err
+	}
+	gen0 := generation(before)
+	g := p.in.Inventory.GPUs[0]
+	taint := resourceapi.DeviceTaint{Key: names.HealthTaintKey("xid"), Value: "79", Effect: resourceapi.DeviceTaintEffectNoSchedule}
+	steps := []map[string][]resourceapi.DeviceTaint{{g.UUID: {taint}}, nil}
+	for i, taints := range steps {
+		p.in.GPUTaints = taints
+		if err := p.rebuild(); err != nil {
+			return tt, err
+		}
+		if _, err := p.pub.Publish(ctx, p.model.Slices); err != nil {
+			return tt, fmt.Errorf("publish taint: %w", err)
+		}
+		var after map[string]resourceapi.ResourceSlice
+		err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, h.cfg.Timeout, false, func(ctx context.Context) (bool, error) {
+			var err error
+			if after, err = h.poolSlices(ctx, p.node); err != nil {
+				return false, err
+			}
+			return taintsPublished(after, taints), nil
+		})
+		if err != nil {
+			return tt, fmt.Errorf("wait for the taint on %s: %w", p.node, err)
+		}
+		objects, bytes := rewritten(before, after)
+		if i == 0 {
+			tt.TaintObjects, tt.TaintBytes = objects, bytes
+		} else {
+			tt.ClearObjects, tt.ClearBytes = objects, bytes
+			tt.GenerationBumps = generation(after) - gen0
+		}
+		before = after
+	}
+	return tt, nil
+}

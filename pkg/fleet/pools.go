@@ -1,0 +1,133 @@
+package fleet
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"sync"
+
+	"github.com/google/uuid"
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/publish"
+)
+
+// Inventories reads a simulated node's inventory per model name.
+type Inventories func(ctx context.Context, model string) (*gpu.Inventory, error)
+
+// SimulatedInventories reads each simulated model's inventory once,
+// through the plugin's own NVML code.
+func SimulatedInventories() Inventories {
+	var mu sync.Mutex
+	cache := map[string]*gpu.Inventory{}
+	return func(ctx context.Context, model string) (*gpu.Inventory, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if inv, ok := cache[model]; ok {
+			return inv, nil
+		}
+		node, err := nvmlnode.Open(nvmlnode.Options{Simulate: model})
+		if err != nil {
+			return nil, err
+		}
+		defer node.Close()
+		inv, err := node.Inventory(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("read inventory of %s: %w", model, err)
+		}
+		cache[model] = inv
+		return inv, nil
+	}
+}
+
+// pool is one simulated node's pool, published by the plugin's own code:
+// the device model built from the node's inventory and labels, kept in the
+// API server by a publish.Publisher, as the plugin on that node would.
+type pool struct {
+	node  string
+	in    devicemodel.Input
+	model *devicemodel.Model
+	pub   *publish.Publisher
+}
+
+// newPool builds a node's model. The inventory is the model's, with GPU
+// UUIDs of the node's own so that no two nodes share one.
+func newPool(node string, inv *gpu.Inventory, offer devicemodel.Offer, shared bool) (*pool, error) {
+	own := *inv
+	own.GPUs = append([]gpu.GPU(nil), inv.GPUs...)
+	for i := range own.GPUs {
+		sum := sha256.Sum256(fmt.Appendf(nil, "%s/%s", node, own.GPUs[i].UUID))
+		u, err := uuid.FromBytes(sum[:16])
+		if err != nil {
+			return nil, fmt.Errorf("UUID of GPU %d of node %s: %w", i, node, err)
+		}
+		own.GPUs[i].UUID = "GPU-" + u.String()
+	}
+	p := &pool{node: node, in: devicemodel.Input{Inventory: &own, SharedGPUs: shared, Offer: &offer}}
+	if err := p.rebuild(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *pool) rebuild() error {
+	m, err := devicemodel.Build(p.in)
+	if err != nil {
+		return fmt.Errorf("build device model of node %s: %w", p.node, err)
+	}
+	p.model = m
+	return nil
+}
+
+// start publishes the pool; it returns once the publisher's informer has
+// synced and the slices are handed over.
+func (p *pool) start(ctx context.Context, client kubernetes.Interface) error {
+	p.pub = publish.New(publish.Options{DriverName: names.DriverName, NodeName: p.node, Client: client})
+	if _, err := p.pub.Publish(ctx, p.model.Slices); err != nil {
+		return fmt.Errorf("publish pool of node %s: %w", p.node, err)
+	}
+	return nil
+}
+
+// bytes is the size of the pool's ResourceSlice objects in JSON, as the
+// plugin sends them.
+func (p *pool) bytes() (int, error) {
+	n := 0
+	for _, s := range p.model.ResourceSlices(p.node) {
+		data, err := json.Marshal(&s)
+		if err != nil {
+			return 0, fmt.Errorf("encode slice of node %s: %w", p.node, err)
+		}
+		n += len(data)
+	}
+	return n, nil
+}
+
+// device finds a published device by name, with the counter sets of its pool.
+func (p *pool) device(name string) (*resourceapi.Device, bool) {
+	for _, s := range p.model.Slices {
+		for i := range s.Devices {
+			if s.Devices[i].Name == name {
+				return &s.Devices[i], true
+			}
+		}
+	}
+	return nil, false
+}
+
+// counterSets are the pool's counter sets by name.
+func (p *pool) counterSets() map[string]resourceapi.CounterSet {
+	out := map[string]resourceapi.CounterSet{}
+	for _, s := range p.model.Slices {
+		for _, cs := range s.SharedCounters {
+			out[cs.Name] = cs
+		}
+	}
+	return out
+}

@@ -1,0 +1,72 @@
+package fleet
+
+import (
+	"fmt"
+	"io"
+)
+
+const mib = 1 << 20
+
+// Print writes a report for humans.
+func Print(w io.Writer, r *Report) {
+	fmt.Fprintf(w, "FLEET nodes=%d models=%v labels=%v\n", r.Nodes, r.Models, r.Labels)
+	fmt.Fprintf(w, "FLEET slices/node=%.1f devices/node=%.1f slice-bytes/node=%.0f startup=%.1fs etcd-db=%.1fMiB\n",
+		r.SlicesPerNode, r.DevicesPerNode, r.SliceBytesPerNode, r.StartupSeconds, r.EtcdDBBytes/mib)
+	for _, name := range ControlPlane {
+		fmt.Fprintf(w, "FLEET rss %-15s before=%6.0fMiB published=%6.0fMiB end=%6.0fMiB per-node=%.2fMiB\n", name,
+			float64(r.RSSBefore[name])/mib, float64(r.RSSAfter[name])/mib, float64(r.RSSEnd[name])/mib, float64(r.RSSPerNode[name])/mib)
+	}
+	fmt.Fprintf(w, "FLEET rss harness (publishers of every node) %.0fMiB\n", float64(r.HarnessRSS)/mib)
+	t := r.Taint
+	fmt.Fprintf(w, "FLEET taint one GPU: %d slices %d bytes rewritten; clear: %d slices %d bytes; generation bumps %d\n",
+		t.TaintObjects, t.TaintBytes, t.ClearObjects, t.ClearBytes, t.GenerationBumps)
+	for _, b := range r.Bursts {
+		fmt.Fprintf(w, "FLEET burst %-16s pods=%d bound=%d %.1fs %.2f pods/s attempt p50=%.1fms p99=%.1fms sli p50=%.2fs p99=%.2fs over-commitments=%d released=%t\n",
+			b.Workload, b.Pods, b.Bound, b.Seconds, b.PodsPerSecond, b.AttemptP50*1000, b.AttemptP99*1000, b.SLIP50, b.SLIP99, len(b.Violations), b.Released)
+		for _, v := range b.Violations {
+			fmt.Fprintf(w, "FLEET   over-commitment: %s\n", v)
+		}
+	}
+}
+
+// Compare writes a Markdown table of a run and its baseline (the same
+// fleet publishing less), with their ratio.
+func Compare(w io.Writer, a, b *Report) {
+	row := func(what string, x, y float64, format string) {
+		ratio := "–"
+		if y != 0 {
+			ratio = fmt.Sprintf("%.2f×", x/y)
+		}
+		fmt.Fprintf(w, "| %s | "+format+" | "+format+" | %s |\n", what, x, y, ratio)
+	}
+	fmt.Fprintf(w, "| %d nodes %v | %v | %v | ratio |\n|---|---|---|---|\n", a.Nodes, a.Models, a.Labels, b.Labels)
+	row("devices per node", a.DevicesPerNode, b.DevicesPerNode, "%.0f")
+	row("slices per node", a.SlicesPerNode, b.SlicesPerNode, "%.0f")
+	row("slice bytes per node", a.SliceBytesPerNode, b.SliceBytesPerNode, "%.0f")
+	row("start-up to all slices published, s", a.StartupSeconds, b.StartupSeconds, "%.1f")
+	row("etcd database in use, MiB", a.EtcdDBBytes/mib, b.EtcdDBBytes/mib, "%.1f")
+	for _, name := range ControlPlane {
+		row(name+" RSS with slices, MiB", float64(a.RSSAfter[name])/mib, float64(b.RSSAfter[name])/mib, "%.0f")
+		row(name+" RSS per node of slices, MiB", float64(a.RSSPerNode[name])/mib, float64(b.RSSPerNode[name])/mib, "%.2f")
+	}
+	row("taint one GPU: slices rewritten", float64(a.Taint.TaintObjects), float64(b.Taint.TaintObjects), "%.0f")
+	row("taint one GPU: bytes rewritten", float64(a.Taint.TaintBytes), float64(b.Taint.TaintBytes), "%.0f")
+	row("clear it: bytes rewritten", float64(a.Taint.ClearBytes), float64(b.Taint.ClearBytes), "%.0f")
+	row("taint and clear: generation bumps", float64(a.Taint.GenerationBumps), float64(b.Taint.GenerationBumps), "%.0f")
+	bursts := map[string]BurstResult{}
+	for _, x := range b.Bursts {
+		bursts[x.Workload] = x
+	}
+	for _, x := range a.Bursts {
+		y := bursts[x.Workload]
+		if y.Workload == "" {
+			// Compare with the baseline's whole-GPU burst when it cannot run this one.
+			y = bursts["whole"]
+		}
+		label := x.Workload + " vs " + y.Workload
+		row(label+": pods/s bound", x.PodsPerSecond, y.PodsPerSecond, "%.2f")
+		row(label+": attempt p50, ms", x.AttemptP50*1000, y.AttemptP50*1000, "%.1f")
+		row(label+": attempt p99, ms", x.AttemptP99*1000, y.AttemptP99*1000, "%.1f")
+		row(label+": SLI p99, s", x.SLIP99, y.SLIP99, "%.2f")
+	}
+}

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# scale.sh — make scale: for each fleet size, runs the scale harness (cmd/gpu-fleet) twice on a
+# fresh control plane of test/cluster (no kubelet): the fleet publishing everything the driver
+# offers, then the same fleet publishing whole GPUs only (label gpu.nvidia.com/device-kinds=whole),
+# and prints both side by side with their ratio. Each side gets its own control plane, so that
+# neither inherits the other's memory.
+#
+#   test/scale/scale.sh [NODES...]            default: 100 500 (1000 needs about 21 GiB free: docs/benchmarks.md)
+#   FLEET_MODELS=dgxa100,dgxh100,dgxh200,dgxb200  the nodes' models, round robin (default dgxh100)
+#   FLEET_BURSTS=whole=3,mig-1g=3             the full side's workloads, pods per node
+#   FLEET_KINDS=whole_mig_shared FLEET_MIG_PROFILES=  the full side's labels (default: none)
+#   GPU_DRA_SCALE_OUT=/tmp/gpu-dra-scale      where the reports go
+#
+# The control plane uses the e2e cluster's ports: on a shared machine run it under
+# flock /tmp/gpu-dra-e2e.lock.
+set -euo pipefail
+SCALE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# A run directory of its own: up.sh removes a stale one first, and must never take the e2e one.
+export GPU_DRA_RUN_DIR=${GPU_DRA_RUN_DIR:-/tmp/gpu-dra-scale-cluster}
+# shellcheck source-path=SCRIPTDIR source=../cluster/lib.sh
+source "$SCALE_DIR/../cluster/lib.sh"
+
+OUT=${GPU_DRA_SCALE_OUT:-/tmp/gpu-dra-scale}
+MODELS=${FLEET_MODELS:-dgxh100}
+BURSTS=${FLEET_BURSTS:-whole=3,mig-1g=3}
+NODES=("$@")
+((${#NODES[@]} > 0)) || NODES=(100 500)
+# The baseline runs the full side's whole-GPU burst, the one workload it can serve.
+BASELINE_BURSTS=$(tr , '\n' <<<"$BURSTS" | grep '^whole=' || echo whole=3)
+mkdir -p "$OUT" "$REPO_ROOT/bin"
+cd "$REPO_ROOT"
+go build -o "$REPO_ROOT/bin/" ./cmd/gpu-fleet
+FLEET=$REPO_ROOT/bin/gpu-fleet
+
+trap '"$CLUSTER_DIR/down.sh" >/dev/null 2>&1 || true' EXIT
+
+# side NAME NODES ARGS...: a fresh control plane, one harness run, the control plane stopped.
+side() {
+	local name=$1 n=$2
+	shift 2
+	GPU_DRA_CONTROL_PLANE_ONLY=1 "$CLUSTER_DIR/up.sh" >/dev/null
+	log "fleet of $n ($MODELS), $name: gpu-fleet --nodes $n --models $MODELS $*"
+	KUBECONFIG=$RUN/kubeconfig/admin.kubeconfig "$FLEET" --run-dir "$RUN" --nodes "$n" --models "$MODELS" \
+		--out "$OUT/$name-$n.json" "$@" | tee "$OUT/$name-$n.txt"
+	"$CLUSTER_DIR/down.sh" >/dev/null
+}
+
+for n in "${NODES[@]}"; do
+	side full "$n" --bursts "$BURSTS" ${FLEET_KINDS:+--kinds "$FLEET_KINDS"} ${FLEET_MIG_PROFILES:+--mig-profiles "$FLEET_MIG_PROFILES"}
+	side whole "$n" --kinds whole --bursts "$BASELINE_BURSTS"
+	"$FLEET" compare "$OUT/full-$n.json" "$OUT/whole-$n.json" | tee "$OUT/compare-$n.md"
+done

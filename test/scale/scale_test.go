@@ -1,0 +1,98 @@
+//go:build scale
+
+// Package scale runs a small fleet of simulated GPU nodes (package fleet)
+// on a fresh control plane of test/cluster, without kubelet, and checks
+// that the real scheduler places every pod without over-committing a GPU
+// and that every claim is released. Speed is measured by make scale, not
+// here.
+//
+// It uses the e2e cluster's ports and a run directory of its own
+// (/tmp/gpu-dra-scale-cluster): up.sh refuses to start while another
+// cluster holds the ports. On a shared machine run it under
+// flock /tmp/gpu-dra-e2e.lock.
+package scale
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+	"k8s.io/klog/v2/ktesting"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/fleet"
+)
+
+const runDir = "/tmp/gpu-dra-scale-cluster"
+
+func script(t *testing.T, name string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(filepath.Join("..", "cluster", name))
+	cmd.Env = append(os.Environ(), "GPU_DRA_RUN_DIR="+runDir, "GPU_DRA_CONTROL_PLANE_ONLY=1")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	return cmd
+}
+
+func TestFleet(t *testing.T) {
+	if err := script(t, "up.sh").Run(); err != nil {
+		t.Fatalf("start the control plane: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := script(t, "down.sh").Run(); err != nil {
+			t.Errorf("stop the control plane: %v", err)
+		}
+	})
+	cfg, err := clientcmd.BuildConfigFromFlags("", filepath.Join(runDir, "kubeconfig", "admin.kubeconfig"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.QPS, cfg.Burst = 200, 400
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The publishers' controllers log every sync above level 1.
+	ctx := klog.NewContext(context.Background(), ktesting.NewLogger(t, ktesting.NewConfig(ktesting.Verbosity(1))))
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
+	defer cancel()
+
+	// Every model, so A100s (no 64 GiB, other profiles) are among the
+	// nodes; bursts sized so that several pods meet on a GPU or node.
+	rep, err := fleet.Run(ctx, fleet.Config{
+		Client: client, Token: cfg.BearerToken, RunDir: runDir,
+		Nodes: 50, Models: []string{"dgxa100", "dgxh100", "dgxh200", "dgxb200", "mixed"}, SharedGPUs: true,
+		Inventories: fleet.SimulatedInventories(),
+		Bursts: []fleet.Burst{
+			{Workload: "whole", PodsPerNode: 4}, {Workload: "mig-1g", PodsPerNode: 8}, {Workload: "mig-3g", PodsPerNode: 2},
+			{Workload: "mig-7g", PodsPerNode: 2}, {Workload: "first-available", PodsPerNode: 2},
+			{Workload: "cel", PodsPerNode: 1}, {Workload: "share", PodsPerNode: 4},
+		},
+		LeaseRenew: 10 * time.Second, Settle: time.Second, Timeout: 5 * time.Minute,
+	})
+	if err != nil {
+		t.Fatalf("run the fleet: %v", err)
+	}
+	var out strings.Builder
+	fleet.Print(&out, rep)
+	t.Log("\n" + out.String())
+	for _, b := range rep.Bursts {
+		if b.Bound != b.Pods {
+			t.Errorf("burst %s: %d of %d pods bound", b.Workload, b.Bound, b.Pods)
+		}
+		for _, v := range b.Violations {
+			t.Errorf("burst %s: %s", b.Workload, v)
+		}
+		if !b.Released {
+			t.Errorf("burst %s: claims left after the pods were deleted", b.Workload)
+		}
+	}
+	if rep.Taint.TaintObjects == 0 || rep.Taint.ClearObjects == 0 {
+		t.Errorf("a taint on one GPU and its clearing rewrote %d and %d slices, want at least one each", rep.Taint.TaintObjects, rep.Taint.ClearObjects)
+	}
+}
