@@ -79,6 +79,7 @@ lint: ## gofmt, go vet, and golangci-lint with .golangci.yml (built into the cac
 	if [ -n "$$unformatted" ]; then echo "gofmt would change: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./test/e2e/
+	$(GO) vet -tags scale ./test/scale/
 	test/lint/run.sh
 
 .PHONY: bench
