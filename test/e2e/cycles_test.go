@@ -16,9 +16,13 @@ import (
 
 // previousRelease is the commit whose chart and plugin the cycles go back
 // and forth to: the last before handover (pinned: no release is tagged
-// yet). Move it to each new release's commit.
+// yet). Move it to each new release's commit. It must also read the
+// simulated node's state as the harness writes it: the simulator keeps one
+// state file per GPU since 07a7ada, and a plugin from before that fails
+// every NVML call on such a node (ERROR_UNKNOWN), which says nothing about
+// the driver. Real nodes have no such state.
 const (
-	previousRelease = "6ea70edf07298b57c9dbaeb3d255f7588e9c92d7"
+	previousRelease = "07a7adad15c07511c11eb562b24d08be9d4071b3"
 	previousTag     = "0.0.9-previous"
 )
 
