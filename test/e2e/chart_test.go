@@ -176,6 +176,38 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nv
 // useChartOnTheNode stops the harness's plugin for a release of the test's
 // own, whose plugin the chart's default node selector (the
 // nvidia.com/gpu.present label GPU feature discovery sets, which driver.sh
+// helmIn returns a function that runs helm (helmBinary's) with args as
+// the cluster's admin in namespace ns, failing the test on an error.
+func helmIn(t *testing.T, helm, ns string) func(args ...string) {
+	t.Helper()
+	kubeconfig := filepath.Join(runDir, "kubeconfig/admin.kubeconfig")
+	return func(args ...string) {
+		t.Helper()
+		args = append(args, "--kubeconfig", kubeconfig, "--namespace", ns)
+		if out, err := exec.Command(helm, args...).CombinedOutput(); err != nil {
+			t.Fatalf("helm %s: %v\n%s", args[0], err, out)
+		}
+	}
+}
+
+// installRelease installs chart as release in namespace ns with the local
+// cluster's chart values and the image tag, and at the test's end
+// uninstalls it (waiting for its pods) and cleans the namespace. It returns
+// helmIn(t, helm, ns) for the test's upgrades.
+func installRelease(t *testing.T, helm, ns, release, chart, tag string) func(args ...string) {
+	t.Helper()
+	helmRun := helmIn(t, helm, ns)
+	helmRun(append([]string{"install", release, chart, "--create-namespace", "--set", "image.tag=" + tag}, chartValues()...)...)
+	kubeconfig := filepath.Join(runDir, "kubeconfig/admin.kubeconfig")
+	t.Cleanup(func() {
+		if out, err := exec.Command(helm, "uninstall", release, "--kubeconfig", kubeconfig, "--namespace", ns, "--wait").CombinedOutput(); err != nil {
+			t.Errorf("helm uninstall: %v\n%s", err, out)
+		}
+		cleanNamespace(t, ns)
+	})
+	return helmRun
+}
+
 // set) puts on the node; a cleanup starts the harness's plugin again.
 func useChartOnTheNode(t *testing.T) {
 	t.Helper()

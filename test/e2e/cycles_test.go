@@ -62,23 +62,9 @@ func TestUpgradeDowngradeCyclesWithThePreviousRelease(t *testing.T) {
 	}
 	useChartOnTheNode(t)
 	const ns, release = "gpu-dra-cycles", "e2e-cycles"
-	kubeconfig := filepath.Join(runDir, "kubeconfig/admin.kubeconfig")
 	prevChart := filepath.Join(prevDir, "deployments/helm/gpu-dra-driver")
 	chart := filepath.Join(repoRoot, "deployments/helm/gpu-dra-driver")
-	helmRun := func(args ...string) {
-		t.Helper()
-		args = append(args, "--kubeconfig", kubeconfig, "--namespace", ns)
-		if out, err := exec.Command(helm, args...).CombinedOutput(); err != nil {
-			t.Fatalf("helm %s: %v\n%s", args[0], err, out)
-		}
-	}
-	helmRun(append([]string{"install", release, prevChart, "--create-namespace", "--set", "image.tag=" + previousTag}, chartValues()...)...)
-	t.Cleanup(func() {
-		if out, err := exec.Command(helm, "uninstall", release, "--kubeconfig", kubeconfig, "--namespace", ns, "--wait").CombinedOutput(); err != nil {
-			t.Errorf("helm uninstall: %v\n%s", err, out)
-		}
-		cleanNamespace(t, ns)
-	})
+	helmRun := installRelease(t, helm, ns, release, prevChart, previousTag)
 	plugin := waitChartPlugin(t, ns)
 	if n := waitPoolComplete(t); n != 5 {
 		t.Fatalf("the previous release's plugin published %d slices, want 5", n)

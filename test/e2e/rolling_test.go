@@ -38,22 +38,8 @@ func TestRollsWithoutAGap(t *testing.T) {
 	}
 	useChartOnTheNode(t)
 	const ns, release = "gpu-dra-roll", "e2e-roll"
-	kubeconfig := filepath.Join(runDir, "kubeconfig/admin.kubeconfig")
 	chart := filepath.Join(repoRoot, "deployments/helm/gpu-dra-driver")
-	helmRun := func(args ...string) {
-		t.Helper()
-		args = append(args, "--kubeconfig", kubeconfig, "--namespace", ns)
-		if out, err := exec.Command(helm, args...).CombinedOutput(); err != nil {
-			t.Fatalf("helm %s: %v\n%s", args[0], err, out)
-		}
-	}
-	helmRun(append([]string{"install", release, chart, "--create-namespace", "--set", "image.tag=" + oldTag}, chartValues()...)...)
-	t.Cleanup(func() {
-		if out, err := exec.Command(helm, "uninstall", release, "--kubeconfig", kubeconfig, "--namespace", ns, "--wait").CombinedOutput(); err != nil {
-			t.Errorf("helm uninstall: %v\n%s", err, out)
-		}
-		cleanNamespace(t, ns)
-	})
+	helmRun := installRelease(t, helm, ns, release, chart, oldTag)
 	plugin := waitChartPlugin(t, ns)
 	if n := waitPoolComplete(t); n != 5 {
 		t.Fatalf("the chart's plugin published %d slices, want 5", n)

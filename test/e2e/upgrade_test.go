@@ -52,22 +52,8 @@ func TestHelmUpgradeKeepsPreparedClaims(t *testing.T) {
 	}
 	useChartOnTheNode(t)
 	const ns = "gpu-dra-upgrade"
-	kubeconfig := filepath.Join(runDir, "kubeconfig/admin.kubeconfig")
 	chart := filepath.Join(repoRoot, "deployments/helm/gpu-dra-driver")
-	helmRun := func(args ...string) {
-		t.Helper()
-		args = append(args, "--kubeconfig", kubeconfig, "--namespace", ns)
-		if out, err := exec.Command(helm, args...).CombinedOutput(); err != nil {
-			t.Fatalf("helm %s: %v\n%s", args[0], err, out)
-		}
-	}
-	helmRun(append([]string{"install", "e2e", chart, "--create-namespace", "--set", "image.tag=" + oldTag}, chartValues()...)...)
-	t.Cleanup(func() {
-		if out, err := exec.Command(helm, "uninstall", "e2e", "--kubeconfig", kubeconfig, "--namespace", ns, "--wait").CombinedOutput(); err != nil {
-			t.Errorf("helm uninstall: %v\n%s", err, out)
-		}
-		cleanNamespace(t, ns)
-	})
+	helmRun := installRelease(t, helm, ns, "e2e", chart, oldTag)
 	oldPlugin := waitChartPlugin(t, ns)
 	if n := waitPoolComplete(t); n != 5 {
 		t.Fatalf("the chart's plugin published %d slices, want 5", n)
@@ -505,13 +491,7 @@ func TestHelmUpgradeKeepsTheWebhookCertificate(t *testing.T) {
 	helm := helmBinary(t)
 	const ns, release = "gpu-dra-upgrade-webhook", "e2e-wh"
 	kubeconfig := filepath.Join(runDir, "kubeconfig/admin.kubeconfig")
-	helmRun := func(args ...string) {
-		t.Helper()
-		args = append(args, "--kubeconfig", kubeconfig, "--namespace", ns)
-		if out, err := exec.Command(helm, args...).CombinedOutput(); err != nil {
-			t.Fatalf("helm %s: %v\n%s", args[0], err, out)
-		}
-	}
+	helmRun := helmIn(t, helm, ns)
 	helmRun("install", release, filepath.Join(repoRoot, "deployments/helm/gpu-dra-driver"), "--create-namespace",
 		"--set", "image.tag="+oldTag, "--set", "image.pullPolicy=Never", "--set", "deviceClasses.create=false",
 		"--set", "nodeScopedSlicePolicy.enabled=false", "--set-string", "kubeletPlugin.nodeSelector.gpu-dra-e2e/no-plugin=true")
