@@ -34,8 +34,7 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceap
 		})
 	}
 	wg.Wait()
-	d.cfg.Metrics.setPrepared(d.preparer.Snapshot())
-	d.claimsPrepared(claims, results)
+	d.claimsPrepared(claims, results) // sets the prepared-claims metrics too
 	return results, nil
 }
 
@@ -55,8 +54,7 @@ func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletpl
 		})
 	}
 	wg.Wait()
-	d.cfg.Metrics.setPrepared(d.preparer.Snapshot())
-	d.claimsUnprepared(claims)
+	d.claimsUnprepared(claims) // sets the prepared-claims metrics too
 	return results, nil
 }
 

@@ -53,7 +53,7 @@ func (d *Driver) startIdentity(ctx context.Context, cp *checkpoint.Checkpoint) {
 		d.identity.status = w
 		d.identity.mu.Unlock()
 	}
-	d.claimsChanged(refsOf(cp))
+	d.claimsChangedIn(cp, refsOf(cp))
 }
 
 // claimsPrepared records the pods of the claims prepared successfully and
@@ -87,11 +87,19 @@ func (d *Driver) claimsUnprepared(claims []kubeletplugin.NamespacedObject) {
 // healthChangedIdentity rewrites every prepared claim's status: its
 // Healthy conditions may have changed.
 func (d *Driver) healthChangedIdentity() {
-	d.claimsChanged(refsOf(d.preparer.Snapshot()))
+	cp := d.preparer.Snapshot()
+	d.claimsChangedIn(cp, refsOf(cp))
 }
 
+// claimsChanged queues the status writes of refs and refreshes what is
+// derived from the prepared claims: the pods known of them, the metrics.
 func (d *Driver) claimsChanged(refs []claimstatus.Ref) {
-	cp := d.preparer.Snapshot()
+	d.claimsChangedIn(d.preparer.Snapshot(), refs)
+}
+
+// claimsChangedIn is claimsChanged with cp, a snapshot of the prepared
+// claims taken after the change.
+func (d *Driver) claimsChangedIn(cp *checkpoint.Checkpoint, refs []claimstatus.Ref) {
 	d.identity.mu.Lock()
 	for uid := range d.identity.pods {
 		if cp.Claims[uid] == nil {
@@ -100,7 +108,7 @@ func (d *Driver) claimsChanged(refs []claimstatus.Ref) {
 	}
 	w := d.identity.status
 	d.identity.mu.Unlock()
-	d.refreshDeviceInfo()
+	d.refreshDeviceInfo(cp)
 	if w != nil {
 		w.Update(refs...)
 	}
@@ -110,8 +118,7 @@ func (d *Driver) claimsChanged(refs []claimstatus.Ref) {
 // after a status write: after a restart, the kubelet's prepare call that
 // named them is gone.
 func (d *Driver) claimApplied(c *resourceapi.ResourceClaim) {
-	cp := d.preparer.Snapshot()
-	if cp.Claims[string(c.UID)] == nil {
+	if d.preparer.Claim(string(c.UID)) == nil {
 		return
 	}
 	pods := reservedPods(c)
@@ -123,15 +130,17 @@ func (d *Driver) claimApplied(c *resourceapi.ResourceClaim) {
 	d.identity.pods[string(c.UID)] = pods
 	d.identity.mu.Unlock()
 	if !slices.Equal(prev, pods) {
-		d.refreshDeviceInfo()
+		d.refreshDeviceInfo(d.preparer.Snapshot())
 	}
 }
 
-// refreshDeviceInfo sets the info metric from the prepared claims now.
-func (d *Driver) refreshDeviceInfo() {
+// refreshDeviceInfo sets the prepared-claims metrics from cp, a snapshot
+// of the prepared claims now.
+func (d *Driver) refreshDeviceInfo(cp *checkpoint.Checkpoint) {
 	d.identity.infoMu.Lock()
 	defer d.identity.infoMu.Unlock()
-	d.cfg.Metrics.setDeviceInfo(d.cfg.NodeName, d.preparer.Snapshot(), d.podsOf)
+	d.cfg.Metrics.setPrepared(cp)
+	d.cfg.Metrics.setDeviceInfo(d.cfg.NodeName, cp, d.podsOf)
 }
 
 func (d *Driver) podsOf(uid string) []string {
@@ -163,7 +172,7 @@ func refsOf(cp *checkpoint.Checkpoint) []claimstatus.Ref {
 // PreparedDevices implements claimstatus.Source: the devices of a claim
 // whose preparation completed, with their identity and health now.
 func (d *Driver) PreparedDevices(uid string) ([]claimstatus.Device, bool) {
-	c := d.preparer.Snapshot().Claims[uid]
+	c := d.preparer.Claim(uid)
 	if c == nil || c.State != checkpoint.PrepareCompleted {
 		return nil, false
 	}

@@ -180,7 +180,7 @@ func (p *Preparer) Prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 	name := claimName(claim)
 
 	// 1. Idempotent: a prepared claim returns what it returned before.
-	if prev := p.claim(uid); prev != nil {
+	if prev := p.Claim(uid); prev != nil {
 		if prev.State == checkpoint.PrepareCompleted {
 			logger.V(2).Info("Claim already prepared")
 			return kubeletDevices(prev), nil

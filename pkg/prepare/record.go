@@ -81,8 +81,9 @@ func (p *Preparer) wakeWaiters() {
 	p.released = make(chan struct{})
 }
 
-// claim returns a copy of the recorded claim, or nil.
-func (p *Preparer) claim(uid string) *checkpoint.Claim {
+// Claim returns a copy of the recorded claim, or nil, without copying the
+// rest of the checkpoint.
+func (p *Preparer) Claim(uid string) *checkpoint.Claim {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	c, ok := p.cp.Claims[uid]

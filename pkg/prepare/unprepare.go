@@ -17,7 +17,7 @@ func (p *Preparer) Unprepare(ctx context.Context, ref kubeletplugin.NamespacedOb
 	ctx = klog.NewContext(ctx, logger)
 	unlock := p.lockClaim(uid)
 	defer unlock()
-	rec := p.claim(uid)
+	rec := p.Claim(uid)
 	if rec == nil {
 		// Nothing recorded; a spec file may still exist if the plugin
 		// crashed before recording. Removing it is harmless.
