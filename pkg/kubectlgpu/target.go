@@ -1,7 +1,9 @@
 package kubectlgpu
 
 import (
+	"maps"
 	"math"
+	"slices"
 	"sort"
 	"strings"
 
@@ -138,24 +140,10 @@ func NewInventory(slices []resourceapi.ResourceSlice) *Inventory {
 }
 
 // NodeNames returns the node names in sorted order.
-func (inv *Inventory) NodeNames() []string {
-	nodes := make([]string, 0, len(inv.Nodes))
-	for n := range inv.Nodes {
-		nodes = append(nodes, n)
-	}
-	sort.Strings(nodes)
-	return nodes
-}
+func (inv *Inventory) NodeNames() []string { return slices.Sorted(maps.Keys(inv.Nodes)) }
 
 // Minors returns the node's GPU minors in numeric order.
-func (n *NodeInventory) Minors() []int {
-	minors := make([]int, 0, len(n.GPUs))
-	for m := range n.GPUs {
-		minors = append(minors, m)
-	}
-	sort.Ints(minors)
-	return minors
-}
+func (n *NodeInventory) Minors() []int { return slices.Sorted(maps.Keys(n.GPUs)) }
 
 // Resolve checks that the target exists and returns the names of its
 // devices, sorted. A node without slices of the driver, or a GPU the node
