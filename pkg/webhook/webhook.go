@@ -92,9 +92,15 @@ type review struct {
 // the body until it has answered and nothing writes to it.
 type rawObject []byte
 
-// UnmarshalJSON implements json.Unmarshaler.
+// UnmarshalJSON implements json.Unmarshaler. A null leaves the object as
+// it was, as runtime.RawExtension (what the API server and every client
+// decode "object" into) does: a review that repeats "object", ending in
+// null, is judged on the object those would see, not admitted unjudged
+// or refused where they would find one.
 func (o *rawObject) UnmarshalJSON(b []byte) error {
-	*o = b
+	if string(b) != "null" {
+		*o = b
+	}
 	return nil
 }
 
@@ -316,7 +322,7 @@ func validate(kind string, raw []byte) error {
 	default:
 		return nil
 	}
-	if len(raw) == 0 || string(raw) == "null" {
+	if len(raw) == 0 {
 		// Never from the API server, which sends what it creates or
 		// updates: not an object to admit unseen.
 		err = errors.New("the review has no object")
