@@ -27,6 +27,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/driverroot"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/health"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/mps/daemonpod"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/ownership"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/prepare"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/topology"
@@ -55,6 +56,7 @@ type runOptions struct {
 	healthProbe       time.Duration
 	healthClearAfter  time.Duration
 	crashAt           string
+	mpsDaemonPods     daemonpod.Launcher
 }
 
 // nvmlLibrary is the file name the NVIDIA driver installs NVML as.
@@ -80,6 +82,10 @@ func (o *runOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.healthPolicy, "health-policy", "", "YAML or JSON file overriding the default health policy (XID classes, effects, thresholds); see docs/health.md")
 	fs.DurationVar(&o.healthProbe, "health-probe-interval", 0, "how often every GPU's temperature, memory repairs and reachability are read; overrides the policy (default 5s)")
 	fs.DurationVar(&o.healthClearAfter, "health-clear-after", 0, "how long the cause of a transient condition must be gone before its taint is removed; overrides the policy (default 30s)")
+	fs.StringVar(&o.mpsDaemonPods.Image, "mps-daemon-image", "", "image of the pods that run the MPS control daemons, one pod per daemon, on this node (the chart passes the plugin's own): they outlive this plugin's container, so its restarts and upgrades leave MPS clients running; empty runs the daemons as children of this process, and they end with its container")
+	fs.StringVar(&o.mpsDaemonPods.Namespace, "mps-daemon-namespace", "", "namespace of the MPS control daemons' pods: the plugin's own (the chart passes it)")
+	fs.StringVar(&o.mpsDaemonPods.PriorityClassName, "mps-daemon-priority-class", "", "priority class of the MPS control daemons' pods (the chart passes the plugin's)")
+	fs.StringVar((*string)(&o.mpsDaemonPods.ImagePullPolicy), "mps-daemon-image-pull-policy", "", "image pull policy of the MPS control daemons' pods (the chart passes the plugin's)")
 	fs.StringVar(&o.crashAt, "test-crash-at", "", "testing only: SIGKILL the plugin after this prepare/unprepare step")
 	_ = fs.MarkHidden("test-crash-at")
 }
@@ -149,6 +155,18 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 	}
 	daemons := mps.NewManager(filepath.Join(ro.pluginDataDir, "mps"), driverRoot)
 	daemons.Logger = logger
+	if pods := ro.mpsDaemonPods; pods.Image != "" {
+		pods.Client, pods.NodeName, pods.DriverRoot = client, opts.nodeName, ro.driverRoot
+		// A simulated driver's MPS control writes its log in the driver
+		// root.
+		pods.DriverRootWritable = opts.simulate != ""
+		if err := pods.Validate(); err != nil {
+			return fmt.Errorf("--mps-daemon-image: %w", err)
+		}
+		daemons.Launcher = &pods
+	} else {
+		logger.Info("MPS control daemons run in this process: they end with the plugin's container (--mps-daemon-image is not set)")
+	}
 	topo, err := topology.NewReader(logger, ro.sysRoot)
 	if err != nil {
 		return err

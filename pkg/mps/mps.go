@@ -10,14 +10,18 @@
 // as by the daemon, so the plugin reads nothing there that it acts on
 // (docs/security.md, "Threat model").
 //
-// The plugin knows its daemons by its own record, <root>/<key>/daemon.json,
-// which no container can write: the PID, start time, boot and executable of
-// the daemon it started (as its child, in the foreground, so that the PID
-// comes from fork and not from a file). A process is the daemon only while
-// all of these match; only then is it signalled. A plugin restarted as a
-// process finds a daemon that still runs; one whose container stopped with
-// its daemons (docs/helm.md) finds them gone and starts them again; neither
-// leaks a daemon nor starts one twice.
+// Each daemon runs under a Supervisor, which a Launcher runs: in the
+// chart, a pod of its own per daemon (package daemonpod), so that the
+// daemon, and the MPS server it starts for the claim's containers, outlive
+// the plugin's restart, upgrade and crash; a supervisor that fails is
+// restarted by the kubelet. The supervisor starts the control program as
+// its child, in the foreground, so that the PID comes from fork and not
+// from a file, and writes the record by which the plugin knows the daemon,
+// <root>/<key>/daemon.json, which no tenant's container can write: the
+// PID, start time, boot and executable. A process is the daemon only while
+// all of these match; only then is it signalled. A plugin that starts
+// finds the daemons that run and starts only those that do not: it
+// neither leaks a daemon nor starts one twice.
 //
 // A previous release knew its daemons only by the daemon's PID file in
 // pipe/. Where there is no record, that file is read once, defensively, and
@@ -109,9 +113,17 @@ type Manager struct {
 	// hostPID, is the host's. It is not --proc-root, the driver's /proc
 	// files, a simulated tree in simulation. Tests point it at a fake tree.
 	ProcRoot string
-	// Timeout bounds waiting for a daemon to become ready, to take the
-	// quit command, and to stop.
+	// Timeout bounds waiting for a daemon to take the quit command and
+	// to stop.
 	Timeout time.Duration
+	// ReadyTimeout bounds waiting for a launched daemon to be ready: its
+	// pod, where the Launcher makes one, to start and its daemon to make
+	// its control pipe.
+	ReadyTimeout time.Duration
+	// Launcher runs the daemons' supervisors. Nil runs them in this
+	// process, whose container they then do not outlive: the chart sets
+	// a daemonpod.Launcher.
+	Launcher Launcher
 	// Logger logs what Running, which has no context, finds: a previous
 	// release's daemon adopted or refused. The zero Logger discards.
 	Logger klog.Logger
@@ -120,13 +132,24 @@ type Manager struct {
 	// created is when the Manager was made: a previous release's daemon
 	// started before it.
 	created time.Time
+	// inProcess is the Launcher where Launcher is nil.
+	inProcess *inProcess
 }
 
 // NewManager keeps daemon directories under root and runs the control
 // program found under driverRoot.
 func NewManager(root, driverRoot string) *Manager {
-	return &Manager{root: root, driverRoot: driverRoot, ProcRoot: "/", Timeout: 10 * time.Second,
-		writeFile: hostfs.WriteFileAtomic, created: time.Now()}
+	m := &Manager{root: root, driverRoot: driverRoot, ProcRoot: "/", Timeout: 10 * time.Second,
+		ReadyTimeout: 30 * time.Second, writeFile: hostfs.WriteFileAtomic, created: time.Now()}
+	m.inProcess = &inProcess{m: m}
+	return m
+}
+
+func (m *Manager) launcher() Launcher {
+	if m.Launcher != nil {
+		return m.Launcher
+	}
+	return m.inProcess
 }
 
 // record is the plugin's own record of a daemon, in its directory.
@@ -157,8 +180,11 @@ func LogDirIn(dir string) string { return filepath.Join(dir, "log") }
 
 func (m *Manager) procs() procs { return procs{root: m.ProcRoot} }
 
-func (m *Manager) control() (string, error) {
-	return driverroot.FindBinary(m.driverRoot, ControlBinary)
+func (m *Manager) control() (string, error) { return driverrootControl(m.driverRoot) }
+
+// driverrootControl finds the control program under a driver root.
+func driverrootControl(driverRoot string) (string, error) {
+	return driverroot.FindBinary(driverRoot, ControlBinary)
 }
 
 func (m *Manager) env(key string) []string {
@@ -169,9 +195,9 @@ func (m *Manager) env(key string) []string {
 
 // Start starts the claim's daemon for the GPUs (UUIDs, MIG or whole) and
 // waits until it is ready. A daemon that already runs is kept: Start is
-// idempotent. A daemon that cannot be recorded is stopped again and the
-// failure returned: a daemon the plugin does not know of would run
-// forever.
+// idempotent. A daemon that does not get ready (or cannot be recorded,
+// which would leave it unknown to the plugin) is stopped again and the
+// failure returned.
 func (m *Manager) Start(ctx context.Context, key string, gpuUUIDs []string) error {
 	logger := klog.FromContext(ctx)
 	if d, err := m.lookup(logger, key); err != nil {
@@ -180,8 +206,7 @@ func (m *Manager) Start(ctx context.Context, key string, gpuUUIDs []string) erro
 		logger.V(2).Info("MPS control daemon already running", "key", key, "pid", d.PID)
 		return nil
 	}
-	bin, err := m.control()
-	if err != nil {
+	if _, err := m.control(); err != nil {
 		return err
 	}
 	for _, dir := range []string{m.root, m.Dir(key), m.PipeDir(key), m.LogDir(key)} {
@@ -192,64 +217,66 @@ func (m *Manager) Start(ctx context.Context, key string, gpuUUIDs []string) erro
 	if m.unprovenLegacy(key) {
 		// A previous release's daemon that could not prove itself may
 		// still serve pipe/: ask it to quit (signalling nothing) before
-		// its pipes are removed under it.
+		// the supervisor clears its pipes under it.
 		if err := m.quit(ctx, key); err != nil {
 			logger.V(2).Info("No MPS control daemon took the quit command", "key", key, "err", err)
 		}
 	}
-	// No daemon of ours serves pipe/: what is in it is stale, or planted
-	// (say, a symlink where the daemon creates a file).
-	if err := emptyDir(m.PipeDir(key)); err != nil {
-		return fmt.Errorf("clear the MPS pipe directory: %w", err)
+	l := m.launcher()
+	if err := l.Launch(ctx, Daemon{Key: key, Dir: m.Dir(key), GPUs: gpuUUIDs}); err != nil {
+		return fmt.Errorf("launch MPS control daemon: %w", err)
 	}
-	out, err := os.OpenFile(filepath.Join(m.Dir(key), outputFile), os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
-	if err != nil {
-		return fmt.Errorf("MPS control daemon output: %w", err)
-	}
-	// In the foreground, as this process's child: its PID is the one fork
-	// returned, not one read from a file.
-	cmd := exec.Command(bin, "-f")
-	cmd.Env = append(m.env(key), "CUDA_VISIBLE_DEVICES="+strings.Join(gpuUUIDs, ","))
-	cmd.Stdout, cmd.Stderr = out, out
-	// The daemon must not die with the plugin's process group.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	err = cmd.Start()
-	out.Close() // the daemon has its own
-	if err != nil {
+	fail := func(err error) error {
+		m.abandon(ctx, key)
 		return fmt.Errorf("start MPS control daemon: %w", err)
 	}
-	exited := make(chan struct{})
-	go func() {
-		_ = cmd.Wait() // reaps it whenever it exits
-		close(exited)
-	}()
-	fail := func(err error) error {
-		_ = cmd.Process.Kill()
-		<-exited
-		return fmt.Errorf("start MPS control daemon: %w%s", err, m.output(key))
-	}
-	id, err := m.procs().identify(cmd.Process.Pid)
-	if err != nil {
-		return fail(err)
-	}
-	if err := m.saveRecord(key, record{identity: id}); err != nil {
-		return fail(err)
-	}
-	deadline := time.Now().Add(m.Timeout)
-	for !m.ready(key) {
+	deadline := time.Now().Add(m.ReadyTimeout)
+	nextCheck := time.Now()
+	for {
+		if d := m.recorded(key); d != nil && m.ready(key) {
+			logger.Info("MPS control daemon ready", "key", key, "gpus", gpuUUIDs, "pid", d.PID)
+			return nil
+		}
+		if now := time.Now(); !now.Before(nextCheck) {
+			// Asking a pod's status is an API call: a few times a
+			// second, not at every look at the pipe directory.
+			if err := l.Failure(ctx, key); err != nil {
+				return fail(err)
+			}
+			nextCheck = now.Add(250 * time.Millisecond)
+		}
 		if time.Now().After(deadline) {
-			return fail(fmt.Errorf("not ready after %s (log: %s)", m.Timeout, m.LogDir(key)))
+			return fail(fmt.Errorf("not ready after %s (log: %s)%s", m.ReadyTimeout, m.LogDir(key), m.output(key)))
 		}
 		select {
-		case <-exited:
-			return fmt.Errorf("start MPS control daemon: it exited%s", m.output(key))
 		case <-ctx.Done():
 			return fail(ctx.Err())
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	logger.Info("MPS control daemon started", "key", key, "gpus", gpuUUIDs, "pid", id.PID)
-	return nil
+}
+
+// recorded returns the daemon the key's record names if it runs.
+func (m *Manager) recorded(key string) *identity {
+	rec, err := m.loadRecord(key)
+	if err != nil || !m.procs().is(rec.identity) {
+		return nil
+	}
+	return &rec.identity
+}
+
+// abandon stops the supervisor and the daemon of a start that failed,
+// leaving the directory to Stop.
+func (m *Manager) abandon(ctx context.Context, key string) {
+	logger := klog.FromContext(ctx)
+	if _, err := m.launcher().Remove(context.WithoutCancel(ctx), key); err != nil {
+		logger.Error(err, "Cannot stop the supervisor of an MPS control daemon that did not start", "key", key)
+	}
+	if d := m.recorded(key); d != nil {
+		if err := m.procs().kill(*d); err != nil {
+			logger.Error(err, "Cannot kill an MPS control daemon that did not start", "key", key, "pid", d.PID)
+		}
+	}
 }
 
 // ready reports whether the daemon made its control pipe. The entry is
@@ -260,8 +287,11 @@ func (m *Manager) ready(key string) bool {
 }
 
 // output is the start of what the daemon printed, for an error message.
-func (m *Manager) output(key string) string {
-	f, err := os.Open(filepath.Join(m.Dir(key), outputFile))
+func (m *Manager) output(key string) string { return outputIn(m.Dir(key)) }
+
+// outputIn is the start of what the daemon of directory dir printed.
+func outputIn(dir string) string {
+	f, err := os.Open(filepath.Join(dir, outputFile))
 	if err != nil {
 		return ""
 	}
@@ -379,8 +409,11 @@ func (m *Manager) unprovenLegacy(key string) bool {
 	return errors.Is(err, fs.ErrNotExist)
 }
 
-func (m *Manager) loadRecord(key string) (record, error) {
-	data, err := readSmall(filepath.Join(m.Dir(key), recordFile), maxSmallSize)
+func (m *Manager) loadRecord(key string) (record, error) { return loadRecordIn(m.Dir(key)) }
+
+// loadRecordIn reads the record in a daemon directory.
+func loadRecordIn(dir string) (record, error) {
+	data, err := readSmall(filepath.Join(dir, recordFile), maxSmallSize)
 	if err != nil {
 		return record{}, err
 	}
@@ -396,12 +429,17 @@ func (m *Manager) loadRecord(key string) (record, error) {
 
 // saveRecord replaces the key's record, atomically and durably.
 func (m *Manager) saveRecord(key string, rec record) error {
+	return saveRecordIn(m.Dir(key), rec, m.writeFile)
+}
+
+// saveRecordIn replaces the record in a daemon directory with write.
+func saveRecordIn(dir string, rec record, write func(string, []byte) error) error {
 	rec.Version = recordVersion
 	data, err := json.Marshal(rec)
 	if err != nil {
 		return fmt.Errorf("encode the MPS control daemon's record: %w", err)
 	}
-	if err := m.writeFile(filepath.Join(m.Dir(key), recordFile), data); err != nil {
+	if err := write(filepath.Join(dir, recordFile), data); err != nil {
 		return fmt.Errorf("record the MPS control daemon: %w", err)
 	}
 	return nil
@@ -418,11 +456,23 @@ func (m *Manager) Stop(ctx context.Context, key string) error {
 		// the same.
 		logger.Info("Stopping an unrecorded MPS control daemon", "key", key, "err", err)
 	}
-	if d != nil {
+	// The supervisor first: it stops the daemon, and must not restart
+	// it once the plugin has.
+	stopping, err := m.launcher().Remove(ctx, key)
+	if err != nil {
+		return fmt.Errorf("stop the MPS control daemon's supervisor: %w", err)
+	}
+	switch {
+	case d != nil && stopping && m.waitGone(ctx, *d):
+		logger.Info("MPS control daemon stopped", "key", key, "pid", d.PID)
+	case d != nil:
+		// No supervisor (a previous release's daemon, or one that
+		// outlived the plugin process that supervised it), or one that
+		// did not stop it.
 		if err := m.stop(ctx, key, *d); err != nil {
 			return err
 		}
-	} else if m.unprovenLegacy(key) {
+	case m.unprovenLegacy(key):
 		// A previous release's daemon that could not prove itself may
 		// still serve pipe/: ask whatever does to quit, signalling
 		// nothing, rather than leak it.
@@ -461,14 +511,20 @@ func (m *Manager) stop(ctx context.Context, key string, d identity) error {
 
 // quit sends the daemon the quit command.
 func (m *Manager) quit(ctx context.Context, key string) error {
-	bin, err := m.control()
+	ctx, cancel := context.WithTimeout(ctx, m.Timeout)
+	defer cancel()
+	return quitIn(ctx, m.driverRoot, m.env(key))
+}
+
+// quitIn sends the quit command to the daemon that serves the pipe
+// directory env names, until ctx is done.
+func quitIn(ctx context.Context, driverRoot string, env []string) error {
+	bin, err := driverrootControl(driverRoot)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, m.Timeout)
-	defer cancel()
 	cmd := exec.CommandContext(ctx, bin)
-	cmd.Env = m.env(key)
+	cmd.Env = env
 	cmd.Stdin = strings.NewReader("quit\n")
 	cmd.WaitDelay = time.Second
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -493,13 +549,11 @@ func (m *Manager) waitGone(ctx context.Context, d identity) bool {
 	return true
 }
 
-// Claims lists the claim UIDs that have a daemon directory.
-func (m *Manager) Claims() ([]string, error) {
+// Claims lists the keys that have a daemon directory or a supervisor,
+// sorted.
+func (m *Manager) Claims(ctx context.Context) ([]string, error) {
 	entries, err := os.ReadDir(m.root)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("list MPS daemons: %w", err)
 	}
 	var out []string
@@ -508,7 +562,13 @@ func (m *Manager) Claims() ([]string, error) {
 			out = append(out, e.Name())
 		}
 	}
-	return out, nil
+	launched, err := m.launcher().Keys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list MPS daemons' supervisors: %w", err)
+	}
+	out = append(out, launched...)
+	slices.Sort(out)
+	return slices.Compact(out), nil
 }
 
 // emptyDir removes everything in dir, a batch of entries at a time (a

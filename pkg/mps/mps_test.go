@@ -36,7 +36,7 @@ func TestDaemonLifecycle(t *testing.T) {
 		t.Fatalf("second start: %v, daemon %+v -> %+v", err, d, recorded(t, m, uid))
 	}
 	restarted := NewManager(m.root, roots.DriverRoot)
-	if claims, err := restarted.Claims(); err != nil || len(claims) != 1 || claims[0] != uid || !restarted.Running(uid) {
+	if claims, err := restarted.Claims(ctx); err != nil || len(claims) != 1 || claims[0] != uid || !restarted.Running(uid) {
 		t.Fatalf("a restarted plugin sees %v (%v), running %v", claims, err, restarted.Running(uid))
 	}
 	if err := restarted.Stop(ctx, uid); err != nil {

@@ -316,3 +316,14 @@ const (
 	MIGDeviceClass    = "mig.nvidia.com"
 	SharedDeviceClass = "shared." + DriverName
 )
+
+// Labels of the pods that run MPS control daemons (package daemonpod),
+// by which the plugin finds them on its node.
+const (
+	// MPSDaemonLabel holds the daemon's key: the UID of the claim whose
+	// daemon it is, or the key of a shared GPU's daemon.
+	MPSDaemonLabel = keyPrefix + "mps-daemon"
+	// MPSDaemonComponent is the app.kubernetes.io/component label's
+	// value on every such pod.
+	MPSDaemonComponent = "mps-control-daemon"
+)

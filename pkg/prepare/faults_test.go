@@ -145,7 +145,7 @@ func (f *fixture) checkNothingLeft(ctx context.Context, when string) {
 	if live := f.liveMIG(); len(live) != 0 {
 		f.t.Errorf("%s: MIG devices left: %+v", when, live)
 	}
-	if keys, err := f.mps.Claims(); err != nil || len(keys) != 0 {
+	if keys, err := f.mps.Claims(context.Background()); err != nil || len(keys) != 0 {
 		f.t.Errorf("%s: MPS daemons left: %v %v", when, keys, err)
 	}
 	if specs := f.specs(); len(specs) != 0 {

@@ -66,7 +66,7 @@ type MPS interface {
 	Start(ctx context.Context, key string, gpuUUIDs []string) error
 	Stop(ctx context.Context, key string) error
 	Running(key string) bool
-	Claims() ([]string, error)
+	Claims(ctx context.Context) ([]string, error)
 }
 
 // Devices resolves a published device name to what it stands for.

@@ -118,7 +118,7 @@ func (f *fixture) prepareKilledAfter(step Step, c *resourceapi.ResourceClaim) {
 
 // stopDaemons stops MPS daemons a test left running.
 func (f *fixture) stopDaemons() {
-	uids, _ := f.mps.Claims()
+	uids, _ := f.mps.Claims(context.Background())
 	for _, uid := range uids {
 		_ = f.mps.Stop(context.Background(), uid)
 	}
@@ -380,7 +380,7 @@ func TestMPS(t *testing.T) {
 	if f.mps.Running(uid) {
 		t.Error("MPS daemon still running after unprepare")
 	}
-	if uids, _ := f.mps.Claims(); len(uids) != 0 {
+	if uids, _ := f.mps.Claims(context.Background()); len(uids) != 0 {
 		t.Errorf("daemon directories left: %v", uids)
 	}
 

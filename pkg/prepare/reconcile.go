@@ -320,7 +320,7 @@ func (rc *reconciliation) daemons(ctx context.Context) error {
 		}
 		rc.rep.MPSRestarted = append(rc.rep.MPSRestarted, key)
 	}
-	keys, err := rc.MPS.Claims()
+	keys, err := rc.MPS.Claims(ctx)
 	if err != nil {
 		return fmt.Errorf("list MPS control daemons: %w", err)
 	}

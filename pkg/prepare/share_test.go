@@ -107,7 +107,7 @@ func TestSharesOfOneGPU(t *testing.T) {
 	if f.mps.Running(daemon) {
 		t.Fatal("daemon still running after the last share")
 	}
-	if keys, _ := f.mps.Claims(); len(keys) != 0 {
+	if keys, _ := f.mps.Claims(context.Background()); len(keys) != 0 {
 		t.Errorf("daemon directories left: %v", keys)
 	}
 }
@@ -167,7 +167,7 @@ func TestShareErrors(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "gpu-0-shared") {
 				t.Fatalf("got %v, want an error about gpu-0-shared with %q", err, tc.want)
 			}
-			if keys, _ := f.mps.Claims(); len(keys) != 0 || len(f.specs()) != 0 || len(f.saved().Claims) != 0 {
+			if keys, _ := f.mps.Claims(context.Background()); len(keys) != 0 || len(f.specs()) != 0 || len(f.saved().Claims) != 0 {
 				t.Errorf("left behind: daemons %v, specs %v, claims %d", keys, f.specs(), len(f.saved().Claims))
 			}
 		})
@@ -198,7 +198,7 @@ func TestShareAndExclusiveUseWaitForEachOther(t *testing.T) {
 	if _, err := f.p.Prepare(ctx, sharesAllocated(shareOf{"gpu-0-shared", "bbbbbbbb-0000-4000-8000-000000000002", "10Gi", "0"})); !errors.As(err, &held) || held.owner != string(whole.UID) {
 		t.Fatalf("share beside the whole GPU: got %v, want held by %s", err, whole.UID)
 	}
-	if keys, _ := f.mps.Claims(); len(keys) != 0 {
+	if keys, _ := f.mps.Claims(context.Background()); len(keys) != 0 {
 		t.Errorf("a refused share left a daemon: %v", keys)
 	}
 }

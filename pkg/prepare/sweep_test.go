@@ -244,7 +244,7 @@ func (f *fixture) checkTruthful(ctx context.Context, when string, durable bool) 
 		live[m.UUID] = m
 	}
 	daemons := map[string]bool{}
-	keys, err := f.mps.Claims()
+	keys, err := f.mps.Claims(context.Background())
 	if err != nil {
 		f.t.Fatal(err)
 	}

@@ -1,0 +1,61 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"k8s.io/klog/v2"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
+)
+
+// terminationLog is where the kubelet reads a container's termination
+// message: the supervisor's reason for failing, shown in the pod's status
+// and to the plugin that waits for the daemon.
+const terminationLog = "/dev/termination-log"
+
+// newMPSDaemonCommand is the container of an MPS control daemon's pod
+// (package daemonpod): it runs the daemon of one directory until the pod
+// is deleted.
+func newMPSDaemonCommand() *cobra.Command {
+	s := &mps.Supervisor{ProcRoot: "/"}
+	var gpus string
+	cmd := &cobra.Command{
+		Use:   "mps-daemon",
+		Short: "Run one MPS control daemon in the foreground (the container of its pod)",
+		Long: `Runs nvidia-cuda-mps-control for the daemon directory --dir, made by the
+plugin, records it there for the plugin, and stops it on SIGTERM. It fails,
+and the kubelet restarts it, when the daemon exits; it ends without failing
+when the directory is gone (the claim was unprepared).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !filepath.IsAbs(s.Dir) {
+				return fmt.Errorf("--dir %q: not an absolute path", s.Dir)
+			}
+			if gpus == "" {
+				return errors.New("--gpus: no GPU")
+			}
+			s.GPUs = strings.Split(gpus, ",")
+			ctx := klog.NewContext(cmd.Context(), klog.Background().WithValues("dir", s.Dir))
+			err := s.Run(ctx)
+			if errors.Is(err, mps.ErrDirectoryGone) {
+				klog.FromContext(ctx).Info("Not running the MPS control daemon", "reason", err.Error())
+				return nil
+			}
+			if err != nil {
+				// Best effort: outside a container there is no such file.
+				_ = os.WriteFile(terminationLog, []byte(err.Error()), 0o644)
+			}
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&s.Dir, "dir", "", "the daemon's directory, made by the plugin (<plugin data dir>/mps/<key>)")
+	cmd.Flags().StringVar(&s.DriverRoot, "driver-root", "/", "where nvidia-cuda-mps-control is found: the driver root as this container mounts it")
+	cmd.Flags().StringVar(&gpus, "gpus", "", "comma-separated UUIDs of the GPUs or MIG devices the daemon is given (CUDA_VISIBLE_DEVICES)")
+	cmd.Flags().DurationVar(&s.Timeout, "timeout", 0, "the most the quit command, and the daemon's stop after it, may take (0: 10s)")
+	return cmd
+}

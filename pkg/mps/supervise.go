@@ -1,0 +1,176 @@
+package mps
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs"
+)
+
+// ErrDirectoryGone is returned by Supervisor.Run when the daemon's
+// directory is gone: the plugin stopped the daemon and removed it (as a
+// previous release, which knows no supervisor, does), so there is nothing
+// to serve and nothing to restart.
+var ErrDirectoryGone = errors.New("the MPS daemon's directory is gone: its claim was unprepared")
+
+// Supervisor runs one daemon, in the foreground, and lives as long as it:
+// it starts the control program as its child, records it in the daemon's
+// directory (the record the plugin checks before it signals anything),
+// and stops it when told to. It is what a Launcher runs: the container of
+// a pod of its own (package daemonpod), which outlives the plugin's, or a
+// goroutine of the plugin (InProcess).
+//
+// A supervisor that returns an error is run again by whoever launched it
+// (the kubelet, for a pod: restartPolicy OnFailure): a daemon that crashed
+// is restarted, its pipe directory cleared first.
+type Supervisor struct {
+	// Dir is the daemon's directory, made by the plugin: pipe/, log/ and
+	// the record.
+	Dir string
+	// DriverRoot is where the control program is found.
+	DriverRoot string
+	// GPUs are the UUIDs (MIG or whole) the daemon is given.
+	GPUs []string
+	// ProcRoot is the root above /proc in which processes are identified:
+	// the host's ("/"), the supervisor running with hostPID, so that the
+	// PIDs it records mean the same to the plugin.
+	ProcRoot string
+	// Timeout bounds the quit command and the wait for the daemon to
+	// stop once told to.
+	Timeout time.Duration
+	// writeFile replaces a file atomically and durably; nil means
+	// hostfs.WriteFileAtomic.
+	writeFile func(path string, data []byte) error
+}
+
+func (s *Supervisor) procs() procs {
+	if s.ProcRoot == "" {
+		return procs{root: "/"}
+	}
+	return procs{root: s.ProcRoot}
+}
+
+func (s *Supervisor) timeout() time.Duration {
+	if s.Timeout <= 0 {
+		return 10 * time.Second
+	}
+	return s.Timeout
+}
+
+func (s *Supervisor) env() []string {
+	return append(os.Environ(),
+		"CUDA_MPS_PIPE_DIRECTORY="+PipeDirIn(s.Dir),
+		"CUDA_MPS_LOG_DIRECTORY="+LogDirIn(s.Dir))
+}
+
+// Run starts the daemon and returns when it has stopped: nil once ctx
+// is done and the daemon stopped with it, ErrDirectoryGone when its
+// directory is gone, or why the daemon could not start or exited.
+func (s *Supervisor) Run(ctx context.Context) error {
+	logger := klog.FromContext(ctx)
+	if _, err := os.Lstat(s.Dir); errors.Is(err, fs.ErrNotExist) {
+		return ErrDirectoryGone
+	} else if err != nil {
+		return fmt.Errorf("MPS daemon directory: %w", err)
+	}
+	bin, err := driverrootControl(s.DriverRoot)
+	if err != nil {
+		return err
+	}
+	p := s.procs()
+	// One daemon per directory: one recorded and alive (a supervisor
+	// killed without its daemon) is stopped before another starts.
+	if rec, err := loadRecordIn(s.Dir); err == nil && p.is(rec.identity) {
+		logger.Info("A previous MPS control daemon of this directory still runs; stopping it", "dir", s.Dir, "pid", rec.PID)
+		if err := p.kill(rec.identity); err != nil {
+			return fmt.Errorf("stop the previous MPS control daemon: %w", err)
+		}
+	}
+	// No daemon serves pipe/: what is in it is stale, or planted (say,
+	// a symlink where the daemon creates a file).
+	if err := emptyDir(PipeDirIn(s.Dir)); err != nil {
+		return fmt.Errorf("clear the MPS pipe directory: %w", err)
+	}
+	out, err := os.OpenFile(filepath.Join(s.Dir, outputFile), os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return fmt.Errorf("MPS control daemon output: %w", err)
+	}
+	// In the foreground, as this process's child: its PID is the one fork
+	// returned, not one read from a file.
+	cmd := exec.Command(bin, "-f")
+	cmd.Env = append(s.env(), "CUDA_VISIBLE_DEVICES="+strings.Join(s.GPUs, ","))
+	cmd.Stdout, cmd.Stderr = out, out
+	// The daemon must not get the signals of the supervisor's terminal or
+	// process group: the supervisor decides how it stops.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Start()
+	out.Close() // the daemon has its own
+	if err != nil {
+		return fmt.Errorf("start MPS control daemon: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	kill := func() {
+		_ = cmd.Process.Kill() // this process's own child: no stranger
+		<-exited
+	}
+	id, err := p.identify(cmd.Process.Pid)
+	if err != nil {
+		kill()
+		return fmt.Errorf("start MPS control daemon: %w", err)
+	}
+	write := s.writeFile
+	if write == nil {
+		write = hostfs.WriteFileAtomic
+	}
+	// A daemon the plugin cannot find in its record would be unknown to
+	// it: never left running.
+	if err := saveRecordIn(s.Dir, record{identity: id}, write); err != nil {
+		kill()
+		return fmt.Errorf("start MPS control daemon: %w", err)
+	}
+	logger.Info("MPS control daemon started", "dir", s.Dir, "gpus", s.GPUs, "pid", id.PID)
+	select {
+	case err := <-exited:
+		if _, statErr := os.Lstat(s.Dir); errors.Is(statErr, fs.ErrNotExist) {
+			return ErrDirectoryGone
+		}
+		return fmt.Errorf("MPS control daemon %d exited (%v)%s", id.PID, err, outputIn(s.Dir))
+	case <-ctx.Done():
+	}
+	s.stop(logger, id, exited, kill)
+	return nil
+}
+
+// stop ends the supervisor's daemon: the quit command while the record
+// still names it (a record naming another daemon means that daemon serves
+// pipe/, and the command would reach it), then SIGKILL after Timeout.
+func (s *Supervisor) stop(logger klog.Logger, id identity, exited <-chan error, kill func()) {
+	if rec, err := loadRecordIn(s.Dir); err == nil && rec.identity == id {
+		ctx, cancel := context.WithTimeout(context.Background(), s.timeout())
+		err := quitIn(ctx, s.DriverRoot, s.env())
+		cancel()
+		if err != nil {
+			logger.Info("MPS control daemon did not take the quit command; killing it", "dir", s.Dir, "pid", id.PID, "err", err)
+			kill()
+			return
+		}
+	}
+	select {
+	case <-exited:
+		logger.Info("MPS control daemon stopped", "dir", s.Dir, "pid", id.PID)
+	case <-time.After(s.timeout()):
+		logger.Info("MPS control daemon did not stop; killing it", "dir", s.Dir, "pid", id.PID)
+		kill()
+	}
+}

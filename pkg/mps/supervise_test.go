@@ -1,0 +1,109 @@
+package mps
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/klog/v2/ktesting"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
+)
+
+// waitFor polls cond until it holds, failing the test after a minute: a
+// bound on a hang, not a measure of speed.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("still not %s after a minute", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestCrashedDaemonIsRestarted: the supervisor of a daemon that died
+// fails, and is run again, which starts a new daemon on a cleared pipe
+// directory (the kubelet does so for a daemon pod; the plugin for its
+// own supervisors).
+func TestCrashedDaemonIsRestarted(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	m := newTestManager(t)
+	const key = "2f0e0a4c-0000-4000-8000-000000000021"
+	if err := m.Start(ctx, key, []string{"GPU-a"}); err != nil {
+		t.Fatal(err)
+	}
+	first := recorded(t, m, key)
+	if err := m.procs().kill(first); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "restarted", func() bool {
+		d := m.recorded(key)
+		return d != nil && *d != first && m.ready(key)
+	})
+	second := recorded(t, m, key)
+	if err := m.launcher().Failure(ctx, key); err != nil {
+		t.Errorf("failure %v of a restarted daemon", err)
+	}
+	if err := m.Stop(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	if m.procs().is(second) {
+		t.Error("the restarted daemon still runs after stop")
+	}
+	if keys, err := m.Claims(ctx); err != nil || len(keys) != 0 {
+		t.Errorf("left after stop: %v (%v)", keys, err)
+	}
+}
+
+// TestSupervisorRun: a supervisor told to stop quits its daemon and ends
+// without an error; one whose directory is gone (the claim unprepared by
+// a plugin that knows no supervisor) ends with ErrDirectoryGone, so that
+// it is not run again.
+func TestSupervisorRun(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	m := newTestManager(t)
+	const key = "2f0e0a4c-0000-4000-8000-000000000022"
+	for _, dir := range []string{m.root, m.Dir(key), m.PipeDir(key), m.LogDir(key)} {
+		if err := os.MkdirAll(dir, DirMode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := &Supervisor{Dir: m.Dir(key), DriverRoot: m.driverRoot, GPUs: []string{"GPU-a"}, Timeout: time.Second}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.Run(runCtx) }()
+	waitFor(t, "running", func() bool { return m.recorded(key) != nil && m.ready(key) })
+	d := recorded(t, m, key)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("stopped supervisor: %v", err)
+	}
+	if m.procs().is(d) {
+		t.Error("the daemon outlived its stopped supervisor")
+	}
+	log, err := os.ReadFile(simhost.MPSLogPath(m.driverRoot))
+	if err != nil || strings.Count(string(log), " quit ") != 1 {
+		t.Errorf("the daemon was not asked to quit (%v):\n%s", err, log)
+	}
+
+	go func() { done <- s.Run(ctx) }()
+	waitFor(t, "running again", func() bool { return m.recorded(key) != nil && m.ready(key) })
+	d = recorded(t, m, key)
+	if err := os.RemoveAll(m.Dir(key)); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.procs().kill(d); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; !errors.Is(err, ErrDirectoryGone) {
+		t.Errorf("supervisor of a removed directory: %v, want ErrDirectoryGone", err)
+	}
+	if err := s.Run(ctx); !errors.Is(err, ErrDirectoryGone) {
+		t.Errorf("supervisor started without its directory: %v, want ErrDirectoryGone", err)
+	}
+}
