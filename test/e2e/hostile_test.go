@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -64,8 +65,9 @@ spec:
 
 // TestHostileTenantCannotKillOrStallTheNode: tenants whose containers
 // plant host PIDs, FIFOs and /dev/zero symlinks in the MPS directories
-// they were given make the plugin neither kill a host process nor hang
-// (at start-up reconciliation after a plugin restart, and at unprepare),
+// they were given make neither the plugin nor the daemons' supervisors
+// kill a host process or hang (at start-up reconciliation after a plugin
+// restart, at a crashed daemon's restart, and at unprepare),
 // nor run out of memory; log/ is read-only to them; their claims are
 // unprepared, and a new claim on the node prepares afterwards.
 func TestHostileTenantCannotKillOrStallTheNode(t *testing.T) {
@@ -125,21 +127,36 @@ spec:
 	}
 
 	// A restarted plugin reconciles every claim with the plants in place:
-	// its daemons stopped with its container, so each is found gone (not
-	// running under the planted PID) and started again, none hanging on
-	// a FIFO or reading /dev/zero.
+	// its daemons, in pods of their own, run on, and are found by their
+	// records (not by the planted PID files), none hanging on a FIFO or
+	// reading /dev/zero; none is started again.
 	if err := script("driver.sh", "restart"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 60*time.Second, "every claim's MPS daemon started again", func() (bool, error) {
+	if n := mpsDaemonEvents("start") - starts; n != len(attacks) {
+		t.Errorf("%d MPS daemons started after a plugin restart, want %d (the same)", n, len(attacks))
+	}
+	// Each daemon crashes: its supervisor is restarted, clears the planted
+	// pipe directory and starts it again.
+	for key, pid := range mpsDaemonPIDs(t) {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatalf("kill the MPS daemon of %s: %v", key, err)
+		}
+	}
+	eventually(t, 90*time.Second, "every claim's MPS daemon started again", func() (bool, error) {
 		n := mpsDaemonEvents("start") - starts
-		return n == 2*len(attacks), fmt.Errorf("%d daemons started, want %d", n, 2*len(attacks))
+		return n == 2*len(attacks) && len(mpsDaemonPIDs(t)) == len(attacks),
+			fmt.Errorf("%d daemons started, want %d; %d alive", n, 2*len(attacks), len(mpsDaemonPIDs(t)))
 	})
 	// The tenants plant again in the new daemons' pipe directories.
 	for _, a := range attacks {
 		log := podLogs(t, ns, "tenant-"+a, "planted")
 		last := strings.Count(log, "planted")
 		podLogs(t, ns, "tenant-"+a, "planted "+strconv.Itoa(last+2))
+	}
+	// And the plugin, restarted again, reconciles with those plants.
+	if err := script("driver.sh", "restart"); err != nil {
+		t.Fatal(err)
 	}
 
 	kubectl(t, "delete", "pod", "-n", ns, "tenant-pid", "tenant-fifo", "tenant-zero", "--wait=true")

@@ -3,11 +3,12 @@
 package e2e
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -66,46 +67,121 @@ func mpsDaemonEvents(what string) int {
 	return strings.Count(string(data), " "+what+" ")
 }
 
-// liveMPSDaemons counts the MPS control daemons alive on the node, by the
-// PID files in their pipe directories.
-func liveMPSDaemons(t testing.TB) int {
-	files, _ := filepath.Glob(runDir + "/kubelet/plugins/gpu.nvidia.com/mps/*/pipe/nvidia-cuda-mps-control.pid")
-	n := 0
-	for _, f := range files {
+// mpsDaemonPIDs returns the PIDs of the MPS control daemons alive on the
+// node, by daemon key, from the records their supervisors write in the
+// plugin's own directory (which no tenant can write).
+func mpsDaemonPIDs(t testing.TB) map[string]int {
+	t.Helper()
+	records, _ := filepath.Glob(runDir + "/kubelet/plugins/gpu.nvidia.com/mps/*/daemon.json")
+	pids := map[string]int{}
+	for _, f := range records {
 		data, err := os.ReadFile(f)
 		if err != nil {
 			continue
 		}
-		pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
-		if pid > 0 && syscall.Kill(pid, 0) == nil {
-			n++
+		var rec struct {
+			PID int `json:"pid"`
+		}
+		if json.Unmarshal(data, &rec) == nil && rec.PID > 0 && syscall.Kill(rec.PID, 0) == nil {
+			pids[filepath.Base(filepath.Dir(f))] = rec.PID
 		}
 	}
-	return n
+	return pids
 }
 
-// assertDaemonsRestarted restarts the plugin and checks the MPS daemons
-// after it: the daemons, its container's processes, stopped with it, and
-// its successor started each again exactly once (docs/helm.md, "MPS under
-// the DaemonSet"); none was asked to quit.
-func assertDaemonsRestarted(t *testing.T, daemons int) {
+// assertDaemonsKept disrupts the plugin three ways: driver.sh restart (the
+// plugin stopped, upgraded and started again), kubectl rollout restart (a
+// successor takes the node over) and SIGKILL of its process. After each,
+// the MPS daemons are the very processes they were (same PIDs, none
+// started or asked to quit: they run in pods of their own, docs/helm.md),
+// and each client pod's containers are the same and still find the
+// daemon's control pipe in their pipe directory.
+func assertDaemonsKept(t *testing.T, ns string, clients []string, daemons int) {
 	t.Helper()
+	before := mpsDaemonPIDs(t)
+	if len(before) != daemons {
+		t.Fatalf("%d MPS daemons alive (%v), want %d", len(before), before, daemons)
+	}
 	starts, quits := mpsDaemonEvents("start"), mpsDaemonEvents("quit")
-	if n := liveMPSDaemons(t); n != daemons {
-		t.Fatalf("%d MPS daemons alive before the plugin restart, want %d", n, daemons)
+	containers := func() map[string]string {
+		ids := map[string]string{}
+		for _, name := range clients {
+			p, err := client.CoreV1().Pods(ns).Get(ctx(), name, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, cs := range p.Status.ContainerStatuses {
+				ids[name+"/"+cs.Name] = fmt.Sprintf("%s restarts=%d", cs.ContainerID, cs.RestartCount)
+			}
+		}
+		return ids
 	}
-	if err := script("driver.sh", "restart"); err != nil {
-		t.Fatal(err)
+	clientsBefore := containers()
+	ds := "daemonset/" + driverRelease + "-kubelet-plugin"
+	for _, d := range []struct {
+		what    string
+		disrupt func()
+	}{
+		{"driver.sh restart", func() {
+			if err := script("driver.sh", "restart"); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"kubectl rollout restart", func() {
+			kubectl(t, "rollout", "restart", "-n", driverNamespace, ds)
+			kubectl(t, "rollout", "status", "-n", driverNamespace, ds, "--timeout=3m")
+		}},
+		{"a SIGKILL of the plugin", func() { killPlugin(t) }},
+	} {
+		d.disrupt()
+		if got := mpsDaemonPIDs(t); !maps.Equal(got, before) {
+			t.Errorf("after %s: MPS daemons %v, want the same processes %v", d.what, got, before)
+		}
+		if n, q := mpsDaemonEvents("start")-starts, mpsDaemonEvents("quit")-quits; n != 0 || q != 0 {
+			t.Errorf("after %s: %d MPS daemons started and %d quit, want none", d.what, n, q)
+		}
+		if got := containers(); !maps.Equal(got, clientsBefore) {
+			t.Errorf("after %s: client containers %v, want %v", d.what, got, clientsBefore)
+		}
+		for _, name := range clients {
+			if out, err := kubectlErr("exec", "-n", ns, name, "--", "ls", "/tmp/nvidia-mps/control"); err != nil {
+				t.Errorf("after %s: %s cannot see its MPS daemon's control pipe: %v: %s", d.what, name, err, out)
+			}
+		}
 	}
-	eventually(t, 30*time.Second, "the MPS daemons started again", func() (bool, error) {
-		n := mpsDaemonEvents("start") - starts
-		return n == daemons && liveMPSDaemons(t) == daemons,
-			fmt.Errorf("%d started again, %d alive, want %d", n, liveMPSDaemons(t), daemons)
+}
+
+// killPlugin SIGKILLs the plugin's process (not its MPS daemons'
+// supervisors, which run the same program) and waits until the kubelet
+// has restarted it and it is Ready again.
+func killPlugin(t *testing.T) {
+	t.Helper()
+	restarts := func(p *corev1.Pod) int32 {
+		for _, cs := range p.Status.ContainerStatuses {
+			if cs.Name == "plugin" {
+				return cs.RestartCount
+			}
+		}
+		return -1
+	}
+	was := restarts(pluginPod(t))
+	var killed []int
+	for _, pid := range processPIDs("gpu-kubelet-plugin") {
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if args := strings.Split(string(cmdline), "\x00"); len(args) > 1 && (args[1] == "mps-daemon" || args[1] == "probe") {
+			continue
+		}
+		if err := syscall.Kill(pid, syscall.SIGKILL); err == nil {
+			killed = append(killed, pid)
+		}
+	}
+	if len(killed) != 1 {
+		t.Fatalf("killed %v, want the one plugin process", killed)
+	}
+	eventually(t, 2*time.Minute, "the plugin restarted and Ready", func() (bool, error) {
+		p := pluginPod(t)
+		return restarts(p) > was && podReady(p), fmt.Errorf("restarts %d (was %d), ready %v", restarts(p), was, podReady(p))
 	})
-	time.Sleep(time.Second)
-	if n, q := mpsDaemonEvents("start")-starts, mpsDaemonEvents("quit")-quits; n != daemons || q != 0 {
-		t.Errorf("after a plugin restart: %d daemons started (want %d), %d quit (want 0)", n, daemons, q)
-	}
 }
 
 func containerOr(name string) string {
@@ -116,10 +192,9 @@ func containerOr(name string) string {
 }
 
 // TestMPSClaimSharedByTwoPods applies the MPS demo: one daemon serves both
-// pods, whose containers see its pipe directory and the limits; a plugin
-// restart neither loses nor duplicates the daemon (it is started again);
-// deleting the claim's
-// pods and the claim stops it.
+// pods, whose containers see its pipe directory and the limits; the
+// plugin's restart, roll and crash leave the daemon running, the same
+// process; deleting the claim's pods and the claim stops it.
 func TestMPSClaimSharedByTwoPods(t *testing.T) {
 	const ns = "gpu-mps"
 	t.Cleanup(func() { cleanNamespace(t, ns) })
@@ -141,7 +216,7 @@ func TestMPSClaimSharedByTwoPods(t *testing.T) {
 		data, err := os.ReadFile(mpsLog)
 		t.Fatalf("%d MPS daemons started for one claim (%d before); %s (%v):\n%s", n, startsBefore, mpsLog, err, data)
 	}
-	assertDaemonsRestarted(t, 1)
+	assertDaemonsKept(t, ns, []string{"mps-a", "mps-b"}, 1)
 	kubectl(t, "delete", "pod", "-n", ns, "mps-a", "mps-b", "--wait=true")
 	kubectl(t, "delete", "resourceclaim", "-n", ns, "mps-gpu", "--wait=true")
 	eventually(t, 60*time.Second, "the MPS daemon stopped and its directory removed", func() (bool, error) {
@@ -221,8 +296,12 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nv
 	}
 	kubectl(t, "delete", "pod", "-n", ns, "whole", "--wait=true")
 
-	// A plugin restart neither loses nor duplicates the daemon (it is started again once).
-	assertDaemonsRestarted(t, 1)
+	// Restarts, a roll and a crash of the plugin leave the daemon and its clients alone.
+	var clients []string
+	for i := range pods {
+		clients = append(clients, pods[i].Name)
+	}
+	assertDaemonsKept(t, ns, clients, 1)
 
 	// A fifth replica does not fit: it gets a share of another GPU.
 	kubectl(t, "scale", "deployment", "-n", ns, "model-server", "--replicas=5")

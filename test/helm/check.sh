@@ -54,7 +54,18 @@ expect "defaults: specs name host paths" '--driver-root=/$' "$out"
 expect "defaults: the plugin reads the driver root's mount" '--driver-root-mount=/driver-root' "$out"
 expect "defaults: the successor starts next to the plugin it replaces" 'maxSurge: 1' "$out"
 expect "defaults: the old plugin goes only once the new one is Ready" 'maxUnavailable: 0' "$out"
-refuse "defaults: no RBAC beyond what the plugin needs" 'resources: \["\*"\]|verbs: \["\*"\]|"secrets"|"pods"' "$out"
+refuse "defaults: no RBAC beyond what the plugin needs" 'resources: \["\*"\]|verbs: \["\*"\]|"secrets"' "$out"
+# MPS daemon pods: the plugin's own, in its namespace, narrowed by a policy.
+clusterroles=$(awk '/^kind: /{p=($0 ~ /^kind: ClusterRole$/)} p' <<<"$out")
+refuse "defaults: no cluster-wide grant on pods" '"pods"' "$clusterroles"
+expect "defaults: MPS daemon pods created, listed and deleted" 'resources: \["pods"\]' "$out"
+expect "defaults: the admission policy of the MPS daemon pods" 'name: t-mps-daemon-pods' "$out"
+expect "defaults: MPS daemon pods run the chart's image" '--mps-daemon-image=gpu-dra-driver:' "$out"
+expect "defaults: MPS daemon pods in the release's namespace" '--mps-daemon-namespace=gpu-dra-driver$' "$out"
+out=$(render --set kubeletPlugin.mps.daemonPods=false)
+refuse "mps.daemonPods=false: no grant on pods" '"pods"' "$out"
+refuse "mps.daemonPods=false: no daemon pods" 'mps-daemon' "$out"
+out=$(render)
 # The plugin's identity: what its code calls, nothing more (test/e2e/rbac_test.go on the API server).
 rbac=$(render --show-only templates/kubelet-plugin.yaml)
 refuse "defaults: the plugin reads no DeviceClasses or DeviceTaintRules" 'deviceclasses|devicetaintrules' "$rbac"
