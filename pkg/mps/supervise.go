@@ -122,7 +122,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	go func() { exited <- cmd.Wait() }()
 	kill := func() {
 		_ = cmd.Process.Kill() // this process's own child: no stranger
-		<-exited
+		if err := <-exited; err != nil {
+			klog.FromContext(ctx).V(4).Info("Killed MPS control daemon exited", "err", err)
+		}
 	}
 	id, err := p.identify(cmd.Process.Pid)
 	if err != nil {
@@ -145,7 +147,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		if _, statErr := os.Lstat(s.Dir); errors.Is(statErr, fs.ErrNotExist) {
 			return ErrDirectoryGone
 		}
-		return fmt.Errorf("MPS control daemon %d exited (%v)%s", id.PID, err, outputIn(s.Dir))
+		return fmt.Errorf("MPS control daemon %d exited (%w)%s", id.PID, err, outputIn(s.Dir))
 	case <-ctx.Done():
 	}
 	s.stop(logger, id, exited, kill)
@@ -167,8 +169,8 @@ func (s *Supervisor) stop(logger klog.Logger, id identity, exited <-chan error, 
 		}
 	}
 	select {
-	case <-exited:
-		logger.Info("MPS control daemon stopped", "dir", s.Dir, "pid", id.PID)
+	case err := <-exited:
+		logger.Info("MPS control daemon stopped", "exit", err, "dir", s.Dir, "pid", id.PID)
 	case <-time.After(s.timeout()):
 		logger.Info("MPS control daemon did not stop; killing it", "dir", s.Dir, "pid", id.PID)
 		kill()
