@@ -144,7 +144,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	logger.Info("MPS control daemon started", "dir", s.Dir, "gpus", s.GPUs, "pid", id.PID)
 	select {
 	case err := <-exited:
-		if _, statErr := os.Lstat(s.Dir); errors.Is(statErr, fs.ErrNotExist) {
+		if s.directoryGoes() {
 			return ErrDirectoryGone
 		}
 		return fmt.Errorf("MPS control daemon %d exited (%w)%s", id.PID, err, outputIn(s.Dir))
@@ -152,6 +152,28 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	}
 	s.stop(logger, id, exited, kill)
 	return nil
+}
+
+// directoryGoneWait is how long a supervisor whose daemon exited waits
+// for the daemon's directory to go before it fails: a plugin that knows
+// no supervisor (a previous release) quits the daemon, waits for it to be
+// gone, then removes the directory. Failing at once would have the
+// kubelet start a new daemon in the directory being removed.
+const directoryGoneWait = 2 * time.Second
+
+// directoryGoes reports whether the daemon's directory is gone, or goes
+// within directoryGoneWait.
+func (s *Supervisor) directoryGoes() bool {
+	deadline := time.Now().Add(directoryGoneWait)
+	for {
+		if _, err := os.Lstat(s.Dir); errors.Is(err, fs.ErrNotExist) {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // stop ends the supervisor's daemon: the quit command while the record

@@ -4,13 +4,16 @@ package e2e
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"testing"
+	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -36,8 +39,11 @@ const (
 // pods keep their containers, claims and MIG device, each version loads
 // the other's checkpoint (no CheckpointCorrupt event), and at the end the
 // previous release unprepares the claims and nothing is left (CDI specs,
-// checkpoint entries, MIG instances). MPS workloads are not in the cycle:
-// their daemons are children of the plugin's container (issue 15, point 2).
+// checkpoint entries, MIG instances). An MPS pod joins them after the
+// first upgrade (its daemon then runs in a pod of its own: the previous
+// release ran daemons in its container, which its replacement ends once):
+// from then on its daemon is the same process, never started again nor
+// asked to quit, until the previous release unprepares it at the end.
 func TestUpgradeDowngradeCyclesWithThePreviousRelease(t *testing.T) {
 	cycles := 20
 	if v := os.Getenv("GPU_DRA_E2E_CYCLES"); v != "" {
@@ -84,20 +90,53 @@ apiVersion: resource.k8s.io/v1
 kind: ResourceClaimTemplate
 metadata: {name: mig, namespace: gpu-cycles}
 spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: mig.nvidia.com, selectors: [{cel: {expression: 'device.attributes["gpu.nvidia.com"].profile == "1g.10gb"'}}]}}]}}}
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: mps, namespace: gpu-cycles}
+spec:
+  spec:
+    devices:
+      requests:
+      - {name: gpu, exactly: {deviceClassName: gpu.nvidia.com}}
+      config:
+      - requests: [gpu]
+        opaque:
+          driver: gpu.nvidia.com
+          parameters: {apiVersion: resource.nvidia.com/v1beta1, kind: GpuConfig, sharing: {strategy: MPS}}
 `)
 	migBefore, specsBefore := migCount(t), cdiSpecs(t)
 	corruptBefore := checkpointCorruptEvents(t)
 	held := startHeldPods(t, podNS, "held")
+	var daemons map[string]int
+	var mpsStarts, mpsQuits int
+	mpsKept := func(when string) {
+		if got := mpsDaemonPIDs(t); !maps.Equal(got, daemons) {
+			t.Errorf("%s: MPS daemons %v, want the same processes %v", when, got, daemons)
+		}
+		if n, q := mpsDaemonEvents("start")-mpsStarts, mpsDaemonEvents("quit")-mpsQuits; n != 0 || q != 0 {
+			t.Errorf("%s: %d MPS daemons started and %d quit, want none", when, n, q)
+		}
+	}
 
 	for i := range cycles {
 		helmRun(append([]string{"upgrade", release, chart, "--wait", "--timeout", "3m", "--set", "image.tag=" + newTag,
 			"--set", "kubeletPlugin.updateStrategy.rollingUpdate.maxSurge=0",
 			"--set", "kubeletPlugin.updateStrategy.rollingUpdate.maxUnavailable=1"}, chartValues()...)...)
 		plugin = assertPluginReplaced(t, ns, plugin, newTag)
+		if i == 0 {
+			held.add(t, "held-mps", "mps")
+			if daemons = mpsDaemonPIDs(t); len(daemons) != 1 {
+				t.Fatalf("MPS daemons %v, want the MPS pod's one", daemons)
+			}
+			mpsStarts, mpsQuits = mpsDaemonEvents("start"), mpsDaemonEvents("quit")
+		}
 		held.assertKept(t, fmt.Sprintf("cycle %d, upgraded to this version", i+1))
+		mpsKept(fmt.Sprintf("cycle %d, upgraded to this version", i+1))
 		helmRun(append([]string{"upgrade", release, prevChart, "--wait", "--timeout", "3m", "--set", "image.tag=" + previousTag}, chartValues()...)...)
 		plugin = assertPluginReplaced(t, ns, plugin, previousTag)
 		held.assertKept(t, fmt.Sprintf("cycle %d, downgraded to the previous release", i+1))
+		mpsKept(fmt.Sprintf("cycle %d, downgraded to the previous release", i+1))
 		if n := checkpointCorruptEvents(t); n != corruptBefore {
 			t.Fatalf("cycle %d: %d CheckpointCorrupt events, %d before: a version refused the other's checkpoint", i+1, n, corruptBefore)
 		}
@@ -105,8 +144,25 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: mig.nv
 			t.Fatalf("stopped after cycle %d", i+1)
 		}
 	}
-	t.Logf("%d upgrade/downgrade cycles %s <-> this version with a whole GPU and a MIG device held", cycles, previousRelease[:12])
+	t.Logf("%d upgrade/downgrade cycles %s <-> this version with a whole GPU, a MIG device and an MPS GPU held", cycles, previousRelease[:12])
 	held.release(t, migBefore, "the previous release")
+	if q := mpsDaemonEvents("quit") - mpsQuits; q != 1 {
+		t.Errorf("%d MPS daemons quit at the end, want the MPS pod's one", q)
+	}
+	// The daemon's supervisor found its directory gone and ended: no
+	// daemon runs, and its pod is not running one.
+	eventually(t, 60*time.Second, "the MPS daemon's pod ended", func() (bool, error) {
+		pods, err := client.CoreV1().Pods(ns).List(ctx(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=mps-control-daemon"})
+		if err != nil {
+			return false, err
+		}
+		for _, p := range pods.Items {
+			if p.Status.Phase != corev1.PodSucceeded {
+				return false, fmt.Errorf("pod %s is %s", p.Name, p.Status.Phase)
+			}
+		}
+		return len(processPIDs("nvidia-cuda-mps-control")) == 0, fmt.Errorf("MPS control processes %v", processPIDs("nvidia-cuda-mps-control"))
+	})
 	if specs := cdiSpecs(t); !slices.Equal(specs, specsBefore) {
 		t.Errorf("CDI specs left: %v, before %v", specs, specsBefore)
 	}

@@ -152,16 +152,8 @@ type heldPods struct {
 func startHeldPods(t *testing.T, ns, prefix string) *heldPods {
 	t.Helper()
 	h := &heldPods{ns: ns, containerID: map[string]string{}, claimUID: map[string]string{}}
-	applyYAML(t, claimPod(ns, prefix+"-gpu", "whole")+claimPod(ns, prefix+"-mig", "mig"))
-	for _, name := range []string{prefix + "-gpu", prefix + "-mig"} {
-		pod := waitPodRunning(t, ns, name)
-		if len(pod.Status.ContainerStatuses) != 1 || pod.Status.ContainerStatuses[0].ContainerID == "" {
-			t.Fatalf("pod %s: container statuses %+v", name, pod.Status.ContainerStatuses)
-		}
-		h.pods = append(h.pods, pod)
-		h.containerID[name] = pod.Status.ContainerStatuses[0].ContainerID
-		h.claimUID[name] = string(claimOf(t, pod, "gpu").UID)
-	}
+	h.add(t, prefix+"-gpu", "whole")
+	h.add(t, prefix+"-mig", "mig")
 	dev := claimOf(t, h.pods[1], "gpu").Status.Allocation.Devices.Results[0].Device
 	var minor, start int
 	if _, err := fmt.Sscanf(dev, "gpu-%d-mig-1g10gb-%d", &minor, &start); err != nil {
@@ -177,6 +169,20 @@ func startHeldPods(t *testing.T, ns, prefix string) *heldPods {
 	}
 	h.assertKept(t, "before")
 	return h
+}
+
+// add starts one more held pod, name, with a claim from template, and
+// records it.
+func (h *heldPods) add(t *testing.T, name, template string) {
+	t.Helper()
+	applyYAML(t, claimPod(h.ns, name, template))
+	pod := waitPodRunning(t, h.ns, name)
+	if len(pod.Status.ContainerStatuses) != 1 || pod.Status.ContainerStatuses[0].ContainerID == "" {
+		t.Fatalf("pod %s: container statuses %+v", name, pod.Status.ContainerStatuses)
+	}
+	h.pods = append(h.pods, pod)
+	h.containerID[name] = pod.Status.ContainerStatuses[0].ContainerID
+	h.claimUID[name] = string(claimOf(t, pod, "gpu").UID)
 }
 
 // assertKept checks that the pods run the same containers, never
