@@ -96,6 +96,7 @@ func RunHandingOver(ctx context.Context, cfg Config, hc HandoverConfig) error {
 	opts := helperOptions(cfg)
 	if hc.PodUID != "" {
 		opts = append(opts, kubeletplugin.RollingUpdate(hc.PodUID))
+		sweepStaleSockets(ctx, cfg, hc.PodUID)
 	}
 	// The gate serves the kubelet; the Driver must not start a helper.
 	cfg.StartHelper = func(context.Context, kubeletplugin.DRAPlugin, ...kubeletplugin.Option) (Helper, error) {
