@@ -19,6 +19,7 @@ package claimreader
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -130,11 +131,16 @@ func (c claimsV1beta1) Get(ctx context.Context, name string, opts metav1.GetOpti
 // judges only users in it named system:node:NAME.
 const nodeGroup = "system:nodes"
 
+// ErrNotTheNode is the error of CheckIdentity when the API server says
+// the identity is not the node's.
+var ErrNotTheNode = errors.New("not the node's identity")
+
 // CheckIdentity asks the API server who node authenticates as
 // (SelfSubjectReview) and returns an error unless it is the node nodeName
-// itself: any other identity would either fail every claim read (another
-// node, a bootstrap token) or read claims beyond the node's (an
-// administrator, a ServiceAccount).
+// itself, wrapping ErrNotTheNode when the answer is another identity: any
+// other would either fail every claim read (another node, a bootstrap
+// token) or read claims beyond the node's (an administrator, a
+// ServiceAccount).
 func CheckIdentity(ctx context.Context, node kubernetes.Interface, nodeName string) error {
 	review, err := node.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
 	if err != nil {
@@ -144,10 +150,10 @@ func CheckIdentity(ctx context.Context, node kubernetes.Interface, nodeName stri
 	want := "system:node:" + nodeName
 	switch {
 	case user.Username != want:
-		return fmt.Errorf("the identity is %q, not the node's own %q", user.Username, want)
+		return fmt.Errorf("%w: the identity is %q, not the node's own %q", ErrNotTheNode, user.Username, want)
 	case !slices.Contains(user.Groups, nodeGroup):
-		return fmt.Errorf("the identity %q is not in group %s (groups %s), so the Node authorizer does not judge it",
-			user.Username, nodeGroup, strings.Join(user.Groups, ", "))
+		return fmt.Errorf("%w: the identity %q is not in group %s (groups %s), so the Node authorizer does not judge it",
+			ErrNotTheNode, user.Username, nodeGroup, strings.Join(user.Groups, ", "))
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package claimreader
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 
@@ -153,14 +154,16 @@ func TestCheckIdentity(t *testing.T) {
 		user    authenticationv1.UserInfo
 		err     error
 		wantErr string
+		// notTheNode: the error is ErrNotTheNode.
+		notTheNode bool
 	}{
 		{name: "the node itself", user: authenticationv1.UserInfo{Username: "system:node:node-a", Groups: []string{"system:nodes", "system:authenticated"}}},
 		{name: "another node", user: authenticationv1.UserInfo{Username: "system:node:node-b", Groups: []string{"system:nodes"}},
-			wantErr: `the identity is "system:node:node-b", not the node's own "system:node:node-a"`},
+			wantErr: `the identity is "system:node:node-b", not the node's own "system:node:node-a"`, notTheNode: true},
 		{name: "an administrator", user: authenticationv1.UserInfo{Username: "admin", Groups: []string{"system:masters"}},
-			wantErr: `the identity is "admin"`},
+			wantErr: `the identity is "admin"`, notTheNode: true},
 		{name: "the node's name without the nodes group", user: authenticationv1.UserInfo{Username: "system:node:node-a", Groups: []string{"system:authenticated"}},
-			wantErr: "not in group system:nodes (groups system:authenticated)"},
+			wantErr: "not in group system:nodes (groups system:authenticated)", notTheNode: true},
 		{name: "the API server unreachable", err: apierrors.NewServiceUnavailable("starting"),
 			wantErr: "ask the API server who the identity is: starting"},
 	} {
@@ -178,6 +181,9 @@ func TestCheckIdentity(t *testing.T) {
 				t.Fatalf("unexpected error: %v", err)
 			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
 				t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
+			}
+			if errors.Is(err, ErrNotTheNode) != tc.notTheNode {
+				t.Errorf("errors.Is(%v, ErrNotTheNode) = %v, want %v", err, !tc.notTheNode, tc.notTheNode)
 			}
 		})
 	}
