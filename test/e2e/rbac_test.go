@@ -292,6 +292,10 @@ spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nvidia.co
 		_, err := client.CoreV1().Pods(claimNS).Create(ctx(), pod, metav1.CreateOptions{})
 		return err == nil || apierrors.IsAlreadyExists(err), err
 	})
+	// No kubelet confirms the pod's end: deleted at once, before its namespace.
+	t.Cleanup(func() {
+		_ = client.CoreV1().Pods(claimNS).Delete(ctx(), pod.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)})
+	})
 
 	cfg, err := clientcmd.BuildConfigFromFlags("", filepath.Join(runDir, "kubeconfig/kubelet.kubeconfig"))
 	if err != nil {
