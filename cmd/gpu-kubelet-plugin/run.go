@@ -37,6 +37,7 @@ import (
 // runOptions are the flags of the plugin itself.
 type runOptions struct {
 	kubeconfig        string
+	claimReaderConfig string
 	cdiRoot           string
 	pluginDir         string
 	pluginDataDir     string
@@ -64,6 +65,7 @@ const nvmlLibrary = "libnvidia-ml.so.1"
 
 func (o *runOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file; empty uses the in-cluster configuration")
+	fs.StringVar(&o.claimReaderConfig, "claim-reader-kubeconfig", "", "the kubelet's kubeconfig (identity system:node:<node>), with which the claims to prepare are read: the API server's Node authorizer lets it read only the claims of pods bound to this node, and the plugin's own identity needs no read of claims. Empty reads them with --kubeconfig's identity, which RBAC lets read any claim by name")
 	fs.StringVar(&o.cdiRoot, "cdi-root", "/var/run/cdi", "directory the container runtime reads CDI specs from")
 	fs.StringVar(&o.pluginDir, "plugin-dir", "/var/lib/kubelet/plugins/gpu.nvidia.com", "directory of the plugin's gRPC socket (under the kubelet's plugins directory)")
 	fs.StringVar(&o.pluginDataDir, "plugin-data-dir", "", "directory of the checkpoint; empty means --plugin-dir")
@@ -116,6 +118,13 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 	client, err := kubeClient(ro.kubeconfig)
 	if err != nil {
 		return err
+	}
+	if ro.claimReaderConfig != "" {
+		if client, err = nodeClaimReads(ctx, client, ro.claimReaderConfig, opts.nodeName); err != nil {
+			return err
+		}
+	} else {
+		logger.Info("Reading claims with the plugin's own identity (no --claim-reader-kubeconfig): RBAC lets it get any claim by name")
 	}
 	uninstalling, err := ro.uninstalling(client)
 	if err != nil {

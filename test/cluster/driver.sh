@@ -96,6 +96,11 @@ write_values() {
 			    devRoot: $SIM_DIR/host/dev
 			    procRoot: $SIM_DIR/host/proc
 			    sysRoot: $SIM_DIR/host/sys
+			  # Claims are read as the node, with the kubelet's kubeconfig (a static token of
+			  # system:node:$NODE_NAME) and the CA it names.
+			  claimReads:
+			    kubeletKubeconfig: $RUN/kubeconfig/kubelet.kubeconfig
+			    hostPaths: [$RUN/pki/ca.crt]
 			  extraArgs:$( ((${#args[@]})) || echo " []")
 		EOF
 		for arg in "${args[@]}"; do

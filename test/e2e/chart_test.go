@@ -224,7 +224,8 @@ func useChartOnTheNode(t *testing.T) {
 
 // chartValues are the helm flags that run the chart's plugin on the local
 // cluster: its simulated node, CDI directory and kubelet directories, the
-// image imported by image.sh, and its own HTTP port (8089).
+// kubelet's kubeconfig to read claims with, the image imported by
+// image.sh, and its own HTTP port (8089).
 func chartValues() []string {
 	sim := filepath.Join(runDir, "sim")
 	return []string{
@@ -238,6 +239,9 @@ func chartValues() []string {
 		"--set", "kubeletPlugin.hostPaths.procRoot=" + filepath.Join(sim, "host/proc"),
 		"--set", "kubeletPlugin.hostPaths.sysRoot=" + filepath.Join(sim, "host/sys"),
 		"--set", "kubeletPlugin.apiServer=127.0.0.1:6443", "--set", "kubeletPlugin.httpPort=8089",
+		// Claims read as the node, as the harness's release reads them.
+		"--set", "kubeletPlugin.claimReads.kubeletKubeconfig=" + filepath.Join(runDir, "kubeconfig/kubelet.kubeconfig"),
+		"--set", "kubeletPlugin.claimReads.hostPaths={" + filepath.Join(runDir, "pki/ca.crt") + "}",
 		// The harness's release has the webhook and the classes.
 		"--set", "webhook.enabled=false", "--set", "deviceClasses.create=false",
 	}

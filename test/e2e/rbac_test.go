@@ -19,17 +19,20 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/ptr"
 )
 
 // pluginIdentity applies the chart's identity of the kubelet plugin and
 // its node-scoped slice policy (no pods) as release release in namespace
-// ns, and returns a client of that identity as its pod on node would have
-// it (a token naming the node). A cleanup removes them.
+// ns, with claims read as the node as the harness installs it, and returns
+// a client of that identity as its pod on node would have it (a token
+// naming the node). A cleanup removes them.
 func pluginIdentity(t *testing.T, release, ns string) func(node string) kubernetes.Interface {
 	t.Helper()
 	helm := helmBinary(t)
 	rendered, err := exec.Command(helm, "template", release, filepath.Join(repoRoot, "deployments/helm/gpu-dra-driver"),
 		"--namespace", ns, "--kube-version", "1.37.2", "--set", "deviceClasses.create=false", "--set", "webhook.enabled=false",
+		"--set", "kubeletPlugin.claimReads.kubeletKubeconfig="+filepath.Join(runDir, "kubeconfig/kubelet.kubeconfig"),
 		"--show-only", "templates/slice-policy.yaml", "--show-only", "templates/kubelet-plugin.yaml").Output()
 	if err != nil {
 		t.Fatalf("helm template: %v", err)
@@ -69,12 +72,15 @@ func pluginIdentity(t *testing.T, release, ns string) func(node string) kubernet
 
 // TestPluginRBACIsWhatTheCodeCalls: on the real API server, the kubelet
 // plugin's identity from the chart may make the calls the plugin makes
-// (get a claim by name, list, watch and write its node's slices, get and
-// watch its node, create Events in default) and is refused everything the
-// ClusterRole used to grant beyond them: listing or watching claims,
-// reading DeviceClasses and DeviceTaintRules, patching or collection-
-// deleting slices, Events elsewhere, updating Events. The slice policy
-// refuses a slice of its own node in a pool named after another node.
+// (list, watch and write its node's slices, get and watch its node, create
+// Events in default) and is refused everything the ClusterRole used to
+// grant beyond them: getting, listing or watching claims, reading
+// DeviceClasses and DeviceTaintRules, patching or collection-deleting
+// slices, Events elsewhere, updating Events. The slice policy refuses a
+// slice of its own node in a pool named after another node. Claims are
+// read as the node, with the kubelet's kubeconfig: the Node authorizer
+// lets it read no claim but those of pods bound to it (the rest of the
+// suite prepares the node's own pods' claims that way).
 func TestPluginRBACIsWhatTheCodeCalls(t *testing.T) {
 	const ns, release = "gpu-dra-rbac", "rbac"
 	asPluginOn := pluginIdentity(t, release, ns)
@@ -111,8 +117,8 @@ spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nvidia.co
 	node := nodeName
 
 	// RBAC is cached for a moment after the apply: wait for the first grant.
-	eventually(t, 30*time.Second, "the plugin's identity may get a claim", func() (bool, error) {
-		_, err := plugin.ResourceV1().ResourceClaims(claimNS).Get(ctx(), "some-claim", metav1.GetOptions{})
+	eventually(t, 30*time.Second, "the plugin's identity may list its node's slices", func() (bool, error) {
+		_, err := plugin.ResourceV1().ResourceSlices().List(ctx(), ownSlices)
 		return err == nil, err
 	})
 	for _, tc := range []struct {
@@ -157,6 +163,10 @@ spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nvidia.co
 		what string
 		call func() error
 	}{
+		{"get a claim by name", func() error {
+			_, err := plugin.ResourceV1().ResourceClaims(claimNS).Get(ctx(), "some-claim", metav1.GetOptions{})
+			return err
+		}},
 		{"list claims in all namespaces", func() error {
 			_, err := plugin.ResourceV1().ResourceClaims("").List(ctx(), metav1.ListOptions{})
 			return err
@@ -251,6 +261,72 @@ spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nvidia.co
 		t.Errorf("a token without a node wrote a slice: %v", err)
 	}
 
-	// What RBAC cannot narrow (docs/security.md): a claim is read by name
-	// whichever node its pods are on; some-claim has none.
+	nodeReadsOnlyItsPodsClaims(t, claimNS)
+}
+
+// nodeReadsOnlyItsPodsClaims: the identity the plugin reads claims with,
+// the kubelet's kubeconfig, may get a claim only when a pod bound to its
+// node references it. Claim some-claim in claimNS has no pod; a pod bound
+// to node-b (a node that does not exist: nothing runs it) references
+// other-claim. node-b's identity may read other-claim once the API server
+// knows the pod, and then this node's is still refused it.
+func nodeReadsOnlyItsPodsClaims(t *testing.T, claimNS string) {
+	t.Helper()
+	const otherNode = "node-b"
+	applyYAML(t, `apiVersion: resource.k8s.io/v1
+kind: ResourceClaim
+metadata: {name: other-claim, namespace: `+claimNS+`}
+spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nvidia.com}}]}}
+`)
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "on-" + otherNode, Namespace: claimNS},
+		Spec: corev1.PodSpec{
+			NodeName: otherNode, AutomountServiceAccountToken: ptr.To(false),
+			Containers: []corev1.Container{{Name: "ctr", Image: "busybox:local",
+				Resources: corev1.ResourceRequirements{Claims: []corev1.ResourceClaim{{Name: "gpu"}}}}},
+			ResourceClaims: []corev1.PodResourceClaim{{Name: "gpu", ResourceClaimName: ptr.To("other-claim")}},
+		},
+	}
+	// The namespace's default ServiceAccount, which admission wants, comes a moment after it.
+	eventually(t, 30*time.Second, "a pod bound to "+otherNode, func() (bool, error) {
+		_, err := client.CoreV1().Pods(claimNS).Create(ctx(), pod, metav1.CreateOptions{})
+		return err == nil || apierrors.IsAlreadyExists(err), err
+	})
+	// No kubelet confirms the pod's end: deleted at once, before its namespace.
+	t.Cleanup(func() {
+		_ = client.CoreV1().Pods(claimNS).Delete(ctx(), pod.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)})
+	})
+
+	cfg, err := clientcmd.BuildConfigFromFlags("", filepath.Join(runDir, "kubeconfig/kubelet.kubeconfig"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	thisNode := kubernetes.NewForConfigOrDie(cfg)
+	admin, err := clientcmd.BuildConfigFromFlags("", filepath.Join(runDir, "kubeconfig/admin.kubeconfig"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin.Impersonate = rest.ImpersonationConfig{UserName: "system:node:" + otherNode, Groups: []string{"system:nodes", "system:authenticated"}}
+	asOtherNode := kubernetes.NewForConfigOrDie(admin)
+
+	eventually(t, 30*time.Second, otherNode+" may get the claim of its pod", func() (bool, error) {
+		_, err := asOtherNode.ResourceV1().ResourceClaims(claimNS).Get(ctx(), "other-claim", metav1.GetOptions{})
+		return err == nil, err
+	})
+	for _, tc := range []struct {
+		who    string
+		client kubernetes.Interface
+		claim  string
+	}{
+		{"this node", thisNode, "other-claim"},
+		{"this node", thisNode, "some-claim"},
+		{otherNode, asOtherNode, "some-claim"},
+	} {
+		if _, err := tc.client.ResourceV1().ResourceClaims(claimNS).Get(ctx(), tc.claim, metav1.GetOptions{}); !apierrors.IsForbidden(err) {
+			t.Errorf("%s may get claim %s of no pod of its own (want Forbidden): %v", tc.who, tc.claim, err)
+		}
+	}
+	if _, err := thisNode.ResourceV1().ResourceClaims(claimNS).List(ctx(), metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("this node may list claims (want Forbidden): %v", err)
+	}
 }

@@ -76,6 +76,22 @@ refuse "defaults: the plugin never collection-deletes" '"deletecollection"' "$rb
 	die "chart: defaults: the plugin patches nothing but claims' status"
 grep -A1 -- 'resources: \["resourceclaims"\]' <<<"$rbac" | grep -q -- '^  verbs: \["get"\]$' || die "chart: defaults: the plugin only gets claims, by name"
 expect "defaults: the plugin's Events only in default" 'namespace: default' "$rbac"
+refuse "defaults: claims read with the plugin's own identity" 'claim-reader' "$rbac"
+# Claims read as the node (docs/security.md): the ServiceAccount reads none, the kubelet's
+# kubeconfig and the files it names are mounted read-only where they are on the host.
+node=$(render --show-only templates/kubelet-plugin.yaml --set kubeletPlugin.claimReads.kubeletKubeconfig=/etc/kubernetes/kubelet.conf \
+	--set 'kubeletPlugin.claimReads.hostPaths={/var/lib/kubelet/pki}')
+refuse "claims read as the node: the ServiceAccount gets no claim" 'resources: \["resourceclaims"\]' "$node"
+expect "claims read as the node: the status patch kept" 'resources: \["resourceclaims/status"\]' "$node"
+expect "claims read as the node: the flag" '--claim-reader-kubeconfig=/etc/kubernetes/kubelet.conf$' "$node"
+expect "claims read as the node: the kubeconfig mounted read-only" 'name: claim-reader-kubeconfig, mountPath: /etc/kubernetes/kubelet.conf, readOnly: true' "$node"
+expect "claims read as the node: the kubeconfig a host file" 'name: claim-reader-kubeconfig, hostPath: \{path: /etc/kubernetes/kubelet.conf, type: File\}' "$node"
+expect "claims read as the node: its certificates mounted read-only" 'name: claim-reader-0, mountPath: /var/lib/kubelet/pki, readOnly: true' "$node"
+expect "claims read as the node: its certificates from the host" 'name: claim-reader-0, hostPath: \{path: /var/lib/kubelet/pki\}' "$node"
+# Values of a release from before claimReads (helm upgrade --reuse-values): the old identity.
+old=$(render --show-only templates/kubelet-plugin.yaml --set kubeletPlugin.claimReads=null)
+grep -A1 -- 'resources: \["resourceclaims"\]' <<<"$old" | grep -q -- '^  verbs: \["get"\]$' ||
+	die "chart: values without claimReads: the plugin no longer gets claims"
 policy=$(render --show-only templates/slice-policy.yaml)
 expect "defaults: the slice policy checks the pool name" 'variables.slice.spec.pool.name == variables.nodeName' "$policy"
 # The webhook is a single point of failure for claims with our configuration, and for nothing else.
