@@ -457,10 +457,14 @@ func (m *Manager) Stop(ctx context.Context, key string) error {
 		logger.Info("Stopping an unrecorded MPS control daemon", "key", key, "err", err)
 	}
 	// The supervisor first: it stops the daemon, and must not restart
-	// it once the plugin has.
+	// it once the plugin has. One that cannot be reached (its pod, the
+	// API server away) does not stop the unprepare: the daemon is stopped
+	// below and its directory removed, and a supervisor whose daemon
+	// exits and whose directory is gone ends (ErrDirectoryGone); its pod
+	// is deleted at a later reconcile.
 	stopping, err := m.launcher().Remove(ctx, key)
 	if err != nil {
-		return fmt.Errorf("stop the MPS control daemon's supervisor: %w", err)
+		logger.Error(err, "Cannot stop the MPS control daemon's supervisor; stopping the daemon without it", "key", key)
 	}
 	switch {
 	case d != nil && stopping && m.waitGone(ctx, *d):
@@ -562,11 +566,15 @@ func (m *Manager) Claims(ctx context.Context) ([]string, error) {
 			out = append(out, e.Name())
 		}
 	}
-	launched, err := m.launcher().Keys(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("list MPS daemons' supervisors: %w", err)
+	// Supervisors without a directory (their claim's unprepare was cut
+	// short) are only found through the Launcher. Not reaching it (the
+	// API server away) must not stop a start-up reconcile, which works
+	// from the directories: the next one finds them.
+	if launched, err := m.launcher().Keys(ctx); err != nil {
+		klog.FromContext(ctx).Error(err, "Cannot list the MPS control daemons' supervisors; listing their directories only")
+	} else {
+		out = append(out, launched...)
 	}
-	out = append(out, launched...)
 	slices.Sort(out)
 	return slices.Compact(out), nil
 }

@@ -107,3 +107,48 @@ func TestSupervisorRun(t *testing.T) {
 		t.Errorf("supervisor started without its directory: %v, want ErrDirectoryGone", err)
 	}
 }
+
+// unreachable is a Launcher whose supervisors run but cannot be listed or
+// removed: pods, with the API server away.
+type unreachable struct{ Launcher }
+
+func (unreachable) Remove(context.Context, string) (bool, error) {
+	return false, errors.New("the API server is away")
+}
+
+func (unreachable) Keys(context.Context) ([]string, error) {
+	return nil, errors.New("the API server is away")
+}
+
+// TestStopWithoutTheLauncher: a claim unprepared while its supervisor
+// cannot be reached still has its daemon stopped and its directory
+// removed, and the supervisor then ends by itself instead of starting
+// the daemon again; listing daemons works from their directories.
+func TestStopWithoutTheLauncher(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	m := newTestManager(t)
+	const key = "2f0e0a4c-0000-4000-8000-000000000023"
+	if err := m.Start(ctx, key, []string{"GPU-a"}); err != nil {
+		t.Fatal(err)
+	}
+	d := recorded(t, m, key)
+	run := m.inProcess.runs[key]
+	m.Launcher = unreachable{m.inProcess}
+	if keys, err := m.Claims(ctx); err != nil || len(keys) != 1 || keys[0] != key {
+		t.Fatalf("daemons %v (%v), want %s from its directory", keys, err, key)
+	}
+	if err := m.Stop(ctx, key); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	if m.procs().is(d) {
+		t.Error("the daemon still runs")
+	}
+	select {
+	case <-run.done:
+	case <-time.After(time.Minute):
+		t.Fatal("the supervisor still runs a minute after its directory went")
+	}
+	if _, err := os.Stat(m.Dir(key)); !os.IsNotExist(err) {
+		t.Errorf("directory: %v", err)
+	}
+}
