@@ -39,11 +39,12 @@ const (
 // pods keep their containers, claims and MIG device, each version loads
 // the other's checkpoint (no CheckpointCorrupt event), and at the end the
 // previous release unprepares the claims and nothing is left (CDI specs,
-// checkpoint entries, MIG instances). An MPS pod joins them after the
-// first upgrade (its daemon then runs in a pod of its own: the previous
-// release ran daemons in its container, which its replacement ends once):
-// from then on its daemon is the same process, never started again nor
-// asked to quit, until the previous release unprepares it at the end.
+// checkpoint entries, MIG instances). An MPS pod and a pod with a share
+// of a GPU join them after the first upgrade (their daemons then run in
+// pods of their own: the previous release ran daemons in its container,
+// which its replacement ends once): from then on both daemons are the
+// same processes, never started again nor asked to quit, until the
+// previous release unprepares the claims at the end.
 func TestUpgradeDowngradeCyclesWithThePreviousRelease(t *testing.T) {
 	cycles := 20
 	if v := os.Getenv("GPU_DRA_E2E_CYCLES"); v != "" {
@@ -104,6 +105,11 @@ spec:
         opaque:
           driver: gpu.nvidia.com
           parameters: {apiVersion: resource.nvidia.com/v1beta1, kind: GpuConfig, sharing: {strategy: MPS}}
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: share, namespace: gpu-cycles}
+spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: shared.gpu.nvidia.com, capacity: {requests: {memory: 20Gi, compute: "25"}}}}]}}}
 `)
 	migBefore, specsBefore := migCount(t), cdiSpecs(t)
 	corruptBefore := checkpointCorruptEvents(t)
@@ -126,8 +132,9 @@ spec:
 		plugin = assertPluginReplaced(t, ns, plugin, newTag)
 		if i == 0 {
 			held.add(t, "held-mps", "mps")
-			if daemons = mpsDaemonPIDs(t); len(daemons) != 1 {
-				t.Fatalf("MPS daemons %v, want the MPS pod's one", daemons)
+			held.add(t, "held-share", "share")
+			if daemons = mpsDaemonPIDs(t); len(daemons) != 2 {
+				t.Fatalf("MPS daemons %v, want the MPS claim's and the shared GPU's", daemons)
 			}
 			mpsStarts, mpsQuits = mpsDaemonEvents("start"), mpsDaemonEvents("quit")
 		}
@@ -144,10 +151,10 @@ spec:
 			t.Fatalf("stopped after cycle %d", i+1)
 		}
 	}
-	t.Logf("%d upgrade/downgrade cycles %s <-> this version with a whole GPU, a MIG device and an MPS GPU held", cycles, previousRelease[:12])
+	t.Logf("%d upgrade/downgrade cycles %s <-> this version with a whole GPU, a MIG device, an MPS GPU and a share held", cycles, previousRelease[:12])
 	held.release(t, migBefore, "the previous release")
-	if q := mpsDaemonEvents("quit") - mpsQuits; q != 1 {
-		t.Errorf("%d MPS daemons quit at the end, want the MPS pod's one", q)
+	if q := mpsDaemonEvents("quit") - mpsQuits; q != 2 {
+		t.Errorf("%d MPS daemons quit at the end, want 2 (the MPS claim's and the shared GPU's)", q)
 	}
 	// The daemon's supervisor found its directory gone and ended: no
 	// daemon runs, and its pod is not running one.
