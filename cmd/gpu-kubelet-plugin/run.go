@@ -52,6 +52,7 @@ type runOptions struct {
 	podUID            string
 	inventoryInterval time.Duration
 	heldDeviceWait    time.Duration
+	startTimeout      time.Duration
 	daemonSet         string
 	healthPolicy      string
 	healthProbe       time.Duration
@@ -79,6 +80,7 @@ func (o *runOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.probeSocket, "probe-socket", "", "Unix socket for /healthz, /readyz and /metrics, asked by \"gpu-kubelet-plugin probe\" (the chart's probes: no host port, so two plugins on a node during a roll do not collide); empty disables it")
 	fs.StringVar(&o.podUID, "pod-uid", "", "UID of the plugin's pod (the chart passes it from the downward API): enables rolling updates, in which the next plugin registers with the kubelet under its own socket names while this one serves, and takes the node over from it; empty registers the fixed socket names once the node is owned")
 	fs.DurationVar(&o.inventoryInterval, "inventory-interval", 30*time.Second, "how often the GPU inventory is re-read for changes")
+	fs.DurationVar(&o.startTimeout, "start-timeout", driver.DefaultStartTimeout, "the most the plugin may take to start (checkpoint, reconcile, publish) once it owns the node; a start that takes longer (a hung GPU or disk) exits the plugin, which gives the node back to the plugin it took it over from during a roll")
 	fs.DurationVar(&o.heldDeviceWait, "held-device-wait", prepare.DefaultHeldWait, "how long a prepare waits for a device still prepared for a deleted pod's claim before failing (a negative value fails at once)")
 	fs.StringVar(&o.daemonSet, "daemonset", "", "NAMESPACE/NAME of the DaemonSet running this plugin: when it is gone at shutdown, the driver is being uninstalled and the node's ResourceSlices are removed; empty keeps them always")
 	fs.StringVar(&o.healthPolicy, "health-policy", "", "YAML or JSON file overriding the default health policy (XID classes, effects, thresholds); see docs/health.md")
@@ -208,7 +210,7 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 		HealthPolicy: policy, HealthStorePath: filepath.Join(ro.pluginDataDir, health.StoreFileName),
 		AfterStep: afterStep, Metrics: metrics, Uninstalling: uninstalling,
 	}, driver.HandoverConfig{
-		Lock: ownership.New(ro.pluginDataDir, 0), PodUID: types.UID(ro.podUID), Ready: ready.Store,
+		Lock: ownership.New(ro.pluginDataDir, 0), PodUID: types.UID(ro.podUID), Ready: ready.Store, StartTimeout: ro.startTimeout,
 	})
 }
 

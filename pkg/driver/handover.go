@@ -67,7 +67,17 @@ type HandoverConfig struct {
 	Ready func(bool)
 	// LegacyPoll is how often step 1 looks again; zero is a second.
 	LegacyPoll time.Duration
+	// StartTimeout bounds the Driver's start once the process owns the
+	// node (zero: DefaultStartTimeout). A start that takes longer (NVML
+	// or a disk that hangs) ends the process with an error, which gives
+	// the node back to a predecessor standing by; the kubelet restarts
+	// the container.
+	StartTimeout time.Duration
 }
+
+// DefaultStartTimeout is the HandoverConfig.StartTimeout when unset: far
+// beyond any healthy start (one second or two on an 8-GPU node).
+const DefaultStartTimeout = 3 * time.Minute
 
 // owned is what runs while the process owns the node: a started Driver.
 type owned interface {
@@ -119,6 +129,10 @@ func RunHandingOver(ctx context.Context, cfg Config, hc HandoverConfig) error {
 		},
 		legacySocket: filepath.Join(cfg.RegistrarDir, names.DriverName+"-reg.sock"),
 		legacyPoll:   hc.LegacyPoll,
+		startTimeout: hc.StartTimeout,
+	}
+	if r.startTimeout <= 0 {
+		r.startTimeout = DefaultStartTimeout
 	}
 	return r.run(ctx)
 }
@@ -143,6 +157,8 @@ type runner struct {
 	// handover (step 1); "" skips the step.
 	legacySocket string
 	legacyPoll   time.Duration
+	// startTimeout bounds each start of the Driver; zero: no bound.
+	startTimeout time.Duration
 	gate         gate
 }
 
@@ -234,7 +250,7 @@ func (r *runner) serveTerm(ctx context.Context, term *ownership.Term) (handedOve
 	predecessorGone := term.PredecessorGone()
 	for {
 		tctx, stop := context.WithCancelCause(ctx)
-		o, err := r.start(tctx)
+		o, err := r.startWithin(tctx)
 		if err != nil {
 			stop(nil)
 			return false, err
@@ -275,6 +291,34 @@ func (r *runner) serveTerm(ctx context.Context, term *ownership.Term) (handedOve
 			err = ownErrOr(ctx, nil)
 		}
 		return handedOver && err == nil, err
+	}
+}
+
+// startWithin starts the Driver, giving up after startTimeout. A start
+// given up on is left to end with its context (the caller cancels it);
+// one stuck in a system call is ended by the process's exit, which
+// follows: the node then goes back to a predecessor that stands by,
+// instead of staying with a process that never serves.
+func (r *runner) startWithin(ctx context.Context) (owned, error) {
+	if r.startTimeout <= 0 {
+		return r.start(ctx)
+	}
+	type started struct {
+		o   owned
+		err error
+	}
+	done := make(chan started, 1)
+	go func() {
+		o, err := r.start(ctx)
+		done <- started{o, err}
+	}()
+	timer := time.NewTimer(r.startTimeout)
+	defer timer.Stop()
+	select {
+	case s := <-done:
+		return s.o, s.err
+	case <-timer.C:
+		return nil, fmt.Errorf("the plugin did not start within %s of owning the node (NVML or the disk hung?): giving the node up", r.startTimeout)
 	}
 }
 

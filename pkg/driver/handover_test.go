@@ -144,6 +144,8 @@ type proc struct {
 	// next term.
 	startErr      error
 	hold, entered chan struct{}
+	// startHangs makes every start hang until the test ends.
+	startHangs bool
 }
 
 func startProc(t *testing.T, dir, name string, node *fakeNode, setup func(*proc)) *proc {
@@ -152,9 +154,14 @@ func startProc(t *testing.T, dir, name string, node *fakeNode, setup func(*proc)
 	if setup != nil {
 		setup(p)
 	}
+	var startTimeout time.Duration // no bound but for a hanging start
+	if p.startHangs {
+		startTimeout = 100 * time.Millisecond
+	}
 	p.runner = &runner{
-		lock:    ownership.New(dir, time.Millisecond),
-		rolling: true,
+		startTimeout: startTimeout,
+		lock:         ownership.New(dir, time.Millisecond),
+		rolling:      true,
 		ready: func(r bool) {
 			p.mu.Lock()
 			defer p.mu.Unlock()
@@ -165,10 +172,14 @@ func startProc(t *testing.T, dir, name string, node *fakeNode, setup func(*proc)
 		startHelper: func(context.Context, kubeletplugin.DRAPlugin) (Helper, error) { return nopHelper{}, nil },
 		start: func(ctx context.Context) (owned, error) {
 			p.mu.Lock()
-			err, hold, entered := p.startErr, p.hold, p.entered
+			err, hold, entered, hangs := p.startErr, p.hold, p.entered, p.startHangs
 			p.mu.Unlock()
 			if err != nil {
 				return nil, err
+			}
+			if hangs {
+				<-t.Context().Done() // as a call into a hung GPU, deaf to ctx
+				return nil, errors.New("the test ended")
 			}
 			node.begin(name)
 			o := &fakeOwned{name: name, node: node, hold: hold, entered: entered, done: make(chan struct{}), ctx: ctx}
@@ -320,6 +331,9 @@ func TestBadSuccessorLeavesTheOldOneServing(t *testing.T) {
 	}{
 		{"fails to start", func(t *testing.T, dir string, node *fakeNode) *proc {
 			return startProc(t, dir, "new", node, func(p *proc) { p.startErr = errors.New("load checkpoint: unreadable") })
+		}},
+		{"hangs once it owns", func(t *testing.T, dir string, node *fakeNode) *proc {
+			return startProc(t, dir, "new", node, func(p *proc) { p.startHangs = true })
 		}},
 		{"dies once it owns", func(t *testing.T, dir string, node *fakeNode) *proc {
 			p := startProc(t, dir, "new", node, nil)
