@@ -18,6 +18,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -166,6 +167,12 @@ func (l *Launcher) pod(d mps.Daemon) *corev1.Pod {
 		"--dir="+d.Dir,
 		"--driver-root="+DriverRootMount,
 		"--gpus="+strings.Join(d.GPUs, ","))
+	// The directory above the daemon's, not the daemon's own: mounted
+	// itself, the daemon's directory would stay in the container after
+	// the plugin removed it on the host, and the supervisor could not see
+	// that its claim was unprepared (nor could the kubelet restart it
+	// without the mount's source).
+	root := filepath.Dir(d.Dir)
 	hostPath := func(path string) corev1.VolumeSource {
 		return corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: path, Type: ptr.To(corev1.HostPathDirectory)}}
 	}
@@ -204,12 +211,12 @@ func (l *Launcher) pod(d mps.Daemon) *corev1.Pod {
 				// The control daemon and its servers open /dev/nvidia*.
 				SecurityContext: &corev1.SecurityContext{Privileged: ptr.To(true)},
 				VolumeMounts: []corev1.VolumeMount{
-					{Name: "daemon", MountPath: d.Dir},
+					{Name: "daemons", MountPath: root},
 					{Name: "driver-root", MountPath: DriverRootMount, ReadOnly: !l.DriverRootWritable},
 				},
 			}},
 			Volumes: []corev1.Volume{
-				{Name: "daemon", VolumeSource: hostPath(d.Dir)},
+				{Name: "daemons", VolumeSource: hostPath(root)},
 				{Name: "driver-root", VolumeSource: hostPath(l.DriverRoot)},
 			},
 		},

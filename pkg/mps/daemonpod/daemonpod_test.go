@@ -2,6 +2,7 @@ package daemonpod
 
 import (
 	"context"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -82,7 +83,7 @@ func TestLaunchMakesOnePodPerDaemon(t *testing.T) {
 		t.Errorf("image %q, priority class %q", c.Image, p.Spec.PriorityClassName)
 	case p.Spec.AutomountServiceAccountToken == nil || *p.Spec.AutomountServiceAccountToken:
 		t.Error("the daemon's pod gets an API token")
-	case p.Spec.Volumes[0].HostPath.Path != d.Dir || p.Spec.Volumes[1].HostPath.Path != "/run/nvidia/driver" || !c.VolumeMounts[1].ReadOnly:
+	case p.Spec.Volumes[0].HostPath.Path != filepath.Dir(d.Dir) || c.VolumeMounts[0].MountPath != filepath.Dir(d.Dir) || p.Spec.Volumes[1].HostPath.Path != "/run/nvidia/driver" || !c.VolumeMounts[1].ReadOnly:
 		t.Errorf("volumes %+v, mounts %+v", p.Spec.Volumes, c.VolumeMounts)
 	}
 	if keys, err := l.Keys(ctx); err != nil || !slices.Equal(keys, []string{key}) {
