@@ -165,8 +165,9 @@ func (f *fixture) checkNothingLeft(ctx context.Context, when string) {
 }
 
 // TestCorruptCheckpointDuringMIGPrepare: the plugin dies while preparing
-// a MIG device, after creating it and before writing the CDI spec, and
-// its checkpoint turns out corrupt at the restart. The instance is found
+// a MIG device, after creating it (before its UUID is recorded, or after)
+// and before writing the CDI spec, and its checkpoint turns out corrupt at
+// the restart. The instance is found
 // from the previous checkpoint generation and destroyed; the kubelet's
 // retry prepares the claim, and once it is unprepared the whole GPU is
 // published again.
@@ -176,6 +177,7 @@ func TestCorruptCheckpointDuringMIGPrepare(t *testing.T) {
 		claim  func() *resourceapi.ResourceClaim
 		killed Step
 	}{
+		{"MIG, killed once created", func() *resourceapi.ResourceClaim { return allocated("gpu-2-mig-3g40gb-4") }, StepMIGCreated},
 		{"MIG", func() *resourceapi.ResourceClaim { return allocated("gpu-2-mig-3g40gb-4") }, StepMIGRecorded},
 		{"MIG with MPS", func() *resourceapi.ResourceClaim { return withConfig("gpu-2-mig-3g40gb-4", migMPSConfig) }, StepMPSStarted},
 	} {

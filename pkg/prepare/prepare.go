@@ -207,7 +207,7 @@ func (p *Preparer) Prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 		return nil, fmt.Errorf("prepare claim %s: %w", name, err)
 	}
 	if slices.ContainsFunc(rec.Devices, touchesHardware) {
-		if err := p.record(rec); err != nil {
+		if err := p.recordStart(rec); err != nil {
 			// Nothing was done yet: the claim must not hold its devices.
 			p.drop(uid)
 			return nil, fmt.Errorf("prepare claim %s: record start: %w", name, err)

@@ -1,6 +1,10 @@
 package prepare
 
-import "github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
+import (
+	"slices"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
+)
 
 // The Preparer's memory never says more than the checkpoint on disk may:
 //
@@ -33,6 +37,29 @@ func (p *Preparer) record(rec *checkpoint.Claim) error {
 	}
 	return err
 }
+
+// recordStart records a claim before its prepare touches the hardware.
+// A claim about to create a MIG device is committed twice, so that both
+// the checkpoint and its previous generation name it, with the placement
+// it is about to create, before the device exists: a checkpoint found
+// corrupt at the next start still leaves a generation that says whose the
+// device is, and the rebuild rolls it back. Saved once, a corrupt first
+// write would leave a device that no generation names, which cannot be
+// told from an administrator's. (Group commit keeps this sound: the
+// second commit waits for a save that starts after the first completed,
+// and each save keeps the file it replaces.)
+func (p *Preparer) recordStart(rec *checkpoint.Claim) error {
+	if err := p.record(rec); err != nil {
+		return err
+	}
+	if !slices.ContainsFunc(rec.Devices, createsMIG) {
+		return nil
+	}
+	return p.commit()
+}
+
+// createsMIG reports whether preparing d creates a MIG device.
+func createsMIG(d checkpoint.Device) bool { return !d.AdminAccess && d.MIG != nil && d.MIG.UUID == "" }
 
 // drop takes the claim out of memory without writing.
 func (p *Preparer) drop(uid string) {
