@@ -20,10 +20,18 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/mps/daemonpod"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 )
 
-// pluginIdentity applies the chart's identity of the kubelet plugin and
-// its node-scoped slice policy (no pods) as release release in namespace
+// policyImageTag is the image tag pluginIdentity renders the chart with:
+// the MPS daemon pod policy admits that image only.
+const policyImageTag = "policy-test"
+
+// pluginIdentity applies the chart's identity of the kubelet plugin, its
+// node-scoped slice policy and its MPS daemon pod policy (no pods) as release release in namespace
 // ns, with claims read as the node as the harness installs it, and returns
 // a client of that identity as its pod on node would have it (a token
 // naming the node). A cleanup removes them.
@@ -33,7 +41,9 @@ func pluginIdentity(t *testing.T, release, ns string) func(node string) kubernet
 	rendered, err := exec.Command(helm, "template", release, filepath.Join(repoRoot, "deployments/helm/gpu-dra-driver"),
 		"--namespace", ns, "--kube-version", "1.37.2", "--set", "deviceClasses.create=false", "--set", "webhook.enabled=false",
 		"--set", "kubeletPlugin.claimReads.kubeletKubeconfig="+filepath.Join(runDir, "kubeconfig/kubelet.kubeconfig"),
-		"--show-only", "templates/slice-policy.yaml", "--show-only", "templates/kubelet-plugin.yaml").Output()
+		"--set", "image.tag="+policyImageTag,
+		"--show-only", "templates/slice-policy.yaml", "--show-only", "templates/mps-daemon-policy.yaml",
+		"--show-only", "templates/kubelet-plugin.yaml").Output()
 	if err != nil {
 		t.Fatalf("helm template: %v", err)
 	}
@@ -328,5 +338,76 @@ spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nvidia.co
 	}
 	if _, err := thisNode.ResourceV1().ResourceClaims(claimNS).List(ctx(), metav1.ListOptions{}); !apierrors.IsForbidden(err) {
 		t.Errorf("this node may list claims (want Forbidden): %v", err)
+	}
+}
+
+// TestMPSDaemonPodPolicy: on the real API server, the kubelet plugin's
+// identity may create (dry run) the MPS daemon pod its code makes
+// (daemonpod.Launcher.Pod) on its own node, and no variant of it that
+// would run other code, reach other host paths or another node: a stolen
+// plugin token runs nothing of its choosing (docs/security.md).
+func TestMPSDaemonPodPolicy(t *testing.T) {
+	const ns, release = "gpu-dra-mps-policy", "mpspolicy"
+	plugin := pluginIdentity(t, release, ns)("node-a")
+	dryCreate := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}
+	launcher := &daemonpod.Launcher{Namespace: ns, NodeName: "node-a", Image: "gpu-dra-driver:" + policyImageTag,
+		PriorityClassName: "system-node-critical", DriverRoot: "/"}
+	const key = "2f0e0a4c-0000-4000-8000-000000000001"
+	good := func() *corev1.Pod {
+		return launcher.Pod(mps.Daemon{Key: key, Dir: "/var/lib/kubelet/plugins/gpu.nvidia.com/mps/" + key, GPUs: []string{"GPU-a", "MIG-b"}})
+	}
+	if _, err := plugin.CoreV1().Pods(ns).Create(ctx(), good(), dryCreate); err != nil {
+		t.Fatalf("the plugin's own MPS daemon pod is refused: %v", err)
+	}
+	ctr := func(p *corev1.Pod) *corev1.Container { return &p.Spec.Containers[0] }
+	for _, tc := range []struct {
+		name   string
+		change func(p *corev1.Pod)
+	}{
+		{"on another node", func(p *corev1.Pod) { p.Spec.NodeName = "node-b" }},
+		{"another image", func(p *corev1.Pod) { ctr(p).Image = "busybox:local" }},
+		{"a command of its own", func(p *corev1.Pod) { ctr(p).Command = []string{"sh", "-c", "id"} }},
+		{"an extra flag", func(p *corev1.Pod) { ctr(p).Command = append(ctr(p).Command, "--log_file=/root/.ssh/authorized_keys") }},
+		{"arguments", func(p *corev1.Pod) { ctr(p).Args = []string{"--logtostderr=false"} }},
+		{"environment", func(p *corev1.Pod) { ctr(p).Env = []corev1.EnvVar{{Name: "GPU_DRA_LOG_FILE", Value: "/etc/passwd"}} }},
+		{"a hook", func(p *corev1.Pod) {
+			ctr(p).Lifecycle = &corev1.Lifecycle{PostStart: &corev1.LifecycleHandler{Exec: &corev1.ExecAction{Command: []string{"sh"}}}}
+		}},
+		{"an exec probe", func(p *corev1.Pod) {
+			ctr(p).LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"sh"}}}}
+		}},
+		{"a second container", func(p *corev1.Pod) {
+			p.Spec.Containers = append(p.Spec.Containers, *ctr(p).DeepCopy())
+			p.Spec.Containers[1].Name = "two"
+		}},
+		{"an init container", func(p *corev1.Pod) { p.Spec.InitContainers = []corev1.Container{*ctr(p).DeepCopy()} }},
+		{"another claim's directory", func(p *corev1.Pod) {
+			ctr(p).Command[2] = "--dir=/var/lib/kubelet/plugins/gpu.nvidia.com/mps/another-claim"
+		}},
+		{"a directory out of the daemons'", func(p *corev1.Pod) {
+			p.Labels[names.MPSDaemonLabel] = "x"
+			ctr(p).Command[2] = "--dir=/etc/x"
+		}},
+		{"the host's root writable", func(p *corev1.Pod) { ctr(p).VolumeMounts[1].ReadOnly = false }},
+		{"another host path", func(p *corev1.Pod) { p.Spec.Volumes[0].HostPath.Path = "/etc" }},
+		{"a host path made on demand", func(p *corev1.Pod) {
+			p.Spec.Volumes[0].HostPath.Type = ptr.To(corev1.HostPathDirectoryOrCreate)
+		}},
+		{"a third volume", func(p *corev1.Pod) {
+			p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: "x", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
+		}},
+		{"a sub-path", func(p *corev1.Pod) { ctr(p).VolumeMounts[0].SubPath = "../../.." }},
+		{"an API token", func(p *corev1.Pod) { p.Spec.AutomountServiceAccountToken = nil }},
+		{"another priority class", func(p *corev1.Pod) { p.Spec.PriorityClassName = "system-cluster-critical" }},
+		{"no daemon label", func(p *corev1.Pod) { delete(p.Labels, "app.kubernetes.io/component") }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := good()
+			tc.change(p)
+			_, err := plugin.CoreV1().Pods(ns).Create(ctx(), p, dryCreate)
+			if err == nil || !apierrors.IsInvalid(err) && !apierrors.IsForbidden(err) {
+				t.Errorf("created (dry run), or refused for another reason: %v", err)
+			}
+		})
 	}
 }

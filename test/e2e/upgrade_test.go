@@ -500,7 +500,8 @@ func TestHelmUpgradeKeepsTheWebhookCertificate(t *testing.T) {
 	helmRun := helmIn(t, helm, ns)
 	helmRun("install", release, filepath.Join(repoRoot, "deployments/helm/gpu-dra-driver"), "--create-namespace",
 		"--set", "image.tag="+oldTag, "--set", "image.pullPolicy=Never", "--set", "deviceClasses.create=false",
-		"--set", "nodeScopedSlicePolicy.enabled=false", "--set-string", "kubeletPlugin.nodeSelector.gpu-dra-e2e/no-plugin=true")
+		"--set", "nodeScopedSlicePolicy.enabled=false", "--set", "kubeletPlugin.mps.daemonPods=false",
+		"--set-string", "kubeletPlugin.nodeSelector.gpu-dra-e2e/no-plugin=true")
 	t.Cleanup(func() {
 		// No hooks: the pre-delete hook would remove every node's slices.
 		if out, err := exec.Command(helm, "uninstall", release, "--kubeconfig", kubeconfig, "--namespace", ns, "--no-hooks", "--wait").CombinedOutput(); err != nil {

@@ -140,7 +140,12 @@ expect "cert-manager certificate" '^kind: Certificate$' "$out"
 expect "cert-manager CA injection" 'cert-manager.io/inject-ca-from' "$out"
 refuse "no self-signed secret with cert-manager" '^kind: Secret$' "$out"
 
-out=$(render --set webhook.enabled=false --set deviceClasses.create=false --set nodeScopedSlicePolicy.enabled=false)
+if out=$(render --set nodeScopedSlicePolicy.enabled=false 2>&1); then
+	die "chart: MPS daemon pods without their admission policy render"
+fi
+expect "MPS daemon pods refused without their policy" 'daemonPods needs nodeScopedSlicePolicy.enabled' "$out"
+out=$(render --set webhook.enabled=false --set deviceClasses.create=false --set nodeScopedSlicePolicy.enabled=false \
+	--set kubeletPlugin.mps.daemonPods=false)
 refuse "webhook disabled" 'ValidatingWebhookConfiguration' "$out"
 refuse "DeviceClasses not created" 'kind: DeviceClass' "$out"
 refuse "slice policy disabled" 'ValidatingAdmissionPolicy' "$out"

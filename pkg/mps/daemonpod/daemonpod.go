@@ -24,6 +24,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
@@ -53,9 +54,9 @@ const DriverRootMount = "/driver-root"
 var DefaultCommand = []string{"gpu-kubelet-plugin", "mps-daemon"}
 
 // terminationGracePeriod is what a daemon pod's supervisor gets to stop
-// its daemon: the quit command's time limit, mps.Supervisor.Timeout
-// (10 s), and a little more.
-const terminationGracePeriod = 15
+// its daemon: the quit command's time limit and then the wait for the
+// daemon to end, mps.Supervisor.Timeout (10 s) each, and a little more.
+const terminationGracePeriod = 25
 
 // Launcher creates, inspects and deletes the daemon pods of one node. It
 // implements mps.Launcher.
@@ -149,7 +150,7 @@ func (l *Launcher) Launch(ctx context.Context, d mps.Daemon) error {
 			}
 		}
 	}
-	p, err := l.Client.CoreV1().Pods(l.Namespace).Create(ctx, l.pod(d), metav1.CreateOptions{})
+	p, err := l.Client.CoreV1().Pods(l.Namespace).Create(ctx, l.Pod(d), metav1.CreateOptions{})
 	if err != nil {
 		return fmt.Errorf("create the MPS control daemon's pod: %w", err)
 	}
@@ -157,8 +158,10 @@ func (l *Launcher) Launch(ctx context.Context, d mps.Daemon) error {
 	return nil
 }
 
-// pod is the pod that runs d's supervisor.
-func (l *Launcher) pod(d mps.Daemon) *corev1.Pod {
+// Pod is the pod that Launch creates to run d's supervisor: exactly what
+// the chart's admission policy admits (mps-daemon-policy.yaml), so a
+// change here is a change there.
+func (l *Launcher) Pod(d mps.Daemon) *corev1.Pod {
 	cmd := l.Command
 	if len(cmd) == 0 {
 		cmd = DefaultCommand
@@ -210,6 +213,13 @@ func (l *Launcher) pod(d mps.Daemon) *corev1.Pod {
 				TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 				// The control daemon and its servers open /dev/nvidia*.
 				SecurityContext: &corev1.SecurityContext{Privileged: ptr.To(true)},
+				// Requests, so that the pod is not BestEffort, the first
+				// evicted under memory pressure. No limit: the MPS servers
+				// of the claim's clients run in this container, and a limit
+				// would kill them under the clients.
+				Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{
+					corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("32Mi"),
+				}},
 				VolumeMounts: []corev1.VolumeMount{
 					{Name: "daemons", MountPath: root},
 					{Name: "driver-root", MountPath: DriverRootMount, ReadOnly: !l.DriverRootWritable},

@@ -107,11 +107,11 @@ func TestLaunchMakesOnePodPerDaemon(t *testing.T) {
 func TestLaunchReplacesAnEndedPod(t *testing.T) {
 	ctx := context.Background()
 	l, client := newLauncher(t)
-	ended := l.pod(mps.Daemon{Key: key, Dir: "/d", GPUs: []string{"GPU-a"}})
+	ended := l.Pod(mps.Daemon{Key: key, Dir: "/d", GPUs: []string{"GPU-a"}})
 	ended.Name, ended.Status.Phase = "gpu-mps-ended", corev1.PodSucceeded
-	otherNode := l.pod(mps.Daemon{Key: key, Dir: "/d", GPUs: []string{"GPU-a"}})
+	otherNode := l.Pod(mps.Daemon{Key: key, Dir: "/d", GPUs: []string{"GPU-a"}})
 	otherNode.Name, otherNode.Spec.NodeName = "gpu-mps-other-node", "node-b"
-	otherKey := l.pod(mps.Daemon{Key: "shared-GPU-b", Dir: "/e", GPUs: []string{"GPU-b"}})
+	otherKey := l.Pod(mps.Daemon{Key: "shared-GPU-b", Dir: "/e", GPUs: []string{"GPU-b"}})
 	otherKey.Name = "gpu-mps-other-key"
 	for _, p := range []*corev1.Pod{ended, otherNode, otherKey} {
 		if _, err := client.CoreV1().Pods("gpu-dra").Create(ctx, p, metav1.CreateOptions{}); err != nil {
@@ -152,7 +152,7 @@ func TestFailure(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
 			l, client := newLauncher(t)
-			p := l.pod(mps.Daemon{Key: key, Dir: "/d", GPUs: []string{"GPU-a"}})
+			p := l.Pod(mps.Daemon{Key: key, Dir: "/d", GPUs: []string{"GPU-a"}})
 			p.Name = "gpu-mps-a"
 			tc.status.Name = ContainerName
 			p.Status.ContainerStatuses = []corev1.ContainerStatus{tc.status}
