@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -17,6 +18,10 @@ import (
 // message: the supervisor's reason for failing, shown in the pod's status
 // and to the plugin that waits for the daemon.
 const terminationLog = "/dev/termination-log"
+
+// daemonKey is what a daemon's key (a claim UID, or shared-<GPU UUID>)
+// may be, the last element of its directory.
+var daemonKey = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]*$`)
 
 // newMPSDaemonCommand is the container of an MPS control daemon's pod
 // (package daemonpod): it runs the daemon of one directory until the pod
@@ -33,8 +38,8 @@ and the kubelet restarts it, when the daemon exits; it ends without failing
 when the directory is gone (the claim was unprepared).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if !filepath.IsAbs(s.Dir) {
-				return fmt.Errorf("--dir %q: not an absolute path", s.Dir)
+			if !filepath.IsAbs(s.Dir) || filepath.Clean(s.Dir) != s.Dir || !daemonKey.MatchString(filepath.Base(s.Dir)) {
+				return fmt.Errorf("--dir %q: not a daemon's directory (an absolute, clean path ending in a daemon's key)", s.Dir)
 			}
 			if gpus == "" {
 				return errors.New("--gpus: no GPU")

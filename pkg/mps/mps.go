@@ -159,6 +159,13 @@ type record struct {
 	// Adopted is set for a previous release's daemon, found by its PID
 	// file.
 	Adopted bool `json:"adopted,omitempty"`
+	// Supervisor is the process that supervises the daemon, when one
+	// does: a second supervisor of the directory leaves a daemon alone
+	// while its supervisor lives. (A previous release ignores it.)
+	Supervisor *identity `json:"supervisor,omitempty"`
+	// Run tells apart the supervisors of one process (the plugin's own):
+	// a random token per Supervisor.
+	Run string `json:"run,omitempty"`
 }
 
 // Dir is the host directory of a claim's daemon.

@@ -2,6 +2,8 @@ package mps
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -51,6 +53,19 @@ type Supervisor struct {
 	// writeFile replaces a file atomically and durably; nil means
 	// hostfs.WriteFileAtomic.
 	writeFile func(path string, data []byte) error
+	// run is this Supervisor's token in the record, made at its first Run.
+	run string
+}
+
+// runID is the Supervisor's token, the same for each of its runs (a
+// daemon of its own earlier run is its to replace).
+func (s *Supervisor) runID() string {
+	if s.run == "" {
+		b := make([]byte, 8)
+		_, _ = rand.Read(b)
+		s.run = hex.EncodeToString(b)
+	}
+	return s.run
 }
 
 func (s *Supervisor) procs() procs {
@@ -88,13 +103,36 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		return err
 	}
 	p := s.procs()
-	// One daemon per directory: one recorded and alive (a supervisor
-	// killed without its daemon) is stopped before another starts.
-	if rec, err := loadRecordIn(s.Dir); err == nil && p.is(rec.identity) {
+	self, err := p.identify(os.Getpid())
+	if err != nil {
+		return fmt.Errorf("identify the supervisor: %w", err)
+	}
+	// One daemon per directory. One recorded and alive whose supervisor
+	// lives is that supervisor's (two pods of one key: one being deleted
+	// while its successor starts, or an abandoned start's pod that a slow
+	// kubelet starts late): this one waits until that supervisor ends, or
+	// until it is told to stop itself. One without a live supervisor (it
+	// died without its daemon) is stopped before another starts.
+	for {
+		rec, err := loadRecordIn(s.Dir)
+		if err != nil || !p.is(rec.identity) {
+			break
+		}
+		if sup := rec.Supervisor; sup != nil && rec.Run != s.runID() && p.is(*sup) {
+			logger.Info("Another supervisor serves this MPS daemon directory; waiting for it to end", "dir", s.Dir, "supervisor", sup.PID, "pid", rec.PID)
+			if !s.waitGone(ctx, *sup) {
+				return nil // told to stop first: nothing was started
+			}
+			continue
+		}
 		logger.Info("A previous MPS control daemon of this directory still runs; stopping it", "dir", s.Dir, "pid", rec.PID)
 		if err := p.kill(rec.identity); err != nil {
 			return fmt.Errorf("stop the previous MPS control daemon: %w", err)
 		}
+		break
+	}
+	if ctx.Err() != nil {
+		return nil // told to stop before anything was started
 	}
 	// No daemon serves pipe/: what is in it is stale, or planted (say,
 	// a symlink where the daemon creates a file).
@@ -137,7 +175,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	}
 	// A daemon the plugin cannot find in its record would be unknown to
 	// it: never left running.
-	if err := saveRecordIn(s.Dir, record{identity: id}, write); err != nil {
+	if err := saveRecordIn(s.Dir, record{identity: id, Supervisor: &self, Run: s.runID()}, write); err != nil {
 		kill()
 		return fmt.Errorf("start MPS control daemon: %w", err)
 	}
@@ -147,11 +185,27 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		if s.directoryGoes() {
 			return ErrDirectoryGone
 		}
+		if err == nil {
+			err = errors.New("exit status 0: told to quit by someone else")
+		}
 		return fmt.Errorf("MPS control daemon %d exited (%w)%s", id.PID, err, outputIn(s.Dir))
 	case <-ctx.Done():
 	}
 	s.stop(logger, id, exited, kill)
 	return nil
+}
+
+// waitGone waits until the process id is gone (true) or ctx is done
+// (false).
+func (s *Supervisor) waitGone(ctx context.Context, id identity) bool {
+	for s.procs().is(id) {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return true
 }
 
 // directoryGoneWait is how long a supervisor whose daemon exited waits

@@ -152,3 +152,64 @@ func TestStopWithoutTheLauncher(t *testing.T) {
 		t.Errorf("directory: %v", err)
 	}
 }
+
+// TestSecondSupervisorLeavesARunningSupervisorsDaemonAlone: two supervisors
+// of one directory can run at once (the pod of an abandoned Start, deleted
+// but started by a slow kubelet, and its successor's pod; or a terminating
+// pod whose container the kubelet starts before it sees the deletion). The
+// second must not kill the daemon the first one still supervises and
+// serves clients with: A supervisor whose context is already done must not start anything
+// either.
+func TestSecondSupervisorLeavesARunningSupervisorsDaemonAlone(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// secondCtx is the second supervisor's context: live, or done
+		// before it runs (a pod deleted before its container started).
+		cancelled bool
+	}{
+		{name: "live second supervisor"},
+		{name: "second supervisor already told to stop", cancelled: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, ctx := ktesting.NewTestContext(t)
+			m := newTestManager(t)
+			const key = "2f0e0a4c-0000-4000-8000-0000000000a1"
+			for _, dir := range []string{m.root, m.Dir(key), m.PipeDir(key), m.LogDir(key)} {
+				if err := os.MkdirAll(dir, DirMode); err != nil {
+					t.Fatal(err)
+				}
+			}
+			first := &Supervisor{Dir: m.Dir(key), DriverRoot: m.driverRoot, GPUs: []string{"GPU-a"}, Timeout: time.Second}
+			ctx1, cancel1 := context.WithCancel(ctx)
+			done1 := make(chan error, 1)
+			go func() { done1 <- first.Run(ctx1) }()
+			t.Cleanup(func() { cancel1(); <-done1 })
+			waitFor(t, "first daemon running", func() bool { return m.recorded(key) != nil && m.ready(key) })
+			d1 := recorded(t, m, key)
+
+			second := &Supervisor{Dir: m.Dir(key), DriverRoot: m.driverRoot, GPUs: []string{"GPU-b"}, Timeout: time.Second}
+			ctx2, cancel2 := context.WithCancel(ctx)
+			if tc.cancelled {
+				cancel2()
+			}
+			done2 := make(chan error, 1)
+			go func() { done2 <- second.Run(ctx2) }()
+			if !tc.cancelled {
+				// Give the second supervisor the time to do its worst;
+				// it either refuses (returns) or starts its daemon.
+				select {
+				case <-done2:
+				case <-time.After(2 * time.Second):
+				}
+			}
+			cancel2()
+			<-done2
+			if !m.procs().is(d1) {
+				t.Errorf("the second supervisor of %s killed the first supervisor's live daemon %d", m.Dir(key), d1.PID)
+			}
+			if rec, err := m.loadRecord(key); err != nil || rec.identity != d1 {
+				t.Errorf("record after the second supervisor: %+v (%v), want the first's daemon %d", rec.identity, err, d1.PID)
+			}
+		})
+	}
+}
