@@ -31,6 +31,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
@@ -304,6 +306,12 @@ func (d *Driver) serve(ctx context.Context) {
 	defer close(d.done)
 	defer d.helper.Stop()
 	defer d.publisher.Stop()
+	// The daemons' check runs beside the loop (a daemon's start waits
+	// for its pod), one at a time, and ends before the Driver is done:
+	// a successor must not find this Driver still starting daemons.
+	var daemons sync.WaitGroup
+	var checking atomic.Bool
+	defer daemons.Wait()
 	ticker := d.clock.NewTicker(d.cfg.InventoryInterval)
 	defer ticker.Stop()
 	for {
@@ -319,6 +327,16 @@ func (d *Driver) serve(ctx context.Context) {
 		case <-ticker.C():
 			if err := d.refreshAndPublish(ctx); err != nil {
 				logger.Error(err, "Refreshing the GPU inventory failed; keeping the published slices")
+			}
+			if checking.CompareAndSwap(false, true) {
+				daemons.Add(1)
+				go func() {
+					defer daemons.Done()
+					defer checking.Store(false)
+					if err := d.preparer.EnsureDaemons(ctx); err != nil {
+						logger.Error(err, "Some MPS control daemons of prepared claims could not be started again; retrying at the next inventory refresh")
+					}
+				}()
 			}
 		case <-d.healthChanged:
 			if err := d.rebuildAndPublish(ctx); err != nil {

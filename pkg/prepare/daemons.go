@@ -1,0 +1,82 @@
+package prepare
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"k8s.io/klog/v2"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
+)
+
+// EnsureDaemons starts again every MPS control daemon that a prepared
+// claim or a shared GPU's shares use and that does not run: its pod was
+// evicted or deleted, or its supervisor gave up. The kubelet restarts a
+// supervisor that fails, not a pod that is gone; the driver calls this
+// periodically. Each daemon is started under the locks a prepare holds,
+// so a claim being unprepared is not given a daemon again. The errors are
+// one per daemon that could not be started.
+func (p *Preparer) EnsureDaemons(ctx context.Context) error {
+	if p.opts.MPS == nil {
+		return nil
+	}
+	snap := p.Snapshot()
+	var errs []error
+	shared := map[string]bool{}
+	for _, uid := range sortedKeys(snap.Claims) {
+		c := snap.Claims[uid]
+		for _, uuid := range c.SharedGPUs() {
+			shared[uuid] = true
+		}
+		if c.State == checkpoint.PrepareCompleted && len(mpsUUIDs(c)) > 0 && !p.opts.MPS.Running(uid) {
+			errs = append(errs, p.ensureClaimDaemon(ctx, uid))
+		}
+	}
+	for _, uuid := range sortedKeys(shared) {
+		if !p.opts.MPS.Running(sharedDaemon(uuid)) {
+			errs = append(errs, p.ensureSharedDaemon(ctx, uuid))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ensureClaimDaemon starts a prepared claim's own daemon, if the claim is
+// still prepared once its lock is held.
+func (p *Preparer) ensureClaimDaemon(ctx context.Context, uid string) error {
+	defer p.lockClaim(uid)()
+	c := p.Claim(uid)
+	if c == nil || c.State != checkpoint.PrepareCompleted || p.opts.MPS.Running(uid) {
+		return nil
+	}
+	defer p.lockGPUs(c)()
+	klog.FromContext(ctx).Info("A prepared claim's MPS control daemon is gone; starting it again", "claimUID", uid)
+	if err := p.opts.MPS.Start(ctx, uid, mpsUUIDs(c)); err != nil {
+		return fmt.Errorf("claim %s: start its MPS control daemon again: %w", uid, err)
+	}
+	return nil
+}
+
+// ensureSharedDaemon starts a shared GPU's daemon, if a claim still holds
+// a share of it once the GPU's lock is held.
+func (p *Preparer) ensureSharedDaemon(ctx context.Context, uuid string) error {
+	defer p.lockGPUs(&checkpoint.Claim{Devices: []checkpoint.Device{{GPUUUID: uuid}}})()
+	key := sharedDaemon(uuid)
+	snap := p.Snapshot()
+	if len(snap.Shares(uuid)) == 0 || p.opts.MPS.Running(key) {
+		return nil
+	}
+	held := slices.ContainsFunc(snap.Shares(uuid), func(uid string) bool {
+		c := snap.Claims[uid]
+		return c != nil && c.State == checkpoint.PrepareCompleted
+	})
+	if !held {
+		return nil // only shares being prepared or undone: theirs to start or stop
+	}
+	klog.FromContext(ctx).Info("The MPS control daemon of a shared GPU's shares is gone; starting it again", "gpu", uuid)
+	if err := p.opts.MPS.Start(ctx, key, []string{uuid}); err != nil {
+		return fmt.Errorf("GPU %s: start the MPS control daemon of its shares again: %w", uuid, err)
+	}
+	return nil
+}
