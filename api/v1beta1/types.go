@@ -110,6 +110,11 @@ func Decode(raw []byte) (Config, error) {
 	if len(strictErrs) > 0 {
 		return nil, fmt.Errorf("parameters (%s): %w", meta.Kind, strictErrs[0])
 	}
+	// An empty map means what an absent one does; one form, so that a
+	// configuration decodes to what its own encoding decodes to.
+	if s := SharingOf(cfg); s != nil && s.MpsConfig != nil && len(s.MpsConfig.DefaultPerDevicePinnedMemoryLimit) == 0 {
+		s.MpsConfig.DefaultPerDevicePinnedMemoryLimit = nil
+	}
 	if err := Validate(cfg); err != nil {
 		return nil, err
 	}
