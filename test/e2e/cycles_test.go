@@ -92,20 +92,7 @@ kind: ResourceClaimTemplate
 metadata: {name: mig, namespace: gpu-cycles}
 spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: mig.nvidia.com, selectors: [{cel: {expression: 'device.attributes["gpu.nvidia.com"].profile == "1g.10gb"'}}]}}]}}}
 ---
-apiVersion: resource.k8s.io/v1
-kind: ResourceClaimTemplate
-metadata: {name: mps, namespace: gpu-cycles}
-spec:
-  spec:
-    devices:
-      requests:
-      - {name: gpu, exactly: {deviceClassName: gpu.nvidia.com}}
-      config:
-      - requests: [gpu]
-        opaque:
-          driver: gpu.nvidia.com
-          parameters: {apiVersion: resource.nvidia.com/v1beta1, kind: GpuConfig, sharing: {strategy: MPS}}
----
+`+mpsClaimTemplate("gpu-cycles")+`---
 apiVersion: resource.k8s.io/v1
 kind: ResourceClaimTemplate
 metadata: {name: share, namespace: gpu-cycles}

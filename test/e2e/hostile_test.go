@@ -93,20 +93,7 @@ func TestHostileTenantCannotKillOrStallTheNode(t *testing.T) {
 kind: Namespace
 metadata: {name: gpu-hostile}
 ---
-apiVersion: resource.k8s.io/v1
-kind: ResourceClaimTemplate
-metadata: {name: mps, namespace: gpu-hostile}
-spec:
-  spec:
-    devices:
-      requests:
-      - {name: gpu, exactly: {deviceClassName: gpu.nvidia.com}}
-      config:
-      - requests: [gpu]
-        opaque:
-          driver: gpu.nvidia.com
-          parameters: {apiVersion: resource.nvidia.com/v1beta1, kind: GpuConfig, sharing: {strategy: MPS}}
-`)
+`+mpsClaimTemplate("gpu-hostile"))
 	attacks := []string{"pid", "fifo", "zero"}
 	starts, quits := mpsDaemonEvents("start"), mpsDaemonEvents("quit")
 	var docs []string

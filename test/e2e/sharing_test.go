@@ -67,6 +67,25 @@ func mpsDaemonEvents(what string) int {
 	return strings.Count(string(data), " "+what+" ")
 }
 
+// mpsClaimTemplate is the ResourceClaimTemplate "mps" in namespace ns: a
+// whole GPU shared through the claim's own MPS daemon.
+func mpsClaimTemplate(ns string) string {
+	return `apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: mps, namespace: ` + ns + `}
+spec:
+  spec:
+    devices:
+      requests:
+      - {name: gpu, exactly: {deviceClassName: gpu.nvidia.com}}
+      config:
+      - requests: [gpu]
+        opaque:
+          driver: gpu.nvidia.com
+          parameters: {apiVersion: resource.nvidia.com/v1beta1, kind: GpuConfig, sharing: {strategy: MPS}}
+`
+}
+
 // mpsDaemonPIDs returns the PIDs of the MPS control daemons alive on the
 // node, by daemon key, from the records their supervisors write in the
 // plugin's own directory (which no tenant can write).
