@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -356,6 +357,14 @@ func TestMPSDaemonPodPolicy(t *testing.T) {
 	good := func() *corev1.Pod {
 		return launcher.Pod(mps.Daemon{Key: key, Dir: "/var/lib/kubelet/plugins/gpu.nvidia.com/mps/" + key, GPUs: []string{"GPU-a", "MIG-b"}})
 	}
+	// The API server applies a policy some time after it was created:
+	// until it refuses a pod of another node, it is not in effect yet.
+	eventually(t, 30*time.Second, "the MPS daemon pod policy in effect", func() (bool, error) {
+		p := good()
+		p.Spec.NodeName = "node-b"
+		_, err := plugin.CoreV1().Pods(ns).Create(ctx(), p, dryCreate)
+		return err != nil && strings.Contains(err.Error(), release+"-mps-daemon-pods"), fmt.Errorf("another node's pod: %v", err)
+	})
 	if _, err := plugin.CoreV1().Pods(ns).Create(ctx(), good(), dryCreate); err != nil {
 		t.Fatalf("the plugin's own MPS daemon pod is refused: %v", err)
 	}
