@@ -363,7 +363,7 @@ func TestMPSDaemonPodPolicy(t *testing.T) {
 		p := good()
 		p.Spec.NodeName = "node-b"
 		_, err := plugin.CoreV1().Pods(ns).Create(ctx(), p, dryCreate)
-		return err != nil && strings.Contains(err.Error(), release+"-mps-daemon-pods"), fmt.Errorf("another node's pod: %v", err)
+		return err != nil && strings.Contains(err.Error(), release+"-mps-daemon-pods"), fmt.Errorf("another node's pod: %w", err)
 	})
 	if _, err := plugin.CoreV1().Pods(ns).Create(ctx(), good(), dryCreate); err != nil {
 		t.Fatalf("the plugin's own MPS daemon pod is refused: %v", err)
