@@ -194,10 +194,14 @@ func driverrootControl(driverRoot string) (string, error) {
 	return driverroot.FindBinary(driverRoot, ControlBinary)
 }
 
-func (m *Manager) env(key string) []string {
+func (m *Manager) env(key string) []string { return envIn(m.Dir(key)) }
+
+// envIn is the environment in which the control program reaches the
+// daemon of directory dir.
+func envIn(dir string) []string {
 	return append(os.Environ(),
-		"CUDA_MPS_PIPE_DIRECTORY="+m.PipeDir(key),
-		"CUDA_MPS_LOG_DIRECTORY="+m.LogDir(key))
+		"CUDA_MPS_PIPE_DIRECTORY="+PipeDirIn(dir),
+		"CUDA_MPS_LOG_DIRECTORY="+LogDirIn(dir))
 }
 
 // Start starts the claim's daemon for the GPUs (UUIDs, MIG or whole) and

@@ -82,12 +82,6 @@ func (s *Supervisor) timeout() time.Duration {
 	return s.Timeout
 }
 
-func (s *Supervisor) env() []string {
-	return append(os.Environ(),
-		"CUDA_MPS_PIPE_DIRECTORY="+PipeDirIn(s.Dir),
-		"CUDA_MPS_LOG_DIRECTORY="+LogDirIn(s.Dir))
-}
-
 // Run starts the daemon and returns when it has stopped: nil once ctx
 // is done and the daemon stopped with it, ErrDirectoryGone when its
 // directory is gone, or why the daemon could not start or exited.
@@ -146,7 +140,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	// In the foreground, as this process's child: its PID is the one fork
 	// returned, not one read from a file.
 	cmd := exec.Command(bin, "-f")
-	cmd.Env = append(s.env(), "CUDA_VISIBLE_DEVICES="+strings.Join(s.GPUs, ","))
+	cmd.Env = append(envIn(s.Dir), "CUDA_VISIBLE_DEVICES="+strings.Join(s.GPUs, ","))
 	cmd.Stdout, cmd.Stderr = out, out
 	// The daemon must not get the signals of the supervisor's terminal or
 	// process group: the supervisor decides how it stops.
@@ -161,7 +155,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	kill := func() {
 		_ = cmd.Process.Kill() // this process's own child: no stranger
 		if err := <-exited; err != nil {
-			klog.FromContext(ctx).V(4).Info("Killed MPS control daemon exited", "err", err)
+			logger.V(4).Info("Killed MPS control daemon exited", "err", err)
 		}
 	}
 	id, err := p.identify(cmd.Process.Pid)
@@ -236,7 +230,7 @@ func (s *Supervisor) directoryGoes() bool {
 func (s *Supervisor) stop(logger klog.Logger, id identity, exited <-chan error, kill func()) {
 	if rec, err := loadRecordIn(s.Dir); err == nil && rec.identity == id {
 		ctx, cancel := context.WithTimeout(context.Background(), s.timeout())
-		err := quitIn(ctx, s.DriverRoot, s.env())
+		err := quitIn(ctx, s.DriverRoot, envIn(s.Dir))
 		cancel()
 		if err != nil {
 			logger.Info("MPS control daemon did not take the quit command; killing it", "dir", s.Dir, "pid", id.PID, "err", err)

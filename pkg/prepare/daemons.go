@@ -22,24 +22,44 @@ func (p *Preparer) EnsureDaemons(ctx context.Context) error {
 	if p.opts.MPS == nil {
 		return nil
 	}
-	snap := p.Snapshot()
+	claims, shared := p.daemonKeys()
 	var errs []error
-	shared := map[string]bool{}
-	for _, uid := range sortedKeys(snap.Claims) {
-		c := snap.Claims[uid]
-		for _, uuid := range c.SharedGPUs() {
-			shared[uuid] = true
-		}
-		if c.State == checkpoint.PrepareCompleted && len(mpsUUIDs(c)) > 0 && !p.opts.MPS.Running(uid) {
+	for _, uid := range claims {
+		if !p.opts.MPS.Running(uid) {
 			errs = append(errs, p.ensureClaimDaemon(ctx, uid))
 		}
 	}
-	for _, uuid := range sortedKeys(shared) {
+	for _, uuid := range shared {
 		if !p.opts.MPS.Running(sharedDaemon(uuid)) {
 			errs = append(errs, p.ensureSharedDaemon(ctx, uuid))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// daemonKeys lists, sorted, the prepared claims that use a daemon of
+// their own and the GPUs that a prepared claim holds a share of, read
+// under the lock rather than from a copy of the checkpoint (this runs at
+// every inventory refresh).
+func (p *Preparer) daemonKeys() (claims, sharedGPUs []string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for uid, c := range p.cp.Claims {
+		if c.State != checkpoint.PrepareCompleted {
+			continue
+		}
+		if slices.ContainsFunc(c.Devices, claimMPS) {
+			claims = append(claims, uid)
+		}
+		for _, uuid := range c.SharedGPUs() {
+			if !slices.Contains(sharedGPUs, uuid) {
+				sharedGPUs = append(sharedGPUs, uuid)
+			}
+		}
+	}
+	slices.Sort(claims)
+	slices.Sort(sharedGPUs)
+	return claims, sharedGPUs
 }
 
 // ensureClaimDaemon starts a prepared claim's own daemon, if the claim is
@@ -63,15 +83,10 @@ func (p *Preparer) ensureClaimDaemon(ctx context.Context, uid string) error {
 func (p *Preparer) ensureSharedDaemon(ctx context.Context, uuid string) error {
 	defer p.lockGPUs(&checkpoint.Claim{Devices: []checkpoint.Device{{GPUUUID: uuid}}})()
 	key := sharedDaemon(uuid)
-	snap := p.Snapshot()
-	if len(snap.Shares(uuid)) == 0 || p.opts.MPS.Running(key) {
+	if p.opts.MPS.Running(key) {
 		return nil
 	}
-	held := slices.ContainsFunc(snap.Shares(uuid), func(uid string) bool {
-		c := snap.Claims[uid]
-		return c != nil && c.State == checkpoint.PrepareCompleted
-	})
-	if !held {
+	if _, held := p.daemonKeys(); !slices.Contains(held, uuid) {
 		return nil // only shares being prepared or undone: theirs to start or stop
 	}
 	klog.FromContext(ctx).Info("The MPS control daemon of a shared GPU's shares is gone; starting it again", "gpu", uuid)
