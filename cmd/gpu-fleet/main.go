@@ -177,11 +177,16 @@ func cost(ctx context.Context, w io.Writer, args []string) error {
 		if err != nil {
 			return err
 		}
-		m, err := devicemodel.Build(devicemodel.Input{Inventory: inv, SharedGPUs: *shared, Offer: &offer})
+		const node = "gpu-node-0000"
+		in, err := fleet.NodeInput(node, inv, offer, *shared)
 		if err != nil {
 			return err
 		}
-		r, err := fleet.Cost(m, "gpu-node-0000")
+		m, err := devicemodel.Build(in)
+		if err != nil {
+			return err
+		}
+		r, err := fleet.Cost(m, node)
 		if err != nil {
 			return err
 		}

@@ -334,6 +334,25 @@ func strAttr(d *resourceapi.Device, name string) string {
 	return *d.Attributes[resourceapi.QualifiedName(name)].StringValue
 }
 
+// placement is the memory slices a MIG device spans: from its published
+// placementStart and the size of its profile on its GPU, what prepare
+// creates.
+func (c *cluster) placement(node string, d *resourceapi.Device) gpu.Placement {
+	c.t.Helper()
+	md := c.models[node].Devices[d.Name]
+	if md == nil || md.Profile == nil {
+		c.t.Fatalf("device %s of node %s is no MIG device of the model", d.Name, node)
+	}
+	start := intAttr(d, "placementStart")
+	for _, pl := range md.Profile.Placements {
+		if pl.Start == start {
+			return pl
+		}
+	}
+	c.t.Fatalf("device %s: profile %s has no placement at %d", d.Name, md.Profile.Name, start)
+	return gpu.Placement{}
+}
+
 // occupancy computes every GPU's occupancy from the allocated devices'
 // attributes, failing the test if two allocated devices overlap.
 func (c *cluster) occupancy(node string) map[int]occupancy {
@@ -348,7 +367,7 @@ func (c *cluster) occupancy(node string) map[int]occupancy {
 			minor, mask = intAttr(d, "minor"), 0xff
 		} else {
 			minor = intAttr(d, "parentMinor")
-			mask = gpu.Placement{Start: intAttr(d, "placementStart"), Size: intAttr(d, "placementSize")}.Mask()
+			mask = c.placement(node, d).Mask()
 			if strings.HasSuffix(strAttr(d, "profile"), "+me") {
 				me = 1
 			}
@@ -417,7 +436,7 @@ func (c *cluster) roomFor(node string, occ map[int]occupancy, profile string, sh
 			continue
 		}
 		o := occ[intAttr(d, "parentMinor")]
-		mask := gpu.Placement{Start: intAttr(d, "placementStart"), Size: intAttr(d, "placementSize")}.Mask()
+		mask := c.placement(node, d).Mask()
 		if o.slices&mask == 0 && o.shared == 0 && (!strings.HasSuffix(profile, "+me") || o.me == 0) {
 			return name
 		}

@@ -116,6 +116,7 @@ type cluster struct {
 	shareResults map[string]resourceapi.DeviceRequestAllocationResult
 	celCache     *cel.Cache
 	devices      map[string]map[string]*resourceapi.Device // node -> name -> device
+	models       map[string]*Model                         // node -> the driver's model
 }
 
 func newCluster(t testing.TB, models map[string]*Model) *cluster {
@@ -124,6 +125,7 @@ func newCluster(t testing.TB, models map[string]*Model) *cluster {
 		shares: sets.New[structured.SharedDeviceID](), consumed: structured.NewConsumedCapacityCollection(),
 		shareResults: map[string]resourceapi.DeviceRequestAllocationResult{},
 		celCache:     cel.NewCache(100, cel.Features{}), devices: map[string]map[string]*resourceapi.Device{},
+		models: models,
 	}
 	for node, m := range models {
 		c.devices[node] = map[string]*resourceapi.Device{}

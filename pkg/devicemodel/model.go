@@ -267,6 +267,9 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device) ([]resourceapi.D
 		}
 		d := migDevice(common, g, p, inst.Placement, names.StaticMIGDevice(g.Minor, inst.Profile, inst.Placement.Start))
 		d.Attributes[names.AttrUUID] = str(inst.UUID)
+		// It consumes no counters, which say a placement's size: with
+		// its UUID it has 16 attributes, in the same size of map as 15.
+		d.Attributes[names.AttrPlacementSize] = integer(inst.Placement.Size)
 		if err := add(d, &Device{Kind: KindMIGStatic, GPU: g, Profile: p, Placement: inst.Placement, Instance: &inst}, gpuTaints, in.MIGTaints[inst.UUID]); err != nil {
 			return nil, nil, err
 		}
@@ -394,16 +397,20 @@ func migDevice(common map[resourceapi.QualifiedName]resourceapi.DeviceAttribute,
 		d.Attributes[k] = v
 	}
 	// A MIG device is no PCI function: the standard attribute names one.
-	// Its GPU's stays under NVIDIA's name, and 14 attributes fit a Go map
-	// table half the size of 15's (docs/benchmarks.md).
+	// Its GPU's stays under NVIDIA's name. A MIG device has 14 attributes
+	// and must keep to that: a Go map holds 14 entries in a table half the
+	// size of 15's, so a 15th costs every informer (every scheduler's
+	// included) 0.4 MiB per node (docs/benchmarks.md). Hence no
+	// placementSize (the profile says it, and so do the memory-slice
+	// counters the device consumes; a pre-created instance, which
+	// consumes none, has it) and no parentIndex (NVIDIA's driver
+	// publishes parentMinor only).
 	delete(d.Attributes, names.AttrStandardPCIBusID)
 	d.Attributes[names.AttrType] = str(names.TypeMIG)
 	d.Attributes[names.AttrProfile] = str(p.Name)
 	d.Attributes[names.AttrParentUUID] = str(g.UUID)
-	d.Attributes[names.AttrParentIndex] = integer(g.Index)
 	d.Attributes[names.AttrParentMinor] = integer(g.Minor)
 	d.Attributes[names.AttrPlacementStart] = integer(pl.Start)
-	d.Attributes[names.AttrPlacementSize] = integer(pl.Size)
 	return d
 }
 

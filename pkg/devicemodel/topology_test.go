@@ -1,6 +1,8 @@
 package devicemodel
 
 import (
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 
@@ -145,6 +147,34 @@ func TestMatchAttributeOnTopology(t *testing.T) {
 					t.Fatal("nothing allocated")
 				}
 				tt.check(t, strings.Split(allocatedNames(got), ","))
+			}
+		})
+	}
+}
+
+// TestMIGDevicesKeepToFourteenAttributes guards the heap every informer
+// pays per device: Go's maps hold 14 entries in a table half the size of
+// 15's, and the MIG devices, two hundred of a DGX's 216, are the ones that
+// count (docs/benchmarks.md, "What a device costs").
+func TestMIGDevicesKeepToFourteenAttributes(t *testing.T) {
+	for _, model := range []string{"dgxa100", "dgxh100", "dgxh200", "dgxb200"} {
+		t.Run(model, func(t *testing.T) {
+			inv := inventory(t, model)
+			m := build(t, Input{Inventory: inv, Topology: dgxTopology(t, inv), SharedGPUs: true})
+			migs := 0
+			for _, s := range m.Slices {
+				for _, d := range s.Devices {
+					if m.Devices[d.Name].Kind != KindMIGPlacement {
+						continue
+					}
+					migs++
+					if n := len(d.Attributes); n > 14 {
+						t.Errorf("%s has %d attributes, more than 14: %v", d.Name, n, slices.Sorted(maps.Keys(d.Attributes)))
+					}
+				}
+			}
+			if migs == 0 {
+				t.Fatal("no MIG devices built")
 			}
 		})
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/publish"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
 )
 
 // Inventories reads a simulated node's inventory per model name.
@@ -56,24 +57,57 @@ type pool struct {
 	pub   *publish.Publisher
 }
 
-// newPool builds a node's model. The inventory is the model's, with GPU
-// UUIDs of the node's own so that no two nodes share one.
-func newPool(node string, inv *gpu.Inventory, offer devicemodel.Offer, shared bool) (*pool, error) {
+// NodeInput is what the plugin on simulated node `node` of a fleet would
+// build its pool from: the model's inventory, with GPU UUIDs of the node's
+// own so that no two nodes share one, and the GPUs where the simulated
+// host's sysfs puts them (pcieRoot, numaNode).
+func NodeInput(node string, inv *gpu.Inventory, offer devicemodel.Offer, shared bool) (devicemodel.Input, error) {
 	own := *inv
 	own.GPUs = append([]gpu.GPU(nil), inv.GPUs...)
 	for i := range own.GPUs {
 		sum := sha256.Sum256(fmt.Appendf(nil, "%s/%s", node, own.GPUs[i].UUID))
 		u, err := uuid.FromBytes(sum[:16])
 		if err != nil {
-			return nil, fmt.Errorf("UUID of GPU %d of node %s: %w", i, node, err)
+			return devicemodel.Input{}, fmt.Errorf("UUID of GPU %d of node %s: %w", i, node, err)
 		}
 		own.GPUs[i].UUID = "GPU-" + u.String()
 	}
-	p := &pool{node: node, in: devicemodel.Input{Inventory: &own, SharedGPUs: shared, Offer: &offer}}
+	topo, err := topology(&own)
+	if err != nil {
+		return devicemodel.Input{}, fmt.Errorf("topology of node %s: %w", node, err)
+	}
+	return devicemodel.Input{Inventory: &own, SharedGPUs: shared, Offer: &offer, Topology: topo}, nil
+}
+
+// newPool builds a node's model from NodeInput.
+func newPool(node string, inv *gpu.Inventory, offer devicemodel.Offer, shared bool) (*pool, error) {
+	in, err := NodeInput(node, inv, offer, shared)
+	if err != nil {
+		return nil, err
+	}
+	p := &pool{node: node, in: in}
 	if err := p.rebuild(); err != nil {
 		return nil, err
 	}
 	return p, nil
+}
+
+// topology is where the simulated host puts an inventory's GPUs, by PCI
+// bus ID.
+func topology(inv *gpu.Inventory) (map[string]gpu.Topology, error) {
+	busIDs := make([]string, len(inv.GPUs))
+	for i := range inv.GPUs {
+		busIDs[i] = inv.GPUs[i].PCIBusID
+	}
+	layout, err := simhost.SysLayout(busIDs)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]gpu.Topology, len(layout))
+	for i, t := range layout {
+		out[busIDs[i]] = t
+	}
+	return out, nil
 }
 
 func (p *pool) rebuild() error {

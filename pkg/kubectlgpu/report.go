@@ -244,6 +244,7 @@ func buildReport(in reportInput) Report {
 				}
 				if dr.Type == names.TypeMIG {
 					dr.PlacementStart = intAttr(d, names.AttrPlacementStart)
+					dr.PlacementSize = memorySlices(d)
 					if n := intAttr(d, names.AttrPlacementSize); n != nil {
 						dr.PlacementSize = *n
 					}
@@ -352,4 +353,19 @@ func capacity(d resourceapi.Device, name resourceapi.QualifiedName) string {
 		return c.Value.String()
 	}
 	return ""
+}
+
+// memorySlices is how many memory slices a MIG device spans: one counter
+// of its GPU's counter set per slice (a pre-created instance consumes none
+// and says it in placementSize).
+func memorySlices(d resourceapi.Device) int64 {
+	var n int64
+	for _, cc := range d.ConsumesCounters {
+		for name := range cc.Counters {
+			if names.IsMemorySliceCounter(name) {
+				n++
+			}
+		}
+	}
+	return n
 }

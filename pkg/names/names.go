@@ -61,13 +61,12 @@ const (
 	AttrProfile = "profile"
 	// AttrParentUUID is a MIG device's GPU's UUID (NVIDIA-compatible).
 	AttrParentUUID = "parentUUID"
-	// AttrParentIndex is a MIG device's GPU's NVML index.
-	AttrParentIndex = "parentIndex"
 	// AttrParentMinor is a MIG device's GPU's minor number.
 	AttrParentMinor = "parentMinor"
 	// AttrPlacementStart is the first memory slice of a MIG device.
 	AttrPlacementStart = "placementStart"
-	// AttrPlacementSize is the number of memory slices of a MIG device.
+	// AttrPlacementSize is the number of memory slices of a pre-created
+	// MIG instance, which consumes no counters that would say it.
 	AttrPlacementSize = "placementSize"
 	// AttrPCIeBusID is the GPU's PCI bus ID under the name NVIDIA's driver
 	// publishes (NVIDIA-compatible).
@@ -112,6 +111,12 @@ const (
 
 // MemorySliceCounter is the counter of a GPU's i-th memory slice.
 func MemorySliceCounter(i int) string { return memorySliceCounterPrefix + strconv.Itoa(i) }
+
+// IsMemorySliceCounter says whether a counter is one of a GPU's memory
+// slices: a MIG device consumes one per memory slice it spans.
+func IsMemorySliceCounter(name string) bool {
+	return strings.HasPrefix(name, memorySliceCounterPrefix)
+}
 
 // InstanceLimitCounter is the counter that limits how many instances of a
 // MIG profile a GPU can hold at once (e.g. one "+me").
