@@ -13,6 +13,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
 	"strconv"
@@ -59,6 +60,10 @@ func run(ctx context.Context, args []string) error {
 	profiles := fs.String("mig-profiles", "", "the nodes' "+names.MIGProfilesLabel+" label (e.g. 1g_7g); empty: no label")
 	shared := fs.Bool("shared-gpus", true, "the plugin's --shared-gpus")
 	bursts := fs.String("bursts", "whole=3", "workloads run in turn, with pods per node: "+strings.Join(fleet.Workloads, ", ")+", e.g. whole=3,mig-1g=3")
+	churns := fs.String("churn", "", "steady traffic run after the bursts: mixes of workloads with weights, separated by ';', each run in turn, e.g. 'whole=1;whole=2,mig-1g=2,share=1'; empty: none")
+	churnRate := fs.Float64("churn-rate", 5, "pods arriving per second in each churn")
+	churnLifetime := fs.Duration("churn-lifetime", 30*time.Second, "a churn pod's mean time running once bound")
+	churnDuration := fs.Duration("churn-duration", 2*time.Minute, "how long pods keep arriving in each churn")
 	out := fs.String("out", "", "also write the report as JSON to this file")
 	settle := fs.Duration("settle", 15*time.Second, "wait before reading memory")
 	timeout := fs.Duration("timeout", 10*time.Minute, "limit of each wait")
@@ -88,10 +93,23 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	var cs []fleet.Churn
+	if *churns != "" {
+		for i, mix := range strings.Split(*churns, ";") {
+			m, err := fleet.ParseMix(mix)
+			if err != nil {
+				return fmt.Errorf("--churn: %w", err)
+			}
+			cs = append(cs, fleet.Churn{Mix: m, Rate: *churnRate, Lifetime: *churnLifetime, Duration: *churnDuration, Seed: uint64(i + 1)})
+		}
+		if *churnRate <= 0 || *churnLifetime <= 0 || *churnDuration <= 0 {
+			return errors.New("--churn-rate, --churn-lifetime and --churn-duration must be positive")
+		}
+	}
 	rep, err := fleet.Run(ctx, fleet.Config{
 		Client: client, Token: cfg.BearerToken, RunDir: *runDir,
 		Nodes: *nodes, Models: strings.Split(*models, ","), Labels: labels, SharedGPUs: *shared,
-		Inventories: fleet.SimulatedInventories(), Bursts: bs,
+		Inventories: fleet.SimulatedInventories(), Bursts: bs, Churns: cs,
 		LeaseRenew: *leaseRenew, Settle: *settle, Timeout: *timeout,
 	})
 	if err != nil {
@@ -112,6 +130,11 @@ func run(ctx context.Context, args []string) error {
 			return fmt.Errorf("burst %s: %d of %d pods bound, %d over-commitments, claims released: %t", b.Workload, b.Bound, b.Pods, len(b.Violations), b.Released)
 		}
 	}
+	for _, c := range rep.Churns {
+		if c.Bound < c.Created || len(c.Violations) > 0 || !c.Released {
+			return fmt.Errorf("churn %s: %d of %d pods bound, %d over-commitments, claims released: %t", c.Mix, c.Bound, c.Created, len(c.Violations), c.Released)
+		}
+	}
 	return nil
 }
 
@@ -123,7 +146,7 @@ func parseBursts(s string) ([]fleet.Burst, error) {
 			return nil, fmt.Errorf("burst %q: want workload=pods-per-node", part)
 		}
 		per, err := strconv.ParseFloat(n, 64)
-		if err != nil || per <= 0 {
+		if err != nil || !(per > 0) || math.IsInf(per, 0) {
 			return nil, fmt.Errorf("burst %q: pods per node must be a positive number", part)
 		}
 		out = append(out, fleet.Burst{Workload: w, PodsPerNode: per})

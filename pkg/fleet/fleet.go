@@ -52,6 +52,11 @@ type Config struct {
 	// Bursts are the workloads run one after the other, with their pods
 	// per node.
 	Bursts []Burst
+	// Churns are steady traffic, run one after the other after the
+	// bursts; ChurnCheck is how often each checks the allocations while
+	// its pods run.
+	Churns     []Churn
+	ChurnCheck time.Duration
 	// LeaseRenew is how often each node renews its Lease.
 	LeaseRenew time.Duration
 	// Settle is how long the harness waits after publishing before it
@@ -93,6 +98,8 @@ type Report struct {
 	Taint TaintTraffic
 	// Bursts in the order they ran.
 	Bursts []BurstResult
+	// Churns in the order they ran.
+	Churns []ChurnResult
 }
 
 type harness struct {
@@ -221,6 +228,17 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			return nil, fmt.Errorf("burst %s: %w", b.Workload, err)
 		}
 		rep.Bursts = append(rep.Bursts, res)
+	}
+	for _, c := range cfg.Churns {
+		every := cfg.ChurnCheck
+		if every <= 0 {
+			every = 10 * time.Second
+		}
+		res, err := h.runChurn(ctx, c, every, cfg.Timeout)
+		if err != nil {
+			return nil, fmt.Errorf("churn %s: %w", MixString(c.Mix), err)
+		}
+		rep.Churns = append(rep.Churns, res)
 	}
 	if rep.RSSEnd, err = RSS(cfg.RunDir); err != nil {
 		return nil, err

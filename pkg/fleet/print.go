@@ -3,6 +3,7 @@ package fleet
 import (
 	"fmt"
 	"io"
+	"math"
 )
 
 const mib = 1 << 20
@@ -24,6 +25,14 @@ func Print(w io.Writer, r *Report) {
 		fmt.Fprintf(w, "FLEET burst %-16s pods=%d bound=%d %.1fs %.2f pods/s attempt p50=%.1fms p99=%.1fms sli p50=%.2fs p99=%.2fs over-commitments=%d released=%t\n",
 			b.Workload, b.Pods, b.Bound, b.Seconds, b.PodsPerSecond, b.AttemptP50*1000, b.AttemptP99*1000, b.SLIP50, b.SLIP99, len(b.Violations), b.Released)
 		for _, v := range b.Violations {
+			fmt.Fprintf(w, "FLEET   over-commitment: %s\n", v)
+		}
+	}
+	for _, c := range r.Churns {
+		fmt.Fprintf(w, "FLEET churn %s at %.1f pods/s, %.0fs lifetime, %.0fs: created=%d bound=%d max-running=%d bind p50=%.2fs p99=%.2fs attempt p50=%.1fms p99=%.1fms sli p99=%.2fs checks=%d over-commitments=%d released=%t\n",
+			c.Mix, c.Rate, c.LifetimeSeconds, c.Duration, c.Created, c.Bound, c.MaxRunning, c.BindP50, c.BindP99,
+			c.AttemptP50*1000, c.AttemptP99*1000, c.SLIP99, c.Checks, len(c.Violations), c.Released)
+		for _, v := range c.Violations {
 			fmt.Fprintf(w, "FLEET   over-commitment: %s\n", v)
 		}
 	}
@@ -68,5 +77,18 @@ func Compare(w io.Writer, a, b *Report) {
 		row(label+": attempt p50, ms", x.AttemptP50*1000, y.AttemptP50*1000, "%.1f")
 		row(label+": attempt p99, ms", x.AttemptP99*1000, y.AttemptP99*1000, "%.1f")
 		row(label+": SLI p99, s", x.SLIP99, y.SLIP99, "%.2f")
+	}
+	// Churns pair up in order: the baseline runs what it can serve at the
+	// same rate.
+	for i, x := range a.Churns {
+		if i >= len(b.Churns) {
+			break
+		}
+		y := b.Churns[i]
+		label := fmt.Sprintf("churn %s vs %s at %.1f/s", x.Mix, y.Mix, x.Rate)
+		row(label+": pods bound of created", float64(x.Bound)/math.Max(float64(x.Created), 1), float64(y.Bound)/math.Max(float64(y.Created), 1), "%.2f")
+		row(label+": bind p50, s", x.BindP50, y.BindP50, "%.2f")
+		row(label+": bind p99, s", x.BindP99, y.BindP99, "%.2f")
+		row(label+": attempt p99, ms", x.AttemptP99*1000, y.AttemptP99*1000, "%.1f")
 	}
 }

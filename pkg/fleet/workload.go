@@ -178,6 +178,14 @@ func (t *podTracker) setPhase(ctx context.Context, pod *corev1.Pod, phase corev1
 	})
 }
 
+// boundTime is when the named pod was seen bound.
+func (t *podTracker) boundTime(pod string) (time.Time, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	at, ok := t.boundAt[pod]
+	return at, ok
+}
+
 // bound returns the bind times of the named pods that are bound.
 func (t *podTracker) bound(pods []string) []time.Time {
 	t.mu.Lock()
@@ -305,6 +313,25 @@ func (h *harness) createPod(ctx context.Context, name, workload string) error {
 // is left in the namespace: the resource claim controller releases and
 // deletes the claims it made from templates.
 func (h *harness) finish(ctx context.Context, pods []string, timeout time.Duration) (bool, error) {
+	if err := h.finishPods(ctx, pods); err != nil {
+		return false, err
+	}
+	err := wait.PollUntilContextTimeout(ctx, time.Second, timeout, true, func(ctx context.Context) (bool, error) {
+		claims, err := h.client.ResourceV1().ResourceClaims(Namespace).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, fmt.Errorf("list claims: %w", err)
+		}
+		return len(claims.Items) == 0, nil
+	})
+	if wait.Interrupted(err) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// finishPods marks the pods Succeeded, as their kubelet would once their
+// containers exit, and deletes them; pods already gone are skipped.
+func (h *harness) finishPods(ctx context.Context, pods []string) error {
 	sem := make(chan struct{}, 16)
 	errs := make(chan error, len(pods))
 	for _, name := range pods {
@@ -324,22 +351,13 @@ func (h *harness) finish(ctx context.Context, pods []string, timeout time.Durati
 			errs <- nil
 		}()
 	}
+	var first error
 	for range pods {
-		if err := <-errs; err != nil {
-			return false, err
+		if err := <-errs; err != nil && first == nil {
+			first = err
 		}
 	}
-	err := wait.PollUntilContextTimeout(ctx, time.Second, timeout, true, func(ctx context.Context) (bool, error) {
-		claims, err := h.client.ResourceV1().ResourceClaims(Namespace).List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return false, fmt.Errorf("list claims: %w", err)
-		}
-		return len(claims.Items) == 0, nil
-	})
-	if wait.Interrupted(err) {
-		return false, nil
-	}
-	return err == nil, err
+	return first
 }
 
 // checkAllocations lists every claim and checks the allocations against

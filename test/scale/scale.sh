@@ -8,6 +8,9 @@
 #   test/scale/scale.sh [NODES...]            default: 100 500 (1000 needs about 21 GiB free: docs/benchmarks.md)
 #   FLEET_MODELS=dgxa100,dgxh100,dgxh200,dgxb200  the nodes' models, round robin (default dgxh100)
 #   FLEET_BURSTS=whole=3,mig-1g=3             the full side's workloads, pods per node
+#   FLEET_CHURN='whole=1;whole=2,mig-1g=2,mig-3g=1,share=1'  steady traffic after the bursts, one mix
+#                                             after the other (';'); the baseline runs whole=1 for each
+#   FLEET_CHURN_RATE=5 FLEET_CHURN_LIFETIME=30s FLEET_CHURN_DURATION=2m  pods/s, mean run time, length
 #   FLEET_KINDS=whole_mig_shared FLEET_MIG_PROFILES=  the full side's labels (default: none)
 #   GPU_DRA_SCALE_OUT=/tmp/gpu-dra-scale      where the reports go
 #
@@ -23,6 +26,10 @@ source "$SCALE_DIR/../cluster/lib.sh"
 OUT=${GPU_DRA_SCALE_OUT:-/tmp/gpu-dra-scale}
 MODELS=${FLEET_MODELS:-dgxh100}
 BURSTS=${FLEET_BURSTS:-whole=3,mig-1g=3}
+CHURN=${FLEET_CHURN-whole=1;whole=2,mig-1g=2,mig-3g=1,share=1}
+CHURN_ARGS=(--churn-rate "${FLEET_CHURN_RATE:-5}" --churn-lifetime "${FLEET_CHURN_LIFETIME:-30s}" --churn-duration "${FLEET_CHURN_DURATION:-2m}")
+# The baseline serves whole GPUs only: the same rate of whole-GPU pods for each of the full side's mixes.
+BASELINE_CHURN=$(tr ';' '\n' <<<"$CHURN" | sed 's/.*/whole=1/' | paste -sd';')
 NODES=("$@")
 ((${#NODES[@]} > 0)) || NODES=(100 500)
 # The baseline runs the full side's whole-GPU burst, the one workload it can serve.
@@ -46,7 +53,7 @@ side() {
 }
 
 for n in "${NODES[@]}"; do
-	side full "$n" --bursts "$BURSTS" ${FLEET_KINDS:+--kinds "$FLEET_KINDS"} ${FLEET_MIG_PROFILES:+--mig-profiles "$FLEET_MIG_PROFILES"}
-	side whole "$n" --kinds whole --bursts "$BASELINE_BURSTS"
+	side full "$n" --bursts "$BURSTS" --churn "$CHURN" "${CHURN_ARGS[@]}" ${FLEET_KINDS:+--kinds "$FLEET_KINDS"} ${FLEET_MIG_PROFILES:+--mig-profiles "$FLEET_MIG_PROFILES"}
+	side whole "$n" --kinds whole --bursts "$BASELINE_BURSTS" --churn "$BASELINE_CHURN" "${CHURN_ARGS[@]}"
 	"$FLEET" compare "$OUT/full-$n.json" "$OUT/whole-$n.json" | tee "$OUT/compare-$n.md"
 done

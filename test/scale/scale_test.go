@@ -73,6 +73,16 @@ func TestFleet(t *testing.T) {
 			{Workload: "mig-7g", PodsPerNode: 2}, {Workload: "first-available", PodsPerNode: 2},
 			{Workload: "cel", PodsPerNode: 1}, {Workload: "share", PodsPerNode: 4},
 		},
+		// Steady traffic of every kind, pods meeting on nodes as they come
+		// and go, checked every few seconds while they run.
+		Churns: []fleet.Churn{{
+			Mix: []fleet.WorkloadWeight{
+				{Workload: "whole", Weight: 2}, {Workload: "mig-1g", Weight: 2}, {Workload: "mig-3g", Weight: 1},
+				{Workload: "first-available", Weight: 1}, {Workload: "share", Weight: 1},
+			},
+			Rate: 10, Lifetime: 5 * time.Second, Duration: 20 * time.Second, Seed: 1,
+		}},
+		ChurnCheck: 3 * time.Second,
 		LeaseRenew: 10 * time.Second, Settle: time.Second, Timeout: 5 * time.Minute,
 	})
 	if err != nil {
@@ -90,6 +100,23 @@ func TestFleet(t *testing.T) {
 		}
 		if !b.Released {
 			t.Errorf("burst %s: claims left after the pods were deleted", b.Workload)
+		}
+	}
+	if len(rep.Churns) != 1 {
+		t.Fatalf("%d churns ran, want 1", len(rep.Churns))
+	}
+	for _, c := range rep.Churns {
+		if c.Created == 0 || c.Bound != c.Created {
+			t.Errorf("churn %s: %d of %d pods bound", c.Mix, c.Bound, c.Created)
+		}
+		if c.Checks == 0 {
+			t.Errorf("churn %s: allocations never checked while pods ran", c.Mix)
+		}
+		for _, v := range c.Violations {
+			t.Errorf("churn %s: %s", c.Mix, v)
+		}
+		if !c.Released {
+			t.Errorf("churn %s: claims left after the pods were deleted", c.Mix)
 		}
 	}
 	if rep.Taint.TaintObjects == 0 || rep.Taint.ClearObjects == 0 {

@@ -1,0 +1,60 @@
+package fleet
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestParseMix(t *testing.T) {
+	cases := []struct {
+		in, want, err string
+	}{
+		{in: "whole=1", want: "whole=1"},
+		{in: "whole=2,mig-1g=0.5,share=1", want: "whole=2,mig-1g=0.5,share=1"},
+		{in: "whole", err: "want workload=weight"},
+		{in: "whole=0", err: "positive number"},
+		{in: "whole=-1", err: "positive number"},
+		{in: "whole=+Inf", err: "positive number"},
+		{in: "whole=NaN", err: "positive number"},
+		{in: "gpu=1", err: `unknown workload "gpu"`},
+		{in: "", err: "want workload=weight"},
+	}
+	for _, c := range cases {
+		t.Run(c.in, func(t *testing.T) {
+			mix, err := ParseMix(c.in)
+			if c.err != "" {
+				if err == nil || !strings.Contains(err.Error(), c.err) {
+					t.Fatalf("ParseMix(%q) = %v, %v; want an error with %q", c.in, mix, err, c.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := MixString(mix); got != c.want {
+				t.Errorf("MixString(ParseMix(%q)) = %q, want %q", c.in, got, c.want)
+			}
+		})
+	}
+}
+
+func TestQuantile(t *testing.T) {
+	sorted := []float64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
+	cases := []struct {
+		values []float64
+		q      float64
+		want   float64
+	}{
+		{nil, 0.5, 0},
+		{[]float64{7}, 0.99, 7},
+		{sorted, 0.5, 5},
+		{sorted, 0.99, 10},
+		{sorted, 0.1, 1},
+		{sorted, 0, 1},
+	}
+	for _, c := range cases {
+		if got := quantile(c.values, c.q); got != c.want {
+			t.Errorf("quantile(%v, %v) = %v, want %v", c.values, c.q, got, c.want)
+		}
+	}
+}
