@@ -280,6 +280,7 @@ type placed struct {
 	req       packingRequest
 	node, gpu int
 	profile   *gpu.MIGProfile
+	at        gpu.Placement
 	res       *resourceapi.AllocationResult
 }
 
