@@ -40,7 +40,7 @@ import (
 // slices a taint on one GPU rewrites, and taint-KB, their size as JSON.
 // Run it with `make bench` or
 //
-//	go test -run XXX -bench BenchmarkPacking -benchtime 1x ./pkg/devicemodel/
+//	go test -run XXX -bench 'BenchmarkPacking$' -benchtime 1x ./pkg/devicemodel/
 //
 // and with -packing-seed=N for another stream.
 func BenchmarkPacking(b *testing.B) {
