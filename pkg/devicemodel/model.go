@@ -89,6 +89,9 @@ type Input struct {
 	// PackingOrder, the driver's policy. Benchmarks set it to compare
 	// policies on the scheduler's allocator.
 	PlacementOrder PlacementOrder
+	// Layout arranges the devices in slices; nil is GPUMajor, the driver's
+	// layout. Benchmarks set it to compare node-wide orders.
+	Layout Layout
 	// Topology is where each GPU sits in the host, by PCI bus ID; a GPU
 	// missing here, or a part of its topology that is unknown, is published
 	// without the attribute (pcieRoot, numaNode). Its MIG devices and its
@@ -131,7 +134,7 @@ func Build(in Input) (*Model, error) {
 	}
 	m := &Model{Devices: map[string]*Device{}}
 	var counterSets []resourceapi.CounterSet
-	var groups [][]resourceapi.Device // devices per GPU, in priority order
+	var groups []GPUDevices // devices per GPU, in priority order
 	for i := range in.Inventory.GPUs {
 		g := &in.Inventory.GPUs[i]
 		devs, counters, err := gpuDevices(in, g, m.Devices)
@@ -141,32 +144,27 @@ func Build(in Input) (*Model, error) {
 		if counters != nil {
 			counterSets = append(counterSets, *counters)
 		}
-		groups = append(groups, devs)
+		info := make([]*Device, len(devs))
+		for j, d := range devs {
+			info[j] = m.Devices[d.Name]
+		}
+		groups = append(groups, GPUDevices{Devices: devs, Info: info})
 	}
 	for start := 0; start < len(counterSets); start += resourceapi.ResourceSliceMaxCounterSets {
 		end := min(start+resourceapi.ResourceSliceMaxCounterSets, len(counterSets))
 		m.Slices = append(m.Slices, resourceslice.Slice{SharedCounters: counterSets[start:end]})
 	}
-	// Device slices hold whole GPUs' worth of devices, so that a change on
-	// one GPU (a taint, a new static instance) rewrites one slice.
-	var cur []resourceapi.Device
-	flush := func() {
-		if len(cur) > 0 {
-			m.Slices = append(m.Slices, resourceslice.Slice{Devices: cur})
-			cur = nil
-		}
+	layout := in.Layout
+	if layout == nil {
+		layout = GPUMajor
 	}
-	for _, devs := range groups {
-		if len(cur)+len(devs) > MaxDevicesPerSlice {
-			flush()
-		}
-		for len(devs) > MaxDevicesPerSlice {
-			m.Slices = append(m.Slices, resourceslice.Slice{Devices: devs[:MaxDevicesPerSlice]})
-			devs = devs[MaxDevicesPerSlice:]
-		}
-		cur = append(cur, devs...)
+	laid := layout(groups)
+	if err := checkLayout(groups, laid); err != nil {
+		return nil, fmt.Errorf("lay out devices in slices: %w", err)
 	}
-	flush()
+	for _, devs := range laid {
+		m.Slices = append(m.Slices, resourceslice.Slice{Devices: devs})
+	}
 	if len(m.Slices) == 0 {
 		// An empty pool says "driver running, no devices", unlike no pool.
 		m.Slices = append(m.Slices, resourceslice.Slice{})

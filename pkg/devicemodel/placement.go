@@ -1,7 +1,10 @@
 package devicemodel
 
 import (
+	"fmt"
 	"slices"
+
+	resourceapi "k8s.io/api/resource/v1"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 )
@@ -41,4 +44,78 @@ func samePlacements(a, b []gpu.Placement) bool {
 		seen[pl] = true
 	}
 	return true
+}
+
+// GPUDevices is one GPU's devices as the model publishes them: the whole
+// GPU, pre-created instances, each profile's placements in PlacementOrder
+// and the shared device, with Info[i] what Devices[i] stands for.
+type GPUDevices struct {
+	Devices []resourceapi.Device
+	Info    []*Device
+}
+
+// Layout arranges a node's devices, given GPU by GPU in PCI order, into
+// device slices. The allocator tries slices in name order (the model's
+// order) and devices in slice order and takes the first that fits, so for a
+// claim of one MIG profile the layout decides on which GPU it lands, as
+// PlacementOrder decides where on the GPU. It must return each device
+// exactly once, in slices of at most MaxDevicesPerSlice devices; Build
+// refuses a layout that does not.
+type Layout func(gpus []GPUDevices) [][]resourceapi.Device
+
+// GPUMajor is the driver's layout: GPUs in PCI order, each GPU's devices
+// together in one slice with as many whole GPUs as fit the API's limit (two
+// DGX H100 GPUs, 26 devices each, per slice). Every profile thus fills a
+// partially used GPU before an empty one, and a change on one GPU (a taint,
+// a new pre-created instance) rewrites one slice. BenchmarkPacking compares
+// it with node-wide orders that interleave GPUs (docs/device-model.md).
+func GPUMajor(gpus []GPUDevices) [][]resourceapi.Device {
+	var out [][]resourceapi.Device
+	var cur []resourceapi.Device
+	flush := func() {
+		if len(cur) > 0 {
+			out = append(out, cur)
+			cur = nil
+		}
+	}
+	for _, g := range gpus {
+		devs := g.Devices
+		if len(cur)+len(devs) > MaxDevicesPerSlice {
+			flush()
+		}
+		for len(devs) > MaxDevicesPerSlice {
+			out = append(out, devs[:MaxDevicesPerSlice])
+			devs = devs[MaxDevicesPerSlice:]
+		}
+		cur = append(cur, devs...)
+	}
+	flush()
+	return out
+}
+
+// checkLayout reports why the slices a layout made are not the devices of
+// gpus, each once, in slices the API accepts.
+func checkLayout(gpus []GPUDevices, out [][]resourceapi.Device) error {
+	want := map[string]bool{}
+	for _, g := range gpus {
+		for _, d := range g.Devices {
+			want[d.Name] = true
+		}
+	}
+	seen := map[string]bool{}
+	for i, s := range out {
+		if len(s) == 0 || len(s) > MaxDevicesPerSlice {
+			return fmt.Errorf("slice %d has %d devices, want 1 to %d", i, len(s), MaxDevicesPerSlice)
+		}
+		for _, d := range s {
+			if !want[d.Name] || seen[d.Name] {
+				return fmt.Errorf("device %s is not one of the node's devices, or placed twice", d.Name)
+			}
+			seen[d.Name] = true
+		}
+	}
+	if len(seen) != len(want) {
+		return fmt.Errorf("%d of the node's %d devices are in no slice", len(want)-len(seen), len(want))
+	}
+	return nil
 }
