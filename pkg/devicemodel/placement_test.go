@@ -2,6 +2,7 @@ package devicemodel
 
 import (
 	"fmt"
+	"math/rand"
 	"slices"
 	"strings"
 	"testing"
@@ -147,6 +148,135 @@ func TestGPUMajorKeepsGPUsWhole(t *testing.T) {
 			}
 			if err := checkLayout(gpus, out); err != nil {
 				t.Error(err)
+			}
+		})
+	}
+}
+
+// TestWholeGPUsFirstLaysOutWholeGPUsApart: the whole GPUs come first, in
+// PCI order and in a slice of their own; every other device follows as
+// GPUMajor lays it out.
+func TestWholeGPUsFirstLaysOutWholeGPUsApart(t *testing.T) {
+	cases := []struct {
+		name     string
+		model    string
+		shared   bool
+		wantHead int // whole GPUs in the first device slice
+	}{
+		{"DGX H100, shared GPUs", "dgxh100", true, 8},
+		{"DGX H100, exclusive only", "dgxh100", false, 8},
+		{"DGX A100", "dgxa100", true, 8},
+		{"mixed node", "mixed", true, 0}, // set below from the inventory
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			inv := inventory(t, tc.model)
+			layoutOf := func(l Layout) [][]resourceapi.Device {
+				m := build(t, Input{Inventory: inv, SharedGPUs: tc.shared, Layout: l})
+				var out [][]resourceapi.Device
+				for _, s := range m.Slices {
+					if len(s.Devices) > 0 {
+						out = append(out, s.Devices)
+					}
+				}
+				return out
+			}
+			got, major := layoutOf(nil), layoutOf(GPUMajor)
+			var wantWhole, wantRest []string
+			for _, s := range major {
+				for _, d := range s {
+					if strAttr(&d, "type") == "gpu" {
+						wantWhole = append(wantWhole, d.Name)
+					} else {
+						wantRest = append(wantRest, d.Name)
+					}
+				}
+			}
+			if tc.wantHead != 0 && len(wantWhole) != tc.wantHead {
+				t.Fatalf("GPUMajor has %d whole GPUs, want %d", len(wantWhole), tc.wantHead)
+			}
+			var head, rest []string
+			for _, d := range got[0] {
+				head = append(head, d.Name)
+			}
+			for _, s := range got[1:] {
+				for _, d := range s {
+					rest = append(rest, d.Name)
+				}
+			}
+			if !slices.Equal(head, wantWhole) {
+				t.Errorf("first slice %v, want the whole GPUs %v", head, wantWhole)
+			}
+			if !slices.Equal(rest, wantRest) {
+				t.Errorf("the other devices come in order %v, want GPUMajor's %v", rest, wantRest)
+			}
+		})
+	}
+}
+
+// TestWholeGPUsFirstAllocatesAsGPUMajor: the layout changes the
+// allocator's work, never its choice. The same seeded stream of claims of
+// every kind, with releases, gets the same devices on both layouts.
+func TestWholeGPUsFirstAllocatesAsGPUMajor(t *testing.T) {
+	for _, model := range []string{"dgxh100", "mixed"} {
+		t.Run(model, func(t *testing.T) {
+			inv := inventory(t, model)
+			first := newCluster(t, map[string]*Model{node: build(t, Input{Inventory: inv, SharedGPUs: true})})
+			major := newCluster(t, map[string]*Model{node: build(t, Input{Inventory: inv, SharedGPUs: true, Layout: GPUMajor})})
+			var profiles []string
+			for _, d := range major.devices[node] {
+				if strAttr(d, "type") == "mig" {
+					profiles = append(profiles, strAttr(d, "profile"))
+				}
+			}
+			slices.Sort(profiles)
+			profiles = slices.Compact(profiles)
+			rng := rand.New(rand.NewSource(7))
+			var liveFirst, liveMajor []*resourceapi.AllocationResult
+			granted := 0
+			for step := range 600 {
+				if len(liveFirst) > 0 && rng.Intn(3) == 0 {
+					i := rng.Intn(len(liveFirst))
+					first.free(liveFirst[i])
+					major.free(liveMajor[i])
+					liveFirst = slices.Delete(liveFirst, i, i+1)
+					liveMajor = slices.Delete(liveMajor, i, i+1)
+					continue
+				}
+				var reqs []resourceapi.DeviceRequest
+				switch rng.Intn(6) {
+				case 0:
+					reqs = []resourceapi.DeviceRequest{exactly("gpu", "gpu.nvidia.com", 1)}
+				case 1:
+					reqs = []resourceapi.DeviceRequest{share(fmt.Sprintf("%dGi", 1+rng.Intn(40)), "")}
+				case 2:
+					reqs = []resourceapi.DeviceRequest{{Name: "r", FirstAvailable: []resourceapi.DeviceSubRequest{
+						{Name: "mig", DeviceClassName: "mig.nvidia.com", AllocationMode: resourceapi.DeviceAllocationModeExactCount, Count: 1,
+							Selectors: selectors([]string{attr("profile") + `.startsWith("3g.")`})},
+						{Name: "whole", DeviceClassName: "gpu.nvidia.com", AllocationMode: resourceapi.DeviceAllocationModeExactCount, Count: 1},
+					}}}
+				case 3:
+					// Two requests in one claim: the search backtracks
+					// across kinds.
+					reqs = []resourceapi.DeviceRequest{
+						exactly("gpu", "gpu.nvidia.com", 1),
+						exactly("mig", "mig.nvidia.com", 1, fmt.Sprintf("%s == %q", attr("profile"), profiles[rng.Intn(len(profiles))])),
+					}
+				default:
+					reqs = []resourceapi.DeviceRequest{exactly("mig", "mig.nvidia.com", 1, fmt.Sprintf("%s == %q", attr("profile"), profiles[rng.Intn(len(profiles))]))}
+				}
+				a, b := first.allocate(node, claim(reqs...)), major.allocate(node, claim(reqs...))
+				if allocatedNames(a) != allocatedNames(b) {
+					t.Fatalf("step %d: WholeGPUsFirst allocated %s, GPUMajor %s", step, allocatedNames(a), allocatedNames(b))
+				}
+				if a == nil {
+					continue
+				}
+				granted++
+				liveFirst, liveMajor = append(liveFirst, a), append(liveMajor, b)
+			}
+			if granted < 100 {
+				t.Fatalf("only %d claims granted: the stream does not exercise the allocator", granted)
 			}
 		})
 	}
