@@ -24,30 +24,22 @@ import (
 // GPU holds two 20Gi shares instead. The difference is what offering
 // shares costs claims that do not use them; "share-20Gi" is the cost of a
 // share itself.
-//
-// "with-shared-gpu-major" is "with-shared" in the layout the driver had
-// before WholeGPUsFirst, whose allocations are the same: the difference is
-// what the layout saves or costs each kind of claim.
 func BenchmarkAllocator(b *testing.B) {
-	for _, mode := range []struct {
-		name   string
-		shared bool
-		layout Layout
-	}{
-		{"exclusive-only", false, nil},
-		{"with-shared", true, nil},
-		{"with-shared-gpu-major", true, GPUMajor},
-	} {
-		b.Run(mode.name, func(b *testing.B) { benchmarkAllocator(b, mode.shared, mode.layout) })
+	for _, shared := range []bool{false, true} {
+		mode := "exclusive-only"
+		if shared {
+			mode = "with-shared"
+		}
+		b.Run(mode, func(b *testing.B) { benchmarkAllocator(b, shared) })
 	}
 }
 
-func benchmarkAllocator(b *testing.B, shared bool, layout Layout) {
+func benchmarkAllocator(b *testing.B, shared bool) {
 	const nodes = 100
 	inv := inventory(b, "dgxh100")
 	models := map[string]*Model{}
 	for i := 0; i < nodes; i++ {
-		models[fmt.Sprintf("node-%03d", i)] = build(b, Input{Inventory: inv, SharedGPUs: shared, Layout: layout})
+		models[fmt.Sprintf("node-%03d", i)] = build(b, Input{Inventory: inv, SharedGPUs: shared})
 	}
 	c := newCluster(b, models)
 	for i := 0; i < nodes; i += 2 {

@@ -89,7 +89,7 @@ type Input struct {
 	// PackingOrder, the driver's policy. Benchmarks set it to compare
 	// policies on the scheduler's allocator.
 	PlacementOrder PlacementOrder
-	// Layout arranges the devices in slices; nil is WholeGPUsFirst, the driver's
+	// Layout arranges the devices in slices; nil is GPUMajor, the driver's
 	// layout. Benchmarks set it to compare node-wide orders.
 	Layout Layout
 	// Topology is where each GPU sits in the host, by PCI bus ID; a GPU
@@ -156,7 +156,7 @@ func Build(in Input) (*Model, error) {
 	}
 	layout := in.Layout
 	if layout == nil {
-		layout = WholeGPUsFirst
+		layout = GPUMajor
 	}
 	laid := layout(groups)
 	if err := checkLayout(groups, laid); err != nil {

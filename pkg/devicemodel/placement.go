@@ -63,54 +63,12 @@ type GPUDevices struct {
 // refuses a layout that does not.
 type Layout func(gpus []GPUDevices) [][]resourceapi.Device
 
-// WholeGPUsFirst is the driver's layout: the node's whole-GPU devices
-// first, in PCI order, in a slice of their own, then every GPU's other
-// devices as GPUMajor lays them out.
-//
-// It allocates exactly what GPUMajor allocates: every device class selects
-// one type of device, so a request only ever matches whole GPUs, or MIG
-// devices, or shared GPUs, and their orders among themselves are
-// GPUMajor's. What changes is the allocator's work. It walks devices in
-// order and evaluates the class's CEL selector on each until one fits, and
-// under GPUMajor a whole-GPU request walked the 25 MIG devices of every GPU
-// that is busy before it reached a free one; now it walks at most the
-// node's whole GPUs. BenchmarkAllocator measures the gain, and what it costs
-// the other requests (the 8 whole GPUs they now step over):
-// docs/benchmarks.md. A change on one GPU (a taint) rewrites two slices:
-// the whole GPUs' and the GPU's own.
-func WholeGPUsFirst(gpus []GPUDevices) [][]resourceapi.Device {
-	var whole []resourceapi.Device
-	rest := make([]GPUDevices, 0, len(gpus))
-	for _, g := range gpus {
-		var r GPUDevices
-		for i, d := range g.Devices {
-			if g.Info[i].Kind == KindGPU {
-				whole = append(whole, d)
-				continue
-			}
-			r.Devices = append(r.Devices, d)
-			r.Info = append(r.Info, g.Info[i])
-		}
-		if len(r.Devices) > 0 {
-			rest = append(rest, r)
-		}
-	}
-	var out [][]resourceapi.Device
-	for len(whole) > 0 {
-		n := min(len(whole), MaxDevicesPerSlice)
-		out = append(out, whole[:n])
-		whole = whole[n:]
-	}
-	return append(out, GPUMajor(rest)...)
-}
-
-// GPUMajor lays out GPUs in PCI order, each GPU's devices together in one
-// slice with as many whole GPUs as fit the API's limit (two DGX H100 GPUs,
-// 26 devices each, per slice). Every profile thus fills a partially used
-// GPU before an empty one, and a change on one GPU (a taint, a new
-// pre-created instance) rewrites one slice. It was the driver's layout
-// until WholeGPUsFirst, which keeps its order; BenchmarkPacking compares it
-// with node-wide orders that interleave GPUs (docs/device-model.md).
+// GPUMajor is the driver's layout: GPUs in PCI order, each GPU's devices
+// together in one slice with as many whole GPUs as fit the API's limit (two
+// DGX H100 GPUs, 26 devices each, per slice). Every profile thus fills a
+// partially used GPU before an empty one, and a change on one GPU (a taint,
+// a new pre-created instance) rewrites one slice. BenchmarkPacking compares
+// it with node-wide orders that interleave GPUs (docs/device-model.md).
 func GPUMajor(gpus []GPUDevices) [][]resourceapi.Device {
 	var out [][]resourceapi.Device
 	var cur []resourceapi.Device
