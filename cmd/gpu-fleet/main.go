@@ -100,10 +100,11 @@ func run(ctx context.Context, args []string) error {
 			if err != nil {
 				return fmt.Errorf("--churn: %w", err)
 			}
-			cs = append(cs, fleet.Churn{Mix: m, Rate: *churnRate, Lifetime: *churnLifetime, Duration: *churnDuration, Seed: uint64(i + 1)})
-		}
-		if *churnRate <= 0 || *churnLifetime <= 0 || *churnDuration <= 0 {
-			return errors.New("--churn-rate, --churn-lifetime and --churn-duration must be positive")
+			c := fleet.Churn{Mix: m, Rate: *churnRate, Lifetime: *churnLifetime, Duration: *churnDuration, Seed: uint64(i + 1)}
+			if err := c.Validate(); err != nil {
+				return fmt.Errorf("--churn-rate, --churn-lifetime, --churn-duration: %w", err)
+			}
+			cs = append(cs, c)
 		}
 	}
 	rep, err := fleet.Run(ctx, fleet.Config{
@@ -131,7 +132,7 @@ func run(ctx context.Context, args []string) error {
 		}
 	}
 	for _, c := range rep.Churns {
-		if c.Bound < c.Created || len(c.Violations) > 0 || !c.Released {
+		if c.Created == 0 || c.Bound < c.Created || len(c.Violations) > 0 || !c.Released {
 			return fmt.Errorf("churn %s: %d of %d pods bound, %d over-commitments, claims released: %t", c.Mix, c.Bound, c.Created, len(c.Violations), c.Released)
 		}
 	}

@@ -265,9 +265,12 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device) ([]resourceapi.D
 		}
 		d := migDevice(common, g, p, inst.Placement, names.StaticMIGDevice(g.Minor, inst.Profile, inst.Placement.Start))
 		d.Attributes[names.AttrUUID] = str(inst.UUID)
-		// It consumes no counters, which say a placement's size: with
-		// its UUID it has 16 attributes, in the same size of map as 15.
+		// It consumes no counters, which say a placement's size, and it is
+		// what NVIDIA's driver publishes as a MIG device with a parentIndex.
+		// With its UUID that makes 17 attributes, in the same size of map
+		// as 15 (up to 28).
 		d.Attributes[names.AttrPlacementSize] = integer(inst.Placement.Size)
+		d.Attributes[names.AttrParentIndex] = integer(g.Index)
 		if err := add(d, &Device{Kind: KindMIGStatic, GPU: g, Profile: p, Placement: inst.Placement, Instance: &inst}, gpuTaints, in.MIGTaints[inst.UUID]); err != nil {
 			return nil, nil, err
 		}
@@ -399,10 +402,11 @@ func migDevice(common map[resourceapi.QualifiedName]resourceapi.DeviceAttribute,
 	// and must keep to that: a Go map holds 14 entries in a table half the
 	// size of 15's, so a 15th costs every informer (every scheduler's
 	// included) 0.4 MiB per node (docs/benchmarks.md). Hence no
-	// placementSize (the profile says it, and so do the memory-slice
-	// counters the device consumes; a pre-created instance, which
-	// consumes none, has it) and no parentIndex (NVIDIA's driver
-	// publishes parentMinor only).
+	// placementSize (the profile fixes it, and the memory-slice counters
+	// the device consumes say it) and no parentIndex (a third name of the
+	// parent beside parentUUID and parentMinor, which NVIDIA's driver
+	// publishes on the MIG devices it creates on demand). Pre-created
+	// instances, past 15 anyway, keep both.
 	delete(d.Attributes, names.AttrStandardPCIBusID)
 	d.Attributes[names.AttrType] = str(names.TypeMIG)
 	d.Attributes[names.AttrProfile] = str(p.Name)

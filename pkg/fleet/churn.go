@@ -37,6 +37,27 @@ type WorkloadWeight struct {
 	Weight   float64
 }
 
+// maxChurnArrivals bounds a churn's schedule (Rate × Duration), which is
+// drawn up front.
+const maxChurnArrivals = 1_000_000
+
+// Validate says what is wrong with a churn's parameters.
+func (c Churn) Validate() error {
+	switch {
+	case len(c.Mix) == 0:
+		return fmt.Errorf("churn: no workload mix")
+	case !(c.Rate > 0) || math.IsInf(c.Rate, 0):
+		return fmt.Errorf("churn %s: rate %v must be a positive number of pods per second", MixString(c.Mix), c.Rate)
+	case c.Lifetime <= 0:
+		return fmt.Errorf("churn %s: lifetime %v must be positive", MixString(c.Mix), c.Lifetime)
+	case c.Duration <= 0:
+		return fmt.Errorf("churn %s: duration %v must be positive", MixString(c.Mix), c.Duration)
+	case c.Rate*c.Duration.Seconds() > maxChurnArrivals:
+		return fmt.Errorf("churn %s: %v pods/s for %v is more than %d pods", MixString(c.Mix), c.Rate, c.Duration, maxChurnArrivals)
+	}
+	return nil
+}
+
 // ParseMix reads "whole=2,mig-1g=1": workloads and their weights.
 func ParseMix(s string) ([]WorkloadWeight, error) {
 	var out []WorkloadWeight
@@ -97,9 +118,15 @@ type ChurnResult struct {
 func (h *harness) runChurn(ctx context.Context, c Churn, checkEvery, timeout time.Duration) (ChurnResult, error) {
 	logger := klog.FromContext(ctx)
 	res := ChurnResult{Mix: MixString(c.Mix), Rate: c.Rate, LifetimeSeconds: c.Lifetime.Seconds(), Duration: c.Duration.Seconds()}
-	if c.Rate <= 0 || c.Lifetime <= 0 || c.Duration <= 0 || len(c.Mix) == 0 {
-		return res, fmt.Errorf("churn %s: rate, lifetime, duration and mix must all be set", res.Mix)
+	if err := c.Validate(); err != nil {
+		return res, err
 	}
+	// The arrivals and the finishing stop, and are waited for, whatever
+	// way this returns.
+	ctx, cancel := context.WithCancel(ctx)
+	arrivalsCtx, stopArrivals := context.WithCancel(ctx)
+	var workers sync.WaitGroup
+	defer func() { stopArrivals(); cancel(); workers.Wait() }()
 	attempt0, sli0, err := h.schedulerHistograms(ctx)
 	if err != nil {
 		return res, err
@@ -139,38 +166,51 @@ func (h *harness) runChurn(ctx context.Context, c Churn, checkEvery, timeout tim
 		lifetime time.Duration
 	}
 	var schedule []arrival
-	for at := time.Duration(0); ; {
-		at += time.Duration(rng.ExpFloat64() / c.Rate * float64(time.Second))
-		if at >= c.Duration {
+	for at := 0.0; ; {
+		at += rng.ExpFloat64() / c.Rate
+		if at >= c.Duration.Seconds() {
 			break
 		}
-		schedule = append(schedule, arrival{at: at, workload: pick(), lifetime: time.Duration(rng.ExpFloat64() * float64(c.Lifetime))})
+		schedule = append(schedule, arrival{
+			at: time.Duration(at * float64(time.Second)), workload: pick(),
+			lifetime: time.Duration(rng.ExpFloat64() * float64(c.Lifetime)),
+		})
 	}
 	run := h.bursts
 	h.bursts++
 	start := time.Now()
+	workers.Add(1)
 	go func() {
+		defer workers.Done()
 		sem := make(chan struct{}, 16)
 		var wg sync.WaitGroup
 		var first error
 		var errMu sync.Mutex
 		for i, a := range schedule {
 			select {
-			case <-ctx.Done():
+			case <-arrivalsCtx.Done():
 			case <-time.After(time.Until(start.Add(a.at))):
 			}
-			if ctx.Err() != nil {
+			if arrivalsCtx.Err() != nil {
 				break
 			}
+			select {
+			case <-arrivalsCtx.Done():
+			case sem <- struct{}{}:
+			}
+			if arrivalsCtx.Err() != nil {
+				break
+			}
+			// Created is stamped once the harness sends the pod: time
+			// queued here is the harness's, not the cluster's.
 			p := &churnPod{name: fmt.Sprintf("churn-%d-%d-%s", run, i, a.workload), created: time.Now(), lifetime: a.lifetime}
 			mu.Lock()
 			pods = append(pods, p)
 			mu.Unlock()
-			sem <- struct{}{}
 			wg.Add(1)
 			go func() {
 				defer func() { <-sem; wg.Done() }()
-				if err := h.createPod(ctx, p.name, a.workload); err != nil {
+				if err := h.createPod(arrivalsCtx, p.name, a.workload); err != nil {
 					errMu.Lock()
 					if first == nil {
 						first = err
@@ -196,6 +236,7 @@ func (h *harness) runChurn(ctx context.Context, c Churn, checkEvery, timeout tim
 	)
 	finishOne := func(name string) {
 		defer finishing.Done()
+		defer workers.Done()
 		if err := h.finishPods(ctx, []string{name}); err != nil {
 			finishMu.Lock()
 			if finishErr == nil {
@@ -209,7 +250,7 @@ func (h *harness) runChurn(ctx context.Context, c Churn, checkEvery, timeout tim
 		case <-ctx.Done():
 			return res, ctx.Err()
 		case err := <-created:
-			if err != nil {
+			if err != nil && arrivalsCtx.Err() == nil {
 				return res, fmt.Errorf("churn %s: %w", res.Mix, err)
 			}
 			arrivalsDone, doneAt = true, time.Now()
@@ -233,6 +274,7 @@ func (h *harness) runChurn(ctx context.Context, c Churn, checkEvery, timeout tim
 			if now.Sub(at) >= p.lifetime {
 				p.finished = true
 				finishing.Add(1)
+				workers.Add(1)
 				go finishOne(p.name)
 			}
 		}
@@ -251,7 +293,13 @@ func (h *harness) runChurn(ctx context.Context, c Churn, checkEvery, timeout tim
 				}
 			}
 		}
-		if arrivalsDone && (unbound == 0 || time.Since(doneAt) > timeout) {
+		// Past its arrivals and the timeout the churn ends even if an
+		// arrival is stuck in the API server: what was not bound counts.
+		late := time.Since(start) > c.Duration+timeout
+		if late && !arrivalsDone {
+			stopArrivals()
+		}
+		if arrivalsDone && (unbound == 0 || late || time.Since(doneAt) > timeout) {
 			if unbound > 0 {
 				logger.Info("Churn timed out", "mix", res.Mix, "unbound", unbound)
 			}
@@ -262,13 +310,15 @@ func (h *harness) runChurn(ctx context.Context, c Churn, checkEvery, timeout tim
 	if finishErr != nil {
 		return res, finishErr
 	}
-
+	mu.Lock()
+	pods = append([]*churnPod(nil), pods...)
+	mu.Unlock()
 	names := make([]string, len(pods))
 	var latencies []float64
 	for i, p := range pods {
 		names[i] = p.name
 		if at, ok := h.pods.boundTime(p.name); ok {
-			latencies = append(latencies, at.Sub(p.created).Seconds())
+			latencies = append(latencies, max(at.Sub(p.created).Seconds(), 0))
 		}
 	}
 	res.Created, res.Bound = len(pods), len(latencies)

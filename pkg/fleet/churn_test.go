@@ -1,8 +1,10 @@
 package fleet
 
 import (
+	"math"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseMix(t *testing.T) {
@@ -56,5 +58,40 @@ func TestQuantile(t *testing.T) {
 		if got := quantile(c.values, c.q); got != c.want {
 			t.Errorf("quantile(%v, %v) = %v, want %v", c.values, c.q, got, c.want)
 		}
+	}
+}
+
+func TestChurnValidate(t *testing.T) {
+	mix := []WorkloadWeight{{Workload: "whole", Weight: 1}}
+	good := Churn{Mix: mix, Rate: 5, Lifetime: 30 * time.Second, Duration: 2 * time.Minute}
+	cases := []struct {
+		name   string
+		change func(*Churn)
+		err    string
+	}{
+		{"valid", func(*Churn) {}, ""},
+		{"no mix", func(c *Churn) { c.Mix = nil }, "no workload mix"},
+		{"zero rate", func(c *Churn) { c.Rate = 0 }, "positive number of pods"},
+		{"NaN rate", func(c *Churn) { c.Rate = math.NaN() }, "positive number of pods"},
+		{"infinite rate", func(c *Churn) { c.Rate = math.Inf(1) }, "positive number of pods"},
+		{"no lifetime", func(c *Churn) { c.Lifetime = 0 }, "lifetime"},
+		{"negative duration", func(c *Churn) { c.Duration = -time.Second }, "duration"},
+		{"too many pods", func(c *Churn) { c.Rate = 1e9 }, "more than"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := good
+			tc.change(&c)
+			err := c.Validate()
+			if tc.err == "" {
+				if err != nil {
+					t.Fatalf("Validate() = %v, want nil", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Fatalf("Validate() = %v, want an error with %q", err, tc.err)
+			}
+		})
 	}
 }

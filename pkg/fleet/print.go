@@ -86,6 +86,10 @@ func Compare(w io.Writer, a, b *Report) {
 		}
 		y := b.Churns[i]
 		label := fmt.Sprintf("churn %s vs %s at %.1f/s", x.Mix, y.Mix, x.Rate)
+		if x.Rate != y.Rate || x.LifetimeSeconds != y.LifetimeSeconds || x.Duration != y.Duration {
+			label = fmt.Sprintf("churn %s at %.1f/s, %.0fs, %.0fs vs %s at %.1f/s, %.0fs, %.0fs (not the same traffic)",
+				x.Mix, x.Rate, x.LifetimeSeconds, x.Duration, y.Mix, y.Rate, y.LifetimeSeconds, y.Duration)
+		}
 		row(label+": pods bound of created", float64(x.Bound)/math.Max(float64(x.Created), 1), float64(y.Bound)/math.Max(float64(y.Created), 1), "%.2f")
 		row(label+": bind p50, s", x.BindP50, y.BindP50, "%.2f")
 		row(label+": bind p99, s", x.BindP99, y.BindP99, "%.2f")

@@ -61,6 +61,9 @@ const (
 	AttrProfile = "profile"
 	// AttrParentUUID is a MIG device's GPU's UUID (NVIDIA-compatible).
 	AttrParentUUID = "parentUUID"
+	// AttrParentIndex is a pre-created MIG instance's GPU's NVML index
+	// (NVIDIA-compatible for such devices).
+	AttrParentIndex = "parentIndex"
 	// AttrParentMinor is a MIG device's GPU's minor number.
 	AttrParentMinor = "parentMinor"
 	// AttrPlacementStart is the first memory slice of a MIG device.

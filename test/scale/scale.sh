@@ -29,7 +29,8 @@ BURSTS=${FLEET_BURSTS:-whole=3,mig-1g=3}
 CHURN=${FLEET_CHURN-whole=1;whole=2,mig-1g=2,mig-3g=1,share=1}
 CHURN_ARGS=(--churn-rate "${FLEET_CHURN_RATE:-5}" --churn-lifetime "${FLEET_CHURN_LIFETIME:-30s}" --churn-duration "${FLEET_CHURN_DURATION:-2m}")
 # The baseline serves whole GPUs only: the same rate of whole-GPU pods for each of the full side's mixes.
-BASELINE_CHURN=$(tr ';' '\n' <<<"$CHURN" | sed 's/.*/whole=1/' | paste -sd';')
+BASELINE_CHURN=
+[[ -z $CHURN ]] || BASELINE_CHURN=$(tr ';' '\n' <<<"$CHURN" | sed 's/.*/whole=1/' | paste -sd';')
 NODES=("$@")
 ((${#NODES[@]} > 0)) || NODES=(100 500)
 # The baseline runs the full side's whole-GPU burst, the one workload it can serve.
