@@ -13,10 +13,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"os/signal"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -71,24 +69,6 @@ func run(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
-	if err != nil {
-		return fmt.Errorf("read kubeconfig %s: %w", *kubeconfig, err)
-	}
-	// One client for the whole fleet: each real plugin has its own, so the
-	// fleet's is limited only by the API server.
-	cfg.QPS, cfg.Burst = 1000, 2000
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return fmt.Errorf("client: %w", err)
-	}
-	labels := map[string]string{}
-	if *kinds != "" {
-		labels[names.DeviceKindsLabel] = *kinds
-	}
-	if *profiles != "" {
-		labels[names.MIGProfilesLabel] = *profiles
-	}
 	bs, err := parseBursts(*bursts)
 	if err != nil {
 		return err
@@ -106,6 +86,24 @@ func run(ctx context.Context, args []string) error {
 			}
 			cs = append(cs, c)
 		}
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
+	if err != nil {
+		return fmt.Errorf("read kubeconfig %s: %w", *kubeconfig, err)
+	}
+	// One client for the whole fleet: each real plugin has its own, so the
+	// fleet's is limited only by the API server.
+	cfg.QPS, cfg.Burst = 1000, 2000
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("client: %w", err)
+	}
+	labels := map[string]string{}
+	if *kinds != "" {
+		labels[names.DeviceKindsLabel] = *kinds
+	}
+	if *profiles != "" {
+		labels[names.MIGProfilesLabel] = *profiles
 	}
 	rep, err := fleet.Run(ctx, fleet.Config{
 		Client: client, Token: cfg.BearerToken, RunDir: *runDir,
@@ -140,17 +138,13 @@ func run(ctx context.Context, args []string) error {
 }
 
 func parseBursts(s string) ([]fleet.Burst, error) {
-	var out []fleet.Burst
-	for _, part := range strings.Split(s, ",") {
-		w, n, ok := strings.Cut(part, "=")
-		if !ok {
-			return nil, fmt.Errorf("burst %q: want workload=pods-per-node", part)
-		}
-		per, err := strconv.ParseFloat(n, 64)
-		if err != nil || !(per > 0) || math.IsInf(per, 0) {
-			return nil, fmt.Errorf("burst %q: pods per node must be a positive number", part)
-		}
-		out = append(out, fleet.Burst{Workload: w, PodsPerNode: per})
+	ws, err := fleet.ParseWorkloads("burst", s)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]fleet.Burst, len(ws))
+	for i, w := range ws {
+		out[i] = fleet.Burst{Workload: w.Workload, PodsPerNode: w.Weight}
 	}
 	return out, nil
 }

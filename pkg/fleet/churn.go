@@ -59,19 +59,24 @@ func (c Churn) Validate() error {
 }
 
 // ParseMix reads "whole=2,mig-1g=1": workloads and their weights.
-func ParseMix(s string) ([]WorkloadWeight, error) {
+func ParseMix(s string) ([]WorkloadWeight, error) { return ParseWorkloads("churn mix", s) }
+
+// ParseWorkloads reads "whole=2,mig-1g=0.5": workloads of Workloads, each
+// with a positive number (a churn's weight, a burst's pods per node); what
+// names the list in errors.
+func ParseWorkloads(what, s string) ([]WorkloadWeight, error) {
 	var out []WorkloadWeight
 	for _, part := range strings.Split(s, ",") {
 		w, n, ok := strings.Cut(part, "=")
 		if !ok {
-			return nil, fmt.Errorf("churn mix %q: want workload=weight", part)
+			return nil, fmt.Errorf("%s %q: want workload=number", what, part)
 		}
 		weight, err := strconv.ParseFloat(n, 64)
 		if err != nil || !(weight > 0) || math.IsInf(weight, 0) {
-			return nil, fmt.Errorf("churn mix %q: the weight must be a positive number", part)
+			return nil, fmt.Errorf("%s %q: the number must be positive", what, part)
 		}
 		if _, err := template(w); err != nil {
-			return nil, fmt.Errorf("churn mix %q: %w", part, err)
+			return nil, fmt.Errorf("%s %q: %w", what, part, err)
 		}
 		out = append(out, WorkloadWeight{Workload: w, Weight: weight})
 	}

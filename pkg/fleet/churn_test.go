@@ -13,13 +13,13 @@ func TestParseMix(t *testing.T) {
 	}{
 		{in: "whole=1", want: "whole=1"},
 		{in: "whole=2,mig-1g=0.5,share=1", want: "whole=2,mig-1g=0.5,share=1"},
-		{in: "whole", err: "want workload=weight"},
-		{in: "whole=0", err: "positive number"},
-		{in: "whole=-1", err: "positive number"},
-		{in: "whole=+Inf", err: "positive number"},
-		{in: "whole=NaN", err: "positive number"},
+		{in: "whole", err: "want workload=number"},
+		{in: "whole=0", err: "must be positive"},
+		{in: "whole=-1", err: "must be positive"},
+		{in: "whole=+Inf", err: "must be positive"},
+		{in: "whole=NaN", err: "must be positive"},
 		{in: "gpu=1", err: `unknown workload "gpu"`},
-		{in: "", err: "want workload=weight"},
+		{in: "", err: "want workload=number"},
 	}
 	for _, c := range cases {
 		t.Run(c.in, func(t *testing.T) {
