@@ -24,22 +24,31 @@ import (
 // GPU holds two 20Gi shares instead. The difference is what offering
 // shares costs claims that do not use them; "share-20Gi" is the cost of a
 // share itself.
+//
+// "with-shared-gpu-by-gpu" is "with-shared" with every GPU's devices in
+// the GPU's own order, as before GPUMajor put each slice's whole GPUs
+// first; the allocations are the same, the difference is the allocator's
+// work.
 func BenchmarkAllocator(b *testing.B) {
-	for _, shared := range []bool{false, true} {
-		mode := "exclusive-only"
-		if shared {
-			mode = "with-shared"
-		}
-		b.Run(mode, func(b *testing.B) { benchmarkAllocator(b, shared) })
+	for _, mode := range []struct {
+		name   string
+		shared bool
+		layout Layout
+	}{
+		{"exclusive-only", false, nil},
+		{"with-shared", true, nil},
+		{"with-shared-gpu-by-gpu", true, gpuByGPU},
+	} {
+		b.Run(mode.name, func(b *testing.B) { benchmarkAllocator(b, mode.shared, mode.layout) })
 	}
 }
 
-func benchmarkAllocator(b *testing.B, shared bool) {
+func benchmarkAllocator(b *testing.B, shared bool, layout Layout) {
 	const nodes = 100
 	inv := inventory(b, "dgxh100")
 	models := map[string]*Model{}
 	for i := 0; i < nodes; i++ {
-		models[fmt.Sprintf("node-%03d", i)] = build(b, Input{Inventory: inv, SharedGPUs: shared})
+		models[fmt.Sprintf("node-%03d", i)] = build(b, Input{Inventory: inv, SharedGPUs: shared, Layout: layout})
 	}
 	c := newCluster(b, models)
 	for i := 0; i < nodes; i += 2 {

@@ -69,25 +69,42 @@ type Layout func(gpus []GPUDevices) [][]resourceapi.Device
 // partially used GPU before an empty one, and a change on one GPU (a taint,
 // a new pre-created instance) rewrites one slice. BenchmarkPacking compares
 // it with node-wide orders that interleave GPUs (docs/device-model.md).
+//
+// Within a slice the whole GPUs come first, then each GPU's other devices.
+// That allocates exactly what GPU by GPU would: every device class selects
+// one type of device, so a request matches only whole GPUs, or MIG devices,
+// or shared GPUs, whose orders among themselves do not change. It saves the
+// allocator work: it evaluates the class's selector on every device it
+// walks until one fits, and a whole-GPU request on a node whose first GPU
+// is busy no longer walks that GPU's 25 MIG devices to reach the second
+// (BenchmarkAllocator, docs/benchmarks.md).
 func GPUMajor(gpus []GPUDevices) [][]resourceapi.Device {
 	var out [][]resourceapi.Device
-	var cur []resourceapi.Device
+	var whole, rest []resourceapi.Device
 	flush := func() {
-		if len(cur) > 0 {
-			out = append(out, cur)
-			cur = nil
+		if len(whole)+len(rest) > 0 {
+			out = append(out, append(whole, rest...))
+			whole, rest = nil, nil
 		}
 	}
 	for _, g := range gpus {
 		devs := g.Devices
-		if len(cur)+len(devs) > MaxDevicesPerSlice {
+		if len(whole)+len(rest)+len(devs) > MaxDevicesPerSlice {
 			flush()
 		}
+		skip := 0
 		for len(devs) > MaxDevicesPerSlice {
 			out = append(out, devs[:MaxDevicesPerSlice])
 			devs = devs[MaxDevicesPerSlice:]
+			skip += MaxDevicesPerSlice
 		}
-		cur = append(cur, devs...)
+		for i, d := range devs {
+			if j := skip + i; j < len(g.Info) && g.Info[j] != nil && g.Info[j].Kind == KindGPU {
+				whole = append(whole, d)
+			} else {
+				rest = append(rest, d)
+			}
+		}
 	}
 	flush()
 	return out

@@ -2,6 +2,7 @@ package devicemodel
 
 import (
 	"fmt"
+	"math/rand"
 	"slices"
 	"strings"
 	"testing"
@@ -9,6 +10,7 @@ import (
 	resourceapi "k8s.io/api/resource/v1"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 )
 
 // TestPackingOrderOnH100 pins the driver's placement policy on an H100:
@@ -149,5 +151,124 @@ func TestGPUMajorKeepsGPUsWhole(t *testing.T) {
 				t.Error(err)
 			}
 		})
+	}
+}
+
+// gpuByGPU is GPUMajor's slices with every GPU's devices in the GPU's own
+// order, as the driver laid them out before whole GPUs came first.
+func gpuByGPU(gpus []GPUDevices) [][]resourceapi.Device {
+	var out [][]resourceapi.Device
+	var cur []resourceapi.Device
+	for _, g := range gpus {
+		if len(cur)+len(g.Devices) > MaxDevicesPerSlice {
+			out, cur = append(out, cur), nil
+		}
+		cur = append(cur, g.Devices...)
+	}
+	if len(cur) > 0 {
+		out = append(out, cur)
+	}
+	return out
+}
+
+// TestWholeGPUsFirstInASliceChangesNoAllocation: putting a slice's whole
+// GPUs first changes the allocator's work, never its choice. The same
+// seeded stream of claims of every kind, with releases, gets the same
+// devices as GPU by GPU.
+func TestWholeGPUsFirstInASliceChangesNoAllocation(t *testing.T) {
+	for _, model := range []string{"dgxh100", "mixed"} {
+		t.Run(model, func(t *testing.T) {
+			inv := inventory(t, model)
+			first := newCluster(t, map[string]*Model{node: build(t, Input{Inventory: inv, SharedGPUs: true})})
+			major := newCluster(t, map[string]*Model{node: build(t, Input{Inventory: inv, SharedGPUs: true, Layout: gpuByGPU})})
+			var profiles []string
+			for _, d := range major.devices[node] {
+				if strAttr(d, "type") == "mig" {
+					profiles = append(profiles, strAttr(d, "profile"))
+				}
+			}
+			slices.Sort(profiles)
+			profiles = slices.Compact(profiles)
+			rng := rand.New(rand.NewSource(7))
+			var liveFirst, liveMajor []*resourceapi.AllocationResult
+			granted := 0
+			for step := range 600 {
+				if len(liveFirst) > 0 && rng.Intn(3) == 0 {
+					i := rng.Intn(len(liveFirst))
+					first.free(liveFirst[i])
+					major.free(liveMajor[i])
+					liveFirst = slices.Delete(liveFirst, i, i+1)
+					liveMajor = slices.Delete(liveMajor, i, i+1)
+					continue
+				}
+				var reqs []resourceapi.DeviceRequest
+				switch rng.Intn(6) {
+				case 0:
+					reqs = []resourceapi.DeviceRequest{exactly("gpu", "gpu.nvidia.com", 1)}
+				case 1:
+					reqs = []resourceapi.DeviceRequest{share(fmt.Sprintf("%dGi", 1+rng.Intn(40)), "")}
+				case 2:
+					reqs = []resourceapi.DeviceRequest{{Name: "r", FirstAvailable: []resourceapi.DeviceSubRequest{
+						{Name: "mig", DeviceClassName: "mig.nvidia.com", AllocationMode: resourceapi.DeviceAllocationModeExactCount, Count: 1,
+							Selectors: selectors([]string{attr("profile") + `.startsWith("3g.")`})},
+						{Name: "whole", DeviceClassName: "gpu.nvidia.com", AllocationMode: resourceapi.DeviceAllocationModeExactCount, Count: 1},
+					}}}
+				case 3:
+					// Two requests in one claim: the search backtracks
+					// across kinds.
+					reqs = []resourceapi.DeviceRequest{
+						exactly("gpu", "gpu.nvidia.com", 1),
+						exactly("mig", "mig.nvidia.com", 1, fmt.Sprintf("%s == %q", attr("profile"), profiles[rng.Intn(len(profiles))])),
+					}
+				default:
+					reqs = []resourceapi.DeviceRequest{exactly("mig", "mig.nvidia.com", 1, fmt.Sprintf("%s == %q", attr("profile"), profiles[rng.Intn(len(profiles))]))}
+				}
+				a, b := first.allocate(node, claim(reqs...)), major.allocate(node, claim(reqs...))
+				if allocatedNames(a) != allocatedNames(b) {
+					t.Fatalf("step %d: GPUMajor allocated %s, GPU by GPU %s", step, allocatedNames(a), allocatedNames(b))
+				}
+				if a == nil {
+					continue
+				}
+				granted++
+				liveFirst, liveMajor = append(liveFirst, a), append(liveMajor, b)
+			}
+			if granted < 100 {
+				t.Fatalf("only %d claims granted: the stream does not exercise the allocator", granted)
+			}
+		})
+	}
+}
+
+// TestGPUMajorPutsEachSlicesWholeGPUsFirst: on a DGX H100 with shared
+// GPUs, each device slice holds two GPUs, their whole devices first, then
+// the first GPU's other devices, then the second's.
+func TestGPUMajorPutsEachSlicesWholeGPUsFirst(t *testing.T) {
+	m := build(t, Input{Inventory: inventory(t, "dgxh100"), SharedGPUs: true})
+	gpu := 0
+	for _, s := range m.Slices {
+		if len(s.Devices) == 0 {
+			continue
+		}
+		perGPU := len(s.Devices) / 2 // whole, 25 MIG placements, shared
+		if perGPU != 27 || len(s.Devices)%2 != 0 {
+			t.Fatalf("slice of %d devices, want two GPUs' 27", len(s.Devices))
+		}
+		if s.Devices[0].Name != names.GPUDevice(gpu) || s.Devices[1].Name != names.GPUDevice(gpu+1) {
+			t.Errorf("slice starts %s, %s; want the whole GPUs %s, %s", s.Devices[0].Name, s.Devices[1].Name, names.GPUDevice(gpu), names.GPUDevice(gpu+1))
+		}
+		for i, d := range s.Devices[2:] {
+			owner := gpu
+			if i >= perGPU-1 {
+				owner = gpu + 1
+			}
+			if k := m.Devices[d.Name]; k.Kind == KindGPU || k.GPU.Minor != owner {
+				t.Errorf("device %d of the slice is %s, want one of GPU %d's other devices", i+2, d.Name, owner)
+			}
+		}
+		gpu += 2
+	}
+	if gpu != 8 {
+		t.Fatalf("slices held %d GPUs, want 8", gpu)
 	}
 }
