@@ -18,19 +18,11 @@ import (
 // PCIe root, the first four on NUMA node 0.
 func dgxTopology(t *testing.T, inv *gpu.Inventory) map[string]gpu.Topology {
 	t.Helper()
-	var ids []string
-	for _, g := range inv.GPUs {
-		ids = append(ids, g.PCIBusID)
-	}
-	layout, err := simhost.SysLayout(ids)
+	topo, err := simhost.Topology(inv)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[string]gpu.Topology{}
-	for i, id := range ids {
-		out[id] = layout[i]
-	}
-	return out
+	return topo
 }
 
 func matching(attribute string, claimRequests ...resourceapi.DeviceRequest) *resourceapi.ResourceClaim {

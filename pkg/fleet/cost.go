@@ -6,6 +6,7 @@ import (
 	"io"
 	"runtime"
 	"sort"
+	"strings"
 
 	resourceapi "k8s.io/api/resource/v1"
 
@@ -102,12 +103,10 @@ func Cost(m *devicemodel.Model, node string) (CostReport, error) {
 	return r, nil
 }
 
-// counterKind groups the memory-slice and instance-limit counters.
+// counterKind groups the memory-slice counters.
 func counterKind(name string) string {
-	for i := range 8 {
-		if name == names.MemorySliceCounter(i) {
-			return names.MemorySliceCounter(0)[:len(names.MemorySliceCounter(0))-1] + "N"
-		}
+	if names.IsMemorySliceCounter(name) {
+		return strings.TrimSuffix(names.MemorySliceCounter(0), "0") + "N"
 	}
 	return name
 }

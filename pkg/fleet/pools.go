@@ -72,7 +72,7 @@ func NodeInput(node string, inv *gpu.Inventory, offer devicemodel.Offer, shared 
 		}
 		own.GPUs[i].UUID = "GPU-" + u.String()
 	}
-	topo, err := topology(&own)
+	topo, err := simhost.Topology(&own)
 	if err != nil {
 		return devicemodel.Input{}, fmt.Errorf("topology of node %s: %w", node, err)
 	}
@@ -90,24 +90,6 @@ func newPool(node string, inv *gpu.Inventory, offer devicemodel.Offer, shared bo
 		return nil, err
 	}
 	return p, nil
-}
-
-// topology is where the simulated host puts an inventory's GPUs, by PCI
-// bus ID.
-func topology(inv *gpu.Inventory) (map[string]gpu.Topology, error) {
-	busIDs := make([]string, len(inv.GPUs))
-	for i := range inv.GPUs {
-		busIDs[i] = inv.GPUs[i].PCIBusID
-	}
-	layout, err := simhost.SysLayout(busIDs)
-	if err != nil {
-		return nil, err
-	}
-	out := make(map[string]gpu.Topology, len(layout))
-	for i, t := range layout {
-		out[busIDs[i]] = t
-	}
-	return out, nil
 }
 
 func (p *pool) rebuild() error {

@@ -44,17 +44,9 @@ func modelNode(t *testing.T, shared bool) ([]resourceapi.ResourceSlice, *gpu.Inv
 		t.Fatal(err)
 	}
 	inv.GPUs = inv.GPUs[:4]
-	var ids []string
-	for _, g := range inv.GPUs {
-		ids = append(ids, g.PCIBusID)
-	}
-	layout, err := simhost.SysLayout(ids)
+	topo, err := simhost.Topology(inv)
 	if err != nil {
 		t.Fatal(err)
-	}
-	topo := map[string]gpu.Topology{}
-	for i, id := range ids {
-		topo[id] = layout[i]
 	}
 	xid := resourceapi.DeviceTaint{Key: names.HealthTaintKey("xid"), Value: "79", Effect: resourceapi.DeviceTaintEffectNoExecute,
 		TimeAdded: &metav1.Time{Time: t0.Add(-3 * time.Minute)}}

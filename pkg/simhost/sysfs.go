@@ -33,6 +33,25 @@ func SysLayout(busIDs []string) ([]gpu.Topology, error) {
 	return out, nil
 }
 
+// Topology is SysLayout for an inventory's GPUs, by PCI bus ID: what the
+// plugin reads from the simulated sysfs for them, as devicemodel.Input
+// takes it.
+func Topology(inv *gpu.Inventory) (map[string]gpu.Topology, error) {
+	busIDs := make([]string, len(inv.GPUs))
+	for i := range inv.GPUs {
+		busIDs[i] = inv.GPUs[i].PCIBusID
+	}
+	layout, err := SysLayout(busIDs)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]gpu.Topology, len(layout))
+	for i, t := range layout {
+		out[busIDs[i]] = t
+	}
+	return out, nil
+}
+
 // splitBusID reads "dddd:bb:dd.f" (lowercase, as gpu.GPU.PCIBusID).
 func splitBusID(id string) (domain string, bus int, err error) {
 	parts := strings.Split(id, ":")
