@@ -103,9 +103,8 @@ type ChurnResult struct {
 	// BindP50, BindP99 are quantiles of each pod's time from creation to
 	// bound, in seconds, as the harness saw it: what the pod's user waits.
 	BindP50, BindP99 float64
-	// AttemptP50, AttemptP99, SLIP50, SLIP99 are the scheduler's own, over
-	// the churn (as in BurstResult).
-	AttemptP50, AttemptP99, SLIP50, SLIP99 float64
+	// SchedulerQuantiles are over the churn.
+	SchedulerQuantiles
 	// MaxRunning is the most pods bound and not yet finished at once.
 	MaxRunning int
 	// Checks counts the over-commit checks made while pods were running;
@@ -132,7 +131,7 @@ func (h *harness) runChurn(ctx context.Context, c Churn, checkEvery, timeout tim
 	arrivalsCtx, stopArrivals := context.WithCancel(ctx)
 	var workers sync.WaitGroup
 	defer func() { stopArrivals(); cancel(); workers.Wait() }()
-	attempt0, sli0, err := h.schedulerHistograms(ctx)
+	mark, err := h.schedulerHistograms(ctx)
 	if err != nil {
 		return res, err
 	}
@@ -234,13 +233,11 @@ func (h *harness) runChurn(ctx context.Context, c Churn, checkEvery, timeout tim
 		arrivalsDone bool
 		doneAt       time.Time
 		lastCheck    = time.Now()
-		finishing    sync.WaitGroup
 		finishErr    error
 		finishMu     sync.Mutex
 		seen         = map[string]bool{}
 	)
 	finishOne := func(name string) {
-		defer finishing.Done()
 		defer workers.Done()
 		if err := h.finishPods(ctx, []string{name}); err != nil {
 			finishMu.Lock()
@@ -278,7 +275,6 @@ func (h *harness) runChurn(ctx context.Context, c Churn, checkEvery, timeout tim
 			running++
 			if now.Sub(at) >= p.lifetime {
 				p.finished = true
-				finishing.Add(1)
 				workers.Add(1)
 				go finishOne(p.name)
 			}
@@ -311,13 +307,12 @@ func (h *harness) runChurn(ctx context.Context, c Churn, checkEvery, timeout tim
 			break
 		}
 	}
-	finishing.Wait()
+	// The arrivals are done (the loop ends only then), so this waits for
+	// the pods being finished, and pods has no writer left.
+	workers.Wait()
 	if finishErr != nil {
 		return res, finishErr
 	}
-	mu.Lock()
-	pods = append([]*churnPod(nil), pods...)
-	mu.Unlock()
 	names := make([]string, len(pods))
 	var latencies []float64
 	for i, p := range pods {
@@ -329,12 +324,9 @@ func (h *harness) runChurn(ctx context.Context, c Churn, checkEvery, timeout tim
 	res.Created, res.Bound = len(pods), len(latencies)
 	sort.Float64s(latencies)
 	res.BindP50, res.BindP99 = quantile(latencies, 0.5), quantile(latencies, 0.99)
-	attempt1, sli1, err := h.schedulerHistograms(ctx)
-	if err != nil {
+	if res.SchedulerQuantiles, err = h.schedulerQuantilesSince(ctx, mark); err != nil {
 		return res, err
 	}
-	a, s := attempt1.Sub(attempt0), sli1.Sub(sli0)
-	res.AttemptP50, res.AttemptP99, res.SLIP50, res.SLIP99 = a.Quantile(0.5), a.Quantile(0.99), s.Quantile(0.5), s.Quantile(0.99)
 	sort.Strings(res.Violations)
 	// The pods still running (and any never bound) finish now.
 	if res.Released, err = h.finish(ctx, names, timeout); err != nil {

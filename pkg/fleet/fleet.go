@@ -229,12 +229,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 		rep.Bursts = append(rep.Bursts, res)
 	}
+	checkEvery := cfg.ChurnCheck
+	if checkEvery <= 0 {
+		checkEvery = 10 * time.Second
+	}
 	for _, c := range cfg.Churns {
-		every := cfg.ChurnCheck
-		if every <= 0 {
-			every = 10 * time.Second
-		}
-		res, err := h.runChurn(ctx, c, every, cfg.Timeout)
+		res, err := h.runChurn(ctx, c, checkEvery, cfg.Timeout)
 		if err != nil {
 			return nil, fmt.Errorf("churn %s: %w", MixString(c.Mix), err)
 		}
@@ -292,18 +292,42 @@ func (h *harness) settledRSS(ctx context.Context) (map[string]int64, error) {
 	return RSS(h.cfg.RunDir)
 }
 
-func (h *harness) schedulerHistograms(ctx context.Context) (attempt, sli Histogram, err error) {
+// SchedulerQuantiles are quantiles of the scheduler's own histograms over
+// a run, in seconds: AttemptP50, AttemptP99 of
+// scheduler_scheduling_attempt_duration_seconds{result="scheduled"};
+// SLIP50, SLIP99 of scheduler_pod_scheduling_sli_duration_seconds (from
+// the pod's first attempt, queueing included).
+type SchedulerQuantiles struct {
+	AttemptP50, AttemptP99, SLIP50, SLIP99 float64
+}
+
+// schedulerMark is the scheduler's histograms when a run starts.
+type schedulerMark struct{ attempt, sli Histogram }
+
+// schedulerQuantilesSince reads the scheduler's histograms again and
+// returns the quantiles of what they counted since mark.
+func (h *harness) schedulerQuantilesSince(ctx context.Context, mark schedulerMark) (SchedulerQuantiles, error) {
+	now, err := h.schedulerHistograms(ctx)
+	if err != nil {
+		return SchedulerQuantiles{}, err
+	}
+	a, s := now.attempt.Sub(mark.attempt), now.sli.Sub(mark.sli)
+	return SchedulerQuantiles{AttemptP50: a.Quantile(0.5), AttemptP99: a.Quantile(0.99), SLIP50: s.Quantile(0.5), SLIP99: s.Quantile(0.99)}, nil
+}
+
+func (h *harness) schedulerHistograms(ctx context.Context) (schedulerMark, error) {
 	text, err := h.metrics.scrape(ctx, schedulerMetricsURL)
 	if err != nil {
-		return Histogram{}, Histogram{}, err
+		return schedulerMark{}, err
 	}
-	if attempt, err = parseHistogram(text, "scheduler_scheduling_attempt_duration_seconds", `result="scheduled"`); err != nil {
-		return Histogram{}, Histogram{}, err
+	var m schedulerMark
+	if m.attempt, err = parseHistogram(text, "scheduler_scheduling_attempt_duration_seconds", `result="scheduled"`); err != nil {
+		return schedulerMark{}, err
 	}
-	if sli, err = parseHistogram(text, "scheduler_pod_scheduling_sli_duration_seconds"); err != nil {
-		return Histogram{}, Histogram{}, err
+	if m.sli, err = parseHistogram(text, "scheduler_pod_scheduling_sli_duration_seconds"); err != nil {
+		return schedulerMark{}, err
 	}
-	return attempt, sli, nil
+	return m, nil
 }
 
 // parallel runs fn for every item, 16 at a time, and returns the first error.

@@ -209,12 +209,8 @@ type BurstResult struct {
 	Seconds float64
 	// PodsPerSecond is Bound / Seconds.
 	PodsPerSecond float64
-	// AttemptP50, AttemptP99 are quantiles of the scheduler's
-	// scheduler_scheduling_attempt_duration_seconds{result="scheduled"} over
-	// the burst; SLIP50, SLIP99 those of
-	// scheduler_pod_scheduling_sli_duration_seconds (from the pod's first
-	// attempt, queueing included), in seconds.
-	AttemptP50, AttemptP99, SLIP50, SLIP99 float64
+	// SchedulerQuantiles are over the burst.
+	SchedulerQuantiles
 	// Violations are over-commitments found while every pod was running.
 	Violations []string
 	// Released says that every claim of the burst was gone after its pods.
@@ -227,7 +223,7 @@ type BurstResult struct {
 func (h *harness) runBurst(ctx context.Context, workload string, pods int, timeout time.Duration) (BurstResult, error) {
 	logger := klog.FromContext(ctx)
 	res := BurstResult{Workload: workload, Pods: pods}
-	attempt0, sli0, err := h.schedulerHistograms(ctx)
+	mark, err := h.schedulerHistograms(ctx)
 	if err != nil {
 		return res, err
 	}
@@ -270,12 +266,9 @@ func (h *harness) runBurst(ctx context.Context, workload string, pods int, timeo
 		res.Seconds = times[len(times)-1].Sub(start).Seconds()
 		res.PodsPerSecond = float64(res.Bound) / res.Seconds
 	}
-	attempt1, sli1, err := h.schedulerHistograms(ctx)
-	if err != nil {
+	if res.SchedulerQuantiles, err = h.schedulerQuantilesSince(ctx, mark); err != nil {
 		return res, err
 	}
-	a, s := attempt1.Sub(attempt0), sli1.Sub(sli0)
-	res.AttemptP50, res.AttemptP99, res.SLIP50, res.SLIP99 = a.Quantile(0.5), a.Quantile(0.99), s.Quantile(0.5), s.Quantile(0.99)
 
 	res.Violations, err = h.checkAllocations(ctx)
 	if err != nil {
