@@ -13,6 +13,8 @@
 #   FLEET_CHURN_RATE=5 FLEET_CHURN_LIFETIME=30s FLEET_CHURN_DURATION=2m  pods/s, mean run time, length
 #   FLEET_KINDS=whole_mig_shared FLEET_MIG_PROFILES=  the full side's labels (default: none)
 #   GPU_DRA_SCALE_OUT=/tmp/gpu-dra-scale      where the reports go
+#   FLEET_HARNESS_GOGC=100                    GOGC of the harness alone (it stands in for every node's
+#                                             plugin; lower it to fit a large fleet on a small machine)
 #
 # The control plane uses the e2e cluster's ports: on a shared machine run it under
 # flock /tmp/gpu-dra-e2e.lock.
@@ -48,7 +50,7 @@ side() {
 	shift 2
 	GPU_DRA_CONTROL_PLANE_ONLY=1 "$CLUSTER_DIR/up.sh" >/dev/null
 	log "fleet of $n ($MODELS), $name: gpu-fleet --nodes $n --models $MODELS $*"
-	KUBECONFIG=$RUN/kubeconfig/admin.kubeconfig "$FLEET" --run-dir "$RUN" --nodes "$n" --models "$MODELS" \
+	GOGC=${FLEET_HARNESS_GOGC:-100} KUBECONFIG=$RUN/kubeconfig/admin.kubeconfig "$FLEET" --run-dir "$RUN" --nodes "$n" --models "$MODELS" \
 		--out "$OUT/$name-$n.json" "$@" | tee "$OUT/$name-$n.txt"
 	"$CLUSTER_DIR/down.sh" >/dev/null
 }
