@@ -5,7 +5,7 @@
 # and prints both side by side with their ratio. Each side gets its own control plane, so that
 # neither inherits the other's memory.
 #
-#   test/scale/scale.sh [NODES...]            default: 100 500 (1000 needs about 21 GiB free: docs/benchmarks.md)
+#   test/scale/scale.sh [NODES...]            default: 100 500 (1000: about 23 GiB, FLEET_HARNESS_GOGC=50; docs/benchmarks.md)
 #   FLEET_MODELS=dgxa100,dgxh100,dgxh200,dgxb200  the nodes' models, round robin (default dgxh100)
 #   FLEET_BURSTS=whole=3,mig-1g=3             the full side's workloads, pods per node
 #   FLEET_CHURN='whole=1;whole=2,mig-1g=2,mig-3g=1,share=1'  steady traffic after the bursts, one mix
