@@ -23,23 +23,23 @@ func TestMPSPinnedMemoryLimits(t *testing.T) {
 	}}
 	for _, tc := range []struct {
 		name      string
-		def       *string
-		perDevice map[string]string
+		def       *v1beta1.Quantity
+		perDevice map[string]v1beta1.Quantity
 		want      string // CUDA_MPS_PINNED_DEVICE_MEM_LIMIT
 		wantErr   string
 	}{
-		{name: "default for all", def: ptr.To("2Gi"), want: "0=2048M,1=2048M"},
-		{name: "by index", def: ptr.To("2Gi"), perDevice: map[string]string{"1": "1Gi"}, want: "0=2048M,1=1024M"},
-		{name: "by UUID", perDevice: map[string]string{uuid1: "1Gi"}, want: "1=1024M"},
-		{name: "index and UUID of different devices", perDevice: map[string]string{"0": "3Gi", uuid1: "1Gi"}, want: "0=3072M,1=1024M"},
-		{name: "a sign", def: ptr.To("2Gi"), perDevice: map[string]string{"+0": "1Gi"},
+		{name: "default for all", def: ptr.To[v1beta1.Quantity]("2Gi"), want: "0=2048M,1=2048M"},
+		{name: "by index", def: ptr.To[v1beta1.Quantity]("2Gi"), perDevice: map[string]v1beta1.Quantity{"1": "1Gi"}, want: "0=2048M,1=1024M"},
+		{name: "by UUID", perDevice: map[string]v1beta1.Quantity{uuid1: "1Gi"}, want: "1=1024M"},
+		{name: "index and UUID of different devices", perDevice: map[string]v1beta1.Quantity{"0": "3Gi", uuid1: "1Gi"}, want: "0=3072M,1=1024M"},
+		{name: "a sign", def: ptr.To[v1beta1.Quantity]("2Gi"), perDevice: map[string]v1beta1.Quantity{"+0": "1Gi"},
 			wantErr: `defaultPerDevicePinnedMemoryLimit[+0]: device key "+0" is neither an index`},
-		{name: "a leading zero", perDevice: map[string]string{"00": "1Gi"}, wantErr: "defaultPerDevicePinnedMemoryLimit[00]"},
-		{name: "no such index", perDevice: map[string]string{"2": "1Gi"}, wantErr: "defaultPerDevicePinnedMemoryLimit[2]: the claim has no such MPS device (2 devices"},
-		{name: "no such UUID", perDevice: map[string]string{"GPU-22222222-2222-4222-8222-222222222222": "1Gi"}, wantErr: "no such MPS device"},
-		{name: "one device named twice", perDevice: map[string]string{"1": "1Gi", uuid1: "2Gi"},
+		{name: "a leading zero", perDevice: map[string]v1beta1.Quantity{"00": "1Gi"}, wantErr: "defaultPerDevicePinnedMemoryLimit[00]"},
+		{name: "no such index", perDevice: map[string]v1beta1.Quantity{"2": "1Gi"}, wantErr: "defaultPerDevicePinnedMemoryLimit[2]: the claim has no such MPS device (2 devices"},
+		{name: "no such UUID", perDevice: map[string]v1beta1.Quantity{"GPU-22222222-2222-4222-8222-222222222222": "1Gi"}, wantErr: "no such MPS device"},
+		{name: "one device named twice", perDevice: map[string]v1beta1.Quantity{"1": "1Gi", uuid1: "2Gi"},
 			wantErr: "defaultPerDevicePinnedMemoryLimit[" + uuid1 + "]: device 1 is already given a limit by key 1"},
-		{name: "a limit beyond int64", perDevice: map[string]string{"0": "1e30"}, wantErr: `"1e30" is over 1Pi`},
+		{name: "a limit beyond int64", perDevice: map[string]v1beta1.Quantity{"0": "1e30"}, wantErr: `"1e30" is over 1Pi`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := &v1beta1.MpsConfig{DefaultPinnedDeviceMemoryLimit: tc.def, DefaultPerDevicePinnedMemoryLimit: tc.perDevice}
