@@ -115,3 +115,76 @@ func TestConfigOfTheOtherKind(t *testing.T) {
 		})
 	}
 }
+
+// TestConfigChoiceAsNVIDIA: which configuration applies to a device is
+// what a claim written for NVIDIA's driver expects: the class's come
+// first, then the claim's, and of those that apply to the device (naming
+// its request, or no request at all) the last one of its kind wins,
+// whether it names the request or not. A configuration naming a request
+// applies to each of its subrequests (resource.k8s.io's rule, "req" for
+// "req/sub"), and one naming a subrequest to that subrequest alone.
+func TestConfigChoiceAsNVIDIA(t *testing.T) {
+	ts := func(kind, interval string) string {
+		return `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"` + kind + `","sharing":{"strategy":"TimeSlicing","timeSlicingConfig":{"interval":"` + interval + `"}}}`
+	}
+	const mps = `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"MPS"}}`
+	const migMPS = `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"MigDeviceConfig","sharing":{"strategy":"MPS"}}`
+	type entry struct {
+		class    bool
+		requests []string
+		params   string
+	}
+	gpu := &checkpoint.Device{Name: "gpu-1", Requests: []string{"gpu"}}
+	sub := &checkpoint.Device{Name: "gpu-2", Requests: []string{"any/whole"}}
+	mig := &checkpoint.Device{Name: "gpu-0-mig-1g10gb-0", Requests: []string{"any/mig"}, MIG: &checkpoint.MIG{}}
+	for _, tc := range []struct {
+		name      string
+		dev       *checkpoint.Device
+		configs   []entry
+		wantSlice string
+		wantMPS   bool
+	}{
+		{name: "no configuration", dev: gpu},
+		{name: "the claim's after the class's", dev: gpu,
+			configs: []entry{{class: true, requests: []string{"gpu"}, params: mps}, {requests: []string{"gpu"}, params: ts("GpuConfig", "Long")}}, wantSlice: "Long"},
+		{name: "the later of two naming the request", dev: gpu,
+			configs: []entry{{requests: []string{"gpu"}, params: ts("GpuConfig", "Short")}, {requests: []string{"gpu"}, params: mps}}, wantMPS: true},
+		{name: "a later one for all requests over one naming the request", dev: gpu,
+			configs: []entry{{requests: []string{"gpu"}, params: mps}, {params: ts("GpuConfig", "Medium")}}, wantSlice: "Medium"},
+		{name: "a later one naming the request over one for all", dev: gpu,
+			configs: []entry{{params: ts("GpuConfig", "Medium")}, {requests: []string{"gpu"}, params: mps}}, wantMPS: true},
+		{name: "a later one of the other kind for all requests does not displace it", dev: gpu,
+			configs: []entry{{requests: []string{"gpu"}, params: ts("GpuConfig", "Long")}, {params: migMPS}}, wantSlice: "Long"},
+		{name: "one naming another request", dev: gpu, configs: []entry{{requests: []string{"other"}, params: mps}}},
+		{name: "one naming the parent request of a subrequest", dev: sub,
+			configs: []entry{{requests: []string{"any"}, params: ts("GpuConfig", "Long")}}, wantSlice: "Long"},
+		{name: "one naming the subrequest", dev: sub,
+			configs: []entry{{requests: []string{"any"}, params: ts("GpuConfig", "Long")}, {requests: []string{"any/whole"}, params: mps}}, wantMPS: true},
+		{name: "one naming another subrequest", dev: sub, configs: []entry{{requests: []string{"any/mig"}, params: migMPS}}},
+		{name: "a MigDeviceConfig naming the parent request of a MIG device", dev: mig,
+			configs: []entry{{requests: []string{"any"}, params: migMPS}}, wantMPS: true},
+		{name: "a GpuConfig for all requests skips a MIG device", dev: mig, configs: []entry{{params: mps}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			claim := &resourceapi.ResourceClaim{Status: resourceapi.ResourceClaimStatus{Allocation: &resourceapi.AllocationResult{}}}
+			for _, e := range tc.configs {
+				source := resourceapi.AllocationConfigSourceClaim
+				if e.class {
+					source = resourceapi.AllocationConfigSourceClass
+				}
+				claim.Status.Allocation.Devices.Config = append(claim.Status.Allocation.Devices.Config, resourceapi.DeviceAllocationConfiguration{
+					Source: source, Requests: e.requests,
+					DeviceConfiguration: resourceapi.DeviceConfiguration{Opaque: &resourceapi.OpaqueDeviceConfiguration{
+						Driver: "gpu.nvidia.com", Parameters: runtime.RawExtension{Raw: []byte(e.params)}}},
+				})
+			}
+			got, err := deviceConfig(claim, tc.dev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.timeSlice != tc.wantSlice || (got.mps != nil) != tc.wantMPS {
+				t.Errorf("time slice %q, MPS %v; want %q, %v", got.timeSlice, got.mps != nil, tc.wantSlice, tc.wantMPS)
+			}
+		})
+	}
+}
