@@ -10,6 +10,7 @@ package v1beta1
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -74,9 +75,37 @@ type TimeSlicingConfig struct {
 
 // MpsConfig sets limits of an MPS server.
 type MpsConfig struct {
-	DefaultActiveThreadPercentage     *int              `json:"defaultActiveThreadPercentage,omitempty"`
-	DefaultPinnedDeviceMemoryLimit    *string           `json:"defaultPinnedDeviceMemoryLimit,omitempty"`
-	DefaultPerDevicePinnedMemoryLimit map[string]string `json:"defaultPerDevicePinnedMemoryLimit,omitempty"`
+	DefaultActiveThreadPercentage     *int                `json:"defaultActiveThreadPercentage,omitempty"`
+	DefaultPinnedDeviceMemoryLimit    *Quantity           `json:"defaultPinnedDeviceMemoryLimit,omitempty"`
+	DefaultPerDevicePinnedMemoryLimit map[string]Quantity `json:"defaultPerDevicePinnedMemoryLimit,omitempty"`
+}
+
+// Quantity is the text of a Kubernetes quantity (MemoryLimit parses it).
+// NVIDIA's driver decodes these fields as resource.Quantity, which reads a
+// JSON string ("10Gi") or a JSON number (10737418240: what YAML makes of
+// an unquoted integer) and ignores spaces around it; a Quantity reads
+// both the same way, so such a claim means the same here. It encodes as
+// a string.
+type Quantity string
+
+// UnmarshalJSON implements json.Unmarshaler. A string is unquoted and
+// trimmed, and null leaves q as it is (as for a string); any other JSON
+// value keeps its text, which a number's parses as a quantity and
+// anything else's does not, so Validate refuses it naming the field (an
+// error from here could not name it).
+func (q *Quantity) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		return nil
+	}
+	if len(b) > 0 && b[0] == '"' {
+		var s string
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+		b = []byte(strings.TrimSpace(s))
+	}
+	*q = Quantity(b)
+	return nil
 }
 
 // Config is a decoded configuration object: *GpuConfig or *MigDeviceConfig.
@@ -166,7 +195,7 @@ func Validate(c Config) error {
 				}
 			}
 			if m.DefaultPinnedDeviceMemoryLimit != nil {
-				if _, err := MemoryLimit(*m.DefaultPinnedDeviceMemoryLimit); err != nil {
+				if _, err := MemoryLimit(string(*m.DefaultPinnedDeviceMemoryLimit)); err != nil {
 					return fmt.Errorf("parameters.sharing.mpsConfig.defaultPinnedDeviceMemoryLimit: %w", err)
 				}
 			}
@@ -174,7 +203,7 @@ func Validate(c Config) error {
 				if _, _, err := DeviceKey(dev); err != nil {
 					return fmt.Errorf("parameters.sharing.mpsConfig.defaultPerDevicePinnedMemoryLimit[%s]: %w", dev, err)
 				}
-				if _, err := MemoryLimit(m.DefaultPerDevicePinnedMemoryLimit[dev]); err != nil {
+				if _, err := MemoryLimit(string(m.DefaultPerDevicePinnedMemoryLimit[dev])); err != nil {
 					return fmt.Errorf("parameters.sharing.mpsConfig.defaultPerDevicePinnedMemoryLimit[%s]: %w", dev, err)
 				}
 			}

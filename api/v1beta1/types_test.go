@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"sigs.k8s.io/yaml"
 )
 
 func TestDecode(t *testing.T) {
@@ -116,7 +118,7 @@ func FuzzDecode(f *testing.F) {
 				if _, _, err := DeviceKey(key); err != nil {
 					t.Fatalf("admitted key %q: %v", key, err)
 				}
-				if mib, err := MemoryLimit(limit); err != nil || mib < 1 {
+				if mib, err := MemoryLimit(string(limit)); err != nil || mib < 1 {
 					t.Fatalf("admitted limit %q: %d MiB, %v", limit, mib, err)
 				}
 			}
@@ -130,4 +132,109 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("%s decodes to %+v, encoded %s to %+v (%v)", raw, cfg, encoded, again, err)
 		}
 	})
+}
+
+// TestDecodeNVIDIAQuantities: the pinned memory limits of a claim written
+// for NVIDIA's driver, which reads them as resource.Quantity, mean the
+// same here. In YAML an unquoted integer ("defaultPinnedDeviceMemoryLimit:
+// 10737418240", or a per-device "0: 4294967296") reaches the driver as a
+// JSON number, and spaces around a quoted quantity are ignored; anything
+// else that is no quantity is refused, naming the field.
+func TestDecodeNVIDIAQuantities(t *testing.T) {
+	for _, tc := range []struct {
+		name, mpsConfig string
+		wantDefault     Quantity
+		wantPerDevice   map[string]Quantity
+		wantErr         string
+	}{
+		{name: "quoted", mpsConfig: `{"defaultPinnedDeviceMemoryLimit":"10Gi"}`, wantDefault: "10Gi"},
+		{name: "a JSON number of bytes", mpsConfig: `{"defaultPinnedDeviceMemoryLimit":10737418240}`, wantDefault: "10737418240"},
+		{name: "a JSON number with an exponent", mpsConfig: `{"defaultPinnedDeviceMemoryLimit":1e10}`, wantDefault: "1e10"},
+		{name: "per-device JSON numbers", mpsConfig: `{"defaultPinnedDeviceMemoryLimit":"10Gi","defaultPerDevicePinnedMemoryLimit":{"0":4294967296,"1":"2Gi"}}`,
+			wantDefault: "10Gi", wantPerDevice: map[string]Quantity{"0": "4294967296", "1": "2Gi"}},
+		{name: "spaces around a quoted quantity", mpsConfig: `{"defaultPinnedDeviceMemoryLimit":" 10Gi "}`, wantDefault: "10Gi"},
+		{name: "a number too small", mpsConfig: `{"defaultPinnedDeviceMemoryLimit":1024}`,
+			wantErr: `parameters.sharing.mpsConfig.defaultPinnedDeviceMemoryLimit: "1024" is under 1Mi`},
+		{name: "a bool", mpsConfig: `{"defaultPinnedDeviceMemoryLimit":true}`,
+			wantErr: `parameters.sharing.mpsConfig.defaultPinnedDeviceMemoryLimit: "true" is not a quantity`},
+		{name: "an object", mpsConfig: `{"defaultPerDevicePinnedMemoryLimit":{"0":{"value":"1Gi"}}}`,
+			wantErr: `parameters.sharing.mpsConfig.defaultPerDevicePinnedMemoryLimit[0]: "{\"value\":\"1Gi\"}" is not a quantity`},
+		{name: "a null per-device limit", mpsConfig: `{"defaultPerDevicePinnedMemoryLimit":{"0":null}}`,
+			wantErr: `parameters.sharing.mpsConfig.defaultPerDevicePinnedMemoryLimit[0]: "" is not a quantity`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			raw := `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"MPS","mpsConfig":` + tc.mpsConfig + `}}`
+			cfg, err := Decode([]byte(raw))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want one with %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := SharingOf(cfg).MpsConfig
+			if m.DefaultPinnedDeviceMemoryLimit == nil || *m.DefaultPinnedDeviceMemoryLimit != tc.wantDefault {
+				t.Errorf("defaultPinnedDeviceMemoryLimit = %v, want %q", m.DefaultPinnedDeviceMemoryLimit, tc.wantDefault)
+			}
+			if !reflect.DeepEqual(m.DefaultPerDevicePinnedMemoryLimit, tc.wantPerDevice) {
+				t.Errorf("defaultPerDevicePinnedMemoryLimit = %v, want %v", m.DefaultPerDevicePinnedMemoryLimit, tc.wantPerDevice)
+			}
+		})
+	}
+}
+
+// TestDecodeNVIDIAStyleYAML: the parameters of claims written as NVIDIA's
+// driver documents them, in YAML, converted to JSON as kubectl does
+// (sigs.k8s.io/yaml: an unquoted integer becomes a JSON number, an
+// integer map key a string), are admitted.
+func TestDecodeNVIDIAStyleYAML(t *testing.T) {
+	for _, tc := range []struct{ name, params string }{
+		{"time slicing, long", `
+apiVersion: resource.nvidia.com/v1beta1
+kind: GpuConfig
+sharing:
+  strategy: TimeSlicing
+  timeSlicingConfig:
+    interval: Long`},
+		{"time slicing, no interval", `
+apiVersion: resource.nvidia.com/v1beta1
+kind: GpuConfig
+sharing:
+  strategy: TimeSlicing`},
+		{"MIG time slicing", `
+apiVersion: resource.nvidia.com/v1beta1
+kind: MigDeviceConfig
+sharing:
+  strategy: TimeSlicing`},
+		{"MPS with quoted limits", `
+apiVersion: resource.nvidia.com/v1beta1
+kind: GpuConfig
+sharing:
+  strategy: MPS
+  mpsConfig:
+    defaultActiveThreadPercentage: 50
+    defaultPinnedDeviceMemoryLimit: 10Gi`},
+		{"MPS with limits in bytes, per device by index and UUID", `
+apiVersion: resource.nvidia.com/v1beta1
+kind: MigDeviceConfig
+sharing:
+  strategy: MPS
+  mpsConfig:
+    defaultPinnedDeviceMemoryLimit: 10737418240
+    defaultPerDevicePinnedMemoryLimit:
+      0: 4294967296
+      MIG-0e9d1c2b-aaaa-4bbb-8ccc-123456789abc: 2Gi`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			raw, err := yaml.YAMLToJSON([]byte(tc.params))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := Decode(raw); err != nil {
+				t.Errorf("%s: %v", raw, err)
+			}
+		})
+	}
 }

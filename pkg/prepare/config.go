@@ -141,7 +141,7 @@ func mpsEnv(rec *checkpoint.Claim, configs map[int]*v1beta1.MpsConfig) (map[int]
 			if limit == nil {
 				continue
 			}
-			mib, err := v1beta1.MemoryLimit(*limit)
+			mib, err := v1beta1.MemoryLimit(string(*limit))
 			if err != nil {
 				return nil, fmt.Errorf("device %s: parameters.sharing.mpsConfig: %w", rec.Devices[i].Name, err)
 			}
@@ -160,8 +160,8 @@ func mpsEnv(rec *checkpoint.Claim, configs map[int]*v1beta1.MpsConfig) (map[int]
 // claim's MPS devices. A key that names no device, or a device another key
 // names too, is an error naming the key: every limit given applies, or
 // the claim does not prepare.
-func perDeviceLimits(byKey map[string]string, uuids []string) (map[int]string, error) {
-	out := make(map[int]string, len(byKey))
+func perDeviceLimits(byKey map[string]v1beta1.Quantity, uuids []string) (map[int]v1beta1.Quantity, error) {
+	out := make(map[int]v1beta1.Quantity, len(byKey))
 	keyOf := make(map[int]string, len(byKey))
 	for _, key := range slices.Sorted(maps.Keys(byKey)) {
 		at := fmt.Sprintf("parameters.sharing.mpsConfig.defaultPerDevicePinnedMemoryLimit[%s]", key)

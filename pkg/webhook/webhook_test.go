@@ -42,6 +42,8 @@ func TestReview(t *testing.T) {
 			wantErr: "spec.devices.config[1].opaque.parameters.sharing.mpsConfig.defaultActiveThreadPercentage"},
 		"claim with unknown field": {kind: "ResourceClaim", object: `{"spec":{"devices":{"config":[` + opaque(`{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"TimeSlicing","intervall":"Long"}}`) + `]}}}`,
 			wantErr: `spec.devices.config[0].opaque.parameters (GpuConfig): unknown field "sharing.intervall"`},
+		"claim with a limit in bytes, as NVIDIA's driver reads it": {kind: "ResourceClaim", object: `{"spec":{"devices":{"config":[` +
+			opaque(`{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"MPS","mpsConfig":{"defaultPinnedDeviceMemoryLimit":10737418240,"defaultPerDevicePinnedMemoryLimit":{"0":4294967296}}}}`) + `]}}}`},
 		"another driver's config is not ours": {kind: "ResourceClaim", object: `{"spec":{"devices":{"config":[{"opaque":{"driver":"example.com","parameters":{"whatever":1}}}]}}}`},
 		"template with invalid kind": {kind: "ResourceClaimTemplate", object: `{"spec":{"spec":{"devices":{"config":[` + opaque(`{"apiVersion":"resource.nvidia.com/v1beta1","kind":"TpuConfig"}`) + `]}}}}`,
 			wantErr: "spec.spec.devices.config[0].opaque.parameters.kind"},
