@@ -103,17 +103,28 @@ func (c *Checkpoint) Owner(uid string, d Device) string {
 	return ""
 }
 
-// Conflict reports whether two prepared devices cannot coexist: the same
-// exclusive device, or a share of a GPU and exclusive use of that GPU.
-// Shares of one GPU coexist, and admin access coexists with anything.
+// Conflict reports whether two prepared devices cannot coexist on the
+// hardware: the same exclusive device, a share of a GPU and exclusive use
+// of that GPU, the whole GPU and a MIG device on it, or two MIG devices
+// that share a memory slice. Shares of one GPU coexist, as do MIG devices
+// side by side, and admin access coexists with anything.
 func Conflict(a, b Device) bool {
 	if a.Pool != b.Pool || a.AdminAccess || b.AdminAccess {
 		return false
 	}
-	if a.Share != nil || b.Share != nil {
-		return a.GPUUUID == b.GPUUUID && (a.Share == nil) != (b.Share == nil)
+	if a.Name == b.Name && a.Share == nil && b.Share == nil {
+		return true
 	}
-	return a.Name == b.Name
+	if a.GPUUUID != b.GPUUUID {
+		return false
+	}
+	switch {
+	case a.Share != nil || b.Share != nil:
+		return (a.Share == nil) != (b.Share == nil)
+	case a.MIG == nil || b.MIG == nil:
+		return true // the whole GPU beside itself or a MIG device on it
+	}
+	return a.MIG.Start < b.MIG.Start+b.MIG.Size && b.MIG.Start < a.MIG.Start+a.MIG.Size
 }
 
 // Shares returns the UIDs of the recorded claims that hold a share of the

@@ -72,6 +72,9 @@ func TestQueries(t *testing.T) {
 		{"admin access", "new", Device{Pool: "p", Name: "gpu-1", GPUUUID: "GPU-1", AdminAccess: true}, ""},
 		{"another share", "new", Device{Pool: "p", Name: "gpu-2-shared", GPUUUID: "GPU-2", Share: &Share{}}, ""},
 		{"whole GPU of shares", "new", Device{Pool: "p", Name: "gpu-2", GPUUUID: "GPU-2"}, "share-"},
+		{"MIG device of a whole GPU", "new", Device{Pool: "p", Name: "gpu-1-mig-1g10gb-0", GPUUUID: "GPU-1", MIG: mig(0, false, "")}, "done"},
+		{"overlapping MIG device", "new", Device{Pool: "p", Name: "gpu-0-mig-2g20gb-2", GPUUUID: "GPU-0", MIG: &MIG{Start: 2, Size: 2}}, "done"},
+		{"MIG device beside", "new", Device{Pool: "p", Name: "gpu-0-mig-1g10gb-4", GPUUUID: "GPU-0", MIG: mig(4, false, "")}, ""},
 	} {
 		if got := cp.Owner(tc.uid, tc.dev); !strings.HasPrefix(got, tc.want) || (tc.want == "") != (got == "") {
 			t.Errorf("%s: Owner = %q, want %q", tc.name, got, tc.want)

@@ -250,3 +250,36 @@ func TestStartFailsWhenTheRecordCannotBeWritten(t *testing.T) {
 		t.Errorf("the unrecorded daemon %d still runs", attempted[0].PID)
 	}
 }
+
+// TestStopWritesNothingThroughAPlantedControlPipe: a root container
+// replaced its daemon's control pipe with a symlink to a file of the
+// host. The quit command is written into the control pipe by the driver's
+// client, as root, so it is not sent through a symlink: the file is left
+// as it was and the verified daemon is killed instead.
+func TestStopWritesNothingThroughAPlantedControlPipe(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	m := newTestManager(t)
+	const key = "2f0e0a4c-0000-4000-8000-000000000013"
+	if err := m.Start(ctx, key, []string{"GPU-a"}); err != nil {
+		t.Fatal(err)
+	}
+	d := recorded(t, m, key)
+	victim := filepath.Join(t.TempDir(), "checkpoint.json")
+	writeFile(t, victim, "precious")
+	control := filepath.Join(m.PipeDir(key), controlPipe)
+	if err := os.Remove(control); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, control); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Stop(ctx, key); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	if got, err := os.ReadFile(victim); err != nil || string(got) != "precious" {
+		t.Errorf("the file the planted control pipe named now holds %q (%v)", got, err)
+	}
+	if m.procs().is(d) {
+		t.Error("the daemon still runs")
+	}
+}

@@ -30,7 +30,7 @@ func startLegacy(t *testing.T, m *Manager, key string) identity {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, "-d")
-	cmd.Env = append(m.env(key), "CUDA_VISIBLE_DEVICES=GPU-a")
+	cmd.Env = append(envIn(m.Dir(key)), "CUDA_VISIBLE_DEVICES=GPU-a")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("start a previous release's daemon: %v: %s", err, out)
 	}

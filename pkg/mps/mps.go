@@ -194,8 +194,6 @@ func driverrootControl(driverRoot string) (string, error) {
 	return driverroot.FindBinary(driverRoot, ControlBinary)
 }
 
-func (m *Manager) env(key string) []string { return envIn(m.Dir(key)) }
-
 // envIn is the environment in which the control program reaches the
 // daemon of directory dir.
 func envIn(dir string) []string {
@@ -528,18 +526,26 @@ func (m *Manager) stop(ctx context.Context, key string, d identity) error {
 func (m *Manager) quit(ctx context.Context, key string) error {
 	ctx, cancel := context.WithTimeout(ctx, m.Timeout)
 	defer cancel()
-	return quitIn(ctx, m.driverRoot, m.env(key))
+	return quitIn(ctx, m.driverRoot, m.Dir(key))
 }
 
-// quitIn sends the quit command to the daemon that serves the pipe
-// directory env names, until ctx is done.
-func quitIn(ctx context.Context, driverRoot string, env []string) error {
+// quitIn sends the quit command to the daemon of directory dir, until ctx
+// is done. The driver's client writes it into the control pipe in pipe/
+// as root, following whatever is at that path; a container may have put a
+// symlink to a host file there, so the command is not sent through one
+// (the caller kills the verified daemon instead). A client's container is
+// gone by the time its daemon is stopped, so none swaps it meanwhile.
+func quitIn(ctx context.Context, driverRoot, dir string) error {
 	bin, err := driverrootControl(driverRoot)
 	if err != nil {
 		return err
 	}
+	control := filepath.Join(PipeDirIn(dir), controlPipe)
+	if fi, err := os.Lstat(control); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+		return fmt.Errorf("control pipe %s is a symlink (a container replaced it); not writing through it", control)
+	}
 	cmd := exec.CommandContext(ctx, bin)
-	cmd.Env = env
+	cmd.Env = envIn(dir)
 	cmd.Stdin = strings.NewReader("quit\n")
 	cmd.WaitDelay = time.Second
 	if out, err := cmd.CombinedOutput(); err != nil {

@@ -230,7 +230,7 @@ func (s *Supervisor) directoryGoes() bool {
 func (s *Supervisor) stop(logger klog.Logger, id identity, exited <-chan error, kill func()) {
 	if rec, err := loadRecordIn(s.Dir); err == nil && rec.identity == id {
 		ctx, cancel := context.WithTimeout(context.Background(), s.timeout())
-		err := quitIn(ctx, s.DriverRoot, envIn(s.Dir))
+		err := quitIn(ctx, s.DriverRoot, s.Dir)
 		cancel()
 		if err != nil {
 			logger.Info("MPS control daemon did not take the quit command; killing it", "dir", s.Dir, "pid", id.PID, "err", err)

@@ -138,3 +138,51 @@ func TestAdminAccessErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestAdminAccessToAShare: the scheduler gives every allocation of a
+// shared GPU a share ID, admin access included, and one claim may hold
+// the same shared GPU more than once. Each allocation is reported with its
+// own share ID (the API server refuses a status entry without it) and has
+// a CDI device of its own; admin access still gets no MPS share.
+func TestAdminAccessToAShare(t *testing.T) {
+	const (
+		adminA = "aaaaaaaa-0000-4000-8000-000000000001"
+		adminB = "bbbbbbbb-0000-4000-8000-000000000002"
+		user   = "cccccccc-0000-4000-8000-000000000003"
+	)
+	ctx := context.Background()
+	f := newFixture(t, "dgxh100")
+	c := sharesAllocated(
+		shareOf{"gpu-4-shared", adminA, "80Gi", "0"},
+		shareOf{"gpu-4-shared", adminB, "80Gi", "0"},
+		shareOf{"gpu-4-shared", user, "10Gi", "10"})
+	yes := true
+	c.Status.Allocation.Devices.Results[0].AdminAccess = &yes
+	c.Status.Allocation.Devices.Results[1].AdminAccess = &yes
+	devs, err := f.p.Prepare(ctx, c)
+	if err != nil {
+		t.Fatalf("admin access to a shared GPU, twice, beside a share: %v", err)
+	}
+	want := map[string]string{"req-0": adminA, "req-1": adminB, "req-2": user}
+	ids := map[string]bool{}
+	for _, d := range devs {
+		if d.ShareID == nil || string(*d.ShareID) != want[d.Requests[0]] {
+			t.Errorf("request %s reported with share ID %v, want %s", d.Requests[0], d.ShareID, want[d.Requests[0]])
+		}
+		for _, id := range d.CDIDeviceIDs {
+			ids[id] = true
+		}
+	}
+	if len(devs) != 3 || len(ids) != 3 {
+		t.Errorf("want three devices with a CDI device each, got %+v", devs)
+	}
+	if got := strings.Count(f.spec(c), "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0="); got != 1 {
+		t.Errorf("%d devices of the spec have an MPS memory limit, want only the user's share", got)
+	}
+	if err := f.p.Unprepare(ctx, ref(c)); err != nil {
+		t.Fatal(err)
+	}
+	if f.mps.Running(sharedDaemon(f.inventory().GPUs[4].UUID)) || len(f.specs()) != 0 {
+		t.Errorf("after unprepare: daemon running %v, specs %v", f.mps.Running(sharedDaemon(f.inventory().GPUs[4].UUID)), f.specs())
+	}
+}

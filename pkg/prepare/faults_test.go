@@ -483,3 +483,44 @@ func TestClaimLocksAreRemoved(t *testing.T) {
 }
 
 const migMPSConfig = `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"MigDeviceConfig","sharing":{"strategy":"MPS","mpsConfig":{"defaultActiveThreadPercentage":50}}}`
+
+// TestGPULostMidPrepare: the claim's GPU falls off the bus after each step
+// of a MIG prepare with MPS. Before the MIG device exists the prepare
+// fails naming the GPU; after, it completes (health taints the GPU). An
+// unprepare while the GPU is away cannot destroy the MIG device: it fails
+// and the claim stays recorded. Once the GPU is back the kubelet's
+// retries finish, and nothing is left.
+func TestGPULostMidPrepare(t *testing.T) {
+	for _, step := range []Step{StepStartedRecorded, StepMIGCreated, StepMIGRecorded, StepCDIWritten} {
+		t.Run(string(step), func(t *testing.T) {
+			ctx := context.Background()
+			f := newFixture(t, "dgxh100")
+			c := withConfig("gpu-2-mig-3g40gb-4", migMPSConfig)
+			f.p.opts.AfterStep = func(s Step) {
+				if s == step {
+					f.setLost(2, true)
+				}
+			}
+			_, prepErr := f.p.Prepare(ctx, c)
+			f.p.opts.AfterStep = nil
+			if created := step != StepStartedRecorded; created != (prepErr == nil) {
+				t.Fatalf("prepare with the GPU lost after %s: %v", step, prepErr)
+			}
+			if prepErr == nil {
+				if err := f.p.Unprepare(ctx, ref(c)); err == nil || f.saved().Claims[string(c.UID)] == nil {
+					t.Fatalf("unprepare with the GPU away: %v, and the claim is recorded %v", err, f.saved().Claims[string(c.UID)] != nil)
+				}
+			}
+			f.setLost(2, false)
+			if prepErr != nil {
+				if _, err := f.p.Prepare(ctx, c); err != nil {
+					t.Fatalf("the kubelet's retry once the GPU is back: %v", err)
+				}
+			}
+			if err := f.p.Unprepare(ctx, ref(c)); err != nil {
+				t.Fatalf("unprepare once the GPU is back: %v", err)
+			}
+			f.checkNothingLeft(ctx, "at the end")
+		})
+	}
+}

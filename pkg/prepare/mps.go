@@ -37,6 +37,32 @@ func mpsUUIDs(c *checkpoint.Claim) []string {
 	return out
 }
 
+// oneDaemonPerRequest refuses a request whose devices use different MPS
+// control daemons: shares of several GPUs (count above 1 or allocation
+// mode All of the shared class; the scheduler never gives one request a
+// device twice). A container gets every device of a request it names, and
+// reaches one daemon, at CUDA_MPS_PIPE_DIRECTORY: of the devices' mounts
+// there only one takes effect, so the other GPUs would be out of its
+// reach while their shares are held.
+func oneDaemonPerRequest(rec *checkpoint.Claim) error {
+	first := map[string]checkpoint.Device{} // by request, its first MPS device
+	for _, d := range rec.Devices {
+		if d.MPSDir == "" {
+			continue
+		}
+		request := d.Requests[0]
+		f, seen := first[request]
+		if !seen {
+			first[request] = d
+			continue
+		}
+		if f.MPSDir != d.MPSDir {
+			return fmt.Errorf("request %s: its devices %s and %s are shares of two GPUs, each with an MPS control daemon of its own, and a container reaches only one daemon; ask for one share per request (count 1)", request, f.Name, d.Name)
+		}
+	}
+	return nil
+}
+
 // stopMPS stops the claim's MPS control daemon, if it has one. It is
 // idempotent.
 func stopMPS(ctx context.Context, m daemonStopper, rec *checkpoint.Claim) error {

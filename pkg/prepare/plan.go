@@ -73,7 +73,14 @@ func (p *Preparer) plan(claim *resourceapi.ResourceClaim) (*checkpoint.Claim, er
 				UUID: dev.Instance.UUID, GIID: dev.Instance.GIID, CIID: dev.Instance.CIID}
 		case devicemodel.KindGPUShare:
 			if d.AdminAccess {
-				break // the GPU as it is, without a share of its own
+				// The GPU as it is, without an MPS share. The allocation
+				// still has a share ID, which the kubelet and the claim's
+				// status name it by, and one claim may hold the GPU more
+				// than once.
+				if r.ShareID != nil {
+					d.ShareID = string(*r.ShareID)
+				}
+				break
 			}
 			if err := p.planShare(&d, &r); err != nil {
 				return nil, fmt.Errorf("device %s: %w", r.Device, err)

@@ -314,6 +314,9 @@ func (p *Preparer) configure(claim *resourceapi.ResourceClaim, rec *checkpoint.C
 			d.MPSDir = p.opts.MPS.Dir(rec.UID)
 		}
 	}
+	if err := oneDaemonPerRequest(rec); err != nil {
+		return nil, err
+	}
 	return mpsConfigs, nil
 }
 

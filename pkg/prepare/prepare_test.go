@@ -728,3 +728,53 @@ func TestDeviceHeldByAnotherClaim(t *testing.T) {
 		t.Errorf("error %v, want one naming the holder %s", err, next.UID)
 	}
 }
+
+// TestOverlappingDeviceHeldByAnotherClaim: after a forced deletion the
+// scheduler may allocate a device that overlaps one still prepared for
+// another claim on the hardware without being the same device: the whole
+// GPU and a MIG device on it, or two MIG devices that share a memory
+// slice. The prepare waits for the holder's unprepare as for the same
+// device, rather than failing in the hardware or, worse, turning MIG mode
+// on under a whole-GPU container; MIG devices side by side do not wait.
+func TestOverlappingDeviceHeldByAnotherClaim(t *testing.T) {
+	for _, tc := range []struct {
+		held, next string
+		wantHeld   bool
+	}{
+		{"gpu-0", "gpu-0-mig-1g10gb-0", true},
+		{"gpu-0-mig-1g10gb-3", "gpu-0", true},
+		{"gpu-0-mig-7g80gb-0", "gpu-0-mig-1g10gb-3", true},
+		{"gpu-0-mig-2g20gb-2", "gpu-0-mig-1g10gb-3", true},
+		{"gpu-0-mig-1g10gb-3", "gpu-0-shared", true},
+		{"gpu-0-mig-3g40gb-0", "gpu-0-mig-3g40gb-4", false},
+		{"gpu-0-mig-1g10gb-3", "gpu-1-mig-1g10gb-3", false},
+		{"gpu-0", "gpu-1", false},
+	} {
+		t.Run(tc.held+" then "+tc.next, func(t *testing.T) {
+			ctx := context.Background()
+			f := newFixture(t, "dgxh100")
+			f.p.opts.HeldWait = 100 * time.Millisecond
+			holder := allocated(tc.held)
+			if _, err := f.p.Prepare(ctx, holder); err != nil {
+				t.Fatal(err)
+			}
+			next := allocated(tc.next)
+			if tc.next == "gpu-0-shared" {
+				next = sharesAllocated(shareOf{"gpu-0-shared", "aaaaaaaa-0000-4000-8000-000000000001", "10Gi", "0"})
+			}
+			_, err := f.p.Prepare(ctx, next)
+			var held *heldError
+			switch {
+			case tc.wantHeld && (!errors.As(err, &held) || held.owner != string(holder.UID)):
+				t.Fatalf("got %v, want a wait for the holder %s", err, holder.UID)
+			case !tc.wantHeld && err != nil:
+				t.Fatalf("a device beside the holder's: %v", err)
+			}
+			if tc.wantHeld {
+				if live := f.liveMIG(); len(live) > 1 || strings.HasPrefix(tc.held, "gpu-0-mig") != (len(live) == 1) {
+					t.Errorf("the waiting claim changed the GPU: MIG devices %+v", live)
+				}
+			}
+		})
+	}
+}

@@ -19,7 +19,9 @@ import (
 //     that is durable; if the commit fails the claim stays, and the
 //     kubelet's retry of the unprepare tries again. A claim whose
 //     rollback finished but could not be forgotten is Undone: it holds no
-//     device, and the next rollback or start forgets it.
+//     device, and the next rollback or start forgets it. A prepared claim
+//     whose rollback failed midway is held as PrepareStarted
+//     (markUnfinished): it still holds its devices, but is not served.
 
 // record stores a private copy of rec and commits it.
 func (p *Preparer) record(rec *checkpoint.Claim) error {
@@ -84,6 +86,21 @@ func (p *Preparer) forget(uid string) error {
 	delete(p.cp.Claims, uid)
 	p.wakeWaiters()
 	return nil
+}
+
+// markUnfinished holds a prepared claim whose rollback failed midway as
+// PrepareStarted in memory (less than the disk says, as memory may): what
+// is left of it is rolled back by the next attempt, never served.
+func (p *Preparer) markUnfinished(uid string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c, ok := p.cp.Claims[uid]
+	if !ok || c.State != checkpoint.PrepareCompleted {
+		return
+	}
+	unfinished := c.Clone()
+	unfinished.State = checkpoint.PrepareStarted
+	p.cp.Claims[uid] = unfinished
 }
 
 // markUndone records in memory that the claim holds nothing any more; the

@@ -142,6 +142,10 @@ func (p *Preparer) rollback(ctx context.Context, rec *checkpoint.Claim) error {
 		u.mps = p.opts.MPS
 	}
 	if err := u.undo(ctx, rec); err != nil {
+		// Part of the claim may be undone already: it must not be
+		// served as prepared (its daemons started again, its result
+		// returned) while the next attempt finishes the rollback.
+		p.markUnfinished(rec.UID)
 		return err
 	}
 	if err := p.forget(rec.UID); err != nil {

@@ -155,6 +155,13 @@ func TestShareErrors(t *testing.T) {
 		{"no consumed memory", func() *resourceapi.ResourceClaim {
 			return sharesAllocated(shareOf{"gpu-0-shared", sid, "", "0"})
 		}, "no consumed memory"},
+		{"shares of two GPUs in one request", func() *resourceapi.ResourceClaim {
+			// count: 2 or allocationMode: All; the scheduler never gives one
+			// request the same device twice.
+			c := sharesAllocated(shareOf{"gpu-0-shared", sid, "50Gi", "0"}, shareOf{"gpu-1-shared", "bbbbbbbb-0000-4000-8000-000000000002", "50Gi", "0"})
+			c.Status.Allocation.Devices.Results[1].Request = "req-0"
+			return c
+		}, "request req-0: its devices gpu-0-shared and gpu-1-shared are shares of two GPUs"},
 		{"sharing configuration on a share", func() *resourceapi.ResourceClaim {
 			c := sharesAllocated(shareOf{"gpu-0-shared", sid, "10Gi", "0"})
 			c.Status.Allocation.Devices.Config = withConfig("gpu-0", mpsConfig).Status.Allocation.Devices.Config

@@ -39,10 +39,26 @@ var sweepKinds = []sweepKind{
 		bystander: func() *resourceapi.ResourceClaim {
 			return sharesAllocated(shareOf{"gpu-0-shared", "bbbbbbbb-0000-4000-8000-00000000000b", "20Gi", "50"})
 		}},
+	{name: "several devices", claim: severalDevices,
+		bystander: func() *resourceapi.ResourceClaim { return allocated("gpu-2-mig-1g10gb-0") }},
 	{name: "last share",
 		claim: func() *resourceapi.ResourceClaim {
 			return sharesAllocated(shareOf{"gpu-4-shared", "cccccccc-0000-4000-8000-00000000000c", "10Gi", "25"})
 		}},
+}
+
+// severalDevices is a claim of two MIG devices shared through the
+// claim's own MPS daemon, a whole GPU with a time slice and a share.
+func severalDevices() *resourceapi.ResourceClaim {
+	c := sharesAllocated(shareOf{device: "gpu-2-mig-1g10gb-3"}, shareOf{device: "gpu-2-mig-2g20gb-4"}, shareOf{device: "gpu-6"},
+		shareOf{"gpu-0-shared", "dddddddd-0000-4000-8000-00000000000d", "10Gi", "25"})
+	for _, cfg := range []struct {
+		params   string
+		requests []string
+	}{{migMPSConfig, []string{"req-0", "req-1"}}, {longTimeSlice, []string{"req-2"}}} {
+		c.Status.Allocation.Devices.Config = append(c.Status.Allocation.Devices.Config, withConfig("gpu-6", cfg.params, cfg.requests...).Status.Allocation.Devices.Config...)
+	}
+	return c
 }
 
 // isPrepareStep says whether the step happens in Prepare (else in the

@@ -344,3 +344,61 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nv
 			fmt.Errorf("%d starts, %d quits, directories %v", count("start")-startsBefore, count("quit")-quitsBefore, dirs)
 	})
 }
+
+// TestAdminAccessToAShareAndSharesOfSeveralGPUs: a monitor's claim with
+// admin access to a shared GPU is allocated a share ID like any share, and
+// its status entry names it (the API server refuses one without it); a
+// request for two shares, which the scheduler puts on two GPUs whose
+// daemons no container reaches both of, fails to prepare naming the
+// request, rather than running with one GPU out of reach.
+func TestAdminAccessToAShareAndSharesOfSeveralGPUs(t *testing.T) {
+	const ns = "gpu-share-edges"
+	t.Cleanup(func() { cleanNamespace(t, ns) })
+	applyYAML(t, `apiVersion: v1
+kind: Namespace
+metadata:
+  name: gpu-share-edges
+  labels: {resource.kubernetes.io/admin-access: "true"}
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: monitor, namespace: gpu-share-edges}
+spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: shared.gpu.nvidia.com, adminAccess: true, capacity: {requests: {memory: 1Gi}}}}]}}}
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: two-shares, namespace: gpu-share-edges}
+spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: shared.gpu.nvidia.com, count: 2, capacity: {requests: {memory: 10Gi}}}}]}}}
+`+claimPod(ns, "monitor", "monitor")+claimPod(ns, "two", "two-shares"))
+
+	monitor := waitPodRunning(t, ns, "monitor")
+	r := claimOf(t, monitor, "gpu").Status.Allocation.Devices.Results[0]
+	if r.ShareID == nil || r.AdminAccess == nil || !*r.AdminAccess {
+		t.Fatalf("the monitor's allocation %+v: want admin access with a share ID", r)
+	}
+	eventually(t, 30*time.Second, "the monitor's status entry with its share ID", func() (bool, error) {
+		entries := ours(claimOf(t, monitor, "gpu"))
+		return len(entries) == 1 && entries[0].ShareID != nil && *entries[0].ShareID == string(*r.ShareID), fmt.Errorf("entries %+v", entries)
+	})
+
+	eventually(t, 60*time.Second, "the two-share pod's prepare to fail naming its request", func() (bool, error) {
+		evs, err := client.CoreV1().Events(ns).List(ctx(), metav1.ListOptions{FieldSelector: "involvedObject.name=two,reason=FailedPrepareDynamicResources"})
+		if err != nil {
+			return false, err
+		}
+		for _, e := range evs.Items {
+			if strings.Contains(e.Message, "request gpu: its devices") && strings.Contains(e.Message, "shares of two GPUs") {
+				return true, nil
+			}
+		}
+		p, _ := client.CoreV1().Pods(ns).Get(ctx(), "two", metav1.GetOptions{})
+		return false, fmt.Errorf("%d events; pod phase %v", len(evs.Items), p.Status.Phase)
+	})
+	two, err := client.CoreV1().Pods(ns).Get(ctx(), "two", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rs := claimOf(t, two, "gpu").Status.Allocation.Devices.Results; len(rs) != 2 || rs[0].Device == rs[1].Device {
+		t.Errorf("the two shares were allocated %+v, want two GPUs", rs)
+	}
+}

@@ -134,12 +134,23 @@ func makeControl(path string) error {
 	return f.Close()
 }
 
-// quit removes the daemon's control file, which makes it exit.
+// quit writes the command into the daemon's control file, as the real
+// client writes it into the control pipe, through whatever is at its path
+// (without waiting for a reader), and removes the file, which makes the
+// daemon exit.
 func (t *Tools) quit(pipe, logDir string) int {
 	control := filepath.Join(pipe, controlFile)
-	if _, err := os.Stat(control); err != nil {
+	f, err := os.OpenFile(control, os.O_WRONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
 		fmt.Fprintf(t.Stderr, "no MPS control daemon at %s\n", pipe)
 		return 1
+	}
+	_, err = io.WriteString(f, "quit\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return t.fail(err)
 	}
 	if err := os.Remove(control); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return t.fail(err)
