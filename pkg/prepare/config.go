@@ -18,8 +18,6 @@ import (
 
 // settings are what a device's configuration asks of prepare.
 type settings struct {
-	// env is extra container environment.
-	env map[string]string
 	// timeSlice is a non-default compute time slice for a whole GPU.
 	timeSlice string
 	// mps is set (possibly empty) when the device is shared through MPS.

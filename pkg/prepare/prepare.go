@@ -295,7 +295,8 @@ func (p *Preparer) configure(claim *resourceapi.ResourceClaim, rec *checkpoint.C
 		if err != nil {
 			return nil, fmt.Errorf("device %s: %w", d.Name, err)
 		}
-		d.Env, d.TimeSlice = settings.env, settings.timeSlice
+		// The environment is built from here on: a share's, then the MPS limits.
+		d.Env, d.TimeSlice = nil, settings.timeSlice
 		if d.AdminAccess && (settings.mps != nil || settings.timeSlice != "") {
 			return nil, fmt.Errorf("device %s: parameters.sharing: a device allocated with admin access is given as it is, for monitoring; its sharing is its other claims' to set, so remove the sharing configuration for this request", d.Name)
 		}
