@@ -103,6 +103,34 @@ func (c *Checkpoint) Owner(uid string, d Device) string {
 	return ""
 }
 
+// InstanceOwner returns the UID of a recorded claim other than uid that
+// holds a MIG device of the profile on the GPU, when such claims hold max
+// of them or more, or "". It is the instance limit a profile has beyond
+// its placements (a GPU has one set of media engines, so one "+me"
+// instance fits although seven placements exist): a device of the profile
+// cannot be created beside them even on a free placement. Instances that
+// exist without the driver (pre-created) and admin access are not counted.
+// Of several holders it returns the lowest UID, so waiting is stable.
+func (c *Checkpoint) InstanceOwner(uid, gpuUUID string, profileID, max int) string {
+	var owners []string // one entry per device counted
+	for _, claim := range c.Claims {
+		if claim.UID == uid || !claim.holds() {
+			continue
+		}
+		for _, d := range claim.Devices {
+			if d.MIG == nil || d.AdminAccess || d.GPUUUID != gpuUUID || d.MIG.ProfileID != profileID ||
+				(d.MIG.UUID != "" && !d.MIG.Created) {
+				continue
+			}
+			owners = append(owners, claim.UID)
+		}
+	}
+	if len(owners) == 0 || len(owners) < max {
+		return ""
+	}
+	return slices.Min(owners)
+}
+
 // Conflict reports whether two prepared devices cannot coexist on the
 // hardware: the same exclusive device, a share of a GPU and exclusive use
 // of that GPU, the whole GPU and a MIG device on it, or two MIG devices

@@ -80,6 +80,28 @@ func TestQueries(t *testing.T) {
 			t.Errorf("%s: Owner = %q, want %q", tc.name, got, tc.want)
 		}
 	}
+	// Instance limits: claims "done" (created, MIG-3) and "started"
+	// (planned) hold 1g.10gb devices on GPU-0; admin access and a
+	// pre-created instance do not count.
+	cp.Claims["static"] = &Claim{UID: "static", State: PrepareCompleted, Devices: []Device{
+		{Pool: "p", Name: "gpu-0-mig-static-1g10gb-6", GPUUUID: "GPU-0", MIG: mig(6, false, "MIG-6")},
+	}}
+	for _, tc := range []struct {
+		name, uid, gpu string
+		profile, max   int
+		want           string
+	}{
+		{"limit reached", "new", "GPU-0", 0, 2, "done"},
+		{"room for one more", "new", "GPU-0", 0, 3, ""},
+		{"the claim's own devices do not count", "done", "GPU-0", 0, 1, "started"},
+		{"another GPU", "new", "GPU-1", 0, 1, ""},
+		{"another profile", "new", "GPU-0", 9, 1, ""},
+	} {
+		if got := cp.InstanceOwner(tc.uid, tc.gpu, tc.profile, tc.max); got != tc.want {
+			t.Errorf("%s: InstanceOwner = %q, want %q", tc.name, got, tc.want)
+		}
+	}
+	delete(cp.Claims, "static")
 	if got := cp.Shares("GPU-2"); strings.Join(got, ",") != "share-a,share-b" {
 		t.Errorf("Shares(GPU-2) = %v", got)
 	}

@@ -88,6 +88,9 @@ func (p *Preparer) plan(claim *resourceapi.ResourceClaim) (*checkpoint.Claim, er
 		}
 		p.mu.Lock()
 		owner := p.cp.Owner(rec.UID, d)
+		if owner == "" && dev.Kind == devicemodel.KindMIGPlacement && !d.AdminAccess {
+			owner = p.cp.InstanceOwner(rec.UID, d.GPUUUID, dev.Profile.ID, dev.Profile.MaxInstances)
+		}
 		p.mu.Unlock()
 		if owner != "" {
 			return nil, &heldError{device: r.Device, owner: owner}

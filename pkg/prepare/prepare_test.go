@@ -749,6 +749,11 @@ func TestOverlappingDeviceHeldByAnotherClaim(t *testing.T) {
 		{"gpu-0-mig-3g40gb-0", "gpu-0-mig-3g40gb-4", false},
 		{"gpu-0-mig-1g10gb-3", "gpu-1-mig-1g10gb-3", false},
 		{"gpu-0", "gpu-1", false},
+		// One +me instance fits on a GPU (it takes the media engines),
+		// although seven placements exist.
+		{"gpu-0-mig-1g10gbme-0", "gpu-0-mig-1g10gbme-3", true},
+		{"gpu-0-mig-1g10gbme-0", "gpu-1-mig-1g10gbme-3", false},
+		{"gpu-0-mig-1g10gbme-0", "gpu-0-mig-1g10gb-3", false},
 	} {
 		t.Run(tc.held+" then "+tc.next, func(t *testing.T) {
 			ctx := context.Background()
