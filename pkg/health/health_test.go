@@ -784,3 +784,37 @@ func TestGPUInstanceWithSeveralComputeInstances(t *testing.T) {
 		t.Errorf("GPU A taints %q; MIG taints %q and %q", got, f.taintsOf(gpuA, migA), f.taintsOf(gpuA, migC))
 	}
 }
+
+// TestFailedSaveIsRetried: a save of the sticky conditions that fails
+// (here the data directory is missing, as on a full or read-only disk) is
+// tried again at the next probe, even if nothing changed since, so that a
+// restart once the disk is back does not forget a fatal XID.
+func TestFailedSaveIsRetried(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		event gpu.Event
+		want  string
+	}{
+		{name: "fatal XID", event: gpu.Event{Kind: gpu.EventXID, GPUUUID: gpuA, XID: 79, GIID: -1, CIID: -1}, want: "xid=79:NoExecute"},
+		{name: "double-bit ECC", event: gpu.Event{Kind: gpu.EventDoubleBitECC, GPUUUID: gpuA, GIID: -1, CIID: -1}, want: "ecc=double-bit:NoExecute"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			dir := filepath.Join(t.TempDir(), "plugin")
+			path := filepath.Join(dir, StoreFileName)
+			f := newFixture(t, NewStore(path), "boot")
+			f.m.Observe(ctx, tc.event)
+			if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("the save was meant to fail: %v", err)
+			}
+			if err := os.Mkdir(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			f.m.Probe(ctx)
+			restarted := newFixture(t, NewStore(path), "boot")
+			if got := restarted.taintsOf(gpuA, ""); got != tc.want {
+				t.Errorf("after the disk came back and a restart GPU A has %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

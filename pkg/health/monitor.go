@@ -123,6 +123,10 @@ type Monitor struct {
 	lastECC map[string]uint64
 	// eventsDown is set while NVML events cannot be watched.
 	eventsDown bool
+	// unsaved is set while the last save of the sticky conditions failed
+	// (a full or read-only disk): every probe tries again, since no change
+	// may come to save them before the plugin restarts and forgets them.
+	unsaved bool
 }
 
 type migID struct {
@@ -495,7 +499,7 @@ func (m *Monitor) Probe(ctx context.Context) {
 			m.raiseLocked(c)
 		}
 	}
-	m.unlockChanged(ctx, before, false)
+	m.unlockChanged(ctx, before, m.unsaved)
 }
 
 // presentLocked returns the causes a reading shows, by key.
@@ -650,9 +654,13 @@ func (m *Monitor) saveLocked(ctx context.Context) {
 	for uuid, n := range m.lastECC {
 		s.VolatileECC[uuid] = n
 	}
-	if err := m.store.Save(s); err != nil {
-		klog.FromContext(ctx).Error(err, "Cannot persist sticky health conditions; a plugin restart would forget them")
+	err := m.store.Save(s)
+	if err != nil {
+		klog.FromContext(ctx).Error(err, "Cannot persist sticky health conditions; a plugin restart would forget them; retrying at every probe")
+	} else if m.unsaved {
+		klog.FromContext(ctx).Info("Sticky health conditions persisted again")
 	}
+	m.unsaved = err != nil
 }
 
 // Taints returns the device taints of the current conditions: by GPU
