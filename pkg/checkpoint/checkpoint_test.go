@@ -49,8 +49,8 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 }
 
 // TestUntrustedFilesAreSetAside covers every way a checkpoint can be bad:
-// each is moved aside, and Load returns an empty checkpoint and a
-// *CorruptError.
+// each is copied aside, and Load returns an empty checkpoint and a
+// *CorruptError until a Save replaces the file.
 func TestUntrustedFilesAreSetAside(t *testing.T) {
 	good := func(t *testing.T, s *Store) []byte {
 		if err := s.Save(sample()); err != nil {
@@ -92,15 +92,23 @@ func TestUntrustedFilesAreSetAside(t *testing.T) {
 			if cp == nil || len(cp.Claims) != 0 {
 				t.Fatalf("want an empty checkpoint, got %+v", cp)
 			}
-			if _, err := os.Stat(s.Path()); !errors.Is(err, os.ErrNotExist) {
-				t.Errorf("untrusted file still in place: %v", err)
-			}
 			if _, err := os.Stat(corrupt.SetAside); err != nil {
 				t.Errorf("set-aside copy missing: %v", err)
 			}
-			// The next start finds no checkpoint and starts clean.
-			if cp, err := s.Load(); err != nil || len(cp.Claims) != 0 {
-				t.Errorf("second load: %v %+v", err, cp)
+			// A start that fails before saving what it rebuilt (a
+			// full disk, a crash) leaves the next start the same loss
+			// to rebuild from, not an empty checkpoint that would make
+			// every prepared claim's CDI spec an orphan.
+			restarted, _ := NewStore(dir)
+			if _, err := restarted.Load(); !errors.As(err, &corrupt) {
+				t.Errorf("a start after one that saved nothing: want *CorruptError, got %v", err)
+			}
+			// Once the rebuilt checkpoint is saved, it is what is read.
+			if err := restarted.Save(New("rebuilt")); err != nil {
+				t.Fatal(err)
+			}
+			if cp, err := s.Load(); err != nil || cp.BootID != "rebuilt" {
+				t.Errorf("load after the rebuilt checkpoint was saved: %v %+v", err, cp)
 			}
 		})
 	}

@@ -62,7 +62,7 @@ func checksum(data []byte) string {
 // CorruptError says the checkpoint could not be trusted and was set aside.
 type CorruptError struct {
 	Path     string // the checkpoint's path
-	SetAside string // where the untrusted file now is
+	SetAside string // where a copy of the untrusted file is
 	Cause    error
 	// Previous is the generation written before the untrusted one, when
 	// it could be read; nil otherwise. It is one write behind: it names
@@ -73,7 +73,7 @@ type CorruptError struct {
 }
 
 func (e *CorruptError) Error() string {
-	return fmt.Sprintf("checkpoint %s cannot be trusted, moved to %s: %v", e.Path, e.SetAside, e.Cause)
+	return fmt.Sprintf("checkpoint %s cannot be trusted, set aside as %s: %v", e.Path, e.SetAside, e.Cause)
 }
 
 func (e *CorruptError) Unwrap() error { return e.Cause }
@@ -99,6 +99,10 @@ type Store struct {
 	path     string
 	previous string
 	write    func(path string, data []byte) error
+	// untrusted is set from a Load that found the checkpoint untrusted
+	// until a Save replaces it: the file is still in place, so that a
+	// start that dies before saving what it rebuilt finds it again.
+	untrusted bool
 }
 
 // StoreOption configures NewStore.
@@ -162,9 +166,14 @@ func (s *Store) sweep(logger klog.Logger) error {
 func (s *Store) Path() string { return s.path }
 
 // Load reads the checkpoint. A missing file is an empty checkpoint. A file
-// that cannot be trusted is moved aside and Load returns an empty
-// checkpoint together with a *CorruptError, so the caller can report it and
-// rebuild; any other error means nothing was read or changed.
+// that cannot be trusted is copied aside (a hard link) and Load returns an
+// empty checkpoint together with a *CorruptError, so the caller can report
+// it and rebuild; any other error means nothing was read or changed. The
+// untrusted file stays in place until the next Save replaces it: were it
+// moved away, a start that failed before saving what it rebuilt (a full
+// disk, a crash) would leave no checkpoint at all, and the next start
+// would take the prepared claims' CDI specs for orphans and delete them.
+// Only where a hard link cannot be made is it moved.
 func (s *Store) Load() (*Checkpoint, error) {
 	cp, cause := read(s.path)
 	if errors.Is(cause, os.ErrNotExist) {
@@ -174,9 +183,12 @@ func (s *Store) Load() (*Checkpoint, error) {
 		return cp, nil
 	}
 	aside := fmt.Sprintf("%s.corrupt-%s", s.path, time.Now().UTC().Format("20060102T150405.000000000"))
-	if err := os.Rename(s.path, aside); err != nil {
-		return nil, fmt.Errorf("set aside untrusted checkpoint %s: %w (it was untrusted because: %w)", s.path, err, cause)
+	if err := os.Link(s.path, aside); err != nil {
+		if err := os.Rename(s.path, aside); err != nil {
+			return nil, fmt.Errorf("set aside untrusted checkpoint %s: %w (it was untrusted because: %w)", s.path, err, cause)
+		}
 	}
+	s.untrusted = true
 	corrupt := &CorruptError{Path: s.path, SetAside: aside, Cause: cause}
 	if prev, err := read(s.previous); err == nil {
 		corrupt.Previous = prev
@@ -215,6 +227,20 @@ func (s *Store) Save(cp *Checkpoint) error {
 	out, err := seal(cp)
 	if err != nil {
 		return fmt.Errorf("encode checkpoint: %w", err)
+	}
+	if s.untrusted {
+		// The file replaced is the untrusted one: it is no previous
+		// generation, and the one on disk is older than what was lost,
+		// but it stays until the rebuilt checkpoint is written, for a
+		// start that fails before.
+		if err := s.write(s.path, out); err != nil {
+			return fmt.Errorf("write checkpoint: %w", err)
+		}
+		s.untrusted = false
+		if err := os.Remove(s.previous); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove stale previous checkpoint generation: %w", err)
+		}
+		return nil
 	}
 	if err := s.keepPrevious(); err != nil {
 		// The previous generation only helps a rebuild; a filesystem

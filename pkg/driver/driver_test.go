@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -407,6 +408,51 @@ func TestCorruptCheckpointIsReportedAndRebuilt(t *testing.T) {
 	}
 	if after := prepareOK(ctx, t, d, claim); !reflect.DeepEqual(after, before) {
 		t.Errorf("after the rebuild %+v, want %+v", after, before)
+	}
+}
+
+// TestRebuildSurvivesAStartThatCannotSave: a start that finds the
+// checkpoint corrupt and cannot save what it rebuilt (a full disk) fails;
+// the next start rebuilds again, rather than finding no checkpoint and
+// deleting the prepared claims' CDI specs as orphans.
+func TestRebuildSurvivesAStartThatCannotSave(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		claims []string
+	}{
+		{name: "whole GPU", claims: []string{"gpu-5"}},
+		{name: "MIG device", claims: []string{"gpu-2-mig-1g10gb-1"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, ctx := ktesting.NewTestContext(t)
+			f := newNodeFixture(t)
+			d := f.newDriver(ctx)
+			var claims []*resourceapi.ResourceClaim
+			for _, name := range tc.claims {
+				claims = append(claims, allocated(name))
+			}
+			prepareOK(ctx, t, d, claims...)
+			if err := os.WriteFile(filepath.Join(f.dir, "plugin", checkpoint.FileName), []byte(`{"version":`), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cfg := f.config()
+			full, err := checkpoint.NewStore(filepath.Join(f.dir, "plugin"), checkpoint.WithWriteFile(func(string, []byte) error {
+				return syscall.ENOSPC
+			}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.Store = full
+			if _, err := New(ctx, cfg); !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("a start that cannot save: %v, want ENOSPC", err)
+			}
+			d = f.newDriver(ctx)
+			for i, c := range claims {
+				if got := d.preparer.Snapshot().Claims[string(c.UID)]; got == nil || got.State != checkpoint.PrepareCompleted {
+					t.Errorf("claim on %s after the second start: %+v, want it prepared", tc.claims[i], got)
+				}
+			}
+		})
 	}
 }
 
