@@ -60,7 +60,9 @@ func buildSliceMap(g GPUReport) sliceMap {
 	}
 	holds := func(d DeviceReport, start, size int) {
 		letter := rune('A' + len(m.Legend)%26)
-		for i := start; i < start+size && i < len(cells); i++ {
+		// A placement outside the GPU's slices (a slice not of this
+		// driver's version) draws only what lies inside them.
+		for i := max(start, 0); i < start+size && i < len(cells); i++ {
 			cells[i] = letter
 		}
 		span := fmt.Sprintf("%d-%d", start, start+size-1)

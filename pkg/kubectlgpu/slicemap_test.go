@@ -29,6 +29,12 @@ func TestBuildSliceMap(t *testing.T) {
 		{"free slices of a tainted GPU", []DeviceReport{{Name: "gpu-0", Type: "gpu", Taints: []TaintReport{{Key: "k", Effect: "NoSchedule"}}},
 			{Name: "gpu-0-mig-2g20gb-4", Type: "mig", PlacementStart: at(4), PlacementSize: 2, Allocations: alloc}}, "[xxxx|AA|xx]", 6},
 		{"a None taint leaves slices free", []DeviceReport{{Name: "gpu-0", Type: "gpu", Taints: []TaintReport{{Key: "k", Effect: "None"}}}}, "[........]", 8},
+		{"a placement before the first slice is not drawn", []DeviceReport{{Name: "gpu-0", Type: "gpu"},
+			{Name: "gpu-0-mig-1g10gb-0", Type: "mig", PlacementStart: at(-1), PlacementSize: 1, Allocations: alloc}}, "[........]", 8},
+		{"a placement past the last slice is not drawn", []DeviceReport{{Name: "gpu-0", Type: "gpu"},
+			{Name: "gpu-0-mig-1g10gb-0", Type: "mig", PlacementStart: at(9), PlacementSize: 1, Allocations: alloc}}, "[........]", 8},
+		{"a placement across the first slice draws its part", []DeviceReport{{Name: "gpu-0", Type: "gpu"},
+			{Name: "gpu-0-mig-2g20gb-0", Type: "mig", PlacementStart: at(-1), PlacementSize: 2, Allocations: alloc}}, "[A|.......]", 7},
 		{"shares hold the GPU", []DeviceReport{{Name: "gpu-0", Type: "gpu"}, {Name: "gpu-0-shared", Type: "shared", Allocations: alloc}}, "[AAAAAAAA]", 0},
 	}
 	for _, tt := range tests {
