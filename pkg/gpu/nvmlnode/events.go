@@ -4,7 +4,9 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 
 	"context"
+	"errors"
 	"fmt"
+	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"k8s.io/klog/v2"
@@ -13,10 +15,16 @@ import (
 // eventWaitTimeout bounds one wait so that cancellation is noticed.
 const eventWaitTimeout = 500 // milliseconds
 
+// lostRegisterInterval is how often the GPUs that were lost when the
+// watch started are tried again.
+var lostRegisterInterval = 10 * time.Second
+
 // WatchEvents delivers NVML health events (critical XIDs, double-bit ECC
 // errors, a GPU lost) of every GPU to handle until ctx ends. It returns an
 // error if the event set cannot be set up; the caller then has to report
-// the GPUs as unmonitored.
+// the GPUs as unmonitored. A GPU fallen off the bus takes no registration:
+// it is left out, lest the other GPUs go unwatched while it is lost (the
+// probe reports it lost), and registered once it is back.
 func (n *Node) WatchEvents(ctx context.Context, handle func(gpu.Event)) error {
 	logger := klog.FromContext(ctx)
 	set, ret := n.lib.EventSetCreate()
@@ -33,26 +41,38 @@ func (n *Node) WatchEvents(ctx context.Context, handle func(gpu.Event)) error {
 		return fmt.Errorf("count GPUs: %w", nvmlError(ret))
 	}
 	uuids := map[nvml.Device]string{}
+	var lost []int
 	for i := 0; i < count; i++ {
-		dev, ret := n.lib.DeviceGetHandleByIndex(i)
-		if ret != nvml.SUCCESS {
-			return fmt.Errorf("open GPU %d: %w", i, nvmlError(ret))
+		err := n.registerEvents(set, i, uuids)
+		var re ReturnError
+		if errors.As(err, &re) && re.Code == nvml.ERROR_GPU_IS_LOST {
+			logger.Info("GPU lost: its events are watched once it is back", "index", i)
+			lost = append(lost, i)
+			continue
 		}
-		uuid, ret := dev.GetUUID()
-		if ret != nvml.SUCCESS {
-			return fmt.Errorf("UUID of GPU %d: %w", i, nvmlError(ret))
+		if err != nil {
+			return err
 		}
-		supported, ret := dev.GetSupportedEventTypes()
-		if ret != nvml.SUCCESS {
-			return fmt.Errorf("supported events of %s: %w", uuid, nvmlError(ret))
-		}
-		want := supported & (nvml.EventTypeXidCriticalError | nvml.EventTypeDoubleBitEccError)
-		if ret := dev.RegisterEvents(want, set); ret != nvml.SUCCESS {
-			return fmt.Errorf("register events of %s: %w", uuid, nvmlError(ret))
-		}
-		uuids[dev] = uuid
 	}
+	lastTry := time.Now()
 	for ctx.Err() == nil {
+		if len(lost) > 0 && time.Since(lastTry) >= lostRegisterInterval {
+			lastTry = time.Now()
+			var still []int
+			for _, i := range lost {
+				err := n.registerEvents(set, i, uuids)
+				var re ReturnError
+				switch {
+				case errors.As(err, &re) && re.Code == nvml.ERROR_GPU_IS_LOST:
+					still = append(still, i)
+				case err != nil:
+					return err
+				default:
+					logger.Info("GPU back: its events are watched", "index", i)
+				}
+			}
+			lost = still
+		}
 		data, ret := set.Wait(eventWaitTimeout)
 		switch ret {
 		case nvml.SUCCESS:
@@ -78,5 +98,29 @@ func (n *Node) WatchEvents(ctx context.Context, handle func(gpu.Event)) error {
 		}
 		handle(e)
 	}
+	return nil
+}
+
+// registerEvents registers GPU index's health events in set and records
+// its UUID. An error of a lost GPU wraps a ReturnError of
+// ERROR_GPU_IS_LOST.
+func (n *Node) registerEvents(set nvml.EventSet, index int, uuids map[nvml.Device]string) error {
+	dev, ret := n.lib.DeviceGetHandleByIndex(index)
+	if ret != nvml.SUCCESS {
+		return fmt.Errorf("open GPU %d: %w", index, nvmlError(ret))
+	}
+	uuid, ret := dev.GetUUID()
+	if ret != nvml.SUCCESS {
+		return fmt.Errorf("UUID of GPU %d: %w", index, nvmlError(ret))
+	}
+	supported, ret := dev.GetSupportedEventTypes()
+	if ret != nvml.SUCCESS {
+		return fmt.Errorf("supported events of %s: %w", uuid, nvmlError(ret))
+	}
+	want := supported & (nvml.EventTypeXidCriticalError | nvml.EventTypeDoubleBitEccError)
+	if ret := dev.RegisterEvents(want, set); ret != nvml.SUCCESS {
+		return fmt.Errorf("register events of %s: %w", uuid, nvmlError(ret))
+	}
+	uuids[dev] = uuid
 	return nil
 }

@@ -272,3 +272,78 @@ func TestWatchEventsDeliversInjectedFaults(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestWatchEventsWithALostGPU: a GPU fallen off the bus when the watch
+// starts takes no registration; the other GPUs' events are still
+// delivered, and the lost GPU's once it is back.
+func TestWatchEventsWithALostGPU(t *testing.T) {
+	old := lostRegisterInterval
+	lostRegisterInterval = 0
+	t.Cleanup(func() { lostRegisterInterval = old })
+	for _, tc := range []struct {
+		name       string
+		lost, xids []int // lost at the start; where XIDs are injected
+	}{
+		{name: "another GPU's events", lost: []int{3}, xids: []int{2}},
+		{name: "several GPUs lost", lost: []int{0, 3, 7}, xids: []int{5}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			n := openSim(t, "dgxa100", dir)
+			inv, err := n.Inventory(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			injector, err := sim.Open("dgxa100", dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, i := range tc.lost {
+				if err := injector.SetLost(i, true); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			events := make(chan gpu.Event, 16)
+			done := make(chan error, 1)
+			go func() { done <- n.WatchEvents(ctx, func(e gpu.Event) { events <- e }) }()
+			// Events injected before the registration are not delivered,
+			// as with NVML: inject until one is.
+			await := func(index int) {
+				t.Helper()
+				want := gpu.Event{Kind: gpu.EventXID, GPUUUID: inv.GPUs[index].UUID, XID: 79, GIID: -1, CIID: -1}
+				for {
+					if err := injector.InjectXID(index, 79, -1, -1); err != nil {
+						t.Fatal(err)
+					}
+					select {
+					case got := <-events:
+						// A repeat of an XID injected before is no news.
+						if got == want {
+							return
+						}
+					case err := <-done:
+						t.Fatalf("the watch ended: %v", err)
+					case <-ctx.Done():
+						t.Fatalf("no event of GPU %d", index)
+					case <-time.After(100 * time.Millisecond):
+					}
+				}
+			}
+			for _, i := range tc.xids {
+				await(i)
+			}
+			for _, i := range tc.lost {
+				if err := injector.SetLost(i, false); err != nil {
+					t.Fatal(err)
+				}
+				await(i)
+			}
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

@@ -355,6 +355,10 @@ func (n *Node) extendDevice(d *server.Device, index int) {
 		if !ok {
 			return nvml.ERROR_INVALID_ARGUMENT
 		}
+		// As with NVML, a GPU fallen off the bus takes no registration.
+		if _, ret := n.gpuState(index); ret != nvml.SUCCESS {
+			return ret
+		}
 		es.register(index, d, types)
 		return nvml.SUCCESS
 	}
