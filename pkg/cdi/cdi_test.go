@@ -9,7 +9,9 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs/hostfstest"
 
@@ -294,5 +296,72 @@ func TestDeviceMounts(t *testing.T) {
 	}
 	if !maps.Equal(got, want) {
 		t.Errorf("mounts %v, want %v", got, want)
+	}
+}
+
+// TestUnfitSpecFilesAreNotRead: a start-up's rebuild reads back the
+// claims' spec files; what has a spec's name but is no regular file of the
+// plugin's (a FIFO, which would block the start-up, a device such as
+// /dev/zero or a huge file, which would grow the read until the plugin is
+// killed, or a symlink to another file) is an error, not read.
+func TestUnfitSpecFilesAreNotRead(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// plant puts the unfit file at path; spec is a good spec of
+		// the claim, which the plant may link to or pad.
+		plant func(t *testing.T, path string, spec []byte)
+	}{
+		{name: "FIFO", plant: func(t *testing.T, path string, _ []byte) {
+			if err := syscall.Mkfifo(path, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{name: "symlink to /dev/zero", plant: func(t *testing.T, path string, _ []byte) {
+			if err := os.Symlink("/dev/zero", path); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{name: "symlink to a spec", plant: func(t *testing.T, path string, spec []byte) {
+			good := filepath.Join(t.TempDir(), "spec.json")
+			if err := os.WriteFile(good, spec, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(good, path); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{name: "huge file", plant: func(t *testing.T, path string, spec []byte) {
+			if err := os.WriteFile(path, append(spec, strings.Repeat(" ", maxSpecSize)...), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w, _ := newWriter(t)
+			if _, err := w.WriteClaimSpec(context.Background(), uid, []Device{{Name: "gpu-0", Request: "a", UUID: "GPU-1"}}); err != nil {
+				t.Fatal(err)
+			}
+			spec, err := os.ReadFile(w.SpecPath(uid))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Remove(w.SpecPath(uid)); err != nil {
+				t.Fatal(err)
+			}
+			tc.plant(t, w.SpecPath(uid), spec)
+			done := make(chan error, 1)
+			go func() {
+				_, err := w.DeviceAnnotations(uid)
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				if err == nil {
+					t.Error("an unfit spec file was read")
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("reading the spec file blocks")
+			}
+		})
 	}
 }
