@@ -27,6 +27,7 @@ package devicemodel
 import (
 	"fmt"
 	"maps"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -72,7 +73,8 @@ type Input struct {
 	// and to every MIG device on it.
 	GPUTaints map[string][]resourceapi.DeviceTaint
 	// MIGTaints are taints of one live MIG instance, by its UUID. They apply
-	// to the device that stands for it.
+	// to the device that stands for it, each in place of its GPU's taint of
+	// the same key.
 	MIGTaints map[string][]resourceapi.DeviceTaint
 	// Managed reports whether a live MIG instance was created by this driver
 	// for a claim. Such an instance is the device of its placement; any other
@@ -202,10 +204,15 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device) ([]resourceapi.D
 	placements := dynamic && offer.MIG
 
 	var devs []resourceapi.Device
-	add := func(d resourceapi.Device, info *Device, taints ...[]resourceapi.DeviceTaint) error {
-		for _, ts := range taints {
-			d.Taints = append(d.Taints, ts...)
+	// add adds a device with the taints of its GPU and, for a MIG
+	// device, of its instance, which replace the GPU's of their keys.
+	add := func(d resourceapi.Device, info *Device, gpuTaints []resourceapi.DeviceTaint, instTaints ...resourceapi.DeviceTaint) error {
+		for _, t := range gpuTaints {
+			if !slices.ContainsFunc(instTaints, func(i resourceapi.DeviceTaint) bool { return i.Key == t.Key }) {
+				d.Taints = append(d.Taints, t)
+			}
 		}
+		d.Taints = append(d.Taints, instTaints...)
 		if len(d.Taints) > resourceapi.DeviceTaintsMaxLength {
 			return fmt.Errorf("device %s has %d taints, the API allows %d", d.Name, len(d.Taints), resourceapi.DeviceTaintsMaxLength)
 		}
@@ -271,7 +278,7 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device) ([]resourceapi.D
 		// as 15 (up to 28).
 		d.Attributes[names.AttrPlacementSize] = integer(inst.Placement.Size)
 		d.Attributes[names.AttrParentIndex] = integer(g.Index)
-		if err := add(d, &Device{Kind: KindMIGStatic, GPU: g, Profile: p, Placement: inst.Placement, Instance: &inst}, gpuTaints, in.MIGTaints[inst.UUID]); err != nil {
+		if err := add(d, &Device{Kind: KindMIGStatic, GPU: g, Profile: p, Placement: inst.Placement, Instance: &inst}, gpuTaints, in.MIGTaints[inst.UUID]...); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -307,7 +314,7 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device) ([]resourceapi.D
 				if inst, ok := managedAt[[2]int{p.ID, pl.Start}]; ok {
 					instTaints = in.MIGTaints[inst.UUID]
 				}
-				if err := add(d, &Device{Kind: KindMIGPlacement, GPU: g, Profile: p, Placement: pl}, gpuTaints, instTaints); err != nil {
+				if err := add(d, &Device{Kind: KindMIGPlacement, GPU: g, Profile: p, Placement: pl}, gpuTaints, instTaints...); err != nil {
 					return nil, nil, err
 				}
 			}

@@ -405,8 +405,18 @@ func TestCorruptStoreIsSetAside(t *testing.T) {
 // model of a simulated DGX H100 with one live MIG device: a GPU-level
 // fault taints the GPU and each of its MIG devices and nothing else; a
 // fault on the MIG instance taints only the device that stands for it.
-func TestTaintsReachEveryDevice(t *testing.T) {
-	ctx := context.Background()
+// migNode is a simulated DGX H100 whose GPU 2 has one live MIG device,
+// made by the plugin, with a health monitor of it.
+type migNode struct {
+	m    *Monitor
+	inv  *gpu.Inventory
+	inst gpu.MIGInstance
+	// migDevice is the live MIG device's name in the model.
+	migDevice string
+}
+
+func newMIGNode(ctx context.Context, t *testing.T) *migNode {
+	t.Helper()
 	lib, err := sim.Open("dgxh100", "")
 	if err != nil {
 		t.Fatal(err)
@@ -436,44 +446,96 @@ func TestTaintsReachEveryDevice(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.SetInventory(ctx, inv, time.Now())
-	g5 := inv.GPUs[5]
-	m.Observe(ctx, gpu.Event{Kind: gpu.EventXID, GPUUUID: g5.UUID, XID: 79, GIID: -1, CIID: -1})
-	m.Observe(ctx, gpu.Event{Kind: gpu.EventXID, GPUUUID: g2.UUID, XID: 48, GIID: inst.GIID, CIID: inst.CIID})
-	gpuTaints, migTaints := m.Taints()
+	return &migNode{m: m, inv: inv, inst: inst, migDevice: names.MIGDevice(g2.Minor, p.Name, p.Placements[0].Start)}
+}
+
+// deviceTaints builds the model with the monitor's taints and returns
+// each device's taints as "key=value:effect,...".
+func (n *migNode) deviceTaints(t *testing.T) map[string]string {
+	t.Helper()
+	gpuTaints, migTaints := n.m.Taints()
 	model, err := devicemodel.Build(devicemodel.Input{
-		Inventory: inv, GPUTaints: gpuTaints, MIGTaints: migTaints,
-		Managed: func(i gpu.MIGInstance) bool { return i.UUID == inst.UUID },
+		Inventory: n.inv, GPUTaints: gpuTaints, MIGTaints: migTaints,
+		Managed: func(i gpu.MIGInstance) bool { return i.UUID == n.inst.UUID },
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	migDevice := names.MIGDevice(g2.Minor, p.Name, p.Placements[0].Start)
-	gpu5 := names.GPUDevice(g5.Minor)
-	tainted := 0
+	out := map[string]string{}
 	for _, s := range model.Slices {
 		for _, d := range s.Devices {
-			want := ""
-			switch {
-			case d.Name == gpu5 || strings.HasPrefix(d.Name, gpu5+"-mig-"):
-				want = "gpu.nvidia.com/xid=79:NoExecute"
-			case d.Name == migDevice:
-				want = "gpu.nvidia.com/xid=48:NoExecute"
-			}
 			var got []string
 			for _, t := range d.Taints {
 				got = append(got, t.Key+"="+t.Value+":"+string(t.Effect))
 			}
-			if strings.Join(got, ",") != want {
-				t.Errorf("device %s: taints %v, want %q", d.Name, got, want)
-			}
-			if len(got) > 0 {
-				tainted++
-			}
+			out[d.Name] = strings.Join(got, ",")
+		}
+	}
+	return out
+}
+
+func TestTaintsReachEveryDevice(t *testing.T) {
+	ctx := context.Background()
+	n := newMIGNode(ctx, t)
+	g2, g5 := n.inv.GPUs[2], n.inv.GPUs[5]
+	n.m.Observe(ctx, gpu.Event{Kind: gpu.EventXID, GPUUUID: g5.UUID, XID: 79, GIID: -1, CIID: -1})
+	n.m.Observe(ctx, gpu.Event{Kind: gpu.EventXID, GPUUUID: g2.UUID, XID: 48, GIID: n.inst.GIID, CIID: n.inst.CIID})
+	gpu5 := names.GPUDevice(g5.Minor)
+	tainted := 0
+	for name, got := range n.deviceTaints(t) {
+		want := ""
+		switch {
+		case name == gpu5 || strings.HasPrefix(name, gpu5+"-mig-"):
+			want = "gpu.nvidia.com/xid=79:NoExecute"
+		case name == n.migDevice:
+			want = "gpu.nvidia.com/xid=48:NoExecute"
+		}
+		if got != want {
+			t.Errorf("device %s: taints %q, want %q", name, got, want)
+		}
+		if got != "" {
+			tainted++
 		}
 	}
 	// GPU 5 and its 25 placements, and the one MIG device of GPU 2.
 	if tainted != 27 {
 		t.Errorf("%d tainted devices, want 27", tainted)
+	}
+}
+
+// TestMIGDeviceKeepsItsMoreSeriousTaint: a MIG device whose GPU and
+// instance both have a condition of one key has one taint of that key, of
+// the more serious: a Fatal XID of the instance is not hidden by a
+// Degraded XID of its GPU, and the other devices of the GPU have the GPU's.
+func TestMIGDeviceKeepsItsMoreSeriousTaint(t *testing.T) {
+	for _, tc := range []struct {
+		name             string
+		gpuXID, migXID   uint64
+		wantMIG, wantGPU string
+	}{
+		{name: "instance's more serious", gpuXID: 63, migXID: 48,
+			wantMIG: "gpu.nvidia.com/xid=48:NoExecute", wantGPU: "gpu.nvidia.com/xid=63:NoSchedule"},
+		{name: "GPU's more serious", gpuXID: 79, migXID: 63,
+			wantMIG: "gpu.nvidia.com/xid=79:NoExecute", wantGPU: "gpu.nvidia.com/xid=79:NoExecute"},
+		{name: "as serious", gpuXID: 79, migXID: 48,
+			wantMIG: "gpu.nvidia.com/xid=79:NoExecute", wantGPU: "gpu.nvidia.com/xid=79:NoExecute"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			n := newMIGNode(ctx, t)
+			g2 := n.inv.GPUs[2]
+			n.m.Observe(ctx, gpu.Event{Kind: gpu.EventXID, GPUUUID: g2.UUID, XID: tc.migXID, GIID: n.inst.GIID, CIID: n.inst.CIID})
+			n.m.Observe(ctx, gpu.Event{Kind: gpu.EventXID, GPUUUID: g2.UUID, XID: tc.gpuXID, GIID: -1, CIID: -1})
+			taints := n.deviceTaints(t)
+			if got := taints[n.migDevice]; got != tc.wantMIG {
+				t.Errorf("MIG device %s: taints %q, want %q", n.migDevice, got, tc.wantMIG)
+			}
+			for name, got := range taints {
+				if (name == names.GPUDevice(g2.Minor) || strings.HasPrefix(name, names.GPUDevice(g2.Minor)+"-mig-")) && name != n.migDevice && got != tc.wantGPU {
+					t.Errorf("device %s: taints %q, want %q", name, got, tc.wantGPU)
+				}
+			}
+		})
 	}
 }
 

@@ -665,7 +665,10 @@ func (m *Monitor) saveLocked(ctx context.Context) {
 
 // Taints returns the device taints of the current conditions: by GPU
 // UUID (for the GPU and every MIG device on it) and by MIG device UUID.
-// A MIG device does not repeat a key its GPU already has.
+// A MIG device has a taint of a key its GPU has too only when its own
+// condition is the more serious; the device's taint then replaces the
+// GPU's of that key (devicemodel.Input.MIGTaints), so that a Fatal XID of
+// the instance is not hidden by a Degraded one of the GPU.
 func (m *Monitor) Taints() (gpuTaints, migTaints map[string][]resourceapi.DeviceTaint) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -683,7 +686,7 @@ func (m *Monitor) Taints() (gpuTaints, migTaints map[string][]resourceapi.Device
 		if !ok || c.MIG == "" {
 			continue
 		}
-		if _, dup := m.conds[condID{c.GPU, "", c.Key}]; dup {
+		if g, ok := m.conds[condID{c.GPU, "", c.Key}]; ok && g.Class.rank() >= c.Class.rank() {
 			continue
 		}
 		migTaints[c.MIG] = append(migTaints[c.MIG], taint(c, effect))
