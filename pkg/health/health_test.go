@@ -26,6 +26,8 @@ import (
 type fakeSource struct {
 	mu       sync.Mutex
 	readings []gpu.Reading
+	// err fails every probe while set.
+	err error
 }
 
 func (f *fakeSource) WatchEvents(ctx context.Context, _ func(gpu.Event)) error {
@@ -36,6 +38,9 @@ func (f *fakeSource) WatchEvents(ctx context.Context, _ func(gpu.Event)) error {
 func (f *fakeSource) Probe(context.Context) ([]gpu.Reading, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.err != nil {
+		return nil, f.err
+	}
 	return append([]gpu.Reading(nil), f.readings...), nil
 }
 
@@ -333,6 +338,48 @@ func TestUnmonitoredWhileEventsCannotBeWatched(t *testing.T) {
 	}
 	if s, msg := f.m.DeviceHealth(gpuB, ""); s != Unknown {
 		t.Errorf("GPU B health %s (%s), want Unknown", s, msg)
+	}
+}
+
+// TestUnmonitoredWhileNoGPUCanBeProbed: a probe that reads no GPU at all
+// (NVML failing, as while the host driver is replaced) makes every known
+// GPU unmonitored, not-readable, until probes read them again for
+// ClearAfter; sticky conditions stay as they are.
+func TestUnmonitoredWhileNoGPUCanBeProbed(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		xid      bool
+		wantA    string // GPU A's taints while no probe works
+		wantBack string // and once probes work again for ClearAfter
+	}{
+		{name: "healthy GPUs", wantA: "unmonitored=not-readable:None"},
+		{name: "a fatal XID stays", xid: true, wantA: "unmonitored=not-readable:None,xid=79:NoExecute", wantBack: "xid=79:NoExecute"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			f := newFixture(t, nil, "boot")
+			if tc.xid {
+				f.m.Observe(ctx, gpu.Event{Kind: gpu.EventXID, GPUUUID: gpuA, XID: 79, GIID: -1, CIID: -1})
+			}
+			f.src.err = errors.New("count GPUs: NVML: ERROR_DRIVER_NOT_LOADED")
+			f.m.Probe(ctx)
+			if got := f.taintsOf(gpuA, ""); got != tc.wantA {
+				t.Errorf("GPU A taints %q, want %q", got, tc.wantA)
+			}
+			if got := f.taintsOf(gpuB, ""); got != "unmonitored=not-readable:None" {
+				t.Errorf("GPU B taints %q", got)
+			}
+			if s, msg := f.m.DeviceHealth(gpuB, ""); s != Unknown {
+				t.Errorf("GPU B health %s (%s), want Unknown", s, msg)
+			}
+			f.src.err = nil
+			f.m.Probe(ctx)
+			f.clock.advance(f.m.policy.ClearAfter.Duration)
+			f.m.Probe(ctx)
+			if got := f.taintsOf(gpuA, ""); got != tc.wantBack {
+				t.Errorf("GPU A taints once probes work %q, want %q", got, tc.wantBack)
+			}
+		})
 	}
 }
 

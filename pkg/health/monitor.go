@@ -456,7 +456,8 @@ func (m *Monitor) Probe(ctx context.Context) {
 	readings, err := m.src.Probe(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
-			logger.Error(err, "Health probe failed")
+			logger.Error(err, "Health probe failed; every GPU is unmonitored until it works")
+			m.markUnreadable(ctx)
 		}
 		return
 	}
@@ -497,6 +498,22 @@ func (m *Monitor) Probe(ctx context.Context) {
 				logger.Info("GPU health condition", "gpu", uuid, "condition", c.String())
 			}
 			m.raiseLocked(c)
+		}
+	}
+	m.unlockChanged(ctx, before, m.unsaved)
+}
+
+// markUnreadable raises not-readable on every GPU known, after a probe
+// that read none (NVML itself failing, as while the host driver is being
+// replaced): the event watch is then most likely down too, and nothing
+// would tell that their health is not watched. A later probe that reads
+// a GPU clears it after ClearAfter, like any transient condition.
+func (m *Monitor) markUnreadable(ctx context.Context) {
+	m.mu.Lock()
+	before := m.fingerprintLocked()
+	if m.policy.Unmonitored != ClassIgnore {
+		for _, uuid := range m.byIndex {
+			m.raiseLocked(Condition{GPU: uuid, Key: KeyUnmonitored, Value: "not-readable", Class: m.policy.Unmonitored})
 		}
 	}
 	m.unlockChanged(ctx, before, m.unsaved)
