@@ -14,14 +14,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
-	"syscall"
 
 	"k8s.io/klog/v2"
 	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
@@ -278,7 +276,7 @@ func (w *Writer) DeviceAnnotations(claimUID string) (map[string]map[string]strin
 	if err := validateClaimUID(claimUID); err != nil {
 		return nil, err
 	}
-	data, err := readSpecFile(w.SpecPath(claimUID))
+	data, err := hostfs.ReadBounded(w.SpecPath(claimUID), maxSpecSize, true)
 	if err != nil {
 		return nil, fmt.Errorf("read CDI spec of claim %s: %w", claimUID, err)
 	}
@@ -301,39 +299,10 @@ func (w *Writer) DeviceAnnotations(claimUID string) (map[string]map[string]strin
 }
 
 // maxSpecSize bounds a spec file read back: the plugin's own hold a few
-// devices' edits, a few KiB each.
+// devices' edits, a few KiB each. What else has a spec's name (a FIFO that
+// would block the start-up's rebuild, /dev/zero or a huge file, a link to
+// another file) is refused by hostfs.ReadBounded.
 const maxSpecSize = 4 << 20
-
-// readSpecFile reads a spec file the plugin wrote: a regular file of at
-// most maxSpecSize bytes, not a symlink. What else has the name (a FIFO
-// that would block the start-up's rebuild, /dev/zero or a huge file that
-// would grow the read without bound, a link to another file) is an error.
-// A missing file matches fs.ErrNotExist.
-func readSpecFile(path string) ([]byte, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
-	if errors.Is(err, syscall.ELOOP) {
-		return nil, fmt.Errorf("%s is a symlink", path)
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file (mode %s)", path, fi.Mode())
-	}
-	data, err := io.ReadAll(io.LimitReader(f, maxSpecSize+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(data) > maxSpecSize {
-		return nil, fmt.Errorf("%s is larger than %d bytes", path, maxSpecSize)
-	}
-	return data, nil
-}
 
 // WriteClaimSpec writes a claim's spec file, replacing any earlier one, and
 // returns the CDI device IDs of each device by Device.Name. The spec is

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
@@ -817,7 +818,7 @@ func TestUnfitFilesAreRefused(t *testing.T) {
 				if err == nil || !strings.Contains(err.Error(), "unknown field") {
 					t.Errorf("policy: %v, want an unknown field", err)
 				}
-			} else if !errors.Is(err, errUnfit) {
+			} else if !errors.Is(err, hostfs.ErrUnfit) {
 				t.Errorf("policy: %v, want a refusal", err)
 			}
 			saved, err := NewStore(path).Load()

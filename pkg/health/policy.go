@@ -30,6 +30,8 @@ import (
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs"
 )
 
 // Class is how serious a condition is; Policy.Effects maps it to a taint
@@ -152,7 +154,7 @@ func LoadPolicy(path string) (Policy, error) {
 	if path == "" {
 		return p, nil
 	}
-	data, err := readFile(path, false)
+	data, err := hostfs.ReadBounded(path, maxFileSize, false)
 	if err != nil {
 		return p, fmt.Errorf("read health policy: %w", err)
 	}

@@ -9,6 +9,11 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs"
 )
 
+// maxFileSize bounds the policy file and the health state: both are
+// small (a policy is a few hundred bytes; the state holds a few
+// conditions per GPU), and a read must not grow without bound.
+const maxFileSize = 1 << 20
+
 // StoreFileName is the health state file in the plugin's data directory.
 const StoreFileName = "health.json"
 
@@ -42,13 +47,13 @@ func NewStore(path string) *Store { return &Store{path: path} }
 // is a sticky taint forgotten, as after a reset.
 func (s *Store) Load() (*Saved, error) {
 	var saved Saved
-	data, err := readFile(s.path, true)
+	data, err := hostfs.ReadBounded(s.path, maxFileSize, true)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		return &Saved{}, nil
 	case err == nil:
 		err = json.Unmarshal(data, &saved)
-	case !errors.Is(err, errUnfit):
+	case !errors.Is(err, hostfs.ErrUnfit):
 		// An I/O error: forgetting sticky taints is worse than failing.
 		return nil, fmt.Errorf("read health state %s: %w", s.path, err)
 	}

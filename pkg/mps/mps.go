@@ -356,7 +356,7 @@ func (m *Manager) legacyDaemon(key string) (*identity, string) {
 	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
 		return nil, ""
 	}
-	data, err := readSmall(path, maxSmallSize)
+	data, err := hostfs.ReadBounded(path, maxSmallSize, true)
 	if err != nil {
 		return nil, err.Error()
 	}
@@ -422,7 +422,7 @@ func (m *Manager) loadRecord(key string) (record, error) { return loadRecordIn(m
 
 // loadRecordIn reads the record in a daemon directory.
 func loadRecordIn(dir string) (record, error) {
-	data, err := readSmall(filepath.Join(dir, recordFile), maxSmallSize)
+	data, err := hostfs.ReadBounded(filepath.Join(dir, recordFile), maxSmallSize, true)
 	if err != nil {
 		return record{}, err
 	}

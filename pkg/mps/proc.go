@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs"
 )
 
 // Limits on what is read from procfs. A process's environment is the
@@ -55,7 +57,7 @@ func (p procs) path(pid int, name string) string {
 
 // stat returns a process's state letter and its start time.
 func (p procs) stat(pid int) (state byte, start uint64, err error) {
-	data, err := readSmall(p.path(pid, "stat"), maxStatSize)
+	data, err := hostfs.ReadBounded(p.path(pid, "stat"), maxStatSize, true)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -94,7 +96,7 @@ func (p procs) exe(pid int) (path string, dev, ino uint64, err error) {
 
 // bootID is the node's current boot.
 func (p procs) bootID() (string, error) {
-	data, err := readSmall(filepath.Join(p.root, "proc/sys/kernel/random/boot_id"), maxSmallSize)
+	data, err := hostfs.ReadBounded(filepath.Join(p.root, "proc/sys/kernel/random/boot_id"), maxSmallSize, true)
 	if err != nil {
 		return "", fmt.Errorf("read boot ID: %w", err)
 	}
@@ -104,7 +106,7 @@ func (p procs) bootID() (string, error) {
 // bootTime is when the node booted, to the second (btime in /proc/stat).
 func (p procs) bootTime() (time.Time, error) {
 	path := filepath.Join(p.root, "proc/stat")
-	data, err := readSmall(path, 1<<20)
+	data, err := hostfs.ReadBounded(path, 1<<20, true)
 	if err != nil {
 		return time.Time{}, err
 	}
@@ -122,7 +124,7 @@ func (p procs) bootTime() (time.Time, error) {
 
 // environ is a process's environment as it started.
 func (p procs) environ(pid int) ([]string, error) {
-	data, err := readSmall(p.path(pid, "environ"), maxEnvironSize)
+	data, err := hostfs.ReadBounded(p.path(pid, "environ"), maxEnvironSize, true)
 	if err != nil {
 		return nil, err
 	}
