@@ -4,7 +4,6 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -44,8 +43,7 @@ func (n *Node) WatchEvents(ctx context.Context, handle func(gpu.Event)) error {
 	var lost []int
 	for i := 0; i < count; i++ {
 		err := n.registerEvents(set, i, uuids)
-		var re ReturnError
-		if errors.As(err, &re) && re.Code == nvml.ERROR_GPU_IS_LOST {
+		if isLost(err) {
 			logger.Info("GPU lost: its events are watched once it is back", "index", i)
 			lost = append(lost, i)
 			continue
@@ -61,9 +59,8 @@ func (n *Node) WatchEvents(ctx context.Context, handle func(gpu.Event)) error {
 			var still []int
 			for _, i := range lost {
 				err := n.registerEvents(set, i, uuids)
-				var re ReturnError
 				switch {
-				case errors.As(err, &re) && re.Code == nvml.ERROR_GPU_IS_LOST:
+				case isLost(err):
 					still = append(still, i)
 				case err != nil:
 					return err
@@ -102,8 +99,7 @@ func (n *Node) WatchEvents(ctx context.Context, handle func(gpu.Event)) error {
 }
 
 // registerEvents registers GPU index's health events in set and records
-// its UUID. An error of a lost GPU wraps a ReturnError of
-// ERROR_GPU_IS_LOST.
+// its UUID. An error of a lost GPU is one isLost reports.
 func (n *Node) registerEvents(set nvml.EventSet, index int, uuids map[nvml.Device]string) error {
 	dev, ret := n.lib.DeviceGetHandleByIndex(index)
 	if ret != nvml.SUCCESS {

@@ -90,8 +90,7 @@ func (n *Node) Inventory(ctx context.Context) (*gpu.Inventory, error) {
 			return nil, fmt.Errorf("open GPU %d: %w", i, nvmlError(ret))
 		}
 		g, err := readGPU(dev, i)
-		var lost ReturnError
-		if errors.As(err, &lost) && lost.Code == nvml.ERROR_GPU_IS_LOST && g.UUID != "" {
+		if isLost(err) && g.UUID != "" {
 			klog.FromContext(ctx).Info("GPU is lost", "gpu", g.UUID, "index", i)
 			g.Lost = true
 			err = nil
@@ -508,6 +507,13 @@ func nvmlError(ret nvml.Return) error {
 
 // ReturnError is an NVML return code as an error.
 type ReturnError struct{ Code nvml.Return }
+
+// isLost reports whether err comes from a GPU fallen off the bus
+// (ERROR_GPU_IS_LOST).
+func isLost(err error) bool {
+	var re ReturnError
+	return errors.As(err, &re) && re.Code == nvml.ERROR_GPU_IS_LOST
+}
 
 func (e ReturnError) Error() string {
 	return fmt.Sprintf("NVML: %s (code %d)", nvml.ErrorString(e.Code), int32(e.Code))

@@ -4,7 +4,6 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -24,9 +23,8 @@ func (n *Node) Probe(ctx context.Context) ([]gpu.Reading, error) {
 		}
 		r := gpu.Reading{Index: i}
 		err := probeGPU(n.lib, i, &r)
-		var re ReturnError
 		switch {
-		case errors.As(err, &re) && re.Code == nvml.ERROR_GPU_IS_LOST:
+		case isLost(err):
 			r.Lost = true
 		case err != nil:
 			r.Err = err
