@@ -8,10 +8,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
@@ -20,6 +24,7 @@ import (
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/sim"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/nvmlserver"
 )
 
 func main() {
@@ -124,7 +129,7 @@ func newRootCommand() *cobra.Command {
 	xid.Flags().IntVar(&giid, "gi", -1, "GPU instance ID of the MIG device the XID belongs to")
 	xid.Flags().IntVar(&ciid, "ci", -1, "compute instance ID of the MIG device the XID belongs to")
 
-	var hostDir, tools string
+	var hostDir, tools, nvmlLib string
 	host := &cobra.Command{
 		Use:   "host",
 		Short: "Create the simulated node's driver, /dev, /proc and /sys trees for the plugin's --driver-root, --dev-root, --proc-root and --sys-root",
@@ -151,8 +156,15 @@ func newRootCommand() *cobra.Command {
 				minors = append(minors, g.Minor)
 				busIDs = append(busIDs, g.PCIBusID)
 			}
+			lib, err := besideGPUSim(nvmlLib, simhost.NVMLSoname, "pkg/simhost/libnvml/build.sh %s")
+			if err != nil {
+				return err
+			}
 			roots, err := simhost.Create(hostDir, minors, inv.DriverVersion, program)
 			if err != nil {
+				return err
+			}
+			if err := simhost.InstallNVML(roots.DriverRoot, lib, inv.DriverVersion); err != nil {
 				return err
 			}
 			sysRoot, err := simhost.CreateSysRoot(hostDir, busIDs)
@@ -166,7 +178,42 @@ func newRootCommand() *cobra.Command {
 	host.Flags().StringVar(&hostDir, "dir", "", "directory to create the trees in")
 	host.Flags().StringVar(&tools, "tools", "", "the gpu-sim-tools program, copied into the driver root as nvidia-smi and nvidia-cuda-mps-control (default: gpu-sim-tools beside gpu-sim)")
 
-	root.AddCommand(show, xid, host,
+	host.Flags().StringVar(&nvmlLib, "nvml-library", "", "the simulated libnvidia-ml.so.1 (pkg/simhost/libnvml/build.sh), installed in the driver root (default: libnvidia-ml.so.1 beside gpu-sim)")
+
+	var serveRoot string
+	serve := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the simulated node's kernel driver: answer the simulated libnvidia-ml.so.1 of --driver-root until SIGTERM or SIGINT",
+		Long: `Answer the simulated NVML library installed in the driver root (by "gpu-sim host") over its
+socket, <driver-root>/` + nvmlserver.SocketInRoot + `, from the simulated node's state. Every process that
+loads that library (the plugin, its hardware check, the driver's tools) reaches the simulated GPUs
+through this process, as NVIDIA's library reaches the GPUs through the kernel driver. The node's
+timing comes from GPU_DRA_SIM_LATENCY.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if serveRoot == "" {
+				return fmt.Errorf("--driver-root is required")
+			}
+			n, err := open()
+			if err != nil {
+				return err
+			}
+			if ret := n.Init(); ret != nvml.SUCCESS {
+				return fmt.Errorf("initialise the simulated node: %v", ret)
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			l, err := nvmlserver.Listen(serveRoot)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "serving simulated NVML of %s (%s) at %s\n", model, dir, nvmlserver.SocketPath(serveRoot))
+			return nvmlserver.New(n).Serve(ctx, l)
+		},
+	}
+	serve.Flags().StringVar(&serveRoot, "driver-root", "", "the simulated driver root (made by gpu-sim host) whose library to answer")
+
+	root.AddCommand(show, xid, host, serve,
 		gpuCommand(open, "ecc GPU", "Inject an uncorrectable (double-bit) ECC error", 0, func(n *sim.Node, i int, _ []string) error { return n.InjectDoubleBitECC(i) }),
 		switchCommand(open, "lost GPU on|off", "Make a GPU fall off the bus, or come back", (*sim.Node).SetLost),
 		gpuCommand(open, "temperature GPU CELSIUS", "Set a GPU's temperature", 1, func(n *sim.Node, i int, a []string) error {
@@ -195,18 +242,25 @@ func newRootCommand() *cobra.Command {
 // toolsPath returns the gpu-sim-tools program to install: path, or by
 // default gpu-sim-tools in gpu-sim's own directory. It must exist.
 func toolsPath(path string) (string, error) {
+	return besideGPUSim(path, "gpu-sim-tools", "CGO_ENABLED=0 go build -o %s ./cmd/gpu-sim-tools")
+}
+
+// besideGPUSim returns path, or by default the file name in gpu-sim's own
+// directory; it must exist, else the error says how to build it (build is
+// a format with the path's %s).
+func besideGPUSim(path, name, build string) (string, error) {
 	if path == "" {
 		exe, err := os.Executable()
 		if err == nil {
 			exe, err = filepath.EvalSymlinks(exe)
 		}
 		if err != nil {
-			return "", fmt.Errorf("find gpu-sim-tools beside gpu-sim: %w", err)
+			return "", fmt.Errorf("find %s beside gpu-sim: %w", name, err)
 		}
-		path = filepath.Join(filepath.Dir(exe), "gpu-sim-tools")
+		path = filepath.Join(filepath.Dir(exe), name)
 	}
 	if _, err := os.Stat(path); err != nil {
-		return "", fmt.Errorf("the simulated driver tools: %w (build them with `CGO_ENABLED=0 go build -o %s ./cmd/gpu-sim-tools`, or pass --tools)", err, path)
+		return "", fmt.Errorf("%s: %w (build it with `%s`, or pass its path)", name, err, fmt.Sprintf(build, path))
 	}
 	return path, nil
 }

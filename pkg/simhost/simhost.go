@@ -114,6 +114,50 @@ func makeDriverRoot(root, version, tools string) error {
 	return simtools.Install(tools, bin, version)
 }
 
+// NVMLSoname is the name NVIDIA's NVML library is loaded by.
+const NVMLSoname = "libnvidia-ml.so.1"
+
+// InstallNVML installs the simulated NVML library at lib (built by
+// pkg/simhost/libnvml/build.sh) in driverRoot as NVIDIA's installer does:
+// usr/lib/x86_64-linux-gnu/libnvidia-ml.so.<version> and the link
+// libnvidia-ml.so.1 to it. It replaces Create's placeholder, so that the
+// driver root is one the plugin's production path loads NVML from; the
+// library answers through the socket of a gpu-sim serve process
+// (nvmlserver.SocketPath).
+func InstallNVML(driverRoot, lib, driverVersion string) error {
+	data, err := os.ReadFile(lib)
+	if err != nil {
+		return fmt.Errorf("simulated NVML library: %w (build it with: pkg/simhost/libnvml/build.sh bin/%s)", err, NVMLSoname)
+	}
+	dir := filepath.Join(driverRoot, "usr/lib/x86_64-linux-gnu")
+	file := "libnvidia-ml.so." + driverVersion
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("install simulated NVML library: %w", err)
+	}
+	if old, err := os.ReadFile(filepath.Join(dir, file)); err != nil || string(old) != string(data) {
+		// A new file renamed over the old one: a process that mapped the
+		// old library keeps it.
+		tmp := filepath.Join(dir, "."+file+".tmp")
+		if err := os.WriteFile(tmp, data, 0o755); err != nil {
+			return fmt.Errorf("install simulated NVML library: %w", err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, file)); err != nil {
+			return fmt.Errorf("install simulated NVML library: %w", err)
+		}
+	}
+	link := filepath.Join(dir, NVMLSoname)
+	if target, err := os.Readlink(link); err == nil && target == file {
+		return nil
+	}
+	if err := os.Remove(link); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("install simulated NVML library: %w", err)
+	}
+	if err := os.Symlink(file, link); err != nil {
+		return fmt.Errorf("install simulated NVML library: %w", err)
+	}
+	return nil
+}
+
 // MPSLogPath is where the simulated MPS control program logs every daemon
 // start and quit under the driver root, one line each:
 // "<UTC time> start pid=<pid> devices=<CUDA_VISIBLE_DEVICES> pipe=<dir>"

@@ -83,3 +83,57 @@ func moduleRoot() (string, error) {
 	}
 	return filepath.Dir(gomod), nil
 }
+
+var (
+	nvmlOnce     sync.Once
+	nvmlBuilt    string
+	nvmlBuildErr error
+)
+
+// NVML returns the path of the simulated libnvidia-ml.so.1 built from this
+// module's pkg/simhost/libnvml with its build.sh (a C compiler is needed),
+// once per test process, into the same directory as Tools. A failed build
+// fails the test with the script's output.
+func NVML(t testing.TB) string {
+	t.Helper()
+	nvmlOnce.Do(func() { nvmlBuilt, nvmlBuildErr = buildNVML() })
+	if nvmlBuildErr != nil {
+		t.Fatal(nvmlBuildErr)
+	}
+	return nvmlBuilt
+}
+
+func buildNVML() (string, error) {
+	root, err := moduleRoot()
+	if err != nil {
+		return "", fmt.Errorf("build the simulated NVML library: %w", err)
+	}
+	sum := sha256.Sum256([]byte(root))
+	dir := filepath.Join(os.TempDir(), fmt.Sprintf("gpu-dra-simhosttest-%d", os.Getuid()), hex.EncodeToString(sum[:6]))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("build the simulated NVML library: %w", err)
+	}
+	tmp, err := os.MkdirTemp(dir, "build-")
+	if err != nil {
+		return "", fmt.Errorf("build the simulated NVML library: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	out := filepath.Join(tmp, "libnvidia-ml.so.1")
+	cmd := exec.Command(filepath.Join(root, "pkg/simhost/libnvml/build.sh"), out)
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("pkg/simhost/libnvml/build.sh: %w\n%s", err, b)
+	}
+	// Named by its content: a library another test process mapped is never
+	// rewritten under it.
+	data, err := os.ReadFile(out)
+	if err != nil {
+		return "", fmt.Errorf("build the simulated NVML library: %w", err)
+	}
+	libSum := sha256.Sum256(data)
+	path := filepath.Join(dir, "libnvidia-ml-"+hex.EncodeToString(libSum[:8])+".so.1")
+	if err := os.Rename(out, path); err != nil {
+		return "", fmt.Errorf("build the simulated NVML library: %w", err)
+	}
+	return path, nil
+}

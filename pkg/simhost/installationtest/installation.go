@@ -1,0 +1,114 @@
+// Package installationtest starts, for tests, a simulated NVIDIA driver
+// installation that the plugin's production path uses: a driver root with
+// the simulated libnvidia-ml.so.1 and its kernel side serving it.
+package installationtest
+
+import (
+	"context"
+	"os"
+	"sync"
+	"path/filepath"
+	"testing"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/sim"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/nvmlserver"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/simhosttest"
+)
+
+// Installation is a simulated NVIDIA driver installation that the
+// production path uses: the host trees of simhost.Create with the
+// simulated libnvidia-ml.so.1 installed, and its kernel side (an
+// nvmlserver of a sim.Node on StateDir) serving until the test ends.
+type Installation struct {
+	simhost.Roots
+	// StateDir is the simulated node's state, which sim.Open reads too.
+	StateDir string
+	// Library is the installed libnvidia-ml.so.1 under DriverRoot.
+	Library string
+	// Sim is the simulated node the server answers from.
+	Sim *sim.Node
+}
+
+// A process loads one libnvidia-ml.so.1 (go-nvml binds NVML's symbols in
+// the global scope, and the library finds its socket from its own path),
+// so every installation of a test process has the same host directory,
+// and one serves at a time.
+var (
+	hostOnce sync.Once
+	hostDir  string
+	hostErr  error
+	serving  sync.Mutex
+)
+
+// Start creates a simulated installation of model, with its state in a
+// temporary directory, and serves it until the test ends. Installations of
+// one test process share the driver root and are served one at a time:
+// a second Start waits for the first test's end.
+func Start(t testing.TB, model string) *Installation {
+	t.Helper()
+	hostOnce.Do(func() { hostDir, hostErr = os.MkdirTemp("", "gpu-dra-installation-") })
+	if hostErr != nil {
+		t.Fatal(hostErr)
+	}
+	serving.Lock()
+	t.Cleanup(serving.Unlock)
+	dir := t.TempDir()
+	inst := &Installation{StateDir: filepath.Join(dir, "state")}
+	n, err := sim.Open(model, inst.StateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ret := n.Init(); ret != nvml.SUCCESS {
+		t.Fatalf("initialise the simulated node: %v", ret)
+	}
+	inst.Sim = n
+	goNode, err := nvmlnode.NewNode(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, err := goNode.Inventory(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var minors []int
+	for _, g := range inv.GPUs {
+		minors = append(minors, g.Minor)
+	}
+	if inst.Roots, err = simhost.Create(filepath.Join(hostDir, "host"), minors, inv.DriverVersion, simhosttest.Tools(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := simhost.InstallNVML(inst.DriverRoot, simhosttest.NVML(t), inv.DriverVersion); err != nil {
+		t.Fatal(err)
+	}
+	inst.Library = filepath.Join(inst.DriverRoot, "usr/lib/x86_64-linux-gnu", simhost.NVMLSoname)
+	l, err := nvmlserver.Listen(inst.DriverRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- nvmlserver.New(n).Serve(ctx, l) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("simulated NVML server: %v", err)
+		}
+	})
+	return inst
+}
+
+// Open opens the installation's GPUs as the plugin does on a GPU node:
+// NVML loaded from the driver root, tools found there.
+func (inst *Installation) Open(t testing.TB) *nvmlnode.Node {
+	t.Helper()
+	node, err := nvmlnode.Open(nvmlnode.Options{LibraryPath: inst.Library, DriverRoot: inst.DriverRoot})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = node.Close() })
+	return node
+}

@@ -1,0 +1,178 @@
+package nvmlserver_test
+
+import (
+	"context"
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/installationtest"
+)
+
+// The production path (go-nvml loading the simulated libnvidia-ml.so.1 from
+// a driver root, its C API, the server) reads every simulated node exactly
+// as the Go simulator's own nvml.Interface does.
+func TestProductionPathReadsWhatTheSimulatorHas(t *testing.T) {
+	for _, model := range nvmlnode.SimulatedModels() {
+		t.Run(model, func(t *testing.T) {
+			inst := installationtest.Start(t, model)
+			viaLib := inst.Open(t)
+			direct, err := nvmlnode.NewNode(inst.Sim)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			want, err := direct.Inventory(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := viaLib.Inventory(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("inventory through libnvidia-ml.so.1:\n%+v\nthrough the simulator:\n%+v", got, want)
+			}
+			if len(got.GPUs) == 0 {
+				t.Fatal("no GPU")
+			}
+		})
+	}
+}
+
+func TestProductionPathMIGLifecycle(t *testing.T) {
+	inst := installationtest.Start(t, "dgxh100")
+	node := inst.Open(t)
+	ctx := context.Background()
+	inv, err := node.Inventory(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := inv.GPUs[3]
+	if err := node.SetMIGMode(ctx, g.UUID, true); err != nil {
+		t.Fatal(err)
+	}
+	var oneG gpu.MIGProfile
+	for _, p := range g.MIGProfiles {
+		if p.Name == "1g.10gb" {
+			oneG = p
+		}
+	}
+	if oneG.Name == "" {
+		t.Fatalf("no 1g.10gb profile in %+v", g.MIGProfiles)
+	}
+	req := gpu.MIGRequest{ParentUUID: g.UUID, ProfileID: oneG.ID, Placement: oneG.Placements[2]}
+	inst1, err := node.CreateMIG(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(inst1.UUID, "MIG-") || inst1.Placement != oneG.Placements[2] {
+		t.Fatalf("created %+v", inst1)
+	}
+	if _, err := node.CreateMIG(ctx, req); !errors.Is(err, gpu.ErrPlacementOccupied) {
+		t.Fatalf("second instance at the same placement: err %v, want ErrPlacementOccupied", err)
+	}
+	// The simulator's own view has the instance, with the same IDs.
+	st, err := inst.Sim.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gis := st.GPUs[3].GPUInstances
+	if len(gis) != 1 || gis[0].ID != inst1.GIID || gis[0].ComputeInstances[0].UUID != inst1.UUID {
+		t.Fatalf("simulator state %+v, created %+v", gis, inst1)
+	}
+	// While a MIG device exists, MIG mode cannot be turned off.
+	if err := node.SetMIGMode(ctx, g.UUID, false); err == nil {
+		t.Fatal("MIG mode turned off under a MIG device")
+	}
+	if err := node.DestroyMIG(ctx, gpu.MIGRef{ParentUUID: g.UUID, GIID: inst1.GIID, CIID: inst1.CIID, UUID: inst1.UUID}); err != nil {
+		t.Fatal(err)
+	}
+	// Destroying what is gone succeeds.
+	if err := node.DestroyMIG(ctx, gpu.MIGRef{ParentUUID: g.UUID, GIID: inst1.GIID, CIID: inst1.CIID}); err != nil {
+		t.Fatal(err)
+	}
+	if err := node.SetMIGMode(ctx, g.UUID, false); err != nil {
+		t.Fatal(err)
+	}
+	inv, err = node.Inventory(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := inv.GPUs[3]; g.MIGEnabled || len(g.MIGInstances) != 0 {
+		t.Fatalf("after destroy: %+v", g)
+	}
+}
+
+func TestProductionPathHealth(t *testing.T) {
+	inst := installationtest.Start(t, "dgxh100")
+	node := inst.Open(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events := make(chan gpu.Event, 8)
+	watchDone := make(chan error, 1)
+	go func() { watchDone <- node.WatchEvents(ctx, func(e gpu.Event) { events <- e }) }()
+
+	inv, err := node.Inventory(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The watch registers before it waits; an event injected before that
+	// is not delivered, as on hardware: inject until one arrives.
+	var got gpu.Event
+	deadline := time.After(30 * time.Second)
+wait:
+	for {
+		if err := inst.Sim.InjectXID(5, 79, -1, -1); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case got = <-events:
+			break wait
+		case <-time.After(time.Second):
+		case <-deadline:
+			t.Fatal("no event delivered through the library in 30s")
+		}
+	}
+	if got.Kind != gpu.EventXID || got.XID != 79 || got.GPUUUID != inv.GPUs[5].UUID {
+		t.Fatalf("event %+v, want XID 79 of %s", got, inv.GPUs[5].UUID)
+	}
+
+	if err := inst.Sim.SetTemperature(2, 90); err != nil {
+		t.Fatal(err)
+	}
+	if err := inst.Sim.SetLost(6, true); err != nil {
+		t.Fatal(err)
+	}
+	readings, err := node.Probe(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := readings[2]; r.TemperatureC != 90 || r.SlowdownC == 0 || r.Err != nil {
+		t.Fatalf("GPU 2: %+v", r)
+	}
+	if r := readings[6]; !r.Lost {
+		t.Fatalf("GPU 6 lost, read %+v", r)
+	}
+	if r := readings[0]; r.Lost || r.Err != nil || r.UUID != inv.GPUs[0].UUID {
+		t.Fatalf("GPU 0: %+v", r)
+	}
+	cancel()
+	if err := <-watchDone; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Without the simulated kernel (no gpu-sim serve), NVML reports what
+// NVIDIA's library reports without its kernel module.
+func TestProductionPathWithoutTheKernelSide(t *testing.T) {
+	inst := installationtest.Start(t, "dgxh100")
+	_, err := nvmlnode.Open(nvmlnode.Options{LibraryPath: inst.Library + ".missing"})
+	if err == nil || !strings.Contains(err.Error(), "libnvidia-ml.so.1 not found") {
+		t.Fatalf("a missing library: %v", err)
+	}
+}

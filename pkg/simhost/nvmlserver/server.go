@@ -1,0 +1,720 @@
+// Package nvmlserver is the kernel side of the simulated NVIDIA driver
+// installation: it answers the simulated libnvidia-ml.so.1
+// (pkg/simhost/libnvml) over a Unix socket in the driver root, from an
+// nvml.Interface, the simulated node of package sim. The plugin then runs
+// exactly as on a GPU node: go-nvml loads a C library from the driver root
+// and calls NVML's C API, and only the far side of that library is
+// simulated, as the kernel driver is on a real node.
+//
+// The protocol is line based: a request is an operation and its arguments
+// separated by single spaces; the answer is the NVML return code, then the
+// results, separated by spaces; strings are percent-encoded (see
+// encodeString). A device is named by three integers, GPU index, GPU
+// instance ID and compute instance ID, the last two -1 for a whole GPU. The
+// server keeps no handle between requests, but for an event set, which
+// lives as long as the connection that created it.
+package nvmlserver
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"k8s.io/klog/v2"
+)
+
+// ProtocolVersion is the version of the protocol the library and the
+// server speak; the library's hello names it.
+const ProtocolVersion = 1
+
+// SocketInRoot is where the library looks for the socket, relative to the
+// driver root (see libnvml/nvml.c).
+const SocketInRoot = "run/gpu-sim/nvml.sock"
+
+// maxRequest bounds one request line; a longer one ends the connection.
+const maxRequest = 4096
+
+// maxSocketPath is the longest path a Unix socket can be bound at.
+const maxSocketPath = 107
+
+// Server answers the simulated NVML library from lib.
+type Server struct {
+	lib nvml.Interface
+	// DriverVersion and NVMLVersion are answered as is.
+	DriverVersion, NVMLVersion string
+	// CUDAVersion is the driver's CUDA version, e.g. 12040.
+	CUDAVersion int
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+}
+
+// New returns a server of lib, which must be initialised (lib.Init).
+func New(lib nvml.Interface) *Server {
+	return &Server{lib: lib, conns: map[net.Conn]struct{}{}}
+}
+
+// SocketPath is the socket's path in driverRoot.
+func SocketPath(driverRoot string) string { return filepath.Join(driverRoot, SocketInRoot) }
+
+// Listen binds the socket in driverRoot, replacing a stale one; it is
+// readable and writable by everyone, as /dev/nvidiactl is.
+func Listen(driverRoot string) (net.Listener, error) {
+	path := SocketPath(driverRoot)
+	if len(path) > maxSocketPath {
+		return nil, fmt.Errorf("simulated NVML socket %s: longer than the %d bytes a Unix socket path can have: use a shorter driver root", path, maxSocketPath)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("simulated NVML socket: %w", err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("simulated NVML socket: remove the stale one: %w", err)
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("simulated NVML socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o666); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("simulated NVML socket: %w", err)
+	}
+	return l, nil
+}
+
+// Serve answers connections on l until ctx ends, then closes l and every
+// connection.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	logger := klog.FromContext(ctx)
+	stop := context.AfterFunc(ctx, func() {
+		l.Close()
+		s.mu.Lock()
+		for c := range s.conns {
+			c.Close()
+		}
+		s.mu.Unlock()
+	})
+	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("simulated NVML socket: accept: %w", err)
+		}
+		s.mu.Lock()
+		s.conns[c] = struct{}{}
+		s.mu.Unlock()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() {
+				s.mu.Lock()
+				delete(s.conns, c)
+				s.mu.Unlock()
+				c.Close()
+			}()
+			if err := s.serveConn(c); err != nil {
+				logger.V(2).Info("Simulated NVML connection ended", "err", err)
+			}
+		}()
+	}
+}
+
+// session is one connection's state: the event set it created, if any.
+type session struct {
+	events nvml.EventSet
+	// eventGPUs maps a registered device back to its index.
+	eventGPUs map[nvml.Device]int
+}
+
+func (s *Server) serveConn(c net.Conn) error {
+	r := bufio.NewReaderSize(c, maxRequest)
+	sess := &session{}
+	defer func() {
+		if sess.events != nil {
+			_ = sess.events.Free()
+		}
+	}()
+	for {
+		line, err := r.ReadSlice('\n')
+		if err != nil {
+			return err
+		}
+		answer := s.handle(sess, strings.Fields(string(line)))
+		if _, err := c.Write([]byte(answer + "\n")); err != nil {
+			return err
+		}
+	}
+}
+
+// reply formats an answer: the return code and the results.
+func reply(ret nvml.Return, results ...any) string {
+	var b strings.Builder
+	b.WriteString(strconv.Itoa(int(ret)))
+	if ret != nvml.SUCCESS {
+		return b.String()
+	}
+	for _, r := range results {
+		b.WriteByte(' ')
+		switch v := r.(type) {
+		case string:
+			b.WriteString(encodeString(v))
+		case bool:
+			if v {
+				b.WriteByte('1')
+			} else {
+				b.WriteByte('0')
+			}
+		default:
+			fmt.Fprint(&b, v)
+		}
+	}
+	return b.String()
+}
+
+// encodeString percent-encodes every byte that is not a printable ASCII
+// character other than '%', so that a string is one token.
+func encodeString(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c > '~' || c == '%' {
+			fmt.Fprintf(&b, "%%%02X", c)
+			continue
+		}
+		b.WriteByte(c)
+	}
+	if b.Len() == 0 {
+		// An empty string is one NUL, so that it is still a token.
+		return "%00"
+	}
+	return b.String()
+}
+
+// args are a request's arguments, parsed in order; the first error sticks.
+type args struct {
+	f   []string
+	err error
+}
+
+func (a *args) int() int {
+	if a.err != nil {
+		return 0
+	}
+	if len(a.f) == 0 {
+		a.err = errors.New("missing argument")
+		return 0
+	}
+	v, err := strconv.ParseInt(a.f[0], 10, 64)
+	a.f = a.f[1:]
+	if err != nil {
+		a.err = err
+	}
+	return int(v)
+}
+
+func (a *args) uint64() uint64 {
+	if a.err != nil {
+		return 0
+	}
+	if len(a.f) == 0 {
+		a.err = errors.New("missing argument")
+		return 0
+	}
+	v, err := strconv.ParseUint(a.f[0], 10, 64)
+	a.f = a.f[1:]
+	if err != nil {
+		a.err = err
+	}
+	return v
+}
+
+func (a *args) str() string {
+	if a.err != nil {
+		return ""
+	}
+	if len(a.f) == 0 {
+		a.err = errors.New("missing argument")
+		return ""
+	}
+	v := a.f[0]
+	a.f = a.f[1:]
+	return v
+}
+
+// gpu resolves a whole GPU by index.
+func (s *Server) gpu(index int) (nvml.Device, nvml.Return) {
+	count, ret := s.lib.DeviceGetCount()
+	if ret != nvml.SUCCESS {
+		return nil, ret
+	}
+	if index < 0 || index >= count {
+		return nil, nvml.ERROR_INVALID_ARGUMENT
+	}
+	return s.lib.DeviceGetHandleByIndex(index)
+}
+
+// device resolves a device: a whole GPU (gi < 0) or a MIG device.
+func (s *Server) device(gpuIndex, gi, ci int) (nvml.Device, nvml.Return) {
+	d, ret := s.gpu(gpuIndex)
+	if ret != nvml.SUCCESS || gi < 0 {
+		return d, ret
+	}
+	max, ret := d.GetMaxMigDeviceCount()
+	if ret != nvml.SUCCESS {
+		return nil, ret
+	}
+	for i := 0; i < max; i++ {
+		m, ret := d.GetMigDeviceHandleByIndex(i)
+		if ret == nvml.ERROR_NOT_FOUND || ret == nvml.ERROR_INVALID_ARGUMENT {
+			continue
+		}
+		if ret != nvml.SUCCESS {
+			return nil, ret
+		}
+		g, ret1 := m.GetGpuInstanceId()
+		c, ret2 := m.GetComputeInstanceId()
+		if ret1 == nvml.SUCCESS && ret2 == nvml.SUCCESS && g == gi && c == ci {
+			return m, nvml.SUCCESS
+		}
+	}
+	// The MIG device is gone: its handle is no longer valid.
+	return nil, nvml.ERROR_INVALID_ARGUMENT
+}
+
+func (s *Server) gpuInstance(gpuIndex, gi int) (nvml.GpuInstance, nvml.Return) {
+	d, ret := s.gpu(gpuIndex)
+	if ret != nvml.SUCCESS {
+		return nil, ret
+	}
+	return d.GetGpuInstanceById(gi)
+}
+
+func (s *Server) computeInstance(gpuIndex, gi, ci int) (nvml.ComputeInstance, nvml.Return) {
+	g, ret := s.gpuInstance(gpuIndex, gi)
+	if ret != nvml.SUCCESS {
+		return nil, ret
+	}
+	return g.GetComputeInstanceById(ci)
+}
+
+// handle answers one request. A call the simulated node does not
+// implement (go-nvml's mocks panic then) is NOT_SUPPORTED, as NVIDIA's
+// library answers for a feature a GPU lacks.
+func (s *Server) handle(sess *session, fields []string) (answer string) {
+	defer func() {
+		if recover() != nil {
+			answer = reply(nvml.ERROR_NOT_SUPPORTED)
+		}
+	}()
+	if len(fields) == 0 {
+		return reply(nvml.ERROR_INVALID_ARGUMENT)
+	}
+	op, a := fields[0], &args{f: fields[1:]}
+	answer = s.dispatch(sess, op, a)
+	if a.err != nil {
+		return reply(nvml.ERROR_INVALID_ARGUMENT)
+	}
+	return answer
+}
+
+// deviceOps are the operations on a device, named by its three IDs.
+var deviceOps = map[string]func(s *Server, d nvml.Device, a *args) string{
+	"uuid": func(_ *Server, d nvml.Device, _ *args) string { v, r := d.GetUUID(); return reply(r, v) },
+	"name": func(_ *Server, d nvml.Device, _ *args) string { v, r := d.GetName(); return reply(r, v) },
+	"serial": func(_ *Server, d nvml.Device, _ *args) string {
+		v, r := d.GetSerial()
+		return reply(r, v)
+	},
+	"minor":        func(_ *Server, d nvml.Device, _ *args) string { v, r := d.GetMinorNumber(); return reply(r, v) },
+	"brand":        func(_ *Server, d nvml.Device, _ *args) string { v, r := d.GetBrand(); return reply(r, int(v)) },
+	"architecture": func(_ *Server, d nvml.Device, _ *args) string { v, r := d.GetArchitecture(); return reply(r, int(v)) },
+	"compute-capability": func(_ *Server, d nvml.Device, _ *args) string {
+		major, minor, r := d.GetCudaComputeCapability()
+		return reply(r, major, minor)
+	},
+	"memory": func(_ *Server, d nvml.Device, _ *args) string {
+		m, r := d.GetMemoryInfo()
+		return reply(r, m.Total, m.Free, m.Used)
+	},
+	"pci": func(_ *Server, d nvml.Device, _ *args) string {
+		p, r := d.GetPciInfo()
+		return reply(r, p.Domain, p.Bus, p.Device, p.PciDeviceId, p.PciSubSystemId, cString(p.BusId[:]))
+	},
+	"temperature": func(_ *Server, d nvml.Device, a *args) string {
+		v, r := d.GetTemperature(nvml.TemperatureSensors(a.int()))
+		return reply(r, v)
+	},
+	"temperature-threshold": func(_ *Server, d nvml.Device, a *args) string {
+		v, r := d.GetTemperatureThreshold(nvml.TemperatureThresholds(a.int()))
+		return reply(r, v)
+	},
+	"retired-pages-pending": func(_ *Server, d nvml.Device, _ *args) string {
+		v, r := d.GetRetiredPagesPendingStatus()
+		return reply(r, int(v))
+	},
+	"remapped-rows": func(_ *Server, d nvml.Device, _ *args) string {
+		corr, unc, pending, failed, r := d.GetRemappedRows()
+		return reply(r, corr, unc, pending, failed)
+	},
+	"ecc-errors": func(_ *Server, d nvml.Device, a *args) string {
+		v, r := d.GetTotalEccErrors(nvml.MemoryErrorType(a.int()), nvml.EccCounterType(a.int()))
+		return reply(r, v)
+	},
+	"supported-events": func(_ *Server, d nvml.Device, _ *args) string {
+		v, r := d.GetSupportedEventTypes()
+		return reply(r, v)
+	},
+	"mig-mode": func(_ *Server, d nvml.Device, _ *args) string {
+		cur, pending, r := d.GetMigMode()
+		return reply(r, cur, pending)
+	},
+	"set-mig-mode": func(_ *Server, d nvml.Device, a *args) string {
+		activation, r := d.SetMigMode(a.int())
+		return reply(r, int(activation))
+	},
+	"max-mig-devices": func(_ *Server, d nvml.Device, _ *args) string { v, r := d.GetMaxMigDeviceCount(); return reply(r, v) },
+	"mig-device": func(_ *Server, d nvml.Device, a *args) string {
+		m, r := d.GetMigDeviceHandleByIndex(a.int())
+		if r != nvml.SUCCESS {
+			return reply(r)
+		}
+		gi, r := m.GetGpuInstanceId()
+		if r != nvml.SUCCESS {
+			return reply(r)
+		}
+		ci, r := m.GetComputeInstanceId()
+		return reply(r, gi, ci)
+	},
+	"gi-profile": func(_ *Server, d nvml.Device, a *args) string {
+		p, r := d.GetGpuInstanceProfileInfo(a.int())
+		return reply(r, p.Id, p.IsP2pSupported, p.SliceCount, p.InstanceCount, p.MultiprocessorCount, p.CopyEngineCount,
+			p.DecoderCount, p.EncoderCount, p.JpegCount, p.OfaCount, p.MemorySizeMB, giProfileName(p))
+	},
+	"gi-placements": func(_ *Server, d nvml.Device, a *args) string {
+		p, r := d.GetGpuInstanceProfileInfo(a.int())
+		if r != nvml.SUCCESS {
+			return reply(r)
+		}
+		pls, r := d.GetGpuInstancePossiblePlacements(&p)
+		out := []any{len(pls)}
+		for _, pl := range pls {
+			out = append(out, pl.Start, pl.Size)
+		}
+		return reply(r, out...)
+	},
+	"gi-remaining": func(_ *Server, d nvml.Device, a *args) string {
+		p, r := d.GetGpuInstanceProfileInfo(a.int())
+		if r != nvml.SUCCESS {
+			return reply(r)
+		}
+		v, r := d.GetGpuInstanceRemainingCapacity(&p)
+		return reply(r, v)
+	},
+	"create-gi": func(_ *Server, d nvml.Device, a *args) string {
+		p, r := d.GetGpuInstanceProfileInfo(a.int())
+		pl := nvml.GpuInstancePlacement{Start: uint32(a.int()), Size: uint32(a.int())}
+		if r != nvml.SUCCESS || a.err != nil {
+			return reply(r)
+		}
+		gi, r := d.CreateGpuInstanceWithPlacement(&p, &pl)
+		return giID(gi, r)
+	},
+	"create-gi-anywhere": func(_ *Server, d nvml.Device, a *args) string {
+		p, r := d.GetGpuInstanceProfileInfo(a.int())
+		if r != nvml.SUCCESS {
+			return reply(r)
+		}
+		gi, r := d.CreateGpuInstance(&p)
+		return giID(gi, r)
+	},
+	"gpu-instances": func(_ *Server, d nvml.Device, a *args) string {
+		p, r := d.GetGpuInstanceProfileInfo(a.int())
+		if r != nvml.SUCCESS {
+			return reply(r)
+		}
+		gis, r := d.GetGpuInstances(&p)
+		if r != nvml.SUCCESS {
+			return reply(r)
+		}
+		out := []any{len(gis)}
+		for _, gi := range gis {
+			info, r := gi.GetInfo()
+			if r != nvml.SUCCESS {
+				return reply(r)
+			}
+			out = append(out, info.Id)
+		}
+		return reply(nvml.SUCCESS, out...)
+	},
+	"gi-by-id": func(_ *Server, d nvml.Device, a *args) string {
+		_, r := d.GetGpuInstanceById(a.int())
+		return reply(r)
+	},
+}
+
+func giID(gi nvml.GpuInstance, r nvml.Return) string {
+	if r != nvml.SUCCESS {
+		return reply(r)
+	}
+	info, r := gi.GetInfo()
+	return reply(r, info.Id)
+}
+
+// giProfileName is a profile's name as NVML's V2 info has it; the
+// simulator's v1 info has none, so it is derived.
+func giProfileName(p nvml.GpuInstanceProfileInfo) string {
+	return fmt.Sprintf("MIG %dg.%dgb", p.SliceCount, (p.MemorySizeMB+1023)/1024)
+}
+
+// gpuInstanceOps are the operations on a GPU instance, named by GPU index
+// and GPU instance ID.
+var gpuInstanceOps = map[string]func(gi nvml.GpuInstance, a *args) string{
+	"gi-info": func(gi nvml.GpuInstance, _ *args) string {
+		info, r := gi.GetInfo()
+		return reply(r, info.ProfileId, info.Placement.Start, info.Placement.Size)
+	},
+	"destroy-gi": func(gi nvml.GpuInstance, _ *args) string { return reply(gi.Destroy()) },
+	"ci-profile": func(gi nvml.GpuInstance, a *args) string {
+		p, r := gi.GetComputeInstanceProfileInfo(a.int(), a.int())
+		return reply(r, p.Id, p.SliceCount, p.InstanceCount, p.MultiprocessorCount, p.SharedCopyEngineCount,
+			p.SharedDecoderCount, p.SharedEncoderCount, p.SharedJpegCount, p.SharedOfaCount, fmt.Sprintf("MIG %dc", p.SliceCount))
+	},
+	"create-ci": func(gi nvml.GpuInstance, a *args) string {
+		p, r := ciProfileByID(gi, a.int())
+		if r != nvml.SUCCESS {
+			return reply(r)
+		}
+		ci, r := gi.CreateComputeInstance(&p)
+		if r != nvml.SUCCESS {
+			return reply(r)
+		}
+		info, r := ci.GetInfo()
+		return reply(r, info.Id)
+	},
+	"compute-instances": func(gi nvml.GpuInstance, a *args) string {
+		p, r := ciProfileByID(gi, a.int())
+		if r != nvml.SUCCESS {
+			return reply(r)
+		}
+		cis, r := gi.GetComputeInstances(&p)
+		if r != nvml.SUCCESS {
+			return reply(r)
+		}
+		out := []any{len(cis)}
+		for _, ci := range cis {
+			info, r := ci.GetInfo()
+			if r != nvml.SUCCESS {
+				return reply(r)
+			}
+			out = append(out, info.Id)
+		}
+		return reply(nvml.SUCCESS, out...)
+	},
+	"ci-by-id": func(gi nvml.GpuInstance, a *args) string {
+		_, r := gi.GetComputeInstanceById(a.int())
+		return reply(r)
+	},
+}
+
+// ciProfileByID is the compute-instance profile info NVML's C API takes by
+// ID (go-nvml passes the info, as its Go API does).
+func ciProfileByID(gi nvml.GpuInstance, id int) (nvml.ComputeInstanceProfileInfo, nvml.Return) {
+	return gi.GetComputeInstanceProfileInfo(id, nvml.COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
+}
+
+func (s *Server) dispatch(sess *session, op string, a *args) string {
+	if f, ok := deviceOps[op]; ok {
+		gpuIndex, gi, ci := a.int(), a.int(), a.int()
+		if a.err != nil {
+			return ""
+		}
+		d, r := s.device(gpuIndex, gi, ci)
+		if r != nvml.SUCCESS {
+			return reply(r)
+		}
+		return f(s, d, a)
+	}
+	if f, ok := gpuInstanceOps[op]; ok {
+		gpuIndex, gi := a.int(), a.int()
+		if a.err != nil {
+			return ""
+		}
+		g, r := s.gpuInstance(gpuIndex, gi)
+		if r != nvml.SUCCESS {
+			return reply(r)
+		}
+		return f(g, a)
+	}
+	switch op {
+	case "hello":
+		if a.int() != ProtocolVersion {
+			return reply(nvml.ERROR_LIB_RM_VERSION_MISMATCH)
+		}
+		return reply(nvml.SUCCESS)
+	case "driver-version":
+		v, r := s.lib.SystemGetDriverVersion()
+		return reply(r, v)
+	case "nvml-version":
+		v, r := s.lib.SystemGetNVMLVersion()
+		return reply(r, v)
+	case "cuda-version":
+		v, r := s.lib.SystemGetCudaDriverVersion()
+		return reply(r, v)
+	case "count":
+		v, r := s.lib.DeviceGetCount()
+		return reply(r, v)
+	case "by-index":
+		_, r := s.gpu(a.int())
+		return reply(r)
+	case "by-uuid":
+		return s.byUUID(a.str())
+	case "by-pci":
+		return s.byPCI(a.str())
+	case "ci-info", "destroy-ci":
+		gpuIndex, gi, ci := a.int(), a.int(), a.int()
+		if a.err != nil {
+			return ""
+		}
+		c, r := s.computeInstance(gpuIndex, gi, ci)
+		if r != nvml.SUCCESS {
+			return reply(r)
+		}
+		if op == "destroy-ci" {
+			return reply(c.Destroy())
+		}
+		info, r := c.GetInfo()
+		return reply(r, info.ProfileId, info.Placement.Start, info.Placement.Size)
+	case "event-set-create":
+		if sess.events != nil {
+			return reply(nvml.ERROR_INVALID_ARGUMENT)
+		}
+		set, r := s.lib.EventSetCreate()
+		if r == nvml.SUCCESS {
+			sess.events, sess.eventGPUs = set, map[nvml.Device]int{}
+		}
+		return reply(r)
+	case "event-register":
+		gpuIndex, gi, ci, types := a.int(), a.int(), a.int(), a.uint64()
+		if a.err != nil {
+			return ""
+		}
+		if sess.events == nil || gi >= 0 || ci >= 0 {
+			return reply(nvml.ERROR_INVALID_ARGUMENT)
+		}
+		d, r := s.gpu(gpuIndex)
+		if r != nvml.SUCCESS {
+			return reply(r)
+		}
+		if r := d.RegisterEvents(types, sess.events); r != nvml.SUCCESS {
+			return reply(r)
+		}
+		sess.eventGPUs[d] = gpuIndex
+		return reply(nvml.SUCCESS)
+	case "event-wait":
+		timeout := a.int()
+		if a.err != nil {
+			return ""
+		}
+		if sess.events == nil || timeout < 0 {
+			return reply(nvml.ERROR_INVALID_ARGUMENT)
+		}
+		e, r := sess.events.Wait(uint32(timeout))
+		if r != nvml.SUCCESS {
+			return reply(r)
+		}
+		gpuIndex, ok := sess.eventGPUs[e.Device]
+		if !ok {
+			return reply(nvml.ERROR_UNKNOWN)
+		}
+		return reply(r, gpuIndex, e.EventType, e.EventData, e.GpuInstanceId, e.ComputeInstanceId)
+	}
+	return reply(nvml.ERROR_FUNCTION_NOT_FOUND)
+}
+
+// byUUID finds a GPU or MIG device by UUID.
+func (s *Server) byUUID(uuid string) string {
+	count, r := s.lib.DeviceGetCount()
+	if r != nvml.SUCCESS {
+		return reply(r)
+	}
+	for i := 0; i < count; i++ {
+		d, r := s.lib.DeviceGetHandleByIndex(i)
+		if r != nvml.SUCCESS {
+			continue
+		}
+		if u, r := d.GetUUID(); r == nvml.SUCCESS && u == uuid {
+			return reply(r, i, -1, -1)
+		}
+		if !strings.HasPrefix(uuid, "MIG-") {
+			continue
+		}
+		max, r := d.GetMaxMigDeviceCount()
+		if r != nvml.SUCCESS {
+			continue
+		}
+		for j := 0; j < max; j++ {
+			m, r := d.GetMigDeviceHandleByIndex(j)
+			if r != nvml.SUCCESS {
+				continue
+			}
+			if u, r := m.GetUUID(); r != nvml.SUCCESS || u != uuid {
+				continue
+			}
+			gi, r1 := m.GetGpuInstanceId()
+			ci, r2 := m.GetComputeInstanceId()
+			if r1 != nvml.SUCCESS || r2 != nvml.SUCCESS {
+				return reply(nvml.ERROR_UNKNOWN)
+			}
+			return reply(nvml.SUCCESS, i, gi, ci)
+		}
+	}
+	return reply(nvml.ERROR_NOT_FOUND)
+}
+
+// byPCI finds a GPU by PCI bus ID, in either of NVML's forms.
+func (s *Server) byPCI(id string) string {
+	count, r := s.lib.DeviceGetCount()
+	if r != nvml.SUCCESS {
+		return reply(r)
+	}
+	want := strings.ToLower(id)
+	for i := 0; i < count; i++ {
+		d, r := s.lib.DeviceGetHandleByIndex(i)
+		if r != nvml.SUCCESS {
+			continue
+		}
+		p, r := d.GetPciInfo()
+		if r != nvml.SUCCESS {
+			continue
+		}
+		got := strings.ToLower(cString(p.BusId[:]))
+		if got == want || strings.TrimPrefix(got, "0000") == want {
+			return reply(nvml.SUCCESS, i)
+		}
+	}
+	return reply(nvml.ERROR_NOT_FOUND)
+}
+
+// cString is a NUL-terminated C string.
+func cString[T int8 | uint8](b []T) string {
+	var out []byte
+	for _, c := range b {
+		if c == 0 {
+			break
+		}
+		out = append(out, byte(c))
+	}
+	return string(out)
+}
