@@ -6,8 +6,8 @@ package installationtest
 import (
 	"context"
 	"os"
-	"sync"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
