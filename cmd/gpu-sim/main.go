@@ -208,7 +208,7 @@ timing comes from GPU_DRA_SIM_LATENCY.`,
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "serving simulated NVML of %s (%s) at %s\n", model, dir, nvmlserver.SocketPath(serveRoot))
-			return nvmlserver.New(n).Serve(ctx, l)
+			return nvmlserver.New(n, serveRoot).Serve(ctx, l)
 		},
 	}
 	serve.Flags().StringVar(&serveRoot, "driver-root", "", "the simulated driver root (made by gpu-sim host) whose library to answer")

@@ -91,7 +91,7 @@ func Start(t testing.TB, model string) *Installation {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- nvmlserver.New(n).Serve(ctx, l) }()
+	go func() { done <- nvmlserver.New(n, inst.DriverRoot).Serve(ctx, l) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {

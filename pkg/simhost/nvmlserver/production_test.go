@@ -3,6 +3,7 @@ package nvmlserver_test
 import (
 	"context"
 	"errors"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/installationtest"
 )
 
@@ -174,5 +176,28 @@ func TestProductionPathWithoutTheKernelSide(t *testing.T) {
 	_, err := nvmlnode.Open(nvmlnode.Options{LibraryPath: inst.Library + ".missing"})
 	if err == nil || !strings.Contains(err.Error(), "libnvidia-ml.so.1 not found") {
 		t.Fatalf("a missing library: %v", err)
+	}
+}
+
+// The driver's nvidia-smi changes the simulated GPU through the kernel
+// side, as the real one does through the kernel driver; a GPU the node
+// does not have is refused.
+func TestProductionPathTimeSlice(t *testing.T) {
+	inst := installationtest.Start(t, "dgxh100")
+	node := inst.Open(t)
+	ctx := context.Background()
+	inv, err := node.Inventory(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uuid := inv.GPUs[1].UUID
+	if err := node.SetTimeSlice(ctx, uuid, "Long"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(simhost.TimeSlicePath(inst.DriverRoot, uuid)); err != nil || string(got) != "3\n" {
+		t.Fatalf("time slice of %s: %q, %v", uuid, got, err)
+	}
+	if err := node.SetTimeSlice(ctx, "GPU-00000000-0000-0000-0000-000000000000", "Short"); err == nil || !strings.Contains(err.Error(), "No GPU with UUID") {
+		t.Fatalf("a GPU the node lacks: %v", err)
 	}
 }

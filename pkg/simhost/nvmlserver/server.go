@@ -26,9 +26,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"k8s.io/klog/v2"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/simtools"
 )
 
 // ProtocolVersion is the version of the protocol the library and the
@@ -37,7 +40,7 @@ const ProtocolVersion = 1
 
 // SocketInRoot is where the library looks for the socket, relative to the
 // driver root (see libnvml/nvml.c).
-const SocketInRoot = "run/gpu-sim/nvml.sock"
+const SocketInRoot = simtools.KernelSocketInRoot
 
 // maxRequest bounds one request line; a longer one ends the connection.
 const maxRequest = 4096
@@ -50,16 +53,20 @@ type Server struct {
 	lib nvml.Interface
 	// DriverVersion and NVMLVersion are answered as is.
 	DriverVersion, NVMLVersion string
-	// CUDAVersion is the driver's CUDA version, e.g. 12040.
-	CUDAVersion int
+	// DriverRoot is the host path of the driver root served: the driver's
+	// tools record what they change there (simtools.RecordTimeSlice,
+	// simtools.RecordMPS), as they cannot from containers that mount it
+	// read-only. Empty refuses those records.
+	DriverRoot string
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
 }
 
-// New returns a server of lib, which must be initialised (lib.Init).
-func New(lib nvml.Interface) *Server {
-	return &Server{lib: lib, conns: map[net.Conn]struct{}{}}
+// New returns a server of lib, which must be initialised (lib.Init), for
+// the driver root at driverRoot.
+func New(lib nvml.Interface, driverRoot string) *Server {
+	return &Server{lib: lib, DriverRoot: driverRoot, conns: map[net.Conn]struct{}{}}
 }
 
 // SocketPath is the socket's path in driverRoot.
@@ -580,6 +587,17 @@ func (s *Server) dispatch(sess *session, op string, a *args) string {
 		return reply(r)
 	case "by-uuid":
 		return s.byUUID(a.str())
+	case "record-timeslice":
+		return s.recordTimeSlice(a.str(), a.str())
+	case "record-mps":
+		line, err := simtools.DecodeToken(a.str())
+		if err != nil || s.DriverRoot == "" {
+			return reply(nvml.ERROR_INVALID_ARGUMENT)
+		}
+		if err := simtools.RecordMPS(s.DriverRoot, line); err != nil {
+			return reply(nvml.ERROR_UNKNOWN)
+		}
+		return reply(nvml.SUCCESS)
 	case "by-pci":
 		return s.byPCI(a.str())
 	case "ci-info", "destroy-ci":
@@ -641,6 +659,22 @@ func (s *Server) dispatch(sess *session, op string, a *args) string {
 		return reply(r, gpuIndex, e.EventType, e.EventData, e.GpuInstanceId, e.ComputeInstanceId)
 	}
 	return reply(nvml.ERROR_FUNCTION_NOT_FOUND)
+}
+
+// recordTimeSlice is nvidia-smi compute-policy --set-timeslice: the GPU
+// must be one of the node's.
+func (s *Server) recordTimeSlice(token, slice string) string {
+	uuid, err := simtools.DecodeToken(token)
+	if err != nil || s.DriverRoot == "" {
+		return reply(nvml.ERROR_INVALID_ARGUMENT)
+	}
+	if ans := s.byUUID(uuid); !strings.HasPrefix(ans, "0 ") || !strings.HasSuffix(ans, " -1 -1") {
+		return reply(nvml.ERROR_NOT_FOUND)
+	}
+	if err := simtools.RecordTimeSlice(s.DriverRoot, uuid, slice, time.Now().UTC().Format("2006-01-02T15:04:05Z")); err != nil {
+		return reply(nvml.ERROR_INVALID_ARGUMENT)
+	}
+	return reply(nvml.SUCCESS)
 }
 
 // byUUID finds a GPU or MIG device by UUID.

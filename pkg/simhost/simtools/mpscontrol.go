@@ -47,8 +47,6 @@ func (t *Tools) mpsControl(args []string) int {
 	if logDir == "" {
 		logDir = "/var/log/nvidia-mps"
 	}
-	// Failing here is not fatal: only the log in it is lost.
-	_ = os.MkdirAll(t.simDir(), 0o755)
 	if len(args) > 0 && args[0] == "-d" {
 		return t.startDaemon(pipe, logDir)
 	}
@@ -185,7 +183,13 @@ func (t *Tools) logMPS(logDir, line string) error {
 	if err := appendLine(filepath.Join(logDir, "control.log"), line); err != nil {
 		fmt.Fprintf(t.Stderr, "%s: %v\n", MPSControl, err)
 	}
-	err := appendLine(filepath.Join(t.simDir(), "mps.log"), line)
+	code, err := t.askKernel("record-mps", EncodeToken(line))
+	switch {
+	case errors.Is(err, errNoKernel):
+		err = RecordMPS(t.Root, line)
+	case err == nil && code != 0:
+		err = fmt.Errorf("log in the simulated kernel: NVML error %d", code)
+	}
 	if err != nil {
 		fmt.Fprintf(t.Stderr, "%s: %v\n", MPSControl, err)
 	}

@@ -122,8 +122,9 @@ func (t *Tools) now() string {
 	return now().UTC().Format(timeLayout)
 }
 
-// simDir is <root>/var/lib/gpu-sim.
-func (t *Tools) simDir() string { return filepath.Join(t.Root, "var/lib/gpu-sim") }
+// nvmlNotFound is NVML_ERROR_NOT_FOUND, the kernel's answer for a GPU
+// UUID it does not have.
+const nvmlNotFound = 6
 
 // appendLine appends line and a newline to the regular file at path,
 // creating it; a symlink, a FIFO or a device in its place is refused.

@@ -1,9 +1,8 @@
 package simtools
 
 import (
+	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 )
 
@@ -62,23 +61,23 @@ func (t *Tools) computePolicy(args []string) int {
 		return 2
 	}
 	// The UUID names a file: one with a slash would be written elsewhere.
-	if strings.Contains(uuid, "/") || uuid == "." || uuid == ".." {
+	if strings.ContainsAny(uuid, "/\x00") || uuid == "." || uuid == ".." {
 		fmt.Fprintf(t.Stderr, "%sbad GPU UUID '%s'\n", prefix, uuid)
 		return 2
 	}
-	dir := filepath.Join(t.simDir(), "timeslice")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	code, err := t.askKernel("record-timeslice", EncodeToken(uuid), slice)
+	switch {
+	case errors.Is(err, errNoKernel):
+		err = RecordTimeSlice(t.Root, uuid, slice, t.now())
+	case err == nil && code == nvmlNotFound:
+		fmt.Fprintf(t.Stderr, "No GPU with UUID %s was found.\n", uuid)
+		return 6
+	case err == nil && code != 0:
+		err = fmt.Errorf("the simulated kernel answered NVML error %d", code)
+	}
+	if err != nil {
 		fmt.Fprintf(t.Stderr, "%s: %v\n", SMI, err)
 		return 1
-	}
-	if err := writeAtomic(filepath.Join(dir, uuid), []byte(slice+"\n"), 0o644, false); err != nil {
-		fmt.Fprintf(t.Stderr, "%s: %v\n", SMI, err)
-		return 1
-	}
-	// As the real tool's effect is done, a log that cannot be written is
-	// reported but not an error.
-	if err := appendLine(filepath.Join(t.simDir(), "nvidia-smi.log"), fmt.Sprintf("%s compute-policy -i %s --set-timeslice %s", t.now(), uuid, slice)); err != nil {
-		fmt.Fprintf(t.Stderr, "%s: %v\n", SMI, err)
 	}
 	fmt.Fprintf(t.Stdout, "Set time slice of GPU %s to %s\n", uuid, slice)
 	return 0
