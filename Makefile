@@ -17,12 +17,13 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 # gpu-sim-tools (the simulated driver's nvidia-smi and MPS control) runs in the driver's image
-# and in pods: it is static.
+# and in pods: it is static. libnvidia-ml.so.1 is the simulated driver's NVML (C).
 .PHONY: build
 build: ## build the commands into bin/
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(COMMANDS))
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/gpu-sim-tools
+	pkg/simhost/libnvml/build.sh $(BIN)/libnvidia-ml.so.1
 
 .PHONY: test
 test: lint chart unit fuzz e2e scale-check ## run every test: lint, chart, unit, fuzz, end-to-end, then a small fleet, each on a local cluster

@@ -138,13 +138,10 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 	}
 	gpuOpts := opts.gpuOptions()
 	gpuOpts.DriverRoot = driverRoot
-	if gpuOpts.Simulate == "" && gpuOpts.LibraryPath == "" && ro.driverRootMount != "" {
-		// The container's own loader does not know the host's libraries.
-		lib, err := driverroot.FindLibrary(ro.driverRootMount, nvmlLibrary)
-		if err != nil {
-			return fmt.Errorf("NVML (--nvml-library, else under --driver-root-mount): %w", err)
+	if gpuOpts.Simulate == "" && gpuOpts.LibraryPath == "" {
+		if gpuOpts.LibraryPath, err = findNVML(driverRoot, ro.driverRootMount != ""); err != nil {
+			return err
 		}
-		gpuOpts.LibraryPath = lib
 	}
 	node, err := nvmlnode.Open(gpuOpts)
 	if err != nil {
@@ -168,9 +165,6 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 	daemons.Logger = logger
 	if pods := ro.mpsDaemonPods; pods.Image != "" {
 		pods.Client, pods.NodeName, pods.DriverRoot = client, opts.nodeName, ro.driverRoot
-		// A simulated driver's MPS control writes its log in the driver
-		// root.
-		pods.DriverRootWritable = opts.simulate != ""
 		if err := pods.Validate(); err != nil {
 			return fmt.Errorf("--mps-daemon-image: %w", err)
 		}
@@ -212,6 +206,23 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 	}, driver.HandoverConfig{
 		Lock: ownership.New(ro.pluginDataDir, 0), PodUID: types.UID(ro.podUID), Ready: ready.Store, StartTimeout: ro.startTimeout,
 	})
+}
+
+// findNVML is libnvidia-ml.so.1 under the driver root, where the plugin
+// reads it (its mount in the plugin's container, when inContainer): the
+// container's own loader knows nothing of the host's libraries, and a
+// GPU-operator root (/run/nvidia/driver) is not in any loader's path.
+// Outside a container, a root without it leaves NVML to the loader's
+// search path ("" here), which a distribution's own layout may need.
+func findNVML(root string, inContainer bool) (string, error) {
+	lib, err := driverroot.FindLibrary(root, nvmlLibrary)
+	if err != nil && inContainer {
+		return "", fmt.Errorf("NVML (--nvml-library, else under --driver-root-mount): %w", err)
+	}
+	if err != nil {
+		return "", nil
+	}
+	return lib, nil
 }
 
 // uninstalling tells, from --daemonset, whether the plugin's DaemonSet is

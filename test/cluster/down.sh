@@ -162,6 +162,8 @@ main() {
 	stop containerd
 	stop kube-controller-manager kube-scheduler kube-apiserver
 	stop etcd
+	# The simulated GPUs' kernel side, once nothing uses them.
+	stop gpu-sim
 	stop_stray_shims
 	remove_cgroups
 	unmount_all

@@ -2,9 +2,10 @@
 # driver.sh start|stop|restart [-f VALUES]... [plugin flags...] — installs the gpu.nvidia.com driver on the
 # local cluster the way an operator does: `helm upgrade --install` of deployments/helm with the
 # image built by image.sh, as release gpu-dra-driver in namespace gpu-dra-driver. The kubelet
-# plugin DaemonSet runs on a simulated DGX (GPU_DRA_SIMULATE, default dgxh100) whose driver,
-# /dev and /proc trees, state, CDI directory and kubelet directories are the run directory's,
-# given as chart values. The cluster has no kube-proxy: the API server calls the webhook at its
+# plugin DaemonSet runs as on a GPU node, without --simulate: it loads libnvidia-ml.so.1 from a
+# simulated driver installation of a DGX (GPU_DRA_SIMULATE, default dgxh100) whose kernel side is
+# a gpu-sim serve process (see docs/simulated-driver.md); the driver, /dev and /proc trees,
+# state, CDI directory and kubelet directories are the run directory's, given as chart values. The cluster has no kube-proxy: the API server calls the webhook at its
 # Service's endpoints, the pods' addresses on the node's bridge.
 #
 #   start    builds the commands and the image, installs or upgrades the release, and starts the
@@ -45,17 +46,48 @@ build() {
 	# The simulated driver's nvidia-smi and MPS control run in the plugin's image and in pods:
 	# static.
 	(cd "$REPO_ROOT" && CGO_ENABLED=0 go build -o "$RUN/bin/" ./cmd/gpu-sim-tools)
+	# The simulated driver's libnvidia-ml.so.1, which the plugin loads as on a GPU node.
+	"$REPO_ROOT/pkg/simhost/libnvml/build.sh" "$RUN/bin/libnvidia-ml.so.1"
 	"$CLUSTER_DIR/image.sh" >/dev/null
 	ensure_helm
 	ln -sf "$HELM" "$RUN/bin/helm"
 }
 
-# prepare_node creates the simulated node's host trees and labels the node as GPU feature
-# discovery would. The identity in deployments/rbac is the one the crash tests' own plugin
-# processes use.
+# serve_driver runs the simulated node's kernel side, gpu-sim serve, which answers the
+# libnvidia-ml.so.1 of the driver root (as the kernel driver answers NVIDIA's), unless it runs
+# already for this model and state. Its PID is in $RUN/pids/gpu-sim.pid (down.sh stops it).
+serve_driver() {
+	local pidfile=$RUN/pids/gpu-sim.pid want pid
+	want="serve $SIMULATE $SIM_DIR/state"
+	if [[ -f $pidfile ]] && pid=$(<"$pidfile") && kill -0 "$pid" 2>/dev/null &&
+		[[ $(readlink "/proc/$pid/exe") == *gpu-sim* && $(<"$RUN/sim/serving") == "$want" ]] &&
+		[[ -S $SIM_DIR/host/driver/run/gpu-sim/nvml.sock ]]; then
+		return
+	fi
+	if [[ -f $pidfile ]] && pid=$(<"$pidfile") && kill -0 "$pid" 2>/dev/null && [[ $(readlink "/proc/$pid/exe") == *gpu-sim* ]]; then
+		kill "$pid"
+		while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+	fi
+	mkdir -p "$RUN/pids" "$RUN/logs"
+	setsid "$RUN/bin/gpu-sim" --model "$SIMULATE" --state-dir "$SIM_DIR/state" serve --driver-root "$SIM_DIR/host/driver" \
+		>>"$RUN/logs/gpu-sim.log" 2>&1 </dev/null &
+	echo $! >"$pidfile"
+	echo "$want" >"$RUN/sim/serving"
+	local deadline=$((SECONDS + 30))
+	until [[ -S $SIM_DIR/host/driver/run/gpu-sim/nvml.sock ]]; do
+		kill -0 "$(<"$pidfile")" 2>/dev/null || die "gpu-sim serve exited: $(tail -5 "$RUN/logs/gpu-sim.log")"
+		((SECONDS < deadline)) || die "gpu-sim serve has no socket after 30s"
+		sleep 0.1
+	done
+}
+
+# prepare_node creates the simulated node's host trees (a driver installation with the simulated
+# libnvidia-ml.so.1), starts its kernel side and labels the node as GPU feature discovery would.
+# The identity in deployments/rbac is the one the crash tests' own plugin processes use.
 prepare_node() {
 	mkdir -p "$SIM_DIR/state"
 	"$RUN/bin/gpu-sim" --model "$SIMULATE" --state-dir "$SIM_DIR/state" host --dir "$SIM_DIR/host" >/dev/null
+	serve_driver
 	kubectl label node "$NODE_NAME" nvidia.com/gpu.present=true --overwrite >/dev/null
 	kubectl apply -f "$REPO_ROOT/deployments/rbac/" >/dev/null
 	# DeviceClasses a harness before this one applied with kubectl: the chart adopts them.
@@ -80,8 +112,6 @@ write_values() {
 			image: {repository: gpu-dra-driver, tag: "${GPU_DRA_IMAGE_TAG:-$tag}", pullPolicy: Never}
 			kubeletPlugin:
 			  nodeSelector: {nvidia.com/gpu.present: "true", $RUN_LABEL: "true"}
-			  simulate: $SIMULATE
-			  simulateStateDir: $SIM_DIR/state
 			  apiServer: 127.0.0.1:6443
 			  httpPort: $PLUGIN_HTTP_PORT
 			  logVerbosity: 2

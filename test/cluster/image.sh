@@ -40,6 +40,15 @@ step_image() {
 	while read -r lib; do
 		args+=(-add "$lib=$(readlink -f "$lib")")
 	done < <(ldd "$OUT/bin/gpu-kubelet-plugin" "$OUT/bin/gpu-dra-webhook" | grep -o '/[^ ]*' | grep -v ':$' | sort -u)
+	# What the driver's own libraries and tools, loaded or run from the driver root, need of the
+	# C library beyond libc: NVIDIA's libnvidia-ml.so.1 needs libpthread.so.0 and libdl.so.2
+	# (without them dlopen fails and NVML reads as "not found"), its tools libm and librt too.
+	local dir
+	dir=$(dirname "$(ldd "$OUT/bin/gpu-kubelet-plugin" | awk '/libc.so.6/ { print $3 }')")
+	for lib in libpthread.so.0 libdl.so.2 libm.so.6 librt.so.1; do
+		[[ -e $dir/$lib ]] || die "$dir/$lib not found: the image would not load NVIDIA's libraries"
+		args+=(-add "$dir/$lib=$(readlink -f "$dir/$lib")")
+	done
 	"$OUT/bin/mkimage" -ref "$IMAGE" -out "$OUT/gpu-dra-driver.tar" -dir /tmp -dir /etc "${args[@]}"
 }
 

@@ -191,13 +191,17 @@ func helmIn(t *testing.T, helm, ns string) func(args ...string) {
 }
 
 // installRelease installs chart as release in namespace ns with the local
-// cluster's chart values and the image tag, and at the test's end
+// cluster's chart values (values, or chartValues when none are given) and
+// the image tag, and at the test's end
 // uninstalls it (waiting for its pods) and cleans the namespace. It returns
 // helmIn(t, helm, ns) for the test's upgrades.
-func installRelease(t *testing.T, helm, ns, release, chart, tag string) func(args ...string) {
+func installRelease(t *testing.T, helm, ns, release, chart, tag string, values ...string) func(args ...string) {
 	t.Helper()
 	helmRun := helmIn(t, helm, ns)
-	helmRun(append([]string{"install", release, chart, "--create-namespace", "--set", "image.tag=" + tag}, chartValues()...)...)
+	if len(values) == 0 {
+		values = chartValues()
+	}
+	helmRun(append([]string{"install", release, chart, "--create-namespace", "--set", "image.tag=" + tag}, values...)...)
 	kubeconfig := filepath.Join(runDir, "kubeconfig/admin.kubeconfig")
 	t.Cleanup(func() {
 		if out, err := exec.Command(helm, "uninstall", release, "--kubeconfig", kubeconfig, "--namespace", ns, "--wait").CombinedOutput(); err != nil {
@@ -223,14 +227,14 @@ func useChartOnTheNode(t *testing.T) {
 }
 
 // chartValues are the helm flags that run the chart's plugin on the local
-// cluster: its simulated node, CDI directory and kubelet directories, the
-// kubelet's kubeconfig to read claims with, the image imported by
+// cluster: its simulated driver installation (the plugin loads NVML from
+// its driver root as on a GPU node), CDI directory and kubelet directories,
+// the kubelet's kubeconfig to read claims with, the image imported by
 // image.sh, and its own HTTP port (8089).
 func chartValues() []string {
 	sim := filepath.Join(runDir, "sim")
 	return []string{
 		"--set", "image.pullPolicy=Never",
-		"--set", "kubeletPlugin.simulate=" + model, "--set", "kubeletPlugin.simulateStateDir=" + filepath.Join(sim, "state"),
 		"--set", "kubeletPlugin.hostPaths.pluginsDir=" + filepath.Join(runDir, "kubelet/plugins"),
 		"--set", "kubeletPlugin.hostPaths.registryDir=" + filepath.Join(runDir, "kubelet/plugins_registry"),
 		"--set", "kubeletPlugin.hostPaths.cdiRoot=" + filepath.Join(runDir, "cdi"),

@@ -41,7 +41,6 @@ func (tp *testPlugin) start(extra ...string) {
 	args := []string{
 		"--node-name", nodeName,
 		"--kubeconfig", filepath.Join(runDir, "kubeconfig/plugin.kubeconfig"),
-		"--simulate", model, "--sim-state-dir", filepath.Join(runDir, "sim/state"),
 		"--cdi-root", filepath.Join(runDir, "cdi"),
 		"--plugin-dir", filepath.Join(tp.dir, "plugin"),
 		"--registrar-dir", filepath.Join(tp.dir, "registry"),

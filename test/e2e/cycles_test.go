@@ -29,6 +29,16 @@ const (
 	previousTag     = "0.0.9-previous"
 )
 
+// previousChartValues are chartValues for the previous release, which
+// runs on the Go simulator (--simulate) on the same simulated node's
+// state: its image lacks the C libraries that NVIDIA's libnvidia-ml.so.1
+// (and the simulated one) needs, the defect this version fixed, so it
+// cannot load NVML from the driver root.
+func previousChartValues() []string {
+	return append(chartValues(), "--set", "kubeletPlugin.simulate="+model,
+		"--set", "kubeletPlugin.simulateStateDir="+filepath.Join(runDir, "sim/state"))
+}
+
 // TestUpgradeDowngradeCyclesWithThePreviousRelease builds the previous
 // release's image from the repository history and installs its chart,
 // starts pods holding a whole GPU and a 1g.10gb MIG device, then upgrades
@@ -71,7 +81,7 @@ func TestUpgradeDowngradeCyclesWithThePreviousRelease(t *testing.T) {
 	const ns, release = "gpu-dra-cycles", "e2e-cycles"
 	prevChart := filepath.Join(prevDir, "deployments/helm/gpu-dra-driver")
 	chart := filepath.Join(repoRoot, "deployments/helm/gpu-dra-driver")
-	helmRun := installRelease(t, helm, ns, release, prevChart, previousTag)
+	helmRun := installRelease(t, helm, ns, release, prevChart, previousTag, previousChartValues()...)
 	plugin := waitChartPlugin(t, ns)
 	if n := waitPoolComplete(t); n != 5 {
 		t.Fatalf("the previous release's plugin published %d slices, want 5", n)
@@ -127,7 +137,7 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: shared
 		}
 		held.assertKept(t, fmt.Sprintf("cycle %d, upgraded to this version", i+1))
 		mpsKept(fmt.Sprintf("cycle %d, upgraded to this version", i+1))
-		helmRun(append([]string{"upgrade", release, prevChart, "--wait", "--timeout", "3m", "--set", "image.tag=" + previousTag}, chartValues()...)...)
+		helmRun(append([]string{"upgrade", release, prevChart, "--wait", "--timeout", "3m", "--set", "image.tag=" + previousTag}, previousChartValues()...)...)
 		plugin = assertPluginReplaced(t, ns, plugin, previousTag)
 		held.assertKept(t, fmt.Sprintf("cycle %d, downgraded to the previous release", i+1))
 		mpsKept(fmt.Sprintf("cycle %d, downgraded to the previous release", i+1))

@@ -16,8 +16,10 @@ import (
 
 // TestImageRunsInTheCluster builds the driver's image (test/cluster/image.sh,
 // which imports it into the cluster's containerd) and runs its three
-// commands in a pod: the plugin reads a simulated node's inventory (cgo and
-// the C library inside the image work), the webhook and kubectl-gpu start.
+// commands in a pod: the plugin reads the node's inventory through the
+// driver root's libnvidia-ml.so.1, mounted read-only as the chart mounts it
+// (cgo, the C library and the libraries NVIDIA's NVML needs are in the
+// image), the webhook and kubectl-gpu start.
 func TestImageRunsInTheCluster(t *testing.T) {
 	if out, err := exec.Command(filepath.Join(repoRoot, "test/cluster/image.sh")).CombinedOutput(); err != nil {
 		t.Fatalf("image.sh: %v\n%s", err, out)
@@ -25,13 +27,14 @@ func TestImageRunsInTheCluster(t *testing.T) {
 	const ns = "gpu-image"
 	t.Cleanup(func() { cleanNamespace(t, ns) })
 	container := func(name string, args ...string) string {
-		return fmt.Sprintf("  - {name: %s, image: gpu-dra-driver:0.1.0, imagePullPolicy: Never, command: [%s]}\n", name, `"`+strings.Join(args, `", "`)+`"`)
+		return fmt.Sprintf("  - {name: %s, image: gpu-dra-driver:0.1.0, imagePullPolicy: Never, command: [%s], volumeMounts: [{name: driver-root, mountPath: /driver-root, readOnly: true}]}\n", name, `"`+strings.Join(args, `", "`)+`"`)
 	}
 	applyYAML(t, "apiVersion: v1\nkind: Namespace\nmetadata: {name: gpu-image}\n---\n"+
 		"apiVersion: v1\nkind: Pod\nmetadata: {name: commands, namespace: gpu-image}\nspec:\n  restartPolicy: Never\n  containers:\n"+
-		container("plugin", "gpu-kubelet-plugin", "inventory", "--simulate=dgxh100", "--node-name=node-a")+
+		container("plugin", "gpu-kubelet-plugin", "inventory", "--nvml-library=/driver-root/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1", "--node-name=node-a")+
 		container("webhook", "gpu-dra-webhook", "--help")+
-		container("kubectl-gpu", "kubectl-gpu", "--help"))
+		container("kubectl-gpu", "kubectl-gpu", "--help")+
+		"  volumes: [{name: driver-root, hostPath: {path: "+filepath.Join(runDir, "sim/host/driver")+", type: Directory}}]\n")
 	eventually(t, 60*time.Second, "the image's commands ran", func() (bool, error) {
 		p, err := client.CoreV1().Pods(ns).Get(ctx(), "commands", metav1.GetOptions{})
 		if err != nil {

@@ -1,7 +1,10 @@
 package nvmlnode
 
 import (
+	"errors"
 	"fmt"
+
+	"github.com/NVIDIA/go-nvml/pkg/dl"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
@@ -49,10 +52,33 @@ func Open(opts Options) (*Node, error) {
 	}
 	n, err := NewNode(lib)
 	if err != nil {
+		if opts.Simulate == "" {
+			err = withLoadError(err, opts.LibraryPath)
+		}
 		return nil, err
 	}
 	n.SetDriverRoot(opts.DriverRoot)
 	return n, nil
+}
+
+// withLoadError adds to an NVML initialisation error the dynamic loader's
+// reason when the library does not load: go-nvml reports every failed
+// dlopen as "library not found", also when the library is there but a
+// library it needs is not (an image without libpthread.so.0, say).
+func withLoadError(err error, path string) error {
+	var re ReturnError
+	if !errors.As(err, &re) || re.Code != nvml.ERROR_LIBRARY_NOT_FOUND {
+		return err
+	}
+	if path == "" {
+		path = "libnvidia-ml.so.1"
+	}
+	lib := dl.New(path, dl.RTLD_LAZY|dl.RTLD_GLOBAL)
+	if openErr := lib.Open(); openErr != nil {
+		return fmt.Errorf("%w: the dynamic loader says: %w", err, openErr)
+	}
+	_ = lib.Close()
+	return err
 }
 
 // SimulatedModels lists the names Options.Simulate accepts.

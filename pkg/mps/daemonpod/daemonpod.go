@@ -77,11 +77,9 @@ type Launcher struct {
 	// Command runs the supervisor (DefaultCommand if empty); the
 	// daemon's flags follow it.
 	Command []string
-	// DriverRoot is the host's driver root, mounted at DriverRootMount.
+	// DriverRoot is the host's driver root, mounted read-only at
+	// DriverRootMount.
 	DriverRoot string
-	// DriverRootWritable mounts it read-write: a simulated driver's MPS
-	// control writes its log there.
-	DriverRootWritable bool
 }
 
 var _ mps.Launcher = (*Launcher)(nil)
@@ -222,7 +220,7 @@ func (l *Launcher) Pod(d mps.Daemon) *corev1.Pod {
 				}},
 				VolumeMounts: []corev1.VolumeMount{
 					{Name: "daemons", MountPath: root},
-					{Name: "driver-root", MountPath: DriverRootMount, ReadOnly: !l.DriverRootWritable},
+					{Name: "driver-root", MountPath: DriverRootMount, ReadOnly: true},
 				},
 			}},
 			Volumes: []corev1.Volume{

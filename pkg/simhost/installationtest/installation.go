@@ -31,7 +31,13 @@ type Installation struct {
 	Library string
 	// Sim is the simulated node the server answers from.
 	Sim *sim.Node
+
+	stop func()
 }
+
+// StopKernel stops the kernel side, as a node whose NVIDIA kernel module
+// is not loaded: the library then answers NVML_ERROR_DRIVER_NOT_LOADED.
+func (inst *Installation) StopKernel() { inst.stop() }
 
 // A process loads one libnvidia-ml.so.1 (go-nvml binds NVML's symbols in
 // the global scope, and the library finds its socket from its own path),
@@ -92,12 +98,16 @@ func Start(t testing.TB, model string) *Installation {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- nvmlserver.New(n, inst.DriverRoot).Serve(ctx, l) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("simulated NVML server: %v", err)
-		}
-	})
+	var once sync.Once
+	inst.stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("simulated NVML server: %v", err)
+			}
+		})
+	}
+	t.Cleanup(inst.stop)
 	return inst
 }
 

@@ -170,12 +170,18 @@ wait:
 }
 
 // Without the simulated kernel (no gpu-sim serve), NVML reports what
-// NVIDIA's library reports without its kernel module.
+// NVIDIA's library reports without its kernel module; without the library,
+// the error says it is not found.
 func TestProductionPathWithoutTheKernelSide(t *testing.T) {
 	inst := installationtest.Start(t, "dgxh100")
 	_, err := nvmlnode.Open(nvmlnode.Options{LibraryPath: inst.Library + ".missing"})
 	if err == nil || !strings.Contains(err.Error(), "libnvidia-ml.so.1 not found") {
 		t.Fatalf("a missing library: %v", err)
+	}
+	inst.StopKernel()
+	_, err = nvmlnode.Open(nvmlnode.Options{LibraryPath: inst.Library})
+	if err == nil || !strings.Contains(err.Error(), "Driver Not Loaded") {
+		t.Fatalf("no kernel side: %v", err)
 	}
 }
 
@@ -199,5 +205,18 @@ func TestProductionPathTimeSlice(t *testing.T) {
 	}
 	if err := node.SetTimeSlice(ctx, "GPU-00000000-0000-0000-0000-000000000000", "Short"); err == nil || !strings.Contains(err.Error(), "No GPU with UUID") {
 		t.Fatalf("a GPU the node lacks: %v", err)
+	}
+}
+
+// A library that is there but cannot be loaded says why, not "not found".
+func TestProductionPathLoadErrorSaysWhy(t *testing.T) {
+	dir := t.TempDir()
+	lib := dir + "/libnvidia-ml.so.1"
+	if err := os.WriteFile(lib, []byte("not an ELF file"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := nvmlnode.Open(nvmlnode.Options{LibraryPath: lib})
+	if err == nil || !strings.Contains(err.Error(), "the dynamic loader says") || !strings.Contains(err.Error(), lib) {
+		t.Fatalf("loading a broken library: %v", err)
 	}
 }
