@@ -5,17 +5,20 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/topology"
 
 	"github.com/spf13/cobra"
 	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/klog/v2"
 	"sigs.k8s.io/yaml"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
 )
 
 func newInventoryCommand(opts *options) *cobra.Command {
-	var output string
+	var output, sysRoot string
 	cmd := &cobra.Command{
 		Use:   "inventory",
 		Short: "Print the ResourceSlices this node would publish",
@@ -39,7 +42,15 @@ stream or a JSON list. Nothing is written to the cluster.`,
 			if err != nil {
 				return fmt.Errorf("read GPU inventory: %w", err)
 			}
-			model, err := devicemodel.Build(devicemodel.Input{Inventory: inv, StaticMIGOnly: opts.staticMIGOnly, SharedGPUs: opts.sharedGPUs})
+			topo, err := topology.NewReader(klog.FromContext(cmd.Context()), sysRoot)
+			if err != nil {
+				return err
+			}
+			where := map[string]gpu.Topology{}
+			for _, g := range inv.GPUs {
+				where[g.PCIBusID] = topo.Topology(g.PCIBusID)
+			}
+			model, err := devicemodel.Build(devicemodel.Input{Inventory: inv, Topology: where, StaticMIGOnly: opts.staticMIGOnly, SharedGPUs: opts.sharedGPUs})
 			if err != nil {
 				return err
 			}
@@ -47,6 +58,7 @@ stream or a JSON list. Nothing is written to the cluster.`,
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "yaml", "output format: yaml (a stream of documents) or json (a v1 List)")
+	cmd.Flags().StringVar(&sysRoot, "sys-root", "/", "host root under which /sys is found, for the GPUs' pcieRoot and numaNode attributes (as the plugin's --sys-root)")
 	return cmd
 }
 
