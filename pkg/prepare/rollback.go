@@ -50,11 +50,20 @@ type undoer struct {
 	step       func(Step)
 }
 
-// undo destroys the MIG devices rec created, restores the time slices it
-// set, stops its MPS control daemon and the shared GPUs' daemons of which
-// it held the last share, and removes its CDI spec. Forgetting rec is the
-// caller's.
+// undo stops rec's MPS control daemon and the shared GPUs' daemons of
+// which it held the last share, destroys the MIG devices rec created,
+// restores the time slices it set, and removes its CDI spec. Forgetting
+// rec is the caller's. The daemons go first: an MPS server on a MIG
+// device keeps its compute instance in use, and NVML refuses to destroy it
+// (ERROR_IN_USE) for as long as the server runs.
 func (u undoer) undo(ctx context.Context, rec *checkpoint.Claim) error {
+	if err := stopMPS(ctx, u.mps, rec); err != nil {
+		return err
+	}
+	if err := u.releaseShares(ctx, rec); err != nil {
+		return err
+	}
+	u.emit(StepMPSStopped)
 	for _, d := range rec.Devices {
 		ref, ok := u.createdBy(rec, d)
 		if !ok {
@@ -76,13 +85,6 @@ func (u undoer) undo(ctx context.Context, rec *checkpoint.Claim) error {
 			return fmt.Errorf("device %s: restore the default time slice: %w", d.Name, err)
 		}
 	}
-	if err := stopMPS(ctx, u.mps, rec); err != nil {
-		return err
-	}
-	if err := u.releaseShares(ctx, rec); err != nil {
-		return err
-	}
-	u.emit(StepMPSStopped)
 	if err := u.cdi.DeleteClaimSpec(rec.UID); err != nil {
 		return fmt.Errorf("delete CDI spec: %w", err)
 	}

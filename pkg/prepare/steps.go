@@ -11,14 +11,14 @@ const (
 	StepMPSStarted        Step = "prepare-mps-started"
 	StepCDIWritten        Step = "prepare-cdi-written"
 	StepCompletedRecorded Step = "prepare-completed-recorded"
-	StepMIGDestroyed      Step = "unprepare-mig-destroyed"
 	StepMPSStopped        Step = "unprepare-mps-stopped"
+	StepMIGDestroyed      Step = "unprepare-mig-destroyed"
 	StepCDIDeleted        Step = "unprepare-cdi-deleted"
 	StepForgotten         Step = "unprepare-forgotten"
 )
 
 // AllSteps lists every Step in order.
-var AllSteps = []Step{StepStartedRecorded, StepMIGCreated, StepMIGRecorded, StepMPSStarted, StepCDIWritten, StepCompletedRecorded, StepMIGDestroyed, StepMPSStopped, StepCDIDeleted, StepForgotten}
+var AllSteps = []Step{StepStartedRecorded, StepMIGCreated, StepMIGRecorded, StepMPSStarted, StepCDIWritten, StepCompletedRecorded, StepMPSStopped, StepMIGDestroyed, StepCDIDeleted, StepForgotten}
 
 func (p *Preparer) step(s Step) {
 	if p.opts.AfterStep != nil {

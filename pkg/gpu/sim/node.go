@@ -557,6 +557,9 @@ func (n *Node) computeInstance(d *server.Device, gi nvml.GpuInstance, index, gii
 			}
 			for i, c := range cur.ComputeInstances {
 				if c.ID == cis.ID {
+					if len(c.Holders) > 0 {
+						return nvml.ERROR_IN_USE
+					}
 					cur.ComputeInstances = append(cur.ComputeInstances[:i], cur.ComputeInstances[i+1:]...)
 					return nvml.SUCCESS
 				}

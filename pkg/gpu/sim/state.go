@@ -93,6 +93,11 @@ type CIState struct {
 	ID        int    `json:"id"`
 	ProfileID int    `json:"profileId"`
 	UUID      string `json:"uuid"`
+	// Holders name the processes that use the MIG device (an MPS control
+	// daemon, by its pipe directory): while there is one, destroying the
+	// compute instance fails with ERROR_IN_USE, as on hardware. The slice
+	// is replaced, never changed in place.
+	Holders []string `json:"holders,omitempty"`
 }
 
 // EventState is one injected health event.

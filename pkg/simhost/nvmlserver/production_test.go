@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -218,5 +220,47 @@ func TestProductionPathLoadErrorSaysWhy(t *testing.T) {
 	_, err := nvmlnode.Open(nvmlnode.Options{LibraryPath: lib})
 	if err == nil || !strings.Contains(err.Error(), "the dynamic loader says") || !strings.Contains(err.Error(), lib) {
 		t.Fatalf("loading a broken library: %v", err)
+	}
+}
+
+// An MPS control daemon of the driver's tools holds the MIG device it
+// serves: the compute instance cannot be destroyed (IN_USE) until the
+// daemon quits, as a CUDA context keeps it on hardware.
+func TestProductionPathMPSHoldsItsMIGDevice(t *testing.T) {
+	inst := installationtest.Start(t, "dgxh100")
+	node := inst.Open(t)
+	ctx := context.Background()
+	inv, err := node.Inventory(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := inv.GPUs[0]
+	if err := node.SetMIGMode(ctx, g.UUID, true); err != nil {
+		t.Fatal(err)
+	}
+	p := g.MIGProfiles[0]
+	mig, err := node.CreateMIG(ctx, gpu.MIGRequest{ParentUUID: g.UUID, ProfileID: p.ID, Placement: p.Placements[0]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	control := filepath.Join(inst.DriverRoot, "usr/bin/nvidia-cuda-mps-control")
+	pipe, logDir := t.TempDir(), t.TempDir()
+	env := append(os.Environ(), "CUDA_MPS_PIPE_DIRECTORY="+pipe, "CUDA_MPS_LOG_DIRECTORY="+logDir, "CUDA_VISIBLE_DEVICES="+mig.UUID)
+	start := exec.Command(control, "-d")
+	start.Env = env
+	if out, err := start.CombinedOutput(); err != nil {
+		t.Fatalf("start the MPS control daemon: %v\n%s", err, out)
+	}
+	ref := gpu.MIGRef{ParentUUID: g.UUID, GIID: mig.GIID, CIID: mig.CIID, UUID: mig.UUID}
+	if err := node.DestroyMIG(ctx, ref); err == nil || !strings.Contains(err.Error(), "In use") {
+		t.Fatalf("destroy a MIG device an MPS daemon serves: %v, want in use", err)
+	}
+	quit := exec.Command(control)
+	quit.Env, quit.Stdin = env, strings.NewReader("quit\n")
+	if out, err := quit.CombinedOutput(); err != nil {
+		t.Fatalf("quit the MPS control daemon: %v\n%s", err, out)
+	}
+	if err := node.DestroyMIG(ctx, ref); err != nil {
+		t.Fatalf("destroy after the daemon quit: %v", err)
 	}
 }

@@ -597,7 +597,7 @@ func (s *Server) dispatch(sess *session, op string, a *args) string {
 		if err := simtools.RecordMPS(s.DriverRoot, line); err != nil {
 			return reply(nvml.ERROR_UNKNOWN)
 		}
-		return reply(nvml.SUCCESS)
+		return reply(s.holdForMPS(line))
 	case "by-pci":
 		return s.byPCI(a.str())
 	case "ci-info", "destroy-ci":
@@ -659,6 +659,55 @@ func (s *Server) dispatch(sess *session, op string, a *args) string {
 		return reply(r, gpuIndex, e.EventType, e.EventData, e.GpuInstanceId, e.ComputeInstanceId)
 	}
 	return reply(nvml.ERROR_FUNCTION_NOT_FOUND)
+}
+
+// migHolder is a simulated node that knows which processes use a MIG
+// device (sim.Node).
+type migHolder interface {
+	HoldMIG(migUUID, holder string) error
+	ReleaseMIG(holder string) error
+}
+
+// holdForMPS makes an MPS control daemon's start hold the MIG devices it
+// serves, and its quit release them: on hardware its server's CUDA context
+// keeps the compute instance from being destroyed (ERROR_IN_USE). The
+// line is simtools' "<time> start pid=<pid> devices=<uuids> pipe=<dir>" or
+// "<time> quit pipe=<dir>".
+func (s *Server) holdForMPS(line string) nvml.Return {
+	h, ok := s.lib.(migHolder)
+	if !ok {
+		return nvml.SUCCESS
+	}
+	fields := strings.Fields(line)
+	if len(fields) < 3 {
+		return nvml.ERROR_INVALID_ARGUMENT
+	}
+	kv := map[string]string{}
+	for _, f := range fields[2:] {
+		if k, v, ok := strings.Cut(f, "="); ok {
+			kv[k] = v
+		}
+	}
+	pipe := kv["pipe"]
+	if pipe == "" {
+		return nvml.ERROR_INVALID_ARGUMENT
+	}
+	switch fields[1] {
+	case "start":
+		for _, dev := range strings.Split(kv["devices"], ",") {
+			if !strings.HasPrefix(dev, "MIG-") {
+				continue
+			}
+			if err := h.HoldMIG(dev, pipe); err != nil {
+				return nvml.ERROR_NOT_FOUND
+			}
+		}
+	case "quit":
+		if err := h.ReleaseMIG(pipe); err != nil {
+			return nvml.ERROR_UNKNOWN
+		}
+	}
+	return nvml.SUCCESS
 }
 
 // recordTimeSlice is nvidia-smi compute-policy --set-timeslice: the GPU
