@@ -65,7 +65,9 @@ type MIGProfile struct {
 	// ID is NVML's GPU-instance profile ID (GPU_INSTANCE_PROFILE_*).
 	ID int
 	// ComputeProfileID is the compute-instance profile used to create the
-	// single compute instance that spans the GPU instance.
+	// single compute instance that spans the GPU instance. NVML reports
+	// compute-instance profiles of a GPU instance only, so it is known
+	// once a GPU instance of the profile exists; -1 until then.
 	ComputeProfileID int
 	// Name is the canonical name, e.g. "1g.10gb", "1g.10gb+me", "7g.80gb".
 	Name string
@@ -120,6 +122,10 @@ type MIGInstance struct {
 	// instance again and for the /dev/nvidia-caps capability files.
 	GIID int
 	CIID int
+	// ComputeProfileID is the compute-instance profile
+	// (COMPUTE_INSTANCE_PROFILE_*) of the instance's compute instance, as
+	// NVML reports it.
+	ComputeProfileID int
 }
 
 // MIGRequest asks for a GPU instance of a profile at an exact placement on a

@@ -195,6 +195,8 @@ func readProfiles(dev nvml.Device, totalBytes uint64) ([]gpu.MIGProfile, error) 
 			JPEGEngines:     int(info.JpegCount),
 			OFAEngines:      int(info.OfaCount),
 			MaxInstances:    int(info.InstanceCount),
+			// Known once a GPU instance exists (readInstances).
+			ComputeProfileID: -1,
 		}
 		for _, pl := range placements {
 			p.Placements = append(p.Placements, gpu.Placement{Start: int(pl.Start), Size: int(pl.Size)})
@@ -243,7 +245,7 @@ func readInstances(dev nvml.Device, parent string, profiles []gpu.MIGProfile) ([
 		return nil, err
 	}
 	var out []gpu.MIGInstance
-	for _, p := range profiles {
+	for pi, p := range profiles {
 		info, ret := dev.GetGpuInstanceProfileInfo(p.ID)
 		if ret != nvml.SUCCESS {
 			return nil, fmt.Errorf("profile %s: %w", p.Name, nvmlError(ret))
@@ -256,6 +258,9 @@ func readInstances(dev nvml.Device, parent string, profiles []gpu.MIGProfile) ([
 			giInfo, ret := gi.GetInfo()
 			if ret != nvml.SUCCESS {
 				return nil, fmt.Errorf("GPU instance of profile %s: %w", p.Name, nvmlError(ret))
+			}
+			if full, err := fullComputeProfile(gi, int(info.SliceCount), int(info.MultiprocessorCount)); err == nil {
+				profiles[pi].ComputeProfileID = int(full.Id)
 			}
 			cis, err := computeInstances(gi)
 			if err != nil {
@@ -270,6 +275,8 @@ func readInstances(dev nvml.Device, parent string, profiles []gpu.MIGProfile) ([
 					Placement:  gpu.Placement{Start: int(giInfo.Placement.Start), Size: int(giInfo.Placement.Size)},
 					GIID:       int(giInfo.Id),
 					CIID:       int(ci.Id),
+
+					ComputeProfileID: int(ci.ProfileId),
 				})
 			}
 		}
@@ -392,7 +399,7 @@ func (n *Node) CreateMIG(ctx context.Context, req gpu.MIGRequest) (gpu.MIGInstan
 	if ret != nvml.SUCCESS {
 		return gpu.MIGInstance{}, abandon(fmt.Errorf("read created GPU instance on %s: %w", req.ParentUUID, nvmlError(ret)), gi.Destroy)
 	}
-	ciProfile, err := fullComputeProfile(gi, int(info.SliceCount))
+	ciProfile, err := fullComputeProfile(gi, int(info.SliceCount), int(info.MultiprocessorCount))
 	if err != nil {
 		return gpu.MIGInstance{}, abandon(fmt.Errorf("compute profile for GPU instance %d on %s: %w", giInfo.Id, req.ParentUUID, err), gi.Destroy)
 	}
@@ -416,11 +423,13 @@ func (n *Node) CreateMIG(ctx context.Context, req gpu.MIGRequest) (gpu.MIGInstan
 		Placement:  gpu.Placement{Start: int(giInfo.Placement.Start), Size: int(giInfo.Placement.Size)},
 		GIID:       int(giInfo.Id),
 		CIID:       int(ciInfo.Id),
+
+		ComputeProfileID: int(ciInfo.ProfileId),
 	}
 	if inst.UUID == "" {
 		return gpu.MIGInstance{}, abandon(fmt.Errorf("created MIG device (GPU instance %d, compute instance %d) on %s has no UUID", giInfo.Id, ciInfo.Id, req.ParentUUID), ci.Destroy, gi.Destroy)
 	}
-	klog.FromContext(ctx).V(2).Info("Created MIG device", "gpu", req.ParentUUID, "profile", inst.Profile, "placement", inst.Placement.String(), "uuid", inst.UUID, "giid", inst.GIID, "ciid", inst.CIID)
+	klog.FromContext(ctx).V(2).Info("Created MIG device", "gpu", req.ParentUUID, "profile", inst.Profile, "placement", inst.Placement.String(), "uuid", inst.UUID, "giid", inst.GIID, "ciid", inst.CIID, "computeProfile", inst.ComputeProfileID)
 	return inst, nil
 }
 
@@ -432,30 +441,46 @@ func memoryTotal(dev nvml.Device) uint64 {
 	return mem.Total
 }
 
-// computeSliceProfiles maps a number of compute slices to the compute-instance
-// profile of that size.
-var computeSliceProfiles = map[int]int{
-	1: nvml.COMPUTE_INSTANCE_PROFILE_1_SLICE,
-	2: nvml.COMPUTE_INSTANCE_PROFILE_2_SLICE,
-	3: nvml.COMPUTE_INSTANCE_PROFILE_3_SLICE,
-	4: nvml.COMPUTE_INSTANCE_PROFILE_4_SLICE,
-	6: nvml.COMPUTE_INSTANCE_PROFILE_6_SLICE,
-	7: nvml.COMPUTE_INSTANCE_PROFILE_7_SLICE,
-	8: nvml.COMPUTE_INSTANCE_PROFILE_8_SLICE,
-}
-
-// fullComputeProfile returns the compute-instance profile that spans all of
-// a GPU instance's compute slices.
-func fullComputeProfile(gi nvml.GpuInstance, slices int) (nvml.ComputeInstanceProfileInfo, error) {
-	id, ok := computeSliceProfiles[slices]
-	if !ok {
-		return nvml.ComputeInstanceProfileInfo{}, fmt.Errorf("no compute profile spans %d slices", slices)
+// fullComputeProfile returns the compute-instance profile that gives one
+// compute instance all of a GPU instance: of the profiles NVML reports on
+// gi that span all of its slices, the one with the GPU instance's SM count,
+// else the one with the most SMs; of equals, the lowest ID (the standard
+// profile before a revision such as COMPUTE_INSTANCE_PROFILE_1_SLICE_REV1,
+// which not every GPU offers). Choosing by slice count alone can give a
+// double-memory 1g GPU instance (1g.20gb) a compute instance with fewer
+// SMs than the GPU instance has.
+func fullComputeProfile(gi nvml.GpuInstance, slices, multiprocessors int) (nvml.ComputeInstanceProfileInfo, error) {
+	var best nvml.ComputeInstanceProfileInfo
+	found := false
+	better := func(c nvml.ComputeInstanceProfileInfo) bool {
+		if !found {
+			return true
+		}
+		cExact, bestExact := int(c.MultiprocessorCount) == multiprocessors, int(best.MultiprocessorCount) == multiprocessors
+		if cExact != bestExact {
+			return cExact
+		}
+		return c.MultiprocessorCount > best.MultiprocessorCount
 	}
-	info, ret := gi.GetComputeInstanceProfileInfo(id, nvml.COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
-	if ret != nvml.SUCCESS {
-		return info, fmt.Errorf("compute profile %d: %w", id, nvmlError(ret))
+	for id := 0; id < nvml.COMPUTE_INSTANCE_PROFILE_COUNT; id++ {
+		info, ret := gi.GetComputeInstanceProfileInfo(id, nvml.COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
+		if ret == nvml.ERROR_NOT_SUPPORTED || ret == nvml.ERROR_INVALID_ARGUMENT {
+			continue
+		}
+		if ret != nvml.SUCCESS {
+			return info, fmt.Errorf("compute profile %d: %w", id, nvmlError(ret))
+		}
+		if int(info.SliceCount) != slices {
+			continue
+		}
+		if better(info) {
+			best, found = info, true
+		}
 	}
-	return info, nil
+	if !found {
+		return best, fmt.Errorf("no compute profile spans %d slices", slices)
+	}
+	return best, nil
 }
 
 // DestroyMIG destroys a MIG device's compute instance and its GPU instance.

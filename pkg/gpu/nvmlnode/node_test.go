@@ -54,10 +54,10 @@ func TestInventoryMatchesHardware(t *testing.T) {
 			"1g.10gb": "0:2 2:2 4:2 6:2", "2g.10gb": "0:2 2:2 4:2", "3g.20gb": "0:4 4:4",
 			"4g.20gb": "0:4", "7g.40gb": "0:8",
 		}},
-		{"dgxh200", "NVIDIA H200 141GB HBM3e", "hopper", "9.0", map[string]string{
+		{"dgxh200", "NVIDIA H200", "hopper", "9.0", map[string]string{
 			"1g.18gb": "0:1 1:1 2:1 3:1 4:1 5:1 6:1", "3g.71gb": "0:4 4:4", "7g.141gb": "0:8",
 		}},
-		{"dgxb200", "NVIDIA B200 180GB HBM3e", "blackwell", "10.0", map[string]string{
+		{"dgxb200", "NVIDIA B200", "blackwell", "10.0", map[string]string{
 			"1g.23gb": "0:1 1:1 2:1 3:1 4:1 5:1 6:1", "7g.180gb": "0:8",
 		}},
 	}

@@ -4,29 +4,37 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-
-	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/gpus"
 )
 
 // model describes a simulated node: its GPUs (in PCI order) and driver.
 type model struct {
-	gpus          []gpus.Config
+	gpus          []PublishedModel
 	driverVersion string
 	// cudaVersion is NVML's integer form, e.g. 12040 for 12.4.
 	cudaVersion int
 }
 
-// models is the one table of simulated nodes. The GPU configurations come
-// from go-nvml's mock package; the driver versions match its dgx* servers.
+// models is the one table of simulated nodes. Their GPUs are NVIDIA's
+// published models (hardware.go); the driver versions match go-nvml's dgx*
+// mock servers.
 var models = map[string]model{
-	"dgxa100": {gpus: gpus.Multiple(8, gpus.A100_SXM4_40GB), driverVersion: "550.54.15", cudaVersion: 12040},
-	"dgxh100": {gpus: gpus.Multiple(8, gpus.H100_SXM5_80GB), driverVersion: "550.54.15", cudaVersion: 12040},
-	"dgxh200": {gpus: gpus.Multiple(8, gpus.H200_SXM5_141GB), driverVersion: "550.54.15", cudaVersion: 12040},
-	"dgxb200": {gpus: gpus.Multiple(8, gpus.B200_SXM5_180GB), driverVersion: "560.28.03", cudaVersion: 12060},
+	"dgxa100":      {gpus: multiple(8, A100SXM440GB), driverVersion: "550.54.15", cudaVersion: 12040},
+	"dgxa100-80gb": {gpus: multiple(8, A100SXM480GB), driverVersion: "550.54.15", cudaVersion: 12040},
+	"dgxh100":      {gpus: multiple(8, H100SXM580GB), driverVersion: "550.54.15", cudaVersion: 12040},
+	"dgxh200":      {gpus: multiple(8, H200SXM5141GB), driverVersion: "550.54.15", cudaVersion: 12040},
+	"dgxb200":      {gpus: multiple(8, B200SXM180GB), driverVersion: "560.28.03", cudaVersion: 12060},
 	"mixed": {
-		gpus:          append(gpus.Multiple(4, gpus.A100_SXM4_40GB), gpus.Multiple(4, gpus.H100_SXM5_80GB)...),
+		gpus:          append(multiple(4, A100SXM440GB), multiple(4, H100SXM580GB)...),
 		driverVersion: "550.54.15", cudaVersion: 12040,
 	},
+}
+
+func multiple(n int, m PublishedModel) []PublishedModel {
+	out := make([]PublishedModel, n)
+	for i := range out {
+		out[i] = m
+	}
+	return out
 }
 
 // Models returns the names of the simulated nodes, sorted.

@@ -5,13 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
-	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/gpus"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
 	"github.com/google/uuid"
 )
@@ -23,7 +21,6 @@ type Node struct {
 	*server.Server
 	model   string
 	store   *store
-	cfgs    []gpus.Config
 	latency atomic.Pointer[Latencies]
 }
 
@@ -72,13 +69,11 @@ func Open(modelName, stateDir string) (*Node, error) {
 		return nil, fmt.Errorf("simulated node state in %s has %d GPUs, model %s has %d", stateDir, len(cur.GPUs), modelName, len(m.gpus))
 	}
 
-	n := &Node{model: modelName, store: st, cfgs: m.gpus}
+	n := &Node{model: modelName, store: st}
 	n.SetLatencies(lat)
 	devices := make([]nvml.Device, len(m.gpus))
-	for i, cfg := range m.gpus {
-		cfg.Name = strings.TrimPrefix(cfg.Name, "Mock ")
-		cfg.MIGProfiles = hardwareProfiles(cfg)
-		d := server.NewDeviceFromConfig(cfg, i)
+	for i, pm := range m.gpus {
+		d := server.NewDeviceFromConfig(pm.config(), i)
 		d.UUID = cur.GPUs[i].UUID
 		d.PciBusID = busID(i)
 		n.extendDevice(d, i)
@@ -101,42 +96,6 @@ func gpuUUID(seed string, index int) string {
 	sum := sha256.Sum256([]byte(fmt.Sprintf("%s/gpu/%d", seed, index)))
 	u, _ := uuid.FromBytes(sum[:16])
 	return "GPU-" + u.String()
-}
-
-// hardwareProfiles rewrites the mock's MIG tables into what hardware
-// reports:
-//   - placements count memory slices, and a profile's placement size is its
-//     number of memory slices. go-nvml's H100/H200/B200 tables give sizes in
-//     compute slices (3g size 3, 7g size 7, 1g.20gb size 1), a GPU that does
-//     not exist; its A100 tables are already right and stay unchanged;
-//   - a profile's memory is at most its share of the GPU's. go-nvml's H200
-//     and B200 tables give a little more (1g at 18 GiB of a 141 GiB GPU is
-//     more than an eighth), which would make a 1g occupy two memory slices.
-func hardwareProfiles(cfg gpus.Config) gpus.MIGProfileConfig {
-	out := cfg.MIGProfiles
-	out.GpuInstanceProfiles = map[int]nvml.GpuInstanceProfileInfo{}
-	out.GpuInstancePlacements = map[int][]nvml.GpuInstancePlacement{}
-	total := cfg.MemoryMB
-	for id, info := range cfg.MIGProfiles.GpuInstanceProfiles {
-		size := int((info.MemorySizeMB*8 + total/2) / total) // nearest eighth
-		size = max(size, 1)
-		if share := uint64(size) * total / 8; info.MemorySizeMB > share {
-			info.MemorySizeMB = share
-		}
-		out.GpuInstanceProfiles[id] = info
-		seen := map[uint32]bool{}
-		var pls []nvml.GpuInstancePlacement
-		for _, p := range cfg.MIGProfiles.GpuInstancePlacements[id] {
-			if p.Start%uint32(size) != 0 || int(p.Start)+size > 8 || seen[p.Start] {
-				continue
-			}
-			seen[p.Start] = true
-			pls = append(pls, nvml.GpuInstancePlacement{Start: p.Start, Size: uint32(size)})
-		}
-		sort.Slice(pls, func(a, b int) bool { return pls[a].Start < pls[b].Start })
-		out.GpuInstancePlacements[id] = pls
-	}
-	return out
 }
 
 // gpuState reads GPU index's state for an NVML call, which takes the
