@@ -447,7 +447,7 @@ var computeSliceProfiles = map[int]int{
 // fullComputeProfile returns the compute-instance profile that spans all of
 // a GPU instance's compute slices.
 func fullComputeProfile(gi nvml.GpuInstance, slices int) (nvml.ComputeInstanceProfileInfo, error) {
-	id, ok := computeSliceProfiles[slices]
+	id, ok := FullComputeProfileID(slices)
 	if !ok {
 		return nvml.ComputeInstanceProfileInfo{}, fmt.Errorf("no compute profile spans %d slices", slices)
 	}
