@@ -94,7 +94,7 @@ kubelet (MIG instances, CDI specs). Without a subcommand it runs the plugin.`,
 	root.PersistentFlags().AddGoFlagSet(klogFlags)
 	uninstall := newUninstallCommand(opts, ro)
 	uninstall.Flags().StringVar(&ro.kubeconfig, "kubeconfig", "", "kubeconfig file; empty uses the in-cluster configuration")
-	root.AddCommand(newInventoryCommand(opts), uninstall, newProbeCommand(), newMPSDaemonCommand(), &cobra.Command{
+	root.AddCommand(newInventoryCommand(opts), newCheckCommand(opts), uninstall, newProbeCommand(), newMPSDaemonCommand(), &cobra.Command{
 		Use:   "version",
 		Short: "Print the plugin's release",
 		Args:  cobra.NoArgs,

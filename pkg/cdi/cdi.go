@@ -148,30 +148,8 @@ func New(opts Options) (*Writer, error) {
 	if opts.CDIRoot == "" {
 		opts.CDIRoot = DefaultCDIRoot
 	}
-	if opts.DriverRoot == "" {
-		opts.DriverRoot = "/"
-	}
-	if opts.DriverRootMount == "" {
-		opts.DriverRootMount = opts.DriverRoot
-	}
-	for _, r := range []struct {
-		path *string
-		what string
-	}{
-		{&opts.DriverRootMount, driverRootWhat},
-		{&opts.DevRoot, "dev root (--dev-root)"},
-		{&opts.ProcRoot, "proc root (--proc-root)"},
-	} {
-		if *r.path == "" {
-			*r.path = "/"
-		}
-		fi, err := os.Stat(*r.path)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", r.what, err)
-		}
-		if !fi.IsDir() {
-			return nil, fmt.Errorf("%s %s: not a directory", r.what, *r.path)
-		}
+	if err := defaultRoots(&opts); err != nil {
+		return nil, err
 	}
 	if err := hostfs.EnsureDir(opts.Logger, opts.CDIRoot, RootMode); err != nil {
 		return nil, fmt.Errorf("CDI root (--cdi-root): %w", err)
@@ -199,6 +177,38 @@ func New(opts Options) (*Writer, error) {
 		w.shared.Hooks = []*specs.Hook{files.hook}
 	}
 	return w, nil
+}
+
+// defaultRoots sets opts' empty roots to "/" and checks that the driver
+// root (where this process reads it), the dev root and the proc root are
+// directories.
+func defaultRoots(opts *Options) error {
+	if opts.DriverRoot == "" {
+		opts.DriverRoot = "/"
+	}
+	if opts.DriverRootMount == "" {
+		opts.DriverRootMount = opts.DriverRoot
+	}
+	for _, r := range []struct {
+		path *string
+		what string
+	}{
+		{&opts.DriverRootMount, driverRootWhat},
+		{&opts.DevRoot, "dev root (--dev-root)"},
+		{&opts.ProcRoot, "proc root (--proc-root)"},
+	} {
+		if *r.path == "" {
+			*r.path = "/"
+		}
+		fi, err := os.Stat(*r.path)
+		if err != nil {
+			return fmt.Errorf("%s: %w", r.what, err)
+		}
+		if !fi.IsDir() {
+			return fmt.Errorf("%s %s: not a directory", r.what, *r.path)
+		}
+	}
+	return nil
 }
 
 // DeviceID returns the CDI device ID of a claim's device.

@@ -46,19 +46,57 @@ func (w *Writer) deviceNode(path string) (*specs.DeviceNode, error) {
 	}, nil
 }
 
+// NodeLookup is one device node a spec would carry, looked up under the
+// dev root as WriteClaimSpec looks it up.
+type NodeLookup struct {
+	// Path is the node's path in the container, e.g. "/dev/nvidiactl".
+	Path string
+	// HostPath is where it is looked up: Path under the dev root.
+	HostPath string
+	// Required is false for a node that specs leave out when it is missing
+	// (nvidia-uvm may be loaded later); a required one that cannot be used
+	// makes WriteClaimSpec fail.
+	Required bool
+	// Node is the node as the spec would carry it; nil when Err is set.
+	Node *specs.DeviceNode
+	// Err says why the node cannot be used.
+	Err error
+}
+
+// LeftOut reports whether specs leave the node out rather than fail: it is
+// optional and missing.
+func (l NodeLookup) LeftOut() bool {
+	return !l.Required && errors.Is(l.Err, fs.ErrNotExist)
+}
+
+// lookup looks up the node at path under DevRoot.
+func (w *Writer) lookup(path string, required bool) NodeLookup {
+	n, err := w.deviceNode(path)
+	return NodeLookup{Path: path, HostPath: filepath.Join(w.opts.DevRoot, path), Required: required, Node: n, Err: err}
+}
+
+// lookupControlNodes looks up the control nodes; only the first is
+// required. It only reads.
+func (w *Writer) lookupControlNodes() []NodeLookup {
+	out := make([]NodeLookup, len(controlNodes))
+	for i, path := range controlNodes {
+		out[i] = w.lookup(path, i == 0)
+	}
+	return out
+}
+
 // controlNodes returns the control nodes present under DevRoot. The device
 // nodes are looked at on every write: nvidia-uvm may be loaded after start.
 func (w *Writer) controlNodes() ([]*specs.DeviceNode, error) {
 	var nodes []*specs.DeviceNode
-	for i, path := range controlNodes {
-		n, err := w.deviceNode(path)
-		if i > 0 && errors.Is(err, fs.ErrNotExist) {
+	for _, l := range w.lookupControlNodes() {
+		if l.LeftOut() {
 			continue
 		}
-		if err != nil {
-			return nil, err
+		if l.Err != nil {
+			return nil, l.Err
 		}
-		nodes = append(nodes, n)
+		nodes = append(nodes, l.Node)
 	}
 	return nodes, nil
 }
@@ -67,24 +105,36 @@ func (w *Writer) migMinorsPath() string {
 	return filepath.Join(w.opts.ProcRoot, MIGMinorsFile)
 }
 
-// migCapNodes returns the capability device nodes that give access to a MIG
-// device's GPU instance and compute instance.
-func (w *Writer) migCapNodes(minors map[string]int, gpuMinor int, mig MIGDevice) ([]*specs.DeviceNode, error) {
+// lookupMIGCapNodes looks up the capability device nodes that give access
+// to a MIG device's GPU instance and compute instance; a key missing from
+// the table is the lookup's error. It only reads.
+func (w *Writer) lookupMIGCapNodes(minors map[string]int, gpuMinor int, mig MIGDevice) []NodeLookup {
 	keys := []string{
 		fmt.Sprintf("gpu%d/gi%d/access", gpuMinor, mig.GIID),
 		fmt.Sprintf("gpu%d/gi%d/ci%d/access", gpuMinor, mig.GIID, mig.CIID),
 	}
-	nodes := make([]*specs.DeviceNode, 0, len(keys))
+	out := make([]NodeLookup, 0, len(keys))
 	for _, key := range keys {
 		minor, ok := minors[key]
 		if !ok {
-			return nil, fmt.Errorf("%s has no entry %q", w.migMinorsPath(), key)
+			out = append(out, NodeLookup{Required: true, Err: fmt.Errorf("%s has no entry %q", w.migMinorsPath(), key)})
+			continue
 		}
-		n, err := w.deviceNode(fmt.Sprintf("/dev/nvidia-caps/nvidia-cap%d", minor))
-		if err != nil {
-			return nil, err
+		out = append(out, w.lookup(fmt.Sprintf("/dev/nvidia-caps/nvidia-cap%d", minor), true))
+	}
+	return out
+}
+
+// migCapNodes returns the capability device nodes that give access to a MIG
+// device's GPU instance and compute instance.
+func (w *Writer) migCapNodes(minors map[string]int, gpuMinor int, mig MIGDevice) ([]*specs.DeviceNode, error) {
+	lookups := w.lookupMIGCapNodes(minors, gpuMinor, mig)
+	nodes := make([]*specs.DeviceNode, 0, len(lookups))
+	for _, l := range lookups {
+		if l.Err != nil {
+			return nil, l.Err
 		}
-		nodes = append(nodes, n)
+		nodes = append(nodes, l.Node)
 	}
 	return nodes, nil
 }

@@ -450,18 +450,7 @@ func memoryTotal(dev nvml.Device) uint64 {
 // double-memory 1g GPU instance (1g.20gb) a compute instance with fewer
 // SMs than the GPU instance has.
 func fullComputeProfile(gi nvml.GpuInstance, slices, multiprocessors int) (nvml.ComputeInstanceProfileInfo, error) {
-	var best nvml.ComputeInstanceProfileInfo
-	found := false
-	better := func(c nvml.ComputeInstanceProfileInfo) bool {
-		if !found {
-			return true
-		}
-		cExact, bestExact := int(c.MultiprocessorCount) == multiprocessors, int(best.MultiprocessorCount) == multiprocessors
-		if cExact != bestExact {
-			return cExact
-		}
-		return c.MultiprocessorCount > best.MultiprocessorCount
-	}
+	var cands []nvml.ComputeInstanceProfileInfo
 	for id := 0; id < nvml.COMPUTE_INSTANCE_PROFILE_COUNT; id++ {
 		info, ret := gi.GetComputeInstanceProfileInfo(id, nvml.COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
 		if ret == nvml.ERROR_NOT_SUPPORTED || ret == nvml.ERROR_INVALID_ARGUMENT {
@@ -470,17 +459,40 @@ func fullComputeProfile(gi nvml.GpuInstance, slices, multiprocessors int) (nvml.
 		if ret != nvml.SUCCESS {
 			return info, fmt.Errorf("compute profile %d: %w", id, nvmlError(ret))
 		}
-		if int(info.SliceCount) != slices {
+		cands = append(cands, info)
+	}
+	i, ok := ChooseFullComputeProfile(len(cands), func(i int) ComputeProfileInfo {
+		return ComputeProfileInfo{ID: int(cands[i].Id), Slices: int(cands[i].SliceCount), Multiprocessors: int(cands[i].MultiprocessorCount)}
+	}, slices, multiprocessors)
+	if !ok {
+		return nvml.ComputeInstanceProfileInfo{}, fmt.Errorf("no compute profile spans %d slices", slices)
+	}
+	return cands[i], nil
+}
+
+// ChooseFullComputeProfile picks, of the n compute-instance profiles that
+// profile(i) describes (in NVML profile-ID order), the one CreateMIG uses
+// to fill a GPU instance of the given compute slices and SMs: of those
+// spanning all its slices, the one with exactly its SMs, else the most
+// SMs; of equals, the first. It returns the chosen index, false when none
+// spans the slices. It reads nothing.
+func ChooseFullComputeProfile(n int, profile func(i int) ComputeProfileInfo, slices, multiprocessors int) (int, bool) {
+	best := -1
+	var bp ComputeProfileInfo
+	for i := 0; i < n; i++ {
+		c := profile(i)
+		if c.Slices != slices {
 			continue
 		}
-		if better(info) {
-			best, found = info, true
+		if best >= 0 {
+			cExact, bestExact := c.Multiprocessors == multiprocessors, bp.Multiprocessors == multiprocessors
+			if cExact == bestExact && c.Multiprocessors <= bp.Multiprocessors || !cExact && bestExact {
+				continue
+			}
 		}
+		best, bp = i, c
 	}
-	if !found {
-		return best, fmt.Errorf("no compute profile spans %d slices", slices)
-	}
-	return best, nil
+	return best, best >= 0
 }
 
 // DestroyMIG destroys a MIG device's compute instance and its GPU instance.
