@@ -334,8 +334,13 @@ func (n *Node) SetMIGMode(ctx context.Context, uuid string, enabled bool) error 
 	if current == mode {
 		return nil
 	}
-	if ret, _ := dev.SetMigMode(mode); ret != nvml.SUCCESS {
+	// go-nvml returns the activation status first, then the call's result.
+	activation, ret := dev.SetMigMode(mode)
+	if ret != nvml.SUCCESS {
 		return fmt.Errorf("set MIG mode of %s to %t: %w", uuid, enabled, nvmlError(ret))
+	}
+	if activation != nvml.SUCCESS {
+		return fmt.Errorf("activate MIG mode %t on %s: %w", enabled, uuid, nvmlError(activation))
 	}
 	current, pending, ret := dev.GetMigMode()
 	if ret != nvml.SUCCESS {

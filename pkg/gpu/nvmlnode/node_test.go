@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/sim"
 )
 
@@ -345,5 +347,30 @@ func TestWatchEventsWithALostGPU(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// TestSetMIGModeReadsResultsInGoNVMLOrder: go-nvml's SetMigMode returns
+// (activationStatus, ret). A call that fails leaves the activation status
+// SUCCESS; the failure is in ret and must be what SetMIGMode reports.
+func TestSetMIGModeReadsResultsInGoNVMLOrder(t *testing.T) {
+	ctx := context.Background()
+	n := openSim(t, "dgxh100", t.TempDir())
+	inv, err := n.Inventory(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := inv.GPUs[0]
+	if err := n.SetMIGMode(ctx, g.UUID, true); err != nil {
+		t.Fatal(err)
+	}
+	p := profileByName(t, g, "1g.10gb")
+	if _, err := n.CreateMIG(ctx, gpu.MIGRequest{ParentUUID: g.UUID, ProfileID: p.ID, Placement: gpu.Placement{Start: 0, Size: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	err = n.SetMIGMode(ctx, g.UUID, false)
+	var re ReturnError
+	if !errors.As(err, &re) || re.Code != nvml.ERROR_IN_USE {
+		t.Fatalf("disabling MIG with a live instance: want NVML's ERROR_IN_USE, got %v", err)
 	}
 }

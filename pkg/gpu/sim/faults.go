@@ -86,8 +86,12 @@ func (n *Node) SetMIGMode(index int, enabled bool) error {
 	if enabled {
 		mode = nvml.DEVICE_MIG_ENABLE
 	}
-	if ret, _ := d.SetMigMode(mode); ret != nvml.SUCCESS {
+	activation, ret := d.SetMigMode(mode)
+	if ret != nvml.SUCCESS {
 		return fmt.Errorf("set MIG mode of GPU %d: %s", index, nvml.ErrorString(ret))
+	}
+	if activation != nvml.SUCCESS {
+		return fmt.Errorf("activate MIG mode of GPU %d: %s", index, nvml.ErrorString(activation))
 	}
 	return nil
 }

@@ -207,9 +207,13 @@ func (n *Node) extendDevice(d *server.Device, index int) {
 		}
 		return g.MIGMode, g.MIGMode, nvml.SUCCESS
 	}
+	// SetMigMode returns (activationStatus, ret), in go-nvml's order. When
+	// the call fails NVML never writes the activation status, which go-nvml
+	// then returns as its zero value, SUCCESS: a caller that read the two
+	// in the wrong order would take a failed call for a success.
 	d.SetMigModeFunc = func(mode int) (nvml.Return, nvml.Return) {
 		if mode != nvml.DEVICE_MIG_ENABLE && mode != nvml.DEVICE_MIG_DISABLE {
-			return nvml.ERROR_INVALID_ARGUMENT, nvml.ERROR_INVALID_ARGUMENT
+			return nvml.SUCCESS, nvml.ERROR_INVALID_ARGUMENT
 		}
 		if g, ret := n.gpuState(index); ret == nvml.SUCCESS && g.MIGMode == mode {
 			return nvml.SUCCESS, nvml.SUCCESS
@@ -221,7 +225,7 @@ func (n *Node) extendDevice(d *server.Device, index int) {
 			g.MIGMode = mode
 			return nvml.SUCCESS
 		})
-		return ret, ret
+		return nvml.SUCCESS, ret
 	}
 	d.GetGpuInstancePossiblePlacementsFunc = func(info *nvml.GpuInstanceProfileInfo) ([]nvml.GpuInstancePlacement, nvml.Return) {
 		pls, ok := cfg.MIGProfiles.GpuInstancePlacements[int(info.Id)]
