@@ -165,6 +165,10 @@ type Event struct {
 // ErrMIGDisabled is returned by CreateMIG when the GPU is not in MIG mode.
 var ErrMIGDisabled = errors.New("MIG mode is disabled")
 
+// ErrMIGNotSupported is returned by SetMIGMode when MIG mode is to be
+// turned on on a GPU without MIG (L4, L40S, T4, …).
+var ErrMIGNotSupported = errors.New("GPU does not support MIG")
+
 // ErrPlacementOccupied is returned by CreateMIG when the requested placement
 // overlaps a GPU instance that already exists.
 var ErrPlacementOccupied = errors.New("placement is occupied")

@@ -317,7 +317,9 @@ func (n *Node) device(uuid string) (nvml.Device, error) {
 }
 
 // SetMIGMode enables or disables MIG mode on a GPU. It fails if the change
-// needs a GPU reset that has not happened (pending mode differs).
+// needs a GPU reset that has not happened (pending mode differs). A GPU
+// without MIG is always out of MIG mode: disabling it there is a no-op,
+// enabling it fails with gpu.ErrMIGNotSupported.
 func (n *Node) SetMIGMode(ctx context.Context, uuid string, enabled bool) error {
 	dev, err := n.device(uuid)
 	if err != nil {
@@ -328,6 +330,12 @@ func (n *Node) SetMIGMode(ctx context.Context, uuid string, enabled bool) error 
 		mode = nvml.DEVICE_MIG_ENABLE
 	}
 	current, _, ret := dev.GetMigMode()
+	if ret == nvml.ERROR_NOT_SUPPORTED {
+		if !enabled {
+			return nil
+		}
+		return fmt.Errorf("turn MIG mode on for %s: %w (%w)", uuid, gpu.ErrMIGNotSupported, nvmlError(ret))
+	}
 	if ret != nvml.SUCCESS {
 		return fmt.Errorf("read MIG mode of %s: %w", uuid, nvmlError(ret))
 	}

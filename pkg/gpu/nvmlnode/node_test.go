@@ -374,3 +374,48 @@ func TestSetMIGModeReadsResultsInGoNVMLOrder(t *testing.T) {
 		t.Fatalf("disabling MIG with a live instance: want NVML's ERROR_IN_USE, got %v", err)
 	}
 }
+
+// TestGPUsWithoutMIG: on a GPU without MIG NVML answers its MIG calls
+// ERROR_NOT_SUPPORTED. The inventory reads it as not MIG-capable, turning
+// MIG mode off there is a no-op and turning it on a clear error.
+func TestGPUsWithoutMIG(t *testing.T) {
+	cases := []struct {
+		model, product string
+		memoryMiB      uint64
+	}{
+		{"l40s", "NVIDIA L40S", 46068},
+		{"l4", "NVIDIA L4", 23034},
+	}
+	for _, tc := range cases {
+		t.Run(tc.model, func(t *testing.T) {
+			ctx := context.Background()
+			n := openSim(t, tc.model, "")
+			inv, err := n.Inventory(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(inv.GPUs) == 0 {
+				t.Fatal("no GPUs")
+			}
+			for _, g := range inv.GPUs {
+				if g.Name != tc.product || g.Architecture != "ada" || g.CUDAComputeCapability != "8.9" || g.MemoryBytes != tc.memoryMiB<<20 {
+					t.Errorf("GPU %d: %q %q %q %d bytes", g.Index, g.Name, g.Architecture, g.CUDAComputeCapability, g.MemoryBytes)
+				}
+				if g.MIGCapable || g.MIGEnabled || len(g.MIGProfiles) != 0 || len(g.MIGInstances) != 0 {
+					t.Errorf("GPU %d: MIG capable %t enabled %t, %d profiles: want none", g.Index, g.MIGCapable, g.MIGEnabled, len(g.MIGProfiles))
+				}
+			}
+			g := inv.GPUs[0]
+			if err := n.SetMIGMode(ctx, g.UUID, false); err != nil {
+				t.Errorf("turning MIG off on a GPU without MIG must be a no-op: %v", err)
+			}
+			err = n.SetMIGMode(ctx, g.UUID, true)
+			if !errors.Is(err, gpu.ErrMIGNotSupported) || !strings.Contains(err.Error(), g.UUID) {
+				t.Errorf("turning MIG on on a GPU without MIG: want ErrMIGNotSupported naming the GPU, got %v", err)
+			}
+			if _, err := n.CreateMIG(ctx, gpu.MIGRequest{ParentUUID: g.UUID, ProfileID: 0, Placement: gpu.Placement{Start: 0, Size: 1}}); err == nil {
+				t.Error("created a MIG device on a GPU without MIG")
+			}
+		})
+	}
+}

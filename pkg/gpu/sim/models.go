@@ -5,6 +5,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/gpus"
 )
 
@@ -16,9 +17,27 @@ type model struct {
 	cudaVersion int
 }
 
+// GPUs without MIG, which go-nvml's mock package has no configuration of.
+// Name, memory (as nvidia-smi reports it), compute capability and PCI
+// device ID are the hardware's; no MIG profiles: NVML answers
+// ERROR_NOT_SUPPORTED to their MIG calls.
+var (
+	l40s = gpus.Config{
+		Name: "NVIDIA L40S", Architecture: nvml.DEVICE_ARCH_ADA, Brand: nvml.BRAND_NVIDIA,
+		MemoryMB: 46068, CudaMajor: 8, CudaMinor: 9, PciDeviceId: 0x26B910DE,
+	}
+	l4 = gpus.Config{
+		Name: "NVIDIA L4", Architecture: nvml.DEVICE_ARCH_ADA, Brand: nvml.BRAND_NVIDIA,
+		MemoryMB: 23034, CudaMajor: 8, CudaMinor: 9, PciDeviceId: 0x27B810DE,
+	}
+)
+
 // models is the one table of simulated nodes. The GPU configurations come
-// from go-nvml's mock package; the driver versions match its dgx* servers.
+// from go-nvml's mock package, but for the GPUs without MIG above; the
+// driver versions match its dgx* servers.
 var models = map[string]model{
+	"l40s":    {gpus: gpus.Multiple(8, l40s), driverVersion: "550.54.15", cudaVersion: 12040},
+	"l4":      {gpus: gpus.Multiple(8, l4), driverVersion: "550.54.15", cudaVersion: 12040},
 	"dgxa100": {gpus: gpus.Multiple(8, gpus.A100_SXM4_40GB), driverVersion: "550.54.15", cudaVersion: 12040},
 	"dgxh100": {gpus: gpus.Multiple(8, gpus.H100_SXM5_80GB), driverVersion: "550.54.15", cudaVersion: 12040},
 	"dgxh200": {gpus: gpus.Multiple(8, gpus.H200_SXM5_141GB), driverVersion: "550.54.15", cudaVersion: 12040},

@@ -200,6 +200,69 @@ func (n *Node) extendDevice(d *server.Device, index int) {
 		}
 		return p, nvml.SUCCESS
 	}
+	d.IsMigDeviceHandleFunc = func() (bool, nvml.Return) { return false, nvml.SUCCESS }
+	d.GetTemperatureFunc = func(nvml.TemperatureSensors) (uint32, nvml.Return) {
+		g, ret := n.gpuState(index)
+		if ret != nvml.SUCCESS {
+			return 0, ret
+		}
+		return uint32(g.TemperatureC), nvml.SUCCESS
+	}
+	d.GetTemperatureThresholdFunc = func(t nvml.TemperatureThresholds) (uint32, nvml.Return) {
+		switch t {
+		case nvml.TEMPERATURE_THRESHOLD_SLOWDOWN:
+			return SlowdownTemperatureC, nvml.SUCCESS
+		case nvml.TEMPERATURE_THRESHOLD_SHUTDOWN:
+			return ShutdownTemperatureC, nvml.SUCCESS
+		}
+		return 0, nvml.ERROR_NOT_SUPPORTED
+	}
+	d.GetRetiredPagesPendingStatusFunc = func() (nvml.EnableState, nvml.Return) {
+		g, ret := n.gpuState(index)
+		if ret != nvml.SUCCESS {
+			return 0, ret
+		}
+		if g.RetiredPagesPending {
+			return nvml.FEATURE_ENABLED, nvml.SUCCESS
+		}
+		return nvml.FEATURE_DISABLED, nvml.SUCCESS
+	}
+	d.GetRemappedRowsFunc = func() (int, int, bool, bool, nvml.Return) {
+		g, ret := n.gpuState(index)
+		if ret != nvml.SUCCESS {
+			return 0, 0, false, false, ret
+		}
+		return 0, 0, g.RetiredPagesPending, g.RowRemapFailure, nvml.SUCCESS
+	}
+	d.GetTotalEccErrorsFunc = func(errorType nvml.MemoryErrorType, counter nvml.EccCounterType) (uint64, nvml.Return) {
+		g, ret := n.gpuState(index)
+		if ret != nvml.SUCCESS {
+			return 0, ret
+		}
+		if errorType == nvml.MEMORY_ERROR_TYPE_UNCORRECTED && counter == nvml.VOLATILE_ECC {
+			return g.VolatileDBE, nvml.SUCCESS
+		}
+		return 0, nvml.SUCCESS
+	}
+	d.GetSupportedEventTypesFunc = func() (uint64, nvml.Return) {
+		return nvml.EventTypeXidCriticalError | nvml.EventTypeDoubleBitEccError | nvml.EventTypeSingleBitEccError, nvml.SUCCESS
+	}
+	d.RegisterEventsFunc = func(types uint64, set nvml.EventSet) nvml.Return {
+		es, ok := set.(*eventSet)
+		if !ok {
+			return nvml.ERROR_INVALID_ARGUMENT
+		}
+		// As with NVML, a GPU fallen off the bus takes no registration.
+		if _, ret := n.gpuState(index); ret != nvml.SUCCESS {
+			return ret
+		}
+		es.register(index, d, types)
+		return nvml.SUCCESS
+	}
+	if !migCapable(cfg) {
+		n.extendDeviceWithoutMIG(d, index)
+		return
+	}
 	d.GetMigModeFunc = func() (int, int, nvml.Return) {
 		g, ret := n.gpuState(index)
 		if ret != nvml.SUCCESS {
@@ -307,65 +370,36 @@ func (n *Node) extendDevice(d *server.Device, index int) {
 		}
 		return md, nvml.SUCCESS
 	}
-	d.IsMigDeviceHandleFunc = func() (bool, nvml.Return) { return false, nvml.SUCCESS }
-	d.GetTemperatureFunc = func(nvml.TemperatureSensors) (uint32, nvml.Return) {
-		g, ret := n.gpuState(index)
-		if ret != nvml.SUCCESS {
-			return 0, ret
-		}
-		return uint32(g.TemperatureC), nvml.SUCCESS
-	}
-	d.GetTemperatureThresholdFunc = func(t nvml.TemperatureThresholds) (uint32, nvml.Return) {
-		switch t {
-		case nvml.TEMPERATURE_THRESHOLD_SLOWDOWN:
-			return SlowdownTemperatureC, nvml.SUCCESS
-		case nvml.TEMPERATURE_THRESHOLD_SHUTDOWN:
-			return ShutdownTemperatureC, nvml.SUCCESS
-		}
-		return 0, nvml.ERROR_NOT_SUPPORTED
-	}
-	d.GetRetiredPagesPendingStatusFunc = func() (nvml.EnableState, nvml.Return) {
-		g, ret := n.gpuState(index)
-		if ret != nvml.SUCCESS {
-			return 0, ret
-		}
-		if g.RetiredPagesPending {
-			return nvml.FEATURE_ENABLED, nvml.SUCCESS
-		}
-		return nvml.FEATURE_DISABLED, nvml.SUCCESS
-	}
-	d.GetRemappedRowsFunc = func() (int, int, bool, bool, nvml.Return) {
-		g, ret := n.gpuState(index)
-		if ret != nvml.SUCCESS {
-			return 0, 0, false, false, ret
-		}
-		return 0, 0, g.RetiredPagesPending, g.RowRemapFailure, nvml.SUCCESS
-	}
-	d.GetTotalEccErrorsFunc = func(errorType nvml.MemoryErrorType, counter nvml.EccCounterType) (uint64, nvml.Return) {
-		g, ret := n.gpuState(index)
-		if ret != nvml.SUCCESS {
-			return 0, ret
-		}
-		if errorType == nvml.MEMORY_ERROR_TYPE_UNCORRECTED && counter == nvml.VOLATILE_ECC {
-			return g.VolatileDBE, nvml.SUCCESS
-		}
-		return 0, nvml.SUCCESS
-	}
-	d.GetSupportedEventTypesFunc = func() (uint64, nvml.Return) {
-		return nvml.EventTypeXidCriticalError | nvml.EventTypeDoubleBitEccError | nvml.EventTypeSingleBitEccError, nvml.SUCCESS
-	}
-	d.RegisterEventsFunc = func(types uint64, set nvml.EventSet) nvml.Return {
-		es, ok := set.(*eventSet)
-		if !ok {
-			return nvml.ERROR_INVALID_ARGUMENT
-		}
-		// As with NVML, a GPU fallen off the bus takes no registration.
+}
+
+// migCapable reports whether a GPU of cfg supports MIG: it has profiles.
+func migCapable(cfg gpus.Config) bool { return len(cfg.MIGProfiles.GpuInstanceProfiles) > 0 }
+
+// extendDeviceWithoutMIG makes a GPU without MIG answer its MIG calls as
+// NVML does: ERROR_NOT_SUPPORTED (once it is known not to be lost).
+func (n *Node) extendDeviceWithoutMIG(d *server.Device, index int) {
+	unsupported := func() nvml.Return {
 		if _, ret := n.gpuState(index); ret != nvml.SUCCESS {
 			return ret
 		}
-		es.register(index, d, types)
-		return nvml.SUCCESS
+		return nvml.ERROR_NOT_SUPPORTED
 	}
+	d.GetMigModeFunc = func() (int, int, nvml.Return) { return 0, 0, unsupported() }
+	d.SetMigModeFunc = func(int) (nvml.Return, nvml.Return) { return nvml.SUCCESS, unsupported() }
+	d.GetGpuInstanceProfileInfoFunc = func(int) (nvml.GpuInstanceProfileInfo, nvml.Return) {
+		return nvml.GpuInstanceProfileInfo{}, unsupported()
+	}
+	d.GetGpuInstancePossiblePlacementsFunc = func(*nvml.GpuInstanceProfileInfo) ([]nvml.GpuInstancePlacement, nvml.Return) {
+		return nil, unsupported()
+	}
+	d.CreateGpuInstanceWithPlacementFunc = func(*nvml.GpuInstanceProfileInfo, *nvml.GpuInstancePlacement) (nvml.GpuInstance, nvml.Return) {
+		return nil, unsupported()
+	}
+	d.CreateGpuInstanceFunc = func(*nvml.GpuInstanceProfileInfo) (nvml.GpuInstance, nvml.Return) { return nil, unsupported() }
+	d.GetGpuInstancesFunc = func(*nvml.GpuInstanceProfileInfo) ([]nvml.GpuInstance, nvml.Return) { return nil, unsupported() }
+	d.GetGpuInstanceByIdFunc = func(int) (nvml.GpuInstance, nvml.Return) { return nil, unsupported() }
+	d.GetMaxMigDeviceCountFunc = func() (int, nvml.Return) { return 0, unsupported() }
+	d.GetMigDeviceHandleByIndexFunc = func(int) (nvml.Device, nvml.Return) { return nil, unsupported() }
 }
 
 func dgxBusOrIndex(index int) int {
