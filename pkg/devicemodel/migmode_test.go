@@ -41,6 +41,9 @@ func TestPublishedKindsByMIGMode(t *testing.T) {
 		{name: "L40S: whole and shared only", model: "l40s", want: "gpu,shared"},
 		{name: "L4: whole and shared only", model: "l4", want: "gpu,shared"},
 		{name: "H100, MIG off: everything", model: "dgxh100", want: "gpu,mig,shared"},
+		{name: "H100, MIG on: everything", model: "dgxh100", edit: migOn, want: "gpu,mig,shared"},
+		{name: "A100, MIG off: no placements, which need a reset", model: "dgxa100", want: "gpu,shared"},
+		{name: "A100, MIG on: no whole GPU, which needs a reset", model: "dgxa100", edit: migOn, want: "mig"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -59,5 +62,13 @@ func TestPublishedKindsByMIGMode(t *testing.T) {
 				t.Errorf("devices of %d GPUs published, want %d: %s", len(got), len(inv.GPUs), fmt.Sprint(got))
 			}
 		})
+	}
+}
+
+// migOn puts every GPU of inv in MIG mode, as an administrator's change
+// and a reset would.
+func migOn(inv *gpu.Inventory) {
+	for i := range inv.GPUs {
+		inv.GPUs[i].MIGEnabled = true
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/sim"
 
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -42,7 +43,8 @@ func validateSlices(t *testing.T, slices []resourceapi.ResourceSlice) {
 // have MIG), and GPU 1 faulty.
 func busyInventory(t *testing.T, model string) (Input, *gpu.Inventory) {
 	t.Helper()
-	n, err := nvmlnode.Open(nvmlnode.Options{Simulate: model, SimStateDir: t.TempDir()})
+	dir := t.TempDir()
+	n, err := nvmlnode.Open(nvmlnode.Options{Simulate: model, SimStateDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +62,15 @@ func busyInventory(t *testing.T, model string) (Input, *gpu.Inventory) {
 	if !g.MIGCapable {
 		return Input{Inventory: inv, GPUTaints: faulty}, inv
 	}
-	if err := n.SetMIGMode(ctx, g.UUID, true); err != nil {
+	// An administrator's change, applied by a reset where it needs one.
+	admin, err := sim.Open(model, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.SetMIGMode(g.Index, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.Reset(g.Index); err != nil {
 		t.Fatal(err)
 	}
 	var p3g, p1g gpu.MIGProfile

@@ -51,6 +51,11 @@ type GPU struct {
 	MIGCapable bool
 	// MIGEnabled is the current MIG mode.
 	MIGEnabled bool
+	// MIGModeNeedsReset is set on GPUs whose MIG mode changes only at a
+	// GPU reset (Ampere: A100, A30). The driver never changes their mode;
+	// an administrator does, and resets the GPU. Hopper and later change
+	// it at once.
+	MIGModeNeedsReset bool
 	// MIGProfiles lists every GPU-instance profile the GPU supports, with all
 	// possible placements, in NVML profile-ID order. Empty unless MIGCapable.
 	MIGProfiles []MIGProfile
@@ -168,6 +173,10 @@ var ErrMIGDisabled = errors.New("MIG mode is disabled")
 // ErrMIGNotSupported is returned by SetMIGMode when MIG mode is to be
 // turned on on a GPU without MIG (L4, L40S, T4, …).
 var ErrMIGNotSupported = errors.New("GPU does not support MIG")
+
+// ErrMIGModeNeedsReset is returned by SetMIGMode for a GPU whose MIG mode
+// changes only at a GPU reset (GPU.MIGModeNeedsReset).
+var ErrMIGModeNeedsReset = errors.New("changing MIG mode needs a GPU reset")
 
 // ErrPlacementOccupied is returned by CreateMIG when the requested placement
 // overlaps a GPU instance that already exists.

@@ -147,6 +147,7 @@ func readGPU(dev nvml.Device, index int) (gpu.GPU, error) {
 	case nvml.SUCCESS:
 		g.MIGCapable = true
 		g.MIGEnabled = current == nvml.DEVICE_MIG_ENABLE
+		g.MIGModeNeedsReset = migModeNeedsReset(arch)
 	case nvml.ERROR_NOT_SUPPORTED:
 		return g, nil
 	default:
@@ -342,6 +343,17 @@ func (n *Node) SetMIGMode(ctx context.Context, uuid string, enabled bool) error 
 	if current == mode {
 		return nil
 	}
+	arch, ret := dev.GetArchitecture()
+	if ret != nvml.SUCCESS {
+		return fmt.Errorf("architecture of %s: %w", uuid, nvmlError(ret))
+	}
+	if migModeNeedsReset(arch) {
+		// NVML would set the pending mode, which the next reset of the
+		// GPU would apply whatever it then holds: leave the mode alone.
+		want := map[bool]string{false: "disable", true: "enable"}[enabled]
+		return fmt.Errorf("GPU %s (%s) is in MIG mode %t: %w, which the driver does not do: an administrator must %s MIG mode (nvidia-smi -i %s -mig %d) and reset the GPU",
+			uuid, nameOf(architectureNames, arch, "unknown"), !enabled, gpu.ErrMIGModeNeedsReset, want, uuid, mode)
+	}
 	// go-nvml returns the activation status first, then the call's result.
 	activation, ret := dev.SetMigMode(mode)
 	if ret != nvml.SUCCESS {
@@ -511,6 +523,13 @@ func (n *Node) DestroyMIG(ctx context.Context, ref gpu.MIGRef) error {
 	}
 	klog.FromContext(ctx).V(2).Info("Destroyed MIG device", "gpu", ref.ParentUUID, "giid", ref.GIID, "ciid", ref.CIID)
 	return nil
+}
+
+// migModeNeedsReset reports whether a MIG-capable GPU of the architecture
+// changes MIG mode only at a GPU reset: Ampere does; Hopper and later
+// change it at once when no process uses the GPU.
+func migModeNeedsReset(arch nvml.DeviceArchitecture) bool {
+	return arch == nvml.DEVICE_ARCH_AMPERE
 }
 
 // nvmlError turns an NVML return code into an error that keeps the code.

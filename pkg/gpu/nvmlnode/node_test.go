@@ -419,3 +419,62 @@ func TestGPUsWithoutMIG(t *testing.T) {
 		})
 	}
 }
+
+// TestAmpereMIGModeIsLeftToTheAdministrator: an A100's MIG mode changes
+// only at a GPU reset. The driver never asks for a change there (NVML
+// would leave it pending, for the next reset to apply whatever the GPU
+// then holds): SetMIGMode fails naming the GPU and what the administrator
+// must do, and the inventory says so. A change the administrator made and
+// a reset applied is what the inventory then reads.
+func TestAmpereMIGModeIsLeftToTheAdministrator(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	n := openSim(t, "mixed", dir)
+	inv, err := n.Inventory(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a100, h100 := inv.GPUs[0], inv.GPUs[4]
+	if !a100.MIGModeNeedsReset || h100.MIGModeNeedsReset {
+		t.Fatalf("MIGModeNeedsReset: A100 %t, H100 %t; want true, false", a100.MIGModeNeedsReset, h100.MIGModeNeedsReset)
+	}
+	if err := n.SetMIGMode(ctx, a100.UUID, false); err != nil {
+		t.Errorf("A100 already out of MIG mode: %v", err)
+	}
+	err = n.SetMIGMode(ctx, a100.UUID, true)
+	if !errors.Is(err, gpu.ErrMIGModeNeedsReset) || !strings.Contains(err.Error(), a100.UUID) || !strings.Contains(err.Error(), "administrator") {
+		t.Fatalf("enabling MIG on an A100: want ErrMIGModeNeedsReset naming the GPU and the administrator, got %v", err)
+	}
+	admin, err := sim.Open("mixed", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := admin.State(); st.GPUs[a100.Index].MIGModePending {
+		t.Fatal("the driver left a pending MIG mode change on the A100")
+	}
+	if err := n.SetMIGMode(ctx, h100.UUID, true); err != nil {
+		t.Fatalf("Hopper changes MIG mode at once: %v", err)
+	}
+
+	// The administrator's change waits for a reset.
+	if err := admin.SetMIGMode(a100.Index, true); err != nil {
+		t.Fatal(err)
+	}
+	if inv, _ = n.Inventory(ctx); inv.GPUs[0].MIGEnabled {
+		t.Fatal("A100 in MIG mode before its reset")
+	}
+	if err := admin.Reset(a100.Index); err != nil {
+		t.Fatal(err)
+	}
+	if inv, _ = n.Inventory(ctx); !inv.GPUs[0].MIGEnabled {
+		t.Fatal("A100 not in MIG mode after its reset")
+	}
+	err = n.SetMIGMode(ctx, a100.UUID, false)
+	if !errors.Is(err, gpu.ErrMIGModeNeedsReset) || !strings.Contains(err.Error(), "-mig 0") {
+		t.Fatalf("disabling MIG on an A100: want ErrMIGModeNeedsReset telling to disable it, got %v", err)
+	}
+	p := profileByName(t, inv.GPUs[0], "1g.5gb")
+	if _, err := n.CreateMIG(ctx, gpu.MIGRequest{ParentUUID: a100.UUID, ProfileID: p.ID, Placement: gpu.Placement{Start: 0, Size: 1}}); err != nil {
+		t.Fatalf("A100 in MIG mode takes MIG devices: %v", err)
+	}
+}

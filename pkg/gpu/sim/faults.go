@@ -43,14 +43,22 @@ func (n *Node) SetRowRemapFailure(index int, failed bool) error {
 
 // Reset resets GPU index as nvidia-smi --gpu-reset would: it is back on
 // the bus, pending memory repairs are done (a failed one is not undone:
-// that memory stays broken), and the volatile ECC counters start again
-// from zero. MIG mode and instances are kept, which is what the driver's
-// persistent MIG configuration would restore.
+// that memory stays broken), the volatile ECC counters start again from
+// zero, and a pending MIG mode (Ampere) becomes the current one, without
+// MIG devices when it turns MIG off. Otherwise MIG mode and instances are
+// kept, which is what the driver's persistent MIG configuration would
+// restore.
 func (n *Node) Reset(index int) error {
 	return n.setGPU(index, func(g *GPUState) {
 		g.Lost = false
 		g.RetiredPagesPending = false
 		g.VolatileDBE = 0
+		if g.MIGModePending {
+			g.MIGMode, g.MIGModePending = pendingMIGMode(g), false
+			if g.MIGMode == nvml.DEVICE_MIG_DISABLE {
+				g.GPUInstances = nil
+			}
+		}
 		g.Resets++
 	})
 }
@@ -76,7 +84,8 @@ func (n *Node) SetRetiredPagesPending(index int, pending bool) error {
 }
 
 // SetMIGMode sets GPU index's MIG mode directly, as an administrator's
-// nvidia-smi would; it fails while GPU instances exist.
+// nvidia-smi would; it fails while GPU instances exist. On Ampere the
+// change is pending until the GPU is reset (Reset), as on hardware.
 func (n *Node) SetMIGMode(index int, enabled bool) error {
 	d, err := n.device(index)
 	if err != nil {
@@ -90,7 +99,7 @@ func (n *Node) SetMIGMode(index int, enabled bool) error {
 	if ret != nvml.SUCCESS {
 		return fmt.Errorf("set MIG mode of GPU %d: %s", index, nvml.ErrorString(ret))
 	}
-	if activation != nvml.SUCCESS {
+	if activation != nvml.SUCCESS && activation != nvml.ERROR_RESET_REQUIRED {
 		return fmt.Errorf("activate MIG mode of GPU %d: %s", index, nvml.ErrorString(activation))
 	}
 	return nil

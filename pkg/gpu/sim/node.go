@@ -268,8 +268,15 @@ func (n *Node) extendDevice(d *server.Device, index int) {
 		if ret != nvml.SUCCESS {
 			return 0, 0, ret
 		}
-		return g.MIGMode, g.MIGMode, nvml.SUCCESS
+		return g.MIGMode, pendingMIGMode(g), nvml.SUCCESS
 	}
+	// A MIG mode change needs a GPU reset on Ampere: NVML sets the pending
+	// mode and reports the activation failed; the current mode changes at
+	// the next reset (Node.Reset). Hopper and later change at once. NVML
+	// on Ampere tries the reset itself, which fails while any process,
+	// the driver's own NVML monitoring included, has the GPU open: a
+	// driver never sees it succeed.
+	resetToActivate := cfg.Architecture == nvml.DEVICE_ARCH_AMPERE
 	// SetMigMode returns (activationStatus, ret), in go-nvml's order. When
 	// the call fails NVML never writes the activation status, which go-nvml
 	// then returns as its zero value, SUCCESS: a caller that read the two
@@ -278,16 +285,25 @@ func (n *Node) extendDevice(d *server.Device, index int) {
 		if mode != nvml.DEVICE_MIG_ENABLE && mode != nvml.DEVICE_MIG_DISABLE {
 			return nvml.SUCCESS, nvml.ERROR_INVALID_ARGUMENT
 		}
-		if g, ret := n.gpuState(index); ret == nvml.SUCCESS && g.MIGMode == mode {
+		if g, ret := n.gpuState(index); ret == nvml.SUCCESS && g.MIGMode == mode && !g.MIGModePending {
 			return nvml.SUCCESS, nvml.SUCCESS
 		}
+		pending := false
 		ret := n.mutate(index, n.Latencies().MIGModeChange, func(g *GPUState) nvml.Return {
-			if len(g.GPUInstances) > 0 {
+			if len(g.GPUInstances) > 0 && mode != g.MIGMode {
 				return nvml.ERROR_IN_USE
+			}
+			if resetToActivate {
+				g.MIGModePending = mode != g.MIGMode
+				pending = g.MIGModePending
+				return nvml.SUCCESS
 			}
 			g.MIGMode = mode
 			return nvml.SUCCESS
 		})
+		if ret == nvml.SUCCESS && pending {
+			return nvml.ERROR_RESET_REQUIRED, nvml.SUCCESS
+		}
 		return nvml.SUCCESS, ret
 	}
 	d.GetGpuInstancePossiblePlacementsFunc = func(info *nvml.GpuInstanceProfileInfo) ([]nvml.GpuInstancePlacement, nvml.Return) {
@@ -370,6 +386,17 @@ func (n *Node) extendDevice(d *server.Device, index int) {
 		}
 		return md, nvml.SUCCESS
 	}
+}
+
+// pendingMIGMode is the MIG mode GPU g will have after its next reset.
+func pendingMIGMode(g *GPUState) int {
+	if !g.MIGModePending {
+		return g.MIGMode
+	}
+	if g.MIGMode == nvml.DEVICE_MIG_ENABLE {
+		return nvml.DEVICE_MIG_DISABLE
+	}
+	return nvml.DEVICE_MIG_ENABLE
 }
 
 // migCapable reports whether a GPU of cfg supports MIG: it has profiles.

@@ -57,8 +57,12 @@ type nodeState struct {
 
 // GPUState is one simulated GPU's mutable state, in gpu-<index>.json.
 type GPUState struct {
-	UUID    string `json:"uuid"`
-	MIGMode int    `json:"migMode"`
+	UUID string `json:"uuid"`
+	// MIGMode is the current MIG mode (nvml.DEVICE_MIG_*).
+	MIGMode int `json:"migMode"`
+	// MIGModePending is set while a change of MIG mode waits for a GPU
+	// reset, as on Ampere: the pending mode is the other one.
+	MIGModePending bool `json:"migModePending,omitempty"`
 	// GPUInstances are the live GPU instances.
 	GPUInstances []GIState `json:"gpuInstances,omitempty"`
 	// Lost makes every call on the GPU fail with ERROR_GPU_IS_LOST.
