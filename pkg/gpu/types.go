@@ -27,6 +27,20 @@ type Inventory struct {
 	CUDADriverVersion string
 	// GPUs are sorted by PCI bus ID, which is the order NVML indexes them in.
 	GPUs []GPU
+	// Unreadable are the GPUs NVML counts but that could not be read (a
+	// GPU lost before its UUID was read, an unexpected NVML error); they
+	// are not in GPUs, so nothing is offered on them. What they hold is
+	// unknown, not gone.
+	Unreadable []UnreadableGPU
+}
+
+// UnreadableGPU is a GPU of the node that could not be read.
+type UnreadableGPU struct {
+	Index int
+	// UUID is empty when it could not be read either.
+	UUID string
+	// Err says what failed.
+	Err string
 }
 
 // GPU is one physical GPU.

@@ -65,6 +65,10 @@ func (n *Node) Close() error {
 }
 
 // Inventory reads every GPU, its MIG profiles and its live MIG instances.
+// Only a failure of NVML itself (driver version, GPU count) is an error: a
+// GPU lost after its UUID was read is in the inventory with Lost set, and
+// any other GPU that cannot be read is logged and listed in Unreadable,
+// so that the node keeps serving the others.
 func (n *Node) Inventory(ctx context.Context) (*gpu.Inventory, error) {
 	inv := &gpu.Inventory{}
 	var ret nvml.Return
@@ -87,7 +91,10 @@ func (n *Node) Inventory(ctx context.Context) (*gpu.Inventory, error) {
 		}
 		dev, ret := n.lib.DeviceGetHandleByIndex(i)
 		if ret != nvml.SUCCESS {
-			return nil, fmt.Errorf("open GPU %d: %w", i, nvmlError(ret))
+			err := fmt.Errorf("open GPU %d: %w", i, nvmlError(ret))
+			klog.FromContext(ctx).Error(err, "GPU cannot be read; nothing is offered on it", "index", i)
+			inv.Unreadable = append(inv.Unreadable, gpu.UnreadableGPU{Index: i, Err: err.Error()})
+			continue
 		}
 		g, err := readGPU(dev, i)
 		if isLost(err) && g.UUID != "" {
@@ -96,7 +103,10 @@ func (n *Node) Inventory(ctx context.Context) (*gpu.Inventory, error) {
 			err = nil
 		}
 		if err != nil {
-			return nil, fmt.Errorf("read GPU %d: %w", i, err)
+			err = fmt.Errorf("read GPU %d: %w", i, err)
+			klog.FromContext(ctx).Error(err, "GPU cannot be read; nothing is offered on it", "index", i, "gpu", g.UUID)
+			inv.Unreadable = append(inv.Unreadable, gpu.UnreadableGPU{Index: i, UUID: g.UUID, Err: err.Error()})
+			continue
 		}
 		inv.GPUs = append(inv.GPUs, g)
 	}

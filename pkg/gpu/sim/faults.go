@@ -2,6 +2,7 @@ package sim
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 )
@@ -123,4 +124,40 @@ func (n *Node) setGPU(index int, fn func(*GPUState)) error {
 		fn(g)
 		return nil
 	})
+}
+
+// Calls SetCallError can make fail.
+var injectableCalls = []string{"GetUUID", "GetMemoryInfo"}
+
+// SetCallError makes every call of the named NVML device method
+// ("GetUUID", "GetMemoryInfo") on GPU index fail with ret, as a GPU that
+// fell off the bus before NVML was initialised (ERROR_GPU_IS_LOST on
+// GetUUID) or a driver answering an unexpected code does; SUCCESS removes
+// the fault.
+func (n *Node) SetCallError(index int, call string, ret nvml.Return) error {
+	if !slices.Contains(injectableCalls, call) {
+		return fmt.Errorf("cannot inject an error into %q: want one of %v", call, injectableCalls)
+	}
+	return n.setGPU(index, func(g *GPUState) {
+		if ret == nvml.SUCCESS {
+			delete(g.CallErrors, call)
+			return
+		}
+		if g.CallErrors == nil {
+			g.CallErrors = map[string]int32{}
+		}
+		g.CallErrors[call] = int32(ret)
+	})
+}
+
+// callError is the error injected into call on GPU index, or SUCCESS.
+func (n *Node) callError(index int, call string) nvml.Return {
+	g, err := n.store.gpus[index].read()
+	if err != nil {
+		return nvml.ERROR_UNKNOWN
+	}
+	if ret, ok := g.CallErrors[call]; ok {
+		return nvml.Return(ret)
+	}
+	return nvml.SUCCESS
 }

@@ -25,7 +25,13 @@ type Node struct {
 	store   *store
 	cfgs    []gpus.Config
 	latency atomic.Pointer[Latencies]
+	// eventWaits counts the waits on the node's event sets.
+	eventWaits atomic.Int64
 }
+
+// EventWaits returns how many times an event set of this Node was waited
+// on, for tests that check a watcher does not spin.
+func (n *Node) EventWaits() int64 { return n.eventWaits.Load() }
 
 var _ nvml.Interface = (*Node)(nil)
 
@@ -193,6 +199,18 @@ var errAbort = fmt.Errorf("abort")
 
 func (n *Node) extendDevice(d *server.Device, index int) {
 	cfg := d.Config
+	d.GetUUIDFunc = func() (string, nvml.Return) {
+		if ret := n.callError(index, "GetUUID"); ret != nvml.SUCCESS {
+			return "", ret
+		}
+		return d.UUID, nvml.SUCCESS
+	}
+	d.GetMemoryInfoFunc = func() (nvml.Memory, nvml.Return) {
+		if ret := n.callError(index, "GetMemoryInfo"); ret != nvml.SUCCESS {
+			return nvml.Memory{}, ret
+		}
+		return d.MemoryInfo, nvml.SUCCESS
+	}
 	d.GetPciInfoFunc = func() (nvml.PciInfo, nvml.Return) {
 		p := nvml.PciInfo{PciDeviceId: cfg.PciDeviceId, Bus: uint32(dgxBusOrIndex(index))}
 		for i, c := range []byte(d.PciBusID) {
@@ -666,6 +684,7 @@ func (es *eventSet) register(index int, d nvml.Device, types uint64) {
 const eventPollInterval = 20 * time.Millisecond
 
 func (es *eventSet) wait(timeoutMs uint32) (nvml.EventData, nvml.Return) {
+	es.n.eventWaits.Add(1)
 	deadline := time.Now().Add(time.Duration(timeoutMs) * time.Millisecond)
 	for {
 		st, err := es.n.store.node.read()
@@ -688,6 +707,13 @@ func (es *eventSet) wait(timeoutMs uint32) (nvml.EventData, nvml.Return) {
 		}
 		if st.NextEventSeq > es.next {
 			es.next = st.NextEventSeq
+		}
+		// As NVML's, a wait on a set with a GPU fallen off the bus
+		// returns at once with ERROR_GPU_IS_LOST, every time.
+		for i := range es.devices {
+			if g, err := es.n.store.gpus[i].read(); err == nil && g.Lost {
+				return nvml.EventData{}, nvml.ERROR_GPU_IS_LOST
+			}
 		}
 		if !time.Now().Before(deadline) {
 			return nvml.EventData{}, nvml.ERROR_TIMEOUT

@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"sync"
@@ -80,6 +81,9 @@ type GPUState struct {
 	VolatileDBE uint64 `json:"volatileDBE,omitempty"`
 	// Resets counts simulated GPU resets.
 	Resets int `json:"resets,omitempty"`
+	// CallErrors are NVML return codes injected into calls of the GPU,
+	// by call name (see Node.SetCallError).
+	CallErrors map[string]int32 `json:"callErrors,omitempty"`
 }
 
 // GIState is a live GPU instance.
@@ -443,6 +447,9 @@ func cloneNode(n *nodeState) *nodeState {
 
 func cloneGPU(g *GPUState) *GPUState {
 	out := *g
+	if g.CallErrors != nil {
+		out.CallErrors = maps.Clone(g.CallErrors)
+	}
 	out.GPUInstances = make([]GIState, len(g.GPUInstances))
 	for j, gi := range g.GPUInstances {
 		out.GPUInstances[j] = gi
