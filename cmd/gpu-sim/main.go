@@ -225,10 +225,10 @@ timing comes from GPU_DRA_SIM_LATENCY.`,
 		}),
 		switchCommand(open, "retired-pages GPU on|off", "Set whether page retirements are pending", (*sim.Node).SetRetiredPagesPending),
 		switchCommand(open, "remap-failure GPU on|off", "Set whether a row remapping failed (memory that cannot be repaired)", (*sim.Node).SetRowRemapFailure),
-		gpuCommand(open, "reset GPU", "Reset a GPU as nvidia-smi --gpu-reset would: back on the bus, pending repairs done, volatile ECC counters zeroed", 0, func(n *sim.Node, i int, _ []string) error {
+		gpuCommand(open, "reset GPU", "Reset a GPU as nvidia-smi --gpu-reset would: back on the bus, pending repairs done, volatile ECC counters zeroed, pending MIG mode applied", 0, func(n *sim.Node, i int, _ []string) error {
 			return n.Reset(i)
 		}),
-		gpuCommand(open, "mig-mode GPU on|off", "Set a GPU's MIG mode as nvidia-smi would (fails while MIG devices exist)", 1, func(n *sim.Node, i int, a []string) error {
+		gpuCommand(open, "mig-mode GPU on|off", "Set a GPU's MIG mode as nvidia-smi would (fails while MIG devices exist; on Ampere it is pending until reset)", 1, func(n *sim.Node, i int, a []string) error {
 			on, err := onOff(a[0])
 			if err != nil {
 				return err

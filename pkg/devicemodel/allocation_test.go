@@ -98,7 +98,10 @@ func TestOverlappingPlacementsNeverBothAllocated(t *testing.T) {
 func TestSevenOneGInstancesFitAndAnEighthDoesNot(t *testing.T) {
 	for model, profile := range map[string]string{"dgxh100": "1g.10gb", "dgxa100": "1g.5gb"} {
 		t.Run(model, func(t *testing.T) {
-			c := newCluster(t, map[string]*Model{node: build(t, Input{Inventory: inventory(t, model)})})
+			// An A100 offers MIG devices only in MIG mode.
+			inv := inventory(t, model)
+			migOn(inv)
+			c := newCluster(t, map[string]*Model{node: build(t, Input{Inventory: inv})})
 			one := func() *resourceapi.ResourceClaim {
 				return claim(exactly("mig", "mig.nvidia.com", 1, attr("parentMinor")+" == 0", fmt.Sprintf("%s == %q", attr("profile"), profile)))
 			}
@@ -225,15 +228,15 @@ func TestFirstAvailable(t *testing.T) {
 		}
 	})
 	t.Run("A100 node without free whole GPUs falls through to MIG", func(t *testing.T) {
-		c := newCluster(t, map[string]*Model{node: build(t, Input{Inventory: inventory(t, "dgxa100")})})
-		// Seven GPUs taken whole, one holds a 1g: no whole GPU is left.
+		// GPU 7 is in MIG mode, which an A100 offers only as MIG devices.
+		inv := inventory(t, "dgxa100")
+		inv.GPUs[7].MIGEnabled = true
+		c := newCluster(t, map[string]*Model{node: build(t, Input{Inventory: inv})})
+		// The seven others taken whole: no whole GPU is left.
 		for i := 0; i < 7; i++ {
 			if c.allocate(node, claim(exactly("gpu", "gpu.nvidia.com", 1))) == nil {
 				t.Fatal("whole GPU did not allocate")
 			}
-		}
-		if c.allocate(node, claim(exactly("mig", "mig.nvidia.com", 1))) == nil {
-			t.Fatal("MIG did not allocate")
 		}
 		got := c.allocate(node, claim(request))
 		if got == nil || got.Devices.Results[0].Request != "gpu/mig" {

@@ -15,6 +15,10 @@
 //     (only one "+me" instance per GPU) are counters too;
 //   - pre-created MIG instances are fixed devices; placements that overlap
 //     them, and the whole GPU, are not published;
+//   - a GPU whose MIG mode changes only at a GPU reset (Ampere: A100, A30)
+//     offers what its current mode allows: MIG placements in MIG mode, the
+//     whole GPU (and its shares) out of it; the driver never changes its
+//     mode, an administrator does;
 //   - with SharedGPUs, every GPU offered whole is also offered as
 //     "gpu-<minor>-shared" with type=shared: a device the scheduler may
 //     allocate many times (allowMultipleAllocations, KEP-5075), each
@@ -197,8 +201,12 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device) ([]resourceapi.D
 	for _, inst := range static {
 		staticMask |= inst.Placement.Mask()
 	}
-	dynamic := g.MIGCapable && len(g.MIGProfiles) > 0 && !in.StaticMIGOnly
-	publishWhole := staticMask == 0 && (dynamic || !g.MIGEnabled)
+	// A GPU whose MIG mode changes only at a reset (Ampere) keeps the
+	// mode it has: in MIG mode it offers MIG devices only, out of it the
+	// whole GPU only. The others change mode as claims need.
+	fixedMode := g.MIGModeNeedsReset
+	dynamic := g.MIGCapable && len(g.MIGProfiles) > 0 && !in.StaticMIGOnly && (g.MIGEnabled || !fixedMode)
+	publishWhole := staticMask == 0 && (dynamic && !fixedMode || !g.MIGEnabled)
 	// Placements are published only when on offer; without them a whole
 	// GPU needs no counters.
 	placements := dynamic && offer.MIG

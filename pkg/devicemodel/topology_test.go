@@ -152,6 +152,7 @@ func TestMIGDevicesKeepToFourteenAttributes(t *testing.T) {
 	for _, model := range []string{"dgxa100", "dgxh100", "dgxh200", "dgxb200"} {
 		t.Run(model, func(t *testing.T) {
 			inv := inventory(t, model)
+			migOn(inv) // an A100 offers MIG devices only in MIG mode
 			m := build(t, Input{Inventory: inv, Topology: dgxTopology(t, inv), SharedGPUs: true})
 			migs := 0
 			for _, s := range m.Slices {

@@ -10,6 +10,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/sim"
 
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -38,10 +39,12 @@ func validateSlices(t *testing.T, slices []resourceapi.ResourceSlice) {
 }
 
 // busyInventory is a node in an interesting state: MIG enabled on GPU 0
-// with a pre-created 3g and a driver-created 1g, and GPU 1 faulty.
+// with a pre-created 3g and a driver-created 1g (on a node whose GPUs
+// have MIG), and GPU 1 faulty.
 func busyInventory(t *testing.T, model string) (Input, *gpu.Inventory) {
 	t.Helper()
-	n, err := nvmlnode.Open(nvmlnode.Options{Simulate: model, SimStateDir: t.TempDir()})
+	dir := t.TempDir()
+	n, err := nvmlnode.Open(nvmlnode.Options{Simulate: model, SimStateDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,8 +54,23 @@ func busyInventory(t *testing.T, model string) (Input, *gpu.Inventory) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	now := metav1.NewTime(time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC))
+	faulty := map[string][]resourceapi.DeviceTaint{
+		inv.GPUs[1].UUID: {{Key: "gpu.nvidia.com/xid", Value: "79", Effect: resourceapi.DeviceTaintEffectNoExecute, TimeAdded: &now}},
+	}
 	g := inv.GPUs[0]
-	if err := n.SetMIGMode(ctx, g.UUID, true); err != nil {
+	if !g.MIGCapable {
+		return Input{Inventory: inv, GPUTaints: faulty}, inv
+	}
+	// An administrator's change, applied by a reset where it needs one.
+	admin, err := sim.Open(model, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.SetMIGMode(g.Index, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.Reset(g.Index); err != nil {
 		t.Fatal(err)
 	}
 	var p3g, p1g gpu.MIGProfile
@@ -75,12 +93,9 @@ func busyInventory(t *testing.T, model string) (Input, *gpu.Inventory) {
 	if inv, err = n.Inventory(ctx); err != nil {
 		t.Fatal(err)
 	}
-	now := metav1.NewTime(time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC))
 	in := Input{
 		Inventory: inv,
-		GPUTaints: map[string][]resourceapi.DeviceTaint{
-			inv.GPUs[1].UUID: {{Key: "gpu.nvidia.com/xid", Value: "79", Effect: resourceapi.DeviceTaintEffectNoExecute, TimeAdded: &now}},
-		},
+		GPUTaints: faulty,
 		MIGTaints: map[string][]resourceapi.DeviceTaint{
 			managed.UUID: {{Key: "gpu.nvidia.com/xid", Value: "94", Effect: resourceapi.DeviceTaintEffectNoSchedule, TimeAdded: &now}},
 			static.UUID:  {{Key: "gpu.nvidia.com/ecc", Effect: resourceapi.DeviceTaintEffectNone, TimeAdded: &now}},

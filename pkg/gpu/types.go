@@ -27,6 +27,20 @@ type Inventory struct {
 	CUDADriverVersion string
 	// GPUs are sorted by PCI bus ID, which is the order NVML indexes them in.
 	GPUs []GPU
+	// Unreadable are the GPUs NVML counts but that could not be read (a
+	// GPU lost before its UUID was read, an unexpected NVML error); they
+	// are not in GPUs, so nothing is offered on them. What they hold is
+	// unknown, not gone.
+	Unreadable []UnreadableGPU
+}
+
+// UnreadableGPU is a GPU of the node that could not be read.
+type UnreadableGPU struct {
+	Index int
+	// UUID is empty when it could not be read either.
+	UUID string
+	// Err says what failed.
+	Err string
 }
 
 // GPU is one physical GPU.
@@ -51,6 +65,11 @@ type GPU struct {
 	MIGCapable bool
 	// MIGEnabled is the current MIG mode.
 	MIGEnabled bool
+	// MIGModeNeedsReset is set on GPUs whose MIG mode changes only at a
+	// GPU reset (Ampere: A100, A30). The driver never changes their mode;
+	// an administrator does, and resets the GPU. Hopper and later change
+	// it at once.
+	MIGModeNeedsReset bool
 	// MIGProfiles lists every GPU-instance profile the GPU supports, with all
 	// possible placements, in NVML profile-ID order. Empty unless MIGCapable.
 	MIGProfiles []MIGProfile
@@ -170,6 +189,14 @@ type Event struct {
 
 // ErrMIGDisabled is returned by CreateMIG when the GPU is not in MIG mode.
 var ErrMIGDisabled = errors.New("MIG mode is disabled")
+
+// ErrMIGNotSupported is returned by SetMIGMode when MIG mode is to be
+// turned on on a GPU without MIG (L4, L40S, T4, …).
+var ErrMIGNotSupported = errors.New("GPU does not support MIG")
+
+// ErrMIGModeNeedsReset is returned by SetMIGMode for a GPU whose MIG mode
+// changes only at a GPU reset (GPU.MIGModeNeedsReset).
+var ErrMIGModeNeedsReset = errors.New("changing MIG mode needs a GPU reset")
 
 // ErrPlacementOccupied is returned by CreateMIG when the requested placement
 // overlaps a GPU instance that already exists.

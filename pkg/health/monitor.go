@@ -231,6 +231,18 @@ func (m *Monitor) SetInventory(ctx context.Context, inv *gpu.Inventory, readAt t
 	m.mu.Lock()
 	before := m.fingerprintLocked()
 	migs, lost := map[migID]string{}, map[string]bool{}
+	// A GPU that could not be read is as unknown as a lost one: its MIG
+	// devices are kept too.
+	for _, u := range inv.Unreadable {
+		if u.UUID != "" {
+			lost[u.UUID] = true
+			for id, uuid := range m.migs {
+				if id.gpu == u.UUID {
+					migs[id] = uuid
+				}
+			}
+		}
+	}
 	for _, g := range inv.GPUs {
 		if g.UUID != "" {
 			m.byIndex[g.Index] = g.UUID

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+
 	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs"
 
 	resourceapi "k8s.io/api/resource/v1"
@@ -257,12 +259,54 @@ func (f *fixture) setLost(i int, lost bool) {
 }
 
 // TestLostGPUAtStartup: a GPU that fell off the bus while the plugin was
-// down lists no MIG devices. Its claims are kept as they are (unknown, not
+// down lists no MIG devices, and one whose UUID or more cannot be read is
+// left out of the inventory. Its claims are kept as they are (unknown, not
 // gone), the other claims are reconciled as ever, and when the GPU is back
 // its MIG device is still there.
 func TestLostGPUAtStartup(t *testing.T) {
+	cases := []struct {
+		name  string
+		fault func(s *sim.Node, index int, on bool) error
+	}{
+		{"lost", func(s *sim.Node, i int, on bool) error { return s.SetLost(i, on) }},
+		{"lost before its UUID was read", func(s *sim.Node, i int, on bool) error {
+			ret := nvml.SUCCESS
+			if on {
+				ret = nvml.ERROR_GPU_IS_LOST
+			}
+			if err := s.SetCallError(i, "GetUUID", ret); err != nil {
+				return err
+			}
+			return s.SetLost(i, on)
+		}},
+		{"unexpected NVML error", func(s *sim.Node, i int, on bool) error {
+			ret := nvml.SUCCESS
+			if on {
+				ret = nvml.ERROR_UNKNOWN
+			}
+			return s.SetCallError(i, "GetMemoryInfo", ret)
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) { testLostGPUAtStartup(t, tc.fault) })
+	}
+}
+
+func testLostGPUAtStartup(t *testing.T, fault func(s *sim.Node, index int, on bool) error) {
 	ctx := context.Background()
 	f := newFixture(t, "dgxh100")
+	// setFault sets or clears the fault of GPU index i (inventory
+	// positions shift while a GPU is left out).
+	setFault := func(i int, on bool) {
+		t.Helper()
+		s, err := sim.Open("dgxh100", f.simDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := fault(s, i, on); err != nil {
+			t.Fatal(err)
+		}
+	}
 	onLost, other := allocated("gpu-2-mig-1g10gb-3"), allocated("gpu-3-mig-1g10gb-3")
 	for _, c := range []*resourceapi.ResourceClaim{onLost, other} {
 		if _, err := f.p.Prepare(ctx, c); err != nil {
@@ -273,7 +317,7 @@ func TestLostGPUAtStartup(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := f.p.Snapshot().Claims[string(onLost.UID)]
-	f.setLost(2, true)
+	setFault(2, true)
 	out, rep, err := f.reconcile(ctx, f.saved(), f.inventory(), nil)
 	if err != nil {
 		t.Fatalf("reconcile with a lost GPU: %v", err)
@@ -290,7 +334,7 @@ func TestLostGPUAtStartup(t *testing.T) {
 	if _, err := os.Stat(f.cdi.SpecPath(string(onLost.UID))); err != nil {
 		t.Errorf("the lost GPU's claim lost its spec: %v", err)
 	}
-	f.setLost(2, false)
+	setFault(2, false)
 	if live := f.liveMIG(); len(live) != 2 {
 		t.Errorf("MIG devices after the GPU came back: %+v, want both claims'", live)
 	}

@@ -462,9 +462,8 @@ func TestPrepareStaticMIGUsesAndKeepsIt(t *testing.T) {
 	f := newFixture(t, "dgxa100")
 	ctx := context.Background()
 	inv := f.inventory()
-	if err := f.node.SetMIGMode(ctx, inv.GPUs[1].UUID, true); err != nil {
-		t.Fatal(err)
-	}
+	// An A100's MIG mode is the administrator's: a change and a reset.
+	f.adminMIGMode("dgxa100", inv.GPUs[1].Index, true)
 	static, err := f.node.CreateMIG(ctx, gpu.MIGRequest{ParentUUID: inv.GPUs[1].UUID, ProfileID: 0, Placement: gpu.Placement{Start: 2, Size: 1}})
 	if err != nil {
 		t.Fatal(err)

@@ -54,8 +54,10 @@ type ReconcileReport struct {
 	MIGDestroyed      []string // MIG devices destroyed (by UUID)
 	TimeSlicesApplied []string // prepared claims whose time slices were set again
 	// Unreadable are claims on a GPU that could not be read (fallen off
-	// the bus): what it holds is unknown, not gone, so they are kept as
-	// they are; the kubelet's next call or the next start tries again.
+	// the bus, or listed in the inventory's Unreadable, or missing from an
+	// inventory with a GPU whose UUID could not be read): what it holds is
+	// unknown, not gone, so they are kept as they are; the kubelet's next
+	// call or the next start tries again.
 	Unreadable []string
 	// Unowned are the live MIG devices (by UUID) that no claim records
 	// after a lost checkpoint without a readable previous generation: an
@@ -113,6 +115,11 @@ type reconciliation struct {
 	// unreadable are the GPUs (by UUID) whose MIG devices could not be
 	// listed.
 	unreadable map[string]bool
+	// present are the GPUs (by UUID) the inventory lists; unnamed is set
+	// when a GPU could not be read at all, not even its UUID: a GPU of a
+	// claim that is not present may be that one.
+	present map[string]bool
+	unnamed bool
 	// owned are the MIG UUIDs some claim records: never destroyed as
 	// another's leftover.
 	owned  map[string]bool
@@ -121,7 +128,16 @@ type reconciliation struct {
 }
 
 func (rc *reconciliation) index(inv *gpu.Inventory) {
+	rc.present = map[string]bool{}
+	for _, u := range inv.Unreadable {
+		if u.UUID == "" {
+			rc.unnamed = true
+			continue
+		}
+		rc.unreadable[u.UUID] = true
+	}
 	for _, g := range inv.GPUs {
+		rc.present[g.UUID] = true
 		if g.Lost {
 			rc.unreadable[g.UUID] = true
 			continue
@@ -163,7 +179,9 @@ func (rc *reconciliation) rebuild(previous *checkpoint.Checkpoint) {
 
 // claim reconciles one claim.
 func (rc *reconciliation) claim(ctx context.Context, c *checkpoint.Claim) error {
-	if slices.ContainsFunc(c.Devices, func(d checkpoint.Device) bool { return rc.unreadable[d.GPUUUID] }) {
+	if slices.ContainsFunc(c.Devices, func(d checkpoint.Device) bool {
+		return rc.unreadable[d.GPUUUID] || rc.unnamed && !rc.present[d.GPUUUID]
+	}) {
 		rc.logger.Info("Claim uses a GPU that cannot be read; keeping it as it is", "claimUID", c.UID)
 		rc.rep.Unreadable = append(rc.rep.Unreadable, c.UID)
 		return nil

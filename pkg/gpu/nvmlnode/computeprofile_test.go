@@ -69,8 +69,12 @@ func TestDoubleMemory1gGetsAllItsSMs(t *testing.T) {
 				t.Fatal(err)
 			}
 			dev := lib.Devices[0]
-			if ret, _ := dev.SetMigMode(nvml.DEVICE_MIG_ENABLE); ret != nvml.SUCCESS {
-				t.Fatal(nvml.ErrorString(ret))
+			// As an admin does: on Ampere the mode takes effect at a reset.
+			if err := lib.SetMIGMode(0, true); err != nil {
+				t.Fatal(err)
+			}
+			if err := lib.Reset(0); err != nil {
+				t.Fatal(err)
 			}
 			info, ret := dev.GetGpuInstanceProfileInfo(nvml.GPU_INSTANCE_PROFILE_1_SLICE_REV2)
 			if ret != nvml.SUCCESS {

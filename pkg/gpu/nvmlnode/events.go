@@ -14,6 +14,11 @@ import (
 // eventWaitTimeout bounds one wait so that cancellation is noticed.
 const eventWaitTimeout = 500 // milliseconds
 
+// lostWaitBackoff is how long the watch waits after NVML reported a GPU
+// lost instead of waiting for events: NVML then answers every wait at
+// once, and the watch must not spin.
+var lostWaitBackoff = time.Second
+
 // lostRegisterInterval is how often the GPUs that were lost when the
 // watch started are tried again.
 var lostRegisterInterval = 10 * time.Second
@@ -76,7 +81,11 @@ func (n *Node) WatchEvents(ctx context.Context, handle func(gpu.Event)) error {
 		case nvml.ERROR_TIMEOUT:
 			continue
 		case nvml.ERROR_GPU_IS_LOST:
-			logger.Info("NVML reports a GPU lost while waiting for events")
+			logger.V(2).Info("NVML reports a GPU lost while waiting for events; waiting before the next wait", "backoff", lostWaitBackoff)
+			select {
+			case <-ctx.Done():
+			case <-time.After(lostWaitBackoff):
+			}
 			continue
 		default:
 			return fmt.Errorf("wait for NVML events: %w", nvmlError(ret))

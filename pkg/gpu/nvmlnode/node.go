@@ -65,6 +65,10 @@ func (n *Node) Close() error {
 }
 
 // Inventory reads every GPU, its MIG profiles and its live MIG instances.
+// Only a failure of NVML itself (driver version, GPU count) is an error: a
+// GPU lost after its UUID was read is in the inventory with Lost set, and
+// any other GPU that cannot be read is logged and listed in Unreadable,
+// so that the node keeps serving the others.
 func (n *Node) Inventory(ctx context.Context) (*gpu.Inventory, error) {
 	inv := &gpu.Inventory{}
 	var ret nvml.Return
@@ -87,7 +91,10 @@ func (n *Node) Inventory(ctx context.Context) (*gpu.Inventory, error) {
 		}
 		dev, ret := n.lib.DeviceGetHandleByIndex(i)
 		if ret != nvml.SUCCESS {
-			return nil, fmt.Errorf("open GPU %d: %w", i, nvmlError(ret))
+			err := fmt.Errorf("open GPU %d: %w", i, nvmlError(ret))
+			klog.FromContext(ctx).Error(err, "GPU cannot be read; nothing is offered on it", "index", i)
+			inv.Unreadable = append(inv.Unreadable, gpu.UnreadableGPU{Index: i, Err: err.Error()})
+			continue
 		}
 		g, err := readGPU(dev, i)
 		if isLost(err) && g.UUID != "" {
@@ -96,7 +103,10 @@ func (n *Node) Inventory(ctx context.Context) (*gpu.Inventory, error) {
 			err = nil
 		}
 		if err != nil {
-			return nil, fmt.Errorf("read GPU %d: %w", i, err)
+			err = fmt.Errorf("read GPU %d: %w", i, err)
+			klog.FromContext(ctx).Error(err, "GPU cannot be read; nothing is offered on it", "index", i, "gpu", g.UUID)
+			inv.Unreadable = append(inv.Unreadable, gpu.UnreadableGPU{Index: i, UUID: g.UUID, Err: err.Error()})
+			continue
 		}
 		inv.GPUs = append(inv.GPUs, g)
 	}
@@ -147,6 +157,7 @@ func readGPU(dev nvml.Device, index int) (gpu.GPU, error) {
 	case nvml.SUCCESS:
 		g.MIGCapable = true
 		g.MIGEnabled = current == nvml.DEVICE_MIG_ENABLE
+		g.MIGModeNeedsReset = migModeNeedsReset(arch)
 	case nvml.ERROR_NOT_SUPPORTED:
 		return g, nil
 	default:
@@ -324,7 +335,9 @@ func (n *Node) device(uuid string) (nvml.Device, error) {
 }
 
 // SetMIGMode enables or disables MIG mode on a GPU. It fails if the change
-// needs a GPU reset that has not happened (pending mode differs).
+// needs a GPU reset that has not happened (pending mode differs). A GPU
+// without MIG is always out of MIG mode: disabling it there is a no-op,
+// enabling it fails with gpu.ErrMIGNotSupported.
 func (n *Node) SetMIGMode(ctx context.Context, uuid string, enabled bool) error {
 	dev, err := n.device(uuid)
 	if err != nil {
@@ -335,14 +348,36 @@ func (n *Node) SetMIGMode(ctx context.Context, uuid string, enabled bool) error 
 		mode = nvml.DEVICE_MIG_ENABLE
 	}
 	current, _, ret := dev.GetMigMode()
+	if ret == nvml.ERROR_NOT_SUPPORTED {
+		if !enabled {
+			return nil
+		}
+		return fmt.Errorf("turn MIG mode on for %s: %w (%w)", uuid, gpu.ErrMIGNotSupported, nvmlError(ret))
+	}
 	if ret != nvml.SUCCESS {
 		return fmt.Errorf("read MIG mode of %s: %w", uuid, nvmlError(ret))
 	}
 	if current == mode {
 		return nil
 	}
-	if ret, _ := dev.SetMigMode(mode); ret != nvml.SUCCESS {
+	arch, ret := dev.GetArchitecture()
+	if ret != nvml.SUCCESS {
+		return fmt.Errorf("architecture of %s: %w", uuid, nvmlError(ret))
+	}
+	if migModeNeedsReset(arch) {
+		// NVML would set the pending mode, which the next reset of the
+		// GPU would apply whatever it then holds: leave the mode alone.
+		want := map[bool]string{false: "disable", true: "enable"}[enabled]
+		return fmt.Errorf("GPU %s (%s) is in MIG mode %t: %w, which the driver does not do: an administrator must %s MIG mode (nvidia-smi -i %s -mig %d) and reset the GPU",
+			uuid, nameOf(architectureNames, arch, "unknown"), !enabled, gpu.ErrMIGModeNeedsReset, want, uuid, mode)
+	}
+	// go-nvml returns the activation status first, then the call's result.
+	activation, ret := dev.SetMigMode(mode)
+	if ret != nvml.SUCCESS {
 		return fmt.Errorf("set MIG mode of %s to %t: %w", uuid, enabled, nvmlError(ret))
+	}
+	if activation != nvml.SUCCESS {
+		return fmt.Errorf("activate MIG mode %t on %s: %w", enabled, uuid, nvmlError(activation))
 	}
 	current, pending, ret := dev.GetMigMode()
 	if ret != nvml.SUCCESS {
@@ -535,6 +570,13 @@ func (n *Node) DestroyMIG(ctx context.Context, ref gpu.MIGRef) error {
 	}
 	klog.FromContext(ctx).V(2).Info("Destroyed MIG device", "gpu", ref.ParentUUID, "giid", ref.GIID, "ciid", ref.CIID)
 	return nil
+}
+
+// migModeNeedsReset reports whether a MIG-capable GPU of the architecture
+// changes MIG mode only at a GPU reset: Ampere does; Hopper and later
+// change it at once when no process uses the GPU.
+func migModeNeedsReset(arch nvml.DeviceArchitecture) bool {
+	return arch == nvml.DEVICE_ARCH_AMPERE
 }
 
 // nvmlError turns an NVML return code into an error that keeps the code.

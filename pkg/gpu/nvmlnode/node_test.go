@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/sim"
 )
 
@@ -345,5 +347,134 @@ func TestWatchEventsWithALostGPU(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// TestSetMIGModeReadsResultsInGoNVMLOrder: go-nvml's SetMigMode returns
+// (activationStatus, ret). A call that fails leaves the activation status
+// SUCCESS; the failure is in ret and must be what SetMIGMode reports.
+func TestSetMIGModeReadsResultsInGoNVMLOrder(t *testing.T) {
+	ctx := context.Background()
+	n := openSim(t, "dgxh100", t.TempDir())
+	inv, err := n.Inventory(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := inv.GPUs[0]
+	if err := n.SetMIGMode(ctx, g.UUID, true); err != nil {
+		t.Fatal(err)
+	}
+	p := profileByName(t, g, "1g.10gb")
+	if _, err := n.CreateMIG(ctx, gpu.MIGRequest{ParentUUID: g.UUID, ProfileID: p.ID, Placement: gpu.Placement{Start: 0, Size: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	err = n.SetMIGMode(ctx, g.UUID, false)
+	var re ReturnError
+	if !errors.As(err, &re) || re.Code != nvml.ERROR_IN_USE {
+		t.Fatalf("disabling MIG with a live instance: want NVML's ERROR_IN_USE, got %v", err)
+	}
+}
+
+// TestGPUsWithoutMIG: on a GPU without MIG NVML answers its MIG calls
+// ERROR_NOT_SUPPORTED. The inventory reads it as not MIG-capable, turning
+// MIG mode off there is a no-op and turning it on a clear error.
+func TestGPUsWithoutMIG(t *testing.T) {
+	cases := []struct {
+		model, product string
+		memoryMiB      uint64
+	}{
+		{"l40s", "NVIDIA L40S", 46068},
+		{"l4", "NVIDIA L4", 23034},
+	}
+	for _, tc := range cases {
+		t.Run(tc.model, func(t *testing.T) {
+			ctx := context.Background()
+			n := openSim(t, tc.model, "")
+			inv, err := n.Inventory(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(inv.GPUs) == 0 {
+				t.Fatal("no GPUs")
+			}
+			for _, g := range inv.GPUs {
+				if g.Name != tc.product || g.Architecture != "ada" || g.CUDAComputeCapability != "8.9" || g.MemoryBytes != tc.memoryMiB<<20 {
+					t.Errorf("GPU %d: %q %q %q %d bytes", g.Index, g.Name, g.Architecture, g.CUDAComputeCapability, g.MemoryBytes)
+				}
+				if g.MIGCapable || g.MIGEnabled || len(g.MIGProfiles) != 0 || len(g.MIGInstances) != 0 {
+					t.Errorf("GPU %d: MIG capable %t enabled %t, %d profiles: want none", g.Index, g.MIGCapable, g.MIGEnabled, len(g.MIGProfiles))
+				}
+			}
+			g := inv.GPUs[0]
+			if err := n.SetMIGMode(ctx, g.UUID, false); err != nil {
+				t.Errorf("turning MIG off on a GPU without MIG must be a no-op: %v", err)
+			}
+			err = n.SetMIGMode(ctx, g.UUID, true)
+			if !errors.Is(err, gpu.ErrMIGNotSupported) || !strings.Contains(err.Error(), g.UUID) {
+				t.Errorf("turning MIG on on a GPU without MIG: want ErrMIGNotSupported naming the GPU, got %v", err)
+			}
+			if _, err := n.CreateMIG(ctx, gpu.MIGRequest{ParentUUID: g.UUID, ProfileID: 0, Placement: gpu.Placement{Start: 0, Size: 1}}); err == nil {
+				t.Error("created a MIG device on a GPU without MIG")
+			}
+		})
+	}
+}
+
+// TestAmpereMIGModeIsLeftToTheAdministrator: an A100's MIG mode changes
+// only at a GPU reset. The driver never asks for a change there (NVML
+// would leave it pending, for the next reset to apply whatever the GPU
+// then holds): SetMIGMode fails naming the GPU and what the administrator
+// must do, and the inventory says so. A change the administrator made and
+// a reset applied is what the inventory then reads.
+func TestAmpereMIGModeIsLeftToTheAdministrator(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	n := openSim(t, "mixed", dir)
+	inv, err := n.Inventory(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a100, h100 := inv.GPUs[0], inv.GPUs[4]
+	if !a100.MIGModeNeedsReset || h100.MIGModeNeedsReset {
+		t.Fatalf("MIGModeNeedsReset: A100 %t, H100 %t; want true, false", a100.MIGModeNeedsReset, h100.MIGModeNeedsReset)
+	}
+	if err := n.SetMIGMode(ctx, a100.UUID, false); err != nil {
+		t.Errorf("A100 already out of MIG mode: %v", err)
+	}
+	err = n.SetMIGMode(ctx, a100.UUID, true)
+	if !errors.Is(err, gpu.ErrMIGModeNeedsReset) || !strings.Contains(err.Error(), a100.UUID) || !strings.Contains(err.Error(), "administrator") {
+		t.Fatalf("enabling MIG on an A100: want ErrMIGModeNeedsReset naming the GPU and the administrator, got %v", err)
+	}
+	admin, err := sim.Open("mixed", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := admin.State(); st.GPUs[a100.Index].MIGModePending {
+		t.Fatal("the driver left a pending MIG mode change on the A100")
+	}
+	if err := n.SetMIGMode(ctx, h100.UUID, true); err != nil {
+		t.Fatalf("Hopper changes MIG mode at once: %v", err)
+	}
+
+	// The administrator's change waits for a reset.
+	if err := admin.SetMIGMode(a100.Index, true); err != nil {
+		t.Fatal(err)
+	}
+	if inv, _ = n.Inventory(ctx); inv.GPUs[0].MIGEnabled {
+		t.Fatal("A100 in MIG mode before its reset")
+	}
+	if err := admin.Reset(a100.Index); err != nil {
+		t.Fatal(err)
+	}
+	if inv, _ = n.Inventory(ctx); !inv.GPUs[0].MIGEnabled {
+		t.Fatal("A100 not in MIG mode after its reset")
+	}
+	err = n.SetMIGMode(ctx, a100.UUID, false)
+	if !errors.Is(err, gpu.ErrMIGModeNeedsReset) || !strings.Contains(err.Error(), "-mig 0") {
+		t.Fatalf("disabling MIG on an A100: want ErrMIGModeNeedsReset telling to disable it, got %v", err)
+	}
+	p := profileByName(t, inv.GPUs[0], "1g.5gb")
+	if _, err := n.CreateMIG(ctx, gpu.MIGRequest{ParentUUID: a100.UUID, ProfileID: p.ID, Placement: gpu.Placement{Start: 0, Size: 1}}); err != nil {
+		t.Fatalf("A100 in MIG mode takes MIG devices: %v", err)
 	}
 }

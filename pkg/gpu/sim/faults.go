@@ -2,6 +2,7 @@ package sim
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 )
@@ -43,14 +44,22 @@ func (n *Node) SetRowRemapFailure(index int, failed bool) error {
 
 // Reset resets GPU index as nvidia-smi --gpu-reset would: it is back on
 // the bus, pending memory repairs are done (a failed one is not undone:
-// that memory stays broken), and the volatile ECC counters start again
-// from zero. MIG mode and instances are kept, which is what the driver's
-// persistent MIG configuration would restore.
+// that memory stays broken), the volatile ECC counters start again from
+// zero, and a pending MIG mode (Ampere) becomes the current one, without
+// MIG devices when it turns MIG off. Otherwise MIG mode and instances are
+// kept, which is what the driver's persistent MIG configuration would
+// restore.
 func (n *Node) Reset(index int) error {
 	return n.setGPU(index, func(g *GPUState) {
 		g.Lost = false
 		g.RetiredPagesPending = false
 		g.VolatileDBE = 0
+		if g.MIGModePending {
+			g.MIGMode, g.MIGModePending = pendingMIGMode(g), false
+			if g.MIGMode == nvml.DEVICE_MIG_DISABLE {
+				g.GPUInstances = nil
+			}
+		}
 		g.Resets++
 	})
 }
@@ -76,7 +85,8 @@ func (n *Node) SetRetiredPagesPending(index int, pending bool) error {
 }
 
 // SetMIGMode sets GPU index's MIG mode directly, as an administrator's
-// nvidia-smi would; it fails while GPU instances exist.
+// nvidia-smi would; it fails while GPU instances exist. On Ampere the
+// change is pending until the GPU is reset (Reset), as on hardware.
 func (n *Node) SetMIGMode(index int, enabled bool) error {
 	d, err := n.device(index)
 	if err != nil {
@@ -86,8 +96,12 @@ func (n *Node) SetMIGMode(index int, enabled bool) error {
 	if enabled {
 		mode = nvml.DEVICE_MIG_ENABLE
 	}
-	if ret, _ := d.SetMigMode(mode); ret != nvml.SUCCESS {
+	activation, ret := d.SetMigMode(mode)
+	if ret != nvml.SUCCESS {
 		return fmt.Errorf("set MIG mode of GPU %d: %s", index, nvml.ErrorString(ret))
+	}
+	if activation != nvml.SUCCESS && activation != nvml.ERROR_RESET_REQUIRED {
+		return fmt.Errorf("activate MIG mode of GPU %d: %s", index, nvml.ErrorString(activation))
 	}
 	return nil
 }
@@ -110,4 +124,40 @@ func (n *Node) setGPU(index int, fn func(*GPUState)) error {
 		fn(g)
 		return nil
 	})
+}
+
+// Calls SetCallError can make fail.
+var injectableCalls = []string{"GetUUID", "GetMemoryInfo"}
+
+// SetCallError makes every call of the named NVML device method
+// ("GetUUID", "GetMemoryInfo") on GPU index fail with ret, as a GPU that
+// fell off the bus before NVML was initialised (ERROR_GPU_IS_LOST on
+// GetUUID) or a driver answering an unexpected code does; SUCCESS removes
+// the fault.
+func (n *Node) SetCallError(index int, call string, ret nvml.Return) error {
+	if !slices.Contains(injectableCalls, call) {
+		return fmt.Errorf("cannot inject an error into %q: want one of %v", call, injectableCalls)
+	}
+	return n.setGPU(index, func(g *GPUState) {
+		if ret == nvml.SUCCESS {
+			delete(g.CallErrors, call)
+			return
+		}
+		if g.CallErrors == nil {
+			g.CallErrors = map[string]int32{}
+		}
+		g.CallErrors[call] = int32(ret)
+	})
+}
+
+// callError is the error injected into call on GPU index, or SUCCESS.
+func (n *Node) callError(index int, call string) nvml.Return {
+	g, err := n.store.gpus[index].read()
+	if err != nil {
+		return nvml.ERROR_UNKNOWN
+	}
+	if ret, ok := g.CallErrors[call]; ok {
+		return nvml.Return(ret)
+	}
+	return nvml.SUCCESS
 }

@@ -111,6 +111,19 @@ var b200Profiles = []PublishedProfile{
 
 // Published GPU models, by the simulator's short name.
 var (
+	// L40S and L4 have no MIG: no profiles, and NVML answers
+	// ERROR_NOT_SUPPORTED to their MIG calls. Name, memory (as nvidia-smi
+	// reports it), compute capability and PCI device ID are the hardware's;
+	// go-nvml's mock package has no configuration of them.
+	L40S = PublishedModel{
+		Product: "NVIDIA L40S", MemoryMB: 46068, Source: "NVIDIA L40S datasheet (no MIG)",
+		base: gpus.Config{Architecture: nvml.DEVICE_ARCH_ADA, Brand: nvml.BRAND_NVIDIA, CudaMajor: 8, CudaMinor: 9, PciDeviceId: 0x26B910DE},
+	}
+	L4 = PublishedModel{
+		Product: "NVIDIA L4", MemoryMB: 23034, Source: "NVIDIA L4 datasheet (no MIG)",
+		base: gpus.Config{Architecture: nvml.DEVICE_ARCH_ADA, Brand: nvml.BRAND_NVIDIA, CudaMajor: 8, CudaMinor: 9, PciDeviceId: 0x27B810DE},
+	}
+
 	A100SXM440GB = PublishedModel{
 		Product: "NVIDIA A100-SXM4-40GB", MemoryMB: 40960, Source: guideURL + ", A100 table",
 		Profiles: a100Profiles(40), base: gpus.A100_SXM4_40GB,

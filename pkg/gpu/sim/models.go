@@ -18,6 +18,8 @@ type model struct {
 // published models (hardware.go); the driver versions match go-nvml's dgx*
 // mock servers.
 var models = map[string]model{
+	"l40s":         {gpus: multiple(8, L40S), driverVersion: "550.54.15", cudaVersion: 12040},
+	"l4":           {gpus: multiple(8, L4), driverVersion: "550.54.15", cudaVersion: 12040},
 	"dgxa100":      {gpus: multiple(8, A100SXM440GB), driverVersion: "550.54.15", cudaVersion: 12040},
 	"dgxa100-80gb": {gpus: multiple(8, A100SXM480GB), driverVersion: "550.54.15", cudaVersion: 12040},
 	"dgxh100":      {gpus: multiple(8, H100SXM580GB), driverVersion: "550.54.15", cudaVersion: 12040},

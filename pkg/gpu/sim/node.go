@@ -10,6 +10,7 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/gpus"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
 	"github.com/google/uuid"
 )
@@ -22,7 +23,13 @@ type Node struct {
 	model   string
 	store   *store
 	latency atomic.Pointer[Latencies]
+	// eventWaits counts the waits on the node's event sets.
+	eventWaits atomic.Int64
 }
+
+// EventWaits returns how many times an event set of this Node was waited
+// on, for tests that check a watcher does not spin.
+func (n *Node) EventWaits() int64 { return n.eventWaits.Load() }
 
 var _ nvml.Interface = (*Node)(nil)
 
@@ -152,6 +159,18 @@ var errAbort = fmt.Errorf("abort")
 
 func (n *Node) extendDevice(d *server.Device, index int) {
 	cfg := d.Config
+	d.GetUUIDFunc = func() (string, nvml.Return) {
+		if ret := n.callError(index, "GetUUID"); ret != nvml.SUCCESS {
+			return "", ret
+		}
+		return d.UUID, nvml.SUCCESS
+	}
+	d.GetMemoryInfoFunc = func() (nvml.Memory, nvml.Return) {
+		if ret := n.callError(index, "GetMemoryInfo"); ret != nvml.SUCCESS {
+			return nvml.Memory{}, ret
+		}
+		return d.MemoryInfo, nvml.SUCCESS
+	}
 	d.GetPciInfoFunc = func() (nvml.PciInfo, nvml.Return) {
 		p := nvml.PciInfo{PciDeviceId: cfg.PciDeviceId, Bus: uint32(dgxBusOrIndex(index))}
 		for i, c := range []byte(d.PciBusID) {
@@ -159,28 +178,111 @@ func (n *Node) extendDevice(d *server.Device, index int) {
 		}
 		return p, nvml.SUCCESS
 	}
+	d.IsMigDeviceHandleFunc = func() (bool, nvml.Return) { return false, nvml.SUCCESS }
+	d.GetTemperatureFunc = func(nvml.TemperatureSensors) (uint32, nvml.Return) {
+		g, ret := n.gpuState(index)
+		if ret != nvml.SUCCESS {
+			return 0, ret
+		}
+		return uint32(g.TemperatureC), nvml.SUCCESS
+	}
+	d.GetTemperatureThresholdFunc = func(t nvml.TemperatureThresholds) (uint32, nvml.Return) {
+		switch t {
+		case nvml.TEMPERATURE_THRESHOLD_SLOWDOWN:
+			return SlowdownTemperatureC, nvml.SUCCESS
+		case nvml.TEMPERATURE_THRESHOLD_SHUTDOWN:
+			return ShutdownTemperatureC, nvml.SUCCESS
+		}
+		return 0, nvml.ERROR_NOT_SUPPORTED
+	}
+	d.GetRetiredPagesPendingStatusFunc = func() (nvml.EnableState, nvml.Return) {
+		g, ret := n.gpuState(index)
+		if ret != nvml.SUCCESS {
+			return 0, ret
+		}
+		if g.RetiredPagesPending {
+			return nvml.FEATURE_ENABLED, nvml.SUCCESS
+		}
+		return nvml.FEATURE_DISABLED, nvml.SUCCESS
+	}
+	d.GetRemappedRowsFunc = func() (int, int, bool, bool, nvml.Return) {
+		g, ret := n.gpuState(index)
+		if ret != nvml.SUCCESS {
+			return 0, 0, false, false, ret
+		}
+		return 0, 0, g.RetiredPagesPending, g.RowRemapFailure, nvml.SUCCESS
+	}
+	d.GetTotalEccErrorsFunc = func(errorType nvml.MemoryErrorType, counter nvml.EccCounterType) (uint64, nvml.Return) {
+		g, ret := n.gpuState(index)
+		if ret != nvml.SUCCESS {
+			return 0, ret
+		}
+		if errorType == nvml.MEMORY_ERROR_TYPE_UNCORRECTED && counter == nvml.VOLATILE_ECC {
+			return g.VolatileDBE, nvml.SUCCESS
+		}
+		return 0, nvml.SUCCESS
+	}
+	d.GetSupportedEventTypesFunc = func() (uint64, nvml.Return) {
+		return nvml.EventTypeXidCriticalError | nvml.EventTypeDoubleBitEccError | nvml.EventTypeSingleBitEccError, nvml.SUCCESS
+	}
+	d.RegisterEventsFunc = func(types uint64, set nvml.EventSet) nvml.Return {
+		es, ok := set.(*eventSet)
+		if !ok {
+			return nvml.ERROR_INVALID_ARGUMENT
+		}
+		// As with NVML, a GPU fallen off the bus takes no registration.
+		if _, ret := n.gpuState(index); ret != nvml.SUCCESS {
+			return ret
+		}
+		es.register(index, d, types)
+		return nvml.SUCCESS
+	}
+	if !migCapable(cfg) {
+		n.extendDeviceWithoutMIG(d, index)
+		return
+	}
 	d.GetMigModeFunc = func() (int, int, nvml.Return) {
 		g, ret := n.gpuState(index)
 		if ret != nvml.SUCCESS {
 			return 0, 0, ret
 		}
-		return g.MIGMode, g.MIGMode, nvml.SUCCESS
+		return g.MIGMode, pendingMIGMode(g), nvml.SUCCESS
 	}
+	// A MIG mode change needs a GPU reset on Ampere: NVML sets the pending
+	// mode and reports the activation failed; the current mode changes at
+	// the next reset (Node.Reset). Hopper and later change at once. NVML
+	// on Ampere tries the reset itself, which fails while any process,
+	// the driver's own NVML monitoring included, has the GPU open: a
+	// driver never sees it succeed.
+	resetToActivate := cfg.Architecture == nvml.DEVICE_ARCH_AMPERE
+	// SetMigMode returns (activationStatus, ret), in go-nvml's order. When
+	// the call fails NVML never writes the activation status, which go-nvml
+	// then returns as its zero value, SUCCESS: a caller that read the two
+	// in the wrong order would take a failed call for a success.
 	d.SetMigModeFunc = func(mode int) (nvml.Return, nvml.Return) {
 		if mode != nvml.DEVICE_MIG_ENABLE && mode != nvml.DEVICE_MIG_DISABLE {
-			return nvml.ERROR_INVALID_ARGUMENT, nvml.ERROR_INVALID_ARGUMENT
+			return nvml.SUCCESS, nvml.ERROR_INVALID_ARGUMENT
 		}
-		if g, ret := n.gpuState(index); ret == nvml.SUCCESS && g.MIGMode == mode {
+		if g, ret := n.gpuState(index); ret == nvml.SUCCESS && g.MIGMode == mode && !g.MIGModePending {
 			return nvml.SUCCESS, nvml.SUCCESS
 		}
+		pending := false
 		ret := n.mutate(index, n.Latencies().MIGModeChange, func(g *GPUState) nvml.Return {
-			if len(g.GPUInstances) > 0 {
+			if len(g.GPUInstances) > 0 && mode != g.MIGMode {
 				return nvml.ERROR_IN_USE
+			}
+			if resetToActivate {
+				g.MIGModePending = mode != g.MIGMode
+				pending = g.MIGModePending
+				return nvml.SUCCESS
 			}
 			g.MIGMode = mode
 			return nvml.SUCCESS
 		})
-		return ret, ret
+		if ret == nvml.SUCCESS && pending {
+			return nvml.ERROR_RESET_REQUIRED, nvml.SUCCESS
+		}
+		return nvml.SUCCESS, ret
 	}
 	d.GetGpuInstancePossiblePlacementsFunc = func(info *nvml.GpuInstanceProfileInfo) ([]nvml.GpuInstancePlacement, nvml.Return) {
 		pls, ok := cfg.MIGProfiles.GpuInstancePlacements[int(info.Id)]
@@ -262,65 +364,47 @@ func (n *Node) extendDevice(d *server.Device, index int) {
 		}
 		return md, nvml.SUCCESS
 	}
-	d.IsMigDeviceHandleFunc = func() (bool, nvml.Return) { return false, nvml.SUCCESS }
-	d.GetTemperatureFunc = func(nvml.TemperatureSensors) (uint32, nvml.Return) {
-		g, ret := n.gpuState(index)
-		if ret != nvml.SUCCESS {
-			return 0, ret
-		}
-		return uint32(g.TemperatureC), nvml.SUCCESS
+}
+
+// pendingMIGMode is the MIG mode GPU g will have after its next reset.
+func pendingMIGMode(g *GPUState) int {
+	if !g.MIGModePending {
+		return g.MIGMode
 	}
-	d.GetTemperatureThresholdFunc = func(t nvml.TemperatureThresholds) (uint32, nvml.Return) {
-		switch t {
-		case nvml.TEMPERATURE_THRESHOLD_SLOWDOWN:
-			return SlowdownTemperatureC, nvml.SUCCESS
-		case nvml.TEMPERATURE_THRESHOLD_SHUTDOWN:
-			return ShutdownTemperatureC, nvml.SUCCESS
-		}
-		return 0, nvml.ERROR_NOT_SUPPORTED
+	if g.MIGMode == nvml.DEVICE_MIG_ENABLE {
+		return nvml.DEVICE_MIG_DISABLE
 	}
-	d.GetRetiredPagesPendingStatusFunc = func() (nvml.EnableState, nvml.Return) {
-		g, ret := n.gpuState(index)
-		if ret != nvml.SUCCESS {
-			return 0, ret
-		}
-		if g.RetiredPagesPending {
-			return nvml.FEATURE_ENABLED, nvml.SUCCESS
-		}
-		return nvml.FEATURE_DISABLED, nvml.SUCCESS
-	}
-	d.GetRemappedRowsFunc = func() (int, int, bool, bool, nvml.Return) {
-		g, ret := n.gpuState(index)
-		if ret != nvml.SUCCESS {
-			return 0, 0, false, false, ret
-		}
-		return 0, 0, g.RetiredPagesPending, g.RowRemapFailure, nvml.SUCCESS
-	}
-	d.GetTotalEccErrorsFunc = func(errorType nvml.MemoryErrorType, counter nvml.EccCounterType) (uint64, nvml.Return) {
-		g, ret := n.gpuState(index)
-		if ret != nvml.SUCCESS {
-			return 0, ret
-		}
-		if errorType == nvml.MEMORY_ERROR_TYPE_UNCORRECTED && counter == nvml.VOLATILE_ECC {
-			return g.VolatileDBE, nvml.SUCCESS
-		}
-		return 0, nvml.SUCCESS
-	}
-	d.GetSupportedEventTypesFunc = func() (uint64, nvml.Return) {
-		return nvml.EventTypeXidCriticalError | nvml.EventTypeDoubleBitEccError | nvml.EventTypeSingleBitEccError, nvml.SUCCESS
-	}
-	d.RegisterEventsFunc = func(types uint64, set nvml.EventSet) nvml.Return {
-		es, ok := set.(*eventSet)
-		if !ok {
-			return nvml.ERROR_INVALID_ARGUMENT
-		}
-		// As with NVML, a GPU fallen off the bus takes no registration.
+	return nvml.DEVICE_MIG_ENABLE
+}
+
+// migCapable reports whether a GPU of cfg supports MIG: it has profiles.
+func migCapable(cfg gpus.Config) bool { return len(cfg.MIGProfiles.GpuInstanceProfiles) > 0 }
+
+// extendDeviceWithoutMIG makes a GPU without MIG answer its MIG calls as
+// NVML does: ERROR_NOT_SUPPORTED (once it is known not to be lost).
+func (n *Node) extendDeviceWithoutMIG(d *server.Device, index int) {
+	unsupported := func() nvml.Return {
 		if _, ret := n.gpuState(index); ret != nvml.SUCCESS {
 			return ret
 		}
-		es.register(index, d, types)
-		return nvml.SUCCESS
+		return nvml.ERROR_NOT_SUPPORTED
 	}
+	d.GetMigModeFunc = func() (int, int, nvml.Return) { return 0, 0, unsupported() }
+	d.SetMigModeFunc = func(int) (nvml.Return, nvml.Return) { return nvml.SUCCESS, unsupported() }
+	d.GetGpuInstanceProfileInfoFunc = func(int) (nvml.GpuInstanceProfileInfo, nvml.Return) {
+		return nvml.GpuInstanceProfileInfo{}, unsupported()
+	}
+	d.GetGpuInstancePossiblePlacementsFunc = func(*nvml.GpuInstanceProfileInfo) ([]nvml.GpuInstancePlacement, nvml.Return) {
+		return nil, unsupported()
+	}
+	d.CreateGpuInstanceWithPlacementFunc = func(*nvml.GpuInstanceProfileInfo, *nvml.GpuInstancePlacement) (nvml.GpuInstance, nvml.Return) {
+		return nil, unsupported()
+	}
+	d.CreateGpuInstanceFunc = func(*nvml.GpuInstanceProfileInfo) (nvml.GpuInstance, nvml.Return) { return nil, unsupported() }
+	d.GetGpuInstancesFunc = func(*nvml.GpuInstanceProfileInfo) ([]nvml.GpuInstance, nvml.Return) { return nil, unsupported() }
+	d.GetGpuInstanceByIdFunc = func(int) (nvml.GpuInstance, nvml.Return) { return nil, unsupported() }
+	d.GetMaxMigDeviceCountFunc = func() (int, nvml.Return) { return 0, unsupported() }
+	d.GetMigDeviceHandleByIndexFunc = func(int) (nvml.Device, nvml.Return) { return nil, unsupported() }
 }
 
 func dgxBusOrIndex(index int) int {
@@ -563,6 +647,7 @@ func (es *eventSet) register(index int, d nvml.Device, types uint64) {
 const eventPollInterval = 20 * time.Millisecond
 
 func (es *eventSet) wait(timeoutMs uint32) (nvml.EventData, nvml.Return) {
+	es.n.eventWaits.Add(1)
 	deadline := time.Now().Add(time.Duration(timeoutMs) * time.Millisecond)
 	for {
 		st, err := es.n.store.node.read()
@@ -585,6 +670,13 @@ func (es *eventSet) wait(timeoutMs uint32) (nvml.EventData, nvml.Return) {
 		}
 		if st.NextEventSeq > es.next {
 			es.next = st.NextEventSeq
+		}
+		// As NVML's, a wait on a set with a GPU fallen off the bus
+		// returns at once with ERROR_GPU_IS_LOST, every time.
+		for i := range es.devices {
+			if g, err := es.n.store.gpus[i].read(); err == nil && g.Lost {
+				return nvml.EventData{}, nvml.ERROR_GPU_IS_LOST
+			}
 		}
 		if !time.Now().Before(deadline) {
 			return nvml.EventData{}, nvml.ERROR_TIMEOUT

@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"sync"
@@ -57,8 +58,12 @@ type nodeState struct {
 
 // GPUState is one simulated GPU's mutable state, in gpu-<index>.json.
 type GPUState struct {
-	UUID    string `json:"uuid"`
-	MIGMode int    `json:"migMode"`
+	UUID string `json:"uuid"`
+	// MIGMode is the current MIG mode (nvml.DEVICE_MIG_*).
+	MIGMode int `json:"migMode"`
+	// MIGModePending is set while a change of MIG mode waits for a GPU
+	// reset, as on Ampere: the pending mode is the other one.
+	MIGModePending bool `json:"migModePending,omitempty"`
 	// GPUInstances are the live GPU instances.
 	GPUInstances []GIState `json:"gpuInstances,omitempty"`
 	// Lost makes every call on the GPU fail with ERROR_GPU_IS_LOST.
@@ -76,6 +81,9 @@ type GPUState struct {
 	VolatileDBE uint64 `json:"volatileDBE,omitempty"`
 	// Resets counts simulated GPU resets.
 	Resets int `json:"resets,omitempty"`
+	// CallErrors are NVML return codes injected into calls of the GPU,
+	// by call name (see Node.SetCallError).
+	CallErrors map[string]int32 `json:"callErrors,omitempty"`
 }
 
 // GIState is a live GPU instance.
@@ -444,6 +452,9 @@ func cloneNode(n *nodeState) *nodeState {
 
 func cloneGPU(g *GPUState) *GPUState {
 	out := *g
+	if g.CallErrors != nil {
+		out.CallErrors = maps.Clone(g.CallErrors)
+	}
 	out.GPUInstances = make([]GIState, len(g.GPUInstances))
 	for j, gi := range g.GPUInstances {
 		out.GPUInstances[j] = gi

@@ -130,7 +130,7 @@ func TestChangesOfOneGPUDoNotWaitForAnother(t *testing.T) {
 	var finished atomic.Bool
 	done := make(chan nvml.Return, 1)
 	go func() {
-		ret, _ := slow.Devices[0].SetMigMode(nvml.DEVICE_MIG_ENABLE)
+		_, ret := slow.Devices[0].SetMigMode(nvml.DEVICE_MIG_ENABLE)
 		finished.Store(true)
 		done <- ret
 	}()
@@ -178,7 +178,7 @@ func TestChangesOfOneGPUQueue(t *testing.T) {
 	var finished atomic.Bool
 	done := make(chan nvml.Return, 1)
 	go func() {
-		ret, _ := slow.Devices[0].SetMigMode(nvml.DEVICE_MIG_ENABLE)
+		_, ret := slow.Devices[0].SetMigMode(nvml.DEVICE_MIG_ENABLE)
 		finished.Store(true)
 		done <- ret
 	}()
