@@ -56,3 +56,26 @@ func TestImageRunsInTheCluster(t *testing.T) {
 		}
 	}
 }
+
+// TestPluginRunsTheProductionPath checks that the harness's plugin runs as
+// on a GPU node: no --simulate flag, NVML loaded from the driver root's
+// libnvidia-ml.so.1 (the simulated installation's, whose kernel side is
+// gpu-sim serve).
+func TestPluginRunsTheProductionPath(t *testing.T) {
+	pod := pluginPod(t)
+	for _, c := range pod.Spec.Containers {
+		for _, arg := range append(append([]string{}, c.Command...), c.Args...) {
+			if strings.HasPrefix(arg, "--simulate") || strings.HasPrefix(arg, "--sim-state-dir") {
+				t.Errorf("container %s runs with %s", c.Name, arg)
+			}
+		}
+	}
+	log, err := client.CoreV1().Pods(pod.Namespace).GetLogs(pod.Name, &corev1.PodLogOptions{Container: "plugin"}).DoRaw(ctx())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = `nvml="/driver-root/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1"`
+	if !strings.Contains(string(log), want) {
+		t.Errorf("the plugin's log lacks %s:\n%.3000s", want, log)
+	}
+}
