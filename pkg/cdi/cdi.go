@@ -77,7 +77,8 @@ type Options struct {
 	// without libraries).
 	RequireLibraries bool
 	// Logger logs what New changes on the host, such as a CDI root it
-	// tightened. The zero Logger discards.
+	// tightened, and the driver files it found (SONAME links, hook). The
+	// zero Logger discards.
 	Logger klog.Logger
 }
 
@@ -173,8 +174,16 @@ func New(opts Options) (*Writer, error) {
 	}
 	w := &Writer{opts: opts, missing: files.missing}
 	w.shared.Mounts = files.mounts
+	hook := "none"
 	if files.hook != nil {
 		w.shared.Hooks = []*specs.Hook{files.hook}
+		hook = files.hook.Path
+	}
+	opts.Logger.Info("Driver files for CDI specs", "driverRoot", opts.DriverRoot,
+		"mounts", len(files.mounts), "sonameLinks", files.links, "ldcacheHook", hook)
+	if len(files.refused) > 0 {
+		opts.Logger.Info("Warning: driver library links not followed: each must name a library file beside it",
+			"driverRoot", opts.DriverRoot, "links", files.refused)
 	}
 	return w, nil
 }

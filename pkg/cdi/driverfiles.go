@@ -42,8 +42,12 @@ var (
 
 // cdiHook is the NVIDIA Container Toolkit's hook, relative to the driver
 // root. When present it refreshes the container's linker cache so that the
-// mounted libraries (and their SONAME links, which ldconfig creates) are
-// found.
+// mounted libraries are found in directories the image's ldconfig does not
+// search. The SONAME links (libcuda.so.1) never depend on it: they are
+// mounted (see sonameLinks), as the hook is often absent (the GPU
+// operator's driver root has none: the toolkit's is elsewhere). The
+// hook's ldconfig leaves them alone, as they are no symlinks and are the
+// same file as the library.
 const cdiHook = "usr/bin/nvidia-cdi-hook"
 
 // mountOptions are those of every driver file mount.
@@ -56,6 +60,9 @@ type driverFiles struct {
 	mounts  []*specs.Mount // read-only bind mounts, libraries then tools
 	hook    *specs.Hook    // the ldcache hook, nil without nvidia-cdi-hook or libraries
 	missing []string       // required libraries not found, as "libcuda.so.*"
+	// links are the SONAME links mounted, as "dir/libcuda.so.1 links to
+	// libcuda.so.550.54.15"; refused those not followed (see sonameLinks).
+	links, refused []string
 }
 
 // discoverDriverFiles finds the driver's libraries and tools under root,
@@ -63,7 +70,8 @@ type driverFiles struct {
 // under hostRoot. Only regular files are taken: the version-numbered
 // libraries, never the symlinks beside them. Directories are resolved as
 // the host resolves the mounts' host paths; one reached twice (lib ->
-// usr/lib) is searched once.
+// usr/lib) is searched once. The libraries' SONAME links are mounted too,
+// as the files they name (see sonameLinks).
 func discoverDriverFiles(root, hostRoot string) (driverFiles, error) {
 	var files driverFiles
 	taken := map[string]bool{} // file names mounted
@@ -79,11 +87,16 @@ func discoverDriverFiles(root, hostRoot string) (driverFiles, error) {
 			return files, fmt.Errorf("%s: %w", driverRootWhat, err)
 		}
 		n := len(files.mounts)
+		here := map[string]bool{} // libraries mounted from dir
 		for _, e := range entries {
 			if e.Type().IsRegular() && !taken[e.Name()] && isDriverLibrary(e.Name()) {
 				taken[e.Name()] = true
+				here[e.Name()] = true
 				files.mounts = append(files.mounts, driverMount(hostRoot, path.Join(dir, e.Name())))
 			}
+		}
+		if err := files.sonameLinks(root, hostRoot, dir, entries, here, taken); err != nil {
+			return files, err
 		}
 		if len(files.mounts) > n {
 			ldDirs = append(ldDirs, "/"+dir)
@@ -128,6 +141,39 @@ func discoverDriverFiles(root, hostRoot string) (driverFiles, error) {
 		files.hook = &specs.Hook{HookName: cdiapi.CreateContainerHook, Path: filepath.Join(hostRoot, cdiHook), Args: args}
 	}
 	return files, nil
+}
+
+// sonameLinks mounts, for each symlink of dir named as a driver library
+// (libcuda.so.1, libnvidia-nvvm.so.4), the library file it names at the
+// link's path, so that programs that load a library by its SONAME find it
+// whatever the container's ldconfig does. A link is followed only to a
+// library of its own stem mounted from dir (here): a plain name, neither
+// absolute nor with a "/", so that nothing outside the driver root, nor
+// any other file in it, is mounted by a link a broken or hostile
+// installation made. Others are listed in refused. Names mounted are
+// added to taken.
+func (f *driverFiles) sonameLinks(root, hostRoot, dir string, entries []fs.DirEntry, here, taken map[string]bool) error {
+	for _, e := range entries {
+		name := e.Name()
+		if e.Type()&fs.ModeSymlink == 0 || taken[name] || !isDriverLibrary(name) {
+			continue
+		}
+		target, err := os.Readlink(filepath.Join(root, dir, name))
+		if err != nil {
+			return fmt.Errorf("%s: %w", driverRootWhat, err)
+		}
+		link := path.Join(dir, name) + " links to " + target
+		if strings.Contains(target, "/") || !here[target] || libraryStem(target) != libraryStem(name) {
+			f.refused = append(f.refused, link)
+			continue
+		}
+		taken[name] = true
+		f.links = append(f.links, link)
+		m := driverMount(hostRoot, path.Join(dir, target))
+		m.ContainerPath = "/" + path.Join(dir, name)
+		f.mounts = append(f.mounts, m)
+	}
+	return nil
 }
 
 // distinctDirs returns those of dirs (relative to root) that exist, leaving
@@ -176,12 +222,18 @@ func isRegular(path string) (bool, error) {
 
 // isDriverLibrary says whether name is one of the libraries, with a version.
 func isDriverLibrary(name string) bool {
+	return libraryStem(name) != ""
+}
+
+// libraryStem returns the stem of the library name, with a version; ""
+// for any other name.
+func libraryStem(name string) string {
 	for _, stem := range libraries {
 		if v, ok := strings.CutPrefix(name, stem+"."); ok && versionPattern.MatchString(v) {
-			return true
+			return stem
 		}
 	}
-	return false
+	return ""
 }
 
 func hasStem(taken map[string]bool, stem string) bool {

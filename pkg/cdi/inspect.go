@@ -19,8 +19,9 @@ type Inspector struct {
 
 // DriverFiles are the driver's user-space files every spec mounts.
 type DriverFiles struct {
-	// Mounts are the read-only bind mounts of the driver's libraries, then
-	// its tools, by host path and container path.
+	// Mounts are the read-only bind mounts of the driver's libraries (each
+	// also at its SONAME link's path, such as libcuda.so.1), then its
+	// tools, by host path and container path.
 	Mounts []*specs.Mount
 	// Hook is the ldcache hook specs run; nil without nvidia-cdi-hook under
 	// the driver root or without libraries.
