@@ -199,7 +199,7 @@ timing comes from GPU_DRA_SIM_LATENCY.`,
 				return err
 			}
 			if ret := n.Init(); ret != nvml.SUCCESS {
-				return fmt.Errorf("initialise the simulated node: %v", ret)
+				return fmt.Errorf("initialise the simulated node: %s", nvml.ErrorString(ret))
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()

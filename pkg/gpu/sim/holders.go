@@ -36,7 +36,7 @@ func (n *Node) ReleaseMIG(holder string) error {
 			return nvml.SUCCESS
 		})
 		if err != nvml.SUCCESS && err != nvml.ERROR_GPU_IS_LOST {
-			return fmt.Errorf("release MIG devices held by %s on GPU %d: %v", holder, i, err)
+			return fmt.Errorf("release MIG devices held by %s on GPU %d: %s", holder, i, nvml.ErrorString(err))
 		}
 	}
 	return nil
@@ -59,7 +59,7 @@ func (n *Node) updateHolders(migUUID string, fn func([]string) []string) error {
 		})
 		if found {
 			if ret != nvml.SUCCESS {
-				return fmt.Errorf("hold MIG device %s: %v", migUUID, ret)
+				return fmt.Errorf("hold MIG device %s: %s", migUUID, nvml.ErrorString(ret))
 			}
 			return nil
 		}
