@@ -15,6 +15,9 @@
 //     (only one "+me" instance per GPU) are counters too;
 //   - pre-created MIG instances are fixed devices; placements that overlap
 //     them, and the whole GPU, are not published;
+//   - a GPU instance that is no single MIG device (someone made it without
+//     a compute instance, or with several) is published as no device, but
+//     occupies its placement as a pre-created instance does (Withheld);
 //   - a GPU whose MIG mode changes only at a GPU reset (Ampere: A100, A30)
 //     offers what its current mode allows: MIG placements in MIG mode, the
 //     whole GPU (and its shares) out of it; the driver never changes its
@@ -126,6 +129,21 @@ type Model struct {
 	Slices []resourceslice.Slice
 	// Devices by name.
 	Devices map[string]*Device
+	// Withheld are the live GPU instances published as no device, in GPU
+	// order, for the caller to log.
+	Withheld []Withheld
+}
+
+// Withheld is a live GPU instance that the model publishes no device for;
+// its placement is occupied all the same: nothing overlapping it, nor the
+// whole GPU, is published.
+type Withheld struct {
+	GPU       string // UUID
+	GIID      int
+	Profile   string
+	Placement gpu.Placement
+	// Reason says why it is no device.
+	Reason string
 }
 
 // MaxDevicesPerSlice is the API's limit for slices whose devices consume
@@ -143,7 +161,7 @@ func Build(in Input) (*Model, error) {
 	var groups []GPUDevices // devices per GPU, in priority order
 	for i := range in.Inventory.GPUs {
 		g := &in.Inventory.GPUs[i]
-		devs, counters, err := gpuDevices(in, g, m.Devices)
+		devs, counters, err := gpuDevices(in, g, m.Devices, &m.Withheld)
 		if err != nil {
 			return nil, fmt.Errorf("build devices of GPU %s: %w", g.UUID, err)
 		}
@@ -179,7 +197,7 @@ func Build(in Input) (*Model, error) {
 }
 
 // gpuDevices returns one GPU's devices in priority order and its counter set.
-func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device) ([]resourceapi.Device, *resourceapi.CounterSet, error) {
+func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device, withheld *[]Withheld) ([]resourceapi.Device, *resourceapi.CounterSet, error) {
 	common := commonAttributes(in.Inventory, in.Topology, g)
 	gpuTaints := in.GPUTaints[g.UUID]
 	offer := OfferAll
@@ -200,6 +218,21 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device) ([]resourceapi.D
 	var staticMask uint32
 	for _, inst := range static {
 		staticMask |= inst.Placement.Mask()
+	}
+	// A GPU instance without a compute instance is no device, and one
+	// with several compute instances is no device a claim can use: a
+	// claim for a MIG device gets all of a GPU instance, and each compute
+	// instance has only part of it (and all would have one name). Both
+	// occupy their placements like pre-created instances.
+	firstWithheld := len(*withheld)
+	for _, bare := range g.BareGPUInstances {
+		staticMask |= bare.Placement.Mask()
+		*withheld = append(*withheld, Withheld{GPU: g.UUID, GIID: bare.GIID, Profile: bare.Profile, Placement: bare.Placement,
+			Reason: "GPU instance has no compute instance"})
+	}
+	computeInstances := map[int]int{}
+	for _, inst := range g.MIGInstances {
+		computeInstances[inst.GIID]++
 	}
 	// A GPU whose MIG mode changes only at a reset (Ampere) keeps the
 	// mode it has: in MIG mode it offers MIG devices only, out of it the
@@ -274,6 +307,13 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device) ([]resourceapi.D
 	// is cheaper than creating.
 	for i := range static {
 		inst := static[i]
+		if n := computeInstances[inst.GIID]; n > 1 {
+			if !slices.ContainsFunc(static[:i], func(o gpu.MIGInstance) bool { return o.GIID == inst.GIID }) {
+				*withheld = append(*withheld, Withheld{GPU: g.UUID, GIID: inst.GIID, Profile: inst.Profile, Placement: inst.Placement,
+					Reason: fmt.Sprintf("GPU instance has %d compute instances; a MIG device is a GPU instance with one", n)})
+			}
+			continue
+		}
 		p := profileByID(g, inst.ProfileID)
 		if p == nil {
 			return nil, nil, fmt.Errorf("live MIG instance %s has unknown profile %d", inst.UUID, inst.ProfileID)
@@ -290,6 +330,7 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device) ([]resourceapi.D
 			return nil, nil, err
 		}
 	}
+	slices.SortFunc((*withheld)[firstWithheld:], func(a, b Withheld) int { return a.Placement.Start - b.Placement.Start })
 
 	if placements {
 		managedAt := map[[2]int]gpu.MIGInstance{}

@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/klog/v2"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
@@ -105,7 +106,15 @@ func (s *nodeState) refresh(inv *gpu.Inventory, owner migOwner) error {
 		return fmt.Errorf("build device model: %w", err)
 	}
 	s.mu.Lock()
+	prev := s.model
 	s.inv, s.model = inv, model
 	s.mu.Unlock()
+	// GPU instances someone else made that are no single MIG device are
+	// offered as nothing: say so once, when they appear or change.
+	if len(model.Withheld) > 0 && (prev == nil || !reflect.DeepEqual(prev.Withheld, model.Withheld)) {
+		for _, w := range model.Withheld {
+			klog.Background().Info("GPU instance is not offered; its memory slices stay occupied", "gpu", w.GPU, "giid", w.GIID, "profile", w.Profile, "placement", w.Placement.String(), "reason", w.Reason)
+		}
+	}
 	return nil
 }

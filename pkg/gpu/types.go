@@ -74,8 +74,23 @@ type GPU struct {
 	// possible placements, in NVML profile-ID order. Empty unless MIGCapable.
 	MIGProfiles []MIGProfile
 	// MIGInstances are the MIG devices that exist now (GPU instance plus
-	// compute instance), whoever created them.
+	// compute instance), whoever created them: one per compute instance,
+	// so a GPU instance with several compute instances is here several
+	// times, with the same GIID and placement.
 	MIGInstances []MIGInstance
+	// BareGPUInstances are the GPU instances without any compute instance
+	// (someone else created them, or a creation stopped half way). They
+	// are no MIG device, but their placements are occupied all the same.
+	BareGPUInstances []GPUInstance
+}
+
+// GPUInstance is a live GPU instance, named by its profile and placement.
+type GPUInstance struct {
+	ParentUUID string
+	ProfileID  int
+	Profile    string
+	Placement  Placement
+	GIID       int
 }
 
 // MIGProfile is a GPU-instance profile, e.g. "1g.10gb", with the compute

@@ -169,7 +169,7 @@ func readGPU(dev nvml.Device, index int) (gpu.GPU, error) {
 	}
 	g.MIGProfiles = profiles
 	if g.MIGEnabled {
-		if g.MIGInstances, err = readInstances(dev, g.UUID, profiles); err != nil {
+		if g.MIGInstances, g.BareGPUInstances, err = readInstances(dev, g.UUID, profiles); err != nil {
 			return g, fmt.Errorf("MIG instances of %s: %w", g.UUID, err)
 		}
 	}
@@ -250,32 +250,40 @@ func migUUIDs(dev nvml.Device) (map[[2]int]string, error) {
 	return out, nil
 }
 
-func readInstances(dev nvml.Device, parent string, profiles []gpu.MIGProfile) ([]gpu.MIGInstance, error) {
+// readInstances returns a MIG instance for every compute instance of every
+// GPU instance, and the GPU instances that have no compute instance: their
+// placements are occupied although they hold no MIG device.
+func readInstances(dev nvml.Device, parent string, profiles []gpu.MIGProfile) ([]gpu.MIGInstance, []gpu.GPUInstance, error) {
 	uuids, err := migUUIDs(dev)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var out []gpu.MIGInstance
+	var bare []gpu.GPUInstance
 	for pi, p := range profiles {
 		info, ret := dev.GetGpuInstanceProfileInfo(p.ID)
 		if ret != nvml.SUCCESS {
-			return nil, fmt.Errorf("profile %s: %w", p.Name, nvmlError(ret))
+			return nil, nil, fmt.Errorf("profile %s: %w", p.Name, nvmlError(ret))
 		}
 		gis, ret := dev.GetGpuInstances(&info)
 		if ret != nvml.SUCCESS {
-			return nil, fmt.Errorf("GPU instances of profile %s: %w", p.Name, nvmlError(ret))
+			return nil, nil, fmt.Errorf("GPU instances of profile %s: %w", p.Name, nvmlError(ret))
 		}
 		for _, gi := range gis {
 			giInfo, ret := gi.GetInfo()
 			if ret != nvml.SUCCESS {
-				return nil, fmt.Errorf("GPU instance of profile %s: %w", p.Name, nvmlError(ret))
+				return nil, nil, fmt.Errorf("GPU instance of profile %s: %w", p.Name, nvmlError(ret))
 			}
 			if full, err := fullComputeProfile(gi, int(info.SliceCount), int(info.MultiprocessorCount)); err == nil {
 				profiles[pi].ComputeProfileID = int(full.Id)
 			}
 			cis, err := computeInstances(gi)
 			if err != nil {
-				return nil, fmt.Errorf("compute instances of GPU instance %d: %w", giInfo.Id, err)
+				return nil, nil, fmt.Errorf("compute instances of GPU instance %d: %w", giInfo.Id, err)
+			}
+			placement := gpu.Placement{Start: int(giInfo.Placement.Start), Size: int(giInfo.Placement.Size)}
+			if len(cis) == 0 {
+				bare = append(bare, gpu.GPUInstance{ParentUUID: parent, ProfileID: p.ID, Profile: p.Name, Placement: placement, GIID: int(giInfo.Id)})
 			}
 			for _, ci := range cis {
 				out = append(out, gpu.MIGInstance{
@@ -283,7 +291,7 @@ func readInstances(dev nvml.Device, parent string, profiles []gpu.MIGProfile) ([
 					ParentUUID: parent,
 					ProfileID:  p.ID,
 					Profile:    p.Name,
-					Placement:  gpu.Placement{Start: int(giInfo.Placement.Start), Size: int(giInfo.Placement.Size)},
+					Placement:  placement,
 					GIID:       int(giInfo.Id),
 					CIID:       int(ci.Id),
 
@@ -298,7 +306,8 @@ func readInstances(dev nvml.Device, parent string, profiles []gpu.MIGProfile) ([
 		}
 		return out[a].CIID < out[b].CIID
 	})
-	return out, nil
+	sort.Slice(bare, func(a, b int) bool { return bare[a].Placement.Start < bare[b].Placement.Start })
+	return out, bare, nil
 }
 
 func computeInstances(gi nvml.GpuInstance) ([]nvml.ComputeInstanceInfo, error) {
