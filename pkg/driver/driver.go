@@ -235,7 +235,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		PoolName: cfg.NodeName, AfterStep: cfg.AfterStep, MPS: cfg.MPS, HeldWait: cfg.HeldDeviceWait,
 	})
 	d.monitor.Probe(ctx)
-	if err := d.state.refresh(inv, d.preparer); err != nil {
+	if err := d.state.refresh(ctx, inv, d.preparer); err != nil {
 		return nil, err
 	}
 	d.cfg.Metrics.setPrepared(cp)
@@ -258,7 +258,7 @@ func (d *Driver) Start(ctx context.Context) error {
 	// The offer is read before the node is watched: the watch would set
 	// it first, and the first model would be built without it.
 	if d.readOffer(ctx) {
-		if err := d.rebuild(); err != nil {
+		if err := d.rebuild(ctx); err != nil {
 			return d.failStart(err)
 		}
 	}
@@ -381,7 +381,7 @@ func (d *Driver) refreshAndPublish(ctx context.Context) error {
 		return fmt.Errorf("read GPU inventory: %w", err)
 	}
 	d.monitor.SetInventory(ctx, inv, readAt)
-	if err := d.state.refresh(inv, d.preparer); err != nil {
+	if err := d.state.refresh(ctx, inv, d.preparer); err != nil {
 		return err
 	}
 	return d.publish(ctx)
@@ -390,16 +390,16 @@ func (d *Driver) refreshAndPublish(ctx context.Context) error {
 // rebuildAndPublish rebuilds the model from the inventory last read, with
 // the current taints, and republishes if it changed.
 func (d *Driver) rebuildAndPublish(ctx context.Context) error {
-	if err := d.rebuild(); err != nil {
+	if err := d.rebuild(ctx); err != nil {
 		return err
 	}
 	return d.publish(ctx)
 }
 
 // rebuild rebuilds the model from the inventory last read.
-func (d *Driver) rebuild() error {
+func (d *Driver) rebuild(ctx context.Context) error {
 	inv, _ := d.state.current()
-	return d.state.refresh(inv, d.preparer)
+	return d.state.refresh(ctx, inv, d.preparer)
 }
 
 // publish hands the current model to the publisher, which changes only

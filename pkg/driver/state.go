@@ -80,7 +80,7 @@ type migOwner interface {
 }
 
 // refresh rebuilds the model from a new inventory and the plugin's claims.
-func (s *nodeState) refresh(inv *gpu.Inventory, owner migOwner) error {
+func (s *nodeState) refresh(ctx context.Context, inv *gpu.Inventory, owner migOwner) error {
 	in := devicemodel.Input{
 		Inventory:     inv,
 		Managed:       owner.ManagesMIG,
@@ -113,7 +113,7 @@ func (s *nodeState) refresh(inv *gpu.Inventory, owner migOwner) error {
 	// offered as nothing: say so once, when they appear or change.
 	if len(model.Withheld) > 0 && (prev == nil || !reflect.DeepEqual(prev.Withheld, model.Withheld)) {
 		for _, w := range model.Withheld {
-			klog.Background().Info("GPU instance is not offered; its memory slices stay occupied", "gpu", w.GPU, "giid", w.GIID, "profile", w.Profile, "placement", w.Placement.String(), "reason", w.Reason)
+			klog.FromContext(ctx).Info("GPU instance is not offered; its memory slices stay occupied", "gpu", w.GPU, "giid", w.GIID, "profile", w.Profile, "placement", w.Placement.String(), "reason", w.Reason)
 		}
 	}
 	return nil
