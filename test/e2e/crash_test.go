@@ -56,6 +56,9 @@ func (tp *testPlugin) start(extra ...string) {
 	fmt.Fprintf(log, "=== start %v\n", extra)
 	tp.cmd = exec.Command(filepath.Join(runDir, "bin/gpu-kubelet-plugin"), append(args, extra...)...)
 	tp.cmd.Stdout, tp.cmd.Stderr = log, log
+	// As on a GPU node: NVML from the driver root. The harness's
+	// GPU_DRA_SIMULATE (driver.sh's model) would be read as --simulate.
+	tp.cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "GPU_DRA_SIM") })
 	if err := tp.cmd.Start(); err != nil {
 		tp.t.Fatal(err)
 	}
@@ -71,6 +74,10 @@ func (tp *testPlugin) start(extra ...string) {
 		out, err := exec.Command("curl", "-fsS", "--max-time", "1", "http://127.0.0.1:8089/readyz").CombinedOutput()
 		return err == nil, fmt.Errorf("%w: %s", err, out)
 	})
+	data, _ := os.ReadFile(tp.logPath)
+	if want := `simulate="" `; !strings.Contains(string(data), want) {
+		tp.t.Fatalf("the test plugin did not start on the production path (no %s in its log)", want)
+	}
 }
 
 // waitKilled waits for the plugin to die by SIGKILL.
