@@ -64,6 +64,14 @@ func (tp *testPlugin) start(extra ...string) {
 	}
 	tp.exited = make(chan error, 1)
 	go func() { tp.exited <- tp.cmd.Wait(); log.Close() }()
+	// A test that failed with its plugin running leaves none behind: a
+	// stray plugin would publish the node's slices and hold its port.
+	cmd, t := tp.cmd, tp.t
+	t.Cleanup(func() {
+		if t.Failed() {
+			_ = cmd.Process.Kill()
+		}
+	})
 	eventually(tp.t, 30*time.Second, "test plugin ready", func() (bool, error) {
 		select {
 		case err := <-tp.exited:
