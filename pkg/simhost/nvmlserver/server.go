@@ -190,23 +190,13 @@ func reply(ret nvml.Return, results ...any) string {
 	return b.String()
 }
 
-// encodeString percent-encodes every byte that is not a printable ASCII
-// character other than '%', so that a string is one token.
+// encodeString is s as one token of an answer (simtools.EncodeToken);
+// an empty string is one NUL, so that it is still a token.
 func encodeString(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c <= ' ' || c > '~' || c == '%' {
-			fmt.Fprintf(&b, "%%%02X", c)
-			continue
-		}
-		b.WriteByte(c)
-	}
-	if b.Len() == 0 {
-		// An empty string is one NUL, so that it is still a token.
+	if s == "" {
 		return "%00"
 	}
-	return b.String()
+	return simtools.EncodeToken(s)
 }
 
 // args are a request's arguments, parsed in order; the first error sticks.
