@@ -308,7 +308,7 @@ func (c *checker) checkGPU(index int, err, modelErr error) {
 			details = append(details, fmt.Sprintf("compute instance: the plugin fills a GPU instance with the compute-instance profile spanning its %d slices with its %d SMs; not read: NVML lists compute-instance profiles only through a GPU instance, none of this profile exists, and a read-only check creates none", p.ComputeSlices, p.Multiprocessors))
 		}
 		for _, gi := range gis {
-			i, ok := nvmlnode.ChooseFullComputeProfile(len(gi.ComputeProfiles), func(i int) nvmlnode.ComputeProfileInfo { return gi.ComputeProfiles[i] }, p.ComputeSlices, p.Multiprocessors)
+			i, ok := nvmlnode.ChooseFullComputeProfile(gi.ComputeProfiles, p.ComputeSlices, p.Multiprocessors)
 			if !ok {
 				status = Fail
 				details = append(details, fmt.Sprintf("compute instance: GPU instance %d reports no compute-instance profile spanning its %d slices: creating a MIG device of this profile fails", gi.ID, p.ComputeSlices))

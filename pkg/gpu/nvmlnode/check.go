@@ -154,20 +154,17 @@ func (n *Node) ReadGPUDetails(ctx context.Context, index int) (GPUDetails, error
 // computeProfiles reads the compute-instance profiles (shared engines) a
 // GPU instance supports. It is read-only.
 func computeProfiles(gi nvml.GpuInstance) ([]ComputeProfileInfo, error) {
-	var out []ComputeProfileInfo
-	for id := 0; id < nvml.COMPUTE_INSTANCE_PROFILE_COUNT; id++ {
-		info, ret := gi.GetComputeInstanceProfileInfo(id, nvml.COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
-		if ret == nvml.ERROR_NOT_SUPPORTED || ret == nvml.ERROR_INVALID_ARGUMENT {
-			continue
-		}
-		if ret != nvml.SUCCESS {
-			return nil, fmt.Errorf("compute profile %d: %w", id, nvmlError(ret))
-		}
+	profiles, err := supportedComputeProfiles(gi)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]ComputeProfileInfo, 0, len(profiles))
+	for _, p := range profiles {
 		out = append(out, ComputeProfileInfo{
-			ID:              id,
-			Slices:          int(info.SliceCount),
-			Multiprocessors: int(info.MultiprocessorCount),
-			MaxInstances:    int(info.InstanceCount),
+			ID:              p.id,
+			Slices:          int(p.info.SliceCount),
+			Multiprocessors: int(p.info.MultiprocessorCount),
+			MaxInstances:    int(p.info.InstanceCount),
 		})
 	}
 	return out, nil

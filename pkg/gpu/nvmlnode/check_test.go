@@ -101,7 +101,7 @@ func TestReadGPUDetails(t *testing.T) {
 			}
 			for _, gi := range d.GPUInstances {
 				slices, sms := profileSize(t, d.GPU, gi.ProfileID)
-				i, ok := ChooseFullComputeProfile(len(gi.ComputeProfiles), func(i int) ComputeProfileInfo { return gi.ComputeProfiles[i] }, slices, sms)
+				i, ok := ChooseFullComputeProfile(gi.ComputeProfiles, slices, sms)
 				if !ok || gi.ComputeProfiles[i].Multiprocessors != sms {
 					t.Errorf("GPU instance %d reports compute profiles %+v, none with its %d slices and %d SMs that CreateMIG asks for", gi.ID, gi.ComputeProfiles, slices, sms)
 				}

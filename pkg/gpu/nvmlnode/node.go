@@ -274,10 +274,14 @@ func readInstances(dev nvml.Device, parent string, profiles []gpu.MIGProfile) ([
 			if ret != nvml.SUCCESS {
 				return nil, nil, fmt.Errorf("GPU instance of profile %s: %w", p.Name, nvmlError(ret))
 			}
-			if full, err := fullComputeProfile(gi, int(info.SliceCount), int(info.MultiprocessorCount)); err == nil {
+			ciProfiles, err := supportedComputeProfiles(gi)
+			if err != nil {
+				return nil, nil, fmt.Errorf("compute instances of GPU instance %d: %w", giInfo.Id, err)
+			}
+			if full, err := chooseFullComputeProfile(ciProfiles, int(info.SliceCount), int(info.MultiprocessorCount)); err == nil {
 				profiles[pi].ComputeProfileID = int(full.Id)
 			}
-			cis, err := computeInstances(gi)
+			cis, err := computeInstances(gi, ciProfiles)
 			if err != nil {
 				return nil, nil, fmt.Errorf("compute instances of GPU instance %d: %w", giInfo.Id, err)
 			}
@@ -310,8 +314,17 @@ func readInstances(dev nvml.Device, parent string, profiles []gpu.MIGProfile) ([
 	return out, bare, nil
 }
 
-func computeInstances(gi nvml.GpuInstance) ([]nvml.ComputeInstanceInfo, error) {
-	var out []nvml.ComputeInstanceInfo
+// supportedCIProfile is a compute-instance profile a GPU instance supports (shared
+// engines): the ID NVML is asked for it by, and what NVML reports of it.
+type supportedCIProfile struct {
+	id   int
+	info nvml.ComputeInstanceProfileInfo
+}
+
+// supportedComputeProfiles reads the compute-instance profiles gi supports,
+// in profile-ID order. It is read-only.
+func supportedComputeProfiles(gi nvml.GpuInstance) ([]supportedCIProfile, error) {
+	var out []supportedCIProfile
 	for id := 0; id < nvml.COMPUTE_INSTANCE_PROFILE_COUNT; id++ {
 		info, ret := gi.GetComputeInstanceProfileInfo(id, nvml.COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
 		if ret == nvml.ERROR_NOT_SUPPORTED || ret == nvml.ERROR_INVALID_ARGUMENT {
@@ -320,14 +333,23 @@ func computeInstances(gi nvml.GpuInstance) ([]nvml.ComputeInstanceInfo, error) {
 		if ret != nvml.SUCCESS {
 			return nil, fmt.Errorf("compute profile %d: %w", id, nvmlError(ret))
 		}
-		cis, ret := gi.GetComputeInstances(&info)
+		out = append(out, supportedCIProfile{id: id, info: info})
+	}
+	return out, nil
+}
+
+// computeInstances reads gi's compute instances of each of its profiles.
+func computeInstances(gi nvml.GpuInstance, profiles []supportedCIProfile) ([]nvml.ComputeInstanceInfo, error) {
+	var out []nvml.ComputeInstanceInfo
+	for _, p := range profiles {
+		cis, ret := gi.GetComputeInstances(&p.info)
 		if ret != nvml.SUCCESS {
-			return nil, fmt.Errorf("compute instances of profile %d: %w", id, nvmlError(ret))
+			return nil, fmt.Errorf("compute instances of profile %d: %w", p.id, nvmlError(ret))
 		}
 		for _, ci := range cis {
 			ciInfo, ret := ci.GetInfo()
 			if ret != nvml.SUCCESS {
-				return nil, fmt.Errorf("compute instance of profile %d: %w", id, nvmlError(ret))
+				return nil, fmt.Errorf("compute instance of profile %d: %w", p.id, nvmlError(ret))
 			}
 			out = append(out, ciInfo)
 		}
@@ -443,11 +465,11 @@ func (n *Node) CreateMIG(ctx context.Context, req gpu.MIGRequest) (gpu.MIGInstan
 	if ret != nvml.SUCCESS {
 		return gpu.MIGInstance{}, abandon(fmt.Errorf("read created GPU instance on %s: %w", req.ParentUUID, nvmlError(ret)), gi.Destroy)
 	}
-	ciProfile, err := fullComputeProfile(gi, int(info.SliceCount), int(info.MultiprocessorCount))
+	supportedCIProfile, err := fullComputeProfile(gi, int(info.SliceCount), int(info.MultiprocessorCount))
 	if err != nil {
 		return gpu.MIGInstance{}, abandon(fmt.Errorf("compute profile for GPU instance %d on %s: %w", giInfo.Id, req.ParentUUID, err), gi.Destroy)
 	}
-	ci, ret := gi.CreateComputeInstance(&ciProfile)
+	ci, ret := gi.CreateComputeInstance(&supportedCIProfile)
 	if ret != nvml.SUCCESS {
 		return gpu.MIGInstance{}, abandon(fmt.Errorf("create compute instance in GPU instance %d on %s: %w", giInfo.Id, req.ParentUUID, nvmlError(ret)), gi.Destroy)
 	}
@@ -494,37 +516,37 @@ func memoryTotal(dev nvml.Device) uint64 {
 // double-memory 1g GPU instance (1g.20gb) a compute instance with fewer
 // SMs than the GPU instance has.
 func fullComputeProfile(gi nvml.GpuInstance, slices, multiprocessors int) (nvml.ComputeInstanceProfileInfo, error) {
-	var cands []nvml.ComputeInstanceProfileInfo
-	for id := 0; id < nvml.COMPUTE_INSTANCE_PROFILE_COUNT; id++ {
-		info, ret := gi.GetComputeInstanceProfileInfo(id, nvml.COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
-		if ret == nvml.ERROR_NOT_SUPPORTED || ret == nvml.ERROR_INVALID_ARGUMENT {
-			continue
-		}
-		if ret != nvml.SUCCESS {
-			return info, fmt.Errorf("compute profile %d: %w", id, nvmlError(ret))
-		}
-		cands = append(cands, info)
+	profiles, err := supportedComputeProfiles(gi)
+	if err != nil {
+		return nvml.ComputeInstanceProfileInfo{}, err
 	}
-	i, ok := ChooseFullComputeProfile(len(cands), func(i int) ComputeProfileInfo {
-		return ComputeProfileInfo{ID: int(cands[i].Id), Slices: int(cands[i].SliceCount), Multiprocessors: int(cands[i].MultiprocessorCount)}
-	}, slices, multiprocessors)
+	return chooseFullComputeProfile(profiles, slices, multiprocessors)
+}
+
+// chooseFullComputeProfile is ChooseFullComputeProfile of the profiles a
+// GPU instance supports.
+func chooseFullComputeProfile(profiles []supportedCIProfile, slices, multiprocessors int) (nvml.ComputeInstanceProfileInfo, error) {
+	described := make([]ComputeProfileInfo, len(profiles))
+	for i, p := range profiles {
+		described[i] = ComputeProfileInfo{ID: int(p.info.Id), Slices: int(p.info.SliceCount), Multiprocessors: int(p.info.MultiprocessorCount)}
+	}
+	i, ok := ChooseFullComputeProfile(described, slices, multiprocessors)
 	if !ok {
 		return nvml.ComputeInstanceProfileInfo{}, fmt.Errorf("no compute profile spans %d slices", slices)
 	}
-	return cands[i], nil
+	return profiles[i].info, nil
 }
 
-// ChooseFullComputeProfile picks, of the n compute-instance profiles that
-// profile(i) describes (in NVML profile-ID order), the one CreateMIG uses
-// to fill a GPU instance of the given compute slices and SMs: of those
-// spanning all its slices, the one with exactly its SMs, else the most
-// SMs; of equals, the first. It returns the chosen index, false when none
-// spans the slices. It reads nothing.
-func ChooseFullComputeProfile(n int, profile func(i int) ComputeProfileInfo, slices, multiprocessors int) (int, bool) {
+// ChooseFullComputeProfile picks, of the compute-instance profiles (in
+// NVML profile-ID order), the one CreateMIG uses to fill a GPU instance of
+// the given compute slices and SMs: of those spanning all its slices, the
+// one with exactly its SMs, else the most SMs; of equals, the first. It
+// returns the chosen index, false when none spans the slices. It reads
+// nothing.
+func ChooseFullComputeProfile(profiles []ComputeProfileInfo, slices, multiprocessors int) (int, bool) {
 	best := -1
 	var bp ComputeProfileInfo
-	for i := 0; i < n; i++ {
-		c := profile(i)
+	for i, c := range profiles {
 		if c.Slices != slices {
 			continue
 		}
