@@ -707,7 +707,8 @@ func (s *Server) recordTimeSlice(token, slice string) string {
 	if err != nil || s.DriverRoot == "" {
 		return reply(nvml.ERROR_INVALID_ARGUMENT)
 	}
-	if ans := s.byUUID(uuid); !strings.HasPrefix(ans, "0 ") || !strings.HasSuffix(ans, " -1 -1") {
+	// A whole GPU of the node: nvidia-smi sets no time slice of a MIG device.
+	if _, gi, _, r := s.findUUID(uuid); r != nvml.SUCCESS || gi >= 0 {
 		return reply(nvml.ERROR_NOT_FOUND)
 	}
 	if err := simtools.RecordTimeSlice(s.DriverRoot, uuid, slice, time.Now().UTC().Format("2006-01-02T15:04:05Z")); err != nil {
@@ -716,11 +717,17 @@ func (s *Server) recordTimeSlice(token, slice string) string {
 	return reply(nvml.SUCCESS)
 }
 
-// byUUID finds a GPU or MIG device by UUID.
+// byUUID answers where a GPU or MIG device is, by UUID.
 func (s *Server) byUUID(uuid string) string {
+	gpuIndex, gi, ci, r := s.findUUID(uuid)
+	return reply(r, gpuIndex, gi, ci)
+}
+
+// findUUID finds a GPU (gi and ci -1) or MIG device by UUID.
+func (s *Server) findUUID(uuid string) (gpuIndex, gi, ci int, r nvml.Return) {
 	count, r := s.lib.DeviceGetCount()
 	if r != nvml.SUCCESS {
-		return reply(r)
+		return 0, 0, 0, r
 	}
 	for i := 0; i < count; i++ {
 		d, r := s.lib.DeviceGetHandleByIndex(i)
@@ -728,7 +735,7 @@ func (s *Server) byUUID(uuid string) string {
 			continue
 		}
 		if u, r := d.GetUUID(); r == nvml.SUCCESS && u == uuid {
-			return reply(r, i, -1, -1)
+			return i, -1, -1, nvml.SUCCESS
 		}
 		if !strings.HasPrefix(uuid, "MIG-") {
 			continue
@@ -748,12 +755,12 @@ func (s *Server) byUUID(uuid string) string {
 			gi, r1 := m.GetGpuInstanceId()
 			ci, r2 := m.GetComputeInstanceId()
 			if r1 != nvml.SUCCESS || r2 != nvml.SUCCESS {
-				return reply(nvml.ERROR_UNKNOWN)
+				return 0, 0, 0, nvml.ERROR_UNKNOWN
 			}
-			return reply(nvml.SUCCESS, i, gi, ci)
+			return i, gi, ci, nvml.SUCCESS
 		}
 	}
-	return reply(nvml.ERROR_NOT_FOUND)
+	return 0, 0, 0, nvml.ERROR_NOT_FOUND
 }
 
 // byPCI finds a GPU by PCI bus ID, in either of NVML's forms.
