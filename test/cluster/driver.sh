@@ -57,14 +57,17 @@ build() {
 # libnvidia-ml.so.1 of the driver root (as the kernel driver answers NVIDIA's), unless it runs
 # already for this model and state. Its PID is in $RUN/pids/gpu-sim.pid (down.sh stops it).
 serve_driver() {
-	local pidfile=$RUN/pids/gpu-sim.pid want pid
+	local pidfile=$RUN/pids/gpu-sim.pid want pid=
 	want="serve $SIMULATE $SIM_DIR/state"
-	if [[ -f $pidfile ]] && pid=$(<"$pidfile") && kill -0 "$pid" 2>/dev/null &&
-		[[ $(readlink "/proc/$pid/exe") == *gpu-sim* && $(<"$RUN/sim/serving") == "$want" ]] &&
-		[[ -S $SIM_DIR/host/driver/run/gpu-sim/nvml.sock ]]; then
+	# The recorded process, if it still runs gpu-sim.
+	if [[ -f $pidfile ]]; then
+		pid=$(<"$pidfile")
+		kill -0 "$pid" 2>/dev/null && [[ $(readlink "/proc/$pid/exe") == *gpu-sim* ]] || pid=
+	fi
+	if [[ -n $pid && $(<"$RUN/sim/serving") == "$want" && -S $SIM_DIR/host/driver/run/gpu-sim/nvml.sock ]]; then
 		return
 	fi
-	if [[ -f $pidfile ]] && pid=$(<"$pidfile") && kill -0 "$pid" 2>/dev/null && [[ $(readlink "/proc/$pid/exe") == *gpu-sim* ]]; then
+	if [[ -n $pid ]]; then
 		kill "$pid"
 		while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
 	fi
