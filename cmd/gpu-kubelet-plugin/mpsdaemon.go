@@ -41,10 +41,9 @@ when the directory is gone (the claim was unprepared).`,
 			if !filepath.IsAbs(s.Dir) || filepath.Clean(s.Dir) != s.Dir || !daemonKey.MatchString(filepath.Base(s.Dir)) {
 				return fmt.Errorf("--dir %q: not a daemon's directory (an absolute, clean path ending in a daemon's key)", s.Dir)
 			}
-			if gpus == "" {
-				return errors.New("--gpus: no GPU")
+			if gpus != "" {
+				s.GPUs = strings.Split(gpus, ",")
 			}
-			s.GPUs = strings.Split(gpus, ",")
 			ctx := klog.NewContext(cmd.Context(), klog.Background().WithValues("dir", s.Dir))
 			err := s.Run(ctx)
 			if errors.Is(err, mps.ErrDirectoryGone) {
@@ -60,7 +59,7 @@ when the directory is gone (the claim was unprepared).`,
 	}
 	cmd.Flags().StringVar(&s.Dir, "dir", "", "the daemon's directory, made by the plugin (<plugin data dir>/mps/<key>)")
 	cmd.Flags().StringVar(&s.DriverRoot, "driver-root", "/", "where nvidia-cuda-mps-control is found: the driver root as this container mounts it")
-	cmd.Flags().StringVar(&gpus, "gpus", "", "comma-separated UUIDs of the GPUs or MIG devices the daemon is given (CUDA_VISIBLE_DEVICES)")
+	cmd.Flags().StringVar(&gpus, "gpus", "", "comma-separated UUIDs of the GPUs or MIG devices the daemon is given (CUDA_VISIBLE_DEVICES); where the plugin wrote the daemon's spec in --dir, they must be its GPUs, which, with its limits, the spec decides")
 	cmd.Flags().DurationVar(&s.Timeout, "timeout", 0, "the most the quit command, and the daemon's stop after it, may take (0: 10s)")
 	return cmd
 }

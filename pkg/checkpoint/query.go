@@ -155,26 +155,15 @@ func Conflict(a, b Device) bool {
 	return a.MIG.Start < b.MIG.Start+b.MIG.Size && b.MIG.Start < a.MIG.Start+a.MIG.Size
 }
 
-// Shares returns the UIDs of the recorded claims that hold a share of the
-// GPU, sorted.
-func (c *Checkpoint) Shares(gpuUUID string) []string {
+// SharesThrough returns the UIDs of the recorded claims that hold a share
+// of a GPU served by the MPS control daemon of directory mpsDir, sorted.
+func (c *Checkpoint) SharesThrough(mpsDir string) []string {
 	var out []string
 	for uid, claim := range c.Claims {
-		if claim.holds() && slices.Contains(claim.SharedGPUs(), gpuUUID) {
+		if claim.holds() && slices.ContainsFunc(claim.Devices, func(d Device) bool { return d.Share != nil && d.MPSDir == mpsDir }) {
 			out = append(out, uid)
 		}
 	}
 	slices.Sort(out)
-	return out
-}
-
-// SharedGPUs returns the UUIDs of the GPUs the claim holds shares of.
-func (c *Claim) SharedGPUs() []string {
-	var out []string
-	for _, d := range c.Devices {
-		if d.Share != nil && !slices.Contains(out, d.GPUUUID) {
-			out = append(out, d.GPUUUID)
-		}
-	}
 	return out
 }

@@ -22,11 +22,14 @@ func TestQueries(t *testing.T) {
 		{Pool: "p", Name: "gpu-0-mig-1g10gb-5", GPUUUID: "GPU-0", MIG: mig(5, false, "")},
 	}}
 	cp.Claims["share-a"] = &Claim{UID: "share-a", State: PrepareCompleted, Devices: []Device{
-		{Pool: "p", Name: "gpu-2-shared", GPUUUID: "GPU-2", ShareID: "s1", Share: &Share{MemoryBytes: 1}},
+		{Pool: "p", Name: "gpu-2-shared", GPUUUID: "GPU-2", ShareID: "s1", Share: &Share{MemoryBytes: 1}, MPSDir: "/mps/shared-GPU-2"},
 	}}
 	cp.Claims["share-b"] = &Claim{UID: "share-b", State: PrepareCompleted, Devices: []Device{
-		{Pool: "p", Name: "gpu-2-shared", GPUUUID: "GPU-2", ShareID: "s2", Share: &Share{MemoryBytes: 1}},
-		{Pool: "p", Name: "gpu-2-shared", GPUUUID: "GPU-2", ShareID: "s3", Share: &Share{MemoryBytes: 1}},
+		{Pool: "p", Name: "gpu-2-shared", GPUUUID: "GPU-2", ShareID: "s2", Share: &Share{MemoryBytes: 1}, MPSDir: "/mps/shared-GPU-2"},
+		{Pool: "p", Name: "gpu-2-shared", GPUUUID: "GPU-2", ShareID: "s3", Share: &Share{MemoryBytes: 1}, MPSDir: "/mps/shared-GPU-2"},
+	}}
+	cp.Claims["share-c"] = &Claim{UID: "share-c", State: PrepareCompleted, Devices: []Device{
+		{Pool: "p", Name: "gpu-2-shared", GPUUUID: "GPU-2", ShareID: "s4", Share: &Share{MemoryBytes: 1}, MPSDir: "/mps/share-c"},
 	}}
 
 	at := func(gpu string, start int) Placement { return Placement{GPUUUID: gpu, ProfileID: 0, Start: start} }
@@ -102,11 +105,11 @@ func TestQueries(t *testing.T) {
 		}
 	}
 	delete(cp.Claims, "static")
-	if got := cp.Shares("GPU-2"); strings.Join(got, ",") != "share-a,share-b" {
-		t.Errorf("Shares(GPU-2) = %v", got)
+	if got := cp.SharesThrough("/mps/shared-GPU-2"); strings.Join(got, ",") != "share-a,share-b" {
+		t.Errorf("SharesThrough(/mps/shared-GPU-2) = %v, want the shares that daemon serves", got)
 	}
-	if got := cp.Shares("GPU-0"); len(got) != 0 {
-		t.Errorf("Shares(GPU-0) = %v, want none", got)
+	if got := cp.SharesThrough("/mps/shared-GPU-0"); len(got) != 0 {
+		t.Errorf("SharesThrough(/mps/shared-GPU-0) = %v, want none", got)
 	}
 }
 

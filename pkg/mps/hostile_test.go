@@ -14,6 +14,7 @@ import (
 
 	"k8s.io/klog/v2/ktesting"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/simhosttest"
 )
@@ -118,7 +119,7 @@ func TestStopWithAHostilePIDFile(t *testing.T) {
 			_, ctx := ktesting.NewTestContext(t)
 			m := newTestManager(t)
 			const key = "2f0e0a4c-0000-4000-8000-000000000010"
-			if err := m.Start(ctx, key, []string{"GPU-a"}); err != nil {
+			if err := m.Start(ctx, key, []string{"GPU-a"}, Limits{}); err != nil {
 				t.Fatal(err)
 			}
 			d := recorded(t, m, key)
@@ -158,7 +159,7 @@ func TestGoneDaemonWithAHostilePIDFile(t *testing.T) {
 			_, ctx := ktesting.NewTestContext(t)
 			m := newTestManager(t)
 			const key = "2f0e0a4c-0000-4000-8000-000000000011"
-			if err := m.Start(ctx, key, []string{"GPU-a"}); err != nil {
+			if err := m.Start(ctx, key, []string{"GPU-a"}, Limits{}); err != nil {
 				t.Fatal(err)
 			}
 			old := recorded(t, m, key)
@@ -175,7 +176,7 @@ func TestGoneDaemonWithAHostilePIDFile(t *testing.T) {
 			if restarted.Running(key) {
 				t.Fatal("a dead daemon reads as running")
 			}
-			if err := restarted.Start(ctx, key, []string{"GPU-a"}); err != nil {
+			if err := restarted.Start(ctx, key, []string{"GPU-a"}, Limits{}); err != nil {
 				t.Fatalf("start again: %v", err)
 			}
 			if now := recorded(t, restarted, key); now == old || !restarted.Running(key) {
@@ -199,7 +200,7 @@ func TestStopKillsADaemonThatWillNotQuit(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	m := newTestManager(t)
 	const key = "2f0e0a4c-0000-4000-8000-000000000012"
-	if err := m.Start(ctx, key, []string{"GPU-a"}); err != nil {
+	if err := m.Start(ctx, key, []string{"GPU-a"}, Limits{}); err != nil {
 		t.Fatal(err)
 	}
 	d := recorded(t, m, key)
@@ -226,7 +227,10 @@ func TestStopKillsADaemonThatWillNotQuit(t *testing.T) {
 func TestStartFailsWhenTheRecordCannotBeWritten(t *testing.T) {
 	m := newTestManager(t)
 	var attempted []record
-	m.writeFile = func(_ string, data []byte) error {
+	m.writeFile = func(path string, data []byte) error {
+		if filepath.Base(path) != recordFile {
+			return hostfs.WriteFileAtomic(path, data)
+		}
 		var rec record
 		if err := json.Unmarshal(data, &rec); err != nil {
 			t.Error(err)
@@ -236,7 +240,7 @@ func TestStartFailsWhenTheRecordCannotBeWritten(t *testing.T) {
 	}
 	const key = "2f0e0a4c-0000-4000-8000-000000000013"
 	_, ctx := ktesting.NewTestContext(t)
-	err := m.Start(ctx, key, []string{"GPU-a"})
+	err := m.Start(ctx, key, []string{"GPU-a"}, Limits{})
 	if !errors.Is(err, syscall.ENOSPC) {
 		t.Fatalf("start: %v, want ENOSPC", err)
 	}
@@ -260,7 +264,7 @@ func TestStopWritesNothingThroughAPlantedControlPipe(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	m := newTestManager(t)
 	const key = "2f0e0a4c-0000-4000-8000-000000000013"
-	if err := m.Start(ctx, key, []string{"GPU-a"}); err != nil {
+	if err := m.Start(ctx, key, []string{"GPU-a"}, Limits{}); err != nil {
 		t.Fatal(err)
 	}
 	d := recorded(t, m, key)

@@ -202,12 +202,14 @@ func envIn(dir string) []string {
 		"CUDA_MPS_LOG_DIRECTORY="+LogDirIn(dir))
 }
 
-// Start starts the claim's daemon for the GPUs (UUIDs, MIG or whole) and
-// waits until it is ready. A daemon that already runs is kept: Start is
-// idempotent. A daemon that does not get ready (or cannot be recorded,
-// which would leave it unknown to the plugin) is stopped again and the
-// failure returned.
-func (m *Manager) Start(ctx context.Context, key string, gpuUUIDs []string) error {
+// Start starts the claim's daemon for the GPUs (UUIDs, MIG or whole) with
+// the limits it imposes on its clients, and waits until it is ready. The
+// GPUs and limits are written to the daemon's directory first (specFile),
+// where its supervisor reads them. A daemon that already runs is kept:
+// Start is idempotent. A daemon that does not get ready (or cannot be
+// recorded, which would leave it unknown to the plugin) is stopped again
+// and the failure returned.
+func (m *Manager) Start(ctx context.Context, key string, gpuUUIDs []string, limits Limits) error {
 	logger := klog.FromContext(ctx)
 	if d, err := m.lookup(logger, key); err != nil {
 		return err
@@ -231,6 +233,9 @@ func (m *Manager) Start(ctx context.Context, key string, gpuUUIDs []string) erro
 			logger.V(2).Info("No MPS control daemon took the quit command", "key", key, "err", err)
 		}
 	}
+	if err := saveSpecIn(m.Dir(key), gpuUUIDs, limits, m.writeFile); err != nil {
+		return err
+	}
 	l := m.launcher()
 	if err := l.Launch(ctx, Daemon{Key: key, Dir: m.Dir(key), GPUs: gpuUUIDs}); err != nil {
 		return fmt.Errorf("launch MPS control daemon: %w", err)
@@ -243,7 +248,7 @@ func (m *Manager) Start(ctx context.Context, key string, gpuUUIDs []string) erro
 	nextCheck := time.Now()
 	for {
 		if d := m.recorded(key); d != nil && m.ready(key) {
-			logger.Info("MPS control daemon ready", "key", key, "gpus", gpuUUIDs, "pid", d.PID)
+			logger.Info("MPS control daemon ready", "key", key, "gpus", gpuUUIDs, "limits", limits, "pid", d.PID)
 			return nil
 		}
 		if now := time.Now(); !now.Before(nextCheck) {

@@ -25,14 +25,14 @@ func TestDaemonLifecycle(t *testing.T) {
 	if m.Running(uid) {
 		t.Fatal("running before start")
 	}
-	if err := m.Start(ctx, uid, []string{"GPU-a", "GPU-b"}); err != nil {
+	if err := m.Start(ctx, uid, []string{"GPU-a", "GPU-b"}, Limits{}); err != nil {
 		t.Fatal(err)
 	}
 	d := recorded(t, m, uid)
 	if !m.Running(uid) {
 		t.Fatal("not running after start")
 	}
-	if err := m.Start(ctx, uid, []string{"GPU-a", "GPU-b"}); err != nil || recorded(t, m, uid) != d {
+	if err := m.Start(ctx, uid, []string{"GPU-a", "GPU-b"}, Limits{}); err != nil || recorded(t, m, uid) != d {
 		t.Fatalf("second start: %v, daemon %+v -> %+v", err, d, recorded(t, m, uid))
 	}
 	restarted := NewManager(m.root, roots.DriverRoot)
@@ -62,7 +62,7 @@ func TestDaemonLifecycle(t *testing.T) {
 
 func TestMissingControlProgram(t *testing.T) {
 	m := NewManager(t.TempDir(), t.TempDir())
-	err := m.Start(context.Background(), "uid", []string{"GPU-a"})
+	err := m.Start(context.Background(), "uid", []string{"GPU-a"}, Limits{})
 	if err == nil || !strings.Contains(err.Error(), "nvidia-cuda-mps-control not found under the driver root") {
 		t.Errorf("error %v", err)
 	}

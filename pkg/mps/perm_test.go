@@ -46,7 +46,7 @@ func TestDirModes(t *testing.T) {
 				}
 			}
 			logger := ktesting.NewLogger(t, ktesting.NewConfig(ktesting.BufferLogs(true)))
-			if err := m.Start(klog.NewContext(context.Background(), logger), uid, []string{"GPU-a"}); err != nil {
+			if err := m.Start(klog.NewContext(context.Background(), logger), uid, []string{"GPU-a"}, Limits{}); err != nil {
 				t.Fatal(err)
 			}
 			recorded(t, m, uid)

@@ -41,7 +41,9 @@ type Supervisor struct {
 	Dir string
 	// DriverRoot is where the control program is found.
 	DriverRoot string
-	// GPUs are the UUIDs (MIG or whole) the daemon is given.
+	// GPUs are the UUIDs (MIG or whole) the daemon is given, as its
+	// launcher was told them. The plugin's spec in Dir, when there is one,
+	// decides: GPUs must then be empty or the same (resolveSpec).
 	GPUs []string
 	// ProcRoot is the root above /proc in which processes are identified:
 	// the host's ("/"), the supervisor running with hostPID, so that the
@@ -96,6 +98,10 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	sp, err := resolveSpec(s.Dir, s.GPUs)
+	if err != nil {
+		return fmt.Errorf("MPS control daemon's spec: %w", err)
+	}
 	p := s.procs()
 	self, err := p.identify(os.Getpid())
 	if err != nil {
@@ -140,7 +146,10 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	// In the foreground, as this process's child: its PID is the one fork
 	// returned, not one read from a file.
 	cmd := exec.Command(bin, "-f")
-	cmd.Env = append(envIn(s.Dir), "CUDA_VISIBLE_DEVICES="+strings.Join(s.GPUs, ","))
+	// The limits are the daemon's defaults for every server it starts and
+	// so for every client: a client can lower its own, not raise them.
+	cmd.Env = append(envIn(s.Dir), "CUDA_VISIBLE_DEVICES="+strings.Join(sp.GPUs, ","))
+	cmd.Env = append(cmd.Env, sp.Limits.env(sp.GPUs)...)
 	cmd.Stdout, cmd.Stderr = out, out
 	// The daemon must not get the signals of the supervisor's terminal or
 	// process group: the supervisor decides how it stops.
@@ -173,7 +182,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		kill()
 		return fmt.Errorf("start MPS control daemon: %w", err)
 	}
-	logger.Info("MPS control daemon started", "dir", s.Dir, "gpus", s.GPUs, "pid", id.PID)
+	logger.Info("MPS control daemon started", "dir", s.Dir, "gpus", sp.GPUs, "limits", sp.Limits, "pid", id.PID)
 	select {
 	case err := <-exited:
 		if s.directoryGoes() {

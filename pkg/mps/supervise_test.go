@@ -34,7 +34,7 @@ func TestCrashedDaemonIsRestarted(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	m := newTestManager(t)
 	const key = "2f0e0a4c-0000-4000-8000-000000000021"
-	if err := m.Start(ctx, key, []string{"GPU-a"}); err != nil {
+	if err := m.Start(ctx, key, []string{"GPU-a"}, Limits{}); err != nil {
 		t.Fatal(err)
 	}
 	first := recorded(t, m, key)
@@ -128,7 +128,7 @@ func TestStopWithoutTheLauncher(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	m := newTestManager(t)
 	const key = "2f0e0a4c-0000-4000-8000-000000000023"
-	if err := m.Start(ctx, key, []string{"GPU-a"}); err != nil {
+	if err := m.Start(ctx, key, []string{"GPU-a"}, Limits{}); err != nil {
 		t.Fatal(err)
 	}
 	d := recorded(t, m, key)

@@ -182,7 +182,7 @@ func TestAdminAccessToAShare(t *testing.T) {
 	if err := f.p.Unprepare(ctx, ref(c)); err != nil {
 		t.Fatal(err)
 	}
-	if f.mps.Running(sharedDaemon(f.inventory().GPUs[4].UUID)) || len(f.specs()) != 0 {
-		t.Errorf("after unprepare: daemon running %v, specs %v", f.mps.Running(sharedDaemon(f.inventory().GPUs[4].UUID)), f.specs())
+	if f.mps.Running(string(c.UID)) || len(f.specs()) != 0 {
+		t.Errorf("after unprepare: daemon running %v, specs %v", f.mps.Running(string(c.UID)), f.specs())
 	}
 }

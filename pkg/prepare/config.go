@@ -181,18 +181,26 @@ func perDeviceLimits(byKey map[string]v1beta1.Quantity, uuids []string) (map[int
 	return out, nil
 }
 
-// shareEnv is the container environment of a share of a shared GPU: the
-// GPU's daemon directories as the containers see them, the share's memory
-// as its pinned memory limit (MiB, for the only device the daemon has),
-// and its compute, when set, as its active thread percentage.
-func shareEnv(s checkpoint.Share) map[string]string {
+// shareEnv is the container environment of a claim's shares: its daemon's
+// directories as the containers see them and the limits the daemon
+// imposes (memory in MiB by the GPU's ordinal among the daemon's GPUs,
+// compute when set), which a client may lower but not raise.
+func shareEnv(l mps.Limits, uuids []string) map[string]string {
 	env := map[string]string{
-		"CUDA_MPS_PIPE_DIRECTORY":          mps.ContainerPipeDir,
-		"CUDA_MPS_LOG_DIRECTORY":           mps.ContainerLogDir,
-		"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT": fmt.Sprintf("0=%dM", s.MemoryBytes>>20),
+		"CUDA_MPS_PIPE_DIRECTORY": mps.ContainerPipeDir,
+		"CUDA_MPS_LOG_DIRECTORY":  mps.ContainerLogDir,
 	}
-	if s.ComputePercent > 0 {
-		env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = strconv.FormatInt(s.ComputePercent, 10)
+	var pinned []string
+	for i, uuid := range uuids {
+		if mib, ok := l.PinnedMemoryMiB[uuid]; ok {
+			pinned = append(pinned, fmt.Sprintf("%d=%dM", i, mib))
+		}
+	}
+	if len(pinned) > 0 {
+		env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] = strings.Join(pinned, ",")
+	}
+	if l.ActiveThreadPercentage > 0 {
+		env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = strconv.Itoa(l.ActiveThreadPercentage)
 	}
 	return env
 }

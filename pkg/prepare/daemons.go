@@ -9,6 +9,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
 )
 
 // EnsureDaemons starts again every MPS control daemon that a prepared
@@ -38,7 +39,8 @@ func (p *Preparer) EnsureDaemons(ctx context.Context) error {
 }
 
 // daemonKeys lists, sorted, the prepared claims that use a daemon of
-// their own and the GPUs that a prepared claim holds a share of, read
+// their own and the GPUs that a prepared claim holds a legacy share of
+// (served by its GPU's daemon, legacyShare), read
 // under the lock rather than from a copy of the checkpoint (this runs at
 // every inventory refresh).
 func (p *Preparer) daemonKeys() (claims, sharedGPUs []string) {
@@ -48,10 +50,10 @@ func (p *Preparer) daemonKeys() (claims, sharedGPUs []string) {
 		if c.State != checkpoint.PrepareCompleted {
 			continue
 		}
-		if slices.ContainsFunc(c.Devices, claimMPS) {
+		if slices.ContainsFunc(c.Devices, claimDaemon) {
 			claims = append(claims, uid)
 		}
-		for _, uuid := range c.SharedGPUs() {
+		for _, uuid := range legacySharedGPUs(c) {
 			if !slices.Contains(sharedGPUs, uuid) {
 				sharedGPUs = append(sharedGPUs, uuid)
 			}
@@ -72,14 +74,16 @@ func (p *Preparer) ensureClaimDaemon(ctx context.Context, uid string) error {
 	}
 	defer p.lockGPUs(c)()
 	klog.FromContext(ctx).Info("A prepared claim's MPS control daemon is gone; starting it again", "claimUID", uid)
-	if err := p.opts.MPS.Start(ctx, uid, mpsUUIDs(c)); err != nil {
+	if err := startClaimDaemon(ctx, p.opts.MPS, c); err != nil {
 		return fmt.Errorf("claim %s: start its MPS control daemon again: %w", uid, err)
 	}
 	return nil
 }
 
-// ensureSharedDaemon starts a shared GPU's daemon, if a claim still holds
-// a share of it once the GPU's lock is held.
+// ensureSharedDaemon starts a previous release's daemon of a shared GPU,
+// if a claim still holds a legacy share of it once the GPU's lock is
+// held. It has no limits: that release set them in the containers'
+// environment only.
 func (p *Preparer) ensureSharedDaemon(ctx context.Context, uuid string) error {
 	defer p.lockGPUs(&checkpoint.Claim{Devices: []checkpoint.Device{{GPUUUID: uuid}}})()
 	key := sharedDaemon(uuid)
@@ -90,7 +94,7 @@ func (p *Preparer) ensureSharedDaemon(ctx context.Context, uuid string) error {
 		return nil // only shares being prepared or undone: theirs to start or stop
 	}
 	klog.FromContext(ctx).Info("The MPS control daemon of a shared GPU's shares is gone; starting it again", "gpu", uuid)
-	if err := p.opts.MPS.Start(ctx, key, []string{uuid}); err != nil {
+	if err := p.opts.MPS.Start(ctx, key, []string{uuid}, mps.Limits{}); err != nil {
 		return fmt.Errorf("GPU %s: start the MPS control daemon of its shares again: %w", uuid, err)
 	}
 	return nil

@@ -11,8 +11,7 @@ import (
 )
 
 // TestEnsureDaemonsStartsTheGoneOnes: the daemons of a prepared MPS claim
-// and of a shared GPU with a share, both gone (their pods evicted), are
-// started again; a claim unprepared meanwhile is not given its daemon
+// and of a share, both gone (their pods evicted), are started again; a claim unprepared meanwhile is not given its daemon
 // back, and running daemons are left alone.
 func TestEnsureDaemonsStartsTheGoneOnes(t *testing.T) {
 	ctx := context.Background()
@@ -25,8 +24,7 @@ func TestEnsureDaemonsStartsTheGoneOnes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	uuid := f.inventory().GPUs[2].UUID
-	for _, key := range []string{string(own.UID), sharedDaemon(uuid)} {
+	for _, key := range []string{string(own.UID), string(share.UID)} {
 		if err := f.mps.Stop(ctx, key); err != nil { // as if its pod were evicted
 			t.Fatal(err)
 		}
@@ -37,7 +35,7 @@ func TestEnsureDaemonsStartsTheGoneOnes(t *testing.T) {
 	if err := f.p.EnsureDaemons(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for _, key := range []string{string(own.UID), sharedDaemon(uuid)} {
+	for _, key := range []string{string(own.UID), string(share.UID)} {
 		if !f.mps.Running(key) {
 			t.Errorf("daemon %s not started again", key)
 		}
@@ -64,7 +62,7 @@ func TestEnsureDaemonsStartsTheGoneOnes(t *testing.T) {
 // TestEnsureDaemonsSkipsAHalfUnpreparedClaim: an unprepare that stopped
 // the daemons but could not delete the CDI spec fails, and the kubelet
 // retries it; meanwhile the claim is not served as prepared, so its own
-// daemon and its GPU's shared daemon are not started again for containers
+// daemon and its share's are not started again for containers
 // that are gone.
 func TestEnsureDaemonsSkipsAHalfUnpreparedClaim(t *testing.T) {
 	ctx := context.Background()
@@ -87,7 +85,7 @@ func TestEnsureDaemonsSkipsAHalfUnpreparedClaim(t *testing.T) {
 	if err := f.p.EnsureDaemons(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for _, key := range []string{string(own.UID), sharedDaemon(f.inventory().GPUs[2].UUID)} {
+	for _, key := range []string{string(own.UID), string(share.UID)} {
 		if f.mps.Running(key) {
 			t.Errorf("daemon %s started again for a claim being unprepared", key)
 		}

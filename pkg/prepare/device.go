@@ -15,14 +15,11 @@ func (p *Preparer) prepareDevice(ctx context.Context, d *checkpoint.Device) (boo
 	case d.AdminAccess:
 		return false, nil // as it is: no MIG mode, instance or daemon changed
 	case d.Share != nil:
+		// The claim's own MPS control daemon serves the share; it is
+		// started once every device is ready.
 		if err := p.gpus.SetMIGMode(ctx, d.GPUUUID, false); err != nil {
 			return false, fmt.Errorf("turn MIG mode off: %w", err)
 		}
-		// Idempotent: the GPU's other shares may have started it.
-		if err := p.opts.MPS.Start(ctx, sharedDaemon(d.GPUUUID), []string{d.GPUUUID}); err != nil {
-			return false, fmt.Errorf("start the shared GPU's MPS control daemon: %w", err)
-		}
-		p.step(StepMPSStarted)
 		return false, nil
 	case d.MIG == nil:
 		// A whole GPU is a plain CUDA device only with MIG mode off. This

@@ -82,7 +82,7 @@ func (p *Preparer) plan(claim *resourceapi.ResourceClaim) (*checkpoint.Claim, er
 				}
 				break
 			}
-			if err := p.planShare(&d, &r); err != nil {
+			if err := p.planShare(rec.UID, &d, &r); err != nil {
 				return nil, fmt.Errorf("device %s: %w", r.Device, err)
 			}
 		}
@@ -101,8 +101,9 @@ func (p *Preparer) plan(claim *resourceapi.ResourceClaim) (*checkpoint.Claim, er
 }
 
 // planShare records what a share of a shared GPU was allocated: its share
-// ID and the memory and compute it consumes, which become its MPS limits.
-func (p *Preparer) planShare(d *checkpoint.Device, r *resourceapi.DeviceRequestAllocationResult) error {
+// ID and the memory and compute it consumes, which become the limits of
+// the claim's own MPS daemon.
+func (p *Preparer) planShare(claimUID string, d *checkpoint.Device, r *resourceapi.DeviceRequestAllocationResult) error {
 	if r.ShareID == nil {
 		return errors.New("a shared GPU allocated without a share ID (is the DRAConsumableCapacity feature off in the scheduler?)")
 	}
@@ -119,7 +120,7 @@ func (p *Preparer) planShare(d *checkpoint.Device, r *resourceapi.DeviceRequestA
 	}
 	d.ShareID = string(*r.ShareID)
 	d.Share = &checkpoint.Share{MemoryBytes: memory.Value(), ComputePercent: compute.Value()}
-	d.MPSDir = p.opts.MPS.Dir(sharedDaemon(d.GPUUUID))
+	d.MPSDir = p.opts.MPS.Dir(claimUID)
 	return nil
 }
 

@@ -46,6 +46,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
 )
 
 // GPUs is what prepare needs of the hardware.
@@ -59,11 +60,12 @@ type GPUs interface {
 }
 
 // MPS runs MPS control daemons (*mps.Manager), each known by a key: a
-// claim's UID for a claim's own daemon, sharedDaemon(GPU UUID) for the
-// daemon that the shares of a shared GPU use.
+// claim's UID for a claim's own daemon, which its MPS devices and shares
+// use; sharedDaemon(GPU UUID) for a previous release's daemon of a shared
+// GPU's shares.
 type MPS interface {
 	Dir(key string) string
-	Start(ctx context.Context, key string, gpuUUIDs []string) error
+	Start(ctx context.Context, key string, gpuUUIDs []string, limits mps.Limits) error
 	Stop(ctx context.Context, key string) error
 	Running(key string) bool
 	Claims(ctx context.Context) ([]string, error)
@@ -255,7 +257,7 @@ func (p *Preparer) Prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 		}
 		p.step(StepMIGRecorded)
 	}
-	if len(mpsConfigs) > 0 {
+	if slices.ContainsFunc(rec.Devices, claimDaemon) {
 		if err := p.startClaimMPS(ctx, rec, mpsConfigs); err != nil {
 			return fail(err)
 		}
@@ -304,7 +306,6 @@ func (p *Preparer) configure(claim *resourceapi.ResourceClaim, rec *checkpoint.C
 			if settings.mps != nil || settings.timeSlice != "" {
 				return nil, fmt.Errorf("device %s: parameters.sharing: a share of a shared GPU is always shared through MPS with the memory and compute it was allocated; remove the sharing configuration for this request", d.Name)
 			}
-			d.Env = mergeEnv(d.Env, shareEnv(*d.Share))
 			continue
 		}
 		if settings.mps != nil {
@@ -315,14 +316,23 @@ func (p *Preparer) configure(claim *resourceapi.ResourceClaim, rec *checkpoint.C
 			d.MPSDir = p.opts.MPS.Dir(rec.UID)
 		}
 	}
-	if err := oneDaemonPerRequest(rec); err != nil {
+	limits, err := daemonLimits(rec)
+	if err != nil {
 		return nil, err
+	}
+	// A share's containers are told their limits, which the daemon
+	// imposes whatever they do with them.
+	for i := range rec.Devices {
+		if d := &rec.Devices[i]; d.Share != nil {
+			d.Env = mergeEnv(d.Env, shareEnv(limits, mpsUUIDs(rec)))
+		}
 	}
 	return mpsConfigs, nil
 }
 
 // startClaimMPS starts the claim's own MPS control daemon, now that every
-// device has its UUID, and adds its limits to the devices' environment.
+// device has its UUID, and adds the limits of the devices its
+// configuration shares to their environment.
 func (p *Preparer) startClaimMPS(ctx context.Context, rec *checkpoint.Claim, configs map[int]*v1beta1.MpsConfig) error {
 	envs, err := mpsEnv(rec, configs)
 	if err != nil {
@@ -331,7 +341,18 @@ func (p *Preparer) startClaimMPS(ctx context.Context, rec *checkpoint.Claim, con
 	for i, env := range envs {
 		rec.Devices[i].Env = mergeEnv(rec.Devices[i].Env, env)
 	}
-	if err := p.opts.MPS.Start(ctx, rec.UID, mpsUUIDs(rec)); err != nil {
+	return startClaimDaemon(ctx, p.opts.MPS, rec)
+}
+
+// startClaimDaemon starts the claim's own daemon (or finds it running)
+// with its GPUs and its shares' limits, as prepare, start-up
+// reconciliation and EnsureDaemons do.
+func startClaimDaemon(ctx context.Context, m MPS, rec *checkpoint.Claim) error {
+	limits, err := daemonLimits(rec)
+	if err != nil {
+		return err
+	}
+	if err := m.Start(ctx, rec.UID, mpsUUIDs(rec), limits); err != nil {
 		return fmt.Errorf("start MPS control daemon: %w", err)
 	}
 	return nil

@@ -396,7 +396,7 @@ func TestMPS(t *testing.T) {
 		t.Fatal(err)
 	}
 	const orphan = "99999999-0000-4000-8000-000000000000"
-	if err := f.mps.Start(ctx, orphan, []string{"GPU-x"}); err != nil {
+	if err := f.mps.Start(ctx, orphan, []string{"GPU-x"}, mps.Limits{}); err != nil {
 		t.Fatal(err)
 	}
 	_, rep, err := f.reconcile(ctx, f.saved(), f.inventory(), nil)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
 )
 
 // ReconcileCDI is what start-up reconciliation needs of the CDI specs.
@@ -218,7 +219,7 @@ func (rc *reconciliation) claim(ctx context.Context, c *checkpoint.Claim) error 
 	}
 	if uuids := mpsUUIDs(c); len(uuids) > 0 && rc.MPS != nil && !rc.MPS.Running(c.UID) {
 		rc.logger.Info("Prepared claim's MPS control daemon is gone (node rebooted?); starting it again", "claimUID", c.UID)
-		if err := rc.MPS.Start(ctx, c.UID, uuids); err != nil {
+		if err := startClaimDaemon(ctx, rc.MPS, c); err != nil {
 			return fmt.Errorf("restart MPS control daemon: %w", err)
 		}
 		rc.rep.MPSRestarted = append(rc.rep.MPSRestarted, c.UID)
@@ -317,12 +318,12 @@ func (rc *reconciliation) orphanSpecs() {
 	}
 }
 
-// daemons starts again the MPS daemons of shared GPUs that have shares,
-// and stops the daemons of no claim or share.
+// daemons starts again the daemons of shared GPUs that still have legacy
+// shares (legacyShare), and stops the daemons of no claim or such share.
 func (rc *reconciliation) daemons(ctx context.Context) error {
 	shared := map[string]bool{}
 	for _, c := range rc.cp.Claims {
-		for _, uuid := range c.SharedGPUs() {
+		for _, uuid := range legacySharedGPUs(c) {
 			shared[sharedDaemon(uuid)] = true
 		}
 	}
@@ -332,7 +333,7 @@ func (rc *reconciliation) daemons(ctx context.Context) error {
 			continue
 		}
 		rc.logger.Info("The MPS control daemon of a shared GPU's shares is gone (node rebooted?); starting it again", "daemon", key)
-		if err := rc.MPS.Start(ctx, key, []string{uuid}); err != nil {
+		if err := rc.MPS.Start(ctx, key, []string{uuid}, mps.Limits{}); err != nil {
 			rc.fail(key, fmt.Errorf("GPU %s: restart the MPS control daemon of its shares: %w", uuid, err))
 			continue
 		}
@@ -388,6 +389,8 @@ func (l liveGPUs) SetTimeSlice(ctx context.Context, gpuUUID, interval string) er
 // a shared GPU whose last share it undid as an orphan: a daemon of no
 // share.
 type sweptDaemons struct{ rc *reconciliation }
+
+func (s sweptDaemons) Dir(key string) string { return s.rc.MPS.Dir(key) }
 
 func (s sweptDaemons) Stop(ctx context.Context, key string) error {
 	if err := s.rc.MPS.Stop(ctx, key); err != nil {

@@ -17,8 +17,9 @@ import (
 type claimIndex interface {
 	// Owner returns a claim other than uid that holds d, or "".
 	Owner(uid string, d checkpoint.Device) string
-	// Shares returns the claims that hold a share of the GPU.
-	Shares(gpuUUID string) []string
+	// SharesThrough returns the claims that hold a share served by the
+	// MPS daemon of directory mpsDir.
+	SharesThrough(mpsDir string) []string
 }
 
 // undoGPUs is what a rollback needs of the hardware.
@@ -29,6 +30,7 @@ type undoGPUs interface {
 
 // daemonStopper stops MPS control daemons (MPS).
 type daemonStopper interface {
+	Dir(key string) string
 	Stop(ctx context.Context, key string) error
 }
 
@@ -50,8 +52,8 @@ type undoer struct {
 	step       func(Step)
 }
 
-// undo stops rec's MPS control daemon and the shared GPUs' daemons of
-// which it held the last share, destroys the MIG devices rec created,
+// undo stops rec's MPS control daemon and the legacy shared GPUs' daemons
+// of which it held the last share, destroys the MIG devices rec created,
 // restores the time slices it set, and removes its CDI spec. Forgetting
 // rec is the caller's. The daemons go first: an MPS server on a MIG
 // device keeps its compute instance in use, and NVML refuses to destroy it
@@ -106,18 +108,18 @@ func (u undoer) createdBy(rec *checkpoint.Claim, d checkpoint.Device) (gpu.MIGRe
 	return gpu.MIGRef{}, false
 }
 
-// releaseShares stops the MPS daemon of every GPU on which rec holds the
-// last share. The caller holds the GPUs' locks, so no share of them is
+// releaseShares stops a previous release's MPS daemon of every GPU on
+// which rec holds the last legacy share (legacyShare). The caller holds the GPUs' locks, so no share of them is
 // being prepared; a claim that records a share but has not started its
 // prepare yet counts as holding it, and will start the daemon again if
 // it was stopped before it was recorded.
 func (u undoer) releaseShares(ctx context.Context, rec *checkpoint.Claim) error {
-	for _, uuid := range rec.SharedGPUs() {
-		if slices.ContainsFunc(u.others.Shares(uuid), func(uid string) bool { return uid != rec.UID }) {
-			continue
-		}
+	for _, uuid := range legacySharedGPUs(rec) {
 		if u.mps == nil {
 			return errors.New("the claim holds a share of a GPU, but MPS is not available on this node")
+		}
+		if slices.ContainsFunc(u.others.SharesThrough(u.mps.Dir(sharedDaemon(uuid))), func(uid string) bool { return uid != rec.UID }) {
+			continue
 		}
 		if err := u.mps.Stop(ctx, sharedDaemon(uuid)); err != nil {
 			return fmt.Errorf("GPU %s: stop the MPS control daemon of its shares: %w", uuid, err)
@@ -169,8 +171,8 @@ func (l lockedIndex) Owner(uid string, d checkpoint.Device) string {
 	return l.p.cp.Owner(uid, d)
 }
 
-func (l lockedIndex) Shares(gpuUUID string) []string {
+func (l lockedIndex) SharesThrough(mpsDir string) []string {
 	l.p.mu.Lock()
 	defer l.p.mu.Unlock()
-	return l.p.cp.Shares(gpuUUID)
+	return l.p.cp.SharesThrough(mpsDir)
 }

@@ -279,10 +279,10 @@ func (f *fixture) checkTruthful(ctx context.Context, when string, durable bool) 
 		if !specs[uid] {
 			f.t.Errorf("%s: prepared claim %s has no CDI spec", when, uid)
 		}
-		if slices.ContainsFunc(c.Devices, claimMPS) {
+		if slices.ContainsFunc(c.Devices, claimDaemon) {
 			wantDaemons[uid] = true
 		}
-		for _, g := range c.SharedGPUs() {
+		for _, g := range legacySharedGPUs(c) {
 			wantDaemons[sharedDaemon(g)] = true
 		}
 		for _, d := range c.Devices {

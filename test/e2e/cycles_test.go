@@ -52,9 +52,14 @@ func previousChartValues() []string {
 // checkpoint entries, MIG instances). An MPS pod and a pod with a share
 // of a GPU join them after the first upgrade (their daemons then run in
 // pods of their own: the previous release ran daemons in its container,
-// which its replacement ends once): from then on both daemons are the
-// same processes, never started again nor asked to quit, until the
-// previous release unprepares the claims at the end.
+// which its replacement ends once): from then on both claims' daemons are
+// the same processes, never started again nor asked to quit, until the
+// previous release unprepares the claims at the end. The previous release
+// knows one daemon per shared GPU, not per share's claim: each downgrade
+// starts such a daemon for the share's GPU (which each upgrade stops as a
+// daemon of no share it knows), and its unprepare of the share leaves the
+// claim's own daemon to its next start (docs/helm.md, "Changes that need
+// attention"); the test restarts it at the end to see that done.
 func TestUpgradeDowngradeCyclesWithThePreviousRelease(t *testing.T) {
 	cycles := 20
 	if v := os.Getenv("GPU_DRA_E2E_CYCLES"); v != "" {
@@ -113,12 +118,22 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: shared
 	held := startHeldPods(t, podNS, "held")
 	var daemons map[string]int
 	var mpsStarts, mpsQuits int
+	// events counts the starts or quits of the held claims' daemons.
+	events := func(what string) int {
+		n := 0
+		for key := range daemons {
+			n += mpsDaemonEventsOf(what, key)
+		}
+		return n
+	}
 	mpsKept := func(when string) {
-		if got := mpsDaemonPIDs(t); !maps.Equal(got, daemons) {
+		got := mpsDaemonPIDs(t)
+		maps.DeleteFunc(got, func(key string, _ int) bool { _, held := daemons[key]; return !held })
+		if !maps.Equal(got, daemons) {
 			t.Errorf("%s: MPS daemons %v, want the same processes %v", when, got, daemons)
 		}
-		if n, q := mpsDaemonEvents("start")-mpsStarts, mpsDaemonEvents("quit")-mpsQuits; n != 0 || q != 0 {
-			t.Errorf("%s: %d MPS daemons started and %d quit, want none", when, n, q)
+		if n, q := events("start")-mpsStarts, events("quit")-mpsQuits; n != 0 || q != 0 {
+			t.Errorf("%s: %d of the held claims' MPS daemons started and %d quit, want none", when, n, q)
 		}
 	}
 
@@ -131,9 +146,9 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: shared
 			held.add(t, "held-mps", "mps")
 			held.add(t, "held-share", "share")
 			if daemons = mpsDaemonPIDs(t); len(daemons) != 2 {
-				t.Fatalf("MPS daemons %v, want the MPS claim's and the shared GPU's", daemons)
+				t.Fatalf("MPS daemons %v, want the MPS claim's and the share's", daemons)
 			}
-			mpsStarts, mpsQuits = mpsDaemonEvents("start"), mpsDaemonEvents("quit")
+			mpsStarts, mpsQuits = events("start"), events("quit")
 		}
 		held.assertKept(t, fmt.Sprintf("cycle %d, upgraded to this version", i+1))
 		mpsKept(fmt.Sprintf("cycle %d, upgraded to this version", i+1))
@@ -150,9 +165,13 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: shared
 	}
 	t.Logf("%d upgrade/downgrade cycles %s <-> this version with a whole GPU, a MIG device, an MPS GPU and a share held", cycles, previousRelease[:12])
 	held.release(t, migBefore, "the previous release")
-	if q := mpsDaemonEvents("quit") - mpsQuits; q != 2 {
-		t.Errorf("%d MPS daemons quit at the end, want 2 (the MPS claim's and the shared GPU's)", q)
-	}
+	// The previous release stops the share's daemon as an orphan at its
+	// next start.
+	kubectl(t, "delete", "pod", "-n", ns, plugin.Name, "--wait=true")
+	waitChartPlugin(t, ns)
+	eventually(t, 60*time.Second, "both held claims' MPS daemons quit", func() (bool, error) {
+		return events("quit")-mpsQuits == 2, fmt.Errorf("%d quit", events("quit")-mpsQuits)
+	})
 	// The daemon's supervisor found its directory gone and ended: no
 	// daemon runs, and its pod is not running one.
 	eventually(t, 60*time.Second, "the MPS daemon's pod ended", func() (bool, error) {

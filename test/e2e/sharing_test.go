@@ -9,6 +9,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -63,8 +64,25 @@ func TestTimeSlicedClaimSharedByTwoPods(t *testing.T) {
 // mpsDaemonEvents counts the simulated MPS control daemons' "start" or
 // "quit" events on the node so far.
 func mpsDaemonEvents(what string) int {
+	return strings.Count(mpsLogText(), " "+what+" ")
+}
+
+// mpsLogText is the simulated driver's MPS log: every daemon's start, with
+// its GPUs, pipe directory and the limits in its environment, and quit.
+func mpsLogText() string {
 	data, _ := os.ReadFile(simhost.MPSLogPath(runDir + "/sim/host/driver"))
-	return strings.Count(string(data), " "+what+" ")
+	return string(data)
+}
+
+// mpsDaemonEventsOf counts the starts or quits of the daemon of one key.
+func mpsDaemonEventsOf(what, key string) int {
+	n := 0
+	for _, line := range strings.Split(mpsLogText(), "\n") {
+		if strings.Contains(line, " "+what+" ") && strings.Contains(line, " pipe="+runDir+"/kubelet/plugins/gpu.nvidia.com/mps/"+key+"/pipe") {
+			n++
+		}
+	}
+	return n
 }
 
 // mpsClaimTemplate is the ResourceClaimTemplate "mps" in namespace ns: a
@@ -245,8 +263,9 @@ func TestMPSClaimSharedByTwoPods(t *testing.T) {
 }
 
 // TestQuarterGPUs applies the fractional-GPU demo: four replicas, each
-// with a 20Gi/25% share, land on one GPU's shared device, run as clients of
-// one MPS daemon with their limits in their environment, and keep it
+// with a 20Gi/25% share, land on one GPU's shared device, each the client
+// of an MPS daemon of its own claim, started with the share's limits in
+// its own environment (and told them in the replica's), and keep them
 // through a plugin restart; a fifth replica goes to another GPU; the GPU
 // is not given out whole meanwhile; scaling to zero stops the daemons.
 func TestQuarterGPUs(t *testing.T) {
@@ -296,9 +315,13 @@ func TestQuarterGPUs(t *testing.T) {
 				t.Errorf("pod %s lacks %q:\n%s", pods[i].Name, want, log)
 			}
 		}
+		key := string(claimOf(t, &pods[i], "gpu").UID)
+		if want := "devices=" + uuid + " pipe=" + runDir + "/kubelet/plugins/gpu.nvidia.com/mps/" + key + "/pipe active_thread_percentage=25 pinned_device_mem_limit=0=20480M"; !strings.Contains(mpsLogText(), want) {
+			t.Errorf("pod %s: no daemon of its own claim started with %q:\n%s", pods[i].Name, want, mpsLogText())
+		}
 	}
-	if n := count("start") - startsBefore; n != 1 {
-		t.Fatalf("%d MPS daemons started for one shared GPU", n)
+	if n := count("start") - startsBefore; n != 4 {
+		t.Fatalf("%d MPS daemons started for four shares of one GPU, want one per share's claim", n)
 	}
 
 	// The GPU is shared: a whole-GPU claim pinned to it stays pending.
@@ -320,7 +343,7 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nv
 	for i := range pods {
 		clients = append(clients, pods[i].Name)
 	}
-	assertDaemonsKept(t, ns, clients, 1)
+	assertDaemonsKept(t, ns, clients, 4)
 
 	// A fifth replica does not fit: it gets a share of another GPU.
 	kubectl(t, "scale", "deployment", "-n", ns, "model-server", "--replicas=5")
@@ -338,9 +361,9 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nv
 
 	kubectl(t, "scale", "deployment", "-n", ns, "model-server", "--replicas=0")
 	// The daemon logs its quit before the plugin removes its directory.
-	eventually(t, 90*time.Second, "both shared GPUs' MPS daemons stopped and their directories removed", func() (bool, error) {
+	eventually(t, 90*time.Second, "the five shares' MPS daemons stopped and their directories removed", func() (bool, error) {
 		dirs, _ := os.ReadDir(runDir + "/kubelet/plugins/gpu.nvidia.com/mps")
-		return count("quit")-quitsBefore == 2 && len(dirs) == 0,
+		return count("quit")-quitsBefore == 5 && len(dirs) == 0,
 			fmt.Errorf("%d starts, %d quits, directories %v", count("start")-startsBefore, count("quit")-quitsBefore, dirs)
 	})
 }
@@ -348,9 +371,8 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nv
 // TestAdminAccessToAShareAndSharesOfSeveralGPUs: a monitor's claim with
 // admin access to a shared GPU is allocated a share ID like any share, and
 // its status entry names it (the API server refuses one without it); a
-// request for two shares, which the scheduler puts on two GPUs whose
-// daemons no container reaches both of, fails to prepare naming the
-// request, rather than running with one GPU out of reach.
+// request for two shares, which the scheduler puts on two GPUs, runs with
+// the claim's one daemon serving both GPUs.
 func TestAdminAccessToAShareAndSharesOfSeveralGPUs(t *testing.T) {
 	const ns = "gpu-share-edges"
 	t.Cleanup(func() { cleanNamespace(t, ns) })
@@ -381,24 +403,87 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: shared
 		return len(entries) == 1 && entries[0].ShareID != nil && *entries[0].ShareID == string(*r.ShareID), fmt.Errorf("entries %+v", entries)
 	})
 
-	eventually(t, 60*time.Second, "the two-share pod's prepare to fail naming its request", func() (bool, error) {
-		evs, err := client.CoreV1().Events(ns).List(ctx(), metav1.ListOptions{FieldSelector: "involvedObject.name=two,reason=FailedPrepareDynamicResources"})
-		if err != nil {
-			return false, err
+	// Two shares of one request land on two GPUs: the claim's one daemon
+	// serves both, each GPU with its share's memory.
+	two := waitPodRunning(t, ns, "two")
+	rs := claimOf(t, two, "gpu").Status.Allocation.Devices.Results
+	if len(rs) != 2 || rs[0].Device == rs[1].Device {
+		t.Fatalf("the two shares were allocated %+v, want two GPUs", rs)
+	}
+	uuids := gpuUUIDs(t)
+	var devices []string
+	for _, r := range rs {
+		devices = append(devices, uuids[strings.TrimSuffix(r.Device, "-shared")])
+	}
+	slices.Sort(devices)
+	pipe := runDir + "/kubelet/plugins/gpu.nvidia.com/mps/" + string(claimOf(t, two, "gpu").UID) + "/pipe"
+	log := mpsLogText()
+	if !strings.Contains(log, "devices="+strings.Join(devices, ",")+" pipe="+pipe+" pinned_device_mem_limit=0=10240M,1=10240M") &&
+		!strings.Contains(log, "devices="+devices[1]+","+devices[0]+" pipe="+pipe+" pinned_device_mem_limit=0=10240M,1=10240M") {
+		t.Errorf("no daemon of the two-share claim with both GPUs %v and their limits:\n%s", devices, log)
+	}
+}
+
+// TestTenantsSharingAGPUNeverShareADaemon: two namespaces hold shares of
+// one GPU. Each share's claim has an MPS daemon of its own, started with
+// that share's limits in the daemon's environment, which no client's
+// environment can raise; neither tenant sees the files the other puts in
+// its pipe directory, and a tenant that tells "its" daemon to quit, with
+// the tool the driver gives every GPU container, stops only its own.
+func TestTenantsSharingAGPUNeverShareADaemon(t *testing.T) {
+	uuid := gpuUUIDs(t)["gpu-5"]
+	pods := map[string]*corev1.Pod{}
+	for _, tenant := range []struct{ ns, memory, compute string }{{"tenant-a", "10Gi", "20"}, {"tenant-b", "30Gi", "40"}} {
+		t.Cleanup(func() { cleanNamespace(t, tenant.ns) })
+		applyYAML(t, `apiVersion: v1
+kind: Namespace
+metadata: {name: `+tenant.ns+`}
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: share, namespace: `+tenant.ns+`}
+spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: shared.gpu.nvidia.com, capacity: {requests: {memory: `+tenant.memory+`, compute: "`+tenant.compute+`"}},
+  selectors: [{cel: {expression: 'device.attributes["gpu.nvidia.com"].uuid == "`+uuid+`"'}}]}}]}}}
+`+claimPod(tenant.ns, "app", "share"))
+	}
+	for _, ns := range []string{"tenant-a", "tenant-b"} {
+		pods[ns] = waitPodRunning(t, ns, "app")
+	}
+	key := func(ns string) string { return string(claimOf(t, pods[ns], "gpu").UID) }
+	for ns, limits := range map[string]string{
+		"tenant-a": "active_thread_percentage=20 pinned_device_mem_limit=0=10240M",
+		"tenant-b": "active_thread_percentage=40 pinned_device_mem_limit=0=30720M",
+	} {
+		want := "devices=" + uuid + " pipe=" + runDir + "/kubelet/plugins/gpu.nvidia.com/mps/" + key(ns) + "/pipe " + limits
+		if !strings.Contains(mpsLogText(), want) {
+			t.Errorf("%s: no daemon of its own started with %q:\n%s", ns, want, mpsLogText())
 		}
-		for _, e := range evs.Items {
-			if strings.Contains(e.Message, "request gpu: its devices") && strings.Contains(e.Message, "shares of two GPUs") {
-				return true, nil
-			}
-		}
-		p, _ := client.CoreV1().Pods(ns).Get(ctx(), "two", metav1.GetOptions{})
-		return false, fmt.Errorf("%d events; pod phase %v", len(evs.Items), p.Status.Phase)
+	}
+	daemons := mpsDaemonPIDs(t)
+	if daemons[key("tenant-a")] == 0 || daemons[key("tenant-b")] == 0 || daemons[key("tenant-a")] == daemons[key("tenant-b")] {
+		t.Fatalf("daemons %v: want one per tenant's claim", daemons)
+	}
+
+	// Tenant a plants a file where its clients connect; b never sees it.
+	if out, err := kubectlErr("exec", "-n", "tenant-a", "app", "--", "sh", "-c", "echo planted > /tmp/nvidia-mps/planted && ls /tmp/nvidia-mps"); err != nil || !strings.Contains(out, "planted") {
+		t.Fatalf("tenant a writes its pipe directory: %v\n%s", err, out)
+	}
+	if out, err := kubectlErr("exec", "-n", "tenant-b", "app", "--", "ls", "-a", "/tmp/nvidia-mps"); err != nil || strings.Contains(out, "planted") || !strings.Contains(out, "control") {
+		t.Errorf("tenant b's pipe directory (%v): want its daemon's control pipe and nothing of tenant a's:\n%s", err, out)
+	}
+
+	// Tenant a tells the daemon it reaches to quit: only its own stops.
+	if out, err := kubectlErr("exec", "-n", "tenant-a", "app", "--", "sh", "-c", "echo quit | /usr/bin/nvidia-cuda-mps-control"); err != nil {
+		t.Fatalf("tenant a's quit: %v\n%s", err, out)
+	}
+	eventually(t, 30*time.Second, "tenant a's daemon quit", func() (bool, error) {
+		return mpsDaemonEventsOf("quit", key("tenant-a")) >= 1, fmt.Errorf("%d quits of tenant a's daemon", mpsDaemonEventsOf("quit", key("tenant-a")))
 	})
-	two, err := client.CoreV1().Pods(ns).Get(ctx(), "two", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
+	if mpsDaemonEventsOf("quit", key("tenant-b")) != 0 || mpsDaemonPIDs(t)[key("tenant-b")] != daemons[key("tenant-b")] {
+		t.Errorf("tenant b's daemon: %d quits, PID %d, want the same process %d", mpsDaemonEventsOf("quit", key("tenant-b")), mpsDaemonPIDs(t)[key("tenant-b")], daemons[key("tenant-b")])
 	}
-	if rs := claimOf(t, two, "gpu").Status.Allocation.Devices.Results; len(rs) != 2 || rs[0].Device == rs[1].Device {
-		t.Errorf("the two shares were allocated %+v, want two GPUs", rs)
-	}
+	// Its supervisor starts tenant a's daemon again, with its limits.
+	eventually(t, 60*time.Second, "tenant a's daemon started again", func() (bool, error) {
+		return mpsDaemonEventsOf("start", key("tenant-a")) == 2 && mpsDaemonPIDs(t)[key("tenant-a")] != 0, fmt.Errorf("%d starts", mpsDaemonEventsOf("start", key("tenant-a")))
+	})
 }

@@ -92,8 +92,23 @@ func (t *Tools) startDaemon(pipe, logDir string) int {
 		return t.fail(err)
 	}
 	// The daemon runs: a log that cannot be written is reported, not fatal.
-	_ = t.logMPS(logDir, fmt.Sprintf("%s start pid=%d devices=%s pipe=%s", t.now(), pid, t.getenv("CUDA_VISIBLE_DEVICES"), pipe))
+	_ = t.logMPS(logDir, fmt.Sprintf("%s start pid=%d devices=%s pipe=%s%s", t.now(), pid, t.getenv("CUDA_VISIBLE_DEVICES"), pipe, t.limits()))
 	return 0
+}
+
+// limits are the defaults the daemon gives its servers, and so every
+// client, from its environment, as the real daemon takes them, for the
+// log: " active_thread_percentage=N" and " pinned_device_mem_limit=L"
+// where set.
+func (t *Tools) limits() string {
+	var out string
+	if v := t.getenv("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"); v != "" {
+		out += " active_thread_percentage=" + v
+	}
+	if v := t.getenv("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"); v != "" {
+		out += " pinned_device_mem_limit=" + v
+	}
+	return out
 }
 
 // foreground is the daemon of "-f": it announces itself (PID file, log),
@@ -111,7 +126,7 @@ func (t *Tools) foreground(pipe, logDir string) int {
 	if err := writeAtomic(filepath.Join(pipe, pidFile), []byte(fmt.Sprintf("%d\n", pid)), 0o644, false); err != nil {
 		fmt.Fprintf(t.Stderr, "%s: %v\n", MPSControl, err)
 	}
-	_ = t.logMPS(logDir, fmt.Sprintf("%s start pid=%d devices=%s pipe=%s", t.now(), pid, t.getenv("CUDA_VISIBLE_DEVICES"), pipe))
+	_ = t.logMPS(logDir, fmt.Sprintf("%s start pid=%d devices=%s pipe=%s%s", t.now(), pid, t.getenv("CUDA_VISIBLE_DEVICES"), pipe, t.limits()))
 	if err := makeControl(filepath.Join(pipe, controlFile)); err != nil {
 		return t.fail(err)
 	}
