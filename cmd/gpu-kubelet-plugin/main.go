@@ -54,7 +54,7 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.simLatency, "sim-latency", "", `the simulated hardware's timing: "off", "hardware" (MIG changes take as long as on a GPU and queue per GPU), or name=duration items (see docs/benchmarks.md)`)
 	fs.StringVar(&o.nvmlLibrary, "nvml-library", "", "path of libnvidia-ml.so.1; empty uses the dynamic loader's search path")
 	fs.BoolVar(&o.staticMIGOnly, "static-mig-only", false, "publish only pre-created MIG instances instead of every MIG placement")
-	fs.BoolVar(&o.sharedGPUs, "shared-gpus", true, "also publish every whole GPU as a shared device (gpu-N-shared) whose shares of memory and compute claims consume, enforced through MPS")
+	fs.BoolVar(&o.sharedGPUs, "shared-gpus", true, "also publish every whole GPU as a shared device (gpu-N-shared) whose shares of memory and compute claims consume, each served by an MPS daemon of its claim's own with the share's limits (per client process; see docs/security.md for what MPS cannot enforce)")
 }
 
 func main() {

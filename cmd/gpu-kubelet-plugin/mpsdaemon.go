@@ -19,7 +19,8 @@ import (
 // and to the plugin that waits for the daemon.
 const terminationLog = "/dev/termination-log"
 
-// daemonKey is what a daemon's key (a claim UID, or shared-<GPU UUID>)
+// daemonKey is what a daemon's key (a claim UID, or a previous release's
+// shared-<GPU UUID>)
 // may be, the last element of its directory.
 var daemonKey = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]*$`)
 

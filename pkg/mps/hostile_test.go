@@ -287,3 +287,51 @@ func TestStopWritesNothingThroughAPlantedControlPipe(t *testing.T) {
 		t.Error("the daemon still runs")
 	}
 }
+
+// TestStopRemovesADeepTreeInPipe: a container made a chain of directories
+// in pipe/ deeper than the plugin's open-file limit; the claim's
+// unprepare still removes the daemon's directory (os.RemoveAll failed on
+// it at every retry, so the GPU stayed held).
+func TestStopRemovesADeepTreeInPipe(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	m := newTestManager(t)
+	const key = "2f0e0a4c-0000-4000-8000-000000000034"
+	if err := m.Start(ctx, key, []string{"GPU-a"}, Limits{}); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := syscall.Open(m.PipeDir(key), syscall.O_RDONLY|syscall.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 600 {
+		if err := syscall.Mkdirat(fd, "d", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		next, err := syscall.Openat(fd, "d", syscall.O_RDONLY|syscall.O_DIRECTORY, 0)
+		syscall.Close(fd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fd = next
+	}
+	syscall.Close(fd)
+	var was syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &was); err != nil {
+		t.Fatal(err)
+	}
+	lower := was
+	lower.Cur = 256
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lower); err != nil {
+		t.Fatal(err)
+	}
+	err = m.Stop(ctx, key)
+	if rerr := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &was); rerr != nil {
+		t.Fatal(rerr)
+	}
+	if err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	if _, err := os.Lstat(m.Dir(key)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the daemon's directory is still there: %v", err)
+	}
+}

@@ -498,7 +498,9 @@ func (m *Manager) Stop(ctx context.Context, key string) error {
 			logger.V(2).Info("No MPS control daemon took the quit command", "key", key, "err", err)
 		}
 	}
-	if err := os.RemoveAll(m.Dir(key)); err != nil {
+	// Not os.RemoveAll: pipe/ holds what the claim's containers wrote,
+	// such as a chain of directories deeper than the open-file limit.
+	if err := hostfs.RemoveTree(m.Dir(key)); err != nil {
 		return fmt.Errorf("remove MPS directory: %w", err)
 	}
 	return nil
@@ -601,26 +603,3 @@ func (m *Manager) Claims(ctx context.Context) ([]string, error) {
 	return slices.Compact(out), nil
 }
 
-// emptyDir removes everything in dir, a batch of entries at a time (a
-// container may have made very many), following no symlink.
-func emptyDir(dir string) error {
-	for {
-		f, err := os.Open(dir)
-		if err != nil {
-			return err
-		}
-		names, err := f.Readdirnames(256)
-		f.Close()
-		if errors.Is(err, io.EOF) || len(names) == 0 {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		for _, name := range names {
-			if err := os.RemoveAll(filepath.Join(dir, name)); err != nil {
-				return err
-			}
-		}
-	}
-}
