@@ -602,4 +602,3 @@ func (m *Manager) Claims(ctx context.Context) ([]string, error) {
 	slices.Sort(out)
 	return slices.Compact(out), nil
 }
-
