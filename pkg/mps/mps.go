@@ -120,6 +120,9 @@ type Manager struct {
 	// pod, where the Launcher makes one, to start and its daemon to make
 	// its control pipe.
 	ReadyTimeout time.Duration
+	// FS bounds what clients can write to each daemon's pipe/ and shm/
+	// (fs.go); its zero value leaves them plain directories.
+	FS Filesystem
 	// Launcher runs the daemons' supervisors. Nil runs them in this
 	// process, whose container they then do not outlive: the chart sets
 	// a daemonpod.Launcher.
@@ -220,10 +223,13 @@ func (m *Manager) Start(ctx context.Context, key string, gpuUUIDs []string, limi
 	if _, err := m.control(); err != nil {
 		return err
 	}
-	for _, dir := range []string{m.root, m.Dir(key), m.PipeDir(key), m.LogDir(key)} {
+	for _, dir := range []string{m.root, m.Dir(key), m.LogDir(key)} {
 		if err := hostfs.EnsureDir(logger, dir, DirMode); err != nil {
 			return fmt.Errorf("MPS directory: %w", err)
 		}
+	}
+	if err := m.ensureFS(logger, key); err != nil {
+		return err
 	}
 	if m.unprovenLegacy(key) {
 		// A previous release's daemon that could not prove itself may
@@ -498,8 +504,12 @@ func (m *Manager) Stop(ctx context.Context, key string) error {
 			logger.V(2).Info("No MPS control daemon took the quit command", "key", key, "err", err)
 		}
 	}
-	// Not os.RemoveAll: pipe/ holds what the claim's containers wrote,
-	// such as a chain of directories deeper than the open-file limit.
+	if err := m.removeFS(key); err != nil {
+		return err
+	}
+	// Not os.RemoveAll: a previous release's pipe/ holds what the claim's
+	// containers wrote, such as a chain of directories deeper than the
+	// open-file limit.
 	if err := hostfs.RemoveTree(m.Dir(key)); err != nil {
 		return fmt.Errorf("remove MPS directory: %w", err)
 	}
@@ -580,6 +590,9 @@ func (m *Manager) waitGone(ctx context.Context, d identity) bool {
 // Claims lists the keys that have a daemon directory or a supervisor,
 // sorted.
 func (m *Manager) Claims(ctx context.Context) ([]string, error) {
+	if err := m.sweepFS(klog.FromContext(ctx)); err != nil {
+		klog.FromContext(ctx).Error(err, "Cannot remove the tmpfs of MPS daemons that are gone; they stay mounted until the next start")
+	}
 	entries, err := os.ReadDir(m.root)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("list MPS daemons: %w", err)

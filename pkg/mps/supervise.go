@@ -136,7 +136,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	}
 	// No daemon serves pipe/: what is in it is stale, or planted (say,
 	// a symlink where the daemon creates a file).
-	if err := hostfs.EmptyTree(PipeDirIn(s.Dir)); err != nil {
+	if err := hostfs.EmptyTree(resolvedPipe(s.Dir)); err != nil {
 		return fmt.Errorf("clear the MPS pipe directory: %w", err)
 	}
 	out, err := os.OpenFile(filepath.Join(s.Dir, outputFile), os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
