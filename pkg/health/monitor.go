@@ -117,8 +117,8 @@ type Monitor struct {
 	recent map[migID]migChange
 	// lost are the GPUs the last inventory found fallen off the bus.
 	lost map[string]bool
-	// wasLost and lastECC are what the previous probe saw, for reset
-	// detection.
+	// wasLost is what the previous probe saw, for reset detection;
+	// lastECC too, only to log a volatile ECC counter that went back.
 	wasLost map[string]bool
 	lastECC map[string]uint64
 	// eventsDown is set while NVML events cannot be watched.
@@ -486,7 +486,7 @@ func (m *Monitor) Probe(ctx context.Context) {
 		}
 		m.byIndex[r.Index] = uuid
 		present := m.presentLocked(uuid, r)
-		if m.resetLocked(uuid, r) {
+		if m.resetLocked(ctx, uuid, r) {
 			logger.Info("GPU was reset: its sticky health conditions are cleared", "gpu", uuid)
 			m.clearStickyLocked(uuid, now)
 		}
@@ -582,18 +582,40 @@ func (m *Monitor) presentLocked(uuid string, r gpu.Reading) map[Key]Condition {
 }
 
 // resetLocked reports whether the GPU was reset since the last reading:
-// it came back on the bus, or its volatile ECC counter went back.
-func (m *Monitor) resetLocked(uuid string, r gpu.Reading) bool {
+// it came back on the bus after it was lost.
+//
+// A volatile ECC counter that went back is not taken as a reset. NVML
+// zeroes the volatile counters whenever the driver loads, and without
+// persistence mode the driver loads whenever a compute app starts on an
+// idle GPU (nvml.h, nvmlEccCounterType_t): a tenant's job can make the
+// counter fall on a GPU that was never reset, and taking that for a reset
+// would clear the fatal taint of memory that is still broken. NVML has no
+// reset count to tell the two apart, so the fall is only logged; a reset
+// that leaves the GPU on the bus is cleared by a reboot or an admin's
+// clearance (docs/health.md, "Recovery").
+func (m *Monitor) resetLocked(ctx context.Context, uuid string, r gpu.Reading) bool {
 	reset := m.wasLost[uuid] && !r.Lost
 	m.wasLost[uuid] = r.Lost
 	if r.Lost || r.Err != nil {
 		return reset
 	}
-	if last, ok := m.lastECC[uuid]; ok && r.VolatileUncorrectedECC < last {
-		reset = true
+	if last, ok := m.lastECC[uuid]; ok && r.VolatileUncorrectedECC < last && m.hasStickyLocked(uuid) {
+		klog.FromContext(ctx).Info("Volatile uncorrectable-ECC counter went back (driver reloaded or GPU reset); not proof of a reset, so sticky health conditions stay until an admin clears them",
+			"gpu", uuid, "was", last, "now", r.VolatileUncorrectedECC)
 	}
 	m.lastECC[uuid] = r.VolatileUncorrectedECC
 	return reset
+}
+
+// hasStickyLocked reports whether the GPU or one of its MIG devices has a
+// sticky condition.
+func (m *Monitor) hasStickyLocked(uuid string) bool {
+	for id, c := range m.conds {
+		if id.gpu == uuid && c.Sticky {
+			return true
+		}
+	}
+	return false
 }
 
 // clearStickyLocked removes the sticky conditions of a GPU (every GPU for
