@@ -428,7 +428,7 @@ func (d *Driver) nodeEvent(ctx context.Context, eventType, reason, message strin
 		InvolvedObject: corev1.ObjectReference{Kind: "Node", Name: d.cfg.NodeName, UID: types.UID(d.cfg.NodeName), APIVersion: "v1"},
 		Reason:         reason, Message: message, Type: eventType,
 		FirstTimestamp: now, LastTimestamp: now, Count: 1,
-		Source: corev1.EventSource{Component: "gpu-kubelet-plugin", Host: d.cfg.NodeName},
+		Source: corev1.EventSource{Component: names.PluginEventSource, Host: d.cfg.NodeName},
 	}
 	if _, err := d.cfg.KubeClient.CoreV1().Events(metav1.NamespaceDefault).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
 		klog.FromContext(ctx).Error(err, "Cannot record event on node", "reason", reason)
