@@ -127,6 +127,11 @@ type Monitor struct {
 	// (a full or read-only disk): every probe tries again, since no change
 	// may come to save them before the plugin restarts and forgets them.
 	unsaved bool
+	// closed is set by Close: the store is no longer written.
+	closed bool
+
+	// running counts the goroutines of Start.
+	running sync.WaitGroup
 }
 
 type migID struct {
@@ -338,11 +343,16 @@ func (m *Monitor) unlockChanged(ctx context.Context, before string, save bool) {
 }
 
 // Start watches events and probes every Policy.ProbeInterval in the
-// background until ctx ends. Call Probe first, so that the first slices
-// already carry what is wrong.
+// background until ctx ends; Close waits for that. Call Probe first, so
+// that the first slices already carry what is wrong.
 func (m *Monitor) Start(ctx context.Context) {
-	go m.watchEvents(ctx)
+	m.running.Add(2)
 	go func() {
+		defer m.running.Done()
+		m.watchEvents(ctx)
+	}()
+	go func() {
+		defer m.running.Done()
 		ticker := time.NewTicker(m.policy.ProbeInterval.Duration)
 		defer ticker.Stop()
 		for {
@@ -354,6 +364,18 @@ func (m *Monitor) Start(ctx context.Context) {
 			}
 		}
 	}()
+}
+
+// Close waits until the goroutines of Start have returned (the context
+// given to Start must have ended), so that what they saw until then is
+// saved, and then stops writing the store: conditions raised later, by
+// any caller, stay in memory. Call it before another process may take
+// over the store, as a successor plugin does at a handover.
+func (m *Monitor) Close() {
+	m.running.Wait()
+	m.mu.Lock()
+	m.closed = true
+	m.mu.Unlock()
 }
 
 // watchEvents keeps an NVML event watch running, with backoff after
@@ -694,6 +716,10 @@ func (m *Monitor) fingerprintLocked() string {
 
 func (m *Monitor) saveLocked(ctx context.Context) {
 	if m.store == nil {
+		return
+	}
+	if m.closed {
+		klog.FromContext(ctx).V(2).Info("Health monitor closed; sticky health conditions not persisted")
 		return
 	}
 	s := &Saved{VolatileECC: map[string]uint64{}}
