@@ -57,13 +57,14 @@ func (c *clearances) fresh(annotations map[string]string) []string {
 // watchClearances applies the admin clearances annotated on the node
 // (package clearance) to the health monitor, and its labels of what it
 // offers to the model (republished when they change), now and whenever the
-// node changes, until ctx ends.
+// node changes, until ctx ends; stopWriters then waits for it.
 func (d *Driver) watchClearances(ctx context.Context) {
 	if d.cfg.KubeClient == nil {
 		return
 	}
 	factory := informers.NewSharedInformerFactoryWithOptions(d.cfg.KubeClient, 0,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + d.cfg.NodeName }))
+	d.nodeInformers = factory // stopWriters waits for its handlers
 	inf := factory.Core().V1().Nodes().Informer()
 	apply := func(obj any) {
 		if node, ok := obj.(*corev1.Node); ok {

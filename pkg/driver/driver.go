@@ -40,6 +40,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/klog/v2"
@@ -148,6 +149,9 @@ type Driver struct {
 	// identity writes prepared devices' identity into claim status
 	// (status.go); started by Start.
 	identity identity
+	// nodeInformers watch the node for clearances and offers (clear.go);
+	// set by Start, nil without a Kubernetes client.
+	nodeInformers informers.SharedInformerFactory
 }
 
 var _ kubeletplugin.DRAPlugin = (*Driver)(nil)
@@ -282,9 +286,24 @@ func (d *Driver) Start(ctx context.Context) error {
 // returns.
 func (d *Driver) failStart(err error) error {
 	d.cancel(err)
+	d.stopWriters()
 	d.err = err
 	close(d.done)
 	return err
+}
+
+// stopWriters waits, once Start's context has ended, for everything of the
+// Driver that runs in the background and writes to the plugin's data
+// directory outside a kubelet call: the node watch (its clearances clear
+// sticky health conditions, which saves health.json) and the health
+// monitor's goroutines (what they saw until then is saved). The monitor
+// writes nothing afterwards. The MPS check is waited for in serve, the
+// kubelet's calls by the handover's gate.
+func (d *Driver) stopWriters() {
+	if d.nodeInformers != nil {
+		d.nodeInformers.Shutdown()
+	}
+	d.monitor.Close()
 }
 
 // Wait waits until the driver started by Start has shut down, and returns
@@ -298,12 +317,19 @@ func (d *Driver) Wait() error {
 // order:
 //  1. if the driver is being uninstalled (a clean shutdown only), stop
 //     publishing and remove the node's slices;
-//  2. stop publishing; the slices stay, so that a restarting plugin does
+//  2. wait for the check of the MPS daemons;
+//  3. stop publishing; the slices stay, so that a restarting plugin does
 //     not make its devices disappear from the scheduler;
-//  3. stop the gRPC servers; the kubelet sees the plugin go.
+//  4. stop the gRPC servers; the kubelet sees the plugin go;
+//  5. wait for the other writers of the data directory, the node watch
+//     and the health monitor (stopWriters);
+//  6. close done. A handover releases the node only then (serveTerm), so
+//     the successor loads a checkpoint and a health.json that nothing of
+//     this Driver writes any more.
 func (d *Driver) serve(ctx context.Context) {
 	logger := klog.FromContext(ctx)
 	defer close(d.done)
+	defer d.stopWriters()
 	defer d.helper.Stop()
 	defer d.publisher.Stop()
 	// The daemons' check runs beside the loop (a daemon's start waits
@@ -428,7 +454,7 @@ func (d *Driver) nodeEvent(ctx context.Context, eventType, reason, message strin
 		InvolvedObject: corev1.ObjectReference{Kind: "Node", Name: d.cfg.NodeName, UID: types.UID(d.cfg.NodeName), APIVersion: "v1"},
 		Reason:         reason, Message: message, Type: eventType,
 		FirstTimestamp: now, LastTimestamp: now, Count: 1,
-		Source: corev1.EventSource{Component: "gpu-kubelet-plugin", Host: d.cfg.NodeName},
+		Source: corev1.EventSource{Component: names.PluginEventSource, Host: d.cfg.NodeName},
 	}
 	if _, err := d.cfg.KubeClient.CoreV1().Events(metav1.NamespaceDefault).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
 		klog.FromContext(ctx).Error(err, "Cannot record event on node", "reason", reason)

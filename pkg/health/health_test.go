@@ -298,10 +298,16 @@ func TestProbeConditions(t *testing.T) {
 			{time.Second, ok, nil, "gpu-lost=fell-off-bus:NoExecute"}, // back: reset clears the XID
 			{31 * time.Second, ok, nil, ""},
 		},
-		"double-bit ECC clears when the volatile counter is reset": {
+		// NVML zeroes the volatile counters whenever the driver loads,
+		// which without persistence mode is whenever a compute app starts
+		// on an idle GPU: a tenant's job, not a reset. A fall of the
+		// counter is no proof that the GPU was reset, so it clears
+		// nothing; a reset, a reboot or an admin's clearance does.
+		"a volatile ECC counter that falls clears no sticky condition": {
 			{0, func(r *gpu.Reading) { r.VolatileUncorrectedECC = 1 }, &gpu.Event{Kind: gpu.EventDoubleBitECC, GPUUUID: gpuA, GIID: -1, CIID: -1}, "ecc=double-bit:NoExecute"},
-			{time.Minute, func(r *gpu.Reading) { r.VolatileUncorrectedECC = 1 }, nil, "ecc=double-bit:NoExecute"},
-			{time.Minute, ok, nil, ""},
+			{time.Second, func(r *gpu.Reading) { r.VolatileUncorrectedECC = 1 }, &gpu.Event{Kind: gpu.EventXID, GPUUUID: gpuA, XID: 79, GIID: -1, CIID: -1}, "ecc=double-bit:NoExecute,xid=79:NoExecute"},
+			{time.Minute, ok, nil, "ecc=double-bit:NoExecute,xid=79:NoExecute"},
+			{time.Hour, ok, nil, "ecc=double-bit:NoExecute,xid=79:NoExecute"},
 		},
 		"pending repair is transient, a failed remap sticky": {
 			{0, func(r *gpu.Reading) { r.RepairPending = true }, nil, "ecc=repair-pending:NoSchedule"},
@@ -420,11 +426,12 @@ func TestStickyConditionsSurviveARestartButNotAReboot(t *testing.T) {
 	if got := restarted.taintsOf(gpuA, ""); got != "" {
 		t.Errorf("a transient condition was persisted: %q", got)
 	}
-	// A reset while the plugin was down shows as a lower volatile counter.
+	// A lower volatile counter after the restart (the driver reloaded
+	// while the plugin was down) is no proof of a reset either.
 	restarted.m.Observe(context.Background(), gpu.Event{Kind: gpu.EventDoubleBitECC, GPUUUID: gpuA, GIID: -1, CIID: -1})
 	restarted.probeA(func(r *gpu.Reading) { r.VolatileUncorrectedECC = 0 })
-	if got := restarted.taintsOf(gpuA, ""); got != "" {
-		t.Errorf("the reset did not clear %q", got)
+	if got := restarted.taintsOf(gpuA, ""); got != "ecc=double-bit:NoExecute" {
+		t.Errorf("after the volatile counter fell GPU A has %q, want the double-bit ECC taint kept", got)
 	}
 
 	f = newFixture(t, NewStore(path), "boot-1")
@@ -862,8 +869,10 @@ func TestStickyConditionStampedInTheFuture(t *testing.T) {
 	for name, clear := range map[string]func(f *fixture){
 		"admin clearance": func(f *fixture) { f.m.Clear(context.Background(), gpuA, f.clock.now()) },
 		"GPU reset": func(f *fixture) {
-			f.probeA(func(r *gpu.Reading) { r.VolatileUncorrectedECC = 3 })
-			f.probeA(func(r *gpu.Reading) { r.VolatileUncorrectedECC = 0 })
+			f.probeA(func(r *gpu.Reading) { *r = gpu.Reading{Index: 0, Lost: true} })
+			f.probeA(func(*gpu.Reading) {}) // back on the bus: reset
+			f.clock.advance(time.Minute)    // the transient gpu-lost goes
+			f.probeA(func(*gpu.Reading) {})
 		},
 	} {
 		t.Run(name, func(t *testing.T) {

@@ -117,8 +117,8 @@ type Monitor struct {
 	recent map[migID]migChange
 	// lost are the GPUs the last inventory found fallen off the bus.
 	lost map[string]bool
-	// wasLost and lastECC are what the previous probe saw, for reset
-	// detection.
+	// wasLost is what the previous probe saw, for reset detection;
+	// lastECC too, only to log a volatile ECC counter that went back.
 	wasLost map[string]bool
 	lastECC map[string]uint64
 	// eventsDown is set while NVML events cannot be watched.
@@ -127,6 +127,11 @@ type Monitor struct {
 	// (a full or read-only disk): every probe tries again, since no change
 	// may come to save them before the plugin restarts and forgets them.
 	unsaved bool
+	// closed is set by Close: the store is no longer written.
+	closed bool
+
+	// running counts the goroutines of Start.
+	running sync.WaitGroup
 }
 
 type migID struct {
@@ -338,11 +343,16 @@ func (m *Monitor) unlockChanged(ctx context.Context, before string, save bool) {
 }
 
 // Start watches events and probes every Policy.ProbeInterval in the
-// background until ctx ends. Call Probe first, so that the first slices
-// already carry what is wrong.
+// background until ctx ends; Close waits for that. Call Probe first, so
+// that the first slices already carry what is wrong.
 func (m *Monitor) Start(ctx context.Context) {
-	go m.watchEvents(ctx)
+	m.running.Add(2)
 	go func() {
+		defer m.running.Done()
+		m.watchEvents(ctx)
+	}()
+	go func() {
+		defer m.running.Done()
 		ticker := time.NewTicker(m.policy.ProbeInterval.Duration)
 		defer ticker.Stop()
 		for {
@@ -354,6 +364,18 @@ func (m *Monitor) Start(ctx context.Context) {
 			}
 		}
 	}()
+}
+
+// Close waits until the goroutines of Start have returned (the context
+// given to Start must have ended), so that what they saw until then is
+// saved, and then stops writing the store: conditions raised later, by
+// any caller, stay in memory. Call it before another process may take
+// over the store, as a successor plugin does at a handover.
+func (m *Monitor) Close() {
+	m.running.Wait()
+	m.mu.Lock()
+	m.closed = true
+	m.mu.Unlock()
 }
 
 // watchEvents keeps an NVML event watch running, with backoff after
@@ -486,7 +508,7 @@ func (m *Monitor) Probe(ctx context.Context) {
 		}
 		m.byIndex[r.Index] = uuid
 		present := m.presentLocked(uuid, r)
-		if m.resetLocked(uuid, r) {
+		if m.resetLocked(ctx, uuid, r) {
 			logger.Info("GPU was reset: its sticky health conditions are cleared", "gpu", uuid)
 			m.clearStickyLocked(uuid, now)
 		}
@@ -582,18 +604,40 @@ func (m *Monitor) presentLocked(uuid string, r gpu.Reading) map[Key]Condition {
 }
 
 // resetLocked reports whether the GPU was reset since the last reading:
-// it came back on the bus, or its volatile ECC counter went back.
-func (m *Monitor) resetLocked(uuid string, r gpu.Reading) bool {
+// it came back on the bus after it was lost.
+//
+// A volatile ECC counter that went back is not taken as a reset. NVML
+// zeroes the volatile counters whenever the driver loads, and without
+// persistence mode the driver loads whenever a compute app starts on an
+// idle GPU (nvml.h, nvmlEccCounterType_t): a tenant's job can make the
+// counter fall on a GPU that was never reset, and taking that for a reset
+// would clear the fatal taint of memory that is still broken. NVML has no
+// reset count to tell the two apart, so the fall is only logged; a reset
+// that leaves the GPU on the bus is cleared by a reboot or an admin's
+// clearance (docs/health.md, "Recovery").
+func (m *Monitor) resetLocked(ctx context.Context, uuid string, r gpu.Reading) bool {
 	reset := m.wasLost[uuid] && !r.Lost
 	m.wasLost[uuid] = r.Lost
 	if r.Lost || r.Err != nil {
 		return reset
 	}
-	if last, ok := m.lastECC[uuid]; ok && r.VolatileUncorrectedECC < last {
-		reset = true
+	if last, ok := m.lastECC[uuid]; ok && r.VolatileUncorrectedECC < last && m.hasStickyLocked(uuid) {
+		klog.FromContext(ctx).Info("Volatile uncorrectable-ECC counter went back (driver reloaded or GPU reset); not proof of a reset, so sticky health conditions stay until an admin clears them",
+			"gpu", uuid, "was", last, "now", r.VolatileUncorrectedECC)
 	}
 	m.lastECC[uuid] = r.VolatileUncorrectedECC
 	return reset
+}
+
+// hasStickyLocked reports whether the GPU or one of its MIG devices has a
+// sticky condition.
+func (m *Monitor) hasStickyLocked(uuid string) bool {
+	for id, c := range m.conds {
+		if id.gpu == uuid && c.Sticky {
+			return true
+		}
+	}
+	return false
 }
 
 // clearStickyLocked removes the sticky conditions of a GPU (every GPU for
@@ -672,6 +716,10 @@ func (m *Monitor) fingerprintLocked() string {
 
 func (m *Monitor) saveLocked(ctx context.Context) {
 	if m.store == nil {
+		return
+	}
+	if m.closed {
+		klog.FromContext(ctx).V(2).Info("Health monitor closed; sticky health conditions not persisted")
 		return
 	}
 	s := &Saved{VolatileECC: map[string]uint64{}}

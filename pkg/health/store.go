@@ -18,8 +18,9 @@ const maxFileSize = 1 << 20
 const StoreFileName = "health.json"
 
 // Saved is what survives a plugin restart: the sticky conditions, and the
-// volatile ECC counters last seen so that a GPU reset while the plugin was
-// down is still detected. A reboot (another boot ID) voids it.
+// volatile ECC counters last seen (only logged when they went back: that
+// is no proof of a reset, see Monitor.resetLocked). A reboot (another boot
+// ID) voids it.
 type Saved struct {
 	BootID      string            `json:"bootID"`
 	Conditions  []Condition       `json:"conditions,omitempty"`

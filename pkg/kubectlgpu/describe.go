@@ -45,7 +45,9 @@ node's recent Events about it (health taints appearing and going).`,
 			if len(report.Nodes) != 1 || len(report.Nodes[0].GPUs) != 1 {
 				return &exitError{code: exitUsage, err: fmt.Errorf("GPU %s not found", t)}
 			}
-			events, err := c.CoreV1().Events("").List(ctx, metav1.ListOptions{FieldSelector: fields.Set{
+			// The plugin records its Events in the default namespace, the
+			// only one its Role lets it write Events to.
+			events, err := c.CoreV1().Events(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{FieldSelector: fields.Set{
 				"involvedObject.kind": "Node", "involvedObject.name": t.Node,
 			}.AsSelector().String()})
 			if err != nil {
@@ -56,12 +58,25 @@ node's recent Events about it (health taints appearing and going).`,
 	}
 }
 
-// gpuEvents returns the node's Events about one GPU, newest first, at most
-// maxEvents.
+// gpuEvents returns the GPU's health history: the health Events the
+// node's plugin recorded about it, newest first, at most maxEvents. Any
+// component allowed to create Events can write one about a Node; only
+// those of the plugin (its source component, its node as the source host,
+// the default namespace, a health reason) are taken, so that another
+// writer's Event is not shown as the GPU's health. The source is what the
+// writer says, not proven by the API server: a writer of Events in the
+// default namespace could still pass one off as the plugin's, and
+// writeDescribe prints it escaped like any other.
 func gpuEvents(events []corev1.Event, t Target) []corev1.Event {
 	var out []corev1.Event
 	for _, e := range events {
-		if e.InvolvedObject.Kind != "Node" || e.InvolvedObject.Name != t.Node {
+		if e.InvolvedObject.Kind != "Node" || e.InvolvedObject.Name != t.Node || e.Namespace != metav1.NamespaceDefault {
+			continue
+		}
+		if e.Source.Component != names.PluginEventSource || e.Source.Host != t.Node {
+			continue
+		}
+		if e.Reason != names.EventHealthTaintAdded && e.Reason != names.EventHealthTaintRemoved {
 			continue
 		}
 		if minor, _, ok := names.ParseGPUEventMessage(e.Message); ok && minor == t.GPU {
@@ -148,7 +163,7 @@ func writeDescribe(w io.Writer, node string, g GPUReport, events []corev1.Event,
 		if e.Count > 1 {
 			count = fmt.Sprintf(" (x%d)", e.Count)
 		}
-		fmt.Fprintf(etw, "  %s\t%s\t%s\t%s%s\n", age, e.Type, e.Reason, what, count)
+		fmt.Fprintf(etw, "  %s\t%s\t%s\t%s%s\n", age, printable(e.Type), printable(e.Reason), printable(what), count)
 	}
 	if err := etw.Flush(); err != nil {
 		return fmt.Errorf("write description: %w", err)

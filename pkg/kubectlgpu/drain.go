@@ -65,7 +65,9 @@ type holder struct {
 	Namespace, Pod, Device string
 }
 
-func (h holder) String() string { return h.Namespace + "/" + h.Pod + " (" + h.Device + ")" }
+func (h holder) String() string {
+	return printable(h.Namespace + "/" + h.Pod + " (" + h.Device + ")")
+}
 
 // podGone tells whether a pod no longer uses its devices: it is deleted
 // (nil, or another pod with the same name) or has terminated.
@@ -172,7 +174,7 @@ func (a *app) drain(ctx context.Context, c kubernetes.Interface, t Target, reaso
 			if ctx.Err() != nil {
 				return fmt.Errorf("drain %s: %w", t, ctx.Err())
 			}
-			fmt.Fprintf(a.errOut, "warning: %v\n", err)
+			fmt.Fprintf(a.errOut, "warning: %s\n", printable(err.Error()))
 		} else {
 			remaining = rem
 			if len(remaining) == 0 {
@@ -248,7 +250,7 @@ func evictionLines(groups map[string][]string) []string {
 		if len(rules) > 1 {
 			who = fmt.Sprintf("%d rules", len(rules))
 		}
-		lines = append(lines, fmt.Sprintf("eviction (%s): %s", who, msg))
+		lines = append(lines, fmt.Sprintf("eviction (%s): %s", printable(who), printable(msg)))
 	}
 	sort.Strings(lines)
 	return lines

@@ -166,6 +166,7 @@ func TestGoldenBusyMIGNode(t *testing.T) {
 		InvolvedObject: corev1.ObjectReference{Kind: "Node", Name: goldenNode},
 		Type:           corev1.EventTypeWarning, Reason: names.EventHealthTaintAdded,
 		Message:       names.GPUEventMessage(2, "health taint gpu.nvidia.com/xid=79:NoExecute added on GPU "+inv.GPUs[2].UUID),
+		Source:        corev1.EventSource{Component: names.PluginEventSource, Host: goldenNode},
 		LastTimestamp: metav1.NewTime(t0.Add(-3 * time.Minute)), Count: 1,
 	})
 	runGolden(t, "ls-wide-busy-mig-node.golden", objs, "ls", goldenNode, "-o", "wide")

@@ -106,7 +106,8 @@ func (a *app) execute(ctx context.Context, args []string) int {
 	root.SetErr(a.errOut)
 	err := root.ExecuteContext(ctx)
 	if err != nil {
-		fmt.Fprintf(a.errOut, "error: %v\n", err)
+		// Errors may quote what the API returned (names, messages).
+		fmt.Fprintf(a.errOut, "error: %s\n", printable(err.Error()))
 	}
 	return exitCode(err)
 }

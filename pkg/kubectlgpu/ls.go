@@ -102,9 +102,11 @@ func fetchReport(ctx context.Context, c kubernetes.Interface, target *Target) (R
 	if err != nil {
 		return Report{}, fmt.Errorf("list pods: %w", err)
 	}
-	return buildReport(reportInput{
+	report := buildReport(reportInput{
 		slices: slices, claims: claims.Items, rules: rules.Items, pods: pods.Items, target: target,
-	}), nil
+	})
+	sanitizeReport(&report)
+	return report, nil
 }
 
 // listSlices lists the driver's ResourceSlices, only the target node's if

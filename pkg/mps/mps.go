@@ -19,7 +19,9 @@
 // from a file, and writes the record by which the plugin knows the daemon,
 // <root>/<key>/daemon.json, which no tenant's container can write: the
 // PID, start time, boot and executable. A process is the daemon only while
-// all of these match; only then is it signalled. A plugin that starts
+// all of these match and its executable is the driver root's control
+// program (a record is not trusted to name one); only then is it
+// signalled. A plugin that starts
 // finds the daemons that run and starts only those that do not: it
 // neither leaks a daemon nor starts one twice.
 //
@@ -192,6 +194,52 @@ func (m *Manager) procs() procs { return procs{root: m.ProcRoot} }
 
 func (m *Manager) control() (string, error) { return driverrootControl(m.driverRoot) }
 
+// controlFile finds the driver root's control program and identifies its
+// file: the device and inode that /proc/<pid>/exe of a daemon it runs
+// has.
+func (m *Manager) controlFile() (path string, dev, ino uint64, err error) {
+	bin, err := m.control()
+	if err != nil {
+		return "", 0, 0, err
+	}
+	fi, err := os.Stat(bin)
+	if err != nil {
+		return "", 0, 0, fmt.Errorf("identify the MPS control program: %w", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return "", 0, 0, fmt.Errorf("%s: no device and inode", bin)
+	}
+	return bin, st.Dev, st.Ino, nil
+}
+
+// daemonOf returns the daemon a record names: its process while it runs
+// (the PID, start time, boot and executable match, procs.is) and its
+// executable is the driver root's control program, found as the
+// supervisor finds it. The record is the plugin's own, but the identity
+// alone would let a record that names another program (written by
+// mistake, or by whoever could write the directory) have that program
+// signalled as the daemon. Otherwise it returns nil, and why when a
+// process runs under the record's identity: it is not the daemon, and is
+// never signalled. A daemon whose driver was reinstalled since it started
+// (its executable another inode) is not the daemon either, as a previous
+// release's is not adopted then (legacyDaemon).
+func (m *Manager) daemonOf(rec record) (*identity, string) {
+	p := m.procs()
+	if !p.is(rec.identity) {
+		return nil, ""
+	}
+	bin, dev, ino, err := m.controlFile()
+	if err != nil {
+		return nil, fmt.Sprintf("process %d cannot be checked against the MPS control program: %v", rec.PID, err)
+	}
+	if rec.ExeDevice != dev || rec.ExeInode != ino {
+		return nil, fmt.Sprintf("process %d runs %s (device %d, inode %d), not %s (device %d, inode %d): another program, or a driver reinstalled since it started",
+			rec.PID, rec.Exe, rec.ExeDevice, rec.ExeInode, bin, dev, ino)
+	}
+	return &rec.identity, ""
+}
+
 // driverrootControl finds the control program under a driver root.
 func driverrootControl(driverRoot string) (string, error) {
 	return driverroot.FindBinary(driverRoot, ControlBinary)
@@ -231,12 +279,20 @@ func (m *Manager) Start(ctx context.Context, key string, gpuUUIDs []string, limi
 	if err := m.ensureFS(logger, key); err != nil {
 		return err
 	}
-	if m.unprovenLegacy(key) {
-		// A previous release's daemon that could not prove itself may
-		// still serve pipe/: ask it to quit (signalling nothing) before
-		// the supervisor clears its pipes under it.
+	if m.unproven(key) {
+		// A previous release's daemon that could not prove itself, or
+		// one of a reinstalled driver, may still serve pipe/: ask it to
+		// quit (signalling nothing) before the supervisor clears its
+		// pipes under it. A record naming a process that is not the
+		// daemon goes first: the supervisor stops the daemon its
+		// directory's record names before it starts one.
+		stranger := m.forgetStranger(logger, key)
 		if err := m.quit(ctx, key); err != nil {
 			logger.V(2).Info("No MPS control daemon took the quit command", "key", key, "err", err)
+		} else if stranger != nil && !m.waitGone(ctx, *stranger) {
+			// Only looked at: it may be a reinstalled driver's daemon
+			// that takes its time, or not a daemon at all.
+			logger.Info("The process of the MPS control daemon's old record still runs after the quit command; starting the daemon beside it", "key", key, "pid", stranger.PID)
 		}
 	}
 	if err := saveSpecIn(m.Dir(key), gpuUUIDs, limits, m.writeFile); err != nil {
@@ -276,13 +332,15 @@ func (m *Manager) Start(ctx context.Context, key string, gpuUUIDs []string, limi
 	}
 }
 
-// recorded returns the daemon the key's record names if it runs.
+// recorded returns the daemon the key's record names if it runs
+// (daemonOf).
 func (m *Manager) recorded(key string) *identity {
 	rec, err := m.loadRecord(key)
-	if err != nil || !m.procs().is(rec.identity) {
+	if err != nil {
 		return nil
 	}
-	return &rec.identity
+	d, _ := m.daemonOf(rec)
+	return d
 }
 
 // abandon stops the supervisor and the daemon of a start that failed,
@@ -330,17 +388,19 @@ func (m *Manager) Running(key string) bool {
 }
 
 // lookup returns the identity of the key's running daemon, or nil if it
-// has none. The record decides; without one, a previous release's daemon
-// is adopted if it proves itself (see the package comment). An error means
-// that a daemon was adopted but could not be recorded.
+// has none. The record decides, if it names a process that runs the driver
+// root's control program (daemonOf); without one, a previous release's
+// daemon is adopted if it proves itself (see the package comment). An
+// error means that a daemon was adopted but could not be recorded.
 func (m *Manager) lookup(logger klog.Logger, key string) (*identity, error) {
 	rec, err := m.loadRecord(key)
 	switch {
 	case err == nil:
-		if m.procs().is(rec.identity) {
-			return &rec.identity, nil
+		d, why := m.daemonOf(rec)
+		if why != "" {
+			logger.Info("The process in the record of an MPS control daemon is not the driver's control daemon; taking the daemon as gone, signalling nothing", "key", key, "pid", rec.PID, "reason", why)
 		}
-		return nil, nil
+		return d, nil
 	case !errors.Is(err, fs.ErrNotExist):
 		logger.Info("Unreadable record of an MPS control daemon; taking the daemon as gone", "key", key, "err", err)
 		return nil, nil
@@ -375,24 +435,16 @@ func (m *Manager) legacyDaemon(key string) (*identity, string) {
 	if err != nil || pid <= 0 {
 		return nil, fmt.Sprintf("%s holds no PID", path)
 	}
-	bin, err := m.control()
+	bin, dev, ino, err := m.controlFile()
 	if err != nil {
 		return nil, err.Error()
-	}
-	fi, err := os.Stat(bin)
-	if err != nil {
-		return nil, err.Error()
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return nil, bin + ": no device and inode"
 	}
 	p := m.procs()
 	id, err := p.identify(pid)
 	if err != nil {
 		return nil, err.Error()
 	}
-	if id.ExeDevice != st.Dev || id.ExeInode != st.Ino {
+	if id.ExeDevice != dev || id.ExeInode != ino {
 		return nil, fmt.Sprintf("process %d runs %s, not %s", pid, id.Exe, bin)
 	}
 	env, err := p.environ(pid)
@@ -419,14 +471,41 @@ func (m *Manager) legacyDaemon(key string) (*identity, string) {
 	return &id, ""
 }
 
-// unprovenLegacy reports whether key has a previous release's PID file
-// but no record: its daemon, if any, was not adopted.
-func (m *Manager) unprovenLegacy(key string) bool {
-	if _, err := os.Lstat(filepath.Join(m.PipeDir(key), legacyPIDFile)); err != nil {
+// unproven reports whether key may have a daemon that the plugin does not
+// take for one, which it asks to quit through pipe/ (signalling nothing)
+// rather than leak: a previous release's PID file without a record (its
+// daemon, if any, was not adopted), or a record whose process runs but is
+// not the driver root's control program (daemonOf: a daemon of a driver
+// reinstalled since, or another program).
+func (m *Manager) unproven(key string) bool {
+	rec, err := m.loadRecord(key)
+	if err == nil {
+		d, why := m.daemonOf(rec)
+		return d == nil && why != ""
+	}
+	if _, lerr := os.Lstat(filepath.Join(m.PipeDir(key), legacyPIDFile)); lerr != nil {
 		return false
 	}
-	_, err := m.loadRecord(key)
 	return errors.Is(err, fs.ErrNotExist)
+}
+
+// forgetStranger removes the key's record if it names a running process
+// that is not the daemon (daemonOf), so that nothing takes that process
+// for the daemon any more, and returns that process.
+func (m *Manager) forgetStranger(logger klog.Logger, key string) *identity {
+	rec, err := m.loadRecord(key)
+	if err != nil {
+		return nil
+	}
+	if d, why := m.daemonOf(rec); d != nil || why == "" {
+		return nil
+	}
+	if err := os.Remove(filepath.Join(m.Dir(key), recordFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		logger.Error(err, "Cannot remove the record of an MPS control daemon that names another process", "key", key, "pid", rec.PID)
+	} else {
+		logger.Info("Removed the record of an MPS control daemon that names another process", "key", key, "pid", rec.PID)
+	}
+	return &rec.identity
 }
 
 func (m *Manager) loadRecord(key string) (record, error) { return loadRecordIn(m.Dir(key)) }
@@ -496,10 +575,11 @@ func (m *Manager) Stop(ctx context.Context, key string) error {
 		if err := m.stop(ctx, key, *d); err != nil {
 			return err
 		}
-	case m.unprovenLegacy(key):
-		// A previous release's daemon that could not prove itself may
-		// still serve pipe/: ask whatever does to quit, signalling
-		// nothing, rather than leak it.
+	case m.unproven(key):
+		// A previous release's daemon that could not prove itself, or
+		// one of a reinstalled driver, may still serve pipe/: ask
+		// whatever does to quit, signalling nothing, rather than leak
+		// it.
 		if err := m.quit(ctx, key); err != nil {
 			logger.V(2).Info("No MPS control daemon took the quit command", "key", key, "err", err)
 		}

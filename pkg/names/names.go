@@ -273,6 +273,12 @@ const (
 // A claim's devices are on one node, so one name for all nodes is enough.
 const StatusFieldManager = "gpu-kubelet-plugin"
 
+// PluginEventSource is the source component (Event.Source.Component) of
+// the Events the node plugin records on its Node, in the default
+// namespace, with its node as Source.Host; kubectl gpu describe takes only
+// those as a GPU's health history.
+const PluginEventSource = "gpu-kubelet-plugin"
+
 // Reasons of the node Events the plugin records when a health taint of one
 // of its GPUs appears or goes; kubectl gpu describe shows them per GPU.
 const (
