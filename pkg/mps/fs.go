@@ -75,10 +75,7 @@ func (m *Manager) fsDir(key string) string { return filepath.Join(m.FS.Root, key
 // whose containers bind it) is left as it is.
 func (m *Manager) ensureFS(logger klog.Logger, key string) error {
 	dir := m.Dir(key)
-	if fi, err := os.Lstat(PipeDirIn(dir)); err == nil && fi.IsDir() {
-		return nil
-	}
-	if m.FS.Root == "" {
+	if fi, err := os.Lstat(PipeDirIn(dir)); (err == nil && fi.IsDir()) || m.FS.Root == "" {
 		return hostfs.EnsureDir(logger, PipeDirIn(dir), DirMode)
 	}
 	mnt := m.fsDir(key)
