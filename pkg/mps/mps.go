@@ -198,7 +198,13 @@ func (m *Manager) control() (string, error) { return driverrootControl(m.driverR
 // file: the device and inode that /proc/<pid>/exe of a daemon it runs
 // has.
 func (m *Manager) controlFile() (path string, dev, ino uint64, err error) {
-	bin, err := m.control()
+	return controlFileIn(m.driverRoot)
+}
+
+// controlFileIn finds the control program under a driver root, with the
+// device and inode a daemon's executable must have.
+func controlFileIn(driverRoot string) (path string, dev, ino uint64, err error) {
+	bin, err := driverrootControl(driverRoot)
 	if err != nil {
 		return "", 0, 0, err
 	}

@@ -1,6 +1,7 @@
 package mps
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -196,4 +197,31 @@ func TestDaemonOfAReinstalledDriver(t *testing.T) {
 			t.Errorf("%d quit commands, want 2 (the old daemon's and the new one's):\n%s", n, log)
 		}
 	})
+}
+
+// TestSupervisorSignalsNoProcessOfAnotherProgram: a supervisor that starts
+// (its pod restarted by the kubelet) in a directory whose record names a
+// live process of another program leaves that process alone and starts
+// its daemon. Before, it killed whatever the record's identity named.
+func TestSupervisorSignalsNoProcessOfAnotherProgram(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	m := newTestManager(t)
+	const key = "2f0e0a4c-0000-4000-8000-000000000035"
+	victim := stranger(t)
+	forgeRecord(t, m, key, victim.Process.Pid)
+	s := &Supervisor{Dir: m.Dir(key), DriverRoot: m.driverRoot, GPUs: []string{"GPU-a"}, ProcRoot: "/", Timeout: time.Second}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.Run(runCtx) }()
+	waitFor(t, "the supervisor's daemon recorded", func() bool {
+		d := m.recorded(key)
+		return d != nil && d.PID != victim.Process.Pid
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("run: %v", err)
+	}
+	if !alive(t, victim) {
+		t.Error("the supervisor killed the process of another program its directory's record named")
+	}
 }

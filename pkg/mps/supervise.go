@@ -125,6 +125,12 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			}
 			continue
 		}
+		// Only the driver's control program is signalled: a record that
+		// names another program's process is no daemon's.
+		if _, dev, ino, err := controlFileIn(s.DriverRoot); err != nil || rec.ExeDevice != dev || rec.ExeInode != ino {
+			logger.Info("The MPS daemon directory's record names a process that does not run the control program; not signalling it", "dir", s.Dir, "pid", rec.PID, "exe", rec.Exe)
+			break
+		}
 		logger.Info("A previous MPS control daemon of this directory still runs; stopping it", "dir", s.Dir, "pid", rec.PID)
 		if err := p.kill(rec.identity); err != nil {
 			return fmt.Errorf("stop the previous MPS control daemon: %w", err)
