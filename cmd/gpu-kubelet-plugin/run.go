@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/pflag"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
@@ -59,6 +60,8 @@ type runOptions struct {
 	healthClearAfter  time.Duration
 	crashAt           string
 	mpsDaemonPods     daemonpod.Launcher
+	mpsFSSize         string
+	mpsFSInodes       int64
 }
 
 // nvmlLibrary is the file name the NVIDIA driver installs NVML as.
@@ -90,8 +93,29 @@ func (o *runOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.mpsDaemonPods.Namespace, "mps-daemon-namespace", "", "namespace of the MPS control daemons' pods: the plugin's own (the chart passes it)")
 	fs.StringVar(&o.mpsDaemonPods.PriorityClassName, "mps-daemon-priority-class", "", "priority class of the MPS control daemons' pods (the chart passes the plugin's)")
 	fs.StringVar((*string)(&o.mpsDaemonPods.ImagePullPolicy), "mps-daemon-image-pull-policy", "", "image pull policy of the MPS control daemons' pods (the chart passes the plugin's)")
+	fs.StringVar(&o.mpsFSSize, "mps-fs-size", "64Mi", "size of the tmpfs each MPS control daemon gets for its pipe directory and shared memory (/dev/shm of the daemon and its clients), which its clients' containers write to: what a tenant writes there is bounded by it, not by the node's disk; 0 gives plain directories of the plugin's data directory, unbounded, and no shared /dev/shm")
+	fs.Int64Var(&o.mpsFSInodes, "mps-fs-inodes", 4096, "the most files and directories each MPS control daemon's tmpfs holds (see --mps-fs-size)")
 	fs.StringVar(&o.crashAt, "test-crash-at", "", "testing only: SIGKILL the plugin after this prepare/unprepare step")
 	_ = fs.MarkHidden("test-crash-at")
+}
+
+// mpsFilesystem is the tmpfs each MPS daemon gets, from --mps-fs-size and
+// --mps-fs-inodes: under the data directory, beside the daemons'
+// directories.
+func (o *runOptions) mpsFilesystem() (mps.Filesystem, error) {
+	size, err := resource.ParseQuantity(o.mpsFSSize)
+	if err != nil {
+		return mps.Filesystem{}, fmt.Errorf("--mps-fs-size %q: %w", o.mpsFSSize, err)
+	}
+	switch {
+	case size.Sign() == 0:
+		return mps.Filesystem{}, nil
+	case size.Value() < 1<<20:
+		return mps.Filesystem{}, fmt.Errorf("--mps-fs-size %s: less than 1Mi leaves an MPS daemon no room; 0 turns the bound off", o.mpsFSSize)
+	case o.mpsFSInodes < 64:
+		return mps.Filesystem{}, fmt.Errorf("--mps-fs-inodes %d: less than 64 leaves an MPS daemon no room", o.mpsFSInodes)
+	}
+	return mps.Filesystem{Root: filepath.Join(o.pluginDataDir, "mps-fs"), SizeBytes: size.Value(), Inodes: o.mpsFSInodes}, nil
 }
 
 func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
@@ -163,6 +187,9 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 	}
 	daemons := mps.NewManager(filepath.Join(ro.pluginDataDir, "mps"), driverRoot)
 	daemons.Logger = logger
+	if daemons.FS, err = ro.mpsFilesystem(); err != nil {
+		return err
+	}
 	if pods := ro.mpsDaemonPods; pods.Image != "" {
 		pods.Client, pods.NodeName, pods.DriverRoot = client, opts.nodeName, ro.driverRoot
 		if err := pods.Validate(); err != nil {

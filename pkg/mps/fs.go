@@ -51,11 +51,6 @@ type Filesystem struct {
 	// SizeBytes and Inodes bound each tmpfs (size= and nr_inodes=).
 	SizeBytes int64
 	Inodes    int64
-	// HostRoot is the host's root as this process reaches it
-	// ("/proc/1/root" with hostPID): a new tmpfs must be visible there,
-	// or the container runtime would give the claim's containers the empty
-	// directory under it. Empty skips the check.
-	HostRoot string
 }
 
 // Bounded reports whether the daemon of directory dir has a Filesystem:
@@ -98,9 +93,6 @@ func (m *Manager) ensureFS(logger klog.Logger, key string) error {
 	if err := m.fillFS(mnt); err != nil {
 		return err
 	}
-	if err := m.visibleOnHost(mnt); err != nil {
-		return err
-	}
 	for name, target := range map[string]string{fsPipe: filepath.Join(mnt, fsPipe), fsShm: filepath.Join(mnt, fsShm)} {
 		if err := symlink(target, filepath.Join(dir, name)); err != nil {
 			return fmt.Errorf("MPS filesystem: %w", err)
@@ -127,16 +119,14 @@ func (m *Manager) fillFS(mnt string) error {
 	return nil
 }
 
-// visibleOnHost checks that the tmpfs at mnt is what the host sees there:
-// a plugin container whose data directory is mounted without
-// Bidirectional propagation mounts it in its own namespace only.
-func (m *Manager) visibleOnHost(mnt string) error {
-	if m.FS.HostRoot == "" {
-		return nil
-	}
-	if _, err := os.Lstat(filepath.Join(m.FS.HostRoot, mnt, fsMarker)); err != nil {
-		_ = unix.Unmount(mnt, unix.MNT_DETACH)
-		return fmt.Errorf("the MPS daemon's tmpfs at %s is not visible on the host (%w): mount the plugin's data directory with mountPropagation Bidirectional", mnt, err)
+// checkFS is the supervisor's check that the daemon's tmpfs, which the
+// spec names, is what it sees: a plugin container whose data directory is
+// mounted without Bidirectional propagation mounts it in its own mount
+// namespace only, and the daemon and the claim's containers would get the
+// empty directory under it.
+func checkFS(mnt string) error {
+	if _, err := os.Lstat(filepath.Join(mnt, fsMarker)); err != nil {
+		return fmt.Errorf("the MPS daemon's tmpfs at %s is not here (%w): the plugin's data directory must be mounted with mountPropagation Bidirectional, and the daemon's pod must see %s", mnt, err, filepath.Dir(mnt))
 	}
 	return nil
 }

@@ -17,6 +17,9 @@ type Daemon struct {
 	Dir string
 	// GPUs are the UUIDs the daemon is given.
 	GPUs []string
+	// Filesystem is the daemon's tmpfs (fs.go), or empty: its pod must
+	// see it, and mount its shm/ at ContainerShmDir.
+	Filesystem string
 }
 
 // Launcher runs daemons' supervisors somewhere, restarts one that fails,

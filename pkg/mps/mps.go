@@ -301,11 +301,15 @@ func (m *Manager) Start(ctx context.Context, key string, gpuUUIDs []string, limi
 			logger.Info("The process of the MPS control daemon's old record still runs after the quit command; starting the daemon beside it", "key", key, "pid", stranger.PID)
 		}
 	}
-	if err := saveSpecIn(m.Dir(key), gpuUUIDs, limits, m.writeFile); err != nil {
+	filesystem := ""
+	if Bounded(m.Dir(key)) {
+		filesystem = m.fsDir(key)
+	}
+	if err := saveSpecIn(m.Dir(key), gpuUUIDs, limits, filesystem, m.writeFile); err != nil {
 		return err
 	}
 	l := m.launcher()
-	if err := l.Launch(ctx, Daemon{Key: key, Dir: m.Dir(key), GPUs: gpuUUIDs}); err != nil {
+	if err := l.Launch(ctx, Daemon{Key: key, Dir: m.Dir(key), GPUs: gpuUUIDs, Filesystem: filesystem}); err != nil {
 		return fmt.Errorf("launch MPS control daemon: %w", err)
 	}
 	fail := func(err error) error {

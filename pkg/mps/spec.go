@@ -81,17 +81,20 @@ type spec struct {
 	Version int      `json:"version"`
 	GPUs    []string `json:"gpus"`
 	Limits  Limits   `json:"limits"`
+	// Filesystem is the daemon's tmpfs (fs.go), when it has one: the
+	// supervisor checks that it sees it before it starts the daemon.
+	Filesystem string `json:"filesystem,omitempty"`
 }
 
 // saveSpecIn writes the spec of the daemon of directory dir with write.
-func saveSpecIn(dir string, gpus []string, limits Limits, write func(string, []byte) error) error {
+func saveSpecIn(dir string, gpus []string, limits Limits, filesystem string, write func(string, []byte) error) error {
 	if len(gpus) == 0 {
 		return errors.New("an MPS control daemon without GPUs")
 	}
 	if err := limits.validate(gpus); err != nil {
 		return fmt.Errorf("MPS limits: %w", err)
 	}
-	data, err := json.Marshal(spec{Version: specVersion, GPUs: gpus, Limits: limits})
+	data, err := json.Marshal(spec{Version: specVersion, GPUs: gpus, Limits: limits, Filesystem: filesystem})
 	if err != nil {
 		return fmt.Errorf("encode the MPS control daemon's spec: %w", err)
 	}

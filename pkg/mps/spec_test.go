@@ -80,7 +80,7 @@ func TestSupervisorTakesItsGPUsFromTheSpec(t *testing.T) {
 				}
 			}
 			if tc.spec != nil {
-				if err := saveSpecIn(dir, tc.spec.GPUs, tc.spec.Limits, hostfs.WriteFileAtomic); err != nil {
+				if err := saveSpecIn(dir, tc.spec.GPUs, tc.spec.Limits, "", hostfs.WriteFileAtomic); err != nil {
 					t.Fatal(err)
 				}
 			}

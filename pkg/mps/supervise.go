@@ -102,6 +102,11 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("MPS control daemon's spec: %w", err)
 	}
+	if sp.Filesystem != "" {
+		if err := checkFS(sp.Filesystem); err != nil {
+			return err
+		}
+	}
 	p := s.procs()
 	self, err := p.identify(os.Getpid())
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -369,4 +370,37 @@ func TestLegacySharesKeepTheirGPUsDaemon(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.checkNothingLeft(ctx, "after both unprepares")
+}
+
+// TestShareOnABoundedFilesystem: with the daemons' tmpfs on (the plugin's
+// default), a share's containers get its daemon's pipe/ and shm/, both on
+// that tmpfs, at /tmp/nvidia-mps and /dev/shm; unprepare leaves neither.
+func TestShareOnABoundedFilesystem(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, "dgxh100")
+	f.mps.FS = mps.Filesystem{Root: filepath.Join(t.TempDir(), "mps-fs"), SizeBytes: 1 << 20, Inodes: 64}
+	c := sharesAllocated(shareOf{"gpu-0-shared", "aaaaaaaa-0000-4000-8000-000000000001", "10Gi", "50"})
+	if _, err := f.p.Prepare(ctx, c); err != nil {
+		if strings.Contains(err.Error(), "operation not permitted") {
+			t.Skipf("cannot mount a tmpfs here: %v", err)
+		}
+		t.Fatal(err)
+	}
+	dir := f.mps.Dir(string(c.UID))
+	if !mps.Bounded(dir) {
+		t.Fatal("the share's daemon has no tmpfs")
+	}
+	spec := f.spec(c)
+	for _, want := range []string{`"hostPath":"` + mps.ShmDirIn(dir) + `","containerPath":"/dev/shm"`, `"hostPath":"` + mps.PipeDirIn(dir) + `","containerPath":"/tmp/nvidia-mps"`} {
+		if !strings.Contains(spec, want) {
+			t.Errorf("CDI spec lacks %s:\n%s", want, spec)
+		}
+	}
+	if err := f.p.Unprepare(ctx, ref(c)); err != nil {
+		t.Fatal(err)
+	}
+	if entries, err := os.ReadDir(f.mps.FS.Root); err != nil || len(entries) != 0 {
+		t.Errorf("tmpfs left after unprepare: %v (%v)", entries, err)
+	}
+	f.checkNothingLeft(ctx, "after unprepare")
 }

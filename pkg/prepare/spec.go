@@ -35,6 +35,11 @@ func cdiDevices(rec *checkpoint.Claim) ([]cdi.Device, error) {
 				{HostPath: mps.PipeDirIn(d.MPSDir), ContainerPath: mps.ContainerPipeDir},
 				{HostPath: mps.LogDirIn(d.MPSDir), ContainerPath: mps.ContainerLogDir, ReadOnly: true},
 			}
+			if mps.Bounded(d.MPSDir) {
+				// The MPS server and its clients share memory in
+				// /dev/shm: the daemon's, on its bounded tmpfs as pipe/ is.
+				cd.Mounts = append(cd.Mounts, cdi.Mount{HostPath: mps.ShmDirIn(d.MPSDir), ContainerPath: mps.ContainerShmDir})
+			}
 		}
 		if d.MIG != nil {
 			cd.UUID = d.MIG.UUID

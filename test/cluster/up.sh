@@ -69,6 +69,13 @@ check_prerequisites() {
 make_dirs() {
 	mkdir -p "$RUN"/{pids,logs,pki,kubeconfig,bin,cdi,dev,cni/net.d,cni/ipam,runc,kubelet,pod-logs}
 	mkdir -p "$RUN/containerd"/{root,state}
+	# The kubelet's root is a shared mount, as / is on a systemd host (here it may be private), so
+	# that a pod's Bidirectional or HostToContainer volume under it propagates: the plugin mounts
+	# each MPS daemon's tmpfs in its container (docs/security.md). down.sh unmounts it.
+	if [[ $(findmnt -n -o TARGET,PROPAGATION --target "$RUN/kubelet" | awk '{ print $1 " " $2 }') != "$RUN/kubelet shared" ]]; then
+		mount --bind "$RUN/kubelet" "$RUN/kubelet"
+		mount --make-rshared "$RUN/kubelet"
+	fi
 	# The host paths the kubelet and the shim hard-code: down.sh removes those we created.
 	local p
 	for p in /var/lib/kubelet /var/lib/kubelet/device-plugins /var/log/containers /var/lib/cni \

@@ -177,6 +177,28 @@ func (l *Launcher) Pod(d mps.Daemon) *corev1.Pod {
 	hostPath := func(path string) corev1.VolumeSource {
 		return corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: path, Type: ptr.To(corev1.HostPathDirectory)}}
 	}
+	mounts := []corev1.VolumeMount{
+		{Name: "daemons", MountPath: root},
+		{Name: "driver-root", MountPath: DriverRootMount, ReadOnly: true},
+	}
+	volumes := []corev1.Volume{
+		{Name: "daemons", VolumeSource: hostPath(root)},
+		{Name: "driver-root", VolumeSource: hostPath(l.DriverRoot)},
+	}
+	if d.Filesystem != "" {
+		// The daemons' tmpfs, where pipe/ and shm/ of the daemon's
+		// directory lead (HostToContainer: one the plugin mounts later,
+		// for a restarted daemon, is seen too), and the daemon's shm/ as
+		// the /dev/shm of the daemon and the MPS servers it starts, which
+		// the claim's containers have as theirs.
+		fsRoot := filepath.Dir(d.Filesystem)
+		mounts = append(mounts,
+			corev1.VolumeMount{Name: "filesystems", MountPath: fsRoot, MountPropagation: ptr.To(corev1.MountPropagationHostToContainer)},
+			corev1.VolumeMount{Name: "shm", MountPath: mps.ContainerShmDir})
+		volumes = append(volumes,
+			corev1.Volume{Name: "filesystems", VolumeSource: hostPath(fsRoot)},
+			corev1.Volume{Name: "shm", VolumeSource: hostPath(mps.ShmDirIn(d.Filesystem))})
+	}
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
 			GenerateName: "gpu-mps-",
@@ -218,15 +240,9 @@ func (l *Launcher) Pod(d mps.Daemon) *corev1.Pod {
 				Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{
 					corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("32Mi"),
 				}},
-				VolumeMounts: []corev1.VolumeMount{
-					{Name: "daemons", MountPath: root},
-					{Name: "driver-root", MountPath: DriverRootMount, ReadOnly: true},
-				},
+				VolumeMounts: mounts,
 			}},
-			Volumes: []corev1.Volume{
-				{Name: "daemons", VolumeSource: hostPath(root)},
-				{Name: "driver-root", VolumeSource: hostPath(l.DriverRoot)},
-			},
+			Volumes: volumes,
 		},
 	}
 }
