@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/pflag"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
@@ -59,6 +60,8 @@ type runOptions struct {
 	healthClearAfter  time.Duration
 	crashAt           string
 	mpsDaemonPods     daemonpod.Launcher
+	// The MPS daemon pods' requests and limits, copied into mpsDaemonPods.
+	mpsDaemonCPU, mpsDaemonMemory resource.QuantityValue
 }
 
 // nvmlLibrary is the file name the NVIDIA driver installs NVML as.
@@ -88,7 +91,10 @@ func (o *runOptions) addFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.healthClearAfter, "health-clear-after", 0, "how long the cause of a transient condition must be gone before its taint is removed; overrides the policy (default 30s)")
 	fs.StringVar(&o.mpsDaemonPods.Image, "mps-daemon-image", "", "image of the pods that run the MPS control daemons, one pod per daemon, on this node (the chart passes the plugin's own): they outlive this plugin's container, so its restarts and upgrades leave MPS clients running; empty runs the daemons as children of this process, and they end with its container")
 	fs.StringVar(&o.mpsDaemonPods.Namespace, "mps-daemon-namespace", "", "namespace of the MPS control daemons' pods: the plugin's own (the chart passes it)")
-	fs.StringVar(&o.mpsDaemonPods.PriorityClassName, "mps-daemon-priority-class", "", "priority class of the MPS control daemons' pods (the chart passes the plugin's)")
+	fs.StringVar(&o.mpsDaemonPods.PriorityClassName, "mps-daemon-priority-class", "", "priority class of the MPS control daemons' pods (the chart passes its own, high but not critical: the kubelet evicts other pods to admit a critical one)")
+	o.mpsDaemonCPU.Quantity, o.mpsDaemonMemory.Quantity = daemonpod.DefaultCPU.DeepCopy(), daemonpod.DefaultMemory.DeepCopy()
+	fs.Var(&o.mpsDaemonCPU, "mps-daemon-cpu", "CPU request and limit of each MPS control daemon's pod (equal: the pod is Guaranteed); the MPS servers of its clients run in the pod too")
+	fs.Var(&o.mpsDaemonMemory, "mps-daemon-memory", "memory request and limit of each MPS control daemon's pod (equal: the pod is Guaranteed); the MPS servers of its clients run in the pod too, and one over the limit is killed")
 	fs.StringVar((*string)(&o.mpsDaemonPods.ImagePullPolicy), "mps-daemon-image-pull-policy", "", "image pull policy of the MPS control daemons' pods (the chart passes the plugin's)")
 	fs.StringVar(&o.crashAt, "test-crash-at", "", "testing only: SIGKILL the plugin after this prepare/unprepare step")
 	_ = fs.MarkHidden("test-crash-at")
@@ -165,6 +171,7 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 	daemons.Logger = logger
 	if pods := ro.mpsDaemonPods; pods.Image != "" {
 		pods.Client, pods.NodeName, pods.DriverRoot = client, opts.nodeName, ro.driverRoot
+		pods.CPU, pods.Memory = ro.mpsDaemonCPU.Quantity, ro.mpsDaemonMemory.Quantity
 		if err := pods.Validate(); err != nil {
 			return fmt.Errorf("--mps-daemon-image: %w", err)
 		}
