@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	resourceapi "k8s.io/api/resource/v1"
@@ -349,5 +350,38 @@ metadata: {name: `+falseNS+`, labels: {`+names.MayTolerateDriverTaintsLabel+`: "
 				t.Errorf("namespace %s (labelled): refused: %v", marked, err)
 			}
 		})
+	}
+}
+
+// TestChartPoliciesTypeCheck: the API server type-checks every
+// ValidatingAdmissionPolicy of the harness's release against the schemas
+// of the resources it matches, and finds no expression that names a field
+// they do not have or compares values of different types (a policy whose
+// expression is wrong that way refuses, or admits, at run time instead).
+func TestChartPoliciesTypeCheck(t *testing.T) {
+	selector := metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + driverRelease}
+	var policies []admissionregistrationv1.ValidatingAdmissionPolicy
+	eventually(t, 30*time.Second, "every policy of the release type-checked", func() (bool, error) {
+		list, err := client.AdmissionregistrationV1().ValidatingAdmissionPolicies().List(ctx(), selector)
+		if err != nil {
+			return false, err
+		}
+		policies = list.Items
+		for _, p := range policies {
+			if p.Status.ObservedGeneration != p.Generation {
+				return false, fmt.Errorf("%s: generation %d not type-checked yet", p.Name, p.Generation)
+			}
+		}
+		return len(policies) > 0, nil
+	})
+	if len(policies) != 5 {
+		t.Errorf("%d policies of the release, want 5 (slices, claim status, Events, MPS daemon pods, tolerations)", len(policies))
+	}
+	for _, p := range policies {
+		if tc := p.Status.TypeChecking; tc != nil {
+			for _, w := range tc.ExpressionWarnings {
+				t.Errorf("%s: %s: %s", p.Name, w.FieldRef, w.Warning)
+			}
+		}
 	}
 }
