@@ -62,6 +62,8 @@ type runOptions struct {
 	mpsDaemonPods     daemonpod.Launcher
 	mpsFSSize         string
 	mpsFSInodes       int64
+	// The MPS daemon pods' requests and limits, copied into mpsDaemonPods.
+	mpsDaemonCPU, mpsDaemonMemory resource.QuantityValue
 }
 
 // nvmlLibrary is the file name the NVIDIA driver installs NVML as.
@@ -91,7 +93,10 @@ func (o *runOptions) addFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.healthClearAfter, "health-clear-after", 0, "how long the cause of a transient condition must be gone before its taint is removed; overrides the policy (default 30s)")
 	fs.StringVar(&o.mpsDaemonPods.Image, "mps-daemon-image", "", "image of the pods that run the MPS control daemons, one pod per daemon, on this node (the chart passes the plugin's own): they outlive this plugin's container, so its restarts and upgrades leave MPS clients running; empty runs the daemons as children of this process, and they end with its container")
 	fs.StringVar(&o.mpsDaemonPods.Namespace, "mps-daemon-namespace", "", "namespace of the MPS control daemons' pods: the plugin's own (the chart passes it)")
-	fs.StringVar(&o.mpsDaemonPods.PriorityClassName, "mps-daemon-priority-class", "", "priority class of the MPS control daemons' pods (the chart passes the plugin's)")
+	fs.StringVar(&o.mpsDaemonPods.PriorityClassName, "mps-daemon-priority-class", "", "priority class of the MPS control daemons' pods (the chart passes its own, high but not critical: the kubelet evicts other pods to admit a critical one)")
+	o.mpsDaemonCPU.Quantity, o.mpsDaemonMemory.Quantity = daemonpod.DefaultCPU.DeepCopy(), daemonpod.DefaultMemory.DeepCopy()
+	fs.Var(&o.mpsDaemonCPU, "mps-daemon-cpu", "CPU request and limit of each MPS control daemon's pod (equal: the pod is Guaranteed); the MPS servers of its clients run in the pod too")
+	fs.Var(&o.mpsDaemonMemory, "mps-daemon-memory", "memory request and limit of each MPS control daemon's pod (equal: the pod is Guaranteed); the MPS servers of its clients run in the pod too, and one over the limit is killed")
 	fs.StringVar((*string)(&o.mpsDaemonPods.ImagePullPolicy), "mps-daemon-image-pull-policy", "", "image pull policy of the MPS control daemons' pods (the chart passes the plugin's)")
 	fs.StringVar(&o.mpsFSSize, "mps-fs-size", "64Mi", "size of the tmpfs each MPS control daemon gets for its pipe directory and shared memory (/dev/shm of the daemon and its clients), which its clients' containers write to: what a tenant writes there is bounded by it, not by the node's disk; 0 gives plain directories of the plugin's data directory, unbounded, and no shared /dev/shm")
 	fs.Int64Var(&o.mpsFSInodes, "mps-fs-inodes", 4096, "the most files and directories each MPS control daemon's tmpfs holds (see --mps-fs-size)")
@@ -192,6 +197,7 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 	}
 	if pods := ro.mpsDaemonPods; pods.Image != "" {
 		pods.Client, pods.NodeName, pods.DriverRoot = client, opts.nodeName, ro.driverRoot
+		pods.CPU, pods.Memory = ro.mpsDaemonCPU.Quantity, ro.mpsDaemonMemory.Quantity
 		if err := pods.Validate(); err != nil {
 			return fmt.Errorf("--mps-daemon-image: %w", err)
 		}

@@ -149,13 +149,20 @@ func (w *Writer) next(ctx context.Context) bool {
 	}
 	defer w.queue.Done(ref)
 	logger := klog.FromContext(ctx).WithValues("claim", klog.KRef(ref.Namespace, ref.Name), "claimUID", ref.UID)
-	err := w.write(ctx, ref)
+	prepared, err := w.write(ctx, ref)
 	switch {
 	case err == nil:
 		w.queue.Forget(ref)
 	case apierrors.IsNotFound(err), apierrors.IsConflict(err):
 		// Gone, or recreated under another UID: nothing of ours to write.
 		logger.V(2).Info("Claim gone; its device status is not written", "err", err)
+		w.queue.Forget(ref)
+	case apierrors.IsInvalid(err) && !prepared:
+		// The removal of an unprepared claim's entries, refused: the
+		// chart's policy refuses every write of a claim no longer
+		// allocated on this node, whose entries the API server removed
+		// with its allocation. Nothing is left to remove.
+		logger.V(2).Info("The API server refused to remove the claim's device status; a claim no longer allocated here has none", "err", err)
 		w.queue.Forget(ref)
 	case apierrors.IsInvalid(err):
 		// Writing it again cannot succeed.
@@ -170,14 +177,14 @@ func (w *Writer) next(ctx context.Context) bool {
 }
 
 // write applies the claim's current entries: those of its prepared
-// devices, or none.
-func (w *Writer) write(ctx context.Context, ref Ref) error {
+// devices, or none; it reports whether the claim is prepared.
+func (w *Writer) write(ctx context.Context, ref Ref) (bool, error) {
 	devices, prepared := w.opts.Source.PreparedDevices(ref.UID)
 	status := resourceac.ResourceClaimStatus()
 	for _, d := range devices {
 		entry, err := w.entry(ref.UID, d)
 		if err != nil {
-			return err
+			return prepared, err
 		}
 		status.WithDevices(entry)
 	}
@@ -188,12 +195,12 @@ func (w *Writer) write(ctx context.Context, ref Ref) error {
 	out, err := w.opts.Client.ResourceClaims(ref.Namespace).ApplyStatus(ctx, claim,
 		metav1.ApplyOptions{FieldManager: w.opts.FieldManager, Force: true})
 	if err != nil {
-		return fmt.Errorf("apply status of claim %s/%s: %w", ref.Namespace, ref.Name, err)
+		return prepared, fmt.Errorf("apply status of claim %s/%s: %w", ref.Namespace, ref.Name, err)
 	}
 	if w.opts.Applied != nil {
 		w.opts.Applied(out)
 	}
-	return nil
+	return prepared, nil
 }
 
 func (w *Writer) entry(uid string, d Device) (*resourceac.AllocatedDeviceStatusApplyConfiguration, error) {

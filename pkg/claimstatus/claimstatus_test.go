@@ -16,6 +16,7 @@ import (
 	resourceac "k8s.io/client-go/applyconfigurations/resource/v1"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/ktesting"
 
 	statusv1 "github.com/gpu-dra/gpu-dra-driver/api/status/v1"
@@ -283,5 +284,51 @@ func TestGoneClaimIsDropped(t *testing.T) {
 	f.process(t)
 	if n := f.w.queue.NumRequeues(Ref{"ns", "claim", uid}); n != 0 {
 		t.Errorf("retried %d times after NotFound, want never", n)
+	}
+}
+
+// TestRefusedWriteIsNotRetried: a write the API server refuses as invalid
+// is never retried. For a prepared claim that is an error; for the
+// removal of an unprepared claim's entries it is what the chart's claim
+// status policy answers once the claim is no longer allocated on the node
+// (its entries went with the allocation), and no error is logged.
+func TestRefusedWriteIsNotRetried(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		prepared  bool
+		wantError bool
+	}{
+		{"prepared", true, true},
+		{"unprepared, deallocated", false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			allocated(t, f.client)
+			if tc.prepared {
+				f.src.set(uid, prepared())
+			}
+			f.client.PrependReactor("patch", "resourceclaims", func(a k8stesting.Action) (bool, runtime.Object, error) {
+				return true, nil, apierrors.NewInvalid(schema.GroupKind{Group: "resource.k8s.io", Kind: "ResourceClaim"}, "claim", nil)
+			})
+			logger := ktesting.NewLogger(t, ktesting.NewConfig(ktesting.BufferLogs(true), ktesting.Verbosity(2)))
+			ctx := klog.NewContext(context.Background(), logger)
+			ref := Ref{"ns", "claim", uid}
+			f.w.Update(ref)
+			if !f.w.next(ctx) {
+				t.Fatal("queue shut down")
+			}
+			if n := f.w.queue.NumRequeues(ref); n != 0 || f.w.queue.Len() != 0 {
+				t.Errorf("retried (%d requeues, %d queued), want never", n, f.w.queue.Len())
+			}
+			errs := 0
+			for _, e := range logger.GetSink().(ktesting.Underlier).GetBuffer().Data() {
+				if e.Type == ktesting.LogError {
+					errs++
+				}
+			}
+			if got := errs > 0; got != tc.wantError {
+				t.Errorf("error logged: %v, want %v", got, tc.wantError)
+			}
+		})
 	}
 }

@@ -229,6 +229,13 @@ const (
 // HealthTaintKeyPrefix prefixes the taint key of every health condition.
 const HealthTaintKeyPrefix = keyPrefix
 
+// MayTolerateDriverTaintsLabel, set to "true" on a namespace by an admin,
+// lets the ResourceClaims and ResourceClaimTemplates there tolerate the
+// driver's taints: keys with HealthTaintKeyPrefix (MaintenanceTaintKey
+// too), or every key. The chart's admission policy
+// (toleration-policy.yaml) refuses such tolerations elsewhere.
+const MayTolerateDriverTaintsLabel = keyPrefix + "may-tolerate-driver-taints"
+
 // HealthTaintKey is the taint key of a health condition, e.g.
 // "gpu.nvidia.com/xid".
 func HealthTaintKey(condition string) string { return HealthTaintKeyPrefix + condition }

@@ -14,6 +14,8 @@ import (
 	resourceapi "k8s.io/api/resource/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 )
 
 // gpuSim runs the simulated node's fault-injection tool.
@@ -77,10 +79,11 @@ func clearHealth(t testing.TB, minor int) {
 }
 
 // healthNamespace is the health tests' namespace with a template for a
-// whole GPU.
+// whole GPU. Its claims may tolerate the driver's taints (the chart's
+// toleration policy).
 const healthNamespace = `apiVersion: v1
 kind: Namespace
-metadata: {name: gpu-health}
+metadata: {name: gpu-health, labels: {` + names.MayTolerateDriverTaintsLabel + `: "true"}}
 ---
 apiVersion: resource.k8s.io/v1
 kind: ResourceClaimTemplate

@@ -15,6 +15,7 @@ import (
 	eventsv1 "k8s.io/api/events/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
@@ -31,12 +32,23 @@ import (
 // the MPS daemon pod policy admits that image only.
 const policyImageTag = "policy-test"
 
-// pluginIdentity applies the chart's identity of the kubelet plugin, its
-// node-scoped slice policy and its MPS daemon pod policy (no pods) as release release in namespace
-// ns, with claims read as the node as the harness installs it, and returns
-// a client of that identity as its pod on node would have it (a token
-// naming the node). A cleanup removes them.
+// pluginIdentity applies the chart's identity of the kubelet plugin and
+// its admission policies (node-scoped slices, claim status, Events, MPS
+// daemon pods; no pods) as release release in namespace ns, with claims
+// read as the node as the harness installs it, and returns a client of
+// that identity as its pod on node would have it (a token naming the
+// node). A cleanup removes them.
 func pluginIdentity(t *testing.T, release, ns string) func(node string) kubernetes.Interface {
+	t.Helper()
+	asPluginOn, applyPolicies := pluginIdentityWithoutPolicies(t, release, ns)
+	applyPolicies()
+	return asPluginOn
+}
+
+// pluginIdentityWithoutPolicies is pluginIdentity with the admission
+// policies left out until the function it returns too is called: a test
+// shows what the identity could do without them first.
+func pluginIdentityWithoutPolicies(t *testing.T, release, ns string) (asPluginOn func(node string) kubernetes.Interface, applyPolicies func()) {
 	t.Helper()
 	helm := helmBinary(t)
 	rendered, err := exec.Command(helm, "template", release, filepath.Join(repoRoot, "deployments/helm/gpu-dra-driver"),
@@ -44,24 +56,35 @@ func pluginIdentity(t *testing.T, release, ns string) func(node string) kubernet
 		"--set", "kubeletPlugin.claimReads.kubeletKubeconfig="+filepath.Join(runDir, "kubeconfig/kubelet.kubeconfig"),
 		"--set", "image.tag="+policyImageTag,
 		"--show-only", "templates/slice-policy.yaml", "--show-only", "templates/mps-daemon-policy.yaml",
+		"--show-only", "templates/claim-status-policy.yaml", "--show-only", "templates/event-policy.yaml",
 		"--show-only", "templates/kubelet-plugin.yaml").Output()
 	if err != nil {
 		t.Fatalf("helm template: %v", err)
 	}
-	var keep []string
+	var identity, policies []string
 	for _, doc := range strings.Split(string(rendered), "\n---") {
-		if !strings.Contains(doc, "kind: DaemonSet") {
-			keep = append(keep, doc)
+		switch {
+		case strings.Contains(doc, "kind: DaemonSet"):
+		case strings.Contains(doc, "kind: ValidatingAdmissionPolicy"):
+			policies = append(policies, doc)
+		default:
+			identity = append(identity, doc)
 		}
 	}
-	f := filepath.Join(t.TempDir(), "identity.yaml")
-	if err := os.WriteFile(f, []byte(strings.Join(keep, "\n---")), 0o600); err != nil {
-		t.Fatal(err)
+	dir := t.TempDir()
+	write := func(name string, docs []string) string {
+		f := filepath.Join(dir, name)
+		if err := os.WriteFile(f, []byte(strings.Join(docs, "\n---")), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return f
 	}
+	identityFile, policyFile := write("identity.yaml", identity), write("policies.yaml", policies)
 	applyYAML(t, "apiVersion: v1\nkind: Namespace\nmetadata: {name: "+ns+"}\n")
-	kubectl(t, "apply", "-f", f)
+	kubectl(t, "apply", "-f", identityFile)
 	t.Cleanup(func() {
-		kubectlErr("delete", "-f", f, "--ignore-not-found", "--wait=false")
+		kubectlErr("delete", "-f", policyFile, "--ignore-not-found", "--wait=false")
+		kubectlErr("delete", "-f", identityFile, "--ignore-not-found", "--wait=false")
 		cleanNamespace(t, ns)
 	})
 	cfg, err := clientcmd.BuildConfigFromFlags("", filepath.Join(runDir, "kubeconfig/admin.kubeconfig"))
@@ -69,16 +92,18 @@ func pluginIdentity(t *testing.T, release, ns string) func(node string) kubernet
 		t.Fatal(err)
 	}
 	return func(node string) kubernetes.Interface {
-		c := rest.CopyConfig(cfg)
-		c.Impersonate = rest.ImpersonationConfig{
-			UserName: "system:serviceaccount:" + ns + ":" + release + "-kubelet-plugin",
-			Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+			c := rest.CopyConfig(cfg)
+			c.Impersonate = rest.ImpersonationConfig{
+				UserName: "system:serviceaccount:" + ns + ":" + release + "-kubelet-plugin",
+				Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+			}
+			if node != "" {
+				c.Impersonate.Extra = map[string][]string{"authentication.kubernetes.io/node-name": {node}}
+			}
+			return kubernetes.NewForConfigOrDie(c)
+		}, func() {
+			kubectl(t, "apply", "-f", policyFile)
 		}
-		if node != "" {
-			c.Impersonate.Extra = map[string][]string{"authentication.kubernetes.io/node-name": {node}}
-		}
-		return kubernetes.NewForConfigOrDie(c)
-	}
 }
 
 // TestPluginRBACIsWhatTheCodeCalls: on the real API server, the kubelet
@@ -352,7 +377,7 @@ func TestMPSDaemonPodPolicy(t *testing.T) {
 	plugin := pluginIdentity(t, release, ns)("node-a")
 	dryCreate := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}
 	launcher := &daemonpod.Launcher{Namespace: ns, NodeName: "node-a", Image: "gpu-dra-driver:" + policyImageTag,
-		PriorityClassName: "system-node-critical", DriverRoot: "/"}
+		PriorityClassName: release + "-mps-daemon", DriverRoot: "/"}
 	const key = "2f0e0a4c-0000-4000-8000-000000000001"
 	good := func() *corev1.Pod {
 		return launcher.Pod(mps.Daemon{Key: key, Dir: "/var/lib/kubelet/plugins/gpu.nvidia.com/mps/" + key, GPUs: []string{"GPU-a", "MIG-b"}})
@@ -411,6 +436,25 @@ func TestMPSDaemonPodPolicy(t *testing.T) {
 		{"a sub-path", func(p *corev1.Pod) { ctr(p).VolumeMounts[0].SubPath = "another-claim" }},
 		{"an API token", func(p *corev1.Pod) { p.Spec.AutomountServiceAccountToken = nil }},
 		{"another priority class", func(p *corev1.Pod) { p.Spec.PriorityClassName = "system-cluster-critical" }},
+		// Critical: the kubelet would evict other pods to admit it.
+		{"node-critical", func(p *corev1.Pod) { p.Spec.PriorityClassName = "system-node-critical" }},
+		{"no priority class", func(p *corev1.Pod) { p.Spec.PriorityClassName = "" }},
+		{"more memory", func(p *corev1.Pod) { ctr(p).Resources.Limits[corev1.ResourceMemory] = resource.MustParse("64Gi") }},
+		{"no limits (Burstable)", func(p *corev1.Pod) { ctr(p).Resources.Limits = nil }},
+		{"no CPU limit", func(p *corev1.Pod) { delete(ctr(p).Resources.Limits, corev1.ResourceCPU) }},
+		{"another resource", func(p *corev1.Pod) {
+			ctr(p).Resources.Requests["hugepages-2Mi"] = resource.MustParse("2Mi")
+			ctr(p).Resources.Limits["hugepages-2Mi"] = resource.MustParse("2Mi")
+		}},
+		{"pod-level resources", func(p *corev1.Pod) {
+			p.Spec.Resources = &corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("64")}}
+		}},
+		// A finalizer would keep a deleted daemon pod, and its name, until
+		// someone else removed it; the plugin sets none.
+		{"a finalizer", func(p *corev1.Pod) { p.Finalizers = []string{"example.com/keep"} }},
+		{"an owner", func(p *corev1.Pod) {
+			p.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: "node-a", UID: "node-a"}}
+		}},
 		{"no daemon label", func(p *corev1.Pod) { delete(p.Labels, "app.kubernetes.io/component") }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -62,6 +62,40 @@ expect "defaults: MPS daemon pods created, listed and deleted" 'resources: \["po
 expect "defaults: the admission policy of the MPS daemon pods" 'name: t-mps-daemon-pods' "$out"
 expect "defaults: MPS daemon pods run the chart's image" '--mps-daemon-image=gpu-dra-driver:' "$out"
 expect "defaults: MPS daemon pods in the release's namespace" '--mps-daemon-namespace=gpu-dra-driver$' "$out"
+# MPS daemon pods: their own priority class, high but not critical (the kubelet evicts other pods
+# to admit a critical one), fixed resources (Guaranteed); the plugin keeps its own class.
+expect "defaults: the MPS daemon pods' own priority class" '^  name: t-mps-daemon$' "$out"
+expect "defaults: the MPS daemon class below the critical ones" '^value: 1000000000$' "$out"
+expect "defaults: the MPS daemon class preempts nobody" '^preemptionPolicy: Never$' "$out"
+expect "defaults: MPS daemon pods of that class" '--mps-daemon-priority-class=t-mps-daemon$' "$out"
+expect "defaults: MPS daemon pods' cpu" '--mps-daemon-cpu=250m$' "$out"
+expect "defaults: MPS daemon pods' memory" '--mps-daemon-memory=512Mi$' "$out"
+expect "defaults: the policy requires the daemon class" 'object.spec.priorityClassName == "t-mps-daemon"' "$out"
+expect "defaults: the policy requires the daemon resources" 'quantity\(r.cpu\).compareTo\(quantity\("250m"\)\) == 0' "$out"
+expect "defaults: the plugin keeps its node-critical priority" 'priorityClassName: system-node-critical' "$out"
+# The plugin identity's other node-scoped policies, and who may tolerate the driver's taints.
+for p in node-claim-status node-events driver-taint-tolerations; do
+	expect "defaults: the policy $p" "^  name: t-$p\$" "$out"
+	expect "defaults: the binding of $p" "^  policyName: t-$p\$" "$out"
+done
+label=$(sed -n 's/^const MayTolerateDriverTaintsLabel = keyPrefix + "\(.*\)"$/gpu.nvidia.com\/\1/p' "$REPO_ROOT/pkg/names/names.go")
+[[ -n $label ]] || die "chart: no MayTolerateDriverTaintsLabel in pkg/names"
+expect "defaults: the namespace label of pkg/names" "namespaceObject.metadata.labels\['$label'\] == 'true'" "$out"
+refuse "driverTaintTolerations.restricted=false: no toleration policy" 'driver-taint-tolerations' \
+	"$(render --set driverTaintTolerations.restricted=false)"
+out=$(render --set kubeletPlugin.mps.priorityClassName=gpu-daemons --set kubeletPlugin.mps.daemonResources.cpu=1 \
+	--set kubeletPlugin.mps.daemonResources.memory=2Gi)
+refuse "mps.priorityClassName set: no class of the chart's" '^kind: PriorityClass$' "$out"
+expect "mps.priorityClassName set: the flag" '--mps-daemon-priority-class=gpu-daemons$' "$out"
+expect "mps.priorityClassName set: the policy" 'object.spec.priorityClassName == "gpu-daemons"' "$out"
+expect "mps.daemonResources set: the flag" '--mps-daemon-cpu=1$' "$out"
+expect "mps.daemonResources set: the policy" 'quantity\(r.memory\).compareTo\(quantity\("2Gi"\)\) == 0' "$out"
+# Values of a release from before these values (helm upgrade --reuse-values): the defaults.
+out=$(render --set kubeletPlugin.mps.daemonResources=null --set kubeletPlugin.mps.priorityClassName=null \
+	--set kubeletPlugin.mps.priority=null --set driverTaintTolerations=null)
+expect "values without mps.daemonResources: the default cpu" '--mps-daemon-cpu=250m$' "$out"
+expect "values without mps.priority: the default class" '^value: 1000000000$' "$out"
+expect "values without driverTaintTolerations: the toleration policy" '^  name: t-driver-taint-tolerations$' "$out"
 out=$(render --set kubeletPlugin.mps.daemonPods=false)
 refuse "mps.daemonPods=false: no grant on pods" '"pods"' "$out"
 refuse "mps.daemonPods=false: no daemon pods" 'mps-daemon' "$out"
@@ -145,10 +179,10 @@ if out=$(render --set nodeScopedSlicePolicy.enabled=false 2>&1); then
 fi
 expect "MPS daemon pods refused without their policy" 'daemonPods needs nodeScopedSlicePolicy.enabled' "$out"
 out=$(render --set webhook.enabled=false --set deviceClasses.create=false --set nodeScopedSlicePolicy.enabled=false \
-	--set kubeletPlugin.mps.daemonPods=false)
+	--set kubeletPlugin.mps.daemonPods=false --set driverTaintTolerations.restricted=false)
 refuse "webhook disabled" 'ValidatingWebhookConfiguration' "$out"
 refuse "DeviceClasses not created" 'kind: DeviceClass' "$out"
-refuse "slice policy disabled" 'ValidatingAdmissionPolicy' "$out"
+refuse "node-scoped and toleration policies disabled" 'ValidatingAdmissionPolicy' "$out"
 
 out=$(render --set kubeletPlugin.updateStrategy.type=OnDelete --set kubeletPlugin.updateStrategy.rollingUpdate=null \
 	--set kubeletPlugin.terminationGracePeriodSeconds=60)

@@ -53,6 +53,12 @@ const DriverRootMount = "/driver-root"
 // DefaultCommand runs the supervisor in the plugin's image.
 var DefaultCommand = []string{"gpu-kubelet-plugin", "mps-daemon"}
 
+// The defaults of Launcher.CPU and Launcher.Memory (the chart's too).
+var (
+	DefaultCPU    = resource.MustParse("250m")
+	DefaultMemory = resource.MustParse("512Mi")
+)
+
 // terminationGracePeriod is what a daemon pod's supervisor gets to stop
 // its daemon: the quit command's time limit and then the wait for the
 // daemon to end, mps.Supervisor.Timeout (10 s) each, and a little more.
@@ -71,9 +77,16 @@ type Launcher struct {
 	Image string
 	// ImagePullPolicy of the pods; empty is the cluster's default.
 	ImagePullPolicy corev1.PullPolicy
-	// PriorityClassName of the pods: a node-critical class keeps the
-	// daemons of running workloads from being evicted first.
+	// PriorityClassName of the pods: a high class (the chart's own)
+	// keeps the daemons of running workloads from being preempted or
+	// evicted before workloads. Not a critical one: the kubelet evicts
+	// other pods to admit a critical pod.
 	PriorityClassName string
+	// CPU and Memory are each pod's requests and limits, equal so that
+	// the pod is Guaranteed (DefaultCPU and DefaultMemory if zero). The
+	// MPS servers of the daemon's clients run in the pod and count
+	// against them.
+	CPU, Memory resource.Quantity
 	// Command runs the supervisor (DefaultCommand if empty); the
 	// daemon's flags follow it.
 	Command []string
@@ -97,8 +110,23 @@ func (l *Launcher) Validate() error {
 		return errors.New("MPS daemon pods: no image")
 	case l.DriverRoot == "":
 		return errors.New("MPS daemon pods: no driver root")
+	case l.CPU.Sign() < 0 || l.Memory.Sign() < 0:
+		return fmt.Errorf("MPS daemon pods: negative resources: cpu %s, memory %s", l.CPU.String(), l.Memory.String())
 	}
 	return nil
+}
+
+// resources are a pod's requests, and limits equal to them.
+func (l *Launcher) resources() corev1.ResourceRequirements {
+	cpu, memory := l.CPU, l.Memory
+	if cpu.IsZero() {
+		cpu = DefaultCPU
+	}
+	if memory.IsZero() {
+		memory = DefaultMemory
+	}
+	list := corev1.ResourceList{corev1.ResourceCPU: cpu, corev1.ResourceMemory: memory}
+	return corev1.ResourceRequirements{Requests: list, Limits: list.DeepCopy()}
 }
 
 // list lists the daemon pods of key on the node, or all of the node's
@@ -233,13 +261,12 @@ func (l *Launcher) Pod(d mps.Daemon) *corev1.Pod {
 				TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 				// The control daemon and its servers open /dev/nvidia*.
 				SecurityContext: &corev1.SecurityContext{Privileged: ptr.To(true)},
-				// Requests, so that the pod is not BestEffort, the first
-				// evicted under memory pressure. No limit: the MPS servers
-				// of the claim's clients run in this container, and a limit
-				// would kill them under the clients.
-				Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{
-					corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("32Mi"),
-				}},
+				// Requests equal to limits: Guaranteed, the last class
+				// evicted under node pressure, and a known share of the
+				// node. The MPS servers of the claim's clients run in this
+				// container: the limits bound them too (Launcher.CPU,
+				// Memory). The chart's admission policy admits exactly these.
+				Resources:    l.resources(),
 				VolumeMounts: mounts,
 			}},
 			Volumes: volumes,

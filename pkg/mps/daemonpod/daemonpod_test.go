@@ -8,11 +8,13 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+	qoshelper "k8s.io/kubernetes/pkg/apis/core/v1/helper/qos"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
@@ -182,5 +184,65 @@ func TestLaunchRefusesAKeyThatCannotLabelAPod(t *testing.T) {
 	}
 	if got := pods(t, client); len(got) != 0 {
 		t.Errorf("%d pods made", len(got))
+	}
+}
+
+// TestPodIsGuaranteed: a daemon pod's requests and limits are equal, the
+// Launcher's or the defaults, so the pod is Guaranteed (the last evicted
+// under node pressure) and the chart's admission policy, which admits
+// exactly those, admits it. The kubelet's own QoS classification judges.
+func TestPodIsGuaranteed(t *testing.T) {
+	d := mps.Daemon{Key: key, Dir: "/var/lib/kubelet/plugins/gpu.nvidia.com/mps/" + key, GPUs: []string{"GPU-a"}}
+	for _, tc := range []struct {
+		name             string
+		cpu, memory      string
+		wantCPU, wantMem string
+	}{
+		{name: "defaults", wantCPU: "250m", wantMem: "512Mi"},
+		{name: "set", cpu: "1500m", memory: "2Gi", wantCPU: "1500m", wantMem: "2Gi"},
+		{name: "memory only", memory: "1Gi", wantCPU: "250m", wantMem: "1Gi"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l, _ := newLauncher(t)
+			if tc.cpu != "" {
+				l.CPU = resource.MustParse(tc.cpu)
+			}
+			if tc.memory != "" {
+				l.Memory = resource.MustParse(tc.memory)
+			}
+			p := l.Pod(d)
+			if qos := qoshelper.ComputePodQOS(p); qos != corev1.PodQOSGuaranteed {
+				t.Errorf("QoS class %s, want Guaranteed", qos)
+			}
+			r := p.Spec.Containers[0].Resources
+			for what, list := range map[string]corev1.ResourceList{"requests": r.Requests, "limits": r.Limits} {
+				if len(list) != 2 || list.Cpu().String() != tc.wantCPU || list.Memory().String() != tc.wantMem {
+					t.Errorf("%s %v, want cpu %s and memory %s only", what, list, tc.wantCPU, tc.wantMem)
+				}
+			}
+			if len(p.Finalizers) != 0 || len(p.OwnerReferences) != 0 {
+				t.Errorf("finalizers %v, owners %v", p.Finalizers, p.OwnerReferences)
+			}
+		})
+	}
+}
+
+// TestValidateRefusesNegativeResources: a negative request would be
+// refused by the API server at every prepare; the plugin refuses to start.
+func TestValidateRefusesNegativeResources(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		change func(l *Launcher)
+	}{
+		{"cpu", func(l *Launcher) { l.CPU = resource.MustParse("-1") }},
+		{"memory", func(l *Launcher) { l.Memory = resource.MustParse("-1Mi") }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l, _ := newLauncher(t)
+			tc.change(l)
+			if err := l.Validate(); err == nil || !strings.Contains(err.Error(), "negative resources") {
+				t.Errorf("Validate: %v, want negative resources", err)
+			}
+		})
 	}
 }

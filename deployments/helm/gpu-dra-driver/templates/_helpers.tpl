@@ -39,3 +39,46 @@ matchConditions:
   expression: >-
     request.operation != 'UPDATE' || !has(oldObject.spec.config) || object.spec.config != oldObject.spec.config
 {{- end -}}
+
+{{/* The user name of every node's kubelet plugin: its ServiceAccount's. */}}
+{{- define "gpu-dra-driver.pluginUser" -}}
+system:serviceaccount:{{ .Release.Namespace }}:{{ include "gpu-dra-driver.name" . }}-kubelet-plugin
+{{- end -}}
+
+{{/*
+The variable nodeName of a policy on the plugin's identity: the node its
+service-account token names, or "" for a token bound to no pod's node.
+*/}}
+{{- define "gpu-dra-driver.pluginNodeNameVariable" -}}
+- name: nodeName
+  expression: >-
+    has(request.userInfo.extra) && 'authentication.kubernetes.io/node-name' in request.userInfo.extra ?
+    request.userInfo.extra['authentication.kubernetes.io/node-name'][0] : ''
+{{- end -}}
+
+{{/*
+A toleration t tolerates a taint of the driver: one of its keys
+(gpu.nvidia.com/<health condition>, gpu.nvidia.com/maintenance; pkg/names,
+HealthTaintKeyPrefix and MaintenanceTaintKey), or every key (no key:
+operator Exists).
+*/}}
+{{- define "gpu-dra-driver.toleratesDriverTaint" -}}
+(!has(t.key) || t.key == '' || t.key.startsWith('gpu.nvidia.com/'))
+{{- end -}}
+
+{{/* The priority class of the MPS control daemons' pods. */}}
+{{- define "gpu-dra-driver.mpsDaemonPriorityClass" -}}
+{{- .Values.kubeletPlugin.mps.priorityClassName | default (printf "%s-mps-daemon" (include "gpu-dra-driver.name" .)) -}}
+{{- end -}}
+
+{{/*
+The requests and limits of the MPS control daemons' pods; the defaults also
+hold for the values of a release from before they were values (helm upgrade
+--reuse-values).
+*/}}
+{{- define "gpu-dra-driver.mpsDaemonCPU" -}}
+{{- dig "cpu" "250m" (.Values.kubeletPlugin.mps.daemonResources | default dict) | toString -}}
+{{- end -}}
+{{- define "gpu-dra-driver.mpsDaemonMemory" -}}
+{{- dig "memory" "512Mi" (.Values.kubeletPlugin.mps.daemonResources | default dict) | toString -}}
+{{- end -}}
