@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -380,7 +381,8 @@ func TestMPSDaemonPodPolicy(t *testing.T) {
 		PriorityClassName: release + "-mps-daemon", DriverRoot: "/"}
 	const key = "2f0e0a4c-0000-4000-8000-000000000001"
 	good := func() *corev1.Pod {
-		return launcher.Pod(mps.Daemon{Key: key, Dir: "/var/lib/kubelet/plugins/gpu.nvidia.com/mps/" + key, GPUs: []string{"GPU-a", "MIG-b"}})
+		return launcher.Pod(mps.Daemon{Key: key, Dir: "/var/lib/kubelet/plugins/gpu.nvidia.com/mps/" + key, GPUs: []string{"GPU-a", "MIG-b"},
+			Filesystem: "/var/lib/kubelet/plugins/gpu.nvidia.com/mps-fs/" + key})
 	}
 	// The API server applies a policy some time after it was created:
 	// until it refuses a pod of another node, it is not in effect yet.
@@ -392,6 +394,11 @@ func TestMPSDaemonPodPolicy(t *testing.T) {
 	})
 	if _, err := plugin.CoreV1().Pods(ns).Create(ctx(), good(), dryCreate); err != nil {
 		t.Fatalf("the plugin's own MPS daemon pod is refused: %v", err)
+	}
+	// A daemon without a tmpfs (--mps-fs-size=0) has two volumes.
+	plain := launcher.Pod(mps.Daemon{Key: key, Dir: "/var/lib/kubelet/plugins/gpu.nvidia.com/mps/" + key, GPUs: []string{"GPU-a"}})
+	if _, err := plugin.CoreV1().Pods(ns).Create(ctx(), plain, dryCreate); err != nil {
+		t.Fatalf("the plugin's own MPS daemon pod without a tmpfs is refused: %v", err)
 	}
 	ctr := func(p *corev1.Pod) *corev1.Container { return &p.Spec.Containers[0] }
 	for _, tc := range []struct {
@@ -434,6 +441,19 @@ func TestMPSDaemonPodPolicy(t *testing.T) {
 			p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: "x", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
 		}},
 		{"a sub-path", func(p *corev1.Pod) { ctr(p).VolumeMounts[0].SubPath = "another-claim" }},
+		{"another daemon's shared memory", func(p *corev1.Pod) {
+			p.Spec.Volumes[3].HostPath.Path = "/var/lib/kubelet/plugins/gpu.nvidia.com/mps-fs/another-claim/shm"
+		}},
+		{"the host's /dev/shm", func(p *corev1.Pod) { p.Spec.Volumes[3].HostPath.Path = "/dev/shm" }},
+		{"the tmpfs root elsewhere", func(p *corev1.Pod) { p.Spec.Volumes[2].HostPath.Path = "/" }},
+		{"mounts propagated back to the host", func(p *corev1.Pod) {
+			ctr(p).VolumeMounts[2].MountPropagation = ptr.To(corev1.MountPropagationBidirectional)
+		}},
+		{"shared memory mounted elsewhere", func(p *corev1.Pod) { ctr(p).VolumeMounts[3].MountPath = "/etc" }},
+		{"the shared memory volume without the tmpfs root", func(p *corev1.Pod) {
+			p.Spec.Volumes = slices.Delete(p.Spec.Volumes, 2, 3)
+			ctr(p).VolumeMounts = slices.Delete(ctr(p).VolumeMounts, 2, 3)
+		}},
 		{"an API token", func(p *corev1.Pod) { p.Spec.AutomountServiceAccountToken = nil }},
 		{"another priority class", func(p *corev1.Pod) { p.Spec.PriorityClassName = "system-cluster-critical" }},
 		// Critical: the kubelet would evict other pods to admit it.

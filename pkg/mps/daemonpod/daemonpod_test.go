@@ -246,3 +246,35 @@ func TestValidateRefusesNegativeResources(t *testing.T) {
 		})
 	}
 }
+
+// TestPodSeesItsDaemonsFilesystem: a daemon with a tmpfs gets the
+// daemons' tmpfs root, where its pipe/ and shm/ lead, propagated from the
+// host (one mounted later is seen too), and its own shm/ as /dev/shm,
+// which the claim's containers have as theirs; one without gets neither.
+func TestPodSeesItsDaemonsFilesystem(t *testing.T) {
+	l, _ := newLauncher(t)
+	dir := "/var/lib/kubelet/plugins/gpu.nvidia.com/mps/" + key
+	fsDir := "/var/lib/kubelet/plugins/gpu.nvidia.com/mps-fs/" + key
+	p := l.Pod(mps.Daemon{Key: key, Dir: dir, GPUs: []string{"GPU-a"}, Filesystem: fsDir})
+	mounts := map[string]corev1.VolumeMount{}
+	for _, m := range p.Spec.Containers[0].VolumeMounts {
+		mounts[m.Name] = m
+	}
+	paths := map[string]string{}
+	for _, v := range p.Spec.Volumes {
+		paths[v.Name] = v.HostPath.Path
+	}
+	if m := mounts["filesystems"]; m.MountPath != filepath.Dir(fsDir) || m.MountPropagation == nil || *m.MountPropagation != corev1.MountPropagationHostToContainer || paths["filesystems"] != filepath.Dir(fsDir) {
+		t.Errorf("the tmpfs root: mount %+v of %q", m, paths["filesystems"])
+	}
+	if m := mounts["shm"]; m.MountPath != "/dev/shm" || paths["shm"] != fsDir+"/shm" {
+		t.Errorf("the daemon's shared memory: mount %+v of %q", m, paths["shm"])
+	}
+	if len(p.Spec.Volumes) != 4 || len(mounts) != 4 {
+		t.Errorf("%d volumes, %d mounts: want the daemons', the driver root, the tmpfs root and shm", len(p.Spec.Volumes), len(mounts))
+	}
+	plain := l.Pod(mps.Daemon{Key: key, Dir: dir, GPUs: []string{"GPU-a"}})
+	if len(plain.Spec.Volumes) != 2 || len(plain.Spec.Containers[0].VolumeMounts) != 2 {
+		t.Errorf("a daemon without a tmpfs: %d volumes, want 2", len(plain.Spec.Volumes))
+	}
+}
