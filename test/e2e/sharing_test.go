@@ -487,4 +487,34 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: shared
 	if n, pid := mpsDaemonEventsOf("start", key("tenant-b")), mpsDaemonPIDs(t)[key("tenant-b")]; n != 1 || pid != daemons[key("tenant-b")] {
 		t.Errorf("tenant b's daemon: %d starts, PID %d, want the same process %d", n, pid, daemons[key("tenant-b")])
 	}
+
+	// What tenant a writes through its MPS mounts is bounded by its
+	// daemon's tmpfs, not the node's disk; a tree deeper than any
+	// open-file limit there does not stop its claim's unprepare, which
+	// leaves no tmpfs mounted.
+	for _, dir := range []string{"/tmp/nvidia-mps", "/dev/shm"} {
+		out, err := kubectlErr("exec", "-n", "tenant-a", "app", "--", "dd", "if=/dev/zero", "of="+dir+"/fill", "bs=1M", "count=100")
+		if err == nil || !strings.Contains(out, "No space left") {
+			t.Errorf("tenant a wrote 100 MiB to %s (%v):\n%s", dir, err, out)
+		}
+	}
+	if out, err := kubectlErr("exec", "-n", "tenant-a", "app", "--", "sh", "-c",
+		"rm -f /tmp/nvidia-mps/fill; cd /tmp/nvidia-mps && i=0 && while [ $i -lt 1500 ]; do mkdir d && cd d || exit 1; i=$((i+1)); done"); err != nil {
+		t.Fatalf("tenant a's deep tree: %v\n%s", err, out)
+	}
+	keyA := key("tenant-a")
+	cleanNamespace(t, "tenant-a")
+	eventually(t, 60*time.Second, "tenant a's daemon directory and tmpfs gone", func() (bool, error) {
+		var left []string
+		for _, p := range []string{"mps/" + keyA, "mps-fs/" + keyA} {
+			if _, err := os.Lstat(runDir + "/kubelet/plugins/gpu.nvidia.com/" + p); err == nil {
+				left = append(left, p)
+			}
+		}
+		mounts, _ := os.ReadFile("/proc/self/mountinfo")
+		if strings.Contains(string(mounts), keyA) {
+			left = append(left, "a mount")
+		}
+		return len(left) == 0, fmt.Errorf("left: %v", left)
+	})
 }
