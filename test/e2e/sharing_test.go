@@ -494,7 +494,7 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: shared
 	// leaves no tmpfs mounted.
 	for _, dir := range []string{"/tmp/nvidia-mps", "/dev/shm"} {
 		out, err := kubectlErr("exec", "-n", "tenant-a", "app", "--", "dd", "if=/dev/zero", "of="+dir+"/fill", "bs=1M", "count=100")
-		if err == nil || !strings.Contains(out, "No space left") {
+		if err == nil || !strings.Contains(out+err.Error(), "No space left") {
 			t.Errorf("tenant a wrote 100 MiB to %s (%v):\n%s", dir, err, out)
 		}
 	}
