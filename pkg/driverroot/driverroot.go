@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 )
 
 // LibraryDirs are the directories of a driver installation's libraries,
@@ -59,4 +60,81 @@ func find(root string, dirs []string, name string) (string, error) {
 		tried = append(tried, p)
 	}
 	return "", fmt.Errorf("%s not found under the driver root (tried %s)", name, strings.Join(tried, ", "))
+}
+
+// driverLibraryPatterns are the driver's own libraries, which its tools
+// load: nvidia-smi libnvidia-ml.so.1, the MPS server libcuda.so.1 and what
+// that loads in turn.
+var driverLibraryPatterns = []string{"libnvidia-*.so*", "libcuda.so*", "libcudadebugger.so*", "libnvcuvid.so*"}
+
+// ToolEnv is the environment in which a tool of the driver under root runs
+// from where the plugin is: env with LD_LIBRARY_PATH leading, ahead of any
+// it had, to a directory of this process's own (made once per root) of
+// links to the driver's libraries under root and nothing else. NVIDIA's
+// tools are dynamically linked against the driver's libraries, which the
+// plugin's image does not have and its loader does not look for under the
+// driver root: without this they do not start. The driver's library
+// directory itself is not put on the path: on a host-installed driver it
+// is the host's /usr/lib/<triplet>, whose C library, loaded by the image's
+// loader, would not match it.
+func ToolEnv(root string, env []string) ([]string, error) {
+	dir, err := linkedLibraries(root)
+	if err != nil {
+		return nil, err
+	}
+	const key = "LD_LIBRARY_PATH="
+	out := make([]string, 0, len(env)+1)
+	value := dir
+	for _, e := range env {
+		if v, ok := strings.CutPrefix(e, key); ok {
+			if v != "" {
+				value += ":" + v
+			}
+			continue
+		}
+		out = append(out, e)
+	}
+	return append(out, key+value), nil
+}
+
+var (
+	linkedMu  sync.Mutex
+	linkedDir = map[string]string{} // by root
+)
+
+// linkedLibraries returns the directory of links to the driver's libraries
+// under root, made the first time: a fresh directory (os.MkdirTemp: no
+// one else's to plant links in), each library linked from the first of
+// LibraryDirs that has it.
+func linkedLibraries(root string) (string, error) {
+	if root == "" {
+		root = "/"
+	}
+	linkedMu.Lock()
+	defer linkedMu.Unlock()
+	if dir, ok := linkedDir[root]; ok {
+		return dir, nil
+	}
+	dir, err := os.MkdirTemp("", "gpu-dra-driver-libs-")
+	if err != nil {
+		return "", fmt.Errorf("the driver's libraries for its tools: %w", err)
+	}
+	seen := map[string]bool{}
+	for _, d := range LibraryDirs {
+		for _, pattern := range driverLibraryPatterns {
+			matches, _ := filepath.Glob(filepath.Join(root, d, pattern))
+			for _, m := range matches {
+				name := filepath.Base(m)
+				if seen[name] {
+					continue
+				}
+				seen[name] = true
+				if err := os.Symlink(m, filepath.Join(dir, name)); err != nil {
+					return "", fmt.Errorf("the driver's libraries for its tools: %w", err)
+				}
+			}
+		}
+	}
+	linkedDir[root] = dir
+	return dir, nil
 }

@@ -1,8 +1,10 @@
 package driverroot
 
 import (
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -45,5 +47,50 @@ func TestFindLibrary(t *testing.T) {
 				t.Errorf("found %q (%v), want %s", got, err, tc.want)
 			}
 		})
+	}
+}
+
+// TestToolEnv: a tool's loader is led, ahead of a library path it had, to
+// links to the driver's own libraries under the root, the first of each
+// name in the search order, and to no other file of their directories
+// (a host-installed driver's directory is the host's C library's too).
+func TestToolEnv(t *testing.T) {
+	root := t.TempDir()
+	for _, f := range []string{"usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1", "usr/lib/x86_64-linux-gnu/libc.so.6",
+		"usr/lib64/libnvidia-ml.so.1", "usr/lib64/libcuda.so.1"} {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(root, f)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, f), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	env, err := ToolEnv(root, []string{"LD_LIBRARY_PATH=/opt/lib", "A=1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(env) != 2 || env[0] != "A=1" || !strings.HasPrefix(env[1], "LD_LIBRARY_PATH=") || !strings.HasSuffix(env[1], ":/opt/lib") {
+		t.Fatalf("environment %q", env)
+	}
+	dir := strings.TrimSuffix(strings.TrimPrefix(env[1], "LD_LIBRARY_PATH="), ":/opt/lib")
+	links := map[string]string{}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		target, _ := os.Readlink(filepath.Join(dir, e.Name()))
+		links[e.Name()] = target
+	}
+	want := map[string]string{
+		"libnvidia-ml.so.1": filepath.Join(root, "usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1"),
+		"libcuda.so.1":      filepath.Join(root, "usr/lib64/libcuda.so.1"),
+	}
+	if !maps.Equal(links, want) {
+		t.Errorf("links %v, want %v", links, want)
+	}
+	again, err := ToolEnv(root, nil)
+	if err != nil || !slices.Equal(again, []string{"LD_LIBRARY_PATH=" + dir}) {
+		t.Errorf("a second call: %q (%v), want the same directory", again, err)
 	}
 }

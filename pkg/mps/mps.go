@@ -651,8 +651,12 @@ func quitIn(ctx context.Context, driverRoot, dir string) error {
 	if fi, err := os.Lstat(control); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
 		return fmt.Errorf("control pipe %s is a symlink (a container replaced it); not writing through it", control)
 	}
+	env, err := driverroot.ToolEnv(driverRoot, envIn(dir))
+	if err != nil {
+		return err
+	}
 	cmd := exec.CommandContext(ctx, bin)
-	cmd.Env = envIn(dir)
+	cmd.Env = env
 	cmd.Stdin = strings.NewReader("quit\n")
 	cmd.WaitDelay = time.Second
 	if out, err := cmd.CombinedOutput(); err != nil {

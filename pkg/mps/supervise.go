@@ -16,6 +16,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/driverroot"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs"
 )
 
@@ -159,8 +160,13 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	cmd := exec.Command(bin, "-f")
 	// The limits are the daemon's defaults for every server it starts and
 	// so for every client: a client can lower its own, not raise them.
-	cmd.Env = append(envIn(s.Dir), "CUDA_VISIBLE_DEVICES="+strings.Join(sp.GPUs, ","))
-	cmd.Env = append(cmd.Env, sp.Limits.env(sp.GPUs)...)
+	env := append(envIn(s.Dir), "CUDA_VISIBLE_DEVICES="+strings.Join(sp.GPUs, ","))
+	// The daemon and the MPS servers it starts load the driver's
+	// libraries (libcuda.so.1).
+	if cmd.Env, err = driverroot.ToolEnv(s.DriverRoot, append(env, sp.Limits.env(sp.GPUs)...)); err != nil {
+		out.Close()
+		return fmt.Errorf("start MPS control daemon: %w", err)
+	}
 	cmd.Stdout, cmd.Stderr = out, out
 	// The daemon must not get the signals of the supervisor's terminal or
 	// process group: the supervisor decides how it stops.

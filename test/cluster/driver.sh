@@ -44,7 +44,11 @@ build() {
 	mkdir -p "$RUN/bin"
 	(cd "$REPO_ROOT" && CGO_CFLAGS="-O2 -g -Wno-deprecated-declarations" go build -o "$RUN/bin/" ./cmd/gpu-kubelet-plugin ./cmd/gpu-sim ./cmd/kubectl-gpu)
 	# The simulated driver's nvidia-smi and MPS control run in the plugin's image and in pods:
-	# static.
+	# static here. NVIDIA's are linked against libnvidia-ml.so.1, which the plugin gives them
+	# (driverroot.ToolEnv); the production-path unit tests run such a build (-tags simnvmllink,
+	# simhosttest.LinkedTools). The cluster cannot: the previous release's image, which the
+	# upgrade tests run against the same driver root, has no C library for them, nor has the
+	# tests' static busybox.
 	(cd "$REPO_ROOT" && CGO_ENABLED=0 go build -o "$RUN/bin/" ./cmd/gpu-sim-tools)
 	# The simulated driver's libnvidia-ml.so.1, which the plugin loads as on a GPU node.
 	"$REPO_ROOT/pkg/simhost/libnvml/build.sh" "$RUN/bin/libnvidia-ml.so.1"

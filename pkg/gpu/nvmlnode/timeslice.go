@@ -3,6 +3,7 @@ package nvmlnode
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -45,9 +46,18 @@ func (n *Node) SetTimeSlice(ctx context.Context, gpuUUID, interval string) error
 	if err != nil {
 		return err
 	}
+	n.tools.mu.Lock()
+	root := n.tools.driverRoot
+	n.tools.mu.Unlock()
+	env, err := driverroot.ToolEnv(root, os.Environ())
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(ctx, nvidiaSMITimeout)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, smi, "compute-policy", "-i", gpuUUID, "--set-timeslice", fmt.Sprint(value)).CombinedOutput()
+	cmd := exec.CommandContext(ctx, smi, "compute-policy", "-i", gpuUUID, "--set-timeslice", fmt.Sprint(value))
+	cmd.Env = env // nvidia-smi needs the driver's libnvidia-ml.so.1
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("set time slice %s of %s with %s: %w: %s", interval, gpuUUID, smi, err, strings.TrimSpace(string(out)))
 	}

@@ -84,7 +84,7 @@ func Start(t testing.TB, model string) *Installation {
 	for _, g := range inv.GPUs {
 		minors = append(minors, g.Minor)
 	}
-	if inst.Roots, err = simhost.Create(filepath.Join(hostDir, "host"), minors, inv.DriverVersion, simhosttest.Tools(t)); err != nil {
+	if inst.Roots, err = simhost.Create(filepath.Join(hostDir, "host"), minors, inv.DriverVersion, simhosttest.LinkedTools(t)); err != nil {
 		t.Fatal(err)
 	}
 	if err := simhost.InstallNVML(inst.DriverRoot, simhosttest.NVML(t), inv.DriverVersion); err != nil {

@@ -11,8 +11,12 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/klog/v2/ktesting"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/driverroot"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/installationtest"
 )
@@ -246,6 +250,18 @@ func TestProductionPathMPSHoldsItsMIGDevice(t *testing.T) {
 	control := filepath.Join(inst.DriverRoot, "usr/bin/nvidia-cuda-mps-control")
 	pipe, logDir := t.TempDir(), t.TempDir()
 	env := append(os.Environ(), "CUDA_MPS_PIPE_DIRECTORY="+pipe, "CUDA_MPS_LOG_DIRECTORY="+logDir, "CUDA_VISIBLE_DEVICES="+mig.UUID)
+	// Linked against libnvidia-ml.so.1 as NVIDIA's is, the tool starts
+	// only with the driver's libraries on the loader's path, which a
+	// plugin in its minimal image gives it (driverroot.ToolEnv).
+	bare := exec.Command(control, "-d")
+	bare.Env = env
+	if out, err := bare.CombinedOutput(); err == nil || !strings.Contains(string(out), "libnvidia-ml.so.1") {
+		t.Fatalf("the tool started without the driver's libraries (%v): %s", err, out)
+	}
+	env, err = driverroot.ToolEnv(inst.DriverRoot, env)
+	if err != nil {
+		t.Fatal(err)
+	}
 	start := exec.Command(control, "-d")
 	start.Env = env
 	if out, err := start.CombinedOutput(); err != nil {
@@ -262,5 +278,38 @@ func TestProductionPathMPSHoldsItsMIGDevice(t *testing.T) {
 	}
 	if err := node.DestroyMIG(ctx, ref); err != nil {
 		t.Fatalf("destroy after the daemon quit: %v", err)
+	}
+}
+
+// TestProductionPathMPSDaemon: the plugin's MPS manager starts, finds and
+// stops a daemon with the driver's nvidia-cuda-mps-control, linked against
+// libnvidia-ml.so.1 as NVIDIA's is, from its minimal environment: the
+// daemon gets the driver's libraries and the share's limits.
+func TestProductionPathMPSDaemon(t *testing.T) {
+	inst := installationtest.Start(t, "dgxh100")
+	node := inst.Open(t)
+	_, ctx := ktesting.NewTestContext(t)
+	inv, err := node.Inventory(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := mps.NewManager(filepath.Join(t.TempDir(), "mps"), inst.DriverRoot)
+	const key = "2f0e0a4c-0000-4000-8000-000000000040"
+	uuid := inv.GPUs[2].UUID
+	if err := m.Start(ctx, key, []string{uuid}, mps.Limits{ActiveThreadPercentage: 25, PinnedMemoryMiB: map[string]int64{uuid: 1024}}); err != nil {
+		t.Fatal(err)
+	}
+	if !m.Running(key) {
+		t.Fatal("the daemon does not run")
+	}
+	if err := m.Stop(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	log, err := os.ReadFile(simhost.MPSLogPath(inst.DriverRoot))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "devices=" + uuid + " pipe=" + m.PipeDir(key) + " active_thread_percentage=25 pinned_device_mem_limit=0=1024M"; !strings.Contains(string(log), want) || !strings.Contains(string(log), " quit pipe="+m.PipeDir(key)) {
+		t.Errorf("want a start with %q and a quit:\n%s", want, log)
 	}
 }

@@ -85,6 +85,53 @@ func moduleRoot() (string, error) {
 }
 
 var (
+	linkedOnce     sync.Once
+	linkedBuilt    string
+	linkedBuildErr error
+)
+
+// LinkedTools returns the path of a gpu-sim-tools program built with cgo
+// and -tags simnvmllink, once per test process: dynamically linked against
+// libnvidia-ml.so.1 (NVML's build, linked under that name), as NVIDIA's
+// nvidia-smi and nvidia-cuda-mps-control are, so that it starts only where
+// the loader finds the driver's library. A failed build fails the test.
+func LinkedTools(t testing.TB) string {
+	t.Helper()
+	lib := NVML(t)
+	linkedOnce.Do(func() { linkedBuilt, linkedBuildErr = buildLinked(lib) })
+	if linkedBuildErr != nil {
+		t.Fatal(linkedBuildErr)
+	}
+	return linkedBuilt
+}
+
+func buildLinked(lib string) (string, error) {
+	root, err := moduleRoot()
+	if err != nil {
+		return "", fmt.Errorf("build gpu-sim-tools linked against NVML: %w", err)
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(lib), "build-")
+	if err != nil {
+		return "", fmt.Errorf("build gpu-sim-tools linked against NVML: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	if err := os.Symlink(lib, filepath.Join(tmp, "libnvidia-ml.so.1")); err != nil {
+		return "", fmt.Errorf("build gpu-sim-tools linked against NVML: %w", err)
+	}
+	cmd := exec.Command("go", "build", "-tags", "simnvmllink", "-o", filepath.Join(tmp, "gpu-sim-tools"), "./cmd/gpu-sim-tools")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=1", "CGO_LDFLAGS=-L"+tmp)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build -tags simnvmllink ./cmd/gpu-sim-tools in %s: %w\n%s", root, err, out)
+	}
+	path := filepath.Join(filepath.Dir(lib), "gpu-sim-tools-linked")
+	if err := os.Rename(filepath.Join(tmp, "gpu-sim-tools"), path); err != nil {
+		return "", fmt.Errorf("build gpu-sim-tools linked against NVML: %w", err)
+	}
+	return path, nil
+}
+
+var (
 	nvmlOnce     sync.Once
 	nvmlBuilt    string
 	nvmlBuildErr error
