@@ -61,7 +61,7 @@ and runs no program. See docs/hardware-check.md.`,
 	fs.StringVar(&cfg.DriverRoot, "driver-root", "/", "host path of the NVIDIA driver installation (libraries and binaries); NVML is found under it unless --nvml-library is given")
 	fs.StringVar(&cfg.DriverRootMount, "driver-root-mount", "", "where this process finds --driver-root when it runs in a container (the chart mounts it at /driver-root); empty means --driver-root")
 	fs.StringVar(&cfg.DevRoot, "dev-root", "/", "host root under which /dev/nvidia* are found")
-	fs.StringVar(&cfg.ProcRoot, "proc-root", "/", "host root under which /proc/driver/nvidia* is found")
+	fs.StringVar(&cfg.ProcRoot, "proc-root", "/", "host root under which /proc/devices and /proc/driver/nvidia* are found")
 	flags.DocumentEnv(fs)
 	return cmd
 }

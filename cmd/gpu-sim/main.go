@@ -180,15 +180,17 @@ func newRootCommand() *cobra.Command {
 
 	host.Flags().StringVar(&nvmlLib, "nvml-library", "", "the simulated libnvidia-ml.so.1 (pkg/simhost/libnvml/build.sh), installed in the driver root (default: libnvidia-ml.so.1 beside gpu-sim)")
 
-	var serveRoot string
+	var serveRoot, serveProc string
 	serve := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the simulated node's kernel driver: answer the simulated libnvidia-ml.so.1 of --driver-root until SIGTERM or SIGINT",
 		Long: `Answer the simulated NVML library installed in the driver root (by "gpu-sim host") over its
 socket, <driver-root>/` + nvmlserver.SocketInRoot + `, from the simulated node's state. Every process that
 loads that library (the plugin, its hardware check, the driver's tools) reaches the simulated GPUs
-through this process, as NVIDIA's library reaches the GPUs through the kernel driver. The node's
-timing comes from GPU_DRA_SIM_LATENCY.`,
+through this process, as NVIDIA's library reaches the GPUs through the kernel driver. Like the
+kernel driver, it shows the capability files of MIG instances under --proc-root while they exist
+(proc/driver/nvidia/capabilities/gpu<minor>/mig/gi<GI>[/ci<CI>]/access), and makes no
+/dev/nvidia-caps node for them. The node's timing comes from GPU_DRA_SIM_LATENCY.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if serveRoot == "" {
@@ -208,10 +210,16 @@ timing comes from GPU_DRA_SIM_LATENCY.`,
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "serving simulated NVML of %s (%s) at %s\n", model, dir, nvmlserver.SocketPath(serveRoot))
-			return nvmlserver.New(n, serveRoot).Serve(ctx, l)
+			server := nvmlserver.New(n, serveRoot)
+			server.ProcRoot = serveProc
+			if server.ProcRoot == "" {
+				server.ProcRoot = filepath.Join(filepath.Dir(serveRoot), "proc")
+			}
+			return server.Serve(ctx, l)
 		},
 	}
 	serve.Flags().StringVar(&serveRoot, "driver-root", "", "the simulated driver root (made by gpu-sim host) whose library to answer")
+	serve.Flags().StringVar(&serveProc, "proc-root", "", "the simulated /proc root (made by gpu-sim host) where MIG instances' capability files are kept (default: proc beside --driver-root, as gpu-sim host lays them out)")
 
 	root.AddCommand(show, xid, host, serve,
 		gpuCommand(open, "ecc GPU", "Inject an uncorrectable (double-bit) ECC error", 0, func(n *sim.Node, i int, _ []string) error { return n.InjectDoubleBitECC(i) }),

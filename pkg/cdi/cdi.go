@@ -67,9 +67,12 @@ type Options struct {
 	// the plugin's container (the host's "/" cannot be mounted at "/").
 	// Empty means DriverRoot itself.
 	DriverRootMount string
-	// DevRoot is the host root under which /dev/nvidia* live.
+	// DevRoot is the host root under which /dev/nvidia* live: the GPU
+	// nodes and nvidiactl are looked up there.
 	DevRoot string
-	// ProcRoot is the host root under which /proc/driver/nvidia* lives.
+	// ProcRoot is the host root under which /proc/devices and
+	// /proc/driver/nvidia* live: the nvidia-uvm and MIG capability nodes
+	// are numbered from them (see devnodes.go).
 	ProcRoot string
 	// RequireLibraries makes New fail when libcuda.so.* or libnvidia-ml.so.*
 	// is not found under DriverRoot. Without it the Writer logs a warning

@@ -31,11 +31,27 @@ func newWriter(t *testing.T) (*Writer, simhost.Roots) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The MIG devices the tests use exist: the kernel shows their
+	// capabilities.
+	withInstances(t, roots, 0, simhost.GPUInstanceCaps{ID: 1, ComputeInstances: []int{0}}, simhost.GPUInstanceCaps{ID: 2, ComputeInstances: []int{0}})
 	w, err := New(Options{CDIRoot: filepath.Join(t.TempDir(), "cdi"), DriverRoot: roots.DriverRoot, DevRoot: roots.DevRoot, ProcRoot: roots.ProcRoot})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return w, roots
+}
+
+// withInstances writes, as the kernel shows them, the capability files of
+// the GPU instances of the GPU with minor gpuMinor.
+func withInstances(t *testing.T, roots simhost.Roots, gpuMinor int, gis ...simhost.GPUInstanceCaps) {
+	t.Helper()
+	caps, err := simhost.OpenCapabilities(roots.ProcRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := caps.Sync(gpuMinor, gis); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // inject resolves the claim's CDI IDs with the CDI library, as a container
@@ -103,9 +119,19 @@ func TestWholeGPUAndMIGSpecs(t *testing.T) {
 
 	mig := inject(t, w, ids["gpu-0-mig-1g10gb-3"][0])
 	// gpu0/gi1/access is the 12th entry of the table: minor 12; its ci0 13.
+	// Neither has a node under the dev root: the runtime makes them from
+	// their numbers.
 	for _, want := range []string{"/dev/nvidia0", "/dev/nvidia-caps/nvidia-cap12", "/dev/nvidia-caps/nvidia-cap13"} {
 		if !slices.Contains(devicePaths(mig), want) {
 			t.Errorf("MIG device lacks %s: %v", want, devicePaths(mig))
+		}
+	}
+	for _, d := range mig.Linux.Devices {
+		if d.Path == "/dev/nvidia-caps/nvidia-cap13" && (d.Type != "c" || d.Major != simhost.CapsMajor || d.Minor != 13 || d.FileMode == nil || *d.FileMode != 0o444) {
+			t.Errorf("capability node %+v, want c %d:13 mode 0444", d, simhost.CapsMajor)
+		}
+		if d.Path == "/dev/nvidia-uvm-tools" && (d.Type != "c" || d.Major != simhost.UVMMajor || d.Minor != 1) {
+			t.Errorf("nvidia-uvm-tools %+v, want c %d:1", d, simhost.UVMMajor)
 		}
 	}
 	if !slices.Contains(mig.Process.Env, "NVIDIA_VISIBLE_DEVICES=MIG-3333") || !slices.Contains(mig.Process.Env, "EXTRA=x") {
@@ -177,7 +203,7 @@ func TestBadInputWritesNothing(t *testing.T) {
 		"bad UUID":             {[]Device{{Name: "gpu-0", Request: "a", UUID: "MIG-1"}}, "UUID"},
 		"driver's env":         {[]Device{{Name: "gpu-0", Request: "a", UUID: "GPU-1", Env: map[string]string{"NVIDIA_VISIBLE_DEVICES": "all"}}}, "reserved to the driver"},
 		"missing device node":  {[]Device{{Name: "gpu-7", Request: "a", GPUMinor: 7, UUID: "GPU-7"}}, "nvidia7"},
-		"unknown MIG instance": {[]Device{{Name: "gpu-0-mig", Request: "a", UUID: "MIG-1", MIG: &MIGDevice{GIID: 99, CIID: 0}}}, "gpu0/gi99"},
+		"unknown MIG instance": {[]Device{{Name: "gpu-0-mig", Request: "a", UUID: "MIG-1", MIG: &MIGDevice{GIID: 99, CIID: 0}}}, "GPU minor 0 GPU instance 99"},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -53,13 +53,19 @@ func (in *Inspector) DriverFiles() (DriverFiles, error) {
 
 // ControlNodes looks up the driver's control nodes every device carries.
 func (in *Inspector) ControlNodes() []NodeLookup {
-	return in.w.lookupControlNodes()
+	return in.w.lookupControlNodes(in.w.readMajors())
 }
 
 // GPUNode looks up /dev/nvidia<minor>, which every device of the GPU (whole,
 // shared or MIG) carries.
 func (in *Inspector) GPUNode(minor int) NodeLookup {
 	return in.w.lookup(fmt.Sprintf("/dev/nvidia%d", minor), true)
+}
+
+// ProcDevicesPath is the kernel's table of device majors under the proc
+// root, from which specs number the nvidia-uvm and MIG capability nodes.
+func (in *Inspector) ProcDevicesPath() string {
+	return in.w.procDevicesPath()
 }
 
 // MIGMinorsPath is the kernel's table of MIG capability minors under the
@@ -69,8 +75,10 @@ func (in *Inspector) MIGMinorsPath() string {
 }
 
 // MIGCapNodes looks up the capability nodes of a MIG device (its GPU
-// instance's and compute instance's) of the GPU with minor gpuMinor, with
-// the table ParseMIGMinors read from MIGMinorsPath.
+// instance's and compute instance's) of the GPU with minor gpuMinor, as
+// specs number them: from the instance's access files under the proc
+// root, checked against the table ParseMIGMinors read from MIGMinorsPath,
+// and the nvidia-caps major of ProcDevicesPath.
 func (in *Inspector) MIGCapNodes(minors map[string]int, gpuMinor int, mig MIGDevice) []NodeLookup {
-	return in.w.lookupMIGCapNodes(minors, gpuMinor, mig)
+	return in.w.lookupMIGCapNodes(in.w.readMajors(), minors, gpuMinor, mig)
 }

@@ -6,7 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs/hostfstest"
@@ -31,26 +31,42 @@ func TestInspector(t *testing.T) {
 	}{
 		{name: "complete host", wantControl: []string{"ok", "ok", "ok"}, wantGPU0: "ok", wantCap: "ok"},
 		{
-			name: "no nvidia-uvm, no libcuda",
+			name: "nvidia-uvm not loaded, no libcuda",
 			breakHost: func(t *testing.T, r simhost.Roots) {
-				remove(t, filepath.Join(r.DevRoot, "dev/nvidia-uvm"))
+				dropLine(t, filepath.Join(r.ProcRoot, ProcDevicesFile), "nvidia-uvm")
 				remove(t, filepath.Join(r.DriverRoot, "usr/lib/x86_64-linux-gnu/libcuda.so.550.54.15"))
 			},
 			wantMissing: []string{"libcuda.so.*"},
-			wantControl: []string{"ok", "left out", "ok"}, wantGPU0: "ok", wantCap: "ok",
+			wantControl: []string{"ok", "left out", "left out"}, wantGPU0: "ok", wantCap: "ok",
 		},
 		{
-			name: "no nvidiactl, no GPU node, no capability node",
+			// Loaded after the plugin's /dev was copied: numbered from
+			// /proc/devices all the same.
+			name: "nvidia-uvm loaded, no node in /dev",
+			breakHost: func(t *testing.T, r simhost.Roots) {
+				remove(t, filepath.Join(r.DevRoot, "dev/nvidia-uvm"))
+				remove(t, filepath.Join(r.DevRoot, "dev/nvidia-uvm-tools"))
+			},
+			wantControl: []string{"ok", "ok", "ok"}, wantGPU0: "ok", wantCap: "ok",
+		},
+		{
+			name: "no nvidiactl, no GPU node, a compute instance's access file disagrees",
 			breakHost: func(t *testing.T, r simhost.Roots) {
 				remove(t, filepath.Join(r.DevRoot, "dev/nvidiactl"))
 				remove(t, filepath.Join(r.DevRoot, "dev/nvidia0"))
-				minors, err := ParseMIGMinors(filepath.Join(r.ProcRoot, MIGMinorsFile))
-				if err != nil {
+				access := filepath.Join(r.ProcRoot, CapabilitiesDir, "gpu0/mig/gi1/ci0/access")
+				if err := os.WriteFile(access, []byte("DeviceFileMinor: 99\n"), 0o644); err != nil {
 					t.Fatal(err)
 				}
-				remove(t, filepath.Join(r.DevRoot, "dev/nvidia-caps", "nvidia-cap"+itoa(minors["gpu0/gi1/ci0/access"])))
 			},
 			wantControl: []string{"error", "ok", "ok"}, wantGPU0: "error", wantCap: "error",
+		},
+		{
+			name: "no /proc/devices",
+			breakHost: func(t *testing.T, r simhost.Roots) {
+				remove(t, filepath.Join(r.ProcRoot, ProcDevicesFile))
+			},
+			wantControl: []string{"ok", "error", "error"}, wantGPU0: "ok", wantCap: "error",
 		},
 	}
 	for _, tc := range cases {
@@ -59,6 +75,7 @@ func TestInspector(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			withInstances(t, roots, 0, simhost.GPUInstanceCaps{ID: 1, ComputeInstances: []int{0}})
 			if tc.breakHost != nil {
 				tc.breakHost(t, roots)
 			}
@@ -124,7 +141,23 @@ func remove(t *testing.T, path string) {
 	}
 }
 
-func itoa(i int) string { return strconv.Itoa(i) }
+// dropLine rewrites the file at path without its lines that end in suffix.
+func dropLine(t *testing.T, path, suffix string) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keep []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if !strings.HasSuffix(line, suffix) {
+			keep = append(keep, line)
+		}
+	}
+	if err := os.WriteFile(path, []byte(strings.Join(keep, "\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
 
 func outcome(l NodeLookup) string {
 	switch {

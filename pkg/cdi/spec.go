@@ -48,7 +48,10 @@ func (w *Writer) buildSpec(claimUID string, devices []Device) (*specs.Spec, erro
 		visible[d.Request] = append(visible[d.Request], d.UUID)
 	}
 
-	control, err := w.controlNodes()
+	// The kernel's majors, read once per spec: nvidia-uvm may be loaded
+	// after start.
+	majors := w.readMajors()
+	control, err := w.controlNodes(majors)
 	if err != nil {
 		return nil, err
 	}
@@ -66,7 +69,7 @@ func (w *Writer) buildSpec(claimUID string, devices []Device) (*specs.Spec, erro
 					return nil, fmt.Errorf("device %s: %w", d.Name, err)
 				}
 			}
-			caps, err := w.migCapNodes(migMinors, d.GPUMinor, *d.MIG)
+			caps, err := w.migCapNodes(majors, migMinors, d.GPUMinor, *d.MIG)
 			if err != nil {
 				return nil, fmt.Errorf("device %s: %w", d.Name, err)
 			}

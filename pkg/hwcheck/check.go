@@ -5,7 +5,8 @@
 // tools, each item PASS, WARN or FAIL with the reason.
 //
 // It changes nothing: it calls NVML getters only (nvmlnode's read-only
-// accessors), reads files and stats device nodes, and runs no program. It
+// accessors), reads files (the kernel's under the proc root among them)
+// and stats device nodes, and runs no program. It
 // never sets MIG mode, creates or destroys instances, resets a GPU or sets
 // a time slice, and it writes no CDI spec.
 package hwcheck
@@ -422,15 +423,28 @@ func (c *checker) checkDriverFiles(in *cdi.Inspector, s *Section) {
 func lookupItem(s *Section, l cdi.NodeLookup, name string) {
 	switch {
 	case l.LeftOut():
-		s.add(Warn, name, "%s missing: specs leave it out", l.HostPath)
+		s.add(Warn, name, "%v: specs leave it out until it is loaded", l.Err)
 	case l.Err != nil:
 		s.add(Fail, name, "%v", l.Err)
+	case l.Source != l.HostPath:
+		s.add(Pass, name, "%s (c %d:%d, mode %v) from %s: the runtime makes it in the container, no host node needed", l.Path, l.Node.Major, l.Node.Minor, *l.Node.FileMode, l.Source)
 	default:
 		s.add(Pass, name, "%s (c %d:%d, mode %v)", l.HostPath, l.Node.Major, l.Node.Minor, *l.Node.FileMode)
 	}
 }
 
 func (c *checker) checkDeviceNodes(in *cdi.Inspector, s *Section) {
+	if majors, err := cdi.ParseProcDevices(in.ProcDevicesPath()); err != nil {
+		s.add(Fail, "device majors", "%v: specs cannot number nvidia-uvm and MIG capability nodes", err)
+	} else {
+		var found []string
+		for _, name := range []string{"nvidia-frontend", "nvidia", "nvidia-uvm", "nvidia-caps"} {
+			if m, ok := majors[name]; ok {
+				found = append(found, fmt.Sprintf("%s %d", name, m))
+			}
+		}
+		s.add(Pass, "device majors", "%s: %s", in.ProcDevicesPath(), strings.Join(found, ", "))
+	}
 	for _, l := range in.ControlNodes() {
 		lookupItem(s, l, l.Path)
 	}
@@ -469,7 +483,7 @@ func (c *checker) checkDeviceNodes(in *cdi.Inspector, s *Section) {
 			s.add(Fail, name, "the table has no entry for GPU minor %d: specs of its MIG devices cannot be written", g.Minor)
 			continue
 		}
-		s.add(Pass, name, "%d entries; the nodes of a MIG device are looked up when it exists", n)
+		s.add(Pass, name, "%d entries; the nodes of a MIG device are numbered from its access files when it exists", n)
 		for _, inst := range g.MIGInstances {
 			for _, l := range in.MIGCapNodes(minors, g.Minor, cdi.MIGDevice{GIID: inst.GIID, CIID: inst.CIID}) {
 				what := l.Path

@@ -93,7 +93,7 @@ func TestRun(t *testing.T) {
 		},
 		{
 			name: "MIG enabled with an existing MIG device",
-			setup: func(t *testing.T, s *sim.Node, _ simhost.Roots) {
+			setup: func(t *testing.T, s *sim.Node, r simhost.Roots) {
 				n, err := nvmlnode.NewNode(s)
 				if err != nil {
 					t.Fatal(err)
@@ -106,7 +106,17 @@ func TestRun(t *testing.T) {
 				if err := n.SetMIGMode(ctx, d.GPU.UUID, true); err != nil {
 					t.Fatal(err)
 				}
-				if _, err := n.CreateMIG(ctx, gpu.MIGRequest{ParentUUID: d.GPU.UUID, ProfileID: nvml.GPU_INSTANCE_PROFILE_3_SLICE, Placement: gpu.Placement{Start: 4, Size: 4}}); err != nil {
+				mig, err := n.CreateMIG(ctx, gpu.MIGRequest{ParentUUID: d.GPU.UUID, ProfileID: nvml.GPU_INSTANCE_PROFILE_3_SLICE, Placement: gpu.Placement{Start: 4, Size: 4}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				// The kernel shows the instance's capabilities; no
+				// kernel side runs here, so the test writes them.
+				caps, err := simhost.OpenCapabilities(r.ProcRoot)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := caps.Sync(d.GPU.Minor, []simhost.GPUInstanceCaps{{ID: mig.GIID, ComputeInstances: []int{mig.CIID}}}); err != nil {
 					t.Fatal(err)
 				}
 			},
@@ -114,7 +124,9 @@ func TestRun(t *testing.T) {
 				{"GPU 1", "MIG mode", Pass, "current enabled, pending enabled"},
 				{"GPU 1", "MIG profile 3g.40gb", Pass, "asks for profile 2: 3 slices, 60 of the GPU instance's 60 SMs"},
 				{"GPU 1", "published devices", Pass, "1 existing MIG devices"},
-				{"Device nodes (CDI)", "gpu1/gi", Pass, "nvidia-cap"},
+				{"Device nodes (CDI)", "gpu1/gi", Pass, "no host node needed"},
+				{"Device nodes (CDI)", "device majors", Pass, "nvidia-uvm 510, nvidia-caps 511"},
+				{"Device nodes (CDI)", "/dev/nvidia-uvm", Pass, "c 510:0"},
 			},
 		},
 		{
@@ -124,6 +136,15 @@ func TestRun(t *testing.T) {
 					if err := os.Remove(p); err != nil {
 						t.Fatal(err)
 					}
+				}
+				// nvidia-uvm not loaded: no line in /proc/devices.
+				devices := filepath.Join(r.ProcRoot, "proc/devices")
+				data, err := os.ReadFile(devices)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(devices, []byte(strings.ReplaceAll(string(data), "510 nvidia-uvm\n", "")), 0o644); err != nil {
+					t.Fatal(err)
 				}
 			},
 			wantFailed: true,

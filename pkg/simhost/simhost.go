@@ -1,8 +1,10 @@
 // Package simhost makes the host trees a simulated GPU node needs to run
 // under a real container runtime: a driver root with (fake) driver
 // libraries and tools, a /dev root with the GPU device nodes, and a /proc
-// root with the kernel's MIG capability table. The plugin is pointed at
-// them with --driver-root, --dev-root and --proc-root.
+// root with the kernel's device majors (proc/devices) and MIG capability
+// table, whose instances' capability files the simulated kernel side
+// writes (Capabilities). The plugin is pointed at them with --driver-root,
+// --dev-root and --proc-root.
 //
 // The driver root's tools, usr/bin/nvidia-smi and
 // usr/bin/nvidia-cuda-mps-control, are copies of the static gpu-sim-tools
@@ -181,7 +183,11 @@ func makeDevRoot(root string, gpuMinors []int, table []MIGMinor) error {
 	for _, m := range gpuMinors {
 		nodes = append(nodes, fmt.Sprintf("nvidia%d", m))
 	}
-	for _, e := range table {
+	// The config and monitor capabilities' nodes: nvidia-smi made them on
+	// the host when MIG was set up. No instance's capability node: NVML
+	// makes none when it creates an instance, and this simulated host
+	// tests that the plugin needs none (see docs/simulated-driver.md).
+	for _, e := range table[:2] {
 		nodes = append(nodes, fmt.Sprintf("nvidia-caps/nvidia-cap%d", e.Minor))
 	}
 	for _, n := range nodes {
@@ -189,7 +195,7 @@ func makeDevRoot(root string, gpuMinors []int, table []MIGMinor) error {
 			return err
 		}
 	}
-	return nil
+	return removeCapNodes(dev, table)
 }
 
 // mknodNull makes a character device 1:3 at path unless one is there.
@@ -224,6 +230,14 @@ func makeProcRoot(root, version string, table []MIGMinor) error {
 	}
 	if err := writeFile(filepath.Join(root, "proc/driver/nvidia-caps/mig-minors"), b.String(), 0o444); err != nil {
 		return err
+	}
+	if err := writeFile(filepath.Join(root, "proc/devices"), procDevices(), 0o444); err != nil {
+		return err
+	}
+	for _, e := range table[:2] { // config, monitor
+		if err := writeFile(filepath.Join(root, capabilitiesDir, "mig", e.Key), accessFile(e.Minor, configCapMode), 0o444); err != nil {
+			return err
+		}
 	}
 	return writeFile(filepath.Join(root, "proc/driver/nvidia/version"),
 		fmt.Sprintf("NVRM version: NVIDIA UNIX x86_64 Kernel Module  %s  (simulated)\n", version), 0o444)

@@ -26,7 +26,7 @@ func TestCreate(t *testing.T) {
 		if err != nil {
 			t.Fatalf("run %d: %v", i, err)
 		}
-		for _, n := range []string{"dev/nvidia0", "dev/nvidia1", "dev/nvidiactl", "dev/nvidia-uvm", "dev/nvidia-caps/nvidia-cap3"} {
+		for _, n := range []string{"dev/nvidia0", "dev/nvidia1", "dev/nvidiactl", "dev/nvidia-uvm", "dev/nvidia-caps/nvidia-cap1", "dev/nvidia-caps/nvidia-cap2"} {
 			var st unix.Stat_t
 			if err := unix.Stat(filepath.Join(r.DevRoot, n), &st); err != nil {
 				t.Fatal(err)
@@ -35,11 +35,87 @@ func TestCreate(t *testing.T) {
 				t.Errorf("%s is not a 1:3 character device", n)
 			}
 		}
+		// No instance's capability node: NVML makes none.
+		if _, err := os.Lstat(filepath.Join(r.DevRoot, "dev/nvidia-caps/nvidia-cap3")); !os.IsNotExist(err) {
+			t.Errorf("dev/nvidia-caps/nvidia-cap3 of gpu0/gi0/access: %v, want none", err)
+		}
+		devices, err := os.ReadFile(filepath.Join(r.ProcRoot, "proc/devices"))
+		if err != nil || !strings.Contains(string(devices), "511 nvidia-caps\n") || !strings.Contains(string(devices), "510 nvidia-uvm\n") {
+			t.Errorf("proc/devices: %v\n%s", err, devices)
+		}
+		if config, err := os.ReadFile(filepath.Join(r.ProcRoot, "proc/driver/nvidia/capabilities/mig/config")); err != nil || string(config) != "DeviceFileMinor: 1\nDeviceFileMode: 256\nDeviceFileModify: 1\n" {
+			t.Errorf("capability mig/config: %q, %v", config, err)
+		}
 		for _, f := range []string{"usr/lib/x86_64-linux-gnu/libcuda.so.550.54.15", "usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1", "usr/bin/nvidia-smi"} {
 			if _, err := os.Stat(filepath.Join(r.DriverRoot, f)); err != nil {
 				t.Error(err)
 			}
 		}
+	}
+}
+
+// An older host's capability nodes of every minor are removed: the
+// simulated host has none of an instance.
+func TestCreateRemovesInstanceCapNodes(t *testing.T) {
+	hostfstest.RequireRoot(t, "creating device nodes needs root")
+	dir := t.TempDir()
+	node := filepath.Join(dir, "dev/dev/nvidia-caps/nvidia-cap12")
+	if err := os.MkdirAll(filepath.Dir(node), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := mknodNull(node); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Create(dir, []int{0}, "550.54.15", simhosttest.Tools(t)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(node); !os.IsNotExist(err) {
+		t.Errorf("%s: %v, want removed", node, err)
+	}
+}
+
+// Capabilities show an instance's access files while it exists, with its
+// minor of the mig-minors table, and remove them when it is gone.
+func TestCapabilitiesSync(t *testing.T) {
+	proc := t.TempDir()
+	if err := makeProcRoot(proc, "550.54.15", MIGMinors([]int{0, 1})); err != nil {
+		t.Fatal(err)
+	}
+	caps, err := OpenCapabilities(proc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(proc, "proc/driver/nvidia/capabilities/gpu1/mig")
+	read := func(rel string) string {
+		data, err := os.ReadFile(filepath.Join(dir, rel))
+		if err != nil {
+			return err.Error()
+		}
+		return string(data)
+	}
+	// gpu1/gi3/access: 2 + 135 + 3*9 + 1 = 165; its ci2: 168.
+	if err := caps.Sync(1, []GPUInstanceCaps{{ID: 3, ComputeInstances: []int{0, 2}}, {ID: 5}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := read("gi3/access"); got != "DeviceFileMinor: 165\nDeviceFileMode: 292\nDeviceFileModify: 1\n" {
+		t.Errorf("gi3/access: %q", got)
+	}
+	if got := read("gi3/ci2/access"); !strings.HasPrefix(got, "DeviceFileMinor: 168\n") {
+		t.Errorf("gi3/ci2/access: %q", got)
+	}
+	if err := caps.Sync(1, []GPUInstanceCaps{{ID: 3, ComputeInstances: []int{2}}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, gone := range []string{"gi3/ci0", "gi5"} {
+		if _, err := os.Stat(filepath.Join(dir, gone)); !os.IsNotExist(err) {
+			t.Errorf("%s after its instance is gone: %v", gone, err)
+		}
+	}
+	if got := read("gi3/ci2/access"); !strings.HasPrefix(got, "DeviceFileMinor: 168\n") {
+		t.Errorf("gi3/ci2/access kept: %q", got)
+	}
+	if err := caps.Sync(1, []GPUInstanceCaps{{ID: 15}}); err == nil || !strings.Contains(err.Error(), "gpu1/gi15/access") {
+		t.Errorf("an instance beyond the table: %v", err)
 	}
 }
 

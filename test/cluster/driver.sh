@@ -59,16 +59,19 @@ build() {
 
 # serve_driver runs the simulated node's kernel side, gpu-sim serve, which answers the
 # libnvidia-ml.so.1 of the driver root (as the kernel driver answers NVIDIA's), unless it runs
-# already for this model and state. Its PID is in $RUN/pids/gpu-sim.pid (down.sh stops it).
+# already for this model, state and host trees from the gpu-sim built last. It keeps the MIG
+# instances' capability files in the host's proc tree, the plugin's --proc-root. Its PID is in
+# $RUN/pids/gpu-sim.pid (down.sh stops it).
 serve_driver() {
-	local pidfile=$RUN/pids/gpu-sim.pid want pid=
-	want="serve $SIMULATE $SIM_DIR/state"
+	local pidfile=$RUN/pids/gpu-sim.pid want pid= exe
+	want="serve $SIMULATE $SIM_DIR/state $SIM_DIR/host/proc"
 	# The recorded process, if it still runs gpu-sim.
 	if [[ -f $pidfile ]]; then
 		pid=$(<"$pidfile")
-		kill -0 "$pid" 2>/dev/null && [[ $(readlink "/proc/$pid/exe") == *gpu-sim* ]] || pid=
+		kill -0 "$pid" 2>/dev/null && exe=$(readlink "/proc/$pid/exe") && [[ $exe == *gpu-sim* ]] || pid=
 	fi
-	if [[ -n $pid && $(<"$RUN/sim/serving") == "$want" && -S $SIM_DIR/host/driver/run/gpu-sim/nvml.sock ]]; then
+	# A program rebuilt since it started ("... (deleted)") is restarted.
+	if [[ -n $pid && $exe != *" (deleted)" && $(<"$RUN/sim/serving") == "$want" && -S $SIM_DIR/host/driver/run/gpu-sim/nvml.sock ]]; then
 		return
 	fi
 	if [[ -n $pid ]]; then
@@ -77,7 +80,7 @@ serve_driver() {
 	fi
 	mkdir -p "$RUN/pids" "$RUN/logs"
 	setsid "$RUN/bin/gpu-sim" --model "$SIMULATE" --state-dir "$SIM_DIR/state" serve --driver-root "$SIM_DIR/host/driver" \
-		>>"$RUN/logs/gpu-sim.log" 2>&1 </dev/null &
+		--proc-root "$SIM_DIR/host/proc" >>"$RUN/logs/gpu-sim.log" 2>&1 </dev/null &
 	echo $! >"$pidfile"
 	echo "$want" >"$RUN/sim/serving"
 	local deadline=$((SECONDS + 30))

@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,6 +14,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
 )
 
 func TestSlicesAndClassesArePublished(t *testing.T) {
@@ -96,11 +99,55 @@ func TestMIGDeviceLifecycle(t *testing.T) {
 	if _, err := os.Stat(spec); err != nil {
 		t.Fatalf("CDI spec: %v", err)
 	}
+	checkCapNodes(t, spec)
 	kubectl(t, "delete", "pod", "-n", "gpu-demo", "mig-1g", "--wait=true")
 	eventually(t, 60*time.Second, "MIG device destroyed and CDI spec removed", func() (bool, error) {
 		_, err := os.Stat(spec)
 		return migCount(t) == before && os.IsNotExist(err), fmt.Errorf("%d MIG devices, spec: %w", migCount(t), err)
 	})
+}
+
+// checkCapNodes checks that a MIG device's spec numbers its capability
+// nodes from the kernel's files, as on a GPU node where NVML made no
+// /dev/nvidia-caps node for the new instance: major of nvidia-caps in the
+// simulated proc/devices, and no node under the simulated /dev.
+func checkCapNodes(t *testing.T, specPath string) {
+	t.Helper()
+	data, err := os.ReadFile(specPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spec struct {
+		Devices []struct {
+			ContainerEdits struct {
+				DeviceNodes []struct {
+					Path         string
+					Major, Minor int64
+				}
+			}
+		}
+	}
+	if err := json.Unmarshal(data, &spec); err != nil {
+		t.Fatal(err)
+	}
+	caps := 0
+	for _, d := range spec.Devices {
+		for _, n := range d.ContainerEdits.DeviceNodes {
+			if !strings.HasPrefix(n.Path, "/dev/nvidia-caps/") {
+				continue
+			}
+			caps++
+			if n.Major != simhost.CapsMajor || n.Path != fmt.Sprintf("/dev/nvidia-caps/nvidia-cap%d", n.Minor) {
+				t.Errorf("capability node %s is %d:%d, want major %d (nvidia-caps) and its own minor", n.Path, n.Major, n.Minor, simhost.CapsMajor)
+			}
+			if _, err := os.Lstat(filepath.Join(runDir, "sim/host/dev", n.Path)); !os.IsNotExist(err) {
+				t.Errorf("the simulated /dev has %s (%v): NVML makes none, the spec must not need it", n.Path, err)
+			}
+		}
+	}
+	if caps != 2 {
+		t.Errorf("%d capability nodes in %s, want 2 (GPU and compute instance)", caps, specPath)
+	}
 }
 
 func applyYAML(t *testing.T, yaml string) {

@@ -22,7 +22,8 @@ import (
 // Installation is a simulated NVIDIA driver installation that the
 // production path uses: the host trees of simhost.Create with the
 // simulated libnvidia-ml.so.1 installed, and its kernel side (an
-// nvmlserver of a sim.Node on StateDir) serving until the test ends.
+// nvmlserver of a sim.Node on StateDir, which keeps the MIG instances'
+// capability files under ProcRoot) serving until the test ends.
 type Installation struct {
 	simhost.Roots
 	// StateDir is the simulated node's state, which sim.Open reads too.
@@ -97,7 +98,9 @@ func Start(t testing.TB, model string) *Installation {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- nvmlserver.New(n, inst.DriverRoot).Serve(ctx, l) }()
+	server := nvmlserver.New(n, inst.DriverRoot)
+	server.ProcRoot = inst.ProcRoot
+	go func() { done <- server.Serve(ctx, l) }()
 	var once sync.Once
 	inst.stop = func() {
 		once.Do(func() {

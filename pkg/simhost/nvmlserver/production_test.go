@@ -2,7 +2,9 @@ package nvmlserver_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,7 +14,9 @@ import (
 	"time"
 
 	"k8s.io/klog/v2/ktesting"
+	cdispecs "tags.cncf.io/container-device-interface/specs-go"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/cdi"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/driverroot"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
@@ -279,6 +283,131 @@ func TestProductionPathMPSHoldsItsMIGDevice(t *testing.T) {
 	if err := node.DestroyMIG(ctx, ref); err != nil {
 		t.Fatalf("destroy after the daemon quit: %v", err)
 	}
+}
+
+// A MIG device created after the plugin started gets its capability nodes
+// in its CDI spec, numbered as the kernel numbers them, although no
+// /dev/nvidia-caps node exists: NVML makes none when it creates an
+// instance, and a privileged container's /dev is a copy taken when it
+// started. nvidia-uvm, loaded after that copy, is numbered from
+// /proc/devices likewise. The capability goes with the instance.
+func TestProductionPathMIGCapabilitiesWithoutDevNodes(t *testing.T) {
+	inst := installationtest.Start(t, "dgxh100")
+	for _, p := range []string{"dev/nvidia-caps", "dev/nvidia-uvm", "dev/nvidia-uvm-tools"} {
+		if err := os.RemoveAll(filepath.Join(inst.DevRoot, p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w, err := cdi.New(cdi.Options{CDIRoot: t.TempDir(), DriverRoot: inst.DriverRoot, DevRoot: inst.DevRoot, ProcRoot: inst.ProcRoot})
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := inst.Open(t)
+	ctx := context.Background()
+	inv, err := node.Inventory(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := inv.GPUs[2]
+	if err := node.SetMIGMode(ctx, g.UUID, true); err != nil {
+		t.Fatal(err)
+	}
+	p := g.MIGProfiles[0]
+	mig, err := node.CreateMIG(ctx, gpu.MIGRequest{ParentUUID: g.UUID, ProfileID: p.ID, Placement: p.Placements[1]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const claimUID = "0a1b2c3d-0000-1111-2222-333344445555"
+	dev := cdi.Device{Name: "mig", Request: "r", GPUMinor: g.Minor, UUID: mig.UUID, MIG: &cdi.MIGDevice{GIID: mig.GIID, CIID: mig.CIID}}
+	if _, err := w.WriteClaimSpec(ctx, claimUID, []cdi.Device{dev}); err != nil {
+		t.Fatalf("spec of a MIG device created after start, without /dev/nvidia-caps nodes: %v", err)
+	}
+	nodes := specNodes(t, w.SpecPath(claimUID))
+	majors := procMajors(t, filepath.Join(inst.ProcRoot, "proc/devices"))
+	minors, err := cdi.ParseMIGMinors(filepath.Join(inst.ProcRoot, cdi.MIGMinorsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{
+		fmt.Sprintf("gpu%d/gi%d/access", g.Minor, mig.GIID),
+		fmt.Sprintf("gpu%d/gi%d/ci%d/access", g.Minor, mig.GIID, mig.CIID),
+	} {
+		minor, ok := minors[key]
+		if !ok {
+			t.Fatalf("mig-minors has no %s", key)
+		}
+		path := fmt.Sprintf("/dev/nvidia-caps/nvidia-cap%d", minor)
+		n, ok := nodes[path]
+		if !ok {
+			t.Errorf("spec lacks %s (%s): %v", path, key, nodes)
+			continue
+		}
+		if n.Type != "c" || n.Major != majors["nvidia-caps"] || n.Minor != int64(minor) {
+			t.Errorf("%s: %s %d:%d, want c %d:%d", path, n.Type, n.Major, n.Minor, majors["nvidia-caps"], minor)
+		}
+	}
+	for path, minor := range map[string]int64{"/dev/nvidia-uvm": 0, "/dev/nvidia-uvm-tools": 1} {
+		if n, ok := nodes[path]; !ok || n.Major != majors["nvidia-uvm"] || n.Minor != minor {
+			t.Errorf("%s: %+v, want c %d:%d", path, n, majors["nvidia-uvm"], minor)
+		}
+	}
+	// The kernel side shows the instance's capabilities, as the driver
+	// does, and removes them with the instance.
+	giDir := filepath.Join(inst.ProcRoot, cdi.CapabilitiesDir, fmt.Sprintf("gpu%d/mig/gi%d", g.Minor, mig.GIID))
+	access, err := cdi.ParseCapabilityAccess(filepath.Join(giDir, fmt.Sprintf("ci%d/access", mig.CIID)))
+	if want := minors[fmt.Sprintf("gpu%d/gi%d/ci%d/access", g.Minor, mig.GIID, mig.CIID)]; err != nil || access.Minor != want || access.Mode != 0o444 {
+		t.Errorf("compute instance's access file: %+v, %v; want minor %d, mode 0444", access, err, want)
+	}
+	if err := node.DestroyMIG(ctx, gpu.MIGRef{ParentUUID: g.UUID, GIID: mig.GIID, CIID: mig.CIID, UUID: mig.UUID}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(giDir); !os.IsNotExist(err) {
+		t.Errorf("capabilities of the destroyed GPU instance: %v, want gone", err)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(inst.DevRoot, "dev/nvidia-caps")); len(entries) != 0 {
+		t.Errorf("the kernel side made /dev/nvidia-caps nodes: %v", entries)
+	}
+}
+
+// specNodes reads the device nodes of a spec file's devices by path.
+func specNodes(t *testing.T, path string) map[string]cdispecs.DeviceNode {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spec cdispecs.Spec
+	if err := json.Unmarshal(data, &spec); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]cdispecs.DeviceNode{}
+	for _, d := range spec.Devices {
+		for _, n := range d.ContainerEdits.DeviceNodes {
+			out[n.Path] = *n
+		}
+	}
+	return out
+}
+
+// procMajors reads the character device majors of a /proc/devices by name.
+func procMajors(t *testing.T, path string) map[string]int64 {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int64{}
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, "Block") {
+			break
+		}
+		var major int64
+		var name string
+		if n, _ := fmt.Sscanf(line, "%d %s", &major, &name); n == 2 {
+			out[name] = major
+		}
+	}
+	return out
 }
 
 // TestProductionPathMPSDaemon: the plugin's MPS manager starts, finds and

@@ -31,6 +31,7 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"k8s.io/klog/v2"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/simtools"
 )
 
@@ -58,7 +59,13 @@ type Server struct {
 	// simtools.RecordMPS), as they cannot from containers that mount it
 	// read-only. Empty refuses those records.
 	DriverRoot string
+	// ProcRoot is the host root of the simulated /proc (made by gpu-sim
+	// host): the capability files of MIG instances are kept there, as the
+	// kernel driver shows them, from when the server starts and after
+	// every instance created or destroyed. Empty keeps none.
+	ProcRoot string
 
+	caps  *simhost.Capabilities
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
 }
@@ -100,6 +107,18 @@ func Listen(driverRoot string) (net.Listener, error) {
 // connection.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	logger := klog.FromContext(ctx)
+	if s.ProcRoot != "" {
+		caps, err := simhost.OpenCapabilities(s.ProcRoot)
+		if err != nil {
+			l.Close()
+			return err
+		}
+		s.caps = caps
+		if err := s.syncAllCapabilities(); err != nil {
+			l.Close()
+			return err
+		}
+	}
 	stop := context.AfterFunc(ctx, func() {
 		l.Close()
 		s.mu.Lock()
@@ -131,7 +150,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 				s.mu.Unlock()
 				c.Close()
 			}()
-			if err := s.serveConn(c); err != nil {
+			if err := s.serveConn(klog.NewContext(ctx, logger), c); err != nil {
 				logger.V(2).Info("Simulated NVML connection ended", "err", err)
 			}
 		}()
@@ -143,11 +162,12 @@ type session struct {
 	events nvml.EventSet
 	// eventGPUs maps a registered device back to its index.
 	eventGPUs map[nvml.Device]int
+	logger    klog.Logger
 }
 
-func (s *Server) serveConn(c net.Conn) error {
+func (s *Server) serveConn(ctx context.Context, c net.Conn) error {
 	r := bufio.NewReaderSize(c, maxRequest)
-	sess := &session{}
+	sess := &session{logger: klog.FromContext(ctx)}
 	defer func() {
 		if sess.events != nil {
 			_ = sess.events.Free()
@@ -541,6 +561,7 @@ func (s *Server) dispatch(sess *session, op string, a *args) string {
 		if r != nvml.SUCCESS {
 			return reply(r)
 		}
+		defer s.afterMIGChange(sess, op, gpuIndex)
 		return f(s, d, a)
 	}
 	if f, ok := gpuInstanceOps[op]; ok {
@@ -552,6 +573,7 @@ func (s *Server) dispatch(sess *session, op string, a *args) string {
 		if r != nvml.SUCCESS {
 			return reply(r)
 		}
+		defer s.afterMIGChange(sess, op, gpuIndex)
 		return f(g, a)
 	}
 	switch op {
@@ -600,6 +622,7 @@ func (s *Server) dispatch(sess *session, op string, a *args) string {
 			return reply(r)
 		}
 		if op == "destroy-ci" {
+			defer s.afterMIGChange(sess, op, gpuIndex)
 			return reply(c.Destroy())
 		}
 		info, r := c.GetInfo()
@@ -797,4 +820,106 @@ func cString[T int8 | uint8](b []T) string {
 		out = append(out, byte(c))
 	}
 	return string(out)
+}
+
+// migChanges are the operations after which a GPU's MIG instances may
+// have changed.
+var migChanges = map[string]bool{
+	"create-gi": true, "create-gi-anywhere": true, "destroy-gi": true,
+	"create-ci": true, "destroy-ci": true, "set-mig-mode": true,
+}
+
+// afterMIGChange keeps the capability files of GPU gpuIndex those of its
+// instances after op, before the answer goes out: the caller that created
+// an instance finds its capability, as on a real node. A failure is
+// logged: the instance itself was created or destroyed.
+func (s *Server) afterMIGChange(sess *session, op string, gpuIndex int) {
+	if s.caps == nil || !migChanges[op] {
+		return
+	}
+	if err := s.syncCapabilities(gpuIndex); err != nil {
+		sess.logger.Error(err, "Simulated MIG capability files not updated", "op", op, "gpu", gpuIndex)
+	}
+}
+
+// syncAllCapabilities writes the capability files of every GPU's
+// instances, those made while no server ran included.
+func (s *Server) syncAllCapabilities() error {
+	count, ret := s.lib.DeviceGetCount()
+	if ret != nvml.SUCCESS {
+		return fmt.Errorf("simulated MIG capabilities: GPU count: %s", nvml.ErrorString(ret))
+	}
+	for i := 0; i < count; i++ {
+		if err := s.syncCapabilities(i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// syncCapabilities writes the capability files of GPU index's instances.
+// A GPU that cannot be read (lost) keeps its files, as the kernel keeps
+// them until the GPU is reset. go-nvml's mocks panic on a call they lack.
+func (s *Server) syncCapabilities(index int) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("simulated MIG capabilities of GPU %d: %v", index, r)
+		}
+	}()
+	d, ret := s.gpu(index)
+	if ret != nvml.SUCCESS {
+		return nil
+	}
+	minor, ret := d.GetMinorNumber()
+	if ret != nvml.SUCCESS {
+		return nil
+	}
+	var gis []simhost.GPUInstanceCaps
+	if cur, _, ret := d.GetMigMode(); ret == nvml.SUCCESS && cur == nvml.DEVICE_MIG_ENABLE {
+		if gis, ret = migInstances(d); ret != nvml.SUCCESS {
+			return nil
+		}
+	}
+	return s.caps.Sync(minor, gis)
+}
+
+// migInstances lists a GPU's GPU instances with their compute instances.
+func migInstances(d nvml.Device) ([]simhost.GPUInstanceCaps, nvml.Return) {
+	var out []simhost.GPUInstanceCaps
+	for p := 0; p < nvml.GPU_INSTANCE_PROFILE_COUNT; p++ {
+		info, ret := d.GetGpuInstanceProfileInfo(p)
+		if ret != nvml.SUCCESS {
+			continue
+		}
+		gis, ret := d.GetGpuInstances(&info)
+		if ret != nvml.SUCCESS {
+			return nil, ret
+		}
+		for _, gi := range gis {
+			giInfo, ret := gi.GetInfo()
+			if ret != nvml.SUCCESS {
+				return nil, ret
+			}
+			caps := simhost.GPUInstanceCaps{ID: int(giInfo.Id)}
+			for cp := 0; cp < nvml.COMPUTE_INSTANCE_PROFILE_COUNT; cp++ {
+				ciInfo, ret := gi.GetComputeInstanceProfileInfo(cp, nvml.COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
+				if ret != nvml.SUCCESS {
+					continue
+				}
+				cis, ret := gi.GetComputeInstances(&ciInfo)
+				if ret != nvml.SUCCESS {
+					return nil, ret
+				}
+				for _, ci := range cis {
+					info, ret := ci.GetInfo()
+					if ret != nvml.SUCCESS {
+						return nil, ret
+					}
+					caps.ComputeInstances = append(caps.ComputeInstances, int(info.Id))
+				}
+			}
+			out = append(out, caps)
+		}
+	}
+	return out, nvml.SUCCESS
 }
