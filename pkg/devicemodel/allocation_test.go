@@ -95,8 +95,14 @@ func TestOverlappingPlacementsNeverBothAllocated(t *testing.T) {
 	t.Logf("checked %d ordered pairs", pairs)
 }
 
-func TestSevenOneGInstancesFitAndAnEighthDoesNot(t *testing.T) {
-	for model, profile := range map[string]string{"dgxh100": "1g.10gb", "dgxa100": "1g.5gb"} {
+// TestEveryOneGInstanceFitsAndOneMoreDoesNot: seven 1g on a GPU of eight
+// memory slices, four on an A30's four.
+func TestEveryOneGInstanceFitsAndOneMoreDoesNot(t *testing.T) {
+	for _, tc := range []struct {
+		model, profile string
+		fit            int
+	}{{"dgxh100", "1g.10gb", 7}, {"dgxa100", "1g.5gb", 7}, {"a30", "1g.6gb", 4}} {
+		model, profile := tc.model, tc.profile
 		t.Run(model, func(t *testing.T) {
 			// An A100 offers MIG devices only in MIG mode.
 			inv := inventory(t, model)
@@ -106,18 +112,18 @@ func TestSevenOneGInstancesFitAndAnEighthDoesNot(t *testing.T) {
 				return claim(exactly("mig", "mig.nvidia.com", 1, attr("parentMinor")+" == 0", fmt.Sprintf("%s == %q", attr("profile"), profile)))
 			}
 			seen := map[string]bool{}
-			for i := 0; i < 7; i++ {
+			for i := 0; i < tc.fit; i++ {
 				got := c.allocate(node, one())
 				if got == nil {
 					t.Fatalf("1g number %d did not fit", i+1)
 				}
 				seen[allocatedNames(got)] = true
 			}
-			if len(seen) != 7 {
+			if len(seen) != tc.fit {
 				t.Fatalf("got %d distinct devices", len(seen))
 			}
 			if got := c.allocate(node, one()); got != nil {
-				t.Fatalf("an eighth 1g was allocated: %s", allocatedNames(got))
+				t.Fatalf("1g number %d was allocated: %s", tc.fit+1, allocatedNames(got))
 			}
 		})
 	}

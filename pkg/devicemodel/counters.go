@@ -31,6 +31,9 @@ type counterTotals struct {
 	// noMIG marks a GPU without MIG placements: its counter set has only
 	// "memory".
 	noMIG bool
+	// memorySlices is the GPU's number of memory slices (gpu.GPU's), one
+	// counter each: 8 on an H100, 4 on an A30.
+	memorySlices int
 }
 
 type limit struct {
@@ -39,7 +42,7 @@ type limit struct {
 }
 
 func computeTotals(g *gpu.GPU) counterTotals {
-	t := counterTotals{limits: map[int]limit{}}
+	t := counterTotals{limits: map[int]limit{}, memorySlices: g.MemorySlices}
 	for i := range g.MIGProfiles {
 		p := &g.MIGProfiles[i]
 		if p.MaxInstances < disjointPlacements(p.Placements) {
@@ -73,11 +76,11 @@ func bestPacking(g *gpu.GPU, limits map[int]limit) (multiprocessors int) {
 		profile *gpu.MIGProfile
 		at      gpu.Placement
 	}
-	byStart := make([][]option, gpu.MemorySlices)
+	byStart := make([][]option, g.MemorySlices)
 	for i := range g.MIGProfiles {
 		p := &g.MIGProfiles[i]
 		for _, pl := range p.Placements {
-			if pl.Start >= 0 && pl.Start < gpu.MemorySlices {
+			if pl.Start >= 0 && pl.Start < g.MemorySlices {
 				byStart[pl.Start] = append(byStart[pl.Start], option{p, pl})
 			}
 		}
@@ -85,7 +88,7 @@ func bestPacking(g *gpu.GPU, limits map[int]limit) (multiprocessors int) {
 	used := map[int]int{}
 	var walk func(slot int, mask uint32, mps int)
 	walk = func(slot int, mask uint32, mps int) {
-		if slot == gpu.MemorySlices {
+		if slot == g.MemorySlices {
 			multiprocessors = max(multiprocessors, mps)
 			return
 		}
@@ -131,7 +134,7 @@ func (t counterTotals) wholeGPU() map[string]resourceapi.Counter {
 		}
 	}
 	c := map[string]resourceapi.Counter{}
-	for i := 0; i < gpu.MemorySlices; i++ {
+	for i := 0; i < t.memorySlices; i++ {
 		c[names.MemorySliceCounter(i)] = one()
 	}
 	return c

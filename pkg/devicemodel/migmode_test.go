@@ -44,6 +44,8 @@ func TestPublishedKindsByMIGMode(t *testing.T) {
 		{name: "H100, MIG on: everything", model: "dgxh100", edit: migOn, want: "gpu,mig,shared"},
 		{name: "A100, MIG off: no placements, which need a reset", model: "dgxa100", want: "gpu,shared"},
 		{name: "A100, MIG on: no whole GPU, which needs a reset", model: "dgxa100", edit: migOn, want: "mig"},
+		{name: "A30, MIG off: no placements, which need a reset", model: "a30", want: "gpu,shared"},
+		{name: "A30, MIG on: no whole GPU, which needs a reset", model: "a30", edit: migOn, want: "mig"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -134,7 +134,7 @@ func nodeWide(rank deviceRank) Layout {
 // lowerHalf is 1 for a placement that starts in memory slices 0-3, where
 // the only 4g and a 3g go.
 func lowerHalf(d *Device) int {
-	if d.Placement.Start < gpu.MemorySlices/2 {
+	if d.Placement.Start < d.GPU.MemorySlices/2 {
 		return 1
 	}
 	return 0
@@ -168,12 +168,12 @@ func (h hybrid) String() string {
 func (h hybrid) rank(d *Device, gpus int) []int {
 	g := d.GPU.Index
 	switch {
-	case d.Profile == nil || d.Profile.MemorySlices == gpu.MemorySlices:
+	case d.Profile == nil || d.Profile.MemorySlices == d.GPU.MemorySlices:
 		if h.bigLast {
 			g = gpus - 1 - g
 		}
 		return []int{g}
-	case d.Profile.MemorySlices >= gpu.MemorySlices/2:
+	case d.Profile.MemorySlices >= d.GPU.MemorySlices/2:
 		if h.midLast {
 			g = gpus - 1 - g
 		}

@@ -39,7 +39,7 @@ func validateSlices(t *testing.T, slices []resourceapi.ResourceSlice) {
 }
 
 // busyInventory is a node in an interesting state: MIG enabled on GPU 0
-// with a pre-created 3g and a driver-created 1g (on a node whose GPUs
+// with a pre-created 3g (2g on an A30) and a driver-created 1g (on a node whose GPUs
 // have MIG), and GPU 1 faulty.
 func busyInventory(t *testing.T, model string) (Input, *gpu.Inventory) {
 	t.Helper()
@@ -73,20 +73,24 @@ func busyInventory(t *testing.T, model string) (Input, *gpu.Inventory) {
 	if err := admin.Reset(g.Index); err != nil {
 		t.Fatal(err)
 	}
-	var p3g, p1g gpu.MIGProfile
-	for _, p := range g.MIGProfiles {
-		if p.ComputeSlices == 3 && p.ID == 2 {
-			p3g = p
+	// The pre-created instance is the first profile of half the GPU's
+	// memory slices (a 3g on eight slices, a 2g on an A30's four) at 0,
+	// the driver's a 1g at its last placement (6 of eight, 3 of four).
+	var half, p1g *gpu.MIGProfile
+	for i := range g.MIGProfiles {
+		p := &g.MIGProfiles[i]
+		if half == nil && p.MemorySlices == g.MemorySlices/2 {
+			half = p
 		}
 		if p.ID == 0 {
 			p1g = p
 		}
 	}
-	static, err := n.CreateMIG(ctx, gpu.MIGRequest{ParentUUID: g.UUID, ProfileID: p3g.ID, Placement: p3g.Placements[0]})
+	static, err := n.CreateMIG(ctx, gpu.MIGRequest{ParentUUID: g.UUID, ProfileID: half.ID, Placement: half.Placements[0]})
 	if err != nil {
 		t.Fatal(err)
 	}
-	managed, err := n.CreateMIG(ctx, gpu.MIGRequest{ParentUUID: g.UUID, ProfileID: p1g.ID, Placement: gpu.Placement{Start: 6, Size: 1}})
+	managed, err := n.CreateMIG(ctx, gpu.MIGRequest{ParentUUID: g.UUID, ProfileID: p1g.ID, Placement: p1g.Placements[len(p1g.Placements)-1]})
 	if err != nil {
 		t.Fatal(err)
 	}

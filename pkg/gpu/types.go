@@ -14,10 +14,6 @@ import (
 	"fmt"
 )
 
-// MemorySlices is the number of memory slices of every MIG-capable GPU the
-// driver knows (A100, H100, H200, B200). Placements count memory slices.
-const MemorySlices = 8
-
 // Inventory is a snapshot of the node's GPUs as NVML reports them.
 type Inventory struct {
 	// DriverVersion is the kernel driver's version, e.g. "550.54.15".
@@ -63,6 +59,11 @@ type GPU struct {
 	Lost bool
 
 	MIGCapable bool
+	// MemorySlices is how many memory slices the GPU's memory is cut into
+	// for MIG, as NVML's placements count them: 8 on A100, H100, H200 and
+	// B200, 4 on A30 and RTX PRO 6000 Blackwell. Placements and memory
+	// slice counters are numbered 0 to MemorySlices-1. Zero without MIG.
+	MemorySlices int
 	// MIGEnabled is the current MIG mode.
 	MIGEnabled bool
 	// MIGModeNeedsReset is set on GPUs whose MIG mode changes only at a

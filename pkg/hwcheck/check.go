@@ -255,6 +255,12 @@ func (c *checker) checkGPU(index int, err, modelErr error) {
 			}
 			return "disabled"
 		}
+		// The GPU's own count, not a constant: 8 on H100, 4 on A30.
+		if g.MemorySlices > 0 {
+			s.add(Pass, "memory slices", "%d (placements and memory-slice counters 0-%d)", g.MemorySlices, g.MemorySlices-1)
+		} else {
+			s.add(Warn, "memory slices", "none: NVML lists no GPU-instance placement, so no MIG device is offered")
+		}
 		if g.MIGEnabled == d.MIGPendingEnabled {
 			s.add(Pass, "MIG mode", "current %s, pending %s", mode(g.MIGEnabled), mode(d.MIGPendingEnabled))
 		} else {

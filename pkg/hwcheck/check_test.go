@@ -40,6 +40,8 @@ func TestRun(t *testing.T) {
 	ctx := context.Background()
 	cases := []struct {
 		name string
+		// model is the simulated node; dgxh100 when empty.
+		model string
 		// simulated is false for a real-NVML run (which must not get as
 		// far as loading a library).
 		notSimulated bool
@@ -59,12 +61,24 @@ func TestRun(t *testing.T) {
 				{"NVML", "GPU count", Pass, "8"},
 				{"NVML", "driver version", Pass, "550.54.15"},
 				{"GPU 0", "MIG mode", Pass, "current disabled, pending disabled"},
+				{"GPU 0", "memory slices", Pass, "8 (placements and memory-slice counters 0-7)"},
 				{"GPU 0", "MIG profile 3g.40gb", Pass, "publishes 2: gpu-0-mig-3g40gb-0, gpu-0-mig-3g40gb-4"},
 				{"GPU 0", "MIG profile 3g.40gb", Pass, "none of this profile exists"},
 				{"GPU 0", "published devices", Pass, "gpu-0-shared"},
 				{"Driver files (CDI)", "libraries", Pass, "libnvidia-ml.so.550.54.15"},
 				{"Device nodes (CDI)", "/dev/nvidia7", Pass, "c 1:3"},
 				{"Tools", "nvidia-smi", Pass, "not run"},
+			},
+		},
+		{
+			name:  "an A30 has four memory slices",
+			model: "a30",
+			want: []want{
+				{"NVML", "GPU count", Pass, "4"},
+				{"GPU 0", "memory slices", Pass, "4 (placements and memory-slice counters 0-3)"},
+				{"GPU 0", "MIG profile 1g.6gb", Pass, "6144 MiB (1 memory slices), 14 SMs, max 4 instances, placements 0:1 1:1 2:1 3:1"},
+				{"GPU 0", "MIG profile 2g.12gb", Pass, "12288 MiB (2 memory slices), 28 SMs, max 2 instances, placements 0:2 2:2"},
+				{"GPU 3", "memory slices", Pass, "4 ("},
 			},
 		},
 		{
@@ -175,11 +189,19 @@ func TestRun(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			stateDir := filepath.Join(dir, "state")
-			s, err := sim.Open("dgxh100", stateDir)
+			model := tc.model
+			if model == "" {
+				model = "dgxh100"
+			}
+			s, err := sim.Open(model, stateDir)
 			if err != nil {
 				t.Fatal(err)
 			}
-			roots, err := simhost.Create(filepath.Join(dir, "host"), []int{0, 1, 2, 3, 4, 5, 6, 7}, "550.54.15", simhosttest.Tools(t))
+			var minors []int
+			for i := range s.Devices {
+				minors = append(minors, i)
+			}
+			roots, err := simhost.Create(filepath.Join(dir, "host"), minors, "550.54.15", simhosttest.Tools(t))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -187,7 +209,7 @@ func TestRun(t *testing.T) {
 				tc.setup(t, s, roots)
 			}
 			cfg := Config{
-				GPUs:       nvmlnode.Options{Simulate: "dgxh100", SimStateDir: stateDir},
+				GPUs:       nvmlnode.Options{Simulate: model, SimStateDir: stateDir},
 				DriverRoot: roots.DriverRoot, DevRoot: roots.DevRoot, ProcRoot: roots.ProcRoot,
 				SharedGPUs: true,
 			}
@@ -200,7 +222,7 @@ func TestRun(t *testing.T) {
 			}
 			if tc.mutateLib != nil {
 				cfg.Open = func(nvmlnode.Options) (*nvmlnode.Node, error) {
-					lib, err := sim.Open("dgxh100", stateDir)
+					lib, err := sim.Open(model, stateDir)
 					if err != nil {
 						return nil, err
 					}

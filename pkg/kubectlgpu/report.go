@@ -67,6 +67,10 @@ type GPUReport struct {
 	// output every published device is listed; the table shows only the
 	// allocated or tainted MIG devices unless -o wide.
 	Devices []DeviceReport `json:"devices"`
+	// MemorySlices is the GPU's number of memory slices, from its counter
+	// set (8 on an H100, 4 on an A30; 0 without MIG). It sizes the slice
+	// map and is not part of the yaml and json output.
+	MemorySlices int `json:"-"`
 }
 
 // DeviceReport describes one published device: the whole GPU or a MIG
@@ -220,7 +224,7 @@ func buildReport(in reportInput) Report {
 			if in.target != nil && in.target.HasGPU && in.target.GPU != minor {
 				continue
 			}
-			gr := GPUReport{Name: names.GPUDevice(minor), Minor: minor, Devices: []DeviceReport{}}
+			gr := GPUReport{Name: names.GPUDevice(minor), Minor: minor, Devices: []DeviceReport{}, MemorySlices: node.GPUs[minor].MemorySlices}
 			for _, d := range node.GPUs[minor].Devices {
 				dr := DeviceReport{
 					Name:    d.Name,

@@ -4,13 +4,14 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/resource"
 
-	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 )
 
@@ -25,8 +26,9 @@ const (
 type sliceMap struct {
 	// Row is e.g. "[AAAA|BB|C|.]".
 	Row string
-	// Free counts the free slices.
-	Free int
+	// Free counts the free slices, of Slices.
+	Free   int
+	Slices int
 	// Tainted is set when the GPU itself has a taint with an effect: its
 	// free slices are drawn as taintedFreeCell.
 	Tainted bool
@@ -41,6 +43,18 @@ type legendEntry struct {
 	Slices string
 }
 
+// noMIGSlices is how many slices the map draws for a GPU without memory
+// slice counters (no MIG placements), as it always has.
+const noMIGSlices = 8
+
+// slices is how many memory slices a GPU's map has.
+func (g GPUReport) slices() int {
+	if g.MemorySlices > 0 {
+		return g.MemorySlices
+	}
+	return noMIGSlices
+}
+
 // buildSliceMap lays out a GPU's memory slices. A whole GPU or a shared
 // GPU in use holds all of them; an allocated MIG device or a pre-created
 // MIG instance holds its placement.
@@ -51,7 +65,8 @@ func buildSliceMap(g GPUReport) sliceMap {
 			m.Tainted = hasEffect(d.Taints)
 		}
 	}
-	cells := make([]rune, gpu.MemorySlices)
+	m.Slices = g.slices()
+	cells := make([]rune, m.Slices)
 	for i := range cells {
 		cells[i] = freeCell
 		if m.Tainted {
@@ -78,7 +93,7 @@ func buildSliceMap(g GPUReport) sliceMap {
 		case d.Type == names.TypeMIG && d.PlacementStart != nil && (len(d.Allocations) > 0 || d.PreCreated):
 			migs = append(migs, d)
 		case (d.Type == names.TypeGPU || d.Type == names.TypeShared) && len(d.Allocations) > 0:
-			holds(d, 0, gpu.MemorySlices)
+			holds(d, 0, m.Slices)
 		}
 	}
 	sortByPlacement(migs)
@@ -125,7 +140,7 @@ func hasEffect(ts []TaintReport) bool {
 
 // summary is "1 of 8 slices free" and what marks the row.
 func (m sliceMap) summary() string {
-	s := fmt.Sprintf("%d of %d slices free", m.Free, gpu.MemorySlices)
+	s := fmt.Sprintf("%d of %d slices free", m.Free, m.Slices)
 	if m.Tainted {
 		s += " (GPU tainted: x)"
 	}
@@ -134,7 +149,7 @@ func (m sliceMap) summary() string {
 
 // writeSliceMaps writes every GPU's slice map with its legend.
 func writeSliceMaps(w io.Writer, r Report, now time.Time) error {
-	fmt.Fprintln(w, "\nMEMORY SLICES (0-7; A, B, …: devices in use or pre-created; .: free; x: free on a tainted GPU; !: tainted)")
+	fmt.Fprintf(w, "\nMEMORY SLICES (%s; A, B, …: devices in use or pre-created; .: free; x: free on a tainted GPU; !: tainted)\n", sliceRanges(r))
 	for _, n := range r.Nodes {
 		for _, g := range n.GPUs {
 			m := buildSliceMap(g)
@@ -145,6 +160,25 @@ func writeSliceMaps(w io.Writer, r Report, now time.Time) error {
 		}
 	}
 	return nil
+}
+
+// sliceRanges is how the report's GPUs number their slices: "0-7", or
+// "0-3, 0-7" on a node of A30s and H100s.
+func sliceRanges(r Report) string {
+	seen := map[int]bool{}
+	for _, n := range r.Nodes {
+		for _, g := range n.GPUs {
+			seen[g.slices()] = true
+		}
+	}
+	if len(seen) == 0 {
+		seen[noMIGSlices] = true
+	}
+	var out []string
+	for _, n := range slices.Sorted(maps.Keys(seen)) {
+		out = append(out, fmt.Sprintf("0-%d", n-1))
+	}
+	return strings.Join(out, ", ")
 }
 
 // writeLegend writes a slice map's legend, one holder a line (a shared

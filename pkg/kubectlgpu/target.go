@@ -5,6 +5,7 @@ import (
 	"math"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
@@ -91,6 +92,10 @@ type GPUInventory struct {
 	// Devices are the whole GPU and its MIG devices, sorted by name
 	// (so the whole GPU, a prefix of the others, comes first).
 	Devices []resourceapi.Device
+	// MemorySlices is how many memory-slice counters the GPU's counter
+	// set has: its memory slices (8 on an H100, 4 on an A30), or 0
+	// without MIG placements.
+	MemorySlices int
 }
 
 // NewInventory groups the devices of the driver's slices by pool and GPU.
@@ -131,12 +136,39 @@ func NewInventory(slices []resourceapi.ResourceSlice) *Inventory {
 			g.Devices = append(g.Devices, d)
 		}
 	}
+	for i := range slices {
+		s := &slices[i]
+		node := inv.Nodes[s.Spec.Pool.Name]
+		if s.Spec.Driver != names.DriverName || s.Spec.Pool.Generation != latest[s.Spec.Pool.Name] || node == nil {
+			continue
+		}
+		for _, cs := range s.Spec.SharedCounters {
+			minor, ok := counterSetGPU(cs.Name)
+			if g := node.GPUs[minor]; ok && g != nil {
+				for name := range cs.Counters {
+					if names.IsMemorySliceCounter(name) {
+						g.MemorySlices++
+					}
+				}
+			}
+		}
+	}
 	for _, node := range inv.Nodes {
 		for _, g := range node.GPUs {
 			sort.Slice(g.Devices, func(i, j int) bool { return g.Devices[i].Name < g.Devices[j].Name })
 		}
 	}
 	return inv
+}
+
+// counterSetGPU returns the minor of the GPU whose counter set is named
+// name (names.CounterSet).
+func counterSetGPU(name string) (int, bool) {
+	minor, err := strconv.Atoi(name[strings.LastIndexByte(name, '-')+1:])
+	if err != nil || minor < 0 || names.CounterSet(minor) != name {
+		return 0, false
+	}
+	return minor, true
 }
 
 // NodeNames returns the node names in sorted order.

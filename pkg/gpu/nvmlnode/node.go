@@ -163,11 +163,12 @@ func readGPU(dev nvml.Device, index int) (gpu.GPU, error) {
 	default:
 		return g, fmt.Errorf("MIG mode of %s: %w", g.UUID, nvmlError(ret))
 	}
-	profiles, err := readProfiles(dev, g.MemoryBytes)
+	profiles, slices, err := readProfiles(dev, g.MemoryBytes)
 	if err != nil {
 		return g, fmt.Errorf("MIG profiles of %s: %w", g.UUID, err)
 	}
 	g.MIGProfiles = profiles
+	g.MemorySlices = slices
 	if g.MIGEnabled {
 		if g.MIGInstances, g.BareGPUInstances, err = readInstances(dev, g.UUID, profiles); err != nil {
 			return g, fmt.Errorf("MIG instances of %s: %w", g.UUID, err)
@@ -176,28 +177,49 @@ func readGPU(dev nvml.Device, index int) (gpu.GPU, error) {
 	return g, nil
 }
 
-func readProfiles(dev nvml.Device, totalBytes uint64) ([]gpu.MIGProfile, error) {
-	var out []gpu.MIGProfile
+// readProfiles returns the GPU's GPU-instance profiles and its number of
+// memory slices (gpuMemorySlices), which a profile's memory slices and its
+// name are counted in.
+func readProfiles(dev nvml.Device, totalBytes uint64) ([]gpu.MIGProfile, int, error) {
+	var ids []int
+	var infos []nvml.GpuInstanceProfileInfo
+	var placements [][]gpu.Placement
 	for id := 0; id < nvml.GPU_INSTANCE_PROFILE_COUNT; id++ {
 		info, ret := dev.GetGpuInstanceProfileInfo(id)
 		if ret == nvml.ERROR_NOT_SUPPORTED || ret == nvml.ERROR_INVALID_ARGUMENT {
 			continue
 		}
 		if ret != nvml.SUCCESS {
-			return nil, fmt.Errorf("profile %d: %w", id, nvmlError(ret))
+			return nil, 0, fmt.Errorf("profile %d: %w", id, nvmlError(ret))
 		}
 		if info.InstanceCount == 0 {
 			continue
 		}
-		placements, ret := dev.GetGpuInstancePossiblePlacements(&info)
+		pls, ret := dev.GetGpuInstancePossiblePlacements(&info)
 		if ret != nvml.SUCCESS {
-			return nil, fmt.Errorf("placements of profile %d: %w", id, nvmlError(ret))
+			return nil, 0, fmt.Errorf("placements of profile %d: %w", id, nvmlError(ret))
 		}
-		p := gpu.MIGProfile{
-			ID:              id,
-			Name:            profileName(id, int(info.SliceCount), info.MemorySizeMB, totalBytes),
+		var ps []gpu.Placement
+		for _, pl := range pls {
+			ps = append(ps, gpu.Placement{Start: int(pl.Start), Size: int(pl.Size)})
+		}
+		sort.Slice(ps, func(a, b int) bool { return ps[a].Start < ps[b].Start })
+		ids = append(ids, id)
+		infos = append(infos, info)
+		placements = append(placements, ps)
+	}
+	slices := gpuMemorySlices(placements)
+	var out []gpu.MIGProfile
+	for i, info := range infos {
+		memorySlices := memorySlicesOf(info.MemorySizeMB, totalBytes, slices)
+		if len(placements[i]) > 0 {
+			memorySlices = placements[i][0].Size
+		}
+		out = append(out, gpu.MIGProfile{
+			ID:              ids[i],
+			Name:            profileName(ids[i], int(info.SliceCount), memorySlices, slices, totalBytes),
 			ComputeSlices:   int(info.SliceCount),
-			MemorySlices:    memoryEighths(info.MemorySizeMB, totalBytes),
+			MemorySlices:    memorySlices,
 			MemoryBytes:     info.MemorySizeMB << 20,
 			Multiprocessors: int(info.MultiprocessorCount),
 			CopyEngines:     int(info.CopyEngineCount),
@@ -208,14 +230,10 @@ func readProfiles(dev nvml.Device, totalBytes uint64) ([]gpu.MIGProfile, error) 
 			MaxInstances:    int(info.InstanceCount),
 			// Known once a GPU instance exists (readInstances).
 			ComputeProfileID: -1,
-		}
-		for _, pl := range placements {
-			p.Placements = append(p.Placements, gpu.Placement{Start: int(pl.Start), Size: int(pl.Size)})
-		}
-		sort.Slice(p.Placements, func(a, b int) bool { return p.Placements[a].Start < p.Placements[b].Start })
-		out = append(out, p)
+			Placements:       placements[i],
+		})
 	}
-	return out, nil
+	return out, slices, nil
 }
 
 // migUUIDs maps (GI ID, CI ID) to the MIG device UUID NVML reports.
@@ -453,6 +471,12 @@ func (n *Node) CreateMIG(ctx context.Context, req gpu.MIGRequest) (gpu.MIGInstan
 	if ret != nvml.SUCCESS {
 		return gpu.MIGInstance{}, fmt.Errorf("MIG profile %d of %s: %w", req.ProfileID, req.ParentUUID, nvmlError(ret))
 	}
+	// The name counts memory in the GPU's memory slices, which only all
+	// its profiles' placements say; read before anything is created.
+	name, err := profileNameOn(dev, req.ProfileID)
+	if err != nil {
+		return gpu.MIGInstance{}, fmt.Errorf("MIG profile %d of %s: %w", req.ProfileID, req.ParentUUID, err)
+	}
 	placement := nvml.GpuInstancePlacement{Start: uint32(req.Placement.Start), Size: uint32(req.Placement.Size)}
 	gi, ret := dev.CreateGpuInstanceWithPlacement(&info, &placement)
 	if ret == nvml.ERROR_INSUFFICIENT_RESOURCES || ret == nvml.ERROR_IN_USE {
@@ -485,7 +509,7 @@ func (n *Node) CreateMIG(ctx context.Context, req gpu.MIGRequest) (gpu.MIGInstan
 		UUID:       uuids[[2]int{int(giInfo.Id), int(ciInfo.Id)}],
 		ParentUUID: req.ParentUUID,
 		ProfileID:  req.ProfileID,
-		Profile:    profileName(req.ProfileID, int(info.SliceCount), info.MemorySizeMB, memoryTotal(dev)),
+		Profile:    name,
 		Placement:  gpu.Placement{Start: int(giInfo.Placement.Start), Size: int(giInfo.Placement.Size)},
 		GIID:       int(giInfo.Id),
 		CIID:       int(ciInfo.Id),
@@ -497,6 +521,20 @@ func (n *Node) CreateMIG(ctx context.Context, req gpu.MIGRequest) (gpu.MIGInstan
 	}
 	klog.FromContext(ctx).V(2).Info("Created MIG device", "gpu", req.ParentUUID, "profile", inst.Profile, "placement", inst.Placement.String(), "uuid", inst.UUID, "giid", inst.GIID, "ciid", inst.CIID, "computeProfile", inst.ComputeProfileID)
 	return inst, nil
+}
+
+// profileNameOn returns the name the inventory gives profile id of dev.
+func profileNameOn(dev nvml.Device, id int) (string, error) {
+	profiles, _, err := readProfiles(dev, memoryTotal(dev))
+	if err != nil {
+		return "", err
+	}
+	for _, p := range profiles {
+		if p.ID == id {
+			return p.Name, nil
+		}
+	}
+	return "", fmt.Errorf("profile %d: %w", id, nvmlError(nvml.ERROR_NOT_SUPPORTED))
 }
 
 func memoryTotal(dev nvml.Device) uint64 {

@@ -44,22 +44,30 @@ func TestInventoryMatchesHardware(t *testing.T) {
 		product    string
 		arch       string
 		cc         string
+		gpus       int
+		slices     int               // the GPU's memory slices
 		placements map[string]string // profile -> "start:size ..."
 	}{
-		{"dgxh100", "NVIDIA H100 80GB HBM3", "hopper", "9.0", map[string]string{
+		// A30 has four memory slices: a 1g.6gb is one of them, not two
+		// eighths.
+		{"a30", "NVIDIA A30", "ampere", "8.0", 4, 4, map[string]string{
+			"1g.6gb": "0:1 1:1 2:1 3:1", "1g.6gb+me": "0:1 1:1 2:1 3:1",
+			"2g.12gb": "0:2 2:2", "2g.12gb+me": "0:2 2:2", "4g.24gb": "0:4",
+		}},
+		{"dgxh100", "NVIDIA H100 80GB HBM3", "hopper", "9.0", 8, 8, map[string]string{
 			"1g.10gb": "0:1 1:1 2:1 3:1 4:1 5:1 6:1", "1g.10gb+me": "0:1 1:1 2:1 3:1 4:1 5:1 6:1",
 			"1g.20gb": "0:2 2:2 4:2 6:2", "2g.20gb": "0:2 2:2 4:2", "3g.40gb": "0:4 4:4",
 			"4g.40gb": "0:4", "7g.80gb": "0:8",
 		}},
-		{"dgxa100", "NVIDIA A100-SXM4-40GB", "ampere", "8.0", map[string]string{
+		{"dgxa100", "NVIDIA A100-SXM4-40GB", "ampere", "8.0", 8, 8, map[string]string{
 			"1g.5gb": "0:1 1:1 2:1 3:1 4:1 5:1 6:1", "1g.5gb+me": "0:1 1:1 2:1 3:1 4:1 5:1 6:1",
 			"1g.10gb": "0:2 2:2 4:2 6:2", "2g.10gb": "0:2 2:2 4:2", "3g.20gb": "0:4 4:4",
 			"4g.20gb": "0:4", "7g.40gb": "0:8",
 		}},
-		{"dgxh200", "NVIDIA H200", "hopper", "9.0", map[string]string{
+		{"dgxh200", "NVIDIA H200", "hopper", "9.0", 8, 8, map[string]string{
 			"1g.18gb": "0:1 1:1 2:1 3:1 4:1 5:1 6:1", "3g.71gb": "0:4 4:4", "7g.141gb": "0:8",
 		}},
-		{"dgxb200", "NVIDIA B200", "blackwell", "10.0", map[string]string{
+		{"dgxb200", "NVIDIA B200", "blackwell", "10.0", 8, 8, map[string]string{
 			"1g.23gb": "0:1 1:1 2:1 3:1 4:1 5:1 6:1", "7g.180gb": "0:8",
 		}},
 	}
@@ -69,8 +77,8 @@ func TestInventoryMatchesHardware(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(inv.GPUs) != 8 {
-				t.Fatalf("got %d GPUs, want 8", len(inv.GPUs))
+			if len(inv.GPUs) != tc.gpus {
+				t.Fatalf("got %d GPUs, want %d", len(inv.GPUs), tc.gpus)
 			}
 			if inv.DriverVersion == "" || !strings.Contains(inv.CUDADriverVersion, ".") {
 				t.Errorf("versions: driver %q CUDA %q", inv.DriverVersion, inv.CUDADriverVersion)
@@ -89,6 +97,9 @@ func TestInventoryMatchesHardware(t *testing.T) {
 				}
 				if !g.MIGCapable || g.MIGEnabled {
 					t.Errorf("GPU %d: MIG capable %t enabled %t, want capable and disabled", i, g.MIGCapable, g.MIGEnabled)
+				}
+				if g.MemorySlices != tc.slices {
+					t.Errorf("GPU %d: %d memory slices, want %d", i, g.MemorySlices, tc.slices)
 				}
 			}
 			for name, want := range tc.placements {

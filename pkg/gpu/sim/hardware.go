@@ -33,8 +33,9 @@ type PublishedProfile struct {
 	Name string
 	// ComputeSlices is the "Ng" of the name.
 	ComputeSlices int
-	// MemorySlices is the profile's memory in eighths of the GPU's; it is
-	// the size of each placement.
+	// MemorySlices is the profile's memory in memory slices of the GPU
+	// (eighths on A100, H100, H200 and B200, quarters on A30); it is the
+	// size of each placement.
 	MemorySlices    int
 	Multiprocessors int
 	CopyEngines     int
@@ -52,6 +53,10 @@ type PublishedModel struct {
 	Product string
 	// MemoryMB is the GPU's memory the simulator reports, in MiB.
 	MemoryMB uint64
+	// MemorySlices is how many memory slices the GPU's memory is cut
+	// into: 8 on A100, H100, H200 and B200, 4 on A30 (the guide's
+	// "Fraction of Memory" column: eighths, quarters). Zero without MIG.
+	MemorySlices int
 	// Source names the table the profiles were copied from.
 	Source string
 	// Profiles are the model's GPU-instance profiles.
@@ -109,6 +114,19 @@ var b200Profiles = []PublishedProfile{
 	{nvml.GPU_INSTANCE_PROFILE_7_SLICE, "7g.180gb", 7, 8, 126, 16, 1, 1, 1, 1, []int{0}},
 }
 
+// a30Profiles is the guide's A30-24GB table: four memory slices, not
+// eight, so 1g.6gb is a quarter of the memory and its placements are
+// 0..3. SMs: 14 per slice, 56 for 4g (A30 has 56 SMs), as go-nvml's A30
+// configuration has them. Placements are go-nvml's A30 configuration's
+// (nvidia-smi mig -lgipp on A30: 1g at 0..3, 2g at 0 and 2, 4g at 0).
+var a30Profiles = []PublishedProfile{
+	{nvml.GPU_INSTANCE_PROFILE_1_SLICE, "1g.6gb", 1, 1, 14, 1, 0, 0, 0, 4, []int{0, 1, 2, 3}},
+	{nvml.GPU_INSTANCE_PROFILE_1_SLICE_REV1, "1g.6gb+me", 1, 1, 14, 1, 1, 1, 1, 1, []int{0, 1, 2, 3}},
+	{nvml.GPU_INSTANCE_PROFILE_2_SLICE, "2g.12gb", 2, 2, 28, 2, 2, 0, 0, 2, []int{0, 2}},
+	{nvml.GPU_INSTANCE_PROFILE_2_SLICE_REV1, "2g.12gb+me", 2, 2, 28, 2, 2, 1, 1, 1, []int{0, 2}},
+	{nvml.GPU_INSTANCE_PROFILE_4_SLICE, "4g.24gb", 4, 4, 56, 4, 4, 1, 1, 1, []int{0}},
+}
+
 // Published GPU models, by the simulator's short name.
 var (
 	// L40S and L4 have no MIG: no profiles, and NVML answers
@@ -125,26 +143,33 @@ var (
 	}
 
 	A100SXM440GB = PublishedModel{
-		Product: "NVIDIA A100-SXM4-40GB", MemoryMB: 40960, Source: guideURL + ", A100 table",
+		Product: "NVIDIA A100-SXM4-40GB", MemoryMB: 40960, MemorySlices: 8, Source: guideURL + ", A100 table",
 		Profiles: a100Profiles(40), base: gpus.A100_SXM4_40GB,
 	}
 	A100SXM480GB = PublishedModel{
-		Product: "NVIDIA A100-SXM4-80GB", MemoryMB: 81920, Source: guideURL + ", A100 table (80GB names)",
+		Product: "NVIDIA A100-SXM4-80GB", MemoryMB: 81920, MemorySlices: 8, Source: guideURL + ", A100 table (80GB names)",
 		Profiles: a100Profiles(80), base: gpus.A100_SXM4_80GB,
 	}
 	H100SXM580GB = PublishedModel{
-		Product: "NVIDIA H100 80GB HBM3", MemoryMB: 81920, Source: guideURL + ", H100 80GB table",
+		Product: "NVIDIA H100 80GB HBM3", MemoryMB: 81920, MemorySlices: 8, Source: guideURL + ", H100 80GB table",
 		Profiles: hopperProfiles([7]string{"1g.10gb", "1g.10gb+me", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"}),
 		base:     gpus.H100_SXM5_80GB,
 	}
 	H200SXM5141GB = PublishedModel{
-		Product: "NVIDIA H200", MemoryMB: 144384, Source: guideURL + ", H200 141GB table",
+		Product: "NVIDIA H200", MemoryMB: 144384, MemorySlices: 8, Source: guideURL + ", H200 141GB table",
 		Profiles: hopperProfiles([7]string{"1g.18gb", "1g.18gb+me", "1g.35gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb"}),
 		base:     gpus.H200_SXM5_141GB,
 	}
 	B200SXM180GB = PublishedModel{
-		Product: "NVIDIA B200", MemoryMB: 184320, Source: guideURL + ", B200 180GB table",
+		Product: "NVIDIA B200", MemoryMB: 184320, MemorySlices: 8, Source: guideURL + ", B200 180GB table",
 		Profiles: b200Profiles, base: gpus.B200_SXM5_180GB,
+	}
+	// A30 24GB (PCIe). NVML's product name on the hardware is "NVIDIA
+	// A30"; go-nvml's configuration calls it "NVIDIA A30-PCIE-24GB".
+	// Ampere: a MIG mode change waits for a GPU reset, as on A100.
+	A3024GB = PublishedModel{
+		Product: "NVIDIA A30", MemoryMB: 24576, MemorySlices: 4, Source: guideURL + ", A30-24GB table",
+		Profiles: a30Profiles, base: gpus.A30_PCIE_24GB,
 	}
 )
 
@@ -179,7 +204,7 @@ func (m PublishedModel) config() gpus.Config {
 			DecoderCount:        uint32(p.Decoders),
 			JpegCount:           uint32(p.JPEGEngines),
 			OfaCount:            uint32(p.OFAEngines),
-			MemorySizeMB:        uint64(p.MemorySlices) * m.MemoryMB / 8,
+			MemorySizeMB:        uint64(p.MemorySlices) * m.MemoryMB / uint64(m.MemorySlices),
 		}
 		var pls []nvml.GpuInstancePlacement
 		for _, s := range p.Starts {
@@ -220,7 +245,7 @@ func PublishedModels(modelName string) ([]PublishedModel, error) {
 
 // PublishedProducts returns every published model, sorted by product name.
 func PublishedProducts() []PublishedModel {
-	out := []PublishedModel{A100SXM440GB, A100SXM480GB, H100SXM580GB, H200SXM5141GB, B200SXM180GB}
+	out := []PublishedModel{A3024GB, A100SXM440GB, A100SXM480GB, H100SXM580GB, H200SXM5141GB, B200SXM180GB}
 	sort.Slice(out, func(a, b int) bool { return out[a].Product < out[b].Product })
 	return out
 }

@@ -9,13 +9,14 @@ import (
 )
 
 // publishedRow is a row of NVIDIA's "Supported MIG Profiles" tables as
-// recorded in docs/hardware-models.md: name, memory eighths, SMs, copy
-// engines, NVDEC, JPEG, OFA, max instances, then placements.
+// recorded in docs/hardware-models.md: name, memory slices (eighths of
+// the memory, quarters on A30), SMs, copy engines, NVDEC, JPEG, OFA, max
+// instances, then placements.
 type publishedRow struct {
-	id                                        int
-	name                                      string
-	eighths, sms, ce, dec, jpeg, ofa, maxInst int
-	placements                                string
+	id                                       int
+	name                                     string
+	slices, sms, ce, dec, jpeg, ofa, maxInst int
+	placements                               string
 }
 
 const (
@@ -23,6 +24,7 @@ const (
 	p1m = nvml.GPU_INSTANCE_PROFILE_1_SLICE_REV1
 	p1d = nvml.GPU_INSTANCE_PROFILE_1_SLICE_REV2
 	p2  = nvml.GPU_INSTANCE_PROFILE_2_SLICE
+	p2m = nvml.GPU_INSTANCE_PROFILE_2_SLICE_REV1
 	p3  = nvml.GPU_INSTANCE_PROFILE_3_SLICE
 	p4  = nvml.GPU_INSTANCE_PROFILE_4_SLICE
 	p7  = nvml.GPU_INSTANCE_PROFILE_7_SLICE
@@ -60,13 +62,22 @@ func TestSimulatorMatchesPublishedTables(t *testing.T) {
 	cases := []struct {
 		model, product string
 		memoryMB       uint64
-		rows           []publishedRow
+		// slices is the GPU's number of memory slices.
+		slices uint64
+		rows   []publishedRow
 	}{
-		{"dgxa100", "NVIDIA A100-SXM4-40GB", 40960, a100Rows(40)},
-		{"dgxa100-80gb", "NVIDIA A100-SXM4-80GB", 81920, a100Rows(80)},
-		{"dgxh100", "NVIDIA H100 80GB HBM3", 81920, hopperRows("1g.10gb", "1g.10gb+me", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb")},
-		{"dgxh200", "NVIDIA H200", 144384, hopperRows("1g.18gb", "1g.18gb+me", "1g.35gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb")},
-		{"dgxb200", "NVIDIA B200", 184320, []publishedRow{
+		{"a30", "NVIDIA A30", 24576, 4, []publishedRow{
+			{p1, "1g.6gb", 1, 14, 1, 0, 0, 0, 4, "0:1 1:1 2:1 3:1"},
+			{p1m, "1g.6gb+me", 1, 14, 1, 1, 1, 1, 1, "0:1 1:1 2:1 3:1"},
+			{p2, "2g.12gb", 2, 28, 2, 2, 0, 0, 2, "0:2 2:2"},
+			{p2m, "2g.12gb+me", 2, 28, 2, 2, 1, 1, 1, "0:2 2:2"},
+			{p4, "4g.24gb", 4, 56, 4, 4, 1, 1, 1, "0:4"},
+		}},
+		{"dgxa100", "NVIDIA A100-SXM4-40GB", 40960, 8, a100Rows(40)},
+		{"dgxa100-80gb", "NVIDIA A100-SXM4-80GB", 81920, 8, a100Rows(80)},
+		{"dgxh100", "NVIDIA H100 80GB HBM3", 81920, 8, hopperRows("1g.10gb", "1g.10gb+me", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb")},
+		{"dgxh200", "NVIDIA H200", 144384, 8, hopperRows("1g.18gb", "1g.18gb+me", "1g.35gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb")},
+		{"dgxb200", "NVIDIA B200", 184320, 8, []publishedRow{
 			{p1, "1g.23gb", 1, 18, 2, 1, 1, 0, 7, all},
 			{p1m, "1g.23gb+me", 1, 18, 2, 1, 1, 1, 1, all},
 			{p1d, "1g.45gb", 2, 18, 2, 1, 1, 0, 4, "0:2 2:2 4:2 6:2"},
@@ -103,7 +114,7 @@ func TestSimulatorMatchesPublishedTables(t *testing.T) {
 				}
 				got := fmt.Sprintf("mem=%d sm=%d ce=%d dec=%d jpeg=%d ofa=%d max=%d", info.MemorySizeMB,
 					info.MultiprocessorCount, info.CopyEngineCount, info.DecoderCount, info.JpegCount, info.OfaCount, info.InstanceCount)
-				want := fmt.Sprintf("mem=%d sm=%d ce=%d dec=%d jpeg=%d ofa=%d max=%d", uint64(r.eighths)*tc.memoryMB/8,
+				want := fmt.Sprintf("mem=%d sm=%d ce=%d dec=%d jpeg=%d ofa=%d max=%d", uint64(r.slices)*tc.memoryMB/tc.slices,
 					r.sms, r.ce, r.dec, r.jpeg, r.ofa, r.maxInst)
 				if got != want {
 					t.Errorf("%s: %s, want %s", r.name, got, want)

@@ -20,6 +20,7 @@ type model struct {
 var models = map[string]model{
 	"l40s":         {gpus: multiple(8, L40S), driverVersion: "550.54.15", cudaVersion: 12040},
 	"l4":           {gpus: multiple(8, L4), driverVersion: "550.54.15", cudaVersion: 12040},
+	"a30":          {gpus: multiple(4, A3024GB), driverVersion: "550.54.15", cudaVersion: 12040},
 	"dgxa100":      {gpus: multiple(8, A100SXM440GB), driverVersion: "550.54.15", cudaVersion: 12040},
 	"dgxa100-80gb": {gpus: multiple(8, A100SXM480GB), driverVersion: "550.54.15", cudaVersion: 12040},
 	"dgxh100":      {gpus: multiple(8, H100SXM580GB), driverVersion: "550.54.15", cudaVersion: 12040},

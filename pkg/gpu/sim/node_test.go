@@ -60,6 +60,7 @@ func TestMIGModeChangeByArchitecture(t *testing.T) {
 		current, pending, afterReset int
 	}{
 		{"dgxa100", 0, nvml.ERROR_RESET_REQUIRED, nvml.DEVICE_MIG_DISABLE, nvml.DEVICE_MIG_ENABLE, nvml.DEVICE_MIG_ENABLE},
+		{"a30", 0, nvml.ERROR_RESET_REQUIRED, nvml.DEVICE_MIG_DISABLE, nvml.DEVICE_MIG_ENABLE, nvml.DEVICE_MIG_ENABLE},
 		{"mixed", 3, nvml.ERROR_RESET_REQUIRED, nvml.DEVICE_MIG_DISABLE, nvml.DEVICE_MIG_ENABLE, nvml.DEVICE_MIG_ENABLE},
 		{"mixed", 4, nvml.SUCCESS, nvml.DEVICE_MIG_ENABLE, nvml.DEVICE_MIG_ENABLE, nvml.DEVICE_MIG_ENABLE},
 		{"dgxh100", 0, nvml.SUCCESS, nvml.DEVICE_MIG_ENABLE, nvml.DEVICE_MIG_ENABLE, nvml.DEVICE_MIG_ENABLE},

@@ -120,6 +120,51 @@ func TestProductionPathMIGLifecycle(t *testing.T) {
 	}
 }
 
+// TestProductionPathA30MIG: an A30's GPU instances go through the library
+// in its four memory slices, and are named as the inventory names them.
+func TestProductionPathA30MIG(t *testing.T) {
+	inst := installationtest.Start(t, "a30")
+	node := inst.Open(t)
+	ctx := context.Background()
+	// Ampere: an administrator's MIG mode change, applied by a reset.
+	if err := inst.Sim.SetMIGMode(1, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := inst.Sim.Reset(1); err != nil {
+		t.Fatal(err)
+	}
+	inv, err := node.Inventory(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := inv.GPUs[1]
+	if !g.MIGEnabled || g.MemorySlices != 4 {
+		t.Fatalf("GPU 1: MIG enabled %t, %d memory slices; want enabled, 4", g.MIGEnabled, g.MemorySlices)
+	}
+	var twoG gpu.MIGProfile
+	for _, p := range g.MIGProfiles {
+		if p.Name == "2g.12gb" {
+			twoG = p
+		}
+	}
+	if twoG.MemorySlices != 2 || len(twoG.Placements) != 2 {
+		t.Fatalf("2g.12gb: %+v", twoG)
+	}
+	created, err := node.CreateMIG(ctx, gpu.MIGRequest{ParentUUID: g.UUID, ProfileID: twoG.ID, Placement: gpu.Placement{Start: 2, Size: 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if created.Profile != "2g.12gb" || created.Placement != (gpu.Placement{Start: 2, Size: 2}) {
+		t.Fatalf("created %+v", created)
+	}
+	if inv, err = node.Inventory(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := inv.GPUs[1].MIGInstances; len(got) != 1 || got[0].UUID != created.UUID || got[0].Profile != "2g.12gb" {
+		t.Fatalf("MIG instances %+v, created %+v", got, created)
+	}
+}
+
 func TestProductionPathHealth(t *testing.T) {
 	inst := installationtest.Start(t, "dgxh100")
 	node := inst.Open(t)
