@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -83,6 +85,7 @@ func TestUpgradeDowngradeCyclesWithThePreviousRelease(t *testing.T) {
 		}
 	}
 	useChartOnTheNode(t)
+	capabilityNodesForThePreviousRelease(t)
 	const ns, release = "gpu-dra-cycles", "e2e-cycles"
 	prevChart := filepath.Join(prevDir, "deployments/helm/gpu-dra-driver")
 	chart := filepath.Join(repoRoot, "deployments/helm/gpu-dra-driver")
@@ -198,4 +201,43 @@ func checkpointCorruptEvents(t *testing.T) int {
 		t.Fatal(err)
 	}
 	return len(evs.Items)
+}
+
+// capabilityNodesForThePreviousRelease makes /dev/nvidia-caps/nvidia-cap<N>
+// in the simulated node's /dev for every MIG capability its kernel lists,
+// as nvidia-modprobe or the GPU operator make them at boot on many nodes:
+// the previous release looks up the capability nodes of the MIG devices it
+// creates there, where this release numbers them from /proc and needs
+// none (the simulated kernel makes none). They go when the test ends.
+func capabilityNodesForThePreviousRelease(t *testing.T) {
+	t.Helper()
+	data, err := os.ReadFile(runDir + "/sim/host/proc/driver/nvidia-caps/mig-minors")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := runDir + "/sim/host/dev/nvidia-caps"
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var made []string
+	t.Cleanup(func() {
+		for _, p := range made {
+			_ = os.Remove(p)
+		}
+	})
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) != 2 {
+			continue
+		}
+		path := filepath.Join(dir, "nvidia-cap"+fields[1])
+		if _, err := os.Lstat(path); err == nil {
+			continue
+		}
+		// The simulated node's device nodes are all 1:3, /dev/null's.
+		if err := syscall.Mknod(path, syscall.S_IFCHR|0o444, 1<<8|3); err != nil {
+			t.Fatal(err)
+		}
+		made = append(made, path)
+	}
 }
