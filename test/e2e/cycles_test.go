@@ -211,11 +211,11 @@ func checkpointCorruptEvents(t *testing.T) int {
 // none (the simulated kernel makes none). They go when the test ends.
 func capabilityNodesForThePreviousRelease(t *testing.T) {
 	t.Helper()
-	data, err := os.ReadFile(runDir + "/sim/host/proc/driver/nvidia-caps/mig-minors")
+	data, err := os.ReadFile(runDir + "/sim/host/proc/proc/driver/nvidia-caps/mig-minors")
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := runDir + "/sim/host/dev/nvidia-caps"
+	dir := runDir + "/sim/host/dev/dev/nvidia-caps"
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
