@@ -57,9 +57,10 @@ func (l Limits) validate(gpus []string) error {
 	return nil
 }
 
-// env is the control daemon's environment for the limits, its GPUs
-// numbered as CUDA_VISIBLE_DEVICES lists them.
-func (l Limits) env(gpus []string) []string {
+// Env is the environment that carries the limits, the GPUs numbered in
+// the order given (the daemon's CUDA_VISIBLE_DEVICES): the control
+// daemon's own, and what its clients are told.
+func (l Limits) Env(gpus []string) []string {
 	var out []string
 	if l.ActiveThreadPercentage > 0 {
 		out = append(out, "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE="+strconv.Itoa(l.ActiveThreadPercentage))

@@ -163,7 +163,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	env := append(envIn(s.Dir), "CUDA_VISIBLE_DEVICES="+strings.Join(sp.GPUs, ","))
 	// The daemon and the MPS servers it starts load the driver's
 	// libraries (libcuda.so.1).
-	if cmd.Env, err = driverroot.ToolEnv(s.DriverRoot, append(env, sp.Limits.env(sp.GPUs)...)); err != nil {
+	if cmd.Env, err = driverroot.ToolEnv(s.DriverRoot, append(env, sp.Limits.Env(sp.GPUs)...)); err != nil {
 		out.Close()
 		return fmt.Errorf("start MPS control daemon: %w", err)
 	}

@@ -190,17 +190,9 @@ func shareEnv(l mps.Limits, uuids []string) map[string]string {
 		"CUDA_MPS_PIPE_DIRECTORY": mps.ContainerPipeDir,
 		"CUDA_MPS_LOG_DIRECTORY":  mps.ContainerLogDir,
 	}
-	var pinned []string
-	for i, uuid := range uuids {
-		if mib, ok := l.PinnedMemoryMiB[uuid]; ok {
-			pinned = append(pinned, fmt.Sprintf("%d=%dM", i, mib))
-		}
-	}
-	if len(pinned) > 0 {
-		env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] = strings.Join(pinned, ",")
-	}
-	if l.ActiveThreadPercentage > 0 {
-		env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = strconv.Itoa(l.ActiveThreadPercentage)
+	for _, kv := range l.Env(uuids) {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
 	}
 	return env
 }
