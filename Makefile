@@ -36,9 +36,10 @@ fuzz: ## run the fuzz targets (opaque config decoding, webhook requests) for FUZ
 	$(GO) test -run XXX -fuzz '^FuzzServeHTTP$$' -fuzztime $(FUZZTIME) ./pkg/webhook/
 
 .PHONY: e2e
-e2e: ## end-to-end tests: build and start a local cluster, run the driver, test, stop
+e2e: ## end-to-end tests: build and start a local cluster, run the driver, test, stop; then the cluster tests on three nodes
 	test/cluster/build.sh
 	$(GO) test -tags e2e -count=1 -timeout 50m -v ./test/e2e/
+	GPU_DRA_E2E_NODES=3 $(GO) test -tags e2e -count=1 -timeout 20m -v -run '^TestCluster' ./test/e2e/
 
 .PHONY: soak
 soak: ## outside make test: 100 upgrade/downgrade cycles between the previous release and this one, live claims held
@@ -46,8 +47,8 @@ soak: ## outside make test: 100 upgrade/downgrade cycles between the previous re
 	GPU_DRA_E2E_CYCLES=100 $(GO) test -tags e2e -count=1 -timeout 120m -v -run TestUpgradeDowngradeCyclesWithThePreviousRelease ./test/e2e/
 
 .PHONY: demo
-demo: ## local Kubernetes v1.37 + the driver on a simulated DGX H100, with the examples running
-	test/cluster/demo.sh
+demo: ## local Kubernetes v1.37 + the driver on a simulated DGX H100, with the examples running (NODES=3: an H100, an A100 and a B200 node; docs/cluster.md)
+	GPU_DRA_NODES=$(or $(NODES),$(GPU_DRA_NODES),1) test/cluster/demo.sh
 
 .PHONY: demo-down
 demo-down: ## stop the demo cluster and remove every trace of it
@@ -56,7 +57,7 @@ demo-down: ## stop the demo cluster and remove every trace of it
 .PHONY: cluster-up
 cluster-up: ## start the local cluster and the driver, without the examples
 	test/cluster/build.sh
-	test/cluster/up.sh
+	GPU_DRA_NODES=$(or $(NODES),$(GPU_DRA_NODES),1) test/cluster/up.sh
 	test/cluster/driver.sh start
 
 .PHONY: cluster-down

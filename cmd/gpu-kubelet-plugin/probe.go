@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -72,6 +73,7 @@ func serveProbes(ctx context.Context, path string, mux *http.ServeMux) error {
 // retried every second in the background: during a roll, it is the
 // predecessor's until that one exits. Other errors are returned.
 func serveHTTP(ctx context.Context, endpoint string, mux *http.ServeMux) error {
+	endpoint = bracketIPv6(endpoint)
 	ln, err := net.Listen("tcp", endpoint)
 	switch {
 	case err == nil:
@@ -105,6 +107,24 @@ func serveHTTP(ctx context.Context, endpoint string, mux *http.ServeMux) error {
 		}
 	}()
 	return nil
+}
+
+// bracketIPv6 turns "fd00::1:8088", as the chart writes the node's IPv6
+// address (status.hostIP) before the port, into "[fd00::1]:8088"; every other
+// endpoint is returned as it is.
+func bracketIPv6(endpoint string) string {
+	if _, _, err := net.SplitHostPort(endpoint); err == nil {
+		return endpoint
+	}
+	i := strings.LastIndex(endpoint, ":")
+	if i < 0 {
+		return endpoint
+	}
+	host, port := endpoint[:i], endpoint[i+1:]
+	if ip := net.ParseIP(host); ip == nil || ip.To4() != nil {
+		return endpoint
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // serve serves mux on ln until ctx ends.

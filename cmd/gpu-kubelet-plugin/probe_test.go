@@ -51,6 +51,23 @@ func TestProbeAsksThePodsOwnSocket(t *testing.T) {
 	}
 }
 
+// TestBracketIPv6: the node's address before the port, as the chart writes
+// it, is a valid endpoint for both families; others are left alone.
+func TestBracketIPv6(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{":8088", ":8088"},
+		{"10.0.0.7:8088", "10.0.0.7:8088"},
+		{"fd00::7:8088", "[fd00::7]:8088"},
+		{"[fd00::7]:8088", "[fd00::7]:8088"},
+		{"localhost:8088", "localhost:8088"},
+		{"nonsense", "nonsense"},
+	} {
+		if got := bracketIPv6(tc.in); got != tc.want {
+			t.Errorf("bracketIPv6(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
 // TestHTTPEndpointWaitsForThePredecessorsPort: a port in use, as the
 // predecessor's during a roll, is not an error; it is served once free.
 func TestHTTPEndpointWaitsForThePredecessorsPort(t *testing.T) {

@@ -2,6 +2,8 @@
 # demo.sh — the README's first command: builds what is missing, starts the local cluster,
 # installs the driver with its Helm chart on a simulated DGX H100, applies the examples under
 # demo/, waits for its pods and prints what each pod got. The cluster stays up; `make demo-down` stops it.
+# GPU_DRA_NODES=3 (make demo NODES=3) starts three nodes, an H100, an A100 and a B200 DGX
+# (GPU_DRA_SIMULATE chooses others), and the report shows where each pod ran.
 #
 # demo/sharing (time-slicing, MPS, quarter GPUs) would take three more of the eight GPUs and leave
 # none for the user's own claims, so it is applied only with GPU_DRA_DEMO_ALL=1; its README shows
@@ -18,6 +20,10 @@ apply_examples() {
 			log "skipped ${dir#"$REPO_ROOT"/} (GPU_DRA_DEMO_ALL=1 applies it; or kubectl apply -f it)"
 			continue
 		fi
+		if [[ $dir == */demo/models/ ]] && (($(cluster_nodes) == 1)); then
+			log "skipped ${dir#"$REPO_ROOT"/} (pods for an A100 and a B200 node: make demo NODES=3)"
+			continue
+		fi
 		kubectl apply -f "$dir" >/dev/null
 		log "applied ${dir#"$REPO_ROOT"/}"
 	done
@@ -29,24 +35,29 @@ report() {
 	slices=$(kubectl get resourceslices -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}' | grep -c gpu.nvidia.com)
 	devices=$(kubectl get resourceslices -o jsonpath='{range .items[*]}{range .spec.devices[*]}{.name}{"\n"}{end}{end}' | grep -c .)
 	echo
-	echo "=== gpu.nvidia.com on a simulated ${GPU_DRA_SIMULATE:-dgxh100} ==="
+	local i nodes models=()
+	nodes=$(cluster_nodes)
+	for ((i = 0; i < nodes; i++)); do models+=("$(node_model "$i")"); done
+	echo "=== gpu.nvidia.com on $nodes simulated node(s): ${models[*]} ==="
 	kubectl get nodes -o wide | awk '{print "  " $1, $2, $5, $6}'
 	echo "  installed: helm release gpu-dra-driver in namespace gpu-dra-driver ($(kubectl get ds -n gpu-dra-driver gpu-dra-driver-kubelet-plugin -o jsonpath='{.spec.template.spec.containers[0].image}'))"
 	echo "  published: $slices ResourceSlices, $devices devices (whole GPUs, every MIG placement, shared GPUs)"
 	echo
-	printf '  %-22s %-24s %-10s %s\n' POD DEVICE REQUEST "CONTAINER SAW"
-	local ns pod claim dev req saw
-	while read -r ns pod; do
+	printf '  %-22s %-10s %-24s %-10s %s\n' POD NODE DEVICE REQUEST "CONTAINER SAW"
+	local ns pod claim dev req saw node
+	while read -r ns pod node; do
 		claim=$(kubectl get pod -n "$ns" "$pod" -o jsonpath='{.status.resourceClaimStatuses[0].resourceClaimName}')
 		[[ -n $claim ]] || claim=$(kubectl get pod -n "$ns" "$pod" -o jsonpath='{.spec.resourceClaims[0].resourceClaimName}')
 		dev=$(kubectl get resourceclaim -n "$ns" "$claim" -o jsonpath='{.status.allocation.devices.results[0].device}')
 		req=$(kubectl get resourceclaim -n "$ns" "$claim" -o jsonpath='{.status.allocation.devices.results[0].request}')
 		saw=$(kubectl logs -n "$ns" "$pod" | grep -m1 NVIDIA_VISIBLE_DEVICES || true)
-		printf '  %-22s %-24s %-10s %s\n' "$ns/$pod" "$dev" "$req" "$saw"
-	done < <(kubectl get pods -A -l app=gpu-demo -o jsonpath='{range .items[*]}{.metadata.namespace}{" "}{.metadata.name}{"\n"}{end}')
-	echo
-	echo "  simulated hardware (MIG devices created on demand):"
-	"$RUN/bin/gpu-sim" --model "${GPU_DRA_SIMULATE:-dgxh100}" --state-dir "$RUN/sim/state" show | sed 's/^/    /'
+		printf '  %-22s %-10s %-24s %-10s %s\n' "$ns/$pod" "$node" "$dev" "$req" "$saw"
+	done < <(kubectl get pods -A -l app=gpu-demo -o jsonpath='{range .items[*]}{.metadata.namespace}{" "}{.metadata.name}{" "}{.spec.nodeName}{"\n"}{end}')
+	for ((i = 0; i < nodes; i++)); do
+		echo
+		echo "  simulated hardware of node $(node_name "$i"), ${models[$i]} (MIG devices created on demand):"
+		"$RUN/bin/gpu-sim" --model "${models[$i]}" --state-dir "$(node_dir "$i")/sim/state" show | sed 's/^/    /'
+	done
 	cat <<-EOF
 
 		The cluster is up. To use it:
@@ -55,7 +66,7 @@ report() {
 		  kubectl get resourceslices; kubectl get pods -A
 		  kubectl logs -n gpu-dra-driver ds/gpu-dra-driver-kubelet-plugin
 		  helm list -n gpu-dra-driver
-		  gpu-sim --state-dir $RUN/sim/state show
+		  gpu-sim --model ${models[0]} --state-dir $RUN/sim/state show   # node $(node_name 0); others: $RUN/nodes/<node>/sim/state
 		  kubectl apply -f demo/sharing/       # time-slicing, MPS and four pods on quarter GPUs
 		Stop it with: make demo-down
 	EOF

@@ -7,18 +7,30 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-BRIDGE=gpudra0
 CNI_NETWORK=gpu-dra-cluster
 
-# pid_of NAME: the recorded PID of NAME, if that process still runs the binary up.sh started.
+# pid_of NAME: the recorded PID of NAME, if that process still runs the binary up.sh started
+# (NAME@NODE: a process of another node; namespace@NODE: the sleep that holds its namespace).
 pid_of() {
-	local f=$RUN/pids/$1.pid pid exe
+	local f=$RUN/pids/$1.pid pid exe want=${1%%@*}
+	[[ $want == namespace ]] && want='sleep'
 	[[ -f $f ]] || return 1
 	pid=$(<"$f")
 	[[ $pid =~ ^[0-9]+$ ]] || return 1
 	exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
-	[[ ${exe##*/} == "$1" || ${exe##*/} == "$1 (deleted)" ]] || return 1
+	[[ ${exe##*/} == "$want" || ${exe##*/} == "$want (deleted)" ]] || return 1
 	echo "$pid"
+}
+
+# on_nodes NAME: NAME on every node this run recorded: NAME, then NAME@<node> of each other node.
+on_nodes() {
+	local d
+	echo "$1"
+	for d in "$RUN"/nodes/*/; do
+		[[ -d $d ]] || continue
+		d=${d%/}
+		echo "$1@${d##*/}"
+	done
 }
 
 # stop_pids SIGNAL_WAIT PID...: SIGTERM, then SIGKILL after SIGNAL_WAIT seconds.
@@ -53,18 +65,41 @@ stop() {
 	stop_pids 10 "${pids[@]}"
 }
 
-ctr() { "$CONTAINERD_BIN/ctr" --address "$RUN/containerd/containerd.sock" --timeout 10s "$@"; }
+# stop_on_nodes NAME: stops NAME on every node together.
+stop_on_nodes() {
+	local names
+	mapfile -t names < <(on_nodes "$1")
+	stop "${names[@]}"
+}
 
-# Kill every container task through containerd, so the shims exit by themselves.
+# Kill every container task of every node through its containerd, so the shims exit by themselves.
 kill_tasks() {
-	pid_of containerd >/dev/null || return 0
-	local ns id
-	for ns in $(ctr namespaces ls -q 2>/dev/null); do
-		for id in $(ctr -n "$ns" tasks ls -q 2>/dev/null); do
-			ctr -n "$ns" tasks kill -a -s SIGKILL "$id" >/dev/null 2>&1 || true
+	local d
+	kill_node_tasks containerd "$RUN"
+	for d in "$RUN"/nodes/*/; do
+		[[ -d $d ]] || continue
+		d=${d%/}
+		kill_node_tasks "containerd@${d##*/}" "$d"
+	done
+}
+
+# ctr_at DIR ARGS...: ctr against the containerd whose directories are in DIR.
+ctr_at() {
+	local dir=$1
+	shift
+	"$CONTAINERD_BIN/ctr" --address "$dir/containerd/containerd.sock" --timeout 10s "$@"
+}
+
+# kill_node_tasks NAME DIR: the tasks of containerd NAME, whose directories are in DIR.
+kill_node_tasks() {
+	pid_of "$1" >/dev/null || return 0
+	local dir=$2 ns id
+	for ns in $(ctr_at "$dir" namespaces ls -q 2>/dev/null); do
+		for id in $(ctr_at "$dir" -n "$ns" tasks ls -q 2>/dev/null); do
+			ctr_at "$dir" -n "$ns" tasks kill -a -s SIGKILL "$id" >/dev/null 2>&1 || true
 		done
-		for id in $(ctr -n "$ns" tasks ls -q 2>/dev/null); do
-			ctr -n "$ns" tasks rm -f "$id" >/dev/null 2>&1 || true
+		for id in $(ctr_at "$dir" -n "$ns" tasks ls -q 2>/dev/null); do
+			ctr_at "$dir" -n "$ns" tasks rm -f "$id" >/dev/null 2>&1 || true
 		done
 	done
 }
@@ -130,7 +165,8 @@ remove_host_paths() {
 	done
 	# CNI results of the sandboxes whose network was never torn down (their tasks were killed).
 	rm -f /var/lib/cni/results/"$CNI_NETWORK"-*
-	for f in "$RUN"/containerd/root/io.containerd.grpc.v1.cri/sandboxes/*; do
+	for f in "$RUN"/containerd/root/io.containerd.grpc.v1.cri/sandboxes/* \
+		"$RUN"/nodes/*/containerd/root/io.containerd.grpc.v1.cri/sandboxes/*; do
 		if [[ -d $f ]]; then rm -f "/var/lib/cni/results/cni-loopback-${f##*/}-lo"; fi
 	done
 	# The directories up.sh saw missing, if they are empty now, deepest first; /run/mount (made
@@ -142,9 +178,14 @@ remove_host_paths() {
 	fi
 }
 
+# bridges: the nodes' bridges (gpudra0 is node 0's; gpudraI node I's).
+bridges() {
+	ip -o link show type bridge 2>/dev/null | awk -F': ' '$2 ~ /^gpudra[0-9]+(@|$)/ { sub(/@.*/, "", $2); print $2 }'
+}
+
 main() {
 	local start=$SECONDS
-	if [[ ! -e $RUN && ! -e $(etcd_data_dir) ]] && ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+	if [[ ! -e $RUN && ! -e $(etcd_data_dir) ]] && [[ -z $(bridges) ]]; then
 		log "nothing to do: $RUN does not exist"
 		return
 	fi
@@ -157,20 +198,22 @@ main() {
 	# 5. mounts, host paths, bridge, cgroups, files.
 	# A plugin or webhook an older harness ran as a process (nothing when there is no PID file).
 	stop gpu-kubelet-plugin gpu-dra-webhook
-	stop kubelet
+	stop_on_nodes kubelet
 	kill_tasks
-	stop containerd
+	stop_on_nodes containerd
 	stop kube-controller-manager kube-scheduler kube-apiserver
 	stop etcd
 	# The simulated GPUs' kernel side, once nothing uses them.
-	stop gpu-sim
+	stop_on_nodes gpu-sim
 	stop_stray_shims
 	remove_cgroups
+	# The other nodes' mount namespaces, and every mount in them, go with their last process.
+	stop_on_nodes namespace
 	unmount_all
 	remove_host_paths
-	if ip link show "$BRIDGE" >/dev/null 2>&1; then
-		ip link delete "$BRIDGE"
-	fi
+	local bridge
+	for bridge in $(bridges); do ip link delete "$bridge"; done
+	if [[ -f $RUN/ip-forward-was ]]; then sysctl -qw "net.ipv4.ip_forward=$(<"$RUN/ip-forward-was")"; fi
 	rm -rf "$(etcd_data_dir)"
 	rm -rf "$RUN"
 	log "cluster down in $((SECONDS - start))s"

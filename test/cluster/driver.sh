@@ -25,7 +25,8 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-SIMULATE=${GPU_DRA_SIMULATE:-dgxh100}
+# Every node's simulated driver installation is at $SIM_DIR as its namespace sees it (node I's in
+# $(node_dir I)/sim on this machine); node I simulates node_model I.
 SIM_DIR=$RUN/sim
 RELEASE=gpu-dra-driver
 NAMESPACE=gpu-dra-driver
@@ -57,21 +58,23 @@ build() {
 	ln -sf "$HELM" "$RUN/bin/helm"
 }
 
-# serve_driver runs the simulated node's kernel side, gpu-sim serve, which answers the
-# libnvidia-ml.so.1 of the driver root (as the kernel driver answers NVIDIA's), unless it runs
-# already for this model, state and host trees from the gpu-sim built last. It keeps the MIG
-# instances' capability files in the host's proc tree, the plugin's --proc-root. Its PID is in
-# $RUN/pids/gpu-sim.pid (down.sh stops it).
+# serve_driver I runs node I's kernel side, gpu-sim serve, which answers the libnvidia-ml.so.1 of
+# the driver root (as the kernel driver answers NVIDIA's), unless it runs already for this model,
+# state and host trees from the gpu-sim built last. It keeps the MIG instances' capability files in
+# the host's proc tree, the plugin's --proc-root. Its PID is in $RUN/pids/gpu-sim.pid
+# (gpu-sim@<node>.pid on the other nodes; down.sh stops it).
 serve_driver() {
-	local pidfile=$RUN/pids/gpu-sim.pid want pid= exe
-	want="serve $SIMULATE $SIM_DIR/state $SIM_DIR/host/proc"
+	local i=$1 name model dir pidfile want pid='' exe
+	name=$(node_proc gpu-sim "$i") model=$(node_model "$i") dir=$(node_dir "$i")/sim
+	pidfile=$RUN/pids/$name.pid
+	want="serve $model $SIM_DIR/state $SIM_DIR/host/proc"
 	# The recorded process, if it still runs gpu-sim.
 	if [[ -f $pidfile ]]; then
 		pid=$(<"$pidfile")
 		kill -0 "$pid" 2>/dev/null && exe=$(readlink "/proc/$pid/exe") && [[ $exe == *gpu-sim* ]] || pid=
 	fi
 	# A program rebuilt since it started ("... (deleted)") is restarted.
-	if [[ -n $pid && $exe != *" (deleted)" && $(<"$RUN/sim/serving") == "$want" && -S $SIM_DIR/host/driver/run/gpu-sim/nvml.sock ]]; then
+	if [[ -n $pid && $exe != *" (deleted)" && $(<"$dir/serving") == "$want" && -S $dir/host/driver/run/gpu-sim/nvml.sock ]]; then
 		return
 	fi
 	if [[ -n $pid ]]; then
@@ -79,26 +82,34 @@ serve_driver() {
 		while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
 	fi
 	mkdir -p "$RUN/pids" "$RUN/logs"
-	setsid "$RUN/bin/gpu-sim" --model "$SIMULATE" --state-dir "$SIM_DIR/state" serve --driver-root "$SIM_DIR/host/driver" \
-		--proc-root "$SIM_DIR/host/proc" >>"$RUN/logs/gpu-sim.log" 2>&1 </dev/null &
+	# On another node, nsenter execs gpu-sim in the node's namespace: the PID is gpu-sim's.
+	local ns=()
+	((i == 0)) || ns=(nsenter --target "$(<"$RUN/pids/$(node_proc namespace "$i").pid")" --mount --)
+	setsid "${ns[@]}" "$RUN/bin/gpu-sim" --model "$model" --state-dir "$SIM_DIR/state" serve --driver-root "$SIM_DIR/host/driver" \
+		--proc-root "$SIM_DIR/host/proc" >>"$RUN/logs/$name.log" 2>&1 </dev/null &
 	echo $! >"$pidfile"
-	echo "$want" >"$RUN/sim/serving"
+	echo "$want" >"$dir/serving"
 	local deadline=$((SECONDS + 30))
-	until [[ -S $SIM_DIR/host/driver/run/gpu-sim/nvml.sock ]]; do
-		kill -0 "$(<"$pidfile")" 2>/dev/null || die "gpu-sim serve exited: $(tail -5 "$RUN/logs/gpu-sim.log")"
+	until [[ -S $dir/host/driver/run/gpu-sim/nvml.sock ]]; do
+		kill -0 "$(<"$pidfile")" 2>/dev/null || die "gpu-sim serve exited: $(tail -5 "$RUN/logs/$name.log")"
 		((SECONDS < deadline)) || die "gpu-sim serve has no socket after 30s"
 		sleep 0.1
 	done
 }
 
-# prepare_node creates the simulated node's host trees (a driver installation with the simulated
+# prepare_nodes creates each node's simulated host trees (a driver installation with the simulated
 # libnvidia-ml.so.1), starts its kernel side and labels the node as GPU feature discovery would.
 # The identity in deployments/rbac is the one the crash tests' own plugin processes use.
-prepare_node() {
-	mkdir -p "$SIM_DIR/state"
-	"$RUN/bin/gpu-sim" --model "$SIMULATE" --state-dir "$SIM_DIR/state" host --dir "$SIM_DIR/host" >/dev/null
-	serve_driver
-	kubectl label node "$NODE_NAME" nvidia.com/gpu.present=true --overwrite >/dev/null
+prepare_nodes() {
+	local i models=()
+	for ((i = 0; i < $(cluster_nodes); i++)); do models+=("$(node_model "$i")"); done
+	(IFS=,; echo "${models[*]}") >"$RUN/simulate"
+	for ((i = 0; i < $(cluster_nodes); i++)); do
+		mkdir -p "$(node_dir "$i")/sim/state"
+		node_run "$i" "$RUN/bin/gpu-sim" --model "$(node_model "$i")" --state-dir "$SIM_DIR/state" host --dir "$SIM_DIR/host" >/dev/null
+		serve_driver "$i"
+		kubectl label node "$(node_name "$i")" nvidia.com/gpu.present=true --overwrite >/dev/null
+	done
 	kubectl apply -f "$REPO_ROOT/deployments/rbac/" >/dev/null
 	# DeviceClasses a harness before this one applied with kubectl: the chart adopts them.
 	local class
@@ -124,6 +135,8 @@ write_values() {
 			  nodeSelector: {nvidia.com/gpu.present: "true", $RUN_LABEL: "true"}
 			  apiServer: 127.0.0.1:6443
 			  httpPort: $PLUGIN_HTTP_PORT
+			  # Each node's plugin serves on its node's address: the nodes share this machine's network.
+			  httpOnNodeAddress: true
 			  logVerbosity: 2
 			  inventoryInterval: 10s
 			  # The tests stop and start the plugin often: no need to wait long.
@@ -195,28 +208,43 @@ plugin_pods() {
 	kubectl get pods -n "$NAMESPACE" -l "$PLUGIN_SELECTOR" -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}'
 }
 
+# all_ready: one plugin pod per node, each Ready, each node's /readyz answering.
+all_ready() {
+	local nodes=$1 i
+	ready=$(kubectl get pods -n "$NAMESPACE" -l "$PLUGIN_SELECTOR" \
+		-o jsonpath='{range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}') || return 1
+	[[ $(grep -c ' True$' <<<"$ready") == "$nodes" && $(wc -l <<<"$ready") == "$nodes" ]] || return 1
+	for ((i = 0; i < nodes; i++)); do
+		curl -fsS --max-time 1 "http://$(node_name "$i"):$PLUGIN_HTTP_PORT/readyz" >/dev/null 2>&1 || return 1
+	done
+}
+
 start_plugin() {
-	local started
+	local started nodes i
 	started=$(date +%s.%N)
-	kubectl label node "$NODE_NAME" "$RUN_LABEL=true" --overwrite >/dev/null
-	local deadline=$((SECONDS + 120)) ready
-	until ready=$(kubectl get pods -n "$NAMESPACE" -l "$PLUGIN_SELECTOR" \
-		-o jsonpath='{range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}') &&
-		[[ $ready == *" True" && $(wc -l <<<"$ready") == 1 ]] &&
-		curl -fsS --max-time 1 "http://127.0.0.1:$PLUGIN_HTTP_PORT/readyz" >/dev/null 2>&1; do
+	nodes=$(cluster_nodes)
+	for ((i = 0; i < nodes; i++)); do
+		kubectl label node "$(node_name "$i")" "$RUN_LABEL=true" --overwrite >/dev/null
+	done
+	local deadline=$((SECONDS + 120)) ready=
+	until all_ready "$nodes"; do
 		if ((SECONDS >= deadline)); then
 			kubectl logs -n "$NAMESPACE" -l "$PLUGIN_SELECTOR" --tail=30 >&2 || true
-			die "gpu-kubelet-plugin not ready after 120s: ${ready:-no pod}"
+			die "gpu-kubelet-plugin not ready on $nodes nodes after 120s: ${ready:-no pod}"
 		fi
 		sleep 0.2
 	done
-	local took
+	local took models=()
 	took=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
-	log "gpu-kubelet-plugin (pod ${ready% *}) registered and published its slices ${took}s after its node was labelled (simulated $SIMULATE)"
+	for ((i = 0; i < nodes; i++)); do models+=("$(node_name "$i")=$(node_model "$i")"); done
+	log "gpu-kubelet-plugin ($(tr '\n' ' ' <<<"${ready// True/}")) registered and published its slices ${took}s after its nodes were labelled (simulated ${models[*]})"
 }
 
 stop_plugin() {
-	kubectl label node "$NODE_NAME" "$RUN_LABEL-" >/dev/null 2>&1 || true
+	local i
+	for ((i = 0; i < $(cluster_nodes); i++)); do
+		kubectl label node "$(node_name "$i")" "$RUN_LABEL-" >/dev/null 2>&1 || true
+	done
 	local deadline=$((SECONDS + 60)) pods
 	until pods=$(plugin_pods) && [[ -z $pods ]]; do
 		((SECONDS < deadline)) || die "gpu-kubelet-plugin pod still there 60s after its node lost $RUN_LABEL: ${pods:-kubectl failed}"
@@ -247,7 +275,7 @@ main() {
 		values_files "$@"
 		set -- "${REST[@]}"
 		step "build the driver and its image" build
-		step "prepare the simulated node" prepare_node
+		step "prepare the simulated nodes" prepare_nodes
 		stop_plugin
 		step "helm upgrade --install $RELEASE" upgrade "$@"
 		step "the webhook admits" wait_webhook

@@ -54,9 +54,13 @@ step_image() {
 
 step_import() {
 	[[ -S $RUN/containerd/containerd.sock ]] || { log "no local cluster running: not imported"; return 0; }
-	"$CONTAINERD_BIN/ctr" --address "$RUN/containerd/containerd.sock" -n k8s.io images import \
-		"$OUT/gpu-dra-driver.tar" >/dev/null 2> >(grep -v 'support for cgroup v1 is deprecated' >&2)
-	log "imported $IMAGE into the local cluster"
+	local i nodes
+	nodes=$(cluster_nodes)
+	for ((i = 0; i < nodes; i++)); do
+		"$CONTAINERD_BIN/ctr" --address "$(node_dir "$i")/containerd/containerd.sock" -n k8s.io images import \
+			"$OUT/gpu-dra-driver.tar" >/dev/null 2> >(grep -v 'support for cgroup v1 is deprecated' >&2)
+	done
+	log "imported $IMAGE into the local cluster ($nodes nodes)"
 }
 
 step "build the commands" step_build

@@ -33,6 +33,61 @@ CHART=$REPO_ROOT/deployments/helm/gpu-dra-driver
 
 # The Kubernetes node name; it must resolve to the loopback address.
 NODE_NAME=127.0.0.1
+
+# The cluster's nodes: GPU_DRA_NODES (default 1) when up.sh starts it, recorded in $RUN/node-count.
+# Node 0 is $NODE_NAME and runs in this machine's own mount namespace with its directories in $RUN,
+# exactly as a one-node cluster does. Node I (I >= 1) is named 127.0.0.<I+1> (a loopback address,
+# so its name resolves and its kubelet listens on its own address with the usual ports), keeps its
+# directories in $RUN/nodes/<name>, and runs its containerd, kubelet, simulated GPUs and every
+# container in a mount namespace of its own where each of NODE_LOCAL_DIRS, $RUN/<dir>, is its own
+# directory bind-mounted over node 0's. So one DaemonSet's host paths mean each node's own files,
+# as on separate machines. All nodes share this machine's network and PIDs.
+NODES=${GPU_DRA_NODES:-1}
+NODE_LOCAL_DIRS=(kubelet cdi sim kubeconfig pki dev containerd cni runc pod-logs)
+# The paths outside $RUN the kubelet hard-codes, each node's own: node_dir I/<name> is mounted on it.
+NODE_HOST_DIRS=(/var/lib/kubelet:var-lib-kubelet /var/log/containers:var-log-containers)
+
+# node_name I: the name (and address) of node I.
+node_name() { printf '127.0.0.%d\n' $(($1 + 1)); }
+
+# node_dir I: where node I's own directories are on this machine.
+node_dir() {
+	if (($1 == 0)); then echo "$RUN"; else echo "$RUN/nodes/$(node_name "$1")"; fi
+}
+
+# node_proc NAME I: the name under which a process of node I is recorded ($RUN/pids/<it>.pid)
+# and logs ($RUN/logs/<it>.log): NAME on node 0, NAME@<node name> on the others.
+node_proc() {
+	if (($2 == 0)); then echo "$1"; else echo "$1@$(node_name "$2")"; fi
+}
+
+# node_run I CMD...: runs CMD in node I's mount namespace (node 0: here).
+node_run() {
+	local i=$1
+	shift
+	if ((i == 0)); then
+		"$@"
+	else
+		nsenter --target "$(<"$RUN/pids/$(node_proc namespace "$i").pid")" --mount -- "$@"
+	fi
+}
+
+# cluster_nodes: the number of nodes of the running cluster.
+cluster_nodes() {
+	if [[ -f $RUN/node-count ]]; then cat "$RUN/node-count"; else echo 1; fi
+}
+
+# node_model I: the simulated node (gpu-sim model) of node I: the I-th of the comma-separated
+# GPU_DRA_SIMULATE, or its last when the list is shorter. Unset, the list driver.sh started the
+# cluster's driver with ($RUN/simulate), else DEFAULT_MODELS: a one-node cluster is a DGX H100
+# as always, three nodes are an H100, an A100 and a B200 DGX, more add L40S nodes (no MIG).
+DEFAULT_MODELS=dgxh100,dgxa100,dgxb200,l40s
+node_model() {
+	local models list=${GPU_DRA_SIMULATE:-}
+	[[ -n $list || ! -f $RUN/simulate ]] || list=$(<"$RUN/simulate")
+	IFS=, read -r -a models <<<"${list:-$DEFAULT_MODELS}"
+	if (($1 < ${#models[@]})); then echo "${models[$1]}"; else echo "${models[-1]}"; fi
+}
 # The DRA driver served on this node.
 DRIVER_NAME=gpu.nvidia.com
 

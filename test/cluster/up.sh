@@ -14,6 +14,8 @@ SERVER=https://127.0.0.1:6443
 BRIDGE=gpudra0
 CNI_NETWORK=gpu-dra-cluster
 POD_SUBNET=10.244.0.0/24
+# Every node's pod subnet (node I's is 10.244.I.0/24): pods route it through their node's bridge.
+CLUSTER_POD_NET=10.244.0.0/16
 
 # --- helpers -----------------------------------------------------------------------------------
 
@@ -24,6 +26,19 @@ start() {
 	shift 2
 	setsid "$bin" "$@" >"$RUN/logs/$name.log" 2>&1 </dev/null &
 	echo $! >"$RUN/pids/$name.pid"
+}
+
+# start_on I NAME BIN ARGS...: start, on node I (in its mount namespace), recorded as
+# node_proc NAME I. nsenter execs BIN, so the recorded PID is BIN's.
+start_on() {
+	local i=$1 name=$2 bin=$3
+	shift 3
+	if ((i == 0)); then
+		start "$name" "$bin" "$@"
+	else
+		start "$(node_proc "$name" "$i")" nsenter --target "$(<"$RUN/pids/$(node_proc namespace "$i").pid")" \
+			--mount -- "$bin" "$@"
+	fi
 }
 
 # alive NAME: the process recorded for NAME still runs.
@@ -58,12 +73,24 @@ check_prerequisites() {
 		/usr/sbin/runc /usr/lib/cni/bridge /usr/bin/openssl /usr/bin/curl; do
 		[[ -e $f ]] || die "$f is missing: run test/cluster/build.sh first"
 	done
-	local port
-	for port in 2379 2380 6443 10248 10250 10257 10259; do
+	[[ $NODES =~ ^[1-9][0-9]*$ && $NODES -le 16 ]] || die "GPU_DRA_NODES=$NODES: want 1 to 16 nodes"
+	local port i address
+	for port in 2379 2380 6443 10257 10259; do
 		if (: <"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
 			die "port 127.0.0.1:$port is in use (another cluster running? try down.sh)"
 		fi
 	done
+	for ((i = 0; i < NODES; i++)); do
+		address=$(node_name "$i")
+		for port in 10248 10250; do
+			if (: <"/dev/tcp/$address/$port") 2>/dev/null; then
+				die "port $address:$port is in use (another cluster running? try down.sh)"
+			fi
+		done
+	done
+	if ((NODES > 1)); then
+		[[ -x /usr/bin/nsenter && -x /usr/bin/unshare ]] || die "nsenter and unshare (util-linux) are missing: run build.sh"
+	fi
 }
 
 make_dirs() {
@@ -93,6 +120,53 @@ make_dirs() {
 	done
 	# A twin of /dev/null that CDI specs can use as the host side of /dev/nvidia0.
 	mknod "$RUN/dev/nvidia0" c 1 3
+	echo "$NODES" >"$RUN/node-count"
+	local i dir host d
+	# Node 0's own, which the other nodes' are mounted on.
+	for d in "${NODE_LOCAL_DIRS[@]}"; do mkdir -p "$RUN/$d"; done
+	for ((i = 1; i < NODES; i++)); do
+		dir=$(node_dir "$i")
+		for d in "${NODE_LOCAL_DIRS[@]}" "${NODE_HOST_DIRS[@]#*:}"; do mkdir -p "$dir/$d"; done
+		mkdir -p "$dir/containerd"/{root,state} "$dir"/cni/{net.d,ipam}
+		mknod "$dir/dev/nvidia0" c 1 3
+	done
+	if ((NODES > 1)); then
+		for host in "${NODE_HOST_DIRS[@]%%:*}"; do mkdir -p "$host"; done
+		# Pods of one node reach those of another through this machine, which routes between the
+		# nodes' bridges. down.sh puts the setting back.
+		sysctl -n net.ipv4.ip_forward >"$RUN/ip-forward-was"
+		sysctl -qw net.ipv4.ip_forward=1
+	fi
+}
+
+# make_node_namespaces gives each node but the first a mount namespace of its own, held by a
+# sleeping process (down.sh stops it; the namespace and every mount in it go with the last of its
+# processes): a private copy of this machine's mounts with the node's own directories mounted on
+# NODE_LOCAL_DIRS and NODE_HOST_DIRS, and its kubelet directory a shared mount, so that a pod's
+# Bidirectional volume propagates as on a systemd host.
+make_node_namespaces() {
+	local i pid dir d deadline
+	for ((i = 1; i < NODES; i++)); do
+		setsid unshare --mount --propagation private sleep infinity </dev/null >/dev/null 2>&1 &
+		pid=$!
+		echo "$pid" >"$RUN/pids/$(node_proc namespace "$i").pid"
+		deadline=$((SECONDS + 10))
+		until [[ $(readlink "/proc/$pid/exe" 2>/dev/null) == */sleep ]]; do
+			((SECONDS < deadline)) || die "the mount namespace of node $(node_name "$i") did not start"
+			sleep 0.05
+		done
+		dir=$(node_dir "$i")
+		for d in "${NODE_LOCAL_DIRS[@]}"; do
+			# Node 0's own mount there (its kubelet directory) first goes from this namespace's
+			# copy: a mount stacked on it would not be the one containerd finds for the path.
+			if node_run "$i" mountpoint -q "$RUN/$d"; then node_run "$i" umount "$RUN/$d"; fi
+			node_run "$i" mount --bind "$dir/$d" "$RUN/$d" || die "node $(node_name "$i"): cannot mount $dir/$d on $RUN/$d"
+		done
+		for d in "${NODE_HOST_DIRS[@]}"; do
+			node_run "$i" mount --bind "$dir/${d#*:}" "${d%%:*}"
+		done
+		node_run "$i" mount --make-rshared "$RUN/kubelet"
+	done
 }
 
 # cert NAME SUBJECT EXTENSIONS...: a key and a certificate signed by the CA.
@@ -106,9 +180,9 @@ cert() {
 		-CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" "${args[@]}" 2>/dev/null
 }
 
-# kubeconfig NAME TOKEN: $KCFG/NAME.kubeconfig for a static token.
+# kubeconfig NAME TOKEN [DIR]: DIR/NAME.kubeconfig (DIR: $KCFG) for a static token.
 kubeconfig() {
-	cat >"$KCFG/$1.kubeconfig" <<-EOF
+	cat >"${3:-$KCFG}/$1.kubeconfig" <<-EOF
 		apiVersion: v1
 		kind: Config
 		clusters:
@@ -163,6 +237,25 @@ make_pki() {
 	kubeconfig controller-manager "$cm"
 	kubeconfig kubelet "$node"
 	kubeconfig plugin "$plugin"
+	node_credentials
+}
+
+# node_credentials gives each node but the first its own kubelet certificate (for its address)
+# and token (system:node:<name>), in its own pki and kubeconfig directories, beside the CA.
+node_credentials() {
+	local i name dir token
+	for ((i = 1; i < NODES; i++)); do
+		name=$(node_name "$i") dir=$(node_dir "$i")
+		cert "kubelet-$name" "/CN=system:node:$name/O=system:nodes" 'basicConstraints=critical,CA:FALSE' \
+			'keyUsage=critical,digitalSignature,keyEncipherment' extendedKeyUsage=serverAuth "subjectAltName=IP:$name"
+		mv "$PKI/kubelet-$name.crt" "$dir/pki/kubelet.crt"
+		mv "$PKI/kubelet-$name.key" "$dir/pki/kubelet.key"
+		cp "$PKI/ca.crt" "$dir/pki/ca.crt"
+		token=$(openssl rand -hex 16)
+		printf '%s,system:node:%s,system:node:%s,"system:nodes"\n' "$token" "$name" "$name" >>"$PKI/tokens.csv"
+		kubeconfig kubelet "$token" "$dir/kubeconfig"
+		chmod 600 "$dir/pki/kubelet.key"
+	done
 }
 
 start_etcd() {
@@ -184,8 +277,11 @@ start_etcd() {
 start_control_plane() {
 	# Without kubelet (GPU_DRA_CONTROL_PLANE_ONLY=1, test/scale) the scheduler and the resource claim
 	# controller serve a fleet: their client rate limits (50 and 20 requests/s) would be what is measured.
-	local qps=()
+	local qps=() nodes=()
 	[[ ${GPU_DRA_CONTROL_PLANE_ONLY:-0} == 1 ]] && qps=(--kube-api-qps=500 --kube-api-burst=1000)
+	# A lost node of a cluster (node.sh stop) is NotReady after 30s rather than 50s. One node keeps
+	# the default: its lease renewals may lag on a loaded machine.
+	((NODES == 1)) || nodes=(--node-monitor-grace-period=30s)
 	start kube-apiserver "$K8S_BIN/kube-apiserver" \
 		--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port=6443 \
 		--etcd-servers=http://127.0.0.1:2379 --endpoint-reconciler-type=none \
@@ -215,7 +311,7 @@ start_control_plane() {
 		--use-service-account-credentials=true --service-account-private-key-file="$PKI/sa.key" \
 		--root-ca-file="$PKI/ca.crt" --cluster-signing-cert-file="$PKI/ca.crt" \
 		--cluster-signing-key-file="$PKI/ca.key" --service-cluster-ip-range=10.96.0.0/16 \
-		--flex-volume-plugin-dir="$RUN/controller-manager/volume-plugins" "${qps[@]}"
+		--flex-volume-plugin-dir="$RUN/controller-manager/volume-plugins" "${qps[@]}" "${nodes[@]}"
 	wait_for "kube-scheduler /readyz" 60 kube-scheduler curl -kfsS --max-time 2 https://127.0.0.1:10259/readyz
 	wait_for "kube-controller-manager /healthz" 60 kube-controller-manager \
 		curl -kfsS --max-time 2 https://127.0.0.1:10257/healthz
@@ -229,8 +325,32 @@ grant_plugin() {
 	kubectl apply -f "$REPO_ROOT/deployments/rbac/" >/dev/null
 }
 
+# node_network I: node I's bridge, CNI network and pod subnet (node 0's are those of a one-node
+# cluster).
+node_network() {
+	if (($1 == 0)); then
+		echo "$BRIDGE $CNI_NETWORK $POD_SUBNET"
+	else
+		echo "gpudra$1 $CNI_NETWORK-$1 10.244.$1.0/24"
+	fi
+}
+
+# start_containerd starts every node's containerd.
 start_containerd() {
-	cat >"$RUN/containerd/config.toml" <<-EOF
+	local i
+	for ((i = 0; i < NODES; i++)); do start_node_containerd "$i"; done
+	for ((i = 0; i < NODES; i++)); do
+		wait_for "containerd of node $(node_name "$i")" 30 "$(node_proc containerd "$i")" ctr_on "$i" version
+	done
+}
+
+# start_node_containerd I: node I's containerd, its configuration written with the paths its
+# namespace sees (those of node 0, which are its own there).
+start_node_containerd() {
+	local i=$1 dir bridge network subnet
+	dir=$(node_dir "$i")
+	read -r bridge network subnet < <(node_network "$i")
+	cat >"$dir/containerd/config.toml" <<-EOF
 		version = 3
 		root = "$RUN/containerd/root"
 		state = "$RUN/containerd/state"
@@ -276,26 +396,27 @@ start_containerd() {
 		    conf_dir = "$RUN/cni/net.d"
 
 		[plugins.'io.containerd.grpc.v1.cri']
-		  stream_server_address = "127.0.0.1"
+		  stream_server_address = "$(node_name "$i")"
 	EOF
 	# Pods reach each other on the bridge, which is also their gateway: this machine reaches them
-	# (the API server calls the driver's webhook at its pod's address). No masquerading: nothing
-	# leaves the node.
-	cat >"$RUN/cni/net.d/10-$CNI_NETWORK.conflist" <<-EOF
+	# (the API server calls the driver's webhook at its pod's address), and routes between the
+	# nodes' bridges, for pods of other nodes. No masquerading: nothing leaves the machine.
+	cat >"$dir/cni/net.d/10-$network.conflist" <<-EOF
 		{
 		  "cniVersion": "1.0.0",
-		  "name": "$CNI_NETWORK",
+		  "name": "$network",
 		  "plugins": [
 		    {
 		      "type": "bridge",
-		      "bridge": "$BRIDGE",
+		      "bridge": "$bridge",
 		      "isGateway": true,
 		      "ipMasq": false,
 		      "hairpinMode": true,
 		      "ipam": {
 		        "type": "host-local",
 		        "dataDir": "$RUN/cni/ipam",
-		        "ranges": [[{"subnet": "$POD_SUBNET"}]]
+		        "ranges": [[{"subnet": "$subnet"}]],
+		        "routes": [{"dst": "$CLUSTER_POD_NET"}]
 		      }
 		    }
 		  ]
@@ -303,32 +424,81 @@ start_containerd() {
 	EOF
 	# containerd finds containerd-shim-runc-v2 on PATH.
 	PATH=$CONTAINERD_BIN:/usr/sbin:/usr/bin:/sbin:/bin \
-		start containerd "$CONTAINERD_BIN/containerd" --config "$RUN/containerd/config.toml"
-	wait_for "containerd" 30 containerd ctr version
+		start_on "$i" containerd "$CONTAINERD_BIN/containerd" --config "$RUN/containerd/config.toml"
 }
 
-ctr() { "$CONTAINERD_BIN/ctr" --address "$RUN/containerd/containerd.sock" "$@"; }
+# ctr_on I ARGS...: ctr against node I's containerd.
+ctr_on() {
+	local i=$1
+	shift
+	"$CONTAINERD_BIN/ctr" --address "$(node_dir "$i")/containerd/containerd.sock" "$@"
+}
 
 import_images() {
-	local dir
+	local dir i
 	dir=$(images_dir)
-	ctr -n k8s.io images import "$dir/pause.tar" >/dev/null 2> >(grep -v 'support for cgroup v1 is deprecated' >&2)
-	ctr -n k8s.io images import "$dir/busybox.tar" >/dev/null 2> >(grep -v 'support for cgroup v1 is deprecated' >&2)
-	local have ref
-	have=$(ctr -n k8s.io images ls -q 2>/dev/null)
-	for ref in "$PAUSE_IMAGE" "$BUSYBOX_IMAGE"; do
-		grep -qxF "$ref" <<<"$have" || die "$ref not imported (have: $have)"
+	for ((i = 0; i < NODES; i++)); do
+		ctr_on "$i" -n k8s.io images import "$dir/pause.tar" >/dev/null 2> >(grep -v 'support for cgroup v1 is deprecated' >&2)
+		ctr_on "$i" -n k8s.io images import "$dir/busybox.tar" >/dev/null 2> >(grep -v 'support for cgroup v1 is deprecated' >&2)
+		local have ref
+		have=$(ctr_on "$i" -n k8s.io images ls -q 2>/dev/null)
+		for ref in "$PAUSE_IMAGE" "$BUSYBOX_IMAGE"; do
+			grep -qxF "$ref" <<<"$have" || die "$ref not imported on node $(node_name "$i") (have: $have)"
+		done
 	done
 }
 
+# start_kubelet starts every node's kubelet and waits until each node is Ready.
 start_kubelet() {
-	cat >"$RUN/kubelet/config.yaml" <<-EOF
+	local i name
+	for ((i = 0; i < NODES; i++)); do start_node_kubelet "$i"; done
+	for ((i = 0; i < NODES; i++)); do
+		name=$(node_name "$i")
+		wait_for "kubelet /healthz of node $name" 60 "$(node_proc kubelet "$i")" \
+			curl -fsS --max-time 2 "http://$name:10248/healthz"
+		wait_for "node $name registered" 60 "$(node_proc kubelet "$i")" kubectl get node "$name"
+	done
+	for ((i = 0; i < NODES; i++)); do
+		name=$(node_name "$i")
+		wait_for "node $name Ready" 120 "$(node_proc kubelet "$i")" \
+			kubectl wait --for=condition=Ready "node/$name" --timeout=2s
+	done
+	# Pods can be created once the default service account exists.
+	wait_for "service account default/default" 60 - kubectl get serviceaccount default
+}
+
+# node_cgroup_root I: the cgroup under which node I's kubelet puts its pods: the root (empty) on
+# node 0; gpu-dra-node-I, made in every hierarchy, on the others.
+node_cgroup_root() {
+	(($1 > 0)) || return 0
+	local c cg=gpu-dra-node-$1
+	for c in /sys/fs/cgroup/*/; do
+		[[ -e $c$cg ]] && continue
+		echo "$c$cg" >>"$RUN/cgroups-created"
+		mkdir "$c$cg"
+		# A cpuset cgroup takes no task before it has CPUs and memory nodes.
+		if [[ -f ${c}cpuset.cpus ]]; then
+			cat "${c}cpuset.cpus" >"$c$cg/cpuset.cpus"
+			cat "${c}cpuset.mems" >"$c$cg/cpuset.mems"
+		fi
+	done
+	echo "/$cg"
+}
+
+# start_node_kubelet I: node I's kubelet, on its own address, with its own credentials, kubelet
+# directory, containerd and cgroup root.
+start_node_kubelet() {
+	local i=$1 name cgroup_root
+	name=$(node_name "$i")
+	cgroup_root=$(node_cgroup_root "$i")
+	cat >"$(node_dir "$i")/kubelet/config.yaml" <<-EOF
 		apiVersion: kubelet.config.k8s.io/v1beta1
 		kind: KubeletConfiguration
-		address: 127.0.0.1
+		address: $name
 		port: 10250
-		healthzBindAddress: 127.0.0.1
+		healthzBindAddress: $name
 		healthzPort: 10248
+		cgroupRoot: "$cgroup_root"
 		readOnlyPort: 0
 		containerRuntimeEndpoint: unix://$RUN/containerd/containerd.sock
 		cgroupDriver: cgroupfs
@@ -358,15 +528,11 @@ start_kubelet() {
 		  imagefs.available: 1%
 		  imagefs.inodesFree: 1%
 	EOF
-	start kubelet "$K8S_BIN/kubelet" --config="$RUN/kubelet/config.yaml" \
-		--kubeconfig="$KCFG/kubelet.kubeconfig" --root-dir="$RUN/kubelet" \
-		--hostname-override="$NODE_NAME" --v=2
-	wait_for "kubelet /healthz" 60 kubelet curl -fsS --max-time 2 http://127.0.0.1:10248/healthz
-	wait_for "node $NODE_NAME registered" 60 kubelet kubectl get node "$NODE_NAME"
-	wait_for "node $NODE_NAME Ready" 120 kubelet \
-		kubectl wait --for=condition=Ready "node/$NODE_NAME" --timeout=2s
-	# Pods can be created once the default service account exists.
-	wait_for "service account default/default" 60 - kubectl get serviceaccount default
+	local args=("$K8S_BIN/kubelet" --config="$RUN/kubelet/config.yaml" --kubeconfig="$KCFG/kubelet.kubeconfig"
+		--root-dir="$RUN/kubelet" --hostname-override="$name" --v=2)
+	# node.sh starts it again with the same command line.
+	printf '%s\n' "${args[@]}" >"$(node_dir "$i")/kubelet/cmdline"
+	start_on "$i" kubelet "${args[@]}"
 }
 
 write_env() {
@@ -376,6 +542,7 @@ write_env() {
 		export KUBECONFIG=$KCFG/admin.kubeconfig
 		export KUBECACHEDIR=$RUN/kube-cache
 		export GPU_DRA_NODE_NAME=$NODE_NAME
+		export GPU_DRA_NODES=$NODES
 		export GPU_DRA_PLUGIN_KUBECONFIG=$KCFG/plugin.kubeconfig
 		export GPU_DRA_KUBELET_REGISTRAR_DIR=$RUN/kubelet/plugins_registry
 		export GPU_DRA_KUBELET_PLUGIN_DIR=$RUN/kubelet/plugins/$DRIVER_NAME
@@ -421,6 +588,7 @@ main() {
 	step "etcd" start_etcd
 	step "kube-apiserver, scheduler, controller-manager" start_control_plane
 	step "RBAC for the DRA kubelet plugin" grant_plugin
+	if ((NODES > 1)); then step "mount namespaces of $((NODES - 1)) more nodes" make_node_namespaces; fi
 	# GPU_DRA_CONTROL_PLANE_ONLY=1: no containerd and no kubelet, for test/scale's simulated nodes.
 	if [[ ${GPU_DRA_CONTROL_PLANE_ONLY:-0} == 1 ]]; then
 		wait_for "service account default/default" 60 - kubectl get serviceaccount default

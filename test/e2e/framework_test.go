@@ -6,7 +6,9 @@
 //
 // TestMain starts the cluster and the driver (unless GPU_DRA_E2E_REUSE=1
 // and one is running) and stops them at the end (unless
-// GPU_DRA_E2E_KEEP=1).
+// GPU_DRA_E2E_KEEP=1). With GPU_DRA_E2E_NODES=3 the cluster has three nodes
+// of three GPU models (clusterModels), for the TestCluster tests, run with
+// -run '^TestCluster' (the others are written for one node).
 package e2e
 
 import (
@@ -39,7 +41,14 @@ var (
 	client   kubernetes.Interface
 	nodeName = "127.0.0.1"
 	model    = "dgxh100"
+	// clusterNodes is the number of nodes of the suite's cluster.
+	clusterNodes = 1
 )
+
+// clusterModels are the simulated nodes of a cluster of several nodes, in
+// node order (127.0.0.1, 127.0.0.2, 127.0.0.3): two GPUs each, so that a
+// test fills a node with two pods; the third has no MIG.
+var clusterModels = []string{"dgxh100:2", "dgxa100:2", "l40s:2"}
 
 func TestMain(m *testing.M) {
 	_, file, _, _ := runtime.Caller(0)
@@ -49,7 +58,19 @@ func TestMain(m *testing.M) {
 		runDir = "/tmp/gpu-dra-cluster"
 		os.Setenv("GPU_DRA_RUN_DIR", runDir)
 	}
-	os.Setenv("GPU_DRA_SIMULATE", model)
+	if n := os.Getenv("GPU_DRA_E2E_NODES"); n != "" && n != "1" {
+		if n != strconv.Itoa(len(clusterModels)) {
+			fmt.Fprintf(os.Stderr, "GPU_DRA_E2E_NODES=%s: the suite runs one node or %d\n", n, len(clusterModels))
+			os.Exit(2)
+		}
+		clusterNodes = len(clusterModels)
+		model = clusterModels[0]
+		os.Setenv("GPU_DRA_NODES", n)
+		os.Setenv("GPU_DRA_SIMULATE", strings.Join(clusterModels, ","))
+	} else {
+		os.Setenv("GPU_DRA_NODES", "1")
+		os.Setenv("GPU_DRA_SIMULATE", model)
+	}
 	reuse := os.Getenv("GPU_DRA_E2E_REUSE") == "1" && fileExists(filepath.Join(runDir, "env"))
 	start := time.Now()
 	if !reuse {

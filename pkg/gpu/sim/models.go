@@ -3,6 +3,7 @@ package sim
 import (
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -50,11 +51,23 @@ func Models() []string {
 	return out
 }
 
+// lookupModel returns the simulated node called name: one of Models(), or
+// "<model>:<n>", its first n GPUs (the local clusters' test nodes are small,
+// so that a test fills a node with a few pods).
 func lookupModel(name string) (model, error) {
-	m, ok := models[name]
+	base, count, hasCount := strings.Cut(name, ":")
+	m, ok := models[base]
 	if !ok {
-		return model{}, fmt.Errorf("unknown simulated node %q: want one of %s", name, strings.Join(Models(), ", "))
+		return model{}, fmt.Errorf("unknown simulated node %q: want one of %s, optionally followed by :<number of GPUs>", name, strings.Join(Models(), ", "))
 	}
+	if !hasCount {
+		return m, nil
+	}
+	n, err := strconv.Atoi(count)
+	if err != nil || n < 1 || n > len(m.gpus) {
+		return model{}, fmt.Errorf("simulated node %q: the number of GPUs after ':' must be 1 to %d", name, len(m.gpus))
+	}
+	m.gpus = m.gpus[:n:n]
 	return m, nil
 }
 

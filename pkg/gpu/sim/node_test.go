@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -101,5 +102,41 @@ func TestMIGModeChangeByArchitecture(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestModelWithGPUCount: "<model>:<n>" is that node with its first n GPUs;
+// a count out of range or a wrong name is refused with the valid choices.
+func TestModelWithGPUCount(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		gpus    int
+		wantErr string
+	}{
+		{name: "dgxh100", gpus: 8},
+		{name: "dgxh100:2", gpus: 2},
+		{name: "a30:4", gpus: 4},
+		{name: "dgxh100:0", wantErr: "must be 1 to 8"},
+		{name: "dgxh100:9", wantErr: "must be 1 to 8"},
+		{name: "dgxh100:two", wantErr: "must be 1 to 8"},
+		{name: "dgxz900:2", wantErr: "unknown simulated node"},
+	} {
+		m, err := lookupModel(tc.name)
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("lookupModel(%q): error %v, want one containing %q", tc.name, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("lookupModel(%q): %v", tc.name, err)
+		}
+		if len(m.gpus) != tc.gpus {
+			t.Errorf("lookupModel(%q): %d GPUs, want %d", tc.name, len(m.gpus), tc.gpus)
+		}
+	}
+	// The table itself is untouched by a shorter node.
+	if m, _ := lookupModel("dgxh100"); len(m.gpus) != 8 {
+		t.Errorf("dgxh100 has %d GPUs after dgxh100:2 was looked up", len(m.gpus))
 	}
 }
