@@ -305,7 +305,7 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nv
 				}
 				other := deviceSlice(t, clusterNode(j))
 				refused := func(what string, err error) {
-					if err == nil || !(apierrors.IsForbidden(err) || apierrors.IsInvalid(err)) {
+					if err == nil || (!apierrors.IsForbidden(err) && !apierrors.IsInvalid(err)) {
 						t.Errorf("the %s of %s could %s of %s (want Forbidden or Invalid): %v", who, clusterNode(i), what, clusterNode(j), err)
 					}
 				}
@@ -380,7 +380,7 @@ func nodeKubeletClient(t *testing.T, i int) kubernetes.Interface {
 		t.Fatal(err)
 	}
 	// Node i's kubeconfig names the CA at the path its namespace sees; the CA is the same.
-	cfg.TLSClientConfig.CAFile = filepath.Join(runDir, "pki/ca.crt")
+	cfg.CAFile = filepath.Join(runDir, "pki/ca.crt")
 	return kubernetes.NewForConfigOrDie(cfg)
 }
 

@@ -52,6 +52,11 @@ expect "defaults: the host's / mounted as the driver root" 'name: driver-root, h
 expect "defaults: the driver root read-only where the plugin reads it" 'name: driver-root, mountPath: /driver-root, readOnly: true' "$out"
 expect "defaults: specs name host paths" '--driver-root=/$' "$out"
 expect "defaults: the plugin reads the driver root's mount" '--driver-root-mount=/driver-root' "$out"
+expect "defaults: /metrics on every address of the node" '--http-endpoint=:8088$' "$out"
+refuse "defaults: no node address needed" 'name: NODE_ADDRESS' "$out"
+node_out=$(render --set kubeletPlugin.httpOnNodeAddress=true)
+expect "httpOnNodeAddress: /metrics on the node's own address" '--http-endpoint=\$\(NODE_ADDRESS\):8088$' "$node_out"
+expect "httpOnNodeAddress: the node's address from the downward API" 'fieldPath: status.hostIP' "$node_out"
 expect "defaults: the successor starts next to the plugin it replaces" 'maxSurge: 1' "$out"
 expect "defaults: the old plugin goes only once the new one is Ready" 'maxUnavailable: 0' "$out"
 refuse "defaults: no RBAC beyond what the plugin needs" 'resources: \["\*"\]|verbs: \["\*"\]|"secrets"' "$out"
