@@ -13,6 +13,18 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 
+# has_models MODEL...: the cluster has a node of each MODEL (with any number of GPUs).
+has_models() {
+	local want i found
+	for want in "$@"; do
+		found=
+		for ((i = 0; i < $(cluster_nodes); i++)); do
+			[[ $(node_model "$i") == "$want" || $(node_model "$i") == "$want:"* ]] && found=1
+		done
+		[[ -n $found ]] || return 1
+	done
+}
+
 apply_examples() {
 	local dir
 	for dir in "$REPO_ROOT"/demo/*/; do
@@ -20,8 +32,8 @@ apply_examples() {
 			log "skipped ${dir#"$REPO_ROOT"/} (GPU_DRA_DEMO_ALL=1 applies it; or kubectl apply -f it)"
 			continue
 		fi
-		if [[ $dir == */demo/models/ ]] && (($(cluster_nodes) == 1)); then
-			log "skipped ${dir#"$REPO_ROOT"/} (pods for an A100 and a B200 node: make demo NODES=3)"
+		if [[ $dir == */demo/models/ ]] && ! has_models dgxh100 dgxa100 dgxb200; then
+			log "skipped ${dir#"$REPO_ROOT"/} (a pod for each of an H100, an A100 and a B200 node: make demo NODES=3)"
 			continue
 		fi
 		kubectl apply -f "$dir" >/dev/null

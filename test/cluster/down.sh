@@ -13,10 +13,15 @@ CNI_NETWORK=gpu-dra-cluster
 # (NAME@NODE: a process of another node; namespace@NODE: the sleep that holds its namespace).
 pid_of() {
 	local f=$RUN/pids/$1.pid pid exe want=${1%%@*}
-	[[ $want == namespace ]] && want='sleep'
 	[[ -f $f ]] || return 1
 	pid=$(<"$f")
 	[[ $pid =~ ^[0-9]+$ ]] || return 1
+	if [[ $want == namespace ]]; then
+		# The holder of a node's namespace: that namespace, as up.sh recorded it.
+		[[ -f $RUN/pids/$1.ns && $(readlink "/proc/$pid/ns/mnt" 2>/dev/null) == "$(<"$RUN/pids/$1.ns")" ]] || return 1
+		echo "$pid"
+		return
+	fi
 	exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
 	[[ ${exe##*/} == "$want" || ${exe##*/} == "$want (deleted)" ]] || return 1
 	echo "$pid"
@@ -214,6 +219,11 @@ main() {
 	local bridge
 	for bridge in $(bridges); do ip link delete "$bridge"; done
 	if [[ -f $RUN/ip-forward-was ]]; then sysctl -qw "net.ipv4.ip_forward=$(<"$RUN/ip-forward-was")"; fi
+	if [[ -f $RUN/forward-rule ]]; then
+		local net
+		net=$(<"$RUN/forward-rule")
+		while iptables -D FORWARD -s "$net" -d "$net" -m comment --comment gpu-dra-cluster-pods -j ACCEPT 2>/dev/null; do :; done
+	fi
 	rm -rf "$(etcd_data_dir)"
 	rm -rf "$RUN"
 	log "cluster down in $((SECONDS - start))s"

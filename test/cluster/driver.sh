@@ -3,8 +3,9 @@
 # local cluster the way an operator does: `helm upgrade --install` of deployments/helm with the
 # image built by image.sh, as release gpu-dra-driver in namespace gpu-dra-driver. The kubelet
 # plugin DaemonSet runs as on a GPU node, without --simulate: it loads libnvidia-ml.so.1 from a
-# simulated driver installation of a DGX (GPU_DRA_SIMULATE, default dgxh100) whose kernel side is
-# a gpu-sim serve process (see docs/simulated-driver.md); the driver, /dev and /proc trees,
+# simulated driver installation of a DGX on each node (GPU_DRA_SIMULATE, one model a node, default
+# dgxh100 on one node; lib.sh's node_model) whose kernel side is a gpu-sim serve process per node
+# (see docs/simulated-driver.md); the driver, /dev and /proc trees,
 # state, CDI directory and kubelet directories are the run directory's, given as chart values. The cluster has no kube-proxy: the API server calls the webhook at its
 # Service's endpoints, the pods' addresses on the node's bridge.
 #
@@ -83,10 +84,12 @@ serve_driver() {
 	fi
 	mkdir -p "$RUN/pids" "$RUN/logs"
 	# On another node, nsenter execs gpu-sim in the node's namespace: the PID is gpu-sim's.
-	local ns=()
-	((i == 0)) || ns=(nsenter --target "$(<"$RUN/pids/$(node_proc namespace "$i").pid")" --mount --)
-	setsid "${ns[@]}" "$RUN/bin/gpu-sim" --model "$model" --state-dir "$SIM_DIR/state" serve --driver-root "$SIM_DIR/host/driver" \
-		--proc-root "$SIM_DIR/host/proc" >>"$RUN/logs/$name.log" 2>&1 </dev/null &
+	node_prefix "$i"
+	(
+		close_inherited_fds
+		exec setsid "${NODE_PREFIX[@]}" "$RUN/bin/gpu-sim" --model "$model" --state-dir "$SIM_DIR/state" serve \
+			--driver-root "$SIM_DIR/host/driver" --proc-root "$SIM_DIR/host/proc"
+	) >>"$RUN/logs/$name.log" 2>&1 </dev/null &
 	echo $! >"$pidfile"
 	echo "$want" >"$dir/serving"
 	local deadline=$((SECONDS + 30))

@@ -61,15 +61,46 @@ node_proc() {
 	if (($2 == 0)); then echo "$1"; else echo "$1@$(node_name "$2")"; fi
 }
 
+# node_ns_pid I: the PID of the process holding node I's mount namespace (I >= 1), checked
+# against the namespace up.sh recorded beside it, so that a reused PID is never entered.
+node_ns_pid() {
+	local f pid
+	f=$RUN/pids/$(node_proc namespace "$1")
+	pid=$(<"$f.pid")
+	[[ -f $f.ns && $(readlink "/proc/$pid/ns/mnt" 2>/dev/null) == "$(<"$f.ns")" ]] ||
+		die "the mount namespace of node $(node_name "$1") is gone (pid $pid): run down.sh and up.sh"
+	echo "$pid"
+}
+
+# node_prefix I sets NODE_PREFIX to the command prefix that runs a command in node I's mount
+# namespace (none on node 0). nsenter execs the command, so a PID recorded for it is the command's.
+node_prefix() {
+	NODE_PREFIX=()
+	if (($1 > 0)); then
+		local pid
+		pid=$(node_ns_pid "$1")
+		NODE_PREFIX=(nsenter --target "$pid" --mount --)
+	fi
+}
+
 # node_run I CMD...: runs CMD in node I's mount namespace (node 0: here).
 node_run() {
 	local i=$1
 	shift
-	if ((i == 0)); then
-		"$@"
-	else
-		nsenter --target "$(<"$RUN/pids/$(node_proc namespace "$i").pid")" --mount -- "$@"
-	fi
+	node_prefix "$i"
+	"${NODE_PREFIX[@]}" "$@"
+}
+
+# close_inherited_fds closes every descriptor above stderr of this (sub)shell, before it execs a
+# process that outlives the script: a daemon must not hold what the script's caller opened, such
+# as the lock a `flock FILE make test` holds (it would be held until the cluster goes down).
+close_inherited_fds() {
+	local fd
+	for fd in /proc/"$BASHPID"/fd/*; do
+		fd=${fd##*/}
+		((fd > 2)) || continue
+		eval "exec $fd>&-" 2>/dev/null || true
+	done
 }
 
 # cluster_nodes: the number of nodes of the running cluster.

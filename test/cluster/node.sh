@@ -32,27 +32,36 @@ kubelet_pid() {
 }
 
 stop_kubelet() {
-	local i=$1 pid
+	local i=$1 pid deadline=$((SECONDS + 30))
 	pid=$(kubelet_pid "$i") || { log "the kubelet of node $(node_name "$i") does not run"; return 0; }
 	kill -KILL "$pid"
-	while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+	# Gone, or a zombie of a parent that has not reaped it.
+	while kill -0 "$pid" 2>/dev/null && [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]]; do
+		((SECONDS < deadline)) || die "the kubelet of node $(node_name "$i") (pid $pid) still runs 30s after SIGKILL"
+		sleep 0.1
+	done
 	log "killed the kubelet of node $(node_name "$i") (pid $pid)"
 }
 
 start_kubelet() {
-	local i=$1 name args=() ns=()
+	local i=$1 name args=()
 	name=$(node_name "$i")
 	if kubelet_pid "$i" >/dev/null; then
 		log "the kubelet of node $name runs already"
 		return 0
 	fi
 	mapfile -t args <"$(node_dir "$i")/kubelet/cmdline"
-	((i == 0)) || ns=(nsenter --target "$(<"$RUN/pids/$(node_proc namespace "$i").pid")" --mount --)
-	setsid "${ns[@]}" "${args[@]}" >>"$RUN/logs/$(node_proc kubelet "$i").log" 2>&1 </dev/null &
-	echo $! >"$RUN/pids/$(node_proc kubelet "$i").pid"
+	node_prefix "$i"
+	(
+		close_inherited_fds
+		exec setsid "${NODE_PREFIX[@]}" "${args[@]}"
+	) >>"$RUN/logs/$(node_proc kubelet "$i").log" 2>&1 </dev/null &
+	local pid=$!
+	echo "$pid" >"$RUN/pids/$(node_proc kubelet "$i").pid"
 	local deadline=$((SECONDS + 60))
 	until curl -fsS --max-time 2 "http://$name:10248/healthz" >/dev/null 2>&1; do
-		kubelet_pid "$i" >/dev/null || die "the kubelet of node $name exited; see $RUN/logs/$(node_proc kubelet "$i").log"
+		# Alive (it may not have reached the kubelet's exec yet on a loaded machine).
+		kill -0 "$pid" 2>/dev/null || die "the kubelet of node $name exited; see $RUN/logs/$(node_proc kubelet "$i").log"
 		((SECONDS < deadline)) || die "the kubelet of node $name has no /healthz after 60s"
 		sleep 0.2
 	done

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# up.sh — starts a one-node Kubernetes cluster on 127.0.0.1 from the binaries build.sh cached:
+# up.sh — starts a Kubernetes cluster on 127.0.0.1 from the binaries build.sh cached, of one node
+# or of GPU_DRA_NODES nodes (each in a mount namespace of its own; lib.sh and docs/cluster.md):
 # etcd, kube-apiserver, kube-scheduler, kube-controller-manager, containerd (CDI specs read from
 # $RUN/cdi) and a real kubelet, with the pause and busybox:local images imported. All state lives
 # in $GPU_DRA_RUN_DIR (default /tmp/gpu-dra-cluster); etcd's data lives on /dev/shm.
@@ -16,6 +17,8 @@ CNI_NETWORK=gpu-dra-cluster
 POD_SUBNET=10.244.0.0/24
 # Every node's pod subnet (node I's is 10.244.I.0/24): pods route it through their node's bridge.
 CLUSTER_POD_NET=10.244.0.0/16
+# The comment of the FORWARD rule of a cluster of several nodes (down.sh removes it).
+FORWARD_RULE=gpu-dra-cluster-pods
 
 # --- helpers -----------------------------------------------------------------------------------
 
@@ -24,7 +27,10 @@ CLUSTER_POD_NET=10.244.0.0/16
 start() {
 	local name=$1 bin=$2
 	shift 2
-	setsid "$bin" "$@" >"$RUN/logs/$name.log" 2>&1 </dev/null &
+	(
+		close_inherited_fds
+		exec setsid "$bin" "$@"
+	) >"$RUN/logs/$name.log" 2>&1 </dev/null &
 	echo $! >"$RUN/pids/$name.pid"
 }
 
@@ -33,12 +39,8 @@ start() {
 start_on() {
 	local i=$1 name=$2 bin=$3
 	shift 3
-	if ((i == 0)); then
-		start "$name" "$bin" "$@"
-	else
-		start "$(node_proc "$name" "$i")" nsenter --target "$(<"$RUN/pids/$(node_proc namespace "$i").pid")" \
-			--mount -- "$bin" "$@"
-	fi
+	node_prefix "$i"
+	start "$(node_proc "$name" "$i")" "${NODE_PREFIX[@]}" "$bin" "$@"
 }
 
 # alive NAME: the process recorded for NAME still runs.
@@ -74,6 +76,9 @@ check_prerequisites() {
 		[[ -e $f ]] || die "$f is missing: run test/cluster/build.sh first"
 	done
 	[[ $NODES =~ ^[1-9][0-9]*$ && $NODES -le 16 ]] || die "GPU_DRA_NODES=$NODES: want 1 to 16 nodes"
+	if [[ ${GPU_DRA_CONTROL_PLANE_ONLY:-0} == 1 ]] && ((NODES > 1)); then
+		die "GPU_DRA_CONTROL_PLANE_ONLY=1 starts no node: GPU_DRA_NODES=$NODES makes no sense with it"
+	fi
 	local port i address
 	for port in 2379 2380 6443 10257 10259; do
 		if (: <"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
@@ -133,9 +138,14 @@ make_dirs() {
 	if ((NODES > 1)); then
 		for host in "${NODE_HOST_DIRS[@]%%:*}"; do mkdir -p "$host"; done
 		# Pods of one node reach those of another through this machine, which routes between the
-		# nodes' bridges. down.sh puts the setting back.
+		# nodes' bridges. down.sh puts the setting back, and removes the rule that lets that traffic
+		# through a FORWARD chain whose policy drops (as Docker sets it).
 		sysctl -n net.ipv4.ip_forward >"$RUN/ip-forward-was"
 		sysctl -qw net.ipv4.ip_forward=1
+		if command -v iptables >/dev/null; then
+			iptables -I FORWARD -s "$CLUSTER_POD_NET" -d "$CLUSTER_POD_NET" -m comment --comment "$FORWARD_RULE" -j ACCEPT
+			echo "$CLUSTER_POD_NET" >"$RUN/forward-rule"
+		fi
 	fi
 }
 
@@ -145,16 +155,22 @@ make_dirs() {
 # NODE_LOCAL_DIRS and NODE_HOST_DIRS, and its kubelet directory a shared mount, so that a pod's
 # Bidirectional volume propagates as on a systemd host.
 make_node_namespaces() {
-	local i pid dir d deadline
+	local i pid dir d deadline ns mine
+	mine=$(readlink /proc/self/ns/mnt)
 	for ((i = 1; i < NODES; i++)); do
-		setsid unshare --mount --propagation private sleep infinity </dev/null >/dev/null 2>&1 &
+		(
+			close_inherited_fds
+			exec setsid unshare --mount --propagation private sleep infinity
+		) </dev/null >/dev/null 2>&1 &
 		pid=$!
 		echo "$pid" >"$RUN/pids/$(node_proc namespace "$i").pid"
+		# Its namespace, recorded: down.sh, node_run and node.sh enter or stop only that one.
 		deadline=$((SECONDS + 10))
-		until [[ $(readlink "/proc/$pid/exe" 2>/dev/null) == */sleep ]]; do
+		until ns=$(readlink "/proc/$pid/ns/mnt" 2>/dev/null) && [[ $ns != "$mine" ]]; do
 			((SECONDS < deadline)) || die "the mount namespace of node $(node_name "$i") did not start"
 			sleep 0.05
 		done
+		echo "$ns" >"$RUN/pids/$(node_proc namespace "$i").ns"
 		dir=$(node_dir "$i")
 		for d in "${NODE_LOCAL_DIRS[@]}"; do
 			# Node 0's own mount there (its kubelet directory) first goes from this namespace's
@@ -166,6 +182,9 @@ make_node_namespaces() {
 			node_run "$i" mount --bind "$dir/${d#*:}" "${d%%:*}"
 		done
 		node_run "$i" mount --make-rshared "$RUN/kubelet"
+		# The other nodes' directories (their credentials among them) are not the node's to see:
+		# an empty read-only tmpfs hides them from it and its pods' host paths.
+		node_run "$i" mount -t tmpfs -o ro,size=4k,mode=0555 gpu-dra-other-nodes "$RUN/nodes"
 	done
 }
 
@@ -467,30 +486,33 @@ start_kubelet() {
 	wait_for "service account default/default" 60 - kubectl get serviceaccount default
 }
 
-# node_cgroup_root I: the cgroup under which node I's kubelet puts its pods: the root (empty) on
-# node 0; gpu-dra-node-I, made in every hierarchy, on the others.
-node_cgroup_root() {
+# make_node_cgroup I sets CGROUP_ROOT to the cgroup under which node I's kubelet puts its pods:
+# the root (empty) on node 0; gpu-dra-node-I on the others, made in every cgroup v1 hierarchy
+# (or once in a cgroup v2 tree) and recorded for down.sh, even when a failed run left it.
+make_node_cgroup() {
+	CGROUP_ROOT=
 	(($1 > 0)) || return 0
-	local c cg=gpu-dra-node-$1
-	for c in /sys/fs/cgroup/*/; do
-		[[ -e $c$cg ]] && continue
+	local c cg=gpu-dra-node-$1 parents=(/sys/fs/cgroup/)
+	# cgroup v1: one hierarchy per directory; v2 (cgroup.controllers at the top): one tree.
+	[[ -f /sys/fs/cgroup/cgroup.controllers ]] || parents=(/sys/fs/cgroup/*/)
+	for c in "${parents[@]}"; do
 		echo "$c$cg" >>"$RUN/cgroups-created"
-		mkdir "$c$cg"
-		# A cpuset cgroup takes no task before it has CPUs and memory nodes.
-		if [[ -f ${c}cpuset.cpus ]]; then
+		[[ -d $c$cg ]] || mkdir "$c$cg"
+		# A v1 cpuset cgroup takes no task before it has CPUs and memory nodes.
+		if [[ -f ${c}cpuset.cpus && -f $c${cg}/cpuset.cpus && ! -f /sys/fs/cgroup/cgroup.controllers ]]; then
 			cat "${c}cpuset.cpus" >"$c$cg/cpuset.cpus"
 			cat "${c}cpuset.mems" >"$c$cg/cpuset.mems"
 		fi
 	done
-	echo "/$cg"
+	CGROUP_ROOT=/$cg
 }
 
 # start_node_kubelet I: node I's kubelet, on its own address, with its own credentials, kubelet
 # directory, containerd and cgroup root.
 start_node_kubelet() {
-	local i=$1 name cgroup_root
+	local i=$1 name
 	name=$(node_name "$i")
-	cgroup_root=$(node_cgroup_root "$i")
+	make_node_cgroup "$i"
 	cat >"$(node_dir "$i")/kubelet/config.yaml" <<-EOF
 		apiVersion: kubelet.config.k8s.io/v1beta1
 		kind: KubeletConfiguration
@@ -498,7 +520,7 @@ start_node_kubelet() {
 		port: 10250
 		healthzBindAddress: $name
 		healthzPort: 10248
-		cgroupRoot: "$cgroup_root"
+		cgroupRoot: "$CGROUP_ROOT"
 		readOnlyPort: 0
 		containerRuntimeEndpoint: unix://$RUN/containerd/containerd.sock
 		cgroupDriver: cgroupfs

@@ -291,6 +291,15 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nv
 		claims[i] = claimOf(t, waitPodRunning(t, ns, name), "gpu").Name
 	}
 	plugins := pluginPodsByNode(t)
+	versions := map[string]string{}
+	for i := range clusterModels {
+		for _, s := range waitPoolCompleteOn(t, clusterNode(i)) {
+			versions[s.Name] = s.ResourceVersion
+		}
+	}
+	// Every write is a dry run: authorization and admission decide as for
+	// a real one, and a regression changes nothing.
+	dryRun := []string{metav1.DryRunAll}
 	for i := range clusterModels {
 		asKubelet := nodeKubeletClient(t, i)
 		asPlugin := tokenClient(t, pluginToken(t, plugins[clusterNode(i)]))
@@ -311,9 +320,9 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nv
 				}
 				changed := other.DeepCopy()
 				changed.Spec.Devices = changed.Spec.Devices[:1]
-				_, err := c.ResourceV1().ResourceSlices().Update(ctx(), changed, metav1.UpdateOptions{})
+				_, err := c.ResourceV1().ResourceSlices().Update(ctx(), changed, metav1.UpdateOptions{DryRun: dryRun})
 				refused("update a slice", err)
-				refused("delete a slice", c.ResourceV1().ResourceSlices().Delete(ctx(), other.Name, metav1.DeleteOptions{}))
+				refused("delete a slice", c.ResourceV1().ResourceSlices().Delete(ctx(), other.Name, metav1.DeleteOptions{DryRun: dryRun}))
 				forged := &resourceapi.ResourceSlice{
 					ObjectMeta: metav1.ObjectMeta{GenerateName: "forged-"},
 					Spec: resourceapi.ResourceSliceSpec{
@@ -322,7 +331,7 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nv
 						Devices: other.Spec.Devices[:1],
 					},
 				}
-				_, err = c.ResourceV1().ResourceSlices().Create(ctx(), forged, metav1.CreateOptions{})
+				_, err = c.ResourceV1().ResourceSlices().Create(ctx(), forged, metav1.CreateOptions{DryRun: dryRun})
 				refused("create a slice in the pool", err)
 				_, err = c.ResourceV1().ResourceClaims(ns).Get(ctx(), claims[j], metav1.GetOptions{})
 				if who == "kubelet" {
@@ -340,9 +349,13 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nv
 			}
 		}
 	}
-	// Nothing was changed by the refused calls.
+	// Nothing changed.
 	for i := range clusterModels {
-		waitPoolCompleteOn(t, clusterNode(i))
+		for _, s := range waitPoolCompleteOn(t, clusterNode(i)) {
+			if versions[s.Name] != s.ResourceVersion {
+				t.Errorf("slice %s of %s changed", s.Name, clusterNode(i))
+			}
+		}
 	}
 }
 
@@ -466,8 +479,9 @@ func deviceNames(slices []resourceapi.ResourceSlice) map[string]bool {
 
 // TestClusterRelabelingOneNodeChangesOnlyItsSlices: the offer of each node
 // is its own (gpu.nvidia.com/device-kinds): relabelling the A100 node to
-// whole GPUs only takes its MIG devices out of its slices, and no other
-// node's slice changes.
+// whole GPUs only takes its shared devices out of its slices, and no other
+// node's slice changes. The scheduler honours what a node offers
+// (gpu.nvidia.com/mig-profiles).
 func TestClusterRelabelingOneNodeChangesOnlyItsSlices(t *testing.T) {
 	needCluster(t)
 	node := clusterNode(a100Node)
@@ -502,6 +516,52 @@ func TestClusterRelabelingOneNodeChangesOnlyItsSlices(t *testing.T) {
 		got := deviceNames(waitPoolCompleteOn(t, node))
 		return len(got) == len(full), fmt.Errorf("%d devices, want %d", len(got), len(full))
 	})
+
+	// The scheduler honours the offer: with the H100 node offering 3g
+	// profiles only, a claim for an H100's 1g.10gb waits and one for a
+	// 3g.40gb runs; relabelled, the 1g.10gb claim runs too.
+	const ns = "cluster-offer"
+	hopper := clusterNode(h100Node)
+	t.Cleanup(func() {
+		kubectlErr("label", "node", hopper, "gpu.nvidia.com/mig-profiles-")
+		cleanNamespace(t, ns)
+	})
+	kubectl(t, "label", "node", hopper, "gpu.nvidia.com/mig-profiles=3g", "--overwrite")
+	eventually(t, 60*time.Second, hopper+" to offer 3g profiles only", func() (bool, error) {
+		for name := range deviceNames(waitPoolCompleteOn(t, hopper)) {
+			if strings.Contains(name, "-mig-1g") {
+				return false, fmt.Errorf("%s still published", name)
+			}
+		}
+		return true, nil
+	})
+	migTemplate := func(name, profile string) string {
+		return fmt.Sprintf(`---
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: %s, namespace: %s}
+spec:
+  spec:
+    devices:
+      requests:
+      - name: gpu
+        exactly:
+          deviceClassName: mig.nvidia.com
+          selectors:
+          - cel: {expression: 'device.attributes["gpu.nvidia.com"].profile == "%s" && device.attributes["gpu.nvidia.com"].productName.startsWith("NVIDIA H100")'}
+`, name, ns, profile)
+	}
+	applyYAML(t, "apiVersion: v1\nkind: Namespace\nmetadata: {name: "+ns+"}\n"+migTemplate("small", "1g.10gb")+migTemplate("large", "3g.40gb"))
+	applyYAML(t, claimPod(ns, "large", "large"))
+	if got := placement(t, ns, "large", "gpu"); got.node != hopper {
+		t.Errorf("the 3g.40gb pod runs on %s", got.node)
+	}
+	applyYAML(t, claimPod(ns, "small", "small"))
+	t.Logf("a 1g.10gb claim while no node offers 1g: %s", unschedulable(t, ns, "small"))
+	kubectl(t, "label", "node", hopper, "gpu.nvidia.com/mig-profiles-")
+	if got := placement(t, ns, "small", "gpu"); got.node != hopper {
+		t.Errorf("the 1g.10gb pod runs on %s", got.node)
+	}
 }
 
 // TestClusterDrainOneNodeWhileOthersServe: kubectl gpu drain NODE empties
@@ -535,23 +595,26 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nv
 	}
 	drained := make(chan error, 1)
 	go func() {
-		stdout, stderr, code := runKubectlGPU(t, bin, "drain", node, "--timeout=2m", "--reason=cluster-test")
-		if code != 0 {
-			drained <- fmt.Errorf("exit code %d: %s%s", code, stdout, stderr)
-			return
+		// Not runKubectlGPU: no t.Fatal outside the test's goroutine.
+		out, err := exec.Command(bin, "--kubeconfig", filepath.Join(runDir, "kubeconfig/admin.kubeconfig"),
+			"drain", node, "--timeout=2m", "--reason=cluster-test").CombinedOutput()
+		if err != nil {
+			err = fmt.Errorf("%w: %s", err, out)
 		}
-		drained <- nil
+		drained <- err
 	}()
 	// While the node drains, new work starts elsewhere.
-	for i := 0; i < 2; i++ {
-		name := fmt.Sprintf("new-%d", i)
-		applyYAML(t, claimPod(ns, name, "any-gpu"))
-		if got := placement(t, ns, name, "gpu"); got.node == node {
-			t.Errorf("%s started on the node being drained", name)
-		}
+	applyYAML(t, claimPod(ns, "during", "any-gpu"))
+	if got := placement(t, ns, "during", "gpu"); got.node == node {
+		t.Errorf("a pod started on the node being drained")
 	}
 	if err := <-drained; err != nil {
 		t.Fatalf("kubectl gpu drain %s: %v", node, err)
+	}
+	// Drained, its GPUs are free but tainted: new work still goes elsewhere.
+	applyYAML(t, claimPod(ns, "after", "any-gpu"))
+	if got := placement(t, ns, "after", "gpu"); got.node == node {
+		t.Errorf("a pod started on the drained node")
 	}
 	for i := 0; i < 2; i++ {
 		name := fmt.Sprintf("a100-%d", i)
@@ -651,11 +714,15 @@ spec:
 	}
 
 	// Lost: the kubelet, then the plugin.
+	plugin := pluginPodsByNode(t)[node]
+	pids := nodeProcesses(a100Node, "gpu-kubelet-plugin")
+	if len(pids) == 0 {
+		t.Fatalf("no plugin process found in the containers of %s", node)
+	}
 	if err := script("node.sh", "stop", node); err != nil {
 		t.Fatal(err)
 	}
-	plugin := pluginPodsByNode(t)[node]
-	for _, pid := range nodeProcesses(a100Node, "gpu-kubelet-plugin") {
+	for _, pid := range pids {
 		if err := killPID(pid); err != nil {
 			t.Fatal(err)
 		}
@@ -788,8 +855,8 @@ func killPID(pid int) error {
 }
 
 // TestClusterChartUpgradeRollsEveryNode: a chart upgrade replaces the
-// plugin on every node, one pod after another with the successor started
-// beside its predecessor; pods created on every node during the roll
+// plugin on every node (how one node's pods hand over is
+// TestRollsWithoutAGap's); pods created on every node during the roll
 // start, and the time they take is logged beside that of an idle cluster.
 func TestClusterChartUpgradeRollsEveryNode(t *testing.T) {
 	needCluster(t)
@@ -831,7 +898,11 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nv
 		}
 	}
 	upgrade("3")
-	t.Cleanup(func() { upgrade("2"); pluginPodsByNode(t) })
+	t.Cleanup(func() {
+		upgrade("2")
+		kubectl(t, "rollout", "status", "-n", driverNamespace, "daemonset/"+driverRelease+"-kubelet-plugin", "--timeout=300s")
+		pluginPodsByNode(t)
+	})
 	during := startAll("rolling")
 	eventually(t, 300*time.Second, "a new plugin pod on every node", func() (bool, error) {
 		now := pluginPodsByNode(t)
@@ -888,8 +959,9 @@ spec:
     - sh
     - -c
     - |
-      printf 'GET /index.html HTTP/1.0\r\n\r\n' | nc `+server.Status.PodIP+` 8080 && sleep 3600
+      printf 'GET /index.html HTTP/1.0\r\n\r\n' | nc -w 5 `+server.Status.PodIP+` 8080 && sleep 3600
 `)
+	waitPodRunning(t, ns, "client")
 	podLogs(t, ns, "client", "served-by-server")
 	t.Logf("a pod on %s (%s) fetched a page from a pod on %s (%s)", clusterNode(h100Node), waitPodRunning(t, ns, "client").Status.PodIP,
 		clusterNode(l40sNode), server.Status.PodIP)

@@ -72,6 +72,14 @@ func TestMain(m *testing.M) {
 		os.Setenv("GPU_DRA_SIMULATE", model)
 	}
 	reuse := os.Getenv("GPU_DRA_E2E_REUSE") == "1" && fileExists(filepath.Join(runDir, "env"))
+	if reuse {
+		// The running cluster must be the one this run expects.
+		got, _ := os.ReadFile(filepath.Join(runDir, "node-count"))
+		if n := strings.TrimSpace(string(got)); n != strconv.Itoa(clusterNodes) && !(n == "" && clusterNodes == 1) {
+			fmt.Fprintf(os.Stderr, "GPU_DRA_E2E_REUSE=1: the cluster at %s has %q nodes, this run wants %d (GPU_DRA_E2E_NODES)\n", runDir, n, clusterNodes)
+			os.Exit(2)
+		}
+	}
 	start := time.Now()
 	if !reuse {
 		if err := script("up.sh"); err != nil {
