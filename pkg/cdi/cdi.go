@@ -5,9 +5,9 @@
 // device per allocated device. Each device carries its device nodes (the GPU,
 // the driver's control nodes and, for MIG, the capability nodes of its GPU and
 // compute instance) and its environment. The driver's user-space files
-// (libraries and tools, discovered once under the driver root) are mounted by
-// the spec-level edits, which the runtime applies once for any device of the
-// spec. Files are written atomically and validated with the CDI library first.
+// (libraries, tools and configuration, discovered once under the driver root)
+// are mounted by the spec-level edits, which the runtime applies once for any
+// device of the spec, with NVIDIA_VISIBLE_DEVICES=void (see spec.go). Files are written atomically and validated with the CDI library first.
 package cdi
 
 import (
@@ -91,7 +91,7 @@ type Device struct {
 	// "gpu-0-mig-1g10gb-3"; it must be a DNS label.
 	Name string
 	// Request is the claim request the device was allocated for. Devices of
-	// the same request share NVIDIA_VISIBLE_DEVICES.
+	// the same request share EnvDeviceUUIDs.
 	Request string
 	// GPUMinor is the minor of /dev/nvidia<minor>: the parent GPU for MIG.
 	GPUMinor int
@@ -176,6 +176,7 @@ func New(opts Options) (*Writer, error) {
 			driverRootWhat, opts.DriverRootMount, strings.Join(files.missing, ", "), strings.Join(driverroot.LibraryDirs, ", "))
 	}
 	w := &Writer{opts: opts, missing: files.missing}
+	w.shared.Env = []string{envNVIDIAVisible + "=" + nvidiaVisibleVoid}
 	w.shared.Mounts = files.mounts
 	hook := "none"
 	if files.hook != nil {
