@@ -185,6 +185,10 @@ func New(opts Options) (*Writer, error) {
 	}
 	opts.Logger.Info("Driver files for CDI specs", "driverRoot", opts.DriverRoot,
 		"mounts", len(files.mounts), "sonameLinks", files.links, "ldcacheHook", hook)
+	if len(files.absent) > 0 {
+		opts.Logger.Info("Driver files not found under the driver root: containers do without them",
+			"driverRoot", opts.DriverRoot, "byCapability", files.absent)
+	}
 	if len(files.refused) > 0 {
 		opts.Logger.Info("Warning: driver library links not followed: each must name a library file beside it",
 			"driverRoot", opts.DriverRoot, "links", files.refused)
