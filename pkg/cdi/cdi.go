@@ -72,8 +72,12 @@ type Options struct {
 	DevRoot string
 	// ProcRoot is the host root under which /proc/devices and
 	// /proc/driver/nvidia* live: the nvidia-uvm and MIG capability nodes
-	// are numbered from them (see devnodes.go).
+	// are numbered from them (see devnodes.go), and a GPU's PCI bus ID is
+	// read there for its DRM nodes (see drm.go).
 	ProcRoot string
+	// SysRoot is the host root under which /sys lives: a whole GPU's DRM
+	// nodes are named by its PCI device's drm directory there.
+	SysRoot string
 	// RequireLibraries makes New fail when libcuda.so.* or libnvidia-ml.so.*
 	// is not found under DriverRoot. Without it the Writer logs a warning
 	// and containers get the device nodes only (a simulated node may run
@@ -197,7 +201,7 @@ func New(opts Options) (*Writer, error) {
 }
 
 // defaultRoots sets opts' empty roots to "/" and checks that the driver
-// root (where this process reads it), the dev root and the proc root are
+// root (where this process reads it), the dev, proc and sys roots are
 // directories.
 func defaultRoots(opts *Options) error {
 	if opts.DriverRoot == "" {
@@ -213,6 +217,7 @@ func defaultRoots(opts *Options) error {
 		{&opts.DriverRootMount, driverRootWhat},
 		{&opts.DevRoot, "dev root (--dev-root)"},
 		{&opts.ProcRoot, "proc root (--proc-root)"},
+		{&opts.SysRoot, "sys root (--sys-root)"},
 	} {
 		if *r.path == "" {
 			*r.path = "/"
@@ -343,7 +348,7 @@ func (w *Writer) WriteClaimSpec(ctx context.Context, claimUID string, devices []
 				"driverRoot", w.opts.DriverRoot, "missing", w.missing)
 		})
 	}
-	spec, err := w.buildSpec(claimUID, devices)
+	spec, err := w.buildSpec(logger, claimUID, devices)
 	if err != nil {
 		return nil, fmt.Errorf("CDI spec of claim %s: %w", claimUID, err)
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/klog/v2"
 	specs "tags.cncf.io/container-device-interface/specs-go"
 )
 
@@ -44,8 +45,9 @@ const (
 
 // buildSpec returns the spec of a claim. Devices are sorted by name so the
 // file does not depend on the caller's order. The version is the lowest the
-// CDI library accepts for the features used.
-func (w *Writer) buildSpec(claimUID string, devices []Device) (*specs.Spec, error) {
+// CDI library accepts for the features used. DRM nodes that cannot be
+// given are left out and logged.
+func (w *Writer) buildSpec(logger klog.Logger, claimUID string, devices []Device) (*specs.Spec, error) {
 	if err := validateClaimUID(claimUID); err != nil {
 		return nil, err
 	}
@@ -80,6 +82,13 @@ func (w *Writer) buildSpec(claimUID string, devices []Device) (*specs.Spec, erro
 			return nil, fmt.Errorf("device %s: %w", d.Name, err)
 		}
 		nodes := append([]*specs.DeviceNode{gpu}, control...)
+		if d.MIG == nil {
+			drm, problems := w.drmNodes(d.GPUMinor)
+			if len(problems) > 0 {
+				logger.Info("Warning: DRM nodes left out of the device", "device", d.Name, "problems", problems)
+			}
+			nodes = append(nodes, drm...)
+		}
 		if d.MIG != nil {
 			if migMinors == nil {
 				if migMinors, err = ParseMIGMinors(w.migMinorsPath()); err != nil {

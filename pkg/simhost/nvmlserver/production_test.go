@@ -417,12 +417,13 @@ func TestProductionPathMIGCapabilitiesWithoutDevNodes(t *testing.T) {
 // A whole GPU's spec, written on the simulated installation as the plugin
 // writes it, gives containers what NVIDIA's CDI generator gives them: the
 // video codec libraries (NVDEC, NVENC) and the graphics drivers with the
-// loaders' configuration, under their SONAMEs; nvidia-modeset; and
+// loaders' configuration, under their SONAMEs; nvidia-modeset and the
+// GPU's DRM nodes, found from its PCI bus ID as NVML reports it; and
 // NVIDIA_VISIBLE_DEVICES=void, with the GPU named in GPU_DRA_DEVICE_UUIDS.
 func TestProductionPathSpecCarriesDriverCapabilities(t *testing.T) {
 	inst := installationtest.Start(t, "dgxh100")
 	w, err := cdi.New(cdi.Options{CDIRoot: t.TempDir(), DriverRoot: inst.DriverRoot, DevRoot: inst.DevRoot, ProcRoot: inst.ProcRoot,
-		RequireLibraries: true})
+		SysRoot: inst.SysRoot, RequireLibraries: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -466,7 +467,8 @@ func TestProductionPathSpecCarriesDriverCapabilities(t *testing.T) {
 		t.Errorf("device environment %+v, want %s=%s", spec.Devices, cdi.EnvDeviceUUIDs, g.UUID)
 	}
 	nodes := specNodes(t, w.SpecPath(claimUID))
-	for _, p := range []string{"/dev/nvidia-modeset"} {
+	// The fourth GPU's DRM nodes: card0 is the board's display controller.
+	for _, p := range []string{"/dev/nvidia-modeset", "/dev/dri/card4", "/dev/dri/renderD131"} {
 		if _, ok := nodes[p]; !ok {
 			t.Errorf("no %s: %v", p, nodes)
 		}
