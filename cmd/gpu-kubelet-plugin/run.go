@@ -80,7 +80,7 @@ func (o *runOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.driverRootMount, "driver-root-mount", "", "where this process finds --driver-root: its mount in the plugin's container (the chart mounts it at /driver-root); NVML, nvidia-smi and the MPS control are taken from there, CDI specs name the host paths; empty means --driver-root")
 	fs.StringVar(&o.devRoot, "dev-root", "/", "host root under which /dev/nvidia* are found")
 	fs.StringVar(&o.procRoot, "proc-root", "/", "host root under which /proc is found")
-	fs.StringVar(&o.sysRoot, "sys-root", "/", "host root under which /sys is found, for the GPUs' PCIe root and NUMA node")
+	fs.StringVar(&o.sysRoot, "sys-root", "/", "host root under which /sys is found, for the GPUs' PCIe root and NUMA node, and their DRM nodes")
 	fs.StringVar(&o.httpEndpoint, "http-endpoint", "", "host:port for /metrics, /healthz and /readyz; empty disables it. A port in use (by the plugin being replaced in a roll) is retried until it is free")
 	fs.StringVar(&o.probeSocket, "probe-socket", "", "Unix socket for /healthz, /readyz and /metrics, asked by \"gpu-kubelet-plugin probe\" (the chart's probes: no host port, so two plugins on a node during a roll do not collide); empty disables it")
 	fs.StringVar(&o.podUID, "pod-uid", "", "UID of the plugin's pod (the chart passes it from the downward API): enables rolling updates, in which the next plugin registers with the kubelet under its own socket names while this one serves, and takes the node over from it; empty registers the fixed socket names once the node is owned")
@@ -178,7 +178,7 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 	}
 	defer node.Close()
 	writer, err := cdi.New(cdi.Options{CDIRoot: ro.cdiRoot, DriverRoot: ro.driverRoot, DriverRootMount: ro.driverRootMount,
-		DevRoot: ro.devRoot, ProcRoot: ro.procRoot, Logger: logger})
+		DevRoot: ro.devRoot, ProcRoot: ro.procRoot, SysRoot: ro.sysRoot, Logger: logger})
 	if err != nil {
 		return err
 	}

@@ -152,9 +152,11 @@ func newRootCommand() *cobra.Command {
 			}
 			var minors []int
 			var busIDs []string
+			var addrs []simhost.GPUAddress
 			for _, g := range inv.GPUs {
 				minors = append(minors, g.Minor)
 				busIDs = append(busIDs, g.PCIBusID)
+				addrs = append(addrs, simhost.GPUAddress{Minor: g.Minor, BusID: g.PCIBusID})
 			}
 			lib, err := besideGPUSim(nvmlLib, simhost.NVMLSoname, "pkg/simhost/libnvml/build.sh %s")
 			if err != nil {
@@ -169,6 +171,9 @@ func newRootCommand() *cobra.Command {
 			}
 			sysRoot, err := simhost.CreateSysRoot(hostDir, busIDs)
 			if err != nil {
+				return err
+			}
+			if err := simhost.CreateDRM(hostDir, addrs); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "--driver-root=%s --dev-root=%s --proc-root=%s --sys-root=%s\n", roots.DriverRoot, roots.DevRoot, roots.ProcRoot, sysRoot)

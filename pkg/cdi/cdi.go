@@ -5,9 +5,9 @@
 // device per allocated device. Each device carries its device nodes (the GPU,
 // the driver's control nodes and, for MIG, the capability nodes of its GPU and
 // compute instance) and its environment. The driver's user-space files
-// (libraries and tools, discovered once under the driver root) are mounted by
-// the spec-level edits, which the runtime applies once for any device of the
-// spec. Files are written atomically and validated with the CDI library first.
+// (libraries, tools and configuration, discovered once under the driver root)
+// are mounted by the spec-level edits, which the runtime applies once for any
+// device of the spec, with NVIDIA_VISIBLE_DEVICES=void (see spec.go). Files are written atomically and validated with the CDI library first.
 package cdi
 
 import (
@@ -72,8 +72,12 @@ type Options struct {
 	DevRoot string
 	// ProcRoot is the host root under which /proc/devices and
 	// /proc/driver/nvidia* live: the nvidia-uvm and MIG capability nodes
-	// are numbered from them (see devnodes.go).
+	// are numbered from them (see devnodes.go), and a GPU's PCI bus ID is
+	// read there for its DRM nodes (see drm.go).
 	ProcRoot string
+	// SysRoot is the host root under which /sys lives: a whole GPU's DRM
+	// nodes are named by its PCI device's drm directory there.
+	SysRoot string
 	// RequireLibraries makes New fail when libcuda.so.* or libnvidia-ml.so.*
 	// is not found under DriverRoot. Without it the Writer logs a warning
 	// and containers get the device nodes only (a simulated node may run
@@ -91,7 +95,7 @@ type Device struct {
 	// "gpu-0-mig-1g10gb-3"; it must be a DNS label.
 	Name string
 	// Request is the claim request the device was allocated for. Devices of
-	// the same request share NVIDIA_VISIBLE_DEVICES.
+	// the same request share EnvDeviceUUIDs.
 	Request string
 	// GPUMinor is the minor of /dev/nvidia<minor>: the parent GPU for MIG.
 	GPUMinor int
@@ -176,6 +180,7 @@ func New(opts Options) (*Writer, error) {
 			driverRootWhat, opts.DriverRootMount, strings.Join(files.missing, ", "), strings.Join(driverroot.LibraryDirs, ", "))
 	}
 	w := &Writer{opts: opts, missing: files.missing}
+	w.shared.Env = []string{envNVIDIAVisible + "=" + nvidiaVisibleVoid}
 	w.shared.Mounts = files.mounts
 	hook := "none"
 	if files.hook != nil {
@@ -184,6 +189,10 @@ func New(opts Options) (*Writer, error) {
 	}
 	opts.Logger.Info("Driver files for CDI specs", "driverRoot", opts.DriverRoot,
 		"mounts", len(files.mounts), "sonameLinks", files.links, "ldcacheHook", hook)
+	if len(files.absent) > 0 {
+		opts.Logger.Info("Driver files not found under the driver root: containers do without them",
+			"driverRoot", opts.DriverRoot, "byCapability", files.absent)
+	}
 	if len(files.refused) > 0 {
 		opts.Logger.Info("Warning: driver library links not followed: each must name a library file beside it",
 			"driverRoot", opts.DriverRoot, "links", files.refused)
@@ -192,7 +201,7 @@ func New(opts Options) (*Writer, error) {
 }
 
 // defaultRoots sets opts' empty roots to "/" and checks that the driver
-// root (where this process reads it), the dev root and the proc root are
+// root (where this process reads it), the dev, proc and sys roots are
 // directories.
 func defaultRoots(opts *Options) error {
 	if opts.DriverRoot == "" {
@@ -208,6 +217,7 @@ func defaultRoots(opts *Options) error {
 		{&opts.DriverRootMount, driverRootWhat},
 		{&opts.DevRoot, "dev root (--dev-root)"},
 		{&opts.ProcRoot, "proc root (--proc-root)"},
+		{&opts.SysRoot, "sys root (--sys-root)"},
 	} {
 		if *r.path == "" {
 			*r.path = "/"
@@ -338,7 +348,7 @@ func (w *Writer) WriteClaimSpec(ctx context.Context, claimUID string, devices []
 				"driverRoot", w.opts.DriverRoot, "missing", w.missing)
 		})
 	}
-	spec, err := w.buildSpec(claimUID, devices)
+	spec, err := w.buildSpec(logger, claimUID, devices)
 	if err != nil {
 		return nil, fmt.Errorf("CDI spec of claim %s: %w", claimUID, err)
 	}

@@ -58,11 +58,18 @@ func withInstances(t *testing.T, roots simhost.Roots, gpuMinor int, gis ...simho
 // runtime does, into an empty OCI spec.
 func inject(t *testing.T, w *Writer, ids ...string) *oci.Spec {
 	t.Helper()
+	return injectInto(t, w, nil, ids...)
+}
+
+// injectInto is inject into a spec whose process has the environment env
+// (the image's and the pod's).
+func injectInto(t *testing.T, w *Writer, env []string, ids ...string) *oci.Spec {
+	t.Helper()
 	cache, err := cdiapi.NewCache(cdiapi.WithSpecDirs(w.opts.CDIRoot), cdiapi.WithAutoRefresh(false))
 	if err != nil {
 		t.Fatal(err)
 	}
-	spec := &oci.Spec{Process: &oci.Process{}, Linux: &oci.Linux{}}
+	spec := &oci.Spec{Process: &oci.Process{Env: slices.Clone(env)}, Linux: &oci.Linux{}}
 	if unresolved, err := cache.InjectDevices(spec, ids...); err != nil {
 		t.Fatalf("inject %v: %v (unresolved %v)", ids, err, unresolved)
 	}
@@ -98,10 +105,10 @@ func TestWholeGPUAndMIGSpecs(t *testing.T) {
 	}
 
 	whole := inject(t, w, ids["gpu-1"][0])
-	if got := strings.Join(devicePaths(whole), " "); got != "/dev/nvidia-uvm /dev/nvidia-uvm-tools /dev/nvidia1 /dev/nvidiactl" {
+	if got := strings.Join(devicePaths(whole), " "); got != "/dev/nvidia-modeset /dev/nvidia-uvm /dev/nvidia-uvm-tools /dev/nvidia1 /dev/nvidiactl" {
 		t.Errorf("whole GPU device nodes: %s", got)
 	}
-	if !slices.Contains(whole.Process.Env, "NVIDIA_VISIBLE_DEVICES=GPU-1111,GPU-2222") {
+	if !slices.Contains(whole.Process.Env, "GPU_DRA_DEVICE_UUIDS=GPU-1111,GPU-2222") {
 		t.Errorf("devices of one request share the visible list: %v", whole.Process.Env)
 	}
 	for _, e := range whole.Process.Env {
@@ -134,7 +141,7 @@ func TestWholeGPUAndMIGSpecs(t *testing.T) {
 			t.Errorf("nvidia-uvm-tools %+v, want c %d:1", d, simhost.UVMMajor)
 		}
 	}
-	if !slices.Contains(mig.Process.Env, "NVIDIA_VISIBLE_DEVICES=MIG-3333") || !slices.Contains(mig.Process.Env, "EXTRA=x") {
+	if !slices.Contains(mig.Process.Env, "GPU_DRA_DEVICE_UUIDS=MIG-3333") || !slices.Contains(mig.Process.Env, "EXTRA=x") {
 		t.Errorf("MIG env: %v", mig.Process.Env)
 	}
 }
@@ -143,7 +150,9 @@ func TestWholeGPUAndMIGSpecs(t *testing.T) {
 // variable, so what a container sees named depends on which of the claim's
 // devices it gets, in the kubelet's order (the claim's, or one request's):
 // the last request's devices, never one the container does not get. The
-// device nodes are all there.
+// device nodes are all there. NVIDIA_VISIBLE_DEVICES is "void" whatever the
+// image set (CUDA images set "all"), so that the NVIDIA runtime's legacy
+// hook injects nothing.
 func TestVisibleDevicesOfAContainer(t *testing.T) {
 	w, _ := newWriter(t)
 	devs := []Device{
@@ -156,30 +165,38 @@ func TestVisibleDevicesOfAContainer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	visible := func(s *oci.Spec) string {
+	// value returns the variable's values in s, in order.
+	value := func(s *oci.Spec, name string) []string {
+		var out []string
 		for _, e := range s.Process.Env {
-			if v, ok := strings.CutPrefix(e, "NVIDIA_VISIBLE_DEVICES="); ok {
-				return v
+			if v, ok := strings.CutPrefix(e, name+"="); ok {
+				out = append(out, v)
 			}
 		}
-		return ""
+		return out
 	}
 	for _, tc := range []struct {
-		name    string
-		devices []string
-		want    string
+		name     string
+		imageEnv []string
+		devices  []string
+		want     string
 	}{
-		{"the whole claim", []string{"gpu-0-mig-1g10gb-3", "gpu-0-mig-2g20gb-0", "gpu-1", "gpu-2"}, "GPU-1,GPU-2"},
-		{"request mig-2g", []string{"gpu-0-mig-2g20gb-0"}, "MIG-2"},
-		{"request gpu", []string{"gpu-1", "gpu-2"}, "GPU-1,GPU-2"},
+		{"the whole claim", nil, []string{"gpu-0-mig-1g10gb-3", "gpu-0-mig-2g20gb-0", "gpu-1", "gpu-2"}, "GPU-1,GPU-2"},
+		{"request mig-2g", nil, []string{"gpu-0-mig-2g20gb-0"}, "MIG-2"},
+		{"request gpu", nil, []string{"gpu-1", "gpu-2"}, "GPU-1,GPU-2"},
+		{"a CUDA image's all", []string{"NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_DRIVER_CAPABILITIES=compute,utility"}, []string{"gpu-1"}, "GPU-1,GPU-2"},
+		{"a pod's own list", []string{"NVIDIA_VISIBLE_DEVICES=GPU-9", "GPU_DRA_DEVICE_UUIDS=GPU-9"}, []string{"gpu-0-mig-1g10gb-3"}, "MIG-1"},
 	} {
 		var cdiIDs []string
 		for _, d := range tc.devices {
 			cdiIDs = append(cdiIDs, ids[d]...)
 		}
-		spec := inject(t, w, cdiIDs...)
-		if got := visible(spec); got != tc.want {
-			t.Errorf("%s: NVIDIA_VISIBLE_DEVICES=%s, want %s", tc.name, got, tc.want)
+		spec := injectInto(t, w, tc.imageEnv, cdiIDs...)
+		if got := value(spec, EnvDeviceUUIDs); !slices.Equal(got, []string{tc.want}) {
+			t.Errorf("%s: %s=%v, want %s", tc.name, EnvDeviceUUIDs, got, tc.want)
+		}
+		if got := value(spec, "NVIDIA_VISIBLE_DEVICES"); !slices.Equal(got, []string{"void"}) {
+			t.Errorf("%s: NVIDIA_VISIBLE_DEVICES=%v, want void only", tc.name, got)
 		}
 		for _, e := range spec.Process.Env {
 			if strings.HasPrefix(e, "CUDA_VISIBLE_DEVICES=") {
@@ -202,6 +219,7 @@ func TestBadInputWritesNothing(t *testing.T) {
 		"bad name":             {[]Device{{Name: "GPU_0", Request: "a", UUID: "GPU-1"}}, "device name"},
 		"bad UUID":             {[]Device{{Name: "gpu-0", Request: "a", UUID: "MIG-1"}}, "UUID"},
 		"driver's env":         {[]Device{{Name: "gpu-0", Request: "a", UUID: "GPU-1", Env: map[string]string{"NVIDIA_VISIBLE_DEVICES": "all"}}}, "reserved to the driver"},
+		"device UUIDs env":     {[]Device{{Name: "gpu-0", Request: "a", UUID: "GPU-1", Env: map[string]string{"GPU_DRA_DEVICE_UUIDS": "GPU-2"}}}, "reserved to the driver"},
 		"missing device node":  {[]Device{{Name: "gpu-7", Request: "a", GPUMinor: 7, UUID: "GPU-7"}}, "nvidia7"},
 		"unknown MIG instance": {[]Device{{Name: "gpu-0-mig", Request: "a", UUID: "MIG-1", MIG: &MIGDevice{GIID: 99, CIID: 0}}}, "GPU minor 0 GPU instance 99"},
 	}
@@ -286,7 +304,11 @@ func TestDriverRootReadFromItsMount(t *testing.T) {
 		rel := strings.TrimPrefix(m.HostPath, hostRoot)
 		link := filepath.Dir(rel) == filepath.Dir(m.ContainerPath) &&
 			libraryStem(filepath.Base(rel)) != "" && libraryStem(filepath.Base(rel)) == libraryStem(filepath.Base(m.ContainerPath))
-		if rel != m.ContainerPath && !link {
+		// A configuration file is mounted where loaders look for it.
+		config := slices.ContainsFunc(configFiles, func(c struct{ capability, rel, containerDir string }) bool {
+			return strings.HasSuffix(rel, "/"+c.rel) && m.ContainerPath == c.containerDir+"/"+c.rel
+		})
+		if rel != m.ContainerPath && !link && !config {
 			t.Errorf("mount %s -> %s: not the same path in the container", m.HostPath, m.ContainerPath)
 		}
 	}

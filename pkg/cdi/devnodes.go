@@ -68,7 +68,8 @@ const (
 const uvmNodeMode fs.FileMode = 0o666
 
 // ErrNotLoaded is wrapped by the error of an optional node whose kernel
-// module is not loaded (no line in /proc/devices): specs leave it out.
+// module is not loaded (no line in /proc/devices for nvidia-uvm, no node
+// under the dev root for nvidia-modeset): specs leave it out.
 var ErrNotLoaded = errors.New("kernel module not loaded")
 
 // deviceNode describes the character device at DevRoot+path as it is now.
@@ -175,11 +176,17 @@ func (m majors) get(name string) (int64, error) {
 }
 
 // lookupControlNodes looks up the control nodes every device carries:
-// /dev/nvidiactl under the dev root (required), the nvidia-uvm nodes from
-// the majors (optional: left out while nvidia-uvm is not loaded). It only
-// reads.
+// /dev/nvidiactl under the dev root (required); /dev/nvidia-modeset there
+// too (optional: display, OpenGL and Vulkan use it; the node exists
+// where nvidia-modeset is loaded, and NVIDIA's CDI generator carries it
+// where it exists); the nvidia-uvm nodes from the majors (optional: left
+// out while nvidia-uvm is not loaded). It only reads.
 func (w *Writer) lookupControlNodes(m majors) []NodeLookup {
-	out := []NodeLookup{w.lookup("/dev/nvidiactl", true)}
+	modeset := w.lookup("/dev/nvidia-modeset", false)
+	if errors.Is(modeset.Err, fs.ErrNotExist) {
+		modeset.Err = fmt.Errorf("%w: %w (nvidia-modeset)", modeset.Err, ErrNotLoaded)
+	}
+	out := []NodeLookup{w.lookup("/dev/nvidiactl", true), modeset}
 	for _, n := range []struct {
 		path  string
 		minor int64

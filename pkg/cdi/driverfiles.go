@@ -20,16 +20,88 @@ import (
 // errors.
 const driverRootWhat = "driver root (--driver-root-mount, else --driver-root)"
 
-// libraries are the stems of the driver libraries containers get. A file is
-// taken when its name is a stem, a dot and a version ("libcuda.so.550.54.15").
-var libraries = []string{
-	"libcuda.so", "libnvidia-ml.so", "libnvidia-ptxjitcompiler.so", "libnvidia-nvvm.so",
-	"libcudadebugger.so", "libnvidia-allocator.so", "libnvidia-cfg.so", "libnvidia-gpucomp.so",
-	"libnvidia-opencl.so",
+// Capabilities name groups of the driver's user-space files as
+// NVIDIA_DRIVER_CAPABILITIES names them. Containers get every group,
+// whatever that variable says: NVIDIA's CDI generator
+// (nvidia-container-toolkit pkg/nvcdi) puts every library of the driver's
+// version, the graphics configuration files and the display nodes in its
+// specs, and images written for it (video transcoding with NVENC and
+// NVDEC, EGL or Vulkan rendering, OpenCL) expect them.
+const (
+	capUtility  = "utility"
+	capCompute  = "compute"
+	capVideo    = "video"
+	capGraphics = "graphics"
+	capNGX      = "ngx"
+)
+
+// libraryGroups are the stems of the driver libraries containers get, by
+// capability: libnvidia-container's lists (src/nvc_info.c), with the
+// libraries later drivers added that NVIDIA's CDI generator mounts. A file
+// is taken when its name is a stem, a dot and a version
+// ("libcuda.so.550.54.15"). A list rather than every file of the driver's
+// version, as NVIDIA's generator takes: on a host-installed driver the
+// library directory is the host's, and what containers get stays a list
+// one can review.
+var libraryGroups = []struct {
+	capability string
+	stems      []string
+}{
+	{capUtility, []string{"libnvidia-ml.so", "libnvidia-cfg.so"}},
+	{capCompute, []string{
+		"libcuda.so", "libcudadebugger.so", "libnvidia-ptxjitcompiler.so", "libnvidia-nvvm.so",
+		"libnvidia-gpucomp.so", "libnvidia-allocator.so", "libnvidia-opencl.so",
+		"libnvidia-pkcs11.so", "libnvidia-pkcs11-openssl3.so",
+	}},
+	// NVDEC (libnvcuvid), NVENC (libnvidia-encode), the optical flow
+	// accelerator, and VDPAU, whose driver is in the vdpau directory.
+	{capVideo, []string{"libnvcuvid.so", "libnvidia-encode.so", "libnvidia-opticalflow.so", "libvdpau_nvidia.so"}},
+	// The OpenGL, EGL and Vulkan drivers (GLVND vendor libraries, whose
+	// loaders are the image's) and their cores, frame buffer capture,
+	// ray tracing (OptiX).
+	{capGraphics, []string{
+		"libnvidia-glcore.so", "libnvidia-eglcore.so", "libnvidia-glsi.so", "libnvidia-tls.so",
+		"libGLX_nvidia.so", "libEGL_nvidia.so", "libGLESv2_nvidia.so", "libGLESv1_CM_nvidia.so",
+		"libnvidia-glvkspirv.so", "libnvidia-vulkan-producer.so", "libnvidia-egl-gbm.so",
+		"libnvidia-egl-wayland.so", "libnvidia-fbc.so", "libnvidia-rtcore.so", "libnvoptix.so",
+	}},
+	{capNGX, []string{"libnvidia-ngx.so"}},
 }
 
 // requiredLibraries are the stems without which no CUDA or NVML program runs.
 var requiredLibraries = []string{"libcuda.so", "libnvidia-ml.so"}
+
+// libraryDirs are the directories searched for libraries, relative to the
+// driver root: each of driverroot.LibraryDirs, then its vdpau directory,
+// where VDPAU loads its drivers from.
+func libraryDirs() []string {
+	var out []string
+	for _, d := range driverroot.LibraryDirs {
+		out = append(out, d, path.Join(d, "vdpau"))
+	}
+	return out
+}
+
+// configFiles are the driver's configuration files that loaders look for
+// at fixed paths (the OpenCL ICD loader, GLVND's EGL, Vulkan's): found
+// under the driver root at rel in the first of configDirs that has it,
+// mounted at containerDir/rel, as NVIDIA's CDI generator does.
+var configFiles = []struct {
+	capability, rel, containerDir string
+}{
+	{capCompute, "OpenCL/vendors/nvidia.icd", "/etc"},
+	{capGraphics, "glvnd/egl_vendor.d/10_nvidia.json", "/usr/share"},
+	{capGraphics, "egl/egl_external_platform.d/15_nvidia_gbm.json", "/usr/share"},
+	{capGraphics, "egl/egl_external_platform.d/10_nvidia_wayland.json", "/usr/share"},
+	{capGraphics, "vulkan/icd.d/nvidia_icd.json", "/etc"},
+	{capGraphics, "vulkan/implicit_layer.d/nvidia_layers.json", "/etc"},
+	{capGraphics, "nvidia/nvoptix.bin", "/usr/share"},
+}
+
+// configDirs are where a driver installation keeps configuration files,
+// relative to its root, in the order they are searched: /etc, then the
+// XDG data directories' defaults.
+var configDirs = []string{"etc", "usr/local/share", "usr/share"}
 
 // binDirs and binaries are the driver's tools containers get.
 var (
@@ -57,18 +129,22 @@ var versionPattern = regexp.MustCompile(`^[0-9]+(\.[0-9]+)*$`)
 
 // driverFiles are the driver's user-space files found under the driver root.
 type driverFiles struct {
-	mounts  []*specs.Mount // read-only bind mounts, libraries then tools
+	mounts  []*specs.Mount // read-only bind mounts: libraries, tools, configuration files
 	hook    *specs.Hook    // the ldcache hook, nil without nvidia-cdi-hook or libraries
 	missing []string       // required libraries not found, as "libcuda.so.*"
+	// absent are, by capability, the libraries ("libnvcuvid.so.*") and
+	// configuration files not found: containers do without them.
+	absent map[string][]string
 	// links are the SONAME links mounted, as "dir/libcuda.so.1 links to
 	// libcuda.so.550.54.15"; refused those not followed (see sonameLinks).
 	links, refused []string
 }
 
-// discoverDriverFiles finds the driver's libraries and tools under root,
-// where this process reads the driver root, and gives them the host paths
-// under hostRoot. Only regular files are taken: the version-numbered
-// libraries, never the symlinks beside them. Directories are resolved as
+// discoverDriverFiles finds the driver's libraries, tools and
+// configuration files under root, where this process reads the driver
+// root, and gives them the host paths under hostRoot. What is not found is
+// left out (files.absent), never an error. Only regular files are taken:
+// the version-numbered libraries, never the symlinks beside them. Directories are resolved as
 // the host resolves the mounts' host paths; one reached twice (lib ->
 // usr/lib) is searched once. The libraries' SONAME links are mounted too,
 // as the files they name (see sonameLinks).
@@ -77,7 +153,7 @@ func discoverDriverFiles(root, hostRoot string) (driverFiles, error) {
 	taken := map[string]bool{} // file names mounted
 	var ldDirs []string        // container paths of directories with mounted libraries
 
-	dirs, err := distinctDirs(root, driverroot.LibraryDirs)
+	dirs, err := distinctDirs(root, libraryDirs())
 	if err != nil {
 		return files, err
 	}
@@ -107,6 +183,13 @@ func discoverDriverFiles(root, hostRoot string) (driverFiles, error) {
 			files.missing = append(files.missing, stem+".*")
 		}
 	}
+	for _, g := range libraryGroups {
+		for _, stem := range g.stems {
+			if !hasStem(taken, stem) {
+				files.addAbsent(g.capability, stem+".*")
+			}
+		}
+	}
 
 	dirs, err = distinctDirs(root, binDirs)
 	if err != nil {
@@ -129,6 +212,10 @@ func discoverDriverFiles(root, hostRoot string) (driverFiles, error) {
 		}
 	}
 
+	if err := files.configFiles(root, hostRoot); err != nil {
+		return files, err
+	}
+
 	hook, err := isRegular(filepath.Join(root, cdiHook))
 	if err != nil {
 		return files, err
@@ -141,6 +228,39 @@ func discoverDriverFiles(root, hostRoot string) (driverFiles, error) {
 		files.hook = &specs.Hook{HookName: cdiapi.CreateContainerHook, Path: filepath.Join(hostRoot, cdiHook), Args: args}
 	}
 	return files, nil
+}
+
+// configFiles mounts each of configFiles found as a regular file (not
+// through a link) in a configuration directory of the driver root.
+func (f *driverFiles) configFiles(root, hostRoot string) error {
+	for _, c := range configFiles {
+		found := false
+		for _, dir := range configDirs {
+			rel := path.Join(dir, c.rel)
+			ok, err := isRegular(filepath.Join(root, rel))
+			if err != nil {
+				return err
+			}
+			if ok {
+				m := driverMount(hostRoot, rel)
+				m.ContainerPath = path.Join(c.containerDir, c.rel)
+				f.mounts = append(f.mounts, m)
+				found = true
+				break
+			}
+		}
+		if !found {
+			f.addAbsent(c.capability, c.rel)
+		}
+	}
+	return nil
+}
+
+func (f *driverFiles) addAbsent(capability, what string) {
+	if f.absent == nil {
+		f.absent = map[string][]string{}
+	}
+	f.absent[capability] = append(f.absent[capability], what)
 }
 
 // sonameLinks mounts, for each symlink of dir named as a driver library
@@ -228,9 +348,11 @@ func isDriverLibrary(name string) bool {
 // libraryStem returns the stem of the library name, with a version; ""
 // for any other name.
 func libraryStem(name string) string {
-	for _, stem := range libraries {
-		if v, ok := strings.CutPrefix(name, stem+"."); ok && versionPattern.MatchString(v) {
-			return stem
+	for _, g := range libraryGroups {
+		for _, stem := range g.stems {
+			if v, ok := strings.CutPrefix(name, stem+"."); ok && versionPattern.MatchString(v) {
+				return stem
+			}
 		}
 	}
 	return ""

@@ -196,3 +196,155 @@ func TestSonameLinkSearchOrder(t *testing.T) {
 		t.Errorf("mounts %v, want %v", got, want)
 	}
 }
+
+// TestDriverFilesByCapability: containers get the driver's video and
+// graphics files as NVIDIA's CDI generator gives them (NVENC and NVDEC
+// libraries, the OpenGL, EGL and Vulkan drivers, the loaders'
+// configuration files at the paths the loaders read), from what the
+// driver root has: a missing one is left out and logged, never fatal, and
+// a configuration file is taken from the first directory that has it,
+// never through a link.
+func TestDriverFilesByCapability(t *testing.T) {
+	hostfstest.RequireRoot(t, "the simulated /dev needs root")
+	const (
+		version  = "550.54.15"
+		hostRoot = "/run/nvidia/driver"
+		lib      = "/usr/lib/x86_64-linux-gnu/"
+	)
+	video := []string{
+		lib + "libnvcuvid.so." + version, lib + "libnvcuvid.so.1",
+		lib + "libnvidia-encode.so." + version, lib + "libnvidia-encode.so.1",
+		lib + "libnvidia-opticalflow.so.1", lib + "vdpau/libvdpau_nvidia.so.1",
+	}
+	graphics := []string{
+		lib + "libnvidia-glcore.so." + version, lib + "libnvidia-eglcore.so." + version,
+		lib + "libEGL_nvidia.so.0", lib + "libGLX_nvidia.so.0", lib + "libGLESv2_nvidia.so.2",
+		"/usr/share/glvnd/egl_vendor.d/10_nvidia.json", "/etc/vulkan/icd.d/nvidia_icd.json",
+	}
+	compute := []string{lib + "libcuda.so.1", lib + "libnvidia-opencl.so.1", "/etc/OpenCL/vendors/nvidia.icd"}
+	remove := func(rels ...string) func(t *testing.T, root string) {
+		return func(t *testing.T, root string) {
+			for _, rel := range rels {
+				if err := os.Remove(filepath.Join(root, rel)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	for _, tc := range []struct {
+		name   string
+		change func(t *testing.T, root string)
+		want   []string          // container paths mounted
+		absent []string          // container paths not mounted
+		from   map[string]string // container path -> host path, for those that move
+		logged []string          // in the start-up log's line of what is left out
+	}{
+		{name: "complete installation", want: slices.Concat(video, graphics, compute)},
+		{
+			name:   "a headless driver: no graphics libraries nor their configuration",
+			change: remove(libPath("libEGL_nvidia.so."+version), libPath("libEGL_nvidia.so.0"), "usr/share/vulkan/icd.d/nvidia_icd.json"),
+			want:   slices.Concat(video, compute),
+			absent: []string{lib + "libEGL_nvidia.so.0", lib + "libEGL_nvidia.so." + version, "/etc/vulkan/icd.d/nvidia_icd.json"},
+			logged: []string{"libEGL_nvidia.so.*", "vulkan/icd.d/nvidia_icd.json"},
+		},
+		{
+			name:   "no video libraries",
+			change: remove(libPath("libnvcuvid.so."+version), libPath("libnvidia-encode.so."+version)),
+			want:   slices.Concat(graphics, compute),
+			absent: []string{lib + "libnvcuvid.so." + version, lib + "libnvcuvid.so.1", lib + "libnvidia-encode.so.1"},
+			logged: []string{"libnvcuvid.so.*", "libnvidia-encode.so.*"},
+		},
+		{
+			name: "a Vulkan ICD in /etc is taken before usr/share's",
+			change: func(t *testing.T, root string) {
+				writeFile(t, filepath.Join(root, "etc/vulkan/icd.d/nvidia_icd.json"), "{}\n")
+			},
+			want: graphics,
+			from: map[string]string{"/etc/vulkan/icd.d/nvidia_icd.json": hostRoot + "/etc/vulkan/icd.d/nvidia_icd.json"},
+		},
+		{
+			name: "a configuration file that is a link is not followed",
+			change: func(t *testing.T, root string) {
+				p := filepath.Join(root, "usr/share/glvnd/egl_vendor.d/10_nvidia.json")
+				if err := os.Remove(p); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Symlink("/etc/shadow", p); err != nil {
+					t.Fatal(err)
+				}
+			},
+			absent: []string{"/usr/share/glvnd/egl_vendor.d/10_nvidia.json"},
+			logged: []string{"glvnd/egl_vendor.d/10_nvidia.json"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			roots, err := simhost.Create(filepath.Join(t.TempDir(), "host"), []int{0}, version, simhosttest.Tools(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.change != nil {
+				tc.change(t, roots.DriverRoot)
+			}
+			var log bytes.Buffer
+			w, err := New(Options{CDIRoot: filepath.Join(t.TempDir(), "cdi"), DriverRoot: hostRoot, DriverRootMount: roots.DriverRoot,
+				DevRoot: roots.DevRoot, ProcRoot: roots.ProcRoot, RequireLibraries: true,
+				Logger: textlogger.NewLogger(textlogger.NewConfig(textlogger.Output(&log)))})
+			if err != nil {
+				t.Fatalf("a driver root without some capability's files: %v", err)
+			}
+			ids, err := w.WriteClaimSpec(context.Background(), uid, []Device{{Name: "gpu-0", Request: "a", UUID: "GPU-0"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			mounted := map[string]string{} // container path -> host path
+			for _, m := range inject(t, w, ids["gpu-0"]...).Mounts {
+				mounted[m.Destination] = m.Source
+			}
+			for _, p := range tc.want {
+				if _, ok := mounted[p]; !ok {
+					t.Errorf("%s not mounted", p)
+				}
+			}
+			for _, p := range tc.absent {
+				if src, ok := mounted[p]; ok {
+					t.Errorf("%s mounted from %s, want it left out", p, src)
+				}
+			}
+			for p, want := range tc.from {
+				if got := mounted[p]; got != want {
+					t.Errorf("%s mounted from %q, want %s", p, got, want)
+				}
+			}
+			var leftOut string
+			for _, line := range strings.Split(log.String(), "\n") {
+				if strings.Contains(line, "Driver files not found") {
+					leftOut = line
+				}
+			}
+			if (leftOut != "") != (len(tc.logged) > 0) {
+				t.Errorf("left-out files logged %q, want %v:\n%s", leftOut, tc.logged, log.String())
+			}
+			for _, want := range tc.logged {
+				if !strings.Contains(leftOut, want) {
+					t.Errorf("the log of left-out files lacks %s: %s", want, leftOut)
+				}
+			}
+		})
+	}
+}
+
+// libPath is the path of a library file of the simulated driver root,
+// relative to it.
+func libPath(name string) string {
+	return simhost.LibraryDir + "/" + name
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}

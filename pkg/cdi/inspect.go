@@ -30,6 +30,21 @@ type DriverFiles struct {
 	// "libcuda.so.*": New then fails under RequireLibraries, and otherwise
 	// specs give containers the device nodes only (the plugin warns).
 	MissingLibraries []string
+	// Absent are, by capability ("video", "graphics", ...), the libraries
+	// ("libnvcuvid.so.*") and configuration files not found under the
+	// driver root, which specs leave out.
+	Absent map[string][]string
+}
+
+// IsConfigMount reports whether m mounts one of the driver's
+// configuration files (an ICD or vendor file a loader reads).
+func IsConfigMount(m *specs.Mount) bool {
+	for _, c := range configFiles {
+		if m.ContainerPath == c.containerDir+"/"+c.rel {
+			return true
+		}
+	}
+	return false
 }
 
 // NewInspector checks the roots of opts as New does; it ignores CDIRoot
@@ -48,7 +63,7 @@ func (in *Inspector) DriverFiles() (DriverFiles, error) {
 	if err != nil {
 		return DriverFiles{}, err
 	}
-	return DriverFiles{Mounts: files.mounts, Hook: files.hook, MissingLibraries: files.missing}, nil
+	return DriverFiles{Mounts: files.mounts, Hook: files.hook, MissingLibraries: files.missing, Absent: files.absent}, nil
 }
 
 // ControlNodes looks up the driver's control nodes every device carries.

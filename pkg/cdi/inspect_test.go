@@ -29,7 +29,15 @@ func TestInspector(t *testing.T) {
 		wantGPU0    string // "ok" or "error"
 		wantCap     string // gpu0/gi1/ci0: "ok" or "error"
 	}{
-		{name: "complete host", wantControl: []string{"ok", "ok", "ok"}, wantGPU0: "ok", wantCap: "ok"},
+		{name: "complete host", wantControl: []string{"ok", "ok", "ok", "ok"}, wantGPU0: "ok", wantCap: "ok"},
+		{
+			// nvidia-modeset not loaded, as on many compute nodes.
+			name: "no nvidia-modeset node",
+			breakHost: func(t *testing.T, r simhost.Roots) {
+				remove(t, filepath.Join(r.DevRoot, "dev/nvidia-modeset"))
+			},
+			wantControl: []string{"ok", "left out", "ok", "ok"}, wantGPU0: "ok", wantCap: "ok",
+		},
 		{
 			name: "nvidia-uvm not loaded, no libcuda",
 			breakHost: func(t *testing.T, r simhost.Roots) {
@@ -37,7 +45,7 @@ func TestInspector(t *testing.T) {
 				remove(t, filepath.Join(r.DriverRoot, "usr/lib/x86_64-linux-gnu/libcuda.so.550.54.15"))
 			},
 			wantMissing: []string{"libcuda.so.*"},
-			wantControl: []string{"ok", "left out", "left out"}, wantGPU0: "ok", wantCap: "ok",
+			wantControl: []string{"ok", "ok", "left out", "left out"}, wantGPU0: "ok", wantCap: "ok",
 		},
 		{
 			// Loaded after the plugin's /dev was copied: numbered from
@@ -47,7 +55,7 @@ func TestInspector(t *testing.T) {
 				remove(t, filepath.Join(r.DevRoot, "dev/nvidia-uvm"))
 				remove(t, filepath.Join(r.DevRoot, "dev/nvidia-uvm-tools"))
 			},
-			wantControl: []string{"ok", "ok", "ok"}, wantGPU0: "ok", wantCap: "ok",
+			wantControl: []string{"ok", "ok", "ok", "ok"}, wantGPU0: "ok", wantCap: "ok",
 		},
 		{
 			name: "no nvidiactl, no GPU node, a compute instance's access file disagrees",
@@ -59,14 +67,14 @@ func TestInspector(t *testing.T) {
 					t.Fatal(err)
 				}
 			},
-			wantControl: []string{"error", "ok", "ok"}, wantGPU0: "error", wantCap: "error",
+			wantControl: []string{"error", "ok", "ok", "ok"}, wantGPU0: "error", wantCap: "error",
 		},
 		{
 			name: "no /proc/devices",
 			breakHost: func(t *testing.T, r simhost.Roots) {
 				remove(t, filepath.Join(r.ProcRoot, ProcDevicesFile))
 			},
-			wantControl: []string{"ok", "error", "error"}, wantGPU0: "ok", wantCap: "error",
+			wantControl: []string{"ok", "ok", "error", "error"}, wantGPU0: "ok", wantCap: "error",
 		},
 	}
 	for _, tc := range cases {

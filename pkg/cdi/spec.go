@@ -9,26 +9,45 @@ import (
 	"strings"
 
 	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/klog/v2"
 	specs "tags.cncf.io/container-device-interface/specs-go"
 )
 
-// envNVIDIAVisible names the devices of a device's request by UUID, for
-// the NVIDIA container runtime and for tools. Which devices a container may
-// use is set by the device nodes it gets, not by variables, and the runtime
-// keeps the last value of a variable: a container of several requests or
-// claims sees the last one's devices named. CUDA_VISIBLE_DEVICES is left
-// alone, as its value would hide the container's other devices from CUDA;
-// the variable never names a device of another request, which a runtime
-// reading it would inject.
-const envNVIDIAVisible = "NVIDIA_VISIBLE_DEVICES"
-
-// envCUDAVisible is reserved: a device's Env may not set it either.
-const envCUDAVisible = "CUDA_VISIBLE_DEVICES"
+// Environment the specs set.
+//
+// NVIDIA_VISIBLE_DEVICES is "void" in every spec: the variable is the
+// request of the NVIDIA container runtime in its legacy mode (the default
+// runtime of many GPU nodes), whose hook would otherwise inject the
+// devices it names a second time, or every GPU of the node for "all",
+// which CUDA images set. "void" makes that hook leave the container alone
+// (nvidia-container-toolkit's image.CUDA.devicesFromEnvvars; its CDI
+// generator, nvcdi, and NVIDIA's DRA driver set the same). A spec's
+// environment replaces the image's and the pod's value of a variable.
+//
+// EnvDeviceUUIDs names the devices of a device's request by UUID, for
+// programs and people that want to know which devices they were given.
+// Which devices a container may use is set by the device nodes it gets,
+// not by variables, and the runtime keeps the last value of a variable: a
+// container of several requests or claims sees the last one's devices
+// named. CUDA_VISIBLE_DEVICES is left alone, as its value would hide the
+// container's other devices from CUDA.
+const (
+	envNVIDIAVisible = "NVIDIA_VISIBLE_DEVICES"
+	// nvidiaVisibleVoid is envNVIDIAVisible's value in every spec.
+	nvidiaVisibleVoid = "void"
+	// EnvDeviceUUIDs is the variable that names, comma-separated, the
+	// UUIDs ("GPU-…" or "MIG-…") of the devices of the container's
+	// request.
+	EnvDeviceUUIDs = "GPU_DRA_DEVICE_UUIDS"
+	// envCUDAVisible is reserved: a device's Env may not set it either.
+	envCUDAVisible = "CUDA_VISIBLE_DEVICES"
+)
 
 // buildSpec returns the spec of a claim. Devices are sorted by name so the
 // file does not depend on the caller's order. The version is the lowest the
-// CDI library accepts for the features used.
-func (w *Writer) buildSpec(claimUID string, devices []Device) (*specs.Spec, error) {
+// CDI library accepts for the features used. DRM nodes that cannot be
+// given are left out and logged.
+func (w *Writer) buildSpec(logger klog.Logger, claimUID string, devices []Device) (*specs.Spec, error) {
 	if err := validateClaimUID(claimUID); err != nil {
 		return nil, err
 	}
@@ -63,6 +82,13 @@ func (w *Writer) buildSpec(claimUID string, devices []Device) (*specs.Spec, erro
 			return nil, fmt.Errorf("device %s: %w", d.Name, err)
 		}
 		nodes := append([]*specs.DeviceNode{gpu}, control...)
+		if d.MIG == nil {
+			drm, problems := w.drmNodes(d.GPUMinor)
+			if len(problems) > 0 {
+				logger.Info("Warning: DRM nodes left out of the device", "device", d.Name, "problems", problems)
+			}
+			nodes = append(nodes, drm...)
+		}
 		if d.MIG != nil {
 			if migMinors == nil {
 				if migMinors, err = ParseMIGMinors(w.migMinorsPath()); err != nil {
@@ -75,7 +101,7 @@ func (w *Writer) buildSpec(claimUID string, devices []Device) (*specs.Spec, erro
 			}
 			nodes = append(nodes, caps...)
 		}
-		env := []string{envNVIDIAVisible + "=" + strings.Join(visible[d.Request], ",")}
+		env := []string{EnvDeviceUUIDs + "=" + strings.Join(visible[d.Request], ",")}
 		for _, k := range slices.Sorted(maps.Keys(d.Env)) {
 			env = append(env, k+"="+d.Env[k])
 		}
@@ -119,7 +145,7 @@ func validateDevice(d Device) error {
 		if k == "" || strings.Contains(k, "=") {
 			return fmt.Errorf("device %s: invalid environment variable name %q", d.Name, k)
 		}
-		if k == envNVIDIAVisible || k == envCUDAVisible {
+		if k == envNVIDIAVisible || k == EnvDeviceUUIDs || k == envCUDAVisible {
 			return fmt.Errorf("device %s: environment variable %s is reserved to the driver", d.Name, k)
 		}
 	}

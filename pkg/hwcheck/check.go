@@ -14,8 +14,10 @@ package hwcheck
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path"
+	"slices"
 	"sort"
 	"strings"
 
@@ -394,15 +396,18 @@ func (c *checker) checkDriverFiles(in *cdi.Inspector, s *Section) {
 		s.add(Fail, "discovery", "%v", err)
 		return
 	}
-	var libs, tools []string
+	var libs, tools, configs []string
 	for _, m := range df.Mounts {
 		line := m.HostPath
 		if m.ContainerPath != m.HostPath {
 			line += " -> " + m.ContainerPath
 		}
-		if strings.Contains(path.Base(m.ContainerPath), ".so.") {
+		switch {
+		case cdi.IsConfigMount(m):
+			configs = append(configs, line)
+		case strings.Contains(path.Base(m.ContainerPath), ".so."):
 			libs = append(libs, line)
-		} else {
+		default:
 			tools = append(tools, line)
 		}
 	}
@@ -412,6 +417,18 @@ func (c *checker) checkDriverFiles(in *cdi.Inspector, s *Section) {
 	} else {
 		it := s.add(Pass, "libraries", "%d mounted read-only", len(libs))
 		it.Details = libs
+	}
+	it := s.add(Pass, "configuration", "%d loader configuration files mounted read-only", len(configs))
+	it.Details = configs
+	if len(df.Absent) > 0 {
+		// A headless driver has no graphics files: not an error, but
+		// images that expect them (NVENC, EGL, Vulkan) fail here.
+		var details []string
+		for _, capability := range slices.Sorted(maps.Keys(df.Absent)) {
+			details = append(details, capability+": "+strings.Join(df.Absent[capability], ", "))
+		}
+		it := s.add(Pass, "left out", "not under the driver root, specs leave them out: %s", strings.Join(slices.Sorted(maps.Keys(df.Absent)), ", "))
+		it.Details = details
 	}
 	if len(tools) == 0 {
 		s.add(Warn, "tools", "none of the driver's tools found: containers get no nvidia-smi")

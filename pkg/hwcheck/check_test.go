@@ -66,7 +66,10 @@ func TestRun(t *testing.T) {
 				{"GPU 0", "MIG profile 3g.40gb", Pass, "none of this profile exists"},
 				{"GPU 0", "published devices", Pass, "gpu-0-shared"},
 				{"Driver files (CDI)", "libraries", Pass, "libnvidia-ml.so.550.54.15"},
+				{"Driver files (CDI)", "libraries", Pass, "/usr/lib/x86_64-linux-gnu/libnvidia-encode.so.1"},
+				{"Driver files (CDI)", "configuration", Pass, "-> /etc/vulkan/icd.d/nvidia_icd.json"},
 				{"Device nodes (CDI)", "/dev/nvidia7", Pass, "c 1:3"},
+				{"Device nodes (CDI)", "/dev/nvidia-modeset", Pass, "c 1:3"},
 				{"Tools", "nvidia-smi", Pass, "not run"},
 			},
 		},
@@ -95,6 +98,22 @@ func TestRun(t *testing.T) {
 				{"Device nodes (CDI)", "/dev/nvidia4", Pass, ""},
 			},
 			wantOtherGPUs: []int{0, 1, 2, 4, 5, 6, 7},
+		},
+		{
+			// A headless driver: no graphics libraries nor the Vulkan
+			// ICD; specs leave them out, the node still serves.
+			name: "no graphics files",
+			setup: func(t *testing.T, _ *sim.Node, r simhost.Roots) {
+				for _, f := range []string{"usr/lib/x86_64-linux-gnu/libEGL_nvidia.so.550.54.15", "usr/share/vulkan/icd.d/nvidia_icd.json"} {
+					if err := os.Remove(filepath.Join(r.DriverRoot, f)); err != nil {
+						t.Fatal(err)
+					}
+				}
+			},
+			want: []want{
+				{"Driver files (CDI)", "left out", Pass, "graphics: libEGL_nvidia.so.*, vulkan/icd.d/nvidia_icd.json"},
+				{"Driver files (CDI)", "libraries", Pass, "libnvcuvid.so.1"},
+			},
 		},
 		{
 			name: "MIG mode change pending a reset",

@@ -94,7 +94,7 @@ func TestSharesOfOneGPU(t *testing.T) {
 		t.Errorf("%d daemons started, want 2:\n%s", n, log)
 	}
 	for c, want := range map[*resourceapi.ResourceClaim][]string{
-		a: {"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=20480M", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25", "NVIDIA_VISIBLE_DEVICES=" + gpu0, f.mps.PipeDir(keyA)},
+		a: {"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=20480M", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25", "GPU_DRA_DEVICE_UUIDS=" + gpu0, f.mps.PipeDir(keyA)},
 		b: {"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=40960M", "CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps", f.mps.PipeDir(keyB)},
 	} {
 		spec := f.spec(c)

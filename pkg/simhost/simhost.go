@@ -91,29 +91,108 @@ func MIGMinors(gpuMinors []int) []MIGMinor {
 	return out
 }
 
+// driverLibraries are the libraries the simulated driver root holds, laid
+// out as NVIDIA's installer lays them out on Debian-like hosts: the file
+// <stem>.<version> in the library directory (VDPAU's in its vdpau
+// directory), and, where the library has a SONAME, a link of that name to
+// it. The EGL platform libraries carry their own versions, not the
+// driver's (version). Placeholders: only libnvidia-ml is a library
+// (InstallNVML). They are the compute, utility, video, graphics and NGX
+// libraries of NVIDIA's data center driver 550, which a container of a
+// real node gets, so that the production path mounts them as it would.
+var driverLibraries = []struct{ dir, stem, soname, version string }{
+	{"", "libcuda.so", "libcuda.so.1", ""},
+	{"", "libcudadebugger.so", "libcudadebugger.so.1", ""},
+	{"", "libnvidia-pkcs11.so", "", ""},
+	{"", "libnvidia-pkcs11-openssl3.so", "", ""},
+	{"", "libnvidia-ml.so", "libnvidia-ml.so.1", ""},
+	{"", "libnvidia-ptxjitcompiler.so", "libnvidia-ptxjitcompiler.so.1", ""},
+	{"", "libnvidia-nvvm.so", "libnvidia-nvvm.so.4", ""},
+	{"", "libnvidia-opencl.so", "libnvidia-opencl.so.1", ""},
+	{"", "libnvidia-cfg.so", "libnvidia-cfg.so.1", ""},
+	{"", "libnvidia-gpucomp.so", "", ""},
+	{"", "libnvidia-allocator.so", "libnvidia-allocator.so.1", ""},
+	{"", "libnvcuvid.so", "libnvcuvid.so.1", ""},
+	{"", "libnvidia-encode.so", "libnvidia-encode.so.1", ""},
+	{"", "libnvidia-opticalflow.so", "libnvidia-opticalflow.so.1", ""},
+	{"vdpau", "libvdpau_nvidia.so", "libvdpau_nvidia.so.1", ""},
+	{"", "libnvidia-glcore.so", "", ""},
+	{"", "libnvidia-eglcore.so", "", ""},
+	{"", "libnvidia-glsi.so", "", ""},
+	{"", "libnvidia-tls.so", "", ""},
+	{"", "libEGL_nvidia.so", "libEGL_nvidia.so.0", ""},
+	{"", "libGLX_nvidia.so", "libGLX_nvidia.so.0", ""},
+	{"", "libGLESv2_nvidia.so", "libGLESv2_nvidia.so.2", ""},
+	{"", "libGLESv1_CM_nvidia.so", "libGLESv1_CM_nvidia.so.1", ""},
+	{"", "libnvidia-glvkspirv.so", "", ""},
+	{"", "libnvidia-vulkan-producer.so", "", ""},
+	{"", "libnvidia-egl-gbm.so", "libnvidia-egl-gbm.so.1", "1.1.1"},
+	{"", "libnvidia-egl-wayland.so", "libnvidia-egl-wayland.so.1", "1.1.13"},
+	{"", "libnvidia-fbc.so", "libnvidia-fbc.so.1", ""},
+	{"", "libnvidia-rtcore.so", "", ""},
+	{"", "libnvoptix.so", "libnvoptix.so.1", ""},
+	{"", "libnvidia-ngx.so", "libnvidia-ngx.so.1", ""},
+}
+
+// driverConfigFiles are the configuration files of the simulated driver
+// root, relative to it, with their contents: where NVIDIA's packages put
+// the OpenCL ICD, the EGL vendor file and the Vulkan ICD.
+var driverConfigFiles = []struct{ rel, content string }{
+	{"etc/OpenCL/vendors/nvidia.icd", "libnvidia-opencl.so.1\n"},
+	{"usr/share/glvnd/egl_vendor.d/10_nvidia.json", `{"file_format_version": "1.0.0", "ICD": {"library_path": "libEGL_nvidia.so.0"}}` + "\n"},
+	{"usr/share/vulkan/icd.d/nvidia_icd.json", `{"file_format_version": "1.0.0", "ICD": {"library_path": "libGLX_nvidia.so.0", "api_version": "1.3.277"}}` + "\n"},
+	{"usr/share/vulkan/implicit_layer.d/nvidia_layers.json", `{"file_format_version": "1.0.0", "layer": {"name": "VK_LAYER_NV_optimus", "library_path": "libGLX_nvidia.so.0"}}` + "\n"},
+	{"usr/share/egl/egl_external_platform.d/15_nvidia_gbm.json", `{"file_format_version": "1.0.0", "ICD": {"library_path": "libnvidia-egl-gbm.so.1"}}` + "\n"},
+	{"usr/share/egl/egl_external_platform.d/10_nvidia_wayland.json", `{"file_format_version": "1.0.0", "ICD": {"library_path": "libnvidia-egl-wayland.so.1"}}` + "\n"},
+	{"usr/share/nvidia/nvoptix.bin", "simulated OptiX data: not NVIDIA's\n"},
+}
+
+// LibraryDir is the simulated driver root's library directory, relative
+// to it.
+const LibraryDir = "usr/lib/x86_64-linux-gnu"
+
 func makeDriverRoot(root, version, tools string) error {
-	lib := filepath.Join(root, "usr/lib/x86_64-linux-gnu")
+	lib := filepath.Join(root, LibraryDir)
 	bin := filepath.Join(root, "usr/bin")
-	for _, d := range []string{lib, bin} {
+	for _, d := range []string{lib, filepath.Join(lib, "vdpau"), bin} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return fmt.Errorf("create simulated driver root: %w", err)
 		}
 	}
-	for _, name := range []string{"libcuda.so", "libnvidia-ml.so", "libnvidia-ptxjitcompiler.so"} {
-		file := name + "." + version
-		content := fmt.Sprintf("simulated %s of NVIDIA driver %s: not a real library\n", name, version)
-		if err := writeFile(filepath.Join(lib, file), content, 0o644); err != nil {
+	for _, l := range driverLibraries {
+		dir := filepath.Join(lib, l.dir)
+		v := version
+		if l.version != "" {
+			v = l.version
+		}
+		content := fmt.Sprintf("simulated %s of NVIDIA driver %s: not a real library\n", l.stem, version)
+		if err := writeFile(filepath.Join(dir, l.stem+"."+v), content, 0o644); err != nil {
 			return err
 		}
-		link := filepath.Join(lib, name+".1")
-		if err := os.Remove(link); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("create simulated driver root: %w", err)
+		if l.soname == "" {
+			continue
 		}
-		if err := os.Symlink(file, link); err != nil {
+		if err := symlinkTo(l.stem+"."+v, filepath.Join(dir, l.soname)); err != nil {
 			return fmt.Errorf("create simulated driver root: %w", err)
 		}
 	}
+	for _, c := range driverConfigFiles {
+		if err := writeFile(filepath.Join(root, c.rel), c.content, 0o644); err != nil {
+			return err
+		}
+	}
 	return simtools.Install(tools, bin, version)
+}
+
+// symlinkTo makes link point to target, replacing what is there.
+func symlinkTo(target, link string) error {
+	if old, err := os.Readlink(link); err == nil && old == target {
+		return nil
+	}
+	if err := os.Remove(link); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return os.Symlink(target, link)
 }
 
 // NVMLSoname is the name NVIDIA's NVML library is loaded by.
@@ -131,7 +210,7 @@ func InstallNVML(driverRoot, lib, driverVersion string) error {
 	if err != nil {
 		return fmt.Errorf("simulated NVML library: %w (build it with: pkg/simhost/libnvml/build.sh bin/%s)", err, NVMLSoname)
 	}
-	dir := filepath.Join(driverRoot, "usr/lib/x86_64-linux-gnu")
+	dir := filepath.Join(driverRoot, LibraryDir)
 	file := "libnvidia-ml.so." + driverVersion
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("install simulated NVML library: %w", err)
@@ -179,7 +258,7 @@ func makeDevRoot(root string, gpuMinors []int, table []MIGMinor) error {
 	if err := os.MkdirAll(filepath.Join(dev, "nvidia-caps"), 0o755); err != nil {
 		return fmt.Errorf("create simulated /dev: %w", err)
 	}
-	nodes := []string{"nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"}
+	nodes := []string{"nvidiactl", "nvidia-modeset", "nvidia-uvm", "nvidia-uvm-tools"}
 	for _, m := range gpuMinors {
 		nodes = append(nodes, fmt.Sprintf("nvidia%d", m))
 	}

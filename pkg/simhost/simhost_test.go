@@ -156,7 +156,7 @@ func TestTools(t *testing.T) {
 		return string(out)
 	}
 
-	if out := output(0, "", smi, []string{"NVIDIA_VISIBLE_DEVICES=GPU-a"}); out != "nvidia-smi (simulated NVIDIA driver 550.54.15)\nNVIDIA_VISIBLE_DEVICES=GPU-a\n" {
+	if out := output(0, "", smi, []string{"GPU_DRA_DEVICE_UUIDS=GPU-a"}); out != "nvidia-smi (simulated NVIDIA driver 550.54.15)\nGPU_DRA_DEVICE_UUIDS=GPU-a\n" {
 		t.Errorf("nvidia-smi: %q", out)
 	}
 	if out := output(0, "", smi, nil, "compute-policy", "-i", "GPU-a", "--set-timeslice", "3"); out != "Set time slice of GPU GPU-a to 3\n" {

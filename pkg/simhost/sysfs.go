@@ -117,3 +117,50 @@ func symlink(target, link string) error {
 	}
 	return nil
 }
+
+// GPUAddress is a GPU's minor and PCI bus ID.
+type GPUAddress struct {
+	Minor int
+	BusID string // as gpu.GPU.PCIBusID
+}
+
+// CreateDRM lays out in dir (as Create and CreateSysRoot made it) what
+// the kernel shows of the GPUs' DRM nodes where nvidia-drm is loaded: the
+// driver's information file of each GPU,
+// proc/proc/driver/nvidia/gpus/<busID>/information ("Device Minor", "Bus
+// Location"); the PCI device's drm/card<N> and drm/renderD<128+i>
+// directories under sys/sys/bus/pci/devices/<busID>; and the nodes
+// dev/dev/dri/card<N> and renderD<128+i> (1:3, as Create's). card0 is the
+// board's display controller, as on a DGX, so a GPU's card number is not
+// its minor: the i-th GPU's is card<i+1>.
+func CreateDRM(dir string, gpus []GPUAddress) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return fmt.Errorf("simulated host directory: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Join(abs, "dev/dev/dri"), 0o755); err != nil {
+		return fmt.Errorf("create simulated /dev/dri: %w", err)
+	}
+	for i, g := range gpus {
+		if _, _, err := splitBusID(g.BusID); err != nil {
+			return err
+		}
+		info := fmt.Sprintf("Model: \t\t simulated\nBus Type: \t PCIe\nBus Location: \t %s\nDevice Minor: \t %d\nGPU Excluded:\t No\n", g.BusID, g.Minor)
+		if err := writeFile(filepath.Join(abs, "proc/proc/driver/nvidia/gpus", g.BusID, "information"), info, 0o444); err != nil {
+			return err
+		}
+		device, err := filepath.EvalSymlinks(filepath.Join(abs, "sys/sys/bus/pci/devices", g.BusID))
+		if err != nil {
+			return fmt.Errorf("simulated DRM nodes: the PCI device of GPU %s (make the sys root first): %w", g.BusID, err)
+		}
+		for _, name := range []string{fmt.Sprintf("card%d", i+1), fmt.Sprintf("renderD%d", 128+i)} {
+			if err := os.MkdirAll(filepath.Join(device, "drm", name), 0o755); err != nil {
+				return fmt.Errorf("create simulated sysfs: %w", err)
+			}
+			if err := mknodNull(filepath.Join(abs, "dev/dev/dri", name)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

@@ -62,7 +62,7 @@ report() {
 		[[ -n $claim ]] || claim=$(kubectl get pod -n "$ns" "$pod" -o jsonpath='{.spec.resourceClaims[0].resourceClaimName}')
 		dev=$(kubectl get resourceclaim -n "$ns" "$claim" -o jsonpath='{.status.allocation.devices.results[0].device}')
 		req=$(kubectl get resourceclaim -n "$ns" "$claim" -o jsonpath='{.status.allocation.devices.results[0].request}')
-		saw=$(kubectl logs -n "$ns" "$pod" | grep -m1 NVIDIA_VISIBLE_DEVICES || true)
+		saw=$(kubectl logs -n "$ns" "$pod" | grep -m1 GPU_DRA_DEVICE_UUIDS || true)
 		printf '  %-22s %-10s %-24s %-10s %s\n' "$ns/$pod" "$node" "$dev" "$req" "$saw"
 	done < <(kubectl get pods -A -l app=gpu-demo -o jsonpath='{range .items[*]}{.metadata.namespace}{" "}{.metadata.name}{" "}{.spec.nodeName}{"\n"}{end}')
 	for ((i = 0; i < nodes; i++)); do

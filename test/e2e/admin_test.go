@@ -34,7 +34,7 @@ spec:
   - name: ctr
     image: busybox:local
     imagePullPolicy: Never
-    command: ["sh", "-c", "echo NVIDIA_VISIBLE_DEVICES=$NVIDIA_VISIBLE_DEVICES; sleep 3600"]
+    command: ["sh", "-c", "echo GPU_DRA_DEVICE_UUIDS=$GPU_DRA_DEVICE_UUIDS; sleep 3600"]
     resources: {claims: [{name: gpu}]}
   resourceClaims: [{name: gpu, resourceClaimName: %s}]
 `, name, admin, name, name)
@@ -47,13 +47,13 @@ metadata:
 `+pinned("monitor", true))
 	waitPodRunning(t, ns, "monitor")
 	uuid := gpuUUIDs(t)["gpu-7"]
-	podLogs(t, ns, "monitor", "NVIDIA_VISIBLE_DEVICES="+uuid)
+	podLogs(t, ns, "monitor", "GPU_DRA_DEVICE_UUIDS="+uuid)
 
 	start := time.Now()
 	applyYAML(t, pinned("user", false))
 	waitPodRunning(t, ns, "user")
 	took := time.Since(start)
-	podLogs(t, ns, "user", "NVIDIA_VISIBLE_DEVICES="+uuid)
+	podLogs(t, ns, "user", "GPU_DRA_DEVICE_UUIDS="+uuid)
 	evs, err := client.CoreV1().Events(ns).List(ctx(), metav1.ListOptions{FieldSelector: "involvedObject.name=user,reason=FailedPrepareDynamicResources"})
 	if err != nil {
 		t.Fatal(err)

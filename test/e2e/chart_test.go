@@ -158,7 +158,7 @@ spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nv
 `+claimPod(podNS, "on-chart-driver", "one-gpu"))
 	pod := waitPodRunning(t, podNS, "on-chart-driver")
 	dev := claimOf(t, pod, "gpu").Status.Allocation.Devices.Results[0].Device
-	podLogs(t, podNS, "on-chart-driver", "NVIDIA_VISIBLE_DEVICES="+gpuUUIDs(t)[dev])
+	podLogs(t, podNS, "on-chart-driver", "GPU_DRA_DEVICE_UUIDS="+gpuUUIDs(t)[dev])
 	kubectl(t, "delete", "pod", "-n", podNS, "on-chart-driver", "--wait=true")
 	eventually(t, 60*time.Second, "the claim unprepared by the chart's plugin", func() (bool, error) {
 		return len(cdiSpecs(t)) == 0, fmt.Errorf("%d CDI specs", len(cdiSpecs(t)))

@@ -51,7 +51,7 @@ spec:
   - name: ctr
     image: busybox:local
     imagePullPolicy: Never
-    command: ["sh", "-c", "env | grep NVIDIA_VISIBLE_DEVICES; sleep 86400"]
+    command: ["sh", "-c", "env | grep GPU_DRA_DEVICE_UUIDS; sleep 86400"]
     resources:
       limits:
         nvidia.com/gpu: "1"
@@ -62,10 +62,10 @@ spec:
 	}
 	for _, pod := range []string{"v1beta1", "v1beta2", "extended-resource"} {
 		waitPodRunning(t, ns, pod)
-		log := podLogs(t, ns, pod, "NVIDIA_VISIBLE_DEVICES=GPU-")
+		log := podLogs(t, ns, pod, "GPU_DRA_DEVICE_UUIDS=GPU-")
 		found := false
 		for uuid := range uuids {
-			if strings.Contains(log, "NVIDIA_VISIBLE_DEVICES="+uuid+"\n") {
+			if strings.Contains(log, "GPU_DRA_DEVICE_UUIDS="+uuid+"\n") {
 				found = true
 			}
 		}

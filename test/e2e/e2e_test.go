@@ -62,8 +62,8 @@ func TestWholeGPU(t *testing.T) {
 	}
 	uuid := gpuUUIDs(t)[res[0].Device]
 	minor := strings.TrimPrefix(res[0].Device, "gpu-")
-	log := podLogs(t, "gpu-demo", "whole-gpu", "NVIDIA_VISIBLE_DEVICES=")
-	for _, want := range []string{"NVIDIA_VISIBLE_DEVICES=" + uuid, "/dev/nvidia" + minor, "/dev/nvidiactl"} {
+	log := podLogs(t, "gpu-demo", "whole-gpu", "GPU_DRA_DEVICE_UUIDS=")
+	for _, want := range []string{"GPU_DRA_DEVICE_UUIDS=" + uuid, "/dev/nvidia" + minor, "/dev/nvidiactl"} {
 		if !strings.Contains(log, want) {
 			t.Errorf("container output lacks %q:\n%s", want, log)
 		}
@@ -91,8 +91,8 @@ func TestMIGDeviceLifecycle(t *testing.T) {
 	if uuid == "" {
 		t.Fatalf("no 1g.10gb instance at %d on GPU %d: %+v", start, minor, simState(t).GPUs[minor])
 	}
-	log := podLogs(t, "gpu-demo", "mig-1g", "NVIDIA_VISIBLE_DEVICES=")
-	if !strings.Contains(log, "NVIDIA_VISIBLE_DEVICES="+uuid) || !strings.Contains(log, "nvidia-cap") {
+	log := podLogs(t, "gpu-demo", "mig-1g", "GPU_DRA_DEVICE_UUIDS=")
+	if !strings.Contains(log, "GPU_DRA_DEVICE_UUIDS="+uuid) || !strings.Contains(log, "nvidia-cap") {
 		t.Errorf("container output lacks the MIG UUID %s or its capability nodes:\n%s", uuid, log)
 	}
 	spec := filepath.Join(runDir, "cdi", "k8s.gpu.nvidia.com-claim_"+string(claim.UID)+".json")
@@ -223,7 +223,7 @@ func TestSharedClaimAndDeployment(t *testing.T) {
 	dev := claimOf(t, a, "gpu").Status.Allocation.Devices.Results[0].Device
 	uuid := gpuUUIDs(t)[dev]
 	for _, p := range []string{"shared-a", "shared-b"} {
-		podLogs(t, "gpu-demo", p, "NVIDIA_VISIBLE_DEVICES="+uuid)
+		podLogs(t, "gpu-demo", p, "GPU_DRA_DEVICE_UUIDS="+uuid)
 	}
 
 	applyYAML(t, `apiVersion: resource.k8s.io/v1
@@ -245,7 +245,7 @@ spec:
       - name: ctr
         image: busybox:local
         imagePullPolicy: Never
-        command: ["sh", "-c", "echo NVIDIA_VISIBLE_DEVICES=$NVIDIA_VISIBLE_DEVICES; sleep 3600"]
+        command: ["sh", "-c", "echo GPU_DRA_DEVICE_UUIDS=$GPU_DRA_DEVICE_UUIDS; sleep 3600"]
         resources: {claims: [{name: gpu}]}
       resourceClaims:
       - {name: gpu, resourceClaimTemplateName: replica-gpu}
@@ -271,10 +271,11 @@ spec:
 // GPU (matchAttribute parentUUID), as users write for NVIDIA's driver, and
 // a second claim of a whole GPU, all in one container: it gets every
 // device's nodes and no CUDA_VISIBLE_DEVICES that would hide some from
-// CUDA; NVIDIA_VISIBLE_DEVICES names the devices of one of its requests
-// (the runtime keeps a variable's last value), never another container's.
-// A container given one request of the MIG claim gets that request's
-// capability nodes only.
+// CUDA; GPU_DRA_DEVICE_UUIDS names the devices of one of its requests
+// (the runtime keeps a variable's last value), never another container's;
+// NVIDIA_VISIBLE_DEVICES, set to "all" by the pod as CUDA images set it, is
+// "void" for the NVIDIA runtime's legacy hook. A container given one
+// request of the MIG claim gets that request's capability nodes only.
 func TestOneClaimOfSeveralRequests(t *testing.T) {
 	const ns = "gpu-requests"
 	t.Cleanup(func() { cleanNamespace(t, ns) })
@@ -308,12 +309,13 @@ spec:
   - name: all
     image: busybox:local
     imagePullPolicy: Never
-    command: ["sh", "-c", "echo NVIDIA_VISIBLE_DEVICES=$NVIDIA_VISIBLE_DEVICES; echo CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES; ls /dev /dev/nvidia-caps; sleep 3600"]
+    command: ["sh", "-c", "echo GPU_DRA_DEVICE_UUIDS=$GPU_DRA_DEVICE_UUIDS; echo CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES; echo NVIDIA_VISIBLE_DEVICES=$NVIDIA_VISIBLE_DEVICES; ls /dev /dev/nvidia-caps; sleep 3600"]
+    env: [{name: NVIDIA_VISIBLE_DEVICES, value: all}]
     resources: {claims: [{name: mig}, {name: gpu}]}
   - name: small-only
     image: busybox:local
     imagePullPolicy: Never
-    command: ["sh", "-c", "echo NVIDIA_VISIBLE_DEVICES=$NVIDIA_VISIBLE_DEVICES; ls /dev/nvidia-caps; sleep 3600"]
+    command: ["sh", "-c", "echo GPU_DRA_DEVICE_UUIDS=$GPU_DRA_DEVICE_UUIDS; ls /dev/nvidia-caps; sleep 3600"]
     resources: {claims: [{name: mig, request: small}]}
   resourceClaims:
   - {name: mig, resourceClaimTemplateName: mig-pair}
@@ -325,7 +327,7 @@ spec:
 	if len(mig) != 2 || len(whole) != 1 {
 		t.Fatalf("allocated %d MIG devices and %d GPUs", len(mig), len(whole))
 	}
-	log := podLogsOf(t, ns, "several", "all", "NVIDIA_VISIBLE_DEVICES=")
+	log := podLogsOf(t, ns, "several", "all", "GPU_DRA_DEVICE_UUIDS=")
 	gpuMinor := strings.TrimPrefix(whole[0].Device, "gpu-")
 	parentMinor := strings.SplitN(strings.TrimPrefix(mig[0].Device, "gpu-"), "-", 2)[0]
 	for _, want := range []string{"nvidia" + gpuMinor, "nvidia" + parentMinor} {
@@ -334,21 +336,26 @@ spec:
 		}
 	}
 	caps := regexp.MustCompile(`(?m)^nvidia-cap[0-9]+$`)
-	small := podLogsOf(t, ns, "several", "small-only", "NVIDIA_VISIBLE_DEVICES=")
+	small := podLogsOf(t, ns, "several", "small-only", "GPU_DRA_DEVICE_UUIDS=")
 	if all, one := len(caps.FindAllString(log, -1)), len(caps.FindAllString(small, -1)); all-one != 2 || one < 2 {
 		t.Errorf("MIG capability nodes: %d in the container of both MIG devices, %d in that of one; want 2 more (the GPU and compute instance of the other):\n%s\n%s", all, one, log, small)
 	}
 	if !strings.Contains(log, "CUDA_VISIBLE_DEVICES=\n") {
 		t.Errorf("CUDA_VISIBLE_DEVICES is set, hiding devices from CUDA:\n%s", log)
 	}
+	// "all", as CUDA images set it, would make the NVIDIA runtime's legacy
+	// hook inject every GPU of the node.
+	if !strings.Contains(log, "NVIDIA_VISIBLE_DEVICES=void\n") {
+		t.Errorf("NVIDIA_VISIBLE_DEVICES is not void: the NVIDIA runtime in legacy mode would inject GPUs:\n%s", log)
+	}
 	// Each variable names the devices of one request the container has.
-	visible := regexp.MustCompile(`NVIDIA_VISIBLE_DEVICES=(\S*)`).FindStringSubmatch(log)[1]
+	visible := regexp.MustCompile(`GPU_DRA_DEVICE_UUIDS=(\S*)`).FindStringSubmatch(log)[1]
 	wholeUUID := gpuUUIDs(t)[whole[0].Device]
 	if visible != wholeUUID && (strings.Contains(visible, ",") || !strings.HasPrefix(visible, "MIG-")) {
-		t.Errorf("NVIDIA_VISIBLE_DEVICES=%s: not the whole GPU %s nor one MIG device", visible, wholeUUID)
+		t.Errorf("GPU_DRA_DEVICE_UUIDS=%s: not the whole GPU %s nor one MIG device", visible, wholeUUID)
 	}
-	smallVisible := regexp.MustCompile(`NVIDIA_VISIBLE_DEVICES=(\S*)`).FindStringSubmatch(small)[1]
+	smallVisible := regexp.MustCompile(`GPU_DRA_DEVICE_UUIDS=(\S*)`).FindStringSubmatch(small)[1]
 	if strings.Contains(smallVisible, ",") || !strings.HasPrefix(smallVisible, "MIG-") {
-		t.Errorf("the container of request small: NVIDIA_VISIBLE_DEVICES=%s, want its one MIG device", smallVisible)
+		t.Errorf("the container of request small: GPU_DRA_DEVICE_UUIDS=%s, want its one MIG device", smallVisible)
 	}
 }

@@ -350,7 +350,7 @@ func processPIDs(name string) []int {
 }
 
 // claimPod is a pod (a YAML document, with its "---") in namespace ns whose
-// container prints NVIDIA_VISIBLE_DEVICES and sleeps, holding one claim,
+// container prints GPU_DRA_DEVICE_UUIDS and sleeps, holding one claim,
 // named "gpu", from the template.
 func claimPod(ns, name, template string) string {
 	return fmt.Sprintf(`---
@@ -363,7 +363,7 @@ spec:
   - name: ctr
     image: busybox:local
     imagePullPolicy: Never
-    command: ["sh", "-c", "echo NVIDIA_VISIBLE_DEVICES=$NVIDIA_VISIBLE_DEVICES; sleep 3600"]
+    command: ["sh", "-c", "echo GPU_DRA_DEVICE_UUIDS=$GPU_DRA_DEVICE_UUIDS; sleep 3600"]
     resources: {claims: [{name: gpu}]}
   resourceClaims:
   - {name: gpu, resourceClaimTemplateName: %s}

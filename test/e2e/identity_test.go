@@ -83,7 +83,7 @@ spec:
 // TestClaimStatusAndPodResourcesNameWhatContainersSee runs a pod for every
 // way of getting a GPU and checks, for each, that the claim's
 // status.devices (written by the plugin) names exactly the UUIDs the
-// container saw in NVIDIA_VISIBLE_DEVICES, written by the time the
+// container saw in GPU_DRA_DEVICE_UUIDS, written by the time the
 // container started (to the API's second), and that a PodResources client,
 // as dcgm-exporter uses, resolves every device of every container to
 // those UUIDs through the claim status.
@@ -115,8 +115,8 @@ func TestClaimStatusAndPodResourcesNameWhatContainersSee(t *testing.T) {
 	claims := map[string]*resourceapi.ResourceClaim{}
 	for _, name := range podNames {
 		pod := waitPodRunning(t, ns, name)
-		log := podLogs(t, ns, name, "NVIDIA_VISIBLE_DEVICES=")
-		line := log[strings.Index(log, "NVIDIA_VISIBLE_DEVICES=")+len("NVIDIA_VISIBLE_DEVICES="):]
+		log := podLogs(t, ns, name, "GPU_DRA_DEVICE_UUIDS=")
+		line := log[strings.Index(log, "GPU_DRA_DEVICE_UUIDS=")+len("GPU_DRA_DEVICE_UUIDS="):]
 		line, _, _ = strings.Cut(line, "\n")
 		seen[name] = sortedSplit(line)
 		started := containerStarted(pod)

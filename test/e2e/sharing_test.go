@@ -40,7 +40,7 @@ func TestTimeSlicedClaimSharedByTwoPods(t *testing.T) {
 	for _, p := range []struct{ pod, container string }{{"time-sliced-a", "ctr0"}, {"time-sliced-a", "ctr1"}, {"time-sliced-b", ""}} {
 		eventually(t, 30*time.Second, p.pod+"/"+p.container+" sees "+uuid, func() (bool, error) {
 			out, err := kubectlErr("logs", "-n", ns, p.pod, "-c", containerOr(p.container))
-			return strings.Contains(out, "NVIDIA_VISIBLE_DEVICES="+uuid), errors.Join(err, fmt.Errorf("output: %s", out))
+			return strings.Contains(out, "GPU_DRA_DEVICE_UUIDS="+uuid), errors.Join(err, fmt.Errorf("output: %s", out))
 		})
 	}
 	slice := func() string {
@@ -310,7 +310,7 @@ func TestQuarterGPUs(t *testing.T) {
 			t.Errorf("pod %s: device %s, share %v, memory %s; want a 20Gi share of %s", pods[i].Name, dev, r.ShareID, memory.String(), shared)
 		}
 		log := podLogs(t, ns, pods[i].Name, "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT")
-		for _, want := range []string{"NVIDIA_VISIBLE_DEVICES=" + uuid, "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=20480M", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25", "CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps", "control"} {
+		for _, want := range []string{"GPU_DRA_DEVICE_UUIDS=" + uuid, "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=20480M", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25", "CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps", "control"} {
 			if !strings.Contains(log, want) {
 				t.Errorf("pod %s lacks %q:\n%s", pods[i].Name, want, log)
 			}

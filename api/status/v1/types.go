@@ -64,7 +64,7 @@ type DeviceStatus struct {
 
 // GPU identifies a physical GPU.
 type GPU struct {
-	// UUID is NVML's GPU UUID, "GPU-…", as NVIDIA_VISIBLE_DEVICES names it
+	// UUID is NVML's GPU UUID, "GPU-…", as GPU_DRA_DEVICE_UUIDS names it
 	// for a whole GPU.
 	UUID string `json:"uuid"`
 	// Minor is the minor number of /dev/nvidia<minor>.
@@ -77,7 +77,7 @@ type GPU struct {
 
 // MIG identifies a MIG device.
 type MIG struct {
-	// UUID is the MIG device's UUID, "MIG-…", as NVIDIA_VISIBLE_DEVICES
+	// UUID is the MIG device's UUID, "MIG-…", as GPU_DRA_DEVICE_UUIDS
 	// names it; it exists only once the device was prepared.
 	UUID string `json:"uuid"`
 	// Profile is the GPU-instance profile, e.g. "1g.10gb".

@@ -32,6 +32,9 @@ type Installation struct {
 	Library string
 	// Sim is the simulated node the server answers from.
 	Sim *sim.Node
+	// SysRoot is the host root of the GPUs' /sys (simhost.CreateSysRoot),
+	// with their DRM nodes (simhost.CreateDRM).
+	SysRoot string
 
 	stop func()
 }
@@ -82,10 +85,21 @@ func Start(t testing.TB, model string) *Installation {
 		t.Fatal(err)
 	}
 	var minors []int
+	var busIDs []string
+	var addrs []simhost.GPUAddress
 	for _, g := range inv.GPUs {
 		minors = append(minors, g.Minor)
+		busIDs = append(busIDs, g.PCIBusID)
+		addrs = append(addrs, simhost.GPUAddress{Minor: g.Minor, BusID: g.PCIBusID})
 	}
-	if inst.Roots, err = simhost.Create(filepath.Join(hostDir, "host"), minors, inv.DriverVersion, simhosttest.LinkedTools(t)); err != nil {
+	host := filepath.Join(hostDir, "host")
+	if inst.Roots, err = simhost.Create(host, minors, inv.DriverVersion, simhosttest.LinkedTools(t)); err != nil {
+		t.Fatal(err)
+	}
+	if inst.SysRoot, err = simhost.CreateSysRoot(host, busIDs); err != nil {
+		t.Fatal(err)
+	}
+	if err := simhost.CreateDRM(host, addrs); err != nil {
 		t.Fatal(err)
 	}
 	if err := simhost.InstallNVML(inst.DriverRoot, simhosttest.NVML(t), inv.DriverVersion); err != nil {

@@ -414,6 +414,67 @@ func TestProductionPathMIGCapabilitiesWithoutDevNodes(t *testing.T) {
 	}
 }
 
+// A whole GPU's spec, written on the simulated installation as the plugin
+// writes it, gives containers what NVIDIA's CDI generator gives them: the
+// video codec libraries (NVDEC, NVENC) and the graphics drivers with the
+// loaders' configuration, under their SONAMEs; nvidia-modeset and the
+// GPU's DRM nodes, found from its PCI bus ID as NVML reports it; and
+// NVIDIA_VISIBLE_DEVICES=void, with the GPU named in GPU_DRA_DEVICE_UUIDS.
+func TestProductionPathSpecCarriesDriverCapabilities(t *testing.T) {
+	inst := installationtest.Start(t, "dgxh100")
+	w, err := cdi.New(cdi.Options{CDIRoot: t.TempDir(), DriverRoot: inst.DriverRoot, DevRoot: inst.DevRoot, ProcRoot: inst.ProcRoot,
+		SysRoot: inst.SysRoot, RequireLibraries: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, err := inst.Open(t).Inventory(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := inv.GPUs[3]
+	const claimUID = "0a1b2c3d-0000-1111-2222-333344445555"
+	if _, err := w.WriteClaimSpec(context.Background(), claimUID, []cdi.Device{{Name: "gpu", Request: "r", GPUMinor: g.Minor, UUID: g.UUID}}); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(w.SpecPath(claimUID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spec cdispecs.Spec
+	if err := json.Unmarshal(data, &spec); err != nil {
+		t.Fatal(err)
+	}
+	mounts := map[string]string{}
+	for _, m := range spec.ContainerEdits.Mounts {
+		mounts[m.ContainerPath] = m.HostPath
+	}
+	lib := "/" + simhost.LibraryDir + "/"
+	for capability, paths := range map[string][]string{
+		"video":    {lib + "libnvcuvid.so.1", lib + "libnvidia-encode.so.1", lib + "libnvidia-opticalflow.so.1", lib + "vdpau/libvdpau_nvidia.so.1"},
+		"graphics": {lib + "libEGL_nvidia.so.0", lib + "libGLX_nvidia.so.0", lib + "libnvidia-glcore.so." + inv.DriverVersion, "/usr/share/glvnd/egl_vendor.d/10_nvidia.json", "/etc/vulkan/icd.d/nvidia_icd.json"},
+		"compute":  {lib + "libcuda.so.1", lib + "libnvidia-ml.so.1", "/etc/OpenCL/vendors/nvidia.icd"},
+	} {
+		for _, p := range paths {
+			if _, ok := mounts[p]; !ok {
+				t.Errorf("%s: %s not mounted", capability, p)
+			}
+		}
+	}
+	if spec.ContainerEdits.Env == nil || !reflect.DeepEqual(spec.ContainerEdits.Env, []string{"NVIDIA_VISIBLE_DEVICES=void"}) {
+		t.Errorf("spec environment %v, want NVIDIA_VISIBLE_DEVICES=void", spec.ContainerEdits.Env)
+	}
+	if len(spec.Devices) != 1 || !reflect.DeepEqual(spec.Devices[0].ContainerEdits.Env, []string{cdi.EnvDeviceUUIDs + "=" + g.UUID}) {
+		t.Errorf("device environment %+v, want %s=%s", spec.Devices, cdi.EnvDeviceUUIDs, g.UUID)
+	}
+	nodes := specNodes(t, w.SpecPath(claimUID))
+	// The fourth GPU's DRM nodes: card0 is the board's display controller.
+	for _, p := range []string{"/dev/nvidia-modeset", "/dev/dri/card4", "/dev/dri/renderD131"} {
+		if _, ok := nodes[p]; !ok {
+			t.Errorf("no %s: %v", p, nodes)
+		}
+	}
+}
+
 // specNodes reads the device nodes of a spec file's devices by path.
 func specNodes(t *testing.T, path string) map[string]cdispecs.DeviceNode {
 	t.Helper()

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/cdi"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/simhosttest"
 )
 
@@ -177,9 +178,9 @@ func TestProgram(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(link)
-	cmd.Env = []string{"NVIDIA_VISIBLE_DEVICES=GPU-a,GPU-b"}
+	cmd.Env = []string{"GPU_DRA_DEVICE_UUIDS=GPU-a,GPU-b"}
 	out, err := cmd.CombinedOutput()
-	if want := "nvidia-smi (simulated NVIDIA driver 550.54.15)\nNVIDIA_VISIBLE_DEVICES=GPU-a,GPU-b\n"; err != nil || string(out) != want {
+	if want := "nvidia-smi (simulated NVIDIA driver 550.54.15)\nGPU_DRA_DEVICE_UUIDS=GPU-a,GPU-b\n"; err != nil || string(out) != want {
 		t.Errorf("nvidia-smi: %q (%v), want %q", out, err, want)
 	}
 	if out, err := exec.Command(link, "compute-policy", "-i", "GPU-a", "--set-timeslice", "2").CombinedOutput(); err != nil {
@@ -408,5 +409,13 @@ func TestControlFileNotWrittenThroughASymlink(t *testing.T) {
 	}
 	if fi, err := os.Lstat(control); err != nil || !fi.Mode().IsRegular() {
 		t.Errorf("control entry %v (%v), want a regular file", fi, err)
+	}
+}
+
+// TestDeviceUUIDsEnvIsTheSpecs: the simulated nvidia-smi prints the
+// variable the driver's CDI specs set.
+func TestDeviceUUIDsEnvIsTheSpecs(t *testing.T) {
+	if deviceUUIDsEnv != cdi.EnvDeviceUUIDs {
+		t.Errorf("nvidia-smi prints %s, the specs set %s", deviceUUIDsEnv, cdi.EnvDeviceUUIDs)
 	}
 }

@@ -6,10 +6,16 @@ import (
 	"strings"
 )
 
+// deviceUUIDsEnv is cdi.EnvDeviceUUIDs, spelt here so that the static
+// tools do not link the CDI library (simtools_test checks they agree).
+const deviceUUIDsEnv = "GPU_DRA_DEVICE_UUIDS"
+
 // smi is the simulated nvidia-smi. "compute-policy -i UUID --set-timeslice
 // N" records the GPU's time slice where tests read it and logs the call, as
 // the real tool changes the GPU's scheduler. Anything else prints what a
-// container sees: the driver version and NVIDIA_VISIBLE_DEVICES.
+// container sees, where the real tool lists the GPUs it can open: the
+// driver version and the container's devices as the driver's CDI specs
+// name them (GPU_DRA_DEVICE_UUIDS, cdi.EnvDeviceUUIDs).
 func (t *Tools) smi(args []string) int {
 	if len(args) > 0 && args[0] == "compute-policy" {
 		return t.computePolicy(args[1:])
@@ -20,7 +26,7 @@ func (t *Tools) smi(args []string) int {
 		return 1
 	}
 	fmt.Fprintf(t.Stdout, "nvidia-smi (simulated NVIDIA driver %s)\n", version)
-	fmt.Fprintf(t.Stdout, "NVIDIA_VISIBLE_DEVICES=%s\n", t.getenv("NVIDIA_VISIBLE_DEVICES"))
+	fmt.Fprintf(t.Stdout, "%s=%s\n", deviceUUIDsEnv, t.getenv(deviceUUIDsEnv))
 	return 0
 }
 
