@@ -75,7 +75,7 @@ func TestMain(m *testing.M) {
 	if reuse {
 		// The running cluster must be the one this run expects.
 		got, _ := os.ReadFile(filepath.Join(runDir, "node-count"))
-		if n := strings.TrimSpace(string(got)); n != strconv.Itoa(clusterNodes) && !(n == "" && clusterNodes == 1) {
+		if n := strings.TrimSpace(string(got)); n != strconv.Itoa(clusterNodes) && (n != "" || clusterNodes != 1) {
 			fmt.Fprintf(os.Stderr, "GPU_DRA_E2E_REUSE=1: the cluster at %s has %q nodes, this run wants %d (GPU_DRA_E2E_NODES)\n", runDir, n, clusterNodes)
 			os.Exit(2)
 		}
