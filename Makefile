@@ -35,9 +35,12 @@ fuzz: ## run the fuzz targets (opaque config decoding, webhook requests) for FUZ
 	$(GO) test -run XXX -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./api/v1beta1/
 	$(GO) test -run XXX -fuzz '^FuzzServeHTTP$$' -fuzztime $(FUZZTIME) ./pkg/webhook/
 
+# Kueue (for TestKueueTeamQuotas) is built before the tests, so that a cold build (minutes) is
+# outside the tests' timeout.
 .PHONY: e2e
 e2e: ## end-to-end tests: build and start a local cluster, run the driver, test, stop
 	test/cluster/build.sh
+	test/cluster/kueue.sh build
 	$(GO) test -tags e2e -count=1 -timeout 50m -v ./test/e2e/
 
 .PHONY: soak
