@@ -107,6 +107,10 @@ install_api() {
 }
 
 # write_config writes the manager's Configuration: the harness's settings, then the DRA part.
+# The feature gates are one map: the harness turns VisibilityOnDemand off (the visibility API's
+# server reads its certificate from the fixed path /visibility and is reached only through an
+# APIService, which the harness does not register), then come the DRA part's gates, which it
+# must write in block style. (Kueue refuses --feature-gates beside a featureGates map.)
 write_config() {
 	local dra=$1
 	cat >"$KDIR/config.yaml" <<-EOF
@@ -127,7 +131,11 @@ write_config() {
 		integrations:
 		  frameworks: ["batch/job"]
 	EOF
-	cat "$dra" >>"$KDIR/config.yaml"
+	awk '
+		/^featureGates:/ { gates = 1; next }
+		gates && /^[[:space:]]/ { g = g $0 "\n"; next }
+		{ gates = 0; rest = rest $0 "\n" }
+		END { printf "featureGates:\n  VisibilityOnDemand: false\n%s%s", g, rest }' "$dra" >>"$KDIR/config.yaml"
 }
 
 # run_manager starts the manager in a mount namespace whose /etc shows $KDIR/etc over the host's.
