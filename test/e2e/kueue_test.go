@@ -300,8 +300,11 @@ func waitAdmitted(t *testing.T, ns, job string) {
 	})
 	eventually(t, 90*time.Second, "pod of Job "+ns+"/"+job+" running", func() (bool, error) {
 		pods, err := client.CoreV1().Pods(ns).List(ctx(), metav1.ListOptions{LabelSelector: "job-name=" + job})
-		if err != nil || len(pods.Items) != 1 {
-			return false, fmt.Errorf("%v, pods %d", err, len(pods.Items))
+		if err != nil {
+			return false, err
+		}
+		if len(pods.Items) != 1 {
+			return false, fmt.Errorf("%d pods", len(pods.Items))
 		}
 		return pods.Items[0].Status.Phase == "Running", fmt.Errorf("phase %s", pods.Items[0].Status.Phase)
 	})
