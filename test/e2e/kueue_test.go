@@ -52,11 +52,13 @@ func testKueueWholeGPUs(t *testing.T) {
 	const ns, res = "team-whole", "gpu.nvidia.com/gpus"
 	teamQueue(t, ns, res, "2")
 	applyTemplate(t, ns, "one-gpu", `deviceClassName: gpu.nvidia.com`)
-	for _, job := range []string{"train-1", "train-2", "train-3"} {
+	// One after the other: Kueue admits in creation order, which one
+	// second's resolution would leave open.
+	for _, job := range []string{"train-1", "train-2"} {
 		createJob(t, ns, job, "one-gpu")
+		waitAdmitted(t, ns, job)
 	}
-	waitAdmitted(t, ns, "train-1")
-	waitAdmitted(t, ns, "train-2")
+	createJob(t, ns, "train-3", "one-gpu")
 	waitPending(t, ns, "train-3", res)
 	for _, job := range []string{"train-1", "train-2"} {
 		if got := usage(t, ns, job, res); got.Cmp(resource.MustParse("1")) != 0 {
@@ -110,10 +112,10 @@ func testKueueSharesByMemory(t *testing.T) {
 		applyTemplate(t, ns, name, fmt.Sprintf(`deviceClassName: shared.gpu.nvidia.com
           capacity: {requests: {memory: %s, compute: "25"}}`, memory))
 	}
-	createJob(t, ns, "infer-1", "share-20gi")
-	createJob(t, ns, "infer-2", "share-20gi")
-	waitAdmitted(t, ns, "infer-1")
-	waitAdmitted(t, ns, "infer-2")
+	for _, job := range []string{"infer-1", "infer-2"} {
+		createJob(t, ns, job, "share-20gi")
+		waitAdmitted(t, ns, job)
+	}
 	createJob(t, ns, "infer-3", "share-10gi")
 	waitPending(t, ns, "infer-3", res)
 	if got := usage(t, ns, "infer-1", res); got.Cmp(resource.MustParse("20Gi")) != 0 {
