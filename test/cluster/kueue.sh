@@ -167,12 +167,12 @@ register_webhooks() {
 	local mod=$1 ca
 	ca=$(base64 -w0 "$PKI/ca.crt")
 	kubectl create --dry-run=client -o json -f "$mod/config/components/webhook/manifests.yaml" |
-		jq --arg url "https://127.0.0.1:$WEBHOOK_PORT" --arg ca "$ca" '
-			.items |= map(
-				.metadata = {name: ("kueue-" + .metadata.name)}
+		jq -s --arg url "https://127.0.0.1:$WEBHOOK_PORT" --arg ca "$ca" '
+			{apiVersion: "v1", kind: "List", items: [.[] | if .kind == "List" then .items[] else . end
+				| .metadata = {name: ("kueue-" + .metadata.name)}
 				| .webhooks |= map(
 					select([.rules[].apiGroups[]] | any(. == "kueue.x-k8s.io" or . == "batch"))
-					| .clientConfig = {url: ($url + .clientConfig.service.path), caBundle: $ca}))' |
+					| .clientConfig = {url: ($url + .clientConfig.service.path), caBundle: $ca})]}' |
 		kubectl apply -f - >/dev/null
 	# Ready when the API server gets an answer: a server-side dry run goes through the webhooks.
 	printf '%s\n' 'apiVersion: kueue.x-k8s.io/v1beta2' 'kind: ResourceFlavor' \
