@@ -95,7 +95,9 @@ certs() {
 }
 
 # install_api installs Kueue's CRDs (as published in its module, served without the conversion
-# webhook: only v1beta2 is used) and its manager's ClusterRole, bound to the manager's identity.
+# webhook: only v1beta2 is used), its namespace, and its manager's ClusterRole and Role (secrets
+# in kueue-system, which its cache watches: without them no controller starts), bound to the
+# manager's identity.
 install_api() {
 	local mod=$1
 	kubectl apply --server-side --force-conflicts -f "$mod/config/components/crd/bases/" >/dev/null
@@ -103,6 +105,12 @@ install_api() {
 	sed 's/^  name: manager-role$/  name: kueue-manager-role/' "$mod/config/components/rbac/role.yaml" |
 		kubectl apply -f - >/dev/null
 	kubectl create clusterrolebinding kueue-manager --clusterrole=kueue-manager-role \
+		--user="$KUEUE_USER" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+	kubectl create namespace kueue-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+	sed -e 's/^  name: manager-secrets-role$/  name: kueue-manager-secrets-role/' \
+		-e 's/^  namespace: system$/  namespace: kueue-system/' \
+		"$mod/config/components/rbac/manager_secrets_role.yaml" | kubectl apply -f - >/dev/null
+	kubectl create rolebinding kueue-manager-secrets -n kueue-system --role=kueue-manager-secrets-role \
 		--user="$KUEUE_USER" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 }
 
