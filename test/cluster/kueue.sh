@@ -4,7 +4,7 @@
 # test/cluster/kueue/dra.yaml.
 #
 #   build                 build the manager into $GPU_DRA_CACHE/kueue-<version> (once; start does it)
-#   start [-c DRA.yaml]   install Kueue's CRDs and ClusterRole, run the manager as a process of the
+#   start [-c DRA.yaml]   install Kueue's CRDs and RBAC, run the manager as a process of the
 #                         harness (PID in $RUN/pids/kueue.pid, log in $RUN/logs/kueue.log) and
 #                         register its webhooks; -c replaces dra.yaml (featureGates, resources).
 #                         A running manager is stopped first, so start also reconfigures.
@@ -47,9 +47,13 @@ build() {
 	echo "$KUEUE_VERSION" >"$dir/.stamp"
 }
 
-# module_dir prints the directory of Kueue's module, whose config/ holds its manifests.
+# module_dir prints the directory of Kueue's module, whose config/ holds its manifests,
+# downloading it if the module cache lacks it (a cached binary needs no download to run).
 module_dir() {
-	(cd "$CLUSTER_DIR/kueue" && go list -m -f '{{.Dir}}' sigs.k8s.io/kueue)
+	local dir
+	dir=$(cd "$CLUSTER_DIR/kueue" && go mod download -json sigs.k8s.io/kueue | jq -r .Dir)
+	[[ -d $dir/config ]] || die "sigs.k8s.io/kueue@$KUEUE_VERSION not in the module cache"
+	echo "$dir"
 }
 
 # --- start -------------------------------------------------------------------------------------
