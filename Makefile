@@ -35,9 +35,12 @@ fuzz: ## run the fuzz targets (opaque config decoding, webhook requests) for FUZ
 	$(GO) test -run XXX -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./api/v1beta1/
 	$(GO) test -run XXX -fuzz '^FuzzServeHTTP$$' -fuzztime $(FUZZTIME) ./pkg/webhook/
 
+# Kueue (for TestKueueTeamQuotas) is built before the tests, so that a cold build (minutes) is
+# outside the tests' timeout.
 .PHONY: e2e
 e2e: ## end-to-end tests: build and start a local cluster, run the driver, test, stop; then the cluster tests on three nodes
 	test/cluster/build.sh
+	test/cluster/kueue.sh build
 	$(GO) test -tags e2e -count=1 -timeout 50m -v ./test/e2e/
 	GPU_DRA_E2E_NODES=3 $(GO) test -tags e2e -count=1 -timeout 20m -v -run '^TestCluster' ./test/e2e/
 

@@ -11,8 +11,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 export GOWORK=off GOTOOLCHAIN=local GOFLAGS=-buildvcs=false CGO_ENABLED=0
 export GOCACHE=$GPU_DRA_CACHE/go-build
 
-# Debian packages the cluster uses. busybox-static, not busybox: the image has no libc.
-APT_PACKAGES=(runc containernetworking-plugins busybox-static openssl curl iproute2 util-linux)
+# Debian packages the cluster uses. busybox-static, not busybox: the image has no libc. jq: kueue.sh
+# rewrites Kueue's webhook configurations with it.
+APT_PACKAGES=(runc containernetworking-plugins busybox-static openssl curl iproute2 util-linux jq)
 
 install_packages() {
 	local p missing=()

@@ -203,6 +203,8 @@ main() {
 	# 5. mounts, host paths, bridge, cgroups, files.
 	# A plugin or webhook an older harness ran as a process (nothing when there is no PID file).
 	stop gpu-kubelet-plugin gpu-dra-webhook
+	# Kueue's manager (kueue.sh), before the API server it watches.
+	stop kueue
 	stop_on_nodes kubelet
 	kill_tasks
 	stop_on_nodes containerd

@@ -13,6 +13,9 @@ K8S_VERSION=${K8S_VERSION:-v1.37.2}
 # etcd's version is the one test/cluster/etcd/go.mod requires.
 ETCDSERVER_VERSION=$(sed -n 's#^require go.etcd.io/etcd/server/v3 \(v[^ ]*\)$#\1#p' "$CLUSTER_DIR/etcd/go.mod")
 CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.4.2}
+# Kueue's version is the one test/cluster/kueue/go.mod requires (kueue.sh builds it when first
+# needed, not build.sh).
+KUEUE_VERSION=$(sed -n 's#^[[:space:]]*sigs.k8s.io/kueue \(v[^ ]*\).*$#\1#p' "$CLUSTER_DIR/kueue/go.mod")
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
 
 # The references of the two local images. The pause reference is also pinned as containerd's
@@ -26,6 +29,7 @@ RUN=${GPU_DRA_RUN_DIR:-/tmp/gpu-dra-cluster}
 K8S_BIN=$GPU_DRA_CACHE/kubernetes-$K8S_VERSION/bin
 ETCDSERVER_BIN=$GPU_DRA_CACHE/etcd-$ETCDSERVER_VERSION/bin
 CONTAINERD_BIN=$GPU_DRA_CACHE/containerd-$CONTAINERD_VERSION/bin
+KUEUE_BIN=$GPU_DRA_CACHE/kueue-$KUEUE_VERSION/bin
 HELM=$GPU_DRA_CACHE/helm-$HELM_VERSION/bin/helm
 # The driver's chart, installed by driver.sh and checked by test/helm/check.sh.
 CHART=$REPO_ROOT/deployments/helm/gpu-dra-driver
