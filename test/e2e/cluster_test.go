@@ -92,8 +92,8 @@ func unschedulable(t *testing.T, ns, name string) string {
 }
 
 // celTemplate is a ResourceClaimTemplate (YAML, with its "---") of one
-// whole GPU chosen by a CEL expression.
-func celTemplate(ns, name, expression string) string {
+// device of class chosen by a CEL expression.
+func celTemplate(ns, name, class, expression string) string {
 	return fmt.Sprintf(`---
 apiVersion: resource.k8s.io/v1
 kind: ResourceClaimTemplate
@@ -104,10 +104,26 @@ spec:
       requests:
       - name: gpu
         exactly:
-          deviceClassName: gpu.nvidia.com
+          deviceClassName: %s
           selectors:
           - cel: {expression: '%s'}
-`, name, ns, expression)
+`, name, ns, class, expression)
+}
+
+// anyGPUTemplate is ResourceClaimTemplate any-gpu (YAML, with its "---"):
+// one whole GPU of any model.
+func anyGPUTemplate(ns string) string {
+	return `---
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: any-gpu, namespace: ` + ns + `}
+spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nvidia.com}}]}}}
+`
+}
+
+// namespaceWithAnyGPU is namespace ns (YAML) with anyGPUTemplate in it.
+func namespaceWithAnyGPU(ns string) string {
+	return "apiVersion: v1\nkind: Namespace\nmetadata: {name: " + ns + "}\n" + anyGPUTemplate(ns)
 }
 
 const (
@@ -192,13 +208,9 @@ spec:
         deviceClassName: gpu.nvidia.com
         selectors:
         - cel: {expression: '`+isA100+`'}
-`+celTemplate(ns, "big-not-hopper", `device.capacity["gpu.nvidia.com"].memory.compareTo(quantity("44Gi")) >= 0 && !`+isH100)+
-		celTemplate(ns, "huge", `device.capacity["gpu.nvidia.com"].memory.compareTo(quantity("100Gi")) >= 0`)+`---
-apiVersion: resource.k8s.io/v1
-kind: ResourceClaimTemplate
-metadata: {name: any-gpu, namespace: `+ns+`}
-spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nvidia.com}}]}}}
-`)
+`+celTemplate(ns, "big-not-hopper", "gpu.nvidia.com", `device.capacity["gpu.nvidia.com"].memory.compareTo(quantity("44Gi")) >= 0 && !`+isH100)+
+		celTemplate(ns, "huge", "gpu.nvidia.com", `device.capacity["gpu.nvidia.com"].memory.compareTo(quantity("100Gi")) >= 0`)+
+		anyGPUTemplate(ns))
 	// The shared claim: its first pod allocates it on the A100 node.
 	applyYAML(t, sharedClaimPod(ns, "first", "an-a100", ""))
 	first := placement(t, ns, "first", "gpu")
@@ -274,15 +286,7 @@ func TestClusterEachNodeWritesOnlyItsOwnPool(t *testing.T) {
 	needCluster(t)
 	const ns = "cluster-identity"
 	t.Cleanup(func() { cleanNamespace(t, ns) })
-	applyYAML(t, `apiVersion: v1
-kind: Namespace
-metadata: {name: `+ns+`}
----
-apiVersion: resource.k8s.io/v1
-kind: ResourceClaimTemplate
-metadata: {name: any-gpu, namespace: `+ns+`}
-spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nvidia.com}}]}}}
-`)
+	applyYAML(t, namespaceWithAnyGPU(ns))
 	// A claim on every node, each read by its pod's node.
 	claims := make([]string, len(clusterModels))
 	for i := range clusterModels {
@@ -536,20 +540,7 @@ func TestClusterRelabelingOneNodeChangesOnlyItsSlices(t *testing.T) {
 		return true, nil
 	})
 	migTemplate := func(name, profile string) string {
-		return fmt.Sprintf(`---
-apiVersion: resource.k8s.io/v1
-kind: ResourceClaimTemplate
-metadata: {name: %s, namespace: %s}
-spec:
-  spec:
-    devices:
-      requests:
-      - name: gpu
-        exactly:
-          deviceClassName: mig.nvidia.com
-          selectors:
-          - cel: {expression: 'device.attributes["gpu.nvidia.com"].profile == "%s" && device.attributes["gpu.nvidia.com"].productName.startsWith("NVIDIA H100")'}
-`, name, ns, profile)
+		return celTemplate(ns, name, "mig.nvidia.com", `device.attributes["gpu.nvidia.com"].profile == "`+profile+`" && `+isH100)
 	}
 	applyYAML(t, "apiVersion: v1\nkind: Namespace\nmetadata: {name: "+ns+"}\n"+migTemplate("small", "1g.10gb")+migTemplate("large", "3g.40gb"))
 	applyYAML(t, claimPod(ns, "large", "large"))
@@ -576,15 +567,7 @@ func TestClusterDrainOneNodeWhileOthersServe(t *testing.T) {
 		runKubectlGPU(t, bin, "untaint", node)
 		cleanNamespace(t, ns)
 	})
-	applyYAML(t, `apiVersion: v1
-kind: Namespace
-metadata: {name: `+ns+`}
----
-apiVersion: resource.k8s.io/v1
-kind: ResourceClaimTemplate
-metadata: {name: any-gpu, namespace: `+ns+`}
-spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nvidia.com}}]}}}
-`+celTemplate(ns, "an-a100", isA100))
+	applyYAML(t, namespaceWithAnyGPU(ns)+celTemplate(ns, "an-a100", "gpu.nvidia.com", isA100))
 	for i := 0; i < 2; i++ {
 		applyYAML(t, claimPod(ns, fmt.Sprintf("a100-%d", i), "an-a100"))
 	}
@@ -663,28 +646,7 @@ func TestClusterNodeLostAndBack(t *testing.T) {
 		script("node.sh", "start", node)
 		cleanNamespace(t, ns)
 	})
-	applyYAML(t, `apiVersion: v1
-kind: Namespace
-metadata: {name: `+ns+`}
----
-apiVersion: resource.k8s.io/v1
-kind: ResourceClaimTemplate
-metadata: {name: any-gpu, namespace: `+ns+`}
-spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nvidia.com}}]}}}
----
-apiVersion: resource.k8s.io/v1
-kind: ResourceClaimTemplate
-metadata: {name: a100-mig, namespace: `+ns+`}
-spec:
-  spec:
-    devices:
-      requests:
-      - name: gpu
-        exactly:
-          deviceClassName: mig.nvidia.com
-          selectors:
-          - cel: {expression: 'device.attributes["gpu.nvidia.com"].profile == "1g.5gb"'}
-`)
+	applyYAML(t, namespaceWithAnyGPU(ns)+celTemplate(ns, "a100-mig", "mig.nvidia.com", `device.attributes["gpu.nvidia.com"].profile == "1g.5gb"`))
 	eventually(t, 60*time.Second, "MIG devices published on "+node, func() (bool, error) {
 		for name := range deviceNames(waitPoolCompleteOn(t, node)) {
 			if strings.Contains(name, "-mig-1g5gb") {
@@ -862,15 +824,7 @@ func TestClusterChartUpgradeRollsEveryNode(t *testing.T) {
 	needCluster(t)
 	const ns = "cluster-roll"
 	t.Cleanup(func() { cleanNamespace(t, ns) })
-	applyYAML(t, `apiVersion: v1
-kind: Namespace
-metadata: {name: `+ns+`}
----
-apiVersion: resource.k8s.io/v1
-kind: ResourceClaimTemplate
-metadata: {name: any-gpu, namespace: `+ns+`}
-spec: {spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: gpu.nvidia.com}}]}}}
-`)
+	applyYAML(t, namespaceWithAnyGPU(ns))
 	startAll := func(round string) time.Duration {
 		start := time.Now()
 		for i := range clusterModels {
