@@ -77,7 +77,7 @@ func benchmarkAllocator(b *testing.B, shared bool, layout Layout) {
 		"mig-3g":    claim(exactly("mig", "mig.nvidia.com", 1, attr("profile")+` == "3g.40gb"`)),
 		"gpu-cel":   claim(exactly("gpu", "gpu.nvidia.com", 1, attr("cudaComputeCapability")+`.compareTo(semver("9.0.0")) >= 0`, `device.capacity["gpu.nvidia.com"].memory.compareTo(quantity("80Gi")) >= 0`)),
 		"first-available": claim(resourceapi.DeviceRequest{Name: "r", FirstAvailable: []resourceapi.DeviceSubRequest{
-			{Name: "a100", DeviceClassName: "gpu.nvidia.com", AllocationMode: resourceapi.DeviceAllocationModeExactCount, Count: 1, Selectors: selectors([]string{attr("architecture") + ` == "ampere"`})},
+			{Name: "a100", DeviceClassName: "gpu.nvidia.com", AllocationMode: resourceapi.DeviceAllocationModeExactCount, Count: 1, Selectors: selectors([]string{attr("architecture") + ` == "Ampere"`})},
 			{Name: "mig", DeviceClassName: "mig.nvidia.com", AllocationMode: resourceapi.DeviceAllocationModeExactCount, Count: 1, Selectors: selectors([]string{attr("profile") + ` == "2g.20gb"`})},
 		}}),
 		"share-20Gi": claim(share("20Gi", "25")),

@@ -141,7 +141,7 @@ func TestCELSelectors(t *testing.T) {
 	}{
 		{"productName", attr("productName") + ` == "NVIDIA H100 80GB HBM3"`, "gpu-4,gpu-5,gpu-6,gpu-7"},
 		{"productName prefix", attr("productName") + `.startsWith("NVIDIA A100")`, "gpu-0,gpu-1,gpu-2,gpu-3"},
-		{"architecture", attr("architecture") + ` == "ampere"`, "gpu-0,gpu-1,gpu-2,gpu-3"},
+		{"architecture", attr("architecture") + ` == "Ampere"`, "gpu-0,gpu-1,gpu-2,gpu-3"},
 		{"compute capability at least 9.0", attr("cudaComputeCapability") + `.compareTo(semver("9.0.0")) >= 0`, "gpu-4,gpu-5,gpu-6,gpu-7"},
 		{"compute capability below 9", attr("cudaComputeCapability") + `.isLessThan(semver("9.0.0"))`, "gpu-0,gpu-1,gpu-2,gpu-3"},
 		{"memory at least 80Gi", `device.capacity["gpu.nvidia.com"].memory.compareTo(quantity("80Gi")) >= 0`, "gpu-4,gpu-5,gpu-6,gpu-7"},

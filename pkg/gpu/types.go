@@ -47,7 +47,8 @@ type GPU struct {
 	// Name is NVML's product name, e.g. "NVIDIA H100 80GB HBM3".
 	Name  string
 	Brand string // e.g. "Nvidia", "Tesla"
-	// Architecture is a lowercase family name, e.g. "hopper".
+	// Architecture is the family name as NVIDIA's tools write it, e.g.
+	// "Hopper", "Ada Lovelace" (go-nvlib's GetArchitectureAsString).
 	Architecture string
 	// CUDAComputeCapability is "major.minor", e.g. "9.0".
 	CUDAComputeCapability string

@@ -3,8 +3,13 @@
 package e2e
 
 import (
+	"fmt"
 	"strings"
 	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // TestClaimsWrittenForOlderReleases: users of NVIDIA's driver still have
@@ -73,4 +78,54 @@ spec:
 			t.Errorf("pod %s did not get a whole GPU:\n%s", pod, log)
 		}
 	}
+}
+
+// TestArchitectureAsNVIDIAsDriverPublishesIt: the architecture attribute
+// carries the values NVIDIA's driver publishes (go-nvlib's, "Hopper"), so a
+// selector from NVIDIA's GPU allocation guide, here with 80Gi or more as the
+// simulated H100 has exactly 80Gi, selects the node's H100s; the lowercase
+// value of this driver's first releases selects nothing.
+func TestArchitectureAsNVIDIAsDriverPublishesIt(t *testing.T) {
+	const ns = "gpu-compat-arch"
+	t.Cleanup(func() { cleanNamespace(t, ns) })
+	template := func(name, expression string) string {
+		return `---
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: ` + name + `, namespace: ` + ns + `}
+spec:
+  spec:
+    devices:
+      requests:
+      - name: gpu
+        exactly:
+          deviceClassName: gpu.nvidia.com
+          selectors:
+          - cel:
+              expression: |
+                ` + expression + "\n"
+	}
+	applyYAML(t, "apiVersion: v1\nkind: Namespace\nmetadata: {name: "+ns+"}\n"+
+		template("hopper", `device.attributes['gpu.nvidia.com'].architecture == 'Hopper' && device.capacity['gpu.nvidia.com'].memory.compareTo(quantity("80Gi")) >= 0`)+
+		template("lowercase", `device.attributes['gpu.nvidia.com'].architecture == 'hopper'`)+
+		claimPod(ns, "hopper", "hopper")+claimPod(ns, "lowercase", "lowercase"))
+	pod := waitPodRunning(t, ns, "hopper")
+	if dev := claimOf(t, pod, "gpu").Status.Allocation.Devices.Results[0].Device; !strings.HasPrefix(dev, "gpu-") {
+		t.Errorf("architecture == 'Hopper' got %s", dev)
+	}
+	var msg string
+	eventually(t, 60*time.Second, "the lowercase selector unschedulable", func() (bool, error) {
+		p, err := client.CoreV1().Pods(ns).Get(ctx(), "lowercase", metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodScheduled && c.Reason == corev1.PodReasonUnschedulable {
+				msg = c.Message
+				return true, nil
+			}
+		}
+		return false, fmt.Errorf("phase %s", p.Status.Phase)
+	})
+	t.Logf("architecture == 'hopper': %s", msg)
 }

@@ -135,7 +135,7 @@ func readGPU(dev nvml.Device, index int) (gpu.GPU, error) {
 	if ret != nvml.SUCCESS {
 		return g, fmt.Errorf("architecture of %s: %w", g.UUID, nvmlError(ret))
 	}
-	g.Architecture = nameOf(architectureNames, arch, "unknown")
+	g.Architecture = nameOf(architectureNames, arch, "Unknown")
 	major, minor, ret := dev.GetCudaComputeCapability()
 	if ret != nvml.SUCCESS {
 		return g, fmt.Errorf("compute capability of %s: %w", g.UUID, nvmlError(ret))
@@ -418,7 +418,7 @@ func (n *Node) SetMIGMode(ctx context.Context, uuid string, enabled bool) error 
 		// GPU would apply whatever it then holds: leave the mode alone.
 		want := map[bool]string{false: "disable", true: "enable"}[enabled]
 		return fmt.Errorf("GPU %s (%s) is in MIG mode %t: %w, which the driver does not do: an administrator must %s MIG mode (nvidia-smi -i %s -mig %d) and reset the GPU",
-			uuid, nameOf(architectureNames, arch, "unknown"), !enabled, gpu.ErrMIGModeNeedsReset, want, uuid, mode)
+			uuid, nameOf(architectureNames, arch, "Unknown"), !enabled, gpu.ErrMIGModeNeedsReset, want, uuid, mode)
 	}
 	// go-nvml returns the activation status first, then the call's result.
 	activation, ret := dev.SetMigMode(mode)
@@ -698,17 +698,20 @@ var brandNames = map[nvml.BrandType]string{
 	nvml.BRAND_TITAN_RTX:   "TitanRTX",
 }
 
+// architectureNames are the values of the architecture attribute: go-nvlib's
+// (GetArchitectureAsString), which NVIDIA's DRA driver publishes, so that a
+// selector written for it (architecture == "Hopper") selects the same GPUs.
 var architectureNames = map[nvml.DeviceArchitecture]string{
-	nvml.DEVICE_ARCH_KEPLER:    "kepler",
-	nvml.DEVICE_ARCH_MAXWELL:   "maxwell",
-	nvml.DEVICE_ARCH_PASCAL:    "pascal",
-	nvml.DEVICE_ARCH_VOLTA:     "volta",
-	nvml.DEVICE_ARCH_TURING:    "turing",
-	nvml.DEVICE_ARCH_AMPERE:    "ampere",
-	nvml.DEVICE_ARCH_ADA:       "ada",
-	nvml.DEVICE_ARCH_HOPPER:    "hopper",
-	nvml.DEVICE_ARCH_BLACKWELL: "blackwell",
-	nvml.DEVICE_ARCH_RUBIN:     "rubin",
+	nvml.DEVICE_ARCH_KEPLER:    "Kepler",
+	nvml.DEVICE_ARCH_MAXWELL:   "Maxwell",
+	nvml.DEVICE_ARCH_PASCAL:    "Pascal",
+	nvml.DEVICE_ARCH_VOLTA:     "Volta",
+	nvml.DEVICE_ARCH_TURING:    "Turing",
+	nvml.DEVICE_ARCH_AMPERE:    "Ampere",
+	nvml.DEVICE_ARCH_ADA:       "Ada Lovelace",
+	nvml.DEVICE_ARCH_HOPPER:    "Hopper",
+	nvml.DEVICE_ARCH_BLACKWELL: "Blackwell",
+	nvml.DEVICE_ARCH_RUBIN:     "Rubin",
 }
 
 // nameOf is names[k], or unknown for a value this driver has no name for.

@@ -50,24 +50,24 @@ func TestInventoryMatchesHardware(t *testing.T) {
 	}{
 		// A30 has four memory slices: a 1g.6gb is one of them, not two
 		// eighths.
-		{"a30", "NVIDIA A30", "ampere", "8.0", 4, 4, map[string]string{
+		{"a30", "NVIDIA A30", "Ampere", "8.0", 4, 4, map[string]string{
 			"1g.6gb": "0:1 1:1 2:1 3:1", "1g.6gb+me": "0:1 1:1 2:1 3:1",
 			"2g.12gb": "0:2 2:2", "2g.12gb+me": "0:2 2:2", "4g.24gb": "0:4",
 		}},
-		{"dgxh100", "NVIDIA H100 80GB HBM3", "hopper", "9.0", 8, 8, map[string]string{
+		{"dgxh100", "NVIDIA H100 80GB HBM3", "Hopper", "9.0", 8, 8, map[string]string{
 			"1g.10gb": "0:1 1:1 2:1 3:1 4:1 5:1 6:1", "1g.10gb+me": "0:1 1:1 2:1 3:1 4:1 5:1 6:1",
 			"1g.20gb": "0:2 2:2 4:2 6:2", "2g.20gb": "0:2 2:2 4:2", "3g.40gb": "0:4 4:4",
 			"4g.40gb": "0:4", "7g.80gb": "0:8",
 		}},
-		{"dgxa100", "NVIDIA A100-SXM4-40GB", "ampere", "8.0", 8, 8, map[string]string{
+		{"dgxa100", "NVIDIA A100-SXM4-40GB", "Ampere", "8.0", 8, 8, map[string]string{
 			"1g.5gb": "0:1 1:1 2:1 3:1 4:1 5:1 6:1", "1g.5gb+me": "0:1 1:1 2:1 3:1 4:1 5:1 6:1",
 			"1g.10gb": "0:2 2:2 4:2 6:2", "2g.10gb": "0:2 2:2 4:2", "3g.20gb": "0:4 4:4",
 			"4g.20gb": "0:4", "7g.40gb": "0:8",
 		}},
-		{"dgxh200", "NVIDIA H200", "hopper", "9.0", 8, 8, map[string]string{
+		{"dgxh200", "NVIDIA H200", "Hopper", "9.0", 8, 8, map[string]string{
 			"1g.18gb": "0:1 1:1 2:1 3:1 4:1 5:1 6:1", "3g.71gb": "0:4 4:4", "7g.141gb": "0:8",
 		}},
-		{"dgxb200", "NVIDIA B200", "blackwell", "10.0", 8, 8, map[string]string{
+		{"dgxb200", "NVIDIA B200", "Blackwell", "10.0", 8, 8, map[string]string{
 			"1g.23gb": "0:1 1:1 2:1 3:1 4:1 5:1 6:1", "7g.180gb": "0:8",
 		}},
 	}
@@ -128,7 +128,7 @@ func TestMixedNode(t *testing.T) {
 	for _, g := range inv.GPUs {
 		names = append(names, g.Architecture)
 	}
-	if got := strings.Join(names, ","); got != "ampere,ampere,ampere,ampere,hopper,hopper,hopper,hopper" {
+	if got := strings.Join(names, ","); got != "Ampere,Ampere,Ampere,Ampere,Hopper,Hopper,Hopper,Hopper" {
 		t.Errorf("architectures = %s", got)
 	}
 }
@@ -409,7 +409,7 @@ func TestGPUsWithoutMIG(t *testing.T) {
 				t.Fatal("no GPUs")
 			}
 			for _, g := range inv.GPUs {
-				if g.Name != tc.product || g.Architecture != "ada" || g.CUDAComputeCapability != "8.9" || g.MemoryBytes != tc.memoryMiB<<20 {
+				if g.Name != tc.product || g.Architecture != "Ada Lovelace" || g.CUDAComputeCapability != "8.9" || g.MemoryBytes != tc.memoryMiB<<20 {
 					t.Errorf("GPU %d: %q %q %q %d bytes", g.Index, g.Name, g.Architecture, g.CUDAComputeCapability, g.MemoryBytes)
 				}
 				if g.MIGCapable || g.MIGEnabled || len(g.MIGProfiles) != 0 || len(g.MIGInstances) != 0 {
