@@ -83,14 +83,8 @@ serve_driver() {
 		while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
 	fi
 	mkdir -p "$RUN/pids" "$RUN/logs"
-	# On another node, nsenter execs gpu-sim in the node's namespace: the PID is gpu-sim's.
-	node_prefix "$i"
-	(
-		close_inherited_fds
-		exec setsid "${NODE_PREFIX[@]}" "$RUN/bin/gpu-sim" --model "$model" --state-dir "$SIM_DIR/state" serve \
-			--driver-root "$SIM_DIR/host/driver" --proc-root "$SIM_DIR/host/proc"
-	) >>"$RUN/logs/$name.log" 2>&1 </dev/null &
-	echo $! >"$pidfile"
+	start_on "$i" gpu-sim "$RUN/bin/gpu-sim" --model "$model" --state-dir "$SIM_DIR/state" serve \
+		--driver-root "$SIM_DIR/host/driver" --proc-root "$SIM_DIR/host/proc"
 	echo "$want" >"$dir/serving"
 	local deadline=$((SECONDS + 30))
 	until [[ -S $dir/host/driver/run/gpu-sim/nvml.sock ]]; do

@@ -95,6 +95,22 @@ node_run() {
 	"${NODE_PREFIX[@]}" "$@"
 }
 
+# start_on I NAME BIN ARGS...: starts BIN on node I (in its mount namespace) in its own session,
+# without the caller's descriptors; it logs to $RUN/logs/<name>.log and its PID is recorded in
+# $RUN/pids/<name>.pid, <name> being node_proc NAME I. nsenter and setsid exec, so the PID is BIN's
+# once it runs (until then, a process that will become it).
+start_on() {
+	local i=$1 name
+	name=$(node_proc "$2" "$1")
+	shift 2
+	node_prefix "$i"
+	(
+		close_inherited_fds
+		exec setsid "${NODE_PREFIX[@]}" "$@"
+	) >>"$RUN/logs/$name.log" 2>&1 </dev/null &
+	echo $! >"$RUN/pids/$name.pid"
+}
+
 # close_inherited_fds closes every descriptor above stderr of this (sub)shell, before it execs a
 # process that outlives the script: a daemon must not hold what the script's caller opened, such
 # as the lock a `flock FILE make test` holds (it would be held until the cluster goes down).

@@ -51,13 +51,9 @@ start_kubelet() {
 		return 0
 	fi
 	mapfile -t args <"$(node_dir "$i")/kubelet/cmdline"
-	node_prefix "$i"
-	(
-		close_inherited_fds
-		exec setsid "${NODE_PREFIX[@]}" "${args[@]}"
-	) >>"$RUN/logs/$(node_proc kubelet "$i").log" 2>&1 </dev/null &
-	local pid=$!
-	echo "$pid" >"$RUN/pids/$(node_proc kubelet "$i").pid"
+	start_on "$i" kubelet "${args[@]}"
+	local pid
+	pid=$(<"$RUN/pids/$(node_proc kubelet "$i").pid")
 	local deadline=$((SECONDS + 60))
 	until curl -fsS --max-time 2 "http://$name:10248/healthz" >/dev/null 2>&1; do
 		# Alive (it may not have reached the kubelet's exec yet on a loaded machine).

@@ -22,27 +22,6 @@ FORWARD_RULE=gpu-dra-cluster-pods
 
 # --- helpers -----------------------------------------------------------------------------------
 
-# start NAME BIN ARGS...: starts BIN in its own session, logs to $RUN/logs/NAME.log, records
-# its PID in $RUN/pids/NAME.pid.
-start() {
-	local name=$1 bin=$2
-	shift 2
-	(
-		close_inherited_fds
-		exec setsid "$bin" "$@"
-	) >"$RUN/logs/$name.log" 2>&1 </dev/null &
-	echo $! >"$RUN/pids/$name.pid"
-}
-
-# start_on I NAME BIN ARGS...: start, on node I (in its mount namespace), recorded as
-# node_proc NAME I. nsenter execs BIN, so the recorded PID is BIN's.
-start_on() {
-	local i=$1 name=$2 bin=$3
-	shift 3
-	node_prefix "$i"
-	start "$(node_proc "$name" "$i")" "${NODE_PREFIX[@]}" "$bin" "$@"
-}
-
 # alive NAME: the process recorded for NAME still runs.
 alive() {
 	kill -0 "$(cat "$RUN/pids/$1.pid")" 2>/dev/null
@@ -284,7 +263,7 @@ start_etcd() {
 	mkdir -p "$data"
 	chmod 700 "$data"
 	ln -sfn "$data" "$RUN/etcd-data"
-	start etcd "$ETCDSERVER_BIN/etcd" --name local --data-dir "$data" --unsafe-no-fsync \
+	start_on 0 etcd "$ETCDSERVER_BIN/etcd" --name local --data-dir "$data" --unsafe-no-fsync \
 		--listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
 		--listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
 		--initial-cluster local=http://127.0.0.1:2380 --log-level warn
@@ -301,7 +280,7 @@ start_control_plane() {
 	# A lost node of a cluster (node.sh stop) is NotReady after 30s rather than 50s. One node keeps
 	# the default: its lease renewals may lag on a loaded machine.
 	((NODES == 1)) || nodes=(--node-monitor-grace-period=30s)
-	start kube-apiserver "$K8S_BIN/kube-apiserver" \
+	start_on 0 kube-apiserver "$K8S_BIN/kube-apiserver" \
 		--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port=6443 \
 		--etcd-servers=http://127.0.0.1:2379 --endpoint-reconciler-type=none \
 		--cert-dir="$RUN/apiserver" --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
@@ -317,12 +296,12 @@ start_control_plane() {
 		--enable-aggregator-routing=true
 	wait_for "kube-apiserver /readyz" 90 kube-apiserver curl_ok "$SERVER/readyz"
 
-	start kube-scheduler "$K8S_BIN/kube-scheduler" \
+	start_on 0 kube-scheduler "$K8S_BIN/kube-scheduler" \
 		--kubeconfig="$KCFG/scheduler.kubeconfig" \
 		--authentication-kubeconfig="$KCFG/scheduler.kubeconfig" \
 		--authorization-kubeconfig="$KCFG/scheduler.kubeconfig" \
 		--bind-address=127.0.0.1 --secure-port=10259 --cert-dir="$RUN/scheduler" --leader-elect=false "${qps[@]}"
-	start kube-controller-manager "$K8S_BIN/kube-controller-manager" \
+	start_on 0 kube-controller-manager "$K8S_BIN/kube-controller-manager" \
 		--kubeconfig="$KCFG/controller-manager.kubeconfig" \
 		--authentication-kubeconfig="$KCFG/controller-manager.kubeconfig" \
 		--authorization-kubeconfig="$KCFG/controller-manager.kubeconfig" \

@@ -241,28 +241,14 @@ spec:
 	t.Logf("a pod asking for a GPU of 100Gi: %s", unschedulable(t, ns, "too-big"))
 }
 
-// sharedClaimPod is a pod of claim claim; with node set, bound to it by a
-// node selector.
+// sharedClaimPod is claimPod holding ResourceClaim claim instead of one
+// from a template; with node set, bound to it by a node selector.
 func sharedClaimPod(ns, name, claim, node string) string {
-	sel := ""
-	if node != "" {
-		sel = "\n  nodeSelector: {kubernetes.io/hostname: \"" + node + "\"}"
+	pod := strings.Replace(claimPod(ns, name, ""), "resourceClaimTemplateName: ", "resourceClaimName: "+claim, 1)
+	if node == "" {
+		return pod
 	}
-	return fmt.Sprintf(`---
-apiVersion: v1
-kind: Pod
-metadata: {name: %s, namespace: %s}
-spec:%s
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: ctr
-    image: busybox:local
-    imagePullPolicy: Never
-    command: ["sh", "-c", "sleep 3600"]
-    resources: {claims: [{name: gpu}]}
-  resourceClaims:
-  - {name: gpu, resourceClaimName: %s}
-`, name, ns, sel, claim)
+	return strings.Replace(pod, "spec:\n", "spec:\n  nodeSelector: {kubernetes.io/hostname: \""+node+"\"}\n", 1)
 }
 
 // affinityPod is claimPod with a required node affinity to node.
@@ -691,16 +677,8 @@ func TestClusterNodeLostAndBack(t *testing.T) {
 	}
 	lost := time.Now()
 	eventually(t, 120*time.Second, node+" NotReady", func() (bool, error) {
-		n, err := client.CoreV1().Nodes().Get(ctx(), node, metav1.GetOptions{})
-		if err != nil {
-			return false, err
-		}
-		for _, c := range n.Status.Conditions {
-			if c.Type == corev1.NodeReady {
-				return c.Status != corev1.ConditionTrue, fmt.Errorf("Ready %s", c.Status)
-			}
-		}
-		return false, errors.New("no Ready condition")
+		ready, err := nodeReady(node)
+		return err == nil && !ready, err
 	})
 	t.Logf("%s NotReady %s after its kubelet was killed", node, time.Since(lost).Round(time.Second))
 	applyYAML(t, claimPod(ns, "meanwhile", "any-gpu"))
@@ -720,16 +698,8 @@ func TestClusterNodeLostAndBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 120*time.Second, node+" Ready", func() (bool, error) {
-		n, err := client.CoreV1().Nodes().Get(ctx(), node, metav1.GetOptions{})
-		if err != nil {
-			return false, err
-		}
-		for _, c := range n.Status.Conditions {
-			if c.Type == corev1.NodeReady {
-				return c.Status == corev1.ConditionTrue, fmt.Errorf("Ready %s", c.Status)
-			}
-		}
-		return false, errors.New("no Ready condition")
+		ready, err := nodeReady(node)
+		return err == nil && ready, err
 	})
 	eventually(t, 120*time.Second, "the evicted pod gone", func() (bool, error) {
 		_, err := client.CoreV1().Pods(ns).Get(ctx(), "evicted", metav1.GetOptions{})
@@ -742,11 +712,8 @@ func TestClusterNodeLostAndBack(t *testing.T) {
 	if p := pluginPodsByNode(t)[node]; p.UID != plugin.UID {
 		t.Logf("the plugin pod of %s was replaced (%s, was %s)", node, p.Name, plugin.Name)
 	}
-	if p := waitPodRunning(t, ns, "stays"); p.Spec.NodeName != node {
-		t.Errorf("stays runs on %s", p.Spec.NodeName)
-	}
-	if got := claimOf(t, waitPodRunning(t, ns, "stays"), "gpu").Status.Allocation.Devices.Results[0].Device; got != stays.device {
-		t.Errorf("stays now holds %s, was %s", got, stays.device)
+	if got := placement(t, ns, "stays", "gpu"); got.node != node || got.device != stays.device {
+		t.Errorf("stays now holds %s on %s, was %s on %s", got.device, got.node, stays.device, node)
 	}
 	for _, i := range []int{h100Node, l40sNode} {
 		for _, s := range nodeSlices(t, clusterNode(i)) {
@@ -765,6 +732,20 @@ func a100Sim(t *testing.T, args ...string) {
 	if out, err := exec.Command(filepath.Join(runDir, "bin/gpu-sim"), full...).CombinedOutput(); err != nil {
 		t.Fatalf("gpu-sim %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
+}
+
+// nodeReady reports whether node's Ready condition is True.
+func nodeReady(node string) (bool, error) {
+	n, err := client.CoreV1().Nodes().Get(ctx(), node, metav1.GetOptions{})
+	if err != nil {
+		return false, err
+	}
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue, nil
+		}
+	}
+	return false, errors.New("no Ready condition")
 }
 
 // nodeMIGCount counts the MIG devices of node i's simulated GPUs.
