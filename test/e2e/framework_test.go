@@ -8,7 +8,10 @@
 // and one is running) and stops them at the end (unless
 // GPU_DRA_E2E_KEEP=1). With GPU_DRA_E2E_NODES=3 the cluster has three nodes
 // of three GPU models (clusterModels), for the TestCluster tests, run with
-// -run '^TestCluster' (the others are written for one node).
+// -run '^TestCluster' (the others are written for one node). With
+// GPU_DRA_E2E_RACK=1 as well, the three nodes are GB200 nodes of an NVL72
+// rack (rackModels, rackCliques) with ComputeDomains on, for the
+// TestComputeDomain tests, run with -run '^TestComputeDomain'.
 package e2e
 
 import (
@@ -50,6 +53,16 @@ var (
 // test fills a node with two pods; the third has no MIG.
 var clusterModels = []string{"dgxh100:2", "dgxa100:2", "l40s:2"}
 
+// rackModels and rackCliques are the nodes of the rack cluster
+// (GPU_DRA_E2E_RACK=1): three GB200 nodes of two GPUs each, the first two
+// in one NVLink clique and the third in another.
+var (
+	rackModels  = []string{"gb200:2", "gb200:2", "gb200:2"}
+	rackCliques = []string{"1", "1", "2"}
+	// rack says whether this run's cluster is the rack.
+	rack bool
+)
+
 func TestMain(m *testing.M) {
 	_, file, _, _ := runtime.Caller(0)
 	repoRoot = filepath.Clean(filepath.Join(filepath.Dir(file), "../.."))
@@ -62,6 +75,11 @@ func TestMain(m *testing.M) {
 		if n != strconv.Itoa(len(clusterModels)) {
 			fmt.Fprintf(os.Stderr, "GPU_DRA_E2E_NODES=%s: the suite runs one node or %d\n", n, len(clusterModels))
 			os.Exit(2)
+		}
+		if os.Getenv("GPU_DRA_E2E_RACK") == "1" {
+			rack = true
+			clusterModels = rackModels
+			os.Setenv("GPU_DRA_CLIQUES", strings.Join(rackCliques, ","))
 		}
 		clusterNodes = len(clusterModels)
 		model = clusterModels[0]
@@ -88,7 +106,11 @@ func TestMain(m *testing.M) {
 		}
 		// The suite's chart values (values.yaml beside this file) stay in
 		// force for every later start and restart of this cluster.
-		if err := script("driver.sh", "start", "-f", filepath.Join(repoRoot, "test/e2e/values.yaml")); err != nil {
+		values := []string{"start", "-f", filepath.Join(repoRoot, "test/e2e/values.yaml")}
+		if rack {
+			values = append(values, "-f", filepath.Join(repoRoot, "test/e2e/values-rack.yaml"))
+		}
+		if err := script("driver.sh", values...); err != nil {
 			fmt.Fprintln(os.Stderr, "driver start:", err)
 			script("down.sh")
 			os.Exit(1)
