@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/ktesting"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/simhosttest"
@@ -261,7 +260,8 @@ func TestRunKillsStubbornIMEX(t *testing.T) {
 
 func TestBackoff(t *testing.T) {
 	o := Options{MinBackoff: time.Second, MaxBackoff: 5 * time.Second, ResetAfter: time.Minute}.withDefaults()
-	s := &supervisor{o: o, logger: klog.Background(), backoff: o.MinBackoff}
+	logger, _ := ktesting.NewTestContext(t)
+	s := &supervisor{o: o, logger: logger, backoff: o.MinBackoff}
 	var got []time.Duration
 	for _, ran := range []time.Duration{0, 0, 0, 0, 0, 2 * time.Minute, 0} {
 		s.started = time.Now().Add(-ran)

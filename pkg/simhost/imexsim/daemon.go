@@ -25,7 +25,8 @@ import (
 //
 // and the other answers with its own HELLO, or with "IMEX-SIM/1 REFUSED
 // <reason>" and closes. A HELLO is accepted only from a listed node, from
-// the address it names, with the same node map (mapID: the set of listed
+// the address it names (a connection from an unlisted address is closed
+// unread), with the same node map (mapID: the set of listed
 // addresses, as NVIDIA's daemons refuse a peer whose node map differs).
 // Then each side sends "PING" every heartbeat; a side that hears nothing
 // for missedHeartbeats heartbeats, or anything but PING, drops the
@@ -310,6 +311,12 @@ func (d *Daemon) acceptPeers(ctx context.Context, ln net.Listener) {
 				d.log.Printf("accept a peer: %v", err)
 			}
 			return
+		}
+		// Only listed peers may take a handshake's place: a connection
+		// from any other address is closed unread.
+		if d.peer(remoteAddr(c)) == nil {
+			c.Close()
+			continue
 		}
 		select {
 		case sem <- struct{}{}:
