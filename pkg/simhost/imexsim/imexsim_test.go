@@ -266,7 +266,7 @@ func TestRefusedHello(t *testing.T) {
 	}{
 		{name: "another node's address", from: "127.0.0.1", send: protocol + " HELLO 127.0.0.3 " + r.d.mapID + "\n", wantAnswer: "REFUSED HELLO as 127.0.0.3 from 127.0.0.1"},
 		{name: "not listed", from: "127.0.0.4", send: protocol + " HELLO 127.0.0.4 " + r.d.mapID + "\n", wantAnswer: ""}, // closed unread
-		{name: "itself", from: "127.0.0.2", send: protocol + " HELLO 127.0.0.2 " + r.d.mapID + "\n", wantAnswer: ""}, // its own address is no peer: closed unread
+		{name: "itself", from: "127.0.0.2", send: protocol + " HELLO 127.0.0.2 " + r.d.mapID + "\n", wantAnswer: ""},     // its own address is no peer: closed unread
 		{name: "other node map", from: "127.0.0.1", send: protocol + " HELLO 127.0.0.1 0123456789abcdef\n", wantAnswer: "REFUSED node map mismatch"},
 		{name: "junk", from: "127.0.0.1", send: "GET / HTTP/1.0\n", wantAnswer: "REFUSED not a HELLO"},
 		{name: "endless line", from: "127.0.0.1", send: strings.Repeat("x", 10000), wantAnswer: ""},
