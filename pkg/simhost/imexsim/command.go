@@ -32,17 +32,16 @@ const (
 	NotReady = "UNAVAILABLE"
 )
 
-// serveCommands answers the command service's clients until ln is closed.
-func (d *Daemon) serveCommands(ctx context.Context, ln net.Listener) {
+// serveCommands answers the command service's clients until ln is
+// closed; it ends the daemon (fail) when ln fails.
+func (d *Daemon) serveCommands(ctx context.Context, fail context.CancelCauseFunc, ln net.Listener) {
 	sem := make(chan struct{}, maxCommands)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			if ctx.Err() == nil {
-				d.log.Printf("accept a command: %v", err)
-			}
+			fail(fmt.Errorf("accept IMEX commands: %w", err))
 			return
 		}
 		select {

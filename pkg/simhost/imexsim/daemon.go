@@ -92,8 +92,8 @@ type node struct {
 
 // Run reads the nodes file, finds the daemon's own address, listens and
 // runs until ctx ends; it returns nil then, or the error that kept it from
-// starting.
-func (d *Daemon) Run(ctx context.Context) error {
+// starting or made it stop (a listener that fails).
+func (d *Daemon) Run(parent context.Context) error {
 	d.defaults()
 	addrs, err := ReadNodes(d.Config.NodeConfigFile)
 	if err != nil {
@@ -116,8 +116,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.log.Printf("DAEMONIZE=1 ignored: the simulated IMEX daemon runs in the foreground")
 	}
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(parent)
+	defer cancel(nil)
 	var lc net.ListenConfig
 	peerLn, err := lc.Listen(ctx, "tcp", netip.AddrPortFrom(self, uint16(d.Config.ServerPort)).String())
 	if err != nil {
@@ -133,9 +133,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.log.Printf("started: address %s, %d nodes (map %s), peer port %d", self, len(addrs), d.mapID, d.Config.ServerPort)
 
 	var wg sync.WaitGroup
-	wg.Go(func() { d.acceptPeers(ctx, peerLn) })
+	wg.Go(func() { d.acceptPeers(ctx, cancel, peerLn) })
 	for _, ln := range cmdLns {
-		wg.Go(func() { d.serveCommands(ctx, ln) })
+		wg.Go(func() { d.serveCommands(ctx, cancel, ln) })
 	}
 	for _, n := range d.nodes {
 		if n.addr.Compare(self) > 0 {
@@ -152,6 +152,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	wg.Wait()
 	if d.Config.CmdUnixPath != "" {
 		_ = os.Remove(d.Config.CmdUnixPath)
+	}
+	if parent.Err() == nil {
+		err := context.Cause(ctx)
+		d.log.Printf("stopped: %v", err)
+		return err
 	}
 	d.log.Printf("stopped")
 	return nil
@@ -299,17 +304,16 @@ func (d *Daemon) peer(a netip.Addr) *node {
 	return nil
 }
 
-// acceptPeers accepts peers' connections until ln is closed.
-func (d *Daemon) acceptPeers(ctx context.Context, ln net.Listener) {
+// acceptPeers accepts peers' connections until ln is closed; it ends the
+// daemon (fail) when ln fails.
+func (d *Daemon) acceptPeers(ctx context.Context, fail context.CancelCauseFunc, ln net.Listener) {
 	sem := make(chan struct{}, maxHandshakes)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			if ctx.Err() == nil {
-				d.log.Printf("accept a peer: %v", err)
-			}
+			fail(fmt.Errorf("accept IMEX peers: %w", err))
 			return
 		}
 		// Only listed peers may take a handshake's place: a connection
