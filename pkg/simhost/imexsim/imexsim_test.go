@@ -159,7 +159,8 @@ func waitQuery(t *testing.T, cfg, want string) {
 }
 
 // TestDomainQuorum runs three daemons on loopback addresses: all READY;
-// one stopped, the others not; restarted, all READY again.
+// one stopped, the others not; restarted, all READY again (for the node
+// that only accepts and for the one that only dials).
 func TestDomainQuorum(t *testing.T) {
 	addrs := []string{"127.0.0.1", "127.0.0.2", "127.0.0.3"}
 	cfgs := writeDomain(t, t.TempDir(), addrs, freePort(t, addrs...), freePort(t, addrs...))
@@ -175,30 +176,38 @@ func TestDomainQuorum(t *testing.T) {
 		t.Errorf("-N: exit %d:\n%s", code, out)
 	}
 
-	if err := ds[2].stop(); err != nil {
-		t.Fatal(err)
+	// The highest address (only dialed) and the lowest (only dialing).
+	for _, down := range []int{2, 0} {
+		if err := ds[down].stop(); err != nil {
+			t.Fatal(err)
+		}
+		var up []int
+		for i := range cfgs {
+			if i != down {
+				up = append(up, i)
+				waitQuery(t, cfgs[i], "UNAVAILABLE\n")
+			}
+		}
+		if code, _, errOut := ctl("-c", cfgs[down], "-q"); code != 1 || !strings.Contains(errOut, "query the IMEX daemon at "+addrs[down]+":") {
+			t.Errorf("stopped daemon: exit %d, %q", code, errOut)
+		}
+		code, out, _ = ctl("-c", cfgs[up[0]], "-N")
+		if code != 0 || !strings.Contains(out, addrs[down]) || !strings.Contains(out, "UNAVAILABLE (DISCONNECTED)") || !strings.Contains(out, "Domain State: DEGRADED\n") {
+			t.Errorf("-N with %s down: exit %d:\n%s", addrs[down], code, out)
+		}
+		ds[down] = start(t, cfgs[down])
+		for _, c := range cfgs {
+			waitQuery(t, c, "READY\n")
+		}
+		for _, i := range up {
+			if !strings.Contains(ds[i].log.String(), "disconnected from "+addrs[down]) {
+				t.Errorf("daemon %d logged no disconnection from %s:\n%s", i, addrs[down], ds[i].log.String())
+			}
+		}
 	}
-	for _, c := range cfgs[:2] {
-		waitQuery(t, c, "UNAVAILABLE\n")
-	}
-	if code, _, errOut := ctl("-c", cfgs[2], "-q"); code != 1 || !strings.Contains(errOut, "query the IMEX daemon at 127.0.0.3:") {
-		t.Errorf("stopped daemon: exit %d, %q", code, errOut)
-	}
-	code, out, _ = ctl("-c", cfgs[1], "-N")
-	if code != 0 || !strings.Contains(out, "127.0.0.3") || !strings.Contains(out, "UNAVAILABLE (DISCONNECTED)") || !strings.Contains(out, "Domain State: DEGRADED\n") {
-		t.Errorf("-N with one node down: exit %d:\n%s", code, out)
-	}
-
-	start(t, cfgs[2])
-	for _, c := range cfgs {
-		waitQuery(t, c, "READY\n")
-	}
-	for i, d := range ds[:2] {
+	for i, d := range ds {
 		if err := d.stop(); err != nil {
 			t.Errorf("daemon %d: %v", i, err)
-		}
-		if !strings.Contains(d.log.String(), "disconnected from 127.0.0.3") {
-			t.Errorf("daemon %d logged no disconnection:\n%s", i, d.log.String())
 		}
 	}
 }
