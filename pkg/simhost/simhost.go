@@ -6,9 +6,10 @@
 // writes (Capabilities). The plugin is pointed at them with --driver-root,
 // --dev-root and --proc-root.
 //
-// The driver root's tools, usr/bin/nvidia-smi and
-// usr/bin/nvidia-cuda-mps-control, are copies of the static gpu-sim-tools
-// program (package simtools), not shell scripts: they run in the plugin's
+// The driver root's tools, usr/bin/nvidia-smi,
+// usr/bin/nvidia-cuda-mps-control and IMEX's usr/bin/nvidia-imex and
+// usr/bin/nvidia-imex-ctl, are copies of the static gpu-sim-tools program
+// (package simtools), not shell scripts: they run in the plugin's
 // image, which has no shell, and in the containers CDI mounts them into.
 // What they record is read back with TimeSlicePath and MPSLogPath.
 package simhost

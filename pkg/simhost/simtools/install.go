@@ -23,8 +23,8 @@ const (
 	tailSize      = 512
 )
 
-// Install copies the gpu-sim-tools program at tools into binDir as
-// nvidia-smi and nvidia-cuda-mps-control, mode 0755, each ending with
+// Install copies the gpu-sim-tools program at tools into binDir under
+// every name of Names, mode 0755, each ending with
 // driverVersion (any version a copy of tools already carries is replaced).
 // A copy is replaced by a rename, never rewritten in place, as an MPS
 // daemon may be running the old one; a copy already equal is kept.
@@ -48,7 +48,7 @@ func Install(tools, binDir, driverVersion string) error {
 	}
 	copyOf := make([]byte, 0, len(program)+len(versionMarker)+len(driverVersion)+1)
 	copyOf = append(append(append(copyOf, program...), versionMarker+driverVersion...), '\n')
-	for _, name := range []string{SMI, MPSControl} {
+	for _, name := range Names {
 		path := filepath.Join(binDir, name)
 		if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, copyOf) {
 			if err := os.Chmod(path, 0o755); err != nil {

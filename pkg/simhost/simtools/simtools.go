@@ -1,5 +1,6 @@
-// Package simtools is the simulated NVIDIA driver's tools, nvidia-smi and
-// nvidia-cuda-mps-control, as one static multi-call program
+// Package simtools is the simulated NVIDIA driver's tools, nvidia-smi,
+// nvidia-cuda-mps-control and IMEX's nvidia-imex and nvidia-imex-ctl
+// (package imexsim), as one static multi-call program
 // (cmd/gpu-sim-tools). They run where the real tools run: in the plugin's
 // container image, which has no shell, and in any container that a CDI
 // spec mounts them into, such as busybox test pods.
@@ -29,13 +30,20 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/imexsim"
 )
 
 // The names the program answers to.
 const (
 	SMI        = "nvidia-smi"
 	MPSControl = "nvidia-cuda-mps-control"
+	IMEX       = imexsim.IMEX
+	IMEXCtl    = imexsim.IMEXCtl
 )
+
+// Names are the tools Install installs, all names of one program.
+var Names = []string{SMI, MPSControl, IMEX, IMEXCtl}
 
 // timeLayout is that of the tools' log lines: `date -u +%Y-%m-%dT%H:%M:%SZ`.
 const timeLayout = "2006-01-02T15:04:05Z"
@@ -59,8 +67,12 @@ type Tools struct {
 
 // Main runs the tool named name (the base name of argv[0]) with args and
 // returns its exit status. The driver root is found from the running
-// executable, with symlinks resolved.
+// executable, with symlinks resolved. The IMEX tools need no driver root:
+// they run from the configuration they are given.
 func Main(name string, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if name == IMEX || name == IMEXCtl {
+		return imexsim.Main(name, args, stdout, stderr)
+	}
 	if name != SMI && name != MPSControl {
 		return usage(name, stderr)
 	}
@@ -98,12 +110,14 @@ func (t *Tools) Run(name string, args []string) int {
 		return t.smi(args)
 	case MPSControl:
 		return t.mpsControl(args)
+	case IMEX, IMEXCtl:
+		return imexsim.Main(name, args, t.Stdout, t.Stderr)
 	}
 	return usage(name, t.Stderr)
 }
 
 func usage(name string, stderr io.Writer) int {
-	fmt.Fprintf(stderr, "gpu-sim-tools: run as %s or %s (a copy of this program of that name), not as %q\n", SMI, MPSControl, name)
+	fmt.Fprintf(stderr, "gpu-sim-tools: run as %s, %s, %s or %s (a copy of this program of that name), not as %q\n", SMI, MPSControl, IMEX, IMEXCtl, name)
 	return 2
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -44,7 +45,7 @@ func TestArgumentErrors(t *testing.T) {
 		wantCode          int
 		wantErr           string
 	}{
-		{name: "unknown program", tool: "gpu-sim-tools", wantCode: 2, wantErr: `gpu-sim-tools: run as nvidia-smi or nvidia-cuda-mps-control (a copy of this program of that name), not as "gpu-sim-tools"` + "\n"},
+		{name: "unknown program", tool: "gpu-sim-tools", wantCode: 2, wantErr: `gpu-sim-tools: run as nvidia-smi, nvidia-cuda-mps-control, nvidia-imex or nvidia-imex-ctl (a copy of this program of that name), not as "gpu-sim-tools"` + "\n"},
 		{name: "unknown argument", tool: SMI, args: []string{"compute-policy", "-i", "GPU-a", "--set-timeslice", "1", "--force"}, wantCode: 2, wantErr: "nvidia-smi compute-policy: unknown argument --force\n"},
 		{name: "no time slice", tool: SMI, args: []string{"compute-policy", "-i", "GPU-a"}, wantCode: 2, wantErr: "nvidia-smi compute-policy: bad time slice ''\n"},
 		{name: "time slice out of range", tool: SMI, args: []string{"compute-policy", "-i", "GPU-a", "--set-timeslice", "4"}, wantCode: 2, wantErr: "nvidia-smi compute-policy: bad time slice '4'\n"},
@@ -128,7 +129,7 @@ func TestInstall(t *testing.T) {
 	if err := Install(smi, bin, "590.1"); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{SMI, MPSControl} {
+	for _, name := range Names {
 		got, err := os.ReadFile(filepath.Join(bin, name))
 		if err != nil {
 			t.Fatal(err)
@@ -140,7 +141,7 @@ func TestInstall(t *testing.T) {
 			t.Errorf("%s: mode %v (%v)", name, fi.Mode(), err)
 		}
 	}
-	if entries, _ := os.ReadDir(bin); len(entries) != 2 {
+	if entries, _ := os.ReadDir(bin); len(entries) != len(Names) {
 		t.Errorf("temporary files left: %v", entries)
 	}
 	notTools := filepath.Join(t.TempDir(), "not-tools")
@@ -417,5 +418,62 @@ func TestControlFileNotWrittenThroughASymlink(t *testing.T) {
 func TestDeviceUUIDsEnvIsTheSpecs(t *testing.T) {
 	if deviceUUIDsEnv != cdi.EnvDeviceUUIDs {
 		t.Errorf("nvidia-smi prints %s, the specs set %s", deviceUUIDsEnv, cdi.EnvDeviceUUIDs)
+	}
+}
+
+// TestIMEXProgram runs installed copies of nvidia-imex and
+// nvidia-imex-ctl: a domain of one node is READY at once, and the daemon
+// exits 0 on SIGTERM.
+func TestIMEXProgram(t *testing.T) {
+	root := t.TempDir()
+	bin := filepath.Join(root, "usr/bin")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := Install(simhosttest.Tools(t), bin, "550.54.15"); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "nodes.cfg"), []byte("127.0.0.1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Two ports free now (a race with other processes is unlikely).
+	var ports [2]int
+	for i := range ports {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports[i] = ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+	}
+	cfg := filepath.Join(dir, "imexd.cfg")
+	if err := os.WriteFile(cfg, fmt.Appendf(nil, "IMEX_NODE_CONFIG_FILE=%s/nodes.cfg\nSERVER_PORT=%d\nIMEX_CMD_ENABLED=1\nIMEX_CMD_PORT=%d\nLOG_FILE_NAME=\nDAEMONIZE=0\n", dir, ports[0], ports[1]), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var errOut bytes.Buffer
+	daemon := exec.Command(filepath.Join(bin, IMEX), "-c", cfg)
+	daemon.Stderr = &errOut
+	if err := daemon.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out, err := exec.Command(filepath.Join(bin, IMEXCtl), "-c", cfg, "-q").CombinedOutput()
+		if err == nil && string(out) == "READY\n" {
+			break
+		}
+		if time.Now().After(deadline) {
+			_ = daemon.Process.Kill()
+			_ = daemon.Wait()
+			t.Fatalf("nvidia-imex-ctl -q: %q (%v); daemon: %s", out, err, errOut.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := daemon.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := daemon.Wait(); err != nil || !strings.Contains(errOut.String(), "nvidia-imex: stopped") {
+		t.Errorf("after SIGTERM: %v; log:\n%s", err, errOut.String())
 	}
 }
