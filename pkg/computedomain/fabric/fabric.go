@@ -162,3 +162,25 @@ func combine(gpus []gpuFabric) (string, error) {
 	sort.Strings(parts)
 	return "", fmt.Errorf("GPUs disagree on their NVLink fabric clique (%s)", strings.Join(parts, "; "))
 }
+
+// Read loads NVML from libraryPath (libnvidia-ml.so.1 under the driver
+// root; empty: the dynamic loader's search path), returns the node's
+// CliqueID and shuts NVML down again. A library that does not load or a
+// driver that is not loaded is an error: a node without the GPU driver is
+// not a node without fabric.
+func Read(ctx context.Context, libraryPath string) (string, error) {
+	var opts []nvml.LibraryOption
+	if libraryPath != "" {
+		opts = append(opts, nvml.WithLibraryPath(libraryPath))
+	}
+	lib := nvml.New(opts...)
+	if ret := lib.Init(); ret != nvml.SUCCESS {
+		return "", fmt.Errorf("initialise NVML from %q: %w", libraryPath, ret)
+	}
+	defer func() {
+		if ret := lib.Shutdown(); ret != nvml.SUCCESS {
+			klog.FromContext(ctx).Error(ret, "Shut down NVML", "library", libraryPath)
+		}
+	}()
+	return CliqueID(ctx, lib)
+}

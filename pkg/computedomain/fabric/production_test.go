@@ -93,6 +93,20 @@ func TestProductionPathGB200Clique(t *testing.T) {
 	}
 }
 
+// Read loads the library itself, as the node plugin does once at start.
+func TestProductionPathRead(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	inst := installationtest.Start(t, "gb200:1")
+	if got, err := fabric.Read(ctx, inst.Library); err != nil || got != sim.DefaultFabricClusterUUID+".1" {
+		t.Fatalf("Read = %q, %v", got, err)
+	}
+	// No kernel side: the driver is not loaded, which is not "no fabric".
+	inst.StopKernel()
+	if got, err := fabric.Read(ctx, inst.Library); err == nil {
+		t.Fatalf("Read without a driver = %q, want an error", got)
+	}
+}
+
 // A GPU without fabric answers NVML_ERROR_NOT_SUPPORTED through the
 // library, and the node has no clique.
 func TestProductionPathNoFabric(t *testing.T) {
