@@ -54,7 +54,7 @@ func newRootCommand() *cobra.Command {
 	var asJSON bool
 	show := &cobra.Command{
 		Use:   "show",
-		Short: "Show GPUs, MIG mode, MIG devices and faults",
+		Short: "Show GPUs, MIG mode, MIG devices, faults and NVLink fabric placement",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			n, err := open()
@@ -75,8 +75,14 @@ func newRootCommand() *cobra.Command {
 				return err
 			}
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "GPU\tUUID\tPRODUCT\tMIG\tTEMP\tFAULTS\tMIG DEVICES")
+			fmt.Fprintln(w, "GPU\tUUID\tPRODUCT\tMIG\tTEMP\tFAULTS\tFABRIC\tMIG DEVICES")
 			for i, g := range inv.GPUs {
+				fabric := "-"
+				if f, ok, err := n.Fabric(i); err != nil {
+					return err
+				} else if ok {
+					fabric = f.String()
+				}
 				gs := st.GPUs[i]
 				var faults []string
 				if gs.Lost {
@@ -95,7 +101,7 @@ func newRootCommand() *cobra.Command {
 				for _, m := range g.MIGInstances {
 					migs = append(migs, fmt.Sprintf("%s@%s(gi%d,ci%d)", m.Profile, m.Placement, m.GIID, m.CIID))
 				}
-				fmt.Fprintf(w, "%d\t%s\t%s\t%t\t%d°C\t%s\t%s\n", i, g.UUID, g.Name, g.MIGEnabled, gs.TemperatureC, strings.Join(faults, ","), strings.Join(migs, " "))
+				fmt.Fprintf(w, "%d\t%s\t%s\t%t\t%d°C\t%s\t%s\t%s\n", i, g.UUID, g.Name, g.MIGEnabled, gs.TemperatureC, strings.Join(faults, ","), fabric, strings.Join(migs, " "))
 			}
 			if len(st.Events) > 0 {
 				fmt.Fprintf(w, "\n%d injected events, last: %+v\n\n", len(st.Events), st.Events[len(st.Events)-1])
@@ -185,7 +191,7 @@ func newRootCommand() *cobra.Command {
 
 	host.Flags().StringVar(&nvmlLib, "nvml-library", "", "the simulated libnvidia-ml.so.1 (pkg/simhost/libnvml/build.sh), installed in the driver root (default: libnvidia-ml.so.1 beside gpu-sim)")
 
-	var serveRoot, serveProc string
+	var serveRoot, serveProc, serveFabric string
 	serve := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the simulated node's kernel driver: answer the simulated libnvidia-ml.so.1 of --driver-root until SIGTERM or SIGINT",
@@ -204,6 +210,15 @@ kernel driver, it shows the capability files of MIG instances under --proc-root 
 			n, err := open()
 			if err != nil {
 				return err
+			}
+			if serveFabric != "" {
+				f, err := sim.ParseClique(serveFabric)
+				if err != nil {
+					return err
+				}
+				if err := n.SetFabric(-1, f); err != nil {
+					return err
+				}
 			}
 			if ret := n.Init(); ret != nvml.SUCCESS {
 				return fmt.Errorf("initialise the simulated node: %s", nvml.ErrorString(ret))
@@ -224,9 +239,10 @@ kernel driver, it shows the capability files of MIG instances under --proc-root 
 		},
 	}
 	serve.Flags().StringVar(&serveRoot, "driver-root", "", "the simulated driver root (made by gpu-sim host) whose library to answer")
+	serve.Flags().StringVar(&serveFabric, "fabric", "", "place every GPU of a fabric attached node (gb200) in this NVLink clique, <cluster UUID>.<clique ID>, registered (as \"gpu-sim fabric\" does) before serving; default: the placement in the state (initially "+sim.DefaultFabricClusterUUID+".1)")
 	serve.Flags().StringVar(&serveProc, "proc-root", "", "the simulated /proc root (made by gpu-sim host) where MIG instances' capability files are kept (default: proc beside --driver-root, as gpu-sim host lays them out)")
 
-	root.AddCommand(show, xid, host, serve,
+	root.AddCommand(show, xid, host, serve, fabricCommand(open),
 		gpuCommand(open, "ecc GPU", "Inject an uncorrectable (double-bit) ECC error", 0, func(n *sim.Node, i int, _ []string) error { return n.InjectDoubleBitECC(i) }),
 		switchCommand(open, "lost GPU on|off", "Make a GPU fall off the bus, or come back", (*sim.Node).SetLost),
 		gpuCommand(open, "temperature GPU CELSIUS", "Set a GPU's temperature", 1, func(n *sim.Node, i int, a []string) error {
@@ -250,6 +266,50 @@ kernel driver, it shows the capability files of MIG instances under --proc-root 
 		}),
 	)
 	return root
+}
+
+// fabricCommand places a fabric attached node's GPUs (gb200) in an NVLink
+// clique, or sets their registration's progress or failure, as the fabric
+// manager registers GPUs on a rack.
+func fabricCommand(open func() (*sim.Node, error)) *cobra.Command {
+	var index int
+	var state string
+	var status int
+	cmd := &cobra.Command{
+		Use:   "fabric [CLUSTER-UUID.CLIQUE-ID]",
+		Short: "Set the NVLink fabric registration of a fabric attached node's GPUs (gb200), as NVML's fabric info reports it",
+		Long: `Place the GPUs (every one, or --gpu) in clique CLIQUE-ID of the fabric cluster CLUSTER-UUID,
+registered (NVML state completed, status success), or set a registration that is still
+--state not-started or in-progress, or one that failed (--status, an NVML return code, with
+--state completed). NVML's answer changes at once, as the fabric manager's registration does.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			st, ok := sim.FabricStates[state]
+			if !ok {
+				return fmt.Errorf("--state %q: want not-started, in-progress or completed", state)
+			}
+			f := sim.FabricState{State: st, Status: int32(status)}
+			switch {
+			case len(args) == 1:
+				placed, err := sim.ParseClique(args[0])
+				if err != nil {
+					return err
+				}
+				f.ClusterUUID, f.CliqueID = placed.ClusterUUID, placed.CliqueID
+			case st == nvml.GPU_FABRIC_STATE_COMPLETED && status == 0:
+				return fmt.Errorf("a completed, successful registration needs its CLUSTER-UUID.CLIQUE-ID")
+			}
+			n, err := open()
+			if err != nil {
+				return err
+			}
+			return n.SetFabric(index, f)
+		},
+	}
+	cmd.Flags().IntVar(&index, "gpu", -1, "the GPU to set (default: every GPU)")
+	cmd.Flags().StringVar(&state, "state", "completed", "registration state: not-started, in-progress or completed")
+	cmd.Flags().IntVar(&status, "status", 0, "the completed registration's NVML return code (0: success; e.g. 999, NVML_ERROR_UNKNOWN, for a failed registration)")
+	return cmd
 }
 
 // toolsPath returns the gpu-sim-tools program to install: path, or by

@@ -8,16 +8,20 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 )
 
 // Device majors of the simulated kernel, in its proc/devices: the GPU
-// driver's fixed major, and the dynamic ones Linux gives nvidia-uvm and
-// nvidia-caps, from the top of its range down as on a node whose low
+// driver's fixed major, and the dynamic ones Linux gives nvidia-uvm,
+// nvidia-caps and nvidia-caps-imex-channels (IMEX channels, driver 550
+// and later), from the top of its range down as on a node whose low
 // dynamic majors are taken.
 const (
-	FrontendMajor = 195
-	UVMMajor      = 510
-	CapsMajor     = 511
+	FrontendMajor     = 195
+	UVMMajor          = 510
+	CapsMajor         = 511
+	IMEXChannelsMajor = 509
 )
 
 // procDevices is the simulated kernel's proc/devices: a few of a Linux
@@ -35,12 +39,32 @@ func procDevices() string {
 %3d nvidia-frontend
 %3d nvidia-uvm
 %3d nvidia-caps
+%3d %s
 
 Block devices:
   7 loop
   8 sd
 259 blkext
-`, FrontendMajor, UVMMajor, CapsMajor)
+`, FrontendMajor, UVMMajor, CapsMajor, IMEXChannelsMajor, names.IMEXChannelMajorName)
+}
+
+// procParams is the simulated kernel module's proc/driver/nvidia/params,
+// "Name: value" per line as the driver prints its module parameters; a
+// few of a 570 driver's, with the defaults of the IMEX ones: 2048
+// channels, and no channel 0 device node made at load
+// (NVreg_CreateImexChannel0=0), so no /dev/nvidia-caps-imex-channels node
+// exists until someone makes one.
+func procParams() string {
+	return fmt.Sprintf(`ResmanDebugLevel: 4294967295
+RmLogonRC: 1
+ModifyDeviceFiles: 1
+DeviceFileUID: 0
+DeviceFileGID: 0
+DeviceFileMode: 438
+NvLinkDisable: 0
+ImexChannelCount: %d
+CreateImexChannel0: 0
+`, names.IMEXChannelCount)
 }
 
 // Modes the driver gives capability nodes ("DeviceFileMode"): access to

@@ -314,6 +314,9 @@ func makeProcRoot(root, version string, table []MIGMinor) error {
 	if err := writeFile(filepath.Join(root, "proc/devices"), procDevices(), 0o444); err != nil {
 		return err
 	}
+	if err := writeFile(filepath.Join(root, "proc/driver/nvidia/params"), procParams(), 0o444); err != nil {
+		return err
+	}
 	for _, e := range table[:2] { // config, monitor
 		if err := writeFile(filepath.Join(root, capabilitiesDir, "mig", e.Key), accessFile(e.Minor, configCapMode), 0o444); err != nil {
 			return err

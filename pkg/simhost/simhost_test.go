@@ -40,8 +40,17 @@ func TestCreate(t *testing.T) {
 			t.Errorf("dev/nvidia-caps/nvidia-cap3 of gpu0/gi0/access: %v, want none", err)
 		}
 		devices, err := os.ReadFile(filepath.Join(r.ProcRoot, "proc/devices"))
-		if err != nil || !strings.Contains(string(devices), "511 nvidia-caps\n") || !strings.Contains(string(devices), "510 nvidia-uvm\n") {
+		if err != nil || !strings.Contains(string(devices), "511 nvidia-caps\n") || !strings.Contains(string(devices), "510 nvidia-uvm\n") ||
+			!strings.Contains(string(devices), "509 nvidia-caps-imex-channels\n") {
 			t.Errorf("proc/devices: %v\n%s", err, devices)
+		}
+		// IMEX channels: counted in the module's parameters, none made.
+		if params, err := os.ReadFile(filepath.Join(r.ProcRoot, "proc/driver/nvidia/params")); err != nil ||
+			!strings.Contains(string(params), "ImexChannelCount: 2048\n") || !strings.Contains(string(params), "CreateImexChannel0: 0\n") {
+			t.Errorf("proc/driver/nvidia/params: %v\n%s", err, params)
+		}
+		if _, err := os.Lstat(filepath.Join(r.DevRoot, "dev/nvidia-caps-imex-channels")); !os.IsNotExist(err) {
+			t.Errorf("dev/nvidia-caps-imex-channels: %v, want none", err)
 		}
 		if config, err := os.ReadFile(filepath.Join(r.ProcRoot, "proc/driver/nvidia/capabilities/mig/config")); err != nil || string(config) != "DeviceFileMinor: 1\nDeviceFileMode: 256\nDeviceFileModify: 1\n" {
 			t.Errorf("capability mig/config: %q, %v", config, err)

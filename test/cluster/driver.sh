@@ -4,7 +4,8 @@
 # image built by image.sh, as release gpu-dra-driver in namespace gpu-dra-driver. The kubelet
 # plugin DaemonSet runs as on a GPU node, without --simulate: it loads libnvidia-ml.so.1 from a
 # simulated driver installation of a DGX on each node (GPU_DRA_SIMULATE, one model a node, default
-# dgxh100 on one node; lib.sh's node_model) whose kernel side is a gpu-sim serve process per node
+# dgxh100 on one node; lib.sh's node_model; gb200 nodes in the NVLink cliques of GPU_DRA_CLIQUES,
+# lib.sh's node_fabric) whose kernel side is a gpu-sim serve process per node
 # (see docs/simulated-driver.md); the driver, /dev and /proc trees,
 # state, CDI directory and kubelet directories are the run directory's, given as chart values. The cluster has no kube-proxy: the API server calls the webhook at its
 # Service's endpoints, the pods' addresses on the node's bridge.
@@ -65,10 +66,12 @@ build() {
 # the host's proc tree, the plugin's --proc-root. Its PID is in $RUN/pids/gpu-sim.pid
 # (gpu-sim@<node>.pid on the other nodes; down.sh stops it).
 serve_driver() {
-	local i=$1 name model dir pidfile want pid='' exe
+	local i=$1 name model dir pidfile want pid='' exe fabric=()
 	name=$(node_proc gpu-sim "$i") model=$(node_model "$i") dir=$(node_dir "$i")/sim
 	pidfile=$RUN/pids/$name.pid
-	want="serve $model $SIM_DIR/state $SIM_DIR/host/proc"
+	# A fabric attached node (gb200) registers its GPUs in its clique (node_fabric).
+	[[ -z $(node_fabric "$i") ]] || fabric=(--fabric "$(node_fabric "$i")")
+	want="serve $model $SIM_DIR/state $SIM_DIR/host/proc${fabric:+ ${fabric[*]}}"
 	# The recorded process, if it still runs gpu-sim.
 	if [[ -f $pidfile ]]; then
 		pid=$(<"$pidfile")
@@ -84,7 +87,7 @@ serve_driver() {
 	fi
 	mkdir -p "$RUN/pids" "$RUN/logs"
 	start_on "$i" gpu-sim "$RUN/bin/gpu-sim" --model "$model" --state-dir "$SIM_DIR/state" serve \
-		--driver-root "$SIM_DIR/host/driver" --proc-root "$SIM_DIR/host/proc"
+		--driver-root "$SIM_DIR/host/driver" --proc-root "$SIM_DIR/host/proc" "${fabric[@]}"
 	echo "$want" >"$dir/serving"
 	local deadline=$((SECONDS + 30))
 	until [[ -S $dir/host/driver/run/gpu-sim/nvml.sock ]]; do
@@ -101,6 +104,7 @@ prepare_nodes() {
 	local i models=()
 	for ((i = 0; i < $(cluster_nodes); i++)); do models+=("$(node_model "$i")"); done
 	(IFS=,; echo "${models[*]}") >"$RUN/simulate"
+	[[ -z ${GPU_DRA_CLIQUES:-} ]] || echo "$GPU_DRA_CLIQUES" >"$RUN/cliques"
 	for ((i = 0; i < $(cluster_nodes); i++)); do
 		mkdir -p "$(node_dir "$i")/sim/state"
 		node_run "$i" "$RUN/bin/gpu-sim" --model "$(node_model "$i")" --state-dir "$SIM_DIR/state" host --dir "$SIM_DIR/host" >/dev/null

@@ -139,6 +139,20 @@ node_model() {
 	IFS=, read -r -a models <<<"${list:-$DEFAULT_MODELS}"
 	if (($1 < ${#models[@]})); then echo "${models[$1]}"; else echo "${models[-1]}"; fi
 }
+# node_fabric I: the NVLink clique, <cluster UUID>.<clique ID>, that node I's GPUs are registered in
+# when its model is fabric attached (gb200; empty for other models): the I-th of the comma-separated
+# GPU_DRA_CLIQUES (or its last when the list is shorter), a clique ID in the one cluster
+# FABRIC_CLUSTER_UUID or a whole <cluster UUID>.<clique ID>. Unset, the list driver.sh started with
+# ($RUN/cliques), else every gb200 node in clique 1 (docs/cluster.md, "Several nodes").
+FABRIC_CLUSTER_UUID=8c3b5b52-1f4e-4c1a-9a6e-6d9f3e0f2b10
+node_fabric() {
+	local cliques list=${GPU_DRA_CLIQUES:-} clique
+	[[ $(node_model "$1") == gb200 || $(node_model "$1") == gb200:* ]] || return 0
+	[[ -n $list || ! -f $RUN/cliques ]] || list=$(<"$RUN/cliques")
+	IFS=, read -r -a cliques <<<"${list:-1}"
+	if (($1 < ${#cliques[@]})); then clique=${cliques[$1]}; else clique=${cliques[-1]}; fi
+	if [[ $clique == *.* ]]; then echo "$clique"; else echo "$FABRIC_CLUSTER_UUID.$clique"; fi
+}
 # The DRA driver served on this node.
 DRIVER_NAME=gpu.nvidia.com
 

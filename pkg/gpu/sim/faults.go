@@ -127,10 +127,10 @@ func (n *Node) setGPU(index int, fn func(*GPUState)) error {
 }
 
 // Calls SetCallError can make fail.
-var injectableCalls = []string{"GetUUID", "GetMemoryInfo"}
+var injectableCalls = []string{"GetUUID", "GetMemoryInfo", "GetGpuFabricInfo"}
 
 // SetCallError makes every call of the named NVML device method
-// ("GetUUID", "GetMemoryInfo") on GPU index fail with ret, as a GPU that
+// ("GetUUID", "GetMemoryInfo", "GetGpuFabricInfo") on GPU index fail with ret, as a GPU that
 // fell off the bus before NVML was initialised (ERROR_GPU_IS_LOST on
 // GetUUID) or a driver answering an unexpected code does; SUCCESS removes
 // the fault.

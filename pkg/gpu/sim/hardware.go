@@ -114,6 +114,23 @@ var b200Profiles = []PublishedProfile{
 	{nvml.GPU_INSTANCE_PROFILE_7_SLICE, "7g.180gb", 7, 8, 126, 16, 1, 1, 1, 1, []int{0}},
 }
 
+// gb200Profiles is GB200 (186GB) as NVIDIA's mig-parted default
+// configuration names its profiles (1g.23gb, 1g.23gb+me, 1g.47gb, 2g.47gb,
+// 3g.93gb, 4g.93gb, 7g.186gb, with the same instance counts as B200) and
+// the guide's "Supported GPUs" page lists it (GB100, 186GB, 7 instances).
+// The guide has no GB200 profile table: engines and SMs are NOT published
+// for GB200 and are B200's (the same GB100 GPU), see
+// docs/hardware-models.md.
+var gb200Profiles = []PublishedProfile{
+	{nvml.GPU_INSTANCE_PROFILE_1_SLICE, "1g.23gb", 1, 1, 18, 2, 1, 1, 0, 7, sevenStarts},
+	{nvml.GPU_INSTANCE_PROFILE_1_SLICE_REV1, "1g.23gb+me", 1, 1, 18, 2, 1, 1, 1, 1, sevenStarts},
+	{nvml.GPU_INSTANCE_PROFILE_1_SLICE_REV2, "1g.47gb", 1, 2, 18, 2, 1, 1, 0, 4, []int{0, 2, 4, 6}},
+	{nvml.GPU_INSTANCE_PROFILE_2_SLICE, "2g.47gb", 2, 2, 36, 3, 1, 1, 0, 3, []int{0, 2, 4}},
+	{nvml.GPU_INSTANCE_PROFILE_3_SLICE, "3g.93gb", 3, 4, 54, 6, 1, 1, 0, 2, []int{0, 4}},
+	{nvml.GPU_INSTANCE_PROFILE_4_SLICE, "4g.93gb", 4, 4, 72, 8, 1, 1, 0, 1, []int{0}},
+	{nvml.GPU_INSTANCE_PROFILE_7_SLICE, "7g.186gb", 7, 8, 126, 16, 1, 1, 1, 1, []int{0}},
+}
+
 // a30Profiles is the guide's A30-24GB table: four memory slices, not
 // eight, so 1g.6gb is a quarter of the memory and its placements are
 // 0..3. SMs: 14 per slice, 56 for 4g (A30 has 56 SMs), as go-nvml's A30
@@ -164,6 +181,15 @@ var (
 		Product: "NVIDIA B200", MemoryMB: 184320, MemorySlices: 8, Source: guideURL + ", B200 180GB table",
 		Profiles: b200Profiles, base: gpus.B200_SXM5_180GB,
 	}
+	// GB200 (the Blackwell GPU of a GB200 superchip, 186GB, NVLink
+	// fabric attached): product name and PCI device ID (0x2941, mig-parted's
+	// "GB200 HGX" device filter) as NVIDIA names them; the rest is B200's
+	// (GB100, compute capability 10.0), see gb200Profiles.
+	GB200186GB = PublishedModel{
+		Product: "NVIDIA GB200", MemoryMB: 190464, MemorySlices: 8,
+		Source:   "profile names: NVIDIA mig-parted config-default.yaml (GB200 HGX); memory, instances: " + guideURL + ", Supported GPUs; engines, SMs: B200's (not published for GB200)",
+		Profiles: gb200Profiles, base: gb200Base(),
+	}
 	// A30 24GB (PCIe). NVML's product name on the hardware is "NVIDIA
 	// A30"; go-nvml's configuration calls it "NVIDIA A30-PCIE-24GB".
 	// Ampere: a MIG mode change waits for a GPU reset, as on A100.
@@ -172,6 +198,13 @@ var (
 		Profiles: a30Profiles, base: gpus.A30_PCIE_24GB,
 	}
 )
+
+// gb200Base is go-nvml's B200 configuration with GB200's PCI device ID.
+func gb200Base() gpus.Config {
+	cfg := gpus.B200_SXM5_180GB
+	cfg.PciDeviceId = 0x294110DE
+	return cfg
+}
 
 // config returns the go-nvml configuration of a simulated GPU of model m.
 func (m PublishedModel) config() gpus.Config {
@@ -245,7 +278,7 @@ func PublishedModels(modelName string) ([]PublishedModel, error) {
 
 // PublishedProducts returns every published model, sorted by product name.
 func PublishedProducts() []PublishedModel {
-	out := []PublishedModel{A3024GB, A100SXM440GB, A100SXM480GB, H100SXM580GB, H200SXM5141GB, B200SXM180GB}
+	out := []PublishedModel{A3024GB, A100SXM440GB, A100SXM480GB, H100SXM580GB, H200SXM5141GB, B200SXM180GB, GB200186GB}
 	sort.Slice(out, func(a, b int) bool { return out[a].Product < out[b].Product })
 	return out
 }

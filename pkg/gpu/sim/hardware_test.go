@@ -86,6 +86,17 @@ func TestSimulatorMatchesPublishedTables(t *testing.T) {
 			{p4, "4g.90gb", 4, 72, 8, 1, 1, 0, 1, "0:4"},
 			{p7, "7g.180gb", 8, 126, 16, 1, 1, 1, 1, "0:8"},
 		}},
+		// GB200: names from mig-parted, memory from the guide's Supported
+		// GPUs page; engines and SMs are B200's (not published for GB200).
+		{"gb200", "NVIDIA GB200", 190464, 8, []publishedRow{
+			{p1, "1g.23gb", 1, 18, 2, 1, 1, 0, 7, all},
+			{p1m, "1g.23gb+me", 1, 18, 2, 1, 1, 1, 1, all},
+			{p1d, "1g.47gb", 2, 18, 2, 1, 1, 0, 4, "0:2 2:2 4:2 6:2"},
+			{p2, "2g.47gb", 2, 36, 3, 1, 1, 0, 3, "0:2 2:2 4:2"},
+			{p3, "3g.93gb", 4, 54, 6, 1, 1, 0, 2, "0:4 4:4"},
+			{p4, "4g.93gb", 4, 72, 8, 1, 1, 0, 1, "0:4"},
+			{p7, "7g.186gb", 8, 126, 16, 1, 1, 1, 1, "0:8"},
+		}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.model, func(t *testing.T) {

@@ -13,6 +13,10 @@ type model struct {
 	driverVersion string
 	// cudaVersion is NVML's integer form, e.g. 12040 for 12.4.
 	cudaVersion int
+	// fabric is set for nodes whose GPUs are attached to a multi-node
+	// NVLink fabric (GB200 NVL racks): NVML reports their registration
+	// with it (fabric.go); on the others fabric info is NOT_SUPPORTED.
+	fabric bool
 }
 
 // models is the one table of simulated nodes. Their GPUs are NVIDIA's
@@ -27,6 +31,10 @@ var models = map[string]model{
 	"dgxh100":      {gpus: multiple(8, H100SXM580GB), driverVersion: "550.54.15", cudaVersion: 12040},
 	"dgxh200":      {gpus: multiple(8, H200SXM5141GB), driverVersion: "550.54.15", cudaVersion: 12040},
 	"dgxb200":      {gpus: multiple(8, B200SXM180GB), driverVersion: "560.28.03", cudaVersion: 12060},
+	// gb200 is one compute tray of a GB200 NVL rack: four GB200 GPUs,
+	// fabric attached. Driver 570.133.20 (CUDA 12.8), the first that the
+	// MIG user guide names for Blackwell (B200) MIG; IMEX needs 550 or later.
+	"gb200": {gpus: multiple(4, GB200186GB), driverVersion: "570.133.20", cudaVersion: 12080, fabric: true},
 	"mixed": {
 		gpus:          append(multiple(4, A100SXM440GB), multiple(4, H100SXM580GB)...),
 		driverVersion: "550.54.15", cudaVersion: 12040,

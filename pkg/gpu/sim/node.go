@@ -21,6 +21,7 @@ import (
 type Node struct {
 	*server.Server
 	model   string
+	fabric  bool
 	store   *store
 	latency atomic.Pointer[Latencies]
 	// eventWaits counts the waits on the node's event sets.
@@ -76,7 +77,7 @@ func Open(modelName, stateDir string) (*Node, error) {
 		return nil, fmt.Errorf("simulated node state in %s has %d GPUs, model %s has %d", stateDir, len(cur.GPUs), modelName, len(m.gpus))
 	}
 
-	n := &Node{model: modelName, store: st}
+	n := &Node{model: modelName, fabric: m.fabric, store: st}
 	n.SetLatencies(lat)
 	devices := make([]nvml.Device, len(m.gpus))
 	for i, pm := range m.gpus {
@@ -84,6 +85,7 @@ func Open(modelName, stateDir string) (*Node, error) {
 		d.UUID = cur.GPUs[i].UUID
 		d.PciBusID = busID(i)
 		n.extendDevice(d, i)
+		n.extendDeviceFabric(d, i)
 		devices[i] = d
 	}
 	n.Server = server.NewServerWithGPUs(m.driverVersion, "12."+m.driverVersion, m.cudaVersion)

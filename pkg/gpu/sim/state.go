@@ -84,6 +84,10 @@ type GPUState struct {
 	// CallErrors are NVML return codes injected into calls of the GPU,
 	// by call name (see Node.SetCallError).
 	CallErrors map[string]int32 `json:"callErrors,omitempty"`
+	// Fabric is the GPU's NVLink fabric registration on a fabric attached
+	// node (gb200), set by Node.SetFabric; nil is the default placement
+	// (see Node.Fabric). Ignored on other nodes.
+	Fabric *FabricState `json:"fabric,omitempty"`
 }
 
 // GIState is a live GPU instance.
@@ -454,6 +458,10 @@ func cloneGPU(g *GPUState) *GPUState {
 	out := *g
 	if g.CallErrors != nil {
 		out.CallErrors = maps.Clone(g.CallErrors)
+	}
+	if g.Fabric != nil {
+		f := *g.Fabric
+		out.Fabric = &f
 	}
 	out.GPUInstances = make([]GIState, len(g.GPUInstances))
 	for j, gi := range g.GPUInstances {

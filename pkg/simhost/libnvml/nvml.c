@@ -757,6 +757,96 @@ EXPORT nvmlReturn_t nvmlDeviceGetRemappedRows(nvmlDevice_t device, unsigned int 
 	return r;
 }
 
+/* ---- NVLink fabric ---- */
+
+/* A GPU's fabric registration, as the kernel side answers it. */
+struct fabric {
+	unsigned char clusterUuid[NVML_GPU_FABRIC_UUID_LEN];
+	unsigned int status, cliqueId, healthMask;
+	unsigned char state, healthSummary;
+};
+
+/* fabric_call asks for the registration of a GPU: a GPU without fabric is
+ * the simulated hardware's NVML_ERROR_NOT_SUPPORTED. The cluster UUID comes
+ * as 32 hex digits. */
+static nvmlReturn_t fabric_call(nvmlDevice_t device, struct fabric *f)
+{
+	struct answer a;
+	nvmlReturn_t r;
+	char hex[2 * NVML_GPU_FABRIC_UUID_LEN + 1];
+	int i;
+	if ((r = call(&a, "fabric %d %d %d", DEV(device))) != NVML_SUCCESS)
+		return r;
+	memset(f, 0, sizeof(*f));
+	f->state = (unsigned char)next_u64(&a);
+	f->status = (unsigned int)next_u64(&a);
+	f->cliqueId = (unsigned int)next_u64(&a);
+	if ((r = next_str(&a, hex, sizeof(hex))) != NVML_SUCCESS || strlen(hex) != sizeof(hex) - 1)
+		return NVML_ERROR_UNKNOWN;
+	for (i = 0; i < NVML_GPU_FABRIC_UUID_LEN; i++) {
+		int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+		if (hi < 0 || lo < 0)
+			return NVML_ERROR_UNKNOWN;
+		f->clusterUuid[i] = (unsigned char)(hi * 16 + lo);
+	}
+	f->healthMask = (unsigned int)next_u64(&a);
+	f->healthSummary = (unsigned char)next_u64(&a);
+	return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetGpuFabricInfo(nvmlDevice_t device, nvmlGpuFabricInfo_t *gpuFabricInfo)
+{
+	struct fabric f;
+	nvmlReturn_t r;
+	if (!device.handle || !gpuFabricInfo)
+		return NVML_ERROR_INVALID_ARGUMENT;
+	if ((r = fabric_call(device, &f)) != NVML_SUCCESS)
+		return r;
+	memset(gpuFabricInfo, 0, sizeof(*gpuFabricInfo));
+	memcpy(gpuFabricInfo->clusterUuid, f.clusterUuid, sizeof(f.clusterUuid));
+	gpuFabricInfo->status = (nvmlReturn_t)f.status;
+	gpuFabricInfo->cliqueId = f.cliqueId;
+	gpuFabricInfo->state = f.state;
+	return NVML_SUCCESS;
+}
+
+/* nvmlDeviceGetGpuFabricInfoV fills an nvmlGpuFabricInfo_v2_t or _v3_t, by
+ * the version the caller set; another version is
+ * NVML_ERROR_ARGUMENT_VERSION_MISMATCH. */
+EXPORT nvmlReturn_t nvmlDeviceGetGpuFabricInfoV(nvmlDevice_t device, nvmlGpuFabricInfoV_t *gpuFabricInfo)
+{
+	struct fabric f;
+	nvmlReturn_t r;
+	unsigned int version;
+	if (!device.handle || !gpuFabricInfo)
+		return NVML_ERROR_INVALID_ARGUMENT;
+	version = gpuFabricInfo->version;
+	if (version != nvmlGpuFabricInfo_v2 && version != nvmlGpuFabricInfo_v3)
+		return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+	if ((r = fabric_call(device, &f)) != NVML_SUCCESS)
+		return r;
+	if (version == nvmlGpuFabricInfo_v2) {
+		nvmlGpuFabricInfo_v2_t *v2 = (nvmlGpuFabricInfo_v2_t *)gpuFabricInfo;
+		memset(v2, 0, sizeof(*v2));
+		v2->version = version;
+		memcpy(v2->clusterUuid, f.clusterUuid, sizeof(f.clusterUuid));
+		v2->status = (nvmlReturn_t)f.status;
+		v2->cliqueId = f.cliqueId;
+		v2->state = f.state;
+		v2->healthMask = f.healthMask;
+		return NVML_SUCCESS;
+	}
+	memset(gpuFabricInfo, 0, sizeof(*gpuFabricInfo));
+	gpuFabricInfo->version = version;
+	memcpy(gpuFabricInfo->clusterUuid, f.clusterUuid, sizeof(f.clusterUuid));
+	gpuFabricInfo->status = (nvmlReturn_t)f.status;
+	gpuFabricInfo->cliqueId = f.cliqueId;
+	gpuFabricInfo->state = f.state;
+	gpuFabricInfo->healthMask = f.healthMask;
+	gpuFabricInfo->healthSummary = f.healthSummary;
+	return NVML_SUCCESS;
+}
+
 EXPORT nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t device, nvmlMemoryErrorType_t errorType,
 						nvmlEccCounterType_t counterType, unsigned long long *eccCounts)
 {

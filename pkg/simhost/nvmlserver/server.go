@@ -401,6 +401,11 @@ var deviceOps = map[string]func(s *Server, d nvml.Device, a *args) string{
 		activation, r := d.SetMigMode(a.int())
 		return reply(r, int(activation))
 	},
+	"fabric": func(_ *Server, d nvml.Device, _ *args) string {
+		f, r := d.GetGpuFabricInfo()
+		mask, summary := fabricHealth(f)
+		return reply(r, int(f.State), f.Status, f.CliqueId, fmt.Sprintf("%x", f.ClusterUuid[:]), mask, summary)
+	},
 	"max-mig-devices": func(_ *Server, d nvml.Device, _ *args) string { v, r := d.GetMaxMigDeviceCount(); return reply(r, v) },
 	"mig-device": func(_ *Server, d nvml.Device, a *args) string {
 		m, r := d.GetMigDeviceHandleByIndex(a.int())
@@ -479,6 +484,23 @@ var deviceOps = map[string]func(s *Server, d nvml.Device, a *args) string{
 		_, r := d.GetGpuInstanceById(a.int())
 		return reply(r)
 	},
+}
+
+// fabricHealth is the health of a fabric registration as NVML's
+// nvmlGpuFabricInfo_v2/v3 report it, which the simulated node does not
+// model: a completed, successful registration is healthy (bandwidth not
+// degraded, no route recovery, routes healthy, no access timeout
+// recovery; the other fields not supported), anything else reports no
+// health.
+func fabricHealth(f nvml.GpuFabricInfo) (mask uint32, summary uint8) {
+	if f.State != nvml.GPU_FABRIC_STATE_COMPLETED || nvml.Return(f.Status) != nvml.SUCCESS {
+		return 0, nvml.GPU_FABRIC_HEALTH_SUMMARY_NOT_SUPPORTED
+	}
+	mask = nvml.GPU_FABRIC_HEALTH_MASK_DEGRADED_BW_FALSE<<nvml.GPU_FABRIC_HEALTH_MASK_SHIFT_DEGRADED_BW |
+		nvml.GPU_FABRIC_HEALTH_MASK_ROUTE_RECOVERY_FALSE<<nvml.GPU_FABRIC_HEALTH_MASK_SHIFT_ROUTE_RECOVERY |
+		nvml.GPU_FABRIC_HEALTH_MASK_ROUTE_UNHEALTHY_FALSE<<nvml.GPU_FABRIC_HEALTH_MASK_SHIFT_ROUTE_UNHEALTHY |
+		nvml.GPU_FABRIC_HEALTH_MASK_ACCESS_TIMEOUT_RECOVERY_FALSE<<nvml.GPU_FABRIC_HEALTH_MASK_SHIFT_ACCESS_TIMEOUT_RECOVERY
+	return mask, nvml.GPU_FABRIC_HEALTH_SUMMARY_HEALTHY
 }
 
 func giID(gi nvml.GpuInstance, r nvml.Return) string {
