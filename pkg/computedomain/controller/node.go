@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -12,13 +13,15 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/controller/nodelabels"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 )
 
 // syncNode makes one node's labels what its claims and slices say: a
 // domain label for each live domain (present, not being deleted) with an
 // allocated channel on the node from a claim in the domain's own namespace
 // (a claim naming another namespace's domain does not place that domain's
-// daemon), and the clique label from the node's slice.
+// daemon), and the clique label from the node's slice. Labels of domains
+// that are gone are removed.
 func (c *Controller) syncNode(ctx context.Context, name string) error {
 	node, ok := c.inf.node(name)
 	if !ok {
@@ -39,6 +42,17 @@ func (c *Controller) syncNode(ctx context.Context, name string) error {
 				continue
 			}
 			domains.Insert(p.DomainUID)
+		}
+	}
+	// A domain being deleted keeps the labels it has until its clean-up
+	// removes them (after its daemons are gone), and gets no new ones.
+	for k := range node.Labels {
+		uid, ok := nodelabels.DomainOfLabel(k)
+		if !ok {
+			continue
+		}
+		if u, ok := c.inf.domainByUID(uid); ok && u.GetDeletionTimestamp() != nil && slices.Contains(u.GetFinalizers(), names.ComputeDomainFinalizer) {
+			domains.Insert(uid)
 		}
 	}
 	clique, haveSlice := c.inf.nodeClique(name)
