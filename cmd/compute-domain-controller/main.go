@@ -88,13 +88,15 @@ func (o *options) validate() error {
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := newRootCommand().ExecuteContext(ctx); err != nil {
+	if err := newRootCommand(run).ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
 		os.Exit(1)
 	}
 }
 
-func newRootCommand() *cobra.Command {
+// newRootCommand makes the command; runFn runs the controller with the
+// checked options (tests pass their own).
+func newRootCommand(runFn func(context.Context, *options) error) *cobra.Command {
 	opts := &options{}
 	root := &cobra.Command{
 		Use:   "compute-domain-controller",
@@ -112,7 +114,7 @@ daemons, and the domain's status. Leader-elected; only the leader works.`,
 			if err := opts.validate(); err != nil {
 				return err
 			}
-			return run(cmd.Context(), opts)
+			return runFn(cmd.Context(), opts)
 		},
 	}
 	opts.addFlags(root.Flags())
