@@ -444,4 +444,3 @@ func TestOrphan(t *testing.T) {
 		t.Error("orphaned node label left")
 	}
 }
-

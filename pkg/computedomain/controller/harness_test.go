@@ -330,18 +330,20 @@ func hasEvent(events []string, parts ...string) bool {
 func writes(actions []clienttesting.Action) []string {
 	var out []string
 	for _, a := range actions {
+		name := ""
 		switch a := a.(type) {
-		case clienttesting.CreateAction:
-			m, _ := metaOf(a.GetObject())
-			out = append(out, "create "+a.GetResource().Resource+" "+a.GetNamespace()+"/"+m.GetName())
+		case clienttesting.CreateAction: // also UpdateAction: the same methods
+			if m, err := metaOf(a.GetObject()); err == nil {
+				name = m.GetName()
+			}
 		case clienttesting.DeleteAction:
-			out = append(out, "delete "+a.GetResource().Resource+" "+a.GetNamespace()+"/"+a.GetName())
+			name = a.GetName()
 		case clienttesting.PatchAction:
-			out = append(out, "patch "+a.GetResource().Resource+" "+a.GetNamespace()+"/"+a.GetName())
-		case clienttesting.UpdateAction:
-			m, _ := metaOf(a.GetObject())
-			out = append(out, "update "+a.GetResource().Resource+" "+a.GetNamespace()+"/"+m.GetName())
+			name = a.GetName()
+		default:
+			continue
 		}
+		out = append(out, a.GetVerb()+" "+a.GetResource().Resource+" "+a.GetNamespace()+"/"+name)
 	}
 	return out
 }
