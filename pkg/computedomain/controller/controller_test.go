@@ -88,6 +88,51 @@ func TestTemplateConflict(t *testing.T) {
 	if st := h.domain("team", "job").Status; st.Status != cdv1.StatusNotReady {
 		t.Errorf("status %+v with a conflicting template", st)
 	}
+	// Once the name is free, the domain gets its template.
+	if err := h.kube.ResourceV1().ResourceClaimTemplates("team").Delete(h.ctx, "job-channel", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	h.tick(ConflictRetryInterval)
+	h.tick(time.Second)
+	rct, err := h.kube.ResourceV1().ResourceClaimTemplates("team").Get(h.ctx, "job-channel", metav1.GetOptions{})
+	if err != nil || rct.Labels[names.ComputeDomainLabel] != uid1 {
+		t.Errorf("template after the conflict ended: %+v, %v", rct, err)
+	}
+	if st := h.domain("team", "job").Status; st.Status != cdv1.StatusReady {
+		t.Errorf("status %+v after the conflict ended", st)
+	}
+}
+
+// TestRestartMidCreation: a controller started with part of a domain's
+// objects made completes them.
+func TestRestartMidCreation(t *testing.T) {
+	h0 := newHarness(t, nil, domain("team", "job", uid1))
+	daemonTmpl, _ := h0.kube.ResourceV1().ResourceClaimTemplates(driverNS).Get(h0.ctx, names.DomainDaemonTemplateName(uid1), metav1.GetOptions{})
+	cd := h0.domain("team", "job")
+	h := newHarness(t, []runtime.Object{daemonTmpl}, cd)
+	if !h.templateExists("team", "job-channel") {
+		t.Error("no workload template")
+	}
+	if _, ok := h.daemonSet(uid1); !ok {
+		t.Error("no daemon set")
+	}
+	for _, w := range writes(h.kube.Actions()) {
+		if w == "create resourceclaimtemplates "+driverNS+"/"+names.DomainDaemonTemplateName(uid1) {
+			t.Error("created the daemon template again")
+		}
+	}
+}
+
+// TestTemplateRenamed: a template of a name the spec no longer gives goes.
+func TestTemplateRenamed(t *testing.T) {
+	h := newHarness(t, nil, domain("team", "job", uid1))
+	cd := h.domain("team", "job")
+	cd.Spec.Channel.ResourceClaimTemplate.Name = "renamed"
+	h.updateDomain(cd)
+	h.settle()
+	if h.templateExists("team", "job-channel") || !h.templateExists("team", "renamed") {
+		t.Error("templates did not follow the rename")
+	}
 }
 
 // TestInvalidSpec: an invalid spec makes no objects, only an Event naming

@@ -31,6 +31,10 @@ const (
 	ReasonCleanupWaitingPods = "WaitingForDaemonPods"
 )
 
+// ConflictRetryInterval is how often a domain whose template name is taken
+// looks again whether it became free.
+const ConflictRetryInterval = 30 * time.Second
+
 // DeletionPollInterval is how often deletion checks whether the daemon
 // pods are gone (their events also bring the domain back).
 const DeletionPollInterval = 2 * time.Second
@@ -71,11 +75,32 @@ func (c *Controller) syncDomain(ctx context.Context, k key) error {
 	if err := c.ensureDaemonSet(ctx, u, cd); err != nil {
 		return err
 	}
+	if err := c.deleteRenamedTemplates(ctx, cd); err != nil {
+		return err
+	}
 	status := cdstatus.Compute(cd.Status, c.daemonPods(string(cd.UID)), c.inf.cliqueOf, cd.Spec.NumNodes)
 	if conflict {
 		status.Status = cdv1.StatusNotReady
 	}
-	return c.writeStatus(ctx, k, u, cd.Status, status)
+	if err := c.writeStatus(ctx, k, u, cd.Status, status); err != nil || !conflict {
+		return err
+	}
+	// The foreign template is not in the (labelled) cache, so its removal
+	// brings no event: look again later.
+	return &errRequeue{after: ConflictRetryInterval, reason: "claim template name taken"}
+}
+
+// deleteRenamedTemplates deletes the domain's workload templates of names
+// its spec no longer gives.
+func (c *Controller) deleteRenamedTemplates(ctx context.Context, cd *cdv1.ComputeDomain) error {
+	for _, t := range c.inf.templatesOf(string(cd.UID)) {
+		if t.Namespace == cd.Namespace && t.Name != cd.Spec.Channel.ResourceClaimTemplate.Name && ownedBy(t.OwnerReferences, cd.UID) {
+			if err := c.deleteTemplate(ctx, t); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // daemonPods are the domain's daemon pods that its DaemonSet controls.
