@@ -44,7 +44,7 @@ const (
 	StartupFailureThreshold  = 86400
 	ReadinessPeriodSeconds   = 2
 	ProbeTimeoutSeconds      = 10
-	ReadinessFailureTreshold = 1
+	ReadinessFailureThreshold = 1
 )
 
 // DaemonOptions are the controller's settings for every domain's daemons.
@@ -193,7 +193,7 @@ func DaemonSet(cd *cdv1.ComputeDomain, opts DaemonOptions) *appsv1.DaemonSet {
 							ProbeHandler:     corev1.ProbeHandler{Exec: check},
 							PeriodSeconds:    ReadinessPeriodSeconds,
 							TimeoutSeconds:   ProbeTimeoutSeconds,
-							FailureThreshold: ReadinessFailureTreshold,
+							FailureThreshold: ReadinessFailureThreshold,
 							SuccessThreshold: 1,
 						},
 					}},
