@@ -40,10 +40,10 @@ const (
 // liveness probe: a daemon without quorum is not broken, and restarting it
 // would only delay the quorum.
 const (
-	StartupPeriodSeconds     = 1
-	StartupFailureThreshold  = 86400
-	ReadinessPeriodSeconds   = 2
-	ProbeTimeoutSeconds      = 10
+	StartupPeriodSeconds      = 1
+	StartupFailureThreshold   = 86400
+	ReadinessPeriodSeconds    = 2
+	ProbeTimeoutSeconds       = 10
 	ReadinessFailureThreshold = 1
 )
 
