@@ -1,0 +1,429 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	resourcev1 "k8s.io/api/resource/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	kubeinformers "k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	cdv1 "github.com/gpu-dra/gpu-dra-driver/api/computedomain/v1beta1"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/controller/nodelabels"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
+)
+
+// Index names.
+const (
+	byUID        = "uid"        // ComputeDomains by UID
+	byDomain     = "domain"     // claims, pods, templates, daemon sets by domain UID
+	byNode       = "node"       // claims, slices, pods by node name
+	byDomainNode = "domainNode" // nodes by the domain UIDs of their labels
+)
+
+// informers are the controller's caches:
+//   - ComputeDomains, cluster-wide (dynamic client);
+//   - ResourceClaims, ResourceSlices and Nodes, cluster-wide;
+//   - ResourceClaimTemplates carrying names.ComputeDomainLabel,
+//     cluster-wide (workload templates live in the domains' namespaces);
+//   - daemon Pods and DaemonSets carrying names.ComputeDomainLabel, in the
+//     driver's namespace only.
+type informers struct {
+	dynFactory   dynamicinformer.DynamicSharedInformerFactory
+	all          kubeinformers.SharedInformerFactory
+	labelled     kubeinformers.SharedInformerFactory
+	driverNS     kubeinformers.SharedInformerFactory
+	domains      cache.SharedIndexInformer
+	claims       cache.SharedIndexInformer
+	slices       cache.SharedIndexInformer
+	nodes        cache.SharedIndexInformer
+	templates    cache.SharedIndexInformer
+	pods         cache.SharedIndexInformer
+	daemonSets   cache.SharedIndexInformer
+	synced       []cache.InformerSynced
+	enqueue      func(key)
+	driverNSName string
+}
+
+func newInformers(kube kubernetes.Interface, dyn dynamic.Interface, namespace string, enqueue func(key)) (*informers, error) {
+	labelled := func(o *metav1.ListOptions) { o.LabelSelector = names.ComputeDomainLabel }
+	inf := &informers{
+		dynFactory:   dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0),
+		all:          kubeinformers.NewSharedInformerFactory(kube, 0),
+		labelled:     kubeinformers.NewSharedInformerFactoryWithOptions(kube, 0, kubeinformers.WithTweakListOptions(labelled)),
+		driverNS:     kubeinformers.NewSharedInformerFactoryWithOptions(kube, 0, kubeinformers.WithNamespace(namespace), kubeinformers.WithTweakListOptions(labelled)),
+		enqueue:      enqueue,
+		driverNSName: namespace,
+	}
+	inf.domains = inf.dynFactory.ForResource(cdv1.Resource).Informer()
+	inf.claims = inf.all.Resource().V1().ResourceClaims().Informer()
+	inf.slices = inf.all.Resource().V1().ResourceSlices().Informer()
+	inf.nodes = inf.all.Core().V1().Nodes().Informer()
+	inf.templates = inf.labelled.Resource().V1().ResourceClaimTemplates().Informer()
+	inf.pods = inf.driverNS.Core().V1().Pods().Informer()
+	inf.daemonSets = inf.driverNS.Apps().V1().DaemonSets().Informer()
+
+	indexes := []struct {
+		informer cache.SharedIndexInformer
+		indexers cache.Indexers
+	}{
+		{inf.domains, cache.Indexers{byUID: domainUIDIndex}},
+		{inf.claims, cache.Indexers{byDomain: claimDomainIndex, byNode: claimNodeIndex}},
+		{inf.slices, cache.Indexers{byNode: sliceNodeIndex}},
+		{inf.nodes, cache.Indexers{byDomainNode: nodeDomainIndex}},
+		{inf.templates, cache.Indexers{byDomain: labelDomainIndex}},
+		{inf.pods, cache.Indexers{byDomain: labelDomainIndex, byNode: podNodeIndex}},
+		{inf.daemonSets, cache.Indexers{byDomain: labelDomainIndex}},
+	}
+	for _, i := range indexes {
+		if err := i.informer.AddIndexers(i.indexers); err != nil {
+			return nil, fmt.Errorf("add indexers: %w", err)
+		}
+	}
+
+	handlers := []struct {
+		informer cache.SharedIndexInformer
+		handle   func(obj any)
+	}{
+		{inf.domains, inf.domainChanged},
+		{inf.claims, inf.claimChanged},
+		{inf.slices, inf.sliceChanged},
+		{inf.nodes, inf.nodeChanged},
+		{inf.templates, inf.labelledChanged},
+		{inf.pods, inf.labelledChanged},
+		{inf.daemonSets, inf.labelledChanged},
+	}
+	for _, h := range handlers {
+		handle := h.handle
+		reg, err := h.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc: handle,
+			UpdateFunc: func(old, cur any) {
+				handle(old)
+				handle(cur)
+			},
+			DeleteFunc: func(obj any) {
+				if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+					obj = d.Obj
+				}
+				handle(obj)
+			},
+		})
+		if err != nil {
+			return nil, fmt.Errorf("add event handler: %w", err)
+		}
+		inf.synced = append(inf.synced, reg.HasSynced)
+	}
+	return inf, nil
+}
+
+func (inf *informers) start(ctx context.Context) {
+	inf.dynFactory.Start(ctx.Done())
+	inf.all.Start(ctx.Done())
+	inf.labelled.Start(ctx.Done())
+	inf.driverNS.Start(ctx.Done())
+}
+
+func (inf *informers) waitForSync(ctx context.Context) bool {
+	return cache.WaitForCacheSync(ctx.Done(), inf.synced...)
+}
+
+// Index functions. Each tolerates objects of another type (returns none).
+
+func domainUIDIndex(obj any) ([]string, error) {
+	if m, err := metaOf(obj); err == nil {
+		return []string{string(m.GetUID())}, nil
+	}
+	return nil, nil
+}
+
+func claimDomainIndex(obj any) ([]string, error) {
+	claim, ok := obj.(*resourcev1.ResourceClaim)
+	if !ok {
+		return nil, nil
+	}
+	var out []string
+	for _, p := range nodelabels.Placements(claim) {
+		out = append(out, p.DomainUID)
+	}
+	return out, nil
+}
+
+func claimNodeIndex(obj any) ([]string, error) {
+	claim, ok := obj.(*resourcev1.ResourceClaim)
+	if !ok {
+		return nil, nil
+	}
+	var out []string
+	for _, p := range nodelabels.Placements(claim) {
+		out = append(out, p.Node)
+	}
+	return out, nil
+}
+
+func sliceNodeIndex(obj any) ([]string, error) {
+	slice, ok := obj.(*resourcev1.ResourceSlice)
+	if !ok {
+		return nil, nil
+	}
+	if node, _, ok := nodelabels.SliceClique(slice); ok {
+		return []string{node}, nil
+	}
+	return nil, nil
+}
+
+func nodeDomainIndex(obj any) ([]string, error) {
+	node, ok := obj.(*corev1.Node)
+	if !ok {
+		return nil, nil
+	}
+	var out []string
+	for k := range node.Labels {
+		if uid, ok := nodelabels.DomainOfLabel(k); ok {
+			out = append(out, uid)
+		}
+	}
+	return out, nil
+}
+
+func labelDomainIndex(obj any) ([]string, error) {
+	m, err := metaOf(obj)
+	if err != nil {
+		return nil, nil
+	}
+	if uid, ok := m.GetLabels()[names.ComputeDomainLabel]; ok && uid != "" {
+		return []string{uid}, nil
+	}
+	return nil, nil
+}
+
+func podNodeIndex(obj any) ([]string, error) {
+	if pod, ok := obj.(*corev1.Pod); ok && pod.Spec.NodeName != "" {
+		return []string{pod.Spec.NodeName}, nil
+	}
+	return nil, nil
+}
+
+func metaOf(obj any) (metav1.Object, error) {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	m, ok := obj.(metav1.Object)
+	if !ok {
+		return nil, fmt.Errorf("%T has no object metadata", obj)
+	}
+	return m, nil
+}
+
+// Event handlers: each maps an object to the work items it concerns.
+
+// domainChanged: the domain itself, and every node whose labels may follow
+// it (nodes with its claims or its label).
+func (inf *informers) domainChanged(obj any) {
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return
+	}
+	inf.enqueue(key{kind: kindDomain, namespace: u.GetNamespace(), name: u.GetName()})
+	inf.enqueueDomainNodes(string(u.GetUID()))
+}
+
+func (inf *informers) enqueueDomainNodes(uid string) {
+	claims, _ := inf.claims.GetIndexer().ByIndex(byDomain, uid)
+	for _, o := range claims {
+		for _, p := range nodelabels.Placements(o.(*resourcev1.ResourceClaim)) {
+			if p.DomainUID == uid {
+				inf.enqueue(key{kind: kindNode, name: p.Node})
+			}
+		}
+	}
+	nodes, _ := inf.nodes.GetIndexer().ByIndex(byDomainNode, uid)
+	for _, o := range nodes {
+		inf.enqueue(key{kind: kindNode, name: o.(*corev1.Node).Name})
+	}
+}
+
+func (inf *informers) claimChanged(obj any) {
+	claim, ok := obj.(*resourcev1.ResourceClaim)
+	if !ok {
+		return
+	}
+	for _, p := range nodelabels.Placements(claim) {
+		inf.enqueue(key{kind: kindNode, name: p.Node})
+	}
+}
+
+// sliceChanged: the slice's node (clique label) and the domains with a
+// daemon there (their status names the node's clique).
+func (inf *informers) sliceChanged(obj any) {
+	slice, ok := obj.(*resourcev1.ResourceSlice)
+	if !ok {
+		return
+	}
+	node, _, ok := nodelabels.SliceClique(slice)
+	if !ok {
+		return
+	}
+	inf.enqueue(key{kind: kindNode, name: node})
+	pods, _ := inf.pods.GetIndexer().ByIndex(byNode, node)
+	for _, o := range pods {
+		inf.enqueueByUID(o.(*corev1.Pod).Labels[names.ComputeDomainLabel])
+	}
+}
+
+func (inf *informers) nodeChanged(obj any) {
+	if node, ok := obj.(*corev1.Node); ok {
+		inf.enqueue(key{kind: kindNode, name: node.Name})
+	}
+}
+
+// labelledChanged: a template, daemon set or daemon pod concerns the
+// domain its label names, or, when no such domain is cached, the orphan
+// clean-up of that UID.
+func (inf *informers) labelledChanged(obj any) {
+	m, err := metaOf(obj)
+	if err != nil {
+		return
+	}
+	inf.enqueueByUID(m.GetLabels()[names.ComputeDomainLabel])
+}
+
+func (inf *informers) enqueueByUID(uid string) {
+	if !nodelabels.ValidDomainUID(uid) {
+		return
+	}
+	objs, _ := inf.domains.GetIndexer().ByIndex(byUID, uid)
+	if len(objs) == 0 {
+		inf.enqueue(key{kind: kindOrphan, name: uid})
+		return
+	}
+	for _, o := range objs {
+		if m, err := metaOf(o); err == nil {
+			inf.enqueue(key{kind: kindDomain, namespace: m.GetNamespace(), name: m.GetName()})
+		}
+	}
+}
+
+// Typed reads from the caches.
+
+func (inf *informers) domainByUID(uid string) (*unstructured.Unstructured, bool) {
+	objs, _ := inf.domains.GetIndexer().ByIndex(byUID, uid)
+	for _, o := range objs {
+		if u, ok := o.(*unstructured.Unstructured); ok {
+			return u, true
+		}
+	}
+	return nil, false
+}
+
+func (inf *informers) domain(namespace, name string) (*unstructured.Unstructured, bool) {
+	o, ok, _ := inf.domains.GetIndexer().GetByKey(namespace + "/" + name)
+	if !ok {
+		return nil, false
+	}
+	u, ok := o.(*unstructured.Unstructured)
+	return u, ok
+}
+
+func (inf *informers) claimsOnNode(node string) []*resourcev1.ResourceClaim {
+	objs, _ := inf.claims.GetIndexer().ByIndex(byNode, node)
+	out := make([]*resourcev1.ResourceClaim, 0, len(objs))
+	for _, o := range objs {
+		out = append(out, o.(*resourcev1.ResourceClaim))
+	}
+	return out
+}
+
+func (inf *informers) slicesOfNode(node string) []*resourcev1.ResourceSlice {
+	objs, _ := inf.slices.GetIndexer().ByIndex(byNode, node)
+	out := make([]*resourcev1.ResourceSlice, 0, len(objs))
+	for _, o := range objs {
+		out = append(out, o.(*resourcev1.ResourceSlice))
+	}
+	return out
+}
+
+func (inf *informers) node(name string) (*corev1.Node, bool) {
+	o, ok, _ := inf.nodes.GetIndexer().GetByKey(name)
+	if !ok {
+		return nil, false
+	}
+	n, ok := o.(*corev1.Node)
+	return n, ok
+}
+
+func (inf *informers) nodesLabelled(uid string) []*corev1.Node {
+	objs, _ := inf.nodes.GetIndexer().ByIndex(byDomainNode, uid)
+	out := make([]*corev1.Node, 0, len(objs))
+	for _, o := range objs {
+		out = append(out, o.(*corev1.Node))
+	}
+	return out
+}
+
+func (inf *informers) templatesOf(uid string) []*resourcev1.ResourceClaimTemplate {
+	objs, _ := inf.templates.GetIndexer().ByIndex(byDomain, uid)
+	out := make([]*resourcev1.ResourceClaimTemplate, 0, len(objs))
+	for _, o := range objs {
+		out = append(out, o.(*resourcev1.ResourceClaimTemplate))
+	}
+	return out
+}
+
+func (inf *informers) template(namespace, name string) (*resourcev1.ResourceClaimTemplate, bool) {
+	o, ok, _ := inf.templates.GetIndexer().GetByKey(namespace + "/" + name)
+	if !ok {
+		return nil, false
+	}
+	t, ok := o.(*resourcev1.ResourceClaimTemplate)
+	return t, ok
+}
+
+func (inf *informers) podsOf(uid string) []*corev1.Pod {
+	objs, _ := inf.pods.GetIndexer().ByIndex(byDomain, uid)
+	out := make([]*corev1.Pod, 0, len(objs))
+	for _, o := range objs {
+		out = append(out, o.(*corev1.Pod))
+	}
+	return out
+}
+
+func (inf *informers) daemonSetsOf(uid string) []*appsv1.DaemonSet {
+	objs, _ := inf.daemonSets.GetIndexer().ByIndex(byDomain, uid)
+	out := make([]*appsv1.DaemonSet, 0, len(objs))
+	for _, o := range objs {
+		out = append(out, o.(*appsv1.DaemonSet))
+	}
+	return out
+}
+
+// cliqueOf is the clique ID the node's compute-domain.nvidia.com slices
+// publish, "" if none or if they disagree.
+func (inf *informers) cliqueOf(node string) string {
+	clique, _ := inf.nodeClique(node)
+	return clique
+}
+
+func (inf *informers) nodeClique(node string) (clique string, haveSlice bool) {
+	for i, s := range inf.slicesOfNode(node) {
+		_, c, ok := nodelabels.SliceClique(s)
+		if !ok {
+			continue
+		}
+		haveSlice = true
+		if c == "" {
+			continue
+		}
+		if clique != "" && c != clique && i > 0 {
+			return "", true
+		}
+		clique = c
+	}
+	return clique, haveSlice
+}
