@@ -77,9 +77,12 @@ type Claim struct {
 
 // Device is one allocation result the claim was prepared for.
 type Device struct {
-	Requests     []string `json:"requests"`
-	Pool         string   `json:"pool"`
-	Name         string   `json:"name"`
+	Requests []string `json:"requests"`
+	Pool     string   `json:"pool"`
+	Name     string   `json:"name"`
+	// ShareID is the allocation's share of the device (the devices
+	// allow multiple allocations), returned to the kubelet as it is.
+	ShareID      string   `json:"shareID,omitempty"`
 	CDIDeviceIDs []string `json:"cdiDeviceIDs,omitempty"`
 }
 
