@@ -21,6 +21,7 @@ const uidIndex = "uid"
 type Informer struct {
 	factory  dynamicinformer.DynamicSharedInformerFactory
 	informer cache.SharedIndexInformer
+	cancel   context.CancelFunc
 }
 
 // New returns an informer that starts with Start.
@@ -63,6 +64,7 @@ func (i *Informer) OnChange(f func(uid string)) error {
 
 // Start starts the informer and waits for its cache.
 func (i *Informer) Start(ctx context.Context) error {
+	ctx, i.cancel = context.WithCancel(ctx)
 	i.factory.Start(ctx.Done())
 	if !cache.WaitForCacheSync(ctx.Done(), i.informer.HasSynced) {
 		return fmt.Errorf("ComputeDomain informer did not sync: %w", context.Cause(ctx))
@@ -72,7 +74,12 @@ func (i *Informer) Start(ctx context.Context) error {
 }
 
 // Shutdown stops the informer and waits for it.
-func (i *Informer) Shutdown() { i.factory.Shutdown() }
+func (i *Informer) Shutdown() {
+	if i.cancel != nil {
+		i.cancel()
+	}
+	i.factory.Shutdown()
+}
 
 // Get returns the domain with the UID; nil, nil when there is none.
 func (i *Informer) Get(uid string) (*v1beta1.ComputeDomain, error) {

@@ -43,6 +43,7 @@ type Watcher struct {
 	factory  informers.SharedInformerFactory
 	informer cache.SharedIndexInformer
 	lister   listersv1.PodLister
+	cancel   context.CancelFunc
 }
 
 // New returns a Watcher that starts with Start.
@@ -62,6 +63,7 @@ func New(opts Options) *Watcher {
 
 // Start starts the informer and waits for its cache.
 func (w *Watcher) Start(ctx context.Context) error {
+	ctx, w.cancel = context.WithCancel(ctx)
 	w.factory.Start(ctx.Done())
 	if !cache.WaitForCacheSync(ctx.Done(), w.informer.HasSynced) {
 		return fmt.Errorf("daemon pod informer did not sync: %w", context.Cause(ctx))
@@ -69,8 +71,13 @@ func (w *Watcher) Start(ctx context.Context) error {
 	return nil
 }
 
-// Shutdown stops the informer.
-func (w *Watcher) Shutdown() { w.factory.Shutdown() }
+// Shutdown stops the informer and waits for it.
+func (w *Watcher) Shutdown() {
+	if w.cancel != nil {
+		w.cancel()
+	}
+	w.factory.Shutdown()
+}
 
 // Ready reports whether a Ready daemon pod of the domain runs on the node,
 // and describes what it found otherwise.
