@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"k8s.io/klog/v2"
+	"k8s.io/klog/v2/ktesting"
 	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/node/devnode"
@@ -31,7 +31,7 @@ func TestWriteReadDelete(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			root := filepath.Join(t.TempDir(), "cdi")
-			w, err := New(klog.Background(), root)
+			w, err := New(ktesting.NewLogger(t, ktesting.NewConfig()), root)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -80,7 +80,7 @@ func TestWriteReadDelete(t *testing.T) {
 }
 
 func TestAllChannelsSpecIsValid(t *testing.T) {
-	w, err := New(klog.Background(), t.TempDir())
+	w, err := New(ktesting.NewLogger(t, ktesting.NewConfig()), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"k8s.io/klog/v2"
+	"k8s.io/klog/v2/ktesting"
 )
 
 func TestStoreRoundTripAndCorrupt(t *testing.T) {
@@ -25,7 +25,7 @@ func TestStoreRoundTripAndCorrupt(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
-			s, err := NewStore(klog.Background(), dir, nil)
+			s, err := NewStore(ktesting.NewLogger(t, ktesting.NewConfig()), dir, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -67,7 +67,7 @@ func TestNewStoreRemovesTemporaryFiles(t *testing.T) {
 	if err := os.WriteFile(tmp, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := NewStore(klog.Background(), dir, nil); err != nil {
+	if _, err := NewStore(ktesting.NewLogger(t, ktesting.NewConfig()), dir, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(tmp); !errors.Is(err, os.ErrNotExist) {

@@ -17,7 +17,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
-	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/ktesting"
 	specs "tags.cncf.io/container-device-interface/specs-go"
 
@@ -162,7 +161,7 @@ func newEnv(t *testing.T) *env {
 // plugin would, and recovers.
 func (e *env) restart(lost bool) Report {
 	e.t.Helper()
-	logger := klog.Background()
+	logger := ktesting.NewLogger(e.t, ktesting.NewConfig())
 	var err error
 	if e.cdi, err = cdispec.New(logger, filepath.Join(e.root, "cdi")); err != nil {
 		e.t.Fatal(err)
