@@ -49,6 +49,10 @@ const (
 type Checkpoint struct {
 	// Claims by claim UID.
 	Claims map[string]*Claim `json:"claims"`
+	// Nodes are the channels whose host device nodes this plugin made
+	// (recorded before making them): each is removed once no recorded
+	// claim holds its channel. Nodes it found are never removed.
+	Nodes []int `json:"nodes,omitempty"`
 }
 
 // Claim is one prepared (or being prepared) ResourceClaim. Unprepare gets
@@ -98,7 +102,7 @@ func New() *Checkpoint { return &Checkpoint{Claims: map[string]*Claim{}} }
 
 // Clone returns a deep copy.
 func (c *Checkpoint) Clone() *Checkpoint {
-	out := &Checkpoint{Claims: make(map[string]*Claim, len(c.Claims))}
+	out := &Checkpoint{Claims: make(map[string]*Claim, len(c.Claims)), Nodes: slices.Clone(c.Nodes)}
 	for uid, cl := range c.Claims {
 		out.Claims[uid] = cl.Clone()
 	}

@@ -56,8 +56,10 @@ type Maker struct {
 	DevRoot, ProcRoot string
 	// Mknod nil is unix.Mknod.
 	Mknod MknodFunc
-	// Stat nil is unix.Stat; tests pair it with Mknod.
-	Stat func(path string, st *unix.Stat_t) error
+	// Stat nil is unix.Stat, Unlink nil unix.Unlink; tests pair them
+	// with Mknod.
+	Stat   func(path string, st *unix.Stat_t) error
+	Unlink func(path string) error
 }
 
 // Major reads the channels' major from /proc/devices under the proc root.
@@ -72,6 +74,72 @@ func (m *Maker) Major() (int64, error) {
 		return 0, fmt.Errorf("IMEX channel major: %s has no character device %q (is the NVIDIA driver loaded, with IMEX support?)", path, names.IMEXChannelMajorName)
 	}
 	return major, nil
+}
+
+// Missing returns the channels of channels whose host node is absent. An
+// existing node with other numbers, or something else at a node's path,
+// is an error.
+func (m *Maker) Missing(channels []int) ([]int, error) {
+	major, err := m.Major()
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for _, ch := range channels {
+		ok, err := m.check(major, ch)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			out = append(out, ch)
+		}
+	}
+	return out, nil
+}
+
+// check reports whether channel's host node exists, and fails when
+// something else is at its path.
+func (m *Maker) check(major int64, ch int) (bool, error) {
+	stat := m.Stat
+	if stat == nil {
+		stat = unix.Stat
+	}
+	path := filepath.Join(m.DevRoot, Path(ch))
+	var st unix.Stat_t
+	err := stat(path, &st)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("IMEX channel node %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFCHR || uint64(st.Rdev) != unix.Mkdev(uint32(major), uint32(ch)) { //nolint:unconvert // Rdev's type varies by platform.
+		return false, fmt.Errorf("IMEX channel node %s exists but is not character device %d:%d; remove it", path, major, ch)
+	}
+	return true, nil
+}
+
+// Remove removes channel's host node after checking that it is the
+// channel's character device; a missing node is no error, anything else
+// at its path is left and reported.
+func (m *Maker) Remove(channel int) error {
+	major, err := m.Major()
+	if err != nil {
+		return err
+	}
+	ok, err := m.check(major, channel)
+	if err != nil || !ok {
+		return err
+	}
+	remove := m.Unlink
+	if remove == nil {
+		remove = unix.Unlink
+	}
+	path := filepath.Join(m.DevRoot, Path(channel))
+	if err := remove(path); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("remove IMEX channel node %s: %w", path, err)
+	}
+	return nil
 }
 
 // Ensure makes the nodes of channels that are missing under the dev root

@@ -92,3 +92,32 @@ func TestEnsure(t *testing.T) {
 		})
 	}
 }
+
+func TestMissingAndRemove(t *testing.T) {
+	root := t.TempDir()
+	writeProc(t, root, "Character devices:\n234 nvidia-caps-imex-channels\n")
+	f := fakeNodes{filepath.Join(root, Path(0)): unix.Mkdev(234, 0), filepath.Join(root, Path(2)): unix.Mkdev(9, 9)}
+	m := &Maker{DevRoot: root, ProcRoot: root, Mknod: f.mknod, Stat: f.stat, Unlink: func(p string) error {
+		delete(f, p)
+		return nil
+	}}
+	if _, err := m.Missing([]int{0, 1, 2}); err == nil || !strings.Contains(err.Error(), "exists but is not") {
+		t.Fatalf("Missing with a wrong node: %v", err)
+	}
+	missing, err := m.Missing([]int{0, 1})
+	if err != nil || len(missing) != 1 || missing[0] != 1 {
+		t.Fatalf("Missing = %v, %v", missing, err)
+	}
+	if err := m.Remove(2); err == nil {
+		t.Fatal("removed a node with other numbers")
+	}
+	if err := m.Remove(0); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Remove(1); err != nil {
+		t.Fatalf("removing a missing node: %v", err)
+	}
+	if _, ok := f[filepath.Join(root, Path(0))]; ok {
+		t.Fatal("channel0 not removed")
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 
 	"k8s.io/klog/v2"
 
@@ -67,6 +68,10 @@ type Dirs struct {
 	Logger klog.Logger
 	// Write nil writes atomically with FileMode; tests make it fail.
 	Write func(path string, data []byte) error
+
+	// mu orders WriteNodes against Remove: a nodes.cfg written while
+	// the directory is removed would keep it from going.
+	mu sync.Mutex
 }
 
 var uidPattern = regexp.MustCompile(`^[0-9a-f]+(-[0-9a-f]+)*$`)
@@ -85,6 +90,8 @@ func (d *Dirs) Ensure(domainUID string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	if err := hostfs.EnsureDir(d.Logger, d.Root, DirMode); err != nil {
 		return "", fmt.Errorf("IMEX domains directory: %w", err)
 	}
@@ -105,6 +112,8 @@ func (d *Dirs) WriteNodes(domainUID string, addrs []string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	if _, err := os.Stat(filepath.Join(dir, ConfigFile)); err != nil {
 		return false, fmt.Errorf("IMEX directory of ComputeDomain %s: %w", domainUID, err)
 	}
@@ -129,6 +138,8 @@ func (d *Dirs) Remove(domainUID string) error {
 	if err != nil {
 		return err
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	if err := hostfs.RemoveTree(dir); err != nil {
 		return fmt.Errorf("remove IMEX directory of ComputeDomain %s: %w", domainUID, err)
 	}

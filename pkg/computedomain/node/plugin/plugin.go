@@ -100,9 +100,10 @@ type Config struct {
 	// StartHelper nil starts kubeletplugin's.
 	StartHelper StartHelperFunc
 	// Mknod nil is unix.Mknod (tests without CAP_MKNOD replace it, with
-	// Stat).
-	Mknod devnode.MknodFunc
-	Stat  func(string, *unixStat) error
+	// Stat and Unlink).
+	Mknod  devnode.MknodFunc
+	Stat   func(string, *unixStat) error
+	Unlink func(string) error
 }
 
 // Plugin implements kubeletplugin.DRAPlugin.
@@ -167,7 +168,7 @@ func Run(ctx context.Context, cfg Config) error {
 		OnDaemonPrepared: func(uid string) { syncer.Enqueue(uid) },
 	}, prepare.Deps{
 		Domains: doms, Readiness: pods, CDI: cdiWriter, Dirs: dirs, Store: store,
-		DevNodes: &devnode.Maker{DevRoot: cfg.DevRoot, ProcRoot: cfg.ProcRoot, Mknod: cfg.Mknod, Stat: cfg.Stat},
+		DevNodes: &devnode.Maker{DevRoot: cfg.DevRoot, ProcRoot: cfg.ProcRoot, Mknod: cfg.Mknod, Stat: cfg.Stat, Unlink: cfg.Unlink},
 	}, cp)
 	syncer = nodescfg.New(doms, p.preparer, dirs, cfg.NodesResync)
 	rep, err := p.preparer.Recover(ctx, lost)

@@ -18,13 +18,15 @@
 // Unprepare removes the side effects first and the record last; a claim
 // without record was never prepared, or is already undone.
 //
-// The channel device nodes made on the host stay when their claims go:
-// they give no container anything (containers get nodes only through CDI
-// specs), and another claim may get the same channel at any time.
+// Host channel nodes the plugin makes are recorded before they are made,
+// and removed once no recorded claim holds their channel; nodes it found
+// (the driver's channel0) are left alone. Containers get their nodes from
+// the CDI spec's numbers, not from the host's.
 package prepare
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -63,9 +65,11 @@ type Readiness interface {
 	Wait(ctx context.Context, domainUID string, timeout time.Duration) error
 }
 
-// DevNodes makes the channels' device nodes that are missing.
+// DevNodes finds, makes and removes the channels' host device nodes.
 type DevNodes interface {
+	Missing(channels []int) ([]int, error)
 	Ensure(channels []int) ([]devnode.Node, error)
+	Remove(channel int) error
 }
 
 // CDI writes and removes claims' CDI specs.
@@ -146,6 +150,8 @@ type Preparer struct {
 	cp *checkpoint.Checkpoint
 
 	claimLocks keyedMutex
+	// nodesMu orders the making and removing of host channel nodes.
+	nodesMu sync.Mutex
 }
 
 // New returns a Preparer that starts from cp (see Recover).
@@ -333,7 +339,7 @@ func (p *Preparer) sideEffects(rec *checkpoint.Claim) (map[string][]string, erro
 	switch rec.Kind {
 	case checkpoint.KindChannel:
 		var err error
-		if nodes, err = p.deps.DevNodes.Ensure(channels.Of(rec)); err != nil {
+		if nodes, err = p.ensureNodes(channels.Of(rec)); err != nil {
 			return nil, err
 		}
 		p.step(StepDevNodes)
@@ -415,6 +421,10 @@ func (p *Preparer) Unprepare(ctx context.Context, ref kubeletplugin.NamespacedOb
 	}); err != nil {
 		return fmt.Errorf("%s: forget unprepared claim: %w", what, err)
 	}
+	if err := p.freeNodes(); err != nil {
+		// The claim is undone; the nodes go with the next unprepare or start.
+		klog.FromContext(ctx).Error(err, "Removing host IMEX channel nodes no claim holds failed; retrying later", "claim", klog.KRef(rec.Namespace, rec.Name))
+	}
 	klog.FromContext(ctx).Info("Unprepared claim", "claim", klog.KRef(rec.Namespace, rec.Name), "kind", rec.Kind, "domain", rec.Domain.UID)
 	return nil
 }
@@ -456,4 +466,67 @@ func (p *Preparer) PreparedDaemons() map[string]string {
 		}
 	}
 	return out
+}
+
+// ensureNodes makes the host nodes of chs, recording those it is about to
+// make first.
+func (p *Preparer) ensureNodes(chs []int) ([]devnode.Node, error) {
+	p.nodesMu.Lock()
+	defer p.nodesMu.Unlock()
+	missing, err := p.deps.DevNodes.Missing(chs)
+	if err != nil {
+		return nil, err
+	}
+	if len(missing) > 0 {
+		err := p.update(func(cp *checkpoint.Checkpoint) error {
+			for _, ch := range missing {
+				if !slices.Contains(cp.Nodes, ch) {
+					cp.Nodes = append(cp.Nodes, ch)
+				}
+			}
+			slices.Sort(cp.Nodes)
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("record IMEX channel nodes to make: %w", err)
+		}
+	}
+	return p.deps.DevNodes.Ensure(chs)
+}
+
+// freeNodes removes the host nodes the plugin made whose channel no
+// recorded claim holds.
+func (p *Preparer) freeNodes() error {
+	p.nodesMu.Lock()
+	defer p.nodesMu.Unlock()
+	cp := p.Snapshot()
+	held := map[int]bool{}
+	for _, c := range cp.Claims {
+		if c.Kind == checkpoint.KindChannel {
+			for _, ch := range channels.Of(c) {
+				held[ch] = true
+			}
+		}
+	}
+	var removed []int
+	var errs []error
+	for _, ch := range cp.Nodes {
+		if held[ch] {
+			continue
+		}
+		if err := p.deps.DevNodes.Remove(ch); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		removed = append(removed, ch)
+	}
+	if len(removed) > 0 {
+		if err := p.update(func(cp *checkpoint.Checkpoint) error {
+			cp.Nodes = slices.DeleteFunc(cp.Nodes, func(ch int) bool { return slices.Contains(removed, ch) })
+			return nil
+		}); err != nil {
+			errs = append(errs, fmt.Errorf("record removed IMEX channel nodes: %w", err))
+		}
+	}
+	return errors.Join(errs...)
 }

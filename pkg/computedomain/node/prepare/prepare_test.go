@@ -88,6 +88,23 @@ func (f *fakeNodes) mknod(path string, _ uint32, dev int) error {
 	return nil
 }
 
+func (f *fakeNodes) unlink(path string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.nodes[path]; !ok {
+		return unix.ENOENT
+	}
+	delete(f.nodes, path)
+	return nil
+}
+
+func (f *fakeNodes) has(root string, ch int) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, ok := f.nodes[filepath.Join(root, devnode.Path(ch))]
+	return ok
+}
+
 func (f *fakeNodes) stat(path string, st *unix.Stat_t) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -186,7 +203,7 @@ func (e *env) restart(lost bool) Report {
 		OnDaemonPrepared: func(uid string) { e.daemonsFor = append(e.daemonsFor, uid) },
 	}, Deps{
 		Domains: e.domains, Readiness: e.ready, CDI: e.cdi, Dirs: e.dirs, Store: e.store,
-		DevNodes: &devnode.Maker{DevRoot: e.root, ProcRoot: e.root, Mknod: e.nodes.mknod, Stat: e.nodes.stat},
+		DevNodes: &devnode.Maker{DevRoot: e.root, ProcRoot: e.root, Mknod: e.nodes.mknod, Stat: e.nodes.stat, Unlink: e.nodes.unlink},
 	}, cp)
 	rep, err := e.p.Recover(context.Background(), lost || corrupt != nil)
 	if err != nil {
@@ -662,5 +679,58 @@ func TestRecover(t *testing.T) {
 	}
 	if e.channelOf("b1b1-0003") != 1 {
 		t.Fatalf("channel of another domain after adoption = %d, want 1", e.channelOf("b1b1-0003"))
+	}
+}
+
+// TestHostNodes checks that the host channel nodes the plugin makes go
+// with the last claim holding their channel, and that nodes it found stay.
+func TestHostNodes(t *testing.T) {
+	e := newEnv(t)
+	// The driver made channel0 itself (NVreg_CreateImexChannel0).
+	if err := e.nodes.mknod(filepath.Join(e.root, devnode.Path(0)), 0, int(unix.Mkdev(imexMajor, 0))); err != nil {
+		t.Fatal(err)
+	}
+	a1, a2 := channelClaim("a1a1-0001", "team-a", domainA, ""), channelClaim("a2a2-0002", "team-a", domainA, "")
+	b1 := channelClaim("b1b1-0003", "team-b", domainB, "")
+	for _, c := range []*resourceapi.ResourceClaim{a1, b1, a2} {
+		if _, err := e.prepare(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !e.nodes.has(e.root, 1) {
+		t.Fatal("channel1 not made")
+	}
+	if got := e.p.Snapshot().Nodes; len(got) != 1 || got[0] != 1 {
+		t.Fatalf("recorded nodes %v, want [1]", got)
+	}
+	if err := e.unprepare(b1); err != nil {
+		t.Fatal(err)
+	}
+	if e.nodes.has(e.root, 1) || len(e.p.Snapshot().Nodes) != 0 {
+		t.Fatalf("channel1 left after its last claim: %v", e.p.Snapshot().Nodes)
+	}
+	for _, c := range []*resourceapi.ResourceClaim{a1, a2} {
+		if err := e.unprepare(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !e.nodes.has(e.root, 0) {
+		t.Fatal("the driver's channel0 was removed")
+	}
+	// All mode makes every other node, and they all go with it.
+	all := channelClaim("a3a3-0004", "team-a", domainA, "All")
+	if _, err := e.prepare(all); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(e.p.Snapshot().Nodes); n != 2047 {
+		t.Fatalf("recorded %d nodes, want 2047", n)
+	}
+	// A restart in between keeps the record.
+	e.restart(false)
+	if err := e.unprepare(all); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(e.nodes.nodes); n != 1 {
+		t.Fatalf("%d host nodes left, want channel0 only", n)
 	}
 }

@@ -27,7 +27,8 @@ type Report struct {
 }
 
 // Recover brings the node in line with the checkpoint the Preparer was
-// made with, before anything is served: call it once at start.
+// made with, before anything is served: call it once at start. The
+// checkpoint is saved after step 2 and whenever step 3 records nodes.
 //
 //  1. With a lost checkpoint (lost true: it was untrusted and set aside),
 //     every CDI spec of the driver names a claim that got at least that far:
@@ -37,10 +38,10 @@ type Report struct {
 //     domain is recorded) and forgotten: the kubelet prepares them again.
 //  3. Completed claims get their files made again where missing (the CDI
 //     root and /dev are tmpfs that a reboot empties).
-//  4. CDI specs and IMEX directories that no recorded claim has are
-//     removed, except after a lost checkpoint, where nothing is deleted
-//     that might still be in use.
-//  5. The checkpoint is saved.
+//  4. Host channel nodes the plugin made that no claim holds are removed;
+//     CDI specs and IMEX directories that no recorded claim has are
+//     removed too, except after a lost checkpoint, where nothing is
+//     deleted that might still be in use.
 func (p *Preparer) Recover(ctx context.Context, lost bool) (Report, error) {
 	logger := klog.FromContext(ctx)
 	rep := Report{Failed: map[string]error{}}
@@ -78,19 +79,22 @@ func (p *Preparer) Recover(ctx context.Context, lost bool) (Report, error) {
 		rep.RolledBack = append(rep.RolledBack, c.UID)
 	}
 	p.setCheckpoint(cp)
-	// 3.
+	if err := p.deps.Store.Save(cp); err != nil {
+		return rep, fmt.Errorf("save recovered checkpoint: %w", err)
+	}
+	// 3. (sideEffects may record channel nodes it makes.)
 	for _, c := range cp.Sorted() {
-		ids, err := p.sideEffects(c)
-		if err != nil {
+		if _, err := p.sideEffects(c); err != nil {
 			rep.Failed[c.UID] = err
 			continue
 		}
-		for i := range c.Devices {
-			c.Devices[i].CDIDeviceIDs = ids[c.Devices[i].Name]
-		}
 		rep.Restored++
 	}
+	cp = p.Snapshot()
 	// 4.
+	if err := p.freeNodes(); err != nil {
+		logger.Error(err, "Removing host IMEX channel nodes no claim holds failed; retrying at the next unprepare")
+	}
 	if !lost {
 		for _, uid := range specs {
 			if cp.Claims[uid] == nil {
@@ -115,11 +119,6 @@ func (p *Preparer) Recover(ctx context.Context, lost bool) (Report, error) {
 			}
 		}
 	}
-	// 5.
-	if err := p.deps.Store.Save(cp); err != nil {
-		return rep, fmt.Errorf("save recovered checkpoint: %w", err)
-	}
-	p.setCheckpoint(cp)
 	return rep, nil
 }
 
