@@ -162,3 +162,20 @@ func waitFile(t *testing.T, path, want string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+func TestListenUnixMode(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	path := filepath.Join(t.TempDir(), "dra.sock")
+	if err := os.WriteFile(path, nil, 0o600); err != nil { // a stale one
+		t.Fatal(err)
+	}
+	ln, err := listenUnix(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm() != SocketMode || fi.Mode().Type() != os.ModeSocket {
+		t.Fatalf("socket %v, %v", fi.Mode(), err)
+	}
+}
