@@ -210,6 +210,19 @@ func (p *Preparer) Prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 		return nil, err
 	}
 	what := "claim " + claim.Namespace + "/" + claim.Name
+	prev := p.Snapshot().Claims[string(claim.UID)]
+	if prev != nil {
+		if prev.Kind != req.kind || prev.Domain.UID != req.domainUID() {
+			return nil, fmt.Errorf("%s: already prepared as a %s claim of ComputeDomain %s; unprepare it first", what, prev.Kind, prev.Domain.UID)
+		}
+		if prev.State == checkpoint.PrepareCompleted {
+			// A repeated call (the kubelet restarted): make sure what
+			// the claim needs is still there, without checking or
+			// waiting again: the domain may be going away meanwhile.
+			logger.V(2).Info("Claim already prepared; checking its files")
+			return p.finish(ctx, prev)
+		}
+	}
 	clique := p.opts.CliqueID()
 	if clique == "" {
 		return nil, fmt.Errorf("%s: node %s has no NVLink fabric clique (it publishes no ComputeDomain devices)", what, p.opts.NodeName)
@@ -233,17 +246,7 @@ func (p *Preparer) Prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 		Kind: req.kind, Devices: req.devices, CliqueID: clique,
 		Domain: checkpoint.Domain{UID: string(domain.UID), Namespace: domain.Namespace, Name: domain.Name},
 	}
-	prev := p.Snapshot().Claims[rec.UID]
 	if prev != nil {
-		if prev.Kind != rec.Kind || prev.Domain.UID != rec.Domain.UID {
-			return nil, fmt.Errorf("%s: already prepared as a %s claim of ComputeDomain %s; unprepare it first", what, prev.Kind, prev.Domain.UID)
-		}
-		if prev.State == checkpoint.PrepareCompleted {
-			// A repeated call (the kubelet restarted): make sure what
-			// the claim needs is still there, without waiting again.
-			logger.V(2).Info("Claim already prepared; checking its files")
-			return p.finish(ctx, prev)
-		}
 		// Recorded, unfinished: the same channel, which no other domain
 		// could take since it was recorded.
 		rec.Channel, rec.CliqueID = prev.Channel, prev.CliqueID

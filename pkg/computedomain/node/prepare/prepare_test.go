@@ -381,8 +381,10 @@ func TestPrepareChannel(t *testing.T) {
 			if c := e.p.Snapshot().Claims[uid]; c == nil || c.State != checkpoint.PrepareCompleted {
 				t.Errorf("checkpoint %+v", c)
 			}
-			// Repeated: the same answer, no new wait.
+			// Repeated (a restarted kubelet): the same answer, without a
+			// new wait, even with the domain going away.
 			e.ready.set(domainA, false)
+			delete(e.domains, domainA)
 			again, err := e.prepare(tt.claim)
 			if err != nil || again[0].CDIDeviceIDs[0] != wantID {
 				t.Fatalf("repeated prepare: %v, %v", again, err)
