@@ -14,6 +14,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -28,7 +30,7 @@ import (
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/node/plugin"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/node/prepare"
-	"github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/node/slices"
+	cdslices "github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/node/slices"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/driverroot"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/flags"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
@@ -52,6 +54,8 @@ type options struct {
 	cliqueInterval  time.Duration
 	cliqueID        string
 	nvmlLibrary     string
+	daemonSet       string
+	crashAt         string
 }
 
 func (o *options) addFlags(fs *pflag.FlagSet) {
@@ -67,10 +71,13 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file; empty uses the in-cluster configuration")
 	fs.StringVar(&o.httpEndpoint, "http-endpoint", "", "host:port for /metrics, /healthz and /readyz; empty disables it")
 	fs.DurationVar(&o.readinessWait, "readiness-wait", prepare.DefaultReadinessWait, "how long a channel claim's prepare waits for its domain's daemon pod on the node to be Ready before failing (the kubelet retries)")
-	fs.DurationVar(&o.cliqueInterval, "clique-interval", slices.DefaultInterval, "how often the node's NVLink clique is re-read (fabric registration may complete after start)")
+	fs.DurationVar(&o.cliqueInterval, "clique-interval", cdslices.DefaultInterval, "how often the node's NVLink clique is re-read (fabric registration may complete after start)")
 	fs.StringVar(&o.cliqueID, "clique-id", "", "testing only: publish this clique instead of reading it from NVML")
 	fs.StringVar(&o.nvmlLibrary, "nvml-library", "", "path of libnvidia-ml.so.1 (in this container); empty looks under --driver-root-mount")
+	fs.StringVar(&o.daemonSet, "daemonset", "", "NAMESPACE/NAME of the DaemonSet running this plugin: when it is gone at shutdown, the driver is being uninstalled and the node's ResourceSlices are removed; empty keeps them always")
+	fs.StringVar(&o.crashAt, "test-crash-at", "", "testing only: SIGKILL the plugin after this prepare/unprepare step ("+strings.Join(stepNames(), ", ")+")")
 	_ = fs.MarkHidden("clique-id")
+	_ = fs.MarkHidden("test-crash-at")
 }
 
 func main() {
@@ -122,6 +129,8 @@ func (o *options) validate() error {
 		return fmt.Errorf("--namespace (or %s) is required", flags.EnvName("namespace"))
 	case o.readinessWait <= 0:
 		return fmt.Errorf("--readiness-wait %s: must be positive", o.readinessWait)
+	case o.crashAt != "" && !slices.Contains(stepNames(), o.crashAt):
+		return fmt.Errorf("--test-crash-at %q: want one of %s", o.crashAt, strings.Join(stepNames(), ", "))
 	}
 	return nil
 }
@@ -173,6 +182,14 @@ func run(ctx context.Context, o *options) error {
 			return err
 		}
 	}
+	uninstalling, err := o.uninstalling(kube)
+	if err != nil {
+		return err
+	}
+	var afterStep func(prepare.Step)
+	if o.crashAt != "" {
+		afterStep = crashAfter(prepare.Step(o.crashAt))
+	}
 	pluginDir := filepath.Join(o.pluginsDir, names.ComputeDomainDriverName)
 	logger.Info("Starting", "version", version.Get(), "node", o.nodeName, "namespace", o.namespace, "pluginDir", pluginDir,
 		"cdiRoot", o.cdiRoot, "driverRoot", o.driverRoot, "driverRootMount", o.driverRootMount, "devRoot", o.devRoot, "procRoot", o.procRoot)
@@ -181,12 +198,13 @@ func run(ctx context.Context, o *options) error {
 		PluginDir: pluginDir, RegistrarDir: o.registryDir, CDIRoot: o.cdiRoot,
 		DriverRoot: o.driverRoot, DriverRootMount: o.driverRootMount, DevRoot: o.devRoot, ProcRoot: o.procRoot,
 		ReadinessWait: o.readinessWait, CliqueInterval: o.cliqueInterval, Metrics: metrics, Ready: ready.Store,
+		AfterStep: afterStep, Uninstalling: uninstalling,
 	})
 }
 
 // cliqueFunc is how the node's clique is read: --clique-id, else NVML
 // from the driver root through readFabric.
-func (o *options) cliqueFunc(ctx context.Context, driverRootMount string) (slices.CliqueFunc, error) {
+func (o *options) cliqueFunc(ctx context.Context, driverRootMount string) (cdslices.CliqueFunc, error) {
 	if o.cliqueID != "" {
 		return func() (string, error) { return o.cliqueID, nil }, nil
 	}

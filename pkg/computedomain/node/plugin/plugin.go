@@ -97,6 +97,12 @@ type Config struct {
 	// Ready is told when the plugin serves and has published, and when
 	// it stops; nil ignores.
 	Ready func(bool)
+	// AfterStep is prepare.Options.AfterStep (fault-injection tests).
+	AfterStep func(prepare.Step)
+	// Uninstalling, when set, is asked at a clean shutdown whether the
+	// driver is being uninstalled (its DaemonSet is gone) rather than
+	// restarted; then the node's ResourceSlices are removed.
+	Uninstalling func(ctx context.Context) (bool, error)
 	// StartHelper nil starts kubeletplugin's.
 	StartHelper StartHelperFunc
 	// Mknod nil is unix.Mknod (tests without CAP_MKNOD replace it, with
@@ -166,6 +172,7 @@ func Run(ctx context.Context, cfg Config) error {
 		DriverRoot: cfg.DriverRoot, DriverRootMount: cfg.DriverRootMount,
 		ReadinessWait: cfg.ReadinessWait, CliqueID: pool.CliqueID,
 		OnDaemonPrepared: func(uid string) { syncer.Enqueue(uid) },
+		AfterStep:        cfg.AfterStep,
 	}, prepare.Deps{
 		Domains: doms, Readiness: pods, CDI: cdiWriter, Dirs: dirs, Store: store,
 		DevNodes: &devnode.Maker{DevRoot: cfg.DevRoot, ProcRoot: cfg.ProcRoot, Mknod: cfg.Mknod, Stat: cfg.Stat, Unlink: cfg.Unlink},
@@ -234,7 +241,34 @@ func Run(ctx context.Context, cfg Config) error {
 		return cause
 	}
 	logger.Info("Shutting down")
+	p.removePoolIfUninstalled(logger, publisher)
 	return nil
+}
+
+// removePoolIfUninstalled deletes the node's ResourceSlices when the
+// driver is being uninstalled, so that no stale device can be allocated.
+// It runs after the plugin's context ended, with its own deadline.
+func (p *Plugin) removePoolIfUninstalled(logger klog.Logger, publisher *publish.Publisher) {
+	if p.cfg.Uninstalling == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(klog.NewContext(context.Background(), logger), 10*time.Second)
+	defer cancel()
+	uninstalling, err := p.cfg.Uninstalling(ctx)
+	if err != nil {
+		logger.Error(err, "Cannot tell an uninstall from a restart; keeping the node's ResourceSlices")
+		return
+	}
+	if !uninstalling {
+		return
+	}
+	publisher.Stop()
+	n, err := publish.RemovePool(ctx, p.cfg.KubeClient, names.ComputeDomainDriverName, p.cfg.NodeName)
+	if err != nil {
+		logger.Error(err, "Driver uninstalled, but the node's ResourceSlices could not be removed")
+		return
+	}
+	logger.Info("Driver uninstalled: removed the node's ResourceSlices", "slices", n)
 }
 
 // PrepareResourceClaims implements kubeletplugin.DRAPlugin: claims are

@@ -78,8 +78,9 @@ func TestRunServesDaemonClaim(t *testing.T) {
 			CliqueID:  func() (string, error) { return "u.1", nil },
 			PluginDir: filepath.Join(root, "plugin"), RegistrarDir: filepath.Join(root, "registry"), CDIRoot: filepath.Join(root, "cdi"),
 			DriverRoot: "/host", DriverRootMount: filepath.Join(root, "driver"), DevRoot: root, ProcRoot: root,
-			NodesResync: 50 * time.Millisecond,
-			Ready:       func(r bool) { ready <- r },
+			NodesResync:  50 * time.Millisecond,
+			Uninstalling: func(context.Context) (bool, error) { return true, nil },
+			Ready:        func(r bool) { ready <- r },
 			StartHelper: func(_ context.Context, p kubeletplugin.DRAPlugin, _ ...kubeletplugin.Option) (Helper, error) {
 				mu.Lock()
 				defer mu.Unlock()
@@ -145,6 +146,10 @@ func TestRunServesDaemonClaim(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("Run did not return")
+	}
+	// Uninstalled: the node's slices are gone.
+	if slices, err := kube.ResourceV1().ResourceSlices().List(context.Background(), metav1.ListOptions{}); err != nil || len(slices.Items) != 0 {
+		t.Fatalf("slices after uninstall: %d, %v", len(slices.Items), err)
 	}
 }
 
