@@ -208,10 +208,6 @@ func (o *options) cliqueFunc(ctx context.Context, driverRootMount string) (cdsli
 	if o.cliqueID != "" {
 		return func() (string, error) { return o.cliqueID, nil }, nil
 	}
-	if readFabric == nil {
-		klog.FromContext(ctx).Info("Warning: no NVLink fabric reader built in; the node publishes an empty pool")
-		return func() (string, error) { return "", nil }, nil
-	}
 	lib := o.nvmlLibrary
 	if lib == "" {
 		var err error

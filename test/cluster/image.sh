@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # image.sh — builds the driver's container image without a registry or a Docker daemon: the
-# commands gpu-kubelet-plugin, gpu-dra-webhook and kubectl-gpu on an otherwise empty image (the
+# commands gpu-kubelet-plugin, gpu-dra-webhook, kubectl-gpu and the ComputeDomain commands
+# (compute-domain-kubelet-plugin, -controller, -daemon) on an otherwise empty image (the
 # plugin's C library and loader copied from the build host, as it needs cgo for NVML), written by
 # test/images/mkimage (go-containerregistry) as an archive with fixed times and owners, so equal
 # inputs give an equal image. Tagged gpu-dra-driver:$GPU_DRA_IMAGE_TAG (default: the appVersion
@@ -24,8 +25,9 @@ step_build() {
 	# The plugin and the webhook link go-nvml (cgo); kubectl-gpu is static.
 	(cd "$REPO_ROOT" && CGO_ENABLED=1 CGO_CFLAGS="-O2 -Wno-deprecated-declarations" \
 		go build -trimpath -buildvcs=false -ldflags "-s -w -X github.com/gpu-dra/gpu-dra-driver/pkg/version.Version=${IMAGE##*:}" \
-		-o "$OUT/bin/" ./cmd/gpu-kubelet-plugin ./cmd/gpu-dra-webhook)
-	(cd "$REPO_ROOT" && CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags "-s -w" -o "$OUT/bin/" ./cmd/kubectl-gpu)
+		-o "$OUT/bin/" ./cmd/gpu-kubelet-plugin ./cmd/gpu-dra-webhook ./cmd/compute-domain-kubelet-plugin)
+	(cd "$REPO_ROOT" && CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags "-s -w -X github.com/gpu-dra/gpu-dra-driver/pkg/version.Version=${IMAGE##*:}" \
+		-o "$OUT/bin/" ./cmd/kubectl-gpu ./cmd/compute-domain-controller ./cmd/compute-domain-daemon)
 }
 
 step_image() {
@@ -33,13 +35,13 @@ step_image() {
 	# The image's version: its tag (the part after the last ':' of the reference).
 	printf '%s\n' "${IMAGE##*:}" >"$OUT/version"
 	args+=(-add "/etc/gpu-dra-driver/version=$OUT/version")
-	for cmd in gpu-kubelet-plugin gpu-dra-webhook kubectl-gpu; do
+	for cmd in gpu-kubelet-plugin gpu-dra-webhook kubectl-gpu compute-domain-kubelet-plugin compute-domain-controller compute-domain-daemon; do
 		args+=(-add "/usr/bin/$cmd=$OUT/bin/$cmd")
 	done
 	# The shared libraries the commands link (the C library and its loader), at their paths.
 	while read -r lib; do
 		args+=(-add "$lib=$(readlink -f "$lib")")
-	done < <(ldd "$OUT/bin/gpu-kubelet-plugin" "$OUT/bin/gpu-dra-webhook" | grep -o '/[^ ]*' | grep -v ':$' | sort -u)
+	done < <(ldd "$OUT/bin/gpu-kubelet-plugin" "$OUT/bin/gpu-dra-webhook" "$OUT/bin/compute-domain-kubelet-plugin" | grep -o '/[^ ]*' | grep -v ':$' | sort -u)
 	# What the driver's own libraries and tools, loaded or run from the driver root, need of the
 	# C library beyond libc: NVIDIA's libnvidia-ml.so.1 needs libpthread.so.0 and libdl.so.2
 	# (without them dlopen fails and NVML reads as "not found"), its tools libm and librt too.
