@@ -424,7 +424,7 @@ func TestComputeDomainAllChannelsHoldTheNode(t *testing.T) {
 		}
 		var msgs []string
 		for _, e := range events.Items {
-			if strings.Contains(e.Message, "all") && strings.Contains(strings.ToLower(e.Message), "channel") {
+			if strings.Contains(e.Message, ns+"/all") && strings.Contains(e.Message, "allocationMode All") {
 				return true, nil
 			}
 			msgs = append(msgs, e.Message)

@@ -17,10 +17,11 @@ import (
 	"strings"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/node/checkpoint"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 )
 
 // Count is the number of channels the kernel driver offers.
-const Count = 2048
+const Count = names.IMEXChannelCount
 
 // Request is what a new channel claim asks for.
 type Request struct {
