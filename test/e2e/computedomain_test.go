@@ -494,3 +494,22 @@ func TestComputeDomainCliqueLabels(t *testing.T) {
 	}
 	t.Logf("clique labels: %v", got)
 }
+
+// TestComputeDomainPlacementWithinOneClique runs the documented recipe
+// (docs/compute-domains.md): a pod affinity on nvidia.com/gpu.clique among
+// the job's pods, and one worker per node. The first worker is put on the
+// only node of clique 2; the second, free to go anywhere else, must then
+// stay unschedulable rather than land in clique 1.
+func TestComputeDomainPlacementWithinOneClique(t *testing.T) {
+	needRack(t)
+	ns := "cd-clique"
+	kubectl(t, "create", "namespace", ns)
+	defer cleanNamespace(t, ns)
+	applyYAML(t, domainYAML(ns, "solo", "solo-channel", 0, "")+
+		channelPod(ns, "worker-0", "solo-channel", clusterNode(2), "solo"))
+	podChannels(t, ns, "worker-0")
+	applyYAML(t, channelPod(ns, "worker-1", "solo-channel", "", "solo"))
+	msg := unschedulable(t, ns, "worker-1")
+	t.Logf("worker-1: %s", msg)
+	deleteDomain(t, ns, "solo")
+}

@@ -48,7 +48,7 @@ import (
 )
 
 // DefaultReadinessWait bounds the wait for a domain's daemon.
-const DefaultReadinessWait = 10 * time.Second
+const DefaultReadinessWait = 30 * time.Second
 
 // IMEX tools mounted into a daemon's container, relative to the driver
 // root, and where the container gets them.
