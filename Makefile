@@ -38,11 +38,12 @@ fuzz: ## run the fuzz targets (opaque config decoding, webhook requests) for FUZ
 # Kueue (for TestKueueTeamQuotas) is built before the tests, so that a cold build (minutes) is
 # outside the tests' timeout.
 .PHONY: e2e
-e2e: ## end-to-end tests: build and start a local cluster, run the driver, test, stop; then the cluster tests on three nodes
+e2e: ## end-to-end tests: build and start a local cluster, run the driver, test, stop; then the cluster tests on three nodes, then the ComputeDomain tests on three GB200 nodes
 	test/cluster/build.sh
 	test/cluster/kueue.sh build
 	$(GO) test -tags e2e -count=1 -timeout 50m -v ./test/e2e/
 	GPU_DRA_E2E_NODES=3 $(GO) test -tags e2e -count=1 -timeout 20m -v -run '^TestCluster' ./test/e2e/
+	GPU_DRA_E2E_NODES=3 GPU_DRA_E2E_RACK=1 $(GO) test -tags e2e -count=1 -timeout 20m -v -run '^TestComputeDomain' ./test/e2e/
 
 .PHONY: soak
 soak: ## outside make test: 100 upgrade/downgrade cycles between the previous release and this one, live claims held
@@ -50,8 +51,8 @@ soak: ## outside make test: 100 upgrade/downgrade cycles between the previous re
 	GPU_DRA_E2E_CYCLES=100 $(GO) test -tags e2e -count=1 -timeout 120m -v -run TestUpgradeDowngradeCyclesWithThePreviousRelease ./test/e2e/
 
 .PHONY: demo
-demo: ## local Kubernetes v1.37 + the driver on a simulated DGX H100, with the examples running (NODES=3: an H100, an A100 and a B200 node; docs/cluster.md)
-	GPU_DRA_NODES=$(or $(NODES),$(GPU_DRA_NODES),1) test/cluster/demo.sh
+demo: ## local Kubernetes v1.37 + the driver on a simulated DGX H100, with the examples running (NODES=3: an H100, an A100 and a B200 node; RACK=1: three GB200 nodes with a ComputeDomain; docs/cluster.md)
+	GPU_DRA_NODES=$(or $(NODES),$(GPU_DRA_NODES),1) GPU_DRA_DEMO_RACK=$(RACK) test/cluster/demo.sh
 
 .PHONY: demo-down
 demo-down: ## stop the demo cluster and remove every trace of it

@@ -3,7 +3,9 @@
 # installs the driver with its Helm chart on a simulated DGX H100, applies the examples under
 # demo/, waits for its pods and prints what each pod got. The cluster stays up; `make demo-down` stops it.
 # GPU_DRA_NODES=3 (make demo NODES=3) starts three nodes, an H100, an A100 and a B200 DGX
-# (GPU_DRA_SIMULATE chooses others), and the report shows where each pod ran.
+# (GPU_DRA_SIMULATE chooses others), and the report shows where each pod ran. GPU_DRA_DEMO_RACK=1
+# (make demo RACK=1) starts three GB200 nodes of an NVLink rack (two cliques) with ComputeDomains on
+# (test/cluster/rack-values.yaml) and applies demo/compute-domain only.
 #
 # demo/sharing (time-slicing, MPS, quarter GPUs) would take three more of the eight GPUs and leave
 # none for the user's own claims, so it is applied only with GPU_DRA_DEMO_ALL=1; its README shows
@@ -28,6 +30,10 @@ has_models() {
 apply_examples() {
 	local dir
 	for dir in "$REPO_ROOT"/demo/*/; do
+		local rack_dir=0
+		[[ $dir != */demo/compute-domain/ ]] || rack_dir=1
+		# A rack runs the ComputeDomain example only; other clusters everything else.
+		[[ ${GPU_DRA_DEMO_RACK:-0} == "$rack_dir" ]] || continue
 		if [[ $dir == */demo/sharing/ && ${GPU_DRA_DEMO_ALL:-} != 1 ]]; then
 			log "skipped ${dir#"$REPO_ROOT"/} (GPU_DRA_DEMO_ALL=1 applies it; or kubectl apply -f it)"
 			continue
@@ -85,10 +91,14 @@ report() {
 }
 
 main() {
-	local start=$SECONDS
+	local start=$SECONDS values=()
+	if [[ ${GPU_DRA_DEMO_RACK:-} == 1 ]]; then
+		export GPU_DRA_NODES=3 GPU_DRA_SIMULATE=${GPU_DRA_SIMULATE:-gb200:2,gb200:2,gb200:2} GPU_DRA_CLIQUES=${GPU_DRA_CLIQUES:-1,1,2}
+		values=(-f "$CLUSTER_DIR/rack-values.yaml")
+	fi
 	step "build Kubernetes, etcd, containerd (cached)" "$CLUSTER_DIR/build.sh"
 	step "start the cluster" "$CLUSTER_DIR/up.sh"
-	step "install the driver (helm)" "$CLUSTER_DIR/driver.sh" start
+	step "install the driver (helm)" "$CLUSTER_DIR/driver.sh" start "${values[@]}"
 	step "apply demo/ and wait for the pods" apply_examples
 	report
 	log "demo ready in $((SECONDS - start))s"

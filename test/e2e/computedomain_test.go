@@ -239,7 +239,7 @@ func TestComputeDomainJobAcrossTwoNodes(t *testing.T) {
 	applyYAML(t, domainYAML(ns, "job", "job-channel", 2, "")+
 		channelPod(ns, "worker-0", "job-channel", "", "job")+
 		channelPod(ns, "worker-1", "job-channel", "", "job"))
-	cd := waitDomainStatus(t, ns, "job", cdapi.StatusReady, 2, 120*time.Second)
+	cd := waitDomainStatus(t, ns, "job", cdapi.StatusReady, 2, 180*time.Second)
 	cliques := map[string]bool{}
 	indices := map[string]bool{}
 	for _, n := range cd.Status.Nodes {
@@ -378,7 +378,7 @@ func TestComputeDomainDaemonLossDegradesAndRecovers(t *testing.T) {
 	applyYAML(t, domainYAML(ns, "loss", "loss-channel", 2, "")+
 		channelPod(ns, "w-0", "loss-channel", clusterNode(0), "")+
 		channelPod(ns, "w-1", "loss-channel", clusterNode(1), ""))
-	cd := waitDomainStatus(t, ns, "loss", cdapi.StatusReady, 2, 120*time.Second)
+	cd := waitDomainStatus(t, ns, "loss", cdapi.StatusReady, 2, 180*time.Second)
 	pods, err := client.CoreV1().Pods(driverNamespace).List(ctx(), metav1.ListOptions{
 		LabelSelector: names.ComputeDomainLabel + "=" + string(cd.UID),
 		FieldSelector: "spec.nodeName=" + clusterNode(1),
@@ -397,7 +397,7 @@ func TestComputeDomainDaemonLossDegradesAndRecovers(t *testing.T) {
 		}
 		return cd.Status.Status == cdapi.StatusNotReady, fmt.Errorf("status %s", statusString(cd))
 	})
-	waitDomainStatus(t, ns, "loss", cdapi.StatusReady, 2, 120*time.Second)
+	waitDomainStatus(t, ns, "loss", cdapi.StatusReady, 2, 180*time.Second)
 	deleteDomain(t, ns, "loss")
 }
 

@@ -108,7 +108,7 @@ func TestMain(m *testing.M) {
 		// force for every later start and restart of this cluster.
 		values := []string{"start", "-f", filepath.Join(repoRoot, "test/e2e/values.yaml")}
 		if rack {
-			values = append(values, "-f", filepath.Join(repoRoot, "test/e2e/values-rack.yaml"))
+			values = append(values, "-f", filepath.Join(repoRoot, "test/cluster/rack-values.yaml"))
 		}
 		if err := script("driver.sh", values...); err != nil {
 			fmt.Fprintln(os.Stderr, "driver start:", err)
