@@ -464,7 +464,7 @@ func TestComputeDomainRestartsConverge(t *testing.T) {
 	eventually(t, 180*time.Second, "nothing of the domain left", func() (bool, error) {
 		_, err := computeDomain(t, ns, "r")
 		if !apierrors.IsNotFound(err) {
-			return false, fmt.Errorf("domain still there: %v", err)
+			return false, fmt.Errorf("domain still there: %w", err)
 		}
 		left = domainLeftovers(t, string(cd.UID))
 		return len(left) == 0, fmt.Errorf("left: %v", left)

@@ -249,7 +249,7 @@ func (cd *ComputeDomain) DeepCopy() *ComputeDomain {
 		return nil
 	}
 	out := &ComputeDomain{TypeMeta: cd.TypeMeta, Spec: cd.Spec, Status: cd.Status}
-	cd.ObjectMeta.DeepCopyInto(&out.ObjectMeta)
+	cd.DeepCopyInto(&out.ObjectMeta)
 	if cd.Spec.Channel != nil {
 		ch := *cd.Spec.Channel
 		out.Spec.Channel = &ch
