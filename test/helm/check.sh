@@ -64,6 +64,7 @@ expect "computeDomains: the controller" 'command: \["compute-domain-controller"\
 expect "computeDomains: the controller elects a leader" '--leader-elect=true' "$cd_out"
 expect "computeDomains: the node plugin" 'command: \["compute-domain-kubelet-plugin"\]' "$cd_out"
 expect "computeDomains: the node plugin knows its DaemonSet (uninstall removes slices)" '--daemonset=gpu-dra-driver/t-compute-domain-plugin' "$cd_out"
+expect "computeDomains: each node's plugin writes only its own slices" 'name: t-compute-domain-plugin-node-slices' "$cd_out"
 expect "computeDomains: one Lease, by name" 'resourceNames: \["compute-domain-controller"\]' "$cd_out"
 [[ $(grep -c 'hostNetwork: true' <<<"$cd_out") == 2 ]] || die "chart: computeDomains: only the two node plugins are in the host network"
 node_out=$(render --set kubeletPlugin.httpOnNodeAddress=true)

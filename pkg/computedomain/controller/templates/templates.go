@@ -142,6 +142,10 @@ func claimTemplateSpec(request, class string, params []byte) resourcev1.Resource
 	}
 }
 
+// LostNodeTolerationSeconds is how long a daemon stays bound to a node that
+// is unreachable or not ready before it is evicted.
+const LostNodeTolerationSeconds int64 = 60
+
 // DaemonSet runs cd's IMEX daemon on every node labelled for the domain
 // (names.DomainNodeLabel). The pod has no Kubernetes credentials and runs
 // in the pod network; its one claim is the domain's daemon claim.
@@ -156,6 +160,10 @@ func DaemonSet(cd *cdv1.ComputeDomain, opts DaemonOptions) *appsv1.DaemonSet {
 		},
 		Spec: appsv1.DaemonSetSpec{
 			Selector: &metav1.LabelSelector{MatchLabels: Labels(uid)},
+			// A new image or setting reaches new daemons only: restarting a
+			// running domain's daemons would break its quorum under the
+			// workload (an upgrade of the driver must not).
+			UpdateStrategy: appsv1.DaemonSetUpdateStrategy{Type: appsv1.OnDeleteDaemonSetStrategyType},
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{Labels: Labels(uid)},
 				Spec: corev1.PodSpec{
@@ -163,10 +171,15 @@ func DaemonSet(cd *cdv1.ComputeDomain, opts DaemonOptions) *appsv1.DaemonSet {
 					HostNetwork:                  false,
 					PriorityClassName:            opts.PriorityClassName,
 					NodeSelector:                 map[string]string{names.DomainNodeLabel(uid): ""},
+					// Wherever a workload pod of the domain lands, but not
+					// forever on a node that is gone: a daemon evicted from
+					// an unreachable node leaves the domain's status, so
+					// its peers regain quorum without it.
 					Tolerations: []corev1.Toleration{
 						{Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule},
-						{Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute},
 						{Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectPreferNoSchedule},
+						{Key: corev1.TaintNodeUnreachable, Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute, TolerationSeconds: ptr.To(LostNodeTolerationSeconds)},
+						{Key: corev1.TaintNodeNotReady, Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute, TolerationSeconds: ptr.To(LostNodeTolerationSeconds)},
 					},
 					ResourceClaims: []corev1.PodResourceClaim{{
 						Name:                      DaemonRequest,

@@ -1,9 +1,11 @@
 package templates
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
@@ -107,7 +109,11 @@ func TestDaemonSet(t *testing.T) {
 		{"node selector", len(pod.NodeSelector) == 1 && pod.NodeSelector[names.DomainNodeLabel(uid)] == ""},
 		{"no token", pod.AutomountServiceAccountToken != nil && !*pod.AutomountServiceAccountToken},
 		{"pod network", !pod.HostNetwork},
-		{"tolerations", len(pod.Tolerations) == 3 && pod.Tolerations[0].Operator == corev1.TolerationOpExists},
+		{"tolerations", len(pod.Tolerations) == 4 && pod.Tolerations[0].Operator == corev1.TolerationOpExists},
+		{"evicted from a lost node", slices.ContainsFunc(pod.Tolerations, func(t corev1.Toleration) bool {
+			return t.Key == corev1.TaintNodeUnreachable && t.Effect == corev1.TaintEffectNoExecute && t.TolerationSeconds != nil && *t.TolerationSeconds == LostNodeTolerationSeconds
+		}) && !slices.ContainsFunc(pod.Tolerations, func(t corev1.Toleration) bool { return t.Key == "" && t.Effect == corev1.TaintEffectNoExecute })},
+		{"no roll of running daemons", ds.Spec.UpdateStrategy.Type == appsv1.OnDeleteDaemonSetStrategyType},
 		{"priority", pod.PriorityClassName == "high"},
 		{"claim", len(pod.ResourceClaims) == 1 && *pod.ResourceClaims[0].ResourceClaimTemplateName == "cd-"+uid+"-daemon" && c.Resources.Claims[0].Name == pod.ResourceClaims[0].Name},
 		{"image", c.Image == "img:1" && c.ImagePullPolicy == corev1.PullIfNotPresent},

@@ -241,6 +241,12 @@ func (p *Preparer) Prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 		return nil, fmt.Errorf("%s: ComputeDomain %s/%s (UID %s) is in namespace %s, not in the claim's namespace %s",
 			what, domain.Namespace, domain.Name, domain.UID, domain.Namespace, claim.Namespace)
 	}
+	// The mode is the domain's, not the claim's: a claim written by hand
+	// must not take every channel of a node for a Single domain.
+	if req.kind == checkpoint.KindChannel && req.channel.AllocationMode != domain.AllocationMode() {
+		return nil, fmt.Errorf("%s: parameters.allocationMode %s differs from ComputeDomain %s/%s's spec.channel.allocationMode %s",
+			what, req.channel.AllocationMode, domain.Namespace, domain.Name, domain.AllocationMode())
+	}
 	rec := &checkpoint.Claim{
 		UID: string(claim.UID), Namespace: claim.Namespace, Name: claim.Name, State: checkpoint.PrepareStarted,
 		Kind: req.kind, Devices: req.devices, CliqueID: clique,

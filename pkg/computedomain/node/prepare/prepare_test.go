@@ -48,6 +48,11 @@ func domain(uid, ns, name string) *v1beta1.ComputeDomain {
 	return &v1beta1.ComputeDomain{ObjectMeta: metav1.ObjectMeta{UID: types.UID(uid), Namespace: ns, Name: name}}
 }
 
+// setMode sets a fake domain's spec.channel.allocationMode.
+func (f fakeDomains) setMode(uid, mode string) {
+	f[uid].Spec.Channel = &v1beta1.ComputeDomainChannelSpec{AllocationMode: mode}
+}
+
 // fakeReadiness is Ready for the domains in ready; otherwise Wait waits
 // out its bound as the real one does.
 type fakeReadiness struct {
@@ -447,6 +452,7 @@ func TestAllocationModeAll(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newEnv(t)
+			e.domains.setMode(domainA, v1beta1.AllocationModeAll)
 			e.ready.set(domainB, false) // a refusal must not wait for the daemon
 			e.ready.set(domainA, true)
 			if tt.first.Namespace == "team-b" {
@@ -474,6 +480,21 @@ func TestAllocationModeAll(t *testing.T) {
 				t.Errorf("refusal waited for the daemon (%s)", time.Since(start))
 			}
 		})
+	}
+}
+
+// TestAllocationModeIsTheDomains refuses a claim written by hand whose
+// mode differs from its domain's: a Single domain's tenant must not take
+// every channel of a node.
+func TestAllocationModeIsTheDomains(t *testing.T) {
+	e := newEnv(t)
+	e.ready.set(domainA, true)
+	_, err := e.prepare(channelClaim("a1a1-0001", "team-a", domainA, "All"))
+	if err == nil || !strings.Contains(err.Error(), "spec.channel.allocationMode Single") {
+		t.Fatalf("All claim of a Single domain: %v, want an error naming spec.channel.allocationMode", err)
+	}
+	if n := len(e.p.Snapshot().Claims); n != 0 {
+		t.Fatalf("a refused claim was recorded: %d claims", n)
 	}
 }
 
@@ -720,6 +741,7 @@ func TestHostNodes(t *testing.T) {
 		t.Fatal("the driver's channel0 was removed")
 	}
 	// All mode makes every other node, and they all go with it.
+	e.domains.setMode(domainA, v1beta1.AllocationModeAll)
 	all := channelClaim("a3a3-0004", "team-a", domainA, "All")
 	if _, err := e.prepare(all); err != nil {
 		t.Fatal(err)
