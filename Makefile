@@ -102,6 +102,11 @@ scale: ## fleets of 100 and 500 simulated GPU nodes, full against whole-GPU-only
 	test/cluster/build.sh
 	test/scale/scale.sh $(NODES)
 
+.PHONY: scale-compute-domain
+scale-compute-domain: ## one ComputeDomain of 4 pods per node on 64 simulated GB200 nodes (NODES=64), the controller in process: time to Ready, status writes (docs/benchmarks.md)
+	test/cluster/build.sh
+	test/scale/compute-domain.sh $(or $(NODES),64)
+
 .PHONY: scale-check
 scale-check: ## a fleet of 50 simulated GPU nodes on the real scheduler: every pod bound, nothing over-committed, claims released
 	test/cluster/build.sh

@@ -3,7 +3,9 @@
 // publishes, against the local control plane of test/cluster, and prints
 // what it measured. `gpu-fleet compare A.json B.json` prints two runs side
 // by side. test/scale/scale.sh (make scale) runs both sides of a
-// comparison.
+// comparison. With --compute-domain-pods it first runs one ComputeDomain
+// over the fleet, the ComputeDomain controller in this process
+// (test/scale/compute-domain.sh, make scale-compute-domain).
 package main
 
 import (
@@ -19,10 +21,14 @@ import (
 	"syscall"
 	"time"
 
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
+	cdcontroller "github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/controller"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/controller/templates"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/fleet"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
@@ -57,7 +63,7 @@ func run(ctx context.Context, args []string) error {
 	kinds := fs.String("kinds", "", "the nodes' "+names.DeviceKindsLabel+" label (e.g. whole, whole_mig_shared); empty: no label")
 	profiles := fs.String("mig-profiles", "", "the nodes' "+names.MIGProfilesLabel+" label (e.g. 1g_7g); empty: no label")
 	shared := fs.Bool("shared-gpus", true, "the plugin's --shared-gpus")
-	bursts := fs.String("bursts", "whole=3", "workloads run in turn, with pods per node: "+strings.Join(fleet.Workloads, ", ")+", e.g. whole=3,mig-1g=3")
+	bursts := fs.String("bursts", "whole=3", "workloads run in turn, with pods per node: "+strings.Join(fleet.Workloads, ", ")+", e.g. whole=3,mig-1g=3; empty: none")
 	churns := fs.String("churn", "", "steady traffic run after the bursts: mixes of workloads with weights, separated by ';', each run in turn, e.g. 'whole=1;whole=2,mig-1g=2,share=1'; empty: none")
 	churnRate := fs.Float64("churn-rate", 5, "pods arriving per second in each churn")
 	churnLifetime := fs.Duration("churn-lifetime", 30*time.Second, "a churn pod's mean time running once bound")
@@ -66,6 +72,15 @@ func run(ctx context.Context, args []string) error {
 	settle := fs.Duration("settle", 15*time.Second, "wait before reading memory")
 	timeout := fs.Duration("timeout", 10*time.Minute, "limit of each wait")
 	leaseRenew := fs.Duration("lease-renew", 20*time.Second, "how often each node renews its Lease")
+	cdPods := fs.Int("compute-domain-pods", 0, "run a ComputeDomain first (the controller in this process; needs the ComputeDomain CRD, test/scale/compute-domain.sh): one domain and this many workload pods, each with the domain's channel and one whole GPU; 0: none")
+	cdNumNodes := fs.Int("compute-domain-num-nodes", 0, "the domain's spec.numNodes; 0: the fleet's size")
+	cdCliqueSize := fs.Int("compute-domain-clique-size", 0, "nodes per NVLink clique, in order; 0: every node in one clique")
+	cdReady := fs.String("compute-domain-daemon-ready", string(fleet.DaemonReadyQuorum), "when a daemon pod is Ready: quorum (once the domain's status lists its node, at a startup-probe tick) or running (at once)")
+	cdProbe := fs.Duration("compute-domain-probe-period", time.Duration(templates.StartupPeriodSeconds)*time.Second, "the daemons' startup probe period")
+	cdQPS := fs.Float64("compute-domain-controller-qps", 20, "the controller's API rate limit (its --kube-api-qps)")
+	cdBurst := fs.Int("compute-domain-controller-burst", 40, "the controller's API burst (its --kube-api-burst)")
+	cdWorkers := fs.Int("compute-domain-controller-workers", 4, "the controller's --workers")
+	cdInterval := fs.Duration("compute-domain-status-min-interval", cdcontroller.DefaultStatusMinInterval, "the controller's --status-min-interval")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -105,10 +120,35 @@ func run(ctx context.Context, args []string) error {
 	if *profiles != "" {
 		labels[names.MIGProfilesLabel] = *profiles
 	}
+	var cd *fleet.ComputeDomainRun
+	if *cdPods > 0 {
+		ready := fleet.DaemonReady(*cdReady)
+		if ready != fleet.DaemonReadyQuorum && ready != fleet.DaemonReadyRunning {
+			return fmt.Errorf("--compute-domain-daemon-ready: %q is not quorum or running", *cdReady)
+		}
+		if *cdNumNodes <= 0 {
+			*cdNumNodes = *nodes
+		}
+		// The controller's own clients, with its rate limits.
+		ctlCfg := rest.CopyConfig(cfg)
+		ctlCfg.QPS, ctlCfg.Burst = float32(*cdQPS), *cdBurst
+		ctlClient, err := kubernetes.NewForConfig(ctlCfg)
+		if err != nil {
+			return fmt.Errorf("controller client: %w", err)
+		}
+		dyn, err := dynamic.NewForConfig(ctlCfg)
+		if err != nil {
+			return fmt.Errorf("controller dynamic client: %w", err)
+		}
+		cd = &fleet.ComputeDomainRun{
+			Pods: *cdPods, NumNodes: *cdNumNodes, CliqueSize: *cdCliqueSize, DaemonReady: ready, ProbePeriod: *cdProbe,
+			Client: ctlClient, Dynamic: dyn, Workers: *cdWorkers, StatusMinInterval: *cdInterval,
+		}
+	}
 	rep, err := fleet.Run(ctx, fleet.Config{
 		Client: client, Token: cfg.BearerToken, RunDir: *runDir,
 		Nodes: *nodes, Models: strings.Split(*models, ","), Labels: labels, SharedGPUs: *shared,
-		Inventories: fleet.SimulatedInventories(), Bursts: bs, Churns: cs,
+		Inventories: fleet.SimulatedInventories(), ComputeDomain: cd, Bursts: bs, Churns: cs,
 		LeaseRenew: *leaseRenew, Settle: *settle, Timeout: *timeout,
 	})
 	if err != nil {
@@ -124,6 +164,9 @@ func run(ctx context.Context, args []string) error {
 			return fmt.Errorf("write report: %w", err)
 		}
 	}
+	if c := rep.ComputeDomain; c != nil && (!c.Ready || c.Bound < c.Pods || len(c.Violations) > 0 || !c.Released) {
+		return fmt.Errorf("ComputeDomain: Ready %t, %d of %d pods bound, %d over-commitments, cleaned up: %t", c.Ready, c.Bound, c.Pods, len(c.Violations), c.Released)
+	}
 	for _, b := range rep.Bursts {
 		if b.Bound < b.Pods || len(b.Violations) > 0 || !b.Released {
 			return fmt.Errorf("burst %s: %d of %d pods bound, %d over-commitments, claims released: %t", b.Workload, b.Bound, b.Pods, len(b.Violations), b.Released)
@@ -138,6 +181,9 @@ func run(ctx context.Context, args []string) error {
 }
 
 func parseBursts(s string) ([]fleet.Burst, error) {
+	if s == "" {
+		return nil, nil
+	}
 	ws, err := fleet.ParseWorkloads("burst", s)
 	if err != nil {
 		return nil, err

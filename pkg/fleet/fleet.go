@@ -10,6 +10,11 @@
 // kubelet's part for pods (bound pods are marked Running, then Succeeded,
 // then deleted), and lets the real scheduler and resource claim controller
 // do the rest: allocate, bind, release.
+//
+// A ComputeDomain run (Config.ComputeDomain, computedomain.go) adds each
+// node's ComputeDomain pool (the node plugin's own slices), runs the
+// ComputeDomain controller in this process, and plays the kubelet and the
+// IMEX daemon for the domain's daemon pods (daemons.go).
 package fleet
 
 import (
@@ -49,6 +54,10 @@ type Config struct {
 	SharedGPUs bool
 	// Inventories reads a simulated node's inventory.
 	Inventories Inventories
+	// ComputeDomain, if set, is a ComputeDomain run: every node also
+	// publishes the ComputeDomain driver's pool, and the run comes first,
+	// before the bursts.
+	ComputeDomain *ComputeDomainRun
 	// Bursts are the workloads run one after the other, with their pods
 	// per node.
 	Bursts []Burst
@@ -96,6 +105,8 @@ type Report struct {
 	EtcdDBBytes float64
 	// Taint is the write traffic of one health taint on one GPU.
 	Taint TaintTraffic
+	// ComputeDomain is the ComputeDomain run's, if there was one.
+	ComputeDomain *ComputeDomainResult `json:",omitempty"`
 	// Bursts in the order they ran.
 	Bursts []BurstResult
 	// Churns in the order they ran.
@@ -147,6 +158,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		if err != nil {
 			return nil, err
 		}
+		if cfg.ComputeDomain != nil {
+			p.clique = cfg.ComputeDomain.clique(i)
+		}
 		h.pools[p.node] = p
 		h.order = append(h.order, p)
 	}
@@ -165,7 +179,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if rep.RSSBefore, err = h.settledRSS(ctx); err != nil {
 		return nil, err
 	}
-	var slices, devices, bytes int
+	var slices, devices, bytes, cdSlices int
 	for _, p := range h.order {
 		st := p.model.Stats()
 		slices += st.Slices
@@ -175,6 +189,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			return nil, err
 		}
 		bytes += b
+		if p.clique != "" {
+			cdSlices++ // the ComputeDomain driver's one slice
+		}
 	}
 	n := float64(cfg.Nodes)
 	rep.SlicesPerNode, rep.DevicesPerNode, rep.SliceBytesPerNode = float64(slices)/n, float64(devices)/n, float64(bytes)/n
@@ -188,17 +205,17 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	defer func() {
 		for _, p := range h.order {
-			p.pub.Stop()
+			p.stop()
 		}
 	}()
 	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, cfg.Timeout, true, func(context.Context) (bool, error) {
 		var created int64
 		for _, p := range h.order {
-			created += p.pub.Stats().NumCreates
+			created += p.created()
 		}
-		return created >= int64(slices), nil
+		return created >= int64(slices+cdSlices), nil
 	}); err != nil {
-		return nil, fmt.Errorf("wait for %d slices to be published: %w", slices, err)
+		return nil, fmt.Errorf("wait for %d slices to be published: %w", slices+cdSlices, err)
 	}
 	rep.StartupSeconds = time.Since(start).Seconds()
 	logger.Info("Fleet's slices are published", "slices", slices, "seconds", rep.StartupSeconds)
@@ -220,6 +237,13 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 	if h.pods, err = newPodTracker(ctx, h.client); err != nil {
 		return nil, err
+	}
+	if cfg.ComputeDomain != nil {
+		res, err := h.runComputeDomain(ctx, cfg.Timeout)
+		if err != nil {
+			return nil, fmt.Errorf("ComputeDomain: %w", err)
+		}
+		rep.ComputeDomain = &res
 	}
 	for _, b := range cfg.Bursts {
 		pods := int(b.PodsPerNode*n + 0.5)
@@ -276,10 +300,14 @@ func (h *harness) setup(ctx context.Context) error {
 		}
 	}
 	// Pods are admitted once the namespace's default service account exists.
-	return wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, h.cfg.Timeout, true, func(ctx context.Context) (bool, error) {
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, h.cfg.Timeout, true, func(ctx context.Context) (bool, error) {
 		_, err := h.client.CoreV1().ServiceAccounts(Namespace).Get(ctx, "default", metav1.GetOptions{})
 		return err == nil, nil
 	})
+	if err != nil || h.cfg.ComputeDomain == nil {
+		return err
+	}
+	return h.setupComputeDomain(ctx)
 }
 
 // settledRSS waits Settle and reads the control plane's memory.

@@ -11,6 +11,7 @@ import (
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/client-go/kubernetes"
 
+	cdslices "github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/node/slices"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
@@ -55,6 +56,11 @@ type pool struct {
 	in    devicemodel.Input
 	model *devicemodel.Model
 	pub   *publish.Publisher
+	// clique is the node's NVLink clique when the fleet runs a
+	// ComputeDomain: cdPub then publishes the node's pool of the
+	// ComputeDomain driver, built by the node plugin's own code.
+	clique string
+	cdPub  *publish.Publisher
 }
 
 // NodeInput is what the plugin on simulated node `node` of a fleet would
@@ -108,7 +114,33 @@ func (p *pool) start(ctx context.Context, client kubernetes.Interface) error {
 	if _, err := p.pub.Publish(ctx, p.model.Slices); err != nil {
 		return fmt.Errorf("publish pool of node %s: %w", p.node, err)
 	}
+	if p.clique == "" {
+		return nil
+	}
+	p.cdPub = publish.New(publish.Options{DriverName: names.ComputeDomainDriverName, NodeName: p.node, Client: client})
+	if _, err := p.cdPub.Publish(ctx, cdslices.Slices(p.clique)); err != nil {
+		return fmt.Errorf("publish ComputeDomain pool of node %s: %w", p.node, err)
+	}
 	return nil
+}
+
+// created is how many slices the pool's publishers created.
+func (p *pool) created() int64 {
+	n := p.pub.Stats().NumCreates
+	if p.cdPub != nil {
+		n += p.cdPub.Stats().NumCreates
+	}
+	return n
+}
+
+// stop stops the pool's publishers.
+func (p *pool) stop() {
+	if p.pub != nil {
+		p.pub.Stop()
+	}
+	if p.cdPub != nil {
+		p.cdPub.Stop()
+	}
 }
 
 // bytes is the size of the pool's ResourceSlice objects in JSON, as the

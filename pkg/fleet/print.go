@@ -21,6 +21,19 @@ func Print(w io.Writer, r *Report) {
 	t := r.Taint
 	fmt.Fprintf(w, "FLEET taint one GPU: %d slices %d bytes rewritten; clear: %d slices %d bytes; generation bumps %d\n",
 		t.TaintObjects, t.TaintBytes, t.ClearObjects, t.ClearBytes, t.GenerationBumps)
+	if c := r.ComputeDomain; c != nil {
+		fmt.Fprintf(w, "FLEET compute-domain pods=%d bound=%d on %d nodes, numNodes=%d, ready=%t with %d nodes: %.1fs from creation to Ready and every pod bound\n",
+			c.Pods, c.Bound, c.PodNodes, c.NumNodes, c.Ready, c.Nodes, c.Seconds)
+		fmt.Fprintf(w, "FLEET compute-domain status writes=%.0f (conflicts %.0f, after Ready %.0f) node label patches=%.0f (+%.0f clique labels before) reconciles=%.0f\n",
+			c.StatusWrites, c.StatusConflicts, c.StatusWritesAfter, c.NodePatches, c.CliquePatches, c.Reconciles)
+		fmt.Fprintf(w, "FLEET compute-domain milestones (s): first pod bound %.1f, last %.1f; nodes labelled %.1f; daemons created %.1f, bound %.1f, running %.1f, ready %.1f; status lists all %.1f, all ready %.1f; domain Ready %.1f\n",
+			c.FirstBound, c.LastBound, c.Labelled, c.DaemonsCreated, c.DaemonsBound, c.DaemonsRunning, c.DaemonsReady, c.Listed, c.ListedReady, c.DomainReady)
+		fmt.Fprintf(w, "FLEET compute-domain attempt p50=%.1fms p99=%.1fms sli p50=%.2fs p99=%.2fs over-commitments=%d cleanup=%.1fs released=%t\n",
+			c.AttemptP50*1000, c.AttemptP99*1000, c.SLIP50, c.SLIP99, len(c.Violations), c.CleanupSeconds, c.Released)
+		for _, v := range c.Violations {
+			fmt.Fprintf(w, "FLEET   over-commitment: %s\n", v)
+		}
+	}
 	for _, b := range r.Bursts {
 		fmt.Fprintf(w, "FLEET burst %-16s pods=%d bound=%d %.1fs %.2f pods/s attempt p50=%.1fms p99=%.1fms sli p50=%.2fs p99=%.2fs over-commitments=%d released=%t\n",
 			b.Workload, b.Pods, b.Bound, b.Seconds, b.PodsPerSecond, b.AttemptP50*1000, b.AttemptP99*1000, b.SLIP50, b.SLIP99, len(b.Violations), b.Released)
