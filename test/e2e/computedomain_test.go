@@ -118,7 +118,18 @@ var channelsLine = regexp.MustCompile(`CHANNELS=([^\n]*)`)
 // container sees and its DOMAIN line.
 func podChannels(t *testing.T, ns, name string) (channels []string, domain string) {
 	t.Helper()
-	waitPodRunning(t, ns, name)
+	// Longer than waitPodRunning: a daemon pod's first start is now and
+	// then held back ~70 s by the kubelet (its generated claim read before
+	// the Node authorizer links it), and a channel prepare that waited out
+	// its 30 s for that daemon is retried after the kubelet's backoff
+	// (docs/compute-domains.md, "Limits").
+	eventually(t, 240*time.Second, fmt.Sprintf("pod %s/%s Running", ns, name), func() (bool, error) {
+		p, err := client.CoreV1().Pods(ns).Get(ctx(), name, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		return p.Status.Phase == corev1.PodRunning, fmt.Errorf("phase %s, conditions %+v", p.Status.Phase, p.Status.Conditions)
+	})
 	log := podLogs(t, ns, name, "DOMAIN=")
 	if m := channelsLine.FindStringSubmatch(log); m != nil {
 		channels = strings.Fields(m[1])
@@ -239,7 +250,7 @@ func TestComputeDomainJobAcrossTwoNodes(t *testing.T) {
 	applyYAML(t, domainYAML(ns, "job", "job-channel", 2, "")+
 		channelPod(ns, "worker-0", "job-channel", "", "job")+
 		channelPod(ns, "worker-1", "job-channel", "", "job"))
-	cd := waitDomainStatus(t, ns, "job", cdapi.StatusReady, 2, 180*time.Second)
+	cd := waitDomainStatus(t, ns, "job", cdapi.StatusReady, 2, 240*time.Second)
 	cliques := map[string]bool{}
 	indices := map[string]bool{}
 	for _, n := range cd.Status.Nodes {
@@ -300,7 +311,7 @@ func TestComputeDomainTwoDomainsTwoPodsPerNode(t *testing.T) {
 		t.Errorf("two domains share channel %s: %v", seen["a-0"][0], seen)
 	}
 	for _, d := range []string{"a", "b"} {
-		waitDomainStatus(t, ns, d, cdapi.StatusReady, 1, 60*time.Second)
+		waitDomainStatus(t, ns, d, cdapi.StatusReady, 1, 120*time.Second)
 	}
 	deleteDomain(t, ns, "a")
 	deleteDomain(t, ns, "b")
@@ -378,7 +389,7 @@ func TestComputeDomainDaemonLossDegradesAndRecovers(t *testing.T) {
 	applyYAML(t, domainYAML(ns, "loss", "loss-channel", 2, "")+
 		channelPod(ns, "w-0", "loss-channel", clusterNode(0), "")+
 		channelPod(ns, "w-1", "loss-channel", clusterNode(1), ""))
-	cd := waitDomainStatus(t, ns, "loss", cdapi.StatusReady, 2, 180*time.Second)
+	cd := waitDomainStatus(t, ns, "loss", cdapi.StatusReady, 2, 240*time.Second)
 	pods, err := client.CoreV1().Pods(driverNamespace).List(ctx(), metav1.ListOptions{
 		LabelSelector: names.ComputeDomainLabel + "=" + string(cd.UID),
 		FieldSelector: "spec.nodeName=" + clusterNode(1),
@@ -397,7 +408,7 @@ func TestComputeDomainDaemonLossDegradesAndRecovers(t *testing.T) {
 		}
 		return cd.Status.Status == cdapi.StatusNotReady, fmt.Errorf("status %s", statusString(cd))
 	})
-	waitDomainStatus(t, ns, "loss", cdapi.StatusReady, 2, 180*time.Second)
+	waitDomainStatus(t, ns, "loss", cdapi.StatusReady, 2, 240*time.Second)
 	deleteDomain(t, ns, "loss")
 }
 
@@ -452,7 +463,7 @@ func TestComputeDomainRestartsConverge(t *testing.T) {
 		channelPod(ns, "r-0", "r-channel", clusterNode(0), "")+
 		channelPod(ns, "r-1", "r-channel", clusterNode(1), ""))
 	kubectl(t, "delete", "pods", "-n", driverNamespace, "-l", "app.kubernetes.io/component=compute-domain-controller", "--wait=false")
-	cd := waitDomainStatus(t, ns, "r", cdapi.StatusReady, 2, 180*time.Second)
+	cd := waitDomainStatus(t, ns, "r", cdapi.StatusReady, 2, 240*time.Second)
 	for _, p := range []string{"r-0", "r-1"} {
 		podChannels(t, ns, p)
 	}
