@@ -252,8 +252,19 @@ func TestComputeDomainJobAcrossTwoNodes(t *testing.T) {
 	// which has one node, and the second stays Pending: the recipe keeps a
 	// job in the first pod's clique, it does not pick a clique with room
 	// (docs/compute-domains.md).
-	applyYAML(t, domainYAML(ns, "job", "job-channel", 2, "")+
-		channelPod(ns, "worker-0", "job-channel", clusterNode(0), "job")+
+	node0, err := client.CoreV1().Nodes().Get(ctx(), clusterNode(0), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clique1 := node0.Labels[names.GPUCliqueLabel]
+	if clique1 == "" {
+		t.Fatalf("node %s has no %s label", node0.Name, names.GPUCliqueLabel)
+	}
+	// Pinned to the clique, not to a node: either worker may be scheduled
+	// first.
+	worker0 := strings.Replace(channelPod(ns, "worker-0", "job-channel", clusterNode(0), "job"),
+		"kubernetes.io/hostname: "+clusterNode(0), names.GPUCliqueLabel+": "+clique1, 1)
+	applyYAML(t, domainYAML(ns, "job", "job-channel", 2, "")+worker0+
 		channelPod(ns, "worker-1", "job-channel", "", "job"))
 	cd := waitDomainStatus(t, ns, "job", cdapi.StatusReady, 2, 240*time.Second)
 	cliques := map[string]bool{}
