@@ -11,6 +11,7 @@ import (
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/klog/v2/ktesting"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs/hostfstest"
 )
 
@@ -33,12 +34,12 @@ func TestListenUnix(t *testing.T) {
 	if err := os.WriteFile(path, nil, 0o666); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := listenUnix(context.Background(), path)
+	ln, err := hostfs.ListenUnix(context.Background(), path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := socketMode(t, path); got != SocketMode {
-		t.Errorf("mode %s, want %s", got, SocketMode)
+	if got := socketMode(t, path); got != hostfs.SocketMode {
+		t.Errorf("mode %s, want %s", got, hostfs.SocketMode)
 	}
 	conn, err := net.Dial("unix", path)
 	if err != nil {
@@ -75,8 +76,8 @@ func TestHelperSocketsAreOwnerOnly(t *testing.T) {
 		if len(entries) != 1 {
 			t.Fatalf("%s directory holds %v, want one socket", what, entries)
 		}
-		if got := socketMode(t, filepath.Join(dir, entries[0].Name())); got != SocketMode {
-			t.Errorf("%s socket %s: mode %s, want %s", what, entries[0].Name(), got, SocketMode)
+		if got := socketMode(t, filepath.Join(dir, entries[0].Name())); got != hostfs.SocketMode {
+			t.Errorf("%s socket %s: mode %s, want %s", what, entries[0].Name(), got, hostfs.SocketMode)
 		}
 	}
 	helper.Stop()

@@ -219,8 +219,8 @@ func Run(ctx context.Context, cfg Config) error {
 		kubeletplugin.KubeClient(cfg.KubeClient),
 		kubeletplugin.PluginDataDirectoryPath(cfg.PluginDir),
 		kubeletplugin.RegistrarDirectoryPath(cfg.RegistrarDir),
-		kubeletplugin.PluginListener(listenUnix),
-		kubeletplugin.RegistrarListener(listenUnix),
+		kubeletplugin.PluginListener(hostfs.ListenUnix),
+		kubeletplugin.RegistrarListener(hostfs.ListenUnix),
 		// A channel claim waits for its daemon; the daemon's own claim
 		// must not queue behind it.
 		kubeletplugin.Serialize(false),

@@ -22,6 +22,7 @@ import (
 
 	"github.com/gpu-dra/gpu-dra-driver/api/computedomain/v1beta1"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/node/imexcfg"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 )
 
@@ -174,13 +175,13 @@ func TestListenUnixMode(t *testing.T) {
 	if err := os.WriteFile(path, nil, 0o600); err != nil { // a stale one
 		t.Fatal(err)
 	}
-	ln, err := listenUnix(ctx, path)
+	ln, err := hostfs.ListenUnix(ctx, path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
 	fi, err := os.Stat(path)
-	if err != nil || fi.Mode().Perm() != SocketMode || fi.Mode().Type() != os.ModeSocket {
+	if err != nil || fi.Mode().Perm() != hostfs.SocketMode || fi.Mode().Type() != os.ModeSocket {
 		t.Fatalf("socket %v, %v", fi.Mode(), err)
 	}
 }
