@@ -45,11 +45,9 @@ apply_examples() {
 		kubectl apply -f "$dir" >/dev/null
 		log "applied ${dir#"$REPO_ROOT"/}"
 	done
-	# A rack's daemons are now and then held back ~70 s by the kubelet (their generated claim
-	# read before the Node authorizer links it), and a channel prepare that waited for such a
-	# daemon is retried after the kubelet's backoff (docs/compute-domains.md, "Limits").
+	# The rack demo's pods are Ready in 7-8 s (nine runs, docs/compute-domains.md); the wait
+	# is the same for every demo.
 	local wait=180s
-	[[ ${GPU_DRA_DEMO_RACK:-} != 1 ]] || wait=360s
 	kubectl wait --for=condition=Ready pod -l app=gpu-demo -A --timeout="$wait" >/dev/null
 }
 

@@ -118,10 +118,8 @@ var channelsLine = regexp.MustCompile(`CHANNELS=([^\n]*)`)
 // container sees and its DOMAIN line.
 func podChannels(t *testing.T, ns, name string) (channels []string, domain string) {
 	t.Helper()
-	// Longer than waitPodRunning: a daemon pod's first start is now and
-	// then held back ~70 s by the kubelet (its generated claim read before
-	// the Node authorizer links it), and a channel prepare that waited out
-	// its 30 s for that daemon is retried after the kubelet's backoff
+	// Longer than waitPodRunning: a channel prepare that waited out its
+	// 30 s for the node's daemon is retried after the kubelet's backoff
 	// (docs/compute-domains.md, "Limits").
 	eventually(t, 240*time.Second, fmt.Sprintf("pod %s/%s Running", ns, name), func() (bool, error) {
 		p, err := client.CoreV1().Pods(ns).Get(ctx(), name, metav1.GetOptions{})
@@ -247,11 +245,11 @@ func TestComputeDomainJobAcrossTwoNodes(t *testing.T) {
 	ns := "cd-job"
 	kubectl(t, "create", "namespace", ns)
 	defer cleanNamespace(t, ns)
-	// worker-0 is put in clique 1 (two nodes): the recipe then places
-	// worker-1 there too. Unpinned, the first worker may pick clique 2,
-	// which has one node, and the second stays Pending: the recipe keeps a
-	// job in the first pod's clique, it does not pick a clique with room
-	// (docs/compute-domains.md).
+	// Both workers are pinned to clique 1 (two nodes), by its label: the
+	// recipe keeps a job in the clique of whichever pod is scheduled
+	// first, it does not pick a clique with room (docs/compute-domains.md).
+	// With only worker-0 pinned, worker-1 was now and then scheduled first,
+	// into clique 2 (one node), and worker-0 stayed Pending.
 	node0, err := client.CoreV1().Nodes().Get(ctx(), clusterNode(0), metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -260,12 +258,11 @@ func TestComputeDomainJobAcrossTwoNodes(t *testing.T) {
 	if clique1 == "" {
 		t.Fatalf("node %s has no %s label", node0.Name, names.GPUCliqueLabel)
 	}
-	// Pinned to the clique, not to a node: either worker may be scheduled
-	// first.
-	worker0 := strings.Replace(channelPod(ns, "worker-0", "job-channel", clusterNode(0), "job"),
-		"kubernetes.io/hostname: "+clusterNode(0), names.GPUCliqueLabel+": "+clique1, 1)
-	applyYAML(t, domainYAML(ns, "job", "job-channel", 2, "")+worker0+
-		channelPod(ns, "worker-1", "job-channel", "", "job"))
+	inClique1 := func(name string) string {
+		return strings.Replace(channelPod(ns, name, "job-channel", clusterNode(0), "job"),
+			"kubernetes.io/hostname: "+clusterNode(0), names.GPUCliqueLabel+": "+clique1, 1)
+	}
+	applyYAML(t, domainYAML(ns, "job", "job-channel", 2, "")+inClique1("worker-0")+inClique1("worker-1"))
 	cd := waitDomainStatus(t, ns, "job", cdapi.StatusReady, 2, 240*time.Second)
 	cliques := map[string]bool{}
 	indices := map[string]bool{}
