@@ -94,6 +94,12 @@ func newRootCommand() *cobra.Command {
 				if gs.RowRemapFailure {
 					faults = append(faults, "remap-failure")
 				}
+				if len(gs.Clients) > 0 {
+					faults = append(faults, "clients="+strings.Join(gs.Clients, "+"))
+				}
+				if gs.MIGModePending {
+					faults = append(faults, "mig-mode-pending")
+				}
 				if gs.VolatileDBE > 0 {
 					faults = append(faults, fmt.Sprintf("volatile-dbe=%d", gs.VolatileDBE))
 				}
@@ -256,6 +262,15 @@ kernel driver, it shows the capability files of MIG instances under --proc-root 
 		switchCommand(open, "remap-failure GPU on|off", "Set whether a row remapping failed (memory that cannot be repaired)", (*sim.Node).SetRowRemapFailure),
 		gpuCommand(open, "reset GPU", "Reset a GPU as nvidia-smi --gpu-reset would: back on the bus, pending repairs done, volatile ECC counters zeroed, pending MIG mode applied", 0, func(n *sim.Node, i int, _ []string) error {
 			return n.Reset(i)
+		}),
+		gpuCommand(open, "client GPU NAME open|close", "Open or close a GPU for a process other than the driver (a monitoring agent such as dcgm-exporter): while one is open, a MIG mode change stays pending (NVML: In use by another client)", 2, func(n *sim.Node, i int, a []string) error {
+			switch a[1] {
+			case "open":
+				return n.SetClient(i, a[0], true)
+			case "close":
+				return n.SetClient(i, a[0], false)
+			}
+			return fmt.Errorf("client %s: %q is neither open nor close", a[0], a[1])
 		}),
 		gpuCommand(open, "mig-mode GPU on|off", "Set a GPU's MIG mode as nvidia-smi would (fails while MIG devices exist; on Ampere it is pending until reset)", 1, func(n *sim.Node, i int, a []string) error {
 			on, err := onOff(a[0])

@@ -215,6 +215,12 @@ var ErrMIGNotSupported = errors.New("GPU does not support MIG")
 // changes only at a GPU reset (GPU.MIGModeNeedsReset).
 var ErrMIGModeNeedsReset = errors.New("changing MIG mode needs a GPU reset")
 
+// ErrGPUHeldOpen is returned by SetMIGMode when NVML could not activate a
+// change of MIG mode because another process holds the GPU open (NVML's
+// ERROR_IN_USE as the activation status: a monitoring agent such as
+// dcgm-exporter or nvidia-persistenced, a CUDA process, an nvidia-smi).
+var ErrGPUHeldOpen = errors.New("the GPU is held open by another process")
+
 // ErrPlacementOccupied is returned by CreateMIG when the requested placement
 // overlaps a GPU instance that already exists.
 var ErrPlacementOccupied = errors.New("placement is occupied")

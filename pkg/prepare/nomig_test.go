@@ -94,3 +94,43 @@ func TestAmpereMIGModeIsNeverToggled(t *testing.T) {
 		t.Error("an A100 out of MIG mode is published with MIG placements")
 	}
 }
+
+// TestMIGModeChangeOnAGPUHeldOpen: a MIG device on a Hopper GPU that a
+// monitoring agent holds open cannot turn MIG mode on. The prepare fails
+// naming the GPU, what may hold it and the per-node offer that needs no
+// mode change, leaves no pending mode and no MIG device, and the kubelet's retry
+// succeeds once the agent is gone.
+func TestMIGModeChangeOnAGPUHeldOpen(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, "dgxh100")
+	g := f.inventory().GPUs[0]
+	admin, err := sim.Open("dgxh100", f.simDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.SetClient(g.Index, "dcgm-exporter", true); err != nil {
+		t.Fatal(err)
+	}
+	mig := allocated("gpu-0-mig-1g10gb-0")
+	_, err = f.p.Prepare(ctx, mig)
+	if !errors.Is(err, gpu.ErrGPUHeldOpen) || !strings.Contains(err.Error(), g.UUID) ||
+		!strings.Contains(err.Error(), "monitoring agents") || !strings.Contains(err.Error(), "gpu.nvidia.com/device-kinds") {
+		t.Fatalf("MIG device on a GPU held open: want ErrGPUHeldOpen naming the GPU, what may hold it and the device-kinds label, got %v", err)
+	}
+	st, err := admin.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gs := st.GPUs[g.Index]; gs.MIGModePending || len(gs.GPUInstances) != 0 {
+		t.Fatalf("after the failed prepare: MIG mode pending %t, %d GPU instances: want neither", gs.MIGModePending, len(gs.GPUInstances))
+	}
+	if err := admin.SetClient(g.Index, "dcgm-exporter", false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.p.Prepare(ctx, mig); err != nil {
+		t.Fatalf("retry once the GPU is idle: %v", err)
+	}
+	if err := f.p.Unprepare(ctx, ref(mig)); err != nil {
+		t.Fatal(err)
+	}
+}

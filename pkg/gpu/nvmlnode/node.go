@@ -11,8 +11,6 @@
 package nvmlnode
 
 import (
-	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
-
 	"context"
 	"errors"
 	"fmt"
@@ -22,6 +20,8 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"k8s.io/klog/v2"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 )
 
 // Node is a GPU node reached through NVML. It is safe for concurrent use.
@@ -426,7 +426,7 @@ func (n *Node) SetMIGMode(ctx context.Context, uuid string, enabled bool) error 
 		return fmt.Errorf("set MIG mode of %s to %t: %w", uuid, enabled, nvmlError(ret))
 	}
 	if activation != nvml.SUCCESS {
-		return fmt.Errorf("activate MIG mode %t on %s: %w", enabled, uuid, nvmlError(activation))
+		return notActivated(ctx, dev, uuid, enabled, current, activation)
 	}
 	current, pending, ret := dev.GetMigMode()
 	if ret != nvml.SUCCESS {
@@ -639,6 +639,41 @@ func (n *Node) DestroyMIG(ctx context.Context, ref gpu.MIGRef) error {
 	}
 	klog.FromContext(ctx).V(2).Info("Destroyed MIG device", "gpu", ref.ParentUUID, "giid", ref.GIID, "ciid", ref.CIID)
 	return nil
+}
+
+// notActivated reports a MIG mode change that NVML accepted but could not
+// activate: the GPU was not idle (ERROR_IN_USE) or needs a reset
+// (ERROR_RESET_REQUIRED, as in some virtual machines). NVML then leaves the
+// new mode pending, and a pending mode applies at the GPU's next reset or
+// the node's reboot, whatever the GPU holds by then: it is cancelled by
+// setting the current mode again, so a failed prepare leaves nothing
+// behind. The error says what holds the GPU and what an operator can do.
+func notActivated(ctx context.Context, dev nvml.Device, uuid string, enabled bool, current int, activation nvml.Return) error {
+	var cancelErr error
+	if _, ret := dev.SetMigMode(current); ret != nvml.SUCCESS {
+		cancelErr = nvmlError(ret)
+	} else if now, pending, ret := dev.GetMigMode(); ret != nvml.SUCCESS {
+		cancelErr = nvmlError(ret)
+	} else if now != pending {
+		cancelErr = fmt.Errorf("MIG mode %d still pending", pending)
+	}
+	left := "the change was cancelled, nothing is pending"
+	if cancelErr != nil {
+		klog.FromContext(ctx).Error(cancelErr, "Could not cancel a pending MIG mode change: it applies at the GPU's next reset or the node's reboot", "gpu", uuid, "enabled", enabled)
+		left = fmt.Sprintf("cancelling the pending change failed (%v): it applies at the GPU's next reset or the node's reboot", cancelErr)
+	}
+	if activation == nvml.ERROR_IN_USE {
+		return fmt.Errorf("turn MIG mode %s on %s: %w (NVML: %w): MIG mode changes only on an idle GPU, and %s; stop what holds it on this node (monitoring agents such as dcgm-exporter or nvidia-persistenced, an nvidia-smi, CUDA processes outside the driver's claims)",
+			onOff(enabled), uuid, gpu.ErrGPUHeldOpen, nvmlError(activation), left)
+	}
+	return fmt.Errorf("activate MIG mode %s on %s: %w, and %s", onOff(enabled), uuid, nvmlError(activation), left)
+}
+
+func onOff(on bool) string {
+	if on {
+		return "on"
+	}
+	return "off"
 }
 
 // migModeNeedsReset reports whether a MIG-capable GPU of the architecture

@@ -386,6 +386,54 @@ func TestSetMIGModeReadsResultsInGoNVMLOrder(t *testing.T) {
 	}
 }
 
+// TestSetMIGModeOnAGPUHeldOpen: while another process holds a Hopper GPU
+// open (a monitoring agent), NVML accepts a MIG mode change but does not
+// activate it and leaves it pending, to apply at the next reset or
+// reboot. SetMIGMode reports ErrGPUHeldOpen naming the GPU and cancels the
+// pending change; once the GPU is idle the same call succeeds.
+func TestSetMIGModeOnAGPUHeldOpen(t *testing.T) {
+	for _, enable := range []bool{true, false} {
+		t.Run(fmt.Sprintf("enable=%t", enable), func(t *testing.T) {
+			ctx := context.Background()
+			dir := t.TempDir()
+			n := openSim(t, "dgxh100", dir)
+			admin, err := sim.Open("dgxh100", dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			inv, err := n.Inventory(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			g := inv.GPUs[1]
+			if err := n.SetMIGMode(ctx, g.UUID, !enable); err != nil {
+				t.Fatal(err)
+			}
+			if err := admin.SetClient(g.Index, "dcgm-exporter", true); err != nil {
+				t.Fatal(err)
+			}
+			err = n.SetMIGMode(ctx, g.UUID, enable)
+			if !errors.Is(err, gpu.ErrGPUHeldOpen) || !strings.Contains(err.Error(), g.UUID) || !strings.Contains(err.Error(), "nothing is pending") {
+				t.Fatalf("MIG mode change on a held GPU: want ErrGPUHeldOpen naming %s and nothing pending, got %v", g.UUID, err)
+			}
+			st, err := admin.State()
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantMode := map[bool]int{true: nvml.DEVICE_MIG_ENABLE, false: nvml.DEVICE_MIG_DISABLE}[!enable]
+			if gs := st.GPUs[g.Index]; gs.MIGMode != wantMode || gs.MIGModePending {
+				t.Fatalf("after the refused change: MIG mode %d pending %t, want %d and nothing pending", gs.MIGMode, gs.MIGModePending, wantMode)
+			}
+			if err := admin.SetClient(g.Index, "dcgm-exporter", false); err != nil {
+				t.Fatal(err)
+			}
+			if err := n.SetMIGMode(ctx, g.UUID, enable); err != nil {
+				t.Fatalf("once the GPU is idle: %v", err)
+			}
+		})
+	}
+}
+
 // TestGPUsWithoutMIG: on a GPU without MIG NVML answers its MIG calls
 // ERROR_NOT_SUPPORTED. The inventory reads it as not MIG-capable, turning
 // MIG mode off there is a no-op and turning it on a clear error.

@@ -84,6 +84,21 @@ func (n *Node) SetRetiredPagesPending(index int, pending bool) error {
 	return n.setGPU(index, func(g *GPUState) { g.RetiredPagesPending = pending })
 }
 
+// SetClient opens (open true) or closes GPU index for a process other
+// than the driver, named name (e.g. "dcgm-exporter"): while any is open, a
+// MIG mode change stays pending (see GPUState.Clients).
+func (n *Node) SetClient(index int, name string, open bool) error {
+	if name == "" {
+		return fmt.Errorf("a client of GPU %d needs a name", index)
+	}
+	return n.setGPU(index, func(g *GPUState) {
+		g.Clients = slices.DeleteFunc(slices.Clone(g.Clients), func(c string) bool { return c == name })
+		if open {
+			g.Clients = append(g.Clients, name)
+		}
+	})
+}
+
 // SetMIGMode sets GPU index's MIG mode directly, as an administrator's
 // nvidia-smi would; it fails while GPU instances exist. On Ampere the
 // change is pending until the GPU is reset (Reset), as on hardware.

@@ -256,6 +256,10 @@ func (n *Node) extendDevice(d *server.Device, index int) {
 	// on Ampere tries the reset itself, which fails while any process,
 	// the driver's own NVML monitoring included, has the GPU open: a
 	// driver never sees it succeed.
+	// On Hopper and later a change is activated at once when the GPU is
+	// idle; while another process holds it open (GPUState.Clients) NVML
+	// leaves the mode pending and returns ERROR_IN_USE as the activation
+	// status. Setting the current mode again cancels a pending change.
 	resetToActivate := cfg.Architecture == nvml.DEVICE_ARCH_AMPERE
 	// SetMigMode returns (activationStatus, ret), in go-nvml's order. When
 	// the call fails NVML never writes the activation status, which go-nvml
@@ -268,23 +272,27 @@ func (n *Node) extendDevice(d *server.Device, index int) {
 		if g, ret := n.gpuState(index); ret == nvml.SUCCESS && g.MIGMode == mode && !g.MIGModePending {
 			return nvml.SUCCESS, nvml.SUCCESS
 		}
-		pending := false
+		activation := nvml.SUCCESS
 		ret := n.mutate(index, n.Latencies().MIGModeChange, func(g *GPUState) nvml.Return {
 			if len(g.GPUInstances) > 0 && mode != g.MIGMode {
 				return nvml.ERROR_IN_USE
 			}
-			if resetToActivate {
-				g.MIGModePending = mode != g.MIGMode
-				pending = g.MIGModePending
-				return nvml.SUCCESS
+			g.MIGModePending = mode != g.MIGMode
+			switch {
+			case !g.MIGModePending:
+			case resetToActivate:
+				activation = nvml.ERROR_RESET_REQUIRED
+			case len(g.Clients) > 0:
+				activation = nvml.ERROR_IN_USE
+			default:
+				g.MIGMode, g.MIGModePending = mode, false
 			}
-			g.MIGMode = mode
 			return nvml.SUCCESS
 		})
-		if ret == nvml.SUCCESS && pending {
-			return nvml.ERROR_RESET_REQUIRED, nvml.SUCCESS
+		if ret != nvml.SUCCESS {
+			return nvml.SUCCESS, ret
 		}
-		return nvml.SUCCESS, ret
+		return activation, nvml.SUCCESS
 	}
 	d.GetGpuInstancePossiblePlacementsFunc = func(info *nvml.GpuInstanceProfileInfo) ([]nvml.GpuInstancePlacement, nvml.Return) {
 		pls, ok := cfg.MIGProfiles.GpuInstancePlacements[int(info.Id)]

@@ -84,6 +84,13 @@ type GPUState struct {
 	// CallErrors are NVML return codes injected into calls of the GPU,
 	// by call name (see Node.SetCallError).
 	CallErrors map[string]int32 `json:"callErrors,omitempty"`
+	// Clients are the processes other than the driver that hold the GPU
+	// open (a monitoring agent such as dcgm-exporter or
+	// nvidia-persistenced, an administrator's nvidia-smi), by name: while
+	// one does, a change of MIG mode is not activated (NVML returns
+	// ERROR_IN_USE as the activation status and leaves the mode pending),
+	// as NVML's header documents for a GPU that is not idle.
+	Clients []string `json:"clients,omitempty"`
 	// Fabric is the GPU's NVLink fabric registration on a fabric attached
 	// node (gb200), set by Node.SetFabric; nil is the default placement
 	// (see Node.Fabric). Ignored on other nodes.
