@@ -81,6 +81,7 @@ func run(ctx context.Context, args []string) error {
 	cdBurst := fs.Int("compute-domain-controller-burst", 40, "the controller's API burst (its --kube-api-burst)")
 	cdWorkers := fs.Int("compute-domain-controller-workers", 4, "the controller's --workers")
 	cdInterval := fs.Duration("compute-domain-status-min-interval", cdcontroller.DefaultStatusMinInterval, "the controller's --status-min-interval")
+	klog.InitFlags(fs) // -v=2 shows, e.g., the ComputeDomain controller's label patches
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
