@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -246,6 +247,50 @@ func TestNodeLabels(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestNodeSyncedTwiceBeforeItsInformer: a node synced again before the
+// informer shows the controller's own label patch is not patched again
+// (the scale run saw 1-2 such repeats per 64 nodes).
+func TestNodeSyncedTwiceBeforeItsInformer(t *testing.T) {
+	h := newHarness(t, []runtime.Object{node("n1", nil)}, domain("team", "a", uid1))
+	// The fake client keeps no resource versions; the API server's are
+	// integers, and the controller compares them to know which copy of a
+	// node is newer: the patched copy gets one here.
+	var patches atomic.Int32
+	patch := clienttesting.ObjectReaction(h.kube.Tracker())
+	h.kube.PrependReactor("patch", "nodes", func(a clienttesting.Action) (bool, runtime.Object, error) {
+		n := patches.Add(1)
+		handled, obj, err := patch(a)
+		if node, ok := obj.(*corev1.Node); ok && err == nil {
+			node = node.DeepCopy()
+			node.ResourceVersion = fmt.Sprint(1000 + n)
+			return handled, node, nil
+		}
+		return handled, obj, err
+	})
+	if _, err := h.kube.ResourceV1().ResourceClaims("team").Create(h.ctx, channelClaim("team", "c1", uid1, "n1"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(h.c.inf.claimsOnNode("n1")) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the claim never reached the informer")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for range 2 {
+		if err := h.c.syncNode(h.ctx, "n1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := patches.Load(); got != 1 {
+		t.Errorf("%d label patches for one label, want 1", got)
+	}
+	h.settle()
+	if _, ok := h.nodeLabels("n1")[names.DomainNodeLabel(uid1)]; !ok || patches.Load() != 1 {
+		t.Errorf("after settling: labels %v, %d patches; want the domain's label from one patch", h.nodeLabels("n1"), patches.Load())
 	}
 }
 

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -14,6 +15,7 @@ import (
 	kubeinformers "k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
 
 	cdv1 "github.com/gpu-dra/gpu-dra-driver/api/computedomain/v1beta1"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/controller/nodelabels"
@@ -36,14 +38,19 @@ const (
 //   - daemon Pods and DaemonSets carrying names.ComputeDomainLabel, in the
 //     driver's namespace only.
 type informers struct {
-	dynFactory   dynamicinformer.DynamicSharedInformerFactory
-	all          kubeinformers.SharedInformerFactory
-	labelled     kubeinformers.SharedInformerFactory
-	driverNS     kubeinformers.SharedInformerFactory
-	domains      cache.SharedIndexInformer
-	claims       cache.SharedIndexInformer
-	slices       cache.SharedIndexInformer
-	nodes        cache.SharedIndexInformer
+	dynFactory dynamicinformer.DynamicSharedInformerFactory
+	all        kubeinformers.SharedInformerFactory
+	labelled   kubeinformers.SharedInformerFactory
+	driverNS   kubeinformers.SharedInformerFactory
+	domains    cache.SharedIndexInformer
+	claims     cache.SharedIndexInformer
+	slices     cache.SharedIndexInformer
+	nodes      cache.SharedIndexInformer
+	// nodeView (made at start) is the nodes as the informer has them, or as the
+	// controller's own label patches returned them when the informer has
+	// not caught up yet: a node synced twice in quick succession is then
+	// not patched twice with the same labels.
+	nodeView     cache.MutationCache
 	templates    cache.SharedIndexInformer
 	pods         cache.SharedIndexInformer
 	daemonSets   cache.SharedIndexInformer
@@ -124,6 +131,9 @@ func newInformers(kube kubernetes.Interface, dyn dynamic.Interface, namespace st
 }
 
 func (inf *informers) start(ctx context.Context) {
+	inf.nodeView = cache.NewIntegerResourceVersionMutationCacheWithOptions(klog.FromContext(ctx), inf.nodes.GetStore(), cache.MutationCacheOptions{
+		Indexer: inf.nodes.GetIndexer(), TTL: time.Minute, MaxCacheSize: 4096,
+	})
 	inf.dynFactory.Start(ctx.Done())
 	inf.all.Start(ctx.Done())
 	inf.labelled.Start(ctx.Done())
@@ -350,7 +360,7 @@ func (inf *informers) slicesOfNode(node string) []*resourcev1.ResourceSlice {
 }
 
 func (inf *informers) node(name string) (*corev1.Node, bool) {
-	o, ok, _ := inf.nodes.GetIndexer().GetByKey(name)
+	o, ok, _ := inf.nodeView.GetByKey(name)
 	if !ok {
 		return nil, false
 	}
@@ -358,8 +368,12 @@ func (inf *informers) node(name string) (*corev1.Node, bool) {
 	return n, ok
 }
 
+// patchedNode records a node as the controller's own patch returned it,
+// until the informer has it (see nodeView).
+func (inf *informers) patchedNode(n *corev1.Node) { inf.nodeView.Mutation(n) }
+
 func (inf *informers) nodesLabelled(uid string) []*corev1.Node {
-	objs, _ := inf.nodes.GetIndexer().ByIndex(byDomainNode, uid)
+	objs, _ := inf.nodeView.ByIndex(byDomainNode, uid)
 	out := make([]*corev1.Node, 0, len(objs))
 	for _, o := range objs {
 		out = append(out, o.(*corev1.Node))

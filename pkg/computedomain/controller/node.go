@@ -76,7 +76,7 @@ func (c *Controller) patchNodeLabels(ctx context.Context, name string, p nodelab
 	if err != nil {
 		return fmt.Errorf("encode label patch of node %s: %w", name, err)
 	}
-	_, err = c.kube.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, data, metav1.PatchOptions{})
+	patched, err := c.kube.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, data, metav1.PatchOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
 		return nil
@@ -84,6 +84,7 @@ func (c *Controller) patchNodeLabels(ctx context.Context, name string, p nodelab
 		c.metrics.NodePatches.WithLabelValues("error").Inc()
 		return fmt.Errorf("patch labels of node %s: %w", name, err)
 	}
+	c.inf.patchedNode(patched)
 	c.metrics.NodePatches.WithLabelValues("ok").Inc()
 	klog.FromContext(ctx).V(2).Info("Patched node labels", "node", name, "set", p.Set, "removed", p.Remove)
 	return nil
