@@ -50,6 +50,11 @@ type Options struct {
 	Metrics *Metrics
 	// Clock is for tests; nil is the real clock.
 	Clock clock.WithTicker
+	// NetworkPolicy makes, for each domain, a NetworkPolicy that admits to
+	// its daemons only its own daemons' IMEX traffic
+	// (templates.NetworkPolicy). It needs the right to manage
+	// NetworkPolicies in Daemon.Namespace.
+	NetworkPolicy bool
 }
 
 // keyKind says what a work item reconciles.
@@ -136,7 +141,7 @@ func New(kube kubernetes.Interface, dyn dynamic.Interface, opts Options) (*Contr
 		),
 		writes: map[key]statusWrite{},
 	}
-	inf, err := newInformers(kube, dyn, opts.Daemon.Namespace, c.enqueue)
+	inf, err := newInformers(kube, dyn, opts.Daemon.Namespace, opts.NetworkPolicy, c.enqueue)
 	if err != nil {
 		return nil, err
 	}

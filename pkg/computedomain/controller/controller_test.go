@@ -46,6 +46,15 @@ func TestCreate(t *testing.T) {
 	if cd.Status.Status != cdv1.StatusNotReady || len(cd.Status.Nodes) != 0 {
 		t.Errorf("status %+v", cd.Status)
 	}
+	np, err := h.kube.NetworkingV1().NetworkPolicies(driverNS).Get(h.ctx, names.DomainDaemonSetName(uid1), metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("network policy: %v", err)
+	}
+	if len(np.OwnerReferences) != 1 || np.OwnerReferences[0].Kind != "DaemonSet" || np.OwnerReferences[0].Name != ds.Name ||
+		np.Spec.PodSelector.MatchLabels[names.ComputeDomainLabel] != uid1 || len(np.Spec.Ingress) != 1 ||
+		np.Spec.Ingress[0].From[0].PodSelector.MatchLabels[names.ComputeDomainLabel] != uid1 {
+		t.Errorf("network policy %+v", np)
+	}
 	// Idempotent: another pass over the same state writes nothing.
 	before := len(writes(h.kube.Actions()))
 	h.c.enqueue(key{kind: kindDomain, namespace: "team", name: "job"})

@@ -75,6 +75,9 @@ func (c *Controller) syncDomain(ctx context.Context, k key) error {
 	if err := c.ensureDaemonSet(ctx, u, cd); err != nil {
 		return err
 	}
+	if err := c.ensureNetworkPolicy(ctx, cd); err != nil {
+		return err
+	}
 	if err := c.deleteRenamedTemplates(ctx, cd); err != nil {
 		return err
 	}
@@ -255,6 +258,42 @@ func (c *Controller) ensureDaemonSet(ctx context.Context, u *unstructured.Unstru
 	}
 	klog.FromContext(ctx).Info("Updated daemon set to the controller's options", "daemonSet", klog.KObj(want))
 	return nil
+}
+
+// ensureNetworkPolicy creates the domain's NetworkPolicy, owned by its
+// DaemonSet, once the DaemonSet is in the cache (its arrival syncs the
+// domain again). The garbage collector deletes it with the DaemonSet.
+func (c *Controller) ensureNetworkPolicy(ctx context.Context, cd *cdv1.ComputeDomain) error {
+	if !c.opts.NetworkPolicy {
+		return nil
+	}
+	uid := string(cd.UID)
+	var ds *appsv1.DaemonSet
+	for _, d := range c.inf.daemonSetsOf(uid) {
+		if d.Name == names.DomainDaemonSetName(uid) && d.Namespace == c.opts.Daemon.Namespace {
+			ds = d
+		}
+	}
+	if ds == nil {
+		return nil
+	}
+	want := templates.NetworkPolicy(ds)
+	for _, p := range c.inf.policiesOf(uid) {
+		if p.Name == want.Name {
+			return nil
+		}
+	}
+	_, err := c.kube.NetworkingV1().NetworkPolicies(want.Namespace).Create(ctx, want, metav1.CreateOptions{})
+	switch {
+	case err == nil:
+		klog.FromContext(ctx).Info("Created network policy", "networkPolicy", klog.KObj(want))
+		return nil
+	case apierrors.IsAlreadyExists(err):
+		return nil // the cache lags behind our own create
+	default:
+		c.metrics.Errors.WithLabelValues("create-networkpolicy").Inc()
+		return fmt.Errorf("create NetworkPolicy %s/%s: %w", want.Namespace, want.Name, err)
+	}
 }
 
 // finalize cleans up a domain being deleted, in order:

@@ -73,6 +73,7 @@ func newHarness(t *testing.T, kubeObjs []runtime.Object, domains ...*cdv1.Comput
 		StatusMinInterval: time.Second,
 		Recorder:          h.rec,
 		Clock:             h.clock,
+		NetworkPolicy:     true,
 	})
 	if err != nil {
 		t.Fatal(err)

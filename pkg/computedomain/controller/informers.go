@@ -7,6 +7,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	resourcev1 "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -50,16 +51,18 @@ type informers struct {
 	// controller's own label patches returned them when the informer has
 	// not caught up yet: a node synced twice in quick succession is then
 	// not patched twice with the same labels.
-	nodeView     cache.MutationCache
-	templates    cache.SharedIndexInformer
-	pods         cache.SharedIndexInformer
-	daemonSets   cache.SharedIndexInformer
+	nodeView   cache.MutationCache
+	templates  cache.SharedIndexInformer
+	pods       cache.SharedIndexInformer
+	daemonSets cache.SharedIndexInformer
+	// policies is nil unless the controller makes NetworkPolicies.
+	policies     cache.SharedIndexInformer
 	synced       []cache.InformerSynced
 	enqueue      func(key)
 	driverNSName string
 }
 
-func newInformers(kube kubernetes.Interface, dyn dynamic.Interface, namespace string, enqueue func(key)) (*informers, error) {
+func newInformers(kube kubernetes.Interface, dyn dynamic.Interface, namespace string, networkPolicies bool, enqueue func(key)) (*informers, error) {
 	labelled := func(o *metav1.ListOptions) { o.LabelSelector = names.ComputeDomainLabel }
 	inf := &informers{
 		dynFactory:   dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0),
@@ -76,11 +79,15 @@ func newInformers(kube kubernetes.Interface, dyn dynamic.Interface, namespace st
 	inf.templates = inf.labelled.Resource().V1().ResourceClaimTemplates().Informer()
 	inf.pods = inf.driverNS.Core().V1().Pods().Informer()
 	inf.daemonSets = inf.driverNS.Apps().V1().DaemonSets().Informer()
+	if networkPolicies {
+		inf.policies = inf.driverNS.Networking().V1().NetworkPolicies().Informer()
+	}
 
-	indexes := []struct {
+	type indexed struct {
 		informer cache.SharedIndexInformer
 		indexers cache.Indexers
-	}{
+	}
+	indexes := []indexed{
 		{inf.domains, cache.Indexers{byUID: domainUIDIndex}},
 		{inf.claims, cache.Indexers{byDomain: claimDomainIndex, byNode: claimNodeIndex}},
 		{inf.slices, cache.Indexers{byNode: sliceNodeIndex}},
@@ -89,16 +96,20 @@ func newInformers(kube kubernetes.Interface, dyn dynamic.Interface, namespace st
 		{inf.pods, cache.Indexers{byDomain: labelDomainIndex, byNode: podNodeIndex}},
 		{inf.daemonSets, cache.Indexers{byDomain: labelDomainIndex}},
 	}
+	if inf.policies != nil {
+		indexes = append(indexes, indexed{inf.policies, cache.Indexers{byDomain: labelDomainIndex}})
+	}
 	for _, i := range indexes {
 		if err := i.informer.AddIndexers(i.indexers); err != nil {
 			return nil, fmt.Errorf("add indexers: %w", err)
 		}
 	}
 
-	handlers := []struct {
+	type handled struct {
 		informer cache.SharedIndexInformer
 		handle   func(obj any)
-	}{
+	}
+	handlers := []handled{
 		{inf.domains, inf.domainChanged},
 		{inf.claims, inf.claimChanged},
 		{inf.slices, inf.sliceChanged},
@@ -106,6 +117,9 @@ func newInformers(kube kubernetes.Interface, dyn dynamic.Interface, namespace st
 		{inf.templates, inf.labelledChanged},
 		{inf.pods, inf.labelledChanged},
 		{inf.daemonSets, inf.labelledChanged},
+	}
+	if inf.policies != nil {
+		handlers = append(handlers, handled{inf.policies, inf.labelledChanged})
 	}
 	for _, h := range handlers {
 		handle := h.handle
@@ -413,6 +427,20 @@ func (inf *informers) daemonSetsOf(uid string) []*appsv1.DaemonSet {
 	out := make([]*appsv1.DaemonSet, 0, len(objs))
 	for _, o := range objs {
 		out = append(out, o.(*appsv1.DaemonSet))
+	}
+	return out
+}
+
+// policiesOf are the domain's NetworkPolicies (none when the controller
+// makes none).
+func (inf *informers) policiesOf(uid string) []*networkingv1.NetworkPolicy {
+	if inf.policies == nil {
+		return nil
+	}
+	objs, _ := inf.policies.GetIndexer().ByIndex(byDomain, uid)
+	out := make([]*networkingv1.NetworkPolicy, 0, len(objs))
+	for _, o := range objs {
+		out = append(out, o.(*networkingv1.NetworkPolicy))
 	}
 	return out
 }

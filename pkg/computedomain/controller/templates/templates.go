@@ -12,9 +12,11 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	resourcev1 "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
 	cdv1 "github.com/gpu-dra/gpu-dra-driver/api/computedomain/v1beta1"
@@ -212,6 +214,37 @@ func DaemonSet(cd *cdv1.ComputeDomain, opts DaemonOptions) *appsv1.DaemonSet {
 					}},
 				},
 			},
+		},
+	}
+}
+
+// NetworkPolicy admits to the domain's daemon pods only what IMEX needs:
+// the peer port (names.IMEXServerPort), from the domain's own daemon pods.
+// Everything else to them is refused where the cluster enforces
+// NetworkPolicies: tenants' pods and other domains' daemons (whose reused
+// pod addresses the real nvidia-imex cannot tell apart) never reach a
+// daemon. The command port is queried inside the pod (loopback), which a
+// NetworkPolicy does not filter. Owned by the domain's DaemonSet, so it
+// goes with it.
+func NetworkPolicy(ds *appsv1.DaemonSet) *networkingv1.NetworkPolicy {
+	uid := ds.Labels[names.ComputeDomainLabel]
+	tcp := corev1.ProtocolTCP
+	return &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: ds.Namespace,
+			Name:      ds.Name,
+			Labels:    Labels(uid),
+			OwnerReferences: []metav1.OwnerReference{{
+				APIVersion: "apps/v1", Kind: "DaemonSet", Name: ds.Name, UID: ds.UID,
+			}},
+		},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: Labels(uid)},
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{
+				From:  []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: Labels(uid)}}},
+				Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: ptr.To(intstr.FromInt32(names.IMEXServerPort))}},
+			}},
 		},
 	}
 }

@@ -1,12 +1,14 @@
 package templates
 
 import (
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
@@ -133,5 +135,38 @@ func TestDaemonSet(t *testing.T) {
 	h2, _ := WithSpecHash(other)
 	if h1 == h2 || ds.Annotations[SpecHashAnnotation] != h1 {
 		t.Errorf("spec hashes %q %q", h1, h2)
+	}
+}
+
+// TestNetworkPolicy: a domain's daemons admit only the IMEX peer port,
+// only from the same domain's daemons, and the policy goes with the
+// DaemonSet.
+func TestNetworkPolicy(t *testing.T) {
+	cd := domain("")
+	ds := DaemonSet(cd, DaemonOptions{Namespace: "gpu-dra", Image: "cd:1"})
+	ds.UID = "ds-uid"
+	np := NetworkPolicy(ds)
+	uid := string(cd.UID)
+	if np.Namespace != "gpu-dra" || np.Name != ds.Name || np.Labels[names.ComputeDomainLabel] != uid {
+		t.Errorf("metadata %+v", np.ObjectMeta)
+	}
+	if len(np.OwnerReferences) != 1 || np.OwnerReferences[0].UID != "ds-uid" || np.OwnerReferences[0].Kind != "DaemonSet" {
+		t.Errorf("owner %+v, want the DaemonSet", np.OwnerReferences)
+	}
+	if !reflect.DeepEqual(np.Spec.PodSelector.MatchLabels, ds.Spec.Template.Labels) {
+		t.Errorf("selects %v, want the daemon pods' labels %v", np.Spec.PodSelector.MatchLabels, ds.Spec.Template.Labels)
+	}
+	if len(np.Spec.PolicyTypes) != 1 || np.Spec.PolicyTypes[0] != networkingv1.PolicyTypeIngress {
+		t.Errorf("policy types %v, want Ingress only", np.Spec.PolicyTypes)
+	}
+	if len(np.Spec.Ingress) != 1 || len(np.Spec.Ingress[0].From) != 1 || len(np.Spec.Ingress[0].Ports) != 1 {
+		t.Fatalf("ingress %+v, want one rule with one peer and one port", np.Spec.Ingress)
+	}
+	rule := np.Spec.Ingress[0]
+	if rule.From[0].PodSelector == nil || !reflect.DeepEqual(rule.From[0].PodSelector.MatchLabels, ds.Spec.Template.Labels) || rule.From[0].NamespaceSelector != nil {
+		t.Errorf("from %+v, want the domain's daemon pods of this namespace", rule.From[0])
+	}
+	if p := rule.Ports[0]; p.Port == nil || p.Port.IntValue() != names.IMEXServerPort || p.Protocol == nil || *p.Protocol != corev1.ProtocolTCP {
+		t.Errorf("port %+v, want TCP %d", p, names.IMEXServerPort)
 	}
 }
