@@ -202,7 +202,12 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 			return fmt.Errorf("--mps-daemon-image: %w", err)
 		}
 		daemons.Launcher = &pods
+		// No tool this process starts outlives it.
+		defer removeToolLinks(logger)
 	} else {
+		// Its MPS control daemons outlive this process (outside a
+		// container) and start their servers with the links: they are
+		// left, to go with the container's /tmp.
 		logger.Info("MPS control daemons run in this process: they end with the plugin's container (--mps-daemon-image is not set)")
 	}
 	topo, err := topology.NewReader(logger, ro.sysRoot)
@@ -297,6 +302,15 @@ func (o *runOptions) policy() (health.Policy, error) {
 		return p, fmt.Errorf("health policy with --health-probe-interval/--health-clear-after: %w", err)
 	}
 	return p, nil
+}
+
+// removeToolLinks removes the links to the driver's libraries that this
+// process made for the driver's tools (driverroot.Cleanup), on its way
+// out, when none of the tools it started runs any more.
+func removeToolLinks(logger klog.Logger) {
+	if err := driverroot.Cleanup(); err != nil {
+		logger.Error(err, "Links to the driver's libraries left behind")
+	}
 }
 
 // crashAfter kills the process at a step, as a node failure would.
