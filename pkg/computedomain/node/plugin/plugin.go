@@ -43,6 +43,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/node/prepare"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/node/readiness"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/node/slices"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/draplugin"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/publish"
@@ -274,46 +275,30 @@ func (p *Plugin) removePoolIfUninstalled(logger klog.Logger, publisher *publish.
 // PrepareResourceClaims implements kubeletplugin.DRAPlugin: claims are
 // prepared concurrently (calls for one claim are serialised).
 func (p *Plugin) PrepareResourceClaims(ctx context.Context, claims []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
-	results := make(map[types.UID]kubeletplugin.PrepareResult, len(claims))
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for _, claim := range claims {
-		wg.Go(func() {
-			start := time.Now()
-			devices, err := p.preparer.Prepare(ctx, claim)
-			p.cfg.Metrics.observe("prepare", start, err)
-			if err != nil {
-				klog.FromContext(ctx).Error(err, "Prepare failed", "claim", klog.KObj(claim))
-			}
-			mu.Lock()
-			results[claim.UID] = kubeletplugin.PrepareResult{Devices: devices, Err: err}
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
+	results := draplugin.PrepareAll(claims, func(claim *resourceapi.ResourceClaim) kubeletplugin.PrepareResult {
+		start := time.Now()
+		devices, err := p.preparer.Prepare(ctx, claim)
+		p.cfg.Metrics.observe("prepare", start, err)
+		if err != nil {
+			klog.FromContext(ctx).Error(err, "Prepare failed", "claim", klog.KObj(claim))
+		}
+		return kubeletplugin.PrepareResult{Devices: devices, Err: err}
+	})
 	p.cfg.Metrics.setPrepared(p.preparer.Snapshot())
 	return results, nil
 }
 
 // UnprepareResourceClaims implements kubeletplugin.DRAPlugin.
 func (p *Plugin) UnprepareResourceClaims(ctx context.Context, claims []kubeletplugin.NamespacedObject) (map[types.UID]error, error) {
-	results := make(map[types.UID]error, len(claims))
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for _, claim := range claims {
-		wg.Go(func() {
-			start := time.Now()
-			err := p.preparer.Unprepare(ctx, claim)
-			p.cfg.Metrics.observe("unprepare", start, err)
-			if err != nil {
-				klog.FromContext(ctx).Error(err, "Unprepare failed", "claim", claim.NamespacedName)
-			}
-			mu.Lock()
-			results[claim.UID] = err
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
+	results := draplugin.UnprepareAll(claims, func(claim kubeletplugin.NamespacedObject) error {
+		start := time.Now()
+		err := p.preparer.Unprepare(ctx, claim)
+		p.cfg.Metrics.observe("unprepare", start, err)
+		if err != nil {
+			klog.FromContext(ctx).Error(err, "Unprepare failed", "claim", claim.NamespacedName)
+		}
+		return err
+	})
 	p.cfg.Metrics.setPrepared(p.preparer.Snapshot())
 	return results, nil
 }
