@@ -33,6 +33,7 @@ import (
 	cdslices "github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/node/slices"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/driverroot"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/flags"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/httpserve"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/version"
 )
@@ -178,7 +179,8 @@ func run(ctx context.Context, o *options) error {
 	metrics := plugin.NewMetrics()
 	var ready atomic.Bool
 	if o.httpEndpoint != "" {
-		if err := serveHTTP(ctx, o.httpEndpoint, probeMux(metrics, &ready)); err != nil {
+		mux := httpserve.ProbeMux(metrics.Registry, ready.Load, "not serving yet")
+		if err := httpserve.ServeTCP(ctx, o.httpEndpoint, mux); err != nil {
 			return err
 		}
 	}

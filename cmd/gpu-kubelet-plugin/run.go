@@ -27,6 +27,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/driver"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/driverroot"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/health"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/httpserve"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/mps/daemonpod"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/ownership"
@@ -216,14 +217,14 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 	}
 	metrics := driver.NewMetrics()
 	var ready atomic.Bool
-	mux := probeMux(metrics, &ready)
+	mux := httpserve.ProbeMux(metrics.Registry, ready.Load, notReady)
 	if ro.probeSocket != "" {
 		if err := serveProbes(ctx, ro.probeSocket, mux); err != nil {
 			return err
 		}
 	}
 	if ro.httpEndpoint != "" {
-		if err := serveHTTP(ctx, ro.httpEndpoint, mux); err != nil {
+		if err := httpserve.ServeTCP(ctx, ro.httpEndpoint, mux); err != nil {
 			return err
 		}
 	}
