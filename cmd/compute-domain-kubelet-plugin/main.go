@@ -9,15 +9,11 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
-	"os"
-	"os/signal"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -28,6 +24,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/command"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/node/plugin"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/node/prepare"
 	cdslices "github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/node/slices"
@@ -82,12 +79,7 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 }
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := newRootCommand().ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "error:", err)
-		os.Exit(1)
-	}
+	command.Main(newRootCommand())
 }
 
 func newRootCommand() *cobra.Command {
@@ -109,15 +101,8 @@ NVLink clique, and prepares ComputeDomain channel and daemon claims.`,
 		},
 	}
 	opts.addFlags(root.Flags())
-	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
-	klog.InitFlags(klogFlags)
-	root.PersistentFlags().AddGoFlagSet(klogFlags)
-	root.AddCommand(&cobra.Command{
-		Use:   "version",
-		Short: "Print the plugin's release",
-		Args:  cobra.NoArgs,
-		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), version.Get()) },
-	})
+	command.AddKlogFlags(root.PersistentFlags())
+	root.AddCommand(command.Version("Print the plugin's release"))
 	flags.DocumentEnv(root.Flags())
 	return root
 }
