@@ -32,7 +32,9 @@ func together(n int) func() bool {
 	}
 }
 
-func TestPrepareAll(t *testing.T) {
+// TestAll: PrepareAll and UnprepareAll call for every claim at once and
+// return each call's result under its claim's UID, a failure only there.
+func TestAll(t *testing.T) {
 	failed := errors.New("failed")
 	for _, tc := range []struct {
 		name string
@@ -46,73 +48,47 @@ func TestPrepareAll(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var claims []*resourceapi.ResourceClaim
-			want := map[types.UID]string{}
-			for _, uid := range tc.uids {
-				claims = append(claims, &resourceapi.ResourceClaim{ObjectMeta: metav1.ObjectMeta{UID: uid, Name: "claim-" + string(uid)}})
-				want[uid] = "claim-" + string(uid)
-				if tc.fail[uid] {
-					want[uid] = failed.Error()
-				}
-			}
-			meet := together(len(claims))
-			results := PrepareAll(claims, func(c *resourceapi.ResourceClaim) kubeletplugin.PrepareResult {
-				if !meet() {
-					return kubeletplugin.PrepareResult{Err: errors.New("not prepared at once with the others")}
-				}
-				if tc.fail[c.UID] {
-					return kubeletplugin.PrepareResult{Err: failed}
-				}
-				return kubeletplugin.PrepareResult{Devices: []kubeletplugin.Device{{DeviceName: c.Name}}}
-			})
-			got := map[types.UID]string{}
-			for uid, r := range results {
-				switch {
-				case r.Err != nil:
-					got[uid] = r.Err.Error()
-				case len(r.Devices) == 1:
-					got[uid] = r.Devices[0].DeviceName
-				}
-			}
-			if !maps.Equal(got, want) {
-				t.Errorf("results %v, want %v", got, want)
-			}
-		})
-	}
-}
-
-func TestUnprepareAll(t *testing.T) {
-	failed := errors.New("failed")
-	for _, tc := range []struct {
-		name string
-		uids []types.UID
-		fail map[types.UID]bool
-	}{
-		{name: "no claims"},
-		{name: "claims at once, results by UID", uids: []types.UID{"a", "b"}},
-		{name: "a failure is that claim's only", uids: []types.UID{"a", "b", "c"}, fail: map[types.UID]bool{"a": true, "c": true}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var claims []kubeletplugin.NamespacedObject
+			var refs []kubeletplugin.NamespacedObject
 			want := map[types.UID]error{}
 			for _, uid := range tc.uids {
-				claims = append(claims, kubeletplugin.NamespacedObject{UID: uid})
+				claims = append(claims, &resourceapi.ResourceClaim{ObjectMeta: metav1.ObjectMeta{UID: uid, Name: "claim-" + string(uid)}})
+				refs = append(refs, kubeletplugin.NamespacedObject{UID: uid})
 				want[uid] = nil
 				if tc.fail[uid] {
 					want[uid] = failed
 				}
 			}
-			meet := together(len(claims))
-			got := UnprepareAll(claims, func(c kubeletplugin.NamespacedObject) error {
-				if !meet() {
-					return errors.New("not unprepared at once with the others")
-				}
-				if tc.fail[c.UID] {
+			call := func(uid types.UID, meet func() bool) error {
+				switch {
+				case !meet():
+					return errors.New("not called at once with the others")
+				case tc.fail[uid]:
 					return failed
 				}
 				return nil
+			}
+
+			meet := together(len(claims))
+			prepared := PrepareAll(claims, func(c *resourceapi.ResourceClaim) kubeletplugin.PrepareResult {
+				if err := call(c.UID, meet); err != nil {
+					return kubeletplugin.PrepareResult{Err: err}
+				}
+				return kubeletplugin.PrepareResult{Devices: []kubeletplugin.Device{{DeviceName: c.Name}}}
 			})
+			got := map[types.UID]error{}
+			for uid, r := range prepared {
+				got[uid] = r.Err
+				if r.Err == nil && (len(r.Devices) != 1 || r.Devices[0].DeviceName != "claim-"+string(uid)) {
+					t.Errorf("prepared %s: devices %v, want its own", uid, r.Devices)
+				}
+			}
 			if !maps.Equal(got, want) {
-				t.Errorf("results %v, want %v", got, want)
+				t.Errorf("prepare results %v, want %v", got, want)
+			}
+
+			meet = together(len(refs))
+			if got := UnprepareAll(refs, func(c kubeletplugin.NamespacedObject) error { return call(c.UID, meet) }); !maps.Equal(got, want) {
+				t.Errorf("unprepare results %v, want %v", got, want)
 			}
 		})
 	}

@@ -214,21 +214,13 @@ func Run(ctx context.Context, cfg Config) error {
 	defer wg.Wait()
 	wg.Go(func() { syncer.Run(ctx) })
 	wg.Go(func() { pool.Run(ctx) })
-	helper, err := cfg.StartHelper(ctx, p,
-		kubeletplugin.DriverName(names.ComputeDomainDriverName),
-		kubeletplugin.NodeName(cfg.NodeName),
-		kubeletplugin.KubeClient(cfg.KubeClient),
-		kubeletplugin.PluginDataDirectoryPath(cfg.PluginDir),
-		kubeletplugin.RegistrarDirectoryPath(cfg.RegistrarDir),
-		kubeletplugin.PluginListener(hostfs.ListenUnix),
-		kubeletplugin.RegistrarListener(hostfs.ListenUnix),
-		// A channel claim waits for its daemon; the daemon's own claim
-		// must not queue behind it.
-		kubeletplugin.Serialize(false),
-		// No device health to report: channels and daemons are not
-		// hardware the plugin watches.
-		kubeletplugin.HealthService(false),
-	)
+	opts := draplugin.HelperConfig{
+		DriverName: names.ComputeDomainDriverName, NodeName: cfg.NodeName, KubeClient: cfg.KubeClient,
+		PluginDir: cfg.PluginDir, RegistrarDir: cfg.RegistrarDir,
+	}.Options()
+	// No device health to report: channels and daemons are not hardware
+	// the plugin watches.
+	helper, err := cfg.StartHelper(ctx, p, append(opts, kubeletplugin.HealthService(false))...)
 	if err != nil {
 		cancel(err)
 		return fmt.Errorf("start kubelet plugin: %w", err)
