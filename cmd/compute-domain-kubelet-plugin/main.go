@@ -32,6 +32,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/flags"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/httpserve"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/publish"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/version"
 )
 
@@ -169,9 +170,9 @@ func run(ctx context.Context, o *options) error {
 			return err
 		}
 	}
-	uninstalling, err := o.uninstalling(kube)
+	uninstalling, err := publish.Uninstalling(kube, o.daemonSet)
 	if err != nil {
-		return err
+		return fmt.Errorf("--daemonset: %w", err)
 	}
 	var afterStep func(prepare.Step)
 	if o.crashAt != "" {

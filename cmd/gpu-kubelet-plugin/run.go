@@ -13,9 +13,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
 
 	"github.com/spf13/pflag"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -32,6 +30,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/mps/daemonpod"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/ownership"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/prepare"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/publish"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/topology"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/version"
 )
@@ -158,9 +157,9 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 	} else {
 		logger.Info("Reading claims with the plugin's own identity (no --claim-reader-kubeconfig): RBAC lets it get any claim by name")
 	}
-	uninstalling, err := ro.uninstalling(client)
+	uninstalling, err := publish.Uninstalling(client, ro.daemonSet)
 	if err != nil {
-		return err
+		return fmt.Errorf("--daemonset: %w", err)
 	}
 	driverRoot := ro.driverRoot
 	if ro.driverRootMount != "" {
@@ -262,28 +261,6 @@ func findNVML(root string, inContainer bool) (string, error) {
 		return "", nil
 	}
 	return lib, nil
-}
-
-// uninstalling tells, from --daemonset, whether the plugin's DaemonSet is
-// gone or being deleted: an uninstall, not a restart or an upgrade.
-func (o *runOptions) uninstalling(client kubernetes.Interface) (func(context.Context) (bool, error), error) {
-	if o.daemonSet == "" {
-		return nil, nil
-	}
-	ns, name, err := splitDaemonSet(o.daemonSet)
-	if err != nil {
-		return nil, err
-	}
-	return func(ctx context.Context) (bool, error) {
-		ds, err := client.AppsV1().DaemonSets(ns).Get(ctx, name, metav1.GetOptions{})
-		switch {
-		case apierrors.IsNotFound(err):
-			return true, nil
-		case err != nil:
-			return false, fmt.Errorf("get DaemonSet %s: %w", o.daemonSet, err)
-		}
-		return ds.DeletionTimestamp != nil, nil
-	}, nil
 }
 
 // policy is the health policy from --health-policy and the flags that
