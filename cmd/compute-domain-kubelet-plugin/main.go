@@ -20,8 +20,6 @@ import (
 	"github.com/spf13/pflag"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/command"
@@ -31,6 +29,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/driverroot"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/flags"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/httpserve"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/kubeclient"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/publish"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/version"
@@ -122,18 +121,11 @@ func (o *options) validate() error {
 	return nil
 }
 
-func clients(kubeconfig string) (kubernetes.Interface, dynamic.Interface, error) {
-	var cfg *rest.Config
-	var err error
-	if kubeconfig == "" {
-		cfg, err = rest.InClusterConfig()
-	} else {
-		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
-	}
+func clients(file string) (kubernetes.Interface, dynamic.Interface, error) {
+	cfg, err := kubeclient.Config(file, "compute-domain-kubelet-plugin")
 	if err != nil {
-		return nil, nil, fmt.Errorf("kubeconfig %q: %w", kubeconfig, err)
+		return nil, nil, err
 	}
-	cfg.UserAgent = "compute-domain-kubelet-plugin"
 	kube, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, nil, err

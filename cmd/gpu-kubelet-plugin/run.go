@@ -16,8 +16,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/cdi"
@@ -26,6 +24,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/driverroot"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/health"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/httpserve"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/kubeclient"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/mps/daemonpod"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/ownership"
@@ -123,18 +122,11 @@ func (o *runOptions) mpsFilesystem() (mps.Filesystem, error) {
 	return mps.Filesystem{Root: filepath.Join(o.pluginDataDir, "mps-fs"), SizeBytes: size.Value(), Inodes: o.mpsFSInodes}, nil
 }
 
-func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
-	var cfg *rest.Config
-	var err error
-	if kubeconfig == "" {
-		cfg, err = rest.InClusterConfig()
-	} else {
-		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
-	}
+func kubeClient(file string) (kubernetes.Interface, error) {
+	cfg, err := kubeclient.Config(file, "gpu-kubelet-plugin")
 	if err != nil {
-		return nil, fmt.Errorf("kubeconfig %q: %w", kubeconfig, err)
+		return nil, err
 	}
-	cfg.UserAgent = "gpu-kubelet-plugin"
 	return kubernetes.NewForConfig(cfg)
 }
 
