@@ -168,7 +168,7 @@ func run(ctx context.Context, o *options) error {
 	}
 	var afterStep func(prepare.Step)
 	if o.crashAt != "" {
-		afterStep = crashAfter(prepare.Step(o.crashAt))
+		afterStep = command.CrashAfter(logger, prepare.Step(o.crashAt))
 	}
 	pluginDir := filepath.Join(o.pluginsDir, names.ComputeDomainDriverName)
 	logger.Info("Starting", "version", version.Get(), "node", o.nodeName, "namespace", o.namespace, "pluginDir", pluginDir,
@@ -200,3 +200,12 @@ func (o *options) cliqueFunc(ctx context.Context, driverRootMount string) (cdsli
 
 // nvmlLibrary is the file name the NVIDIA driver installs NVML as.
 const nvmlLibrary = "libnvidia-ml.so.1"
+
+// stepNames are the steps --test-crash-at accepts.
+func stepNames() []string {
+	var out []string
+	for _, s := range []prepare.Step{prepare.StepRecorded, prepare.StepDevNodes, prepare.StepDaemonDir, prepare.StepCDI, prepare.StepCompleted, prepare.StepUndone} {
+		out = append(out, string(s))
+	}
+	return out
+}

@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
@@ -20,6 +18,7 @@ import (
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/cdi"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/command"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/driver"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/driverroot"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/health"
@@ -221,7 +220,7 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 	}
 	var afterStep func(prepare.Step)
 	if ro.crashAt != "" {
-		afterStep = crashAfter(prepare.Step(ro.crashAt))
+		afterStep = command.CrashAfter(logger, prepare.Step(ro.crashAt))
 	}
 	logger.Info("Starting", "version", version.Get(), "node", opts.nodeName, "simulate", opts.simulate, "cdiRoot", ro.cdiRoot,
 		"driverRoot", ro.driverRoot, "driverRootMount", ro.driverRootMount, "nvml", gpuOpts.LibraryPath,
@@ -280,16 +279,5 @@ func (o *runOptions) policy() (health.Policy, error) {
 func removeToolLinks(logger klog.Logger) {
 	if err := driverroot.Cleanup(); err != nil {
 		logger.Error(err, "Links to the driver's libraries left behind")
-	}
-}
-
-// crashAfter kills the process at a step, as a node failure would.
-func crashAfter(at prepare.Step) func(prepare.Step) {
-	return func(s prepare.Step) {
-		if s == at {
-			klog.Background().Info("Killing the plugin for a fault-injection test", "step", s)
-			klog.Flush()
-			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-		}
 	}
 }

@@ -48,3 +48,17 @@ func Version(short string) *cobra.Command {
 		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), version.Get()) },
 	}
 }
+
+// CrashAfter returns the AfterStep hook of a fault-injection test
+// (--test-crash-at): it kills the process with SIGKILL right after step
+// at, as a node failure would, with no deferred cleanup run; it logs why
+// to logger first.
+func CrashAfter[S ~string](logger klog.Logger, at S) func(S) {
+	return func(s S) {
+		if s == at {
+			logger.Info("Killing the plugin for a fault-injection test", "step", s)
+			klog.Flush()
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		}
+	}
+}
