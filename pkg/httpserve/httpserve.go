@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/klog/v2"
 )
 
@@ -52,26 +53,19 @@ func ServeTCP(ctx context.Context, endpoint string, handler http.Handler) error 
 	logger := klog.FromContext(ctx)
 	logger.Info("The HTTP endpoint's port is in use (by the plugin being replaced?); retrying until it is free", "endpoint", endpoint)
 	go func() {
-		ticker := time.NewTicker(time.Second)
-		defer ticker.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-ticker.C:
-			}
+		_ = wait.PollUntilContextCancel(ctx, time.Second, false, func(context.Context) (bool, error) {
 			ln, err := net.Listen("tcp", endpoint)
-			if errors.Is(err, syscall.EADDRINUSE) {
-				continue
-			}
-			if err != nil {
+			switch {
+			case errors.Is(err, syscall.EADDRINUSE):
+				return false, nil
+			case err != nil:
 				logger.Error(err, "HTTP endpoint not served", "endpoint", endpoint)
-				return
+			default:
+				logger.Info("Serving the HTTP endpoint", "endpoint", endpoint)
+				Serve(ctx, "HTTP endpoint", ln, handler)
 			}
-			logger.Info("Serving the HTTP endpoint", "endpoint", endpoint)
-			Serve(ctx, "HTTP endpoint", ln, handler)
-			return
-		}
+			return true, nil
+		})
 	}()
 	return nil
 }
