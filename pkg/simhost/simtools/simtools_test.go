@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -437,16 +436,7 @@ func TestIMEXProgram(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "nodes.cfg"), []byte("127.0.0.1\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	// Two ports free now (a race with other processes is unlikely).
-	var ports [2]int
-	for i := range ports {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ports[i] = ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
-	}
+	ports := simhosttest.FreePorts(t, 2)
 	cfg := filepath.Join(dir, "imexd.cfg")
 	if err := os.WriteFile(cfg, fmt.Appendf(nil, "IMEX_NODE_CONFIG_FILE=%s/nodes.cfg\nSERVER_PORT=%d\nIMEX_CMD_ENABLED=1\nIMEX_CMD_PORT=%d\nLOG_FILE_NAME=\nDAEMONIZE=0\n", dir, ports[0], ports[1]), 0o644); err != nil {
 		t.Fatal(err)
