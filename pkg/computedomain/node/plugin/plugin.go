@@ -57,20 +57,6 @@ const DomainsDir = "domains"
 // allow (it is the kubelet's; only write for group and others is taken).
 const RegistrarDirMode fs.FileMode = 0o755
 
-// Helper is what the plugin uses of *kubeletplugin.Helper.
-type Helper interface{ Stop() }
-
-// StartHelperFunc starts the kubelet plugin helper serving plugin.
-type StartHelperFunc func(ctx context.Context, plugin kubeletplugin.DRAPlugin, opts ...kubeletplugin.Option) (Helper, error)
-
-func startKubeletHelper(ctx context.Context, plugin kubeletplugin.DRAPlugin, opts ...kubeletplugin.Option) (Helper, error) {
-	h, err := kubeletplugin.Start(ctx, plugin, opts...)
-	if err != nil {
-		return nil, err
-	}
-	return h, nil
-}
-
 // Config is everything the plugin needs.
 type Config struct {
 	NodeName string
@@ -105,7 +91,7 @@ type Config struct {
 	// restarted; then the node's ResourceSlices are removed.
 	Uninstalling func(ctx context.Context) (bool, error)
 	// StartHelper nil starts kubeletplugin's.
-	StartHelper StartHelperFunc
+	StartHelper draplugin.StartHelperFunc
 	// Mknod nil is unix.Mknod (tests without CAP_MKNOD replace it, with
 	// Stat and Unlink).
 	Mknod  devnode.MknodFunc
@@ -132,7 +118,7 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Ready = func(bool) {}
 	}
 	if cfg.StartHelper == nil {
-		cfg.StartHelper = startKubeletHelper
+		cfg.StartHelper = draplugin.StartKubeletHelper
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
