@@ -9,7 +9,6 @@
 package v1beta1
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -21,7 +20,8 @@ import (
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	sigsjson "sigs.k8s.io/json"
+
+	"github.com/gpu-dra/gpu-dra-driver/api/internal/opaque"
 )
 
 // GroupVersion is the apiVersion of the configuration objects.
@@ -116,28 +116,11 @@ func (*MigDeviceConfig) kind() string { return MigDeviceConfigKind }
 
 // Decode strictly decodes opaque parameters. Errors name the field.
 func Decode(raw []byte) (Config, error) {
-	var meta metav1.TypeMeta
-	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(raw, &meta); err != nil {
-		return nil, fmt.Errorf("parameters: %w", err)
-	}
-	if meta.APIVersion != GroupVersion {
-		return nil, fmt.Errorf("parameters.apiVersion: %q is not supported, want %q", meta.APIVersion, GroupVersion)
-	}
-	var cfg Config
-	switch meta.Kind {
-	case GpuConfigKind:
-		cfg = &GpuConfig{}
-	case MigDeviceConfigKind:
-		cfg = &MigDeviceConfig{}
-	default:
-		return nil, fmt.Errorf("parameters.kind: %q is not supported, want %s or %s", meta.Kind, GpuConfigKind, MigDeviceConfigKind)
-	}
-	strictErrs, err := sigsjson.UnmarshalStrict(bytes.TrimSpace(raw), cfg)
+	cfg, err := opaque.Decode(raw, GroupVersion,
+		opaque.Kind[Config]{Name: GpuConfigKind, New: func() Config { return &GpuConfig{} }},
+		opaque.Kind[Config]{Name: MigDeviceConfigKind, New: func() Config { return &MigDeviceConfig{} }})
 	if err != nil {
-		return nil, fmt.Errorf("parameters: %w", err)
-	}
-	if len(strictErrs) > 0 {
-		return nil, fmt.Errorf("parameters (%s): %w", meta.Kind, strictErrs[0])
+		return nil, err
 	}
 	// An empty map means what an absent one does; one form, so that a
 	// configuration decodes to what its own encoding decodes to.

@@ -6,21 +6,17 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/klog/v2"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/command"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/controller"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/flags"
-	"github.com/gpu-dra/gpu-dra-driver/pkg/version"
 )
 
 // options are the command's flags.
@@ -86,12 +82,7 @@ func (o *options) validate() error {
 }
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := newRootCommand(run).ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "error:", err)
-		os.Exit(1)
-	}
+	command.Main(newRootCommand(run))
 }
 
 // newRootCommand makes the command; runFn runs the controller with the
@@ -118,15 +109,8 @@ daemons, and the domain's status. Leader-elected; only the leader works.`,
 		},
 	}
 	opts.addFlags(root.Flags())
-	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
-	klog.InitFlags(klogFlags)
-	root.PersistentFlags().AddGoFlagSet(klogFlags)
-	root.AddCommand(&cobra.Command{
-		Use:   "version",
-		Short: "Print the controller's release",
-		Args:  cobra.NoArgs,
-		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), version.Get()) },
-	})
+	command.AddKlogFlags(root.PersistentFlags())
+	root.AddCommand(command.Version("Print the controller's release"))
 	flags.DocumentEnv(root.Flags())
 	return root
 }

@@ -19,8 +19,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/client-go/tools/record"
@@ -28,38 +26,23 @@ import (
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/controller"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/controller/templates"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/kubeclient"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/version"
 )
 
 // component names the controller in Events and as the Lease holder prefix.
 const component = "compute-domain-controller"
 
-func restConfig(kubeconfig string) (*rest.Config, error) {
-	if kubeconfig == "" {
-		cfg, err := rest.InClusterConfig()
-		if err != nil {
-			return nil, fmt.Errorf("in-cluster configuration (or give --kubeconfig): %w", err)
-		}
-		return cfg, nil
-	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		return nil, fmt.Errorf("--kubeconfig %s: %w", kubeconfig, err)
-	}
-	return cfg, nil
-}
-
 // run starts the HTTP endpoint, then leads (or waits to lead) and
 // reconciles while leading. Losing the lead ends the process with an
 // error, so that the Deployment restarts it as a fresh candidate.
 func run(ctx context.Context, opts *options) error {
 	logger := klog.FromContext(ctx)
-	cfg, err := restConfig(opts.kubeconfig)
+	cfg, err := kubeclient.Config(opts.kubeconfig, component+"/"+version.Get())
 	if err != nil {
 		return err
 	}
 	cfg.QPS, cfg.Burst = opts.kubeAPIQPS, opts.kubeAPIBurst
-	cfg.UserAgent = component + "/" + version.Get()
 	kube, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)

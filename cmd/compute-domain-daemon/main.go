@@ -7,28 +7,18 @@
 package main
 
 import (
-	"context"
-	"flag"
-	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 	"k8s.io/klog/v2"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/command"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/daemon"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := newRootCommand().ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "error:", err)
-		os.Exit(1)
-	}
+	command.Main(newRootCommand())
 }
 
 func newRootCommand() *cobra.Command {
@@ -44,9 +34,7 @@ nvidia-imex-ctl -c <dir>/imexd.cfg -q prints READY.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
-	klog.InitFlags(klogFlags)
-	root.PersistentFlags().AddGoFlagSet(klogFlags)
+	command.AddKlogFlags(root.PersistentFlags())
 	root.PersistentFlags().StringVar(&o.Dir, "dir", names.IMEXDaemonDir, "the domain's directory, with imexd.cfg and nodes.cfg")
 
 	run := &cobra.Command{

@@ -9,31 +9,29 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
-	"os"
-	"os/signal"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/command"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/node/plugin"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/node/prepare"
 	cdslices "github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/node/slices"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/driverroot"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/flags"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/httpserve"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/kubeclient"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/publish"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/version"
 )
 
@@ -81,12 +79,7 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 }
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := newRootCommand().ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "error:", err)
-		os.Exit(1)
-	}
+	command.Main(newRootCommand())
 }
 
 func newRootCommand() *cobra.Command {
@@ -108,15 +101,8 @@ NVLink clique, and prepares ComputeDomain channel and daemon claims.`,
 		},
 	}
 	opts.addFlags(root.Flags())
-	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
-	klog.InitFlags(klogFlags)
-	root.PersistentFlags().AddGoFlagSet(klogFlags)
-	root.AddCommand(&cobra.Command{
-		Use:   "version",
-		Short: "Print the plugin's release",
-		Args:  cobra.NoArgs,
-		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), version.Get()) },
-	})
+	command.AddKlogFlags(root.PersistentFlags())
+	root.AddCommand(command.Version("Print the plugin's release"))
 	flags.DocumentEnv(root.Flags())
 	return root
 }
@@ -135,18 +121,11 @@ func (o *options) validate() error {
 	return nil
 }
 
-func clients(kubeconfig string) (kubernetes.Interface, dynamic.Interface, error) {
-	var cfg *rest.Config
-	var err error
-	if kubeconfig == "" {
-		cfg, err = rest.InClusterConfig()
-	} else {
-		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
-	}
+func clients(file string) (kubernetes.Interface, dynamic.Interface, error) {
+	cfg, err := kubeclient.Config(file, "compute-domain-kubelet-plugin")
 	if err != nil {
-		return nil, nil, fmt.Errorf("kubeconfig %q: %w", kubeconfig, err)
+		return nil, nil, err
 	}
-	cfg.UserAgent = "compute-domain-kubelet-plugin"
 	kube, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, nil, err
@@ -178,17 +157,18 @@ func run(ctx context.Context, o *options) error {
 	metrics := plugin.NewMetrics()
 	var ready atomic.Bool
 	if o.httpEndpoint != "" {
-		if err := serveHTTP(ctx, o.httpEndpoint, probeMux(metrics, &ready)); err != nil {
+		mux := httpserve.ProbeMux(metrics.Registry, ready.Load, "not serving yet")
+		if err := httpserve.ServeTCP(ctx, o.httpEndpoint, mux); err != nil {
 			return err
 		}
 	}
-	uninstalling, err := o.uninstalling(kube)
+	uninstalling, err := publish.Uninstalling(kube, o.daemonSet)
 	if err != nil {
-		return err
+		return fmt.Errorf("--daemonset: %w", err)
 	}
 	var afterStep func(prepare.Step)
 	if o.crashAt != "" {
-		afterStep = crashAfter(prepare.Step(o.crashAt))
+		afterStep = command.CrashAfter(logger, prepare.Step(o.crashAt))
 	}
 	pluginDir := filepath.Join(o.pluginsDir, names.ComputeDomainDriverName)
 	logger.Info("Starting", "version", version.Get(), "node", o.nodeName, "namespace", o.namespace, "pluginDir", pluginDir,
@@ -220,3 +200,12 @@ func (o *options) cliqueFunc(ctx context.Context, driverRootMount string) (cdsli
 
 // nvmlLibrary is the file name the NVIDIA driver installs NVML as.
 const nvmlLibrary = "libnvidia-ml.so.1"
+
+// stepNames are the steps --test-crash-at accepts.
+func stepNames() []string {
+	var out []string
+	for _, s := range []prepare.Step{prepare.StepRecorded, prepare.StepDevNodes, prepare.StepDaemonDir, prepare.StepCDI, prepare.StepCompleted, prepare.StepUndone} {
+		out = append(out, string(s))
+	}
+	return out
+}

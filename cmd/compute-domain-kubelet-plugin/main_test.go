@@ -1,14 +1,9 @@
 package main
 
 import (
-	"context"
 	"strings"
 	"testing"
 	"time"
-
-	appsv1 "k8s.io/api/apps/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes/fake"
 )
 
 func TestValidate(t *testing.T) {
@@ -34,37 +29,5 @@ func TestValidate(t *testing.T) {
 				t.Fatalf("validate() = %v, want %q", err, tt.wantErr)
 			}
 		})
-	}
-}
-
-func TestUninstalling(t *testing.T) {
-	now := metav1.Now()
-	tests := []struct {
-		name string
-		ds   *appsv1.DaemonSet
-		want bool
-	}{
-		{name: "gone", want: true},
-		{name: "present", ds: &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Namespace: "drv", Name: "cd-plugin"}}},
-		{name: "deleting", ds: &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Namespace: "drv", Name: "cd-plugin", DeletionTimestamp: &now, Finalizers: []string{"x"}}}, want: true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			client := fake.NewClientset()
-			if tt.ds != nil {
-				_, _ = client.AppsV1().DaemonSets("drv").Create(context.Background(), tt.ds, metav1.CreateOptions{})
-			}
-			o := &options{daemonSet: "drv/cd-plugin"}
-			f, err := o.uninstalling(client)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got, err := f(context.Background()); err != nil || got != tt.want {
-				t.Fatalf("uninstalling = %v, %v; want %v", got, err, tt.want)
-			}
-		})
-	}
-	if _, err := (&options{daemonSet: "nope"}).uninstalling(fake.NewClientset()); err == nil {
-		t.Fatal("a --daemonset without namespace was accepted")
 	}
 }

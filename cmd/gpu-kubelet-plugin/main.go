@@ -3,21 +3,16 @@
 package main
 
 import (
-	"context"
 	"fmt"
-	"os"
-	"os/signal"
 	"strings"
-	"syscall"
-
-	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/command"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/flags"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/sim"
-	"github.com/gpu-dra/gpu-dra-driver/pkg/version"
 )
 
 // options are the flags every subcommand shares.
@@ -58,12 +53,7 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 }
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := newRootCommand().ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "error:", err)
-		os.Exit(1)
-	}
+	command.Main(newRootCommand())
 }
 
 func newRootCommand() *cobra.Command {
@@ -90,16 +80,11 @@ kubelet (MIG instances, CDI specs). Without a subcommand it runs the plugin.`,
 	}
 	opts.addFlags(root.PersistentFlags())
 	ro.addFlags(root.Flags())
-	klogFlags := goFlagSet()
-	root.PersistentFlags().AddGoFlagSet(klogFlags)
+	command.AddKlogFlags(root.PersistentFlags())
 	uninstall := newUninstallCommand(opts, ro)
 	uninstall.Flags().StringVar(&ro.kubeconfig, "kubeconfig", "", "kubeconfig file; empty uses the in-cluster configuration")
-	root.AddCommand(newInventoryCommand(opts), newCheckCommand(opts), uninstall, newProbeCommand(), newMPSDaemonCommand(), &cobra.Command{
-		Use:   "version",
-		Short: "Print the plugin's release",
-		Args:  cobra.NoArgs,
-		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), version.Get()) },
-	})
+	root.AddCommand(newInventoryCommand(opts), newCheckCommand(opts), uninstall, newProbeCommand(), newMPSDaemonCommand(),
+		command.Version("Print the plugin's release"))
 	flags.DocumentEnv(root.PersistentFlags())
 	flags.DocumentEnv(root.Flags())
 	return root

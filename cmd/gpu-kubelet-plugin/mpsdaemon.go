@@ -46,6 +46,8 @@ when the directory is gone (the claim was unprepared).`,
 				s.GPUs = strings.Split(gpus, ",")
 			}
 			ctx := klog.NewContext(cmd.Context(), klog.Background().WithValues("dir", s.Dir))
+			// Run returns once its daemon is gone.
+			defer removeToolLinks(klog.FromContext(ctx))
 			err := s.Run(ctx)
 			if errors.Is(err, mps.ErrDirectoryGone) {
 				klog.FromContext(ctx).Info("Not running the MPS control daemon", "reason", err.Error())

@@ -9,16 +9,11 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
-	"sync/atomic"
-	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
-	"k8s.io/klog/v2"
 
-	"github.com/gpu-dra/gpu-dra-driver/pkg/driver"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/httpserve"
 )
 
 // Probes and metrics. During a rolling update two plugin pods run on the
@@ -35,21 +30,9 @@ import (
 // probeSocketMode: only the plugin's own container (root) asks the socket.
 const probeSocketMode fs.FileMode = 0o600
 
-// probeMux serves /healthz (the process is alive) and /readyz (it owns
-// the node and has published, see driver.RunHandingOver), and /metrics.
-func probeMux(m *driver.Metrics, ready *atomic.Bool) *http.ServeMux {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !ready.Load() {
-			http.Error(w, "not owning the node, registered and published", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
-	return mux
-}
+// notReady is what /readyz answers until the plugin owns the node and has
+// published (see driver.RunHandingOver).
+const notReady = "not owning the node, registered and published"
 
 // serveProbes serves the probes on a Unix socket at path until ctx ends.
 func serveProbes(ctx context.Context, path string, mux *http.ServeMux) error {
@@ -65,80 +48,8 @@ func serveProbes(ctx context.Context, path string, mux *http.ServeMux) error {
 		ln.Close()
 		return fmt.Errorf("--probe-socket: set the mode of %s: %w", path, err)
 	}
-	serve(ctx, "probe socket", ln, mux)
+	httpserve.Serve(ctx, "probe socket", ln, mux)
 	return nil
-}
-
-// serveHTTP serves mux on --http-endpoint until ctx ends. A port in use is
-// retried every second in the background: during a roll, it is the
-// predecessor's until that one exits. Other errors are returned.
-func serveHTTP(ctx context.Context, endpoint string, mux *http.ServeMux) error {
-	endpoint = bracketIPv6(endpoint)
-	ln, err := net.Listen("tcp", endpoint)
-	switch {
-	case err == nil:
-		serve(ctx, "HTTP endpoint", ln, mux)
-		return nil
-	case !errors.Is(err, syscall.EADDRINUSE):
-		return fmt.Errorf("listen on --http-endpoint %s: %w", endpoint, err)
-	}
-	logger := klog.FromContext(ctx)
-	logger.Info("The HTTP endpoint's port is in use (by the plugin being replaced?); retrying until it is free", "endpoint", endpoint)
-	go func() {
-		ticker := time.NewTicker(time.Second)
-		defer ticker.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-ticker.C:
-			}
-			ln, err := net.Listen("tcp", endpoint)
-			if errors.Is(err, syscall.EADDRINUSE) {
-				continue
-			}
-			if err != nil {
-				logger.Error(err, "HTTP endpoint not served", "endpoint", endpoint)
-				return
-			}
-			logger.Info("Serving the HTTP endpoint", "endpoint", endpoint)
-			serve(ctx, "HTTP endpoint", ln, mux)
-			return
-		}
-	}()
-	return nil
-}
-
-// bracketIPv6 turns "fd00::1:8088", as the chart writes the node's IPv6
-// address (status.hostIP) before the port, into "[fd00::1]:8088"; every other
-// endpoint is returned as it is.
-func bracketIPv6(endpoint string) string {
-	if _, _, err := net.SplitHostPort(endpoint); err == nil {
-		return endpoint
-	}
-	i := strings.LastIndex(endpoint, ":")
-	if i < 0 {
-		return endpoint
-	}
-	host, port := endpoint[:i], endpoint[i+1:]
-	if ip := net.ParseIP(host); ip == nil || ip.To4() != nil {
-		return endpoint
-	}
-	return net.JoinHostPort(host, port)
-}
-
-// serve serves mux on ln until ctx ends.
-func serve(ctx context.Context, what string, ln net.Listener, mux *http.ServeMux) {
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		<-ctx.Done()
-		_ = srv.Close()
-	}()
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			klog.FromContext(ctx).Error(err, what+" stopped")
-		}
-	}()
 }
 
 // newProbeCommand is the chart's liveness and readiness probe: it asks the

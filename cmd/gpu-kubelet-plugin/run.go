@@ -4,33 +4,31 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
 
 	"github.com/spf13/pflag"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/cdi"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/command"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/driver"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/driverroot"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/health"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/httpserve"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/kubeclient"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/mps/daemonpod"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/ownership"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/prepare"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/publish"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/topology"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/version"
 )
@@ -123,18 +121,11 @@ func (o *runOptions) mpsFilesystem() (mps.Filesystem, error) {
 	return mps.Filesystem{Root: filepath.Join(o.pluginDataDir, "mps-fs"), SizeBytes: size.Value(), Inodes: o.mpsFSInodes}, nil
 }
 
-func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
-	var cfg *rest.Config
-	var err error
-	if kubeconfig == "" {
-		cfg, err = rest.InClusterConfig()
-	} else {
-		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
-	}
+func kubeClient(file string) (kubernetes.Interface, error) {
+	cfg, err := kubeclient.Config(file, "gpu-kubelet-plugin")
 	if err != nil {
-		return nil, fmt.Errorf("kubeconfig %q: %w", kubeconfig, err)
+		return nil, err
 	}
-	cfg.UserAgent = "gpu-kubelet-plugin"
 	return kubernetes.NewForConfig(cfg)
 }
 
@@ -157,9 +148,9 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 	} else {
 		logger.Info("Reading claims with the plugin's own identity (no --claim-reader-kubeconfig): RBAC lets it get any claim by name")
 	}
-	uninstalling, err := ro.uninstalling(client)
+	uninstalling, err := publish.Uninstalling(client, ro.daemonSet)
 	if err != nil {
-		return err
+		return fmt.Errorf("--daemonset: %w", err)
 	}
 	driverRoot := ro.driverRoot
 	if ro.driverRootMount != "" {
@@ -202,7 +193,12 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 			return fmt.Errorf("--mps-daemon-image: %w", err)
 		}
 		daemons.Launcher = &pods
+		// No tool this process starts outlives it.
+		defer removeToolLinks(logger)
 	} else {
+		// Its MPS control daemons outlive this process (outside a
+		// container) and start their servers with the links: they are
+		// left, to go with the container's /tmp.
 		logger.Info("MPS control daemons run in this process: they end with the plugin's container (--mps-daemon-image is not set)")
 	}
 	topo, err := topology.NewReader(logger, ro.sysRoot)
@@ -211,20 +207,20 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 	}
 	metrics := driver.NewMetrics()
 	var ready atomic.Bool
-	mux := probeMux(metrics, &ready)
+	mux := httpserve.ProbeMux(metrics.Registry, ready.Load, notReady)
 	if ro.probeSocket != "" {
 		if err := serveProbes(ctx, ro.probeSocket, mux); err != nil {
 			return err
 		}
 	}
 	if ro.httpEndpoint != "" {
-		if err := serveHTTP(ctx, ro.httpEndpoint, mux); err != nil {
+		if err := httpserve.ServeTCP(ctx, ro.httpEndpoint, mux); err != nil {
 			return err
 		}
 	}
 	var afterStep func(prepare.Step)
 	if ro.crashAt != "" {
-		afterStep = crashAfter(prepare.Step(ro.crashAt))
+		afterStep = command.CrashAfter(logger, prepare.Step(ro.crashAt))
 	}
 	logger.Info("Starting", "version", version.Get(), "node", opts.nodeName, "simulate", opts.simulate, "cdiRoot", ro.cdiRoot,
 		"driverRoot", ro.driverRoot, "driverRootMount", ro.driverRootMount, "nvml", gpuOpts.LibraryPath,
@@ -258,28 +254,6 @@ func findNVML(root string, inContainer bool) (string, error) {
 	return lib, nil
 }
 
-// uninstalling tells, from --daemonset, whether the plugin's DaemonSet is
-// gone or being deleted: an uninstall, not a restart or an upgrade.
-func (o *runOptions) uninstalling(client kubernetes.Interface) (func(context.Context) (bool, error), error) {
-	if o.daemonSet == "" {
-		return nil, nil
-	}
-	ns, name, err := splitDaemonSet(o.daemonSet)
-	if err != nil {
-		return nil, err
-	}
-	return func(ctx context.Context) (bool, error) {
-		ds, err := client.AppsV1().DaemonSets(ns).Get(ctx, name, metav1.GetOptions{})
-		switch {
-		case apierrors.IsNotFound(err):
-			return true, nil
-		case err != nil:
-			return false, fmt.Errorf("get DaemonSet %s: %w", o.daemonSet, err)
-		}
-		return ds.DeletionTimestamp != nil, nil
-	}, nil
-}
-
 // policy is the health policy from --health-policy and the flags that
 // override it.
 func (o *runOptions) policy() (health.Policy, error) {
@@ -299,13 +273,11 @@ func (o *runOptions) policy() (health.Policy, error) {
 	return p, nil
 }
 
-// crashAfter kills the process at a step, as a node failure would.
-func crashAfter(at prepare.Step) func(prepare.Step) {
-	return func(s prepare.Step) {
-		if s == at {
-			klog.Background().Info("Killing the plugin for a fault-injection test", "step", s)
-			klog.Flush()
-			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-		}
+// removeToolLinks removes the links to the driver's libraries that this
+// process made for the driver's tools (driverroot.Cleanup), on its way
+// out, when none of the tools it started runs any more.
+func removeToolLinks(logger klog.Logger) {
+	if err := driverroot.Cleanup(); err != nil {
+		logger.Error(err, "Links to the driver's libraries left behind")
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
@@ -73,9 +72,9 @@ func newUninstallCommand(opts *options, ro *runOptions) *cobra.Command {
 // deleteDaemonSet deletes a DaemonSet in the foreground and waits until it
 // is gone, which is when its pods are.
 func deleteDaemonSet(ctx context.Context, client kubernetes.Interface, ref string) error {
-	ns, name, err := splitDaemonSet(ref)
+	ns, name, err := publish.ParseDaemonSet(ref)
 	if err != nil {
-		return err
+		return fmt.Errorf("--daemonset: %w", err)
 	}
 	logger := klog.FromContext(ctx)
 	foreground := metav1.DeletePropagationForeground
@@ -98,13 +97,4 @@ func deleteDaemonSet(ctx context.Context, client kubernetes.Interface, ref strin
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
-}
-
-// splitDaemonSet parses the --daemonset flag, NAMESPACE/NAME.
-func splitDaemonSet(ref string) (namespace, name string, err error) {
-	namespace, name, ok := strings.Cut(ref, "/")
-	if !ok || namespace == "" || name == "" {
-		return "", "", fmt.Errorf("--daemonset %q: want NAMESPACE/NAME", ref)
-	}
-	return namespace, name, nil
 }

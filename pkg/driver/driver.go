@@ -35,8 +35,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
-
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -47,7 +45,9 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/draplugin"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/health"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/prepare"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/publish"
 )
@@ -57,26 +57,6 @@ type GPUs interface {
 	Inventory
 	prepare.GPUs
 	health.Source
-}
-
-// Helper is what the driver uses of the kubelet plugin helper
-// (*kubeletplugin.Helper), which serves the driver's gRPC services to the
-// kubelet; tests start the driver without a kubelet through a fake.
-type Helper interface {
-	// Stop stops the gRPC servers and removes their sockets.
-	Stop()
-}
-
-// StartHelperFunc starts the kubelet plugin helper that serves plugin.
-type StartHelperFunc func(ctx context.Context, plugin kubeletplugin.DRAPlugin, opts ...kubeletplugin.Option) (Helper, error)
-
-// startKubeletHelper is the StartHelperFunc of a real kubelet.
-func startKubeletHelper(ctx context.Context, plugin kubeletplugin.DRAPlugin, opts ...kubeletplugin.Option) (Helper, error) {
-	h, err := kubeletplugin.Start(ctx, plugin, opts...)
-	if err != nil {
-		return nil, err
-	}
-	return h, nil
 }
 
 // Config is everything the driver needs.
@@ -121,7 +101,7 @@ type Config struct {
 	Clock clock.WithTicker
 	// StartHelper starts the kubelet plugin helper; nil starts
 	// kubeletplugin's.
-	StartHelper StartHelperFunc
+	StartHelper draplugin.StartHelperFunc
 }
 
 // Driver implements kubeletplugin.DRAPlugin.
@@ -141,7 +121,7 @@ type Driver struct {
 	healthNotify  broadcaster
 
 	// Set by Start.
-	helper Helper
+	helper draplugin.Helper
 	cancel context.CancelCauseFunc
 	// done is closed when serve has shut down, with err its cause.
 	done chan struct{}
@@ -171,7 +151,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		cfg.Clock = clock.RealClock{}
 	}
 	if cfg.StartHelper == nil {
-		cfg.StartHelper = startKubeletHelper
+		cfg.StartHelper = draplugin.StartKubeletHelper
 	}
 	d := &Driver{cfg: cfg, clock: cfg.Clock, state: &nodeState{staticMIGOnly: cfg.StaticMIGOnly, sharedGPUs: cfg.SharedGPUs, topology: cfg.Topology},
 		healthChanged: make(chan struct{}, 1), done: make(chan struct{})}

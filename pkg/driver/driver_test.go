@@ -13,10 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
-
-	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
-
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -28,9 +24,12 @@ import (
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/cdi"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/draplugin"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/health"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/simhosttest"
 )
@@ -45,7 +44,7 @@ type fakeHelper struct {
 	started, stopped int
 }
 
-func (h *fakeHelper) start(_ context.Context, plugin kubeletplugin.DRAPlugin, _ ...kubeletplugin.Option) (Helper, error) {
+func (h *fakeHelper) start(_ context.Context, plugin kubeletplugin.DRAPlugin, _ ...kubeletplugin.Option) (draplugin.Helper, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.plugin = plugin
@@ -581,7 +580,7 @@ func TestStartFailsWhenTheHelperDoes(t *testing.T) {
 	f := newNodeFixture(t)
 	cfg := f.config()
 	refused := errors.New("address in use")
-	cfg.StartHelper = func(context.Context, kubeletplugin.DRAPlugin, ...kubeletplugin.Option) (Helper, error) {
+	cfg.StartHelper = func(context.Context, kubeletplugin.DRAPlugin, ...kubeletplugin.Option) (draplugin.Helper, error) {
 		return nil, refused
 	}
 	d, err := New(ctx, cfg)

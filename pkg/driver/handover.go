@@ -16,6 +16,7 @@ import (
 	"k8s.io/klog/v2"
 	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/draplugin"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/ownership"
 )
@@ -101,7 +102,7 @@ func RunHandingOver(ctx context.Context, cfg Config, hc HandoverConfig) error {
 	}
 	startHelper := cfg.StartHelper
 	if startHelper == nil {
-		startHelper = startKubeletHelper
+		startHelper = draplugin.StartKubeletHelper
 	}
 	opts := helperOptions(cfg)
 	if hc.PodUID != "" {
@@ -109,7 +110,7 @@ func RunHandingOver(ctx context.Context, cfg Config, hc HandoverConfig) error {
 		sweepStaleSockets(ctx, cfg, hc.PodUID)
 	}
 	// The gate serves the kubelet; the Driver must not start a helper.
-	cfg.StartHelper = func(context.Context, kubeletplugin.DRAPlugin, ...kubeletplugin.Option) (Helper, error) {
+	cfg.StartHelper = func(context.Context, kubeletplugin.DRAPlugin, ...kubeletplugin.Option) (draplugin.Helper, error) {
 		return nopHelper{}, nil
 	}
 	r := &runner{
@@ -124,7 +125,7 @@ func RunHandingOver(ctx context.Context, cfg Config, hc HandoverConfig) error {
 			}
 			return d, nil
 		},
-		startHelper: func(ctx context.Context, plugin kubeletplugin.DRAPlugin) (Helper, error) {
+		startHelper: func(ctx context.Context, plugin kubeletplugin.DRAPlugin) (draplugin.Helper, error) {
 			return startHelper(ctx, plugin, opts...)
 		},
 		legacySocket: filepath.Join(cfg.RegistrarDir, names.DriverName+"-reg.sock"),
@@ -140,7 +141,7 @@ func RunHandingOver(ctx context.Context, cfg Config, hc HandoverConfig) error {
 // nopHelper is the Driver's helper under RunHandingOver: the gate serves.
 type nopHelper struct{}
 
-// Stop implements Helper.
+// Stop implements draplugin.Helper.
 func (nopHelper) Stop() {}
 
 // runner is one plugin process of RunHandingOver.
@@ -152,7 +153,7 @@ type runner struct {
 	// start starts the Driver once the node is owned; it returns once the
 	// Driver serves, and stops it when ctx ends.
 	start       func(ctx context.Context) (owned, error)
-	startHelper func(ctx context.Context, plugin kubeletplugin.DRAPlugin) (Helper, error)
+	startHelper func(ctx context.Context, plugin kubeletplugin.DRAPlugin) (draplugin.Helper, error)
 	// legacySocket is the registration socket of a plugin without
 	// handover (step 1); "" skips the step.
 	legacySocket string
@@ -173,7 +174,7 @@ func (r *runner) run(ctx context.Context) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	r.gate.init(func(err error) { cancel(err) })
-	var helper Helper
+	var helper draplugin.Helper
 	startHelper := func() error {
 		h, err := r.startHelper(ctx, &r.gate)
 		if err != nil {
@@ -378,7 +379,7 @@ type registrationStatus interface {
 // registration, so that a predecessor hands over only once the kubelet
 // sends new calls here. A helper that cannot tell (a test's) counts as
 // registered.
-func waitRegistered(ctx context.Context, h Helper) error {
+func waitRegistered(ctx context.Context, h draplugin.Helper) error {
 	rs, ok := h.(registrationStatus)
 	if !ok {
 		return nil

@@ -15,6 +15,7 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/ktesting"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/draplugin"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/ownership"
 )
 
@@ -169,7 +170,7 @@ func startProc(t *testing.T, dir, name string, node *fakeNode, setup func(*proc)
 			close(p.readyChanged)
 			p.readyChanged = make(chan struct{})
 		},
-		startHelper: func(context.Context, kubeletplugin.DRAPlugin) (Helper, error) { return nopHelper{}, nil },
+		startHelper: func(context.Context, kubeletplugin.DRAPlugin) (draplugin.Helper, error) { return nopHelper{}, nil },
 		start: func(ctx context.Context) (owned, error) {
 			p.mu.Lock()
 			err, hold, entered, hangs := p.startErr, p.hold, p.entered, p.startHangs

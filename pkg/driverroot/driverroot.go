@@ -105,7 +105,7 @@ var (
 // linkedLibraries returns the directory of links to the driver's libraries
 // under root, made the first time: a fresh directory (os.MkdirTemp: no
 // one else's to plant links in), each library linked from the first of
-// LibraryDirs that has it.
+// LibraryDirs that has it. Cleanup removes it.
 func linkedLibraries(root string) (string, error) {
 	if root == "" {
 		root = "/"
@@ -115,10 +115,24 @@ func linkedLibraries(root string) (string, error) {
 	if dir, ok := linkedDir[root]; ok {
 		return dir, nil
 	}
-	dir, err := os.MkdirTemp("", "gpu-dra-driver-libs-")
+	dir, err := os.MkdirTemp("", linkDirPattern)
 	if err != nil {
 		return "", fmt.Errorf("the driver's libraries for its tools: %w", err)
 	}
+	if err := linkLibraries(root, dir); err != nil {
+		_ = os.RemoveAll(dir)
+		return "", fmt.Errorf("the driver's libraries for its tools: %w", err)
+	}
+	linkedDir[root] = dir
+	return dir, nil
+}
+
+// linkDirPattern names the directories of links (os.MkdirTemp's pattern).
+const linkDirPattern = "gpu-dra-driver-libs-"
+
+// linkLibraries links into dir each of the driver's libraries under root,
+// from the first of LibraryDirs that has it.
+func linkLibraries(root, dir string) error {
 	seen := map[string]bool{}
 	for _, d := range LibraryDirs {
 		for _, pattern := range driverLibraryPatterns {
@@ -130,11 +144,46 @@ func linkedLibraries(root string) (string, error) {
 				}
 				seen[name] = true
 				if err := os.Symlink(m, filepath.Join(dir, name)); err != nil {
-					return "", fmt.Errorf("the driver's libraries for its tools: %w", err)
+					return err
 				}
 			}
 		}
 	}
-	linkedDir[root] = dir
-	return dir, nil
+	return nil
+}
+
+// Cleanup removes the directories of links ToolEnv made in this process
+// and forgets them: a later ToolEnv makes a fresh one. A command calls it
+// on its way out, once no tool it started with ToolEnv's environment runs
+// (a tool's loader reads the links when the tool starts, and an MPS
+// control daemon's when it starts a server); tests call it from TestMain,
+// so that they leave nothing in the temporary directory. The error names
+// each directory not removed.
+func Cleanup() error {
+	linkedMu.Lock()
+	defer linkedMu.Unlock()
+	var errs []error
+	for root, dir := range linkedDir {
+		if err := os.RemoveAll(dir); err != nil {
+			errs = append(errs, fmt.Errorf("remove the links to the driver's libraries under %s: %w", root, err))
+			continue
+		}
+		delete(linkedDir, root)
+	}
+	return errors.Join(errs...)
+}
+
+// RunThenCleanup runs the tests of m (a *testing.M), then Cleanup, and
+// returns the exit code: the TestMain of a package whose tests run the
+// driver's tools is os.Exit(driverroot.RunThenCleanup(m)). A Cleanup that
+// fails fails the tests.
+func RunThenCleanup(m interface{ Run() int }) int {
+	code := m.Run()
+	if err := Cleanup(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	return code
 }

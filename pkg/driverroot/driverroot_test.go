@@ -1,6 +1,8 @@
 package driverroot
 
 import (
+	"errors"
+	"io/fs"
 	"maps"
 	"os"
 	"path/filepath"
@@ -8,6 +10,8 @@ import (
 	"strings"
 	"testing"
 )
+
+func TestMain(m *testing.M) { os.Exit(RunThenCleanup(m)) }
 
 func TestFindLibrary(t *testing.T) {
 	for _, tc := range []struct {
@@ -93,4 +97,58 @@ func TestToolEnv(t *testing.T) {
 	if err != nil || !slices.Equal(again, []string{"LD_LIBRARY_PATH=" + dir}) {
 		t.Errorf("a second call: %q (%v), want the same directory", again, err)
 	}
+}
+
+// TestCleanup: Cleanup removes every directory of links ToolEnv made, and
+// only those (the drivers' libraries stay); a ToolEnv after it makes a
+// fresh directory, which is again private to this process.
+func TestCleanup(t *testing.T) {
+	roots := []string{t.TempDir(), t.TempDir()}
+	lib := "usr/lib64/libnvidia-ml.so.1"
+	var dirs []string
+	for _, root := range roots {
+		if err := os.MkdirAll(filepath.Join(root, "usr/lib64"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, lib), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		dirs = append(dirs, linkDir(t, root))
+	}
+	if err := Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	for i, dir := range dirs {
+		if _, err := os.Lstat(dir); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s is still there after Cleanup (%v)", dir, err)
+		}
+		if _, err := os.Stat(filepath.Join(roots[i], lib)); err != nil {
+			t.Errorf("the library a link pointed to: %v", err)
+		}
+	}
+	again := linkDir(t, roots[0])
+	t.Cleanup(func() { _ = Cleanup() })
+	if again == dirs[0] {
+		t.Errorf("ToolEnv after Cleanup reused %s", again)
+	}
+	fi, err := os.Stat(again)
+	if err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("the fresh directory %s: %v, want mode 0700 (%v)", again, fi, err)
+	}
+	if err := Cleanup(); err != nil {
+		t.Errorf("a second Cleanup: %v", err)
+	}
+}
+
+// linkDir is the directory of links ToolEnv leads a tool of root to.
+func linkDir(t *testing.T, root string) string {
+	t.Helper()
+	env, err := ToolEnv(root, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(env) != 1 || !strings.HasPrefix(env[0], "LD_LIBRARY_PATH=") {
+		t.Fatalf("environment %q", env)
+	}
+	return strings.TrimPrefix(env[0], "LD_LIBRARY_PATH=")
 }

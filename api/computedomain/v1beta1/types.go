@@ -12,7 +12,6 @@
 package v1beta1
 
 import (
-	"bytes"
 	"fmt"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -20,7 +19,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/validation"
-	sigsjson "sigs.k8s.io/json"
+
+	"github.com/gpu-dra/gpu-dra-driver/api/internal/opaque"
 )
 
 // Group and version of the API, shared with NVIDIA's driver.
@@ -151,28 +151,11 @@ func (c *ComputeDomainDaemonConfig) domainID() string  { return c.DomainID }
 // request. An unknown field, a wrong kind or a missing domainID is an error
 // naming the field.
 func Decode(raw []byte) (Config, error) {
-	var meta metav1.TypeMeta
-	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(raw, &meta); err != nil {
-		return nil, fmt.Errorf("parameters: %w", err)
-	}
-	if meta.APIVersion != GroupVersion {
-		return nil, fmt.Errorf("parameters.apiVersion: %q is not supported, want %q", meta.APIVersion, GroupVersion)
-	}
-	var cfg Config
-	switch meta.Kind {
-	case ComputeDomainChannelConfigKind:
-		cfg = &ComputeDomainChannelConfig{}
-	case ComputeDomainDaemonConfigKind:
-		cfg = &ComputeDomainDaemonConfig{}
-	default:
-		return nil, fmt.Errorf("parameters.kind: %q is not supported, want %s or %s", meta.Kind, ComputeDomainChannelConfigKind, ComputeDomainDaemonConfigKind)
-	}
-	strictErrs, err := sigsjson.UnmarshalStrict(bytes.TrimSpace(raw), cfg)
+	cfg, err := opaque.Decode(raw, GroupVersion,
+		opaque.Kind[Config]{Name: ComputeDomainChannelConfigKind, New: func() Config { return &ComputeDomainChannelConfig{} }},
+		opaque.Kind[Config]{Name: ComputeDomainDaemonConfigKind, New: func() Config { return &ComputeDomainDaemonConfig{} }})
 	if err != nil {
-		return nil, fmt.Errorf("parameters: %w", err)
-	}
-	if len(strictErrs) > 0 {
-		return nil, fmt.Errorf("parameters (%s): %w", meta.Kind, strictErrs[0])
+		return nil, err
 	}
 	if cfg.domainID() == "" {
 		return nil, fmt.Errorf("parameters.domainID: must not be empty")

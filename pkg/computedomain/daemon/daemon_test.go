@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -78,19 +77,10 @@ func appendLog(path, line string) {
 
 const waitBound = 20 * time.Second
 
+// waitFor polls cond until it holds or waitBound passes.
 func waitFor(t *testing.T, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(waitBound)
-	for {
-		ok, last := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v; last: %s", what, waitBound, last)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	simhosttest.WaitFor(t, what, waitBound, cond)
 }
 
 // fakeLog reads the fake IMEX's log lines.
@@ -326,15 +316,7 @@ func TestWithSimulatedIMEX(t *testing.T) {
 	if err := simtools.Install(simhosttest.Tools(t), bin, "550.54.15"); err != nil {
 		t.Fatal(err)
 	}
-	var ports [2]int
-	for i := range ports {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ports[i] = ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
-	}
+	ports := simhosttest.FreePorts(t, 2)
 	dir := t.TempDir()
 	cfg := fmt.Sprintf("IMEX_NODE_CONFIG_FILE=%s\nSERVER_PORT=%d\nIMEX_CMD_ENABLED=1\nIMEX_CMD_PORT=%d\nLOG_FILE_NAME=\nDAEMONIZE=0\n", filepath.Join(dir, NodesFile), ports[0], ports[1])
 	if err := os.WriteFile(filepath.Join(dir, ConfigFile), []byte(cfg), 0o644); err != nil {

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/simhosttest"
 )
 
 // Generous bounds: the tests wait for states, never for speed.
@@ -137,17 +139,7 @@ func ctl(args ...string) (code int, stdout, stderr string) {
 // waitFor polls cond until it holds or waitBound passes.
 func waitFor(t *testing.T, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(waitBound)
-	for {
-		ok, last := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v; last: %s", what, waitBound, last)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	simhosttest.WaitFor(t, what, waitBound, cond)
 }
 
 func waitQuery(t *testing.T, cfg, want string) {

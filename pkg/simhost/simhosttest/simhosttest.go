@@ -1,5 +1,6 @@
-// Package simhosttest builds the gpu-sim-tools program that simhost.Create
-// installs, for tests.
+// Package simhosttest helps the tests of the simulated host: it builds the
+// gpu-sim-tools program that simhost.Create installs, finds free ports for
+// its daemons and waits for them.
 package simhosttest
 
 import (

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -161,17 +160,25 @@ func TestInstall(t *testing.T) {
 	}
 }
 
-// TestProgram runs installed copies of the built program: nvidia-smi
-// without arguments, and an MPS control daemon started detached and quit.
-func TestProgram(t *testing.T) {
-	root := t.TempDir()
-	bin := filepath.Join(root, "usr/bin")
+// installed installs the built program's tools into usr/bin of a new
+// driver root, and returns the root and that directory.
+func installed(t *testing.T) (root, bin string) {
+	t.Helper()
+	root = t.TempDir()
+	bin = filepath.Join(root, "usr/bin")
 	if err := os.MkdirAll(bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	if err := Install(simhosttest.Tools(t), bin, "550.54.15"); err != nil {
 		t.Fatal(err)
 	}
+	return root, bin
+}
+
+// TestProgram runs installed copies of the built program: nvidia-smi
+// without arguments, and an MPS control daemon started detached and quit.
+func TestProgram(t *testing.T) {
+	root, bin := installed(t)
 
 	// The driver root is found from a symlink's target.
 	link := filepath.Join(t.TempDir(), SMI)
@@ -425,28 +432,12 @@ func TestDeviceUUIDsEnvIsTheSpecs(t *testing.T) {
 // nvidia-imex-ctl: a domain of one node is READY at once, and the daemon
 // exits 0 on SIGTERM.
 func TestIMEXProgram(t *testing.T) {
-	root := t.TempDir()
-	bin := filepath.Join(root, "usr/bin")
-	if err := os.MkdirAll(bin, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := Install(simhosttest.Tools(t), bin, "550.54.15"); err != nil {
-		t.Fatal(err)
-	}
+	_, bin := installed(t)
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "nodes.cfg"), []byte("127.0.0.1\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	// Two ports free now (a race with other processes is unlikely).
-	var ports [2]int
-	for i := range ports {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ports[i] = ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
-	}
+	ports := simhosttest.FreePorts(t, 2)
 	cfg := filepath.Join(dir, "imexd.cfg")
 	if err := os.WriteFile(cfg, fmt.Appendf(nil, "IMEX_NODE_CONFIG_FILE=%s/nodes.cfg\nSERVER_PORT=%d\nIMEX_CMD_ENABLED=1\nIMEX_CMD_PORT=%d\nLOG_FILE_NAME=\nDAEMONIZE=0\n", dir, ports[0], ports[1]), 0o644); err != nil {
 		t.Fatal(err)

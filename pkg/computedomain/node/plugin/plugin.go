@@ -43,6 +43,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/node/prepare"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/node/readiness"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/node/slices"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/draplugin"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/publish"
@@ -55,20 +56,6 @@ const DomainsDir = "domains"
 // RegistrarDirMode is the most the kubelet's registration directory may
 // allow (it is the kubelet's; only write for group and others is taken).
 const RegistrarDirMode fs.FileMode = 0o755
-
-// Helper is what the plugin uses of *kubeletplugin.Helper.
-type Helper interface{ Stop() }
-
-// StartHelperFunc starts the kubelet plugin helper serving plugin.
-type StartHelperFunc func(ctx context.Context, plugin kubeletplugin.DRAPlugin, opts ...kubeletplugin.Option) (Helper, error)
-
-func startKubeletHelper(ctx context.Context, plugin kubeletplugin.DRAPlugin, opts ...kubeletplugin.Option) (Helper, error) {
-	h, err := kubeletplugin.Start(ctx, plugin, opts...)
-	if err != nil {
-		return nil, err
-	}
-	return h, nil
-}
 
 // Config is everything the plugin needs.
 type Config struct {
@@ -104,7 +91,7 @@ type Config struct {
 	// restarted; then the node's ResourceSlices are removed.
 	Uninstalling func(ctx context.Context) (bool, error)
 	// StartHelper nil starts kubeletplugin's.
-	StartHelper StartHelperFunc
+	StartHelper draplugin.StartHelperFunc
 	// Mknod nil is unix.Mknod (tests without CAP_MKNOD replace it, with
 	// Stat and Unlink).
 	Mknod  devnode.MknodFunc
@@ -131,7 +118,7 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Ready = func(bool) {}
 	}
 	if cfg.StartHelper == nil {
-		cfg.StartHelper = startKubeletHelper
+		cfg.StartHelper = draplugin.StartKubeletHelper
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -213,21 +200,13 @@ func Run(ctx context.Context, cfg Config) error {
 	defer wg.Wait()
 	wg.Go(func() { syncer.Run(ctx) })
 	wg.Go(func() { pool.Run(ctx) })
-	helper, err := cfg.StartHelper(ctx, p,
-		kubeletplugin.DriverName(names.ComputeDomainDriverName),
-		kubeletplugin.NodeName(cfg.NodeName),
-		kubeletplugin.KubeClient(cfg.KubeClient),
-		kubeletplugin.PluginDataDirectoryPath(cfg.PluginDir),
-		kubeletplugin.RegistrarDirectoryPath(cfg.RegistrarDir),
-		kubeletplugin.PluginListener(hostfs.ListenUnix),
-		kubeletplugin.RegistrarListener(hostfs.ListenUnix),
-		// A channel claim waits for its daemon; the daemon's own claim
-		// must not queue behind it.
-		kubeletplugin.Serialize(false),
-		// No device health to report: channels and daemons are not
-		// hardware the plugin watches.
-		kubeletplugin.HealthService(false),
-	)
+	opts := draplugin.HelperConfig{
+		DriverName: names.ComputeDomainDriverName, NodeName: cfg.NodeName, KubeClient: cfg.KubeClient,
+		PluginDir: cfg.PluginDir, RegistrarDir: cfg.RegistrarDir,
+	}.Options()
+	// No device health to report: channels and daemons are not hardware
+	// the plugin watches.
+	helper, err := cfg.StartHelper(ctx, p, append(opts, kubeletplugin.HealthService(false))...)
 	if err != nil {
 		cancel(err)
 		return fmt.Errorf("start kubelet plugin: %w", err)
@@ -274,46 +253,30 @@ func (p *Plugin) removePoolIfUninstalled(logger klog.Logger, publisher *publish.
 // PrepareResourceClaims implements kubeletplugin.DRAPlugin: claims are
 // prepared concurrently (calls for one claim are serialised).
 func (p *Plugin) PrepareResourceClaims(ctx context.Context, claims []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
-	results := make(map[types.UID]kubeletplugin.PrepareResult, len(claims))
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for _, claim := range claims {
-		wg.Go(func() {
-			start := time.Now()
-			devices, err := p.preparer.Prepare(ctx, claim)
-			p.cfg.Metrics.observe("prepare", start, err)
-			if err != nil {
-				klog.FromContext(ctx).Error(err, "Prepare failed", "claim", klog.KObj(claim))
-			}
-			mu.Lock()
-			results[claim.UID] = kubeletplugin.PrepareResult{Devices: devices, Err: err}
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
+	results := draplugin.PrepareAll(claims, func(claim *resourceapi.ResourceClaim) kubeletplugin.PrepareResult {
+		start := time.Now()
+		devices, err := p.preparer.Prepare(ctx, claim)
+		p.cfg.Metrics.observe("prepare", start, err)
+		if err != nil {
+			klog.FromContext(ctx).Error(err, "Prepare failed", "claim", klog.KObj(claim))
+		}
+		return kubeletplugin.PrepareResult{Devices: devices, Err: err}
+	})
 	p.cfg.Metrics.setPrepared(p.preparer.Snapshot())
 	return results, nil
 }
 
 // UnprepareResourceClaims implements kubeletplugin.DRAPlugin.
 func (p *Plugin) UnprepareResourceClaims(ctx context.Context, claims []kubeletplugin.NamespacedObject) (map[types.UID]error, error) {
-	results := make(map[types.UID]error, len(claims))
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for _, claim := range claims {
-		wg.Go(func() {
-			start := time.Now()
-			err := p.preparer.Unprepare(ctx, claim)
-			p.cfg.Metrics.observe("unprepare", start, err)
-			if err != nil {
-				klog.FromContext(ctx).Error(err, "Unprepare failed", "claim", claim.NamespacedName)
-			}
-			mu.Lock()
-			results[claim.UID] = err
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
+	results := draplugin.UnprepareAll(claims, func(claim kubeletplugin.NamespacedObject) error {
+		start := time.Now()
+		err := p.preparer.Unprepare(ctx, claim)
+		p.cfg.Metrics.observe("unprepare", start, err)
+		if err != nil {
+			klog.FromContext(ctx).Error(err, "Unprepare failed", "claim", claim.NamespacedName)
+		}
+		return err
+	})
 	p.cfg.Metrics.setPrepared(p.preparer.Snapshot())
 	return results, nil
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/gpu-dra/gpu-dra-driver/api/computedomain/v1beta1"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/node/imexcfg"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/draplugin"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/hostfs"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 )
@@ -82,7 +83,7 @@ func TestRunServesDaemonClaim(t *testing.T) {
 			NodesResync:  50 * time.Millisecond,
 			Uninstalling: func(context.Context) (bool, error) { return true, nil },
 			Ready:        func(r bool) { ready <- r },
-			StartHelper: func(_ context.Context, p kubeletplugin.DRAPlugin, _ ...kubeletplugin.Option) (Helper, error) {
+			StartHelper: func(_ context.Context, p kubeletplugin.DRAPlugin, _ ...kubeletplugin.Option) (draplugin.Helper, error) {
 				mu.Lock()
 				defer mu.Unlock()
 				plugin = p
