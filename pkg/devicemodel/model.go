@@ -121,6 +121,9 @@ type Device struct {
 	Placement gpu.Placement
 	// Instance is the live instance of a static MIG device.
 	Instance *gpu.MIGInstance
+	// Attributes are the device's published attributes: the same map as
+	// the slice's device holds, to be read and never changed.
+	Attributes map[resourceapi.QualifiedName]resourceapi.DeviceAttribute
 }
 
 // Model is the node's published view.
@@ -260,7 +263,7 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device, withheld *[]With
 		if n := len(d.Attributes) + len(d.Capacity); n > resourceapi.ResourceSliceMaxAttributesAndCapacitiesPerDevice {
 			return fmt.Errorf("device %s has %d attributes and capacities, the API allows %d", d.Name, n, resourceapi.ResourceSliceMaxAttributesAndCapacitiesPerDevice)
 		}
-		info.Name = d.Name
+		info.Name, info.Attributes = d.Name, d.Attributes
 		index[d.Name] = info
 		devs = append(devs, d)
 		return nil

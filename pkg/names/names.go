@@ -84,6 +84,12 @@ const (
 	// an int: the NUMA node of the GPU's PCI device. A GPU without NUMA
 	// affinity does not have it.
 	AttrNUMANode = "resource.kubernetes.io/numaNode"
+	// AttrGPUInstanceID and AttrComputeInstanceID identify a MIG device's
+	// GPU and compute instance on its GPU. Not published: a MIG device
+	// made at prepare has them only then, so only its device metadata
+	// (KEP-5304) carries them, with its AttrUUID.
+	AttrGPUInstanceID     = "gpuInstanceID"
+	AttrComputeInstanceID = "computeInstanceID"
 )
 
 // Capacity keys of published devices.

@@ -185,7 +185,7 @@ func (p *Preparer) Prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 	if prev := p.Claim(uid); prev != nil {
 		if prev.State == checkpoint.PrepareCompleted {
 			logger.V(2).Info("Claim already prepared")
-			return kubeletDevices(prev), nil
+			return p.kubeletDevices(prev), nil
 		}
 		logger.Info("Claim has an unfinished preparation; rolling it back first")
 		if err := p.rollback(ctx, prev); err != nil {
@@ -283,7 +283,7 @@ func (p *Preparer) Prepare(ctx context.Context, claim *resourceapi.ResourceClaim
 	}
 	p.step(StepCompletedRecorded)
 	logger.Info("Prepared claim", "devices", len(rec.Devices))
-	return kubeletDevices(rec), nil
+	return p.kubeletDevices(rec), nil
 }
 
 // configure resolves each device's configuration into rec and returns the

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 
+	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/utils/ptr"
@@ -98,13 +99,19 @@ func rebuildClaim(uid string, specs SpecAnnotations) (*checkpoint.Claim, error) 
 	return rec, nil
 }
 
-// kubeletDevices is what the kubelet is told of a prepared claim.
-func kubeletDevices(rec *checkpoint.Claim) []kubeletplugin.Device {
+// kubeletDevices is what the kubelet is told of a prepared claim, with
+// each device's metadata from the devices published now.
+func (p *Preparer) kubeletDevices(rec *checkpoint.Claim) []kubeletplugin.Device {
 	out := make([]kubeletplugin.Device, 0, len(rec.Devices))
 	for _, d := range rec.Devices {
 		kd := kubeletplugin.Device{
 			Requests: slices.Clone(d.Requests), PoolName: d.Pool, DeviceName: d.Name, CDIDeviceIDs: slices.Clone(d.CDIDeviceIDs),
 		}
+		var published map[resourceapi.QualifiedName]resourceapi.DeviceAttribute
+		if dev, ok := p.devices.Lookup(d.Name); ok {
+			published = dev.Attributes
+		}
+		kd.Metadata = deviceMetadata(published, d)
 		if d.ShareID != "" {
 			kd.ShareID = ptr.To(types.UID(d.ShareID))
 		}
