@@ -36,6 +36,7 @@ type options struct {
 	statusMinInterval time.Duration
 	workers           int
 	httpEndpoint      string
+	networkPolicy     bool
 }
 
 func (o *options) addFlags(fs *pflag.FlagSet) {
@@ -54,6 +55,7 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.statusMinInterval, "status-min-interval", controller.DefaultStatusMinInterval, "least time between two status writes of one ComputeDomain (coalesces bursts of daemon pod changes)")
 	fs.IntVar(&o.workers, "workers", 4, "reconciles run at once")
 	fs.StringVar(&o.httpEndpoint, "http-endpoint", ":8080", "host:port serving /metrics (Prometheus) and /healthz; empty serves nothing")
+	fs.BoolVar(&o.networkPolicy, "network-policy", false, "make, per domain, a NetworkPolicy that admits to its daemons only its own daemons' IMEX peer port (needs the right to manage NetworkPolicies in --namespace)")
 }
 
 // validate checks the flags after the environment was applied.

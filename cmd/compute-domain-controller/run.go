@@ -70,6 +70,7 @@ func run(ctx context.Context, opts *options) error {
 		Workers:           opts.workers,
 		Recorder:          recorder,
 		Metrics:           controller.NewMetrics(reg),
+		NetworkPolicy:     opts.networkPolicy,
 	})
 	if err != nil {
 		return err

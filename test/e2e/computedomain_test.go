@@ -190,6 +190,13 @@ func domainLeftovers(t *testing.T, uid string) []string {
 	for _, d := range dss.Items {
 		left = append(left, "daemonset "+d.Name)
 	}
+	nps, err := client.NetworkingV1().NetworkPolicies(driverNamespace).List(ctx(), sel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range nps.Items {
+		left = append(left, "network policy "+p.Name)
+	}
 	pods, err := client.CoreV1().Pods(driverNamespace).List(ctx(), sel)
 	if err != nil {
 		t.Fatal(err)
@@ -293,6 +300,16 @@ func TestComputeDomainJobAcrossTwoNodes(t *testing.T) {
 	}
 	if nodesSeen[clusterNode(2)] || len(nodesSeen) != 2 {
 		t.Errorf("workers on %v: want the two nodes of clique 1, never %s", nodesSeen, clusterNode(2))
+	}
+	// The domain's NetworkPolicy (the chart's default) admits the IMEX
+	// peer port from its own daemons, which reached quorum through it
+	// (where the network plugin enforces it; the local cluster's does not).
+	np, err := client.NetworkingV1().NetworkPolicies(driverNamespace).Get(ctx(), names.DomainDaemonSetName(string(cd.UID)), metav1.GetOptions{})
+	if err != nil {
+		t.Errorf("the domain's NetworkPolicy: %v", err)
+	} else if np.Spec.PodSelector.MatchLabels[names.ComputeDomainLabel] != string(cd.UID) || len(np.Spec.Ingress) != 1 ||
+		len(np.Spec.Ingress[0].Ports) != 1 || np.Spec.Ingress[0].Ports[0].Port.IntValue() != names.IMEXServerPort {
+		t.Errorf("the domain's NetworkPolicy: %+v", np.Spec)
 	}
 	deleteDomain(t, ns, "job")
 }

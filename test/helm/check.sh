@@ -67,6 +67,11 @@ expect "computeDomains: the node plugin knows its DaemonSet (uninstall removes s
 expect "computeDomains: each node's plugin writes only its own slices" 'name: t-compute-domain-plugin-node-slices' "$cd_out"
 expect "computeDomains: one Lease, by name" 'resourceNames: \["compute-domain-controller"\]' "$cd_out"
 [[ $(grep -c 'hostNetwork: true' <<<"$cd_out") == 2 ]] || die "chart: computeDomains: only the two node plugins are in the host network"
+expect "computeDomains: a NetworkPolicy per domain by default" '--network-policy=true' "$cd_out"
+expect "computeDomains: the controller may make NetworkPolicies" 'resources: \["networkpolicies"\]' "$cd_out"
+cd_nonp=$(render --set computeDomains.enabled=true --set computeDomains.controller.networkPolicy=false)
+expect "computeDomains.controller.networkPolicy=false: none made" '--network-policy=false' "$cd_nonp"
+refuse "computeDomains.controller.networkPolicy=false: no right to NetworkPolicies" 'networkpolicies' "$cd_nonp"
 node_out=$(render --set kubeletPlugin.httpOnNodeAddress=true)
 expect "httpOnNodeAddress: /metrics on the node's own address" '--http-endpoint=\$\(NODE_ADDRESS\):8088$' "$node_out"
 expect "httpOnNodeAddress: the node's address from the downward API" 'fieldPath: status.hostIP' "$node_out"
