@@ -1,8 +1,10 @@
 package devicemodel
 
 import (
+	"math/rand"
 	"strings"
 	"testing"
+	"time"
 
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -265,4 +267,126 @@ func TestConsumableSharesNeverOverlapOtherUses(t *testing.T) {
 	if got := c.allocate(node, consumable()); allocatedNames(got) != "gpu-0" {
 		t.Fatalf("GPU 0 free again: got %s, want a consumable share", allocatedNames(got))
 	}
+}
+
+// TestConsumableSharesChurnNeverOvercommits runs random allocate/free
+// steps of consumable shares (memory and shares), shared.gpu.nvidia.com
+// shares and MIG devices on a node in four-shares mode, and checks every
+// state against an independent model: a GPU is used in one way at a time
+// (MIG devices, consumable shares, or shared-GPU shares), its shares stay
+// within its memory and its count of shares, and a claim is refused only
+// when the model has no room for it either.
+func TestConsumableSharesChurnNeverOvercommits(t *testing.T) {
+	const shareCount = 4
+	steps := 1500
+	if testing.Short() {
+		steps = 300
+	}
+	seed := time.Now().UnixNano()
+	rng := rand.New(rand.NewSource(seed))
+	t.Logf("seed %d", seed)
+	m := build(t, Input{Inventory: inventory(t, "dgxh100"), SharedGPUs: true, ConsumableShares: ConsumableShares{Mode: SharesCount, Shares: shareCount}})
+	c := newCluster(t, map[string]*Model{node: m})
+	memoryOf := int64(m.Devices["gpu-0"].GPU.MemoryBytes)
+	// use is what a GPU holds now, from the allocator's records.
+	type use struct {
+		mig            bool
+		consumable     int   // consumable shares
+		consumableMem  int64 // their memory
+		sharedMem      int64 // shared.gpu.nvidia.com shares' memory
+		sharedOfShared int
+	}
+	uses := func() map[int]*use {
+		out := map[int]*use{}
+		get := func(minor int) *use {
+			if out[minor] == nil {
+				out[minor] = &use{}
+			}
+			return out[minor]
+		}
+		for id := range c.allocated {
+			d := m.Devices[id.Device.String()]
+			if d.Kind != KindMIGPlacement {
+				t.Fatalf("%s allocated exclusively in consumable shares mode", d.Name)
+			}
+			get(d.GPU.Minor).mig = true
+		}
+		for _, r := range c.shareResults {
+			d := m.Devices[r.Device]
+			u, mem := get(d.GPU.Minor), r.ConsumedCapacity[names.CapacityMemory]
+			switch d.Kind {
+			case KindGPU:
+				u.consumable++
+				u.consumableMem += mem.Value()
+			case KindGPUShare:
+				u.sharedOfShared++
+				u.sharedMem += mem.Value()
+			}
+		}
+		for minor, u := range out {
+			kinds := 0
+			for _, in := range []bool{u.mig, u.consumable > 0, u.sharedOfShared > 0} {
+				if in {
+					kinds++
+				}
+			}
+			if kinds > 1 || u.consumable > shareCount || u.consumableMem > memoryOf || u.sharedMem > memoryOf {
+				t.Fatalf("over-commit on GPU %d: %+v", minor, *u)
+			}
+		}
+		return out
+	}
+	var live []*resourceapi.AllocationResult
+	granted, refused := 0, 0
+	for step := 0; step < steps; step++ {
+		if len(live) > 0 && rng.Intn(3) == 0 {
+			i := rng.Intn(len(live))
+			c.free(live[i])
+			live = append(live[:i], live[i+1:]...)
+			continue
+		}
+		before := uses()
+		free := func(minor int) *use {
+			if u := before[minor]; u != nil {
+				return u
+			}
+			return &use{}
+		}
+		var req resourceapi.DeviceRequest
+		var room func(u *use) bool
+		switch rng.Intn(3) {
+		case 0:
+			mem := int64(rng.Intn(30)) << 30
+			req = consumableRequest(resource.NewQuantity(mem, resource.BinarySI).String(), "1")
+			room = func(u *use) bool {
+				return !u.mig && u.sharedOfShared == 0 && u.consumable < shareCount && u.consumableMem+mem <= memoryOf
+			}
+		case 1:
+			mem := int64(1+rng.Intn(40)) << 30
+			req = share(resource.NewQuantity(mem, resource.BinarySI).String(), "")
+			room = func(u *use) bool { return !u.mig && u.consumable == 0 && u.sharedMem+mem <= memoryOf }
+		default:
+			// A 7g takes the whole GPU: a MIG device fits only where
+			// nothing is.
+			req = exactly("mig", "mig.nvidia.com", 1, attr("profile")+` == "7g.80gb"`)
+			room = func(u *use) bool { return !u.mig && u.consumable == 0 && u.sharedOfShared == 0 }
+		}
+		got := c.allocate(node, claim(req))
+		if got == nil {
+			refused++
+			for minor := range 8 {
+				if room(free(minor)) {
+					t.Fatalf("step %d: %s refused although GPU %d has room (%+v)", step, req.Name, minor, *free(minor))
+				}
+			}
+			continue
+		}
+		granted++
+		live = append(live, got)
+		uses() // fails the test on an over-commit
+	}
+	if granted == 0 || refused == 0 {
+		t.Errorf("%d granted, %d refused: the stream never filled the node", granted, refused)
+	}
+	t.Logf("%d steps: %d granted, %d refused", steps, granted, refused)
 }
