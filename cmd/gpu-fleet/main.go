@@ -222,10 +222,14 @@ func cost(ctx context.Context, w io.Writer, args []string) error {
 	kinds := fs.String("kinds", "", "the "+names.DeviceKindsLabel+" label")
 	profiles := fs.String("mig-profiles", "", "the "+names.MIGProfilesLabel+" label")
 	shared := fs.Bool("shared-gpus", true, "the plugin's --shared-gpus")
+	consumable := fs.String("consumable-shares", "", "the "+names.ConsumableSharesLabel+" label")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	labels := map[string]string{}
+	if *consumable != "" {
+		labels[names.ConsumableSharesLabel] = *consumable
+	}
 	if *kinds != "" {
 		labels[names.DeviceKindsLabel] = *kinds
 	}

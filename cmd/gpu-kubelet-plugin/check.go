@@ -37,7 +37,7 @@ and runs no program. See docs/hardware-check.md.`,
 			}
 			cfg.GPUs = opts.gpuOptions()
 			cfg.NVMLLibrary = opts.nvmlLibrary
-			cfg.StaticMIGOnly, cfg.SharedGPUs = opts.staticMIGOnly, opts.sharedGPUs
+			cfg.StaticMIGOnly, cfg.SharedGPUs, cfg.ConsumableShares = opts.staticMIGOnly, opts.sharedGPUs, opts.consumableShares
 			report, err := hwcheck.Run(cmd.Context(), cfg)
 			if err != nil {
 				return fmt.Errorf("hardware check: %w", err)

@@ -10,9 +10,11 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/command"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/flags"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/sim"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 )
 
 // options are the flags every subcommand shares.
@@ -25,6 +27,24 @@ type options struct {
 	nvmlLibrary   string
 	staticMIGOnly bool
 	sharedGPUs    bool
+	// consumableShares is --consumable-shares, checked as it is set.
+	consumableShares devicemodel.ConsumableShares
+}
+
+// consumableSharesFlag is --consumable-shares: NVIDIA's values, read by
+// devicemodel.ParseConsumableShares when the flag (or its environment
+// twin) is set, so a bad value stops the plugin naming the flag.
+type consumableSharesFlag struct{ v *devicemodel.ConsumableShares }
+
+func (f consumableSharesFlag) String() string { return f.v.String() }
+func (f consumableSharesFlag) Type() string   { return "mode" }
+func (f consumableSharesFlag) Set(s string) error {
+	c, err := devicemodel.ParseConsumableShares(s)
+	if err != nil {
+		return err
+	}
+	*f.v = c
+	return nil
 }
 
 func (o *options) gpuOptions() nvmlnode.Options {
@@ -50,6 +70,7 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.nvmlLibrary, "nvml-library", "", "path of libnvidia-ml.so.1; empty uses the dynamic loader's search path")
 	fs.BoolVar(&o.staticMIGOnly, "static-mig-only", false, "publish only pre-created MIG instances instead of every MIG placement")
 	fs.BoolVar(&o.sharedGPUs, "shared-gpus", true, "also publish every whole GPU as a shared device (gpu-N-shared) whose shares of memory and compute claims consume, each served by an MPS daemon of its claim's own with the share's limits (per client process; see docs/security.md for what MPS cannot enforce)")
+	fs.Var(consumableSharesFlag{&o.consumableShares}, "consumable-shares", "NVIDIA's consumable shares of whole GPUs: disabled, memory, unlimited or a number of shares per GPU; each GPU offered whole is then one gpu.nvidia.com device that many claims share, each consuming some of its memory (and of its shares), a memory amount under the whole enforced as its claim's MPS pinned memory limit (docs/device-model.md). The node label "+names.ConsumableSharesLabel+" replaces it per node")
 }
 
 func main() {

@@ -229,7 +229,7 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 		NodeName: opts.nodeName, KubeClient: client, GPUs: node, CDI: writer, Store: store,
 		MPS:       daemons,
 		PluginDir: ro.pluginDir, RegistrarDir: ro.registrarDir,
-		InventoryInterval: ro.inventoryInterval, HeldDeviceWait: ro.heldDeviceWait, StaticMIGOnly: opts.staticMIGOnly, SharedGPUs: opts.sharedGPUs, Topology: topo,
+		InventoryInterval: ro.inventoryInterval, HeldDeviceWait: ro.heldDeviceWait, StaticMIGOnly: opts.staticMIGOnly, SharedGPUs: opts.sharedGPUs, ConsumableShares: opts.consumableShares, Topology: topo,
 		HealthPolicy: policy, HealthStorePath: filepath.Join(ro.pluginDataDir, health.StoreFileName),
 		AfterStep: afterStep, Metrics: metrics, Uninstalling: uninstalling,
 	}, driver.HandoverConfig{

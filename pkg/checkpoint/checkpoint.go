@@ -95,7 +95,8 @@ type Device struct {
 	// a share, the directory of its GPU's daemon, which all shares of the
 	// GPU use.
 	MPSDir string `json:"mpsDir,omitempty"`
-	// ShareID and Share are set for a share of a shared GPU.
+	// ShareID and Share are set for a share of a shared GPU, and for a
+	// consumable share of a whole GPU (NVIDIA's consumable shares).
 	ShareID string `json:"shareID,omitempty"`
 	Share   *Share `json:"share,omitempty"`
 	// AdminAccess is set for a device allocated with admin access (for
@@ -106,7 +107,8 @@ type Device struct {
 
 // Share is what one share of a shared GPU consumes, as allocated.
 type Share struct {
-	// MemoryBytes is the share's MPS pinned device memory limit.
+	// MemoryBytes is the share's MPS pinned device memory limit; 0 (a
+	// consumable share of no memory or of all of it) sets none.
 	MemoryBytes int64 `json:"memoryBytes"`
 	// ComputePercent is its MPS active thread percentage; 0 sets none.
 	ComputePercent int64 `json:"computePercent,omitempty"`

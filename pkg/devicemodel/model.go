@@ -28,7 +28,11 @@
 //     allocation a share that consumes some of its "memory" and "compute"
 //     capacities. It consumes the same counters as the whole GPU, which the
 //     allocator charges once for all its shares, so a GPU is used either
-//     exclusively (whole or MIG) or shared, never both.
+//     exclusively (whole or MIG) or shared, never both;
+//   - with ConsumableShares (NVIDIA's consumable shares), every GPU offered
+//     whole is published as "gpu-<minor>" that allows multiple
+//     allocations, each consuming some of its "memory" (and of its
+//     "shares"), instead of as an exclusive device (consumable.go).
 package devicemodel
 
 import (
@@ -94,6 +98,10 @@ type Input struct {
 	// SharedGPUs also offers every GPU that is offered whole as a shared
 	// device (see the package comment).
 	SharedGPUs bool
+	// ConsumableShares offers every GPU that is offered whole in NVIDIA's
+	// consumable shares (the plugin's --consumable-shares); a node's
+	// Offer.ConsumableShares replaces it.
+	ConsumableShares ConsumableShares
 	// PlacementOrder orders each MIG profile's placements; nil is
 	// PackingOrder, the driver's policy. Benchmarks set it to compare
 	// policies on the scheduler's allocator.
@@ -269,6 +277,10 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device, withheld *[]With
 		return nil
 	}
 
+	consumable := in.ConsumableShares
+	if offer.ConsumableShares != nil {
+		consumable = *offer.ConsumableShares
+	}
 	shared := publishWhole && in.SharedGPUs && offer.Shared
 	var counters *resourceapi.CounterSet
 	var totals counterTotals
@@ -294,6 +306,9 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device, withheld *[]With
 		d.Attributes[names.AttrMIGCapable] = resourceapi.DeviceAttribute{BoolValue: ptr.To(g.MIGCapable)}
 		if placements {
 			d.Capacity[names.CapacityMultiprocessors] = count(totals.multiprocessors)
+		}
+		if consumable.Enabled() {
+			makeConsumable(&d, g.MemoryBytes, consumable)
 		}
 		if counters != nil {
 			d.ConsumesCounters = []resourceapi.DeviceCounterConsumption{{

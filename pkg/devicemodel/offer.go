@@ -21,13 +21,16 @@ type Offer struct {
 	// MIGProfiles, when not empty, are the MIG profiles offered, each as its
 	// size ("1g") or its names.SanitizeProfile form ("1g10gb").
 	MIGProfiles []string
+	// ConsumableShares, when set, replaces the plugin's
+	// Input.ConsumableShares on this node.
+	ConsumableShares *ConsumableShares
 }
 
 // OfferAll offers every device the plugin's options allow.
 var OfferAll = Offer{Whole: true, MIG: true, Shared: true}
 
 // ParseOffer reads a node's offer from its labels (names.DeviceKindsLabel,
-// names.MIGProfilesLabel). Absent labels offer everything; a value it
+// names.MIGProfilesLabel, names.ConsumableSharesLabel). Absent labels offer everything; a value it
 // does not understand is an error, so a typo never publishes more than the
 // operator asked for.
 func ParseOffer(labels map[string]string) (Offer, error) {
@@ -55,6 +58,13 @@ func ParseOffer(labels map[string]string) (Offer, error) {
 			}
 			o.MIGProfiles = append(o.MIGProfiles, p)
 		}
+	}
+	if v, ok := labels[names.ConsumableSharesLabel]; ok {
+		c, err := ParseConsumableShares(v)
+		if err != nil {
+			return Offer{}, fmt.Errorf("label %s=%q: %w", names.ConsumableSharesLabel, v, err)
+		}
+		o.ConsumableShares = &c
 	}
 	return o, nil
 }

@@ -45,6 +45,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/draplugin"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/health"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
@@ -78,6 +79,9 @@ type Config struct {
 	StaticMIGOnly  bool
 	// SharedGPUs publishes every whole GPU also as a shared device.
 	SharedGPUs bool
+	// ConsumableShares offers whole GPUs in NVIDIA's consumable shares
+	// (devicemodel.Input.ConsumableShares); the node's label replaces it.
+	ConsumableShares devicemodel.ConsumableShares
 	// Topology, when set, gives the GPUs' pcieRoot and numaNode attributes.
 	Topology Topology
 	// HealthPolicy classifies GPU faults into taints; HealthStorePath
@@ -153,7 +157,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	if cfg.StartHelper == nil {
 		cfg.StartHelper = draplugin.StartKubeletHelper
 	}
-	d := &Driver{cfg: cfg, clock: cfg.Clock, state: &nodeState{staticMIGOnly: cfg.StaticMIGOnly, sharedGPUs: cfg.SharedGPUs, topology: cfg.Topology},
+	d := &Driver{cfg: cfg, clock: cfg.Clock, state: &nodeState{staticMIGOnly: cfg.StaticMIGOnly, sharedGPUs: cfg.SharedGPUs, consumableShares: cfg.ConsumableShares, topology: cfg.Topology},
 		healthChanged: make(chan struct{}, 1), done: make(chan struct{})}
 
 	// 1-2. Boot ID and checkpoint.

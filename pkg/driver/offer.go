@@ -39,6 +39,11 @@ func (d *Driver) applyOffer(ctx context.Context, labels map[string]string) bool 
 	if !d.state.setOffer(offer) {
 		return false
 	}
-	klog.FromContext(ctx).Info("Node offers", "whole", offer.Whole, "mig", offer.MIG, "shared", offer.Shared, "migProfiles", offer.MIGProfiles)
+	consumable := d.cfg.ConsumableShares
+	if offer.ConsumableShares != nil {
+		consumable = *offer.ConsumableShares
+	}
+	klog.FromContext(ctx).Info("Node offers", "whole", offer.Whole, "mig", offer.MIG, "shared", offer.Shared, "migProfiles", offer.MIGProfiles,
+		"consumableShares", consumable.String())
 	return true
 }

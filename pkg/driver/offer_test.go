@@ -62,12 +62,34 @@ func TestOfferLabels(t *testing.T) {
 		wantDevices int
 		// wantEvents counts the Events recorded so far.
 		wantEvents int
+		// clearEvents deletes the Events before the step (the fake
+		// client names no second Event of a GenerateName); eventPrefix is
+		// the first Event's start, if not the device kinds label's refusal.
+		clearEvents bool
+		eventPrefix string
+		// wantShared says whether gpu-0 allows multiple allocations
+		// (consumable shares).
+		wantShared bool
 	}{
 		{labels: map[string]string{names.DeviceKindsLabel: "whole_mig", names.MIGProfilesLabel: "7g"}, wantChanged: true, wantDevices: 16},
 		{labels: map[string]string{names.DeviceKindsLabel: "whole_mig", names.MIGProfilesLabel: "7g"}, wantChanged: false, wantDevices: 16},
 		{labels: map[string]string{names.DeviceKindsLabel: "all"}, wantChanged: false, wantDevices: 16, wantEvents: 1},
-		{labels: nil, wantChanged: true, wantDevices: 216, wantEvents: 1},
+		{labels: map[string]string{names.DeviceKindsLabel: "whole_mig", names.MIGProfilesLabel: "7g", names.ConsumableSharesLabel: "4"}, wantChanged: true, wantDevices: 16, wantEvents: 1, wantShared: true},
+		{labels: map[string]string{names.DeviceKindsLabel: "whole_mig", names.MIGProfilesLabel: "7g", names.ConsumableSharesLabel: "some"}, wantChanged: false, wantDevices: 16, wantEvents: 1, wantShared: true,
+			clearEvents: true, eventPrefix: "OfferLabelRefused: label " + names.ConsumableSharesLabel + `="some": "some" is not`},
+		{labels: nil, wantChanged: true, wantDevices: 216, wantEvents: 1, eventPrefix: "OfferLabelRefused: label " + names.ConsumableSharesLabel},
 	} {
+		if s.clearEvents {
+			list, err := f.client.CoreV1().Events(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range list.Items {
+				if err := f.client.CoreV1().Events(metav1.NamespaceDefault).Delete(ctx, e.Name, metav1.DeleteOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
 		if changed := d.applyOffer(ctx, s.labels); changed != s.wantChanged {
 			t.Errorf("step %d: changed %t, want %t", i, changed, s.wantChanged)
 		}
@@ -81,8 +103,23 @@ func TestOfferLabels(t *testing.T) {
 		if len(events) != s.wantEvents {
 			t.Errorf("step %d: events %q, want %d", i, events, s.wantEvents)
 		}
-		if s.wantEvents > 0 && !strings.HasPrefix(events[0], "OfferLabelRefused: label "+names.DeviceKindsLabel) {
+		if s.eventPrefix == "" {
+			s.eventPrefix = "OfferLabelRefused: label " + names.DeviceKindsLabel
+		}
+		if s.wantEvents > 0 && !strings.HasPrefix(events[0], s.eventPrefix) {
 			t.Errorf("step %d: event %q, want an OfferLabelRefused naming the label", i, events[0])
+		}
+		_, m := d.state.current()
+		shared := false
+		for _, sl := range m.Slices {
+			for _, dev := range sl.Devices {
+				if dev.Name == "gpu-0" {
+					shared = dev.AllowMultipleAllocations != nil && *dev.AllowMultipleAllocations
+				}
+			}
+		}
+		if shared != s.wantShared {
+			t.Errorf("step %d: gpu-0 allows multiple allocations: %t, want %t", i, shared, s.wantShared)
 		}
 	}
 }

@@ -30,6 +30,9 @@ type Topology interface {
 type nodeState struct {
 	staticMIGOnly bool
 	sharedGPUs    bool
+	// consumableShares is the plugin's setting; the node's offer (its
+	// label) replaces it.
+	consumableShares devicemodel.ConsumableShares
 	// taints returns the health taints by GPU UUID and by MIG device UUID;
 	// nil means none.
 	taints func() (gpuTaints, migTaints map[string][]resourceapi.DeviceTaint)
@@ -82,10 +85,11 @@ type migOwner interface {
 // refresh rebuilds the model from a new inventory and the plugin's claims.
 func (s *nodeState) refresh(ctx context.Context, inv *gpu.Inventory, owner migOwner) error {
 	in := devicemodel.Input{
-		Inventory:     inv,
-		Managed:       owner.ManagesMIG,
-		StaticMIGOnly: s.staticMIGOnly,
-		SharedGPUs:    s.sharedGPUs,
+		Inventory:        inv,
+		Managed:          owner.ManagesMIG,
+		StaticMIGOnly:    s.staticMIGOnly,
+		SharedGPUs:       s.sharedGPUs,
+		ConsumableShares: s.consumableShares,
 	}
 	if s.taints != nil {
 		in.GPUTaints, in.MIGTaints = s.taints()

@@ -53,6 +53,8 @@ type Config struct {
 	// StaticMIGOnly and SharedGPUs are the plugin's options of the same
 	// names, which decide what the device model publishes.
 	StaticMIGOnly, SharedGPUs bool
+	// ConsumableShares is the plugin's --consumable-shares.
+	ConsumableShares devicemodel.ConsumableShares
 	// Open opens the node; nil is nvmlnode.Open. Tests set it.
 	Open func(nvmlnode.Options) (*nvmlnode.Node, error)
 }
@@ -192,7 +194,8 @@ func (c *checker) checkGPUs(ctx context.Context, node *nvmlnode.Node) {
 		}
 		inv.GPUs = append(inv.GPUs, d.GPU)
 	}
-	model, modelErr := devicemodel.Build(devicemodel.Input{Inventory: inv, StaticMIGOnly: c.cfg.StaticMIGOnly, SharedGPUs: c.cfg.SharedGPUs})
+	model, modelErr := devicemodel.Build(devicemodel.Input{Inventory: inv, StaticMIGOnly: c.cfg.StaticMIGOnly, SharedGPUs: c.cfg.SharedGPUs,
+		ConsumableShares: c.cfg.ConsumableShares})
 	if modelErr == nil {
 		c.model = model
 	}

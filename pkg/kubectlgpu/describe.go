@@ -234,6 +234,9 @@ func statusRows(a AllocationReport) [][2]string {
 	switch {
 	case s.Share != nil:
 		limits := "memory " + formatBytes(s.Share.MemoryBytes)
+		if s.Share.MemoryBytes == 0 {
+			limits = "no memory limit" // a consumable share of no memory or all of it
+		}
 		if s.Share.ComputePercent > 0 {
 			limits += fmt.Sprintf(", compute %d%%", s.Share.ComputePercent)
 		}

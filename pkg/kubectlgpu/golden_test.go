@@ -34,6 +34,12 @@ const goldenNode = "node-1"
 // XID taint.
 func modelNode(t *testing.T, shared bool) ([]resourceapi.ResourceSlice, *gpu.Inventory) {
 	t.Helper()
+	return modelNodeSharing(t, shared, devicemodel.ConsumableShares{})
+}
+
+// modelNodeSharing is modelNode with whole GPUs in consumable shares.
+func modelNodeSharing(t *testing.T, shared bool, consumable devicemodel.ConsumableShares) ([]resourceapi.ResourceSlice, *gpu.Inventory) {
+	t.Helper()
 	n, err := nvmlnode.Open(nvmlnode.Options{Simulate: "dgxh100"})
 	if err != nil {
 		t.Fatal(err)
@@ -50,7 +56,7 @@ func modelNode(t *testing.T, shared bool) ([]resourceapi.ResourceSlice, *gpu.Inv
 	}
 	xid := resourceapi.DeviceTaint{Key: names.HealthTaintKey("xid"), Value: "79", Effect: resourceapi.DeviceTaintEffectNoExecute,
 		TimeAdded: &metav1.Time{Time: t0.Add(-3 * time.Minute)}}
-	m, err := devicemodel.Build(devicemodel.Input{Inventory: inv, Topology: topo, SharedGPUs: shared,
+	m, err := devicemodel.Build(devicemodel.Input{Inventory: inv, Topology: topo, SharedGPUs: shared, ConsumableShares: consumable,
 		GPUTaints: map[string][]resourceapi.DeviceTaint{inv.GPUs[2].UUID: {xid}}})
 	if err != nil {
 		t.Fatal(err)
@@ -197,4 +203,30 @@ func TestGoldenSharedGPU(t *testing.T) {
 	}
 	runGolden(t, "ls-wide-shared-gpu.golden", objs, "ls", goldenNode+"/gpu-1", "-o", "wide")
 	runGolden(t, "describe-shared-gpu.golden", objs, "describe", goldenNode+"/gpu-1")
+}
+
+// TestGoldenConsumableShares: two consumable shares of GPU 1 (NVIDIA's
+// consumable shares, four a GPU), one with a 2Gi memory limit, one of no
+// memory, which has none.
+func TestGoldenConsumableShares(t *testing.T) {
+	slices, inv := modelNodeSharing(t, false, devicemodel.ConsumableShares{Mode: devicemodel.SharesCount, Shares: 4})
+	g1 := inv.GPUs[1]
+	var objs []runtime.Object
+	for i := range slices {
+		objs = append(objs, &slices[i])
+	}
+	for _, s := range []struct {
+		ns, name, id, memory string
+		mps                  bool
+	}{
+		{"team-a", "infer", "5d2c", "2Gi", true}, {"team-b", "notebook", "e871", "0", false},
+	} {
+		q := resource.MustParse(s.memory)
+		c, p := preparedClaim(t, s.ns, s.name, allocation{device: names.GPUDevice(1), shareID: s.id, memory: s.memory,
+			data: statusv1.DeviceStatus{Type: names.TypeGPU, GPU: statusv1.GPU{UUID: g1.UUID, Minor: 1, PCIBusID: g1.PCIBusID, ProductName: g1.Name},
+				MPS: s.mps, Share: &statusv1.Share{ID: s.id, MemoryBytes: q.Value()},
+				CDIDeviceIDs: []string{"k8s.gpu.nvidia.com/claim=uid-" + s.name + "-gpu-1-" + s.id}}})
+		objs = append(objs, &c, &p)
+	}
+	runGolden(t, "describe-consumable-shares.golden", objs, "describe", goldenNode+"/gpu-1")
 }

@@ -194,16 +194,21 @@ func writeLegend(w io.Writer, g GPUReport, m sliceMap, now time.Time, indent str
 			mark, taints = "!", "tainted "+formatTaints(own, now)
 		}
 		what := d.Profile
-		switch d.Type {
-		case names.TypeGPU:
-			what = "whole GPU"
-		case names.TypeShared:
+		// A whole GPU in consumable shares (NVIDIA's) is allocated in
+		// shares, as a shared GPU is.
+		inShares := d.Type == names.TypeShared || slices.ContainsFunc(d.Allocations, func(a AllocationReport) bool { return a.ShareID != "" })
+		switch {
+		case d.Type == names.TypeShared:
 			what = fmt.Sprintf("shared, %d shares", len(d.Allocations))
+		case d.Type == names.TypeGPU && inShares:
+			what = fmt.Sprintf("consumable, %d shares", len(d.Allocations))
+		case d.Type == names.TypeGPU:
+			what = "whole GPU"
 		}
 		if d.PreCreated {
 			what += " pre-created"
 		}
-		if d.Type == names.TypeShared {
+		if inShares {
 			fmt.Fprintf(tw, "%s%s%s\t%s\t%s\t%s\t%s\t%s\t%s\n", indent, e.Letter, mark, d.Name, what, sharedMemory(d, g.Memory), "-", "-", taints)
 			for _, a := range d.Allocations {
 				fmt.Fprintf(tw, "%s \t  share %s\t\t%s\t%s\t%s\t\n", indent, orDash(a.ShareID), orDash(a.Memory),

@@ -97,6 +97,11 @@ const (
 	// CapacityMemory is GPU memory in bytes; on a shared GPU a share's
 	// amount becomes its MPS pinned device memory limit.
 	CapacityMemory = "memory"
+	// CapacityShares counts a whole GPU's consumable shares (NVIDIA's
+	// "shares", published with ConsumableSharesLabel or the plugin's
+	// --consumable-shares set to a number): how many claims may hold the
+	// GPU at once. It limits the count only; no hardware limit follows.
+	CapacityShares = "shares"
 	// CapacityCompute is a percentage of a shared GPU's multiprocessors; a
 	// share's amount, when not zero, becomes its MPS active thread
 	// percentage.
@@ -328,6 +333,18 @@ const (
 	// size ("1g") or its SanitizeProfile name ("1g10gb", "1g10gbme"), e.g.
 	// "1g_7g". Absent offers every profile.
 	MIGProfilesLabel = keyPrefix + "mig-profiles"
+	// ConsumableSharesLabel sets, for its node, the plugin's
+	// --consumable-shares: one of the ConsumableShares values or a
+	// positive number of shares. Absent keeps the flag's.
+	ConsumableSharesLabel = keyPrefix + "consumable-shares"
+)
+
+// The values of --consumable-shares and ConsumableSharesLabel besides a
+// number, as NVIDIA's driver spells them.
+const (
+	ConsumableSharesDisabled  = "disabled"
+	ConsumableSharesMemory    = "memory"
+	ConsumableSharesUnlimited = "unlimited"
 )
 
 // The kinds of device a DeviceKindsLabel lists.

@@ -61,6 +61,20 @@ func (p *Preparer) plan(claim *resourceapi.ResourceClaim) (*checkpoint.Claim, er
 		d := checkpoint.Device{Requests: []string{r.Request}, Pool: r.Pool, Name: r.Device, GPUUUID: dev.GPU.UUID, GPUMinor: dev.GPU.Minor,
 			AdminAccess: r.AdminAccess != nil && *r.AdminAccess}
 		switch dev.Kind {
+		case devicemodel.KindGPU:
+			// A whole GPU in consumable shares is allocated with a share
+			// ID; one allocated exclusively (consumable shares off when
+			// the scheduler allocated it) has none and is used whole.
+			if r.ShareID == nil {
+				break
+			}
+			if d.AdminAccess {
+				d.ShareID = string(*r.ShareID) // the GPU as it is, as for shared GPUs
+				break
+			}
+			if err := p.planConsumableShare(rec.UID, &d, &r, dev.GPU.MemoryBytes); err != nil {
+				return nil, fmt.Errorf("device %s: %w", r.Device, err)
+			}
 		case devicemodel.KindMIGPlacement:
 			d.MIG = &checkpoint.MIG{ProfileID: dev.Profile.ID, Profile: dev.Profile.Name, Start: dev.Placement.Start, Size: dev.Placement.Size}
 			if d.AdminAccess {
@@ -120,6 +134,38 @@ func (p *Preparer) planShare(claimUID string, d *checkpoint.Device, r *resourcea
 	}
 	d.ShareID = string(*r.ShareID)
 	d.Share = &checkpoint.Share{MemoryBytes: memory.Value(), ComputePercent: compute.Value()}
+	d.MPSDir = p.opts.MPS.Dir(claimUID)
+	return nil
+}
+
+// planConsumableShare records a consumable share of a whole GPU (NVIDIA's
+// consumable shares, devicemodel.ConsumableShares) as a share: it
+// coexists with the GPU's other shares and excludes exclusive use of it
+// (checkpoint.Conflict). The memory it consumes, when some but not all of
+// the GPU's, becomes the pinned memory limit of the claim's own MPS
+// daemon, as for a share of a shared GPU. No memory (unlimited and
+// counted shares by default) or all of it (memory mode by default) sets
+// no limit and starts no daemon: the claim's processes use the GPU as
+// they would whole, alongside the other shares' (docs/device-model.md,
+// "Consumable shares"). The "shares" it consumes map to no hardware
+// limit: they only count claims.
+func (p *Preparer) planConsumableShare(claimUID string, d *checkpoint.Device, r *resourceapi.DeviceRequestAllocationResult, gpuMemoryBytes uint64) error {
+	d.ShareID = string(*r.ShareID)
+	memory := r.ConsumedCapacity[names.CapacityMemory]
+	limit := memory.Value()
+	if limit < 0 {
+		return fmt.Errorf("consumed %s %s is negative", names.CapacityMemory, memory.String())
+	}
+	if all := int64(gpuMemoryBytes) / devicemodel.ShareMemoryStep * devicemodel.ShareMemoryStep; limit >= all {
+		limit = 0
+	}
+	d.Share = &checkpoint.Share{MemoryBytes: limit}
+	if limit == 0 {
+		return nil
+	}
+	if p.opts.MPS == nil {
+		return fmt.Errorf("the share's %s memory limit is enforced through MPS, which is not available on this node; ask for no memory, or all of it", memory.String())
+	}
 	d.MPSDir = p.opts.MPS.Dir(claimUID)
 	return nil
 }

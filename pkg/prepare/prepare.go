@@ -8,9 +8,10 @@
 //  3. Per device, holding that GPU's lock: a whole GPU needs nothing but MIG
 //     mode off (and its time slice, if configured); a MIG placement gets its
 //     GPU and compute instance created at exactly the allocated placement;
-//     a pre-created MIG instance is used as it is; a share of a shared GPU
-//     needs MIG mode off and the GPU's MPS control daemon, which all its
-//     shares use, running. What was created is recorded once the locks are
+//     a pre-created MIG instance is used as it is; a share of a shared GPU,
+//     or a consumable share of a whole GPU with a memory limit, needs MIG
+//     mode off and the claim's own MPS control daemon with the share's
+//     limits; a consumable share without one needs MIG mode off only. What was created is recorded once the locks are
 //     released; then the claim's own MPS control daemon, if it asked for
 //     one, is started.
 //  4. The claim's CDI spec is written and the claim recorded as
@@ -304,7 +305,7 @@ func (p *Preparer) configure(claim *resourceapi.ResourceClaim, rec *checkpoint.C
 		}
 		if d.Share != nil {
 			if settings.mps != nil || settings.timeSlice != "" {
-				return nil, fmt.Errorf("device %s: parameters.sharing: a share of a shared GPU is always shared through MPS with the memory and compute it was allocated; remove the sharing configuration for this request", d.Name)
+				return nil, fmt.Errorf("device %s: parameters.sharing: a share of a GPU (shared.gpu.nvidia.com, or gpu.nvidia.com with consumable shares) runs with the limits it was allocated, through MPS where it has any, and the GPU is its other shares' too; remove the sharing configuration for this request", d.Name)
 			}
 			continue
 		}
@@ -321,9 +322,10 @@ func (p *Preparer) configure(claim *resourceapi.ResourceClaim, rec *checkpoint.C
 		return nil, err
 	}
 	// A share's containers are told their limits, which the daemon
-	// imposes whatever they do with them.
+	// imposes whatever they do with them. A consumable share without a
+	// limit has no daemon to be told of.
 	for i := range rec.Devices {
-		if d := &rec.Devices[i]; d.Share != nil {
+		if d := &rec.Devices[i]; d.Share != nil && d.MPSDir != "" {
 			d.Env = mergeEnv(d.Env, shareEnv(limits, mpsUUIDs(rec)))
 		}
 	}

@@ -41,6 +41,20 @@ var sweepKinds = []sweepKind{
 		}},
 	{name: "several devices", claim: severalDevices,
 		bystander: func() *resourceapi.ResourceClaim { return allocated("gpu-2-mig-1g10gb-0") }},
+	{name: "consumable share with a memory limit",
+		claim: func() *resourceapi.ResourceClaim {
+			return consumableAllocated("gpu-5", "eeeeeeee-0000-4000-8000-00000000000e", "2Gi", "")
+		},
+		bystander: func() *resourceapi.ResourceClaim {
+			return consumableAllocated("gpu-5", "ffffffff-0000-4000-8000-00000000000f", "0", "1")
+		}},
+	{name: "consumable share without a limit",
+		claim: func() *resourceapi.ResourceClaim {
+			return consumableAllocated("gpu-7", "abababab-0000-4000-8000-00000000001a", "0", "2")
+		},
+		bystander: func() *resourceapi.ResourceClaim {
+			return consumableAllocated("gpu-7", "cdcdcdcd-0000-4000-8000-00000000001b", "4Gi", "1")
+		}},
 	{name: "last share",
 		claim: func() *resourceapi.ResourceClaim {
 			return sharesAllocated(shareOf{"gpu-4-shared", "cccccccc-0000-4000-8000-00000000000c", "10Gi", "25"})

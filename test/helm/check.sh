@@ -221,5 +221,20 @@ expect "cert-manager without issuer names the value" 'webhook.certManager.issuer
 if err=$(render --set webhook.certificates=bogus 2>&1); then die "chart: unknown certificates mode rendered"; fi
 expect "unknown certificates mode names the value" 'webhook.certificates' "$err"
 
+out=$(render)
+refuse "defaults: no consumable shares" '--consumable-shares' "$out"
+for v in memory unlimited 4; do
+	out=$(render --set consumableShares=$v)
+	expect "consumableShares=$v is the plugin's flag" "^        - --consumable-shares=$v\$" "$out"
+done
+out=$(render --set consumableShares=disabled)
+refuse "consumableShares=disabled passes no flag" '--consumable-shares' "$out"
+out=$(render --set consumableShares=null)
+refuse "consumableShares unset (an upgrade with --reuse-values) passes no flag" '--consumable-shares' "$out"
+for v in 0 half -1; do
+	if err=$(render --set-string consumableShares=$v 2>&1); then die "chart: consumableShares=$v rendered"; fi
+	expect "consumableShares=$v names the value" "consumableShares: \"$v\" is not disabled, memory, unlimited or a positive number" "$err"
+done
+
 log "chart lints and renders as expected ($HELM)"
 echo "$HELM"

@@ -90,11 +90,13 @@ type MIG struct {
 	PlacementSize  int `json:"placementSize"`
 }
 
-// Share is one share of a shared GPU and the limits it runs under.
+// Share is one share of a shared GPU, or a consumable share of a whole
+// GPU, and the limits it runs under.
 type Share struct {
 	// ID is the allocation's share ID (status.allocation's shareID).
 	ID string `json:"id"`
-	// MemoryBytes is its MPS pinned device memory limit.
+	// MemoryBytes is its MPS pinned device memory limit; 0 means none (a
+	// consumable share of no memory, or of all of it).
 	MemoryBytes int64 `json:"memoryBytes"`
 	// ComputePercent is its MPS active thread percentage; 0 means none.
 	ComputePercent int64 `json:"computePercent,omitempty"`
