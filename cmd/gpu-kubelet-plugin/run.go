@@ -38,6 +38,7 @@ type runOptions struct {
 	kubeconfig        string
 	claimReaderConfig string
 	cdiRoot           string
+	deviceMetadata    bool
 	pluginDir         string
 	pluginDataDir     string
 	registrarDir      string
@@ -71,6 +72,7 @@ func (o *runOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file; empty uses the in-cluster configuration")
 	fs.StringVar(&o.claimReaderConfig, "claim-reader-kubeconfig", "", "the kubelet's kubeconfig (identity system:node:<node>), with which the claims to prepare are read: the API server's Node authorizer lets it read only the claims of pods bound to this node, and the plugin's own identity needs no read of claims. Empty reads them with --kubeconfig's identity, which RBAC lets read any claim by name")
 	fs.StringVar(&o.cdiRoot, "cdi-root", "/var/run/cdi", "directory the container runtime reads CDI specs from")
+	fs.BoolVar(&o.deviceMetadata, "device-metadata", true, "write each prepared device's metadata (KEP-5304: its attributes; a MIG device's UUID and instances) into the claim's containers at /var/run/kubernetes.io/dra-device-attributes/, through a CDI spec in --cdi-root")
 	fs.StringVar(&o.pluginDir, "plugin-dir", "/var/lib/kubelet/plugins/gpu.nvidia.com", "directory of the plugin's gRPC socket (under the kubelet's plugins directory)")
 	fs.StringVar(&o.pluginDataDir, "plugin-data-dir", "", "directory of the checkpoint; empty means --plugin-dir")
 	fs.StringVar(&o.registrarDir, "registrar-dir", "/var/lib/kubelet/plugins_registry", "the kubelet's plugin registration directory")
@@ -228,7 +230,7 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 	return driver.RunHandingOver(ctx, driver.Config{
 		NodeName: opts.nodeName, KubeClient: client, GPUs: node, CDI: writer, Store: store,
 		MPS:       daemons,
-		PluginDir: ro.pluginDir, RegistrarDir: ro.registrarDir,
+		PluginDir: ro.pluginDir, RegistrarDir: ro.registrarDir, DeviceMetadata: ro.deviceMetadata, CDIRoot: ro.cdiRoot,
 		InventoryInterval: ro.inventoryInterval, HeldDeviceWait: ro.heldDeviceWait, StaticMIGOnly: opts.staticMIGOnly, SharedGPUs: opts.sharedGPUs, ConsumableShares: opts.consumableShares, Topology: topo,
 		HealthPolicy: policy, HealthStorePath: filepath.Join(ro.pluginDataDir, health.StoreFileName),
 		AfterStep: afterStep, Metrics: metrics, Uninstalling: uninstalling,

@@ -72,6 +72,11 @@ type Config struct {
 	// PluginDir holds the plugin's gRPC socket; RegistrarDir is where the
 	// kubelet looks for plugin registrations.
 	PluginDir, RegistrarDir string
+	// DeviceMetadata has the kubelet plugin helper write each prepared
+	// device's metadata (KEP-5304) into its containers, through a CDI spec
+	// in CDIRoot (the container runtime's CDI directory).
+	DeviceMetadata bool
+	CDIRoot        string
 	// InventoryInterval is how often the inventory is re-read.
 	InventoryInterval time.Duration
 	// HeldDeviceWait is prepare.Options.HeldWait.

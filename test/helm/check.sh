@@ -34,6 +34,7 @@ expect "defaults: the CA kept in the Secret for upgrades" 'ca.crt: [A-Za-z0-9+/=
 expect "defaults: webhook replicas roll when the certificate changes" 'checksum/tls: [0-9a-f]{64}' "$out"
 expect "defaults: the plugin's node name from the downward API" 'fieldPath: spec.nodeName' "$out"
 expect "defaults: kubelet paths" '--plugin-dir=/var/lib/kubelet/plugins/gpu.nvidia.com' "$out"
+expect "defaults: device metadata in the containers" '--device-metadata=true' "$out"
 expect "defaults: the plugin knows its DaemonSet (uninstall removes slices)" '--daemonset=gpu-dra-driver/t-kubelet-plugin' "$out"
 expect "defaults: a pre-delete hook deletes the DaemonSet, then the slices" 'uninstall", "--all-nodes", "--daemonset=gpu-dra-driver/t-kubelet-plugin' "$out"
 expect "defaults: liveness over the pod's own probe socket, no host port" 'command: \[gpu-kubelet-plugin, probe, --socket=/run/gpu-kubelet-plugin/probe.sock, /healthz\]' "$out"
