@@ -384,7 +384,10 @@ func (n *Node) device(uuid string) (nvml.Device, error) {
 }
 
 // SetMIGMode enables or disables MIG mode on a GPU. It fails if the change
-// needs a GPU reset that has not happened (pending mode differs). A GPU
+// needs a GPU reset that has not happened (pending mode differs). On a GPU
+// that changes mode without a reset (Hopper and later), a change of the
+// other way left pending is cancelled, so that no reset flips the mode
+// under the claim being prepared. A GPU
 // without MIG is always out of MIG mode: disabling it there is a no-op,
 // enabling it fails with gpu.ErrMIGNotSupported.
 func (n *Node) SetMIGMode(ctx context.Context, uuid string, enabled bool) error {
@@ -396,7 +399,7 @@ func (n *Node) SetMIGMode(ctx context.Context, uuid string, enabled bool) error 
 	if enabled {
 		mode = nvml.DEVICE_MIG_ENABLE
 	}
-	current, _, ret := dev.GetMigMode()
+	current, pending, ret := dev.GetMigMode()
 	if ret == nvml.ERROR_NOT_SUPPORTED {
 		if !enabled {
 			return nil
@@ -406,12 +409,24 @@ func (n *Node) SetMIGMode(ctx context.Context, uuid string, enabled bool) error 
 	if ret != nvml.SUCCESS {
 		return fmt.Errorf("read MIG mode of %s: %w", uuid, nvmlError(ret))
 	}
-	if current == mode {
+	if current == mode && pending == mode {
 		return nil
 	}
 	arch, ret := dev.GetArchitecture()
 	if ret != nvml.SUCCESS {
 		return fmt.Errorf("architecture of %s: %w", uuid, nvmlError(ret))
+	}
+	if current == mode {
+		if migModeNeedsReset(arch) {
+			// An administrator's switch, due at the GPU's next reset
+			// (docs/device-model.md, Ampere): the mode is still this one.
+			return nil
+		}
+		// A change left pending while another process held the GPU (an
+		// nvidia-smi, or a cancel of notActivated that failed) would
+		// apply at the GPU's next reset under the claim being prepared:
+		// setting the current mode again cancels it.
+		return cancelPending(ctx, dev, uuid, current)
 	}
 	if migModeNeedsReset(arch) {
 		// NVML would set the pending mode, which the next reset of the
@@ -428,7 +443,7 @@ func (n *Node) SetMIGMode(ctx context.Context, uuid string, enabled bool) error 
 	if activation != nvml.SUCCESS {
 		return notActivated(ctx, dev, uuid, enabled, current, activation)
 	}
-	current, pending, ret := dev.GetMigMode()
+	current, pending, ret = dev.GetMigMode()
 	if ret != nvml.SUCCESS {
 		return fmt.Errorf("read MIG mode of %s: %w", uuid, nvmlError(ret))
 	}
@@ -638,6 +653,23 @@ func (n *Node) DestroyMIG(ctx context.Context, ref gpu.MIGRef) error {
 		return fmt.Errorf("destroy GPU instance %d on %s: %w", ref.GIID, ref.ParentUUID, nvmlError(ret))
 	}
 	klog.FromContext(ctx).V(2).Info("Destroyed MIG device", "gpu", ref.ParentUUID, "giid", ref.GIID, "ciid", ref.CIID)
+	return nil
+}
+
+// cancelPending cancels a MIG mode change pending on the GPU, whose mode
+// is current, by setting current again.
+func cancelPending(ctx context.Context, dev nvml.Device, uuid string, current int) error {
+	if _, ret := dev.SetMigMode(current); ret != nvml.SUCCESS {
+		return fmt.Errorf("cancel the MIG mode change pending on %s (it applies at the GPU's next reset): %w", uuid, nvmlError(ret))
+	}
+	now, pending, ret := dev.GetMigMode()
+	if ret != nvml.SUCCESS {
+		return fmt.Errorf("read MIG mode of %s: %w", uuid, nvmlError(ret))
+	}
+	if now != current || pending != current {
+		return fmt.Errorf("cancel the MIG mode change pending on %s (it applies at the GPU's next reset): mode %d, pending %d", uuid, now, pending)
+	}
+	klog.FromContext(ctx).Info("Cancelled a pending MIG mode change", "gpu", uuid, "mode", current)
 	return nil
 }
 

@@ -434,6 +434,50 @@ func TestSetMIGModeOnAGPUHeldOpen(t *testing.T) {
 	}
 }
 
+// TestSetMIGModeCancelsAStalePendingChange: a Hopper GPU out of MIG mode
+// with "on" pending (an nvidia-smi -mig 1 while an agent held it, or a
+// cancel of ours that failed) is asked for MIG mode off. The mode is
+// already off, but the pending change would apply at the GPU's next reset
+// under the whole-GPU claim being prepared: SetMIGMode cancels it.
+func TestSetMIGModeCancelsAStalePendingChange(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	n := openSim(t, "dgxh100", dir)
+	admin, err := sim.Open("dgxh100", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, err := n.Inventory(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := inv.GPUs[1]
+	if err := n.SetMIGMode(ctx, g.UUID, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.SetClient(g.Index, "dcgm-exporter", true); err != nil {
+		t.Fatal(err)
+	}
+	_ = admin.SetMIGMode(g.Index, true) // left pending: the GPU is held open
+	st, err := admin.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.GPUs[g.Index].MIGModePending {
+		t.Fatalf("setup: want MIG mode on pending")
+	}
+	if err := n.SetMIGMode(ctx, g.UUID, false); err != nil {
+		t.Fatalf("MIG mode off on a GPU out of MIG mode: %v", err)
+	}
+	st, err = admin.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gs := st.GPUs[g.Index]; gs.MIGModePending {
+		t.Fatalf("after SetMIGMode(off): MIG mode %d with a change still pending, to apply at the next reset", gs.MIGMode)
+	}
+}
+
 // TestGPUsWithoutMIG: on a GPU without MIG NVML answers its MIG calls
 // ERROR_NOT_SUPPORTED. The inventory reads it as not MIG-capable, turning
 // MIG mode off there is a no-op and turning it on a clear error.
