@@ -73,6 +73,13 @@ expect "computeDomains: the controller may make NetworkPolicies" 'resources: \["
 cd_nonp=$(render --set computeDomains.enabled=true --set computeDomains.controller.networkPolicy=false)
 expect "computeDomains.controller.networkPolicy=false: none made" '--network-policy=false' "$cd_nonp"
 refuse "computeDomains.controller.networkPolicy=false: no right to NetworkPolicies" 'networkpolicies' "$cd_nonp"
+# Values of a release from before these values (helm upgrade --reuse-values): the defaults,
+# never an empty boolean flag, which the commands refuse to parse.
+cd_old=$(render --set computeDomains.enabled=true --set computeDomains.controller.networkPolicy=null \
+	--set kubeletPlugin.deviceMetadata=null)
+expect "values without deviceMetadata: the default" '--device-metadata=true$' "$cd_old"
+expect "values without networkPolicy: the default" '--network-policy=true$' "$cd_old"
+expect "values without networkPolicy: the right to NetworkPolicies with it" 'resources: \["networkpolicies"\]' "$cd_old"
 node_out=$(render --set kubeletPlugin.httpOnNodeAddress=true)
 expect "httpOnNodeAddress: /metrics on the node's own address" '--http-endpoint=\$\(NODE_ADDRESS\):8088$' "$node_out"
 expect "httpOnNodeAddress: the node's address from the downward API" 'fieldPath: status.hostIP' "$node_out"
