@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -229,7 +230,8 @@ func TestPrepareWholeGPU(t *testing.T) {
 		t.Errorf("spec does not name GPU 3: %s", spec)
 	}
 	again, err := f.p.Prepare(ctx, claim)
-	if err != nil || fmt.Sprint(again) != fmt.Sprint(devs) {
+	// Deep: each device's Metadata is a pointer, printed as an address.
+	if err != nil || !reflect.DeepEqual(again, devs) {
 		t.Fatalf("second prepare: %v %+v", err, again)
 	}
 	for i := 0; i < 2; i++ {
