@@ -10,7 +10,8 @@
 # (pkg/simhost/libnvml) cross-built for arm64, answered by `gpu-sim serve` on this machine
 # (docs/simulated-driver.md). The check must load that library, find the node's 8 GPUs and fail
 # nothing. Before the run, every dynamic binary of the image and the simulated library must find
-# their loader and libraries in the image: a missing one fails naming it.
+# their loader and libraries in the image (a missing one fails naming it), and every command of
+# the image must start under qemu (--help).
 #
 # Installs the Debian packages it needs (qemu-user; image.sh: the aarch64 cross compiler and
 # C library). Work directory: $GPU_DRA_CACHE/image-check, or GPU_DRA_IMAGE_CHECK_DIR.
@@ -122,6 +123,17 @@ step_libraries() {
 	return 0
 }
 
+# step_commands: every command of the arm64 image starts under qemu (--help), the static ones too.
+step_commands() {
+	local cmd rc
+	for cmd in "$WORK"/rootfs/usr/bin/*; do
+		rc=0
+		qemu-aarch64 -L "$WORK/rootfs" "$cmd" --help >"$WORK/help.txt" 2>&1 || rc=$?
+		((rc == 0)) || PROBLEMS+=("${cmd#"$WORK"/rootfs} --help exits $rc: $(head -c 300 "$WORK/help.txt" | tr '\n' ' ')")
+	done
+	return 0
+}
+
 # step_run: the image's arm64 plugin runs the hardware check under qemu, its libraries only
 # from the image's root.
 step_run() {
@@ -151,7 +163,8 @@ step "build the image" step_image
 step "extract the arm64 image" step_extract
 step "simulated arm64 driver installation" step_driver
 step "libraries of the arm64 binaries" step_libraries
-step "the arm64 plugin under qemu-aarch64" step_run
+step "the arm64 commands start under qemu-aarch64" step_commands
+step "the arm64 plugin's hardware check under qemu-aarch64" step_run
 if ((${#PROBLEMS[@]} > 0)); then
 	printf '  %s\n' "${PROBLEMS[@]}" >&2
 	die "the arm64 image of $ARCHIVE does not run its plugin (${#PROBLEMS[@]} problems above)"
