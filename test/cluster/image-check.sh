@@ -34,7 +34,8 @@ cleanup() {
 trap cleanup EXIT
 
 step_packages() {
-	install_packages qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+	# jq reads the archive's index (build.sh installs it too, but make test runs this first).
+	install_packages qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross jq binutils
 }
 
 step_image() {

@@ -38,7 +38,7 @@ CGO_CMDS=(gpu-kubelet-plugin gpu-dra-webhook compute-domain-kubelet-plugin)
 STATIC_CMDS=(kubectl-gpu compute-domain-controller compute-domain-daemon)
 
 step_packages() {
-	local arch pkgs=()
+	local arch pkgs=(binutils) # readelf
 	for arch in "${ARCHS[@]}"; do
 		[[ -n ${CC_OF[$arch]:-} ]] || die "GPU_DRA_IMAGE_ARCHS: no $arch (amd64, arm64)"
 		[[ $arch == amd64 ]] || pkgs+=("gcc-${TRIPLET_OF[$arch]}" "libc6-dev-$arch-cross")
