@@ -15,21 +15,6 @@ export GOCACHE=$GPU_DRA_CACHE/go-build
 # rewrites Kueue's webhook configurations with it.
 APT_PACKAGES=(runc containernetworking-plugins busybox-static openssl curl iproute2 util-linux jq)
 
-install_packages() {
-	local p missing=()
-	for p in "${APT_PACKAGES[@]}"; do
-		[[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == "install ok installed" ]] || missing+=("$p")
-	done
-	if ((${#missing[@]} == 0)); then
-		log "Debian packages present"
-		return
-	fi
-	log "installing ${missing[*]}"
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq
-	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
-
 # built DIR FILE...: true when DIR has its stamp and every FILE under DIR/bin.
 built() {
 	local dir=$1 f
@@ -141,7 +126,7 @@ build_images() {
 main() {
 	mkdir -p "$GPU_DRA_CACHE"
 	log "cache: $GPU_DRA_CACHE"
-	step "Debian packages" install_packages
+	step "Debian packages" install_packages "${APT_PACKAGES[@]}"
 	step "kubernetes $K8S_VERSION (5 commands)" build_kubernetes
 	step "etcd $ETCDSERVER_VERSION" build_etcd
 	step "containerd $CONTAINERD_VERSION" build_containerd

@@ -188,6 +188,21 @@ print_times() {
 	done
 }
 
+# install_packages PKG...: installs the Debian packages not installed yet (apt-get, as root).
+install_packages() {
+	local p missing=()
+	for p in "$@"; do
+		[[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == "install ok installed" ]] || missing+=("$p")
+	done
+	if ((${#missing[@]} == 0)); then
+		log "Debian packages present: $*"
+		return
+	fi
+	log "installing ${missing[*]}"
+	DEBIAN_FRONTEND=noninteractive apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
 # ensure_helm builds helm from the Go module proxy into the cache the first time (about a
 # minute).
 ensure_helm() {
