@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync/atomic"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/command"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/driver"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/driverroot"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpuholders"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/health"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/httpserve"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/kubeclient"
@@ -231,6 +233,7 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 		NodeName: opts.nodeName, KubeClient: client, GPUs: node, CDI: writer, Store: store,
 		MPS:       daemons,
 		PluginDir: ro.pluginDir, RegistrarDir: ro.registrarDir, DeviceMetadata: ro.deviceMetadata, CDIRoot: ro.cdiRoot,
+		GPUHolders:        gpuHolders(ro.procRoot, ro.devRoot),
 		InventoryInterval: ro.inventoryInterval, HeldDeviceWait: ro.heldDeviceWait, StaticMIGOnly: opts.staticMIGOnly, SharedGPUs: opts.sharedGPUs, ConsumableShares: opts.consumableShares, Topology: topo,
 		HealthPolicy: policy, HealthStorePath: filepath.Join(ro.pluginDataDir, health.StoreFileName),
 		AfterStep: afterStep, Metrics: metrics, Uninstalling: uninstalling,
@@ -281,5 +284,20 @@ func (o *runOptions) policy() (health.Policy, error) {
 func removeToolLinks(logger klog.Logger) {
 	if err := driverroot.Cleanup(); err != nil {
 		logger.Error(err, "Links to the driver's libraries left behind")
+	}
+}
+
+// gpuHolders names the host's processes, other than the plugin, that hold
+// a GPU's device node open (the plugin's pod is in the host's PID
+// namespace).
+func gpuHolders(procRoot, devRoot string) func(minor int) ([]string, error) {
+	f := gpuholders.Finder{ProcRoot: procRoot, DevRoot: devRoot, Self: os.Getpid()}
+	return func(minor int) ([]string, error) {
+		procs, err := f.HoldersOf(minor)
+		out := make([]string, 0, len(procs))
+		for _, p := range procs {
+			out = append(out, p.String())
+		}
+		return out, err
 	}
 }

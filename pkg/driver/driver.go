@@ -77,6 +77,9 @@ type Config struct {
 	// in CDIRoot (the container runtime's CDI directory).
 	DeviceMetadata bool
 	CDIRoot        string
+	// GPUHolders, if set, names the processes that hold a GPU open (see
+	// prepare.Options.GPUHolders).
+	GPUHolders func(minor int) ([]string, error)
 	// InventoryInterval is how often the inventory is re-read.
 	InventoryInterval time.Duration
 	// HeldDeviceWait is prepare.Options.HeldWait.
@@ -225,7 +228,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	d.monitor.SetInventory(ctx, inv, readAt)
 	d.state.taints = d.monitor.Taints
 	d.preparer = prepare.New(migTracker{cfg.GPUs, d.monitor}, d.state, cfg.CDI, cfg.Store, cp, prepare.Options{
-		PoolName: cfg.NodeName, AfterStep: cfg.AfterStep, MPS: cfg.MPS, HeldWait: cfg.HeldDeviceWait,
+		PoolName: cfg.NodeName, AfterStep: cfg.AfterStep, MPS: cfg.MPS, HeldWait: cfg.HeldDeviceWait, GPUHolders: cfg.GPUHolders,
 	})
 	d.monitor.Probe(ctx)
 	if err := d.state.refresh(ctx, inv, d.preparer); err != nil {

@@ -28,7 +28,9 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/driverroot"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpuholders"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 )
 
 // NVMLLibrary is the file name the NVIDIA driver installs NVML as.
@@ -271,6 +273,7 @@ func (c *checker) checkGPU(index int, err, modelErr error) {
 		} else {
 			s.add(Warn, "MIG mode", "current %s, pending %s: a GPU reset is due for the change to take effect", mode(g.MIGEnabled), mode(d.MIGPendingEnabled))
 		}
+		c.checkHolders(s, g)
 	}
 
 	byKind, byProfile := c.published(g.UUID)
@@ -361,6 +364,27 @@ func (c *checker) checkGPU(index int, err, modelErr error) {
 }
 
 // readGPUs returns the GPUs read without error, in index order.
+// checkHolders reports the other processes that hold a MIG-capable GPU
+// open: while any does, the driver cannot change its MIG mode (NVML leaves
+// the change pending), so claims that need the other mode fail on it.
+func (c *checker) checkHolders(s *Section, g gpu.GPU) {
+	if g.MIGModeNeedsReset {
+		return // the driver never changes its mode
+	}
+	holders, err := gpuholders.Finder{ProcRoot: c.cfg.ProcRoot, DevRoot: c.cfg.DevRoot, Self: os.Getpid()}.HoldersOf(g.Minor)
+	switch {
+	case err != nil:
+		s.add(Warn, "other processes", "cannot be read: %v", err)
+	case len(holders) == 0:
+		s.add(Pass, "other processes", "none holds /dev/nvidia%d open: the driver can change MIG mode", g.Minor)
+	default:
+		it := s.add(Warn, "other processes", "%d hold /dev/nvidia%d open: while they do, a claim that needs the other MIG mode fails on this GPU (offer MIG devices or whole GPUs only on this node, label %s, or stop them)", len(holders), g.Minor, names.DeviceKindsLabel)
+		for _, h := range holders {
+			it.Details = append(it.Details, h.String())
+		}
+	}
+}
+
 func (c *checker) readGPUs() []gpu.GPU {
 	var out []gpu.GPU
 	for i, d := range c.gpus {

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+
+	"k8s.io/klog/v2"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
@@ -19,14 +22,14 @@ func (p *Preparer) prepareDevice(ctx context.Context, d *checkpoint.Device) (boo
 	case d.Share != nil:
 		// The claim's own MPS control daemon serves the share; it is
 		// started once every device is ready.
-		if err := p.setMIGMode(ctx, d.GPUUUID, false); err != nil {
+		if err := p.setMIGMode(ctx, d, false); err != nil {
 			return false, err
 		}
 		return false, nil
 	case d.MIG == nil:
 		// A whole GPU is a plain CUDA device only with MIG mode off. This
 		// fails, as it should, if MIG devices still exist on it.
-		if err := p.setMIGMode(ctx, d.GPUUUID, false); err != nil {
+		if err := p.setMIGMode(ctx, d, false); err != nil {
 			return false, err
 		}
 		if d.TimeSlice != "" {
@@ -38,7 +41,7 @@ func (p *Preparer) prepareDevice(ctx context.Context, d *checkpoint.Device) (boo
 	case d.MIG.UUID != "" && !d.MIG.Created:
 		return false, nil // a pre-created instance: nothing to do
 	}
-	if err := p.setMIGMode(ctx, d.GPUUUID, true); err != nil {
+	if err := p.setMIGMode(ctx, d, true); err != nil {
 		return false, err
 	}
 	inst, err := p.gpus.CreateMIG(ctx, gpu.MIGRequest{
@@ -53,18 +56,29 @@ func (p *Preparer) prepareDevice(ctx context.Context, d *checkpoint.Device) (boo
 	return true, nil
 }
 
-// setMIGMode turns the GPU's MIG mode on or off. A GPU that another process
-// holds open cannot change mode; the error then also names the per-node
-// way around it, an offer that never needs a change.
-func (p *Preparer) setMIGMode(ctx context.Context, uuid string, on bool) error {
-	err := p.gpus.SetMIGMode(ctx, uuid, on)
+// setMIGMode turns the MIG mode of d's GPU on or off. A GPU that another
+// process holds open cannot change mode; the error then also names those
+// processes, where they can be found, and the per-node way around it, an
+// offer that never needs a change.
+func (p *Preparer) setMIGMode(ctx context.Context, d *checkpoint.Device, on bool) error {
+	what := map[bool]string{true: "on", false: "off"}[on]
+	err := p.gpus.SetMIGMode(ctx, d.GPUUUID, on)
 	switch {
 	case err == nil:
 		return nil
 	case errors.Is(err, gpu.ErrGPUHeldOpen):
-		return fmt.Errorf("turn MIG mode %s: %w; or have this node offer MIG devices or whole GPUs only (node label %s, docs/device-model.md)",
-			map[bool]string{true: "on", false: "off"}[on], err, names.DeviceKindsLabel)
+		held := ""
+		if p.opts.GPUHolders != nil {
+			switch holders, herr := p.opts.GPUHolders(d.GPUMinor); {
+			case herr != nil:
+				klog.FromContext(ctx).Error(herr, "Could not find what holds the GPU open", "gpu", d.GPUUUID)
+			case len(holders) > 0:
+				held = fmt.Sprintf(" (held open by %s)", strings.Join(holders, ", "))
+			}
+		}
+		return fmt.Errorf("turn MIG mode %s: %w%s; or have this node offer MIG devices or whole GPUs only (node label %s, docs/device-model.md)",
+			what, err, held, names.DeviceKindsLabel)
 	default:
-		return fmt.Errorf("turn MIG mode %s: %w", map[bool]string{true: "on", false: "off"}[on], err)
+		return fmt.Errorf("turn MIG mode %s: %w", what, err)
 	}
 }

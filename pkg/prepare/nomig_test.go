@@ -97,8 +97,8 @@ func TestAmpereMIGModeIsNeverToggled(t *testing.T) {
 
 // TestMIGModeChangeOnAGPUHeldOpen: a MIG device on a Hopper GPU that a
 // monitoring agent holds open cannot turn MIG mode on. The prepare fails
-// naming the GPU, what may hold it and the per-node offer that needs no
-// mode change, leaves no pending mode and no MIG device, and the kubelet's retry
+// naming the GPU, the processes that hold it and the per-node offer that
+// needs no mode change, leaves no pending mode and no MIG device, and the kubelet's retry
 // succeeds once the agent is gone.
 func TestMIGModeChangeOnAGPUHeldOpen(t *testing.T) {
 	ctx := context.Background()
@@ -111,11 +111,18 @@ func TestMIGModeChangeOnAGPUHeldOpen(t *testing.T) {
 	if err := admin.SetClient(g.Index, "dcgm-exporter", true); err != nil {
 		t.Fatal(err)
 	}
+	// What the host's /proc would say (pkg/gpuholders reads it).
+	f.p.opts.GPUHolders = func(minor int) ([]string, error) {
+		if minor != g.Minor {
+			return nil, nil
+		}
+		return []string{"dcgm-exporter (pid 4242)"}, nil
+	}
 	mig := allocated("gpu-0-mig-1g10gb-0")
 	_, err = f.p.Prepare(ctx, mig)
 	if !errors.Is(err, gpu.ErrGPUHeldOpen) || !strings.Contains(err.Error(), g.UUID) ||
-		!strings.Contains(err.Error(), "monitoring agents") || !strings.Contains(err.Error(), "gpu.nvidia.com/device-kinds") {
-		t.Fatalf("MIG device on a GPU held open: want ErrGPUHeldOpen naming the GPU, what may hold it and the device-kinds label, got %v", err)
+		!strings.Contains(err.Error(), "held open by dcgm-exporter (pid 4242)") || !strings.Contains(err.Error(), "gpu.nvidia.com/device-kinds") {
+		t.Fatalf("MIG device on a GPU held open: want ErrGPUHeldOpen naming the GPU, what holds it and the device-kinds label, got %v", err)
 	}
 	st, err := admin.State()
 	if err != nil {

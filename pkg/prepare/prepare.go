@@ -101,6 +101,10 @@ type Options struct {
 	// prepared for another claim: zero means DefaultHeldWait, a negative
 	// value not at all.
 	HeldWait time.Duration
+	// GPUHolders, if set, names the host's processes that hold the GPU of
+	// that minor open (e.g. "dcgm-exporter (pid 4242)"), for the error of
+	// a MIG mode change they keep from being activated.
+	GPUHolders func(minor int) ([]string, error)
 }
 
 // DefaultHeldWait is how long a prepare waits for a device to be
