@@ -164,7 +164,7 @@ func (p *Preparer) planConsumableShare(claimUID string, d *checkpoint.Device, r 
 		return nil
 	}
 	if p.opts.MPS == nil {
-		return fmt.Errorf("the share's %s memory limit is enforced through MPS, which is not available on this node; ask for no memory, or all of it", memory.String())
+		return fmt.Errorf("the share's %s memory limit is enforced through MPS, which is not available on this node; ask for all of the GPU's memory (or, where the node's consumable-shares mode is unlimited or a number of shares, for none)", memory.String())
 	}
 	d.MPSDir = p.opts.MPS.Dir(claimUID)
 	return nil
