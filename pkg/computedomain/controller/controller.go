@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -50,6 +51,9 @@ type Options struct {
 	Metrics *Metrics
 	// Clock is for tests; nil is the real clock.
 	Clock clock.WithTicker
+	// CacheSyncTimeout bounds Start's wait for the informers' caches
+	// (DefaultCacheSyncTimeout if 0).
+	CacheSyncTimeout time.Duration
 	// NetworkPolicy makes, for each domain, a NetworkPolicy that admits to
 	// its daemons only its own daemons' IMEX traffic
 	// (templates.NetworkPolicy). It needs the right to manage
@@ -106,6 +110,10 @@ type Controller struct {
 	writes map[key]statusWrite
 }
 
+// DefaultCacheSyncTimeout is how long Start waits for the informers'
+// caches by default.
+const DefaultCacheSyncTimeout = 2 * time.Minute
+
 // New makes a controller over the clients. It starts nothing.
 func New(kube kubernetes.Interface, dyn dynamic.Interface, opts Options) (*Controller, error) {
 	if opts.Daemon.Namespace == "" {
@@ -122,6 +130,9 @@ func New(kube kubernetes.Interface, dyn dynamic.Interface, opts Options) (*Contr
 	}
 	if opts.Workers <= 0 {
 		opts.Workers = 1
+	}
+	if opts.CacheSyncTimeout <= 0 {
+		opts.CacheSyncTimeout = DefaultCacheSyncTimeout
 	}
 	if opts.Metrics == nil {
 		opts.Metrics = NewMetrics(nil)
@@ -149,13 +160,24 @@ func New(kube kubernetes.Interface, dyn dynamic.Interface, opts Options) (*Contr
 	return c, nil
 }
 
-// Start starts the informers and waits until their caches are filled.
+// Start starts the informers and waits until their caches are filled, at
+// most Options.CacheSyncTimeout: a cache that stays empty (most often a
+// list the controller's RBAC forbids) is an error naming it, rather than a
+// controller that waits silently forever.
 func (c *Controller) Start(ctx context.Context) error {
 	c.inf.start(ctx)
-	if !c.inf.waitForSync(ctx) {
+	wctx, cancel := context.WithTimeout(ctx, c.opts.CacheSyncTimeout)
+	defer cancel()
+	missing := c.inf.waitForSync(wctx)
+	switch {
+	case len(missing) == 0:
+		return nil
+	case ctx.Err() != nil:
 		return errors.New("wait for informer caches: cancelled before they synced")
+	default:
+		return fmt.Errorf("informer caches of %s not filled within %s: can the controller list and watch them? (its RBAC is in the chart's compute-domains.yaml; NetworkPolicies need computeDomains.controller.networkPolicy's rule)",
+			strings.Join(missing, ", "), c.opts.CacheSyncTimeout)
 	}
-	return nil
 }
 
 // Run starts the informers, and runs the workers until ctx is done.

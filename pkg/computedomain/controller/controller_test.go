@@ -1,9 +1,12 @@
 package controller
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"reflect"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,9 +17,13 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	dynamicfake "k8s.io/client-go/dynamic/fake"
+	kubefake "k8s.io/client-go/kubernetes/fake"
 	clienttesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/tools/record"
 
 	cdv1 "github.com/gpu-dra/gpu-dra-driver/api/computedomain/v1beta1"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/controller/templates"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 )
 
@@ -541,5 +548,31 @@ func TestOrphan(t *testing.T) {
 	}
 	if _, ok := h.nodeLabels("n1")[names.DomainNodeLabel(uid1)]; ok {
 		t.Error("orphaned node label left")
+	}
+}
+
+// TestStartNamesACacheThatStaysEmpty: with NetworkPolicies on but no right
+// to list them (RBAC), Start fails within its timeout naming them, rather
+// than waiting forever.
+func TestStartNamesACacheThatStaysEmpty(t *testing.T) {
+	kube := kubefake.NewClientset()
+	kube.PrependReactor("list", "networkpolicies", func(clienttesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewForbidden(schema.GroupResource{Group: "networking.k8s.io", Resource: "networkpolicies"}, "", errors.New("RBAC"))
+	})
+	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{cdv1.Resource: "ComputeDomainList"})
+	c, err := New(kube, dyn, Options{
+		Daemon:           templates.DaemonOptions{Namespace: driverNS, Image: "cd:1"},
+		Recorder:         record.NewFakeRecorder(10),
+		NetworkPolicy:    true,
+		CacheSyncTimeout: 2 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	err = c.Start(ctx)
+	if err == nil || !strings.Contains(err.Error(), "networkpolicies in "+driverNS) || strings.Contains(err.Error(), "daemonsets") {
+		t.Fatalf("Start: %v, want an error naming the NetworkPolicy cache only", err)
 	}
 }

@@ -57,7 +57,7 @@ type informers struct {
 	daemonSets cache.SharedIndexInformer
 	// policies is nil unless the controller makes NetworkPolicies.
 	policies     cache.SharedIndexInformer
-	synced       []cache.InformerSynced
+	synced       []namedSynced
 	enqueue      func(key)
 	driverNSName string
 }
@@ -106,20 +106,21 @@ func newInformers(kube kubernetes.Interface, dyn dynamic.Interface, namespace st
 	}
 
 	type handled struct {
+		what     string
 		informer cache.SharedIndexInformer
 		handle   func(obj any)
 	}
 	handlers := []handled{
-		{inf.domains, inf.domainChanged},
-		{inf.claims, inf.claimChanged},
-		{inf.slices, inf.sliceChanged},
-		{inf.nodes, inf.nodeChanged},
-		{inf.templates, inf.labelledChanged},
-		{inf.pods, inf.labelledChanged},
-		{inf.daemonSets, inf.labelledChanged},
+		{"computedomains", inf.domains, inf.domainChanged},
+		{"resourceclaims", inf.claims, inf.claimChanged},
+		{"resourceslices", inf.slices, inf.sliceChanged},
+		{"nodes", inf.nodes, inf.nodeChanged},
+		{"resourceclaimtemplates", inf.templates, inf.labelledChanged},
+		{"pods in " + namespace, inf.pods, inf.labelledChanged},
+		{"daemonsets in " + namespace, inf.daemonSets, inf.labelledChanged},
 	}
 	if inf.policies != nil {
-		handlers = append(handlers, handled{inf.policies, inf.labelledChanged})
+		handlers = append(handlers, handled{"networkpolicies in " + namespace, inf.policies, inf.labelledChanged})
 	}
 	for _, h := range handlers {
 		handle := h.handle
@@ -139,7 +140,7 @@ func newInformers(kube kubernetes.Interface, dyn dynamic.Interface, namespace st
 		if err != nil {
 			return nil, fmt.Errorf("add event handler: %w", err)
 		}
-		inf.synced = append(inf.synced, reg.HasSynced)
+		inf.synced = append(inf.synced, namedSynced{h.what, reg.HasSynced})
 	}
 	return inf, nil
 }
@@ -154,8 +155,29 @@ func (inf *informers) start(ctx context.Context) {
 	inf.driverNS.Start(ctx.Done())
 }
 
-func (inf *informers) waitForSync(ctx context.Context) bool {
-	return cache.WaitForCacheSync(ctx.Done(), inf.synced...)
+// namedSynced is an informer's HasSynced, with what it lists.
+type namedSynced struct {
+	what   string
+	synced cache.InformerSynced
+}
+
+// waitForSync waits until every cache is filled or ctx is done, and
+// returns what it lists of each cache not filled.
+func (inf *informers) waitForSync(ctx context.Context) []string {
+	fns := make([]cache.InformerSynced, 0, len(inf.synced))
+	for _, s := range inf.synced {
+		fns = append(fns, s.synced)
+	}
+	if cache.WaitForCacheSync(ctx.Done(), fns...) {
+		return nil
+	}
+	var missing []string
+	for _, s := range inf.synced {
+		if !s.synced() {
+			missing = append(missing, s.what)
+		}
+	}
+	return missing
 }
 
 // Index functions. Each tolerates objects of another type (returns none).
