@@ -175,12 +175,33 @@ func Cleanup() error {
 
 // RunThenCleanup runs the tests of m (a *testing.M), then Cleanup, and
 // returns the exit code: the TestMain of a package whose tests run the
-// driver's tools is os.Exit(driverroot.RunThenCleanup(m)). A Cleanup that
-// fails fails the tests.
+// driver's tools is os.Exit(driverroot.RunThenCleanup(m)). The tests run
+// with TMPDIR set to a fresh directory, removed afterwards, so that the
+// link directories of processes the tests start and kill (MPS daemons),
+// which never reach their own Cleanup, go too. A Cleanup that fails fails
+// the tests.
 func RunThenCleanup(m interface{ Run() int }) int {
+	tmp, err := os.MkdirTemp("", "gdt")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "a temporary directory for the tests:", err)
+		return 1
+	}
+	old, had := os.LookupEnv("TMPDIR")
+	os.Setenv("TMPDIR", tmp)
 	code := m.Run()
 	if err := Cleanup(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	if had {
+		os.Setenv("TMPDIR", old)
+	} else {
+		os.Unsetenv("TMPDIR")
+	}
+	if err := os.RemoveAll(tmp); err != nil {
+		fmt.Fprintln(os.Stderr, "remove the tests' temporary directory:", err)
 		if code == 0 {
 			code = 1
 		}
