@@ -5,31 +5,12 @@ import (
 	"context"
 	"strings"
 	"testing"
-
-	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
-	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
 )
 
 // inventory prints what the plugin publishes, the GPUs' topology
 // attributes included, read from --sys-root as the plugin reads them.
 func TestInventoryPrintsTopology(t *testing.T) {
-	node, err := nvmlnode.Open(nvmlnode.Options{Simulate: "dgxh100"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	inv, err := node.Inventory(context.Background())
-	node.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var busIDs []string
-	for _, g := range inv.GPUs {
-		busIDs = append(busIDs, g.PCIBusID)
-	}
-	sysRoot, err := simhost.CreateSysRoot(t.TempDir(), busIDs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sysRoot := simulatedSysRoot(t)
 	for _, tc := range []struct {
 		args []string
 		want bool
