@@ -659,18 +659,28 @@ func (n *Node) DestroyMIG(ctx context.Context, ref gpu.MIGRef) error {
 // cancelPending cancels a MIG mode change pending on the GPU, whose mode
 // is current, by setting current again.
 func cancelPending(ctx context.Context, dev nvml.Device, uuid string, current int) error {
-	if _, ret := dev.SetMigMode(current); ret != nvml.SUCCESS {
-		return fmt.Errorf("cancel the MIG mode change pending on %s (it applies at the GPU's next reset): %w", uuid, nvmlError(ret))
-	}
-	now, pending, ret := dev.GetMigMode()
-	if ret != nvml.SUCCESS {
-		return fmt.Errorf("read MIG mode of %s: %w", uuid, nvmlError(ret))
+	now, pending, err := setCurrentMode(dev, current)
+	if err != nil {
+		return fmt.Errorf("cancel the MIG mode change pending on %s (it applies at the GPU's next reset): %w", uuid, err)
 	}
 	if now != current || pending != current {
 		return fmt.Errorf("cancel the MIG mode change pending on %s (it applies at the GPU's next reset): mode %d, pending %d", uuid, now, pending)
 	}
 	klog.FromContext(ctx).Info("Cancelled a pending MIG mode change", "gpu", uuid, "mode", current)
 	return nil
+}
+
+// setCurrentMode sets the GPU's current MIG mode again, which cancels a
+// pending change, and reads back the current and pending modes.
+func setCurrentMode(dev nvml.Device, current int) (now, pending int, err error) {
+	if _, ret := dev.SetMigMode(current); ret != nvml.SUCCESS {
+		return 0, 0, nvmlError(ret)
+	}
+	now, pending, ret := dev.GetMigMode()
+	if ret != nvml.SUCCESS {
+		return 0, 0, fmt.Errorf("read MIG mode: %w", nvmlError(ret))
+	}
+	return now, pending, nil
 }
 
 // notActivated reports a MIG mode change that NVML accepted but could not
@@ -681,12 +691,8 @@ func cancelPending(ctx context.Context, dev nvml.Device, uuid string, current in
 // setting the current mode again, so a failed prepare leaves nothing
 // behind. The error says what holds the GPU and what an operator can do.
 func notActivated(ctx context.Context, dev nvml.Device, uuid string, enabled bool, current int, activation nvml.Return) error {
-	var cancelErr error
-	if _, ret := dev.SetMigMode(current); ret != nvml.SUCCESS {
-		cancelErr = nvmlError(ret)
-	} else if now, pending, ret := dev.GetMigMode(); ret != nvml.SUCCESS {
-		cancelErr = nvmlError(ret)
-	} else if now != pending {
+	now, pending, cancelErr := setCurrentMode(dev, current)
+	if cancelErr == nil && now != pending {
 		cancelErr = fmt.Errorf("MIG mode %d still pending", pending)
 	}
 	left := "the change was cancelled, nothing is pending"
