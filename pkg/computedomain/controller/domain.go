@@ -218,12 +218,7 @@ func (c *Controller) ensureDaemonSet(ctx context.Context, u *unstructured.Unstru
 		return err
 	}
 	client := c.kube.AppsV1().DaemonSets(want.Namespace)
-	var have *appsv1.DaemonSet
-	for _, ds := range c.inf.daemonSetsOf(string(cd.UID)) {
-		if ds.Name == want.Name {
-			have = ds
-		}
-	}
+	have := c.daemonSet(string(cd.UID))
 	if have == nil {
 		_, err := client.Create(ctx, want, metav1.CreateOptions{})
 		switch {
@@ -268,12 +263,7 @@ func (c *Controller) ensureNetworkPolicy(ctx context.Context, cd *cdv1.ComputeDo
 		return nil
 	}
 	uid := string(cd.UID)
-	var ds *appsv1.DaemonSet
-	for _, d := range c.inf.daemonSetsOf(uid) {
-		if d.Name == names.DomainDaemonSetName(uid) && d.Namespace == c.opts.Daemon.Namespace {
-			ds = d
-		}
-	}
+	ds := c.daemonSet(uid)
 	if ds == nil {
 		return nil
 	}
@@ -365,24 +355,34 @@ func (c *Controller) deleteTemplate(ctx context.Context, t *resourcev1.ResourceC
 	return nil
 }
 
+// daemonSet is the domain's DaemonSet in the cache (by name, in the
+// driver's namespace), nil if there is none.
+func (c *Controller) daemonSet(uid string) *appsv1.DaemonSet {
+	for _, ds := range c.inf.daemonSetsOf(uid) {
+		if ds.Namespace == c.opts.Daemon.Namespace && ds.Name == names.DomainDaemonSetName(uid) {
+			return ds
+		}
+	}
+	return nil
+}
+
 // deleteDaemons deletes the domain's DaemonSet (by name and label, in the
 // driver's namespace); the garbage collector deletes its pods.
 func (c *Controller) deleteDaemons(ctx context.Context, uid string) error {
-	for _, ds := range c.inf.daemonSetsOf(uid) {
-		if ds.Namespace != c.opts.Daemon.Namespace || ds.Name != names.DomainDaemonSetName(uid) {
-			continue
-		}
-		err := c.kube.AppsV1().DaemonSets(ds.Namespace).Delete(ctx, ds.Name, metav1.DeleteOptions{
-			Preconditions:     &metav1.Preconditions{UID: &ds.UID},
-			PropagationPolicy: ptr.To(metav1.DeletePropagationBackground),
-		})
-		if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
-			c.metrics.Errors.WithLabelValues("delete-daemonset").Inc()
-			return fmt.Errorf("delete DaemonSet %s/%s: %w", ds.Namespace, ds.Name, err)
-		}
-		if err == nil {
-			klog.FromContext(ctx).Info("Deleted daemon set", "daemonSet", klog.KObj(ds))
-		}
+	ds := c.daemonSet(uid)
+	if ds == nil {
+		return nil
+	}
+	err := c.kube.AppsV1().DaemonSets(ds.Namespace).Delete(ctx, ds.Name, metav1.DeleteOptions{
+		Preconditions:     &metav1.Preconditions{UID: &ds.UID},
+		PropagationPolicy: ptr.To(metav1.DeletePropagationBackground),
+	})
+	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+		c.metrics.Errors.WithLabelValues("delete-daemonset").Inc()
+		return fmt.Errorf("delete DaemonSet %s/%s: %w", ds.Namespace, ds.Name, err)
+	}
+	if err == nil {
+		klog.FromContext(ctx).Info("Deleted daemon set", "daemonSet", klog.KObj(ds))
 	}
 	return nil
 }
