@@ -386,6 +386,24 @@ func TestSetMIGModeReadsResultsInGoNVMLOrder(t *testing.T) {
 	}
 }
 
+// simWithAdmin opens a simulated DGX H100 through NVML and, on the same
+// state, the simulator's own handle (an administrator's or another
+// process's view), and returns its second GPU.
+func simWithAdmin(t *testing.T) (*Node, *sim.Node, gpu.GPU) {
+	t.Helper()
+	dir := t.TempDir()
+	n := openSim(t, "dgxh100", dir)
+	admin, err := sim.Open("dgxh100", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, err := n.Inventory(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n, admin, inv.GPUs[1]
+}
+
 // TestSetMIGModeOnAGPUHeldOpen: while another process holds a Hopper GPU
 // open (a monitoring agent), NVML accepts a MIG mode change but does not
 // activate it and leaves it pending, to apply at the next reset or
@@ -395,24 +413,14 @@ func TestSetMIGModeOnAGPUHeldOpen(t *testing.T) {
 	for _, enable := range []bool{true, false} {
 		t.Run(fmt.Sprintf("enable=%t", enable), func(t *testing.T) {
 			ctx := context.Background()
-			dir := t.TempDir()
-			n := openSim(t, "dgxh100", dir)
-			admin, err := sim.Open("dgxh100", dir)
-			if err != nil {
-				t.Fatal(err)
-			}
-			inv, err := n.Inventory(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			g := inv.GPUs[1]
+			n, admin, g := simWithAdmin(t)
 			if err := n.SetMIGMode(ctx, g.UUID, !enable); err != nil {
 				t.Fatal(err)
 			}
 			if err := admin.SetClient(g.Index, "dcgm-exporter", true); err != nil {
 				t.Fatal(err)
 			}
-			err = n.SetMIGMode(ctx, g.UUID, enable)
+			err := n.SetMIGMode(ctx, g.UUID, enable)
 			if !errors.Is(err, gpu.ErrGPUHeldOpen) || !strings.Contains(err.Error(), g.UUID) || !strings.Contains(err.Error(), "nothing is pending") {
 				t.Fatalf("MIG mode change on a held GPU: want ErrGPUHeldOpen naming %s and nothing pending, got %v", g.UUID, err)
 			}
@@ -441,17 +449,7 @@ func TestSetMIGModeOnAGPUHeldOpen(t *testing.T) {
 // under the whole-GPU claim being prepared: SetMIGMode cancels it.
 func TestSetMIGModeCancelsAStalePendingChange(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	n := openSim(t, "dgxh100", dir)
-	admin, err := sim.Open("dgxh100", dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	inv, err := n.Inventory(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := inv.GPUs[1]
+	n, admin, g := simWithAdmin(t)
 	if err := n.SetMIGMode(ctx, g.UUID, false); err != nil {
 		t.Fatal(err)
 	}
