@@ -20,6 +20,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/cdi"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/command"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/driver"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/driverroot"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpuholders"
@@ -28,6 +29,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/kubeclient"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/mps/daemonpod"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/ownership"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/prepare"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/publish"
@@ -65,6 +67,22 @@ type runOptions struct {
 	mpsFSInodes       int64
 	// The MPS daemon pods' requests and limits, copied into mpsDaemonPods.
 	mpsDaemonCPU, mpsDaemonMemory resource.QuantityValue
+	// overhead is --node-allocatable-overhead, checked as it is set.
+	overhead devicemodel.Overhead
+}
+
+// overheadFlag is --node-allocatable-overhead (devicemodel.ParseOverhead).
+type overheadFlag struct{ v *devicemodel.Overhead }
+
+func (f overheadFlag) String() string { return f.v.String() }
+func (f overheadFlag) Type() string   { return "KIND:RESOURCE=QUANTITY,..." }
+func (f overheadFlag) Set(s string) error {
+	o, err := devicemodel.ParseOverhead(s)
+	if err != nil {
+		return err
+	}
+	*f.v = o
+	return nil
 }
 
 // nvmlLibrary is the file name the NVIDIA driver installs NVML as.
@@ -99,6 +117,7 @@ func (o *runOptions) addFlags(fs *pflag.FlagSet) {
 	o.mpsDaemonCPU.Quantity, o.mpsDaemonMemory.Quantity = daemonpod.DefaultCPU.DeepCopy(), daemonpod.DefaultMemory.DeepCopy()
 	fs.Var(&o.mpsDaemonCPU, "mps-daemon-cpu", "CPU request and limit of each MPS control daemon's pod (equal: the pod is Guaranteed); the MPS servers of its clients run in the pod too")
 	fs.Var(&o.mpsDaemonMemory, "mps-daemon-memory", "memory request and limit of each MPS control daemon's pod (equal: the pod is Guaranteed); the MPS servers of its clients run in the pod too, and one over the limit is killed")
+	fs.Var(overheadFlag{&o.overhead}, "node-allocatable-overhead", "what each pod using a device of a kind costs the node beyond its containers' requests, published as the devices' node-allocatable overhead per pod (KEP-5517; needs the feature gate DRANodeAllocatableResources on the API server, scheduler and kubelets): KIND:RESOURCE=QUANTITY pairs, comma-separated, KIND gpu, mig or share, RESOURCE cpu or memory, e.g. share:cpu=250m,share:memory=512Mi. The pod of an MPS control daemon that serves only shares then requests that much less (docs/helm.md). Empty, or an API server that drops the field, publishes none")
 	fs.StringVar((*string)(&o.mpsDaemonPods.ImagePullPolicy), "mps-daemon-image-pull-policy", "", "image pull policy of the MPS control daemons' pods (the chart passes the plugin's)")
 	fs.StringVar(&o.mpsFSSize, "mps-fs-size", "64Mi", "size of the tmpfs each MPS control daemon gets for its pipe directory and shared memory (/dev/shm of the daemon and its clients), which its clients' containers write to: what a tenant writes there is bounded by it, not by the node's disk; 0 gives plain directories of the plugin's data directory, unbounded, and no shared /dev/shm")
 	fs.Int64Var(&o.mpsFSInodes, "mps-fs-inodes", 4096, "the most files and directories each MPS control daemon's tmpfs holds (see --mps-fs-size)")
@@ -190,9 +209,14 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 	if daemons.FS, err = ro.mpsFilesystem(); err != nil {
 		return err
 	}
+	overhead, err := ro.publishedOverhead(ctx, client, opts.nodeName)
+	if err != nil {
+		return err
+	}
 	if pods := ro.mpsDaemonPods; pods.Image != "" {
 		pods.Client, pods.NodeName, pods.DriverRoot = client, opts.nodeName, ro.driverRoot
 		pods.CPU, pods.Memory = ro.mpsDaemonCPU.Quantity, ro.mpsDaemonMemory.Quantity
+		pods.Reserved = overhead.Of(devicemodel.OverheadShare)
 		if err := pods.Validate(); err != nil {
 			return fmt.Errorf("--mps-daemon-image: %w", err)
 		}
@@ -234,12 +258,33 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 		MPS:       daemons,
 		PluginDir: ro.pluginDir, RegistrarDir: ro.registrarDir, DeviceMetadata: ro.deviceMetadata, CDIRoot: ro.cdiRoot,
 		GPUHolders:        gpuHolders(ro.procRoot, ro.devRoot),
-		InventoryInterval: ro.inventoryInterval, HeldDeviceWait: ro.heldDeviceWait, StaticMIGOnly: opts.staticMIGOnly, SharedGPUs: opts.sharedGPUs, ConsumableShares: opts.consumableShares, Topology: topo,
+		InventoryInterval: ro.inventoryInterval, HeldDeviceWait: ro.heldDeviceWait, StaticMIGOnly: opts.staticMIGOnly, SharedGPUs: opts.sharedGPUs, ConsumableShares: opts.consumableShares, Overhead: overhead, Topology: topo,
 		HealthPolicy: policy, HealthStorePath: filepath.Join(ro.pluginDataDir, health.StoreFileName),
 		AfterStep: afterStep, Metrics: metrics, Uninstalling: uninstalling,
 	}, driver.HandoverConfig{
 		Lock: ownership.New(ro.pluginDataDir, 0), PodUID: types.UID(ro.podUID), Ready: ready.Store, StartTimeout: ro.startTimeout,
 	})
+}
+
+// publishedOverhead is --node-allocatable-overhead where the API server
+// keeps it, and none where it drops the field (its feature gate is off):
+// the daemons' pods then keep their full requests, as without the flag.
+func (o *runOptions) publishedOverhead(ctx context.Context, client kubernetes.Interface, nodeName string) (devicemodel.Overhead, error) {
+	if o.overhead.Empty() {
+		return nil, nil
+	}
+	logger := klog.FromContext(ctx)
+	kept, err := publish.KeepsNodeAllocatable(ctx, client, names.DriverName, nodeName)
+	if err != nil {
+		return nil, fmt.Errorf("--node-allocatable-overhead: %w", err)
+	}
+	if !kept {
+		logger.Error(nil, "The API server drops the devices' nodeAllocatableResources: its feature gate DRANodeAllocatableResources is off. Publishing no node-allocatable overhead; MPS daemon pods request their full resources",
+			"nodeAllocatableOverhead", o.overhead.String())
+		return nil, nil
+	}
+	logger.Info("Publishing node-allocatable overhead (KEP-5517); the scheduler and the kubelets need the feature gate DRANodeAllocatableResources too", "nodeAllocatableOverhead", o.overhead.String())
+	return o.overhead, nil
 }
 
 // findNVML is libnvidia-ml.so.1 under the driver root, where the plugin

@@ -117,6 +117,9 @@ type Input struct {
 	// Offer limits what is published (a node's labels, ParseOffer); nil
 	// offers everything.
 	Offer *Offer
+	// Overhead is published on every device of the kinds it names, as
+	// node-allocatable overhead per pod (KEP-5517); nil publishes none.
+	Overhead Overhead
 }
 
 // Device is what a published device stands for, for prepare.
@@ -271,6 +274,11 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device, withheld *[]With
 		if n := len(d.Attributes) + len(d.Capacity); n > resourceapi.ResourceSliceMaxAttributesAndCapacitiesPerDevice {
 			return fmt.Errorf("device %s has %d attributes and capacities, the API allows %d", d.Name, n, resourceapi.ResourceSliceMaxAttributesAndCapacitiesPerDevice)
 		}
+		overhead, err := in.Overhead.published(info.Kind)
+		if err != nil {
+			return fmt.Errorf("device %s: %w", d.Name, err)
+		}
+		d.NodeAllocatableResources = overhead
 		info.Name, info.Attributes = d.Name, d.Attributes
 		index[d.Name] = info
 		devs = append(devs, d)

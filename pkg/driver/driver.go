@@ -90,6 +90,10 @@ type Config struct {
 	// ConsumableShares offers whole GPUs in NVIDIA's consumable shares
 	// (devicemodel.Input.ConsumableShares); the node's label replaces it.
 	ConsumableShares devicemodel.ConsumableShares
+	// Overhead is the node-allocatable overhead published per device kind
+	// (KEP-5517); nil publishes none. The plugin sets it only where the
+	// API server keeps the field (publish.KeepsNodeAllocatable).
+	Overhead devicemodel.Overhead
 	// Topology, when set, gives the GPUs' pcieRoot and numaNode attributes.
 	Topology Topology
 	// HealthPolicy classifies GPU faults into taints; HealthStorePath
@@ -165,7 +169,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	if cfg.StartHelper == nil {
 		cfg.StartHelper = draplugin.StartKubeletHelper
 	}
-	d := &Driver{cfg: cfg, clock: cfg.Clock, state: &nodeState{staticMIGOnly: cfg.StaticMIGOnly, sharedGPUs: cfg.SharedGPUs, consumableShares: cfg.ConsumableShares, topology: cfg.Topology},
+	d := &Driver{cfg: cfg, clock: cfg.Clock, state: &nodeState{staticMIGOnly: cfg.StaticMIGOnly, sharedGPUs: cfg.SharedGPUs, consumableShares: cfg.ConsumableShares, overhead: cfg.Overhead, topology: cfg.Topology},
 		healthChanged: make(chan struct{}, 1), done: make(chan struct{})}
 
 	// 1-2. Boot ID and checkpoint.

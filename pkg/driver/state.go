@@ -33,6 +33,8 @@ type nodeState struct {
 	// consumableShares is the plugin's setting; the node's offer (its
 	// label) replaces it.
 	consumableShares devicemodel.ConsumableShares
+	// overhead is published on the devices of the kinds it names.
+	overhead devicemodel.Overhead
 	// taints returns the health taints by GPU UUID and by MIG device UUID;
 	// nil means none.
 	taints func() (gpuTaints, migTaints map[string][]resourceapi.DeviceTaint)
@@ -90,6 +92,7 @@ func (s *nodeState) refresh(ctx context.Context, inv *gpu.Inventory, owner migOw
 		StaticMIGOnly:    s.staticMIGOnly,
 		SharedGPUs:       s.sharedGPUs,
 		ConsumableShares: s.consumableShares,
+		Overhead:         s.overhead,
 	}
 	if s.taints != nil {
 		in.GPUTaints, in.MIGTaints = s.taints()

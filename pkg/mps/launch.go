@@ -20,6 +20,10 @@ type Daemon struct {
 	// Filesystem is the daemon's tmpfs (fs.go), or empty: its pod must
 	// see it, and mount its shm/ at ContainerShmDir.
 	Filesystem string
+	// SharesOnly says that every device the daemon serves is a share of a
+	// shared GPU (Limits.SharesOnly), whose pods may reserve its cost on
+	// the node (daemonpod.Launcher.Reserved).
+	SharesOnly bool
 }
 
 // Launcher runs daemons' supervisors somewhere, restarts one that fails,

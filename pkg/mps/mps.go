@@ -309,7 +309,7 @@ func (m *Manager) Start(ctx context.Context, key string, gpuUUIDs []string, limi
 		return err
 	}
 	l := m.launcher()
-	if err := l.Launch(ctx, Daemon{Key: key, Dir: m.Dir(key), GPUs: gpuUUIDs, Filesystem: filesystem}); err != nil {
+	if err := l.Launch(ctx, Daemon{Key: key, Dir: m.Dir(key), GPUs: gpuUUIDs, Filesystem: filesystem, SharesOnly: limits.SharesOnly}); err != nil {
 		return fmt.Errorf("launch MPS control daemon: %w", err)
 	}
 	fail := func(err error) error {

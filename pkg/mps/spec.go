@@ -39,6 +39,10 @@ type Limits struct {
 	// by the GPU's UUID (CUDA_MPS_PINNED_DEVICE_MEM_LIMIT); a GPU not
 	// named has none.
 	PinnedMemoryMiB map[string]int64 `json:"pinnedMemoryMiB,omitempty"`
+	// SharesOnly says that the daemon serves only shares of shared GPUs
+	// (Daemon.SharesOnly). It sets no limit and is not saved: the claim's
+	// devices say it again at every start.
+	SharesOnly bool `json:"-"`
 }
 
 // validate checks the limits against the daemon's GPUs.

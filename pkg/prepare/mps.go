@@ -11,6 +11,7 @@ import (
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 )
 
 // sharedDaemonPrefix starts the keys of the daemons that a previous
@@ -99,7 +100,10 @@ func daemonLimits(rec *checkpoint.Claim) (mps.Limits, error) {
 				device[gpus[0]], pct, device[g], compute[g])
 		}
 	}
-	l := mps.Limits{PinnedMemoryMiB: memory}
+	l := mps.Limits{PinnedMemoryMiB: memory, SharesOnly: !slices.ContainsFunc(rec.Devices, func(d checkpoint.Device) bool {
+		p, ok := names.ParseDevice(d.Name)
+		return claimDaemon(d) && (!ok || p.Type != names.TypeShared)
+	})}
 	if pct < 100 {
 		l.ActiveThreadPercentage = int(pct)
 	}

@@ -19,6 +19,12 @@ POD_SUBNET=10.244.0.0/24
 CLUSTER_POD_NET=10.244.0.0/16
 # The comment of the FORWARD rule of a cluster of several nodes (down.sh removes it).
 FORWARD_RULE=gpu-dra-cluster-pods
+# Feature gates of the API server, the scheduler and every kubelet, beyond v1.37's defaults:
+# DRANodeAllocatableResources (alpha, KEP-5517) lets the driver publish node-allocatable overhead
+# (kubeletPlugin.nodeAllocatableOverhead). GPU_DRA_FEATURE_GATES replaces the list ("" for none).
+FEATURE_GATES=${GPU_DRA_FEATURE_GATES-DRANodeAllocatableResources=true}
+GATES=()
+[[ -z $FEATURE_GATES ]] || GATES=(--feature-gates="$FEATURE_GATES")
 
 # --- helpers -----------------------------------------------------------------------------------
 
@@ -293,14 +299,14 @@ start_control_plane() {
 		--kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
 		--kubelet-preferred-address-types=Hostname,InternalIP --profiling=false \
 		--runtime-config=resource.k8s.io/v1beta1=true,resource.k8s.io/v1beta2=true \
-		--enable-aggregator-routing=true
+		--enable-aggregator-routing=true "${GATES[@]}"
 	wait_for "kube-apiserver /readyz" 90 kube-apiserver curl_ok "$SERVER/readyz"
 
 	start_on 0 kube-scheduler "$K8S_BIN/kube-scheduler" \
 		--kubeconfig="$KCFG/scheduler.kubeconfig" \
 		--authentication-kubeconfig="$KCFG/scheduler.kubeconfig" \
 		--authorization-kubeconfig="$KCFG/scheduler.kubeconfig" \
-		--bind-address=127.0.0.1 --secure-port=10259 --cert-dir="$RUN/scheduler" --leader-elect=false "${qps[@]}"
+		--bind-address=127.0.0.1 --secure-port=10259 --cert-dir="$RUN/scheduler" --leader-elect=false "${qps[@]}" "${GATES[@]}"
 	start_on 0 kube-controller-manager "$K8S_BIN/kube-controller-manager" \
 		--kubeconfig="$KCFG/controller-manager.kubeconfig" \
 		--authentication-kubeconfig="$KCFG/controller-manager.kubeconfig" \
@@ -530,7 +536,7 @@ start_node_kubelet() {
 		  imagefs.inodesFree: 1%
 	EOF
 	local args=("$K8S_BIN/kubelet" --config="$RUN/kubelet/config.yaml" --kubeconfig="$KCFG/kubelet.kubeconfig"
-		--root-dir="$RUN/kubelet" --hostname-override="$name" --v=2)
+		--root-dir="$RUN/kubelet" --hostname-override="$name" --v=2 "${GATES[@]}")
 	# node.sh starts it again with the same command line.
 	printf '%s\n' "${args[@]}" >"$(node_dir "$i")/kubelet/cmdline"
 	start_on "$i" kubelet "${args[@]}"

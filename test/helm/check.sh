@@ -102,7 +102,7 @@ expect "defaults: MPS daemon pods of that class" '--mps-daemon-priority-class=t-
 expect "defaults: MPS daemon pods' cpu" '--mps-daemon-cpu=250m$' "$out"
 expect "defaults: MPS daemon pods' memory" '--mps-daemon-memory=512Mi$' "$out"
 expect "defaults: the policy requires the daemon class" 'object.spec.priorityClassName == "t-mps-daemon"' "$out"
-expect "defaults: the policy requires the daemon resources" 'quantity\(r.cpu\).compareTo\(quantity\("250m"\)\) == 0' "$out"
+expect "defaults: the policy requires the daemon resources" 'quantity\(c.resources.limits.cpu\).compareTo\(quantity\("250m"\)\) == 0' "$out"
 expect "defaults: the plugin keeps its node-critical priority" 'priorityClassName: system-node-critical' "$out"
 # The plugin identity's other node-scoped policies, and who may tolerate the driver's taints.
 for p in node-claim-status node-events driver-taint-tolerations; do
@@ -120,10 +120,31 @@ refuse "mps.priorityClassName set: no class of the chart's" '^kind: PriorityClas
 expect "mps.priorityClassName set: the flag" '--mps-daemon-priority-class=gpu-daemons$' "$out"
 expect "mps.priorityClassName set: the policy" 'object.spec.priorityClassName == "gpu-daemons"' "$out"
 expect "mps.daemonResources set: the flag" '--mps-daemon-cpu=1$' "$out"
-expect "mps.daemonResources set: the policy" 'quantity\(r.memory\).compareTo\(quantity\("2Gi"\)\) == 0' "$out"
+expect "mps.daemonResources set: the policy" 'quantity\(c.resources.limits.memory\).compareTo\(quantity\("2Gi"\)\) == 0' "$out"
+refuse "defaults: no node-allocatable overhead" 'node-allocatable-overhead' "$(render)"
+expect "defaults: daemon pods request exactly their limits" 'quantity\("250m"\).sub\(quantity\("0"\)\)' "$(render)"
+out=$(render --set kubeletPlugin.nodeAllocatableOverhead.enabled=true)
+expect "nodeAllocatableOverhead on: share defaults to the daemon's resources" \
+	'--node-allocatable-overhead=share:cpu=250m,share:memory=512Mi$' "$out"
+expect "nodeAllocatableOverhead on: the daemon policy allows requests lowered by it" \
+	'quantity\("512Mi"\).sub\(quantity\("512Mi"\)\)' "$out"
+out=$(render --set kubeletPlugin.nodeAllocatableOverhead.enabled=true --set kubeletPlugin.nodeAllocatableOverhead.mig.memory=256Mi \
+	--set kubeletPlugin.nodeAllocatableOverhead.share.memory=1Gi)
+expect "nodeAllocatableOverhead per kind" '--node-allocatable-overhead=mig:memory=256Mi,share:memory=1Gi$' "$out"
+expect "nodeAllocatableOverhead: the policy allows no cpu below the limit without a cpu overhead" \
+	'quantity\("250m"\).sub\(quantity\("0"\)\)' "$out"
+if bad=$(render --set kubeletPlugin.nodeAllocatableOverhead.enabled=true --set kubeletPlugin.nodeAllocatableOverhead.gpu.disk=1Gi 2>&1); then
+	die "chart: nodeAllocatableOverhead with a resource other than cpu or memory rendered"
+fi
+expect "nodeAllocatableOverhead: a bad resource is named" 'nodeAllocatableOverhead.gpu: "disk" is neither cpu nor memory' "$bad"
+if bad=$(render --set kubeletPlugin.nodeAllocatableOverhead.enabled=true --set kubeletPlugin.mps.daemonPods=false 2>&1); then
+	die "chart: nodeAllocatableOverhead on with no kind rendered"
+fi
+expect "nodeAllocatableOverhead on with nothing to publish is refused" 'no kind has an overhead' "$bad"
 # Values of a release from before these values (helm upgrade --reuse-values): the defaults.
 out=$(render --set kubeletPlugin.mps.daemonResources=null --set kubeletPlugin.mps.priorityClassName=null \
-	--set kubeletPlugin.mps.priority=null --set driverTaintTolerations=null)
+	--set kubeletPlugin.mps.priority=null --set driverTaintTolerations=null --set kubeletPlugin.nodeAllocatableOverhead=null)
+refuse "values without nodeAllocatableOverhead: none" 'node-allocatable-overhead' "$out"
 expect "values without mps.daemonResources: the default cpu" '--mps-daemon-cpu=250m$' "$out"
 expect "values without mps.priority: the default class" '^value: 1000000000$' "$out"
 expect "values without driverTaintTolerations: the toleration policy" '^  name: t-driver-taint-tolerations$' "$out"

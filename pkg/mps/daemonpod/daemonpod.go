@@ -87,6 +87,14 @@ type Launcher struct {
 	// MPS servers of the daemon's clients run in the pod and count
 	// against them.
 	CPU, Memory resource.Quantity
+	// Reserved is what every pod that uses a share of a shared GPU
+	// already reserves on the node for its claim's daemon: the
+	// node-allocatable overhead the plugin publishes on shared GPUs
+	// (KEP-5517), or nil. The pod of a daemon that serves only shares
+	// (mps.Daemon.SharesOnly) requests only what it does not cover, so
+	// that the node counts the daemon once; its limits stay CPU and
+	// Memory (the pod is then Burstable).
+	Reserved corev1.ResourceList
 	// Command runs the supervisor (DefaultCommand if empty); the
 	// daemon's flags follow it.
 	Command []string
@@ -116,8 +124,10 @@ func (l *Launcher) Validate() error {
 	return nil
 }
 
-// resources are a pod's requests, and limits equal to them.
-func (l *Launcher) resources() corev1.ResourceRequirements {
+// resources are a daemon's pod's limits, and its requests: equal to them,
+// or for a daemon that serves only shares, less what its clients' pods
+// reserve for it (Reserved), never below zero.
+func (l *Launcher) resources(d mps.Daemon) corev1.ResourceRequirements {
 	cpu, memory := l.CPU, l.Memory
 	if cpu.IsZero() {
 		cpu = DefaultCPU
@@ -125,8 +135,20 @@ func (l *Launcher) resources() corev1.ResourceRequirements {
 	if memory.IsZero() {
 		memory = DefaultMemory
 	}
-	list := corev1.ResourceList{corev1.ResourceCPU: cpu, corev1.ResourceMemory: memory}
-	return corev1.ResourceRequirements{Requests: list, Limits: list.DeepCopy()}
+	limits := corev1.ResourceList{corev1.ResourceCPU: cpu, corev1.ResourceMemory: memory}
+	requests := limits.DeepCopy()
+	if d.SharesOnly {
+		for name, q := range requests {
+			if r, ok := l.Reserved[name]; ok {
+				q.Sub(r)
+				if q.Sign() < 0 {
+					q = resource.Quantity{Format: q.Format}
+				}
+				requests[name] = q
+			}
+		}
+	}
+	return corev1.ResourceRequirements{Requests: requests, Limits: limits}
 }
 
 // list lists the daemon pods of key on the node, or all of the node's
@@ -266,7 +288,7 @@ func (l *Launcher) Pod(d mps.Daemon) *corev1.Pod {
 				// node. The MPS servers of the claim's clients run in this
 				// container: the limits bound them too (Launcher.CPU,
 				// Memory). The chart's admission policy admits exactly these.
-				Resources:    l.resources(),
+				Resources:    l.resources(d),
 				VolumeMounts: mounts,
 			}},
 			Volumes: volumes,

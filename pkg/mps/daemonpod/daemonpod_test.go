@@ -191,16 +191,36 @@ func TestLaunchRefusesAKeyThatCannotLabelAPod(t *testing.T) {
 // Launcher's or the defaults, so the pod is Guaranteed (the last evicted
 // under node pressure) and the chart's admission policy, which admits
 // exactly those, admits it. The kubelet's own QoS classification judges.
-func TestPodIsGuaranteed(t *testing.T) {
+// TestPodResources: a daemon's pod is Guaranteed, requests equal to
+// limits, unless it serves only shares and the node reserves its cost
+// through the shares' pods (Reserved): then it requests the rest, never
+// below zero, with the same limits.
+func TestPodResources(t *testing.T) {
 	d := mps.Daemon{Key: key, Dir: "/var/lib/kubelet/plugins/gpu.nvidia.com/mps/" + key, GPUs: []string{"GPU-a"}}
+	shares := d
+	shares.SharesOnly = true
 	for _, tc := range []struct {
-		name             string
-		cpu, memory      string
-		wantCPU, wantMem string
+		name               string
+		cpu, memory        string
+		reserved           corev1.ResourceList
+		daemon             mps.Daemon
+		wantCPU, wantMem   string
+		wantReqs, wantReqM string
+		wantQoS            corev1.PodQOSClass
 	}{
-		{name: "defaults", wantCPU: "250m", wantMem: "512Mi"},
-		{name: "set", cpu: "1500m", memory: "2Gi", wantCPU: "1500m", wantMem: "2Gi"},
-		{name: "memory only", memory: "1Gi", wantCPU: "250m", wantMem: "1Gi"},
+		{name: "defaults", daemon: d, wantCPU: "250m", wantMem: "512Mi"},
+		{name: "set", cpu: "1500m", memory: "2Gi", daemon: d, wantCPU: "1500m", wantMem: "2Gi"},
+		{name: "memory only", memory: "1Gi", daemon: d, wantCPU: "250m", wantMem: "1Gi"},
+		{name: "shares, nothing reserved", daemon: shares, wantCPU: "250m", wantMem: "512Mi"},
+		{name: "not only shares, reserved", daemon: d, reserved: list("250m", "512Mi"), wantCPU: "250m", wantMem: "512Mi"},
+		{name: "shares, all reserved", daemon: shares, reserved: list("250m", "512Mi"),
+			wantCPU: "250m", wantMem: "512Mi", wantReqs: "0", wantReqM: "0", wantQoS: corev1.PodQOSBurstable},
+		{name: "shares, part reserved", daemon: shares, reserved: list("100m", "128Mi"),
+			wantCPU: "250m", wantMem: "512Mi", wantReqs: "150m", wantReqM: "384Mi", wantQoS: corev1.PodQOSBurstable},
+		{name: "shares, more reserved", daemon: shares, reserved: list("1", "1Gi"),
+			wantCPU: "250m", wantMem: "512Mi", wantReqs: "0", wantReqM: "0", wantQoS: corev1.PodQOSBurstable},
+		{name: "shares, memory reserved", daemon: shares, reserved: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("512Mi")},
+			wantCPU: "250m", wantMem: "512Mi", wantReqs: "250m", wantReqM: "0", wantQoS: corev1.PodQOSBurstable},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			l, _ := newLauncher(t)
@@ -210,21 +230,36 @@ func TestPodIsGuaranteed(t *testing.T) {
 			if tc.memory != "" {
 				l.Memory = resource.MustParse(tc.memory)
 			}
-			p := l.Pod(d)
-			if qos := qoshelper.ComputePodQOS(p); qos != corev1.PodQOSGuaranteed {
-				t.Errorf("QoS class %s, want Guaranteed", qos)
+			l.Reserved = tc.reserved
+			if tc.wantReqs == "" {
+				tc.wantReqs, tc.wantReqM, tc.wantQoS = tc.wantCPU, tc.wantMem, corev1.PodQOSGuaranteed
+			}
+			p := l.Pod(tc.daemon)
+			if qos := qoshelper.ComputePodQOS(p); qos != tc.wantQoS {
+				t.Errorf("QoS class %s, want %s", qos, tc.wantQoS)
 			}
 			r := p.Spec.Containers[0].Resources
-			for what, list := range map[string]corev1.ResourceList{"requests": r.Requests, "limits": r.Limits} {
-				if len(list) != 2 || list.Cpu().String() != tc.wantCPU || list.Memory().String() != tc.wantMem {
-					t.Errorf("%s %v, want cpu %s and memory %s only", what, list, tc.wantCPU, tc.wantMem)
-				}
+			if len(r.Limits) != 2 || r.Limits.Cpu().String() != tc.wantCPU || r.Limits.Memory().String() != tc.wantMem {
+				t.Errorf("limits %v, want cpu %s and memory %s only", r.Limits, tc.wantCPU, tc.wantMem)
+			}
+			if len(r.Requests) != 2 || r.Requests.Cpu().String() != tc.wantReqs || r.Requests.Memory().String() != tc.wantReqM {
+				t.Errorf("requests %v, want cpu %s and memory %s only", r.Requests, tc.wantReqs, tc.wantReqM)
 			}
 			if len(p.Finalizers) != 0 || len(p.OwnerReferences) != 0 {
 				t.Errorf("finalizers %v, owners %v", p.Finalizers, p.OwnerReferences)
 			}
 		})
 	}
+	l, _ := newLauncher(t)
+	l.Reserved = list("250m", "512Mi")
+	_ = l.Pod(shares)
+	if got := l.Reserved.Cpu().String(); got != "250m" {
+		t.Errorf("Pod changed Reserved to %s", got)
+	}
+}
+
+func list(cpu, memory string) corev1.ResourceList {
+	return corev1.ResourceList{corev1.ResourceCPU: resource.MustParse(cpu), corev1.ResourceMemory: resource.MustParse(memory)}
 }
 
 // TestValidateRefusesNegativeResources: a negative request would be

@@ -82,3 +82,46 @@ hold for the values of a release from before they were values (helm upgrade
 {{- define "gpu-dra-driver.mpsDaemonMemory" -}}
 {{- dig "memory" "512Mi" (.Values.kubeletPlugin.mps.daemonResources | default dict) | toString -}}
 {{- end -}}
+
+{{/*
+The plugin's --node-allocatable-overhead: KIND:RESOURCE=QUANTITY pairs from
+kubeletPlugin.nodeAllocatableOverhead, share defaulting to the MPS daemon
+pods' resources (when daemons run in pods); empty when it is off, or for the
+values of a release from before it was a value.
+*/}}
+{{- define "gpu-dra-driver.nodeAllocatableOverhead" -}}
+{{- $o := .Values.kubeletPlugin.nodeAllocatableOverhead | default dict -}}
+{{- $items := list -}}
+{{- if $o.enabled -}}
+{{- range $kind := list "gpu" "mig" "share" -}}
+{{- $r := get $o $kind | default dict -}}
+{{- if and (eq $kind "share") (not $r) $.Values.kubeletPlugin.mps.daemonPods -}}
+{{- $r = dict "cpu" (include "gpu-dra-driver.mpsDaemonCPU" $) "memory" (include "gpu-dra-driver.mpsDaemonMemory" $) -}}
+{{- end -}}
+{{- range $res := keys $r | sortAlpha -}}
+{{- if not (has $res (list "cpu" "memory")) -}}
+{{- fail (printf "kubeletPlugin.nodeAllocatableOverhead.%s: %q is neither cpu nor memory" $kind $res) -}}
+{{- end -}}
+{{- $items = append $items (printf "%s:%s=%v" $kind $res (get $r $res)) -}}
+{{- end -}}
+{{- end -}}
+{{- if not $items -}}
+{{- fail "kubeletPlugin.nodeAllocatableOverhead.enabled: no kind has an overhead (gpu, mig or share, each {cpu, memory}; share defaults to mps.daemonResources when mps.daemonPods is on)" -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $items -}}
+{{- end -}}
+
+{{/*
+The share overhead per resource that the MPS daemon pods' requests are
+lowered by, "0" where none: what the admission policy of the daemon pods
+allows below their limits.
+*/}}
+{{- define "gpu-dra-driver.shareOverhead" -}}
+{{- $res := .res -}}
+{{- $q := "0" -}}
+{{- range $item := splitList "," (include "gpu-dra-driver.nodeAllocatableOverhead" .root) -}}
+{{- if hasPrefix (printf "share:%s=" $res) $item -}}{{- $q = trimPrefix (printf "share:%s=" $res) $item -}}{{- end -}}
+{{- end -}}
+{{- $q -}}
+{{- end -}}
