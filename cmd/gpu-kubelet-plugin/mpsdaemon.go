@@ -46,6 +46,7 @@ when the directory is gone (the claim was unprepared).`,
 				s.GPUs = strings.Split(gpus, ",")
 			}
 			ctx := klog.NewContext(cmd.Context(), klog.Background().WithValues("dir", s.Dir))
+			protectFromOOMKiller(klog.FromContext(ctx), "/proc/self/oom_score_adj")
 			// Run returns once its daemon is gone.
 			defer removeToolLinks(klog.FromContext(ctx))
 			err := s.Run(ctx)
@@ -65,4 +66,21 @@ when the directory is gone (the claim was unprepared).`,
 	cmd.Flags().StringVar(&gpus, "gpus", "", "comma-separated UUIDs of the GPUs or MIG devices the daemon is given (CUDA_VISIBLE_DEVICES); where the plugin wrote the daemon's spec in --dir, they must be its GPUs, which, with its limits, the spec decides")
 	cmd.Flags().DurationVar(&s.Timeout, "timeout", 0, "the most the quit command, and the daemon's stop after it, may take (0: 10s)")
 	return cmd
+}
+
+// guaranteedOOMScoreAdj is the oom_score_adj the kubelet gives the
+// processes of Guaranteed pods.
+const guaranteedOOMScoreAdj = "-997"
+
+// protectFromOOMKiller gives the supervisor, and so the MPS control daemon
+// and servers it starts (they inherit it), the OOM score of a Guaranteed
+// pod's processes: a daemon pod whose requests are lowered by what its
+// shares' pods reserve (kubeletPlugin.nodeAllocatableOverhead) is
+// Burstable, which the kubelet scores near 1000, and an MPS server killed
+// takes every client of the claim with it. Its memory stays bounded by its
+// pod's limit. A failure (outside a privileged container) is logged only.
+func protectFromOOMKiller(logger klog.Logger, file string) {
+	if err := os.WriteFile(file, []byte(guaranteedOOMScoreAdj), 0o644); err != nil {
+		logger.Info("Warning: the MPS control daemon keeps its pod's OOM score", "err", err.Error())
+	}
 }

@@ -115,8 +115,8 @@ func (o *runOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.mpsDaemonPods.Namespace, "mps-daemon-namespace", "", "namespace of the MPS control daemons' pods: the plugin's own (the chart passes it)")
 	fs.StringVar(&o.mpsDaemonPods.PriorityClassName, "mps-daemon-priority-class", "", "priority class of the MPS control daemons' pods (the chart passes its own, high but not critical: the kubelet evicts other pods to admit a critical one)")
 	o.mpsDaemonCPU.Quantity, o.mpsDaemonMemory.Quantity = daemonpod.DefaultCPU.DeepCopy(), daemonpod.DefaultMemory.DeepCopy()
-	fs.Var(&o.mpsDaemonCPU, "mps-daemon-cpu", "CPU request and limit of each MPS control daemon's pod (equal: the pod is Guaranteed); the MPS servers of its clients run in the pod too")
-	fs.Var(&o.mpsDaemonMemory, "mps-daemon-memory", "memory request and limit of each MPS control daemon's pod (equal: the pod is Guaranteed); the MPS servers of its clients run in the pod too, and one over the limit is killed")
+	fs.Var(&o.mpsDaemonCPU, "mps-daemon-cpu", "CPU limit, and request, of each MPS control daemon's pod (equal: the pod is Guaranteed, unless --node-allocatable-overhead lowers the requests of daemons of shares); the MPS servers of its clients run in the pod too")
+	fs.Var(&o.mpsDaemonMemory, "mps-daemon-memory", "memory limit, and request, of each MPS control daemon's pod (equal: the pod is Guaranteed, unless --node-allocatable-overhead lowers the requests of daemons of shares); the MPS servers of its clients run in the pod too, and one over the limit is killed")
 	fs.Var(overheadFlag{&o.overhead}, "node-allocatable-overhead", "what each pod using a device of a kind costs the node beyond its containers' requests, published as the devices' node-allocatable overhead per pod (KEP-5517; needs the feature gate DRANodeAllocatableResources on the API server, scheduler and kubelets): KIND:RESOURCE=QUANTITY pairs, comma-separated, KIND gpu, mig or share, RESOURCE cpu or memory, e.g. share:cpu=250m,share:memory=512Mi. The pod of an MPS control daemon that serves only shares then requests that much less (docs/helm.md). Empty, or an API server that drops the field, publishes none")
 	fs.StringVar((*string)(&o.mpsDaemonPods.ImagePullPolicy), "mps-daemon-image-pull-policy", "", "image pull policy of the MPS control daemons' pods (the chart passes the plugin's)")
 	fs.StringVar(&o.mpsFSSize, "mps-fs-size", "64Mi", "size of the tmpfs each MPS control daemon gets for its pipe directory and shared memory (/dev/shm of the daemon and its clients), which its clients' containers write to: what a tenant writes there is bounded by it, not by the node's disk; 0 gives plain directories of the plugin's data directory, unbounded, and no shared /dev/shm")
@@ -209,10 +209,7 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 	if daemons.FS, err = ro.mpsFilesystem(); err != nil {
 		return err
 	}
-	overhead, err := ro.publishedOverhead(ctx, client, opts.nodeName)
-	if err != nil {
-		return err
-	}
+	overhead := ro.publishedOverhead(ctx, client, opts.nodeName)
 	if pods := ro.mpsDaemonPods; pods.Image != "" {
 		pods.Client, pods.NodeName, pods.DriverRoot = client, opts.nodeName, ro.driverRoot
 		pods.CPU, pods.Memory = ro.mpsDaemonCPU.Quantity, ro.mpsDaemonMemory.Quantity
@@ -267,24 +264,31 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 }
 
 // publishedOverhead is --node-allocatable-overhead where the API server
-// keeps it, and none where it drops the field (its feature gate is off):
-// the daemons' pods then keep their full requests, as without the flag.
-func (o *runOptions) publishedOverhead(ctx context.Context, client kubernetes.Interface, nodeName string) (devicemodel.Overhead, error) {
+// keeps it, and none where it drops the field (its feature gate is off)
+// or cannot be asked: the daemons' pods then keep their full requests, as
+// without the flag. It is decided once, at start.
+func (o *runOptions) publishedOverhead(ctx context.Context, client kubernetes.Interface, nodeName string) devicemodel.Overhead {
 	if o.overhead.Empty() {
-		return nil, nil
+		return nil
 	}
 	logger := klog.FromContext(ctx)
-	kept, err := publish.KeepsNodeAllocatable(ctx, client, names.DriverName, nodeName)
+	probeCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	kept, err := publish.KeepsNodeAllocatable(probeCtx, client, names.DriverName, nodeName)
 	if err != nil {
-		return nil, fmt.Errorf("--node-allocatable-overhead: %w", err)
+		// Publishing none is safe: the daemons' pods then keep their
+		// full requests. The next start asks again.
+		logger.Error(err, "Cannot tell whether the API server keeps node-allocatable overhead; publishing none until the plugin restarts",
+			"nodeAllocatableOverhead", o.overhead.String())
+		return nil
 	}
 	if !kept {
 		logger.Error(nil, "The API server drops the devices' nodeAllocatableResources: its feature gate DRANodeAllocatableResources is off. Publishing no node-allocatable overhead; MPS daemon pods request their full resources",
 			"nodeAllocatableOverhead", o.overhead.String())
-		return nil, nil
+		return nil
 	}
 	logger.Info("Publishing node-allocatable overhead (KEP-5517); the scheduler and the kubelets need the feature gate DRANodeAllocatableResources too", "nodeAllocatableOverhead", o.overhead.String())
-	return o.overhead, nil
+	return o.overhead
 }
 
 // findNVML is libnvidia-ml.so.1 under the driver root, where the plugin

@@ -213,3 +213,40 @@ func TestSecondSupervisorLeavesARunningSupervisorsDaemonAlone(t *testing.T) {
 		})
 	}
 }
+
+// launched records the daemons its launcher is asked to launch.
+type launched struct {
+	Launcher
+	daemons *[]Daemon
+}
+
+func (l launched) Launch(ctx context.Context, d Daemon) error {
+	*l.daemons = append(*l.daemons, d)
+	return l.Launcher.Launch(ctx, d)
+}
+
+// TestStartTellsTheLauncherSharesOnly: whether a daemon serves only
+// shares reaches its launcher (which lowers its pod's requests by it),
+// and is not saved in its spec, which the claim's devices rebuild.
+func TestStartTellsTheLauncherSharesOnly(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	for _, sharesOnly := range []bool{false, true} {
+		m := newTestManager(t)
+		var got []Daemon
+		m.Launcher = launched{m.inProcess, &got}
+		key := "2f0e0a4c-0000-4000-8000-00000000003" + map[bool]string{false: "0", true: "1"}[sharesOnly]
+		if err := m.Start(ctx, key, []string{"GPU-a"}, Limits{PinnedMemoryMiB: map[string]int64{"GPU-a": 1024}, SharesOnly: sharesOnly}); err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 1 || got[0].SharesOnly != sharesOnly {
+			t.Errorf("SharesOnly %v: launched %+v", sharesOnly, got)
+		}
+		spec, err := loadSpecIn(m.Dir(key))
+		if err != nil || spec.Limits.SharesOnly || spec.Limits.PinnedMemoryMiB["GPU-a"] != 1024 {
+			t.Errorf("saved spec %+v (%v): want the limits without SharesOnly", spec, err)
+		}
+		if err := m.Stop(ctx, key); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

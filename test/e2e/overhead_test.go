@@ -61,6 +61,18 @@ func setNodeAllocatableOverhead(t *testing.T, on bool) {
 // overhead in their status.
 func freeCPU(t *testing.T) int64 {
 	t.Helper()
+	eventually(t, 120*time.Second, "no pod of the node being deleted", func() (bool, error) {
+		pods, err := client.CoreV1().Pods("").List(ctx(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + nodeName})
+		if err != nil {
+			return false, err
+		}
+		for _, p := range pods.Items {
+			if p.DeletionTimestamp != nil {
+				return false, fmt.Errorf("%s/%s is being deleted", p.Namespace, p.Name)
+			}
+		}
+		return true, nil
+	})
 	node, err := client.CoreV1().Nodes().Get(ctx(), nodeName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -88,8 +100,8 @@ func freeCPU(t *testing.T) int64 {
 	return free
 }
 
-// sharePodWithCPU is a pod with a share of a GPU (1Gi of its memory) that
-// requests cpuMilli of CPU.
+// sharePodWithCPU is a pod of the test's node with a share of a GPU (1Gi
+// of its memory) that requests cpuMilli of CPU.
 func sharePodWithCPU(ns, name string, cpuMilli int64) string {
 	return fmt.Sprintf(`---
 apiVersion: resource.k8s.io/v1
@@ -102,6 +114,7 @@ kind: Pod
 metadata: {name: %[1]s, namespace: %[2]s}
 spec:
   terminationGracePeriodSeconds: 1
+  nodeSelector: {kubernetes.io/hostname: "%[4]s"}
   containers:
   - name: ctr
     image: busybox:local
@@ -110,7 +123,7 @@ spec:
     resources: {requests: {cpu: %[3]dm}, claims: [{name: gpu}]}
   resourceClaims:
   - {name: gpu, resourceClaimTemplateName: %[1]s}
-`, name, ns, cpuMilli)
+`, name, ns, cpuMilli, nodeName)
 }
 
 // TestNodeAllocatableOverheadOfShares: with kubeletPlugin.
@@ -118,9 +131,10 @@ spec:
 // gate, test/cluster/up.sh), every share reserves its claim's MPS daemon
 // (250m, 512Mi by default) on the node as part of its pod: the scheduler
 // writes it into the pod's status, the daemon's pod requests none of it
-// (its limits unchanged), and a pod whose CPU fits only without the
-// daemon's is refused. With the setting off, the same pod is scheduled:
-// the node is then over-committed, its daemon left without room.
+// (its limits unchanged), the kubelet counts it at admission, and a pod
+// whose CPU fits only without the daemon's is refused. With the setting
+// off, the same pod is scheduled: the node is then over-committed, its
+// daemon left without room.
 func TestNodeAllocatableOverheadOfShares(t *testing.T) {
 	const ns = "node-overhead"
 	t.Cleanup(func() {
@@ -163,12 +177,34 @@ func TestNodeAllocatableOverheadOfShares(t *testing.T) {
 		t.Errorf("the daemon pod's resources %+v: want no requests (its shares' pods reserve them) and limits cpu 250m, memory 512Mi", r)
 	}
 
+	// The kubelet counts it too: a pod bound to the node directly (no
+	// scheduler) that fits only if the share's overhead were not counted
+	// is refused at admission.
+	free = freeCPU(t)
+	applyYAML(t, fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata: {name: direct, namespace: %s}
+spec:
+  nodeName: %q
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: ctr, image: busybox:local, imagePullPolicy: Never, command: ["sleep", "3600"], resources: {requests: {cpu: %dm}}}
+`, ns, nodeName, free+150))
+	eventually(t, 60*time.Second, "the kubelet refusing a pod that fits only without the share's overhead", func() (bool, error) {
+		p, err := client.CoreV1().Pods(ns).Get(ctx(), "direct", metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		return p.Status.Phase == corev1.PodFailed && p.Status.Reason == "OutOfcpu", fmt.Errorf("phase %s, reason %q", p.Status.Phase, p.Status.Reason)
+	})
+	kubectl(t, "delete", "pod", "-n", ns, "direct", "--wait=true")
+
 	// A second share whose own request fits, but not with its daemon's.
 	free = freeCPU(t)
-	if free < 200 {
-		t.Fatalf("only %dm of the node's CPU is free after the first share: want about 100m more", free)
+	if free < 1 {
+		t.Fatalf("%dm of the node's CPU is free after the first share: want some", free)
 	}
-	applyYAML(t, sharePodWithCPU(ns, "over", free-100))
+	applyYAML(t, sharePodWithCPU(ns, "over", free))
 	eventually(t, 60*time.Second, "the pod that over-commits the node's CPU with its daemon refused", func() (bool, error) {
 		p, err := client.CoreV1().Pods(ns).Get(ctx(), "over", metav1.GetOptions{})
 		if err != nil {
@@ -193,5 +229,5 @@ func TestNodeAllocatableOverheadOfShares(t *testing.T) {
 		return p.Spec.NodeName == nodeName && len(p.Status.NodeAllocatableResourceClaimStatuses) == 0,
 			fmt.Errorf("node %q, node-allocatable status %+v", p.Spec.NodeName, p.Status.NodeAllocatableResourceClaimStatuses)
 	})
-	t.Logf("with the setting off the pod is bound; %dm of CPU was left for its daemon's 250m", freeCPU(t))
+	t.Logf("with the setting off the pod is bound, with no CPU left on the node for its daemon's 250m")
 }

@@ -137,6 +137,16 @@ if bad=$(render --set kubeletPlugin.nodeAllocatableOverhead.enabled=true --set k
 	die "chart: nodeAllocatableOverhead with a resource other than cpu or memory rendered"
 fi
 expect "nodeAllocatableOverhead: a bad resource is named" 'nodeAllocatableOverhead.gpu: "disk" is neither cpu nor memory' "$bad"
+for q in 0 0.0Mi -100m '' lots; do
+	if bad=$(render --set kubeletPlugin.nodeAllocatableOverhead.enabled=true --set-string "kubeletPlugin.nodeAllocatableOverhead.share.cpu=$q" 2>&1); then
+		die "chart: nodeAllocatableOverhead share.cpu=$q rendered"
+	fi
+	expect "nodeAllocatableOverhead: share.cpu=$q is refused" 'share.cpu: .* is not a positive quantity' "$bad"
+done
+refuse "nodeAllocatableOverhead.enabled as the string false: off" 'node-allocatable-overhead' \
+	"$(render --set-string kubeletPlugin.nodeAllocatableOverhead.enabled=false)"
+expect "nodeAllocatableOverhead: a decimal quantity" '--node-allocatable-overhead=share:cpu=0.5,share:memory=512Mi$' \
+	"$(render --set kubeletPlugin.nodeAllocatableOverhead.enabled=true --set kubeletPlugin.nodeAllocatableOverhead.share.cpu=0.5 --set kubeletPlugin.nodeAllocatableOverhead.share.memory=512Mi)"
 if bad=$(render --set kubeletPlugin.nodeAllocatableOverhead.enabled=true --set kubeletPlugin.mps.daemonPods=false 2>&1); then
 	die "chart: nodeAllocatableOverhead on with no kind rendered"
 fi

@@ -82,10 +82,10 @@ type Launcher struct {
 	// evicted before workloads. Not a critical one: the kubelet evicts
 	// other pods to admit a critical pod.
 	PriorityClassName string
-	// CPU and Memory are each pod's requests and limits, equal so that
-	// the pod is Guaranteed (DefaultCPU and DefaultMemory if zero). The
-	// MPS servers of the daemon's clients run in the pod and count
-	// against them.
+	// CPU and Memory are each pod's limits, and its requests, equal so
+	// that the pod is Guaranteed (DefaultCPU and DefaultMemory if zero),
+	// unless Reserved lowers them. The MPS servers of the daemon's clients
+	// run in the pod and count against them.
 	CPU, Memory resource.Quantity
 	// Reserved is what every pod that uses a share of a shared GPU
 	// already reserves on the node for its claim's daemon: the
@@ -151,6 +151,18 @@ func (l *Launcher) resources(d mps.Daemon) corev1.ResourceRequirements {
 	return corev1.ResourceRequirements{Requests: requests, Limits: limits}
 }
 
+// lowered reports whether the pod requests less than its limits.
+func lowered(p *corev1.Pod) bool {
+	for _, c := range p.Spec.Containers {
+		for name, limit := range c.Resources.Limits {
+			if r, ok := c.Resources.Requests[name]; ok && r.Cmp(limit) < 0 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // list lists the daemon pods of key on the node, or all of the node's
 // with key "".
 func (l *Launcher) list(ctx context.Context, key string) ([]corev1.Pod, error) {
@@ -198,7 +210,18 @@ func (l *Launcher) Launch(ctx context.Context, d mps.Daemon) error {
 			}
 		}
 	}
-	p, err := l.Client.CoreV1().Pods(l.Namespace).Create(ctx, l.Pod(d), metav1.CreateOptions{})
+	pod := l.Pod(d)
+	p, err := l.Client.CoreV1().Pods(l.Namespace).Create(ctx, pod, metav1.CreateOptions{})
+	if err != nil && d.SharesOnly && (apierrors.IsForbidden(err) || apierrors.IsInvalid(err)) && lowered(pod) {
+		// During a roll that turned the overhead off (or lowered it),
+		// the chart's new policy already refuses the lowered requests
+		// this older setting asks for: requests equal to the limits
+		// pass every version of it, and never over-commit the node.
+		logger.Info("MPS control daemon pod with lowered requests refused; creating it with requests equal to its limits", "key", d.Key, "err", err.Error())
+		full := d
+		full.SharesOnly = false
+		p, err = l.Client.CoreV1().Pods(l.Namespace).Create(ctx, l.Pod(full), metav1.CreateOptions{})
+	}
 	if err != nil {
 		return fmt.Errorf("create the MPS control daemon's pod: %w", err)
 	}
@@ -285,9 +308,11 @@ func (l *Launcher) Pod(d mps.Daemon) *corev1.Pod {
 				SecurityContext: &corev1.SecurityContext{Privileged: ptr.To(true)},
 				// Requests equal to limits: Guaranteed, the last class
 				// evicted under node pressure, and a known share of the
-				// node. The MPS servers of the claim's clients run in this
-				// container: the limits bound them too (Launcher.CPU,
-				// Memory). The chart's admission policy admits exactly these.
+				// node; lowered by what the shares' pods reserve
+				// (Launcher.Reserved), Burstable. The MPS servers of the
+				// claim's clients run in this container: the limits bound
+				// them too (Launcher.CPU, Memory). The chart's admission
+				// policy admits exactly these.
 				Resources:    l.resources(d),
 				VolumeMounts: mounts,
 			}},

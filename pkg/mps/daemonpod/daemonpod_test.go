@@ -2,12 +2,14 @@ package daemonpod
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -311,5 +313,61 @@ func TestPodSeesItsDaemonsFilesystem(t *testing.T) {
 	plain := l.Pod(mps.Daemon{Key: key, Dir: dir, GPUs: []string{"GPU-a"}})
 	if len(plain.Spec.Volumes) != 2 || len(plain.Spec.Containers[0].VolumeMounts) != 2 {
 		t.Errorf("a daemon without a tmpfs: %d volumes, want 2", len(plain.Spec.Volumes))
+	}
+}
+
+// TestLaunchFallsBackToFullRequests: a daemon pod with lowered requests
+// that the API server refuses (the chart's policy of a release that turned
+// the overhead off, reached before this node's plugin rolled) is created
+// with requests equal to its limits; any other refusal, or one of a pod
+// already at its limits, stays an error.
+func TestLaunchFallsBackToFullRequests(t *testing.T) {
+	d := mps.Daemon{Key: key, Dir: "/mps/" + key, GPUs: []string{"GPU-a"}, SharesOnly: true}
+	for _, tc := range []struct {
+		name     string
+		reserved corev1.ResourceList
+		refuse   func(p *corev1.Pod) error
+		wantErr  bool
+		wantReqs string // cpu request of the pod created
+	}{
+		{name: "lowered, refused by the policy, then full", reserved: list("250m", "512Mi"),
+			refuse: func(p *corev1.Pod) error {
+				if p.Spec.Containers[0].Resources.Requests.Cpu().IsZero() {
+					return apierrors.NewForbidden(corev1.Resource("pods"), "", errors.New("denied by the MPS daemon pod policy"))
+				}
+				return nil
+			}, wantReqs: "250m"},
+		{name: "lowered and admitted", reserved: list("250m", "512Mi"), refuse: func(*corev1.Pod) error { return nil }, wantReqs: "0"},
+		{name: "not lowered, refused", refuse: func(*corev1.Pod) error {
+			return apierrors.NewForbidden(corev1.Resource("pods"), "", errors.New("denied"))
+		}, wantErr: true},
+		{name: "lowered, refused for another reason", reserved: list("250m", "512Mi"), refuse: func(*corev1.Pod) error {
+			return apierrors.NewServiceUnavailable("no")
+		}, wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l, client := newLauncher(t)
+			l.Reserved = tc.reserved
+			client.PrependReactor("create", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+				if err := tc.refuse(a.(k8stesting.CreateAction).GetObject().(*corev1.Pod)); err != nil {
+					return true, nil, err
+				}
+				return false, nil, nil
+			})
+			err := l.Launch(context.Background(), d)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("Launch: %v, want error %v", err, tc.wantErr)
+			}
+			ps := pods(t, client)
+			if tc.wantErr {
+				if len(ps) != 0 {
+					t.Errorf("%d pods created", len(ps))
+				}
+				return
+			}
+			if len(ps) != 1 || ps[0].Spec.Containers[0].Resources.Requests.Cpu().String() != tc.wantReqs {
+				t.Fatalf("pods %d, want one requesting cpu %s", len(ps), tc.wantReqs)
+			}
+		})
 	}
 }

@@ -92,7 +92,7 @@ values of a release from before it was a value.
 {{- define "gpu-dra-driver.nodeAllocatableOverhead" -}}
 {{- $o := .Values.kubeletPlugin.nodeAllocatableOverhead | default dict -}}
 {{- $items := list -}}
-{{- if $o.enabled -}}
+{{- if eq (toString $o.enabled) "true" -}}
 {{- range $kind := list "gpu" "mig" "share" -}}
 {{- $r := get $o $kind | default dict -}}
 {{- if and (eq $kind "share") (not $r) $.Values.kubeletPlugin.mps.daemonPods -}}
@@ -102,7 +102,11 @@ values of a release from before it was a value.
 {{- if not (has $res (list "cpu" "memory")) -}}
 {{- fail (printf "kubeletPlugin.nodeAllocatableOverhead.%s: %q is neither cpu nor memory" $kind $res) -}}
 {{- end -}}
-{{- $items = append $items (printf "%s:%s=%v" $kind $res (get $r $res)) -}}
+{{- $q := get $r $res | toString -}}
+{{- if or (not (regexMatch "^[0-9]+(\\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$" $q)) (regexMatch "^0*(\\.0*)?[a-zA-Z]*$" $q) -}}
+{{- fail (printf "kubeletPlugin.nodeAllocatableOverhead.%s.%s: %q is not a positive quantity (250m, 512Mi)" $kind $res $q) -}}
+{{- end -}}
+{{- $items = append $items (printf "%s:%s=%s" $kind $res $q) -}}
 {{- end -}}
 {{- end -}}
 {{- if not $items -}}
