@@ -136,6 +136,10 @@ func (m Mount) options() []string {
 type MIGDevice struct {
 	GIID int // GPU instance ID
 	CIID int // compute instance ID within the GPU instance
+	// Graphics says that its profile has graphics ("+gfx", RTX PRO
+	// Blackwell): it gets its GPU's DRM nodes, as a whole GPU does and as
+	// NVIDIA's CDI generator gives them to such a device.
+	Graphics bool
 }
 
 // Writer writes, lists and removes the spec files of claims. It is safe for
