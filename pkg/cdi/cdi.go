@@ -197,6 +197,10 @@ func New(opts Options) (*Writer, error) {
 		opts.Logger.Info("Driver files not found under the driver root: containers do without them",
 			"driverRoot", opts.DriverRoot, "byCapability", files.absent)
 	}
+	if len(files.unlisted) > 0 {
+		opts.Logger.Info("Driver libraries of the driver's version that the plugin's table does not list; containers get them too",
+			"driverRoot", opts.DriverRoot, "libraries", files.unlisted)
+	}
 	if len(files.refused) > 0 {
 		opts.Logger.Info("Warning: driver library links not followed: each must name a library file beside it",
 			"driverRoot", opts.DriverRoot, "links", files.refused)
