@@ -136,6 +136,10 @@ func (m Mount) options() []string {
 type MIGDevice struct {
 	GIID int // GPU instance ID
 	CIID int // compute instance ID within the GPU instance
+	// Graphics says that its profile has graphics ("+gfx", RTX PRO
+	// Blackwell): it gets its GPU's DRM nodes, as a whole GPU does and as
+	// NVIDIA's CDI generator gives them to such a device.
+	Graphics bool
 }
 
 // Writer writes, lists and removes the spec files of claims. It is safe for
@@ -192,6 +196,10 @@ func New(opts Options) (*Writer, error) {
 	if len(files.absent) > 0 {
 		opts.Logger.Info("Driver files not found under the driver root: containers do without them",
 			"driverRoot", opts.DriverRoot, "byCapability", files.absent)
+	}
+	if len(files.unlisted) > 0 {
+		opts.Logger.Info("Driver libraries of the driver's version that the plugin's table does not list; containers get them too",
+			"driverRoot", opts.DriverRoot, "libraries", files.unlisted)
 	}
 	if len(files.refused) > 0 {
 		opts.Logger.Info("Warning: driver library links not followed: each must name a library file beside it",

@@ -4,10 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 
 	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
@@ -39,10 +41,14 @@ const (
 // capability: libnvidia-container's lists (src/nvc_info.c), with the
 // libraries later drivers added that NVIDIA's CDI generator mounts. A file
 // is taken when its name is a stem, a dot and a version
-// ("libcuda.so.550.54.15"). A list rather than every file of the driver's
-// version, as NVIDIA's generator takes: on a host-installed driver the
-// library directory is the host's, and what containers get stays a list
-// one can review.
+// ("libcuda.so.550.54.15"). Besides these, every library file whose
+// version is the driver's own ("libnvidia-api.so.570.133.20", the version
+// of libnvidia-ml.so.<version> beside it) is taken, as NVIDIA's generator
+// takes them (pkg/nvcdi getVersionLibs): a driver that ships a library
+// this table does not know yet still gives it to containers, and the
+// plugin names such libraries when it starts. The table stays for the
+// libraries versioned apart from the driver (libnvidia-egl-wayland.so.1.1.13)
+// and for the report of what a driver root lacks.
 var libraryGroups = []struct {
 	capability string
 	stems      []string
@@ -138,6 +144,9 @@ type driverFiles struct {
 	// links are the SONAME links mounted, as "dir/libcuda.so.1 links to
 	// libcuda.so.550.54.15"; refused those not followed (see sonameLinks).
 	links, refused []string
+	// unlisted are the stems of the libraries of the driver's version that
+	// libraryGroups does not list ("libnvidia-api.so"), mounted too.
+	unlisted []string
 }
 
 // discoverDriverFiles finds the driver's libraries, tools and
@@ -157,21 +166,25 @@ func discoverDriverFiles(root, hostRoot string) (driverFiles, error) {
 	if err != nil {
 		return files, err
 	}
-	for _, dir := range dirs {
-		entries, err := os.ReadDir(filepath.Join(root, dir))
-		if err != nil {
+	listed := make([][]fs.DirEntry, len(dirs))
+	for i, dir := range dirs {
+		if listed[i], err = os.ReadDir(filepath.Join(root, dir)); err != nil {
 			return files, fmt.Errorf("%s: %w", driverRootWhat, err)
 		}
+	}
+	libs := libraryNames{version: driverVersion(listed), versioned: map[string]bool{}}
+	for i, dir := range dirs {
+		entries := listed[i]
 		n := len(files.mounts)
 		here := map[string]bool{} // libraries mounted from dir
 		for _, e := range entries {
-			if e.Type().IsRegular() && !taken[e.Name()] && isDriverLibrary(e.Name()) {
+			if e.Type().IsRegular() && !taken[e.Name()] && libs.isDriverLibrary(e.Name()) {
 				taken[e.Name()] = true
 				here[e.Name()] = true
 				files.mounts = append(files.mounts, driverMount(hostRoot, path.Join(dir, e.Name())))
 			}
 		}
-		if err := files.sonameLinks(root, hostRoot, dir, entries, here, taken); err != nil {
+		if err := files.sonameLinks(root, hostRoot, dir, entries, here, taken, libs); err != nil {
 			return files, err
 		}
 		if len(files.mounts) > n {
@@ -190,6 +203,7 @@ func discoverDriverFiles(root, hostRoot string) (driverFiles, error) {
 			}
 		}
 	}
+	files.unlisted = slices.Sorted(maps.Keys(libs.versioned))
 
 	dirs, err = distinctDirs(root, binDirs)
 	if err != nil {
@@ -272,10 +286,10 @@ func (f *driverFiles) addAbsent(capability, what string) {
 // any other file in it, is mounted by a link a broken or hostile
 // installation made. Others are listed in refused. Names mounted are
 // added to taken.
-func (f *driverFiles) sonameLinks(root, hostRoot, dir string, entries []fs.DirEntry, here, taken map[string]bool) error {
+func (f *driverFiles) sonameLinks(root, hostRoot, dir string, entries []fs.DirEntry, here, taken map[string]bool, libs libraryNames) error {
 	for _, e := range entries {
 		name := e.Name()
-		if e.Type()&fs.ModeSymlink == 0 || taken[name] || !isDriverLibrary(name) {
+		if e.Type()&fs.ModeSymlink == 0 || taken[name] || !libs.isDriverLibrary(name) {
 			continue
 		}
 		target, err := os.Readlink(filepath.Join(root, dir, name))
@@ -283,7 +297,7 @@ func (f *driverFiles) sonameLinks(root, hostRoot, dir string, entries []fs.DirEn
 			return fmt.Errorf("%s: %w", driverRootWhat, err)
 		}
 		link := path.Join(dir, name) + " links to " + target
-		if strings.Contains(target, "/") || !here[target] || libraryStem(target) != libraryStem(name) {
+		if strings.Contains(target, "/") || !here[target] || libs.stem(target) != libs.stem(name) {
 			f.refused = append(f.refused, link)
 			continue
 		}
@@ -340,9 +354,60 @@ func isRegular(path string) (bool, error) {
 	return fi.Mode().IsRegular(), nil
 }
 
+// libraryNames tells the driver's libraries by name: those of
+// libraryGroups, and those of the driver's own version.
+type libraryNames struct {
+	// version is the driver's version ("550.54.15"), from its NVML or
+	// CUDA library file; "" if neither is there.
+	version string
+	// versioned are the stems found with the driver's version that
+	// libraryGroups does not list; filled as names are asked.
+	versioned map[string]bool
+}
+
+// driverNamedByVersion matches a library file named with a version:
+// "lib<name>.so.<version>".
+var driverNamedByVersion = regexp.MustCompile(`^(lib[A-Za-z0-9_+-]+(\.[A-Za-z0-9_+-]+)*\.so)\.([0-9]+(\.[0-9]+)*)$`)
+
+// driverVersion is the version of the first regular libnvidia-ml.so.<v>,
+// else libcuda.so.<v>, of the listed library directories.
+func driverVersion(listed [][]fs.DirEntry) string {
+	for _, stem := range []string{"libnvidia-ml.so", "libcuda.so"} {
+		for _, entries := range listed {
+			for _, e := range entries {
+				if v, ok := strings.CutPrefix(e.Name(), stem+"."); ok && e.Type().IsRegular() && strings.Count(v, ".") >= 1 && versionPattern.MatchString(v) {
+					return v
+				}
+			}
+		}
+	}
+	return ""
+}
+
 // isDriverLibrary says whether name is one of the libraries, with a version.
-func isDriverLibrary(name string) bool {
-	return libraryStem(name) != ""
+func (l libraryNames) isDriverLibrary(name string) bool {
+	return l.stem(name) != ""
+}
+
+// stem returns the stem of the library name, with a version; "" for any
+// other name. A name of the driver's version whose stem libraryGroups does
+// not list is recorded in versioned, and from then on its stem's other
+// names (its SONAME link) are the driver's too.
+func (l libraryNames) stem(name string) string {
+	if s := libraryStem(name); s != "" {
+		return s
+	}
+	m := driverNamedByVersion.FindStringSubmatch(name)
+	if m == nil {
+		return ""
+	}
+	if l.version != "" && m[3] == l.version {
+		l.versioned[m[1]] = true
+	}
+	if l.versioned[m[1]] {
+		return m[1]
+	}
+	return ""
 }
 
 // libraryStem returns the stem of the library name, with a version; ""

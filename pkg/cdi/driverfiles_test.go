@@ -348,3 +348,81 @@ func writeFile(t *testing.T, path, content string) {
 		t.Fatal(err)
 	}
 }
+
+// TestLibrariesOfTheDriversVersion: a library the table does not list is
+// still given to containers when its version is the driver's (that of
+// libnvidia-ml.so.<version>), with its SONAME link, and named as such; a
+// library of another version, a link, or a name that only looks like a
+// library is not; without NVML or CUDA libraries no version is known and
+// only the table's libraries are taken.
+func TestLibrariesOfTheDriversVersion(t *testing.T) {
+	const version = "570.133.20"
+	dir := "usr/lib/x86_64-linux-gnu"
+	for _, tc := range []struct {
+		name     string
+		files    []string          // regular files in dir
+		links    map[string]string // link -> target, in dir
+		want     []string          // file names mounted, as container paths' base names
+		unlisted []string
+	}{
+		{
+			name:     "a library the table does not know",
+			files:    []string{"libnvidia-ml.so." + version, "libnvidia-api.so." + version, "libnvidia-egl-xcb.so." + version, "libz.so.1.2.13", "libnvidia-api.so." + version + ".bak", "nvidia-smi." + version},
+			links:    map[string]string{"libnvidia-api.so.1": "libnvidia-api.so." + version, "libnvidia-ml.so.1": "libnvidia-ml.so." + version, "libz.so.1": "libz.so.1.2.13"},
+			want:     []string{"libnvidia-api.so." + version, "libnvidia-api.so.1", "libnvidia-egl-xcb.so." + version, "libnvidia-ml.so." + version, "libnvidia-ml.so.1"},
+			unlisted: []string{"libnvidia-api.so", "libnvidia-egl-xcb.so"},
+		},
+		{
+			name:     "the version from CUDA when NVML is not there",
+			files:    []string{"libcuda.so." + version, "libnvidia-sandboxutils.so." + version, "libnvidia-old.so.550.54.15"},
+			want:     []string{"libcuda.so." + version, "libnvidia-sandboxutils.so." + version},
+			unlisted: []string{"libnvidia-sandboxutils.so"},
+		},
+		{
+			name:  "no version known: only the table's",
+			files: []string{"libnvidia-api.so." + version, "libnvidia-encode.so." + version},
+			want:  []string{"libnvidia-encode.so." + version},
+		},
+		{
+			name:  "a link of the driver's version is not its version",
+			files: []string{"libnvidia-ml.so.550.54.15"},
+			links: map[string]string{"libnvidia-ml.so." + version: "libnvidia-ml.so.550.54.15", "libnvidia-api.so." + version: "libnvidia-ml.so.550.54.15"},
+			want:  []string{"libnvidia-ml.so.550.54.15", "libnvidia-ml.so." + version},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			if err := os.MkdirAll(filepath.Join(root, dir), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range tc.files {
+				if err := os.WriteFile(filepath.Join(root, dir, f), nil, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for link, target := range tc.links {
+				if err := os.Symlink(target, filepath.Join(root, dir, link)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			files, err := discoverDriverFiles(root, "/host")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, m := range files.mounts {
+				if filepath.Dir(m.ContainerPath) == "/"+dir {
+					got = append(got, filepath.Base(m.ContainerPath))
+				}
+			}
+			slices.Sort(got)
+			slices.Sort(tc.want)
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("libraries mounted %v, want %v", got, tc.want)
+			}
+			if !slices.Equal(files.unlisted, tc.unlisted) {
+				t.Errorf("unlisted %v, want %v", files.unlisted, tc.unlisted)
+			}
+		})
+	}
+}

@@ -18,9 +18,9 @@ import (
 // A whole GPU's DRM nodes (/dev/dri/card<N>, /dev/dri/renderD<N>), which
 // nvidia-drm makes for the GPU's PCI device: Vulkan and EGL on the DRM
 // platform open them. NVIDIA's CDI generator gives them with the GPU
-// (nvidia-container-toolkit internal/platform-support/dgpu); a MIG device
-// only where its profile has graphics ("+gfx"), which this driver does not
-// offer. Their numbers follow the order in which the kernel's DRM drivers
+// (nvidia-container-toolkit internal/platform-support/dgpu), and so does
+// this driver; a MIG device gets its GPU's only where its profile has
+// graphics ("+gfx", MIGDevice.Graphics). Their numbers follow the order in which the kernel's DRM drivers
 // bound their devices, not the GPU's minor (card0 is often the board's
 // display controller), so they are found from the GPU's PCI device:
 //

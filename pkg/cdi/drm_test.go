@@ -19,7 +19,8 @@ import (
 
 // TestDRMNodes: a whole GPU gets the DRM nodes of its PCI device, found
 // through the driver's information files and sysfs as nvidia-drm numbers
-// them (not by the GPU's minor); a MIG device gets none. Whatever cannot
+// them (not by the GPU's minor); a MIG device gets them only where its
+// profile has graphics ("+gfx"). Whatever cannot
 // be given is left out, logged, never an error.
 func TestDRMNodes(t *testing.T) {
 	hostfstest.RequireRoot(t, "the simulated /dev needs root")
@@ -33,7 +34,8 @@ func TestDRMNodes(t *testing.T) {
 	}{
 		{
 			name: "nvidia-drm loaded",
-			want: map[string][]string{"gpu-0": {"/dev/dri/card2", "/dev/dri/renderD129"}, "gpu-2": {"/dev/dri/card1", "/dev/dri/renderD128"}, "gpu-0-mig": nil},
+			want: map[string][]string{"gpu-0": {"/dev/dri/card2", "/dev/dri/renderD129"}, "gpu-2": {"/dev/dri/card1", "/dev/dri/renderD128"}, "gpu-0-mig": nil,
+				"gpu-0-mig-gfx": {"/dev/dri/card2", "/dev/dri/renderD129"}},
 		},
 		{
 			name: "nvidia-drm not loaded: no drm directories",
@@ -42,7 +44,7 @@ func TestDRMNodes(t *testing.T) {
 					removeAll(t, filepath.Join(host, "sys/sys/bus/pci/devices", g.BusID, "drm"))
 				}
 			},
-			want: map[string][]string{"gpu-0": nil, "gpu-2": nil},
+			want: map[string][]string{"gpu-0": nil, "gpu-2": nil, "gpu-0-mig-gfx": nil},
 		},
 		{
 			name:   "a node sysfs names is not under the dev root",
@@ -81,7 +83,7 @@ func TestDRMNodes(t *testing.T) {
 			if err := simhost.CreateDRM(host, gpus); err != nil {
 				t.Fatal(err)
 			}
-			withInstances(t, roots, 0, simhost.GPUInstanceCaps{ID: 1, ComputeInstances: []int{0}})
+			withInstances(t, roots, 0, simhost.GPUInstanceCaps{ID: 1, ComputeInstances: []int{0}}, simhost.GPUInstanceCaps{ID: 2, ComputeInstances: []int{0}})
 			if tc.change != nil {
 				tc.change(t, host)
 			}
@@ -95,6 +97,7 @@ func TestDRMNodes(t *testing.T) {
 				{Name: "gpu-0", Request: "a", GPUMinor: 0, UUID: "GPU-0"},
 				{Name: "gpu-2", Request: "a", GPUMinor: 2, UUID: "GPU-2"},
 				{Name: "gpu-0-mig", Request: "b", GPUMinor: 0, UUID: "MIG-0", MIG: &MIGDevice{GIID: 1, CIID: 0}},
+				{Name: "gpu-0-mig-gfx", Request: "c", GPUMinor: 0, UUID: "MIG-1", MIG: &MIGDevice{GIID: 2, CIID: 0, Graphics: true}},
 			}
 			ids, err := w.WriteClaimSpec(ctx, uid, devs)
 			if err != nil {

@@ -82,7 +82,7 @@ func (w *Writer) buildSpec(logger klog.Logger, claimUID string, devices []Device
 			return nil, fmt.Errorf("device %s: %w", d.Name, err)
 		}
 		nodes := append([]*specs.DeviceNode{gpu}, control...)
-		if d.MIG == nil {
+		if d.MIG == nil || d.MIG.Graphics {
 			drm, problems := w.drmNodes(d.GPUMinor)
 			if len(problems) > 0 {
 				logger.Info("Warning: DRM nodes left out of the device", "device", d.Name, "problems", problems)

@@ -12,6 +12,7 @@ package names
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -166,6 +167,14 @@ func StaticMIGDevice(minor int, profile string, start int) string {
 
 // SharedDevice is the name of a GPU's shared device.
 func SharedDevice(minor int) string { return GPUDevice(minor) + sharedSuffix }
+
+// HasGraphics reports whether a MIG profile name ("1g.24gb+gfx") has the
+// graphics attribute, which NVIDIA's profiles of RTX PRO Blackwell GPUs
+// carry: such a device's containers get its GPU's DRM nodes.
+func HasGraphics(profile string) bool {
+	_, attrs, _ := strings.Cut(profile, "+")
+	return slices.Contains(strings.Split(attrs, "+"), "gfx")
+}
 
 // SanitizeProfile turns a MIG profile name into a DNS-label fragment:
 // "1g.10gb" -> "1g10gb", "1g.10gb+me" -> "1g10gbme", "1g.10gb-me" ->

@@ -99,3 +99,14 @@ func TestParseGPUEventMessage(t *testing.T) {
 		}
 	}
 }
+
+func TestHasGraphics(t *testing.T) {
+	for profile, want := range map[string]bool{
+		"1g.24gb+gfx": true, "2g.48gb+gfx": true, "1g.24gb+me+gfx": true, "1g.24gb+gfx+me": true,
+		"1g.24gb": false, "1g.10gb+me": false, "1g.23gb+me.all": false, "4g.96gb": false, "gfx": false, "1g.24gbgfx": false, "": false,
+	} {
+		if got := HasGraphics(profile); got != want {
+			t.Errorf("HasGraphics(%q) = %v, want %v", profile, got, want)
+		}
+	}
+}

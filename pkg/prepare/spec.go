@@ -44,7 +44,7 @@ func cdiDevices(rec *checkpoint.Claim) ([]cdi.Device, error) {
 		}
 		if d.MIG != nil {
 			cd.UUID = d.MIG.UUID
-			cd.MIG = &cdi.MIGDevice{GIID: d.MIG.GIID, CIID: d.MIG.CIID}
+			cd.MIG = &cdi.MIGDevice{GIID: d.MIG.GIID, CIID: d.MIG.CIID, Graphics: names.HasGraphics(d.MIG.Profile)}
 		}
 		out = append(out, cd)
 	}
