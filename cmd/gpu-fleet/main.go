@@ -223,8 +223,13 @@ func cost(ctx context.Context, w io.Writer, args []string) error {
 	profiles := fs.String("mig-profiles", "", "the "+names.MIGProfilesLabel+" label")
 	shared := fs.Bool("shared-gpus", true, "the plugin's --shared-gpus")
 	consumable := fs.String("consumable-shares", "", "the "+names.ConsumableSharesLabel+" label")
+	overheadFlag := fs.String("node-allocatable-overhead", "", "the plugin's --node-allocatable-overhead (KIND:RESOURCE=QUANTITY,...)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	overhead, err := devicemodel.ParseOverhead(*overheadFlag)
+	if err != nil {
+		return fmt.Errorf("--node-allocatable-overhead: %w", err)
 	}
 	labels := map[string]string{}
 	if *consumable != "" {
@@ -251,6 +256,7 @@ func cost(ctx context.Context, w io.Writer, args []string) error {
 		if err != nil {
 			return err
 		}
+		in.Overhead = overhead
 		m, err := devicemodel.Build(in)
 		if err != nil {
 			return err
@@ -259,7 +265,11 @@ func cost(ctx context.Context, w io.Writer, args []string) error {
 		if err != nil {
 			return err
 		}
-		fleet.PrintCost(w, fmt.Sprintf("%s %v", model, labels), r)
+		title := fmt.Sprintf("%s %v", model, labels)
+		if !overhead.Empty() {
+			title += " overhead " + overhead.String()
+		}
+		fleet.PrintCost(w, title, r)
 		fmt.Fprintln(w)
 	}
 	return nil
