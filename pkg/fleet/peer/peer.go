@@ -40,6 +40,7 @@ import (
 	"k8s.io/dynamic-resource-allocation/resourceslice"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 )
 
 // Release is the release of NVIDIA's driver whose pool this package builds.
@@ -48,15 +49,15 @@ const Release = "v0.4.1"
 // Commit is Release's commit in kubernetes-sigs/dra-driver-nvidia-gpu.
 const Commit = "764900e7833798a1528bd52a2af3e1b2d5f7a616"
 
-// DriverName is the DRA driver name NVIDIA's driver publishes under (the
-// same as ours).
-const DriverName = "gpu.nvidia.com"
+// DriverName is the DRA driver name NVIDIA's driver publishes under: the
+// same as ours.
+const DriverName = names.DriverName
 
 // Device classes of NVIDIA's chart (templates/deviceclass-gpu.yaml and
-// deviceclass-mig.yaml), which users' claims name.
+// deviceclass-mig.yaml), which users' claims name: the same names as ours.
 const (
-	GPUDeviceClass = "gpu.nvidia.com"
-	MIGDeviceClass = "mig.nvidia.com"
+	GPUDeviceClass = names.GPUDeviceClass
+	MIGDeviceClass = names.MIGDeviceClass
 )
 
 // Attribute keys NVIDIA's driver publishes.

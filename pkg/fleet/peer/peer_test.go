@@ -148,3 +148,21 @@ func TestCounterNames(t *testing.T) {
 		}
 	}
 }
+
+// TestDeviceClasses: the classes are NVIDIA's chart's, selectors as it
+// writes them (templates/deviceclass-gpu.yaml, deviceclass-mig.yaml).
+func TestDeviceClasses(t *testing.T) {
+	want := map[string]string{
+		"gpu.nvidia.com": "device.driver == 'gpu.nvidia.com' && device.attributes['gpu.nvidia.com'].type == 'gpu'",
+		"mig.nvidia.com": "device.driver == 'gpu.nvidia.com' && device.attributes['gpu.nvidia.com'].type == 'mig'",
+	}
+	got := DeviceClasses()
+	if len(got) != len(want) {
+		t.Fatalf("%d classes, want %d", len(got), len(want))
+	}
+	for _, c := range got {
+		if len(c.Spec.Selectors) != 1 || c.Spec.Selectors[0].CEL == nil || c.Spec.Selectors[0].CEL.Expression != want[c.Name] {
+			t.Errorf("class %s: selectors %+v, want %q", c.Name, c.Spec.Selectors, want[c.Name])
+		}
+	}
+}
