@@ -15,8 +15,9 @@
 #   FLEET_CHURN_RATE=5 FLEET_CHURN_LIFETIME=30s FLEET_CHURN_DURATION=2m  pods/s, mean run time, length
 #   FLEET_KINDS=whole_mig_shared FLEET_MIG_PROFILES=  the full side's labels (default: none)
 #   FLEET_PEER=1                              also the peer side; FLEET_PEER=only: ours and the peer,
-#                                             no whole-GPU baseline. Both then run the bursts and churn
-#                                             without share (NVIDIA's driver has no class for it)
+#                                             no whole-GPU baseline; FLEET_PEER=first: the same, the
+#                                             peer first. Both then run the bursts and churn without
+#                                             share (NVIDIA's driver has no class for it)
 #   GPU_DRA_SCALE_OUT=/tmp/gpu-dra-scale      where the reports go
 #   FLEET_HARNESS_GOGC=100                    GOGC of the harness alone (it stands in for every node's
 #                                             plugin; lower it to fit a large fleet on a small machine)
@@ -73,12 +74,13 @@ side() {
 }
 
 for n in "${NODES[@]}"; do
+	[[ $PEER != first ]] || side peer "$n" --peer --bursts "$BURSTS" --churn "$CHURN" "${CHURN_ARGS[@]}"
 	side full "$n" --bursts "$BURSTS" --churn "$CHURN" "${CHURN_ARGS[@]}" ${FLEET_KINDS:+--kinds "$FLEET_KINDS"} ${FLEET_MIG_PROFILES:+--mig-profiles "$FLEET_MIG_PROFILES"}
 	if [[ -n $PEER ]]; then
-		side peer "$n" --peer --bursts "$BURSTS" --churn "$CHURN" "${CHURN_ARGS[@]}"
+		[[ $PEER == first ]] || side peer "$n" --peer --bursts "$BURSTS" --churn "$CHURN" "${CHURN_ARGS[@]}"
 		"$FLEET" compare "$OUT/full-$n.json" "$OUT/peer-$n.json" | tee "$OUT/compare-peer-$n.md"
 	fi
-	[[ $PEER == only ]] && continue
+	[[ $PEER == only || $PEER == first ]] && continue
 	side whole "$n" --kinds whole --bursts "$BASELINE_BURSTS" --churn "$BASELINE_CHURN" "${CHURN_ARGS[@]}"
 	"$FLEET" compare "$OUT/full-$n.json" "$OUT/whole-$n.json" | tee "$OUT/compare-$n.md"
 done
