@@ -104,7 +104,7 @@ bench: ## Go benchmarks, then figures of the driver on a local cluster (docs/ben
 	GPU_DRA_MEASURE=1 $(GO) test -tags e2e -count=1 -timeout 20m -run TestMeasure -v ./test/e2e/ | grep -E '^MEASURE|^ok|FAIL|cluster and driver'
 
 .PHONY: scale
-scale: ## fleets of 100 and 500 simulated GPU nodes, full against whole-GPU-only (NODES="100 1000" to choose; docs/benchmarks.md)
+scale: ## fleets of 100 and 500 simulated GPU nodes, full against whole-GPU-only (NODES="100 1000" to choose; FLEET_PEER=1 adds NVIDIA's pool; docs/benchmarks.md)
 	test/cluster/build.sh
 	test/scale/scale.sh $(NODES)
 

@@ -31,6 +31,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/controller/templates"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/fleet"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/fleet/peer"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 )
@@ -63,6 +64,7 @@ func run(ctx context.Context, args []string) error {
 	kinds := fs.String("kinds", "", "the nodes' "+names.DeviceKindsLabel+" label (e.g. whole, whole_mig_shared); empty: no label")
 	profiles := fs.String("mig-profiles", "", "the nodes' "+names.MIGProfilesLabel+" label (e.g. 1g_7g); empty: no label")
 	shared := fs.Bool("shared-gpus", true, "the plugin's --shared-gpus")
+	peerPool := fs.Bool("peer", false, "publish the pool NVIDIA's driver (dra-driver-nvidia-gpu "+peer.Release+", DynamicMIG) publishes for the same hardware, with its DeviceClasses, instead of ours; no --kinds, --mig-profiles or share workload")
 	bursts := fs.String("bursts", "whole=3", "workloads run in turn, with pods per node: "+strings.Join(fleet.Workloads, ", ")+", e.g. whole=3,mig-1g=3; empty: none")
 	churns := fs.String("churn", "", "steady traffic run after the bursts: mixes of workloads with weights, separated by ';', each run in turn, e.g. 'whole=1;whole=2,mig-1g=2,share=1'; empty: none")
 	churnRate := fs.Float64("churn-rate", 5, "pods arriving per second in each churn")
@@ -148,7 +150,7 @@ func run(ctx context.Context, args []string) error {
 	}
 	rep, err := fleet.Run(ctx, fleet.Config{
 		Client: client, Token: cfg.BearerToken, RunDir: *runDir,
-		Nodes: *nodes, Models: strings.Split(*models, ","), Labels: labels, SharedGPUs: *shared,
+		Nodes: *nodes, Models: strings.Split(*models, ","), Labels: labels, SharedGPUs: *shared, Peer: *peerPool,
 		Inventories: fleet.SimulatedInventories(), ComputeDomain: cd, Bursts: bs, Churns: cs,
 		LeaseRenew: *leaseRenew, Settle: *settle, Timeout: *timeout,
 	})
@@ -224,6 +226,7 @@ func cost(ctx context.Context, w io.Writer, args []string) error {
 	shared := fs.Bool("shared-gpus", true, "the plugin's --shared-gpus")
 	consumable := fs.String("consumable-shares", "", "the "+names.ConsumableSharesLabel+" label")
 	overheadFlag := fs.String("node-allocatable-overhead", "", "the plugin's --node-allocatable-overhead (KIND:RESOURCE=QUANTITY,...)")
+	peerPool := fs.Bool("peer", false, "the pool NVIDIA's driver ("+peer.Release+") publishes instead of ours")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -257,17 +260,24 @@ func cost(ctx context.Context, w io.Writer, args []string) error {
 			return err
 		}
 		in.Overhead = overhead
-		m, err := devicemodel.Build(in)
-		if err != nil {
+		title := fmt.Sprintf("%s %v", model, labels)
+		if !overhead.Empty() {
+			title += " overhead " + overhead.String()
+		}
+		var m *devicemodel.Model
+		if *peerPool {
+			title = fmt.Sprintf("%s, NVIDIA's driver %s", model, peer.Release)
+			s, err := peer.Slices(in.Inventory, in.Topology)
+			if err != nil {
+				return err
+			}
+			m = &devicemodel.Model{Slices: s}
+		} else if m, err = devicemodel.Build(in); err != nil {
 			return err
 		}
 		r, err := fleet.Cost(m, node)
 		if err != nil {
 			return err
-		}
-		title := fmt.Sprintf("%s %v", model, labels)
-		if !overhead.Empty() {
-			title += " overhead " + overhead.String()
 		}
 		fleet.PrintCost(w, title, r)
 		fmt.Fprintln(w)

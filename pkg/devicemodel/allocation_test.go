@@ -149,7 +149,7 @@ func TestCELSelectors(t *testing.T) {
 		{"driver version", attr("driverVersion") + `.isGreaterThan(semver("535.0.0"))`, "gpu-0,gpu-1,gpu-2,gpu-3,gpu-4,gpu-5,gpu-6,gpu-7"},
 		{"index", attr("index") + ` == 5`, "gpu-5"},
 		{"PCI bus ID", `device.attributes["resource.kubernetes.io"].pciBusID == "0000:3a:00.0"`, "gpu-2"},
-		{"PCIe bus ID as NVIDIA's driver names it", `device.attributes["gpu.nvidia.com"].pcieBusID == "0000:3a:00.0"`, "gpu-2"},
+		{"PCIe bus ID as NVIDIA's driver named it until v25.8", `device.attributes["gpu.nvidia.com"].pcieBusID == "0000:3a:00.0"`, "gpu-2"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -347,7 +347,8 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device, withheld *[]With
 		d := migDevice(common, g, p, inst.Placement, names.StaticMIGDevice(g.Minor, inst.Profile, inst.Placement.Start))
 		d.Attributes[names.AttrUUID] = str(inst.UUID)
 		// It consumes no counters, which say a placement's size, and it is
-		// what NVIDIA's driver publishes as a MIG device with a parentIndex.
+		// what NVIDIA's driver published as a MIG device with a parentIndex
+		// (until v25.3).
 		// With its UUID that makes 17 attributes, in the same size of map
 		// as 15 (up to 28).
 		d.Attributes[names.AttrPlacementSize] = integer(inst.Placement.Size)
@@ -480,15 +481,15 @@ func migDevice(common map[resourceapi.QualifiedName]resourceapi.DeviceAttribute,
 		d.Attributes[k] = v
 	}
 	// A MIG device is no PCI function: the standard attribute names one.
-	// Its GPU's stays under NVIDIA's name. A MIG device has 14 attributes
+	// Its GPU's stays as pcieBusID (NVIDIA's name until v25.8; its MIG
+	// devices now carry the standard one instead). A MIG device has 14 attributes
 	// and must keep to that: a Go map holds 14 entries in a table half the
 	// size of 15's, so a 15th costs every informer (every scheduler's
 	// included) 0.4 MiB per node (docs/benchmarks.md). Hence no
 	// placementSize (the profile fixes it, and the memory-slice counters
 	// the device consumes say it) and no parentIndex (a third name of the
-	// parent beside parentUUID and parentMinor, which NVIDIA's driver
-	// publishes on the MIG devices it creates on demand). Pre-created
-	// instances, past 15 anyway, keep both.
+	// parent beside parentUUID, which NVIDIA's driver publishes too, and
+	// parentMinor, ours). Pre-created instances, past 15 anyway, keep both.
 	delete(d.Attributes, names.AttrStandardPCIBusID)
 	d.Attributes[names.AttrType] = str(names.TypeMIG)
 	d.Attributes[names.AttrProfile] = str(p.Name)
@@ -515,8 +516,9 @@ func commonAttributes(inv *gpu.Inventory, topo map[string]gpu.Topology, g *gpu.G
 		attrs[names.AttrCUDADriverVersion] = resourceapi.DeviceAttribute{VersionValue: &v}
 	}
 	if g.PCIBusID != "" {
-		// The standard attribute, and the name NVIDIA's driver publishes
-		// (MIG devices carry their GPU's), which users' CEL already uses.
+		// The standard attribute (NVIDIA's driver publishes it, on MIG
+		// devices too, since v25.12), and pcieBusID, its name for it until
+		// v25.8, which users' CEL may still use.
 		attrs[names.AttrStandardPCIBusID] = str(g.PCIBusID)
 		attrs[names.AttrPCIeBusID] = str(g.PCIBusID)
 	}

@@ -19,6 +19,7 @@ package fleet
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -33,6 +34,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/fleet/peer"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 )
 
@@ -52,6 +54,11 @@ type Config struct {
 	Labels map[string]string
 	// SharedGPUs is the plugin's option of the same name.
 	SharedGPUs bool
+	// Peer publishes, on every node, the pool NVIDIA's driver publishes
+	// for the same hardware (package peer) instead of ours, with NVIDIA's
+	// DeviceClasses; Labels and SharedGPUs then do not apply, and the
+	// workloads are those NVIDIA's driver serves (not "share").
+	Peer bool
 	// Inventories reads a simulated node's inventory.
 	Inventories Inventories
 	// ComputeDomain, if set, is a ComputeDomain run: every node also
@@ -87,6 +94,9 @@ type Report struct {
 	Nodes  int
 	Models []string
 	Labels map[string]string
+	// Peer is NVIDIA's driver's release whose pool the fleet published;
+	// empty for ours.
+	Peer string `json:",omitempty"`
 	// Per node, averaged over the fleet.
 	SlicesPerNode, DevicesPerNode float64
 	// SliceBytesPerNode is the JSON size of a node's ResourceSlices.
@@ -133,6 +143,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.Peer {
+		if err := checkPeer(cfg); err != nil {
+			return nil, err
+		}
+		rep.Peer = peer.Release
+	}
 	if err := h.setup(ctx); err != nil {
 		return nil, err
 	}
@@ -154,7 +170,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		if err != nil {
 			return nil, fmt.Errorf("inventory of model %s: %w", model, err)
 		}
-		p, err := newPool(nodeNames[i], inv, offer, cfg.SharedGPUs)
+		p, err := newPool(nodeNames[i], inv, offer, cfg.SharedGPUs, cfg.Peer)
 		if err != nil {
 			return nil, err
 		}
@@ -181,9 +197,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	var slices, devices, bytes, cdSlices int
 	for _, p := range h.order {
-		st := p.model.Stats()
-		slices += st.Slices
-		devices += st.Devices
+		s, d := p.stats()
+		slices += s
+		devices += d
 		b, err := p.bytes()
 		if err != nil {
 			return nil, err
@@ -231,8 +247,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		rep.EtcdDBBytes, _ = gauge(text, "etcd_mvcc_db_total_size_in_use_in_bytes")
 	}
 
-	if rep.Taint, err = h.taintTraffic(ctx, h.order[0]); err != nil {
-		return nil, err
+	// A health taint is our publisher's traffic; the peer's is not modelled.
+	if !cfg.Peer {
+		if rep.Taint, err = h.taintTraffic(ctx, h.order[0]); err != nil {
+			return nil, err
+		}
 	}
 
 	if h.pods, err = newPodTracker(ctx, h.client); err != nil {
@@ -283,13 +302,20 @@ func (h *harness) setup(ctx context.Context) error {
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("create namespace %s: %w", Namespace, err)
 	}
-	for _, c := range deviceClasses() {
+	classes := deviceClasses()
+	if h.cfg.Peer {
+		classes = peer.DeviceClasses()
+	}
+	for _, c := range classes {
 		_, err := h.client.ResourceV1().DeviceClasses().Create(ctx, c, metav1.CreateOptions{})
 		if err != nil && !apierrors.IsAlreadyExists(err) {
 			return fmt.Errorf("create device class %s: %w", c.Name, err)
 		}
 	}
 	for _, w := range Workloads {
+		if h.cfg.Peer && !PeerServes(w) {
+			continue
+		}
 		t, err := template(w)
 		if err != nil {
 			return err
@@ -308,6 +334,31 @@ func (h *harness) setup(ctx context.Context) error {
 		return err
 	}
 	return h.setupComputeDomain(ctx)
+}
+
+// PeerServes reports whether NVIDIA's driver serves a workload: all but
+// "share", whose device class is ours alone.
+func PeerServes(workload string) bool { return workload != "share" }
+
+// checkPeer refuses a peer run with what only our driver has: node
+// labels, a ComputeDomain, workloads NVIDIA's driver does not serve.
+func checkPeer(cfg Config) error {
+	if len(cfg.Labels) > 0 || cfg.ComputeDomain != nil {
+		return errors.New("a peer fleet takes no node labels and no ComputeDomain")
+	}
+	for _, b := range cfg.Bursts {
+		if !PeerServes(b.Workload) {
+			return fmt.Errorf("a peer fleet cannot run burst %s: NVIDIA's driver has no such class", b.Workload)
+		}
+	}
+	for _, c := range cfg.Churns {
+		for _, w := range c.Mix {
+			if !PeerServes(w.Workload) {
+				return fmt.Errorf("a peer fleet cannot run churn %s: NVIDIA's driver has no class for %s", MixString(c.Mix), w.Workload)
+			}
+		}
+	}
+	return nil
 }
 
 // settledRSS waits Settle and reads the control plane's memory.
@@ -409,7 +460,7 @@ func (h *harness) taintTraffic(ctx context.Context, p *pool) (TaintTraffic, erro
 		if err := p.rebuild(); err != nil {
 			return tt, err
 		}
-		if _, err := p.pub.Publish(ctx, p.model.Slices); err != nil {
+		if _, err := p.pub.Publish(ctx, p.slices); err != nil {
 			return tt, fmt.Errorf("publish taint: %w", err)
 		}
 		var after map[string]resourceapi.ResourceSlice

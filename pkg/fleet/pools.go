@@ -10,9 +10,11 @@ import (
 	"github.com/google/uuid"
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/dynamic-resource-allocation/resourceslice"
 
 	cdslices "github.com/gpu-dra/gpu-dra-driver/pkg/computedomain/node/slices"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/fleet/peer"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
@@ -50,12 +52,16 @@ func SimulatedInventories() Inventories {
 
 // pool is one simulated node's pool, published by the plugin's own code:
 // the device model built from the node's inventory and labels, kept in the
-// API server by a publish.Publisher, as the plugin on that node would.
+// API server by a publish.Publisher, as the plugin on that node would. A
+// peer pool is instead the pool NVIDIA's driver publishes for the same
+// hardware (package peer), kept by the same publisher.
 type pool struct {
-	node  string
-	in    devicemodel.Input
-	model *devicemodel.Model
-	pub   *publish.Publisher
+	node string
+	in   devicemodel.Input
+	// peer: slices are NVIDIA's shape, not our device model's.
+	peer   bool
+	slices []resourceslice.Slice
+	pub    *publish.Publisher
 	// clique is the node's NVLink clique when the fleet runs a
 	// ComputeDomain: cdPub then publishes the node's pool of the
 	// ComputeDomain driver, built by the node plugin's own code.
@@ -85,13 +91,14 @@ func NodeInput(node string, inv *gpu.Inventory, offer devicemodel.Offer, shared 
 	return devicemodel.Input{Inventory: &own, SharedGPUs: shared, Offer: &offer, Topology: topo}, nil
 }
 
-// newPool builds a node's model from NodeInput.
-func newPool(node string, inv *gpu.Inventory, offer devicemodel.Offer, shared bool) (*pool, error) {
+// newPool builds a node's model from NodeInput, or NVIDIA's pool for the
+// same input if peer is set.
+func newPool(node string, inv *gpu.Inventory, offer devicemodel.Offer, shared, peer bool) (*pool, error) {
 	in, err := NodeInput(node, inv, offer, shared)
 	if err != nil {
 		return nil, err
 	}
-	p := &pool{node: node, in: in}
+	p := &pool{node: node, in: in, peer: peer}
 	if err := p.rebuild(); err != nil {
 		return nil, err
 	}
@@ -99,19 +106,41 @@ func newPool(node string, inv *gpu.Inventory, offer devicemodel.Offer, shared bo
 }
 
 func (p *pool) rebuild() error {
+	if p.peer {
+		s, err := peer.Slices(p.in.Inventory, p.in.Topology)
+		if err != nil {
+			return fmt.Errorf("build NVIDIA's pool of node %s: %w", p.node, err)
+		}
+		p.slices = s
+		return nil
+	}
 	m, err := devicemodel.Build(p.in)
 	if err != nil {
 		return fmt.Errorf("build device model of node %s: %w", p.node, err)
 	}
-	p.model = m
+	p.slices = m.Slices
 	return nil
+}
+
+// stats counts the pool's slices and devices.
+func (p *pool) stats() (slices, devices int) {
+	for _, s := range p.slices {
+		devices += len(s.Devices)
+	}
+	return len(p.slices), devices
+}
+
+// resourceSlices are the pool's ResourceSlice objects as the kubeletplugin
+// helper names them (both drivers publish through it).
+func (p *pool) resourceSlices() []resourceapi.ResourceSlice {
+	return (&devicemodel.Model{Slices: p.slices}).ResourceSlices(p.node)
 }
 
 // start publishes the pool; it returns once the publisher's informer has
 // synced and the slices are handed over.
 func (p *pool) start(ctx context.Context, client kubernetes.Interface) error {
 	p.pub = publish.New(publish.Options{DriverName: names.DriverName, NodeName: p.node, Client: client})
-	if _, err := p.pub.Publish(ctx, p.model.Slices); err != nil {
+	if _, err := p.pub.Publish(ctx, p.slices); err != nil {
 		return fmt.Errorf("publish pool of node %s: %w", p.node, err)
 	}
 	if p.clique == "" {
@@ -147,7 +176,7 @@ func (p *pool) stop() {
 // plugin sends them.
 func (p *pool) bytes() (int, error) {
 	n := 0
-	for _, s := range p.model.ResourceSlices(p.node) {
+	for _, s := range p.resourceSlices() {
 		data, err := json.Marshal(&s)
 		if err != nil {
 			return 0, fmt.Errorf("encode slice of node %s: %w", p.node, err)
@@ -159,7 +188,7 @@ func (p *pool) bytes() (int, error) {
 
 // device finds a published device by name, with the counter sets of its pool.
 func (p *pool) device(name string) (*resourceapi.Device, bool) {
-	for _, s := range p.model.Slices {
+	for _, s := range p.slices {
 		for i := range s.Devices {
 			if s.Devices[i].Name == name {
 				return &s.Devices[i], true
@@ -172,7 +201,7 @@ func (p *pool) device(name string) (*resourceapi.Device, bool) {
 // counterSets are the pool's counter sets by name.
 func (p *pool) counterSets() map[string]resourceapi.CounterSet {
 	out := map[string]resourceapi.CounterSet{}
-	for _, s := range p.model.Slices {
+	for _, s := range p.slices {
 		for _, cs := range s.SharedCounters {
 			out[cs.Name] = cs
 		}

@@ -10,7 +10,7 @@ const mib = 1 << 20
 
 // Print writes a report for humans.
 func Print(w io.Writer, r *Report) {
-	fmt.Fprintf(w, "FLEET nodes=%d models=%v labels=%v\n", r.Nodes, r.Models, r.Labels)
+	fmt.Fprintf(w, "FLEET nodes=%d models=%v pool=%s\n", r.Nodes, r.Models, side(r))
 	fmt.Fprintf(w, "FLEET slices/node=%.1f devices/node=%.1f slice-bytes/node=%.0f startup=%.1fs etcd-db=%.1fMiB\n",
 		r.SlicesPerNode, r.DevicesPerNode, r.SliceBytesPerNode, r.StartupSeconds, r.EtcdDBBytes/mib)
 	for _, name := range ControlPlane {
@@ -51,6 +51,15 @@ func Print(w io.Writer, r *Report) {
 	}
 }
 
+// side names what a run's fleet published: NVIDIA's pool at a release,
+// or ours with the nodes' labels.
+func side(r *Report) string {
+	if r.Peer != "" {
+		return "NVIDIA's driver " + r.Peer
+	}
+	return fmt.Sprintf("ours %v", r.Labels)
+}
+
 // Compare writes a Markdown table of a run and its baseline (the same
 // fleet publishing less), with their ratio.
 func Compare(w io.Writer, a, b *Report) {
@@ -61,7 +70,7 @@ func Compare(w io.Writer, a, b *Report) {
 		}
 		fmt.Fprintf(w, "| %s | "+format+" | "+format+" | %s |\n", what, x, y, ratio)
 	}
-	fmt.Fprintf(w, "| %d nodes %v | %v | %v | ratio |\n|---|---|---|---|\n", a.Nodes, a.Models, a.Labels, b.Labels)
+	fmt.Fprintf(w, "| %d nodes %v | %s | %s | ratio |\n|---|---|---|---|\n", a.Nodes, a.Models, side(a), side(b))
 	row("devices per node", a.DevicesPerNode, b.DevicesPerNode, "%.0f")
 	row("slices per node", a.SlicesPerNode, b.SlicesPerNode, "%.0f")
 	row("slice bytes per node", a.SliceBytesPerNode, b.SliceBytesPerNode, "%.0f")

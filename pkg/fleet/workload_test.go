@@ -25,7 +25,7 @@ func TestCheckAllocations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := newPool("node-a", inv, devicemodel.OfferAll, true)
+	p, err := newPool("node-a", inv, devicemodel.OfferAll, true, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +96,7 @@ func TestCheckAllocationsOnAnA30(t *testing.T) {
 	for i := range inv.GPUs {
 		inv.GPUs[i].MIGEnabled = true
 	}
-	p, err := newPool("node-a", &inv, devicemodel.OfferAll, true)
+	p, err := newPool("node-a", &inv, devicemodel.OfferAll, true, false)
 	if err != nil {
 		t.Fatal(err)
 	}

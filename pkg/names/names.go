@@ -40,9 +40,10 @@ const (
 	// AttrUUID is the GPU's UUID on a whole or shared GPU, the MIG device's
 	// UUID on a pre-created MIG instance (NVIDIA-compatible).
 	AttrUUID = "uuid"
-	// AttrIndex is the GPU's NVML index (NVIDIA-compatible).
+	// AttrIndex is the GPU's NVML index (NVIDIA's until its v25.3 releases).
 	AttrIndex = "index"
-	// AttrMinor is the minor number of /dev/nvidia<minor> (NVIDIA-compatible).
+	// AttrMinor is the minor number of /dev/nvidia<minor> (NVIDIA's until
+	// its v25.3 releases).
 	AttrMinor = "minor"
 	// AttrProductName is NVML's product name (NVIDIA-compatible).
 	AttrProductName = "productName"
@@ -63,9 +64,10 @@ const (
 	// AttrParentUUID is a MIG device's GPU's UUID (NVIDIA-compatible).
 	AttrParentUUID = "parentUUID"
 	// AttrParentIndex is a pre-created MIG instance's GPU's NVML index
-	// (NVIDIA-compatible for such devices).
+	// (NVIDIA's static MIG devices had it until its v25.3 releases).
 	AttrParentIndex = "parentIndex"
-	// AttrParentMinor is a MIG device's GPU's minor number.
+	// AttrParentMinor is a MIG device's GPU's minor number (ours: NVIDIA's
+	// driver never released it as an attribute).
 	AttrParentMinor = "parentMinor"
 	// AttrPlacementStart is the first memory slice of a MIG device.
 	AttrPlacementStart = "placementStart"
@@ -73,7 +75,8 @@ const (
 	// MIG instance, which consumes no counters that would say it.
 	AttrPlacementSize = "placementSize"
 	// AttrPCIeBusID is the GPU's PCI bus ID under the name NVIDIA's driver
-	// publishes (NVIDIA-compatible).
+	// used until v25.8 (since v25.12 it publishes AttrStandardPCIBusID, on
+	// MIG devices too).
 	AttrPCIeBusID = "pcieBusID"
 	// AttrStandardPCIBusID is Kubernetes' standard PCI bus ID attribute.
 	AttrStandardPCIBusID = "resource.kubernetes.io/pciBusID"

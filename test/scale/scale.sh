@@ -3,7 +3,9 @@
 # fresh control plane of test/cluster (no kubelet): the fleet publishing everything the driver
 # offers, then the same fleet publishing whole GPUs only (label gpu.nvidia.com/device-kinds=whole),
 # and prints both side by side with their ratio. Each side gets its own control plane, so that
-# neither inherits the other's memory.
+# neither inherits the other's memory. With FLEET_PEER, a third side publishes, for the same
+# fleet, the pool NVIDIA's driver publishes (gpu-fleet --peer, package pkg/fleet/peer) and runs
+# the same bursts and churn; compare-peer-N.md sets ours against it.
 #
 #   test/scale/scale.sh [NODES...]            default: 100 500 (1000: about 23 GiB, FLEET_HARNESS_GOGC=50; docs/benchmarks.md)
 #   FLEET_MODELS=dgxa100,dgxh100,dgxh200,dgxb200  the nodes' models, round robin (default dgxh100)
@@ -12,6 +14,10 @@
 #                                             after the other (';'); the baseline runs whole=1 for each
 #   FLEET_CHURN_RATE=5 FLEET_CHURN_LIFETIME=30s FLEET_CHURN_DURATION=2m  pods/s, mean run time, length
 #   FLEET_KINDS=whole_mig_shared FLEET_MIG_PROFILES=  the full side's labels (default: none)
+#   FLEET_PEER=1                              also the peer side; FLEET_PEER=only: ours and the peer,
+#                                             no whole-GPU baseline; FLEET_PEER=first: the same, the
+#                                             peer first. Both then run the bursts and churn without
+#                                             share (NVIDIA's driver has no class for it)
 #   GPU_DRA_SCALE_OUT=/tmp/gpu-dra-scale      where the reports go
 #   FLEET_HARNESS_GOGC=100                    GOGC of the harness alone (it stands in for every node's
 #                                             plugin; lower it to fit a large fleet on a small machine)
@@ -29,6 +35,18 @@ OUT=${GPU_DRA_SCALE_OUT:-/tmp/gpu-dra-scale}
 MODELS=${FLEET_MODELS:-dgxh100}
 BURSTS=${FLEET_BURSTS:-whole=3,mig-1g=3}
 CHURN=${FLEET_CHURN-whole=1;whole=2,mig-1g=2,mig-3g=1,share=1}
+PEER=${FLEET_PEER:-}
+if [[ -n $PEER ]]; then
+	# The workloads NVIDIA's driver serves: everything but share, for both sides.
+	no_share() { tr , '\n' <<<"$1" | grep -v '^share=' | paste -sd,; }
+	BURSTS=$(no_share "$BURSTS")
+	mixes=()
+	if [[ -n $CHURN ]]; then
+		IFS=';' read -ra all <<<"$CHURN"
+		for m in "${all[@]}"; do mixes+=("$(no_share "$m")"); done
+	fi
+	CHURN=$(IFS=';' && echo "${mixes[*]}")
+fi
 CHURN_ARGS=(--churn-rate "${FLEET_CHURN_RATE:-5}" --churn-lifetime "${FLEET_CHURN_LIFETIME:-30s}" --churn-duration "${FLEET_CHURN_DURATION:-2m}")
 # The baseline serves whole GPUs only: the same rate of whole-GPU pods for each of the full side's mixes.
 BASELINE_CHURN=
@@ -56,7 +74,13 @@ side() {
 }
 
 for n in "${NODES[@]}"; do
+	[[ $PEER != first ]] || side peer "$n" --peer --bursts "$BURSTS" --churn "$CHURN" "${CHURN_ARGS[@]}"
 	side full "$n" --bursts "$BURSTS" --churn "$CHURN" "${CHURN_ARGS[@]}" ${FLEET_KINDS:+--kinds "$FLEET_KINDS"} ${FLEET_MIG_PROFILES:+--mig-profiles "$FLEET_MIG_PROFILES"}
+	if [[ -n $PEER ]]; then
+		[[ $PEER == first ]] || side peer "$n" --peer --bursts "$BURSTS" --churn "$CHURN" "${CHURN_ARGS[@]}"
+		"$FLEET" compare "$OUT/full-$n.json" "$OUT/peer-$n.json" | tee "$OUT/compare-peer-$n.md"
+	fi
+	[[ $PEER == only || $PEER == first ]] && continue
 	side whole "$n" --kinds whole --bursts "$BASELINE_BURSTS" --churn "$BASELINE_CHURN" "${CHURN_ARGS[@]}"
 	"$FLEET" compare "$OUT/full-$n.json" "$OUT/whole-$n.json" | tee "$OUT/compare-$n.md"
 done
