@@ -112,8 +112,8 @@ func CreatePCI(dir string, busIDs []string, opts PCIOptions) error {
 			dev := filepath.Join(k.sys, rel)
 			files := map[string]string{
 				"class": fn.class, "vendor": vendorID, "device": fn.device,
-				"modalias":   modalias(fn.device, fn.class),
-				"numa_node":  strconv.Itoa(t.NUMANode),
+				"modalias":  modalias(fn.device, fn.class),
+				"numa_node": strconv.Itoa(t.NUMANode),
 				// The simulation's own, no file of a real kernel: whether
 				// the kernel gives the function a VFIO character device.
 				"iommu_fd": strconv.FormatBool(opts.IOMMUFD),
