@@ -87,6 +87,9 @@ type Config struct {
 	StaticMIGOnly  bool
 	// SharedGPUs publishes every whole GPU also as a shared device.
 	SharedGPUs bool
+	// VFIO, when set, publishes every GPU offered whole also as a device
+	// for a VM, passed through with it (prepare.Options.VFIO).
+	VFIO prepare.Passthrough
 	// ConsumableShares offers whole GPUs in NVIDIA's consumable shares
 	// (devicemodel.Input.ConsumableShares); the node's label replaces it.
 	ConsumableShares devicemodel.ConsumableShares
@@ -165,7 +168,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	if cfg.StartHelper == nil {
 		cfg.StartHelper = draplugin.StartKubeletHelper
 	}
-	d := &Driver{cfg: cfg, clock: cfg.Clock, state: &nodeState{staticMIGOnly: cfg.StaticMIGOnly, sharedGPUs: cfg.SharedGPUs, consumableShares: cfg.ConsumableShares, topology: cfg.Topology},
+	d := &Driver{cfg: cfg, clock: cfg.Clock, state: &nodeState{staticMIGOnly: cfg.StaticMIGOnly, sharedGPUs: cfg.SharedGPUs, vfio: cfg.VFIO != nil, consumableShares: cfg.ConsumableShares, topology: cfg.Topology},
 		healthChanged: make(chan struct{}, 1), done: make(chan struct{})}
 
 	// 1-2. Boot ID and checkpoint.
@@ -194,7 +197,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read GPU inventory: %w", err)
 	}
-	cp, report, err := prepare.Reconciler{GPUs: cfg.GPUs, CDI: cfg.CDI, MPS: cfg.MPS}.Reconcile(ctx, prepare.Found{Checkpoint: cp, Inventory: inv, Lost: corrupt})
+	cp, report, err := prepare.Reconciler{GPUs: cfg.GPUs, CDI: cfg.CDI, MPS: cfg.MPS, VFIO: cfg.VFIO}.Reconcile(ctx, prepare.Found{Checkpoint: cp, Inventory: inv, Lost: corrupt})
 	if err != nil {
 		return nil, fmt.Errorf("reconcile prepared claims: %w", err)
 	}
@@ -228,7 +231,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	d.monitor.SetInventory(ctx, inv, readAt)
 	d.state.taints = d.monitor.Taints
 	d.preparer = prepare.New(migTracker{cfg.GPUs, d.monitor}, d.state, cfg.CDI, cfg.Store, cp, prepare.Options{
-		PoolName: cfg.NodeName, AfterStep: cfg.AfterStep, MPS: cfg.MPS, HeldWait: cfg.HeldDeviceWait, GPUHolders: cfg.GPUHolders,
+		PoolName: cfg.NodeName, AfterStep: cfg.AfterStep, MPS: cfg.MPS, HeldWait: cfg.HeldDeviceWait, GPUHolders: cfg.GPUHolders, VFIO: cfg.VFIO,
 	})
 	d.monitor.Probe(ctx)
 	if err := d.state.refresh(ctx, inv, d.preparer); err != nil {
