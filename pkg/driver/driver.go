@@ -133,6 +133,9 @@ type Driver struct {
 	// healthChanged wakes the main loop to republish after the taints
 	// changed; healthNotify wakes every WatchHealthStatus stream.
 	healthChanged chan struct{}
+	// bindingChanged wakes the main loop to read the inventory again
+	// after a GPU was bound to VFIO or given back (bindingNotifier).
+	bindingChanged chan struct{}
 	healthNotify  broadcaster
 
 	// Set by Start.
@@ -169,7 +172,11 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		cfg.StartHelper = draplugin.StartKubeletHelper
 	}
 	d := &Driver{cfg: cfg, clock: cfg.Clock, state: &nodeState{staticMIGOnly: cfg.StaticMIGOnly, sharedGPUs: cfg.SharedGPUs, vfio: cfg.VFIO != nil, consumableShares: cfg.ConsumableShares, topology: cfg.Topology},
-		healthChanged: make(chan struct{}, 1), done: make(chan struct{})}
+		healthChanged: make(chan struct{}, 1), bindingChanged: make(chan struct{}, 1), done: make(chan struct{})}
+	if cfg.VFIO != nil {
+		cfg.VFIO = bindingNotifier{Passthrough: cfg.VFIO, changed: d.bindingChanged}
+		d.cfg.VFIO = cfg.VFIO
+	}
 
 	// 1-2. Boot ID and checkpoint.
 	bootID, err := checkpoint.ReadBootID(cfg.ProcRoot)
@@ -359,6 +366,11 @@ func (d *Driver) serve(ctx context.Context) {
 					}
 				}()
 			}
+		case <-d.bindingChanged:
+			// A GPU went to a VM or came back: NVML's GPUs changed.
+			if err := d.refreshAndPublish(ctx); err != nil {
+				logger.Error(err, "Refreshing the GPU inventory after a GPU was passed through or given back failed; retrying with the next inventory refresh")
+			}
 		case <-d.healthChanged:
 			if err := d.rebuildAndPublish(ctx); err != nil {
 				logger.Error(err, "Republishing after a health change failed; retrying with the next inventory refresh")
@@ -454,4 +466,22 @@ func (d *Driver) nodeEvent(ctx context.Context, eventType, reason, message strin
 	if _, err := d.cfg.KubeClient.CoreV1().Events(metav1.NamespaceDefault).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
 		klog.FromContext(ctx).Error(err, "Cannot record event on node", "reason", reason)
 	}
+}
+
+// bindingNotifier tells the serve loop of every PCI driver binding a
+// prepare, unprepare or reconciliation changes, so the GPUs NVML sees
+// are read again at once rather than at the next inventory refresh.
+type bindingNotifier struct {
+	prepare.Passthrough
+	changed chan<- struct{}
+}
+
+// Bind implements prepare.Passthrough.
+func (n bindingNotifier) Bind(ctx context.Context, bdf, driver string) error {
+	err := n.Passthrough.Bind(ctx, bdf, driver)
+	select {
+	case n.changed <- struct{}{}:
+	default: // a refresh is already pending
+	}
+	return err
 }
