@@ -263,6 +263,9 @@ kernel driver, it shows the capability files of MIG instances under --proc-root 
 					}
 				}()
 			}
+			if err := serveHolders(ctx, n, server.ProcRoot); err != nil {
+				return err
+			}
 			return server.Serve(ctx, l)
 		},
 	}
@@ -430,4 +433,50 @@ func onOff(s string) (bool, error) {
 		return false, nil
 	}
 	return false, fmt.Errorf("%q: want on or off", s)
+}
+
+// serveHolders shows, under the simulated /proc, a process holding its GPU
+// open for every client that "gpu-sim client GPU NAME open" opened, until
+// ctx ends (simhost.SyncHolders): the plugin finds them as it finds a
+// monitoring agent's process on a node.
+func serveHolders(ctx context.Context, n *sim.Node, procRoot string) error {
+	inv, err := inventory(n)
+	if err != nil {
+		return err
+	}
+	minors := make([]int, len(inv.GPUs))
+	for i, g := range inv.GPUs {
+		minors[i] = g.Minor
+	}
+	sync := func() error {
+		st, err := n.State()
+		if err != nil {
+			return err
+		}
+		holders := map[int][]string{}
+		for i, g := range st.GPUs {
+			if i < len(minors) && len(g.Clients) > 0 {
+				holders[minors[i]] = g.Clients
+			}
+		}
+		return simhost.SyncHolders(procRoot, holders)
+	}
+	if err := sync(); err != nil {
+		return err
+	}
+	go func() {
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := sync(); err != nil {
+					fmt.Fprintf(os.Stderr, "simulated holders: %v\n", err)
+				}
+			}
+		}
+	}()
+	return nil
 }
