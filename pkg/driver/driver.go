@@ -136,7 +136,7 @@ type Driver struct {
 	// bindingChanged wakes the main loop to read the inventory again
 	// after a GPU was bound to VFIO or given back (bindingNotifier).
 	bindingChanged chan struct{}
-	healthNotify  broadcaster
+	healthNotify   broadcaster
 
 	// Set by Start.
 	helper draplugin.Helper
