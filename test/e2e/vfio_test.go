@@ -81,7 +81,7 @@ func TestVFIOPassthrough(t *testing.T) {
 	t.Cleanup(func() { cleanNamespace(t, ns) })
 	eventually(t, 60*time.Second, "GPUs for VMs published", func() (bool, error) {
 		_, err := client.ResourceV1().DeviceClasses().Get(ctx(), names.VFIODeviceClass, metav1.GetOptions{})
-		return err == nil && publishedNames(t)[names.VFIODevice(vm)], fmt.Errorf("class: %v; device %s published: %v", err, names.VFIODevice(vm), publishedNames(t)[names.VFIODevice(vm)])
+		return err == nil && publishedNames(t)[names.VFIODevice(vm)], fmt.Errorf("class: %w; device %s published: %v", err, names.VFIODevice(vm), publishedNames(t)[names.VFIODevice(vm)])
 	})
 	bdf := *publishedDevice(t, names.VFIODevice(vm)).Attributes[names.AttrStandardPCIBusID].StringValue
 
