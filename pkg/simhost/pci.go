@@ -357,12 +357,25 @@ func (k *PCIKernel) bind(bdf, drv string) error {
 	if err != nil {
 		return fmt.Errorf("simulated PCI: %w", err)
 	}
-	relDrv, err := filepath.Rel(real, filepath.Join(k.sys, "bus/pci/drivers", drv))
-	if err != nil {
-		return fmt.Errorf("simulated PCI: %w", err)
-	}
-	if err := symlink(relDrv, filepath.Join(real, "driver")); err != nil {
-		return err
+	// What the driver makes of the function comes first and its driver
+	// link last: the kernel's bind returns to the writer complete, and
+	// readers take the link for the end of it.
+	if IsVFIODriver(drv) {
+		if err := mknodNull(filepath.Join(k.dev, "vfio", k.group(bdf))); err != nil {
+			return err
+		}
+		if fd, _ := os.ReadFile(filepath.Join(real, "iommu_fd")); strings.TrimSpace(string(fd)) == "true" {
+			n := k.cdevNumber(bdf)
+			if err := os.MkdirAll(filepath.Join(k.dev, "vfio/devices"), 0o755); err != nil {
+				return fmt.Errorf("simulated PCI: %w", err)
+			}
+			if err := mknodNull(filepath.Join(k.dev, "vfio/devices", "vfio"+n)); err != nil {
+				return err
+			}
+			if err := os.MkdirAll(filepath.Join(real, "vfio-dev", "vfio"+n), 0o755); err != nil {
+				return fmt.Errorf("simulated PCI: %w", err)
+			}
+		}
 	}
 	back, err := filepath.Rel(filepath.Join(k.sys, "bus/pci/drivers", drv), real)
 	if err != nil {
@@ -371,23 +384,11 @@ func (k *PCIKernel) bind(bdf, drv string) error {
 	if err := symlink(back, filepath.Join(k.sys, "bus/pci/drivers", drv, bdf)); err != nil {
 		return err
 	}
-	if !IsVFIODriver(drv) {
-		return nil
+	relDrv, err := filepath.Rel(real, filepath.Join(k.sys, "bus/pci/drivers", drv))
+	if err != nil {
+		return fmt.Errorf("simulated PCI: %w", err)
 	}
-	if err := mknodNull(filepath.Join(k.dev, "vfio", k.group(bdf))); err != nil {
-		return err
-	}
-	if fd, _ := os.ReadFile(filepath.Join(real, "iommu_fd")); strings.TrimSpace(string(fd)) == "true" {
-		n := k.cdevNumber(bdf)
-		if err := os.MkdirAll(filepath.Join(real, "vfio-dev", "vfio"+n), 0o755); err != nil {
-			return fmt.Errorf("simulated PCI: %w", err)
-		}
-		if err := os.MkdirAll(filepath.Join(k.dev, "vfio/devices"), 0o755); err != nil {
-			return fmt.Errorf("simulated PCI: %w", err)
-		}
-		return mknodNull(filepath.Join(k.dev, "vfio/devices", "vfio"+n))
-	}
-	return nil
+	return symlink(relDrv, filepath.Join(real, "driver"))
 }
 
 // cdevNumber numbers a function's VFIO character device by its position
@@ -408,28 +409,27 @@ func (k *PCIKernel) unbind(bdf string) error {
 	if err != nil {
 		return fmt.Errorf("simulated PCI: %w", err)
 	}
-	for _, p := range []string{filepath.Join(real, "driver"), filepath.Join(k.sys, "bus/pci/drivers", drv, bdf)} {
+	// The driver link goes last, as bind makes it last.
+	if IsVFIODriver(drv) {
+		if err := os.RemoveAll(filepath.Join(real, "vfio-dev")); err != nil {
+			return fmt.Errorf("simulated PCI: %w", err)
+		}
+		if err := os.Remove(filepath.Join(k.dev, "vfio/devices", "vfio"+k.cdevNumber(bdf))); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("simulated PCI: %w", err)
+		}
+		// The group's node stays while another function of it is VFIO's.
+		group := k.group(bdf)
+		members, _ := os.ReadDir(filepath.Join(k.sys, "kernel/iommu_groups", group, "devices"))
+		if !slices.ContainsFunc(members, func(m os.DirEntry) bool { return m.Name() != bdf && IsVFIODriver(k.driver(m.Name())) }) {
+			if err := os.Remove(filepath.Join(k.dev, "vfio", group)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("simulated PCI: %w", err)
+			}
+		}
+	}
+	for _, p := range []string{filepath.Join(k.sys, "bus/pci/drivers", drv, bdf), filepath.Join(real, "driver")} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("simulated PCI: %w", err)
 		}
-	}
-	if !IsVFIODriver(drv) {
-		return nil
-	}
-	if err := os.RemoveAll(filepath.Join(real, "vfio-dev")); err != nil {
-		return fmt.Errorf("simulated PCI: %w", err)
-	}
-	if err := os.Remove(filepath.Join(k.dev, "vfio/devices", "vfio"+k.cdevNumber(bdf))); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("simulated PCI: %w", err)
-	}
-	// The group's node stays while another function of it is VFIO's.
-	group := k.group(bdf)
-	members, _ := os.ReadDir(filepath.Join(k.sys, "kernel/iommu_groups", group, "devices"))
-	if slices.ContainsFunc(members, func(m os.DirEntry) bool { return IsVFIODriver(k.driver(m.Name())) }) {
-		return nil
-	}
-	if err := os.Remove(filepath.Join(k.dev, "vfio", group)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("simulated PCI: %w", err)
 	}
 	return nil
 }
