@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -292,6 +293,47 @@ func TestVFIOKilledMidBind(t *testing.T) {
 			}
 			f.checkHostDrivesAll("at the end")
 			f.checkNothingLeft(ctx, "at the end")
+		})
+	}
+}
+
+// TestVFIORestartWithTheGPUUnseen restarts the plugin while a GPU is on
+// vfio-pci, which NVML does not see: a prepared claim keeps its GPU,
+// bound to VFIO; a claim whose prepare was killed after the bind is
+// rolled back, the GPU given back to nvidia.
+func TestVFIORestartWithTheGPUUnseen(t *testing.T) {
+	for _, prepared := range []bool{true, false} {
+		t.Run(map[bool]string{true: "prepared", false: "killed after the bind"}[prepared], func(t *testing.T) {
+			ctx := context.Background()
+			f := newFixture(t, "dgxh100")
+			c := allocated(names.VFIODevice(4))
+			if prepared {
+				if _, err := f.p.Prepare(ctx, c); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				f.prepareKilledAfter(StepVFIOBound, c)
+			}
+			inv := f.inventory()
+			inv.GPUs = slices.DeleteFunc(inv.GPUs, func(g gpu.GPU) bool { return g.Minor == 4 })
+			cp, rep, err := f.reconcile(ctx, f.saved(), inv, nil)
+			if err != nil || len(rep.Failed) > 0 || len(rep.Unreadable) > 0 || len(rep.Dropped) > 0 {
+				t.Fatalf("reconcile: %v, report %+v", err, rep)
+			}
+			rec := cp.Claims[string(c.UID)]
+			if prepared {
+				if rec == nil || rec.State != checkpoint.PrepareCompleted {
+					t.Fatalf("the prepared claim is %+v after the restart", rec)
+				}
+				if got := f.drivers(4); got != [2]string{"vfio-pci", "vfio-pci"} {
+					t.Errorf("the prepared claim's GPU is bound to %v after the restart", got)
+				}
+				return
+			}
+			if rec != nil {
+				t.Fatalf("the unfinished claim is %s after the restart", rec.State)
+			}
+			f.checkHostDrivesAll("after the restart")
 		})
 	}
 }
