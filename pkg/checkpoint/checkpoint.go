@@ -115,8 +115,8 @@ type VFIO struct {
 	BusID string `json:"busID"`
 	// Group is the GPU's IOMMU group.
 	Group int `json:"group"`
-	// Driver is the VFIO driver the group's functions are bound to
-	// (vfio-pci or a variant).
+	// Driver is the VFIO driver the GPU is bound to (vfio-pci or a
+	// variant); the group's other functions are bound to vfio-pci.
 	Driver string `json:"driver"`
 	// Functions are the group's functions, the GPU first, each with the
 	// driver it is given back to ("" for none).

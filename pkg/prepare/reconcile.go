@@ -255,11 +255,12 @@ func (rc *reconciliation) rebind(ctx context.Context, c *checkpoint.Claim) error
 			if err != nil {
 				return fmt.Errorf("device %s: %w", d.Name, err)
 			}
-			if cur == d.VFIO.Driver {
+			want := vfioTarget(d.VFIO, fn.BusID)
+			if cur == want {
 				continue
 			}
 			rc.logger.Info("Prepared claim's GPU is not bound to VFIO (node rebooted?); binding it again", "claimUID", c.UID, "function", fn.BusID, "driver", cur)
-			if err := rc.VFIO.Bind(ctx, fn.BusID, d.VFIO.Driver); err != nil {
+			if err := rc.VFIO.Bind(ctx, fn.BusID, want); err != nil {
 				return fmt.Errorf("device %s: bind it to VFIO again: %w", d.Name, err)
 			}
 		}

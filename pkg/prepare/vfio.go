@@ -69,6 +69,11 @@ func (p *Preparer) planVFIO(d *checkpoint.Device, busID string, cfg *v1beta1.Vfi
 		if err != nil {
 			return err
 		}
+		if drv == nvidiaDriver {
+			// Another GPU behind the same bridge without ACS: a group
+			// goes to a VM whole, and that GPU is the host's.
+			return fmt.Errorf("GPU %s shares IOMMU group %d with %s, another GPU the host drives; a group is passed through whole, so neither can be (enable ACS on the PCIe switch, or give VMs GPUs in groups of their own)", busID, group, fn)
+		}
 		if isVFIODriver(drv) {
 			// Left by an administrator or by a pass-through that did
 			// not finish: it goes back unbound.
@@ -94,7 +99,7 @@ func (p *Preparer) bindVFIO(ctx context.Context, d *checkpoint.Device) error {
 		return err
 	}
 	for _, fn := range v.Functions {
-		if err := p.opts.VFIO.Bind(ctx, fn.BusID, v.Driver); err != nil {
+		if err := p.opts.VFIO.Bind(ctx, fn.BusID, vfioTarget(v, fn.BusID)); err != nil {
 			return err
 		}
 	}
@@ -111,6 +116,16 @@ func (p *Preparer) bindVFIO(ctx context.Context, d *checkpoint.Device) error {
 	klog.FromContext(ctx).Info("GPU passed through", "gpu", d.GPUUUID, "busID", v.BusID, "driver", v.Driver, "iommuGroup", v.Group)
 	p.step(StepVFIOBound)
 	return nil
+}
+
+// vfioTarget is the VFIO driver of a function of v's group: the GPU's own
+// (vfio-pci or its variant), vfio-pci for the others (an audio function),
+// which a GPU's variant driver does not drive.
+func vfioTarget(v *checkpoint.VFIO, bdf string) string {
+	if bdf == v.BusID {
+		return v.Driver
+	}
+	return "vfio-pci"
 }
 
 // waitUnheld waits up to HolderWait until no process on the host holds

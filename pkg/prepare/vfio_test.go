@@ -337,3 +337,30 @@ func TestVFIORestartWithTheGPUUnseen(t *testing.T) {
 		})
 	}
 }
+
+// TestVFIOGroupWithAnotherGPURefused: a GPU whose IOMMU group holds
+// another GPU the host drives is not passed through, and neither is
+// touched.
+func TestVFIOGroupWithAnotherGPURefused(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, "dgxh100")
+	// GPU 5's function joins GPU 4's group, as behind a switch without ACS.
+	sys := filepath.Join(f.vfio.SysRoot, "sys")
+	gpu5 := f.gpuOf(5).PCIBusID
+	target, err := os.Readlink(filepath.Join(sys, "bus/pci/devices", gpu5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	group, err := f.vfio.Group(f.gpuOf(4).PCIBusID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join("../../../..", strings.TrimPrefix(target, "../../../")), filepath.Join(sys, "kernel/iommu_groups", strconv.Itoa(group), "devices", gpu5)); err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.p.Prepare(ctx, allocated(names.VFIODevice(4)))
+	if err == nil || !strings.Contains(err.Error(), "shares IOMMU group") || !strings.Contains(err.Error(), gpu5) {
+		t.Fatalf("error %v, want one naming the other GPU %s", err, gpu5)
+	}
+	f.checkHostDrivesAll("refused")
+}
