@@ -69,11 +69,15 @@ func sysDriver(t *testing.T, bdf string) string {
 // process on the host is not taken, and the claim's pod says why.
 func TestVFIOPassthrough(t *testing.T) {
 	const ns, held, vm = "vfio", 6, 7
-	if err := script("driver.sh", "restart", "-f", filepath.Join(repoRoot, "test/e2e/testdata/vfio-on.yaml")); err != nil {
+	// driver.sh remembers every values file given, in the order first
+	// given: files of this run's own, on then off, keep passthrough off
+	// for the rest of the suite and for later runs on a kept cluster.
+	on, off := passthroughValues(t, true), passthroughValues(t, false)
+	if err := script("driver.sh", "restart", "-f", on); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := script("driver.sh", "restart", "-f", filepath.Join(repoRoot, "test/e2e/testdata/vfio-off.yaml")); err != nil {
+		if err := script("driver.sh", "restart", "-f", off); err != nil {
 			t.Errorf("turn passthrough off again: %v", err)
 		}
 	})
@@ -182,4 +186,15 @@ func publishedNames(t *testing.T) map[string]bool {
 		}
 	}
 	return out
+}
+
+// passthroughValues writes, in the cluster's run directory, a chart values
+// file of a name of its own that turns VFIO passthrough on or off.
+func passthroughValues(t *testing.T, enabled bool) string {
+	t.Helper()
+	path := filepath.Join(runDir, fmt.Sprintf("vfio-passthrough-%t-%d.yaml", enabled, time.Now().UnixNano()))
+	if err := os.WriteFile(path, []byte(fmt.Sprintf("vfioPassthrough: {enabled: %t}\n", enabled)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
