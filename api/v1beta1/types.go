@@ -1,8 +1,9 @@
 // Package v1beta1 holds the opaque configuration users put in ResourceClaims
 // and DeviceClasses (spec.devices.config[].opaque with driver
 // gpu.nvidia.com), in the shape NVIDIA's DRA driver documents
-// (apiVersion resource.nvidia.com/v1beta1, kinds GpuConfig and
-// MigDeviceConfig), so existing claims work unchanged.
+// (apiVersion resource.nvidia.com/v1beta1, kinds GpuConfig,
+// MigDeviceConfig and VfioDeviceConfig), so existing claims work
+// unchanged.
 //
 // Decoding is strict: an unknown field is an error naming its path. The
 // same Decode and Validate serve the plugin (and an admission webhook).
@@ -31,6 +32,21 @@ const GroupVersion = "resource.nvidia.com/v1beta1"
 const (
 	GpuConfigKind       = "GpuConfig"
 	MigDeviceConfigKind = "MigDeviceConfig"
+	// VfioDeviceConfigKind configures GPUs passed through to VMs
+	// (vfio.gpu.nvidia.com).
+	VfioDeviceConfigKind = "VfioDeviceConfig"
+)
+
+// IOMMU backend policies of a VfioDeviceConfig, as NVIDIA's driver names
+// them.
+const (
+	// IOMMUBackendLegacyOnly gives the VM the legacy VFIO container and
+	// group nodes (/dev/vfio/<group>); the default.
+	IOMMUBackendLegacyOnly = "LegacyOnly"
+	// IOMMUBackendPreferIommuFD gives the VM the device's iommufd
+	// character device (/dev/vfio/devices/vfio<N>) where the host has
+	// iommufd (/dev/iommu), and the legacy nodes elsewhere.
+	IOMMUBackendPreferIommuFD = "PreferIommuFD"
 )
 
 // Sharing strategies.
@@ -108,17 +124,50 @@ func (q *Quantity) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// Config is a decoded configuration object: *GpuConfig or *MigDeviceConfig.
+// VfioDeviceConfig configures a GPU passed through to a VM.
+type VfioDeviceConfig struct {
+	metav1.TypeMeta `json:",inline"`
+	Iommu           *IOMMUConfig `json:"iommu,omitempty"`
+}
+
+// IOMMUConfig chooses how the VM reaches the GPU's IOMMU.
+type IOMMUConfig struct {
+	// BackendPolicy is IOMMUBackendLegacyOnly (the default, also when
+	// empty) or IOMMUBackendPreferIommuFD.
+	BackendPolicy string `json:"backendPolicy"`
+	// EnableAPIDevice also gives the container the IOMMU API device of
+	// the chosen backend: /dev/vfio/vfio (legacy) or /dev/iommu (iommufd).
+	EnableAPIDevice *bool `json:"enableAPIDevice,omitempty"`
+}
+
+// PreferIommuFD reports whether the configuration asks for iommufd.
+func (c *VfioDeviceConfig) PreferIommuFD() bool {
+	return c != nil && c.Iommu != nil && c.Iommu.BackendPolicy == IOMMUBackendPreferIommuFD
+}
+
+// APIDevice reports whether the configuration asks for the IOMMU API
+// device.
+func (c *VfioDeviceConfig) APIDevice() bool {
+	return c != nil && c.Iommu != nil && c.Iommu.EnableAPIDevice != nil && *c.Iommu.EnableAPIDevice
+}
+
+// Config is a decoded configuration object: *GpuConfig, *MigDeviceConfig
+// or *VfioDeviceConfig.
 type Config interface{ kind() string }
 
-func (*GpuConfig) kind() string       { return GpuConfigKind }
-func (*MigDeviceConfig) kind() string { return MigDeviceConfigKind }
+func (*GpuConfig) kind() string        { return GpuConfigKind }
+func (*MigDeviceConfig) kind() string  { return MigDeviceConfigKind }
+func (*VfioDeviceConfig) kind() string { return VfioDeviceConfigKind }
+
+// KindOf returns the kind of a configuration.
+func KindOf(c Config) string { return c.kind() }
 
 // Decode strictly decodes opaque parameters. Errors name the field.
 func Decode(raw []byte) (Config, error) {
 	cfg, err := opaque.Decode(raw, GroupVersion,
 		opaque.Kind[Config]{Name: GpuConfigKind, New: func() Config { return &GpuConfig{} }},
-		opaque.Kind[Config]{Name: MigDeviceConfigKind, New: func() Config { return &MigDeviceConfig{} }})
+		opaque.Kind[Config]{Name: MigDeviceConfigKind, New: func() Config { return &MigDeviceConfig{} }},
+		opaque.Kind[Config]{Name: VfioDeviceConfigKind, New: func() Config { return &VfioDeviceConfig{} }})
 	if err != nil {
 		return nil, err
 	}
@@ -146,6 +195,13 @@ func SharingOf(c Config) *Sharing {
 
 // Validate checks a configuration's values; errors name the field.
 func Validate(c Config) error {
+	if v, ok := c.(*VfioDeviceConfig); ok && v.Iommu != nil {
+		switch v.Iommu.BackendPolicy {
+		case "", IOMMUBackendLegacyOnly, IOMMUBackendPreferIommuFD:
+		default:
+			return fmt.Errorf("parameters.iommu.backendPolicy: %q is not one of %s, %s", v.Iommu.BackendPolicy, IOMMUBackendLegacyOnly, IOMMUBackendPreferIommuFD)
+		}
+	}
 	s := SharingOf(c)
 	if s == nil {
 		return nil

@@ -50,7 +50,7 @@ stream or a JSON list. Nothing is written to the cluster.`,
 			for _, g := range inv.GPUs {
 				where[g.PCIBusID] = topo.Topology(g.PCIBusID)
 			}
-			model, err := devicemodel.Build(devicemodel.Input{Inventory: inv, Topology: where, StaticMIGOnly: opts.staticMIGOnly, SharedGPUs: opts.sharedGPUs, ConsumableShares: opts.consumableShares})
+			model, err := devicemodel.Build(devicemodel.Input{Inventory: inv, Topology: where, StaticMIGOnly: opts.staticMIGOnly, SharedGPUs: opts.sharedGPUs, VFIO: opts.vfio, ConsumableShares: opts.consumableShares})
 			if err != nil {
 				return err
 			}

@@ -27,6 +27,8 @@ type options struct {
 	nvmlLibrary   string
 	staticMIGOnly bool
 	sharedGPUs    bool
+	// vfio is --vfio-passthrough.
+	vfio bool
 	// consumableShares is --consumable-shares, checked as it is set.
 	consumableShares devicemodel.ConsumableShares
 }
@@ -70,6 +72,7 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.nvmlLibrary, "nvml-library", "", "path of libnvidia-ml.so.1; empty uses the dynamic loader's search path")
 	fs.BoolVar(&o.staticMIGOnly, "static-mig-only", false, "publish only pre-created MIG instances instead of every MIG placement")
 	fs.BoolVar(&o.sharedGPUs, "shared-gpus", true, "also publish every whole GPU as a shared device (gpu-N-shared) whose shares of memory and compute claims consume, each served by an MPS daemon of its claim's own with the share's limits (per client process; see docs/security.md for what MPS cannot enforce)")
+	fs.BoolVar(&o.vfio, "vfio-passthrough", false, "also publish every GPU offered whole as a device for a VM (gpu-N-vfio, class vfio.gpu.nvidia.com), which prepare binds to vfio-pci (or the VFIO variant driver that suits it) and unprepare gives back to nvidia; the node label "+names.DeviceKindsLabel+" may leave it out per node (docs/vms.md)")
 	fs.Var(consumableSharesFlag{&o.consumableShares}, "consumable-shares", "NVIDIA's consumable shares of whole GPUs: disabled, memory, unlimited or a number of shares per GPU; each GPU offered whole is then one gpu.nvidia.com device that many claims share, each consuming some of its memory (and of its shares), a memory amount under the whole enforced as its claim's MPS pinned memory limit (docs/device-model.md). The node label "+names.ConsumableSharesLabel+" replaces it per node")
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -35,6 +36,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/publish"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/topology"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/version"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/vfio"
 )
 
 // runOptions are the flags of the plugin itself.
@@ -51,6 +53,7 @@ type runOptions struct {
 	devRoot           string
 	procRoot          string
 	sysRoot           string
+	vfioModulesDir    string
 	httpEndpoint      string
 	probeSocket       string
 	podUID            string
@@ -101,6 +104,7 @@ func (o *runOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.devRoot, "dev-root", "/", "host root under which /dev/nvidia* are found")
 	fs.StringVar(&o.procRoot, "proc-root", "/", "host root under which /proc is found")
 	fs.StringVar(&o.sysRoot, "sys-root", "/", "host root under which /sys is found, for the GPUs' PCIe root and NUMA node, and their DRM nodes")
+	fs.StringVar(&o.vfioModulesDir, "vfio-modules-dir", "/lib/modules", "the host's kernel modules directory, whose <release>/modules.alias says which VFIO variant driver suits a GPU (e.g. nvgrace_gpu_vfio_pci on Grace); without it, GPUs for VMs are bound to vfio-pci (with --vfio-passthrough)")
 	fs.StringVar(&o.httpEndpoint, "http-endpoint", "", "host:port for /metrics, /healthz and /readyz; empty disables it. A port in use (by the plugin being replaced in a roll) is retried until it is free")
 	fs.StringVar(&o.probeSocket, "probe-socket", "", "Unix socket for /healthz, /readyz and /metrics, asked by \"gpu-kubelet-plugin probe\" (the chart's probes: no host port, so two plugins on a node during a roll do not collide); empty disables it")
 	fs.StringVar(&o.podUID, "pod-uid", "", "UID of the plugin's pod (the chart passes it from the downward API): enables rolling updates, in which the next plugin registers with the kubelet under its own socket names while this one serves, and takes the node over from it; empty registers the fixed socket names once the node is owned")
@@ -255,6 +259,7 @@ func run(ctx context.Context, opts *options, ro *runOptions) error {
 		MPS:       daemons,
 		PluginDir: ro.pluginDir, RegistrarDir: ro.registrarDir, DeviceMetadata: ro.deviceMetadata, CDIRoot: ro.cdiRoot,
 		GPUHolders:        gpuHolders(ro.procRoot, ro.devRoot),
+		VFIO:              passthrough(logger, opts.vfio, ro),
 		InventoryInterval: ro.inventoryInterval, HeldDeviceWait: ro.heldDeviceWait, StaticMIGOnly: opts.staticMIGOnly, SharedGPUs: opts.sharedGPUs, ConsumableShares: opts.consumableShares, Overhead: overhead, Topology: topo,
 		HealthPolicy: policy, HealthStorePath: filepath.Join(ro.pluginDataDir, health.StoreFileName),
 		AfterStep: afterStep, Metrics: metrics, Uninstalling: uninstalling,
@@ -334,6 +339,24 @@ func removeToolLinks(logger klog.Logger) {
 	if err := driverroot.Cleanup(); err != nil {
 		logger.Error(err, "Links to the driver's libraries left behind")
 	}
+}
+
+// passthrough is the host's PCI sysfs for --vfio-passthrough, or nil.
+// The VFIO variant drivers are those the running kernel's modules.alias
+// names.
+func passthrough(logger klog.Logger, on bool, ro *runOptions) prepare.Passthrough {
+	if !on {
+		return nil
+	}
+	h := vfio.Host{SysRoot: ro.sysRoot, DevRoot: ro.devRoot}
+	release, err := os.ReadFile(filepath.Join(ro.procRoot, "proc/sys/kernel/osrelease"))
+	if err != nil {
+		logger.Error(err, "Kernel release unknown; GPUs for VMs are bound to vfio-pci, not to a variant driver")
+		return h
+	}
+	h.ModulesAlias = filepath.Join(ro.vfioModulesDir, strings.TrimSpace(string(release)), "modules.alias")
+	logger.Info("VFIO passthrough on", "sysRoot", ro.sysRoot, "modulesAlias", h.ModulesAlias, "iommufd", h.IOMMUFD())
+	return h
 }
 
 // gpuHolders names the host's processes, other than the plugin, that hold

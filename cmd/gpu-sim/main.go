@@ -14,6 +14,7 @@ import (
 	"strings"
 	"syscall"
 	"text/tabwriter"
+	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
@@ -142,6 +143,7 @@ func newRootCommand() *cobra.Command {
 	xid.Flags().IntVar(&ciid, "ci", -1, "compute instance ID of the MIG device the XID belongs to")
 
 	var hostDir, tools, nvmlLib string
+	var hostIOMMUFD bool
 	host := &cobra.Command{
 		Use:   "host",
 		Short: "Create the simulated node's driver, /dev, /proc and /sys trees for the plugin's --driver-root, --dev-root, --proc-root and --sys-root",
@@ -188,16 +190,20 @@ func newRootCommand() *cobra.Command {
 			if err := simhost.CreateDRM(hostDir, addrs); err != nil {
 				return err
 			}
+			if err := simhost.CreatePCI(hostDir, busIDs, simhost.PCIOptions{IOMMUFD: hostIOMMUFD}); err != nil {
+				return err
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "--driver-root=%s --dev-root=%s --proc-root=%s --sys-root=%s\n", roots.DriverRoot, roots.DevRoot, roots.ProcRoot, sysRoot)
 			return nil
 		},
 	}
 	host.Flags().StringVar(&hostDir, "dir", "", "directory to create the trees in")
+	host.Flags().BoolVar(&hostIOMMUFD, "iommufd", false, "give the simulated kernel iommufd: /dev/iommu, and a /dev/vfio/devices node for each PCI function bound to VFIO")
 	host.Flags().StringVar(&tools, "tools", "", "the gpu-sim-tools program, copied into the driver root as nvidia-smi and nvidia-cuda-mps-control (default: gpu-sim-tools beside gpu-sim)")
 
 	host.Flags().StringVar(&nvmlLib, "nvml-library", "", "the simulated libnvidia-ml.so.1 (pkg/simhost/libnvml/build.sh), installed in the driver root (default: libnvidia-ml.so.1 beside gpu-sim)")
 
-	var serveRoot, serveProc, serveFabric string
+	var serveRoot, serveProc, serveSys, serveFabric string
 	serve := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the simulated node's kernel driver: answer the simulated libnvidia-ml.so.1 of --driver-root until SIGTERM or SIGINT",
@@ -241,11 +247,31 @@ kernel driver, it shows the capability files of MIG instances under --proc-root 
 			if server.ProcRoot == "" {
 				server.ProcRoot = filepath.Join(filepath.Dir(serveRoot), "proc")
 			}
+			if serveSys == "" {
+				serveSys = filepath.Join(filepath.Dir(serveRoot), "sys")
+			}
+			if _, err := os.Stat(filepath.Join(serveSys, "sys/bus/pci/drivers_probe")); err == nil {
+				// The PCI core's side of the kernel: driver bindings
+				// written to /sys take effect, and NVML enumerates only
+				// the GPUs bound to nvidia.
+				server.SysRoot = serveSys
+				kernel := simhost.NewPCIKernel(serveSys, filepath.Join(filepath.Dir(serveRoot), "dev"))
+				go func() {
+					if err := kernel.Serve(ctx, 20*time.Millisecond); err != nil {
+						fmt.Fprintf(cmd.ErrOrStderr(), "simulated PCI: %v\n", err)
+						stop()
+					}
+				}()
+			}
+			if err := serveHolders(ctx, n, server.ProcRoot); err != nil {
+				return err
+			}
 			return server.Serve(ctx, l)
 		},
 	}
 	serve.Flags().StringVar(&serveRoot, "driver-root", "", "the simulated driver root (made by gpu-sim host) whose library to answer")
 	serve.Flags().StringVar(&serveFabric, "fabric", "", "place every GPU of a fabric attached node (gb200) in this NVLink clique, <cluster UUID>.<clique ID>, registered (as \"gpu-sim fabric\" does) before serving; default: the placement in the state (initially "+sim.DefaultFabricClusterUUID+".1)")
+	serve.Flags().StringVar(&serveSys, "sys-root", "", "the simulated /sys root (made by gpu-sim host) whose PCI driver bindings this kernel applies (default: sys beside --driver-root, as gpu-sim host lays them out)")
 	serve.Flags().StringVar(&serveProc, "proc-root", "", "the simulated /proc root (made by gpu-sim host) where MIG instances' capability files are kept (default: proc beside --driver-root, as gpu-sim host lays them out)")
 
 	root.AddCommand(show, xid, host, serve, fabricCommand(open),
@@ -407,4 +433,50 @@ func onOff(s string) (bool, error) {
 		return false, nil
 	}
 	return false, fmt.Errorf("%q: want on or off", s)
+}
+
+// serveHolders shows, under the simulated /proc, a process holding its GPU
+// open for every client that "gpu-sim client GPU NAME open" opened, until
+// ctx ends (simhost.SyncHolders): the plugin finds them as it finds a
+// monitoring agent's process on a node.
+func serveHolders(ctx context.Context, n *sim.Node, procRoot string) error {
+	inv, err := inventory(n)
+	if err != nil {
+		return err
+	}
+	minors := make([]int, len(inv.GPUs))
+	for i, g := range inv.GPUs {
+		minors[i] = g.Minor
+	}
+	sync := func() error {
+		st, err := n.State()
+		if err != nil {
+			return err
+		}
+		holders := map[int][]string{}
+		for i, g := range st.GPUs {
+			if i < len(minors) && len(g.Clients) > 0 {
+				holders[minors[i]] = g.Clients
+			}
+		}
+		return simhost.SyncHolders(procRoot, holders)
+	}
+	if err := sync(); err != nil {
+		return err
+	}
+	go func() {
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := sync(); err != nil {
+					fmt.Fprintf(os.Stderr, "simulated holders: %v\n", err)
+				}
+			}
+		}
+	}()
+	return nil
 }

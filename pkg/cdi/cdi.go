@@ -103,6 +103,9 @@ type Device struct {
 	UUID string
 	// MIG is nil for a whole GPU.
 	MIG *MIGDevice
+	// VFIO is set for a GPU passed through to a VM: it gets the VFIO
+	// nodes of the GPU, and none of the NVIDIA driver's.
+	VFIO *VFIODevice
 	// Env is extra environment for containers that get this device (sharing
 	// settings); it may not set the visible-devices variables.
 	Env map[string]string

@@ -77,6 +77,18 @@ func (w *Writer) buildSpec(logger klog.Logger, claimUID string, devices []Device
 	var migMinors map[string]int // read when the first MIG device needs it
 	spec := &specs.Spec{Kind: Kind, ContainerEdits: w.shared}
 	for _, d := range sorted {
+		if d.VFIO != nil {
+			nodes, err := w.vfioNodes(*d.VFIO)
+			if err != nil {
+				return nil, fmt.Errorf("device %s: %w", d.Name, err)
+			}
+			spec.Devices = append(spec.Devices, specs.Device{
+				Name:           cdiName(claimUID, d.Name),
+				Annotations:    d.Annotations,
+				ContainerEdits: specs.ContainerEdits{Env: []string{EnvDeviceUUIDs + "=" + strings.Join(visible[d.Request], ",")}, DeviceNodes: nodes},
+			})
+			continue
+		}
 		gpu, err := w.deviceNode(fmt.Sprintf("/dev/nvidia%d", d.GPUMinor))
 		if err != nil {
 			return nil, fmt.Errorf("device %s: %w", d.Name, err)

@@ -103,6 +103,38 @@ type Device struct {
 	// monitoring): it is given as it is, changing nothing, and neither
 	// waits for nor holds off the device's other claims.
 	AdminAccess bool `json:"adminAccess,omitempty"`
+	// VFIO is set for a GPU passed through to a VM.
+	VFIO *VFIO `json:"vfio,omitempty"`
+}
+
+// VFIO records a GPU passed through to a VM: what its IOMMU group holds
+// and where each function goes back to, recorded before the first of
+// them is unbound, so that a rollback from anywhere gives each back.
+type VFIO struct {
+	// BusID is the GPU's PCI bus ID.
+	BusID string `json:"busID"`
+	// Group is the GPU's IOMMU group.
+	Group int `json:"group"`
+	// Driver is the VFIO driver the GPU is bound to (vfio-pci or a
+	// variant); the group's other functions are bound to vfio-pci.
+	Driver string `json:"driver"`
+	// Functions are the group's functions, the GPU first, each with the
+	// driver it is given back to ("" for none).
+	Functions []PCIFunction `json:"functions"`
+	// IOMMUFD is set when the VM gets the GPU through iommufd, its
+	// character device CharDevice ("vfio3" of /dev/vfio/devices), rather
+	// than through its group's node.
+	IOMMUFD    bool   `json:"iommufd,omitempty"`
+	CharDevice string `json:"charDevice,omitempty"`
+	// APIDevice is set when the claim's configuration asked for the IOMMU
+	// API device (/dev/iommu with iommufd).
+	APIDevice bool `json:"apiDevice,omitempty"`
+}
+
+// PCIFunction is a PCI function and the driver it is given back to.
+type PCIFunction struct {
+	BusID  string `json:"busID"`
+	Driver string `json:"driver"`
 }
 
 // Share is what one share of a shared GPU consumes, as allocated.
@@ -158,6 +190,11 @@ func (c *Claim) Clone() *Claim {
 		if d.Share != nil {
 			s := *d.Share
 			d.Share = &s
+		}
+		if d.VFIO != nil {
+			v := *d.VFIO
+			v.Functions = slices.Clone(v.Functions)
+			d.VFIO = &v
 		}
 		out.Devices[i] = d
 	}

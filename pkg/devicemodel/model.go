@@ -75,6 +75,8 @@ const (
 	// KindGPUShare is a GPU offered in shares; prepare makes each share a
 	// client of the GPU's MPS control daemon.
 	KindGPUShare
+	// KindVFIO is a whole GPU for a VM; prepare binds it to a VFIO driver.
+	KindVFIO
 )
 
 // Input is everything the model is built from.
@@ -98,6 +100,11 @@ type Input struct {
 	// SharedGPUs also offers every GPU that is offered whole as a shared
 	// device (see the package comment).
 	SharedGPUs bool
+	// VFIO also offers every GPU that can be offered whole as
+	// "gpu-<minor>-vfio" with type=vfio, for passthrough to a VM: it
+	// consumes all of the GPU's counters, so while a VM has the GPU
+	// nothing else on it is allocated, and the other way round.
+	VFIO bool
 	// ConsumableShares offers every GPU that is offered whole in NVIDIA's
 	// consumable shares (the plugin's --consumable-shares); a node's
 	// Offer.ConsumableShares replaces it.
@@ -290,15 +297,19 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device, withheld *[]With
 		consumable = *offer.ConsumableShares
 	}
 	shared := publishWhole && in.SharedGPUs && offer.Shared
+	// A GPU with pre-created MIG instances is the host's: it is not
+	// offered to VMs any more than whole.
+	vfio := publishWhole && in.VFIO && offer.VFIO
 	var counters *resourceapi.CounterSet
 	var totals counterTotals
 	switch {
 	case placements:
 		totals = computeTotals(g)
 		counters = &resourceapi.CounterSet{Name: names.CounterSet(g.Minor), Counters: totals.counters()}
-	case shared:
-		// Without MIG only the shared device and the whole GPU exclude each
-		// other: one counter, all of the GPU's memory, is enough.
+	case shared || vfio:
+		// Without MIG only the shared device, the VM's and the whole GPU
+		// exclude each other: one counter, all of the GPU's memory, is
+		// enough.
 		totals = counterTotals{memoryBytes: int64(g.MemoryBytes), noMIG: true}
 		counters = &resourceapi.CounterSet{Name: names.CounterSet(g.Minor), Counters: totals.counters()}
 	}
@@ -394,6 +405,25 @@ func gpuDevices(in Input, g *gpu.GPU, index map[string]*Device, withheld *[]With
 					return nil, nil, err
 				}
 			}
+		}
+	}
+
+	// The VM's device: no claim for a container matches type=vfio, so its
+	// place among the GPU's devices costs none of them a try.
+	if vfio {
+		d := resourceapi.Device{
+			Name:       names.VFIODevice(g.Minor),
+			Attributes: gpuAttributes(common, g, names.TypeVFIO),
+			Capacity: map[resourceapi.QualifiedName]resourceapi.DeviceCapacity{
+				names.CapacityAddressableMemory: {Value: *resource.NewQuantity(int64(g.MemoryBytes), resource.BinarySI)},
+			},
+			ConsumesCounters: []resourceapi.DeviceCounterConsumption{{
+				CounterSet: counters.Name,
+				Counters:   totals.wholeGPU(),
+			}},
+		}
+		if err := add(d, &Device{Kind: KindVFIO, GPU: g}, gpuTaints); err != nil {
+			return nil, nil, err
 		}
 	}
 

@@ -15,9 +15,10 @@ import (
 // and time (docs/benchmarks.md gives the figures); a kind or profile not
 // offered can still be used if a claim was allocated it before.
 type Offer struct {
-	// Whole, MIG and Shared say whether whole GPUs, MIG placements and
-	// shared GPUs are offered. Shared also needs Input.SharedGPUs.
-	Whole, MIG, Shared bool
+	// Whole, MIG, Shared and VFIO say whether whole GPUs, MIG placements,
+	// shared GPUs and GPUs for VMs are offered. Shared also needs
+	// Input.SharedGPUs, VFIO Input.VFIO.
+	Whole, MIG, Shared, VFIO bool
 	// MIGProfiles, when not empty, are the MIG profiles offered, each as its
 	// size ("1g") or its names.SanitizeProfile form ("1g10gb").
 	MIGProfiles []string
@@ -27,7 +28,7 @@ type Offer struct {
 }
 
 // OfferAll offers every device the plugin's options allow.
-var OfferAll = Offer{Whole: true, MIG: true, Shared: true}
+var OfferAll = Offer{Whole: true, MIG: true, Shared: true, VFIO: true}
 
 // ParseOffer reads a node's offer from its labels (names.DeviceKindsLabel,
 // names.MIGProfilesLabel, names.ConsumableSharesLabel). Absent labels offer everything; a value it
@@ -36,7 +37,7 @@ var OfferAll = Offer{Whole: true, MIG: true, Shared: true}
 func ParseOffer(labels map[string]string) (Offer, error) {
 	o := OfferAll
 	if v, ok := labels[names.DeviceKindsLabel]; ok {
-		o.Whole, o.MIG, o.Shared = false, false, false
+		o.Whole, o.MIG, o.Shared, o.VFIO = false, false, false, false
 		for _, k := range strings.Split(v, "_") {
 			switch k {
 			case names.KindWhole:
@@ -45,9 +46,11 @@ func ParseOffer(labels map[string]string) (Offer, error) {
 				o.MIG = true
 			case names.KindShared:
 				o.Shared = true
+			case names.KindVFIO:
+				o.VFIO = true
 			default:
-				return Offer{}, fmt.Errorf("label %s=%q: unknown device kind %q, want %s, %s or %s joined by _",
-					names.DeviceKindsLabel, v, k, names.KindWhole, names.KindMIG, names.KindShared)
+				return Offer{}, fmt.Errorf("label %s=%q: unknown device kind %q, want %s, %s, %s or %s joined by _",
+					names.DeviceKindsLabel, v, k, names.KindWhole, names.KindMIG, names.KindShared, names.KindVFIO)
 			}
 		}
 	}

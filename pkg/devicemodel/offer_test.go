@@ -23,17 +23,17 @@ func TestParseOffer(t *testing.T) {
 		{
 			name:   "profiles by size and name",
 			labels: map[string]string{names.MIGProfilesLabel: "1g_7g80gb"},
-			want:   Offer{Whole: true, MIG: true, Shared: true, MIGProfiles: []string{"1g", "7g80gb"}},
+			want:   Offer{Whole: true, MIG: true, Shared: true, VFIO: true, MIGProfiles: []string{"1g", "7g80gb"}},
 		},
 		{
 			name:   "consumable shares",
 			labels: map[string]string{names.ConsumableSharesLabel: "4"},
-			want:   Offer{Whole: true, MIG: true, Shared: true, ConsumableShares: &ConsumableShares{Mode: SharesCount, Shares: 4}},
+			want:   Offer{Whole: true, MIG: true, Shared: true, VFIO: true, ConsumableShares: &ConsumableShares{Mode: SharesCount, Shares: 4}},
 		},
 		{
 			name:   "consumable shares disabled on the node",
 			labels: map[string]string{names.ConsumableSharesLabel: "disabled"},
-			want:   Offer{Whole: true, MIG: true, Shared: true, ConsumableShares: &ConsumableShares{}},
+			want:   Offer{Whole: true, MIG: true, Shared: true, VFIO: true, ConsumableShares: &ConsumableShares{}},
 		},
 		{name: "bad consumable shares", labels: map[string]string{names.ConsumableSharesLabel: "half"}, wantErr: `label gpu.nvidia.com/consumable-shares="half": "half" is not`},
 		{name: "zero consumable shares", labels: map[string]string{names.ConsumableSharesLabel: "0"}, wantErr: `label gpu.nvidia.com/consumable-shares="0"`},

@@ -125,25 +125,26 @@ func (o Overhead) Empty() bool {
 // Of returns the overhead of kind k: a list to read, never change.
 func (o Overhead) Of(k OverheadKind) corev1.ResourceList { return o[k] }
 
-// kindOf is the overhead kind of a device kind.
-func kindOf(k Kind) (OverheadKind, error) {
+// kindOf is the overhead kind of a device kind; a GPU for a VM (KindVFIO)
+// has none: nothing of the driver runs for it on the node.
+func kindOf(k Kind) (OverheadKind, bool) {
 	switch k {
 	case KindGPU:
-		return OverheadGPU, nil
+		return OverheadGPU, true
 	case KindMIGPlacement, KindMIGStatic:
-		return OverheadMIG, nil
+		return OverheadMIG, true
 	case KindGPUShare:
-		return OverheadShare, nil
+		return OverheadShare, true
 	}
-	return "", fmt.Errorf("device kind %d has no overhead kind", k)
+	return "", false
 }
 
 // published is the device's nodeAllocatableResources for a device of kind
 // k, a map of its own, or nil when o gives the kind none.
 func (o Overhead) published(k Kind) (map[corev1.ResourceName]resourceapi.NodeAllocatableResource, error) {
-	ok, err := kindOf(k)
-	if err != nil {
-		return nil, err
+	ok, known := kindOf(k)
+	if !known {
+		return nil, nil
 	}
 	list := o[ok]
 	if len(list) == 0 {

@@ -59,9 +59,9 @@ func TestOverheadPublishedPerKind(t *testing.T) {
 		// ("" for none).
 		want map[string]string
 	}{
-		{flag: "", want: map[string]string{names.TypeGPU: "", names.TypeMIG: "", names.TypeShared: ""}},
-		{flag: "share:cpu=250m,share:memory=512Mi", want: map[string]string{names.TypeGPU: "", names.TypeMIG: "", names.TypeShared: "512Mi"}},
-		{flag: "gpu:memory=1Gi,mig:memory=256Mi", want: map[string]string{names.TypeGPU: "1Gi", names.TypeMIG: "256Mi", names.TypeShared: ""}},
+		{flag: "", want: map[string]string{names.TypeGPU: "", names.TypeMIG: "", names.TypeShared: "", names.TypeVFIO: ""}},
+		{flag: "share:cpu=250m,share:memory=512Mi", want: map[string]string{names.TypeGPU: "", names.TypeMIG: "", names.TypeShared: "512Mi", names.TypeVFIO: ""}},
+		{flag: "gpu:memory=1Gi,mig:memory=256Mi", want: map[string]string{names.TypeGPU: "1Gi", names.TypeMIG: "256Mi", names.TypeShared: "", names.TypeVFIO: ""}},
 	} {
 		t.Run(tc.flag, func(t *testing.T) {
 			o, err := ParseOverhead(tc.flag)
@@ -69,7 +69,7 @@ func TestOverheadPublishedPerKind(t *testing.T) {
 				t.Fatal(err)
 			}
 			in, _ := busyInventory(t, "dgxh100")
-			in.SharedGPUs, in.Overhead = true, o
+			in.SharedGPUs, in.VFIO, in.Overhead = true, true, o
 			m := build(t, in)
 			validateSlices(t, m.ResourceSlices("node-a"))
 			seen := map[string]int{}

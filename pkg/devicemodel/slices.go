@@ -43,7 +43,7 @@ func (m *Model) ResourceSlices(nodeName string) []resourceapi.ResourceSlice {
 
 // Stats summarises a model for reports.
 type Stats struct {
-	Slices, CounterSets, Devices, GPUs, MIGDevices, SharedGPUs int
+	Slices, CounterSets, Devices, GPUs, MIGDevices, SharedGPUs, VFIOGPUs int
 }
 
 // Stats counts the model's slices and devices.
@@ -60,6 +60,8 @@ func (m *Model) Stats() Stats {
 			s.GPUs++
 		case KindGPUShare:
 			s.SharedGPUs++
+		case KindVFIO:
+			s.VFIOGPUs++
 		default:
 			s.MIGDevices++
 		}

@@ -87,6 +87,9 @@ type Config struct {
 	StaticMIGOnly  bool
 	// SharedGPUs publishes every whole GPU also as a shared device.
 	SharedGPUs bool
+	// VFIO, when set, publishes every GPU offered whole also as a device
+	// for a VM, passed through with it (prepare.Options.VFIO).
+	VFIO prepare.Passthrough
 	// ConsumableShares offers whole GPUs in NVIDIA's consumable shares
 	// (devicemodel.Input.ConsumableShares); the node's label replaces it.
 	ConsumableShares devicemodel.ConsumableShares
@@ -134,7 +137,10 @@ type Driver struct {
 	// healthChanged wakes the main loop to republish after the taints
 	// changed; healthNotify wakes every WatchHealthStatus stream.
 	healthChanged chan struct{}
-	healthNotify  broadcaster
+	// bindingChanged wakes the main loop to read the inventory again
+	// after a GPU was bound to VFIO or given back (bindingNotifier).
+	bindingChanged chan struct{}
+	healthNotify   broadcaster
 
 	// Set by Start.
 	helper draplugin.Helper
@@ -169,8 +175,12 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	if cfg.StartHelper == nil {
 		cfg.StartHelper = draplugin.StartKubeletHelper
 	}
-	d := &Driver{cfg: cfg, clock: cfg.Clock, state: &nodeState{staticMIGOnly: cfg.StaticMIGOnly, sharedGPUs: cfg.SharedGPUs, consumableShares: cfg.ConsumableShares, overhead: cfg.Overhead, topology: cfg.Topology},
-		healthChanged: make(chan struct{}, 1), done: make(chan struct{})}
+	d := &Driver{cfg: cfg, clock: cfg.Clock, state: &nodeState{staticMIGOnly: cfg.StaticMIGOnly, sharedGPUs: cfg.SharedGPUs, vfio: cfg.VFIO != nil, consumableShares: cfg.ConsumableShares, overhead: cfg.Overhead, topology: cfg.Topology},
+		healthChanged: make(chan struct{}, 1), bindingChanged: make(chan struct{}, 1), done: make(chan struct{})}
+	if cfg.VFIO != nil {
+		cfg.VFIO = bindingNotifier{Passthrough: cfg.VFIO, changed: d.bindingChanged}
+		d.cfg.VFIO = cfg.VFIO
+	}
 
 	// 1-2. Boot ID and checkpoint.
 	bootID, err := checkpoint.ReadBootID(cfg.ProcRoot)
@@ -198,7 +208,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read GPU inventory: %w", err)
 	}
-	cp, report, err := prepare.Reconciler{GPUs: cfg.GPUs, CDI: cfg.CDI, MPS: cfg.MPS}.Reconcile(ctx, prepare.Found{Checkpoint: cp, Inventory: inv, Lost: corrupt})
+	cp, report, err := prepare.Reconciler{GPUs: cfg.GPUs, CDI: cfg.CDI, MPS: cfg.MPS, VFIO: cfg.VFIO}.Reconcile(ctx, prepare.Found{Checkpoint: cp, Inventory: inv, Lost: corrupt})
 	if err != nil {
 		return nil, fmt.Errorf("reconcile prepared claims: %w", err)
 	}
@@ -232,7 +242,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	d.monitor.SetInventory(ctx, inv, readAt)
 	d.state.taints = d.monitor.Taints
 	d.preparer = prepare.New(migTracker{cfg.GPUs, d.monitor}, d.state, cfg.CDI, cfg.Store, cp, prepare.Options{
-		PoolName: cfg.NodeName, AfterStep: cfg.AfterStep, MPS: cfg.MPS, HeldWait: cfg.HeldDeviceWait, GPUHolders: cfg.GPUHolders,
+		PoolName: cfg.NodeName, AfterStep: cfg.AfterStep, MPS: cfg.MPS, HeldWait: cfg.HeldDeviceWait, GPUHolders: cfg.GPUHolders, VFIO: cfg.VFIO,
 	})
 	d.monitor.Probe(ctx)
 	if err := d.state.refresh(ctx, inv, d.preparer); err != nil {
@@ -360,6 +370,11 @@ func (d *Driver) serve(ctx context.Context) {
 					}
 				}()
 			}
+		case <-d.bindingChanged:
+			// A GPU went to a VM or came back: NVML's GPUs changed.
+			if err := d.refreshAndPublish(ctx); err != nil {
+				logger.Error(err, "Refreshing the GPU inventory after a GPU was passed through or given back failed; retrying with the next inventory refresh")
+			}
 		case <-d.healthChanged:
 			if err := d.rebuildAndPublish(ctx); err != nil {
 				logger.Error(err, "Republishing after a health change failed; retrying with the next inventory refresh")
@@ -455,4 +470,22 @@ func (d *Driver) nodeEvent(ctx context.Context, eventType, reason, message strin
 	if _, err := d.cfg.KubeClient.CoreV1().Events(metav1.NamespaceDefault).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
 		klog.FromContext(ctx).Error(err, "Cannot record event on node", "reason", reason)
 	}
+}
+
+// bindingNotifier tells the serve loop of every PCI driver binding a
+// prepare, unprepare or reconciliation changes, so the GPUs NVML sees
+// are read again at once rather than at the next inventory refresh.
+type bindingNotifier struct {
+	prepare.Passthrough
+	changed chan<- struct{}
+}
+
+// Bind implements prepare.Passthrough.
+func (n bindingNotifier) Bind(ctx context.Context, bdf, driver string) error {
+	err := n.Passthrough.Bind(ctx, bdf, driver)
+	select {
+	case n.changed <- struct{}{}:
+	default: // a refresh is already pending
+	}
+	return err
 }

@@ -57,11 +57,18 @@ func (d *Driver) onHealthChange() {
 }
 
 // deviceHealth is a prepared device's health: unknown before the first
-// inventory, unhealthy when its GPU is gone, otherwise what the health
+// inventory and for a GPU passed through to a VM, unhealthy when its GPU
+// is gone, otherwise what the health
 // monitor says of the GPU and, for a MIG device, of the instance.
 func (d *Driver) deviceHealth(inv *gpu.Inventory, dev checkpoint.Device) (kubeletplugin.HealthStatus, string) {
 	if inv == nil {
 		return kubeletplugin.HealthStatusUnknown, "no inventory yet"
+	}
+	if dev.VFIO != nil {
+		// A GPU passed through is the VM's: the host's driver, which
+		// NVML reads through, no longer drives it, so NVML neither sees
+		// nor monitors it, and its absence is no fault.
+		return kubeletplugin.HealthStatusUnknown, "GPU " + dev.GPUUUID + " is passed through to a VM; the host does not monitor it"
 	}
 	if !slices.ContainsFunc(inv.GPUs, func(g gpu.GPU) bool { return g.UUID == dev.GPUUUID }) {
 		return kubeletplugin.HealthStatusUnhealthy, "GPU " + dev.GPUUUID + " not found"

@@ -30,6 +30,7 @@ type Topology interface {
 type nodeState struct {
 	staticMIGOnly bool
 	sharedGPUs    bool
+	vfio          bool
 	// consumableShares is the plugin's setting; the node's offer (its
 	// label) replaces it.
 	consumableShares devicemodel.ConsumableShares
@@ -91,6 +92,7 @@ func (s *nodeState) refresh(ctx context.Context, inv *gpu.Inventory, owner migOw
 		Managed:          owner.ManagesMIG,
 		StaticMIGOnly:    s.staticMIGOnly,
 		SharedGPUs:       s.sharedGPUs,
+		VFIO:             s.vfio,
 		ConsumableShares: s.consumableShares,
 		Overhead:         s.overhead,
 	}

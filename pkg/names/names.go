@@ -30,12 +30,14 @@ const (
 	TypeGPU    = "gpu"
 	TypeMIG    = "mig"
 	TypeShared = "shared"
+	// TypeVFIO is a whole GPU for a virtual machine (NVIDIA-compatible).
+	TypeVFIO = "vfio"
 )
 
 // Attribute keys of published devices. Those marked "NVIDIA-compatible" are
 // spelled as NVIDIA's driver spells them, since users' CEL selects on them.
 const (
-	// AttrType is TypeGPU, TypeMIG or TypeShared.
+	// AttrType is TypeGPU, TypeMIG, TypeShared or TypeVFIO.
 	AttrType = "type"
 	// AttrUUID is the GPU's UUID on a whole or shared GPU, the MIG device's
 	// UUID on a pre-created MIG instance (NVIDIA-compatible).
@@ -101,6 +103,9 @@ const (
 	// CapacityMemory is GPU memory in bytes; on a shared GPU a share's
 	// amount becomes its MPS pinned device memory limit.
 	CapacityMemory = "memory"
+	// CapacityAddressableMemory is a VFIO device's GPU memory in bytes
+	// (NVIDIA-compatible).
+	CapacityAddressableMemory = "addressableMemory"
 	// CapacityShares counts a whole GPU's consumable shares (NVIDIA's
 	// "shares", published with ConsumableSharesLabel or the plugin's
 	// --consumable-shares set to a number): how many claims may hold the
@@ -149,6 +154,7 @@ const (
 	migInfix     = "-mig-"
 	staticSuffix = "-static"
 	sharedSuffix = "-shared"
+	vfioSuffix   = "-vfio"
 )
 
 // GPUDevice is the name of a whole GPU's device; it is also the name of the
@@ -179,6 +185,9 @@ func HasGraphics(profile string) bool {
 	return slices.Contains(strings.Split(attrs, "+"), "gfx")
 }
 
+// VFIODevice is the name of a GPU's device for passthrough to a VM.
+func VFIODevice(minor int) string { return GPUDevice(minor) + vfioSuffix }
+
 // SanitizeProfile turns a MIG profile name into a DNS-label fragment:
 // "1g.10gb" -> "1g10gb", "1g.10gb+me" -> "1g10gbme", "1g.10gb-me" ->
 // "1g10gbnome", "1g.10gb+me.all" -> "1g10gbmeall".
@@ -198,7 +207,7 @@ func SanitizeProfile(profile string) string {
 type ParsedDevice struct {
 	// Minor is the minor number of the GPU the device is or is carved from.
 	Minor int
-	// Type is TypeGPU, TypeMIG or TypeShared.
+	// Type is TypeGPU, TypeMIG, TypeShared or TypeVFIO.
 	Type string
 }
 
@@ -220,6 +229,8 @@ func ParseDevice(name string) (ParsedDevice, bool) {
 		return ParsedDevice{Minor: minor, Type: TypeGPU}, true
 	case "-"+tail == sharedSuffix:
 		return ParsedDevice{Minor: minor, Type: TypeShared}, true
+	case "-"+tail == vfioSuffix:
+		return ParsedDevice{Minor: minor, Type: TypeVFIO}, true
 	case strings.HasPrefix("-"+tail, migInfix) && len("-"+tail) > len(migInfix):
 		return ParsedDevice{Minor: minor, Type: TypeMIG}, true
 	}
@@ -338,7 +349,7 @@ func ParseGPUEventMessage(msg string) (minor int, what string, ok bool) {
 // values may not hold commas.
 const (
 	// DeviceKindsLabel lists the kinds of device a node offers, of
-	// KindWhole, KindMIG and KindShared, e.g. "whole_mig". Absent offers
+	// KindWhole, KindMIG, KindShared and KindVFIO, e.g. "whole_mig". Absent offers
 	// every kind the plugin's options allow.
 	DeviceKindsLabel = keyPrefix + "device-kinds"
 	// MIGProfilesLabel lists the MIG profiles a node offers, each as its
@@ -364,6 +375,9 @@ const (
 	KindWhole  = "whole"
 	KindMIG    = "mig"
 	KindShared = "shared"
+	// KindVFIO is whole GPUs for VMs (vfio.gpu.nvidia.com); it is offered
+	// only where the plugin's --vfio-passthrough is on.
+	KindVFIO = "vfio"
 )
 
 // The DeviceClasses the chart installs, one per device type.
@@ -371,6 +385,8 @@ const (
 	GPUDeviceClass    = DriverName
 	MIGDeviceClass    = "mig.nvidia.com"
 	SharedDeviceClass = "shared." + DriverName
+	// VFIODeviceClass selects whole GPUs for VMs, as NVIDIA's does.
+	VFIODeviceClass = "vfio." + DriverName
 )
 
 // Labels of the pods that run MPS control daemons (package daemonpod),

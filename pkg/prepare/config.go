@@ -22,6 +22,20 @@ type settings struct {
 	timeSlice string
 	// mps is set (possibly empty) when the device is shared through MPS.
 	mps *v1beta1.MpsConfig
+	// vfio is the configuration of a GPU for a VM (nil: the defaults).
+	vfio *v1beta1.VfioDeviceConfig
+}
+
+// kindFor is the kind of configuration that applies to a device, and
+// what the device is, for errors.
+func kindFor(d *checkpoint.Device) (kind, what string) {
+	switch {
+	case d.VFIO != nil:
+		return v1beta1.VfioDeviceConfigKind, "a GPU for a VM"
+	case d.MIG != nil:
+		return v1beta1.MigDeviceConfigKind, "a MIG device"
+	}
+	return v1beta1.GpuConfigKind, "a whole GPU"
 }
 
 // deviceConfig resolves the opaque configuration that applies to a device.
@@ -42,8 +56,8 @@ func deviceConfig(claim *resourceapi.ResourceClaim, d *checkpoint.Device) (setti
 		if err != nil {
 			return settings{}, fmt.Errorf("%s: %w", at, err)
 		}
-		_, forMIG := cfg.(*v1beta1.MigDeviceConfig)
-		if forMIG == (d.MIG != nil) {
+		want, what := kindFor(d)
+		if v1beta1.KindOf(cfg) == want {
 			chosen = cfg
 			continue
 		}
@@ -52,16 +66,15 @@ func deviceConfig(claim *resourceapi.ResourceClaim, d *checkpoint.Device) (setti
 		// the claim gives for exactly this device's request was meant for
 		// this device, and would silently not apply.
 		if c.Source == resourceapi.AllocationConfigSourceClaim && namesExactly(c.Requests, d.Requests) {
-			kind, device, want := v1beta1.GpuConfigKind, "a MIG device", v1beta1.MigDeviceConfigKind
-			if forMIG {
-				kind, device, want = v1beta1.MigDeviceConfigKind, "a whole GPU", v1beta1.GpuConfigKind
-			}
 			return settings{}, fmt.Errorf("%s: parameters.kind: a %s does not apply to device %s, %s, of request %s; use a %s",
-				at, kind, d.Name, device, strings.Join(d.Requests, ", "), want)
+				at, v1beta1.KindOf(cfg), d.Name, what, strings.Join(d.Requests, ", "), want)
 		}
 	}
 	if chosen == nil {
 		return settings{}, nil
+	}
+	if v, ok := chosen.(*v1beta1.VfioDeviceConfig); ok {
+		return settings{vfio: v}, nil
 	}
 	s := v1beta1.SharingOf(chosen)
 	if s == nil {

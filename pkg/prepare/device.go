@@ -17,6 +17,8 @@ import (
 // device. The caller holds the GPU's lock.
 func (p *Preparer) prepareDevice(ctx context.Context, d *checkpoint.Device) (bool, error) {
 	switch {
+	case d.VFIO != nil:
+		return false, p.bindVFIO(ctx, d)
 	case d.AdminAccess:
 		return false, nil // as it is: no MIG mode, instance or daemon changed
 	case d.Share != nil:

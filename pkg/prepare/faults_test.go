@@ -159,6 +159,7 @@ func (f *fixture) checkNothingLeft(ctx context.Context, when string) {
 	if c := f.p.Snapshot().Claims; len(c) != 0 {
 		f.t.Errorf("%s: memory holds %v", when, sortedKeys(c))
 	}
+	f.checkHostDrivesAll(when)
 	for i := range f.inventory().GPUs {
 		if got := f.timeSlice(i); got != "never set" && got != "0" {
 			f.t.Errorf("%s: GPU %d keeps time slice %s", when, i, got)

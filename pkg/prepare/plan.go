@@ -85,6 +85,13 @@ func (p *Preparer) plan(claim *resourceapi.ResourceClaim) (*checkpoint.Claim, er
 		case devicemodel.KindMIGStatic:
 			d.MIG = &checkpoint.MIG{ProfileID: dev.Profile.ID, Profile: dev.Profile.Name, Start: dev.Placement.Start, Size: dev.Placement.Size,
 				UUID: dev.Instance.UUID, GIID: dev.Instance.GIID, CIID: dev.Instance.CIID}
+		case devicemodel.KindVFIO:
+			if d.AdminAccess {
+				return nil, fmt.Errorf("device %s: a GPU passed through to a VM is the VM's alone; admin access does not apply to it", r.Device)
+			}
+			// What its IOMMU group holds is read once the claim's
+			// configuration is known (planVFIO).
+			d.VFIO = &checkpoint.VFIO{BusID: dev.GPU.PCIBusID}
 		case devicemodel.KindGPUShare:
 			if d.AdminAccess {
 				// The GPU as it is, without an MPS share. The allocation
@@ -186,9 +193,10 @@ func (p *Preparer) existingMIG(d *checkpoint.Device) error {
 }
 
 // touchesHardware reports whether preparing d changes the node: creates a
-// MIG device, sets a time slice, or starts an MPS daemon.
+// MIG device, sets a time slice, starts an MPS daemon or binds a GPU to
+// VFIO.
 func touchesHardware(d checkpoint.Device) bool {
-	return !d.AdminAccess && ((d.MIG != nil && d.MIG.UUID == "") || d.TimeSlice != "" || d.MPSDir != "")
+	return !d.AdminAccess && ((d.MIG != nil && d.MIG.UUID == "") || d.TimeSlice != "" || d.MPSDir != "" || d.VFIO != nil)
 }
 
 // mergeEnv returns a copy of a with b's variables added.

@@ -11,7 +11,9 @@
 //     a pre-created MIG instance is used as it is; a share of a shared GPU,
 //     or a consumable share of a whole GPU with a memory limit, needs MIG
 //     mode off and the claim's own MPS control daemon with the share's
-//     limits; a consumable share without one needs MIG mode off only. What was created is recorded once the locks are
+//     limits; a consumable share without one needs MIG mode off only; a
+//     GPU for a VM, once nothing on the host holds it open, has its IOMMU
+//     group bound to VFIO (vfio.go). What was created is recorded once the locks are
 //     released; then the claim's own MPS control daemon, if it asked for
 //     one, is started.
 //  4. The claim's CDI spec is written and the claim recorded as
@@ -105,6 +107,12 @@ type Options struct {
 	// that minor open (e.g. "dcgm-exporter (pid 4242)"), for the error of
 	// a MIG mode change they keep from being activated.
 	GPUHolders func(minor int) ([]string, error)
+	// VFIO passes GPUs through to VMs; nil refuses VFIO devices.
+	VFIO Passthrough
+	// HolderWait is how long a VFIO prepare waits for the processes that
+	// hold its GPU open (GPUHolders) to close it: zero means
+	// DefaultHolderWait.
+	HolderWait time.Duration
 }
 
 // DefaultHeldWait is how long a prepare waits for a device to be
@@ -149,6 +157,9 @@ func New(gpus GPUs, devices Devices, cdiWriter CDI, store Store, cp *checkpoint.
 		p.opts.HeldWait = DefaultHeldWait
 	}
 	p.opts.HeldWait = max(p.opts.HeldWait, 0)
+	if p.opts.HolderWait <= 0 {
+		p.opts.HolderWait = DefaultHolderWait
+	}
 	p.committer.init(store)
 	return p
 }
@@ -301,6 +312,12 @@ func (p *Preparer) configure(claim *resourceapi.ResourceClaim, rec *checkpoint.C
 		settings, err := deviceConfig(claim, d)
 		if err != nil {
 			return nil, fmt.Errorf("device %s: %w", d.Name, err)
+		}
+		if d.VFIO != nil {
+			if err := p.planVFIO(d, d.VFIO.BusID, settings.vfio); err != nil {
+				return nil, fmt.Errorf("device %s: %w", d.Name, err)
+			}
+			continue
 		}
 		// The environment is built from here on: a share's, then the MPS limits.
 		d.Env, d.TimeSlice = nil, settings.timeSlice

@@ -29,6 +29,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/simhosttest"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/vfio"
 )
 
 const pool = "node-1"
@@ -48,6 +49,12 @@ type fixture struct {
 	disk    *faultyDisk
 	devices *modelDevices
 	p       *Preparer
+	// vfio is the simulated host's PCI sysfs, whose kernel applies writes
+	// while the test runs; holders are what holds each GPU open, by
+	// minor.
+	vfio      vfio.Host
+	holdersMu sync.Mutex
+	holders   map[int][]string
 }
 
 // modelDevices resolves names through a model built from the inventory.
@@ -82,6 +89,7 @@ func newFixture(t testing.TB, model string) *fixture {
 		t.Fatal(err)
 	}
 	f.driverRoot = roots.DriverRoot
+	f.vfio = simulatedPCI(t, filepath.Join(dir, "host"), inv)
 	f.node.SetDriverRoot(roots.DriverRoot)
 	f.mps = mps.NewManager(filepath.Join(dir, "mps"), roots.DriverRoot)
 	t.Cleanup(func() { f.stopDaemons() })
@@ -94,7 +102,8 @@ func newFixture(t testing.TB, model string) *fixture {
 	}
 	f.devices = &modelDevices{}
 	f.rebuildModel(checkpoint.New("boot"))
-	f.p = New(f.node, f.devices, f.cdi, f.store, checkpoint.New("boot"), Options{PoolName: pool, MPS: f.mps, HeldWait: 300 * time.Millisecond})
+	f.p = New(f.node, f.devices, f.cdi, f.store, checkpoint.New("boot"), Options{PoolName: pool, MPS: f.mps, HeldWait: 300 * time.Millisecond,
+		VFIO: f.vfio, GPUHolders: f.gpuHolders, HolderWait: 300 * time.Millisecond})
 	return f
 }
 
@@ -134,7 +143,7 @@ func (f *fixture) inventory() *gpu.Inventory {
 }
 
 func (f *fixture) rebuildModel(cp *checkpoint.Checkpoint) {
-	m, err := devicemodel.Build(devicemodel.Input{Inventory: f.inventory(), SharedGPUs: true, Managed: func(i gpu.MIGInstance) bool {
+	m, err := devicemodel.Build(devicemodel.Input{Inventory: f.inventory(), SharedGPUs: true, VFIO: true, Managed: func(i gpu.MIGInstance) bool {
 		for _, c := range cp.Claims {
 			for _, d := range c.Devices {
 				if d.MIG != nil && d.MIG.Created && d.MIG.UUID == i.UUID {
@@ -196,7 +205,7 @@ func (f *fixture) specs() []string {
 // reconcile runs start-up reconciliation on the fixture's node; lost says
 // the checkpoint was lost.
 func (f *fixture) reconcile(ctx context.Context, cp *checkpoint.Checkpoint, inv *gpu.Inventory, lost *checkpoint.CorruptError) (*checkpoint.Checkpoint, ReconcileReport, error) {
-	return Reconciler{GPUs: f.node, CDI: f.cdi, MPS: f.mps}.Reconcile(ctx, Found{Checkpoint: cp, Inventory: inv, Lost: lost})
+	return Reconciler{GPUs: f.node, CDI: f.cdi, MPS: f.mps, VFIO: f.vfio}.Reconcile(ctx, Found{Checkpoint: cp, Inventory: inv, Lost: lost})
 }
 
 func (f *fixture) saved() *checkpoint.Checkpoint {

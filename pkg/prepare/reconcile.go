@@ -27,6 +27,8 @@ type Reconciler struct {
 	CDI  ReconcileCDI
 	// MPS is nil on a node without MPS.
 	MPS MPS
+	// VFIO is nil on a node without VFIO passthrough.
+	VFIO Passthrough
 }
 
 // Found is what the plugin found at start-up.
@@ -202,6 +204,11 @@ func (rc *reconciliation) claim(ctx context.Context, c *checkpoint.Claim) error 
 		rc.rep.Dropped = append(rc.rep.Dropped, c.UID)
 		return nil
 	}
+	// Nor does a GPU's binding to VFIO: a prepared claim's GPU is bound
+	// again where it is not (bound already, this changes nothing).
+	if err := rc.rebind(ctx, c); err != nil {
+		return err
+	}
 	// A time slice does not survive a reboot; setting it again is
 	// harmless otherwise.
 	applied := false
@@ -233,6 +240,34 @@ func (rc *reconciliation) claim(ctx context.Context, c *checkpoint.Claim) error 
 	return nil
 }
 
+// rebind binds the GPUs a prepared claim passed through to VFIO again
+// where a reboot gave them back to the host.
+func (rc *reconciliation) rebind(ctx context.Context, c *checkpoint.Claim) error {
+	for _, d := range c.Devices {
+		if d.VFIO == nil {
+			continue
+		}
+		if rc.VFIO == nil {
+			return fmt.Errorf("device %s: the GPU is passed through, but VFIO passthrough is not enabled on this node any more (the plugin's --vfio-passthrough)", d.Name)
+		}
+		for _, fn := range d.VFIO.Functions {
+			cur, err := rc.VFIO.Driver(fn.BusID)
+			if err != nil {
+				return fmt.Errorf("device %s: %w", d.Name, err)
+			}
+			want := vfioTarget(d.VFIO, fn.BusID)
+			if cur == want {
+				continue
+			}
+			rc.logger.Info("Prepared claim's GPU is not bound to VFIO (node rebooted?); binding it again", "claimUID", c.UID, "function", fn.BusID, "driver", cur)
+			if err := rc.VFIO.Bind(ctx, fn.BusID, want); err != nil {
+				return fmt.Errorf("device %s: bind it to VFIO again: %w", d.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
 // undo rolls the claim back with the Preparer's rollback and forgets it.
 func (rc *reconciliation) undo(ctx context.Context, c *checkpoint.Claim) error {
 	if rc.owned == nil {
@@ -245,7 +280,7 @@ func (rc *reconciliation) undo(ctx context.Context, c *checkpoint.Claim) error {
 			}
 		}
 	}
-	u := undoer{gpus: liveGPUs{rc}, cdi: rc.CDI, others: rc.cp, unrecorded: rc.unrecorded}
+	u := undoer{gpus: liveGPUs{rc}, cdi: rc.CDI, others: rc.cp, unrecorded: rc.unrecorded, vfio: rc.VFIO}
 	if rc.MPS != nil {
 		u.mps = sweptDaemons{rc}
 	}

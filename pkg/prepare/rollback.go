@@ -41,6 +41,7 @@ type daemonStopper interface {
 type undoer struct {
 	gpus   undoGPUs
 	mps    daemonStopper // nil on a node without MPS
+	vfio   Passthrough   // nil on a node without VFIO passthrough
 	cdi    CDI
 	others claimIndex
 	// unrecorded, when set, finds the live MIG device that a claim still
@@ -54,7 +55,8 @@ type undoer struct {
 
 // undo stops rec's MPS control daemon and the legacy shared GPUs' daemons
 // of which it held the last share, destroys the MIG devices rec created,
-// restores the time slices it set, and removes its CDI spec. Forgetting
+// gives back the GPUs it passed through to VMs, restores the time slices
+// it set, and removes its CDI spec. Forgetting
 // rec is the caller's. The daemons go first: an MPS server on a MIG
 // device keeps its compute instance in use, and NVML refuses to destroy it
 // (ERROR_IN_USE) for as long as the server runs.
@@ -75,6 +77,18 @@ func (u undoer) undo(ctx context.Context, rec *checkpoint.Claim) error {
 			return fmt.Errorf("device %s: destroy MIG device %s: %w", d.Name, ref.UUID, err)
 		}
 		u.emit(StepMIGDestroyed)
+	}
+	for _, d := range rec.Devices {
+		// A GPU is given back only by the claim that has it: another
+		// holder means rec's record is stale (see below), and the GPU is
+		// that claim's now.
+		if d.VFIO == nil || d.VFIO.Driver == "" || u.others.Owner(rec.UID, d) != "" {
+			continue
+		}
+		if err := returnVFIO(ctx, u.vfio, &d); err != nil {
+			return fmt.Errorf("device %s: %w", d.Name, err)
+		}
+		u.emit(StepVFIOReturned)
 	}
 	for _, d := range rec.Devices {
 		// Another claim holds the GPU only when rec's record is stale (a
@@ -141,7 +155,7 @@ func (u undoer) emit(s Step) {
 func (p *Preparer) rollback(ctx context.Context, rec *checkpoint.Claim) error {
 	unlockGPUs := p.lockGPUs(rec)
 	defer unlockGPUs()
-	u := undoer{gpus: p.gpus, cdi: p.cdi, others: lockedIndex{p}, step: p.step}
+	u := undoer{gpus: p.gpus, cdi: p.cdi, others: lockedIndex{p}, step: p.step, vfio: p.opts.VFIO}
 	if p.opts.MPS != nil {
 		u.mps = p.opts.MPS
 	}

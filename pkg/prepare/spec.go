@@ -42,6 +42,9 @@ func cdiDevices(rec *checkpoint.Claim) ([]cdi.Device, error) {
 				cd.Mounts = append(cd.Mounts, cdi.Mount{HostPath: mps.ShmDirIn(d.MPSDir), ContainerPath: mps.ContainerShmDir})
 			}
 		}
+		if v := d.VFIO; v != nil {
+			cd.VFIO = &cdi.VFIODevice{Group: v.Group, IOMMUFD: v.IOMMUFD, CharDevice: v.CharDevice, APIDevice: v.APIDevice}
+		}
 		if d.MIG != nil {
 			cd.UUID = d.MIG.UUID
 			cd.MIG = &cdi.MIGDevice{GIID: d.MIG.GIID, CIID: d.MIG.CIID, Graphics: names.HasGraphics(d.MIG.Profile)}

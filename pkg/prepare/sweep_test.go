@@ -55,6 +55,8 @@ var sweepKinds = []sweepKind{
 		bystander: func() *resourceapi.ResourceClaim {
 			return consumableAllocated("gpu-7", "cdcdcdcd-0000-4000-8000-00000000001b", "4Gi", "1")
 		}},
+	{name: "GPU for a VM", claim: func() *resourceapi.ResourceClaim { return allocated("gpu-4-vfio") }},
+	{name: "GPU for a VM through iommufd", claim: func() *resourceapi.ResourceClaim { return withConfig("gpu-4-vfio", vfioIOMMUFD) }},
 	{name: "last share",
 		claim: func() *resourceapi.ResourceClaim {
 			return sharesAllocated(shareOf{"gpu-4-shared", "cccccccc-0000-4000-8000-00000000000c", "10Gi", "25"})
@@ -304,6 +306,11 @@ func (f *fixture) checkTruthful(ctx context.Context, when string, durable bool) 
 				recordedMIG[d.MIG.UUID] = true
 				if _, ok := live[d.MIG.UUID]; !ok {
 					f.t.Errorf("%s: claim %s records MIG device %s, which is gone", when, uid, d.MIG.UUID)
+				}
+			}
+			if d.VFIO != nil {
+				if got := f.drivers(d.GPUMinor); got != [2]string{d.VFIO.Driver, d.VFIO.Driver} {
+					f.t.Errorf("%s: claim %s records GPU %d passed through, its functions are bound to %v", when, uid, d.GPUMinor, got)
 				}
 			}
 			if d.TimeSlice != "" {

@@ -206,6 +206,12 @@ while read -r expr; do
 	expect "DeviceClass selector as in deployments/deviceclasses" "$(printf '%s' "$expr" | sed 's/[][\.*^$(){}+?|]/\\&/g')" "$out"
 done < <(grep 'expression:' "$REPO_ROOT/deployments/deviceclasses/deviceclasses.yaml")
 
+refuse "defaults: VFIO passthrough off" '--vfio-passthrough' "$out"
+out=$(render --set vfioPassthrough.enabled=true --set kubeletPlugin.hostPaths.sysRoot=/sim/sys)
+expect "vfioPassthrough.enabled: the plugin passes GPUs through" '- --vfio-passthrough$' "$out"
+expect "vfioPassthrough.enabled: the host's /sys writable" 'name: sys-root, mountPath: /sim/sys, readOnly: false' "$out"
+expect "vfioPassthrough.enabled: the host's modules read" 'name: vfio-modules, hostPath: \{path: /lib/modules\}' "$out"
+
 out=$(render --set kubeletPlugin.simulate=dgxh100 --set kubeletPlugin.hostPaths.driverRoot=/run/nvidia/driver \
 	--set kubeletPlugin.hostPaths.pluginsDir=/tmp/run/kubelet/plugins --set-string kubeletPlugin.healthPolicy='unknownXID: Info' \
 	--set kubeletPlugin.hostPaths.sysRoot=/tmp/sim/host/sys)

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
@@ -33,7 +34,9 @@ type Installation struct {
 	// Sim is the simulated node the server answers from.
 	Sim *sim.Node
 	// SysRoot is the host root of the GPUs' /sys (simhost.CreateSysRoot),
-	// with their DRM nodes (simhost.CreateDRM).
+	// with their DRM nodes (simhost.CreateDRM) and PCI functions
+	// (simhost.CreatePCI), whose driver bindings a simulated kernel
+	// applies: NVML enumerates only the GPUs bound to nvidia.
 	SysRoot string
 
 	stop func()
@@ -102,6 +105,9 @@ func Start(t testing.TB, model string) *Installation {
 	if err := simhost.CreateDRM(host, addrs); err != nil {
 		t.Fatal(err)
 	}
+	if err := simhost.CreatePCI(host, busIDs, simhost.PCIOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	if err := simhost.InstallNVML(inst.DriverRoot, simhosttest.NVML(t), inv.DriverVersion); err != nil {
 		t.Fatal(err)
 	}
@@ -113,14 +119,19 @@ func Start(t testing.TB, model string) *Installation {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	server := nvmlserver.New(n, inst.DriverRoot)
-	server.ProcRoot = inst.ProcRoot
+	server.ProcRoot, server.SysRoot = inst.ProcRoot, inst.SysRoot
 	go func() { done <- server.Serve(ctx, l) }()
+	kernelDone := make(chan error, 1)
+	go func() { kernelDone <- simhost.NewPCIKernel(inst.SysRoot, inst.DevRoot).Serve(ctx, time.Millisecond) }()
 	var once sync.Once
 	inst.stop = func() {
 		once.Do(func() {
 			cancel()
 			if err := <-done; err != nil {
 				t.Errorf("simulated NVML server: %v", err)
+			}
+			if err := <-kernelDone; err != nil {
+				t.Errorf("simulated PCI: %v", err)
 			}
 		})
 	}

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +24,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/installationtest"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/vfio"
 )
 
 // The production path (go-nvml loading the simulated libnvidia-ml.so.1 from
@@ -546,5 +548,40 @@ func TestProductionPathMPSDaemon(t *testing.T) {
 	}
 	if want := "devices=" + uuid + " pipe=" + m.PipeDir(key) + " active_thread_percentage=25 pinned_device_mem_limit=0=1024M"; !strings.Contains(string(log), want) || !strings.Contains(string(log), " quit pipe="+m.PipeDir(key)) {
 		t.Errorf("want a start with %q and a quit:\n%s", want, log)
+	}
+}
+
+// TestProductionPathGPUBoundToVFIOIsNotEnumerated: a GPU passed through
+// to a VM (its PCI function bound to vfio-pci) is not among NVML's GPUs,
+// as NVIDIA's library enumerates only what its kernel driver drives; bound
+// to nvidia again, it is back.
+func TestProductionPathGPUBoundToVFIOIsNotEnumerated(t *testing.T) {
+	inst := installationtest.Start(t, "dgxh100")
+	node := inst.Open(t)
+	ctx := context.Background()
+	before, err := node.Inventory(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	passed := before.GPUs[2]
+	host := vfio.Host{SysRoot: inst.SysRoot, DevRoot: inst.DevRoot}
+	for _, step := range []struct {
+		driver string
+		want   int
+	}{{vfio.VFIOPCIDriver, len(before.GPUs) - 1}, {"", len(before.GPUs) - 1}, {vfio.NVIDIADriver, len(before.GPUs)}} {
+		if err := host.Bind(ctx, passed.PCIBusID, step.driver); err != nil {
+			t.Fatal(err)
+		}
+		inv, err := node.Inventory(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(inv.GPUs) != step.want {
+			t.Fatalf("bound to %q: %d GPUs, want %d", step.driver, len(inv.GPUs), step.want)
+		}
+		seen := slices.ContainsFunc(inv.GPUs, func(g gpu.GPU) bool { return g.UUID == passed.UUID })
+		if seen != (step.driver == vfio.NVIDIADriver) {
+			t.Errorf("bound to %q: GPU %s enumerated = %v", step.driver, passed.UUID, seen)
+		}
 	}
 }

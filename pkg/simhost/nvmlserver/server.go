@@ -64,6 +64,13 @@ type Server struct {
 	// kernel driver shows them, from when the server starts and after
 	// every instance created or destroyed. Empty keeps none.
 	ProcRoot string
+	// SysRoot, when set, is the simulated /sys root (made by gpu-sim host,
+	// simhost.CreatePCI): a GPU whose PCI function there is not bound to
+	// nvidia (passed through to a VM, or between an unbind and a bind)
+	// is not enumerated, as NVIDIA's library enumerates only the GPUs its
+	// kernel driver drives; the others' indices close up. A GPU without a
+	// PCI function there is enumerated.
+	SysRoot string
 
 	caps  *simhost.Capabilities
 	mu    sync.Mutex
@@ -272,14 +279,14 @@ func (a *args) str() string {
 
 // gpu resolves a whole GPU by index.
 func (s *Server) gpu(index int) (nvml.Device, nvml.Return) {
-	count, ret := s.lib.DeviceGetCount()
+	count, ret := s.count()
 	if ret != nvml.SUCCESS {
 		return nil, ret
 	}
 	if index < 0 || index >= count {
 		return nil, nvml.ERROR_INVALID_ARGUMENT
 	}
-	return s.lib.DeviceGetHandleByIndex(index)
+	return s.gpuAt(index)
 }
 
 // device resolves a device: a whole GPU (gi < 0) or a MIG device.
@@ -614,7 +621,7 @@ func (s *Server) dispatch(sess *session, op string, a *args) string {
 		v, r := s.lib.SystemGetCudaDriverVersion()
 		return reply(r, v)
 	case "count":
-		v, r := s.lib.DeviceGetCount()
+		v, r := s.count()
 		return reply(r, v)
 	case "by-index":
 		_, r := s.gpu(a.int())
@@ -770,12 +777,12 @@ func (s *Server) byUUID(uuid string) string {
 
 // findUUID finds a GPU (gi and ci -1) or MIG device by UUID.
 func (s *Server) findUUID(uuid string) (gpuIndex, gi, ci int, r nvml.Return) {
-	count, r := s.lib.DeviceGetCount()
+	count, r := s.count()
 	if r != nvml.SUCCESS {
 		return 0, 0, 0, r
 	}
 	for i := 0; i < count; i++ {
-		d, r := s.lib.DeviceGetHandleByIndex(i)
+		d, r := s.gpuAt(i)
 		if r != nvml.SUCCESS {
 			continue
 		}
@@ -810,13 +817,13 @@ func (s *Server) findUUID(uuid string) (gpuIndex, gi, ci int, r nvml.Return) {
 
 // byPCI finds a GPU by PCI bus ID, in either of NVML's forms.
 func (s *Server) byPCI(id string) string {
-	count, r := s.lib.DeviceGetCount()
+	count, r := s.count()
 	if r != nvml.SUCCESS {
 		return reply(r)
 	}
 	want := strings.ToLower(id)
 	for i := 0; i < count; i++ {
-		d, r := s.lib.DeviceGetHandleByIndex(i)
+		d, r := s.gpuAt(i)
 		if r != nvml.SUCCESS {
 			continue
 		}
@@ -867,7 +874,7 @@ func (s *Server) afterMIGChange(sess *session, op string, gpuIndex int) {
 // syncAllCapabilities writes the capability files of every GPU's
 // instances, those made while no server ran included.
 func (s *Server) syncAllCapabilities() error {
-	count, ret := s.lib.DeviceGetCount()
+	count, ret := s.count()
 	if ret != nvml.SUCCESS {
 		return fmt.Errorf("simulated MIG capabilities: GPU count: %s", nvml.ErrorString(ret))
 	}
@@ -944,4 +951,66 @@ func migInstances(d nvml.Device) ([]simhost.GPUInstanceCaps, nvml.Return) {
 		}
 	}
 	return out, nvml.SUCCESS
+}
+
+// driven lists the GPUs the simulated kernel driver drives (SysRoot).
+func (s *Server) driven() ([]nvml.Device, nvml.Return) {
+	count, r := s.lib.DeviceGetCount()
+	if r != nvml.SUCCESS {
+		return nil, r
+	}
+	out := make([]nvml.Device, 0, count)
+	for i := 0; i < count; i++ {
+		d, r := s.lib.DeviceGetHandleByIndex(i)
+		if r != nvml.SUCCESS {
+			return nil, r
+		}
+		if s.SysRoot != "" {
+			if p, r := d.GetPciInfo(); r == nvml.SUCCESS && !s.drivenByNVIDIA(cString(p.BusId[:])) {
+				continue
+			}
+		}
+		out = append(out, d)
+	}
+	return out, nvml.SUCCESS
+}
+
+// drivenByNVIDIA says whether the simulated /sys has the PCI function of
+// NVML bus ID busID ("00000000:18:00.0") bound to nvidia, or has no such
+// function.
+func (s *Server) drivenByNVIDIA(busID string) bool {
+	id := strings.ToLower(busID)
+	if len(id) == len("00000000:18:00.0") {
+		id = id[4:]
+	}
+	dev := filepath.Join(s.SysRoot, "sys/bus/pci/devices", id)
+	if _, err := os.Stat(dev); err != nil {
+		return true
+	}
+	target, err := os.Readlink(filepath.Join(dev, "driver"))
+	return err == nil && filepath.Base(target) == simhost.DriverNVIDIA
+}
+
+// count is how many GPUs NVML enumerates.
+func (s *Server) count() (int, nvml.Return) {
+	if s.SysRoot == "" {
+		return s.lib.DeviceGetCount()
+	}
+	devs, r := s.driven()
+	return len(devs), r
+}
+
+// gpuAt is the GPU NVML enumerates at index.
+func (s *Server) gpuAt(index int) (nvml.Device, nvml.Return) {
+	if s.SysRoot == "" {
+		return s.lib.DeviceGetHandleByIndex(index)
+	}
+	devs, r := s.driven()
+	if r != nvml.SUCCESS {
+		return nil, r
+	}
+	if index < 0 || index >= len(devs) {
+		return nil, nvml.ERROR_INVALID_ARGUMENT
+	}
+	return devs[index], nvml.SUCCESS
 }

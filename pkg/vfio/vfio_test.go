@@ -1,0 +1,141 @@
+package vfio
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
+)
+
+var busIDs = []string{"0000:18:00.0", "0000:2a:00.0"}
+
+// simHost is a simulated host whose kernel applies sysfs writes until the
+// test ends.
+func simHost(t *testing.T, opts simhost.PCIOptions) Host {
+	t.Helper()
+	dir := t.TempDir()
+	sys, err := simhost.CreateSysRoot(dir, busIDs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := simhost.CreatePCI(dir, busIDs, opts); err != nil {
+		t.Fatal(err)
+	}
+	k := simhost.NewPCIKernel(sys, filepath.Join(dir, "dev"))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- k.Serve(ctx, time.Millisecond) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("simulated kernel: %v", err)
+		}
+	})
+	return Host{SysRoot: sys, DevRoot: filepath.Join(dir, "dev"), Wait: 5 * time.Second}
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+func TestBindGroupToVFIOAndBack(t *testing.T) {
+	h := simHost(t, simhost.PCIOptions{IOMMUFD: true})
+	ctx := context.Background()
+	gpu, audio := busIDs[1], simhost.AudioFunction(busIDs[1])
+	group, err := h.Group(gpu)
+	if err != nil || group != 1 {
+		t.Fatalf("group of %s = %d, %v; want 1", gpu, group, err)
+	}
+	fns, err := h.GroupFunctions(group)
+	if err != nil || strings.Join(fns, " ") != gpu+" "+audio {
+		t.Fatalf("group functions = %v, %v", fns, err)
+	}
+	for _, step := range []struct {
+		bdf, driver string
+		groupNode   bool
+	}{
+		{gpu, VFIOPCIDriver, true},
+		{audio, VFIOPCIDriver, true},
+		{gpu, NVIDIADriver, true}, // the audio function still holds the group
+		{audio, "snd_hda_intel", false},
+		{audio, "", false},
+		{audio, "snd_hda_intel", false},
+	} {
+		if err := h.Bind(ctx, step.bdf, step.driver); err != nil {
+			t.Fatalf("bind %s to %q: %v", step.bdf, step.driver, err)
+		}
+		if got, err := h.Driver(step.bdf); err != nil || got != step.driver {
+			t.Fatalf("after binding %s to %q its driver is %q (%v)", step.bdf, step.driver, got, err)
+		}
+		if got := exists(filepath.Join(h.DevRoot, "dev/vfio/1")); got != step.groupNode {
+			t.Errorf("after binding %s to %q: /dev/vfio/1 exists = %v, want %v", step.bdf, step.driver, got, step.groupNode)
+		}
+		cdev, err := h.CharDevice(step.bdf)
+		if err != nil || (cdev != "") != IsVFIODriver(step.driver) {
+			t.Errorf("after binding %s to %q: character device %q (%v)", step.bdf, step.driver, cdev, err)
+		}
+	}
+	if d, _ := h.Driver(busIDs[0]); d != NVIDIADriver {
+		t.Errorf("the other GPU's driver changed to %q", d)
+	}
+	if !h.IOMMUFD() {
+		t.Error("IOMMUFD() = false on a host with /dev/iommu")
+	}
+}
+
+func TestBindToUnregisteredDriverUnbindsNothing(t *testing.T) {
+	h := simHost(t, simhost.PCIOptions{})
+	err := h.Bind(context.Background(), busIDs[0], "nvgrace_gpu_vfio_pci")
+	if err == nil || !strings.Contains(err.Error(), "modprobe nvgrace_gpu_vfio_pci") {
+		t.Fatalf("error %v, want one that says to load the module", err)
+	}
+	if d, _ := h.Driver(busIDs[0]); d != NVIDIADriver {
+		t.Errorf("driver %q after a refused bind, want nvidia", d)
+	}
+}
+
+func TestNumVFs(t *testing.T) {
+	h := simHost(t, simhost.PCIOptions{})
+	if err := os.WriteFile(h.device(busIDs[0], "sriov_numvfs"), []byte("4\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for bdf, want := range map[string]int{busIDs[0]: 4, busIDs[1]: 0, simhost.AudioFunction(busIDs[1]): 0} {
+		if n, err := h.NumVFs(bdf); err != nil || n != want {
+			t.Errorf("NumVFs(%s) = %d, %v; want %d", bdf, n, err, want)
+		}
+	}
+}
+
+func TestVariant(t *testing.T) {
+	h := simHost(t, simhost.PCIOptions{})
+	aliases := filepath.Join(t.TempDir(), "modules.alias")
+	for _, tc := range []struct {
+		name, aliases, want string
+	}{
+		{"no file", "", VFIOPCIDriver},
+		{"no match", "alias vfio_pci:v000015B3d0000101Esv*sd*bc*sc*i* mlx5_vfio_pci\n", VFIOPCIDriver},
+		{"the matching variant", "alias pci:v000010DEd*sv*sd*bc03sc*i* nvidia\n" +
+			"alias vfio_pci:v000010DEd00002330sv*sd*bc*sc*i* nvgrace_gpu_vfio_pci\n", "nvgrace_gpu_vfio_pci"},
+		{"the closest of two", "alias vfio_pci:v000010DEd*sv*sd*bc*sc*i* any_nvidia_vfio_pci\n" +
+			"alias vfio_pci:v000010DEd00002330sv*sd*bc*sc*i* nvgrace_gpu_vfio_pci\n", "nvgrace_gpu_vfio_pci"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := h
+			h.ModulesAlias = aliases
+			if tc.aliases == "" {
+				h.ModulesAlias = filepath.Join(t.TempDir(), "missing")
+			} else if err := os.WriteFile(aliases, []byte(tc.aliases), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			got, err := h.Variant(busIDs[0])
+			if err != nil || got != tc.want {
+				t.Errorf("Variant = %q, %v; want %q", got, err, tc.want)
+			}
+		})
+	}
+}
