@@ -25,6 +25,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/sim"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/nvmlserver"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/simtools"
 )
 
 func main() {
@@ -176,6 +177,11 @@ func newRootCommand() *cobra.Command {
 			}
 			roots, err := simhost.Create(hostDir, minors, inv.DriverVersion, program)
 			if err != nil {
+				return err
+			}
+			// The tools again, with the node's GPUs, for nvidia-smi -L in
+			// containers.
+			if err := simtools.Install(program, filepath.Join(roots.DriverRoot, "usr/bin"), inv.DriverVersion, smiGPUs(inv)...); err != nil {
 				return err
 			}
 			if err := simhost.InstallNVML(roots.DriverRoot, lib, inv.DriverVersion); err != nil {
@@ -407,4 +413,21 @@ func onOff(s string) (bool, error) {
 		return false, nil
 	}
 	return false, fmt.Errorf("%q: want on or off", s)
+}
+
+// smiGPUs is the GPU table of the simulated nvidia-smi: each GPU with its
+// MIG profiles' names.
+func smiGPUs(inv *gpu.Inventory) []simtools.GPU {
+	var out []simtools.GPU
+	for _, g := range inv.GPUs {
+		s := simtools.GPU{Index: g.Index, UUID: g.UUID, Name: g.Name}
+		for _, p := range g.MIGProfiles {
+			if s.MIGProfiles == nil {
+				s.MIGProfiles = map[string]string{}
+			}
+			s.MIGProfiles[strconv.Itoa(p.ID)] = p.Name
+		}
+		out = append(out, s)
+	}
+	return out
 }
