@@ -39,6 +39,19 @@ type Limits struct {
 	// by the GPU's UUID (CUDA_MPS_PINNED_DEVICE_MEM_LIMIT); a GPU not
 	// named has none.
 	PinnedMemoryMiB map[string]int64 `json:"pinnedMemoryMiB,omitempty"`
+	// MultiUser runs the daemon in multi-user mode (-M): its MPS server
+	// serves clients of every user ID at once, not one user's at a time.
+	// It limits nothing; it is here as the daemon's other setting.
+	MultiUser bool `json:"multiUser,omitempty"`
+}
+
+// Args are the control daemon's arguments after "-f" (foreground): "-M"
+// in multi-user mode.
+func (l Limits) Args() []string {
+	if l.MultiUser {
+		return []string{"-M"}
+	}
+	return nil
 }
 
 // validate checks the limits against the daemon's GPUs.
