@@ -420,7 +420,7 @@ func onOff(s string) (bool, error) {
 func smiGPUs(inv *gpu.Inventory) []simtools.GPU {
 	var out []simtools.GPU
 	for _, g := range inv.GPUs {
-		s := simtools.GPU{Index: g.Index, UUID: g.UUID, Name: g.Name}
+		s := simtools.GPU{Index: g.Index, Minor: g.Minor, UUID: g.UUID, Name: g.Name}
 		for _, p := range g.MIGProfiles {
 			if s.MIGProfiles == nil {
 				s.MIGProfiles = map[string]string{}

@@ -35,6 +35,8 @@ const (
 type GPU struct {
 	// Index is the GPU's NVML index on the node.
 	Index int `json:"index"`
+	// Minor is the minor of its /dev/nvidia<minor>.
+	Minor int `json:"minor"`
 	// UUID is "GPU-...".
 	UUID string `json:"uuid"`
 	// Name is the product name, e.g. "NVIDIA H100 80GB HBM3".

@@ -26,7 +26,7 @@ var fixedNow = func() time.Time { return time.Date(2026, 11, 30, 23, 4, 5, 0, ti
 func run(root, name, stdin string, env map[string]string, args ...string) (code int, stdout, stderr string) {
 	var out, errOut bytes.Buffer
 	t := &Tools{
-		Root: root, Executable: filepath.Join(root, "usr/bin", name),
+		Root: root, Executable: filepath.Join(root, "usr/bin", name), DevDir: filepath.Join(root, "dev"),
 		Getenv: func(k string) string { return env[k] }, Now: fixedNow,
 		Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &errOut,
 	}

@@ -3,6 +3,8 @@ package simtools
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -108,7 +110,11 @@ const unknownGPU = "NVIDIA GPU"
 //	GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-...)
 //	  MIG 1g.10gb     Device  0: (UUID: MIG-...)
 //
-// The devices are GPU_DRA_DEVICE_UUIDS; product and profile names come
+// The devices are those of GPU_DRA_DEVICE_UUIDS, which names one
+// request's devices only, and the GPUs of the table whose /dev/nvidia<minor>
+// the container has, as the real tool finds every GPU the container can
+// open (the parent of a MIG device too: NVIDIA's lists it above its MIG
+// devices). Product and profile names come
 // from the GPU table this copy was installed with, and a MIG device's
 // parent and profile from its simulated UUID (package miguuid). A
 // container with no device prints "No devices were found" and exits 6,
@@ -131,6 +137,15 @@ func (t *Tools) listGPUs() int {
 		l := &listed{gpu: g}
 		byIndex[g.Index] = l
 		return l
+	}
+	devDir := t.DevDir
+	if devDir == "" {
+		devDir = "/dev"
+	}
+	for _, g := range table {
+		if _, err := os.Stat(filepath.Join(devDir, "nvidia"+strconv.Itoa(g.Minor))); err == nil {
+			order(g)
+		}
 	}
 	unknown := len(table)
 	for _, uuid := range strings.Split(t.getenv(deviceUUIDsEnv), ",") {

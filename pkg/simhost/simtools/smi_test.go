@@ -1,6 +1,7 @@
 package simtools
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -14,10 +15,10 @@ import (
 // indented under their parent, numbered from 0 per parent.
 func TestListGPUs(t *testing.T) {
 	table := []GPU{
-		{Index: 0, UUID: "GPU-00000000-0000-0000-0000-000000000000", Name: "NVIDIA H100 80GB HBM3",
+		{Index: 0, Minor: 10, UUID: "GPU-00000000-0000-0000-0000-000000000000", Name: "NVIDIA H100 80GB HBM3",
 			MIGProfiles: map[string]string{"0": "1g.10gb", "5": "4g.40gb", "2": "3g.40gb"}},
-		{Index: 1, UUID: "GPU-11111111-1111-1111-1111-111111111111", Name: "NVIDIA H100 80GB HBM3"},
-		{Index: 2, UUID: "GPU-22222222-2222-2222-2222-222222222222", Name: "NVIDIA H100 80GB HBM3",
+		{Index: 1, Minor: 11, UUID: "GPU-11111111-1111-1111-1111-111111111111", Name: "NVIDIA H100 80GB HBM3"},
+		{Index: 2, Minor: 12, UUID: "GPU-22222222-2222-2222-2222-222222222222", Name: "NVIDIA H100 80GB HBM3",
 			MIGProfiles: map[string]string{"0": "1g.10gb"}},
 	}
 	mig := func(w miguuid.Where) string {
@@ -31,6 +32,7 @@ func TestListGPUs(t *testing.T) {
 	foreign := "MIG-12345678-1234-4234-8234-123456789abc"
 	for _, tc := range []struct {
 		name, uuids string
+		devs        []int // minors of the container's /dev/nvidia<minor>
 		wantCode    int
 		want        string
 	}{
@@ -43,6 +45,12 @@ func TestListGPUs(t *testing.T) {
 				"  MIG 1g.10gb     Device  0: (UUID: " + a + ")\n" +
 				"  MIG 2c.3g.40gb  Device  1: (UUID: " + b + ")\n" +
 				"GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-22222222-2222-2222-2222-222222222222)\n" +
+				"  MIG 1g.10gb     Device  0: (UUID: " + c + ")\n"},
+		{name: "a GPU of another claim of the container, by its device node", uuids: table[0].UUID, devs: []int{0, 11},
+			want: "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-00000000-0000-0000-0000-000000000000)\n" +
+				"GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-11111111-1111-1111-1111-111111111111)\n"},
+		{name: "a MIG device's parent has its node too", uuids: c, devs: []int{12},
+			want: "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-22222222-2222-2222-2222-222222222222)\n" +
 				"  MIG 1g.10gb     Device  0: (UUID: " + c + ")\n"},
 		{name: "a GPU not in the table", uuids: "GPU-99999999-9999-9999-9999-999999999999",
 			want: "GPU 0: NVIDIA GPU (UUID: GPU-99999999-9999-9999-9999-999999999999)\n"},
@@ -57,6 +65,14 @@ func TestListGPUs(t *testing.T) {
 			}
 			if err := Install(simhosttest.Tools(t), bin, "550.54.15", table...); err != nil {
 				t.Fatal(err)
+			}
+			for _, minor := range tc.devs {
+				if err := os.MkdirAll(filepath.Join(root, "dev"), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(root, "dev", fmt.Sprintf("nvidia%d", minor)), nil, 0o644); err != nil {
+					t.Fatal(err)
+				}
 			}
 			code, stdout, _ := run(root, SMI, "", map[string]string{deviceUUIDsEnv: tc.uuids}, "-L")
 			if code != tc.wantCode || stdout != tc.want {
