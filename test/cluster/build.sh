@@ -105,7 +105,9 @@ build_images() {
 		log "images cached in $dir"
 		return
 	fi
-	rm -rf "$GPU_DRA_CACHE"/images-* # older sources' images
+	# Other sources' images a week old: a checkout of other sources (another worktree) may still
+	# use newer ones, and up.sh does not build them again.
+	find "$GPU_DRA_CACHE" -maxdepth 1 -name 'images-*' -mtime +7 -exec rm -rf {} +
 	mkdir -p "$dir/bin"
 	(cd "$REPO_ROOT/test/images" && go build -trimpath -ldflags "-s -w" -o "$dir/bin/" ./mkimage ./pause)
 
