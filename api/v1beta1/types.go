@@ -94,6 +94,12 @@ type MpsConfig struct {
 	DefaultActiveThreadPercentage     *int                `json:"defaultActiveThreadPercentage,omitempty"`
 	DefaultPinnedDeviceMemoryLimit    *Quantity           `json:"defaultPinnedDeviceMemoryLimit,omitempty"`
 	DefaultPerDevicePinnedMemoryLimit map[string]Quantity `json:"defaultPerDevicePinnedMemoryLimit,omitempty"`
+	// MultiUser runs the claim's MPS control daemon in multi-user mode
+	// (nvidia-cuda-mps-control -M), as NVIDIA's driver does: one MPS
+	// server serves the claim's containers whatever user each runs as,
+	// where otherwise a second user's clients wait until the first user's
+	// server exits. The daemon stays the claim's own.
+	MultiUser *bool `json:"multiUser,omitempty"`
 }
 
 // Quantity is the text of a Kubernetes quantity (MemoryLimit parses it).

@@ -26,6 +26,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/sim"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/nvmlserver"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/simtools"
 )
 
 func main() {
@@ -178,6 +179,11 @@ func newRootCommand() *cobra.Command {
 			}
 			roots, err := simhost.Create(hostDir, minors, inv.DriverVersion, program)
 			if err != nil {
+				return err
+			}
+			// The tools again, with the node's GPUs, for nvidia-smi -L in
+			// containers.
+			if err := simtools.Install(program, filepath.Join(roots.DriverRoot, "usr/bin"), inv.DriverVersion, smiGPUs(inv)...); err != nil {
 				return err
 			}
 			if err := simhost.InstallNVML(roots.DriverRoot, lib, inv.DriverVersion); err != nil {
@@ -479,4 +485,21 @@ func serveHolders(ctx context.Context, n *sim.Node, procRoot string) error {
 		}
 	}()
 	return nil
+}
+
+// smiGPUs is the GPU table of the simulated nvidia-smi: each GPU with its
+// MIG profiles' names.
+func smiGPUs(inv *gpu.Inventory) []simtools.GPU {
+	var out []simtools.GPU
+	for _, g := range inv.GPUs {
+		s := simtools.GPU{Index: g.Index, Minor: g.Minor, UUID: g.UUID, Name: g.Name}
+		for _, p := range g.MIGProfiles {
+			if s.MIGProfiles == nil {
+				s.MIGProfiles = map[string]string{}
+			}
+			s.MIGProfiles[strconv.Itoa(p.ID)] = p.Name
+		}
+		out = append(out, s)
+	}
+	return out
 }

@@ -95,6 +95,9 @@ type Device struct {
 	// a share, the directory of its GPU's daemon, which all shares of the
 	// GPU use.
 	MPSDir string `json:"mpsDir,omitempty"`
+	// MPSMultiUser says that the claim's configuration asked for its MPS
+	// daemon in multi-user mode (mpsConfig.multiUser).
+	MPSMultiUser bool `json:"mpsMultiUser,omitempty"`
 	// ShareID and Share are set for a share of a shared GPU, and for a
 	// consumable share of a whole GPU (NVIDIA's consumable shares).
 	ShareID string `json:"shareID,omitempty"`

@@ -43,6 +43,19 @@ type Limits struct {
 	// (Daemon.SharesOnly). It sets no limit and is not saved: the claim's
 	// devices say it again at every start.
 	SharesOnly bool `json:"-"`
+	// MultiUser runs the daemon in multi-user mode (-M): its MPS server
+	// serves clients of every user ID at once, not one user's at a time.
+	// It limits nothing; it is here as the daemon's other setting.
+	MultiUser bool `json:"multiUser,omitempty"`
+}
+
+// Args are the control daemon's arguments after "-f" (foreground): "-M"
+// in multi-user mode.
+func (l Limits) Args() []string {
+	if l.MultiUser {
+		return []string{"-M"}
+	}
+	return nil
 }
 
 // validate checks the limits against the daemon's GPUs.

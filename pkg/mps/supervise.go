@@ -157,7 +157,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	}
 	// In the foreground, as this process's child: its PID is the one fork
 	// returned, not one read from a file.
-	cmd := exec.Command(bin, "-f")
+	cmd := exec.Command(bin, append([]string{"-f"}, sp.Limits.Args()...)...)
 	// The limits are the daemon's defaults for every server it starts and
 	// so for every client: a client can lower its own, not raise them.
 	env := append(envIn(s.Dir), "CUDA_VISIBLE_DEVICES="+strings.Join(sp.GPUs, ","))

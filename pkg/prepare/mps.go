@@ -72,12 +72,17 @@ func mpsUUIDs(c *checkpoint.Claim) []string {
 // the claim's configuration shares through MPS beside its shares get at
 // most the shares' percentage (their own limits are the claim's choice,
 // in the containers' environment, which can lower the daemon's but not
-// raise them). A claim without shares has no daemon-side limits.
+// raise them). A claim without shares has no daemon-side limits. The
+// daemon runs in multi-user mode when a device's configuration asks for it.
 func daemonLimits(rec *checkpoint.Claim) (mps.Limits, error) {
 	memory := map[string]int64{}
 	compute := map[string]int64{}
 	device := map[string]string{} // a share's device name, by GPU
+	multiUser := false
 	for _, d := range rec.Devices {
+		if claimDaemon(d) && d.MPSMultiUser {
+			multiUser = true
+		}
 		if !claimDaemon(d) || d.Share == nil {
 			continue
 		}
@@ -90,7 +95,7 @@ func daemonLimits(rec *checkpoint.Claim) (mps.Limits, error) {
 		compute[d.GPUUUID] = min(compute[d.GPUUUID]+c, 100)
 	}
 	if len(compute) == 0 {
-		return mps.Limits{}, nil
+		return mps.Limits{MultiUser: multiUser}, nil
 	}
 	gpus := slices.Sorted(maps.Keys(compute))
 	pct := compute[gpus[0]]
@@ -100,7 +105,7 @@ func daemonLimits(rec *checkpoint.Claim) (mps.Limits, error) {
 				device[gpus[0]], pct, device[g], compute[g])
 		}
 	}
-	l := mps.Limits{PinnedMemoryMiB: memory, SharesOnly: !slices.ContainsFunc(rec.Devices, func(d checkpoint.Device) bool {
+	l := mps.Limits{PinnedMemoryMiB: memory, MultiUser: multiUser, SharesOnly: !slices.ContainsFunc(rec.Devices, func(d checkpoint.Device) bool {
 		p, ok := names.ParseDevice(d.Name)
 		return claimDaemon(d) && (!ok || p.Type != names.TypeShared)
 	})}

@@ -336,6 +336,7 @@ func (p *Preparer) configure(claim *resourceapi.ResourceClaim, rec *checkpoint.C
 			}
 			mpsConfigs[i] = settings.mps
 			d.MPSDir = p.opts.MPS.Dir(rec.UID)
+			d.MPSMultiUser = settings.mps.MultiUser != nil && *settings.mps.MultiUser
 		}
 	}
 	limits, err := daemonLimits(rec)

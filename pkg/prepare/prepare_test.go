@@ -793,3 +793,53 @@ func TestOverlappingDeviceHeldByAnotherClaim(t *testing.T) {
 		})
 	}
 }
+
+// TestMPSMultiUser: mpsConfig.multiUser, as NVIDIA's driver takes it,
+// starts the claim's own daemon in multi-user mode (-M); false or absent
+// starts it as before. Reconciliation starts it again in the same mode.
+func TestMPSMultiUser(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name, multiUser string
+		want            bool
+	}{
+		{name: "true", multiUser: `,"multiUser":true`, want: true},
+		{name: "false", multiUser: `,"multiUser":false`},
+		{name: "absent"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, "dgxh100")
+			c := withConfig("gpu-2", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"MPS","mpsConfig":{"defaultActiveThreadPercentage":50`+tc.multiUser+`}}}`)
+			uid := string(c.UID)
+			if _, err := f.p.Prepare(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+			starts := func() []string {
+				var out []string
+				for _, l := range strings.Split(string(mustRead(t, simhost.MPSLogPath(f.driverRoot))), "\n") {
+					if strings.Contains(l, " start ") && strings.Contains(l, f.mps.PipeDir(uid)) {
+						out = append(out, l)
+					}
+				}
+				return out
+			}
+			if got := starts(); len(got) != 1 || strings.HasSuffix(got[0], " multi_user=1") != tc.want {
+				t.Fatalf("daemon starts %q, want one, multi-user %v", got, tc.want)
+			}
+			// The daemon lost (a node restart): reconciliation starts it
+			// again from the checkpoint, in the same mode.
+			if err := f.mps.Stop(ctx, uid); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := f.reconcile(ctx, f.saved(), f.inventory(), nil); err != nil {
+				t.Fatal(err)
+			}
+			if got := starts(); len(got) != 2 || strings.HasSuffix(got[1], " multi_user=1") != tc.want {
+				t.Errorf("daemon starts after reconciliation %q, want two, multi-user %v", got, tc.want)
+			}
+			if err := f.p.Unprepare(ctx, ref(c)); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

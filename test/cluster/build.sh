@@ -11,9 +11,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 export GOWORK=off GOTOOLCHAIN=local GOFLAGS=-buildvcs=false CGO_ENABLED=0
 export GOCACHE=$GPU_DRA_CACHE/go-build
 
-# Debian packages the cluster uses. busybox-static, not busybox: the image has no libc. jq: kueue.sh
-# rewrites Kueue's webhook configurations with it.
-APT_PACKAGES=(runc containernetworking-plugins busybox-static openssl curl iproute2 util-linux jq)
+# Debian packages the cluster uses. busybox-static, not busybox: the image has no libc. bash-static:
+# the image's /bin/bash, as NVIDIA's test specs run `bash -c`. jq: kueue.sh rewrites Kueue's webhook
+# configurations with it.
+APT_PACKAGES=(runc containernetworking-plugins busybox-static bash-static openssl curl iproute2 util-linux jq)
 
 # built DIR FILE...: true when DIR has its stamp and every FILE under DIR/bin.
 built() {
@@ -104,21 +105,24 @@ build_images() {
 		log "images cached in $dir"
 		return
 	fi
-	rm -rf "$GPU_DRA_CACHE"/images-* # older sources' images
+	# Other sources' images a week old: a checkout of other sources (another worktree) may still
+	# use newer ones, and up.sh does not build them again.
+	find "$GPU_DRA_CACHE" -maxdepth 1 -name 'images-*' -mtime +7 -exec rm -rf {} +
 	mkdir -p "$dir/bin"
 	(cd "$REPO_ROOT/test/images" && go build -trimpath -ldflags "-s -w" -o "$dir/bin/" ./mkimage ./pause)
 
 	"$dir/bin/mkimage" -ref "$PAUSE_IMAGE" -out "$dir/pause.tar" \
 		-add "/pause=$dir/bin/pause" -entrypoint /pause
 
-	# busybox-static's applets, each a link to /bin/busybox, e.g. /bin/sh, /bin/ls, /usr/bin/env.
+	# busybox-static's applets, each a link to /bin/busybox, e.g. /bin/sh, /bin/ls, /usr/bin/env;
+	# and bash-static's bash as /bin/bash (IMAGE_CONTENTS in lib.sh).
 	local args=() applet
 	while read -r applet; do
-		[[ $applet == /bin/busybox ]] && continue
+		[[ $applet == /bin/busybox || $applet == /bin/bash ]] && continue
 		args+=(-link "$applet=/bin/busybox")
 	done < <(/bin/busybox --list-full | sed 's#^#/#')
 	"$dir/bin/mkimage" -ref "$BUSYBOX_IMAGE" -out "$dir/busybox.tar" \
-		-add /bin/busybox=/bin/busybox -dir /tmp -dir /etc -dir /root -dir /var \
+		-add /bin/busybox=/bin/busybox -add /bin/bash=/bin/bash-static -dir /tmp -dir /etc -dir /root -dir /var \
 		-cmd /bin/sh "${args[@]}"
 	echo "$PAUSE_IMAGE $BUSYBOX_IMAGE" >"$dir/.stamp"
 }

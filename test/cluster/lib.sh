@@ -211,12 +211,16 @@ ensure_helm() {
 	GOBIN=$(dirname "$HELM") GOFLAGS=-mod=mod go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 }
 
+# IMAGE_CONTENTS names what build.sh puts in the images besides test/images' programs; a change
+# of it rebuilds them.
+IMAGE_CONTENTS="busybox-static bash-static"
+
 # images_dir prints the cache directory of the image tool and archives, keyed by the hash of
 # test/images (sources) and the image references, so an edit rebuilds them.
 images_dir() {
 	local sum
 	sum=$(cd "$REPO_ROOT/test/images" &&
-		{ find . -type f \( -name '*.go' -o -name 'go.mod' -o -name 'go.sum' \) -print0 | sort -z | xargs -0 sha256sum; echo "$PAUSE_IMAGE $BUSYBOX_IMAGE"; } |
+		{ find . -type f \( -name '*.go' -o -name 'go.mod' -o -name 'go.sum' \) -print0 | sort -z | xargs -0 sha256sum; echo "$PAUSE_IMAGE $BUSYBOX_IMAGE $IMAGE_CONTENTS"; } |
 		sha256sum | cut -c1-12)
 	printf '%s/images-%s\n' "$GPU_DRA_CACHE" "$sum"
 }

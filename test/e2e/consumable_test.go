@@ -16,8 +16,8 @@ import (
 
 // nvidiaSpec applies one of NVIDIA's consumable shares test specs
 // (testdata/nvidia-gpu-consumable-shares-*.yaml) in ns, as it is but for
-// the image, which the local cluster has under its own name, and the
-// shell, as busybox has sh but no bash. It returns the spec's path.
+// the image, which the local cluster has under its own name (with bash and
+// the simulated driver's nvidia-smi). It returns the spec's path.
 func nvidiaSpec(t *testing.T, ns, kind string) string {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join(repoRoot, "test/e2e/testdata/nvidia-gpu-consumable-shares-"+kind+".yaml"))
@@ -25,7 +25,7 @@ func nvidiaSpec(t *testing.T, ns, kind string) string {
 		t.Fatal(err)
 	}
 	spec := string(data)
-	for old, repl := range map[string]string{"image: ubuntu:24.04": "image: busybox:local", `command: ["bash", "-c"]`: `command: ["sh", "-c"]`} {
+	for old, repl := range map[string]string{"image: ubuntu:24.04": "image: busybox:local"} {
 		if strings.Count(spec, old) != 2 {
 			t.Fatalf("NVIDIA's %s spec has %d of %q, want 2 (one per pod)", kind, strings.Count(spec, old), old)
 		}
@@ -56,7 +56,7 @@ func sharesOf(t *testing.T, ns, kind string, uuids map[string]string) [2]resourc
 		if uuid == "" {
 			t.Fatalf("%s got %s, not a whole GPU", pod.Name, out[i].Device)
 		}
-		podLogs(t, ns, pod.Name, "GPU_DRA_DEVICE_UUIDS="+uuid+"\n")
+		podLogs(t, ns, pod.Name, "(UUID: "+uuid+")\n")
 	}
 	return out
 }

@@ -281,5 +281,26 @@ for v in 0 half -1; do
 	expect "consumableShares=$v names the value" "consumableShares: \"$v\" is not disabled, memory, unlimited or a positive number" "$err"
 done
 
+out=$(render)
+refuse "defaults: dynamic MIG" '--static-mig-only' "$out"
+refuse "defaults: shared GPUs" '--shared-gpus' "$out"
+for set in kubeletPlugin.staticMIGOnly=true featureGates.DynamicMIG=false; do
+	out=$(render --set $set)
+	expect "$set: only pre-created MIG devices" '^        - --static-mig-only$' "$out"
+done
+out=$(render --set featureGates.DynamicMIG=true --set featureGates.MPSSupport=true --set featureGates.TimeSlicingSettings=true)
+refuse "NVIDIA's DynamicMIG, MPSSupport, TimeSlicingSettings on: dynamic MIG" '--static-mig-only' "$out"
+out=$(render --set kubeletPlugin.sharedGPUs=false)
+expect "sharedGPUs=false is the plugin's flag" '^        - --shared-gpus=false$' "$out"
+expect "NVIDIA's PassthroughSupport gate turns VFIO passthrough on" '^        - --vfio-passthrough$' "$(render --set featureGates.PassthroughSupport=true)"
+refuse "PassthroughSupport false: no VFIO passthrough" '--vfio-passthrough' "$(render --set featureGates.PassthroughSupport=false)"
+for gate in FabricManagerPartitioning DeviceMetadata; do
+	if err=$(render --set featureGates.$gate=true 2>&1); then die "chart: featureGates.$gate=true rendered"; fi
+	expect "featureGates.$gate=true is refused by name" "featureGates.$gate: not supported by this driver" "$err"
+	render --set featureGates.$gate=false >/dev/null || die "chart: featureGates.$gate=false did not render"
+done
+if err=$(render --set featureGates.Bogus=true 2>&1); then die "chart: an unknown feature gate rendered"; fi
+expect "an unknown feature gate is refused by name" 'featureGates.Bogus: not one of' "$err"
+
 log "chart lints and renders as expected ($HELM)"
 echo "$HELM"

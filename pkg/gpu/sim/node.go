@@ -13,6 +13,8 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/gpus"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
 	"github.com/google/uuid"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/sim/miguuid"
 )
 
 // Node is a simulated GPU node. It implements nvml.Interface; its mutable
@@ -547,7 +549,11 @@ func (n *Node) gpuInstance(d *server.Device, index int, gis GIState) nvml.GpuIns
 					}
 				}
 			}
-			created = CIState{ID: id, ProfileID: int(info.Id), UUID: "MIG-" + uuid.NewString()}
+			migUUID, err := miguuid.New(miguuid.Where{GPU: index, GIProfile: gis.ProfileID, CIProfile: int(info.Id)})
+			if err != nil {
+				return nvml.ERROR_UNKNOWN
+			}
+			created = CIState{ID: id, ProfileID: int(info.Id), UUID: migUUID}
 			cur.ComputeInstances = append(cur.ComputeInstances, created)
 			return nvml.SUCCESS
 		})

@@ -2,6 +2,7 @@ package simtools
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,19 +17,42 @@ import (
 // container gets only the tool mounted.
 const versionMarker = "\x00gpu-sim-tools driver-version="
 
-// Bounds of the version: tailSize, the end of a copy searched for it, must
-// hold the marker, the longest version and the newline.
+// gpusMarker, in a copy installed with the node's GPUs, is followed by
+// them in JSON and then by the version's marker: "nvidia-smi -L" in a
+// container, which cannot ask the simulated kernel, lists them from there.
+const gpusMarker = "\x00gpu-sim-tools gpus="
+
+// Bounds of the version and the GPU table: tailSize, the end of a copy
+// searched for them, must hold both markers, the longest table, the
+// longest version and the newline.
 const (
 	maxVersionLen = 128
-	tailSize      = 512
+	maxTableLen   = 32 << 10
+	tailSize      = maxTableLen + 1024
 )
 
+// GPU is what the simulated nvidia-smi knows of one of the node's GPUs.
+type GPU struct {
+	// Index is the GPU's NVML index on the node.
+	Index int `json:"index"`
+	// Minor is the minor of its /dev/nvidia<minor>.
+	Minor int `json:"minor"`
+	// UUID is "GPU-...".
+	UUID string `json:"uuid"`
+	// Name is the product name, e.g. "NVIDIA H100 80GB HBM3".
+	Name string `json:"name"`
+	// MIGProfiles names the GPU's MIG profiles by GPU instance profile
+	// ID, e.g. "0" is "1g.10gb" on an H100.
+	MIGProfiles map[string]string `json:"migProfiles,omitempty"`
+}
+
 // Install copies the gpu-sim-tools program at tools into binDir under
-// every name of Names, mode 0755, each ending with
-// driverVersion (any version a copy of tools already carries is replaced).
+// every name of Names, mode 0755, each ending with gpus, the node's GPUs
+// (none for a driver root without them), and driverVersion (any table and
+// version a copy of tools already carries are replaced).
 // A copy is replaced by a rename, never rewritten in place, as an MPS
 // daemon may be running the old one; a copy already equal is kept.
-func Install(tools, binDir, driverVersion string) error {
+func Install(tools, binDir, driverVersion string, gpus ...GPU) error {
 	if tools == "" {
 		return errors.New("simulated driver tools: no gpu-sim-tools program given (build it with: CGO_ENABLED=0 go build ./cmd/gpu-sim-tools)")
 	}
@@ -44,10 +68,24 @@ func Install(tools, binDir, driverVersion string) error {
 		return fmt.Errorf("simulated driver tools: %s is not a gpu-sim-tools program", tools)
 	}
 	if _, start, ok := parseTag(tail(program)); ok {
+		if i, ok := tableAt(tail(program)[:start]); ok {
+			start = i
+		}
 		program = program[:len(program)-len(tail(program))+start]
 	}
-	copyOf := make([]byte, 0, len(program)+len(versionMarker)+len(driverVersion)+1)
-	copyOf = append(append(append(copyOf, program...), versionMarker+driverVersion...), '\n')
+	var table []byte
+	if len(gpus) > 0 {
+		j, err := json.Marshal(gpus)
+		if err != nil {
+			return fmt.Errorf("simulated driver tools: %w", err)
+		}
+		if len(j) > maxTableLen {
+			return fmt.Errorf("simulated driver tools: the GPU table is %d bytes, more than %d", len(j), maxTableLen)
+		}
+		table = append([]byte(gpusMarker), j...)
+	}
+	copyOf := make([]byte, 0, len(program)+len(table)+len(versionMarker)+len(driverVersion)+1)
+	copyOf = append(append(append(append(copyOf, program...), table...), versionMarker+driverVersion...), '\n')
 	for _, name := range Names {
 		path := filepath.Join(binDir, name)
 		if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, copyOf) {
@@ -95,26 +133,60 @@ func parseTag(end []byte) (version string, start int, ok bool) {
 	return string(v), start, true
 }
 
+// tableAt returns where the GPU table starts in before, the bytes before
+// the version's marker, if they end with one: its marker and valid JSON
+// up to their end (the program's own copy of the marker is followed by
+// its other constants).
+func tableAt(before []byte) (int, bool) {
+	i := bytes.LastIndex(before, []byte(gpusMarker))
+	if i < 0 || !json.Valid(before[i+len(gpusMarker):]) {
+		return 0, false
+	}
+	return i, true
+}
+
 // readVersion returns the driver version at the end of the copy at exe.
 func readVersion(exe string) (string, error) {
+	v, _, err := readTags(exe)
+	return v, err
+}
+
+// readGPUs returns the GPU table at the end of the copy at exe: none for
+// a copy installed without one.
+func readGPUs(exe string) ([]GPU, error) {
+	_, gpus, err := readTags(exe)
+	return gpus, err
+}
+
+// readTags returns the driver version and the GPU table at the end of the
+// copy at exe.
+func readTags(exe string) (string, []GPU, error) {
 	f, err := os.Open(exe)
 	if err != nil {
-		return "", fmt.Errorf("read the driver version: %w", err)
+		return "", nil, fmt.Errorf("read the driver version: %w", err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return "", fmt.Errorf("read the driver version: %w", err)
+		return "", nil, fmt.Errorf("read the driver version: %w", err)
 	}
 	end := make([]byte, min(fi.Size(), tailSize))
 	if _, err := f.ReadAt(end, fi.Size()-int64(len(end))); err != nil && !errors.Is(err, io.EOF) {
-		return "", fmt.Errorf("read the driver version: %w", err)
+		return "", nil, fmt.Errorf("read the driver version: %w", err)
 	}
-	v, _, ok := parseTag(end)
+	v, start, ok := parseTag(end)
 	if !ok {
-		return "", fmt.Errorf("%s carries no simulated driver version: install it with simhost.Create (gpu-sim host)", exe)
+		return "", nil, fmt.Errorf("%s carries no simulated driver version: install it with simhost.Create (gpu-sim host)", exe)
 	}
-	return v, nil
+	i, ok := tableAt(end[:start])
+	if !ok {
+		return v, nil, nil
+	}
+	var gpus []GPU
+	if err := json.Unmarshal(end[i+len(gpusMarker):start], &gpus); err != nil {
+		return "", nil, fmt.Errorf("read the GPU table of %s: %w", exe, err)
+	}
+	return v, gpus, nil
 }
 
 // writeAtomic writes data to path through a temporary file in the same

@@ -31,7 +31,8 @@ const pollInterval = 100 * time.Millisecond
 // daemon in the foreground: it lives while its control file exists, with
 // its PID in the pipe directory, and makes the control file once it is
 // ready. "-d" starts the same daemon detached (a copy of this program) and
-// returns, as a previous release of the plugin ran it. Without either it
+// returns, as a previous release of the plugin ran it; either may be
+// followed by "-M" (multi-user mode, logged as " multi_user=1"). Without either it
 // reads a command on stdin: "quit" makes the daemon exit. Every start and
 // quit is logged in the daemon's control.log and in mps.log under the
 // driver root.
@@ -47,11 +48,23 @@ func (t *Tools) mpsControl(args []string) int {
 	if logDir == "" {
 		logDir = "/var/log/nvidia-mps"
 	}
-	if len(args) > 0 && args[0] == "-d" {
-		return t.startDaemon(pipe, logDir)
-	}
-	if len(args) > 0 && args[0] == "-f" {
-		return t.foreground(pipe, logDir)
+	if len(args) > 0 && (args[0] == "-d" || args[0] == "-f") {
+		multiUser := false
+		for _, a := range args[1:] {
+			if a != "-M" {
+				fmt.Fprintf(t.Stderr, "%s: unknown argument %s\n", MPSControl, a)
+				return 2
+			}
+			multiUser = true
+		}
+		mode := ""
+		if multiUser {
+			mode = " multi_user=1"
+		}
+		if args[0] == "-d" {
+			return t.startDaemon(pipe, logDir, mode)
+		}
+		return t.foreground(pipe, logDir, mode)
 	}
 	switch command := readLine(t.Stdin); command {
 	case "quit":
@@ -63,7 +76,7 @@ func (t *Tools) mpsControl(args []string) int {
 }
 
 // startDaemon starts the daemon and returns at once, as the real "-d" does.
-func (t *Tools) startDaemon(pipe, logDir string) int {
+func (t *Tools) startDaemon(pipe, logDir, mode string) int {
 	for _, dir := range []string{pipe, logDir} {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return t.fail(err)
@@ -92,7 +105,7 @@ func (t *Tools) startDaemon(pipe, logDir string) int {
 		return t.fail(err)
 	}
 	// The daemon runs: a log that cannot be written is reported, not fatal.
-	_ = t.logMPS(logDir, fmt.Sprintf("%s start pid=%d devices=%s pipe=%s%s", t.now(), pid, t.getenv("CUDA_VISIBLE_DEVICES"), pipe, t.limits()))
+	_ = t.logMPS(logDir, fmt.Sprintf("%s start pid=%d devices=%s pipe=%s%s%s", t.now(), pid, t.getenv("CUDA_VISIBLE_DEVICES"), pipe, t.limits(), mode))
 	return 0
 }
 
@@ -116,7 +129,7 @@ func (t *Tools) limits() string {
 // until the control file is gone. A PID file that cannot be written (a
 // client's container may have put a directory in its place) is reported,
 // not fatal: its starter knows the daemon's PID without it.
-func (t *Tools) foreground(pipe, logDir string) int {
+func (t *Tools) foreground(pipe, logDir, mode string) int {
 	for _, dir := range []string{pipe, logDir} {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return t.fail(err)
@@ -126,7 +139,7 @@ func (t *Tools) foreground(pipe, logDir string) int {
 	if err := writeAtomic(filepath.Join(pipe, pidFile), []byte(fmt.Sprintf("%d\n", pid)), 0o644, false); err != nil {
 		fmt.Fprintf(t.Stderr, "%s: %v\n", MPSControl, err)
 	}
-	_ = t.logMPS(logDir, fmt.Sprintf("%s start pid=%d devices=%s pipe=%s%s", t.now(), pid, t.getenv("CUDA_VISIBLE_DEVICES"), pipe, t.limits()))
+	_ = t.logMPS(logDir, fmt.Sprintf("%s start pid=%d devices=%s pipe=%s%s%s", t.now(), pid, t.getenv("CUDA_VISIBLE_DEVICES"), pipe, t.limits(), mode))
 	if err := makeControl(filepath.Join(pipe, controlFile)); err != nil {
 		return t.fail(err)
 	}

@@ -60,6 +60,9 @@ type Tools struct {
 	Getenv func(string) string
 	// Now is the clock of the log lines; nil means time.Now.
 	Now func() time.Time
+	// DevDir is where nvidia-smi looks for the GPUs' device nodes;
+	// empty means /dev.
+	DevDir string
 	// Stdin, Stdout and Stderr are the tool's standard streams.
 	Stdin          io.Reader
 	Stdout, Stderr io.Writer

@@ -26,7 +26,7 @@ var fixedNow = func() time.Time { return time.Date(2026, 11, 30, 23, 4, 5, 0, ti
 func run(root, name, stdin string, env map[string]string, args ...string) (code int, stdout, stderr string) {
 	var out, errOut bytes.Buffer
 	t := &Tools{
-		Root: root, Executable: filepath.Join(root, "usr/bin", name),
+		Root: root, Executable: filepath.Join(root, "usr/bin", name), DevDir: filepath.Join(root, "dev"),
 		Getenv: func(k string) string { return env[k] }, Now: fixedNow,
 		Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &errOut,
 	}
@@ -56,6 +56,7 @@ func TestArgumentErrors(t *testing.T) {
 		{name: "--set-timeslice without value", tool: SMI, args: []string{"compute-policy", "-i", "GPU-a", "--set-timeslice"}, wantCode: 2, wantErr: "nvidia-smi compute-policy: --set-timeslice needs a value\n"},
 		{name: "UUID with a slash", tool: SMI, args: []string{"compute-policy", "-i", "../GPU-a", "--set-timeslice", "1"}, wantCode: 2, wantErr: "nvidia-smi compute-policy: bad GPU UUID '../GPU-a'\n"},
 		{name: "unsupported MPS command", tool: MPSControl, stdin: "  get_server_list \n", wantCode: 1, wantErr: "nvidia-cuda-mps-control: unsupported command 'get_server_list'\n"},
+		{name: "unknown daemon argument", tool: MPSControl, args: []string{"-f", "-M", "-x"}, wantCode: 2, wantErr: "nvidia-cuda-mps-control: unknown argument -x\n"},
 		{name: "no MPS command", tool: MPSControl, wantCode: 1, wantErr: "nvidia-cuda-mps-control: unsupported command ''\n"},
 		{name: "quit without daemon", tool: MPSControl, stdin: "quit\n", env: map[string]string{"CUDA_MPS_PIPE_DIRECTORY": "/nonexistent/pipe"}, wantCode: 1, wantErr: "no MPS control daemon at /nonexistent/pipe\n"},
 	} {

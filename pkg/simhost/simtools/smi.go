@@ -3,7 +3,13 @@ package simtools
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
 	"strings"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/sim/miguuid"
 )
 
 // deviceUUIDsEnv is cdi.EnvDeviceUUIDs, spelt here so that the static
@@ -15,10 +21,14 @@ const deviceUUIDsEnv = "GPU_DRA_DEVICE_UUIDS"
 // the real tool changes the GPU's scheduler. Anything else prints what a
 // container sees, where the real tool lists the GPUs it can open: the
 // driver version and the container's devices as the driver's CDI specs
-// name them (GPU_DRA_DEVICE_UUIDS, cdi.EnvDeviceUUIDs).
+// name them (GPU_DRA_DEVICE_UUIDS, cdi.EnvDeviceUUIDs). "-L" (or
+// "--list-gpus") lists those devices in NVIDIA's format (see listGPUs).
 func (t *Tools) smi(args []string) int {
 	if len(args) > 0 && args[0] == "compute-policy" {
 		return t.computePolicy(args[1:])
+	}
+	if len(args) == 1 && (args[0] == "-L" || args[0] == "--list-gpus") {
+		return t.listGPUs()
 	}
 	version, err := readVersion(t.Executable)
 	if err != nil {
@@ -87,4 +97,129 @@ func (t *Tools) computePolicy(args []string) int {
 	}
 	fmt.Fprintf(t.Stdout, "Set time slice of GPU %s to %s\n", uuid, slice)
 	return 0
+}
+
+// unknownGPU is the product name of a GPU the copy's table does not have.
+const unknownGPU = "NVIDIA GPU"
+
+// listGPUs prints the container's devices as NVIDIA's "nvidia-smi -L"
+// does: one line per GPU, numbered from 0 in the node's order, and under
+// it, indented, one line per MIG device of it that the container has,
+// numbered from 0:
+//
+//	GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-...)
+//	  MIG 1g.10gb     Device  0: (UUID: MIG-...)
+//
+// The devices are those of GPU_DRA_DEVICE_UUIDS, which names one
+// request's devices only, and the GPUs of the table whose /dev/nvidia<minor>
+// the container has, as the real tool finds every GPU the container can
+// open (the parent of a MIG device too: NVIDIA's lists it above its MIG
+// devices). Product and profile names come
+// from the GPU table this copy was installed with, and a MIG device's
+// parent and profile from its simulated UUID (package miguuid). A
+// container with no device prints "No devices were found" and exits 6,
+// as NVIDIA's does.
+func (t *Tools) listGPUs() int {
+	table, err := readGPUs(t.Executable)
+	if err != nil {
+		fmt.Fprintf(t.Stderr, "%s: %v\n", SMI, err)
+		return 1
+	}
+	type listed struct {
+		gpu  GPU
+		migs []string
+	}
+	byIndex := map[int]*listed{}
+	order := func(g GPU) *listed {
+		if l, ok := byIndex[g.Index]; ok {
+			return l
+		}
+		l := &listed{gpu: g}
+		byIndex[g.Index] = l
+		return l
+	}
+	devDir := t.DevDir
+	if devDir == "" {
+		devDir = "/dev"
+	}
+	for _, g := range table {
+		if _, err := os.Stat(filepath.Join(devDir, "nvidia"+strconv.Itoa(g.Minor))); err == nil {
+			order(g)
+		}
+	}
+	unknown := len(table)
+	for _, uuid := range strings.Split(t.getenv(deviceUUIDsEnv), ",") {
+		switch {
+		case strings.HasPrefix(uuid, "GPU-"):
+			g, ok := gpuByUUID(table, uuid)
+			if !ok {
+				g = GPU{Index: unknown, UUID: uuid, Name: unknownGPU}
+				unknown++
+			}
+			order(g)
+		case strings.HasPrefix(uuid, "MIG-"):
+			w, ok := miguuid.Parse(uuid)
+			g, found := gpuByIndex(table, w.GPU)
+			if !ok || !found {
+				fmt.Fprintf(t.Stderr, "%s: MIG device %s is not one of the simulated node's\n", SMI, uuid)
+				return 1
+			}
+			l := order(g)
+			l.migs = append(l.migs, uuid+" "+migProfileName(g.MIGProfiles[strconv.Itoa(w.GIProfile)], w.CIProfile))
+		}
+	}
+	if len(byIndex) == 0 {
+		fmt.Fprintln(t.Stdout, "No devices were found")
+		return 6
+	}
+	indexes := make([]int, 0, len(byIndex))
+	for i := range byIndex {
+		indexes = append(indexes, i)
+	}
+	sort.Ints(indexes)
+	for n, i := range indexes {
+		l := byIndex[i]
+		fmt.Fprintf(t.Stdout, "GPU %d: %s (UUID: %s)\n", n, l.gpu.Name, l.gpu.UUID)
+		for m, mig := range l.migs {
+			uuid, profile, _ := strings.Cut(mig, " ")
+			fmt.Fprintf(t.Stdout, "  MIG %-11s Device %2d: (UUID: %s)\n", profile, m, uuid)
+		}
+	}
+	return 0
+}
+
+// ciSlices are the compute slices of NVML's compute instance profiles,
+// by ID (nvmlComputeInstanceProfile: 1, 2, 3, 4, 7, 8 and 6 slices, then
+// the 1- and 2-slice revisions).
+var ciSlices = []int{1, 2, 3, 4, 7, 8, 6, 1, 2, 1}
+
+// migProfileName is NVIDIA's name of a MIG device of GPU instance profile
+// gi (e.g. "3g.40gb") and compute instance profile ci: the GPU instance's
+// name where the compute instance has all its slices, otherwise with the
+// compute instance's slices before it ("1c.3g.40gb").
+func migProfileName(gi string, ci int) string {
+	g, _, ok := strings.Cut(gi, "g.")
+	giSlices, err := strconv.Atoi(g)
+	if !ok || err != nil || ci < 0 || ci >= len(ciSlices) || ciSlices[ci] >= giSlices {
+		return gi
+	}
+	return strconv.Itoa(ciSlices[ci]) + "c." + gi
+}
+
+func gpuByUUID(table []GPU, uuid string) (GPU, bool) {
+	for _, g := range table {
+		if g.UUID == uuid {
+			return g, true
+		}
+	}
+	return GPU{}, false
+}
+
+func gpuByIndex(table []GPU, index int) (GPU, bool) {
+	for _, g := range table {
+		if g.Index == index {
+			return g, true
+		}
+	}
+	return GPU{}, false
 }

@@ -129,3 +129,11 @@ allows below their limits.
 {{- end -}}
 {{- $q -}}
 {{- end -}}
+
+{{/*
+"true" when GPUs are offered for VMs: vfioPassthrough.enabled, or NVIDIA's
+feature gate PassthroughSupport; "" otherwise.
+*/}}
+{{- define "gpu-dra-driver.vfio" -}}
+{{- if or (dig "enabled" false (.Values.vfioPassthrough | default dict)) (get (.Values.featureGates | default dict) "PassthroughSupport") -}}true{{- end -}}
+{{- end -}}
