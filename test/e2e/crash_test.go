@@ -311,6 +311,9 @@ func TestPluginKilledAtEveryStep(t *testing.T) {
 			if step == prepare.StepMPSStarted && kind.config == "" {
 				continue // a claim without MPS starts no daemon
 			}
+			if step == prepare.StepVFIOBound || step == prepare.StepVFIOReturned {
+				continue // a MIG claim binds no GPU to vfio-pci (TestVFIOPassthrough, pkg/prepare's sweeps)
+			}
 			t.Run(kind.name+"/"+string(step), func(t *testing.T) {
 				tp.t = t
 				claim := allocatedClaimWithConfig(t, ns, fmt.Sprintf("crash-%s-%d", kind.name, i), kind.config, "gpu-5-mig-1g10gb-6", "gpu-5-mig-2g20gb-2")
