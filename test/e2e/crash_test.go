@@ -22,6 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	drapb "k8s.io/kubelet/pkg/apis/dra/v1"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/prepare"
 )
 
@@ -241,9 +242,16 @@ func (tp *testPlugin) mpsDaemons() []string {
 // configuration for every request (none if config is "").
 func allocatedClaimWithConfig(t *testing.T, ns, name, config string, devices ...string) *resourceapi.ResourceClaim {
 	t.Helper()
+	return allocatedClaimOfClass(t, ns, name, "mig.nvidia.com", config, devices...)
+}
+
+// allocatedClaimOfClass is allocatedClaimWithConfig with requests of the
+// DeviceClass class.
+func allocatedClaimOfClass(t *testing.T, ns, name, class, config string, devices ...string) *resourceapi.ResourceClaim {
+	t.Helper()
 	c := &resourceapi.ResourceClaim{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}}
 	for i := range devices {
-		c.Spec.Devices.Requests = append(c.Spec.Devices.Requests, resourceapi.DeviceRequest{Name: fmt.Sprintf("r%d", i), Exactly: &resourceapi.ExactDeviceRequest{DeviceClassName: "mig.nvidia.com"}})
+		c.Spec.Devices.Requests = append(c.Spec.Devices.Requests, resourceapi.DeviceRequest{Name: fmt.Sprintf("r%d", i), Exactly: &resourceapi.ExactDeviceRequest{DeviceClassName: class}})
 	}
 	c, err := client.ResourceV1().ResourceClaims(ns).Create(ctx(), c, metav1.CreateOptions{})
 	if err != nil {
@@ -359,6 +367,113 @@ func TestPluginKilledAtEveryStep(t *testing.T) {
 				tp.assertTruthful("after unprepare")
 				tp.stop()
 			})
+		}
+	}
+}
+
+// TestPluginKilledAtEveryVFIOStep kills the plugin (SIGKILL) after each
+// step that a VM's claim passes, among them the GPU's bind to vfio-pci and
+// its return to nvidia: the GPU is bound to a driver after every kill,
+// never to none; after a restart the checkpoint is truthful, the kubelet's
+// retry of a prepare binds it to vfio-pci, and the unprepare gives it
+// back to nvidia. Steps a VM's claim does not pass (MIG, MPS) are skipped.
+func TestPluginKilledAtEveryVFIOStep(t *testing.T) {
+	if err := script("driver.sh", "stop"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := script("driver.sh", "restart"); err != nil {
+			t.Errorf("restart the cluster's plugin: %v", err)
+		}
+	})
+	const ns, minor = "gpu-crash-vfio", 7
+	if _, err := client.CoreV1().Namespaces().Create(ctx(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cleanNamespace(t, ns) })
+	dir := t.TempDir()
+	tp := &testPlugin{t: t, dir: dir, logPath: filepath.Join(dir, "plugin.log")}
+	t.Cleanup(func() {
+		tp.stop()
+		if t.Failed() {
+			data, _ := os.ReadFile(tp.logPath)
+			t.Logf("plugin log:\n%s", data)
+		}
+	})
+	// No modules.alias: the GPU goes to vfio-pci whatever this machine's
+	// kernel names.
+	vfio := []string{"--vfio-passthrough", "--sys-root", filepath.Join(runDir, "sim/host/sys"), "--vfio-modules-dir", t.TempDir()}
+	tp.start(vfio...)
+	var bdf string
+	eventually(t, 30*time.Second, "the VM's GPU published", func() (bool, error) {
+		if !publishedNames(t)[names.VFIODevice(minor)] {
+			return false, fmt.Errorf("%s not published", names.VFIODevice(minor))
+		}
+		bdf = *publishedDevice(t, names.VFIODevice(minor)).Attributes[names.AttrStandardPCIBusID].StringValue
+		return true, nil
+	})
+	tp.stop()
+	bound := func(when string) string {
+		d := sysDriver(t, bdf)
+		if d != "vfio-pci" && d != "nvidia" {
+			t.Fatalf("%s: GPU %s is bound to %q, want vfio-pci or nvidia", when, bdf, d)
+		}
+		return d
+	}
+	exercised := map[prepare.Step]bool{}
+	for i, step := range prepare.AllSteps {
+		t.Run(string(step), func(t *testing.T) {
+			tp.t = t
+			claim := allocatedClaimOfClass(t, ns, fmt.Sprintf("crash-vfio-%d", i), "vfio.gpu.nvidia.com", "", names.VFIODevice(minor))
+			isPrepare := i <= slices.Index(prepare.AllSteps, prepare.StepCompletedRecorded)
+			if isPrepare {
+				tp.start(append(vfio, "--test-crash-at", string(step))...)
+				if _, err := tp.prepare(claim); err == nil {
+					if err := tp.unprepare(claim); err != nil {
+						t.Fatal(err)
+					}
+					tp.stop()
+					t.Skipf("a VM's claim does not pass %s", step)
+				}
+			} else {
+				tp.start(vfio...)
+				if _, err := tp.prepare(claim); err != nil {
+					t.Fatal(err)
+				}
+				tp.stop()
+				tp.start(append(vfio, "--test-crash-at", string(step))...)
+				if err := tp.unprepare(claim); err == nil {
+					tp.stop()
+					t.Skipf("a VM's claim does not pass %s", step)
+				}
+			}
+			tp.waitKilled()
+			exercised[step] = true
+			bound("after the kill")
+			tp.start(vfio...)
+			bound("after the restart")
+			tp.assertTruthful("after restart")
+			if isPrepare {
+				if _, err := tp.prepare(claim); err != nil {
+					t.Fatalf("kubelet's retry of prepare: %v", err)
+				}
+				if d := bound("after the retried prepare"); d != "vfio-pci" {
+					t.Fatalf("after the retried prepare GPU %s is bound to %s, want vfio-pci", bdf, d)
+				}
+			}
+			if err := tp.unprepare(claim); err != nil {
+				t.Fatalf("kubelet's retry of unprepare: %v", err)
+			}
+			if d := bound("after the unprepare"); d != "nvidia" {
+				t.Fatalf("after the unprepare GPU %s is bound to %s, want nvidia", bdf, d)
+			}
+			tp.assertTruthful("after unprepare")
+			tp.stop()
+		})
+	}
+	for _, step := range []prepare.Step{prepare.StepVFIOBound, prepare.StepVFIOReturned} {
+		if !exercised[step] {
+			t.Errorf("the plugin was never killed after %s", step)
 		}
 	}
 }
