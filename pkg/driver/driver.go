@@ -220,7 +220,16 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	if err := cfg.Store.Save(cp); err != nil {
 		return nil, fmt.Errorf("save reconciled checkpoint: %w", err)
 	}
-	if len(report.MIGDestroyed) > 0 {
+	rebound := false
+	select {
+	case <-d.bindingChanged:
+		// Reconciliation gave a GPU back to nvidia (a VM's claim rolled
+		// back) or bound one: NVML sees other GPUs than it read above,
+		// and a device of a GPU it did not see would not be published.
+		rebound = true
+	default:
+	}
+	if len(report.MIGDestroyed) > 0 || rebound {
 		readAt = d.clock.Now()
 		if inv, err = cfg.GPUs.Inventory(ctx); err != nil {
 			return nil, fmt.Errorf("read GPU inventory: %w", err)
