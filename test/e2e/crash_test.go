@@ -279,11 +279,12 @@ func allocatedClaimOfClass(t *testing.T, ns, name, class, config string, devices
 	return c
 }
 
-// TestPluginKilledAtEveryStep kills the plugin (SIGKILL) after each step of
-// prepare.AllSteps that a MIG claim and a MIG claim with MPS pass,
-// restarts it, and checks that nothing leaked, the checkpoint is truthful,
-// and the kubelet's retry succeeds.
-func TestPluginKilledAtEveryStep(t *testing.T) {
+// newCrashPlugin stops the cluster's plugin for the test (its cleanup
+// starts it again), creates namespace ns for the test's claims, and
+// returns a test plugin in a directory of the test's own, stopped at the
+// test's end, whose log is printed if the test failed.
+func newCrashPlugin(t *testing.T, ns string) *testPlugin {
+	t.Helper()
 	if err := script("driver.sh", "stop"); err != nil {
 		t.Fatal(err)
 	}
@@ -292,7 +293,6 @@ func TestPluginKilledAtEveryStep(t *testing.T) {
 			t.Errorf("restart the cluster's plugin: %v", err)
 		}
 	})
-	const ns = "gpu-crash"
 	if _, err := client.CoreV1().Namespaces().Create(ctx(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -306,6 +306,16 @@ func TestPluginKilledAtEveryStep(t *testing.T) {
 			t.Logf("plugin log:\n%s", data)
 		}
 	})
+	return tp
+}
+
+// TestPluginKilledAtEveryStep kills the plugin (SIGKILL) after each step of
+// prepare.AllSteps that a MIG claim and a MIG claim with MPS pass,
+// restarts it, and checks that nothing leaked, the checkpoint is truthful,
+// and the kubelet's retry succeeds.
+func TestPluginKilledAtEveryStep(t *testing.T) {
+	const ns = "gpu-crash"
+	tp := newCrashPlugin(t, ns)
 
 	// The claims: two MIG devices, and the same shared through an MPS
 	// control daemon of the claim, which passes every step.
@@ -378,28 +388,8 @@ func TestPluginKilledAtEveryStep(t *testing.T) {
 // retry of a prepare binds it to vfio-pci, and the unprepare gives it
 // back to nvidia. Steps a VM's claim does not pass (MIG, MPS) are skipped.
 func TestPluginKilledAtEveryVFIOStep(t *testing.T) {
-	if err := script("driver.sh", "stop"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := script("driver.sh", "restart"); err != nil {
-			t.Errorf("restart the cluster's plugin: %v", err)
-		}
-	})
 	const ns, minor = "gpu-crash-vfio", 7
-	if _, err := client.CoreV1().Namespaces().Create(ctx(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cleanNamespace(t, ns) })
-	dir := t.TempDir()
-	tp := &testPlugin{t: t, dir: dir, logPath: filepath.Join(dir, "plugin.log")}
-	t.Cleanup(func() {
-		tp.stop()
-		if t.Failed() {
-			data, _ := os.ReadFile(tp.logPath)
-			t.Logf("plugin log:\n%s", data)
-		}
-	})
+	tp := newCrashPlugin(t, ns)
 	// No modules.alias: the GPU goes to vfio-pci whatever this machine's
 	// kernel names.
 	vfio := []string{"--vfio-passthrough", "--sys-root", filepath.Join(runDir, "sim/host/sys"), "--vfio-modules-dir", t.TempDir()}
