@@ -198,6 +198,7 @@ func ctx() context.Context { return context.Background() }
 func waitPodRunning(t testing.TB, ns, name string) *corev1.Pod {
 	t.Helper()
 	var pod *corev1.Pod
+	defer diagnoseOnFailure(t, ns, name)()
 	eventually(t, 90*time.Second, fmt.Sprintf("pod %s/%s Running", ns, name), func() (bool, error) {
 		p, err := client.CoreV1().Pods(ns).Get(ctx(), name, metav1.GetOptions{})
 		if err != nil {
@@ -207,6 +208,34 @@ func waitPodRunning(t testing.TB, ns, name string) *corev1.Pod {
 		return p.Status.Phase == corev1.PodRunning, fmt.Errorf("phase %s, conditions %+v", p.Status.Phase, p.Status.Conditions)
 	})
 	return pod
+}
+
+// diagnoseOnFailure returns a function for defer that, when the test has
+// failed by then (t.Fatalf unwinds through deferred calls), logs what a
+// reader of a CI log needs to find why a pod did not start: the pod's
+// events, which carry the kubelet's prepare errors, and the tail of the
+// driver's plugin log. A pod that never got a sandbox leaves nothing else.
+func diagnoseOnFailure(t testing.TB, ns, name string) func() {
+	failedBefore := t.Failed()
+	return func() {
+		if failedBefore || !t.Failed() {
+			return
+		}
+		events, err := kubectlErr("get", "events", "-n", ns, "--field-selector", "involvedObject.name="+name,
+			"-o", "custom-columns=LAST:.lastTimestamp,COUNT:.count,REASON:.reason,MESSAGE:.message")
+		t.Logf("events of pod %s/%s:\n%s%v", ns, name, events, errOrEmpty(err))
+		logs, err := kubectlErr("logs", "-n", driverNamespace, "--all-containers", "--prefix", "--tail=60",
+			"-l", "app.kubernetes.io/instance="+driverRelease+",app.kubernetes.io/component=kubelet-plugin")
+		t.Logf("the plugin's log, last lines:\n%s%v", logs, errOrEmpty(err))
+	}
+}
+
+// errOrEmpty formats an error for a diagnostic log line, or nothing.
+func errOrEmpty(err error) string {
+	if err == nil {
+		return ""
+	}
+	return "(" + err.Error() + ")"
 }
 
 // podLogs waits until the pod's log contains want and returns the log.
