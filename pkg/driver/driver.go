@@ -141,6 +141,16 @@ type Driver struct {
 	// after a GPU was bound to VFIO or given back (bindingNotifier).
 	bindingChanged chan struct{}
 	healthNotify   broadcaster
+	// migDestroys counts the MIG devices the plugin destroyed (or tried
+	// to: migTracker), and invDestroys what it counted before the
+	// inventory in state was read. An inventory read before a destroy
+	// still lists the instance; once the claim that made it is
+	// forgotten, a model built from that inventory would publish the
+	// instance as a pre-created (static) MIG device that no longer
+	// exists, and the scheduler could allocate it. Models are built only
+	// from inventories read after the last destroy (freshModel).
+	migDestroys atomic.Uint64
+	invDestroys uint64
 
 	// Set by Start.
 	helper draplugin.Helper
@@ -250,7 +260,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	}
 	d.monitor.SetInventory(ctx, inv, readAt)
 	d.state.taints = d.monitor.Taints
-	d.preparer = prepare.New(migTracker{cfg.GPUs, d.monitor}, d.state, cfg.CDI, cfg.Store, cp, prepare.Options{
+	d.preparer = prepare.New(migTracker{cfg.GPUs, d.monitor, &d.migDestroys}, d.state, cfg.CDI, cfg.Store, cp, prepare.Options{
 		PoolName: cfg.NodeName, AfterStep: cfg.AfterStep, MPS: cfg.MPS, HeldWait: cfg.HeldDeviceWait, GPUHolders: cfg.GPUHolders, VFIO: cfg.VFIO,
 	})
 	d.monitor.Probe(ctx)
@@ -421,23 +431,54 @@ func (d *Driver) removePoolIfUninstalled(logger klog.Logger) {
 // refreshAndPublish re-reads the inventory and republishes if the model
 // changed.
 func (d *Driver) refreshAndPublish(ctx context.Context) error {
-	readAt := d.clock.Now()
-	inv, err := d.cfg.GPUs.Inventory(ctx)
-	if err != nil {
-		return fmt.Errorf("read GPU inventory: %w", err)
-	}
-	d.monitor.SetInventory(ctx, inv, readAt)
-	if err := d.state.refresh(ctx, inv, d.preparer); err != nil {
+	if err := d.freshModel(ctx); err != nil {
 		return err
 	}
 	return d.publish(ctx)
 }
 
+// freshReadAttempts bounds how often freshModel reads the inventory again
+// while claims destroy MIG devices under it.
+const freshReadAttempts = 3
+
+// freshModel reads the inventory and rebuilds the model from it, again
+// while a MIG device was destroyed between the read and the end of the
+// build (migDestroys). After freshReadAttempts it gives up, leaving the
+// model it has, for a caller not to publish: the next refresh tries again.
+func (d *Driver) freshModel(ctx context.Context) error {
+	for attempt := 1; ; attempt++ {
+		before := d.migDestroys.Load()
+		readAt := d.clock.Now()
+		inv, err := d.cfg.GPUs.Inventory(ctx)
+		if err != nil {
+			return fmt.Errorf("read GPU inventory: %w", err)
+		}
+		d.monitor.SetInventory(ctx, inv, readAt)
+		if err := d.state.refresh(ctx, inv, d.preparer); err != nil {
+			return err
+		}
+		d.invDestroys = before
+		if d.migDestroys.Load() == before {
+			return nil
+		}
+		if attempt == freshReadAttempts {
+			return fmt.Errorf("MIG devices were destroyed during each of %d inventory reads; not publishing a model that may list one of them", attempt)
+		}
+	}
+}
+
 // rebuildAndPublish rebuilds the model from the inventory last read, with
-// the current taints, and republishes if it changed.
+// the current taints, and republishes if it changed. An inventory read
+// before a MIG device was destroyed is read again first (migDestroys).
 func (d *Driver) rebuildAndPublish(ctx context.Context) error {
+	if d.migDestroys.Load() != d.invDestroys {
+		return d.refreshAndPublish(ctx)
+	}
 	if err := d.rebuild(ctx); err != nil {
 		return err
+	}
+	if d.migDestroys.Load() != d.invDestroys {
+		return d.refreshAndPublish(ctx)
 	}
 	return d.publish(ctx)
 }

@@ -24,6 +24,7 @@ import (
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/cdi"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/devicemodel"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/draplugin"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
@@ -641,4 +642,39 @@ func TestStartWatchesClearances(t *testing.T) {
 		gpuTaints, _ := d.monitor.Taints()
 		return len(gpuTaints[gpuUUID]) == 0
 	})
+}
+
+// TestModelAfterUnprepareListsNoDestroyedMIG: a model rebuilt after a MIG
+// claim's unprepare (a health change does it) offers the freed placement
+// again and no pre-created device for the destroyed instance, although
+// the inventory last read, before the unprepare, still listed it. Such a
+// device would be allocated and never prepared: the e2e test
+// TestFatalXIDEvictsPodsOfThatGPUOnly saw a pod wait forever on one.
+func TestModelAfterUnprepareListsNoDestroyedMIG(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	f := newNodeFixture(t)
+	d := f.newDriver(ctx)
+	t.Cleanup(d.publisher.Stop)
+	const placement = "gpu-2-mig-1g10gb-1"
+	claim := allocated(placement)
+	prepareOK(ctx, t, d, claim)
+	if err := d.refreshAndPublish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	unprepareOK(ctx, t, d, claim)
+	if len(f.liveMIG(d)) != 0 {
+		t.Fatalf("MIG devices left after the unprepare: %+v", f.liveMIG(d))
+	}
+	if err := d.rebuildAndPublish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, model := d.state.current()
+	for name, dev := range model.Devices {
+		if dev.Kind == devicemodel.KindMIGStatic {
+			t.Errorf("the model offers %s, a MIG device destroyed by the unprepare", name)
+		}
+	}
+	if _, ok := model.Devices[placement]; !ok {
+		t.Errorf("the freed placement %s is not offered", placement)
+	}
 }

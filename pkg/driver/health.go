@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
@@ -26,6 +27,9 @@ import (
 type migTracker struct {
 	prepare.GPUs
 	monitor *health.Monitor
+	// destroys counts every DestroyMIG once it has returned, failed or
+	// not (a failed destroy may have destroyed part): Driver.migDestroys.
+	destroys *atomic.Uint64
 }
 
 // CreateMIG implements prepare.GPUs.
@@ -40,6 +44,7 @@ func (t migTracker) CreateMIG(ctx context.Context, req gpu.MIGRequest) (gpu.MIGI
 // DestroyMIG implements prepare.GPUs.
 func (t migTracker) DestroyMIG(ctx context.Context, ref gpu.MIGRef) error {
 	err := t.GPUs.DestroyMIG(ctx, ref)
+	t.destroys.Add(1)
 	if err == nil {
 		t.monitor.MIGDestroyed(ctx, ref)
 	}
