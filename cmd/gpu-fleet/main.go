@@ -63,6 +63,10 @@ func run(ctx context.Context, args []string) error {
 	models := fs.String("models", "dgxh100", "simulated node models, comma-separated, assigned round robin: "+strings.Join(nvmlnode.SimulatedModels(), ", "))
 	kinds := fs.String("kinds", "", "the nodes' "+names.DeviceKindsLabel+" label (e.g. whole, whole_mig_shared); empty: no label")
 	profiles := fs.String("mig-profiles", "", "the nodes' "+names.MIGProfilesLabel+" label (e.g. 1g_7g); empty: no label")
+	migNodes := fs.Int("mig-nodes", 0, "how many of the nodes offer MIG, spread evenly; they take --mig-node-kinds and --mig-node-profiles instead of --kinds and --mig-profiles; 0: every node takes those")
+	migKinds := fs.String("mig-node-kinds", "mig", "the MIG nodes' "+names.DeviceKindsLabel+" label; empty: no label")
+	migProfiles := fs.String("mig-node-profiles", "", "the MIG nodes' "+names.MIGProfilesLabel+" label; empty: no label")
+	steer := fs.Bool("steer", false, "steer pods as docs/fleet.md's recipe does: the MIG nodes carry the label and NoSchedule taint "+fleet.SteerKey+", MIG pods its toleration and a required node affinity; every burst checks where its pods went")
 	shared := fs.Bool("shared-gpus", true, "the plugin's --shared-gpus")
 	peerPool := fs.Bool("peer", false, "publish the pool NVIDIA's driver (dra-driver-nvidia-gpu "+peer.Release+", DynamicMIG) publishes for the same hardware, with its DeviceClasses, instead of ours; no --kinds, --mig-profiles or share workload")
 	bursts := fs.String("bursts", "whole=3", "workloads run in turn, with pods per node: "+strings.Join(fleet.Workloads, ", ")+", e.g. whole=3,mig-1g=3; empty: none")
@@ -123,6 +127,13 @@ func run(ctx context.Context, args []string) error {
 	if *profiles != "" {
 		labels[names.MIGProfilesLabel] = *profiles
 	}
+	migLabels := map[string]string{}
+	if *migKinds != "" {
+		migLabels[names.DeviceKindsLabel] = *migKinds
+	}
+	if *migProfiles != "" {
+		migLabels[names.MIGProfilesLabel] = *migProfiles
+	}
 	var cd *fleet.ComputeDomainRun
 	if *cdPods > 0 {
 		ready := fleet.DaemonReady(*cdReady)
@@ -151,6 +162,7 @@ func run(ctx context.Context, args []string) error {
 	rep, err := fleet.Run(ctx, fleet.Config{
 		Client: client, Token: cfg.BearerToken, RunDir: *runDir,
 		Nodes: *nodes, Models: strings.Split(*models, ","), Labels: labels, SharedGPUs: *shared, Peer: *peerPool,
+		MIGNodes: *migNodes, MIGLabels: migLabels, Steer: *steer,
 		Inventories: fleet.SimulatedInventories(), ComputeDomain: cd, Bursts: bs, Churns: cs,
 		LeaseRenew: *leaseRenew, Settle: *settle, Timeout: *timeout,
 	})
@@ -171,8 +183,8 @@ func run(ctx context.Context, args []string) error {
 		return fmt.Errorf("ComputeDomain: Ready %t, %d of %d pods bound, %d over-commitments, cleaned up: %t", c.Ready, c.Bound, c.Pods, len(c.Violations), c.Released)
 	}
 	for _, b := range rep.Bursts {
-		if b.Bound < b.Pods || len(b.Violations) > 0 || !b.Released {
-			return fmt.Errorf("burst %s: %d of %d pods bound, %d over-commitments, claims released: %t", b.Workload, b.Bound, b.Pods, len(b.Violations), b.Released)
+		if b.Bound < b.Pods || len(b.Violations) > 0 || len(b.Misplaced) > 0 || !b.Released {
+			return fmt.Errorf("burst %s: %d of %d pods bound, %d over-commitments, %d misplaced, claims released: %t", b.Workload, b.Bound, b.Pods, len(b.Violations), len(b.Misplaced), b.Released)
 		}
 	}
 	for _, c := range rep.Churns {

@@ -21,6 +21,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"sync"
 	"time"
@@ -52,6 +53,16 @@ type Config struct {
 	// Labels are every node's labels, e.g. names.DeviceKindsLabel: the
 	// plugin's knob of what a node offers.
 	Labels map[string]string
+	// MIGNodes, when positive, is how many of the nodes offer MIG: they
+	// are spread evenly (every tenth for 100 of 1000) and carry MIGLabels
+	// instead of Labels.
+	MIGNodes  int
+	MIGLabels map[string]string
+	// Steer applies docs/fleet.md's recipe to a fleet with MIGNodes: the
+	// MIG nodes carry the label and NoSchedule taint SteerKey, and pods of
+	// MIG workloads its toleration and a required node affinity; every
+	// burst then checks that its pods went where the recipe says.
+	Steer bool
 	// SharedGPUs is the plugin's option of the same name.
 	SharedGPUs bool
 	// Peer publishes, on every node, the pool NVIDIA's driver publishes
@@ -94,6 +105,10 @@ type Report struct {
 	Nodes  int
 	Models []string
 	Labels map[string]string
+	// MIGNodes, MIGLabels and Steer are the run's, if it had MIG nodes.
+	MIGNodes  int               `json:",omitempty"`
+	MIGLabels map[string]string `json:",omitempty"`
+	Steer     bool              `json:",omitempty"`
 	// Peer is NVIDIA's driver's release whose pool the fleet published;
 	// empty for ours.
 	Peer string `json:",omitempty"`
@@ -131,17 +146,31 @@ type harness struct {
 	order   []*pool
 	pods    *podTracker
 	bursts  int
+	// migNodes are the nodes that offer MIG (Config.MIGNodes).
+	migNodes map[string]bool
 }
 
 // Run runs the fleet: nodes, their pools, the bursts; it deletes the
 // fleet before it returns.
 func Run(ctx context.Context, cfg Config) (*Report, error) {
 	logger := klog.FromContext(ctx)
-	h := &harness{cfg: cfg, client: cfg.Client, metrics: newMetricsClient(cfg.Token), pools: map[string]*pool{}}
+	h := &harness{cfg: cfg, client: cfg.Client, metrics: newMetricsClient(cfg.Token), pools: map[string]*pool{}, migNodes: map[string]bool{}}
 	rep := &Report{Nodes: cfg.Nodes, Models: cfg.Models, Labels: cfg.Labels}
 	offer, err := devicemodel.ParseOffer(cfg.Labels)
 	if err != nil {
 		return nil, err
+	}
+	migOffer := offer
+	if cfg.MIGNodes > 0 {
+		if cfg.MIGNodes > cfg.Nodes {
+			return nil, fmt.Errorf("%d MIG nodes in a fleet of %d", cfg.MIGNodes, cfg.Nodes)
+		}
+		if migOffer, err = devicemodel.ParseOffer(cfg.MIGLabels); err != nil {
+			return nil, fmt.Errorf("the MIG nodes' labels: %w", err)
+		}
+		rep.MIGNodes, rep.MIGLabels, rep.Steer = cfg.MIGNodes, cfg.MIGLabels, cfg.Steer
+	} else if cfg.Steer {
+		return nil, errors.New("steering needs MIG nodes")
 	}
 	if cfg.Peer {
 		if err := checkPeer(cfg); err != nil {
@@ -170,7 +199,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		if err != nil {
 			return nil, fmt.Errorf("inventory of model %s: %w", model, err)
 		}
-		p, err := newPool(nodeNames[i], inv, offer, cfg.SharedGPUs, cfg.Peer)
+		nodeOffer := offer
+		if isMIGNode(i, cfg.Nodes, cfg.MIGNodes) {
+			h.migNodes[nodeNames[i]] = true
+			nodeOffer = migOffer
+		}
+		p, err := newPool(nodeNames[i], inv, nodeOffer, cfg.SharedGPUs, cfg.Peer)
 		if err != nil {
 			return nil, err
 		}
@@ -181,7 +215,17 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		h.order = append(h.order, p)
 	}
 	if err := parallel(ctx, nodeNames, func(ctx context.Context, name string) error {
-		_, err := keeper.create(ctx, name, cfg.Labels)
+		labels, migNode := cfg.Labels, h.migNodes[name]
+		if migNode {
+			labels = maps.Clone(cfg.MIGLabels)
+			if cfg.Steer {
+				if labels == nil {
+					labels = map[string]string{}
+				}
+				labels[SteerKey] = "true"
+			}
+		}
+		_, err := keeper.create(ctx, name, labels, steerTaints(cfg.Steer, migNode))
 		return err
 	}); err != nil {
 		return nil, err
@@ -343,8 +387,8 @@ func PeerServes(workload string) bool { return workload != "share" }
 // checkPeer refuses a peer run with what only our driver has: node
 // labels, a ComputeDomain, workloads NVIDIA's driver does not serve.
 func checkPeer(cfg Config) error {
-	if len(cfg.Labels) > 0 || cfg.ComputeDomain != nil {
-		return errors.New("a peer fleet takes no node labels and no ComputeDomain")
+	if len(cfg.Labels) > 0 || cfg.MIGNodes > 0 || cfg.ComputeDomain != nil {
+		return errors.New("a peer fleet takes no node labels, no MIG nodes and no ComputeDomain")
 	}
 	for _, b := range cfg.Bursts {
 		if !PeerServes(b.Workload) {

@@ -36,12 +36,12 @@ type nodeKeeper struct {
 }
 
 // create makes the Node, its status and its Lease.
-func (k *nodeKeeper) create(ctx context.Context, name string, labels map[string]string) (*corev1.Node, error) {
+func (k *nodeKeeper) create(ctx context.Context, name string, labels map[string]string, taints []corev1.Taint) (*corev1.Node, error) {
 	all := map[string]string{corev1.LabelHostname: name, corev1.LabelOSStable: "linux", FleetLabel: "true"}
 	for key, v := range labels {
 		all[key] = v
 	}
-	node, err := k.client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: all}}, metav1.CreateOptions{})
+	node, err := k.client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: all}, Spec: corev1.NodeSpec{Taints: taints}}, metav1.CreateOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("create node %s: %w", name, err)
 	}

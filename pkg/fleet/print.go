@@ -40,6 +40,9 @@ func Print(w io.Writer, r *Report) {
 		for _, v := range b.Violations {
 			fmt.Fprintf(w, "FLEET   over-commitment: %s\n", v)
 		}
+		for _, m := range b.Misplaced {
+			fmt.Fprintf(w, "FLEET   misplaced: %s\n", m)
+		}
 	}
 	for _, c := range r.Churns {
 		fmt.Fprintf(w, "FLEET churn %s at %.1f pods/s, %.0fs lifetime, %.0fs: created=%d bound=%d max-running=%d bind p50=%.2fs p99=%.2fs attempt p50=%.1fms p99=%.1fms sli p99=%.2fs checks=%d over-commitments=%d released=%t\n",
@@ -56,6 +59,13 @@ func Print(w io.Writer, r *Report) {
 func side(r *Report) string {
 	if r.Peer != "" {
 		return "NVIDIA's driver " + r.Peer
+	}
+	if r.MIGNodes > 0 {
+		steered := "not steered"
+		if r.Steer {
+			steered = "steered"
+		}
+		return fmt.Sprintf("ours %v, %d MIG nodes %v, %s", r.Labels, r.MIGNodes, r.MIGLabels, steered)
 	}
 	return fmt.Sprintf("ours %v", r.Labels)
 }

@@ -104,12 +104,13 @@ type podTracker struct {
 
 	mu      sync.Mutex
 	boundAt map[string]time.Time
+	node    map[string]string
 	marked  map[string]bool
 	changed chan struct{}
 }
 
 func newPodTracker(ctx context.Context, client kubernetes.Interface) (*podTracker, error) {
-	t := &podTracker{client: client, boundAt: map[string]time.Time{}, marked: map[string]bool{}, changed: make(chan struct{}, 1)}
+	t := &podTracker{client: client, boundAt: map[string]time.Time{}, node: map[string]string{}, marked: map[string]bool{}, changed: make(chan struct{}, 1)}
 	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(Namespace))
 	inf := factory.Core().V1().Pods().Informer()
 	logger := klog.FromContext(ctx)
@@ -121,6 +122,7 @@ func newPodTracker(ctx context.Context, client kubernetes.Interface) (*podTracke
 		t.mu.Lock()
 		if _, seen := t.boundAt[pod.Name]; !seen {
 			t.boundAt[pod.Name] = time.Now()
+			t.node[pod.Name] = pod.Spec.NodeName
 		}
 		mark := !t.marked[pod.Name] && pod.Status.Phase == corev1.PodPending
 		t.marked[pod.Name] = true
@@ -179,6 +181,14 @@ func (t *podTracker) setPhase(ctx context.Context, pod *corev1.Pod, phase corev1
 }
 
 // boundTime is when the named pod was seen bound.
+// nodeOf returns the node a pod was bound to.
+func (t *podTracker) nodeOf(pod string) (string, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n, ok := t.node[pod]
+	return n, ok
+}
+
 func (t *podTracker) boundTime(pod string) (time.Time, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -213,6 +223,9 @@ type BurstResult struct {
 	SchedulerQuantiles
 	// Violations are over-commitments found while every pod was running.
 	Violations []string
+	// Misplaced are the pods of a steered fleet that are not where the
+	// recipe puts them (SteerKey).
+	Misplaced []string `json:",omitempty"`
 	// Released says that every claim of the burst was gone after its pods.
 	Released bool
 }
@@ -274,12 +287,15 @@ func (h *harness) runBurst(ctx context.Context, workload string, pods int, timeo
 	if err != nil {
 		return res, err
 	}
+	if h.cfg.Steer {
+		res.Misplaced = h.misplaced(podNames, workload)
+	}
 	res.Released, err = h.finish(ctx, podNames, timeout)
 	if err != nil {
 		return res, err
 	}
 	logger.Info("Burst done", "workload", workload, "pods", pods, "bound", res.Bound, "podsPerSecond", res.PodsPerSecond,
-		"violations", len(res.Violations), "released", res.Released)
+		"violations", len(res.Violations), "misplaced", len(res.Misplaced), "released", res.Released)
 	return res, nil
 }
 
@@ -295,6 +311,9 @@ func (h *harness) createPod(ctx context.Context, name, workload string) error {
 			}},
 			ResourceClaims: []corev1.PodResourceClaim{{Name: "gpu", ResourceClaimTemplateName: ptr.To(workload)}},
 		},
+	}
+	if h.cfg.Steer && steeredWorkload(workload) {
+		steerPod(pod)
 	}
 	if _, err := h.client.CoreV1().Pods(Namespace).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("create pod %s: %w", name, err)

@@ -14,6 +14,11 @@
 #                                             after the other (';'); the baseline runs whole=1 for each
 #   FLEET_CHURN_RATE=5 FLEET_CHURN_LIFETIME=30s FLEET_CHURN_DURATION=2m  pods/s, mean run time, length
 #   FLEET_KINDS=whole_mig_shared FLEET_MIG_PROFILES=  the full side's labels (default: none)
+#   FLEET_MIG_NODES=10%                       only this share (N% or a count) of the full side's nodes
+#                                             offer MIG (FLEET_MIG_NODE_KINDS, default mig;
+#                                             FLEET_MIG_NODE_PROFILES), the others FLEET_KINDS (default
+#                                             whole); pods are steered by docs/fleet.md's recipe unless
+#                                             FLEET_STEER=0. Give a FLEET_CHURN without share.
 #   FLEET_PEER=1                              also the peer side; FLEET_PEER=only: ours and the peer,
 #                                             no whole-GPU baseline; FLEET_PEER=first: the same, the
 #                                             peer first. Both then run the bursts and churn without
@@ -73,9 +78,20 @@ side() {
 	"$CLUSTER_DIR/down.sh" >/dev/null
 }
 
+# mig_args N: the full side's MIG-node arguments for a fleet of N.
+mig_args() {
+	local n=$1 count=${FLEET_MIG_NODES:-}
+	[[ -n $count ]] || return 0
+	[[ $count != *% ]] || count=$((n * ${count%\%} / 100))
+	echo --mig-nodes "$count" --mig-node-kinds "${FLEET_MIG_NODE_KINDS:-mig}" ${FLEET_MIG_NODE_PROFILES:+--mig-node-profiles "$FLEET_MIG_NODE_PROFILES"}
+	[[ ${FLEET_STEER:-1} == 0 ]] || echo --steer
+}
+[[ -z ${FLEET_MIG_NODES:-} ]] || FLEET_KINDS=${FLEET_KINDS:-whole}
+
 for n in "${NODES[@]}"; do
 	[[ $PEER != first ]] || side peer "$n" --peer --bursts "$BURSTS" --churn "$CHURN" "${CHURN_ARGS[@]}"
-	side full "$n" --bursts "$BURSTS" --churn "$CHURN" "${CHURN_ARGS[@]}" ${FLEET_KINDS:+--kinds "$FLEET_KINDS"} ${FLEET_MIG_PROFILES:+--mig-profiles "$FLEET_MIG_PROFILES"}
+	# shellcheck disable=SC2046 # mig_args prints separate words
+	side full "$n" --bursts "$BURSTS" --churn "$CHURN" "${CHURN_ARGS[@]}" ${FLEET_KINDS:+--kinds "$FLEET_KINDS"} ${FLEET_MIG_PROFILES:+--mig-profiles "$FLEET_MIG_PROFILES"} $(mig_args "$n")
 	if [[ -n $PEER ]]; then
 		[[ $PEER == first ]] || side peer "$n" --peer --bursts "$BURSTS" --churn "$CHURN" "${CHURN_ARGS[@]}"
 		"$FLEET" compare "$OUT/full-$n.json" "$OUT/peer-$n.json" | tee "$OUT/compare-peer-$n.md"

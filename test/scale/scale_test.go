@@ -27,6 +27,7 @@ import (
 	"k8s.io/klog/v2/ktesting"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/fleet"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 )
 
 const runDir = "/tmp/gpu-dra-scale-cluster"
@@ -62,11 +63,13 @@ func TestFleet(t *testing.T) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
 	defer cancel()
 
-	// Every model, so A100s (no 64 GiB, other profiles) are among the
-	// nodes; bursts sized so that several pods meet on a GPU or node.
+	// Models of every kind among the nodes: A100s (no 64 GiB, other
+	// profiles), A30s (four GPUs, 6 GiB MIG slices), L40S (no MIG at all)
+	// and a node of two models; bursts sized so that several pods meet on
+	// a GPU or node, and every MIG burst fits the MIG-capable nodes alone.
 	rep, err := fleet.Run(ctx, fleet.Config{
 		Client: client, Token: cfg.BearerToken, RunDir: runDir,
-		Nodes: 50, Models: []string{"dgxa100", "dgxh100", "dgxh200", "dgxb200", "mixed"}, SharedGPUs: true,
+		Nodes: 50, Models: []string{"dgxa100", "dgxh100", "dgxh200", "dgxb200", "mixed", "a30", "l40s"}, SharedGPUs: true,
 		Inventories: fleet.SimulatedInventories(),
 		Bursts: []fleet.Burst{
 			{Workload: "whole", PodsPerNode: 4}, {Workload: "mig-1g", PodsPerNode: 8}, {Workload: "mig-3g", PodsPerNode: 2},
@@ -88,6 +91,47 @@ func TestFleet(t *testing.T) {
 	if err != nil {
 		t.Fatalf("run the fleet: %v", err)
 	}
+	checkReport(t, rep)
+	if len(rep.Churns) != 1 {
+		t.Fatalf("%d churns ran, want 1", len(rep.Churns))
+	}
+	if rep.Taint.TaintObjects == 0 || rep.Taint.ClearObjects == 0 {
+		t.Errorf("a taint on one GPU and its clearing rewrote %d and %d slices, want at least one each", rep.Taint.TaintObjects, rep.Taint.ClearObjects)
+	}
+
+	// docs/fleet.md's steering recipe, on the same control plane: a fifth
+	// of the nodes offer MIG only, tainted and labelled; the others whole
+	// GPUs. Every MIG pod must find a MIG node (more 1g pods than one MIG
+	// node holds), and no pod may land where the recipe does not put it.
+	rep, err = fleet.Run(ctx, fleet.Config{
+		Client: client, Token: cfg.BearerToken, RunDir: runDir,
+		Nodes: 20, Models: []string{"dgxh100"}, SharedGPUs: true,
+		Labels:   map[string]string{names.DeviceKindsLabel: "whole"},
+		MIGNodes: 4, MIGLabels: map[string]string{names.DeviceKindsLabel: "mig"}, Steer: true,
+		Inventories: fleet.SimulatedInventories(),
+		Bursts: []fleet.Burst{
+			{Workload: "whole", PodsPerNode: 4}, {Workload: "mig-1g", PodsPerNode: 4}, {Workload: "mig-3g", PodsPerNode: 1},
+		},
+		Churns: []fleet.Churn{{
+			Mix:  []fleet.WorkloadWeight{{Workload: "whole", Weight: 1}, {Workload: "mig-1g", Weight: 1}},
+			Rate: 10, Lifetime: 3 * time.Second, Duration: 10 * time.Second, Seed: 1,
+		}},
+		ChurnCheck: 3 * time.Second,
+		LeaseRenew: 10 * time.Second, Settle: time.Second, Timeout: 3 * time.Minute,
+	})
+	if err != nil {
+		t.Fatalf("run the steered fleet: %v", err)
+	}
+	checkReport(t, rep)
+	if want := (16*8 + 4*200) / 20.0; rep.DevicesPerNode != want {
+		t.Errorf("the steered fleet publishes %.1f devices per node, want %.1f (16 nodes of 8 whole GPUs, 4 of 200 MIG devices)", rep.DevicesPerNode, want)
+	}
+}
+
+// checkReport fails the test for every pod not bound, over-committed or
+// misplaced, and every claim not released.
+func checkReport(t *testing.T, rep *fleet.Report) {
+	t.Helper()
 	var out strings.Builder
 	fleet.Print(&out, rep)
 	t.Log("\n" + out.String())
@@ -98,12 +142,12 @@ func TestFleet(t *testing.T) {
 		for _, v := range b.Violations {
 			t.Errorf("burst %s: %s", b.Workload, v)
 		}
+		for _, m := range b.Misplaced {
+			t.Errorf("burst %s: %s", b.Workload, m)
+		}
 		if !b.Released {
 			t.Errorf("burst %s: claims left after the pods were deleted", b.Workload)
 		}
-	}
-	if len(rep.Churns) != 1 {
-		t.Fatalf("%d churns ran, want 1", len(rep.Churns))
 	}
 	for _, c := range rep.Churns {
 		if c.Created == 0 || c.Bound != c.Created {
@@ -118,8 +162,5 @@ func TestFleet(t *testing.T) {
 		if !c.Released {
 			t.Errorf("churn %s: claims left after the pods were deleted", c.Mix)
 		}
-	}
-	if rep.Taint.TaintObjects == 0 || rep.Taint.ClearObjects == 0 {
-		t.Errorf("a taint on one GPU and its clearing rewrote %d and %d slices, want at least one each", rep.Taint.TaintObjects, rep.Taint.ClearObjects)
 	}
 }
