@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
 )
 
@@ -59,12 +60,12 @@ func TestBindGroupToVFIOAndBack(t *testing.T) {
 		bdf, driver string
 		groupNode   bool
 	}{
-		{gpu, VFIOPCIDriver, true},
-		{audio, VFIOPCIDriver, true},
-		{gpu, NVIDIADriver, true}, // the audio function still holds the group
-		{audio, "snd_hda_intel", false},
+		{gpu, names.KernelDriverVFIOPCI, true},
+		{audio, names.KernelDriverVFIOPCI, true},
+		{gpu, names.KernelDriverNVIDIA, true}, // the audio function still holds the group
+		{audio, names.KernelDriverHDAudio, false},
 		{audio, "", false},
-		{audio, "snd_hda_intel", false},
+		{audio, names.KernelDriverHDAudio, false},
 	} {
 		if err := h.Bind(ctx, step.bdf, step.driver); err != nil {
 			t.Fatalf("bind %s to %q: %v", step.bdf, step.driver, err)
@@ -76,11 +77,11 @@ func TestBindGroupToVFIOAndBack(t *testing.T) {
 			t.Errorf("after binding %s to %q: /dev/vfio/1 exists = %v, want %v", step.bdf, step.driver, got, step.groupNode)
 		}
 		cdev, err := h.CharDevice(step.bdf)
-		if err != nil || (cdev != "") != IsVFIODriver(step.driver) {
+		if err != nil || (cdev != "") != names.IsVFIODriver(step.driver) {
 			t.Errorf("after binding %s to %q: character device %q (%v)", step.bdf, step.driver, cdev, err)
 		}
 	}
-	if d, _ := h.Driver(busIDs[0]); d != NVIDIADriver {
+	if d, _ := h.Driver(busIDs[0]); d != names.KernelDriverNVIDIA {
 		t.Errorf("the other GPU's driver changed to %q", d)
 	}
 	if !h.IOMMUFD() {
@@ -90,11 +91,11 @@ func TestBindGroupToVFIOAndBack(t *testing.T) {
 
 func TestBindToUnregisteredDriverUnbindsNothing(t *testing.T) {
 	h := simHost(t, simhost.PCIOptions{})
-	err := h.Bind(context.Background(), busIDs[0], "nvgrace_gpu_vfio_pci")
-	if err == nil || !strings.Contains(err.Error(), "modprobe nvgrace_gpu_vfio_pci") {
+	err := h.Bind(context.Background(), busIDs[0], names.KernelDriverNVGraceVFIO)
+	if err == nil || !strings.Contains(err.Error(), "modprobe "+names.KernelDriverNVGraceVFIO) {
 		t.Fatalf("error %v, want one that says to load the module", err)
 	}
-	if d, _ := h.Driver(busIDs[0]); d != NVIDIADriver {
+	if d, _ := h.Driver(busIDs[0]); d != names.KernelDriverNVIDIA {
 		t.Errorf("driver %q after a refused bind, want nvidia", d)
 	}
 }
@@ -117,12 +118,12 @@ func TestVariant(t *testing.T) {
 	for _, tc := range []struct {
 		name, aliases, want string
 	}{
-		{"no file", "", VFIOPCIDriver},
-		{"no match", "alias vfio_pci:v000015B3d0000101Esv*sd*bc*sc*i* mlx5_vfio_pci\n", VFIOPCIDriver},
+		{"no file", "", names.KernelDriverVFIOPCI},
+		{"no match", "alias vfio_pci:v000015B3d0000101Esv*sd*bc*sc*i* mlx5_vfio_pci\n", names.KernelDriverVFIOPCI},
 		{"the matching variant", "alias pci:v000010DEd*sv*sd*bc03sc*i* nvidia\n" +
-			"alias vfio_pci:v000010DEd00002330sv*sd*bc*sc*i* nvgrace_gpu_vfio_pci\n", "nvgrace_gpu_vfio_pci"},
+			"alias vfio_pci:v000010DEd00002330sv*sd*bc*sc*i* nvgrace_gpu_vfio_pci\n", names.KernelDriverNVGraceVFIO},
 		{"the closest of two", "alias vfio_pci:v000010DEd*sv*sd*bc*sc*i* any_nvidia_vfio_pci\n" +
-			"alias vfio_pci:v000010DEd00002330sv*sd*bc*sc*i* nvgrace_gpu_vfio_pci\n", "nvgrace_gpu_vfio_pci"},
+			"alias vfio_pci:v000010DEd00002330sv*sd*bc*sc*i* nvgrace_gpu_vfio_pci\n", names.KernelDriverNVGraceVFIO},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := h
