@@ -17,35 +17,6 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/vfio"
 )
 
-// simulatedPCI makes the GPUs' PCI sysfs (with iommufd) in the simulated
-// host dir and runs its kernel until the test ends.
-func simulatedPCI(t testing.TB, dir string, inv *gpu.Inventory) vfio.Host {
-	t.Helper()
-	var busIDs []string
-	for _, g := range inv.GPUs {
-		busIDs = append(busIDs, g.PCIBusID)
-	}
-	sys, err := simhost.CreateSysRoot(dir, busIDs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := simhost.CreatePCI(dir, busIDs, simhost.PCIOptions{IOMMUFD: true}); err != nil {
-		t.Fatal(err)
-	}
-	dev := filepath.Join(dir, "dev")
-	k := simhost.NewPCIKernel(sys, dev)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- k.Serve(ctx, time.Millisecond) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("simulated kernel: %v", err)
-		}
-	})
-	return vfio.Host{SysRoot: sys, DevRoot: dev, Wait: 5 * time.Second}
-}
-
 func (f *fixture) gpuHolders(minor int) ([]string, error) {
 	f.holdersMu.Lock()
 	defer f.holdersMu.Unlock()

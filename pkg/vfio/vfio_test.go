@@ -1,4 +1,4 @@
-package vfio
+package vfio_test
 
 import (
 	"context"
@@ -6,38 +6,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/vfio/vfiotest"
 )
 
 var busIDs = []string{"0000:18:00.0", "0000:2a:00.0"}
-
-// simHost is a simulated host whose kernel applies sysfs writes until the
-// test ends.
-func simHost(t *testing.T, opts simhost.PCIOptions) Host {
-	t.Helper()
-	dir := t.TempDir()
-	sys, err := simhost.CreateSysRoot(dir, busIDs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := simhost.CreatePCI(dir, busIDs, opts); err != nil {
-		t.Fatal(err)
-	}
-	k := simhost.NewPCIKernel(sys, filepath.Join(dir, "dev"))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- k.Serve(ctx, time.Millisecond) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("simulated kernel: %v", err)
-		}
-	})
-	return Host{SysRoot: sys, DevRoot: filepath.Join(dir, "dev"), Wait: 5 * time.Second}
-}
 
 func exists(path string) bool {
 	_, err := os.Stat(path)
@@ -45,7 +20,7 @@ func exists(path string) bool {
 }
 
 func TestBindGroupToVFIOAndBack(t *testing.T) {
-	h := simHost(t, simhost.PCIOptions{IOMMUFD: true})
+	h := vfiotest.Host(t, t.TempDir(), busIDs, simhost.PCIOptions{IOMMUFD: true})
 	ctx := context.Background()
 	gpu, audio := busIDs[1], simhost.AudioFunction(busIDs[1])
 	group, err := h.Group(gpu)
@@ -90,7 +65,7 @@ func TestBindGroupToVFIOAndBack(t *testing.T) {
 }
 
 func TestBindToUnregisteredDriverUnbindsNothing(t *testing.T) {
-	h := simHost(t, simhost.PCIOptions{})
+	h := vfiotest.Host(t, t.TempDir(), busIDs, simhost.PCIOptions{})
 	err := h.Bind(context.Background(), busIDs[0], names.KernelDriverNVGraceVFIO)
 	if err == nil || !strings.Contains(err.Error(), "modprobe "+names.KernelDriverNVGraceVFIO) {
 		t.Fatalf("error %v, want one that says to load the module", err)
@@ -101,8 +76,8 @@ func TestBindToUnregisteredDriverUnbindsNothing(t *testing.T) {
 }
 
 func TestNumVFs(t *testing.T) {
-	h := simHost(t, simhost.PCIOptions{})
-	if err := os.WriteFile(h.device(busIDs[0], "sriov_numvfs"), []byte("4\n"), 0o644); err != nil {
+	h := vfiotest.Host(t, t.TempDir(), busIDs, simhost.PCIOptions{})
+	if err := os.WriteFile(filepath.Join(h.SysRoot, "sys/bus/pci/devices", busIDs[0], "sriov_numvfs"), []byte("4\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	for bdf, want := range map[string]int{busIDs[0]: 4, busIDs[1]: 0, simhost.AudioFunction(busIDs[1]): 0} {
@@ -113,7 +88,7 @@ func TestNumVFs(t *testing.T) {
 }
 
 func TestVariant(t *testing.T) {
-	h := simHost(t, simhost.PCIOptions{})
+	h := vfiotest.Host(t, t.TempDir(), busIDs, simhost.PCIOptions{})
 	aliases := filepath.Join(t.TempDir(), "modules.alias")
 	for _, tc := range []struct {
 		name, aliases, want string
