@@ -30,6 +30,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/simhosttest"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/vfio"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/vfio/vfiotest"
 )
 
 const pool = "node-1"
@@ -81,15 +82,17 @@ func newFixture(t testing.TB, model string) *fixture {
 	t.Cleanup(func() { f.node.Close() })
 	inv := f.inventory()
 	var minors []int
+	var busIDs []string
 	for _, g := range inv.GPUs {
 		minors = append(minors, g.Minor)
+		busIDs = append(busIDs, g.PCIBusID)
 	}
 	roots, err := simhost.Create(filepath.Join(dir, "host"), minors, inv.DriverVersion, simhosttest.Tools(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.driverRoot = roots.DriverRoot
-	f.vfio = simulatedPCI(t, filepath.Join(dir, "host"), inv)
+	f.vfio = vfiotest.Host(t, filepath.Join(dir, "host"), busIDs, simhost.PCIOptions{IOMMUFD: true})
 	f.node.SetDriverRoot(roots.DriverRoot)
 	f.mps = mps.NewManager(filepath.Join(dir, "mps"), roots.DriverRoot)
 	t.Cleanup(func() { f.stopDaemons() })

@@ -11,6 +11,7 @@ import (
 
 	"github.com/gpu-dra/gpu-dra-driver/api/v1beta1"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/checkpoint"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 )
 
 // Passthrough is what passing a GPU through to a VM needs of the host's
@@ -25,9 +26,6 @@ type Passthrough interface {
 	IOMMUFD() bool
 	CharDevice(bdf string) (string, error)
 }
-
-// nvidiaDriver is the driver a passed-through GPU goes back to.
-const nvidiaDriver = "nvidia"
 
 // DefaultHolderWait is how long a VFIO prepare waits for the processes
 // that hold its GPU open to close it.
@@ -59,7 +57,7 @@ func (p *Preparer) planVFIO(d *checkpoint.Device, busID string, cfg *v1beta1.Vfi
 	if err != nil {
 		return err
 	}
-	v := &checkpoint.VFIO{BusID: busID, Group: group, Driver: variant, Functions: []checkpoint.PCIFunction{{BusID: busID, Driver: nvidiaDriver}},
+	v := &checkpoint.VFIO{BusID: busID, Group: group, Driver: variant, Functions: []checkpoint.PCIFunction{{BusID: busID, Driver: names.KernelDriverNVIDIA}},
 		APIDevice: cfg.APIDevice(), IOMMUFD: cfg.PreferIommuFD() && pt.IOMMUFD()}
 	for _, fn := range fns {
 		if fn == busID {
@@ -69,12 +67,12 @@ func (p *Preparer) planVFIO(d *checkpoint.Device, busID string, cfg *v1beta1.Vfi
 		if err != nil {
 			return err
 		}
-		if drv == nvidiaDriver {
+		if drv == names.KernelDriverNVIDIA {
 			// Another GPU behind the same bridge without ACS: a group
 			// goes to a VM whole, and that GPU is the host's.
 			return fmt.Errorf("GPU %s shares IOMMU group %d with %s, another GPU the host drives; a group is passed through whole, so neither can be (enable ACS on the PCIe switch, or give VMs GPUs in groups of their own)", busID, group, fn)
 		}
-		if isVFIODriver(drv) {
+		if names.IsVFIODriver(drv) {
 			// Left by an administrator or by a pass-through that did
 			// not finish: it goes back unbound.
 			drv = ""
@@ -83,11 +81,6 @@ func (p *Preparer) planVFIO(d *checkpoint.Device, busID string, cfg *v1beta1.Vfi
 	}
 	d.VFIO = v
 	return nil
-}
-
-// isVFIODriver says whether a driver is VFIO's (vfio.IsVFIODriver).
-func isVFIODriver(name string) bool {
-	return name == "vfio-pci" || strings.HasSuffix(strings.ReplaceAll(name, "-", "_"), "vfio_pci")
 }
 
 // bindVFIO passes d's GPU through: once nothing on the host holds it open,
@@ -125,7 +118,7 @@ func vfioTarget(v *checkpoint.VFIO, bdf string) string {
 	if bdf == v.BusID {
 		return v.Driver
 	}
-	return "vfio-pci"
+	return names.KernelDriverVFIOPCI
 }
 
 // waitUnheld waits up to HolderWait until no process on the host holds
@@ -181,7 +174,7 @@ func bindBack(ctx context.Context, pt Passthrough, bdf, drv string) error {
 		return pt.Bind(ctx, bdf, drv)
 	}
 	cur, err := pt.Driver(bdf)
-	if err != nil || !isVFIODriver(cur) {
+	if err != nil || !names.IsVFIODriver(cur) {
 		return err
 	}
 	return pt.Bind(ctx, bdf, "")

@@ -17,35 +17,6 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/vfio"
 )
 
-// simulatedPCI makes the GPUs' PCI sysfs (with iommufd) in the simulated
-// host dir and runs its kernel until the test ends.
-func simulatedPCI(t testing.TB, dir string, inv *gpu.Inventory) vfio.Host {
-	t.Helper()
-	var busIDs []string
-	for _, g := range inv.GPUs {
-		busIDs = append(busIDs, g.PCIBusID)
-	}
-	sys, err := simhost.CreateSysRoot(dir, busIDs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := simhost.CreatePCI(dir, busIDs, simhost.PCIOptions{IOMMUFD: true}); err != nil {
-		t.Fatal(err)
-	}
-	dev := filepath.Join(dir, "dev")
-	k := simhost.NewPCIKernel(sys, dev)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- k.Serve(ctx, time.Millisecond) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("simulated kernel: %v", err)
-		}
-	})
-	return vfio.Host{SysRoot: sys, DevRoot: dev, Wait: 5 * time.Second}
-}
-
 func (f *fixture) gpuHolders(minor int) ([]string, error) {
 	f.holdersMu.Lock()
 	defer f.holdersMu.Unlock()
@@ -93,7 +64,7 @@ func (f *fixture) drivers(minor int) [2]string {
 func (f *fixture) checkHostDrivesAll(when string) {
 	f.t.Helper()
 	for _, g := range f.inventory().GPUs {
-		if got := f.drivers(g.Minor); got != [2]string{"nvidia", "snd_hda_intel"} {
+		if got := f.drivers(g.Minor); got != [2]string{names.KernelDriverNVIDIA, names.KernelDriverHDAudio} {
 			f.t.Errorf("%s: GPU %d's functions are bound to %v, want nvidia and snd_hda_intel", when, g.Minor, got)
 		}
 	}
@@ -121,10 +92,10 @@ func TestVFIOPrepareAndUnprepare(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := f.drivers(4); got != [2]string{"vfio-pci", "vfio-pci"} {
+			if got := f.drivers(4); got != [2]string{names.KernelDriverVFIOPCI, names.KernelDriverVFIOPCI} {
 				t.Errorf("prepared: GPU 4's functions are bound to %v, want vfio-pci", got)
 			}
-			if got := f.drivers(3); got != [2]string{"nvidia", "snd_hda_intel"} {
+			if got := f.drivers(3); got != [2]string{names.KernelDriverNVIDIA, names.KernelDriverHDAudio} {
 				t.Errorf("prepared: GPU 3's functions are bound to %v", got)
 			}
 			md := devs[0].Metadata.Attributes[names.AttrStandardPCIBusID]
@@ -279,7 +250,7 @@ func TestVFIOKilledMidBind(t *testing.T) {
 			case rec == nil:
 				f.checkHostDrivesAll("after the restart")
 			case rec.State == checkpoint.PrepareCompleted && prepared:
-				if got := f.drivers(4); got != [2]string{"vfio-pci", "vfio-pci"} {
+				if got := f.drivers(4); got != [2]string{names.KernelDriverVFIOPCI, names.KernelDriverVFIOPCI} {
 					t.Errorf("after the restart the prepared claim's GPU functions are bound to %v", got)
 				}
 			default:
@@ -325,7 +296,7 @@ func TestVFIORestartWithTheGPUUnseen(t *testing.T) {
 				if rec == nil || rec.State != checkpoint.PrepareCompleted {
 					t.Fatalf("the prepared claim is %+v after the restart", rec)
 				}
-				if got := f.drivers(4); got != [2]string{"vfio-pci", "vfio-pci"} {
+				if got := f.drivers(4); got != [2]string{names.KernelDriverVFIOPCI, names.KernelDriverVFIOPCI} {
 					t.Errorf("the prepared claim's GPU is bound to %v after the restart", got)
 				}
 				return

@@ -11,21 +11,17 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 )
 
-// Simulated PCI functions and drivers. Each GPU (class 3D controller) has
-// an audio function (class audio device) at function 1 of its slot, as
-// the HDMI/DP audio of a workstation GPU; the two share an IOMMU group,
-// numbered by the GPU's position, so passing the GPU through means
-// passing its group.
+// Simulated PCI functions. Each GPU (class 3D controller) has an audio
+// function (class audio device) at function 1 of its slot, as the HDMI/DP
+// audio of a workstation GPU; the two share an IOMMU group, numbered by
+// the GPU's position, so passing the GPU through means passing its group.
+// Their native drivers are names.KernelDriverNVIDIA and
+// names.KernelDriverHDAudio.
 const (
-	// DriverNVIDIA is the kernel driver of a GPU that the host drives.
-	DriverNVIDIA = "nvidia"
-	// DriverVFIOPCI is the generic VFIO PCI driver.
-	DriverVFIOPCI = "vfio-pci"
-	// DriverAudio is the audio function's native driver.
-	DriverAudio = "snd_hda_intel"
-
 	classGPU   = "0x030200"
 	classAudio = "0x040300"
 	vendorID   = "0x10de"
@@ -79,7 +75,7 @@ func CreatePCI(dir string, busIDs []string, opts PCIOptions) error {
 	if err := os.MkdirAll(filepath.Join(k.sys, "bus/pci/devices"), 0o755); err != nil {
 		return fmt.Errorf("create simulated sysfs: %w", err)
 	}
-	drivers := append([]string{DriverNVIDIA, DriverVFIOPCI, DriverAudio}, opts.Drivers...)
+	drivers := append([]string{names.KernelDriverNVIDIA, names.KernelDriverVFIOPCI, names.KernelDriverHDAudio}, opts.Drivers...)
 	for _, d := range drivers {
 		for _, f := range []string{"bind", "unbind"} {
 			if err := ensureEmpty(filepath.Join(k.sys, "bus/pci/drivers", d, f)); err != nil {
@@ -105,8 +101,8 @@ func CreatePCI(dir string, busIDs []string, opts PCIOptions) error {
 		t := layout[i]
 		port := strings.TrimPrefix(t.PCIeRoot, "pci") + ":01.0"
 		for _, fn := range []struct{ bdf, class, device, driver string }{
-			{id, classGPU, gpuDevice, DriverNVIDIA},
-			{AudioFunction(id), classAudio, audioDev, DriverAudio},
+			{id, classGPU, gpuDevice, names.KernelDriverNVIDIA},
+			{AudioFunction(id), classAudio, audioDev, names.KernelDriverHDAudio},
 		} {
 			rel := filepath.Join("devices", t.PCIeRoot, port, fn.bdf)
 			dev := filepath.Join(k.sys, rel)
@@ -332,9 +328,9 @@ func (k *PCIKernel) override(bdf string) string {
 func (k *PCIKernel) native(bdf string) string {
 	data, _ := os.ReadFile(filepath.Join(k.device(bdf), "class"))
 	if strings.TrimSpace(string(data)) == classAudio {
-		return DriverAudio
+		return names.KernelDriverHDAudio
 	}
-	return DriverNVIDIA
+	return names.KernelDriverNVIDIA
 }
 
 // group is the function's IOMMU group.
@@ -346,12 +342,6 @@ func (k *PCIKernel) group(bdf string) string {
 	return filepath.Base(target)
 }
 
-// IsVFIODriver says whether a PCI driver is VFIO's: vfio-pci or one of
-// its variants (nvgrace_gpu_vfio_pci, …).
-func IsVFIODriver(name string) bool {
-	return name == DriverVFIOPCI || strings.HasSuffix(strings.ReplaceAll(name, "-", "_"), "vfio_pci")
-}
-
 func (k *PCIKernel) bind(bdf, drv string) error {
 	real, err := filepath.EvalSymlinks(k.device(bdf))
 	if err != nil {
@@ -360,7 +350,7 @@ func (k *PCIKernel) bind(bdf, drv string) error {
 	// What the driver makes of the function comes first and its driver
 	// link last: the kernel's bind returns to the writer complete, and
 	// readers take the link for the end of it.
-	if IsVFIODriver(drv) {
+	if names.IsVFIODriver(drv) {
 		if err := mknodNull(filepath.Join(k.dev, "vfio", k.group(bdf))); err != nil {
 			return err
 		}
@@ -410,7 +400,7 @@ func (k *PCIKernel) unbind(bdf string) error {
 		return fmt.Errorf("simulated PCI: %w", err)
 	}
 	// The driver link goes last, as bind makes it last.
-	if IsVFIODriver(drv) {
+	if names.IsVFIODriver(drv) {
 		if err := os.RemoveAll(filepath.Join(real, "vfio-dev")); err != nil {
 			return fmt.Errorf("simulated PCI: %w", err)
 		}
@@ -420,7 +410,7 @@ func (k *PCIKernel) unbind(bdf string) error {
 		// The group's node stays while another function of it is VFIO's.
 		group := k.group(bdf)
 		members, _ := os.ReadDir(filepath.Join(k.sys, "kernel/iommu_groups", group, "devices"))
-		if !slices.ContainsFunc(members, func(m os.DirEntry) bool { return m.Name() != bdf && IsVFIODriver(k.driver(m.Name())) }) {
+		if !slices.ContainsFunc(members, func(m os.DirEntry) bool { return m.Name() != bdf && names.IsVFIODriver(k.driver(m.Name())) }) {
 			if err := os.Remove(filepath.Join(k.dev, "vfio", group)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return fmt.Errorf("simulated PCI: %w", err)
 			}

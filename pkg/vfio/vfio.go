@@ -21,14 +21,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
-)
 
-// Driver names.
-const (
-	// NVIDIADriver is the GPU's driver when the host drives it.
-	NVIDIADriver = "nvidia"
-	// VFIOPCIDriver is the generic VFIO PCI driver.
-	VFIOPCIDriver = "vfio-pci"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 )
 
 // DefaultWait is how long a write to sysfs may take to show in the
@@ -142,12 +136,6 @@ func (h Host) CharDevice(bdf string) (string, error) {
 	return "", nil
 }
 
-// IsVFIODriver says whether a driver is VFIO's: vfio-pci or one of its
-// variants, whose names end in vfio_pci (nvgrace_gpu_vfio_pci, …).
-func IsVFIODriver(name string) bool {
-	return name == VFIOPCIDriver || strings.HasSuffix(strings.ReplaceAll(name, "-", "_"), "vfio_pci")
-}
-
 // Variant returns the VFIO driver for the function: the variant module
 // whose "vfio_pci:" alias in ModulesAlias matches the function's modalias
 // most closely (fewest wildcards), as the kernel's own tooling and NVIDIA's
@@ -189,7 +177,7 @@ func (h Host) Variant(bdf string) (string, error) {
 	// A module's driver is registered under its name, or for vfio_pci
 	// under vfio-pci.
 	if best == "vfio_pci" {
-		return VFIOPCIDriver, nil
+		return names.KernelDriverVFIOPCI, nil
 	}
 	return best, nil
 }
@@ -216,7 +204,7 @@ func (h Host) Bind(ctx context.Context, bdf, driver string) error {
 			bdf, driver, driver, strings.ReplaceAll(driver, "-", "_"))
 	}
 	override := driver
-	if !IsVFIODriver(driver) {
+	if !names.IsVFIODriver(driver) {
 		override = "\n" // clears it
 	}
 	if err := h.write(h.device(bdf, "driver_override"), override); err != nil {

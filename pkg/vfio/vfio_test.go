@@ -1,4 +1,4 @@
-package vfio
+package vfio_test
 
 import (
 	"context"
@@ -6,37 +6,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/vfio/vfiotest"
 )
 
 var busIDs = []string{"0000:18:00.0", "0000:2a:00.0"}
-
-// simHost is a simulated host whose kernel applies sysfs writes until the
-// test ends.
-func simHost(t *testing.T, opts simhost.PCIOptions) Host {
-	t.Helper()
-	dir := t.TempDir()
-	sys, err := simhost.CreateSysRoot(dir, busIDs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := simhost.CreatePCI(dir, busIDs, opts); err != nil {
-		t.Fatal(err)
-	}
-	k := simhost.NewPCIKernel(sys, filepath.Join(dir, "dev"))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- k.Serve(ctx, time.Millisecond) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("simulated kernel: %v", err)
-		}
-	})
-	return Host{SysRoot: sys, DevRoot: filepath.Join(dir, "dev"), Wait: 5 * time.Second}
-}
 
 func exists(path string) bool {
 	_, err := os.Stat(path)
@@ -44,7 +20,7 @@ func exists(path string) bool {
 }
 
 func TestBindGroupToVFIOAndBack(t *testing.T) {
-	h := simHost(t, simhost.PCIOptions{IOMMUFD: true})
+	h := vfiotest.Host(t, t.TempDir(), busIDs, simhost.PCIOptions{IOMMUFD: true})
 	ctx := context.Background()
 	gpu, audio := busIDs[1], simhost.AudioFunction(busIDs[1])
 	group, err := h.Group(gpu)
@@ -59,12 +35,12 @@ func TestBindGroupToVFIOAndBack(t *testing.T) {
 		bdf, driver string
 		groupNode   bool
 	}{
-		{gpu, VFIOPCIDriver, true},
-		{audio, VFIOPCIDriver, true},
-		{gpu, NVIDIADriver, true}, // the audio function still holds the group
-		{audio, "snd_hda_intel", false},
+		{gpu, names.KernelDriverVFIOPCI, true},
+		{audio, names.KernelDriverVFIOPCI, true},
+		{gpu, names.KernelDriverNVIDIA, true}, // the audio function still holds the group
+		{audio, names.KernelDriverHDAudio, false},
 		{audio, "", false},
-		{audio, "snd_hda_intel", false},
+		{audio, names.KernelDriverHDAudio, false},
 	} {
 		if err := h.Bind(ctx, step.bdf, step.driver); err != nil {
 			t.Fatalf("bind %s to %q: %v", step.bdf, step.driver, err)
@@ -76,11 +52,11 @@ func TestBindGroupToVFIOAndBack(t *testing.T) {
 			t.Errorf("after binding %s to %q: /dev/vfio/1 exists = %v, want %v", step.bdf, step.driver, got, step.groupNode)
 		}
 		cdev, err := h.CharDevice(step.bdf)
-		if err != nil || (cdev != "") != IsVFIODriver(step.driver) {
+		if err != nil || (cdev != "") != names.IsVFIODriver(step.driver) {
 			t.Errorf("after binding %s to %q: character device %q (%v)", step.bdf, step.driver, cdev, err)
 		}
 	}
-	if d, _ := h.Driver(busIDs[0]); d != NVIDIADriver {
+	if d, _ := h.Driver(busIDs[0]); d != names.KernelDriverNVIDIA {
 		t.Errorf("the other GPU's driver changed to %q", d)
 	}
 	if !h.IOMMUFD() {
@@ -89,19 +65,19 @@ func TestBindGroupToVFIOAndBack(t *testing.T) {
 }
 
 func TestBindToUnregisteredDriverUnbindsNothing(t *testing.T) {
-	h := simHost(t, simhost.PCIOptions{})
-	err := h.Bind(context.Background(), busIDs[0], "nvgrace_gpu_vfio_pci")
-	if err == nil || !strings.Contains(err.Error(), "modprobe nvgrace_gpu_vfio_pci") {
+	h := vfiotest.Host(t, t.TempDir(), busIDs, simhost.PCIOptions{})
+	err := h.Bind(context.Background(), busIDs[0], names.KernelDriverNVGraceVFIO)
+	if err == nil || !strings.Contains(err.Error(), "modprobe "+names.KernelDriverNVGraceVFIO) {
 		t.Fatalf("error %v, want one that says to load the module", err)
 	}
-	if d, _ := h.Driver(busIDs[0]); d != NVIDIADriver {
+	if d, _ := h.Driver(busIDs[0]); d != names.KernelDriverNVIDIA {
 		t.Errorf("driver %q after a refused bind, want nvidia", d)
 	}
 }
 
 func TestNumVFs(t *testing.T) {
-	h := simHost(t, simhost.PCIOptions{})
-	if err := os.WriteFile(h.device(busIDs[0], "sriov_numvfs"), []byte("4\n"), 0o644); err != nil {
+	h := vfiotest.Host(t, t.TempDir(), busIDs, simhost.PCIOptions{})
+	if err := os.WriteFile(filepath.Join(h.SysRoot, "sys/bus/pci/devices", busIDs[0], "sriov_numvfs"), []byte("4\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	for bdf, want := range map[string]int{busIDs[0]: 4, busIDs[1]: 0, simhost.AudioFunction(busIDs[1]): 0} {
@@ -112,17 +88,17 @@ func TestNumVFs(t *testing.T) {
 }
 
 func TestVariant(t *testing.T) {
-	h := simHost(t, simhost.PCIOptions{})
+	h := vfiotest.Host(t, t.TempDir(), busIDs, simhost.PCIOptions{})
 	aliases := filepath.Join(t.TempDir(), "modules.alias")
 	for _, tc := range []struct {
 		name, aliases, want string
 	}{
-		{"no file", "", VFIOPCIDriver},
-		{"no match", "alias vfio_pci:v000015B3d0000101Esv*sd*bc*sc*i* mlx5_vfio_pci\n", VFIOPCIDriver},
+		{"no file", "", names.KernelDriverVFIOPCI},
+		{"no match", "alias vfio_pci:v000015B3d0000101Esv*sd*bc*sc*i* mlx5_vfio_pci\n", names.KernelDriverVFIOPCI},
 		{"the matching variant", "alias pci:v000010DEd*sv*sd*bc03sc*i* nvidia\n" +
-			"alias vfio_pci:v000010DEd00002330sv*sd*bc*sc*i* nvgrace_gpu_vfio_pci\n", "nvgrace_gpu_vfio_pci"},
+			"alias vfio_pci:v000010DEd00002330sv*sd*bc*sc*i* nvgrace_gpu_vfio_pci\n", names.KernelDriverNVGraceVFIO},
 		{"the closest of two", "alias vfio_pci:v000010DEd*sv*sd*bc*sc*i* any_nvidia_vfio_pci\n" +
-			"alias vfio_pci:v000010DEd00002330sv*sd*bc*sc*i* nvgrace_gpu_vfio_pci\n", "nvgrace_gpu_vfio_pci"},
+			"alias vfio_pci:v000010DEd00002330sv*sd*bc*sc*i* nvgrace_gpu_vfio_pci\n", names.KernelDriverNVGraceVFIO},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := h

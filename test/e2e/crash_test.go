@@ -405,7 +405,7 @@ func TestPluginKilledAtEveryVFIOStep(t *testing.T) {
 	tp.stop()
 	bound := func(when string) string {
 		d := sysDriver(t, bdf)
-		if d != "vfio-pci" && d != "nvidia" {
+		if d != names.KernelDriverVFIOPCI && d != names.KernelDriverNVIDIA {
 			t.Fatalf("%s: GPU %s is bound to %q, want vfio-pci or nvidia", when, bdf, d)
 		}
 		return d
@@ -447,14 +447,14 @@ func TestPluginKilledAtEveryVFIOStep(t *testing.T) {
 				if _, err := tp.prepare(claim); err != nil {
 					t.Fatalf("kubelet's retry of prepare: %v", err)
 				}
-				if d := bound("after the retried prepare"); d != "vfio-pci" {
+				if d := bound("after the retried prepare"); d != names.KernelDriverVFIOPCI {
 					t.Fatalf("after the retried prepare GPU %s is bound to %s, want vfio-pci", bdf, d)
 				}
 			}
 			if err := tp.unprepare(claim); err != nil {
 				t.Fatalf("kubelet's retry of unprepare: %v", err)
 			}
-			if d := bound("after the unprepare"); d != "nvidia" {
+			if d := bound("after the unprepare"); d != names.KernelDriverNVIDIA {
 				t.Fatalf("after the unprepare GPU %s is bound to %s, want nvidia", bdf, d)
 			}
 			tp.assertTruthful("after unprepare")

@@ -111,7 +111,7 @@ func TestVFIOPassthrough(t *testing.T) {
 	applyYAML(t, vfioPod(ns, "vm", vm))
 	waitPodRunning(t, ns, "vm")
 	log := podLogs(t, ns, "vm", "DONE")
-	if d := sysDriver(t, bdf); d != "vfio-pci" {
+	if d := sysDriver(t, bdf); d != names.KernelDriverVFIOPCI {
 		t.Errorf("while the VM's claim is prepared GPU %s is bound to %q, want vfio-pci", bdf, d)
 	}
 	nodes, _, _ := strings.Cut(strings.SplitN(log, "NODES", 2)[len(strings.SplitN(log, "NODES", 2))-1], "\n")
@@ -168,7 +168,7 @@ spec:
 	kubectl(t, "delete", "pod", "-n", ns, "container", "vm", "--wait=true", "--timeout=60s")
 	eventually(t, 60*time.Second, "the GPU given back to nvidia", func() (bool, error) {
 		d := sysDriver(t, bdf)
-		return d == "nvidia" && publishedNames(t)[names.GPUDevice(vm)], fmt.Errorf("bound to %q", d)
+		return d == names.KernelDriverNVIDIA && publishedNames(t)[names.GPUDevice(vm)], fmt.Errorf("bound to %q", d)
 	})
 }
 

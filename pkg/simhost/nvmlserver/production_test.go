@@ -22,6 +22,7 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/gpu/nvmlnode"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/mps"
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/installationtest"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/vfio"
@@ -568,7 +569,7 @@ func TestProductionPathGPUBoundToVFIOIsNotEnumerated(t *testing.T) {
 	for _, step := range []struct {
 		driver string
 		want   int
-	}{{vfio.VFIOPCIDriver, len(before.GPUs) - 1}, {"", len(before.GPUs) - 1}, {vfio.NVIDIADriver, len(before.GPUs)}} {
+	}{{names.KernelDriverVFIOPCI, len(before.GPUs) - 1}, {"", len(before.GPUs) - 1}, {names.KernelDriverNVIDIA, len(before.GPUs)}} {
 		if err := host.Bind(ctx, passed.PCIBusID, step.driver); err != nil {
 			t.Fatal(err)
 		}
@@ -580,7 +581,7 @@ func TestProductionPathGPUBoundToVFIOIsNotEnumerated(t *testing.T) {
 			t.Fatalf("bound to %q: %d GPUs, want %d", step.driver, len(inv.GPUs), step.want)
 		}
 		seen := slices.ContainsFunc(inv.GPUs, func(g gpu.GPU) bool { return g.UUID == passed.UUID })
-		if seen != (step.driver == vfio.NVIDIADriver) {
+		if seen != (step.driver == names.KernelDriverNVIDIA) {
 			t.Errorf("bound to %q: GPU %s enumerated = %v", step.driver, passed.UUID, seen)
 		}
 	}

@@ -31,6 +31,7 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"k8s.io/klog/v2"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/simtools"
 )
@@ -988,7 +989,7 @@ func (s *Server) drivenByNVIDIA(busID string) bool {
 		return true
 	}
 	target, err := os.Readlink(filepath.Join(dev, "driver"))
-	return err == nil && filepath.Base(target) == simhost.DriverNVIDIA
+	return err == nil && filepath.Base(target) == names.KernelDriverNVIDIA
 }
 
 // count is how many GPUs NVML enumerates.
