@@ -320,6 +320,13 @@ var nvidiaWaves = [][]nvidiaCase{{
 			t.Errorf("extended resource claim %q, want the scheduler's for gpu-full-pod", st.ResourceClaimName)
 		}
 	}},
+	// "DynMIG: 1 pod, 1 MIG + TimeSlicing config" (test_gpu_dynmig.bats):
+	// a MIG device of more than 10 multiprocessors, its two lines. Here,
+	// not in the MIG wave: a fifth MIG device there may leave a GPU in MIG
+	// mode when the DCGM claim (allocationMode All) is allocated.
+	{name: "bats gpu-simple-mig-ts", file: bats + "gpu-simple-mig-ts.yaml", ns: "nv-simple-mig-ts", check: func(t *testing.T, ns string) {
+		checkMIG(t, ns, "pod-mig1g", "", claimDevices(t, ns, "pod-mig1g", "migdev")[0])
+	}},
 	// The GPU Operator's validator claim: one GPU with admin access, in a
 	// namespace labelled for it; it runs beside the busy GPUs.
 	{name: "gpu-operator validator claim", file: "gpu-operator/manifests/state-dra-validation/0400_resourceclaimtemplate.yaml", ns: "nv-validator", admin: true, check: func(t *testing.T, ns string) {
@@ -433,11 +440,6 @@ var nvidiaWaves = [][]nvidiaCase{{
 		checkMIG(t, ns, "pod-anymig", "", claimDevices(t, ns, "pod-anymig", "migdev")[0])
 	}},
 	{name: "bats gpu-simple-mig", file: bats + "gpu-simple-mig.yaml", ns: "nv-simple-mig", check: func(t *testing.T, ns string) {
-		checkMIG(t, ns, "pod-mig1g", "", claimDevices(t, ns, "pod-mig1g", "migdev")[0])
-	}},
-	// "DynMIG: 1 pod, 1 MIG + TimeSlicing config" (test_gpu_dynmig.bats):
-	// a MIG device of more than 10 multiprocessors, its two lines.
-	{name: "bats gpu-simple-mig-ts", file: bats + "gpu-simple-mig-ts.yaml", ns: "nv-simple-mig-ts", check: func(t *testing.T, ns string) {
 		checkMIG(t, ns, "pod-mig1g", "", claimDevices(t, ns, "pod-mig1g", "migdev")[0])
 	}},
 	// Two MIG devices of one claim, a container each.
