@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"text/template"
@@ -18,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost"
 )
 
@@ -189,11 +191,17 @@ type nvidiaCase struct {
 	own bool
 	// admin labels the namespace for admin access.
 	admin bool
+	// also, if set, applies more of NVIDIA's manifests with it.
+	also func(t *testing.T, ns string)
 	// check asserts NVIDIA's expectation once the manifest is applied.
 	check func(t *testing.T, ns string)
 }
 
 const bats = "dra-driver-nvidia-gpu/tests/bats/specs/"
+
+// nvidiaStressPods is NVIDIA's test_gpu_stress.bats's default number of
+// pods of one shared claim (TEST_GPU_STRESS_PODS_N, tests/bats/Makefile).
+const nvidiaStressPods = 12
 
 // nvidiaWaves are the cases in the order they run: each wave's manifests
 // are applied together, in a namespace each, their expectations checked,
@@ -312,11 +320,118 @@ var nvidiaWaves = [][]nvidiaCase{{
 			t.Errorf("extended resource claim %q, want the scheduler's for gpu-full-pod", st.ResourceClaimName)
 		}
 	}},
+	// "DynMIG: 1 pod, 1 MIG + TimeSlicing config" (test_gpu_dynmig.bats):
+	// a MIG device of more than 10 multiprocessors, its two lines. Here,
+	// not in the MIG wave: a fifth MIG device there may leave a GPU in MIG
+	// mode when the DCGM claim (allocationMode All) is allocated.
+	{name: "bats gpu-simple-mig-ts", file: bats + "gpu-simple-mig-ts.yaml", ns: "nv-simple-mig-ts", check: func(t *testing.T, ns string) {
+		checkMIG(t, ns, "pod-mig1g", "", claimDevices(t, ns, "pod-mig1g", "migdev")[0])
+	}},
 	// The GPU Operator's validator claim: one GPU with admin access, in a
 	// namespace labelled for it; it runs beside the busy GPUs.
 	{name: "gpu-operator validator claim", file: "gpu-operator/manifests/state-dra-validation/0400_resourceclaimtemplate.yaml", ns: "nv-validator", admin: true, check: func(t *testing.T, ns string) {
 		adminPod(t, ns, "nvidia-dra-validator-gpu")
 		oneGPU(t, ns, "admin", "")
+	}},
+}, {
+	// "GPUs: Job with ResourceClaimTemplate allocates GPUs to completions"
+	// (test_gpu_cuda_workloads.bats): two completions, one at a time, no
+	// failure, each pod's log "UUID: GPU-".
+	{name: "bats gpu-job-rct", file: bats + "gpu-job-rct.yaml", ns: "nv-job-rct", check: func(t *testing.T, ns string) {
+		eventually(t, 120*time.Second, "gpu-job-rct complete", func() (bool, error) {
+			j, err := client.BatchV1().Jobs(ns).Get(ctx(), "gpu-job-rct", metav1.GetOptions{})
+			if err != nil {
+				return false, err
+			}
+			if j.Status.Failed != 0 {
+				t.Fatalf("gpu-job-rct: %d pods failed", j.Status.Failed)
+			}
+			return j.Status.Succeeded == 2, fmt.Errorf("%d succeeded", j.Status.Succeeded)
+		})
+		pods, err := client.CoreV1().Pods(ns).List(ctx(), metav1.ListOptions{LabelSelector: "job-name=gpu-job-rct"})
+		if err != nil || len(pods.Items) != 2 {
+			t.Fatalf("gpu-job-rct's pods: %v (%v), want two", pods, err)
+		}
+		for _, p := range pods.Items {
+			podLogsOf(t, ns, p.Name, "", "UUID: GPU-")
+		}
+	}},
+	// "GPUs: Deployment with 2 replicas gets distinct GPUs
+	// simultaneously": two ready replicas, two different GPUs.
+	{name: "bats gpu-job-rct-parallel", file: bats + "gpu-job-rct-parallel.yaml", ns: "nv-job-rct-parallel", check: func(t *testing.T, ns string) {
+		var pods []string
+		eventually(t, 90*time.Second, "gpu-deploy-parallel's two replicas ready", func() (bool, error) {
+			d, err := client.AppsV1().Deployments(ns).Get(ctx(), "gpu-deploy-parallel", metav1.GetOptions{})
+			if err != nil {
+				return false, err
+			}
+			if d.Status.ReadyReplicas != 2 {
+				return false, fmt.Errorf("%d ready", d.Status.ReadyReplicas)
+			}
+			l, err := client.CoreV1().Pods(ns).List(ctx(), metav1.ListOptions{LabelSelector: "app=gpu-deploy-parallel"})
+			if err != nil {
+				return false, err
+			}
+			pods = nil
+			for _, p := range l.Items {
+				pods = append(pods, p.Name)
+			}
+			return len(pods) == 2, fmt.Errorf("pods %v", pods)
+		})
+		if a, b := oneGPU(t, ns, pods[0], ""), oneGPU(t, ns, pods[1], ""); a == b {
+			t.Errorf("both replicas see %s, want a GPU each", a)
+		}
+	}},
+	// "GPUs: shared RC across N pods" (test_gpu_stress.bats, its
+	// default 12 pods, one of its repetitions): pods-shared-gpu.yaml
+	// with __INDEX__ 1 to 12, as the bats test expands it, all of one
+	// claim; the claim allocated, every pod Running, each seeing the
+	// same one GPU (NVIDIA's test reads stress-pod-1's).
+	{name: "bats rc-shared-gpu, pods-shared-gpu", file: bats + "rc-shared-gpu.yaml", ns: "nv-shared-rc", also: func(t *testing.T, ns string) {
+		pods := nvidiaManifest(t, bats+"pods-shared-gpu.yaml", ns)
+		var all strings.Builder
+		for i := 1; i <= nvidiaStressPods; i++ {
+			all.WriteString(strings.ReplaceAll(pods, "__INDEX__", fmt.Sprint(i)) + "---\n")
+		}
+		f := filepath.Join(t.TempDir(), "pods-shared-gpu.yaml")
+		if err := os.WriteFile(f, []byte(all.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		kubectl(t, "apply", "-n", ns, "-f", f)
+	}, check: func(t *testing.T, ns string) {
+		want := ""
+		for i := 1; i <= nvidiaStressPods; i++ {
+			got := oneGPU(t, ns, fmt.Sprintf("stress-pod-%d", i), "")
+			if want == "" {
+				want = got
+			} else if got != want {
+				t.Errorf("stress-pod-%d sees %s, stress-pod-1 %s: want the claim's one GPU", i, got, want)
+			}
+		}
+	}},
+	// Quickstart gpu-test7 (resource.k8s.io/v1beta1): one pod, two
+	// containers, a claim and a distinct GPU each.
+	{name: "quickstart gpu-test7", file: "dra-driver-nvidia-gpu/demo/specs/quickstart/gpu-test7.yaml", ns: "gpu-test7", own: true, check: func(t *testing.T, ns string) {
+		if a, b := oneGPU(t, ns, "gpu-pod", "ctr0"), oneGPU(t, ns, "gpu-pod", "ctr1"); a == b {
+			t.Errorf("both containers see %s, want a GPU each", a)
+		}
+	}},
+	// Quickstart gpu-test8 (v1beta1): one container, a claim of two GPUs;
+	// its plain nvidia-smi shows both (the simulated one prints the
+	// container's GPUs' UUIDs).
+	{name: "quickstart gpu-test8", file: "dra-driver-nvidia-gpu/demo/specs/quickstart/gpu-test8.yaml", ns: "gpu-test8", own: true, check: func(t *testing.T, ns string) {
+		devs := claimDevices(t, ns, "gpu-pod", "twogpus")
+		want := map[string]bool{}
+		for _, d := range devs {
+			want[gpuOfDevice(t, d)] = true
+		}
+		log := podLogsOf(t, ns, "gpu-pod", "", "GPU_DRA_DEVICE_UUIDS=")
+		_, line, _ := strings.Cut(log, "GPU_DRA_DEVICE_UUIDS=")
+		line, _, _ = strings.Cut(line, "\n")
+		got := strings.Split(strings.TrimSpace(line), ",")
+		if len(devs) != 2 || len(want) != 2 || len(got) != 2 || !want[got[0]] || !want[got[1]] {
+			t.Errorf("claim devices %v, the container sees %q: want two GPUs, the claim's", devs, got)
+		}
 	}},
 }, {
 	// StaticMIG/DynamicMIG "allocate" (test_gpu_mig.bats): "UUID: MIG-"
@@ -380,7 +495,8 @@ spec:
 }
 
 // TestNVIDIACompat applies NVIDIA's manifests (its bats test specs, its
-// quickstart, its extended resource demo, the GPU Operator's claims), each
+// quickstart, its extended resource demo, the GPU Operator's claims; its
+// VFIO specs run in TestVFIOPassthrough, with passthrough on), each
 // unchanged but for the image, and checks what NVIDIA documents of each:
 // which device, shared or not, what the container's nvidia-smi -L prints.
 // Then the GPU Operator's DCGM claim (every GPU, admin access) and its
@@ -397,6 +513,9 @@ func TestNVIDIACompat(t *testing.T) {
 		})
 		for _, c := range wave {
 			applyNVIDIA(t, c.file, c.ns, c.own, c.admin)
+			if c.also != nil {
+				c.also(t, c.ns)
+			}
 		}
 		if i == len(nvidiaWaves)-1 {
 			// The DCGM claim, all GPUs with admin access, while the
@@ -446,4 +565,112 @@ func TestNVIDIACompat(t *testing.T) {
 	})
 	cleanNamespace(t, "nv-dcgm")
 	t.Logf("NVIDIA's manifests took %s", time.Since(start).Round(time.Second))
+}
+
+const quickstart = "dra-driver-nvidia-gpu/demo/specs/quickstart/v1/"
+
+// vfioGroupsOf are the IOMMU groups of the simulated host's GPUs passed
+// through to VMs, by published device (gpu-N-vfio).
+func vfioGroupsOf(t *testing.T) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	pub := publishedNames(t)
+	for i := range len(gpuUUIDs(t)) {
+		name := names.VFIODevice(i)
+		if !pub[name] {
+			t.Fatalf("%s is not published", name)
+		}
+		bdf := *publishedDevice(t, name).Attributes[names.AttrStandardPCIBusID].StringValue
+		g, err := os.Readlink(filepath.Join(runDir, "sim/host/sys/sys/bus/pci/devices", bdf, "iommu_group"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[name] = filepath.Base(g)
+	}
+	return out
+}
+
+// vfioNodesOf checks a VM pod's claim got a GPU for VMs and returns the
+// pod's /dev/vfio nodes, and that GPU's group.
+func vfioNodesOf(t *testing.T, ns, pod string, groups map[string]string) (nodes []string, group string) {
+	t.Helper()
+	devs := claimDevices(t, ns, pod, "gpu")
+	if len(devs) != 1 || groups[devs[0]] == "" {
+		t.Fatalf("%s/%s: claim devices %v, want one GPU for VMs (%v)", ns, pod, devs, groups)
+	}
+	out := kubectl(t, "exec", "-n", ns, pod, "--", "ls", "/dev/vfio")
+	nodes = strings.Fields(out)
+	slices.Sort(nodes)
+	return nodes, groups[devs[0]]
+}
+
+// nvidiaVFIOSpecs applies NVIDIA's quickstart VFIO specs; passthrough must
+// be on (TestVFIOPassthrough runs it). NVIDIA documents a pod that runs
+// with a GPU for VMs (class vfio.gpu.nvidia.com) and its /dev/vfio nodes:
+// the GPU's IOMMU group, and the legacy backend's API device
+// /dev/vfio/vfio with enableAPIDevice. Here the API device is given
+// without enableAPIDevice too (docs/migrating-from-nvidia.md). It ends
+// with every GPU back with nvidia.
+func nvidiaVFIOSpecs(t *testing.T) {
+	const ns = "gpu-test-vfio"
+	t.Cleanup(func() {
+		kubectlErr("delete", "namespace", "--ignore-not-found", "--wait=true", "--timeout=120s", ns)
+	})
+	groups := vfioGroupsOf(t)
+	applyNVIDIA(t, quickstart+"gpu-test-vfiopci.yaml", ns, true, false)
+
+	// gpu-test-vfio-config puts its pod in gpu-test-vfiopci, a namespace
+	// it does not make (its template is in gpu-test-vfio): applied as
+	// NVIDIA ships it, the API server refuses the pod, whichever driver.
+	const configFile = quickstart + "gpu-test-vfio-config.yaml"
+	manifest := nvidiaManifest(t, configFile, "")
+	f := filepath.Join(t.TempDir(), "gpu-test-vfio-config.yaml")
+	if err := os.WriteFile(f, []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := kubectlErr("apply", "-f", f); err == nil || !strings.Contains(err.Error(), `namespaces "gpu-test-vfiopci" not found`) {
+		t.Errorf("kubectl apply of NVIDIA's %s: %v, %s; want its pod refused, its namespace not found", configFile, err, out)
+	}
+	// Its pod, in its template's namespace: the one change.
+	var pod corev1.Pod
+	for _, doc := range regexp.MustCompile(`(?m)^---\s*$`).Split(manifest, -1) {
+		var tm metav1.TypeMeta
+		if err := yaml.Unmarshal([]byte(doc), &tm); err == nil && tm.Kind == "Pod" {
+			if err := yaml.UnmarshalStrict([]byte(doc), &pod); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if pod.Name != "pod1-full-vfioconfig" {
+		t.Fatalf("no pod pod1-full-vfioconfig in %s", configFile)
+	}
+	pod.Namespace = ns
+	data, err := yaml.Marshal(&pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	applyYAML(t, string(data))
+
+	nodes, group := vfioNodesOf(t, ns, "pod1", groups)
+	// NVIDIA's driver gives only the group without enableAPIDevice.
+	if want := []string{group, "vfio"}; !slices.Equal(nodes, want) {
+		t.Errorf("gpu-test-vfiopci: /dev/vfio has %v, want %v (the GPU's group, and the API device this driver always gives)", nodes, want)
+	}
+	cfgNodes, cfgGroup := vfioNodesOf(t, ns, pod.Name, groups)
+	if want := []string{cfgGroup, "vfio"}; !slices.Equal(cfgNodes, want) {
+		t.Errorf("gpu-test-vfio-config: /dev/vfio has %v, want %v (LegacyOnly, enableAPIDevice)", cfgNodes, want)
+	}
+	if group == cfgGroup {
+		t.Errorf("both pods' claims got the GPU of group %s", group)
+	}
+	kubectl(t, "delete", "namespace", ns, "--wait=true", "--timeout=120s")
+	eventually(t, 60*time.Second, "every GPU back with nvidia", func() (bool, error) {
+		pub := publishedNames(t)
+		for i := range len(groups) {
+			if !pub[names.GPUDevice(i)] {
+				return false, fmt.Errorf("%s not published", names.GPUDevice(i))
+			}
+		}
+		return true, nil
+	})
 }

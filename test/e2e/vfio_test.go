@@ -66,7 +66,8 @@ func sysDriver(t *testing.T, bdf string) string {
 // from its device metadata with the upstream reader, as KubeVirt's
 // virt-launcher does; while it has the GPU, no container's claim gets
 // it; when it goes, the GPU is nvidia's again. A GPU held open by a
-// process on the host is not taken, and the claim's pod says why.
+// process on the host is not taken, and the claim's pod says why. First,
+// NVIDIA's quickstart VFIO specs (nvidiaVFIOSpecs).
 func TestVFIOPassthrough(t *testing.T) {
 	const ns, held, vm = "vfio", 6, 7
 	// driver.sh remembers every values file given, in the order first
@@ -87,6 +88,8 @@ func TestVFIOPassthrough(t *testing.T) {
 		_, err := client.ResourceV1().DeviceClasses().Get(ctx(), names.VFIODeviceClass, metav1.GetOptions{})
 		return err == nil && publishedNames(t)[names.VFIODevice(vm)], fmt.Errorf("class: %w; device %s published: %v", err, names.VFIODevice(vm), publishedNames(t)[names.VFIODevice(vm)])
 	})
+	// NVIDIA's own VFIO specs first, while every GPU is free.
+	t.Run("NVIDIA's quickstart VFIO specs", nvidiaVFIOSpecs)
 	bdf := *publishedDevice(t, names.VFIODevice(vm)).Attributes[names.AttrStandardPCIBusID].StringValue
 
 	// A GPU held open is not taken.
