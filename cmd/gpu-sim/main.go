@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -280,7 +281,7 @@ kernel driver, it shows the capability files of MIG instances under --proc-root 
 	serve.Flags().StringVar(&serveSys, "sys-root", "", "the simulated /sys root (made by gpu-sim host) whose PCI driver bindings this kernel applies (default: sys beside --driver-root, as gpu-sim host lays them out)")
 	serve.Flags().StringVar(&serveProc, "proc-root", "", "the simulated /proc root (made by gpu-sim host) where MIG instances' capability files are kept (default: proc beside --driver-root, as gpu-sim host lays them out)")
 
-	root.AddCommand(show, xid, host, serve, fabricCommand(open),
+	root.AddCommand(show, xid, host, serve, fabricCommand(open), migCommand(open),
 		gpuCommand(open, "ecc GPU", "Inject an uncorrectable (double-bit) ECC error", 0, func(n *sim.Node, i int, _ []string) error { return n.InjectDoubleBitECC(i) }),
 		switchCommand(open, "lost GPU on|off", "Make a GPU fall off the bus, or come back", (*sim.Node).SetLost),
 		gpuCommand(open, "temperature GPU CELSIUS", "Set a GPU's temperature", 1, func(n *sim.Node, i int, a []string) error {
@@ -357,6 +358,179 @@ registered (NVML state completed, status success), or set a registration that is
 	cmd.Flags().StringVar(&state, "state", "completed", "registration state: not-started, in-progress or completed")
 	cmd.Flags().IntVar(&status, "status", 0, "the completed registration's NVML return code (0: success; e.g. 999, NVML_ERROR_UNKNOWN, for a failed registration)")
 	return cmd
+}
+
+// migCommand creates and destroys MIG devices outside the driver, as an
+// administrator does with nvidia-smi mig or mig-parted before the driver
+// runs with static MIG only: the GPU must be in MIG mode (gpu-sim
+// mig-mode GPU on).
+func migCommand(open func() (*sim.Node, error)) *cobra.Command {
+	var start int
+	var procRoot string
+	cmd := &cobra.Command{
+		Use:   "mig",
+		Short: "Create or destroy MIG devices outside the driver, as an administrator (nvidia-smi mig, mig-parted) does",
+	}
+	create := &cobra.Command{
+		Use:   "create GPU PROFILE",
+		Short: "Create a MIG device of PROFILE (e.g. 1g.10gb) on a GPU in MIG mode: a GPU instance and one compute instance spanning it; print its UUID",
+		Long: `Create a MIG device of PROFILE (a name as nvidia-smi mig -lgip shows it, e.g. 1g.10gb) on GPU,
+which must be in MIG mode: a GPU instance at --start (default: the first free placement) and one
+compute instance spanning it, as "nvidia-smi mig -cgi PROFILE -C" or mig-parted does. Prints the
+MIG device's UUID.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			idx, err := gpuIndex(args[0])
+			if err != nil {
+				return err
+			}
+			n, err := open()
+			if err != nil {
+				return err
+			}
+			node, g, err := migGPU(n, idx)
+			if err != nil {
+				return err
+			}
+			defer node.Close()
+			var profile *gpu.MIGProfile
+			var known []string
+			for i, p := range g.MIGProfiles {
+				known = append(known, p.Name)
+				if p.Name == args[1] {
+					profile = &g.MIGProfiles[i]
+				}
+			}
+			if profile == nil {
+				return fmt.Errorf("profile %q: GPU %d (%s) has %s", args[1], idx, g.Name, strings.Join(known, ", "))
+			}
+			placements := profile.Placements
+			if cmd.Flags().Changed("start") {
+				placements = nil
+				var starts []string
+				for _, p := range profile.Placements {
+					starts = append(starts, strconv.Itoa(p.Start))
+					if p.Start == start {
+						placements = []gpu.Placement{p}
+					}
+				}
+				if placements == nil {
+					return fmt.Errorf("--start %d: %s starts at %s on GPU %d", start, profile.Name, strings.Join(starts, ", "), idx)
+				}
+			}
+			var errs []error
+			for _, p := range placements {
+				inst, err := node.CreateMIG(cmd.Context(), gpu.MIGRequest{ParentUUID: g.UUID, ProfileID: profile.ID, Placement: p})
+				if err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				if err := syncCapabilities(n, procRoot, idx, g.Minor); err != nil {
+					return err
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), inst.UUID)
+				return nil
+			}
+			if len(placements) == 1 {
+				return fmt.Errorf("%s at %d on GPU %d: %w", profile.Name, placements[0].Start, idx, errs[0])
+			}
+			for _, err := range errs {
+				if !errors.Is(err, gpu.ErrPlacementOccupied) {
+					return fmt.Errorf("%s on GPU %d: %w", profile.Name, idx, err)
+				}
+			}
+			return fmt.Errorf("%s on GPU %d: no free placement, every one is occupied", profile.Name, idx)
+		},
+	}
+	create.Flags().IntVar(&start, "start", 0, "the GPU instance's placement: its first memory slice (default: the first free placement)")
+	destroy := &cobra.Command{
+		Use:   "destroy GPU MIG-UUID",
+		Short: "Destroy a MIG device of a GPU, its compute instance and its GPU instance",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			idx, err := gpuIndex(args[0])
+			if err != nil {
+				return err
+			}
+			n, err := open()
+			if err != nil {
+				return err
+			}
+			node, g, err := migGPU(n, idx)
+			if err != nil {
+				return err
+			}
+			defer node.Close()
+			var live []string
+			for _, m := range g.MIGInstances {
+				if m.UUID != args[1] {
+					live = append(live, m.UUID)
+					continue
+				}
+				if err := node.DestroyMIG(cmd.Context(), gpu.MIGRef{ParentUUID: g.UUID, GIID: m.GIID, CIID: m.CIID, UUID: m.UUID}); err != nil {
+					return err
+				}
+				return syncCapabilities(n, procRoot, idx, g.Minor)
+			}
+			if len(live) == 0 {
+				live = []string{"none"}
+			}
+			return fmt.Errorf("MIG device %q is not on GPU %d (its MIG devices: %s)", args[1], idx, strings.Join(live, ", "))
+		},
+	}
+	cmd.PersistentFlags().StringVar(&procRoot, "proc-root", "", "the simulated /proc root (made by gpu-sim host) whose MIG capability files to update, as the kernel driver does (default: none updated)")
+	cmd.AddCommand(create, destroy)
+	return cmd
+}
+
+// migGPU reads GPU index of the simulated node through NVML, as the plugin
+// does; it must be in MIG mode. The caller closes the node.
+func migGPU(n *sim.Node, index int) (*nvmlnode.Node, *gpu.GPU, error) {
+	node, err := nvmlnode.NewNode(n)
+	if err != nil {
+		return nil, nil, err
+	}
+	inv, err := node.Inventory(context.Background())
+	if err != nil {
+		node.Close()
+		return nil, nil, err
+	}
+	if index < 0 || index >= len(inv.GPUs) {
+		node.Close()
+		return nil, nil, fmt.Errorf("GPU %d: the node has GPUs 0 to %d", index, len(inv.GPUs)-1)
+	}
+	g := &inv.GPUs[index]
+	if !g.MIGEnabled {
+		node.Close()
+		return nil, nil, fmt.Errorf("GPU %d is not in MIG mode (gpu-sim mig-mode %d on)", index, index)
+	}
+	return node, g, nil
+}
+
+// syncCapabilities makes the MIG capability files of GPU index (minor)
+// under procRoot those of its instances, as the kernel driver keeps them;
+// nothing without procRoot.
+func syncCapabilities(n *sim.Node, procRoot string, index, minor int) error {
+	if procRoot == "" {
+		return nil
+	}
+	caps, err := simhost.OpenCapabilities(procRoot)
+	if err != nil {
+		return err
+	}
+	st, err := n.State()
+	if err != nil {
+		return err
+	}
+	var gis []simhost.GPUInstanceCaps
+	for _, gi := range st.GPUs[index].GPUInstances {
+		c := simhost.GPUInstanceCaps{ID: gi.ID}
+		for _, ci := range gi.ComputeInstances {
+			c.ComputeInstances = append(c.ComputeInstances, ci.ID)
+		}
+		gis = append(gis, c)
+	}
+	return caps.Sync(minor, gis)
 }
 
 // toolsPath returns the gpu-sim-tools program to install: path, or by

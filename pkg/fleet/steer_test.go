@@ -65,7 +65,7 @@ func TestSteeredPodsLandOnlyWhereTheRecipeSays(t *testing.T) {
 				for _, taint := range n.Spec.Taints {
 					tolerated := false
 					for _, tol := range pod.Spec.Tolerations {
-						tolerated = tolerated || tol.ToleratesTaint(klog.Background(), &taint, false)
+						tolerated = tolerated || tol.ToleratesTaint(klog.FromContext(t.Context()), &taint, false)
 					}
 					if !tolerated {
 						return false
