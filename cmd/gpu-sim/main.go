@@ -380,19 +380,12 @@ compute instance spanning it, as "nvidia-smi mig -cgi PROFILE -C" or mig-parted 
 MIG device's UUID.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			idx, err := gpuIndex(args[0])
+			t, err := openMIGGPU(open, args[0])
 			if err != nil {
 				return err
 			}
-			n, err := open()
-			if err != nil {
-				return err
-			}
-			node, g, err := migGPU(n, idx)
-			if err != nil {
-				return err
-			}
-			defer node.Close()
+			defer t.node.Close()
+			n, idx, node, g := t.sim, t.index, t.node, t.gpu
 			var profile *gpu.MIGProfile
 			var known []string
 			for i, p := range g.MIGProfiles {
@@ -448,19 +441,12 @@ MIG device's UUID.`,
 		Short: "Destroy a MIG device of a GPU, its compute instance and its GPU instance",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			idx, err := gpuIndex(args[0])
+			t, err := openMIGGPU(open, args[0])
 			if err != nil {
 				return err
 			}
-			n, err := open()
-			if err != nil {
-				return err
-			}
-			node, g, err := migGPU(n, idx)
-			if err != nil {
-				return err
-			}
-			defer node.Close()
+			defer t.node.Close()
+			n, idx, node, g := t.sim, t.index, t.node, t.gpu
 			var live []string
 			for _, m := range g.MIGInstances {
 				if m.UUID != args[1] {
@@ -483,28 +469,46 @@ MIG device's UUID.`,
 	return cmd
 }
 
-// migGPU reads GPU index of the simulated node through NVML, as the plugin
-// does; it must be in MIG mode. The caller closes the node.
-func migGPU(n *sim.Node, index int) (*nvmlnode.Node, *gpu.GPU, error) {
+// migGPU is the GPU in MIG mode that a mig command works on: its index,
+// the simulated node and, read through NVML as the plugin reads it, the
+// GPU.
+type migGPU struct {
+	sim   *sim.Node
+	index int
+	node  *nvmlnode.Node
+	gpu   *gpu.GPU
+}
+
+// openMIGGPU opens the simulated node and reads the GPU that arg names;
+// it must be in MIG mode. The caller closes the returned node.
+func openMIGGPU(open func() (*sim.Node, error), arg string) (*migGPU, error) {
+	index, err := gpuIndex(arg)
+	if err != nil {
+		return nil, err
+	}
+	n, err := open()
+	if err != nil {
+		return nil, err
+	}
 	node, err := nvmlnode.NewNode(n)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	inv, err := node.Inventory(context.Background())
 	if err != nil {
 		node.Close()
-		return nil, nil, err
+		return nil, err
 	}
 	if index < 0 || index >= len(inv.GPUs) {
 		node.Close()
-		return nil, nil, fmt.Errorf("GPU %d: the node has GPUs 0 to %d", index, len(inv.GPUs)-1)
+		return nil, fmt.Errorf("GPU %d: the node has GPUs 0 to %d", index, len(inv.GPUs)-1)
 	}
 	g := &inv.GPUs[index]
 	if !g.MIGEnabled {
 		node.Close()
-		return nil, nil, fmt.Errorf("GPU %d is not in MIG mode (gpu-sim mig-mode %d on)", index, index)
+		return nil, fmt.Errorf("GPU %d is not in MIG mode (gpu-sim mig-mode %d on)", index, index)
 	}
-	return node, g, nil
+	return &migGPU{sim: n, index: index, node: node, gpu: g}, nil
 }
 
 // syncCapabilities makes the MIG capability files of GPU index (minor)
