@@ -158,3 +158,78 @@ func waitNoClaims(t *testing.T, ns string) {
 		return len(l.Items) == 0, fmt.Errorf("%d claims left", len(l.Items))
 	})
 }
+
+// TestNVIDIAConsumableSharesDemos applies NVIDIA's consumable shares demos
+// (demo/specs/consumable-shares: a Deployment per mode, unchanged but for
+// the image), each with the node in the mode NVIDIA's README runs it with
+// (--consumable-shares=unlimited, memory, 4; here the node label). As the
+// README says, every replica's claim gets a share of a whole GPU, and the
+// replicas share it: they all land on one GPU, each with its own share,
+// consuming what the mode gives a claim that asks for nothing (unlimited:
+// no memory; integer: one share) or what it asks (memory: 4Gi). Each
+// container sees its GPU (nvidia-smi -L).
+func TestNVIDIAConsumableSharesDemos(t *testing.T) {
+	uuids := gpuUUIDs(t)
+	for _, tc := range []struct {
+		mode, file, ns, app string
+		// consumed is what each claim consumes, by capacity.
+		consumed map[resourceapi.QualifiedName]string
+	}{
+		{"unlimited", "unlimited-sharing.yaml", "gpu-share-unlimited", "unlimited-sharing", map[resourceapi.QualifiedName]string{"memory": "0"}},
+		{"memory", "memory-sharing.yaml", "gpu-share-memory", "memory-sharing", map[resourceapi.QualifiedName]string{"memory": "4Gi"}},
+		{"4", "integer-sharing.yaml", "gpu-share-integer", "integer-sharing", map[resourceapi.QualifiedName]string{"shares": "1"}},
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			t.Cleanup(func() {
+				// The demo's containers run bash as PID 1, which ignores
+				// SIGTERM: stop them at once, not after the default 30 s.
+				kubectlErr("delete", "deployment,replicaset", "--all", "-n", tc.ns, "--cascade=orphan")
+				kubectlErr("delete", "pods", "--all", "-n", tc.ns, "--grace-period=1")
+				cleanNamespace(t, tc.ns)
+				kubectlErr("label", "node", nodeName, "gpu.nvidia.com/consumable-shares-")
+				consumableGPU0(t, false)
+			})
+			kubectl(t, "label", "node", nodeName, "gpu.nvidia.com/consumable-shares="+tc.mode, "--overwrite")
+			consumableGPU0(t, true)
+			applyYAML(t, nvidiaManifest(t, "dra-driver-nvidia-gpu/demo/specs/consumable-shares/"+tc.file, tc.ns))
+			var replicas int32
+			eventually(t, 90*time.Second, "the demo's replicas ready", func() (bool, error) {
+				d, err := client.AppsV1().Deployments(tc.ns).Get(ctx(), tc.app, metav1.GetOptions{})
+				if err != nil {
+					return false, err
+				}
+				replicas = *d.Spec.Replicas
+				return d.Status.ReadyReplicas == replicas, fmt.Errorf("%d of %d replicas ready", d.Status.ReadyReplicas, replicas)
+			})
+			pods, err := client.CoreV1().Pods(tc.ns).List(ctx(), metav1.ListOptions{LabelSelector: "app=" + tc.app})
+			if err != nil {
+				t.Fatal(err)
+			}
+			devices, shares := map[string]bool{}, map[string]bool{}
+			for _, pod := range pods.Items {
+				if pod.DeletionTimestamp != nil {
+					continue
+				}
+				c := claimOf(t, &pod, "gpu")
+				if c.Status.Allocation == nil || len(c.Status.Allocation.Devices.Results) != 1 {
+					t.Fatalf("claim of %s: allocation %+v", pod.Name, c.Status.Allocation)
+				}
+				r := c.Status.Allocation.Devices.Results[0]
+				if uuids[r.Device] == "" || r.ShareID == nil {
+					t.Fatalf("%s got %s (share %v), want a share of a whole GPU", pod.Name, r.Device, r.ShareID)
+				}
+				devices[r.Device], shares[string(*r.ShareID)] = true, true
+				for name, want := range tc.consumed {
+					// Nothing recorded of a capacity is none of it.
+					if q, ok := r.ConsumedCapacity[name]; (ok || want != "0") && q.String() != want {
+						t.Errorf("%s consumed %v, want %s %s", pod.Name, r.ConsumedCapacity, name, want)
+					}
+				}
+				podLogs(t, tc.ns, pod.Name, "(UUID: "+uuids[r.Device]+")\n")
+			}
+			if len(devices) != 1 || len(shares) != int(replicas) {
+				t.Errorf("%d replicas got shares %v of GPUs %v, want each its own share of one GPU", replicas, shares, devices)
+			}
+		})
+	}
+}
