@@ -302,11 +302,26 @@ start_control_plane() {
 		--enable-aggregator-routing=true "${GATES[@]}"
 	wait_for "kube-apiserver /readyz" 90 kube-apiserver curl_ok "$SERVER/readyz"
 
-	start_on 0 kube-scheduler "$K8S_BIN/kube-scheduler" \
-		--kubeconfig="$KCFG/scheduler.kubeconfig" \
+	# GPU_DRA_NODES_TO_SCORE sets the scheduler's percentageOfNodesToScore (docs/fleet.md) through a
+	# configuration file, which then also holds what the flags would say of its client.
+	local client=(--kubeconfig="$KCFG/scheduler.kubeconfig" "${qps[@]}")
+	if [[ -n ${GPU_DRA_NODES_TO_SCORE:-} ]]; then
+		local api_qps=50 api_burst=100
+		((${#qps[@]} == 0)) || api_qps=500 api_burst=1000
+		mkdir -p "$RUN/scheduler"
+		cat >"$RUN/scheduler/config.yaml" <<-EOF
+			apiVersion: kubescheduler.config.k8s.io/v1
+			kind: KubeSchedulerConfiguration
+			clientConnection: {kubeconfig: "$KCFG/scheduler.kubeconfig", qps: $api_qps, burst: $api_burst}
+			leaderElection: {leaderElect: false}
+			percentageOfNodesToScore: $GPU_DRA_NODES_TO_SCORE
+		EOF
+		client=(--config="$RUN/scheduler/config.yaml")
+	fi
+	start_on 0 kube-scheduler "$K8S_BIN/kube-scheduler" "${client[@]}" \
 		--authentication-kubeconfig="$KCFG/scheduler.kubeconfig" \
 		--authorization-kubeconfig="$KCFG/scheduler.kubeconfig" \
-		--bind-address=127.0.0.1 --secure-port=10259 --cert-dir="$RUN/scheduler" --leader-elect=false "${qps[@]}" "${GATES[@]}"
+		--bind-address=127.0.0.1 --secure-port=10259 --cert-dir="$RUN/scheduler" --leader-elect=false "${GATES[@]}"
 	start_on 0 kube-controller-manager "$K8S_BIN/kube-controller-manager" \
 		--kubeconfig="$KCFG/controller-manager.kubeconfig" \
 		--authentication-kubeconfig="$KCFG/controller-manager.kubeconfig" \
