@@ -214,16 +214,18 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		h.pools[p.node] = p
 		h.order = append(h.order, p)
 	}
+	// The MIG nodes' labels: their own, and the recipe's when steered.
+	migLabels := maps.Clone(cfg.MIGLabels)
+	if cfg.Steer {
+		if migLabels == nil {
+			migLabels = map[string]string{}
+		}
+		migLabels[SteerKey] = "true"
+	}
 	if err := parallel(ctx, nodeNames, func(ctx context.Context, name string) error {
 		labels, migNode := cfg.Labels, h.migNodes[name]
 		if migNode {
-			labels = maps.Clone(cfg.MIGLabels)
-			if cfg.Steer {
-				if labels == nil {
-					labels = map[string]string{}
-				}
-				labels[SteerKey] = "true"
-			}
+			labels = migLabels
 		}
 		_, err := keeper.create(ctx, name, labels, steerTaints(cfg.Steer, migNode))
 		return err

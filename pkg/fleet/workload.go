@@ -180,7 +180,6 @@ func (t *podTracker) setPhase(ctx context.Context, pod *corev1.Pod, phase corev1
 	})
 }
 
-// boundTime is when the named pod was seen bound.
 // nodeOf returns the node a pod was bound to.
 func (t *podTracker) nodeOf(pod string) (string, bool) {
 	t.mu.Lock()
@@ -189,6 +188,7 @@ func (t *podTracker) nodeOf(pod string) (string, bool) {
 	return n, ok
 }
 
+// boundTime is when the named pod was seen bound.
 func (t *podTracker) boundTime(pod string) (time.Time, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()

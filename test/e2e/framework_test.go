@@ -295,15 +295,22 @@ func simState(t testing.TB) *sim.State {
 	return st
 }
 
-// migCount counts live MIG devices on the simulated node.
-func migCount(t testing.TB) int {
-	n := 0
+// liveMIGs are the UUIDs of the MIG devices on the simulated node.
+func liveMIGs(t testing.TB) map[string]bool {
+	out := map[string]bool{}
 	for _, g := range simState(t).GPUs {
 		for _, gi := range g.GPUInstances {
-			n += len(gi.ComputeInstances)
+			for _, ci := range gi.ComputeInstances {
+				out[ci.UUID] = true
+			}
 		}
 	}
-	return n
+	return out
+}
+
+// migCount counts live MIG devices on the simulated node.
+func migCount(t testing.TB) int {
+	return len(liveMIGs(t))
 }
 
 // cdiSpecs lists the plugin's CDI spec files.

@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"os/exec"
 	"path/filepath"
@@ -18,12 +19,22 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 )
 
+// gpuSimOut runs the simulated node's tool and returns what it printed.
+func gpuSimOut(args ...string) (string, error) {
+	full := append([]string{"--model", model, "--state-dir", filepath.Join(runDir, "sim/state")}, args...)
+	cmd := exec.Command(filepath.Join(runDir, "bin", "gpu-sim"), full...)
+	out, err := cmd.Output()
+	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
+		err = fmt.Errorf("gpu-sim %s: %w: %s", strings.Join(args, " "), err, ee.Stderr)
+	}
+	return string(out), err
+}
+
 // gpuSim runs the simulated node's fault-injection tool.
 func gpuSim(t testing.TB, args ...string) {
 	t.Helper()
-	full := append([]string{"--model", model, "--state-dir", filepath.Join(runDir, "sim/state")}, args...)
-	if out, err := exec.Command(filepath.Join(runDir, "bin", "gpu-sim"), full...).CombinedOutput(); err != nil {
-		t.Fatalf("gpu-sim %s: %v\n%s", strings.Join(args, " "), err, out)
+	if _, err := gpuSimOut(args...); err != nil {
+		t.Fatal(err)
 	}
 }
 

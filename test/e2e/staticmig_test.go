@@ -3,10 +3,8 @@
 package e2e
 
 import (
-	"errors"
 	"fmt"
 	"maps"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -19,30 +17,6 @@ import (
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 )
-
-// gpuSimOut runs the simulated node's tool and returns what it printed.
-func gpuSimOut(args ...string) (string, error) {
-	full := append([]string{"--model", model, "--state-dir", filepath.Join(runDir, "sim/state")}, args...)
-	cmd := exec.Command(filepath.Join(runDir, "bin", "gpu-sim"), full...)
-	out, err := cmd.Output()
-	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
-		err = fmt.Errorf("gpu-sim %s: %w: %s", strings.Join(args, " "), err, ee.Stderr)
-	}
-	return string(out), err
-}
-
-// liveMIGs are the UUIDs of the MIG devices on the simulated node.
-func liveMIGs(t testing.TB) map[string]bool {
-	out := map[string]bool{}
-	for _, g := range simState(t).GPUs {
-		for _, gi := range g.GPUInstances {
-			for _, ci := range gi.ComputeInstances {
-				out[ci.UUID] = true
-			}
-		}
-	}
-	return out
-}
 
 // publishedMIGs are the node's published MIG devices: each one's UUID
 // attribute (empty for a placement a claim would create), by name.
