@@ -98,7 +98,9 @@ type MpsConfig struct {
 	// (nvidia-cuda-mps-control -M), as NVIDIA's driver does: one MPS
 	// server serves the claim's containers whatever user each runs as,
 	// where otherwise a second user's clients wait until the first user's
-	// server exits. The daemon stays the claim's own.
+	// server exits. The daemon stays the claim's own. Refused at prepare on
+	// a GPU older than Volta (compute capability below 7.0), as NVIDIA's
+	// driver refuses it.
 	MultiUser *bool `json:"multiUser,omitempty"`
 }
 

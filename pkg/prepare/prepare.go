@@ -36,6 +36,8 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -337,6 +339,11 @@ func (p *Preparer) configure(claim *resourceapi.ResourceClaim, rec *checkpoint.C
 			mpsConfigs[i] = settings.mps
 			d.MPSDir = p.opts.MPS.Dir(rec.UID)
 			d.MPSMultiUser = settings.mps.MultiUser != nil && *settings.mps.MultiUser
+			if d.MPSMultiUser {
+				if err := p.multiUserCapable(d); err != nil {
+					return nil, fmt.Errorf("device %s: parameters.sharing.mpsConfig.multiUser: %w", d.Name, err)
+				}
+			}
 		}
 	}
 	limits, err := daemonLimits(rec)
@@ -352,6 +359,28 @@ func (p *Preparer) configure(claim *resourceapi.ResourceClaim, rec *checkpoint.C
 		}
 	}
 	return mpsConfigs, nil
+}
+
+// voltaComputeCapability is the first compute capability (major) whose
+// MPS server runs in multi-user mode: NVIDIA's MPS documentation has
+// clients of several users only from Volta on, and NVIDIA's driver refuses
+// multiUser below it.
+const voltaComputeCapability = 7
+
+// multiUserCapable refuses MPS in multi-user mode on a GPU older than
+// Volta. A GPU whose compute capability is unknown (NVML did not say) is
+// let through: the daemon then reports what it cannot do.
+func (p *Preparer) multiUserCapable(d *checkpoint.Device) error {
+	dev, ok := p.devices.Lookup(d.Name)
+	if !ok || dev.GPU == nil {
+		return nil
+	}
+	cc := dev.GPU.CUDAComputeCapability
+	major, _, _ := strings.Cut(cc, ".")
+	if n, err := strconv.Atoi(major); err == nil && n < voltaComputeCapability {
+		return fmt.Errorf("MPS in multi-user mode needs a Volta or newer GPU (compute capability %d.0 or more); GPU %s (%s) has %s: leave multiUser unset", voltaComputeCapability, dev.GPU.UUID, dev.GPU.Name, cc)
+	}
+	return nil
 }
 
 // startClaimMPS starts the claim's own MPS control daemon, now that every

@@ -800,21 +800,48 @@ func TestOverlappingDeviceHeldByAnotherClaim(t *testing.T) {
 // TestMPSMultiUser: mpsConfig.multiUser, as NVIDIA's driver takes it,
 // starts the claim's own daemon in multi-user mode (-M); false or absent
 // starts it as before. Reconciliation starts it again in the same mode.
+// On a GPU older than Volta multi-user mode is refused, naming the field,
+// and nothing is started.
 func TestMPSMultiUser(t *testing.T) {
 	ctx := context.Background()
 	for _, tc := range []struct {
 		name, multiUser string
-		want            bool
+		// computeCapability, if set, replaces the GPU's.
+		computeCapability string
+		want              bool
+		wantErr           string
 	}{
 		{name: "true", multiUser: `,"multiUser":true`, want: true},
 		{name: "false", multiUser: `,"multiUser":false`},
 		{name: "absent"},
+		{name: "true on Volta", multiUser: `,"multiUser":true`, computeCapability: "7.0", want: true},
+		{name: "true on Pascal", multiUser: `,"multiUser":true`, computeCapability: "6.0", wantErr: "parameters.sharing.mpsConfig.multiUser: MPS in multi-user mode needs a Volta or newer GPU"},
+		{name: "false on Pascal", multiUser: `,"multiUser":false`, computeCapability: "6.0"},
+		{name: "true, capability unknown", multiUser: `,"multiUser":true`, computeCapability: "-", want: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t, "dgxh100")
+			if tc.computeCapability != "" {
+				dev, _ := f.devices.Lookup("gpu-2")
+				g := *dev.GPU
+				g.CUDAComputeCapability = strings.TrimPrefix(tc.computeCapability, "-")
+				d := *dev
+				d.GPU = &g
+				f.devices.model.Devices["gpu-2"] = &d
+			}
 			c := withConfig("gpu-2", `{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"MPS","mpsConfig":{"defaultActiveThreadPercentage":50`+tc.multiUser+`}}}`)
 			uid := string(c.UID)
-			if _, err := f.p.Prepare(ctx, c); err != nil {
+			_, err := f.p.Prepare(ctx, c)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("got %v, want an error with %q", err, tc.wantErr)
+				}
+				if f.mps.Running(uid) || len(f.p.Snapshot().Claims) != 0 {
+					t.Errorf("a refused claim left its daemon running (%v) or its record %v", f.mps.Running(uid), f.p.Snapshot().Claims)
+				}
+				return
+			}
+			if err != nil {
 				t.Fatal(err)
 			}
 			starts := func() []string {
