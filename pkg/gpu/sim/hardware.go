@@ -177,6 +177,19 @@ var (
 		Profiles: hopperProfiles([7]string{"1g.18gb", "1g.18gb+me", "1g.35gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb"}),
 		base:     gpus.H200_SXM5_141GB,
 	}
+	// GH200 96GB: the Hopper GPU of a Grace Hopper superchip. Product
+	// name as nvidia-smi -L prints it (NVIDIA's extended-resources demo
+	// mig-1g-12gb.yaml); PCI device ID 0x2342 (mig-parted's "GH200"
+	// device filter). Profile names and instance counts are mig-parted's
+	// H100-96GB / GH200 configurations (1g.12gb x7, 1g.12gb+me x1,
+	// 1g.24gb x4, 2g.24gb x3, 3g.48gb x2, 4g.48gb x1); engines, SMs and
+	// placements are H100's (the same GH100), see docs/hardware-models.md.
+	GH20096GB = PublishedModel{
+		Product: "NVIDIA GH200 96GB HBM3", MemoryMB: 98304, MemorySlices: 8,
+		Source:   "profile names, instances: NVIDIA mig-parted config-default.yaml (H100-96GB, GH200); engines, SMs, placements: " + guideURL + ", H100 80GB table",
+		Profiles: hopperProfiles([7]string{"1g.12gb", "1g.12gb+me", "1g.24gb", "2g.24gb", "3g.48gb", "4g.48gb", "7g.96gb"}),
+		base:     gh200Base(),
+	}
 	B200SXM180GB = PublishedModel{
 		Product: "NVIDIA B200", MemoryMB: 184320, MemorySlices: 8, Source: guideURL + ", B200 180GB table",
 		Profiles: b200Profiles, base: gpus.B200_SXM5_180GB,
@@ -203,6 +216,13 @@ var (
 func gb200Base() gpus.Config {
 	cfg := gpus.B200_SXM5_180GB
 	cfg.PciDeviceId = 0x294110DE
+	return cfg
+}
+
+// gh200Base is go-nvml's H100 configuration with GH200's PCI device ID.
+func gh200Base() gpus.Config {
+	cfg := gpus.H100_SXM5_80GB
+	cfg.PciDeviceId = 0x234210DE
 	return cfg
 }
 
@@ -278,7 +298,7 @@ func PublishedModels(modelName string) ([]PublishedModel, error) {
 
 // PublishedProducts returns every published model, sorted by product name.
 func PublishedProducts() []PublishedModel {
-	out := []PublishedModel{A3024GB, A100SXM440GB, A100SXM480GB, H100SXM580GB, H200SXM5141GB, B200SXM180GB, GB200186GB}
+	out := []PublishedModel{A3024GB, A100SXM440GB, A100SXM480GB, H100SXM580GB, GH20096GB, H200SXM5141GB, B200SXM180GB, GB200186GB}
 	sort.Slice(out, func(a, b int) bool { return out[a].Product < out[b].Product })
 	return out
 }

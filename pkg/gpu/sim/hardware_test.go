@@ -76,6 +76,8 @@ func TestSimulatorMatchesPublishedTables(t *testing.T) {
 		{"dgxa100", "NVIDIA A100-SXM4-40GB", 40960, 8, a100Rows(40)},
 		{"dgxa100-80gb", "NVIDIA A100-SXM4-80GB", 81920, 8, a100Rows(80)},
 		{"dgxh100", "NVIDIA H100 80GB HBM3", 81920, 8, hopperRows("1g.10gb", "1g.10gb+me", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb")},
+		// GH200: names from mig-parted; engines, SMs and placements H100's.
+		{"gh200", "NVIDIA GH200 96GB HBM3", 98304, 8, hopperRows("1g.12gb", "1g.12gb+me", "1g.24gb", "2g.24gb", "3g.48gb", "4g.48gb", "7g.96gb")},
 		{"dgxh200", "NVIDIA H200", 144384, 8, hopperRows("1g.18gb", "1g.18gb+me", "1g.35gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb")},
 		{"dgxb200", "NVIDIA B200", 184320, 8, []publishedRow{
 			{p1, "1g.23gb", 1, 18, 2, 1, 1, 0, 7, all},

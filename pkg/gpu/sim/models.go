@@ -30,7 +30,11 @@ var models = map[string]model{
 	"dgxa100-80gb": {gpus: multiple(8, A100SXM480GB), driverVersion: "550.54.15", cudaVersion: 12040},
 	"dgxh100":      {gpus: multiple(8, H100SXM580GB), driverVersion: "550.54.15", cudaVersion: 12040},
 	"dgxh200":      {gpus: multiple(8, H200SXM5141GB), driverVersion: "550.54.15", cudaVersion: 12040},
-	"dgxb200":      {gpus: multiple(8, B200SXM180GB), driverVersion: "560.28.03", cudaVersion: 12060},
+	// gh200 is a node of two GH200 superchips (96GB HBM3 each), as
+	// NVIDIA's extended-resources demo mig-1g-12gb.yaml shows one; not
+	// fabric attached. Driver as the DGX nodes (GH200 needs 535 or later).
+	"gh200":   {gpus: multiple(2, GH20096GB), driverVersion: "550.54.15", cudaVersion: 12040},
+	"dgxb200": {gpus: multiple(8, B200SXM180GB), driverVersion: "560.28.03", cudaVersion: 12060},
 	// gb200 is one compute tray of a GB200 NVL rack: four GB200 GPUs,
 	// fabric attached. Driver 570.133.20 (CUDA 12.8), the first that the
 	// MIG user guide names for Blackwell (B200) MIG; IMEX needs 550 or later.
