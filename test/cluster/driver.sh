@@ -16,6 +16,12 @@
 #            keeps its slices and prepared claims, as in a restart or upgrade.
 #   restart  stop, then the release upgraded with the plugin flags given (none: the defaults),
 #            then start. Builds nothing.
+#   replace-gpus MODEL
+#            (one node) the node's GPUs replaced while its plugin is stopped, as an administrator
+#            replaces them (an RMA, an upgrade): the plugin stopped, the simulated node served as
+#            MODEL (a gpu-sim model), the plugin started again. The node it was is kept in
+#            $RUN/sim-replaced/<model> and comes back, state and all, when replaced by that model
+#            again. Builds nothing.
 #
 # The driver is configured as an operator configures it, by chart values: the harness's own
 # (local paths, the simulated node, the inventory re-read every 10s) in $RUN/driver-values.yaml,
@@ -253,6 +259,30 @@ stop_plugin() {
 	done
 }
 
+# replace_gpus MODEL: replace-gpus above. Run with GPU_DRA_SIMULATE=MODEL or unset (node_model).
+replace_gpus() {
+	local new=$1 old pid pidfile=$RUN/pids/gpu-sim.pid tmp
+	(($(cluster_nodes) == 1)) || die "replace-gpus: a one-node cluster only (this one has $(cluster_nodes))"
+	[[ -z ${GPU_DRA_SIMULATE:-} || $GPU_DRA_SIMULATE == "$new" ]] || die "replace-gpus $new: GPU_DRA_SIMULATE is $GPU_DRA_SIMULATE"
+	tmp=$(mktemp -d)
+	"$RUN/bin/gpu-sim" --model "$new" --state-dir "$tmp" show >/dev/null || { rm -rf "$tmp"; die "replace-gpus: no simulated node $new"; }
+	rm -rf "$tmp"
+	old=$(<"$RUN/simulate")
+	stop_plugin
+	if [[ $old != "$new" ]]; then
+		if [[ -f $pidfile ]] && pid=$(<"$pidfile") && kill "$pid" 2>/dev/null; then
+			while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+		fi
+		mkdir -p "$RUN/sim-replaced"
+		rm -rf "${RUN:?}/sim-replaced/$old"
+		mv "$SIM_DIR" "$RUN/sim-replaced/$old"
+		[[ ! -d $RUN/sim-replaced/$new ]] || mv "$RUN/sim-replaced/$new" "$SIM_DIR"
+	fi
+	GPU_DRA_SIMULATE=$new prepare_nodes
+	start_plugin
+	log "node's GPUs replaced: $old, now $new"
+}
+
 # values_files ARGS...: adds the leading "-f FILE" options (absolute paths) to $VALUES_FILES,
 # each once, and leaves the other arguments in REST.
 values_files() {
@@ -291,7 +321,11 @@ main() {
 		upgrade "$@"
 		start_plugin
 		;;
-	*) die "usage: driver.sh start|stop|restart [-f VALUES]... [plugin flags...]" ;;
+	replace-gpus)
+		[[ $# == 2 ]] || die "usage: driver.sh replace-gpus MODEL"
+		replace_gpus "$2"
+		;;
+	*) die "usage: driver.sh start|stop|restart [-f VALUES]... [plugin flags...] | replace-gpus MODEL" ;;
 	esac
 }
 
