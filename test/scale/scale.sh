@@ -23,6 +23,10 @@
 #                                             no whole-GPU baseline; FLEET_PEER=first: the same, the
 #                                             peer first. Both then run the bursts and churn without
 #                                             share (NVIDIA's driver has no class for it)
+#   FLEET_GATES='DRANodeAllocatableResources=true;none'  instead of the sides above: the full side
+#                                             once per feature-gate set (';' between sets, 'none' for
+#                                             v1.37's defaults alone; GPU_DRA_FEATURE_GATES of up.sh),
+#                                             each compared with the first (compare-gates-N-K.md)
 #   GPU_DRA_SCALE_OUT=/tmp/gpu-dra-scale      where the reports go
 #   FLEET_HARNESS_GOGC=100                    GOGC of the harness alone (it stands in for every node's
 #                                             plugin; lower it to fit a large fleet on a small machine)
@@ -89,6 +93,18 @@ mig_args() {
 [[ -z ${FLEET_MIG_NODES:-} ]] || FLEET_KINDS=${FLEET_KINDS:-whole}
 
 for n in "${NODES[@]}"; do
+	if [[ -n ${FLEET_GATES:-} ]]; then
+		IFS=';' read -ra gate_sets <<<"$FLEET_GATES"
+		for k in "${!gate_sets[@]}"; do
+			gates=${gate_sets[$k]}
+			[[ $gates != none ]] || gates=
+			log "feature gates of side gates$k: ${gates:-none beyond the defaults of v1.37}"
+			# shellcheck disable=SC2046 # mig_args prints separate words
+			GPU_DRA_FEATURE_GATES=$gates side "gates$k" "$n" --bursts "$BURSTS" --churn "$CHURN" "${CHURN_ARGS[@]}" ${FLEET_KINDS:+--kinds "$FLEET_KINDS"} ${FLEET_MIG_PROFILES:+--mig-profiles "$FLEET_MIG_PROFILES"} $(mig_args "$n")
+			((k == 0)) || "$FLEET" compare "$OUT/gates$k-$n.json" "$OUT/gates0-$n.json" | tee "$OUT/compare-gates-$n-$k.md"
+		done
+		continue
+	fi
 	[[ $PEER != first ]] || side peer "$n" --peer --bursts "$BURSTS" --churn "$CHURN" "${CHURN_ARGS[@]}"
 	# shellcheck disable=SC2046 # mig_args prints separate words
 	side full "$n" --bursts "$BURSTS" --churn "$CHURN" "${CHURN_ARGS[@]}" ${FLEET_KINDS:+--kinds "$FLEET_KINDS"} ${FLEET_MIG_PROFILES:+--mig-profiles "$FLEET_MIG_PROFILES"} $(mig_args "$n")
