@@ -13,6 +13,7 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	corev1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
@@ -32,24 +33,32 @@ func replaceGPUs(to string) error {
 // by device name.
 func publishedGPUs(t testing.TB) map[string]string {
 	t.Helper()
+	out := map[string]string{}
+	for _, d := range nodeDevices(t) {
+		if a := d.Attributes[names.AttrType]; a.StringValue == nil || *a.StringValue != names.TypeGPU {
+			continue
+		}
+		if a := d.Attributes[names.AttrProductName]; a.StringValue != nil {
+			out[d.Name] = *a.StringValue
+		} else {
+			out[d.Name] = ""
+		}
+	}
+	return out
+}
+
+// nodeDevices are the devices of the one node's published slices.
+func nodeDevices(t testing.TB) []resourceapi.Device {
+	t.Helper()
 	l, err := client.ResourceV1().ResourceSlices().List(ctx(), metav1.ListOptions{
 		FieldSelector: "spec.nodeName=" + nodeName + ",spec.driver=" + names.DriverName,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[string]string{}
+	var out []resourceapi.Device
 	for _, s := range l.Items {
-		for _, d := range s.Spec.Devices {
-			if a := d.Attributes[names.AttrType]; a.StringValue == nil || *a.StringValue != names.TypeGPU {
-				continue
-			}
-			if a := d.Attributes[names.AttrProductName]; a.StringValue != nil {
-				out[d.Name] = *a.StringValue
-			} else {
-				out[d.Name] = ""
-			}
-		}
+		out = append(out, s.Spec.Devices...)
 	}
 	return out
 }

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/gpu-dra/gpu-dra-driver/pkg/names"
 )
@@ -22,22 +21,14 @@ import (
 // attribute (empty for a placement a claim would create), by name.
 func publishedMIGs(t testing.TB) map[string]string {
 	t.Helper()
-	l, err := client.ResourceV1().ResourceSlices().List(ctx(), metav1.ListOptions{
-		FieldSelector: "spec.nodeName=" + nodeName + ",spec.driver=" + names.DriverName,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := map[string]string{}
-	for _, s := range l.Items {
-		for _, d := range s.Spec.Devices {
-			if strings.Contains(d.Name, "-mig-") {
-				uuid := ""
-				if a, ok := d.Attributes[names.AttrUUID]; ok && a.StringValue != nil {
-					uuid = *a.StringValue
-				}
-				out[d.Name] = uuid
+	for _, d := range nodeDevices(t) {
+		if strings.Contains(d.Name, "-mig-") {
+			uuid := ""
+			if a, ok := d.Attributes[names.AttrUUID]; ok && a.StringValue != nil {
+				uuid = *a.StringValue
 			}
+			out[d.Name] = uuid
 		}
 	}
 	return out
