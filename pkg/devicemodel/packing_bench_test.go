@@ -74,6 +74,82 @@ func BenchmarkPacking(b *testing.B) {
 	}
 }
 
+// BenchmarkSingleInstancePlacements measures issue 29's lever of
+// publishing fewer placements of the profiles the hardware allows once per
+// GPU (on an H100 1g.10gb+me: seven placements, one instance; 4g and 7g
+// have one placement already): the driver's order with all of them, and
+// with only the first k in PackingOrder (highest start first). It reports
+// the packing figures of BenchmarkPacking against the same oracle, and the
+// node's devices and slice bytes. Run it with
+//
+//	go test -run XXX -bench 'BenchmarkSingleInstancePlacements' -benchtime 1x ./pkg/devicemodel/
+func BenchmarkSingleInstancePlacements(b *testing.B) {
+	inv := inventory(b, "dgxh100")
+	for _, sc := range []struct {
+		name  string
+		nodes int
+		ticks int
+	}{
+		{"one-node", 1, 3000},
+		{"fleet-4-nodes", 4, 1200},
+	} {
+		stream := packingStream(*packingSeed, sc.nodes, sc.ticks)
+		oracle := runOracle(inv, sc.nodes, stream)
+		for _, k := range []int{0, 1, 2, 3} {
+			name := "all"
+			if k > 0 {
+				name = fmt.Sprintf("keep-%d", k)
+			}
+			b.Run(sc.name+"/"+name, func(b *testing.B) {
+				var trims []func(*Model)
+				if k > 0 {
+					trims = append(trims, keepSingleInstancePlacements(k))
+				}
+				var res packingResult
+				for b.Loop() {
+					res = runAllocator(b, inv, PackingOrder, nil, sc.nodes, stream, trims...)
+				}
+				res.report(b, oracle)
+				m := build(b, Input{Inventory: inv, SharedGPUs: true})
+				for _, trim := range trims {
+					trim(m)
+				}
+				size := 0
+				for _, rs := range m.ResourceSlices("node-0") {
+					js, err := json.Marshal(&rs)
+					if err != nil {
+						b.Fatal(err)
+					}
+					size += len(js)
+				}
+				devices := 0
+				for _, sl := range m.Slices {
+					devices += len(sl.Devices)
+				}
+				b.ReportMetric(float64(devices), "devices")
+				b.ReportMetric(float64(size), "slice-bytes")
+			})
+		}
+	}
+}
+
+// keepSingleInstancePlacements drops from a model the placements of every
+// profile of at most one instance per GPU but the first k in PackingOrder.
+func keepSingleInstancePlacements(k int) func(*Model) {
+	return func(m *Model) {
+		for i := range m.Slices {
+			m.Slices[i].Devices = slices.DeleteFunc(m.Slices[i].Devices, func(d resourceapi.Device) bool {
+				info := m.Devices[d.Name]
+				if info == nil || info.Kind != KindMIGPlacement || info.Profile.MaxInstances != 1 || len(info.Profile.Placements) <= k {
+					return false
+				}
+				kept := PackingOrder(info.GPU, info.Profile)[:k]
+				return !slices.Contains(kept, info.Placement)
+			})
+		}
+	}
+}
+
 // packingOrders are the orders compared: NVML's pick-first, the driver's,
 // and node-wide orders that interleave GPUs, none of which did better on
 // both counts (docs/device-model.md). order orders placements on a GPU
@@ -540,12 +616,15 @@ func runOracle(inv *gpu.Inventory, nodes int, stream []packingRequest) packingRe
 // published with the given placement order. Among the nodes that fit a
 // claim it picks one at random (seeded), as the scheduler does among nodes
 // of equal score.
-func runAllocator(b testing.TB, inv *gpu.Inventory, order PlacementOrder, layout Layout, nodes int, stream []packingRequest) packingResult {
+func runAllocator(b testing.TB, inv *gpu.Inventory, order PlacementOrder, layout Layout, nodes int, stream []packingRequest, trims ...func(*Model)) packingResult {
 	models := map[string]*Model{}
 	var nodeObjs []*v1.Node
 	for n := range nodes {
 		name := fmt.Sprintf("node-%d", n)
 		models[name] = build(b, Input{Inventory: inv, SharedGPUs: true, PlacementOrder: order, Layout: layout})
+		for _, trim := range trims {
+			trim(models[name])
+		}
 		nodeObjs = append(nodeObjs, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}})
 	}
 	c := newCluster(b, models)
