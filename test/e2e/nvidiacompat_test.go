@@ -138,6 +138,37 @@ func oneGPU(t *testing.T, ns, pod, container string) string {
 	return o.gpus[0]
 }
 
+// deploymentPods waits until the Deployment name in ns has n ready
+// replicas and its selector lists exactly n pods, each Running and not
+// being deleted, and returns their names.
+func deploymentPods(t *testing.T, ns, name, selector string, n int, timeout time.Duration) []string {
+	t.Helper()
+	var pods []string
+	eventually(t, timeout, fmt.Sprintf("%s/%s's %d replicas ready", ns, name, n), func() (bool, error) {
+		d, err := client.AppsV1().Deployments(ns).Get(ctx(), name, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		if int(d.Status.ReadyReplicas) != n {
+			return false, fmt.Errorf("%d ready", d.Status.ReadyReplicas)
+		}
+		l, err := client.CoreV1().Pods(ns).List(ctx(), metav1.ListOptions{LabelSelector: selector})
+		if err != nil {
+			return false, err
+		}
+		pods = nil
+		running := 0
+		for _, p := range l.Items {
+			pods = append(pods, p.Name)
+			if p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning {
+				running++
+			}
+		}
+		return len(pods) == n && running == n, fmt.Errorf("pods %v, %d of them running", pods, running)
+	})
+	return pods
+}
+
 // claimDevices returns the devices allocated to a pod's claim entry.
 func claimDevices(t *testing.T, ns, pod, entry string) []string {
 	t.Helper()
@@ -359,25 +390,7 @@ var nvidiaWaves = [][]nvidiaCase{{
 	// "GPUs: Deployment with 2 replicas gets distinct GPUs
 	// simultaneously": two ready replicas, two different GPUs.
 	{name: "bats gpu-job-rct-parallel", file: bats + "gpu-job-rct-parallel.yaml", ns: "nv-job-rct-parallel", check: func(t *testing.T, ns string) {
-		var pods []string
-		eventually(t, 90*time.Second, "gpu-deploy-parallel's two replicas ready", func() (bool, error) {
-			d, err := client.AppsV1().Deployments(ns).Get(ctx(), "gpu-deploy-parallel", metav1.GetOptions{})
-			if err != nil {
-				return false, err
-			}
-			if d.Status.ReadyReplicas != 2 {
-				return false, fmt.Errorf("%d ready", d.Status.ReadyReplicas)
-			}
-			l, err := client.CoreV1().Pods(ns).List(ctx(), metav1.ListOptions{LabelSelector: "app=gpu-deploy-parallel"})
-			if err != nil {
-				return false, err
-			}
-			pods = nil
-			for _, p := range l.Items {
-				pods = append(pods, p.Name)
-			}
-			return len(pods) == 2, fmt.Errorf("pods %v", pods)
-		})
+		pods := deploymentPods(t, ns, "gpu-deploy-parallel", "app=gpu-deploy-parallel", 2, 90*time.Second)
 		if a, b := oneGPU(t, ns, pods[0], ""), oneGPU(t, ns, pods[1], ""); a == b {
 			t.Errorf("both replicas see %s, want a GPU each", a)
 		}

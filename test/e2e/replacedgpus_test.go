@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
-	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -87,34 +86,6 @@ func allMIGModeOff(t *testing.T) {
 			setMIGMode(t, i, false)
 		}
 	}
-}
-
-// deploymentPods waits until the Deployment in ns has n ready replicas and
-// returns its pods' names.
-func deploymentPods(t *testing.T, ns, name, selector string, n int) []string {
-	t.Helper()
-	var pods []string
-	eventually(t, 120*time.Second, fmt.Sprintf("%s/%s's %d replicas ready", ns, name, n), func() (bool, error) {
-		d, err := client.AppsV1().Deployments(ns).Get(ctx(), name, metav1.GetOptions{})
-		if err != nil {
-			return false, err
-		}
-		if int(d.Status.ReadyReplicas) != n {
-			return false, fmt.Errorf("%d ready", d.Status.ReadyReplicas)
-		}
-		l, err := client.CoreV1().Pods(ns).List(ctx(), metav1.ListOptions{LabelSelector: selector})
-		if err != nil {
-			return false, err
-		}
-		pods = nil
-		for _, p := range l.Items {
-			if p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning {
-				pods = append(pods, p.Name)
-			}
-		}
-		return len(pods) == n, fmt.Errorf("running pods %v", pods)
-	})
-	return pods
 }
 
 // TestNVIDIAManifestsOnA100AndGH200 runs NVIDIA's manifests written for
@@ -203,7 +174,7 @@ func TestNVIDIAManifestsOnA100AndGH200(t *testing.T) {
 	// gpu-test6: each replica a time-sliced A100 of index 0, 2, 4 or 6.
 	even := map[string]bool{a100s["gpu-0"]: true, a100s["gpu-2"]: true, a100s["gpu-4"]: true, a100s["gpu-6"]: true}
 	seen := map[string]string{}
-	for _, p := range deploymentPods(t, "gpu-test6", "pod", "app=pod", 4) {
+	for _, p := range deploymentPods(t, "gpu-test6", "pod", "app=pod", 4, 120*time.Second) {
 		u := oneGPU(t, "gpu-test6", p, "")
 		if !even[u] {
 			t.Errorf("gpu-test6 %s sees %s, want one of the A100s of index 0, 2, 4, 6 %v", p, u, slices.Sorted(maps.Keys(even)))
@@ -222,7 +193,7 @@ func TestNVIDIAManifestsOnA100AndGH200(t *testing.T) {
 	profiles := map[string]string{"ctr0": "1g.5gb", "ctr1": "1g.5gb", "ctr2": "2g.10gb", "ctr3": "3g.20gb"}
 	requests := map[string]string{"ctr0": "mig-1g-5gb-0", "ctr1": "mig-1g-5gb-1", "ctr2": "mig-2g-10gb", "ctr3": "mig-3g-20gb"}
 	parents := map[string]string{}
-	for _, p := range deploymentPods(t, "gpu-test4", "pod", "app=pod", 4) {
+	for _, p := range deploymentPods(t, "gpu-test4", "pod", "app=pod", 4, 120*time.Second) {
 		c := claimOf(t, waitPodRunning(t, "gpu-test4", p), "mig-devices")
 		byRequest := map[string]string{}
 		for _, r := range c.Status.Allocation.Devices.Results {
