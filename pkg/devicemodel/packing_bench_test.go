@@ -45,14 +45,7 @@ import (
 // and with -packing-seed=N for another stream.
 func BenchmarkPacking(b *testing.B) {
 	inv := inventory(b, "dgxh100")
-	for _, sc := range []struct {
-		name  string
-		nodes int
-		ticks int
-	}{
-		{"one-node", 1, 3000},
-		{"fleet-4-nodes", 4, 1200},
-	} {
+	for _, sc := range packingScenarios {
 		stream := packingStream(*packingSeed, sc.nodes, sc.ticks)
 		oracle := runOracle(inv, sc.nodes, stream)
 		b.Run(sc.name+"/oracle", func(b *testing.B) {
@@ -85,14 +78,7 @@ func BenchmarkPacking(b *testing.B) {
 //	go test -run XXX -bench 'BenchmarkSingleInstancePlacements' -benchtime 1x ./pkg/devicemodel/
 func BenchmarkSingleInstancePlacements(b *testing.B) {
 	inv := inventory(b, "dgxh100")
-	for _, sc := range []struct {
-		name  string
-		nodes int
-		ticks int
-	}{
-		{"one-node", 1, 3000},
-		{"fleet-4-nodes", 4, 1200},
-	} {
+	for _, sc := range packingScenarios {
 		stream := packingStream(*packingSeed, sc.nodes, sc.ticks)
 		oracle := runOracle(inv, sc.nodes, stream)
 		for _, k := range []int{0, 1, 2, 3} {
@@ -148,6 +134,18 @@ func keepSingleInstancePlacements(k int) func(*Model) {
 			})
 		}
 	}
+}
+
+// packingScenarios are the fleets the packing benchmarks replay a stream
+// on: one DGX H100, and four (shorter, the same number of requests per
+// node and tick).
+var packingScenarios = []struct {
+	name  string
+	nodes int
+	ticks int
+}{
+	{"one-node", 1, 3000},
+	{"fleet-4-nodes", 4, 1200},
 }
 
 // packingOrders are the orders compared: NVML's pick-first, the driver's,
