@@ -92,6 +92,12 @@ mig_args() {
 }
 [[ -z ${FLEET_MIG_NODES:-} ]] || FLEET_KINDS=${FLEET_KINDS:-whole}
 
+# full_side NAME NODES: side NAME running the full side's workloads and offer.
+full_side() {
+	# shellcheck disable=SC2046 # mig_args prints separate words
+	side "$1" "$2" --bursts "$BURSTS" --churn "$CHURN" "${CHURN_ARGS[@]}" ${FLEET_KINDS:+--kinds "$FLEET_KINDS"} ${FLEET_MIG_PROFILES:+--mig-profiles "$FLEET_MIG_PROFILES"} $(mig_args "$2")
+}
+
 for n in "${NODES[@]}"; do
 	if [[ -n ${FLEET_GATES:-} ]]; then
 		IFS=';' read -ra gate_sets <<<"$FLEET_GATES"
@@ -99,15 +105,13 @@ for n in "${NODES[@]}"; do
 			gates=${gate_sets[$k]}
 			[[ $gates != none ]] || gates=
 			log "feature gates of side gates$k: ${gates:-none beyond the defaults of v1.37}"
-			# shellcheck disable=SC2046 # mig_args prints separate words
-			GPU_DRA_FEATURE_GATES=$gates side "gates$k" "$n" --bursts "$BURSTS" --churn "$CHURN" "${CHURN_ARGS[@]}" ${FLEET_KINDS:+--kinds "$FLEET_KINDS"} ${FLEET_MIG_PROFILES:+--mig-profiles "$FLEET_MIG_PROFILES"} $(mig_args "$n")
+			GPU_DRA_FEATURE_GATES=$gates full_side "gates$k" "$n"
 			((k == 0)) || "$FLEET" compare "$OUT/gates$k-$n.json" "$OUT/gates0-$n.json" | tee "$OUT/compare-gates-$n-$k.md"
 		done
 		continue
 	fi
 	[[ $PEER != first ]] || side peer "$n" --peer --bursts "$BURSTS" --churn "$CHURN" "${CHURN_ARGS[@]}"
-	# shellcheck disable=SC2046 # mig_args prints separate words
-	side full "$n" --bursts "$BURSTS" --churn "$CHURN" "${CHURN_ARGS[@]}" ${FLEET_KINDS:+--kinds "$FLEET_KINDS"} ${FLEET_MIG_PROFILES:+--mig-profiles "$FLEET_MIG_PROFILES"} $(mig_args "$n")
+	full_side full "$n"
 	if [[ -n $PEER ]]; then
 		[[ $PEER == first ]] || side peer "$n" --peer --bursts "$BURSTS" --churn "$CHURN" "${CHURN_ARGS[@]}"
 		"$FLEET" compare "$OUT/full-$n.json" "$OUT/peer-$n.json" | tee "$OUT/compare-peer-$n.md"
