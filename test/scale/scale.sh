@@ -30,6 +30,8 @@
 #   GPU_DRA_SCALE_OUT=/tmp/gpu-dra-scale      where the reports go
 #   FLEET_HARNESS_GOGC=100                    GOGC of the harness alone (it stands in for every node's
 #                                             plugin; lower it to fit a large fleet on a small machine)
+#   GPU_DRA_APISERVER_GOGC=100                GOGC of the API server alone, the same for every side
+#                                             (test/cluster/up.sh; lower it to fit a large fleet)
 #
 # The control plane uses the e2e cluster's ports: on a shared machine run it under
 # flock /tmp/gpu-dra-e2e.lock.
