@@ -30,6 +30,8 @@
 #   GPU_DRA_SCALE_OUT=/tmp/gpu-dra-scale      where the reports go
 #   FLEET_HARNESS_GOGC=100                    GOGC of the harness alone (it stands in for every node's
 #                                             plugin; lower it to fit a large fleet on a small machine)
+#   FLEET_TIMEOUT=10m                         gpu-fleet's --timeout: the limit of each wait, a burst's
+#                                             included (a burst not bound by then fails its side)
 #   GPU_DRA_APISERVER_GOGC=100                GOGC of the API server alone, the same for every side
 #                                             (test/cluster/up.sh; lower it to fit a large fleet)
 #
@@ -74,13 +76,20 @@ FLEET=$REPO_ROOT/bin/gpu-fleet
 trap '"$CLUSTER_DIR/down.sh" >/dev/null 2>&1 || true' EXIT
 
 # side NAME NODES ARGS...: a fresh control plane, one harness run, the control plane stopped.
+# A side whose harness fails (a burst not bound within its wait, an over-commitment) still wrote
+# the figures it took: the other sides run and the comparisons are printed, and the script fails
+# at the end, naming it.
+FAILED=()
 side() {
 	local name=$1 n=$2
 	shift 2
 	GPU_DRA_CONTROL_PLANE_ONLY=1 "$CLUSTER_DIR/up.sh" >/dev/null
 	log "fleet of $n ($MODELS), $name: gpu-fleet --nodes $n --models $MODELS $*"
-	GOGC=${FLEET_HARNESS_GOGC:-100} KUBECONFIG=$RUN/kubeconfig/admin.kubeconfig "$FLEET" --run-dir "$RUN" --nodes "$n" --models "$MODELS" \
-		--out "$OUT/$name-$n.json" "$@" | tee "$OUT/$name-$n.txt"
+	if ! GOGC=${FLEET_HARNESS_GOGC:-100} KUBECONFIG=$RUN/kubeconfig/admin.kubeconfig "$FLEET" --run-dir "$RUN" --nodes "$n" --models "$MODELS" \
+		${FLEET_TIMEOUT:+--timeout "$FLEET_TIMEOUT"} --out "$OUT/$name-$n.json" "$@" | tee "$OUT/$name-$n.txt"; then
+		FAILED+=("$name-$n")
+		log "side $name of $n failed (its figures so far: $OUT/$name-$n.txt); going on with the other sides"
+	fi
 	"$CLUSTER_DIR/down.sh" >/dev/null
 }
 
@@ -122,3 +131,4 @@ for n in "${NODES[@]}"; do
 	side whole "$n" --kinds whole --bursts "$BASELINE_BURSTS" --churn "$BASELINE_CHURN" "${CHURN_ARGS[@]}"
 	"$FLEET" compare "$OUT/full-$n.json" "$OUT/whole-$n.json" | tee "$OUT/compare-$n.md"
 done
+((${#FAILED[@]} == 0)) || die "sides that failed: ${FAILED[*]} (their reports are in $OUT)"
