@@ -7,7 +7,7 @@
 # fleet, the pool NVIDIA's driver publishes (gpu-fleet --peer, package pkg/fleet/peer) and runs
 # the same bursts and churn; compare-peer-N.md sets ours against it.
 #
-#   test/scale/scale.sh [NODES...]            default: 100 500 (1000: about 23 GiB, FLEET_HARNESS_GOGC=50; docs/benchmarks.md)
+#   test/scale/scale.sh [NODES...]            default: 100 500 (1000: about 23 GiB, FLEET_HARNESS_GOGC=50; with FLEET_PEER also GPU_DRA_APISERVER_GOGC=50; docs/benchmarks.md)
 #   FLEET_MODELS=dgxa100,dgxh100,dgxh200,dgxb200  the nodes' models, round robin (default dgxh100)
 #   FLEET_BURSTS=whole=3,mig-1g=3             the full side's workloads, pods per node
 #   FLEET_CHURN='whole=1;whole=2,mig-1g=2,mig-3g=1,share=1'  steady traffic after the bursts, one mix
