@@ -1,14 +1,10 @@
 package devicemodel
 
 import (
-	"context"
 	"fmt"
 	"testing"
 
-	v1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/dynamic-resource-allocation/structured"
 )
 
 // BenchmarkAllocator measures the scheduler's allocator on a cluster of 100
@@ -67,10 +63,6 @@ func benchmarkAllocator(b *testing.B, shared bool, layout Layout) {
 			}
 		}
 	}
-	nodeObjs := make([]*v1.Node, 0, nodes)
-	for n := range models {
-		nodeObjs = append(nodeObjs, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: n}})
-	}
 	claims := map[string]*resourceapi.ResourceClaim{
 		"whole-gpu": claim(exactly("gpu", "gpu.nvidia.com", 1)),
 		"mig-1g":    claim(exactly("mig", "mig.nvidia.com", 1, attr("profile")+` == "1g.10gb"`)),
@@ -86,32 +78,5 @@ func benchmarkAllocator(b *testing.B, shared bool, layout Layout) {
 	if shared {
 		names = append(names, "share-20Gi")
 	}
-	state := structured.AllocatedState{AllocatedDevices: c.allocated, AllocatedSharedDeviceIDs: c.shares, AggregatedCapacity: c.consumed}
-	ctx := context.Background()
-	for _, name := range names {
-		cl := claims[name]
-		b.Run(name, func(b *testing.B) {
-			b.ReportAllocs()
-			for i := 0; i < b.N; i++ {
-				alloc, err := structured.NewAllocator(ctx, features, state, c.classes, c.slices, c.celCache)
-				if err != nil {
-					b.Fatal(err)
-				}
-				fits := 0
-				for _, n := range nodeObjs {
-					res, err := alloc.Allocate(ctx, n, []*resourceapi.ResourceClaim{cl})
-					if err != nil {
-						b.Fatal(err)
-					}
-					if res != nil {
-						fits++
-					}
-				}
-				if fits != nodes {
-					b.Fatalf("claim fits on %d of %d nodes", fits, nodes)
-				}
-			}
-			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/nodes/1000, "µs/node")
-		})
-	}
+	benchmarkClaims(b, c, names, claims)
 }

@@ -63,7 +63,7 @@ func BenchmarkPoolPerSlice(b *testing.B) {
 						}
 					}
 				}
-				benchmarkClaims(b, c, map[string]*resourceapi.ResourceClaim{
+				benchmarkClaims(b, c, []string{"whole-gpu", "mig-1g", "share-10Gi"}, map[string]*resourceapi.ResourceClaim{
 					"whole-gpu":  claim(exactly("gpu", "gpu.nvidia.com", 1)),
 					"mig-1g":     claim(exactly("mig", "mig.nvidia.com", 1, attr("profile")+` == "1g.10gb"`)),
 					"share-10Gi": claim(share("10Gi", "")),
@@ -73,16 +73,17 @@ func BenchmarkPoolPerSlice(b *testing.B) {
 	}
 }
 
-// benchmarkClaims times, for each claim, building the allocator and trying
-// every node of c, as the scheduler's Filter does; every node must fit it.
-func benchmarkClaims(b *testing.B, c *cluster, claims map[string]*resourceapi.ResourceClaim) {
+// benchmarkClaims times, for each claim named, building the allocator and
+// trying every node of c, as the scheduler's Filter does; every node must
+// fit it.
+func benchmarkClaims(b *testing.B, c *cluster, names []string, claims map[string]*resourceapi.ResourceClaim) {
 	nodeObjs := make([]*v1.Node, 0, len(c.models))
 	for n := range c.models {
 		nodeObjs = append(nodeObjs, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: n}})
 	}
 	state := structured.AllocatedState{AllocatedDevices: c.allocated, AllocatedSharedDeviceIDs: c.shares, AggregatedCapacity: c.consumed}
 	ctx := context.Background()
-	for _, name := range []string{"whole-gpu", "mig-1g", "share-10Gi"} {
+	for _, name := range names {
 		cl := claims[name]
 		b.Run(name, func(b *testing.B) {
 			b.ReportAllocs()
