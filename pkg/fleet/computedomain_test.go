@@ -184,9 +184,11 @@ func TestDaemonKeeper(t *testing.T) {
 	tl.mark(evListed, "node-a", time.Now())
 	k.listed(ctx, []string{"node-a"})
 	waitFor("d-a ready once listed", func() bool { return ready(get("d-a")) })
-	if tl.count(evDaemonReady) != 2 || tl.count(evDaemonRunning) != 2 {
-		t.Errorf("timeline: %d running, %d ready, want 2 and 2", tl.count(evDaemonRunning), tl.count(evDaemonReady))
-	}
+	// The keeper marks the timeline after its status write returns, so a
+	// Ready pod can be seen a moment before its mark.
+	waitFor("timeline: 2 running, 2 ready", func() bool {
+		return tl.count(evDaemonReady) == 2 && tl.count(evDaemonRunning) == 2
+	})
 
 	terminating := get("d-a")
 	terminating.DeletionTimestamp = ptr.To(metav1.Now())
