@@ -109,6 +109,11 @@ full_side() {
 	side "$1" "$2" --bursts "$BURSTS" --churn "$CHURN" "${CHURN_ARGS[@]}" ${FLEET_KINDS:+--kinds "$FLEET_KINDS"} ${FLEET_MIG_PROFILES:+--mig-profiles "$FLEET_MIG_PROFILES"} $(mig_args "$2")
 }
 
+# peer_side NODES: the peer side, NVIDIA's pool running the full side's bursts and churn.
+peer_side() {
+	side peer "$1" --peer --bursts "$BURSTS" --churn "$CHURN" "${CHURN_ARGS[@]}"
+}
+
 for n in "${NODES[@]}"; do
 	if [[ -n ${FLEET_GATES:-} ]]; then
 		IFS=';' read -ra gate_sets <<<"$FLEET_GATES"
@@ -121,10 +126,10 @@ for n in "${NODES[@]}"; do
 		done
 		continue
 	fi
-	[[ $PEER != first ]] || side peer "$n" --peer --bursts "$BURSTS" --churn "$CHURN" "${CHURN_ARGS[@]}"
+	[[ $PEER != first ]] || peer_side "$n"
 	full_side full "$n"
 	if [[ -n $PEER ]]; then
-		[[ $PEER == first ]] || side peer "$n" --peer --bursts "$BURSTS" --churn "$CHURN" "${CHURN_ARGS[@]}"
+		[[ $PEER == first ]] || peer_side "$n"
 		"$FLEET" compare "$OUT/full-$n.json" "$OUT/peer-$n.json" | tee "$OUT/compare-peer-$n.md"
 	fi
 	[[ $PEER == only || $PEER == first ]] && continue
