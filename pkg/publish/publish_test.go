@@ -123,7 +123,8 @@ func TestPublishChangesFewSlicesAndRepairs(t *testing.T) {
 	}
 	waitFor(t, "the taint stored", func() (bool, string) {
 		s := stored(t, client)["gpu-1"]
-		return s != nil && len(s.Spec.Devices[0].Taints) == 1, fmt.Sprintf("%+v", s)
+		// The controller counts an update after the object is stored.
+		return s != nil && len(s.Spec.Devices[0].Taints) == 1 && p.Stats().NumUpdates > before.NumUpdates, fmt.Sprintf("%+v, %+v", s, p.Stats())
 	})
 	time.Sleep(200 * time.Millisecond) // let any further sync happen
 	after := p.Stats()

@@ -127,10 +127,18 @@ func TestRunServesDaemonClaim(t *testing.T) {
 	}
 	waitFile(t, nodesCfg, "10.0.0.1\n10.0.0.2\n10.0.0.3\n")
 
-	// The node's pool is published.
-	slices, err := kube.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
-	if err != nil || len(slices.Items) != 1 || len(slices.Items[0].Spec.Devices) != 2 {
-		t.Fatalf("slices %+v, %v", slices, err)
+	// The node's pool is published, by a controller of its own: Ready
+	// does not wait for it.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		slices, err := kube.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
+		if err == nil && len(slices.Items) == 1 && len(slices.Items[0].Spec.Devices) == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("slices %+v, %v", slices, err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 
 	ures, err := p.UnprepareResourceClaims(ctx, []kubeletplugin.NamespacedObject{{NamespacedName: types.NamespacedName{Namespace: "drv", Name: "daemon"}, UID: claim.UID}})
