@@ -18,9 +18,11 @@ import (
 	"github.com/gpu-dra/gpu-dra-driver/pkg/simhost/simhosttest"
 )
 
-// Generous bounds: the tests wait for states, never for speed.
+// Generous bounds: the tests wait for states, never for speed. A peer is
+// dropped after three missed heartbeats, so the heartbeat is long enough
+// that a stall of a loaded machine does not drop a live one.
 const (
-	testHeartbeat = 100 * time.Millisecond
+	testHeartbeat = 300 * time.Millisecond
 	waitBound     = 20 * time.Second
 )
 
