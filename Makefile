@@ -83,7 +83,7 @@ chart: ## lint the Helm chart and check what it renders (builds helm into the ca
 
 .PHONY: unit
 unit: ## run the Go tests with the race detector
-	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -race -count=1 -timeout 30m ./...
 
 .PHONY: lint
 lint: ## gofmt, go vet, and golangci-lint with .golangci.yml (built into the cache the first time)
