@@ -106,10 +106,15 @@ func (f *fixture) killedAfter(step Step, fn func()) (killed bool) {
 }
 
 // stepsOf returns the steps a full prepare and unprepare of the kind's
-// claim pass, and the number of checkpoint writes they make.
+// claim pass, and the number of checkpoint writes they make. Its fixture
+// is gone when it returns: the sweeps' parallel subtests run after their
+// parent, and a fixture kept until the parent's end keeps its simulated
+// kernel polling beside them.
 func stepsOf(t *testing.T, k sweepKind) ([]Step, int) {
 	ctx := context.Background()
-	f := newFixture(t, "dgxh100")
+	scope := &scopedTB{TB: t}
+	defer scope.cleanup()
+	f := newFixture(scope, "dgxh100")
 	var steps []Step
 	f.p.opts.AfterStep = func(s Step) { steps = append(steps, s) }
 	c := k.claim()
@@ -363,4 +368,21 @@ func (f *fixture) timeSliceOf(gpuUUID string) string {
 		return "never set"
 	}
 	return string(data[:len(data)-1])
+}
+
+// scopedTB is a test's TB whose Cleanup functions run when cleanup is
+// called, not at the end of the test.
+type scopedTB struct {
+	testing.TB
+	cleanups []func()
+}
+
+// Cleanup registers f to run at cleanup, after those registered later.
+func (s *scopedTB) Cleanup(f func()) { s.cleanups = append(s.cleanups, f) }
+
+func (s *scopedTB) cleanup() {
+	for i := len(s.cleanups) - 1; i >= 0; i-- {
+		s.cleanups[i]()
+	}
+	s.cleanups = nil
 }

@@ -30,7 +30,7 @@ func Host(t testing.TB, dir string, busIDs []string, opts simhost.PCIOptions) vf
 	k := simhost.NewPCIKernel(sys, dev)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
-	go func() { done <- k.Serve(ctx, time.Millisecond) }()
+	go func() { done <- k.Serve(ctx, 10*time.Millisecond) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
