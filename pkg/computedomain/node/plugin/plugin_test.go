@@ -3,6 +3,7 @@ package plugin
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -129,17 +130,10 @@ func TestRunServesDaemonClaim(t *testing.T) {
 
 	// The node's pool is published, by a controller of its own: Ready
 	// does not wait for it.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	waitFor(t, "the node's slice", func() (bool, string) {
 		slices, err := kube.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
-		if err == nil && len(slices.Items) == 1 && len(slices.Items[0].Spec.Devices) == 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("slices %+v, %v", slices, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err == nil && len(slices.Items) == 1 && len(slices.Items[0].Spec.Devices) == 2, fmt.Sprintf("slices %+v, %v", slices, err)
+	})
 
 	ures, err := p.UnprepareResourceClaims(ctx, []kubeletplugin.NamespacedObject{{NamespacedName: types.NamespacedName{Namespace: "drv", Name: "daemon"}, UID: claim.UID}})
 	if err != nil || ures[claim.UID] != nil {
@@ -163,19 +157,29 @@ func TestRunServesDaemonClaim(t *testing.T) {
 	}
 }
 
-func waitFile(t *testing.T, path, want string) {
+// waitFor polls cond for up to 10s; at the end it fails with what and
+// cond's last detail.
+func waitFor(t *testing.T, what string, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		data, _ := os.ReadFile(path)
-		if string(data) == want {
+		ok, detail := cond()
+		if ok {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s = %q, want %q", path, data, want)
+			t.Fatalf("%s: %s", what, detail)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+func waitFile(t *testing.T, path, want string) {
+	t.Helper()
+	waitFor(t, path, func() (bool, string) {
+		data, _ := os.ReadFile(path)
+		return string(data) == want, fmt.Sprintf("%q, want %q", data, want)
+	})
 }
 
 func TestListenUnixMode(t *testing.T) {
